@@ -1,0 +1,346 @@
+//! Lease expiry and balancing as pure functions of a snapshot of the table and the time.
+//!
+//! Expiry is judged the way the Java KCL judges it: each worker remembers, by its own monotonic
+//! clock, when it last saw each lease's counter change. A lease whose counter has not changed
+//! for `failover_time` by that clock is expired. Wall-clock timestamps written by other machines
+//! are never compared, so clock skew between workers cannot expire a live lease.
+//!
+//! Balancing follows the Java KCL's lease taker, made to converge faster: a worker computes its
+//! target (the even share, `ceil(active leases / live workers)`, capped by
+//! `max_leases_per_worker`), takes free and expired leases first, and only when those do not
+//! reach the target steals from the most loaded worker, at most `max_leases_to_steal` per round.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::lease::Lease;
+
+/// What one worker remembers of each lease it has seen: the counter and when (by its own
+/// clock) that counter was first seen.
+#[derive(Debug, Default, Clone)]
+pub struct ExpiryTracker {
+    seen: HashMap<String, (u64, Instant)>,
+}
+
+impl ExpiryTracker {
+    /// An empty tracker: every lease seen from now on starts its expiry clock when first seen.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records a fresh scan of the table taken at `now`. Leases no longer in the table are
+    /// forgotten.
+    pub fn observe(&mut self, leases: &[Lease], now: Instant) {
+        let mut next = HashMap::with_capacity(leases.len());
+        for lease in leases {
+            let entry = match self.seen.get(&lease.lease_key) {
+                Some(&(counter, at)) if counter == lease.lease_counter => (counter, at),
+                _ => (lease.lease_counter, now),
+            };
+            next.insert(lease.lease_key.clone(), entry);
+        }
+        self.seen = next;
+    }
+
+    /// Whether `lease` is expired at `now`: it has no owner, or its counter has not changed
+    /// (as this observer saw it) for longer than `failover_time`. A lease never observed is not
+    /// expired (its clock has not started).
+    pub fn is_expired(&self, lease: &Lease, failover_time: Duration, now: Instant) -> bool {
+        if lease.lease_owner.is_none() {
+            return true;
+        }
+        match self.seen.get(&lease.lease_key) {
+            Some(&(counter, at)) if counter == lease.lease_counter => now.duration_since(at) > failover_time,
+            _ => false,
+        }
+    }
+}
+
+/// The knobs of balancing.
+#[derive(Debug, Clone)]
+pub struct BalanceConfig {
+    /// This worker's id.
+    pub worker_id: String,
+    /// How long a lease's counter may stand still before it is expired.
+    pub failover_time: Duration,
+    /// Never hold more leases than this.
+    pub max_leases_per_worker: usize,
+    /// Steal at most this many leases per round.
+    pub max_leases_to_steal: usize,
+}
+
+/// What to do this round.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TakePlan {
+    /// Leases to take outright: unowned, expired, or owned by this worker id in a previous life.
+    pub take: Vec<Lease>,
+    /// Leases to steal from a live worker, with a graceful hand-off.
+    pub steal: Vec<Lease>,
+    /// The even share this worker aims for.
+    pub target: usize,
+}
+
+/// Decides which leases to take and steal, from a snapshot of the table.
+///
+/// `held` are the keys this worker holds and renews right now. Leases checkpointed at
+/// `SHARD_END` are finished: they are neither counted nor taken.
+pub fn plan_takes(
+    leases: &[Lease],
+    tracker: &ExpiryTracker,
+    held: &BTreeSet<String>,
+    config: &BalanceConfig,
+    now: Instant,
+) -> TakePlan {
+    let me = config.worker_id.as_str();
+    let active: Vec<&Lease> = leases.iter().filter(|l| !l.is_finished()).collect();
+
+    // Live leases per worker (including this one, even with nothing yet).
+    let mut load: BTreeMap<&str, Vec<&Lease>> = BTreeMap::new();
+    load.insert(me, Vec::new());
+    let mut available: Vec<&Lease> = Vec::new();
+    let mut mine_unheld: Vec<&Lease> = Vec::new();
+    for lease in &active {
+        match lease.lease_owner.as_deref() {
+            Some(owner) if owner == me => {
+                load.entry(me).or_default().push(lease);
+                if !held.contains(&lease.lease_key) {
+                    mine_unheld.push(lease);
+                }
+            }
+            Some(owner) if !tracker.is_expired(lease, config.failover_time, now) => {
+                load.entry(owner).or_default().push(lease);
+            }
+            _ => available.push(lease),
+        }
+    }
+
+    let workers = load.len();
+    let target = active.len().div_ceil(workers).min(config.max_leases_per_worker);
+    let my_count = load.get(me).map_or(0, Vec::len);
+    let mut plan = TakePlan { target, ..TakePlan::default() };
+
+    // Rows that name this worker but that it does not hold (it restarted with the same id):
+    // they are ours, take them back at once, within the cap.
+    let room = config.max_leases_per_worker.saturating_sub(held.len());
+    plan.take.extend(mine_unheld.iter().take(room).map(|l| (*l).clone()));
+
+    let mut need = target.saturating_sub(my_count);
+    if need == 0 {
+        return plan;
+    }
+    // Spread the workers' choices so that they do not all race for the same leases.
+    available.sort_by_key(|l| spread(me, &l.lease_key));
+    let taking = need.min(available.len());
+    plan.take.extend(available[..taking].iter().map(|l| (*l).clone()));
+    need -= taking;
+    if need == 0 || !available.is_empty() {
+        return plan;
+    }
+
+    // Nothing free: steal from the most loaded worker, if it has more than its share (or
+    // exactly its share while this worker is short by more than one).
+    let victim = load
+        .iter()
+        .filter(|(w, _)| **w != me)
+        .max_by_key(|(w, ls)| (ls.len(), std::cmp::Reverse(**w)));
+    if let Some((_, victim_leases)) = victim {
+        let surplus = if victim_leases.len() > target {
+            victim_leases.len() - target
+        } else if victim_leases.len() == target && need > 1 {
+            1
+        } else {
+            0
+        };
+        let mut candidates: Vec<&&Lease> =
+            victim_leases.iter().filter(|l| l.checkpoint_owner.is_none()).collect();
+        candidates.sort_by_key(|l| spread(me, &l.lease_key));
+        let n = need.min(surplus).min(config.max_leases_to_steal);
+        plan.steal.extend(candidates.into_iter().take(n).map(|l| (*l).clone()));
+    }
+    plan
+}
+
+fn spread(worker: &str, key: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    (worker, key).hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sequence::ExtendedSequenceNumber;
+
+    const FAILOVER: Duration = Duration::from_secs(10);
+
+    fn config(me: &str) -> BalanceConfig {
+        BalanceConfig {
+            worker_id: me.into(),
+            failover_time: FAILOVER,
+            max_leases_per_worker: 100,
+            max_leases_to_steal: 3,
+        }
+    }
+
+    fn table(owners: &[Option<&str>]) -> Vec<Lease> {
+        owners
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let mut l = Lease::new(format!("shard-{i:03}"), ExtendedSequenceNumber::TrimHorizon);
+                l.lease_owner = o.map(str::to_owned);
+                l.lease_counter = 1;
+                l
+            })
+            .collect()
+    }
+
+    #[test]
+    fn expiry_uses_the_observers_clock_since_the_counter_last_changed() {
+        let t0 = Instant::now();
+        let mut leases = table(&[Some("a")]);
+        let mut tracker = ExpiryTracker::new();
+        tracker.observe(&leases, t0);
+        assert!(!tracker.is_expired(&leases[0], FAILOVER, t0 + Duration::from_secs(9)));
+        // The owner renews: the clock restarts from when the change was seen.
+        leases[0].lease_counter += 1;
+        tracker.observe(&leases, t0 + Duration::from_secs(9));
+        assert!(!tracker.is_expired(&leases[0], FAILOVER, t0 + Duration::from_secs(18)));
+        tracker.observe(&leases, t0 + Duration::from_secs(18));
+        assert!(tracker.is_expired(&leases[0], FAILOVER, t0 + Duration::from_secs(20)));
+        // A lease never observed is not expired, however old.
+        let fresh = ExpiryTracker::new();
+        assert!(!fresh.is_expired(&leases[0], FAILOVER, t0 + Duration::from_secs(1000)));
+    }
+
+    #[test]
+    fn unowned_leases_are_taken_at_once_up_to_the_even_share() {
+        let now = Instant::now();
+        let leases = table(&[None, None, None, None, Some("b"), Some("b")]);
+        let mut tracker = ExpiryTracker::new();
+        tracker.observe(&leases, now);
+        let plan = plan_takes(&leases, &tracker, &BTreeSet::new(), &config("a"), now);
+        assert_eq!(plan.target, 3);
+        assert_eq!(plan.take.len(), 3);
+        assert!(plan.take.iter().all(|l| l.lease_owner.is_none()));
+        assert!(plan.steal.is_empty());
+    }
+
+    #[test]
+    fn expired_leases_are_taken_before_anything_is_stolen() {
+        let t0 = Instant::now();
+        let leases = table(&[Some("dead"), Some("dead"), Some("b"), Some("b")]);
+        let mut tracker = ExpiryTracker::new();
+        tracker.observe(&leases, t0);
+        let early = plan_takes(&leases, &tracker, &BTreeSet::new(), &config("a"), t0 + FAILOVER / 2);
+        // Three live workers as far as "a" can tell: target ceil(4/3) = 2; "dead" holds 2 = target
+        // and "a" needs 2 > 1, so at most one steal, and nothing is taken outright.
+        assert!(early.take.is_empty());
+        assert!(early.steal.len() <= 1);
+        let late = plan_takes(&leases, &tracker, &BTreeSet::new(), &config("a"), t0 + FAILOVER * 2);
+        // Every lease expired: the live worker set is {a}, target 4, take all four, steal none.
+        assert_eq!(late.take.len(), 4);
+        assert!(late.steal.is_empty());
+    }
+
+    #[test]
+    fn steals_from_the_most_loaded_worker_a_bounded_number_per_round() {
+        let now = Instant::now();
+        let mut owners = vec![Some("b"); 12];
+        owners.extend([Some("c"); 4]);
+        let leases = table(&owners);
+        let mut tracker = ExpiryTracker::new();
+        tracker.observe(&leases, now);
+        let plan = plan_takes(&leases, &tracker, &BTreeSet::new(), &config("a"), now);
+        assert_eq!(plan.target, 6);
+        assert!(plan.take.is_empty());
+        assert_eq!(plan.steal.len(), 3, "bounded by max_leases_to_steal");
+        assert!(plan.steal.iter().all(|l| l.is_owned_by("b")));
+    }
+
+    #[test]
+    fn never_exceeds_max_leases_per_worker() {
+        let now = Instant::now();
+        let leases = table(&[None; 10]);
+        let tracker = ExpiryTracker::new();
+        let mut cfg = config("a");
+        cfg.max_leases_per_worker = 4;
+        let plan = plan_takes(&leases, &tracker, &BTreeSet::new(), &cfg, now);
+        assert_eq!(plan.take.len(), 4);
+    }
+
+    #[test]
+    fn finished_leases_are_neither_counted_nor_taken() {
+        let now = Instant::now();
+        let mut leases = table(&[None, None, Some("b")]);
+        leases[0].checkpoint = ExtendedSequenceNumber::ShardEnd;
+        let plan = plan_takes(&leases, &ExpiryTracker::new(), &BTreeSet::new(), &config("a"), now);
+        assert_eq!(plan.target, 1);
+        assert_eq!(plan.take.iter().map(|l| l.lease_key.as_str()).collect::<Vec<_>>(), ["shard-001"]);
+    }
+
+    #[test]
+    fn a_restarted_worker_takes_back_its_own_rows_at_once() {
+        let now = Instant::now();
+        let leases = table(&[Some("a"), Some("a"), Some("b")]);
+        let plan = plan_takes(&leases, &ExpiryTracker::new(), &BTreeSet::new(), &config("a"), now);
+        assert_eq!(plan.take.len(), 2);
+        assert!(plan.steal.is_empty());
+    }
+
+    #[test]
+    fn balanced_tables_stay_put() {
+        let now = Instant::now();
+        let leases = table(&[Some("a"), Some("a"), Some("b"), Some("b"), Some("c")]);
+        let held: BTreeSet<String> = ["shard-000".to_owned(), "shard-001".to_owned()].into();
+        let mut tracker = ExpiryTracker::new();
+        tracker.observe(&leases, now);
+        for me in ["a", "b", "c"] {
+            let held = if me == "a" { held.clone() } else { BTreeSet::new() };
+            let mut plan = plan_takes(&leases, &tracker, &held, &config(me), now);
+            plan.take.retain(|l| !l.is_owned_by(me));
+            assert!(plan.take.is_empty() && plan.steal.is_empty(), "{me}: {plan:?}");
+        }
+    }
+
+    /// Simulates several workers running rounds against one table, in virtual time, and checks
+    /// that they converge to an even share without sleeping.
+    #[test]
+    fn workers_joining_converge_to_an_even_share_in_a_few_rounds() {
+        let now = Instant::now();
+        let mut leases = table(&[Some("w0"); 64]);
+        let workers = ["w0", "w1", "w2", "w3"];
+        let mut trackers: Vec<ExpiryTracker> = workers.iter().map(|_| ExpiryTracker::new()).collect();
+        let mut cfgs: Vec<BalanceConfig> = workers.iter().map(|w| config(w)).collect();
+        for c in &mut cfgs {
+            c.max_leases_to_steal = 8;
+        }
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            assert!(rounds < 20, "did not converge: {leases:?}");
+            for (i, w) in workers.iter().enumerate() {
+                trackers[i].observe(&leases, now);
+                let held: BTreeSet<String> =
+                    leases.iter().filter(|l| l.is_owned_by(w)).map(|l| l.lease_key.clone()).collect();
+                let plan = plan_takes(&leases, &trackers[i], &held, &cfgs[i], now);
+                for l in plan.take.iter().chain(&plan.steal) {
+                    let row = leases.iter_mut().find(|r| r.lease_key == l.lease_key).unwrap();
+                    if row.lease_counter == l.lease_counter {
+                        row.lease_owner = Some((*w).to_owned());
+                        row.lease_counter += 1;
+                    }
+                }
+            }
+            let counts: Vec<usize> =
+                workers.iter().map(|w| leases.iter().filter(|l| l.is_owned_by(w)).count()).collect();
+            if counts.iter().all(|c| *c == 16) {
+                break;
+            }
+        }
+        assert!(rounds <= 4, "took {rounds} rounds");
+    }
+}

@@ -1,0 +1,61 @@
+//! Errors of lease stores and lease coordination.
+
+use thiserror::Error;
+
+/// A string that is neither a decimal sequence number nor a known sentinel.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("not a sequence number or checkpoint sentinel: {0:?}")]
+pub struct ParseSequenceError(pub String);
+
+/// What can go wrong with a lease-store call. Every store (in memory, DynamoDB) can produce
+/// each of these; anything specific to one store goes in [`LeaseError::Backend`].
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum LeaseError {
+    /// A conditional write failed: the lease is not in the state the caller last saw (another
+    /// worker renewed, took or released it). `actual` is the row as it is now, if known.
+    #[error("conditional write on lease {key} failed: it changed since it was read")]
+    Conflict {
+        /// The lease key.
+        key: String,
+        /// The current row, if the store returned it.
+        actual: Option<Box<crate::Lease>>,
+    },
+    /// The lease does not exist.
+    #[error("lease {0} does not exist")]
+    NotFound(String),
+    /// The store throttled the call; retry later.
+    #[error("lease store throttled the call: {0}")]
+    Throttled(String),
+    /// A row in the store cannot be read as a lease. The row is left untouched.
+    #[error("lease row {key:?} is corrupt: {reason}")]
+    Corrupt {
+        /// The key of the bad row (or a description if it has none).
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Any other failure of the store (network, permissions, service error).
+    #[error("lease store error: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl LeaseError {
+    /// Whether retrying the same call later may succeed (throttling and transient failures).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Throttled(_) | Self::Backend(_))
+    }
+
+    /// Whether this is a failed conditional write.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Conflict { .. })
+    }
+
+    /// A backend error from a message.
+    pub fn backend(msg: impl Into<String>) -> Self {
+        Self::Backend(msg.into().into())
+    }
+}
+
+/// The result type of lease operations.
+pub type Result<T, E = LeaseError> = std::result::Result<T, E>;

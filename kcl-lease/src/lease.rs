@@ -1,0 +1,113 @@
+//! The lease: one row of the lease table, with the Java KCL's fields and meanings.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use crate::sequence::ExtendedSequenceNumber;
+
+/// A contiguous range of the 128-bit hash key space, inclusive at both ends, as Kinesis gives it
+/// for a shard (`startingHashKey`, `endingHashKey`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HashKeyRange {
+    /// The first hash key of the range.
+    pub start: u128,
+    /// The last hash key of the range (inclusive).
+    pub end: u128,
+}
+
+impl HashKeyRange {
+    /// The whole key space, `0..=2^128-1`.
+    pub const FULL: HashKeyRange = HashKeyRange { start: 0, end: u128::MAX };
+
+    /// A range; `None` if `start > end`.
+    pub fn new(start: u128, end: u128) -> Option<Self> {
+        (start <= end).then_some(Self { start, end })
+    }
+
+    /// Whether `key` falls inside the range.
+    pub fn contains(&self, key: u128) -> bool {
+        self.start <= key && key <= self.end
+    }
+}
+
+impl fmt::Display for HashKeyRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}..={}", self.start, self.end)
+    }
+}
+
+/// One shard lease, field for field the Java KCL 2.x/3.x lease row.
+///
+/// The attribute names in the table are given on each field. A lease is *owned* when
+/// `lease_owner` is set; its owner proves it is alive by incrementing `lease_counter`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// `leaseKey`: the shard id (or `account:stream:epoch:shardId` in multi-stream mode).
+    pub lease_key: String,
+    /// `leaseOwner`: the worker id holding the lease, `None` when nobody does.
+    pub lease_owner: Option<String>,
+    /// `leaseCounter`: incremented by every renewal and every change of owner.
+    pub lease_counter: u64,
+    /// `checkpoint` and `checkpointSubSequenceNumber`: where processing resumes.
+    pub checkpoint: ExtendedSequenceNumber,
+    /// `pendingCheckpoint` and `pendingCheckpointSubSequenceNumber`: a prepared, not yet
+    /// committed, checkpoint (two-phase checkpointing in the Java KCL).
+    pub pending_checkpoint: Option<ExtendedSequenceNumber>,
+    /// `ownerSwitchesSinceCheckpoint`: how often the lease moved without a checkpoint in between.
+    pub owner_switches_since_checkpoint: u64,
+    /// `parentShardId`: the shards this one was split or merged from (a string set).
+    pub parent_shard_ids: BTreeSet<String>,
+    /// `childShardIds`: the shards this one was split or merged into, once it has ended.
+    pub child_shard_ids: BTreeSet<String>,
+    /// `checkpointOwner`: during a graceful hand-off, the previous owner, which may still
+    /// checkpoint; the new owner (`lease_owner`) does not start until it is cleared.
+    pub checkpoint_owner: Option<String>,
+    /// `startingHashKey` and `endingHashKey`: the shard's hash key range, if known.
+    pub hash_key_range: Option<HashKeyRange>,
+}
+
+impl Lease {
+    /// A new, unowned lease for `key` starting at `checkpoint`.
+    pub fn new(key: impl Into<String>, checkpoint: ExtendedSequenceNumber) -> Self {
+        Self {
+            lease_key: key.into(),
+            lease_owner: None,
+            lease_counter: 0,
+            checkpoint,
+            pending_checkpoint: None,
+            owner_switches_since_checkpoint: 0,
+            parent_shard_ids: BTreeSet::new(),
+            child_shard_ids: BTreeSet::new(),
+            checkpoint_owner: None,
+            hash_key_range: None,
+        }
+    }
+
+    /// Sets the parents (builder style).
+    #[must_use]
+    pub fn with_parents<I, S>(mut self, parents: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.parent_shard_ids = parents.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the hash key range (builder style).
+    #[must_use]
+    pub fn with_hash_key_range(mut self, range: HashKeyRange) -> Self {
+        self.hash_key_range = Some(range);
+        self
+    }
+
+    /// Whether `worker` owns the lease.
+    pub fn is_owned_by(&self, worker: &str) -> bool {
+        self.lease_owner.as_deref() == Some(worker)
+    }
+
+    /// Whether the shard was processed to its end (checkpoint `SHARD_END`).
+    pub fn is_finished(&self) -> bool {
+        self.checkpoint.is_shard_end()
+    }
+}

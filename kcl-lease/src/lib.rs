@@ -1,0 +1,38 @@
+//! Shard leases for the Kinesis Client Library for Rust.
+//!
+//! A lease gives one worker the right to process one shard. Workers prove they are alive by
+//! incrementing the lease counter; a lease whose counter has not moved for the failover time is
+//! expired and may be taken by another worker. The table has the same schema and meaning as the
+//! Java KCL's, so applications can move between the two.
+//!
+//! # Layout
+//! - [`sequence`]: `SequenceNumber` and `ExtendedSequenceNumber` (checkpoints and sentinels).
+//! - [`lease`]: `Lease`, one row of the lease table, and `HashKeyRange`.
+//! - [`store`]: the `LeaseStore` trait; every mutation is conditional.
+//! - [`memory`]: `InMemoryLeaseStore`, the bundled table.
+//! - [`failure`]: `FailureLeaseStore`, wraps any store to inject faults.
+//! - [`balance`]: pure logic: expiry as observed by one worker, and which leases to take or
+//!   steal. No I/O, time is an argument.
+//! - [`coordinator`]: the async driver: renews held leases, takes and steals, publishes
+//!   acquired leases and lease loss.
+//! - [`error`]: `LeaseError`.
+
+#![deny(missing_docs)]
+
+pub mod balance;
+pub mod coordinator;
+pub mod error;
+
+pub mod lease;
+pub mod memory;
+pub mod sequence;
+pub mod store;
+
+pub use balance::{plan_takes, BalanceConfig, ExpiryTracker, TakePlan};
+pub use coordinator::{CoordinatorConfig, HeldLease, LeaseCoordinator, LeaseStatus};
+pub use error::{LeaseError, ParseSequenceError, Result};
+
+pub use lease::{HashKeyRange, Lease};
+pub use memory::{InMemoryLeaseStore, LeaseOp};
+pub use sequence::{ExtendedSequenceNumber, SequenceNumber};
+pub use store::LeaseStore;

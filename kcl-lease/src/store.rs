@@ -1,0 +1,104 @@
+//! The `LeaseStore` trait: the lease table as a remote service, every mutation conditional.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::lease::Lease;
+use crate::sequence::ExtendedSequenceNumber;
+
+/// A lease table. Implementations: [`crate::InMemoryLeaseStore`] (bundled, in process),
+/// [`crate::FailureLeaseStore`] (wraps any store to inject faults), and a DynamoDB store.
+///
+/// Every mutation is conditional on what the caller last saw of the row (the `expected`
+/// argument: its owner and counter) and fails with [`crate::LeaseError::Conflict`] when the row
+/// changed in between. Every successful mutation returns the row as it is now.
+#[async_trait]
+pub trait LeaseStore: Send + Sync + 'static {
+    /// Every lease in the table (a strongly consistent read).
+    async fn list(&self) -> Result<Vec<Lease>>;
+
+    /// One lease, or `None` if there is no row with that key.
+    async fn get(&self, key: &str) -> Result<Option<Lease>>;
+
+    /// Creates the lease unless a row with its key exists. Returns whether it was created.
+    async fn create_if_absent(&self, lease: &Lease) -> Result<bool>;
+
+    /// Renews: increments `leaseCounter`. Condition: owner and counter as in `expected`.
+    async fn renew(&self, expected: &Lease) -> Result<Lease>;
+
+    /// Takes the lease for `new_owner`: sets the owner, increments the counter and, if the owner
+    /// changes, `ownerSwitchesSinceCheckpoint`. With `handoff` and a current owner, that owner is
+    /// kept as `checkpointOwner` so it can checkpoint before the new owner starts (graceful
+    /// hand-off); otherwise `checkpointOwner` is cleared. Condition: owner and counter as in
+    /// `expected`.
+    async fn take(&self, expected: &Lease, new_owner: &str, handoff: bool) -> Result<Lease>;
+
+    /// Releases the lease: removes the owner and `checkpointOwner`, increments the counter, so
+    /// that any worker may take it at once. Condition: owner and counter as in `expected`.
+    async fn evict(&self, expected: &Lease) -> Result<Lease>;
+
+    /// Writes a checkpoint for `worker`, clears the pending checkpoint and resets
+    /// `ownerSwitchesSinceCheckpoint`. Allowed when either `worker` owns the lease with the
+    /// counter in `expected` and no hand-off is in progress (the counter is then incremented),
+    /// or `worker` is the `checkpointOwner` of a hand-off in progress (the counter is left alone,
+    /// so that the new owner's renewals are not disturbed).
+    async fn update_checkpoint(
+        &self,
+        expected: &Lease,
+        worker: &str,
+        checkpoint: &ExtendedSequenceNumber,
+    ) -> Result<Lease>;
+
+    /// Ends a graceful hand-off: clears `checkpointOwner` if it is still `previous_owner`. The
+    /// counter is left alone.
+    async fn complete_handoff(&self, key: &str, previous_owner: &str) -> Result<Lease>;
+
+    /// Records the child shards of an ended shard and increments the counter. Condition: owner
+    /// and counter as in `expected`.
+    async fn mark_children(&self, expected: &Lease, children: &BTreeSet<String>) -> Result<Lease>;
+
+    /// Deletes the lease. Condition: counter as in `expected`.
+    async fn delete(&self, expected: &Lease) -> Result<()>;
+}
+
+#[async_trait]
+impl<T: LeaseStore + ?Sized> LeaseStore for Arc<T> {
+    async fn list(&self) -> Result<Vec<Lease>> {
+        (**self).list().await
+    }
+    async fn get(&self, key: &str) -> Result<Option<Lease>> {
+        (**self).get(key).await
+    }
+    async fn create_if_absent(&self, lease: &Lease) -> Result<bool> {
+        (**self).create_if_absent(lease).await
+    }
+    async fn renew(&self, expected: &Lease) -> Result<Lease> {
+        (**self).renew(expected).await
+    }
+    async fn take(&self, expected: &Lease, new_owner: &str, handoff: bool) -> Result<Lease> {
+        (**self).take(expected, new_owner, handoff).await
+    }
+    async fn evict(&self, expected: &Lease) -> Result<Lease> {
+        (**self).evict(expected).await
+    }
+    async fn update_checkpoint(
+        &self,
+        expected: &Lease,
+        worker: &str,
+        checkpoint: &ExtendedSequenceNumber,
+    ) -> Result<Lease> {
+        (**self).update_checkpoint(expected, worker, checkpoint).await
+    }
+    async fn complete_handoff(&self, key: &str, previous_owner: &str) -> Result<Lease> {
+        (**self).complete_handoff(key, previous_owner).await
+    }
+    async fn mark_children(&self, expected: &Lease, children: &BTreeSet<String>) -> Result<Lease> {
+        (**self).mark_children(expected, children).await
+    }
+    async fn delete(&self, expected: &Lease) -> Result<()> {
+        (**self).delete(expected).await
+    }
+}
