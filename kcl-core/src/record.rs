@@ -52,7 +52,10 @@ pub struct Shard {
 impl Shard {
     /// The parents (zero, one or two).
     pub fn parents(&self) -> impl Iterator<Item = &str> {
-        self.parent_shard_id.iter().chain(self.adjacent_parent_shard_id.iter()).map(String::as_str)
+        self.parent_shard_id
+            .iter()
+            .chain(self.adjacent_parent_shard_id.iter())
+            .map(String::as_str)
     }
 
     /// Whether the shard is still open for writes.

@@ -120,12 +120,16 @@ pub fn plan_takes(
     let workers = load.len();
     let target = active.len().div_ceil(workers).min(config.max_leases_per_worker);
     let my_count = load.get(me).map_or(0, Vec::len);
-    let mut plan = TakePlan { target, ..TakePlan::default() };
+    let mut plan = TakePlan {
+        target,
+        ..TakePlan::default()
+    };
 
     // Rows that name this worker but that it does not hold (it restarted with the same id):
     // they are ours, take them back at once, within the cap.
     let room = config.max_leases_per_worker.saturating_sub(held.len());
-    plan.take.extend(mine_unheld.iter().take(room).map(|l| (*l).clone()));
+    plan.take
+        .extend(mine_unheld.iter().take(room).map(|l| (*l).clone()));
 
     let mut need = target.saturating_sub(my_count);
     if need == 0 {
@@ -154,11 +158,14 @@ pub fn plan_takes(
         } else {
             0
         };
-        let mut candidates: Vec<&&Lease> =
-            victim_leases.iter().filter(|l| l.checkpoint_owner.is_none()).collect();
+        let mut candidates: Vec<&&Lease> = victim_leases
+            .iter()
+            .filter(|l| l.checkpoint_owner.is_none())
+            .collect();
         candidates.sort_by_key(|l| spread(me, &l.lease_key));
         let n = need.min(surplus).min(config.max_leases_to_steal);
-        plan.steal.extend(candidates.into_iter().take(n).map(|l| (*l).clone()));
+        plan.steal
+            .extend(candidates.into_iter().take(n).map(|l| (*l).clone()));
     }
     plan
 }
@@ -235,12 +242,24 @@ mod tests {
         let leases = table(&[Some("dead"), Some("dead"), Some("b"), Some("b")]);
         let mut tracker = ExpiryTracker::new();
         tracker.observe(&leases, t0);
-        let early = plan_takes(&leases, &tracker, &BTreeSet::new(), &config("a"), t0 + FAILOVER / 2);
+        let early = plan_takes(
+            &leases,
+            &tracker,
+            &BTreeSet::new(),
+            &config("a"),
+            t0 + FAILOVER / 2,
+        );
         // Three live workers as far as "a" can tell: target ceil(4/3) = 2; "dead" holds 2 = target
         // and "a" needs 2 > 1, so at most one steal, and nothing is taken outright.
         assert!(early.take.is_empty());
         assert!(early.steal.len() <= 1);
-        let late = plan_takes(&leases, &tracker, &BTreeSet::new(), &config("a"), t0 + FAILOVER * 2);
+        let late = plan_takes(
+            &leases,
+            &tracker,
+            &BTreeSet::new(),
+            &config("a"),
+            t0 + FAILOVER * 2,
+        );
         // Every lease expired: the live worker set is {a}, target 4, take all four, steal none.
         assert_eq!(late.take.len(), 4);
         assert!(late.steal.is_empty());
@@ -277,16 +296,31 @@ mod tests {
         let now = Instant::now();
         let mut leases = table(&[None, None, Some("b")]);
         leases[0].checkpoint = ExtendedSequenceNumber::ShardEnd;
-        let plan = plan_takes(&leases, &ExpiryTracker::new(), &BTreeSet::new(), &config("a"), now);
+        let plan = plan_takes(
+            &leases,
+            &ExpiryTracker::new(),
+            &BTreeSet::new(),
+            &config("a"),
+            now,
+        );
         assert_eq!(plan.target, 1);
-        assert_eq!(plan.take.iter().map(|l| l.lease_key.as_str()).collect::<Vec<_>>(), ["shard-001"]);
+        assert_eq!(
+            plan.take.iter().map(|l| l.lease_key.as_str()).collect::<Vec<_>>(),
+            ["shard-001"]
+        );
     }
 
     #[test]
     fn a_restarted_worker_takes_back_its_own_rows_at_once() {
         let now = Instant::now();
         let leases = table(&[Some("a"), Some("a"), Some("b")]);
-        let plan = plan_takes(&leases, &ExpiryTracker::new(), &BTreeSet::new(), &config("a"), now);
+        let plan = plan_takes(
+            &leases,
+            &ExpiryTracker::new(),
+            &BTreeSet::new(),
+            &config("a"),
+            now,
+        );
         assert_eq!(plan.take.len(), 2);
         assert!(plan.steal.is_empty());
     }
@@ -324,8 +358,11 @@ mod tests {
             assert!(rounds < 20, "did not converge: {leases:?}");
             for (i, w) in workers.iter().enumerate() {
                 trackers[i].observe(&leases, now);
-                let held: BTreeSet<String> =
-                    leases.iter().filter(|l| l.is_owned_by(w)).map(|l| l.lease_key.clone()).collect();
+                let held: BTreeSet<String> = leases
+                    .iter()
+                    .filter(|l| l.is_owned_by(w))
+                    .map(|l| l.lease_key.clone())
+                    .collect();
                 let plan = plan_takes(&leases, &trackers[i], &held, &cfgs[i], now);
                 for l in plan.take.iter().chain(&plan.steal) {
                     let row = leases.iter_mut().find(|r| r.lease_key == l.lease_key).unwrap();
@@ -335,8 +372,10 @@ mod tests {
                     }
                 }
             }
-            let counts: Vec<usize> =
-                workers.iter().map(|w| leases.iter().filter(|l| l.is_owned_by(w)).count()).collect();
+            let counts: Vec<usize> = workers
+                .iter()
+                .map(|w| leases.iter().filter(|l| l.is_owned_by(w)).count())
+                .collect();
             if counts.iter().all(|c| *c == 16) {
                 break;
             }

@@ -96,7 +96,13 @@ impl std::fmt::Debug for HeldLease {
 }
 
 impl HeldLease {
-    fn new(row: Lease, worker_id: &str, failover_time: Duration, store: Arc<dyn LeaseStore>, at: Instant) -> Self {
+    fn new(
+        row: Lease,
+        worker_id: &str,
+        failover_time: Duration,
+        store: Arc<dyn LeaseStore>,
+        at: Instant,
+    ) -> Self {
         Self {
             key: row.lease_key.clone(),
             worker_id: worker_id.to_owned(),
@@ -161,7 +167,10 @@ impl HeldLease {
     /// Classifies a failed conditional write from the row the store returned.
     fn on_conflict(&self, actual: Option<&Lease>) {
         match actual {
-            Some(row) if row.checkpoint_owner.as_deref() == Some(&self.worker_id) && !row.is_owned_by(&self.worker_id) => {
+            Some(row)
+                if row.checkpoint_owner.as_deref() == Some(&self.worker_id)
+                    && !row.is_owned_by(&self.worker_id) =>
+            {
                 info!(lease = %self.key, new_owner = ?row.lease_owner, "graceful hand-off requested");
                 self.set_status(LeaseStatus::HandoffRequested);
             }
@@ -209,7 +218,10 @@ impl HeldLease {
             }
             _ => {}
         }
-        let result = self.store.update_checkpoint(&row, &self.worker_id, checkpoint).await;
+        let result = self
+            .store
+            .update_checkpoint(&row, &self.worker_id, checkpoint)
+            .await;
         match result {
             Ok(new) => {
                 // During a hand-off the row now belongs to the new owner: keep ours as it was,
@@ -226,7 +238,10 @@ impl HeldLease {
                 self.on_conflict(actual.as_deref());
                 if !handoff && self.status() == LeaseStatus::HandoffRequested {
                     // Stolen gracefully in between: we may still checkpoint as checkpoint owner.
-                    let new = self.store.update_checkpoint(&row, &self.worker_id, checkpoint).await?;
+                    let new = self
+                        .store
+                        .update_checkpoint(&row, &self.worker_id, checkpoint)
+                        .await?;
                     row.checkpoint = new.checkpoint.clone();
                     return Ok(new);
                 }
@@ -308,7 +323,10 @@ impl HeldLease {
     }
 
     fn lost_error(&self) -> LeaseError {
-        LeaseError::Conflict { key: self.key.clone(), actual: None }
+        LeaseError::Conflict {
+            key: self.key.clone(),
+            actual: None,
+        }
     }
 }
 
@@ -331,7 +349,9 @@ pub struct LeaseCoordinator {
 
 impl std::fmt::Debug for LeaseCoordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeaseCoordinator").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("LeaseCoordinator")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -382,7 +402,8 @@ impl LeaseCoordinator {
             tasks.spawn(async move { lease.renew().await });
         }
         while tasks.join_next().await.is_some() {}
-        lock(&self.held).retain(|_, l| l.status() == LeaseStatus::Held || l.status() == LeaseStatus::HandoffRequested);
+        lock(&self.held)
+            .retain(|_, l| l.status() == LeaseStatus::Held || l.status() == LeaseStatus::HandoffRequested);
     }
 
     /// One take round: scans the table, takes and steals. Returns how many leases were
@@ -406,7 +427,11 @@ impl LeaseCoordinator {
             return Ok(0);
         }
         let mut acquired = 0;
-        let takes = plan.take.iter().map(|l| (l, false)).chain(plan.steal.iter().map(|l| (l, true)));
+        let takes = plan
+            .take
+            .iter()
+            .map(|l| (l, false))
+            .chain(plan.steal.iter().map(|l| (l, true)));
         for (lease, steal) in takes {
             let started = Instant::now();
             match self.store.take(lease, &self.config.worker_id, steal).await {
@@ -428,7 +453,9 @@ impl LeaseCoordinator {
                     }
                     acquired += 1;
                 }
-                Err(LeaseError::Conflict { .. }) => debug!(lease = %lease.lease_key, "another worker took it first"),
+                Err(LeaseError::Conflict { .. }) => {
+                    debug!(lease = %lease.lease_key, "another worker took it first")
+                }
                 Err(e) => warn!(lease = %lease.lease_key, error = %e, "taking lease failed"),
             }
         }
@@ -439,7 +466,9 @@ impl LeaseCoordinator {
     /// so that another worker can take it at once; a hand-off is completed; a lost lease is
     /// just forgotten.
     pub async fn release(&self, key: &str) {
-        let Some(lease) = lock(&self.held).remove(key) else { return };
+        let Some(lease) = lock(&self.held).remove(key) else {
+            return;
+        };
         match lease.status() {
             LeaseStatus::Held => {
                 let row = lease.row.lock().await;
@@ -469,7 +498,7 @@ impl LeaseCoordinator {
         take.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = stop.wait_for(|s| *s) => break,
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
                 _ = renew.tick() => self.renew_all().await,
                 _ = take.tick() => self.take_logged().await,
                 _ = self.wake_taker.notified() => self.take_logged().await,
@@ -492,12 +521,18 @@ mod tests {
     fn store_with(n: usize) -> Arc<InMemoryLeaseStore> {
         let store = InMemoryLeaseStore::new();
         for i in 0..n {
-            store.put_raw(Lease::new(format!("shard-{i}"), ExtendedSequenceNumber::TrimHorizon));
+            store.put_raw(Lease::new(
+                format!("shard-{i}"),
+                ExtendedSequenceNumber::TrimHorizon,
+            ));
         }
         Arc::new(store)
     }
 
-    fn coordinator(store: &Arc<InMemoryLeaseStore>, me: &str) -> (Arc<LeaseCoordinator>, mpsc::Receiver<Arc<HeldLease>>) {
+    fn coordinator(
+        store: &Arc<InMemoryLeaseStore>,
+        me: &str,
+    ) -> (Arc<LeaseCoordinator>, mpsc::Receiver<Arc<HeldLease>>) {
         let mut cfg = CoordinatorConfig::new(me, Duration::from_secs(3));
         cfg.max_leases_to_steal = 2;
         LeaseCoordinator::new(store.clone(), cfg)
@@ -512,7 +547,7 @@ mod tests {
         let lease = a_rx.recv().await.unwrap();
         tokio::time::advance(Duration::from_millis(100)).await;
         b.take_round().await.unwrap(); // b first sees the lease 100 ms after a's renewal
-        // a stops renewing (say, partitioned from the store). Its own view expires first.
+                                       // a stops renewing (say, partitioned from the store). Its own view expires first.
         tokio::time::advance(Duration::from_millis(2850)).await;
         assert!(lease.is_valid());
         b.take_round().await.unwrap();
@@ -528,7 +563,10 @@ mod tests {
         a.renew_all().await;
         assert_eq!(lease.status(), LeaseStatus::Lost);
         assert!(a.held().is_empty());
-        assert!(lease.checkpoint(&ExtendedSequenceNumber::TrimHorizon).await.is_err());
+        assert!(lease
+            .checkpoint(&ExtendedSequenceNumber::TrimHorizon)
+            .await
+            .is_err());
     }
 
     #[tokio::test(start_paused = true)]

@@ -17,7 +17,10 @@ pub struct HashKeyRange {
 
 impl HashKeyRange {
     /// The whole key space, `0..=2^128-1`.
-    pub const FULL: HashKeyRange = HashKeyRange { start: 0, end: u128::MAX };
+    pub const FULL: HashKeyRange = HashKeyRange {
+        start: 0,
+        end: u128::MAX,
+    };
 
     /// A range; `None` if `start > end`.
     pub fn new(start: u128, end: u128) -> Option<Self> {

@@ -15,13 +15,14 @@
 //!   steal. No I/O, time is an argument.
 //! - [`coordinator`]: the async driver: renews held leases, takes and steals, publishes
 //!   acquired leases and lease loss.
-//! - [`error`]: `LeaseError`.
+//! - [`error`]: the `LeaseError` type.
 
 #![deny(missing_docs)]
 
 pub mod balance;
 pub mod coordinator;
 pub mod error;
+pub mod failure;
 
 pub mod lease;
 pub mod memory;
@@ -31,6 +32,7 @@ pub mod store;
 pub use balance::{plan_takes, BalanceConfig, ExpiryTracker, TakePlan};
 pub use coordinator::{CoordinatorConfig, HeldLease, LeaseCoordinator, LeaseStatus};
 pub use error::{LeaseError, ParseSequenceError, Result};
+pub use failure::{FailureLeaseStore, LeaseFault, LeaseFaultPlan, LeaseFaultRule, LeaseTrigger};
 
 pub use lease::{HashKeyRange, Lease};
 pub use memory::{InMemoryLeaseStore, LeaseOp};

@@ -66,7 +66,9 @@ pub struct InMemoryLeaseStore {
 
 impl std::fmt::Debug for InMemoryLeaseStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InMemoryLeaseStore").field("leases", &self.lock().len()).finish()
+        f.debug_struct("InMemoryLeaseStore")
+            .field("leases", &self.lock().len())
+            .finish()
     }
 }
 
@@ -89,6 +91,11 @@ impl InMemoryLeaseStore {
             .filter(|op| !matches!(op, LeaseOp::List | LeaseOp::Get))
             .map(|op| self.op_count(*op))
             .sum()
+    }
+
+    /// Every row, read synchronously (for tests and progress displays).
+    pub fn snapshot(&self) -> Vec<Lease> {
+        self.lock().values().cloned().collect()
     }
 
     /// Writes a row as is, unconditionally (test set-up, importing a table).
@@ -120,9 +127,14 @@ impl InMemoryLeaseStore {
     ) -> Result<Lease> {
         self.count(op);
         let mut rows = self.lock();
-        let row = rows.get_mut(key).ok_or_else(|| LeaseError::NotFound(key.to_owned()))?;
+        let row = rows
+            .get_mut(key)
+            .ok_or_else(|| LeaseError::NotFound(key.to_owned()))?;
         if !cond(row) {
-            return Err(LeaseError::Conflict { key: key.to_owned(), actual: Some(Box::new(row.clone())) });
+            return Err(LeaseError::Conflict {
+                key: key.to_owned(),
+                actual: Some(Box::new(row.clone())),
+            });
         }
         f(row);
         Ok(row.clone())
@@ -156,31 +168,46 @@ impl LeaseStore for InMemoryLeaseStore {
     }
 
     async fn renew(&self, expected: &Lease) -> Result<Lease> {
-        self.mutate(LeaseOp::Renew, &expected.lease_key, same_owner_and_counter(expected), |row| {
-            row.lease_counter += 1;
-        })
+        self.mutate(
+            LeaseOp::Renew,
+            &expected.lease_key,
+            same_owner_and_counter(expected),
+            |row| {
+                row.lease_counter += 1;
+            },
+        )
     }
 
     async fn take(&self, expected: &Lease, new_owner: &str, handoff: bool) -> Result<Lease> {
-        self.mutate(LeaseOp::Take, &expected.lease_key, same_owner_and_counter(expected), |row| {
-            let previous = row.lease_owner.replace(new_owner.to_owned());
-            if previous.as_deref() != Some(new_owner) {
-                row.owner_switches_since_checkpoint += 1;
-            }
-            row.checkpoint_owner = match previous {
-                Some(prev) if handoff && prev != new_owner => Some(prev),
-                _ => None,
-            };
-            row.lease_counter += 1;
-        })
+        self.mutate(
+            LeaseOp::Take,
+            &expected.lease_key,
+            same_owner_and_counter(expected),
+            |row| {
+                let previous = row.lease_owner.replace(new_owner.to_owned());
+                if previous.as_deref() != Some(new_owner) {
+                    row.owner_switches_since_checkpoint += 1;
+                }
+                row.checkpoint_owner = match previous {
+                    Some(prev) if handoff && prev != new_owner => Some(prev),
+                    _ => None,
+                };
+                row.lease_counter += 1;
+            },
+        )
     }
 
     async fn evict(&self, expected: &Lease) -> Result<Lease> {
-        self.mutate(LeaseOp::Evict, &expected.lease_key, same_owner_and_counter(expected), |row| {
-            row.lease_owner = None;
-            row.checkpoint_owner = None;
-            row.lease_counter += 1;
-        })
+        self.mutate(
+            LeaseOp::Evict,
+            &expected.lease_key,
+            same_owner_and_counter(expected),
+            |row| {
+                row.lease_owner = None;
+                row.checkpoint_owner = None;
+                row.lease_counter += 1;
+            },
+        )
     }
 
     async fn update_checkpoint(
@@ -220,10 +247,15 @@ impl LeaseStore for InMemoryLeaseStore {
     }
 
     async fn mark_children(&self, expected: &Lease, children: &BTreeSet<String>) -> Result<Lease> {
-        self.mutate(LeaseOp::MarkChildren, &expected.lease_key, same_owner_and_counter(expected), |row| {
-            row.child_shard_ids = children.clone();
-            row.lease_counter += 1;
-        })
+        self.mutate(
+            LeaseOp::MarkChildren,
+            &expected.lease_key,
+            same_owner_and_counter(expected),
+            |row| {
+                row.child_shard_ids = children.clone();
+                row.lease_counter += 1;
+            },
+        )
     }
 
     async fn delete(&self, expected: &Lease) -> Result<()> {
@@ -258,7 +290,10 @@ mod tests {
         let mut other = lease("a");
         other.checkpoint = ExtendedSequenceNumber::Latest;
         assert!(!store.create_if_absent(&other).await.unwrap());
-        assert_eq!(store.get("a").await.unwrap().unwrap().checkpoint, ExtendedSequenceNumber::TrimHorizon);
+        assert_eq!(
+            store.get("a").await.unwrap().unwrap().checkpoint,
+            ExtendedSequenceNumber::TrimHorizon
+        );
     }
 
     #[tokio::test]
@@ -271,23 +306,36 @@ mod tests {
         assert_eq!(mine.owner_switches_since_checkpoint, 1);
         // A second taker with the stale view conflicts and learns the current row.
         match store.take(&seen, "w2", false).await {
-            Err(LeaseError::Conflict { actual: Some(row), .. }) => assert!(row.is_owned_by("w1")),
+            Err(LeaseError::Conflict {
+                actual: Some(row), ..
+            }) => assert!(row.is_owned_by("w1")),
             other => panic!("expected conflict, got {other:?}"),
         }
         let renewed = store.renew(&mine).await.unwrap();
         assert_eq!(renewed.lease_counter, 2);
         assert!(store.renew(&mine).await.unwrap_err().is_conflict());
         assert!(store.evict(&mine).await.unwrap_err().is_conflict());
-        assert!(store.mark_children(&mine, &BTreeSet::new()).await.unwrap_err().is_conflict());
+        assert!(store
+            .mark_children(&mine, &BTreeSet::new())
+            .await
+            .unwrap_err()
+            .is_conflict());
         assert!(store.delete(&mine).await.unwrap_err().is_conflict());
         let cp = ExtendedSequenceNumber::from_parts("5", 0).unwrap();
-        assert!(store.update_checkpoint(&mine, "w1", &cp).await.unwrap_err().is_conflict());
+        assert!(store
+            .update_checkpoint(&mine, "w1", &cp)
+            .await
+            .unwrap_err()
+            .is_conflict());
         let after = store.update_checkpoint(&renewed, "w1", &cp).await.unwrap();
         assert_eq!(after.checkpoint, cp);
         assert_eq!(after.owner_switches_since_checkpoint, 0);
         let released = store.evict(&after).await.unwrap();
         assert_eq!(released.lease_owner, None);
-        assert!(matches!(store.renew(&lease("zz")).await, Err(LeaseError::NotFound(_))));
+        assert!(matches!(
+            store.renew(&lease("zz")).await,
+            Err(LeaseError::NotFound(_))
+        ));
     }
 
     #[tokio::test]
@@ -302,11 +350,22 @@ mod tests {
         // The old owner checkpoints with its stale view: allowed as checkpoint owner.
         let cp = ExtendedSequenceNumber::from_parts("9", 0).unwrap();
         let row = store.update_checkpoint(&old, "old", &cp).await.unwrap();
-        assert_eq!(row.lease_counter, new.lease_counter, "hand-off checkpoint leaves the counter");
+        assert_eq!(
+            row.lease_counter, new.lease_counter,
+            "hand-off checkpoint leaves the counter"
+        );
         // The new owner cannot checkpoint until the hand-off is complete.
-        assert!(store.update_checkpoint(&new, "new", &cp).await.unwrap_err().is_conflict());
+        assert!(store
+            .update_checkpoint(&new, "new", &cp)
+            .await
+            .unwrap_err()
+            .is_conflict());
         store.complete_handoff("a", "old").await.unwrap();
-        assert!(store.complete_handoff("a", "old").await.unwrap_err().is_conflict());
+        assert!(store
+            .complete_handoff("a", "old")
+            .await
+            .unwrap_err()
+            .is_conflict());
         // ... and its renewals still work.
         let new = store.renew(&new).await.unwrap();
         assert_eq!(new.checkpoint_owner, None);

@@ -25,7 +25,11 @@ impl SequenceNumber {
             return Err(ParseSequenceError(s.chars().take(80).collect()));
         }
         let trimmed = s.trim_start_matches('0');
-        Ok(Self(if trimmed.is_empty() { "0".to_owned() } else { trimmed.to_owned() }))
+        Ok(Self(if trimmed.is_empty() {
+            "0".to_owned()
+        } else {
+            trimmed.to_owned()
+        }))
     }
 
     /// The decimal digits.
@@ -36,7 +40,10 @@ impl SequenceNumber {
 
 impl Ord for SequenceNumber {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.0.len().cmp(&other.0.len()).then_with(|| self.0.cmp(&other.0))
+        self.0
+            .len()
+            .cmp(&other.0.len())
+            .then_with(|| self.0.cmp(&other.0))
     }
 }
 
@@ -103,7 +110,10 @@ impl ExtendedSequenceNumber {
 
     /// A real record position.
     pub fn at(sequence: SequenceNumber, sub_sequence: u64) -> Self {
-        Self::Sequence { sequence, sub_sequence }
+        Self::Sequence {
+            sequence,
+            sub_sequence,
+        }
     }
 
     /// Parses the pair of lease-table attributes (`checkpoint`, `checkpointSubSequenceNumber`).
@@ -113,7 +123,10 @@ impl ExtendedSequenceNumber {
             Self::LATEST => Self::Latest,
             Self::AT_TIMESTAMP => Self::AtTimestamp,
             Self::SHARD_END => Self::ShardEnd,
-            other => Self::Sequence { sequence: SequenceNumber::new(other)?, sub_sequence },
+            other => Self::Sequence {
+                sequence: SequenceNumber::new(other)?,
+                sub_sequence,
+            },
         })
     }
 
@@ -169,8 +182,14 @@ impl Ord for ExtendedSequenceNumber {
     fn cmp(&self, other: &Self) -> Ordering {
         match (self, other) {
             (
-                Self::Sequence { sequence: a, sub_sequence: sa },
-                Self::Sequence { sequence: b, sub_sequence: sb },
+                Self::Sequence {
+                    sequence: a,
+                    sub_sequence: sa,
+                },
+                Self::Sequence {
+                    sequence: b,
+                    sub_sequence: sb,
+                },
             ) => a.cmp(b).then(sa.cmp(sb)),
             _ => self.rank().cmp(&other.rank()),
         }
@@ -186,7 +205,10 @@ impl PartialOrd for ExtendedSequenceNumber {
 impl fmt::Display for ExtendedSequenceNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Sequence { sequence, sub_sequence } => write!(f, "{sequence}/{sub_sequence}"),
+            Self::Sequence {
+                sequence,
+                sub_sequence,
+            } => write!(f, "{sequence}/{sub_sequence}"),
             other => f.write_str(other.checkpoint_str()),
         }
     }
@@ -208,7 +230,10 @@ mod tests {
         let a = SequenceNumber::new("49590338271490256608559692538361571095921575989136588898").unwrap();
         let b = SequenceNumber::new("49590338271490256608559692538361571095921575989136588899").unwrap();
         assert!(a < b);
-        assert_eq!(SequenceNumber::new("0007").unwrap(), SequenceNumber::new("7").unwrap());
+        assert_eq!(
+            SequenceNumber::new("0007").unwrap(),
+            SequenceNumber::new("7").unwrap()
+        );
         assert_eq!(SequenceNumber::new("000").unwrap().as_str(), "0");
     }
 
@@ -238,7 +263,13 @@ mod tests {
 
     #[test]
     fn round_trips_through_lease_attributes() {
-        for (s, sub) in [("TRIM_HORIZON", 0), ("LATEST", 0), ("AT_TIMESTAMP", 0), ("SHARD_END", 0), ("123", 4)] {
+        for (s, sub) in [
+            ("TRIM_HORIZON", 0),
+            ("LATEST", 0),
+            ("AT_TIMESTAMP", 0),
+            ("SHARD_END", 0),
+            ("123", 4),
+        ] {
             let e = ExtendedSequenceNumber::from_parts(s, sub).unwrap();
             assert_eq!(e.checkpoint_str(), s);
             assert_eq!(e.sub_sequence(), sub);

@@ -1,0 +1,132 @@
+//! Scheduler settings: one plain struct with documented defaults and `#[must_use]` setters.
+
+use std::time::{Duration, SystemTime};
+
+/// Where a new application starts reading a shard that has no checkpoint yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitialPosition {
+    /// Only records put after the worker first reads the shard (the Java KCL's default).
+    Latest,
+    /// The oldest record still in the stream; closed ancestor shards are read first.
+    TrimHorizon,
+    /// The first record that arrived at or after this time.
+    AtTimestamp(SystemTime),
+}
+
+/// The settings of a [`crate::Scheduler`]. Build it through [`crate::Scheduler::builder`].
+///
+/// | setting | default | why |
+/// |---|---|---|
+/// | `failover_time` | 10 s | the Java KCL's; a dead worker's shards move after this |
+/// | `renew_interval` | `failover_time / 3` | the Java KCL's ratio |
+/// | `take_interval` | `failover_time / 3` | the Java KCL scans every `2 × failover_time`; scanning more often is what makes take-over and balancing take seconds |
+/// | `initial_position` | `Latest` | the Java KCL's |
+/// | `max_leases_per_worker` | unlimited | the Java KCL's |
+/// | `max_leases_to_steal` | 4 | the Java KCL steals 1 per round; stealing a few converges faster, and hand-offs are graceful |
+/// | `max_records` | 10,000 | the Java KCL's (and the `GetRecords` maximum) |
+/// | `polling_interval` | 1 s | the Java KCL's idle time between reads; used after an empty read only |
+/// | `min_read_interval` | 200 ms | keeps one reader under Kinesis's 5 reads/s per shard |
+/// | `max_prefetch_batches` | 3 | bounded read-ahead per shard; the reader waits when it is full |
+/// | `shard_sync_interval` | 60 s | the Java KCL's; shard ends also trigger a sync at once |
+/// | `parent_poll_interval` | 500 ms | how often a child checks whether its parents finished |
+/// | `graceful_shutdown_timeout` | 30 s | how long processors get to checkpoint at shutdown |
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// The application name; also the name of the lease table.
+    pub application_name: String,
+    /// The stream to consume.
+    pub stream_name: String,
+    /// This worker's id, unique among the application's workers.
+    pub worker_id: String,
+    /// Where a shard without checkpoint starts.
+    pub initial_position: InitialPosition,
+    /// A lease not renewed for this long may be taken by another worker.
+    pub failover_time: Duration,
+    /// How often held leases are renewed.
+    pub renew_interval: Duration,
+    /// How often the lease table is scanned to take and balance leases.
+    pub take_interval: Duration,
+    /// At most this many leases per worker.
+    pub max_leases_per_worker: usize,
+    /// At most this many leases stolen per take round.
+    pub max_leases_to_steal: usize,
+    /// Records per `GetRecords` call.
+    pub max_records: usize,
+    /// Wait this long after a read that returned nothing.
+    pub polling_interval: Duration,
+    /// Never read a shard more often than this.
+    pub min_read_interval: Duration,
+    /// Batches read ahead of the processor, per shard.
+    pub max_prefetch_batches: usize,
+    /// How often the shard list is synchronised with the lease table.
+    pub shard_sync_interval: Duration,
+    /// How often a child shard checks whether its parents have finished.
+    pub parent_poll_interval: Duration,
+    /// How long processors get in `shutdown_requested` at a graceful shutdown.
+    pub graceful_shutdown_timeout: Duration,
+}
+
+impl SchedulerConfig {
+    /// The defaults (see the table above) for one application, stream and worker.
+    pub fn new(
+        application_name: impl Into<String>,
+        stream_name: impl Into<String>,
+        worker_id: impl Into<String>,
+    ) -> Self {
+        let failover_time = Duration::from_secs(10);
+        Self {
+            application_name: application_name.into(),
+            stream_name: stream_name.into(),
+            worker_id: worker_id.into(),
+            initial_position: InitialPosition::Latest,
+            failover_time,
+            renew_interval: failover_time / 3,
+            take_interval: failover_time / 3,
+            max_leases_per_worker: usize::MAX,
+            max_leases_to_steal: 4,
+            max_records: 10_000,
+            polling_interval: Duration::from_secs(1),
+            min_read_interval: Duration::from_millis(200),
+            max_prefetch_batches: 3,
+            shard_sync_interval: Duration::from_secs(60),
+            parent_poll_interval: Duration::from_millis(500),
+            graceful_shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Sets the failover time, and the renew and take intervals to a third of it.
+    #[must_use]
+    pub fn failover_time(mut self, failover_time: Duration) -> Self {
+        self.failover_time = failover_time;
+        self.renew_interval = failover_time / 3;
+        self.take_interval = failover_time / 3;
+        self
+    }
+
+    /// Checks the settings for values that cannot work.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("failover_time", self.failover_time),
+            ("renew_interval", self.renew_interval),
+            ("take_interval", self.take_interval),
+            ("shard_sync_interval", self.shard_sync_interval),
+            ("parent_poll_interval", self.parent_poll_interval),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
+            return Err(format!("{name} must be greater than zero"));
+        }
+        if self.renew_interval >= self.failover_time {
+            return Err("renew_interval must be shorter than failover_time".into());
+        }
+        if self.application_name.is_empty() || self.stream_name.is_empty() || self.worker_id.is_empty() {
+            return Err("application name, stream name and worker id must not be empty".into());
+        }
+        if !(1..=10_000).contains(&self.max_records) {
+            return Err("max_records must be between 1 and 10000".into());
+        }
+        if self.max_prefetch_batches == 0 || self.max_leases_per_worker == 0 {
+            return Err("max_prefetch_batches and max_leases_per_worker must be at least 1".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,47 @@
+//! The Kinesis Client Library for Rust: consume a Kinesis data stream with many workers, each
+//! holding leases on some shards, with checkpoints, fail-over, balancing and resharding.
+//!
+//! You implement [`RecordProcessor`]; the [`Scheduler`] does the rest.
+//!
+//! # Layout
+//! - [`record`]: `Record`, `Shard`, sequence numbers.
+//! - [`processor`]: the `RecordProcessor` trait, its inputs, and `ProcessorFactory`.
+//! - [`checkpoint`]: the `Checkpointer` handed to processors.
+//! - [`config`]: `SchedulerConfig` and its defaults, `InitialPosition`.
+//! - [`scheduler`]: `Scheduler` (one per worker), its builder and handle.
+//! - [`shard`]: the per-shard consumer: a pure state machine ([`shard::state`]) driven by a task,
+//!   with a bounded read-ahead.
+//! - [`shard_sync`]: creating leases for new shards, parents before children.
+//! - [`backend`]: the `StreamBackend` trait, the bundled local stream
+//!   ([`backend::local::LocalBackend`]) and the fault-injecting wrapper.
+//! - [`error`]: `KclError` and friends.
+//!
+//! The lease side (model, stores, coordinator) is the `kcl_lease` crate, re-exported as
+//! [`lease`].
+
+#![deny(missing_docs)]
+
+pub mod backend;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod processor;
+pub mod record;
+pub mod scheduler;
+pub mod shard;
+pub mod shard_sync;
+
+pub use kcl_lease as lease;
+
+pub use backend::local::LocalBackend;
+pub use backend::{BackendError, GetRecordsOutput, IteratorPosition, StreamBackend};
+pub use checkpoint::{CheckpointError, Checkpointer};
+pub use config::{InitialPosition, SchedulerConfig};
+pub use error::{KclError, Result};
+pub use kcl_lease::{InMemoryLeaseStore, LeaseStore};
+pub use processor::{
+    InitializeInput, LeaseLostInput, ProcessRecordsInput, ProcessorError, ProcessorFactory, RecordProcessor,
+    ShardEndedInput, ShutdownRequestedInput,
+};
+pub use record::{ChildShard, ExtendedSequenceNumber, HashKeyRange, Record, SequenceNumber, Shard};
+pub use scheduler::{Scheduler, SchedulerBuilder, SchedulerHandle};

@@ -1,0 +1,137 @@
+//! What a user writes: a [`RecordProcessor`] per shard, made by a [`ProcessorFactory`].
+//!
+//! The runtime calls the processor of a shard from one task, never concurrently, in this
+//! order: `initialize` once, `process_records` for each batch in shard order, and then exactly
+//! one of `shard_ended` (the shard was closed by a split or merge and fully read),
+//! `shutdown_requested` (the worker is shutting down, or another worker took the lease with a
+//! graceful hand-off), or `lease_lost` (the lease was taken after expiry; no checkpoint is
+//! possible any more).
+//!
+//! Errors returned by `initialize`, `process_records` and `shard_ended` are retried with
+//! backoff: the same batch is delivered again, records are never skipped.
+
+use async_trait::async_trait;
+
+use crate::checkpoint::Checkpointer;
+use crate::record::{ExtendedSequenceNumber, Record};
+
+/// The error a processor returns; any error type will do.
+pub type ProcessorError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Given to [`RecordProcessor::initialize`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct InitializeInput {
+    /// The shard this processor is for.
+    pub shard_id: String,
+    /// Where processing resumes: the lease's checkpoint.
+    pub checkpoint: ExtendedSequenceNumber,
+}
+
+/// Given to [`RecordProcessor::process_records`].
+#[non_exhaustive]
+pub struct ProcessRecordsInput<'a> {
+    /// The records of this batch, in shard order. Never empty.
+    pub records: &'a [Record],
+    /// How far behind the tip of the shard the last record is, in milliseconds.
+    pub millis_behind_latest: u64,
+    /// Checkpoints the shard.
+    pub checkpointer: &'a Checkpointer,
+}
+
+/// Given to [`RecordProcessor::shard_ended`].
+#[non_exhaustive]
+pub struct ShardEndedInput<'a> {
+    /// Call [`Checkpointer::checkpoint`] on it: at shard end that writes `SHARD_END`.
+    pub checkpointer: &'a Checkpointer,
+}
+
+/// Given to [`RecordProcessor::shutdown_requested`].
+#[non_exhaustive]
+pub struct ShutdownRequestedInput<'a> {
+    /// Checkpoints the shard one last time.
+    pub checkpointer: &'a Checkpointer,
+}
+
+/// Given to [`RecordProcessor::lease_lost`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct LeaseLostInput {
+    /// The shard whose lease was lost.
+    pub shard_id: String,
+}
+
+/// The processing of one shard. Implement this; the runtime does the rest.
+///
+/// ```
+/// use async_trait::async_trait;
+/// use kcl_core::processor::*;
+///
+/// struct Printer;
+///
+/// #[async_trait]
+/// impl RecordProcessor for Printer {
+///     async fn process_records(&mut self, input: ProcessRecordsInput<'_>) -> Result<(), ProcessorError> {
+///         for record in input.records {
+///             println!("{} {}", record.partition_key, record.sequence_number);
+///         }
+///         input.checkpointer.checkpoint().await?;
+///         Ok(())
+///     }
+///
+///     async fn shard_ended(&mut self, input: ShardEndedInput<'_>) -> Result<(), ProcessorError> {
+///         input.checkpointer.checkpoint().await?; // writes SHARD_END: children may start
+///         Ok(())
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait RecordProcessor: Send + 'static {
+    /// Called once before the first batch. An error is retried with backoff.
+    async fn initialize(&mut self, input: InitializeInput) -> Result<(), ProcessorError> {
+        let _ = input;
+        Ok(())
+    }
+
+    /// Processes one batch. Checkpoint when it suits you (after every batch is simplest). An
+    /// error makes the runtime deliver the same batch again after a backoff.
+    async fn process_records(&mut self, input: ProcessRecordsInput<'_>) -> Result<(), ProcessorError>;
+
+    /// The shard was closed (split or merged) and every record in it was delivered.
+    ///
+    /// **You must checkpoint here** (`input.checkpointer.checkpoint()`), which records
+    /// `SHARD_END`: the child shards do not start until every parent is checkpointed at
+    /// `SHARD_END`. If this returns without that checkpoint, the runtime logs an error and calls
+    /// `shard_ended` again after a backoff, as long as it holds the lease; the children wait.
+    async fn shard_ended(&mut self, input: ShardEndedInput<'_>) -> Result<(), ProcessorError>;
+
+    /// The worker is shutting down, or another worker is taking the lease over gracefully.
+    /// Checkpoint what you have processed so that the next owner does not see it again.
+    /// An error is logged; the lease is handed over anyway.
+    async fn shutdown_requested(&mut self, input: ShutdownRequestedInput<'_>) -> Result<(), ProcessorError> {
+        let _ = input;
+        Ok(())
+    }
+
+    /// The lease was lost: another worker owns the shard now. Checkpointing is no longer
+    /// possible; clean up and return quickly.
+    async fn lease_lost(&mut self, input: LeaseLostInput) {
+        let _ = input;
+    }
+}
+
+/// Makes one processor per shard. Any `Fn(&str) -> impl RecordProcessor` is a factory.
+pub trait ProcessorFactory: Send + Sync + 'static {
+    /// A new processor for `shard_id`.
+    fn create(&self, shard_id: &str) -> Box<dyn RecordProcessor>;
+}
+
+impl<F, P> ProcessorFactory for F
+where
+    F: Fn(&str) -> P + Send + Sync + 'static,
+    P: RecordProcessor,
+{
+    fn create(&self, shard_id: &str) -> Box<dyn RecordProcessor> {
+        Box::new(self(shard_id))
+    }
+}

@@ -1,0 +1,150 @@
+//! The shard reader: a task that polls `GetRecords` ahead of the processor into a bounded
+//! channel (the read-ahead), so that reading and processing overlap.
+//!
+//! When the channel is full the reader waits: that is the back-pressure. It keeps within the
+//! per-shard read limits (`min_read_interval` between calls, `polling_interval` after an empty
+//! read), backs off with jitter on throttling and transient errors, and recovers from an
+//! expired iterator by asking for a new one after the last record it read.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::backend::{BackendError, IteratorPosition, StreamBackend};
+use crate::record::{ChildShard, ExtendedSequenceNumber, Record, SequenceNumber};
+
+/// What the reader hands to the shard consumer.
+#[derive(Debug)]
+pub(crate) enum Fetched {
+    /// Records, in order; never empty.
+    Batch {
+        records: Vec<Record>,
+        millis_behind_latest: u64,
+    },
+    /// The shard is closed and was read to its end.
+    End { children: Vec<ChildShard> },
+    /// A failure retrying cannot fix (missing stream or shard, bad position).
+    Failed(BackendError),
+}
+
+/// The reader's settings.
+#[derive(Debug, Clone)]
+pub(crate) struct FetchConfig {
+    pub stream: String,
+    pub shard_id: String,
+    pub max_records: usize,
+    pub polling_interval: Duration,
+    pub min_read_interval: Duration,
+}
+
+/// Reads one shard from `start`, skipping records at or before `skip_through` (a checkpoint
+/// inside an aggregate is resumed with `AT_SEQUENCE_NUMBER`).
+pub(crate) async fn run(
+    backend: Arc<dyn StreamBackend>,
+    config: FetchConfig,
+    start: IteratorPosition,
+    skip_through: Option<ExtendedSequenceNumber>,
+    tx: mpsc::Sender<Fetched>,
+) {
+    let mut iterator: Option<String> = None;
+    let mut last_read: Option<SequenceNumber> = None;
+    let mut skip_through = skip_through;
+    let backoff = || {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut delays = backoff();
+    loop {
+        let it = match iterator.take() {
+            Some(it) => it,
+            None => {
+                let position = match &last_read {
+                    Some(seq) => IteratorPosition::AfterSequenceNumber(seq.clone()),
+                    None => start.clone(),
+                };
+                match backend
+                    .get_shard_iterator(&config.stream, &config.shard_id, &position)
+                    .await
+                {
+                    Ok(it) => it,
+                    Err(e) if e.is_retryable() => {
+                        debug!(error = %e, "getting a shard iterator failed; backing off");
+                        tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Fetched::Failed(e)).await;
+                        return;
+                    }
+                }
+            }
+        };
+        let started = Instant::now();
+        match backend.get_records(&it, config.max_records).await {
+            Ok(out) => {
+                delays = backoff();
+                let mut records = out.records;
+                if let Some(last) = records.last() {
+                    last_read = Some(last.sequence_number.clone());
+                }
+                if let Some(skip) = &skip_through {
+                    records.retain(|r| r.extended_sequence_number() > *skip);
+                    if last_read.as_ref().is_some_and(|l| Some(l) > skip.sequence()) {
+                        skip_through = None;
+                    }
+                }
+                let empty = records.is_empty();
+                if !empty {
+                    let batch = Fetched::Batch {
+                        records,
+                        millis_behind_latest: out.millis_behind_latest,
+                    };
+                    if tx.send(batch).await.is_err() {
+                        return;
+                    }
+                }
+                match out.next_iterator {
+                    Some(next) => iterator = Some(next),
+                    None => {
+                        let _ = tx
+                            .send(Fetched::End {
+                                children: out.child_shards,
+                            })
+                            .await;
+                        return;
+                    }
+                }
+                let pause = if empty {
+                    config.polling_interval
+                } else {
+                    config.min_read_interval
+                };
+                tokio::time::sleep_until(started + pause).await;
+            }
+            Err(BackendError::ExpiredIterator) => {
+                debug!("shard iterator expired; getting a new one after the last record read");
+            }
+            Err(e) if e.is_retryable() => {
+                if matches!(e, BackendError::Throttled(_)) {
+                    debug!(error = %e, "read throttled; backing off");
+                } else {
+                    warn!(error = %e, "reading records failed; backing off");
+                }
+                iterator = Some(it);
+                tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
+            }
+            Err(e) => {
+                let _ = tx.send(Fetched::Failed(e)).await;
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! The shard consumer: one task per held lease, driving the [`state`] machine.
+//!
+//! The task waits for the parents, initializes the processor from the checkpoint, delivers
+//! batches from the read-ahead [`fetch`] task in order, handles the end of the shard, and shuts
+//! down on lease loss, graceful hand-off or worker shutdown. Processor callbacks always run to
+//! completion: a stop signal is acted on between callbacks, never by cancelling one.
+
+pub(crate) mod fetch;
+pub mod state;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use kcl_lease::{HeldLease, Lease, LeaseStatus, LeaseStore};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+use crate::backend::{IteratorPosition, StreamBackend};
+use crate::checkpoint::Checkpointer;
+use crate::config::{InitialPosition, SchedulerConfig};
+use crate::processor::{
+    InitializeInput, LeaseLostInput, ProcessRecordsInput, RecordProcessor, ShardEndedInput,
+    ShutdownRequestedInput,
+};
+use crate::record::{ChildShard, ExtendedSequenceNumber, Record};
+use fetch::{FetchConfig, Fetched};
+use state::{ShardEvent, ShardState, ShutdownReason};
+
+/// What a shard consumer needs from its worker.
+pub(crate) struct ShardContext {
+    pub backend: Arc<dyn StreamBackend>,
+    pub store: Arc<dyn LeaseStore>,
+    pub config: Arc<SchedulerConfig>,
+    /// Worker shutdown: `true` once a graceful shutdown started.
+    pub shutdown: watch::Receiver<bool>,
+    /// Woken when a shard ended, so that children are picked up at once.
+    pub shard_ended: Arc<Notify>,
+}
+
+/// Aborts the read-ahead task when the consumer is done with it.
+struct Reader {
+    rx: mpsc::Receiver<Fetched>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One shard's consumer.
+pub(crate) struct ShardConsumer {
+    shard_id: String,
+    lease: Arc<HeldLease>,
+    status: watch::Receiver<LeaseStatus>,
+    ctx: ShardContext,
+    /// In a `std::sync::Mutex` only to make the consumer `Sync` (so that `&self` may live across
+    /// an `.await` in a spawned task); it is only ever reached through `get_mut`, never locked.
+    processor: std::sync::Mutex<Box<dyn RecordProcessor>>,
+    checkpointer: Option<Checkpointer>,
+    reader: Option<Reader>,
+    children: Vec<ChildShard>,
+}
+
+impl ShardConsumer {
+    pub(crate) fn new(lease: Arc<HeldLease>, processor: Box<dyn RecordProcessor>, ctx: ShardContext) -> Self {
+        Self {
+            shard_id: lease.key().to_owned(),
+            status: lease.subscribe(),
+            lease,
+            ctx,
+            processor: std::sync::Mutex::new(processor),
+            checkpointer: None,
+            reader: None,
+            children: Vec::new(),
+        }
+    }
+
+    /// Runs the consumer to completion and returns its last state before `Complete`.
+    pub(crate) async fn run(mut self) -> ShardState {
+        let mut state = ShardState::WaitingOnParents;
+        loop {
+            let event = match state {
+                ShardState::WaitingOnParents => self.wait_for_parents().await,
+                ShardState::Initializing => self.initialize().await,
+                ShardState::Processing => self.process().await,
+                ShardState::ShardEnding => self.end_shard().await,
+                ShardState::ShuttingDown(reason) => self.shut_down(reason).await,
+                ShardState::Complete => return state,
+            };
+            let next = state.next(event);
+            debug!(from = ?state, ?event, to = ?next, "shard state");
+            if next == ShardState::Complete {
+                return state;
+            }
+            state = next;
+        }
+    }
+
+    fn processor(&mut self) -> &mut dyn RecordProcessor {
+        self.processor
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_mut()
+    }
+
+    /// A stop that is already signalled, if any.
+    fn pending_stop(&self) -> Option<ShutdownReason> {
+        match *self.status.borrow() {
+            LeaseStatus::Lost => return Some(ShutdownReason::LeaseLost),
+            LeaseStatus::HandoffRequested => return Some(ShutdownReason::Requested),
+            LeaseStatus::Held => {}
+        }
+        (*self.ctx.shutdown.borrow()).then_some(ShutdownReason::Requested)
+    }
+
+    /// Resolves when the consumer must stop. Owns clones of the signals, so it borrows nothing.
+    fn stop_signal(&self) -> impl std::future::Future<Output = ShutdownReason> + Send + 'static {
+        let mut status = self.status.clone();
+        let mut shutdown = self.ctx.shutdown.clone();
+        async move {
+            let lease = async move { status.wait_for(|s| *s != LeaseStatus::Held).await.map(|s| *s) };
+            let stop = async move { shutdown.wait_for(|s| *s).await.is_ok() };
+            tokio::select! {
+                s = lease => match s {
+                    Ok(LeaseStatus::HandoffRequested) => ShutdownReason::Requested,
+                    _ => ShutdownReason::LeaseLost,
+                },
+                ok = stop => {
+                    if !ok {
+                        // The worker is gone without a graceful shutdown: only lease loss stops us.
+                        std::future::pending::<()>().await;
+                    }
+                    ShutdownReason::Requested
+                }
+            }
+        }
+    }
+
+    /// Sleeps for the next backoff delay, or returns the reason to stop.
+    async fn pause(&self, delays: &mut ExponentialBackoff) -> Option<ShutdownReason> {
+        let delay = delays.next().unwrap_or(Duration::from_secs(30));
+        tokio::select! {
+            reason = self.stop_signal() => Some(reason),
+            () = tokio::time::sleep(delay) => self.pending_stop(),
+        }
+    }
+
+    async fn wait_for_parents(&mut self) -> ShardEvent {
+        let parents = self.lease.lease().await.parent_shard_ids;
+        loop {
+            match self.unfinished_parent(&parents).await {
+                None => return ShardEvent::ParentsFinished,
+                Some(parent) => debug!(%parent, "waiting for parent shard to reach SHARD_END"),
+            }
+            let poll = self.ctx.config.parent_poll_interval;
+            tokio::select! {
+                reason = self.stop_signal() => return ShardEvent::Shutdown(reason),
+                () = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+
+    /// The first parent that has not reached `SHARD_END`. A parent without a lease (never
+    /// consumed, or already cleaned up) counts as finished.
+    async fn unfinished_parent(&self, parents: &BTreeSet<String>) -> Option<String> {
+        for parent in parents {
+            match self.ctx.store.get(parent).await {
+                Ok(None) => {}
+                Ok(Some(lease)) if lease.is_finished() => {}
+                Ok(Some(_)) => return Some(parent.clone()),
+                Err(e) => {
+                    warn!(%parent, error = %e, "reading parent lease failed");
+                    return Some(parent.clone());
+                }
+            }
+        }
+        None
+    }
+
+    async fn initialize(&mut self) -> ShardEvent {
+        let poll = self
+            .ctx
+            .config
+            .parent_poll_interval
+            .min(Duration::from_millis(200));
+        let lease = tokio::select! {
+            reason = self.stop_signal() => return ShardEvent::Shutdown(reason),
+            lease = self.lease.wait_for_handoff(poll) => lease,
+        };
+        let Ok(lease) = lease else {
+            return ShardEvent::Shutdown(ShutdownReason::LeaseLost);
+        };
+        let checkpoint = lease.checkpoint.clone();
+        info!(%checkpoint, "initializing shard consumer");
+        self.checkpointer = Some(Checkpointer::new(
+            &self.shard_id,
+            self.lease.clone(),
+            checkpoint.clone(),
+        ));
+        let mut delays = processor_backoff();
+        loop {
+            let input = InitializeInput {
+                shard_id: self.shard_id.clone(),
+                checkpoint: checkpoint.clone(),
+            };
+            match self.processor().initialize(input).await {
+                Ok(()) => break,
+                Err(e) => {
+                    warn!(error = %e, "processor initialize failed; retrying");
+                    if let Some(reason) = self.pause(&mut delays).await {
+                        return ShardEvent::Shutdown(reason);
+                    }
+                }
+            }
+        }
+        if checkpoint.is_shard_end() {
+            return ShardEvent::ShardEndReached;
+        }
+        self.start_reader(&checkpoint);
+        ShardEvent::Initialized
+    }
+
+    fn start_reader(&mut self, checkpoint: &ExtendedSequenceNumber) {
+        let (start, skip) = match checkpoint {
+            ExtendedSequenceNumber::TrimHorizon => (IteratorPosition::TrimHorizon, None),
+            ExtendedSequenceNumber::Latest => (IteratorPosition::Latest, None),
+            ExtendedSequenceNumber::AtTimestamp => match self.ctx.config.initial_position {
+                InitialPosition::AtTimestamp(ts) => (IteratorPosition::AtTimestamp(ts), None),
+                _ => {
+                    warn!("lease checkpoint is AT_TIMESTAMP but no timestamp is configured: reading from TRIM_HORIZON");
+                    (IteratorPosition::TrimHorizon, None)
+                }
+            },
+            ExtendedSequenceNumber::Sequence {
+                sequence,
+                sub_sequence: 0,
+            } => (IteratorPosition::AfterSequenceNumber(sequence.clone()), None),
+            ExtendedSequenceNumber::Sequence { sequence, .. } => (
+                IteratorPosition::AtSequenceNumber(sequence.clone()),
+                Some(checkpoint.clone()),
+            ),
+            ExtendedSequenceNumber::ShardEnd => return,
+        };
+        let config = &self.ctx.config;
+        let fetch = FetchConfig {
+            stream: config.stream_name.clone(),
+            shard_id: self.shard_id.clone(),
+            max_records: config.max_records,
+            polling_interval: config.polling_interval,
+            min_read_interval: config.min_read_interval,
+        };
+        let (tx, rx) = mpsc::channel(config.max_prefetch_batches);
+        let task = tokio::spawn(fetch::run(self.ctx.backend.clone(), fetch, start, skip, tx));
+        self.reader = Some(Reader { rx, task });
+    }
+
+    async fn process(&mut self) -> ShardEvent {
+        loop {
+            let item = {
+                let stop = self.stop_signal();
+                let Some(reader) = self.reader.as_mut() else {
+                    return ShardEvent::Shutdown(ShutdownReason::Requested);
+                };
+                tokio::select! {
+                    biased;
+                    _ = stop => None,
+                    item = reader.rx.recv() => Some(item),
+                }
+            };
+            let item = match item {
+                None => {
+                    return ShardEvent::Shutdown(self.pending_stop().unwrap_or(ShutdownReason::Requested))
+                }
+                Some(item) => item,
+            };
+            match item {
+                Some(Fetched::Batch {
+                    records,
+                    millis_behind_latest,
+                }) => {
+                    if let Err(reason) = self.deliver(records, millis_behind_latest).await {
+                        return ShardEvent::Shutdown(reason);
+                    }
+                }
+                Some(Fetched::End { children }) => {
+                    self.children = children;
+                    return ShardEvent::ShardEndReached;
+                }
+                Some(Fetched::Failed(e)) => {
+                    error!(error = %e, "reading the shard failed and cannot be retried; giving the lease up");
+                    return ShardEvent::Shutdown(ShutdownReason::Requested);
+                }
+                None => return ShardEvent::Shutdown(ShutdownReason::Requested),
+            }
+        }
+    }
+
+    /// Delivers one batch, retrying the processor until it succeeds or the consumer must stop.
+    async fn deliver(
+        &mut self,
+        records: Vec<Record>,
+        millis_behind_latest: u64,
+    ) -> Result<(), ShutdownReason> {
+        let (Some(checkpointer), Some(last)) = (self.checkpointer.clone(), records.last()) else {
+            return Ok(());
+        };
+        let last = last.extended_sequence_number();
+        let mut delays = processor_backoff();
+        loop {
+            if let Some(reason) = self.pending_stop() {
+                return Err(reason);
+            }
+            if !self.lease.is_valid() {
+                // Not renewed in time: another worker may take it any moment. Stop now.
+                self.lease.mark_lost();
+                return Err(ShutdownReason::LeaseLost);
+            }
+            checkpointer.delivered(last.clone());
+            let input = ProcessRecordsInput {
+                records: &records,
+                millis_behind_latest,
+                checkpointer: &checkpointer,
+            };
+            match self.processor().process_records(input).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    warn!(error = %e, records = records.len(), "processor failed; the batch will be delivered again");
+                    if let Some(reason) = self.pause(&mut delays).await {
+                        return Err(reason);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn end_shard(&mut self) -> ShardEvent {
+        self.reader = None;
+        let Some(checkpointer) = self.checkpointer.clone() else {
+            return ShardEvent::Shutdown(ShutdownReason::ShardEnd);
+        };
+        // Child leases first: they wait for this shard's SHARD_END before they start.
+        for child in self.children.clone() {
+            let lease = Lease::new(&child.shard_id, ExtendedSequenceNumber::TrimHorizon)
+                .with_parents(child.parent_shards.iter().cloned())
+                .with_hash_key_range(child.hash_key_range);
+            let mut delays = processor_backoff();
+            while let Err(e) = self.ctx.store.create_if_absent(&lease).await {
+                warn!(child = %child.shard_id, error = %e, "creating child lease failed; retrying");
+                if let Some(reason) = self.pause(&mut delays).await {
+                    return ShardEvent::Shutdown(reason);
+                }
+            }
+        }
+        checkpointer.set_shard_end();
+        let mut delays = processor_backoff();
+        loop {
+            if let Some(reason) = self.pending_stop() {
+                return ShardEvent::Shutdown(reason);
+            }
+            match self
+                .processor()
+                .shard_ended(ShardEndedInput {
+                    checkpointer: &checkpointer,
+                })
+                .await
+            {
+                Ok(()) if checkpointer.current().is_shard_end() => break,
+                Ok(()) => error!(
+                    "shard_ended returned without checkpointing SHARD_END; child shards stay blocked. \
+                     Call checkpointer.checkpoint() in shard_ended. Retrying"
+                ),
+                Err(e) => warn!(error = %e, "processor shard_ended failed; retrying"),
+            }
+            if let Some(reason) = self.pause(&mut delays).await {
+                return ShardEvent::Shutdown(reason);
+            }
+        }
+        let children: BTreeSet<String> = self.children.iter().map(|c| c.shard_id.clone()).collect();
+        if !children.is_empty() {
+            if let Err(e) = self.lease.mark_children(&children).await {
+                warn!(error = %e, "recording child shards in the lease failed");
+            }
+        }
+        info!(children = ?children, "shard ended");
+        self.ctx.shard_ended.notify_one();
+        ShardEvent::ShardEndCheckpointed
+    }
+
+    async fn shut_down(&mut self, reason: ShutdownReason) -> ShardEvent {
+        self.reader = None;
+        let Some(checkpointer) = self.checkpointer.clone() else {
+            return ShardEvent::Stopped;
+        };
+        match reason {
+            ShutdownReason::LeaseLost => {
+                info!("lease lost: stopping");
+                let input = LeaseLostInput {
+                    shard_id: self.shard_id.clone(),
+                };
+                self.processor().lease_lost(input).await;
+            }
+            ShutdownReason::Requested | ShutdownReason::ShardEnd => {
+                debug!("shutdown requested");
+                let input = ShutdownRequestedInput {
+                    checkpointer: &checkpointer,
+                };
+                if let Err(e) = self.processor().shutdown_requested(input).await {
+                    warn!(error = %e, "processor shutdown_requested failed");
+                }
+            }
+        }
+        ShardEvent::Stopped
+    }
+}
+
+fn processor_backoff() -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}

@@ -1,0 +1,468 @@
+//! `FailureLeaseStore`: wraps any [`LeaseStore`] and injects faults (throttling, errors,
+//! conditional-write conflicts, delays) according to a [`LeaseFaultPlan`].
+//!
+//! Faults are data, not code: a plan is a seed and a list of rules (which operation, when, what
+//! fault), so a test states exactly what goes wrong and a failing run can be replayed with the
+//! same seed. The plan can be replaced while the store is in use. Every method of the trait
+//! passes through the same hook. (`kcl-core` has the same for stream backends; the tiny
+//! generator is duplicated because this crate does not depend on that one.)
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::{LeaseError, Result};
+use crate::lease::Lease;
+use crate::memory::LeaseOp;
+use crate::sequence::ExtendedSequenceNumber;
+use crate::store::LeaseStore;
+
+const OPS: usize = 10;
+
+/// A dense index of the operation, `0..OPS`.
+fn index(op: LeaseOp) -> usize {
+    match op {
+        LeaseOp::List => 0,
+        LeaseOp::Get => 1,
+        LeaseOp::Create => 2,
+        LeaseOp::Renew => 3,
+        LeaseOp::Take => 4,
+        LeaseOp::Evict => 5,
+        LeaseOp::Checkpoint => 6,
+        LeaseOp::CompleteHandoff => 7,
+        LeaseOp::MarkChildren => 8,
+        LeaseOp::Delete => 9,
+    }
+}
+
+/// When a rule fires, counted per operation (calls are numbered from 1 since the plan was set).
+#[derive(Clone, Debug, PartialEq)]
+pub enum LeaseTrigger {
+    /// Only the `n`th call (1-based); `Nth(0)` never fires.
+    Nth(u64),
+    /// Every `n`th call (the `n`th, `2n`th, ...); `EveryNth(0)` never fires.
+    EveryNth(u64),
+    /// Each call with this probability (`0.0..=1.0`), drawn from the plan's seeded generator.
+    Probability(f64),
+    /// Every call.
+    Always,
+}
+
+/// What an injected fault does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseFault {
+    /// Fail with [`LeaseError::Throttled`] without calling the store.
+    Throttle,
+    /// Fail with [`LeaseError::Backend`] without calling the store.
+    Error,
+    /// Fail with [`LeaseError::Conflict`] (`actual: None`) without calling the store, as if
+    /// another worker had changed the row. For [`LeaseOp::List`], which has no key, the key is
+    /// empty.
+    Conflict,
+    /// Sleep for the duration, then call the store.
+    Delay(Duration),
+}
+
+/// One rule of a [`LeaseFaultPlan`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeaseFaultRule {
+    /// The operation the rule applies to.
+    pub op: LeaseOp,
+    /// When it fires.
+    pub trigger: LeaseTrigger,
+    /// What it injects.
+    pub fault: LeaseFault,
+}
+
+/// Which faults to inject: a seed for the probabilistic triggers and a list of rules.
+///
+/// On each call every rule for the operation is evaluated in order. The delays of all firing
+/// [`LeaseFault::Delay`] rules add up; the first firing failing rule decides the error, returned
+/// after the delays. A call no failing rule fires on goes through to the wrapped store.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LeaseFaultPlan {
+    /// The seed of the generator behind [`LeaseTrigger::Probability`].
+    pub seed: u64,
+    /// The rules, evaluated in order.
+    pub rules: Vec<LeaseFaultRule>,
+}
+
+impl LeaseFaultPlan {
+    /// A plan without rules, with this seed.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            rules: Vec::new(),
+        }
+    }
+
+    /// A plan that injects nothing.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Adds a rule (builder style).
+    #[must_use]
+    pub fn rule(mut self, op: LeaseOp, trigger: LeaseTrigger, fault: LeaseFault) -> Self {
+        self.rules.push(LeaseFaultRule { op, trigger, fault });
+        self
+    }
+}
+
+/// A [`LeaseStore`] that injects the faults of a [`LeaseFaultPlan`] into the calls it forwards.
+pub struct FailureLeaseStore<S> {
+    inner: S,
+    state: Mutex<PlanState>,
+    injected: [AtomicU64; OPS],
+}
+
+struct PlanState {
+    plan: LeaseFaultPlan,
+    rng: SplitMix64,
+    /// Calls per operation since the plan was set.
+    calls: [u64; OPS],
+}
+
+impl PlanState {
+    fn new(plan: LeaseFaultPlan) -> Self {
+        Self {
+            rng: SplitMix64(plan.seed),
+            plan,
+            calls: [0; OPS],
+        }
+    }
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for FailureLeaseStore<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FailureLeaseStore")
+            .field("inner", &self.inner)
+            .field("plan", &self.lock().plan)
+            .finish()
+    }
+}
+
+impl<S> FailureLeaseStore<S> {
+    /// Wraps `inner`, injecting the faults of `plan`.
+    pub fn new(inner: S, plan: LeaseFaultPlan) -> Self {
+        Self {
+            inner,
+            state: Mutex::new(PlanState::new(plan)),
+            injected: Default::default(),
+        }
+    }
+
+    /// Replaces the plan. The generator is reseeded and the per-operation call numbers that
+    /// [`LeaseTrigger::Nth`] and [`LeaseTrigger::EveryNth`] count restart from zero; the counts
+    /// of injected faults are kept.
+    pub fn set_plan(&self, plan: LeaseFaultPlan) {
+        *self.lock() = PlanState::new(plan);
+    }
+
+    /// The current plan.
+    pub fn plan(&self) -> LeaseFaultPlan {
+        self.lock().plan.clone()
+    }
+
+    /// How many faults (delays included) were injected into calls of `op`.
+    pub fn injected(&self, op: LeaseOp) -> u64 {
+        self.injected[index(op)].load(Ordering::Relaxed)
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the store.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PlanState> {
+        // The state is plain counters and a plan; a panic elsewhere cannot leave it inconsistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Decides the faults of one call: the total delay and the failure, if any.
+    fn decide(&self, op: LeaseOp) -> (Duration, Option<LeaseFault>) {
+        let mut guard = self.lock();
+        let PlanState { plan, rng, calls } = &mut *guard;
+        calls[index(op)] += 1;
+        let n = calls[index(op)];
+        let mut delay = Duration::ZERO;
+        let mut failure = None;
+        for rule in plan.rules.iter().filter(|r| r.op == op) {
+            let fires = match rule.trigger {
+                LeaseTrigger::Nth(k) => n == k,
+                LeaseTrigger::EveryNth(k) => k > 0 && n % k == 0,
+                LeaseTrigger::Probability(p) => rng.next_f64() < p,
+                LeaseTrigger::Always => true,
+            };
+            if !fires {
+                continue;
+            }
+            match &rule.fault {
+                LeaseFault::Delay(d) => delay = delay.saturating_add(*d),
+                fault if failure.is_none() => failure = Some(fault.clone()),
+                _ => continue,
+            }
+            self.injected[index(op)].fetch_add(1, Ordering::Relaxed);
+        }
+        (delay, failure)
+    }
+
+    /// The hook every call passes: sleeps for injected delays, then fails or lets it through.
+    /// `key` is the lease the call is about (for conflicts).
+    async fn hook(&self, op: LeaseOp, key: &str) -> Result<()> {
+        let (delay, failure) = self.decide(op);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        match failure {
+            None | Some(LeaseFault::Delay(_)) => Ok(()),
+            Some(LeaseFault::Throttle) => Err(LeaseError::Throttled(format!("injected fault in {op:?}"))),
+            Some(LeaseFault::Error) => Err(LeaseError::backend(format!("injected fault in {op:?}"))),
+            Some(LeaseFault::Conflict) => Err(LeaseError::Conflict {
+                key: key.to_owned(),
+                actual: None,
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl<S: LeaseStore> LeaseStore for FailureLeaseStore<S> {
+    async fn list(&self) -> Result<Vec<Lease>> {
+        self.hook(LeaseOp::List, "").await?;
+        self.inner.list().await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Lease>> {
+        self.hook(LeaseOp::Get, key).await?;
+        self.inner.get(key).await
+    }
+
+    async fn create_if_absent(&self, lease: &Lease) -> Result<bool> {
+        self.hook(LeaseOp::Create, &lease.lease_key).await?;
+        self.inner.create_if_absent(lease).await
+    }
+
+    async fn renew(&self, expected: &Lease) -> Result<Lease> {
+        self.hook(LeaseOp::Renew, &expected.lease_key).await?;
+        self.inner.renew(expected).await
+    }
+
+    async fn take(&self, expected: &Lease, new_owner: &str, handoff: bool) -> Result<Lease> {
+        self.hook(LeaseOp::Take, &expected.lease_key).await?;
+        self.inner.take(expected, new_owner, handoff).await
+    }
+
+    async fn evict(&self, expected: &Lease) -> Result<Lease> {
+        self.hook(LeaseOp::Evict, &expected.lease_key).await?;
+        self.inner.evict(expected).await
+    }
+
+    async fn update_checkpoint(
+        &self,
+        expected: &Lease,
+        worker: &str,
+        checkpoint: &ExtendedSequenceNumber,
+    ) -> Result<Lease> {
+        self.hook(LeaseOp::Checkpoint, &expected.lease_key).await?;
+        self.inner.update_checkpoint(expected, worker, checkpoint).await
+    }
+
+    async fn complete_handoff(&self, key: &str, previous_owner: &str) -> Result<Lease> {
+        self.hook(LeaseOp::CompleteHandoff, key).await?;
+        self.inner.complete_handoff(key, previous_owner).await
+    }
+
+    async fn mark_children(&self, expected: &Lease, children: &BTreeSet<String>) -> Result<Lease> {
+        self.hook(LeaseOp::MarkChildren, &expected.lease_key).await?;
+        self.inner.mark_children(expected, children).await
+    }
+
+    async fn delete(&self, expected: &Lease) -> Result<()> {
+        self.hook(LeaseOp::Delete, &expected.lease_key).await?;
+        self.inner.delete(expected).await
+    }
+}
+
+/// SplitMix64: a tiny, fast, seedable generator, plenty for deciding faults.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::InMemoryLeaseStore;
+
+    fn lease(key: &str) -> Lease {
+        Lease::new(key, ExtendedSequenceNumber::TrimHorizon)
+    }
+
+    #[tokio::test]
+    async fn nth_fires_once_and_other_calls_are_delegated() {
+        let memory = InMemoryLeaseStore::new();
+        let store = FailureLeaseStore::new(
+            memory.clone(),
+            LeaseFaultPlan::new(1)
+                .rule(LeaseOp::Create, LeaseTrigger::Nth(2), LeaseFault::Error)
+                .rule(LeaseOp::Renew, LeaseTrigger::Nth(1), LeaseFault::Conflict)
+                .rule(LeaseOp::List, LeaseTrigger::Nth(1), LeaseFault::Throttle),
+        );
+        assert!(store.create_if_absent(&lease("a")).await.unwrap());
+        assert!(matches!(
+            store.create_if_absent(&lease("b")).await,
+            Err(LeaseError::Backend(_))
+        ));
+        assert!(store.create_if_absent(&lease("c")).await.unwrap());
+        assert_eq!(
+            memory.op_count(LeaseOp::Create),
+            2,
+            "the faulted call did not go through"
+        );
+
+        let seen = store.get("a").await.unwrap().unwrap();
+        let taken = store.take(&seen, "w", false).await.unwrap();
+        match store.renew(&taken).await {
+            Err(LeaseError::Conflict { key, actual: None }) => assert_eq!(key, "a"),
+            other => panic!("expected an injected conflict, got {other:?}"),
+        }
+        assert_eq!(memory.op_count(LeaseOp::Renew), 0);
+        assert_eq!(store.renew(&taken).await.unwrap().lease_counter, 2);
+        assert!(matches!(store.list().await, Err(LeaseError::Throttled(_))));
+        assert_eq!(store.list().await.unwrap().len(), 2);
+        assert_eq!(store.injected(LeaseOp::Create), 1);
+        assert_eq!(store.injected(LeaseOp::Renew), 1);
+        assert_eq!(store.injected(LeaseOp::List), 1);
+        assert_eq!(store.injected(LeaseOp::Take), 0);
+        // Errors of the wrapped store come through unchanged.
+        assert!(matches!(
+            store.renew(&lease("zz")).await,
+            Err(LeaseError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn every_method_is_hooked() {
+        let memory = InMemoryLeaseStore::new();
+        memory.put_raw(lease("a"));
+        let mut plan = LeaseFaultPlan::new(0);
+        for op in [
+            LeaseOp::List,
+            LeaseOp::Get,
+            LeaseOp::Create,
+            LeaseOp::Renew,
+            LeaseOp::Take,
+            LeaseOp::Evict,
+            LeaseOp::Checkpoint,
+            LeaseOp::CompleteHandoff,
+            LeaseOp::MarkChildren,
+            LeaseOp::Delete,
+        ] {
+            plan = plan.rule(op, LeaseTrigger::Always, LeaseFault::Throttle);
+        }
+        let store = FailureLeaseStore::new(memory.clone(), plan);
+        let l = lease("a");
+        let throttled = |r: Result<()>| matches!(r, Err(LeaseError::Throttled(_)));
+        assert!(throttled(store.list().await.map(drop)));
+        assert!(throttled(store.get("a").await.map(drop)));
+        assert!(throttled(store.create_if_absent(&l).await.map(drop)));
+        assert!(throttled(store.renew(&l).await.map(drop)));
+        assert!(throttled(store.take(&l, "w", true).await.map(drop)));
+        assert!(throttled(store.evict(&l).await.map(drop)));
+        assert!(throttled(
+            store
+                .update_checkpoint(&l, "w", &ExtendedSequenceNumber::Latest)
+                .await
+                .map(drop)
+        ));
+        assert!(throttled(store.complete_handoff("a", "w").await.map(drop)));
+        assert!(throttled(
+            store.mark_children(&l, &BTreeSet::new()).await.map(drop)
+        ));
+        assert!(throttled(store.delete(&l).await));
+        assert_eq!(
+            memory.write_count() + memory.op_count(LeaseOp::List) + memory.op_count(LeaseOp::Get),
+            0
+        );
+        // Turn the faults off at run time.
+        store.set_plan(LeaseFaultPlan::none());
+        assert_eq!(store.list().await.unwrap().len(), 1);
+        store.delete(&l).await.unwrap();
+        assert_eq!(store.injected(LeaseOp::Delete), 1);
+    }
+
+    #[tokio::test]
+    async fn probability_is_seeded_and_about_right() {
+        async fn pattern(seed: u64, p: f64) -> Vec<bool> {
+            let store = FailureLeaseStore::new(
+                InMemoryLeaseStore::new(),
+                LeaseFaultPlan::new(seed).rule(LeaseOp::Get, LeaseTrigger::Probability(p), LeaseFault::Error),
+            );
+            let mut v = Vec::new();
+            for _ in 0..1000 {
+                v.push(store.get("a").await.is_err());
+            }
+            let fired = v.iter().filter(|f| **f).count() as u64;
+            assert_eq!(store.injected(LeaseOp::Get), fired);
+            assert_eq!(store.inner().op_count(LeaseOp::Get), 1000 - fired);
+            v
+        }
+        let a = pattern(42, 0.2).await;
+        let fired = a.iter().filter(|f| **f).count();
+        assert!((140..=260).contains(&fired), "{fired} of 1000 at p = 0.2");
+        assert_eq!(a, pattern(42, 0.2).await, "same seed, same faults");
+        assert_ne!(a, pattern(43, 0.2).await, "another seed, other faults");
+        assert!(pattern(7, 0.0).await.iter().all(|f| !f));
+        assert!(pattern(7, 1.0).await.iter().all(|f| *f));
+    }
+
+    #[tokio::test]
+    async fn every_nth_and_delays() {
+        tokio::time::pause();
+        let store = FailureLeaseStore::new(
+            InMemoryLeaseStore::new(),
+            LeaseFaultPlan::new(0)
+                .rule(LeaseOp::Get, LeaseTrigger::EveryNth(2), LeaseFault::Throttle)
+                .rule(
+                    LeaseOp::List,
+                    LeaseTrigger::Always,
+                    LeaseFault::Delay(Duration::from_secs(1)),
+                ),
+        );
+        let mut failed = Vec::new();
+        for _ in 0..6 {
+            failed.push(store.get("a").await.is_err());
+        }
+        assert_eq!(failed, [false, true, false, true, false, true]);
+        let start = tokio::time::Instant::now();
+        assert!(store.list().await.unwrap().is_empty());
+        assert!(start.elapsed() >= Duration::from_secs(1) && start.elapsed() < Duration::from_millis(1010));
+        assert_eq!(
+            store.inner().op_count(LeaseOp::List),
+            1,
+            "a delayed call goes through"
+        );
+        assert_eq!(store.injected(LeaseOp::List), 1);
+    }
+}

@@ -1,0 +1,350 @@
+//! End-to-end tests of the runtime on the bundled local backend: balance, fail-over, graceful
+//! hand-off, resharding, checkpoint rules, processor retries and throttling.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kcl_core::{
+    CheckpointError, InMemoryLeaseStore, LocalBackend, ProcessRecordsInput, ProcessorError, RecordProcessor,
+    Scheduler, ShardEndedInput,
+};
+use kcl_lease::{ExtendedSequenceNumber, LeaseStore};
+use kcl_tests::*;
+use tokio::time::{timeout, Instant};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+async fn setup(shards: usize) -> (LocalBackend, InMemoryLeaseStore, Log) {
+    init_tracing();
+    let backend = LocalBackend::new();
+    backend.create_stream(STREAM, shards).expect("create stream");
+    (backend, InMemoryLeaseStore::new(), Log::default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_balance_evenly_over_two_then_three_workers() {
+    let (backend, store, log) = setup(6).await;
+    let failover = Duration::from_millis(900);
+    let a = start("a", &backend, &store, &log, failover);
+    wait_until(LIMIT, "a holds all 6", || a.held_leases().len() == 6).await;
+    let b = start("b", &backend, &store, &log, failover);
+    wait_until(LIMIT, "3/3 over two workers", || {
+        a.held_leases().len() == 3 && b.held_leases().len() == 3
+    })
+    .await;
+    let c = start("c", &backend, &store, &log, failover);
+    wait_until(LIMIT, "2/2/2 over three workers", || {
+        [&a, &b, &c].iter().all(|w| w.held_leases().len() == 2)
+    })
+    .await;
+    let table = owners(&store).await;
+    assert_eq!(
+        table.values().copied().collect::<Vec<_>>(),
+        [2, 2, 2],
+        "{table:?}"
+    );
+    // Records flow to every worker.
+    let mut produced = BTreeMap::new();
+    produce(&backend, 24, 5, &mut produced).await;
+    wait_until(LIMIT, "all records processed", || log.wait_count() == 120).await;
+    assert_eq!(
+        log.assert_complete_and_ordered(&produced),
+        0,
+        "no duplicates without failures"
+    );
+    let workers: BTreeSet<String> = log.seen().into_iter().map(|s| s.worker).collect();
+    assert_eq!(workers.len(), 3);
+    for w in [a, b, c] {
+        w.shutdown().await.expect("shutdown");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_workers_shards_resume_from_their_checkpoints_after_the_failover_time() {
+    let (backend, store, log) = setup(4).await;
+    let failover = Duration::from_millis(1200);
+    let a = start("a", &backend, &store, &log, failover);
+    let b = start("b", &backend, &store, &log, failover);
+    wait_until(LIMIT, "2/2", || {
+        a.held_leases().len() == 2 && b.held_leases().len() == 2
+    })
+    .await;
+    let mut produced = BTreeMap::new();
+    produce(&backend, 16, 10, &mut produced).await;
+    wait_until(LIMIT, "first wave processed", || log.wait_count() == 160).await;
+
+    let b_shards: BTreeSet<String> = b.held_leases().into_iter().collect();
+    b.kill().await;
+    let killed_at = Instant::now();
+    // The checkpoints the dead worker left behind.
+    let mut checkpoints = BTreeMap::new();
+    for l in store.list().await.unwrap() {
+        if b_shards.contains(&l.lease_key) {
+            assert_eq!(
+                l.lease_owner.as_deref(),
+                Some("b"),
+                "a crashed worker releases nothing"
+            );
+            checkpoints.insert(l.lease_key.clone(), l.checkpoint.clone());
+        }
+    }
+    let before_kill = log.seen().len();
+    produce(&backend, 16, 10, &mut produced).await;
+    wait_until(LIMIT, "a takes over", || a.held_leases().len() == 4).await;
+    let took = killed_at.elapsed();
+    assert!(took >= failover, "taken after {took:?}, before the failover time");
+    assert!(took < failover * 4, "take-over took {took:?}");
+    wait_until(LIMIT, "second wave processed", || log.wait_count() == 320).await;
+    log.assert_complete_and_ordered(&produced);
+    // a resumed each of b's shards after b's checkpoint: nothing at or before it came again.
+    for s in &log.seen()[before_kill..] {
+        if let Some(cp) = checkpoints.get(&s.shard) {
+            let seq = ExtendedSequenceNumber::from_parts(&s.sequence, 0).unwrap();
+            assert!(
+                seq > *cp,
+                "{} re-processed {} at/before checkpoint {cp}",
+                s.shard,
+                s.sequence
+            );
+            assert_eq!(s.worker, "a");
+        }
+    }
+    a.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_hands_over_at_once_with_no_record_processed_twice() {
+    let (backend, store, log) = setup(4).await;
+    let failover = Duration::from_secs(6);
+    let a = start("a", &backend, &store, &log, failover);
+    let b = start("b", &backend, &store, &log, failover);
+    wait_until(LIMIT, "2/2", || {
+        a.held_leases().len() == 2 && b.held_leases().len() == 2
+    })
+    .await;
+    let mut produced = BTreeMap::new();
+    produce(&backend, 16, 10, &mut produced).await;
+    wait_until(LIMIT, "first wave processed", || log.wait_count() == 160).await;
+    // Keep records flowing while b leaves.
+    let producer = {
+        let backend = backend.clone();
+        let mut produced = produced.clone();
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                produce(&backend, 16, 1, &mut produced).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            produced
+        })
+    };
+    let stopping = Instant::now();
+    b.shutdown().await.expect("graceful shutdown");
+    wait_until(LIMIT, "a holds all 4", || a.held_leases().len() == 4).await;
+    let handover = stopping.elapsed();
+    assert!(
+        handover < failover,
+        "hand-over took {handover:?}, not faster than the failover time"
+    );
+    let produced = producer.await.unwrap();
+    let total: u64 = produced.values().sum();
+    wait_until(LIMIT, "everything processed", || log.wait_count() as u64 == total).await;
+    assert_eq!(
+        log.assert_complete_and_ordered(&produced),
+        0,
+        "graceful hand-over must not duplicate"
+    );
+    assert!(log.shutdown_calls.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    a.shutdown().await.unwrap();
+    // After the last worker leaves, every lease is released.
+    assert!(owners(&store).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_and_merge_keep_parents_before_children() {
+    let (backend, store, log) = setup(2).await;
+    let failover = Duration::from_secs(2);
+    let a = start("a", &backend, &store, &log, failover);
+    let b = start("b", &backend, &store, &log, failover);
+    let mut produced = BTreeMap::new();
+    produce(&backend, 20, 5, &mut produced).await;
+    // Split shard 0 in the middle of its range, then merge its upper half with shard 1.
+    let shard0 = backend.shards(STREAM).unwrap()[0].clone();
+    let middle = shard0.hash_key_range.start + (shard0.hash_key_range.end - shard0.hash_key_range.start) / 2;
+    let (low, high) = backend
+        .split_shard(STREAM, &shard0.shard_id, middle + 1)
+        .expect("split");
+    produce(&backend, 20, 5, &mut produced).await;
+    let merged = backend
+        .merge_shards(STREAM, &high, "shardId-000000000001")
+        .expect("merge");
+    produce(&backend, 20, 5, &mut produced).await;
+    wait_until(LIMIT, "all processed", || log.wait_count() == 300).await;
+    log.assert_complete_and_ordered(&produced);
+
+    // Every record of a parent was processed before any record of its children.
+    let seen = log.seen();
+    let last = |shard: &str| seen.iter().rposition(|s| s.shard == shard);
+    let first = |shard: &str| seen.iter().position(|s| s.shard == shard);
+    for (parent, child) in [
+        (shard0.shard_id.as_str(), low.as_str()),
+        (shard0.shard_id.as_str(), high.as_str()),
+        (high.as_str(), merged.as_str()),
+        ("shardId-000000000001", merged.as_str()),
+    ] {
+        if let (Some(p), Some(c)) = (last(parent), first(child)) {
+            assert!(p < c, "child {child} started before parent {parent} ended");
+        }
+    }
+    wait_until(LIMIT, "parents checkpointed at SHARD_END", || {
+        futures_lite_block(&store, &[&shard0.shard_id, &high, "shardId-000000000001"])
+    })
+    .await;
+    let parent = store.get(&shard0.shard_id).await.unwrap().unwrap();
+    assert_eq!(
+        parent.child_shard_ids,
+        BTreeSet::from([low.clone(), high.clone()])
+    );
+    let child = store.get(&merged).await.unwrap().unwrap();
+    assert_eq!(
+        child.parent_shard_ids,
+        BTreeSet::from([high.clone(), "shardId-000000000001".to_owned()])
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// Whether every listed lease is at SHARD_END (read without awaiting, for `wait_until`).
+fn futures_lite_block(store: &InMemoryLeaseStore, keys: &[&str]) -> bool {
+    let rows = store.snapshot();
+    keys.iter().all(|k| {
+        rows.iter()
+            .any(|l| l.lease_key == *k && l.checkpoint.is_shard_end())
+    })
+}
+
+/// A processor that checks the checkpoint rules on its first batch and reports what happened.
+struct Validator {
+    results: Arc<Mutex<Vec<String>>>,
+    steal: Option<InMemoryLeaseStore>,
+}
+
+fn describe(r: Result<(), CheckpointError>) -> String {
+    match r {
+        Ok(()) => "ok".into(),
+        Err(CheckpointError::BeyondDelivered { .. }) => "beyond".into(),
+        Err(CheckpointError::BehindCheckpoint { .. }) => "behind".into(),
+        Err(CheckpointError::InvalidSequenceNumber(_)) => "invalid".into(),
+        Err(CheckpointError::LeaseLost { .. }) => "lost".into(),
+        Err(e) => format!("other: {e}"),
+    }
+}
+
+#[async_trait]
+impl RecordProcessor for Validator {
+    async fn process_records(&mut self, input: ProcessRecordsInput<'_>) -> Result<(), ProcessorError> {
+        let cp = input.checkpointer;
+        let mut out = Vec::new();
+        if let Some(store) = self.steal.take() {
+            // Another worker takes the lease behind our back (as after an expiry).
+            let row = store.get(cp.shard_id()).await?.ok_or("no lease")?;
+            store.take(&row, "intruder", false).await?;
+            out.push(describe(cp.checkpoint().await));
+            out.push(describe(cp.checkpoint().await));
+        } else {
+            let records = input.records;
+            assert!(records.len() >= 3, "test needs 3 records in the first batch");
+            let beyond = format!("{}1", records[records.len() - 1].sequence_number);
+            out.push(describe(cp.checkpoint_at(&beyond, 0).await));
+            out.push(describe(cp.checkpoint_at("not-a-number", 0).await));
+            out.push(describe(
+                cp.checkpoint_at(records[1].sequence_number.as_str(), 0).await,
+            ));
+            out.push(describe(
+                cp.checkpoint_at(records[0].sequence_number.as_str(), 0).await,
+            ));
+            out.push(describe(
+                cp.checkpoint_at(records[1].sequence_number.as_str(), 0).await,
+            ));
+            out.push(describe(cp.checkpoint().await));
+            assert_eq!(
+                cp.current(),
+                records[records.len() - 1].extended_sequence_number()
+            );
+        }
+        self.results.lock().unwrap().extend(out);
+        Err("stop here".into())
+    }
+
+    async fn shard_ended(&mut self, input: ShardEndedInput<'_>) -> Result<(), ProcessorError> {
+        input.checkpointer.checkpoint().await?;
+        Ok(())
+    }
+}
+
+async fn run_validator(steal: bool) -> (Vec<String>, InMemoryLeaseStore) {
+    let (backend, store, _log) = setup(1).await;
+    let mut produced = BTreeMap::new();
+    produce(&backend, 1, 5, &mut produced).await;
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let r = results.clone();
+    let thief = steal.then(|| store.clone());
+    let worker = Scheduler::builder(APP, STREAM)
+        .worker_id("v".into())
+        .backend(backend.clone())
+        .lease_store(store.clone())
+        .initial_position(kcl_core::InitialPosition::TrimHorizon)
+        .failover_time(Duration::from_secs(30))
+        .processor_factory(move |_: &str| Validator {
+            results: r.clone(),
+            steal: thief.clone(),
+        })
+        .build()
+        .unwrap()
+        .spawn();
+    wait_until(LIMIT, "validator ran", || !results.lock().unwrap().is_empty()).await;
+    timeout(LIMIT, worker.shutdown())
+        .await
+        .expect("shutdown hung")
+        .unwrap();
+    let out = results.lock().unwrap().clone();
+    (out, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_are_validated() {
+    let (results, _) = run_validator(false).await;
+    assert_eq!(results, ["beyond", "invalid", "ok", "behind", "ok", "ok"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_makes_checkpointing_fail() {
+    let (results, store) = run_validator(true).await;
+    assert_eq!(results, ["lost", "lost"]);
+    let row = store.get("shardId-000000000000").await.unwrap().unwrap();
+    assert_eq!(
+        row.lease_owner.as_deref(),
+        Some("intruder"),
+        "the loser did not release the thief's lease"
+    );
+    assert_eq!(
+        row.checkpoint,
+        ExtendedSequenceNumber::TrimHorizon,
+        "no checkpoint was written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_processor_is_retried_not_skipped() {
+    let (backend, store, log) = setup(2).await;
+    log.failures_to_inject
+        .store(5, std::sync::atomic::Ordering::SeqCst);
+    let mut produced = BTreeMap::new();
+    produce(&backend, 8, 10, &mut produced).await;
+    let a = start("a", &backend, &store, &log, Duration::from_secs(3));
+    wait_until(LIMIT, "all processed", || log.wait_count() == 80).await;
+    assert_eq!(log.failed_calls.load(std::sync::atomic::Ordering::SeqCst), 5);
+    assert_eq!(log.assert_complete_and_ordered(&produced), 0);
+    a.shutdown().await.unwrap();
+}
