@@ -13,7 +13,9 @@
 //!   with a bounded read-ahead.
 //! - [`shard_sync`]: creating leases for new shards, parents before children.
 //! - [`backend`]: the `StreamBackend` trait, the bundled local stream
-//!   ([`backend::local::LocalBackend`]) and the fault-injecting wrapper.
+//!   ([`backend::local::LocalBackend`]), Kinesis through the AWS SDK
+//!   ([`backend::kinesis::KinesisBackend`]) and the fault-injecting wrapper.
+//! - [`aws`]: loading AWS configuration (default chain, region, endpoint overrides).
 //! - [`error`]: `KclError` and friends.
 //!
 //! The lease side (model, stores, coordinator) is the `kcl_lease` crate, re-exported as
@@ -21,6 +23,7 @@
 
 #![deny(missing_docs)]
 
+pub mod aws;
 pub mod backend;
 pub mod checkpoint;
 pub mod config;
@@ -33,6 +36,7 @@ pub mod shard_sync;
 
 pub use kcl_lease as lease;
 
+pub use backend::kinesis::KinesisBackend;
 pub use backend::local::LocalBackend;
 pub use backend::{BackendError, GetRecordsOutput, IteratorPosition, StreamBackend};
 pub use checkpoint::{CheckpointError, Checkpointer};

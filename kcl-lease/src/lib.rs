@@ -10,6 +10,8 @@
 //! - [`lease`]: `Lease`, one row of the lease table, and `HashKeyRange`.
 //! - [`store`]: the `LeaseStore` trait; every mutation is conditional.
 //! - [`memory`]: `InMemoryLeaseStore`, the bundled table.
+//! - [`dynamodb`]: `DynamoDbLeaseStore`, the lease table in Amazon DynamoDB with the Java KCL's
+//!   schema (the schema table is in the module docs).
 //! - [`failure`]: `FailureLeaseStore`, wraps any store to inject faults.
 //! - [`balance`]: pure logic: expiry as observed by one worker, and which leases to take or
 //!   steal. No I/O, time is an argument.
@@ -21,6 +23,7 @@
 
 pub mod balance;
 pub mod coordinator;
+pub mod dynamodb;
 pub mod error;
 pub mod failure;
 
@@ -31,6 +34,7 @@ pub mod store;
 
 pub use balance::{plan_takes, BalanceConfig, ExpiryTracker, TakePlan};
 pub use coordinator::{CoordinatorConfig, HeldLease, LeaseCoordinator, LeaseStatus};
+pub use dynamodb::DynamoDbLeaseStore;
 pub use error::{LeaseError, ParseSequenceError, Result};
 pub use failure::{FailureLeaseStore, LeaseFault, LeaseFaultPlan, LeaseFaultRule, LeaseTrigger};
 

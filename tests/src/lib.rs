@@ -3,6 +3,9 @@
 
 #![allow(missing_docs)]
 
+pub mod aws;
+pub mod emulators;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -143,9 +146,22 @@ pub fn fast(
     log: &Log,
     failover: Duration,
 ) -> kcl_core::SchedulerBuilder {
+    fast_for(APP, STREAM, worker, backend, store, log, failover)
+}
+
+/// [`fast`] for a given application and stream.
+pub fn fast_for(
+    app: &str,
+    stream: &str,
+    worker: &str,
+    backend: impl StreamBackend,
+    store: impl LeaseStore,
+    log: &Log,
+    failover: Duration,
+) -> kcl_core::SchedulerBuilder {
     let w = worker.to_owned();
     let log = log.clone();
-    Scheduler::builder(APP, STREAM)
+    Scheduler::builder(app, stream)
         .worker_id(worker.to_owned())
         .backend(backend)
         .lease_store(store)

@@ -12,6 +12,7 @@ use thiserror::Error;
 use crate::record::{ChildShard, Record, SequenceNumber, Shard};
 
 pub mod failure;
+pub mod kinesis;
 pub mod local;
 
 /// Where a shard iterator starts (`ShardIteratorType` plus its argument).

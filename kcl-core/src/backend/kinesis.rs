@@ -1,0 +1,258 @@
+//! `KinesisBackend`: the [`StreamBackend`] for Amazon Kinesis Data Streams (and emulators),
+//! through the official AWS SDK for Rust.
+//!
+//! Service errors are mapped in one place, [`map_error`], to the backend-neutral
+//! [`BackendError`] variants the runtime acts on: throttling (`ProvisionedThroughputExceeded`,
+//! `LimitExceeded`, KMS throttling) is retried by the runtime with backoff and jitter; an
+//! expired iterator is renewed from the last record read; a missing stream, missing
+//! permissions or a KMS failure is reported with a clear message. The SDK's own retries are
+//! switched off by [`crate::aws::load_sdk_config`], so that throttling is visible and counted
+//! ([`KinesisBackend::throttle_count`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use aws_sdk_kinesis::error::ProvideErrorMetadata;
+use aws_sdk_kinesis::primitives::DateTime;
+use aws_sdk_kinesis::types::ShardIteratorType;
+use bytes::Bytes;
+use tracing::debug;
+
+use crate::backend::{BackendError, GetRecordsOutput, IteratorPosition, StreamBackend};
+use crate::record::{ChildShard, HashKeyRange, Record, SequenceNumber, Shard};
+
+/// Reads a Kinesis data stream through the AWS SDK. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct KinesisBackend {
+    client: aws_sdk_kinesis::Client,
+    throttles: Arc<AtomicU64>,
+}
+
+impl KinesisBackend {
+    /// A backend over an SDK client.
+    pub fn new(client: aws_sdk_kinesis::Client) -> Self {
+        Self {
+            client,
+            throttles: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// A backend from shared SDK configuration (see [`crate::aws::load_sdk_config`]).
+    pub fn from_conf(config: &aws_config::SdkConfig) -> Self {
+        Self::new(aws_sdk_kinesis::Client::new(config))
+    }
+
+    /// The SDK client, for producing or managing streams.
+    pub fn client(&self) -> &aws_sdk_kinesis::Client {
+        &self.client
+    }
+
+    /// How many calls the service throttled so far.
+    pub fn throttle_count(&self) -> u64 {
+        self.throttles.load(Ordering::Relaxed)
+    }
+
+    fn map<E>(&self, err: aws_sdk_kinesis::error::SdkError<E>, what: Context<'_>) -> BackendError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let mapped = map_error(err, what);
+        if matches!(mapped, BackendError::Throttled(_)) {
+            self.throttles.fetch_add(1, Ordering::Relaxed);
+        }
+        mapped
+    }
+}
+
+/// What a call was about, to name the missing thing in errors.
+#[derive(Clone, Copy, Debug)]
+pub enum Context<'a> {
+    /// A call on a stream.
+    Stream(&'a str),
+    /// A call on one shard of a stream.
+    Shard(&'a str, &'a str),
+    /// A `GetRecords` call (only the iterator is known).
+    Iterator,
+}
+
+/// Maps an SDK error to a [`BackendError`]: the one place where service error codes are read.
+pub fn map_error<E>(err: aws_sdk_kinesis::error::SdkError<E>, what: Context<'_>) -> BackendError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let code = err.code().unwrap_or_default().to_owned();
+    let message = err.message().unwrap_or_default().to_owned();
+    let detail = if message.is_empty() {
+        code.clone()
+    } else {
+        format!("{code}: {message}")
+    };
+    match code.as_str() {
+        "ProvisionedThroughputExceededException"
+        | "LimitExceededException"
+        | "ThrottlingException"
+        | "KMSThrottlingException" => BackendError::Throttled(detail),
+        "ExpiredIteratorException" => BackendError::ExpiredIterator,
+        "ResourceNotFoundException" => match what {
+            Context::Stream(stream) => BackendError::StreamNotFound(stream.to_owned()),
+            Context::Shard(stream, shard) if message.contains(shard) || !message.contains(stream) => {
+                BackendError::ShardNotFound(shard.to_owned())
+            }
+            Context::Shard(stream, _) => BackendError::StreamNotFound(stream.to_owned()),
+            Context::Iterator => BackendError::ShardNotFound(detail),
+        },
+        "InvalidArgumentException" | "ValidationException" => BackendError::InvalidArgument(detail),
+        "AccessDeniedException"
+        | "UnrecognizedClientException"
+        | "InvalidSignatureException"
+        | "ExpiredTokenException" => BackendError::other(format!(
+            "access denied ({detail}); check the credentials and that the IAM policy allows this call"
+        )),
+        c if c.starts_with("KMS") => {
+            BackendError::other(format!("KMS failure reading an encrypted stream: {detail}"))
+        }
+        _ => BackendError::other(format!("{}", aws_sdk_kinesis::error::DisplayErrorContext(&err))),
+    }
+}
+
+/// Parses a hash key range, as Kinesis gives it (decimal strings).
+fn hash_range(range: Option<&aws_sdk_kinesis::types::HashKeyRange>) -> Result<HashKeyRange, BackendError> {
+    let range = range.ok_or_else(|| BackendError::other("shard without a hash key range"))?;
+    let parse = |s: &str| {
+        s.parse::<u128>()
+            .map_err(|_| BackendError::other(format!("hash key {s:?} is not a 128-bit number")))
+    };
+    HashKeyRange::new(parse(range.starting_hash_key())?, parse(range.ending_hash_key())?)
+        .ok_or_else(|| BackendError::other("hash key range with start after end"))
+}
+
+fn sequence(s: &str) -> Result<SequenceNumber, BackendError> {
+    SequenceNumber::new(s).map_err(|e| BackendError::other(e.to_string()))
+}
+
+fn to_shard(s: &aws_sdk_kinesis::types::Shard) -> Result<Shard, BackendError> {
+    let range = s
+        .sequence_number_range()
+        .ok_or_else(|| BackendError::other("shard without a sequence range"))?;
+    Ok(Shard {
+        shard_id: s.shard_id().to_owned(),
+        parent_shard_id: s.parent_shard_id().map(str::to_owned),
+        adjacent_parent_shard_id: s.adjacent_parent_shard_id().map(str::to_owned),
+        hash_key_range: hash_range(s.hash_key_range())?,
+        starting_sequence_number: sequence(range.starting_sequence_number())?,
+        ending_sequence_number: range.ending_sequence_number().map(sequence).transpose()?,
+    })
+}
+
+fn to_record(r: &aws_sdk_kinesis::types::Record) -> Result<Record, BackendError> {
+    Ok(Record {
+        data: Bytes::copy_from_slice(r.data().as_ref()),
+        partition_key: r.partition_key().unwrap_or_default().to_owned(),
+        sequence_number: sequence(r.sequence_number())?,
+        sub_sequence_number: 0,
+        approximate_arrival_timestamp: r
+            .approximate_arrival_timestamp()
+            .and_then(|t| SystemTime::try_from(*t).ok())
+            .unwrap_or(SystemTime::UNIX_EPOCH),
+        explicit_hash_key: None,
+    })
+}
+
+#[async_trait]
+impl StreamBackend for KinesisBackend {
+    async fn list_shards(&self, stream: &str) -> Result<Vec<Shard>, BackendError> {
+        let mut shards = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            // With a next token the stream name must not be sent.
+            let request = match &next {
+                Some(token) => self.client.list_shards().next_token(token),
+                None => self.client.list_shards().stream_name(stream),
+            };
+            let out = request
+                .send()
+                .await
+                .map_err(|e| self.map(e, Context::Stream(stream)))?;
+            for s in out.shards() {
+                shards.push(to_shard(s)?);
+            }
+            match out.next_token() {
+                Some(token) if !token.is_empty() => next = Some(token.to_owned()),
+                _ => break,
+            }
+        }
+        debug!(stream, shards = shards.len(), "listed shards");
+        Ok(shards)
+    }
+
+    async fn get_shard_iterator(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        position: &IteratorPosition,
+    ) -> Result<String, BackendError> {
+        let request = self
+            .client
+            .get_shard_iterator()
+            .stream_name(stream)
+            .shard_id(shard_id);
+        let request = match position {
+            IteratorPosition::TrimHorizon => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
+            IteratorPosition::Latest => request.shard_iterator_type(ShardIteratorType::Latest),
+            IteratorPosition::AtSequenceNumber(seq) => request
+                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
+                .starting_sequence_number(seq.as_str()),
+            IteratorPosition::AfterSequenceNumber(seq) => request
+                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .starting_sequence_number(seq.as_str()),
+            IteratorPosition::AtTimestamp(ts) => request
+                .shard_iterator_type(ShardIteratorType::AtTimestamp)
+                .timestamp(DateTime::from(*ts)),
+        };
+        let out = request
+            .send()
+            .await
+            .map_err(|e| self.map(e, Context::Shard(stream, shard_id)))?;
+        out.shard_iterator
+            .ok_or_else(|| BackendError::other(format!("no shard iterator returned for {shard_id}")))
+    }
+
+    async fn get_records(&self, iterator: &str, limit: usize) -> Result<GetRecordsOutput, BackendError> {
+        let limit = i32::try_from(limit.clamp(1, 10_000)).unwrap_or(10_000);
+        let out = self
+            .client
+            .get_records()
+            .shard_iterator(iterator)
+            .limit(limit)
+            .send()
+            .await
+            .map_err(|e| self.map(e, Context::Iterator))?;
+        let records = out
+            .records()
+            .iter()
+            .map(to_record)
+            .collect::<Result<Vec<_>, _>>()?;
+        let child_shards = out
+            .child_shards()
+            .iter()
+            .map(|c| {
+                Ok(ChildShard {
+                    shard_id: c.shard_id().to_owned(),
+                    parent_shards: c.parent_shards().to_vec(),
+                    hash_key_range: hash_range(c.hash_key_range())?,
+                })
+            })
+            .collect::<Result<Vec<_>, BackendError>>()?;
+        Ok(GetRecordsOutput {
+            records,
+            next_iterator: out.next_shard_iterator().map(str::to_owned),
+            millis_behind_latest: out
+                .millis_behind_latest()
+                .and_then(|m| u64::try_from(m).ok())
+                .unwrap_or(0),
+            child_shards,
+        })
+    }
+}

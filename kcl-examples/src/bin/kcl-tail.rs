@@ -1,0 +1,295 @@
+//! `kcl-tail`: a ready consumer. It reads a Kinesis stream as a KCL application (leases in a
+//! DynamoDB table named after the application, checkpoints, fail-over, balancing across every
+//! `kcl-tail` with the same application name) and writes one JSON line per record to stdout:
+//!
+//! ```text
+//! {"shard_id":"shardId-000000000000","sequence_number":"4959...","sub_sequence_number":0,
+//!  "partition_key":"k","data":"aGVsbG8=","approximate_arrival_timestamp":"2026-11-25T06:40:00.123Z"}
+//! ```
+//!
+//! Each batch is written and flushed before it is checkpointed, so a restart continues after
+//! the last line written (at-least-once). SIGTERM or SIGINT shut it down gracefully: the leases
+//! are checkpointed and released for the other workers.
+//!
+//! `--local` runs on the bundled in-process backend instead of AWS: the lines of stdin are put
+//! into a local stream (partition key: the line number), printed as they are consumed, and the
+//! program ends when stdin is closed and every line was printed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use async_trait::async_trait;
+use aws_smithy_types::date_time::Format;
+use aws_smithy_types::DateTime;
+use clap::Parser;
+use kcl_core::aws::{load_sdk_config, AwsOptions};
+use kcl_core::{
+    InMemoryLeaseStore, InitialPosition, KinesisBackend, LocalBackend, ProcessRecordsInput, ProcessorError,
+    Record, RecordProcessor, Scheduler, SchedulerBuilder, ShardEndedInput, ShutdownRequestedInput,
+};
+use kcl_lease::DynamoDbLeaseStore;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::{Mutex, Notify};
+use tracing::{error, info};
+
+/// Consume a Kinesis stream as a KCL application and print every record as a JSON line.
+#[derive(Parser, Debug)]
+#[command(name = "kcl-tail", version)]
+struct Args {
+    /// The stream to read.
+    #[arg(long)]
+    stream: String,
+    /// The application name: the lease table's name. Workers with the same name share the
+    /// stream's shards. Default: `kcl-tail-<stream>`.
+    #[arg(long)]
+    application_name: Option<String>,
+    /// AWS region (default: the SDK's chain: AWS_REGION, profile, IMDS).
+    #[arg(long)]
+    region: Option<String>,
+    /// Endpoint URL for both Kinesis and DynamoDB (LocalStack, emulators). The
+    /// AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_KINESIS and AWS_ENDPOINT_URL_DYNAMODB variables also work.
+    #[arg(long)]
+    endpoint_url: Option<String>,
+    /// Where a new application starts: trim-horizon, latest, or at-timestamp:<RFC3339>.
+    #[arg(long, default_value = "latest", value_parser = parse_position)]
+    initial_position: InitialPosition,
+    /// This worker's id (default: host name, pid and start time).
+    #[arg(long)]
+    worker_id: Option<String>,
+    /// Lease failover time in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    failover_ms: u64,
+    /// Use the bundled in-process backend: stdin lines become records of a local stream.
+    #[arg(long)]
+    local: bool,
+    /// Shards of the local stream (with --local).
+    #[arg(long, default_value_t = 4)]
+    local_shards: usize,
+}
+
+fn parse_position(s: &str) -> Result<InitialPosition, String> {
+    match s {
+        "trim-horizon" | "TRIM_HORIZON" => Ok(InitialPosition::TrimHorizon),
+        "latest" | "LATEST" => Ok(InitialPosition::Latest),
+        other => {
+            let ts = other.strip_prefix("at-timestamp:").ok_or_else(|| {
+                format!("{other:?}: expected trim-horizon, latest or at-timestamp:<RFC3339>")
+            })?;
+            let dt = DateTime::from_str(ts, Format::DateTimeWithOffset)
+                .or_else(|_| DateTime::from_str(ts, Format::DateTime))
+                .map_err(|e| format!("{ts:?} is not an RFC 3339 timestamp: {e}"))?;
+            let t = std::time::SystemTime::try_from(dt).map_err(|e| format!("{ts:?}: {e}"))?;
+            Ok(InitialPosition::AtTimestamp(t))
+        }
+    }
+}
+
+/// Appends `s` to `out` as a JSON string.
+fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn json_line(out: &mut String, shard_id: &str, r: &Record) {
+    out.push_str("{\"shard_id\":");
+    json_string(out, shard_id);
+    out.push_str(",\"sequence_number\":");
+    json_string(out, r.sequence_number.as_str());
+    out.push_str(&format!(
+        ",\"sub_sequence_number\":{},\"partition_key\":",
+        r.sub_sequence_number
+    ));
+    json_string(out, &r.partition_key);
+    out.push_str(",\"data\":");
+    json_string(out, &aws_smithy_types::base64::encode(&r.data));
+    out.push_str(",\"approximate_arrival_timestamp\":");
+    let ts = DateTime::from(r.approximate_arrival_timestamp)
+        .fmt(Format::DateTime)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned());
+    json_string(out, &ts);
+    out.push_str("}\n");
+}
+
+/// Shared by every shard's printer.
+struct Output {
+    stdout: Mutex<tokio::io::Stdout>,
+    printed: AtomicU64,
+    /// Notified when stdout is gone (a closed pipe): the program stops.
+    broken: Notify,
+}
+
+struct Printer {
+    shard_id: String,
+    out: Arc<Output>,
+}
+
+#[async_trait]
+impl RecordProcessor for Printer {
+    async fn process_records(&mut self, input: ProcessRecordsInput<'_>) -> Result<(), ProcessorError> {
+        let mut buf = String::with_capacity(input.records.len() * 160);
+        for r in input.records {
+            json_line(&mut buf, &self.shard_id, r);
+        }
+        {
+            let mut stdout = self.out.stdout.lock().await;
+            let written = async {
+                stdout.write_all(buf.as_bytes()).await?;
+                stdout.flush().await
+            }
+            .await;
+            if let Err(e) = written {
+                self.out.broken.notify_one();
+                return Err(Box::new(e));
+            }
+        }
+        self.out
+            .printed
+            .fetch_add(input.records.len() as u64, Ordering::SeqCst);
+        input.checkpointer.checkpoint().await?;
+        Ok(())
+    }
+
+    async fn shard_ended(&mut self, input: ShardEndedInput<'_>) -> Result<(), ProcessorError> {
+        input.checkpointer.checkpoint().await?;
+        Ok(())
+    }
+
+    async fn shutdown_requested(&mut self, input: ShutdownRequestedInput<'_>) -> Result<(), ProcessorError> {
+        input.checkpointer.checkpoint().await?;
+        Ok(())
+    }
+}
+
+fn configure(args: &Args, application: &str, out: &Arc<Output>) -> SchedulerBuilder {
+    let o = out.clone();
+    let mut builder = Scheduler::builder(application.to_owned(), args.stream.clone())
+        .initial_position(args.initial_position)
+        .failover_time(Duration::from_millis(args.failover_ms))
+        .processor_factory(move |shard: &str| Printer {
+            shard_id: shard.to_owned(),
+            out: o.clone(),
+        });
+    if let Some(id) = &args.worker_id {
+        builder = builder.worker_id(id.clone());
+    }
+    builder
+}
+
+async fn run_aws(args: &Args, application: &str, out: Arc<Output>) -> Result<()> {
+    let options = AwsOptions {
+        region: args.region.clone(),
+        endpoint_url: args.endpoint_url.clone(),
+        profile: None,
+    };
+    let sdk = load_sdk_config(&options).await;
+    if sdk.region().is_none() {
+        bail!("no AWS region: pass --region or set AWS_REGION");
+    }
+    let backend = KinesisBackend::from_conf(&sdk);
+    let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(&sdk), application);
+    store
+        .ensure_table()
+        .await
+        .with_context(|| format!("preparing the lease table {application}"))?;
+    // Fail fast on a missing stream or missing permissions, before any lease is taken.
+    kcl_core::StreamBackend::list_shards(&backend, &args.stream)
+        .await
+        .with_context(|| format!("reading the shards of stream {}", args.stream))?;
+    let scheduler = configure(args, application, &out)
+        .backend(backend)
+        .lease_store(store)
+        .build()?;
+    info!(worker_id = %scheduler.config().worker_id, "kcl-tail starting");
+    let broken = out.clone();
+    scheduler
+        .run(async move {
+            tokio::select! {
+                () = kcl_examples::shutdown_signal() => {}
+                () = broken.broken.notified() => error!("stdout is closed; stopping"),
+            }
+        })
+        .await?;
+    Ok(())
+}
+
+async fn run_local(args: &Args, application: &str, out: Arc<Output>) -> Result<()> {
+    let backend = LocalBackend::new();
+    backend
+        .create_stream(&args.stream, args.local_shards)
+        .context("creating the local stream")?;
+    let handle = configure(args, application, &out)
+        .initial_position(InitialPosition::TrimHorizon)
+        .backend(backend.clone())
+        .lease_store(InMemoryLeaseStore::new())
+        .polling_interval(Duration::from_millis(100))
+        .build()?
+        .spawn();
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut put = 0u64;
+    let signal = kcl_examples::shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            line = lines.next_line() => match line.context("reading stdin")? {
+                Some(line) => {
+                    backend.put_record(&args.stream, &put.to_string(), line.into_bytes().into(), None).await?;
+                    put += 1;
+                }
+                None => break,
+            },
+            () = &mut signal => return Ok(handle.shutdown().await?),
+        }
+    }
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(50)) => {
+                if out.printed.load(Ordering::SeqCst) >= put {
+                    break;
+                }
+            }
+            () = &mut signal => break,
+            () = out.broken.notified() => break,
+        }
+    }
+    handle.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let application = args
+        .application_name
+        .clone()
+        .unwrap_or_else(|| format!("kcl-tail-{}", args.stream));
+    let out = Arc::new(Output {
+        stdout: Mutex::new(tokio::io::stdout()),
+        printed: AtomicU64::new(0),
+        broken: Notify::new(),
+    });
+    if args.local {
+        run_local(&args, &application, out).await
+    } else {
+        run_aws(&args, &application, out).await
+    }
+}

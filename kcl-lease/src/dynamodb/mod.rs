@@ -1,0 +1,882 @@
+//! `DynamoDbLeaseStore`: the lease table in Amazon DynamoDB, row for row the Java KCL's, so Java
+//! and Rust workers can share a table (or an application can move from one to the other).
+//!
+//! Every mutation is a single conditional write (`PutItem`, `UpdateItem` or `DeleteItem`) with
+//! the same condition and the same effect as [`crate::InMemoryLeaseStore`], which is the
+//! reference semantics. Only `create_if_absent` writes a whole item (and only when none exists);
+//! every other write is an `UpdateItem` naming the attributes it changes, so attributes written
+//! by other KCL versions (the Java KCL 3.x adds `throughputKBps`, `isMarkedForLeaseSteal`, ...)
+//! are never removed.
+//!
+//! # Table schema (the migration reference)
+//!
+//! Hash key `leaseKey` (S), no range key, no index is required. Billing mode of tables created
+//! by [`DynamoDbLeaseStore::ensure_table`]: on demand (`PAY_PER_REQUEST`).
+//!
+//! | Attribute | Type | [`Lease`] field | Absent means |
+//! |---|---|---|---|
+//! | `leaseKey` | S | `lease_key` | row is corrupt |
+//! | `leaseOwner` | S | `lease_owner` | unowned |
+//! | `leaseCounter` | N | `lease_counter` | 0 |
+//! | `checkpoint` | S | `checkpoint`: decimal sequence number, `TRIM_HORIZON`, `LATEST`, `AT_TIMESTAMP` or `SHARD_END` | row is corrupt |
+//! | `checkpointSubSequenceNumber` | N | `checkpoint` (sub-sequence) | 0 |
+//! | `pendingCheckpoint` | S | `pending_checkpoint` | no pending checkpoint |
+//! | `pendingCheckpointSubSequenceNumber` | N | `pending_checkpoint` (sub-sequence) | 0 |
+//! | `ownerSwitchesSinceCheckpoint` | N | `owner_switches_since_checkpoint` | 0 |
+//! | `parentShardId` | SS | `parent_shard_ids` | no parents (never written empty) |
+//! | `childShardIds` | SS | `child_shard_ids` | no children (never written empty) |
+//! | `checkpointOwner` | S | `checkpoint_owner` | no hand-off in progress |
+//! | `startingHashKey` | S | `hash_key_range.start` (decimal u128) | range unknown |
+//! | `endingHashKey` | S | `hash_key_range.end` (decimal u128) | range unknown |
+//!
+//! Any other attribute is ignored on read and left alone on write, with one exception:
+//! `pendingCheckpointState` (B, the Java KCL's application state of a prepared checkpoint) is
+//! removed together with `pendingCheckpoint` when a checkpoint is written, as the Java KCL does.
+//! A row that cannot be decoded (see [`schema::decode`]) is skipped by
+//! [`LeaseStore::list`] with a warning, reported by [`LeaseStore::get`] as
+//! [`LeaseError::Corrupt`], and never modified or deleted.
+//!
+//! # Conditions
+//!
+//! `counter(e)` is `#c = :c` (`leaseCounter` as in `expected`; when that is 0, a row without
+//! `leaseCounter` also matches), `owner(e)` is `#o = :o`, or `attribute_not_exists(#o)` when
+//! `expected` is unowned. Every `UpdateItem` condition also requires `attribute_exists(#k)` so
+//! that an update never creates a row. The new counter is written as `:next` (`expected + 1`),
+//! which the condition makes equal to `leaseCounter + 1`.
+//!
+//! | Operation | Condition | Update |
+//! |---|---|---|
+//! | `create_if_absent` | `attribute_not_exists(#k)` | `PutItem` of the whole row |
+//! | `renew` | `counter AND owner` | `SET #c = :next` |
+//! | `take` | `counter AND owner` | `SET #o, #c = :next`, `#osc = #osc + 1` if the owner changes, `SET #co = :prev` on hand-off else `REMOVE #co` |
+//! | `evict` | `counter AND owner` | `SET #c = :next REMOVE #o, #co` |
+//! | `update_checkpoint` (owner) | `#o = :w AND counter AND attribute_not_exists(#co)` | `SET #cp, #cps, #osc = 0, #c = :next REMOVE #pcp, #pcps, #pcst` |
+//! | `update_checkpoint` (hand-off), tried when the owner form fails | `#co = :w` | as above without `#c` |
+//! | `complete_handoff` | `#co = :w` | `REMOVE #co` |
+//! | `mark_children` | `counter AND owner` | `SET #c = :next, #ch = :ch` (or `REMOVE #ch` when empty) |
+//! | `delete` | `counter` (`DeleteItem`) | |
+//!
+//! A failed condition becomes [`LeaseError::Conflict`] carrying the current row (from
+//! `ReturnValuesOnConditionCheckFailure=ALL_OLD` where the service supports it, otherwise a
+//! strongly consistent `GetItem`), or [`LeaseError::NotFound`] when the row does not exist.
+//! Throttling (`ProvisionedThroughputExceededException`, `ThrottlingException`,
+//! `RequestLimitExceeded`) becomes [`LeaseError::Throttled`]; everything else
+//! [`LeaseError::Backend`] with a [`DynamoDbError`] inside.
+
+pub mod schema;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableDescription, TableStatus,
+};
+use aws_sdk_dynamodb::Client;
+
+use crate::error::{LeaseError, Result};
+use crate::lease::Lease;
+use crate::sequence::ExtendedSequenceNumber;
+use crate::store::LeaseStore;
+use schema::Item;
+
+/// How often [`DynamoDbLeaseStore::ensure_table`] polls while the table is being created.
+pub const TABLE_POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// How long [`DynamoDbLeaseStore::ensure_table`] waits for the table to become active.
+pub const TABLE_WAIT_LIMIT: Duration = Duration::from_secs(300);
+
+/// A lease table in DynamoDB. Cloning gives another handle to the same table (and the same
+/// corrupt-row count).
+#[derive(Clone, Debug)]
+pub struct DynamoDbLeaseStore {
+    client: Client,
+    table: String,
+    scan_page_size: Option<u32>,
+    corrupt_rows_seen: Arc<AtomicU64>,
+}
+
+impl DynamoDbLeaseStore {
+    /// A store on `table`. Nothing is called until the first operation; see
+    /// [`DynamoDbLeaseStore::ensure_table`] to create the table.
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+            scan_page_size: None,
+            corrupt_rows_seen: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Sets the `Limit` of each `Scan` page of [`LeaseStore::list`] (builder style; default: no
+    /// limit, DynamoDB's 1 MB pages). `list` always reads every page.
+    #[must_use]
+    pub fn with_scan_page_size(mut self, rows: u32) -> Self {
+        self.set_scan_page_size(Some(rows));
+        self
+    }
+
+    /// Sets or clears the `Limit` of each `Scan` page of [`LeaseStore::list`]. 0 means no limit.
+    pub fn set_scan_page_size(&mut self, rows: Option<u32>) {
+        self.scan_page_size = rows.filter(|r| *r > 0);
+    }
+
+    /// The `Limit` of each `Scan` page, if set.
+    pub fn scan_page_size(&self) -> Option<u32> {
+        self.scan_page_size
+    }
+
+    /// The table name.
+    pub fn table_name(&self) -> &str {
+        &self.table
+    }
+
+    /// The DynamoDB client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// How many corrupt rows [`LeaseStore::list`] skipped so far (each list counts each bad row
+    /// it sees again).
+    pub fn corrupt_rows_seen(&self) -> u64 {
+        self.corrupt_rows_seen.load(Ordering::Relaxed)
+    }
+
+    /// Creates the table unless it exists (hash key `leaseKey` S, on-demand billing), then waits
+    /// until it is `ACTIVE`, polling every [`TABLE_POLL_INTERVAL`] for at most
+    /// [`TABLE_WAIT_LIMIT`]. Returns whether this call created it; a concurrent creator
+    /// (`ResourceInUseException`) is not an error. An existing table with another key schema is
+    /// a [`LeaseError::Backend`] error.
+    pub async fn ensure_table(&self) -> Result<bool> {
+        let created = match self.describe_table().await? {
+            Some(table) => {
+                check_key_schema(&self.table, &table)?;
+                false
+            }
+            None => self.create_table().await?,
+        };
+        let deadline = tokio::time::Instant::now() + TABLE_WAIT_LIMIT;
+        loop {
+            match self.describe_table().await? {
+                Some(table) if table.table_status() == Some(&TableStatus::Active) => {
+                    check_key_schema(&self.table, &table)?;
+                    tracing::debug!(table = %self.table, created, "lease table is active");
+                    return Ok(created);
+                }
+                status => {
+                    let status = status.and_then(|t| t.table_status().cloned());
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(LeaseError::backend(format!(
+                            "lease table {:?} did not become ACTIVE within {:?} (status {status:?})",
+                            self.table, TABLE_WAIT_LIMIT
+                        )));
+                    }
+                    tracing::debug!(table = %self.table, ?status, "waiting for the lease table");
+                }
+            }
+            tokio::time::sleep(TABLE_POLL_INTERVAL).await;
+        }
+    }
+
+    async fn describe_table(&self) -> Result<Option<TableDescription>> {
+        match self.client.describe_table().table_name(&self.table).send().await {
+            Ok(out) => Ok(out.table),
+            Err(e) if e.code() == Some("ResourceNotFoundException") => Ok(None),
+            Err(e) => Err(map_sdk_error(&self.table, "DescribeTable", e)),
+        }
+    }
+
+    async fn create_table(&self) -> Result<bool> {
+        let build = |e: aws_sdk_dynamodb::error::BuildError| LeaseError::Backend(Box::new(e));
+        let key = KeySchemaElement::builder()
+            .attribute_name(schema::LEASE_KEY)
+            .key_type(KeyType::Hash)
+            .build()
+            .map_err(build)?;
+        let attr = AttributeDefinition::builder()
+            .attribute_name(schema::LEASE_KEY)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .map_err(build)?;
+        tracing::info!(table = %self.table, "creating the lease table");
+        let result = self
+            .client
+            .create_table()
+            .table_name(&self.table)
+            .key_schema(key)
+            .attribute_definitions(attr)
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some("ResourceInUseException") => {
+                tracing::debug!(table = %self.table, "lease table created concurrently");
+                Ok(false)
+            }
+            Err(e) => Err(map_sdk_error(&self.table, "CreateTable", e)),
+        }
+    }
+
+    /// A strongly consistent read of one raw item.
+    async fn get_item(&self, key: &str) -> Result<Option<Item>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(schema::LEASE_KEY, schema::s(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| map_sdk_error(&self.table, "GetItem", e))?;
+        Ok(out.item)
+    }
+
+    /// The error for a failed condition on `key`: [`LeaseError::NotFound`] if the row is gone,
+    /// else [`LeaseError::Conflict`] with the current row (`old`, if the service returned it,
+    /// else read again).
+    async fn conflict(&self, op: &'static str, key: &str, old: Option<Item>) -> LeaseError {
+        let row = match old {
+            Some(item) => Some(item),
+            None => match self.get_item(key).await {
+                Ok(None) => {
+                    tracing::debug!(table = %self.table, key, op, "condition failed: row is gone");
+                    return LeaseError::NotFound(key.to_owned());
+                }
+                Ok(Some(item)) => Some(item),
+                Err(e) => {
+                    tracing::debug!(table = %self.table, key, op, error = %e,
+                        "condition failed; re-reading the row failed");
+                    None
+                }
+            },
+        };
+        let actual = row.and_then(|item| match schema::decode(&item) {
+            Ok(lease) => Some(Box::new(lease)),
+            Err(e) => {
+                tracing::warn!(table = %self.table, key, op, error = %e,
+                    "condition failed on a corrupt lease row");
+                None
+            }
+        });
+        tracing::debug!(table = %self.table, key, op,
+            actual_owner = ?actual.as_ref().and_then(|l| l.lease_owner.as_deref()),
+            actual_counter = ?actual.as_ref().map(|l| l.lease_counter),
+            "conditional write failed");
+        LeaseError::Conflict {
+            key: key.to_owned(),
+            actual,
+        }
+    }
+
+    /// Runs one conditional `UpdateItem`. `Ok(Ok(row))`: applied, the row as it is now;
+    /// `Ok(Err(old))`: the condition failed (`old` is the row if the service returned it).
+    async fn update(
+        &self,
+        op: &'static str,
+        key: &str,
+        expr: Expr,
+    ) -> Result<std::result::Result<Lease, Option<Item>>> {
+        let update = expr.update_expression();
+        tracing::debug!(table = %self.table, key, op, update = %update, condition = %expr.condition,
+            "UpdateItem");
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(schema::LEASE_KEY, schema::s(key))
+            .update_expression(update)
+            .condition_expression(expr.condition)
+            .set_expression_attribute_names(Some(expr.names))
+            .set_expression_attribute_values((!expr.values.is_empty()).then_some(expr.values))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let item = out.attributes.ok_or_else(|| {
+                    LeaseError::backend(format!(
+                        "UpdateItem on lease {key:?} in table {:?} returned no attributes",
+                        self.table
+                    ))
+                })?;
+                Ok(Ok(schema::decode(&item)?))
+            }
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
+                let old = e.as_service_error().and_then(|se| match se {
+                    aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(
+                        c,
+                    ) => c.item.clone(),
+                    _ => None,
+                });
+                Ok(Err(old))
+            }
+            Err(e) => Err(map_sdk_error(&self.table, "UpdateItem", e)),
+        }
+    }
+
+    /// An `UpdateItem` whose condition failure is a conflict.
+    async fn update_or_conflict(&self, op: &'static str, key: &str, expr: Expr) -> Result<Lease> {
+        match self.update(op, key, expr).await? {
+            Ok(lease) => Ok(lease),
+            Err(old) => Err(self.conflict(op, key, old).await),
+        }
+    }
+}
+
+fn check_key_schema(table: &str, description: &TableDescription) -> Result<()> {
+    let keys = description.key_schema();
+    let ok = keys.len() == 1
+        && keys[0].attribute_name() == schema::LEASE_KEY
+        && keys[0].key_type() == &KeyType::Hash;
+    if ok {
+        Ok(())
+    } else {
+        Err(LeaseError::backend(format!(
+            "table {table:?} is not a lease table: its key schema is {keys:?}, expected {} (S) as the \
+             only (HASH) key",
+            schema::LEASE_KEY
+        )))
+    }
+}
+
+/// An update expression under construction: `SET` and `REMOVE` clauses, a condition, and the
+/// placeholders they use (DynamoDB rejects unused placeholders, so only used ones are added).
+#[derive(Default)]
+struct Expr {
+    set: Vec<String>,
+    remove: Vec<String>,
+    condition: String,
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+}
+
+/// The placeholder of each attribute name (`#k` for `leaseKey`, ...).
+fn placeholder(attribute: &'static str) -> &'static str {
+    match attribute {
+        schema::LEASE_KEY => "#k",
+        schema::LEASE_OWNER => "#o",
+        schema::LEASE_COUNTER => "#c",
+        schema::CHECKPOINT => "#cp",
+        schema::CHECKPOINT_SUB_SEQUENCE => "#cps",
+        schema::PENDING_CHECKPOINT => "#pcp",
+        schema::PENDING_CHECKPOINT_SUB_SEQUENCE => "#pcps",
+        schema::PENDING_CHECKPOINT_STATE => "#pcst",
+        schema::OWNER_SWITCHES => "#osc",
+        schema::PARENT_SHARD_IDS => "#par",
+        schema::CHILD_SHARD_IDS => "#ch",
+        schema::CHECKPOINT_OWNER => "#co",
+        schema::STARTING_HASH_KEY => "#shk",
+        schema::ENDING_HASH_KEY => "#ehk",
+        _ => "#x",
+    }
+}
+
+impl Expr {
+    /// The placeholder of `attribute`, registered.
+    fn name(&mut self, attribute: &'static str) -> &'static str {
+        let p = placeholder(attribute);
+        self.names.insert(p.to_owned(), attribute.to_owned());
+        p
+    }
+
+    /// Registers `:placeholder` = `value`, returning the placeholder.
+    fn value(&mut self, placeholder: &'static str, value: AttributeValue) -> &'static str {
+        self.values.insert(placeholder.to_owned(), value);
+        placeholder
+    }
+
+    fn set(&mut self, attribute: &'static str, placeholder: &'static str, value: AttributeValue) {
+        let n = self.name(attribute);
+        let v = self.value(placeholder, value);
+        self.set.push(format!("{n} = {v}"));
+    }
+
+    fn remove(&mut self, attribute: &'static str) {
+        let n = self.name(attribute);
+        self.remove.push(n.to_owned());
+    }
+
+    /// Adds `clause` to the condition with `AND`.
+    fn require(&mut self, clause: String) {
+        if self.condition.is_empty() {
+            self.condition = clause;
+        } else {
+            self.condition = format!("{} AND {clause}", self.condition);
+        }
+    }
+
+    /// The row exists (an `UpdateItem` would otherwise create it).
+    fn require_exists(&mut self) {
+        let k = self.name(schema::LEASE_KEY);
+        self.require(format!("attribute_exists({k})"));
+    }
+
+    /// `leaseCounter` as in `expected` (a row without it counts as 0, as in the Java KCL).
+    fn require_counter(&mut self, expected: &Lease) {
+        let c = self.name(schema::LEASE_COUNTER);
+        let v = self.value(":c", schema::n(expected.lease_counter));
+        if expected.lease_counter == 0 {
+            self.require(format!("(attribute_not_exists({c}) OR {c} = {v})"));
+        } else {
+            self.require(format!("{c} = {v}"));
+        }
+    }
+
+    /// `leaseOwner` as in `expected` (absent when unowned).
+    fn require_owner(&mut self, expected: &Lease) {
+        let o = self.name(schema::LEASE_OWNER);
+        match &expected.lease_owner {
+            Some(owner) => {
+                let v = self.value(":o", schema::s(owner));
+                self.require(format!("{o} = {v}"));
+            }
+            None => self.require(format!("attribute_not_exists({o})")),
+        }
+    }
+
+    /// The row exists with owner and counter as in `expected`.
+    fn require_owner_and_counter(&mut self, expected: &Lease) {
+        self.require_exists();
+        self.require_counter(expected);
+        self.require_owner(expected);
+    }
+
+    /// `SET leaseCounter = expected + 1` (equal to `leaseCounter + 1` under the counter
+    /// condition).
+    fn increment_counter(&mut self, expected: &Lease) {
+        self.set(
+            schema::LEASE_COUNTER,
+            ":next",
+            schema::n(expected.lease_counter.saturating_add(1)),
+        );
+    }
+
+    fn update_expression(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.set.is_empty() {
+            parts.push(format!("SET {}", self.set.join(", ")));
+        }
+        if !self.remove.is_empty() {
+            parts.push(format!("REMOVE {}", self.remove.join(", ")));
+        }
+        parts.join(" ")
+    }
+}
+
+/// The checkpoint write of `update_checkpoint`: checkpoint, sub-sequence number, no pending
+/// checkpoint, no owner switches.
+fn checkpoint_expr(checkpoint: &ExtendedSequenceNumber) -> Expr {
+    let mut e = Expr::default();
+    e.set(schema::CHECKPOINT, ":cp", schema::s(checkpoint.checkpoint_str()));
+    e.set(
+        schema::CHECKPOINT_SUB_SEQUENCE,
+        ":cps",
+        schema::n(checkpoint.sub_sequence()),
+    );
+    e.set(schema::OWNER_SWITCHES, ":zero", schema::n(0));
+    e.remove(schema::PENDING_CHECKPOINT);
+    e.remove(schema::PENDING_CHECKPOINT_SUB_SEQUENCE);
+    e.remove(schema::PENDING_CHECKPOINT_STATE);
+    e
+}
+
+/// A failed DynamoDB call, as the source of [`LeaseError::Backend`]. Its [`std::error::Error`]
+/// source is the SDK error itself.
+#[derive(Debug)]
+pub struct DynamoDbError {
+    operation: &'static str,
+    table: String,
+    code: Option<String>,
+    message: String,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl DynamoDbError {
+    /// The DynamoDB operation (`UpdateItem`, `Scan`, ...).
+    pub fn operation(&self) -> &str {
+        self.operation
+    }
+
+    /// The table.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The service's error code (`ResourceNotFoundException`, ...), if the service answered.
+    pub fn code(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+
+    /// Whether the table does not exist.
+    pub fn is_table_missing(&self) -> bool {
+        self.code() == Some("ResourceNotFoundException")
+    }
+}
+
+impl fmt::Display for DynamoDbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_table_missing() {
+            write!(
+                f,
+                "lease table {:?} does not exist (create it, e.g. with DynamoDbLeaseStore::ensure_table): ",
+                self.table
+            )?;
+        } else {
+            write!(
+                f,
+                "DynamoDB {} on table {:?} failed: ",
+                self.operation, self.table
+            )?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for DynamoDbError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// The error codes that mean "slow down".
+const THROTTLING_CODES: [&str; 3] = [
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+];
+
+/// Maps a failed SDK call of `operation` on `table` to a [`LeaseError`]: throttling codes become
+/// [`LeaseError::Throttled`]; anything else (a missing table, network and service errors)
+/// [`LeaseError::Backend`] with a [`DynamoDbError`] whose source is `err`. Conditional-check
+/// failures are handled by the store before this is called.
+pub fn map_sdk_error<E, R>(table: &str, operation: &'static str, err: SdkError<E, R>) -> LeaseError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: fmt::Debug + Send + Sync + 'static,
+{
+    let code = err.code().map(str::to_owned);
+    let message = DisplayErrorContext(&err).to_string();
+    if let Some(c) = code.as_deref().filter(|c| THROTTLING_CODES.contains(c)) {
+        tracing::debug!(table, operation, code = c, "DynamoDB throttled the call");
+        return LeaseError::Throttled(format!(
+            "DynamoDB {operation} on table {table:?}: {c}: {}",
+            err.message().unwrap_or("throttled")
+        ));
+    }
+    tracing::debug!(table, operation, code = ?code, error = %message, "DynamoDB call failed");
+    LeaseError::Backend(Box::new(DynamoDbError {
+        operation,
+        table: table.to_owned(),
+        code,
+        message,
+        source: Box::new(err),
+    }))
+}
+
+#[async_trait]
+impl LeaseStore for DynamoDbLeaseStore {
+    async fn list(&self) -> Result<Vec<Lease>> {
+        let mut leases = Vec::new();
+        let mut start: Option<Item> = None;
+        let mut pages = 0u32;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .set_limit(self.scan_page_size.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| map_sdk_error(&self.table, "Scan", e))?;
+            pages += 1;
+            for item in out.items.unwrap_or_default() {
+                match schema::decode(&item) {
+                    Ok(lease) => leases.push(lease),
+                    Err(e) => {
+                        self.corrupt_rows_seen.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(table = %self.table, key = ?schema::key_of(&item), error = %e,
+                            "skipping a corrupt lease row (left untouched)");
+                    }
+                }
+            }
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        tracing::debug!(table = %self.table, leases = leases.len(), pages, "listed leases");
+        Ok(leases)
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Lease>> {
+        match self.get_item(key).await? {
+            None => Ok(None),
+            Some(item) => schema::decode(&item).map(Some),
+        }
+    }
+
+    async fn create_if_absent(&self, lease: &Lease) -> Result<bool> {
+        let key = &lease.lease_key;
+        tracing::debug!(table = %self.table, key, "PutItem if absent");
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(schema::encode(lease)))
+            .condition_expression("attribute_not_exists(#k)")
+            .expression_attribute_names("#k", schema::LEASE_KEY)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(false),
+            Err(e) => Err(map_sdk_error(&self.table, "PutItem", e)),
+        }
+    }
+
+    async fn renew(&self, expected: &Lease) -> Result<Lease> {
+        let mut e = Expr::default();
+        e.require_owner_and_counter(expected);
+        e.increment_counter(expected);
+        self.update_or_conflict("renew", &expected.lease_key, e).await
+    }
+
+    async fn take(&self, expected: &Lease, new_owner: &str, handoff: bool) -> Result<Lease> {
+        let mut e = Expr::default();
+        e.require_owner_and_counter(expected);
+        e.set(schema::LEASE_OWNER, ":new", schema::s(new_owner));
+        e.increment_counter(expected);
+        // The condition pins the current owner to the expected one.
+        let previous = expected.lease_owner.as_deref();
+        if previous != Some(new_owner) {
+            let osc = e.name(schema::OWNER_SWITCHES);
+            let zero = e.value(":zero", schema::n(0));
+            let one = e.value(":one", schema::n(1));
+            e.set
+                .push(format!("{osc} = if_not_exists({osc}, {zero}) + {one}"));
+        }
+        match previous {
+            Some(prev) if handoff && prev != new_owner => {
+                e.set(schema::CHECKPOINT_OWNER, ":prev", schema::s(prev))
+            }
+            _ => e.remove(schema::CHECKPOINT_OWNER),
+        }
+        self.update_or_conflict("take", &expected.lease_key, e).await
+    }
+
+    async fn evict(&self, expected: &Lease) -> Result<Lease> {
+        let mut e = Expr::default();
+        e.require_owner_and_counter(expected);
+        e.increment_counter(expected);
+        e.remove(schema::LEASE_OWNER);
+        e.remove(schema::CHECKPOINT_OWNER);
+        self.update_or_conflict("evict", &expected.lease_key, e).await
+    }
+
+    async fn update_checkpoint(
+        &self,
+        expected: &Lease,
+        worker: &str,
+        checkpoint: &ExtendedSequenceNumber,
+    ) -> Result<Lease> {
+        let key = &expected.lease_key;
+        // As the owner, with no hand-off in progress: the counter moves.
+        let mut as_owner = checkpoint_expr(checkpoint);
+        as_owner.require_exists();
+        let o = as_owner.name(schema::LEASE_OWNER);
+        let w = as_owner.value(":w", schema::s(worker));
+        as_owner.require(format!("{o} = {w}"));
+        as_owner.require_counter(expected);
+        let co = as_owner.name(schema::CHECKPOINT_OWNER);
+        as_owner.require(format!("attribute_not_exists({co})"));
+        as_owner.increment_counter(expected);
+        if let Ok(lease) = self.update("checkpoint", key, as_owner).await? {
+            return Ok(lease);
+        }
+        // As the previous owner of a hand-off in progress: the counter is left alone.
+        let mut as_handoff = checkpoint_expr(checkpoint);
+        let co = as_handoff.name(schema::CHECKPOINT_OWNER);
+        let w = as_handoff.value(":w", schema::s(worker));
+        as_handoff.require(format!("{co} = {w}"));
+        self.update_or_conflict("checkpoint (hand-off)", key, as_handoff)
+            .await
+    }
+
+    async fn complete_handoff(&self, key: &str, previous_owner: &str) -> Result<Lease> {
+        let mut e = Expr::default();
+        let co = e.name(schema::CHECKPOINT_OWNER);
+        let w = e.value(":w", schema::s(previous_owner));
+        e.require(format!("{co} = {w}"));
+        e.remove(schema::CHECKPOINT_OWNER);
+        self.update_or_conflict("complete_handoff", key, e).await
+    }
+
+    async fn mark_children(&self, expected: &Lease, children: &BTreeSet<String>) -> Result<Lease> {
+        let mut e = Expr::default();
+        e.require_owner_and_counter(expected);
+        e.increment_counter(expected);
+        match schema::ss(children) {
+            Some(set) => e.set(schema::CHILD_SHARD_IDS, ":ch", set),
+            None => e.remove(schema::CHILD_SHARD_IDS),
+        }
+        self.update_or_conflict("mark_children", &expected.lease_key, e)
+            .await
+    }
+
+    async fn delete(&self, expected: &Lease) -> Result<()> {
+        let key = &expected.lease_key;
+        let mut e = Expr::default();
+        e.require_exists();
+        e.require_counter(expected);
+        tracing::debug!(table = %self.table, key, condition = %e.condition, "DeleteItem");
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key(schema::LEASE_KEY, schema::s(key))
+            .condition_expression(e.condition)
+            .set_expression_attribute_names(Some(e.names))
+            .set_expression_attribute_values(Some(e.values))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) if err.code() == Some("ConditionalCheckFailedException") => {
+                let old = err.as_service_error().and_then(|se| match se {
+                    aws_sdk_dynamodb::operation::delete_item::DeleteItemError::ConditionalCheckFailedException(
+                        c,
+                    ) => c.item.clone(),
+                    _ => None,
+                });
+                Err(self.conflict("delete", key, old).await)
+            }
+            Err(err) => Err(map_sdk_error(&self.table, "DeleteItem", err)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodb::config::http::HttpResponse;
+    use aws_sdk_dynamodb::error::ErrorMetadata;
+    use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+    use aws_sdk_dynamodb::types::error::{
+        ProvisionedThroughputExceededException, RequestLimitExceeded, ResourceNotFoundException,
+        ThrottlingException,
+    };
+
+    fn service_error(err: UpdateItemError) -> SdkError<UpdateItemError, HttpResponse> {
+        let status = 400u16.try_into().expect("valid status");
+        SdkError::service_error(err, HttpResponse::new(status, "".into()))
+    }
+
+    /// Error metadata as the SDK's deserializer sets it from the response.
+    fn meta(code: &str) -> ErrorMetadata {
+        ErrorMetadata::builder().code(code).message("slow down").build()
+    }
+
+    #[test]
+    fn throttling_codes_map_to_throttled() {
+        for err in [
+            UpdateItemError::ThrottlingException(
+                ThrottlingException::builder()
+                    .message("slow down")
+                    .meta(meta("ThrottlingException"))
+                    .build(),
+            ),
+            UpdateItemError::ProvisionedThroughputExceededException(
+                ProvisionedThroughputExceededException::builder()
+                    .message("slow down")
+                    .meta(meta("ProvisionedThroughputExceededException"))
+                    .build(),
+            ),
+            UpdateItemError::RequestLimitExceeded(
+                RequestLimitExceeded::builder()
+                    .message("slow down")
+                    .meta(meta("RequestLimitExceeded"))
+                    .build(),
+            ),
+        ] {
+            let mapped = map_sdk_error("t", "UpdateItem", service_error(err));
+            match &mapped {
+                LeaseError::Throttled(msg) => {
+                    assert!(msg.contains("slow down") && msg.contains("UpdateItem"), "{msg}")
+                }
+                other => panic!("expected throttled, got {other:?}"),
+            }
+            assert!(mapped.is_retryable());
+        }
+    }
+
+    #[test]
+    fn a_missing_table_is_a_backend_error_naming_the_table() {
+        let err = UpdateItemError::ResourceNotFoundException(
+            ResourceNotFoundException::builder()
+                .message("Requested resource not found")
+                .meta(meta("ResourceNotFoundException"))
+                .build(),
+        );
+        let mapped = map_sdk_error("leases-of-app", "UpdateItem", service_error(err));
+        let LeaseError::Backend(inner) = &mapped else {
+            panic!("expected backend, got {mapped:?}");
+        };
+        let text = mapped.to_string();
+        assert!(
+            text.contains("leases-of-app") && text.contains("does not exist"),
+            "{text}"
+        );
+        let dynamo = inner.downcast_ref::<DynamoDbError>().expect("a DynamoDbError");
+        assert!(dynamo.is_table_missing());
+        assert_eq!(dynamo.table(), "leases-of-app");
+    }
+
+    #[test]
+    fn other_errors_keep_the_sdk_error_as_source() {
+        let err: SdkError<UpdateItemError, HttpResponse> = SdkError::timeout_error("took too long");
+        let mapped = map_sdk_error("t", "UpdateItem", err);
+        let LeaseError::Backend(inner) = &mapped else {
+            panic!("expected backend, got {mapped:?}");
+        };
+        let source = std::error::Error::source(&**inner).expect("source");
+        assert!(source
+            .downcast_ref::<SdkError<UpdateItemError, HttpResponse>>()
+            .is_some());
+    }
+
+    #[test]
+    fn expressions_use_placeholders_and_only_used_ones() {
+        let mut expected = Lease::new("k", ExtendedSequenceNumber::TrimHorizon);
+        expected.lease_owner = Some("w".into());
+        expected.lease_counter = 4;
+        let mut e = Expr::default();
+        e.require_owner_and_counter(&expected);
+        e.increment_counter(&expected);
+        e.remove(schema::CHECKPOINT_OWNER);
+        assert_eq!(e.condition, "attribute_exists(#k) AND #c = :c AND #o = :o");
+        assert_eq!(e.update_expression(), "SET #c = :next REMOVE #co");
+        let mut names: Vec<_> = e.names.keys().cloned().collect();
+        names.sort();
+        assert_eq!(names, ["#c", "#co", "#k", "#o"]);
+        assert_eq!(e.values.get(":next"), Some(&schema::n(5)));
+
+        expected.lease_owner = None;
+        expected.lease_counter = 0;
+        let mut e = Expr::default();
+        e.require_owner_and_counter(&expected);
+        assert_eq!(
+            e.condition,
+            "attribute_exists(#k) AND (attribute_not_exists(#c) OR #c = :c) AND attribute_not_exists(#o)"
+        );
+        assert!(!e.values.contains_key(":o"));
+    }
+}

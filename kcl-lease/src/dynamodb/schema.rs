@@ -1,0 +1,468 @@
+//! The codec between a [`Lease`] and a DynamoDB item, with exactly the Java KCL's attribute names
+//! and types, so that a table can be shared with (or migrated from) Java workers.
+//!
+//! The codec is pure: no I/O. [`encode`] produces the full item written by `create_if_absent`;
+//! every other write is an `UpdateItem` naming only the attributes it changes, so attributes
+//! this crate does not know (the Java KCL 3.x adds `throughputKBps`, `isMarkedForLeaseSteal`,
+//! `pendingCheckpointState`, ...) survive every write. [`decode`] is as tolerant as the Java
+//! reader: missing optional attributes take their defaults, unknown attributes are ignored, and
+//! anything present with the wrong type or an unparsable value makes the row
+//! [`LeaseError::Corrupt`] with a reason naming the attribute.
+
+use std::collections::{BTreeSet, HashMap};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use crate::error::LeaseError;
+use crate::lease::{HashKeyRange, Lease};
+use crate::sequence::ExtendedSequenceNumber;
+
+/// A DynamoDB item: attribute name to value.
+pub type Item = HashMap<String, AttributeValue>;
+
+/// `leaseKey` (S): the table's hash key, the shard id.
+pub const LEASE_KEY: &str = "leaseKey";
+/// `leaseOwner` (S): the owning worker; absent when the lease is unowned.
+pub const LEASE_OWNER: &str = "leaseOwner";
+/// `leaseCounter` (N): incremented by every renewal and change of owner.
+pub const LEASE_COUNTER: &str = "leaseCounter";
+/// `checkpoint` (S): a decimal sequence number or a sentinel (`TRIM_HORIZON`, ...).
+pub const CHECKPOINT: &str = "checkpoint";
+/// `checkpointSubSequenceNumber` (N): the KPL sub-sequence number of the checkpoint.
+pub const CHECKPOINT_SUB_SEQUENCE: &str = "checkpointSubSequenceNumber";
+/// `pendingCheckpoint` (S): a prepared checkpoint; absent when there is none.
+pub const PENDING_CHECKPOINT: &str = "pendingCheckpoint";
+/// `pendingCheckpointSubSequenceNumber` (N): its sub-sequence number.
+pub const PENDING_CHECKPOINT_SUB_SEQUENCE: &str = "pendingCheckpointSubSequenceNumber";
+/// `pendingCheckpointState` (B): the Java KCL's application state of a prepared checkpoint.
+/// Not modelled by [`Lease`]; removed together with the pending checkpoint, as the Java KCL does.
+pub const PENDING_CHECKPOINT_STATE: &str = "pendingCheckpointState";
+/// `ownerSwitchesSinceCheckpoint` (N).
+pub const OWNER_SWITCHES: &str = "ownerSwitchesSinceCheckpoint";
+/// `parentShardId` (SS): absent when empty (DynamoDB forbids empty sets).
+pub const PARENT_SHARD_IDS: &str = "parentShardId";
+/// `childShardIds` (SS): absent when empty.
+pub const CHILD_SHARD_IDS: &str = "childShardIds";
+/// `checkpointOwner` (S): the previous owner during a graceful hand-off; absent otherwise.
+pub const CHECKPOINT_OWNER: &str = "checkpointOwner";
+/// `startingHashKey` (S): decimal `u128`.
+pub const STARTING_HASH_KEY: &str = "startingHashKey";
+/// `endingHashKey` (S): decimal `u128`.
+pub const ENDING_HASH_KEY: &str = "endingHashKey";
+
+/// A number attribute value.
+pub fn n(value: u64) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+/// A string attribute value.
+pub fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+/// A string-set attribute value; `None` for an empty set, which DynamoDB cannot store.
+pub fn ss(values: &BTreeSet<String>) -> Option<AttributeValue> {
+    (!values.is_empty()).then(|| AttributeValue::Ss(values.iter().cloned().collect()))
+}
+
+/// The full item for `lease`, as the Java KCL writes it: optional attributes that are unset
+/// (owner, pending checkpoint, empty sets, checkpoint owner, hash key range) are absent.
+pub fn encode(lease: &Lease) -> Item {
+    let mut item = Item::new();
+    item.insert(LEASE_KEY.into(), s(&lease.lease_key));
+    if let Some(owner) = &lease.lease_owner {
+        item.insert(LEASE_OWNER.into(), s(owner));
+    }
+    item.insert(LEASE_COUNTER.into(), n(lease.lease_counter));
+    item.insert(CHECKPOINT.into(), s(lease.checkpoint.checkpoint_str()));
+    item.insert(CHECKPOINT_SUB_SEQUENCE.into(), n(lease.checkpoint.sub_sequence()));
+    if let Some(pending) = &lease.pending_checkpoint {
+        item.insert(PENDING_CHECKPOINT.into(), s(pending.checkpoint_str()));
+        item.insert(PENDING_CHECKPOINT_SUB_SEQUENCE.into(), n(pending.sub_sequence()));
+    }
+    item.insert(OWNER_SWITCHES.into(), n(lease.owner_switches_since_checkpoint));
+    if let Some(parents) = ss(&lease.parent_shard_ids) {
+        item.insert(PARENT_SHARD_IDS.into(), parents);
+    }
+    if let Some(children) = ss(&lease.child_shard_ids) {
+        item.insert(CHILD_SHARD_IDS.into(), children);
+    }
+    if let Some(owner) = &lease.checkpoint_owner {
+        item.insert(CHECKPOINT_OWNER.into(), s(owner));
+    }
+    if let Some(range) = &lease.hash_key_range {
+        item.insert(STARTING_HASH_KEY.into(), s(range.start.to_string()));
+        item.insert(ENDING_HASH_KEY.into(), s(range.end.to_string()));
+    }
+    item
+}
+
+/// The lease key of an item, if it has a string `leaseKey` (for error messages and logs).
+pub fn key_of(item: &Item) -> Option<&str> {
+    match item.get(LEASE_KEY) {
+        Some(AttributeValue::S(key)) => Some(key),
+        _ => None,
+    }
+}
+
+/// Reads a lease from an item. Unknown attributes are ignored; missing optional attributes take
+/// their defaults (`leaseCounter`, `checkpointSubSequenceNumber` and
+/// `ownerSwitchesSinceCheckpoint` 0; no owner, pending checkpoint, parents, children, checkpoint
+/// owner; a hash key range only when both ends are present). A missing `leaseKey` or
+/// `checkpoint`, a wrong type or an unparsable value is [`LeaseError::Corrupt`].
+pub fn decode(item: &Item) -> Result<Lease, LeaseError> {
+    let key = match item.get(LEASE_KEY) {
+        Some(AttributeValue::S(key)) => key.clone(),
+        Some(other) => {
+            return Err(LeaseError::Corrupt {
+                key: format!("<{LEASE_KEY} of type {}>", type_name(other)),
+                reason: format!("{LEASE_KEY} is not a string (S)"),
+            })
+        }
+        None => {
+            return Err(LeaseError::Corrupt {
+                key: "<row without leaseKey>".into(),
+                reason: format!("{LEASE_KEY} is missing"),
+            })
+        }
+    };
+    let reader = Reader { item, key: &key };
+    let checkpoint = match reader.string(CHECKPOINT)? {
+        Some(cp) => {
+            let sub = reader.number(CHECKPOINT_SUB_SEQUENCE)?.unwrap_or(0);
+            ExtendedSequenceNumber::from_parts(cp, sub)
+                .map_err(|e| reader.corrupt(format!("{CHECKPOINT}: {e}")))?
+        }
+        None => return Err(reader.corrupt(format!("{CHECKPOINT} is missing"))),
+    };
+    let pending_checkpoint = match reader.string(PENDING_CHECKPOINT)? {
+        Some(cp) => {
+            let sub = reader.number(PENDING_CHECKPOINT_SUB_SEQUENCE)?.unwrap_or(0);
+            Some(
+                ExtendedSequenceNumber::from_parts(cp, sub)
+                    .map_err(|e| reader.corrupt(format!("{PENDING_CHECKPOINT}: {e}")))?,
+            )
+        }
+        None => None,
+    };
+    let hash_key_range = match (reader.string(STARTING_HASH_KEY)?, reader.string(ENDING_HASH_KEY)?) {
+        (Some(start), Some(end)) => {
+            let start = reader.u128(STARTING_HASH_KEY, start)?;
+            let end = reader.u128(ENDING_HASH_KEY, end)?;
+            Some(HashKeyRange::new(start, end).ok_or_else(|| {
+                reader.corrupt(format!(
+                    "{STARTING_HASH_KEY} {start} is greater than {ENDING_HASH_KEY} {end}"
+                ))
+            })?)
+        }
+        // The Java KCL only reads the range when both ends are present.
+        _ => None,
+    };
+    Ok(Lease {
+        lease_owner: reader.string(LEASE_OWNER)?.map(str::to_owned),
+        lease_counter: reader.number(LEASE_COUNTER)?.unwrap_or(0),
+        checkpoint,
+        pending_checkpoint,
+        owner_switches_since_checkpoint: reader.number(OWNER_SWITCHES)?.unwrap_or(0),
+        parent_shard_ids: reader.string_set(PARENT_SHARD_IDS)?,
+        child_shard_ids: reader.string_set(CHILD_SHARD_IDS)?,
+        checkpoint_owner: reader.string(CHECKPOINT_OWNER)?.map(str::to_owned),
+        hash_key_range,
+        lease_key: key,
+    })
+}
+
+/// Typed, attribute-naming access to one item.
+struct Reader<'a> {
+    item: &'a Item,
+    key: &'a str,
+}
+
+impl<'a> Reader<'a> {
+    fn corrupt(&self, reason: String) -> LeaseError {
+        LeaseError::Corrupt {
+            key: self.key.to_owned(),
+            reason,
+        }
+    }
+
+    fn wrong_type(&self, name: &str, expected: &str, got: &AttributeValue) -> LeaseError {
+        self.corrupt(format!("{name} has type {}, expected {expected}", type_name(got)))
+    }
+
+    fn string(&self, name: &str) -> Result<Option<&'a str>, LeaseError> {
+        match self.item.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::S(v)) => Ok(Some(v)),
+            Some(other) => Err(self.wrong_type(name, "S", other)),
+        }
+    }
+
+    fn number(&self, name: &str) -> Result<Option<u64>, LeaseError> {
+        match self.item.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::N(v)) => v
+                .trim()
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| self.corrupt(format!("{name} is not a non-negative integer: {v:?}"))),
+            Some(other) => Err(self.wrong_type(name, "N", other)),
+        }
+    }
+
+    fn string_set(&self, name: &str) -> Result<BTreeSet<String>, LeaseError> {
+        match self.item.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(BTreeSet::new()),
+            Some(AttributeValue::Ss(v)) => Ok(v.iter().cloned().collect()),
+            Some(other) => Err(self.wrong_type(name, "SS", other)),
+        }
+    }
+
+    fn u128(&self, name: &str, value: &str) -> Result<u128, LeaseError> {
+        value
+            .parse::<u128>()
+            .map_err(|_| self.corrupt(format!("{name} is not a decimal 128-bit hash key: {value:?}")))
+    }
+}
+
+/// The DynamoDB type tag of a value, for messages.
+pub fn type_name(value: &AttributeValue) -> &'static str {
+    match value {
+        AttributeValue::B(_) => "B",
+        AttributeValue::Bool(_) => "BOOL",
+        AttributeValue::Bs(_) => "BS",
+        AttributeValue::L(_) => "L",
+        AttributeValue::M(_) => "M",
+        AttributeValue::N(_) => "N",
+        AttributeValue::Ns(_) => "NS",
+        AttributeValue::Null(_) => "NULL",
+        AttributeValue::S(_) => "S",
+        AttributeValue::Ss(_) => "SS",
+        _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sequence::SequenceNumber;
+
+    const JAVA_SEQ: &str = "49590338271490256608559692538361571095921575989136588898";
+
+    /// A row exactly as the Java KCL 3.1.3 writes it, with an attribute this crate does not know.
+    fn java_row() -> Item {
+        let mut item = Item::new();
+        item.insert("leaseKey".into(), s("shardId-000000000001"));
+        item.insert("leaseOwner".into(), s("worker-a"));
+        item.insert("leaseCounter".into(), AttributeValue::N("42".into()));
+        item.insert("checkpoint".into(), s(JAVA_SEQ));
+        item.insert(
+            "checkpointSubSequenceNumber".into(),
+            AttributeValue::N("0".into()),
+        );
+        item.insert(
+            "ownerSwitchesSinceCheckpoint".into(),
+            AttributeValue::N("1".into()),
+        );
+        item.insert("startingHashKey".into(), s("0"));
+        item.insert(
+            "endingHashKey".into(),
+            s("170141183460469231731687303715884105727"),
+        );
+        item.insert(
+            "parentShardId".into(),
+            AttributeValue::Ss(vec!["shardId-000000000000".into()]),
+        );
+        item.insert("throughputKBps".into(), AttributeValue::N("1.5".into()));
+        item
+    }
+
+    fn corrupt_reason(item: &Item) -> (String, String) {
+        match decode(item) {
+            Err(LeaseError::Corrupt { key, reason }) => (key, reason),
+            other => panic!("expected corrupt, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_a_java_kcl_row() {
+        let lease = decode(&java_row()).unwrap();
+        assert_eq!(lease.lease_key, "shardId-000000000001");
+        assert_eq!(lease.lease_owner.as_deref(), Some("worker-a"));
+        assert_eq!(lease.lease_counter, 42);
+        assert_eq!(
+            lease.checkpoint,
+            ExtendedSequenceNumber::at(SequenceNumber::new(JAVA_SEQ).unwrap(), 0)
+        );
+        assert_eq!(lease.pending_checkpoint, None);
+        assert_eq!(lease.owner_switches_since_checkpoint, 1);
+        assert_eq!(
+            lease.parent_shard_ids,
+            BTreeSet::from(["shardId-000000000000".to_owned()])
+        );
+        assert!(lease.child_shard_ids.is_empty());
+        assert_eq!(lease.checkpoint_owner, None);
+        assert_eq!(
+            lease.hash_key_range,
+            Some(HashKeyRange {
+                start: 0,
+                end: 170141183460469231731687303715884105727
+            })
+        );
+    }
+
+    #[test]
+    fn writes_what_the_java_kcl_writes() {
+        let mut expected = java_row();
+        expected.remove("throughputKBps");
+        let lease = decode(&java_row()).unwrap();
+        assert_eq!(encode(&lease), expected);
+    }
+
+    #[test]
+    fn round_trips_every_field() {
+        let full = Lease {
+            lease_key: "shardId-000000000007".into(),
+            lease_owner: Some("w1".into()),
+            lease_counter: 7,
+            checkpoint: ExtendedSequenceNumber::at(SequenceNumber::new("123").unwrap(), 4),
+            pending_checkpoint: Some(ExtendedSequenceNumber::at(SequenceNumber::new("456").unwrap(), 2)),
+            owner_switches_since_checkpoint: 3,
+            parent_shard_ids: ["p1", "p2"].into_iter().map(String::from).collect(),
+            child_shard_ids: ["c1"].into_iter().map(String::from).collect(),
+            checkpoint_owner: Some("w0".into()),
+            hash_key_range: Some(HashKeyRange::FULL),
+        };
+        let item = encode(&full);
+        assert_eq!(item.get(ENDING_HASH_KEY), Some(&s(u128::MAX.to_string())));
+        assert_eq!(item.get(PENDING_CHECKPOINT_SUB_SEQUENCE), Some(&n(2)));
+        assert_eq!(decode(&item).unwrap(), full);
+        for cp in [
+            ExtendedSequenceNumber::TrimHorizon,
+            ExtendedSequenceNumber::Latest,
+            ExtendedSequenceNumber::AtTimestamp,
+            ExtendedSequenceNumber::ShardEnd,
+        ] {
+            let lease = Lease::new("k", cp.clone());
+            let item = encode(&lease);
+            assert_eq!(item.get(CHECKPOINT), Some(&s(cp.checkpoint_str())));
+            assert_eq!(item.get(CHECKPOINT_SUB_SEQUENCE), Some(&n(0)));
+            assert_eq!(decode(&item).unwrap(), lease);
+        }
+    }
+
+    #[test]
+    fn unset_optional_attributes_are_absent() {
+        let item = encode(&Lease::new("k", ExtendedSequenceNumber::TrimHorizon));
+        let mut names: Vec<&str> = item.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "checkpoint",
+                "checkpointSubSequenceNumber",
+                "leaseCounter",
+                "leaseKey",
+                "ownerSwitchesSinceCheckpoint"
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_optional_attributes_take_defaults() {
+        let mut item = Item::new();
+        item.insert(LEASE_KEY.into(), s("k"));
+        item.insert(CHECKPOINT.into(), s("77"));
+        let lease = decode(&item).unwrap();
+        assert_eq!(
+            lease,
+            Lease::new(
+                "k",
+                ExtendedSequenceNumber::at(SequenceNumber::new("77").unwrap(), 0)
+            )
+        );
+        // Half a hash key range is ignored, as the Java KCL does.
+        item.insert(STARTING_HASH_KEY.into(), s("5"));
+        assert_eq!(decode(&item).unwrap().hash_key_range, None);
+        // A pending checkpoint without its sub-sequence number has sub-sequence 0.
+        item.insert(PENDING_CHECKPOINT.into(), s("SHARD_END"));
+        assert_eq!(
+            decode(&item).unwrap().pending_checkpoint,
+            Some(ExtendedSequenceNumber::ShardEnd)
+        );
+    }
+
+    #[test]
+    fn corrupt_rows_name_the_attribute() {
+        let mut no_key = java_row();
+        no_key.remove(LEASE_KEY);
+        let (_, reason) = corrupt_reason(&no_key);
+        assert!(reason.contains("leaseKey"), "{reason}");
+
+        let mut key_number = java_row();
+        key_number.insert(LEASE_KEY.into(), n(1));
+        let (_, reason) = corrupt_reason(&key_number);
+        assert!(reason.contains("leaseKey"), "{reason}");
+
+        let mut bad_counter = java_row();
+        bad_counter.insert(LEASE_COUNTER.into(), AttributeValue::N("abc".into()));
+        let (key, reason) = corrupt_reason(&bad_counter);
+        assert_eq!(key, "shardId-000000000001");
+        assert!(reason.contains("leaseCounter"), "{reason}");
+
+        let mut negative = java_row();
+        negative.insert(OWNER_SWITCHES.into(), AttributeValue::N("-1".into()));
+        let (_, reason) = corrupt_reason(&negative);
+        assert!(reason.contains("ownerSwitchesSinceCheckpoint"), "{reason}");
+
+        let mut bad_checkpoint = java_row();
+        bad_checkpoint.insert(CHECKPOINT.into(), s("12x"));
+        let (_, reason) = corrupt_reason(&bad_checkpoint);
+        assert!(reason.contains("checkpoint"), "{reason}");
+
+        let mut no_checkpoint = java_row();
+        no_checkpoint.remove(CHECKPOINT);
+        let (_, reason) = corrupt_reason(&no_checkpoint);
+        assert!(reason.contains("checkpoint is missing"), "{reason}");
+
+        let mut parents_as_string = java_row();
+        parents_as_string.insert(PARENT_SHARD_IDS.into(), s("shardId-000000000000"));
+        let (_, reason) = corrupt_reason(&parents_as_string);
+        assert!(
+            reason.contains("parentShardId") && reason.contains("SS"),
+            "{reason}"
+        );
+
+        let mut owner_as_bool = java_row();
+        owner_as_bool.insert(LEASE_OWNER.into(), AttributeValue::Bool(true));
+        let (_, reason) = corrupt_reason(&owner_as_bool);
+        assert!(reason.contains("leaseOwner"), "{reason}");
+
+        let mut bad_range = java_row();
+        bad_range.insert(STARTING_HASH_KEY.into(), s("-3"));
+        let (_, reason) = corrupt_reason(&bad_range);
+        assert!(reason.contains("startingHashKey"), "{reason}");
+
+        let mut inverted = java_row();
+        inverted.insert(STARTING_HASH_KEY.into(), s("9"));
+        inverted.insert(ENDING_HASH_KEY.into(), s("3"));
+        let (_, reason) = corrupt_reason(&inverted);
+        assert!(reason.contains("greater"), "{reason}");
+
+        let mut bad_sub = java_row();
+        bad_sub.insert(CHECKPOINT_SUB_SEQUENCE.into(), s("0"));
+        let (_, reason) = corrupt_reason(&bad_sub);
+        assert!(reason.contains("checkpointSubSequenceNumber"), "{reason}");
+    }
+
+    #[test]
+    fn unknown_attributes_are_ignored() {
+        let mut item = java_row();
+        item.insert("isMarkedForLeaseSteal".into(), AttributeValue::Bool(true));
+        item.insert(
+            PENDING_CHECKPOINT_STATE.into(),
+            AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(vec![1, 2])),
+        );
+        assert_eq!(decode(&item).unwrap(), decode(&java_row()).unwrap());
+    }
+}

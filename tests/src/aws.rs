@@ -1,0 +1,96 @@
+//! Helpers for the tests against the emulators through the real SDK path: clients, streams,
+//! producing records, and workers with the Kinesis backend and the DynamoDB lease store.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::StreamStatus;
+use kcl_core::aws::{load_sdk_config, AwsOptions};
+use kcl_core::KinesisBackend;
+use kcl_lease::DynamoDbLeaseStore;
+
+use crate::emulators::{ensure_started, Endpoints};
+
+/// SDK configuration for the emulators (endpoints and dummy credentials come from the
+/// environment that [`ensure_started`] set).
+pub async fn sdk() -> (aws_config::SdkConfig, &'static Endpoints) {
+    let endpoints = ensure_started();
+    let options = AwsOptions {
+        region: Some(endpoints.region.clone()),
+        ..AwsOptions::default()
+    };
+    (load_sdk_config(&options).await, endpoints)
+}
+
+/// A name no other test (or earlier run against the same emulators) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{:x}-{}",
+        std::process::id(),
+        nanos % 0xffff_ffff,
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Waits until the stream is ACTIVE.
+pub async fn wait_active(client: &aws_sdk_kinesis::Client, stream: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = client
+            .describe_stream_summary()
+            .stream_name(stream)
+            .send()
+            .await
+            .ok()
+            .and_then(|o| o.stream_description_summary().map(|s| s.stream_status().clone()));
+        if status == Some(StreamStatus::Active) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stream {stream} did not become ACTIVE"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Creates a stream and waits until it is ACTIVE.
+pub async fn create_stream(client: &aws_sdk_kinesis::Client, stream: &str, shards: i32) {
+    client
+        .create_stream()
+        .stream_name(stream)
+        .shard_count(shards)
+        .send()
+        .await
+        .expect("CreateStream");
+    wait_active(client, stream).await;
+}
+
+/// Puts one record; returns (shard id, sequence number).
+pub async fn put(client: &aws_sdk_kinesis::Client, stream: &str, key: &str, data: &str) -> (String, String) {
+    let out = client
+        .put_record()
+        .stream_name(stream)
+        .partition_key(key)
+        .data(Blob::new(data.as_bytes()))
+        .send()
+        .await
+        .expect("PutRecord");
+    (out.shard_id().to_owned(), out.sequence_number().to_owned())
+}
+
+/// The Kinesis backend and a DynamoDB lease store (table created) for an application.
+pub async fn backends(
+    sdk: &aws_config::SdkConfig,
+    application: &str,
+) -> (KinesisBackend, DynamoDbLeaseStore) {
+    let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(sdk), application);
+    store.ensure_table().await.expect("lease table");
+    (KinesisBackend::from_conf(sdk), store)
+}

@@ -1,0 +1,587 @@
+//! `DynamoDbLeaseStore` against a DynamoDB emulator (dynalite, started by
+//! `kcl_tests::emulators::ensure_started`): table creation, the same conditional semantics as
+//! `InMemoryLeaseStore`, paging, rows written by the Java KCL (unknown attributes survive every
+//! write), corrupt rows (skipped, reported, untouched) and error mapping.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_dynamodb::config::Credentials;
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::Client;
+use kcl_lease::dynamodb::{map_sdk_error, DynamoDbError};
+use kcl_lease::{DynamoDbLeaseStore, ExtendedSequenceNumber, Lease, LeaseError, LeaseStore};
+
+type Item = HashMap<String, AttributeValue>;
+
+const JAVA_SEQ: &str = "49590338271490256608559692538361571095921575989136588898";
+
+/// A client for the emulator, with static test credentials.
+async fn client() -> Client {
+    let endpoints = kcl_tests::emulators::ensure_started();
+    let conf = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(endpoints.region.clone()))
+        .endpoint_url(&endpoints.dynamodb)
+        .credentials_provider(Credentials::new("test", "test", None, None, "static"))
+        .load()
+        .await;
+    Client::new(&conf)
+}
+
+/// A table name no other test (or earlier run against the same emulator) uses.
+fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{:x}-{}",
+        std::process::id(),
+        nanos % 0xffff_ffff,
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A store on a fresh, created table.
+async fn store(prefix: &str) -> (DynamoDbLeaseStore, Client) {
+    let client = client().await;
+    let store = DynamoDbLeaseStore::new(client.clone(), unique(prefix));
+    assert!(store.ensure_table().await.expect("ensure_table"));
+    (store, client)
+}
+
+fn lease(key: &str) -> Lease {
+    Lease::new(key, ExtendedSequenceNumber::TrimHorizon)
+}
+
+fn cp(s: &str) -> ExtendedSequenceNumber {
+    ExtendedSequenceNumber::from_parts(s, 0).unwrap()
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_owned())
+}
+
+fn n(v: &str) -> AttributeValue {
+    AttributeValue::N(v.to_owned())
+}
+
+/// A row exactly as the Java KCL 3.1.3 writes it, including attributes this crate does not know.
+fn java_row(key: &str) -> Item {
+    HashMap::from([
+        ("leaseKey".to_owned(), s(key)),
+        ("leaseOwner".to_owned(), s("worker-a")),
+        ("leaseCounter".to_owned(), n("42")),
+        ("checkpoint".to_owned(), s(JAVA_SEQ)),
+        ("checkpointSubSequenceNumber".to_owned(), n("0")),
+        ("ownerSwitchesSinceCheckpoint".to_owned(), n("1")),
+        ("startingHashKey".to_owned(), s("0")),
+        (
+            "endingHashKey".to_owned(),
+            s("170141183460469231731687303715884105727"),
+        ),
+        (
+            "parentShardId".to_owned(),
+            AttributeValue::Ss(vec!["shardId-000000000000".to_owned()]),
+        ),
+        ("throughputKBps".to_owned(), n("1.5")),
+        ("isMarkedForLeaseSteal".to_owned(), AttributeValue::Bool(false)),
+    ])
+}
+
+async fn put_raw(client: &Client, table: &str, item: Item) {
+    client
+        .put_item()
+        .table_name(table)
+        .set_item(Some(item))
+        .send()
+        .await
+        .expect("raw PutItem");
+}
+
+async fn get_raw(client: &Client, table: &str, key: &str) -> Option<Item> {
+    client
+        .get_item()
+        .table_name(table)
+        .key("leaseKey", s(key))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("raw GetItem")
+        .item
+}
+
+fn conflict_row(result: Result<Lease, LeaseError>) -> Lease {
+    match result {
+        Err(LeaseError::Conflict {
+            actual: Some(row), ..
+        }) => *row,
+        other => panic!("expected a conflict with the actual row, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ensure_table_creates_once_and_is_idempotent() {
+    let client = client().await;
+    let table = unique("kcl-ensure");
+    let store = DynamoDbLeaseStore::new(client.clone(), table.clone());
+    assert_eq!(store.table_name(), table);
+
+    // Before the table exists: a backend error naming the table, not a panic or "not found".
+    let err = store.list().await.unwrap_err();
+    match &err {
+        LeaseError::Backend(inner) => {
+            let dynamo = inner.downcast_ref::<DynamoDbError>().expect("a DynamoDbError");
+            assert!(dynamo.is_table_missing(), "{err}");
+        }
+        other => panic!("expected backend error, got {other:?}"),
+    }
+    assert!(err.to_string().contains(&table), "{err}");
+
+    // Two concurrent creators: both succeed, at least one created it.
+    let other = store.clone();
+    let (a, b) = tokio::join!(store.ensure_table(), other.ensure_table());
+    assert!(a.unwrap() || b.unwrap());
+    assert!(
+        !store.ensure_table().await.unwrap(),
+        "second call creates nothing"
+    );
+    let described = client.describe_table().table_name(&table).send().await.unwrap();
+    let keys = described.table().unwrap().key_schema();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].attribute_name(), "leaseKey");
+    assert!(store.list().await.unwrap().is_empty());
+
+    // A table with another key schema is refused.
+    let foreign = DynamoDbLeaseStore::new(client.clone(), unique("kcl-foreign"));
+    client
+        .create_table()
+        .table_name(foreign.table_name())
+        .key_schema(
+            aws_sdk_dynamodb::types::KeySchemaElement::builder()
+                .attribute_name("id")
+                .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .attribute_definitions(
+            aws_sdk_dynamodb::types::AttributeDefinition::builder()
+                .attribute_name("id")
+                .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
+        .send()
+        .await
+        .unwrap();
+    let err = foreign.ensure_table().await.unwrap_err();
+    assert!(err.to_string().contains("not a lease table"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_is_idempotent_and_keeps_the_first_row() {
+    let (store, _) = store("kcl-create").await;
+    assert!(store.create_if_absent(&lease("a")).await.unwrap());
+    let mut other = lease("a");
+    other.checkpoint = ExtendedSequenceNumber::Latest;
+    assert!(!store.create_if_absent(&other).await.unwrap());
+    assert_eq!(
+        store.get("a").await.unwrap().unwrap().checkpoint,
+        ExtendedSequenceNumber::TrimHorizon
+    );
+    assert_eq!(store.get("missing").await.unwrap(), None);
+    // A full row round-trips through the table.
+    let mut full = lease("b")
+        .with_parents(["p1", "p2"])
+        .with_hash_key_range(kcl_lease::HashKeyRange::FULL);
+    full.pending_checkpoint = Some(cp("77"));
+    full.checkpoint = ExtendedSequenceNumber::from_parts(JAVA_SEQ, 3).unwrap();
+    assert!(store.create_if_absent(&full).await.unwrap());
+    assert_eq!(store.get("b").await.unwrap().unwrap(), full);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mutation_is_conditional_on_owner_and_counter() {
+    let (store, _) = store("kcl-cond").await;
+    store.create_if_absent(&lease("a")).await.unwrap();
+    let seen = store.get("a").await.unwrap().unwrap();
+    let mine = store.take(&seen, "w1", false).await.unwrap();
+    assert_eq!(mine.lease_counter, 1);
+    assert_eq!(mine.owner_switches_since_checkpoint, 1);
+    assert!(mine.is_owned_by("w1"));
+    // A second taker with the stale view conflicts and learns the current row.
+    let actual = conflict_row(store.take(&seen, "w2", false).await);
+    assert!(actual.is_owned_by("w1"));
+    assert_eq!(actual.lease_counter, 1);
+
+    let renewed = store.renew(&mine).await.unwrap();
+    assert_eq!(renewed.lease_counter, 2);
+    assert_eq!(conflict_row(store.renew(&mine).await), renewed);
+    assert_eq!(conflict_row(store.evict(&mine).await), renewed);
+    assert_eq!(
+        conflict_row(store.mark_children(&mine, &BTreeSet::new()).await),
+        renewed
+    );
+    match store.delete(&mine).await {
+        Err(LeaseError::Conflict {
+            actual: Some(row), ..
+        }) => assert_eq!(*row, renewed),
+        other => panic!("expected conflict, got {other:?}"),
+    }
+    assert_eq!(
+        conflict_row(store.update_checkpoint(&mine, "w1", &cp("5")).await),
+        renewed
+    );
+    // Not the owner: conflict.
+    assert!(store
+        .update_checkpoint(&renewed, "w2", &cp("5"))
+        .await
+        .unwrap_err()
+        .is_conflict());
+
+    let after = store.update_checkpoint(&renewed, "w1", &cp("5")).await.unwrap();
+    assert_eq!(after.checkpoint, cp("5"));
+    assert_eq!(after.owner_switches_since_checkpoint, 0);
+    assert_eq!(after.lease_counter, 3, "an owner's checkpoint moves the counter");
+
+    // Re-taking by the same owner does not count as a switch.
+    let again = store.take(&after, "w1", true).await.unwrap();
+    assert_eq!(again.owner_switches_since_checkpoint, 0);
+    assert_eq!(again.checkpoint_owner, None);
+
+    let children: BTreeSet<String> = ["c1", "c2"].into_iter().map(String::from).collect();
+    let marked = store.mark_children(&again, &children).await.unwrap();
+    assert_eq!(marked.child_shard_ids, children);
+    assert_eq!(marked.lease_counter, again.lease_counter + 1);
+    let unmarked = store.mark_children(&marked, &BTreeSet::new()).await.unwrap();
+    assert!(unmarked.child_shard_ids.is_empty());
+
+    let released = store.evict(&unmarked).await.unwrap();
+    assert_eq!(released.lease_owner, None);
+    assert_eq!(released.lease_counter, unmarked.lease_counter + 1);
+    // Unowned: takes conditioned on "no owner" work.
+    let retaken = store.take(&released, "w3", false).await.unwrap();
+    assert!(retaken.is_owned_by("w3"));
+    assert_eq!(retaken.owner_switches_since_checkpoint, 1);
+
+    // Missing rows: not found, and no row is created by the attempt.
+    for result in [
+        store.renew(&lease("zz")).await,
+        store.take(&lease("zz"), "w", false).await,
+        store.evict(&lease("zz")).await,
+        store.update_checkpoint(&lease("zz"), "w", &cp("1")).await,
+        store.complete_handoff("zz", "w").await,
+        store.mark_children(&lease("zz"), &children).await,
+    ] {
+        assert!(matches!(result, Err(LeaseError::NotFound(_))), "{result:?}");
+    }
+    assert!(matches!(
+        store.delete(&lease("zz")).await,
+        Err(LeaseError::NotFound(_))
+    ));
+    assert_eq!(store.get("zz").await.unwrap(), None);
+
+    store.delete(&retaken).await.unwrap();
+    assert_eq!(store.get("a").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoff_lets_the_previous_owner_checkpoint_without_disturbing_the_new_one() {
+    let (store, _) = store("kcl-handoff").await;
+    store.create_if_absent(&lease("a")).await.unwrap();
+    let seen = store.get("a").await.unwrap().unwrap();
+    let old = store.take(&seen, "old", false).await.unwrap();
+    let new = store.take(&old, "new", true).await.unwrap();
+    assert_eq!(new.checkpoint_owner.as_deref(), Some("old"));
+    assert!(new.is_owned_by("new"));
+    assert_eq!(new.owner_switches_since_checkpoint, 2);
+    let new = store.renew(&new).await.unwrap();
+    // The old owner checkpoints with its stale view: allowed as checkpoint owner.
+    let row = store.update_checkpoint(&old, "old", &cp("9")).await.unwrap();
+    assert_eq!(row.checkpoint, cp("9"));
+    assert_eq!(
+        row.lease_counter, new.lease_counter,
+        "hand-off checkpoint leaves the counter"
+    );
+    assert_eq!(row.checkpoint_owner.as_deref(), Some("old"));
+    // The new owner cannot checkpoint until the hand-off is complete.
+    let actual = conflict_row(store.update_checkpoint(&new, "new", &cp("10")).await);
+    assert_eq!(actual.checkpoint_owner.as_deref(), Some("old"));
+    let done = store.complete_handoff("a", "old").await.unwrap();
+    assert_eq!(done.checkpoint_owner, None);
+    assert_eq!(done.lease_counter, new.lease_counter);
+    assert!(store
+        .complete_handoff("a", "old")
+        .await
+        .unwrap_err()
+        .is_conflict());
+    // ... and its renewals still work, and now it can checkpoint.
+    let new = store.renew(&new).await.unwrap();
+    assert_eq!(new.checkpoint_owner, None);
+    let after = store.update_checkpoint(&new, "new", &cp("10")).await.unwrap();
+    assert_eq!(after.lease_counter, new.lease_counter + 1);
+    // A hand-off take from an unowned lease records no checkpoint owner; evict clears it.
+    let handing = store.take(&after, "third", true).await.unwrap();
+    assert_eq!(handing.checkpoint_owner.as_deref(), Some("new"));
+    let evicted = store.evict(&handing).await.unwrap();
+    assert_eq!(evicted.checkpoint_owner, None);
+    let free = store.take(&evicted, "fourth", true).await.unwrap();
+    assert_eq!(free.checkpoint_owner, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_pages_through_more_rows_than_a_page() {
+    let (store, client) = store("kcl-paging").await;
+    let store = store.with_scan_page_size(3);
+    assert_eq!(store.scan_page_size(), Some(3));
+    for i in 0..11 {
+        assert!(store
+            .create_if_absent(&lease(&format!("shardId-{i:012}")))
+            .await
+            .unwrap());
+    }
+    let mut keys: Vec<String> = store
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.lease_key)
+        .collect();
+    keys.sort();
+    let expected: Vec<String> = (0..11).map(|i| format!("shardId-{i:012}")).collect();
+    assert_eq!(keys, expected);
+    assert_eq!(store.corrupt_rows_seen(), 0);
+    // The emulator really pages at that size, so `list` followed LastEvaluatedKey.
+    let page = client
+        .scan()
+        .table_name(store.table_name())
+        .consistent_read(true)
+        .limit(3)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.items().len(), 3);
+    assert!(page.last_evaluated_key().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn java_rows_are_read_and_their_unknown_attributes_survive_every_write() {
+    let (store, client) = store("kcl-java").await;
+    let table = store.table_name().to_owned();
+    let key = "shardId-000000000001";
+    put_raw(&client, &table, java_row(key)).await;
+
+    let row = store.get(key).await.unwrap().unwrap();
+    assert!(row.is_owned_by("worker-a"));
+    assert_eq!(row.lease_counter, 42);
+    assert_eq!(row.checkpoint.checkpoint_str(), JAVA_SEQ);
+    assert_eq!(row.owner_switches_since_checkpoint, 1);
+    assert_eq!(
+        row.parent_shard_ids,
+        BTreeSet::from(["shardId-000000000000".to_owned()])
+    );
+    assert_eq!(
+        row.hash_key_range.map(|r| r.end),
+        Some(170141183460469231731687303715884105727)
+    );
+    assert_eq!(store.list().await.unwrap(), vec![row.clone()]);
+
+    let renewed = store.renew(&row).await.unwrap();
+    assert_eq!(renewed.lease_counter, 43);
+    let taken = store.take(&renewed, "rust-worker", false).await.unwrap();
+    assert_eq!(taken.owner_switches_since_checkpoint, 2);
+    let checkpointed = store
+        .update_checkpoint(
+            &taken,
+            "rust-worker",
+            &cp("49590338271490256608559692538361571095921575989136588999"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(checkpointed.lease_counter, 45);
+    let children: BTreeSet<String> = ["shardId-000000000002".to_owned()].into();
+    let marked = store.mark_children(&checkpointed, &children).await.unwrap();
+
+    let raw = get_raw(&client, &table, key).await.unwrap();
+    assert_eq!(raw.get("throughputKBps"), Some(&n("1.5")), "{raw:?}");
+    assert_eq!(
+        raw.get("isMarkedForLeaseSteal"),
+        Some(&AttributeValue::Bool(false))
+    );
+    assert_eq!(raw.get("leaseOwner"), Some(&s("rust-worker")));
+    assert_eq!(raw.get("leaseCounter"), Some(&n("46")));
+    assert_eq!(
+        raw.get("checkpoint"),
+        Some(&s("49590338271490256608559692538361571095921575989136588999"))
+    );
+    assert_eq!(raw.get("checkpointSubSequenceNumber"), Some(&n("0")));
+    assert_eq!(raw.get("ownerSwitchesSinceCheckpoint"), Some(&n("0")));
+    assert_eq!(
+        raw.get("childShardIds"),
+        Some(&AttributeValue::Ss(vec!["shardId-000000000002".to_owned()]))
+    );
+    assert_eq!(
+        raw.get("parentShardId"),
+        Some(&AttributeValue::Ss(vec!["shardId-000000000000".to_owned()]))
+    );
+    assert_eq!(raw.get("startingHashKey"), Some(&s("0")));
+
+    let released = store.evict(&marked).await.unwrap();
+    let raw = get_raw(&client, &table, key).await.unwrap();
+    assert_eq!(raw.get("leaseOwner"), None);
+    assert_eq!(raw.get("throughputKBps"), Some(&n("1.5")));
+    assert_eq!(released.lease_counter, 47);
+
+    // A prepared (two-phase) Java checkpoint is cleared by a checkpoint, state included.
+    let mut pending = java_row("shardId-000000000009");
+    pending.insert("pendingCheckpoint".into(), s("12345"));
+    pending.insert("pendingCheckpointSubSequenceNumber".into(), n("2"));
+    pending.insert(
+        "pendingCheckpointState".into(),
+        AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(vec![1, 2, 3])),
+    );
+    put_raw(&client, &table, pending).await;
+    let row = store.get("shardId-000000000009").await.unwrap().unwrap();
+    assert_eq!(
+        row.pending_checkpoint,
+        Some(ExtendedSequenceNumber::from_parts("12345", 2).unwrap())
+    );
+    let row = store
+        .update_checkpoint(&row, "worker-a", &cp("12345"))
+        .await
+        .unwrap();
+    assert_eq!(row.pending_checkpoint, None);
+    let raw = get_raw(&client, &table, "shardId-000000000009").await.unwrap();
+    for gone in [
+        "pendingCheckpoint",
+        "pendingCheckpointSubSequenceNumber",
+        "pendingCheckpointState",
+    ] {
+        assert!(!raw.contains_key(gone), "{gone} left in {raw:?}");
+    }
+    assert_eq!(raw.get("throughputKBps"), Some(&n("1.5")));
+
+    // A minimal row without leaseCounter reads as counter 0 and can be renewed.
+    let minimal = HashMap::from([
+        ("leaseKey".to_owned(), s("shardId-000000000010")),
+        ("checkpoint".to_owned(), s("TRIM_HORIZON")),
+    ]);
+    put_raw(&client, &table, minimal).await;
+    let row = store.get("shardId-000000000010").await.unwrap().unwrap();
+    assert_eq!(row.lease_counter, 0);
+    let taken = store.take(&row, "w", false).await.unwrap();
+    assert_eq!(taken.lease_counter, 1);
+    assert_eq!(taken.owner_switches_since_checkpoint, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_rows_are_skipped_by_list_reported_by_get_and_left_untouched() {
+    let (store, client) = store("kcl-corrupt").await;
+    let table = store.table_name().to_owned();
+    store.create_if_absent(&lease("good")).await.unwrap();
+
+    let mut bad_checkpoint = java_row("bad-checkpoint");
+    bad_checkpoint.insert("checkpoint".into(), s("12x"));
+    let mut parents_as_string = java_row("bad-parents");
+    parents_as_string.insert("parentShardId".into(), s("shardId-000000000000"));
+    // DynamoDB itself rejects N "abc", so a counter of the wrong type stands in for it.
+    let mut counter_as_string = java_row("bad-counter");
+    counter_as_string.insert("leaseCounter".into(), s("abc"));
+    let mut no_checkpoint = java_row("no-checkpoint");
+    no_checkpoint.remove("checkpoint");
+    let bad = [
+        ("bad-checkpoint", bad_checkpoint, "checkpoint"),
+        ("bad-parents", parents_as_string, "parentShardId"),
+        ("bad-counter", counter_as_string, "leaseCounter"),
+        ("no-checkpoint", no_checkpoint, "checkpoint"),
+    ];
+    for (_, item, _) in &bad {
+        put_raw(&client, &table, item.clone()).await;
+    }
+
+    let listed = store.list().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|l| l.lease_key.as_str()).collect::<Vec<_>>(),
+        ["good"]
+    );
+    assert_eq!(store.corrupt_rows_seen(), 4);
+
+    for (key, item, attribute) in &bad {
+        match store.get(key).await {
+            Err(LeaseError::Corrupt { key: k, reason }) => {
+                assert_eq!(&k, key);
+                assert!(reason.contains(attribute), "{reason}");
+            }
+            other => panic!("expected corrupt for {key}, got {other:?}"),
+        }
+        // A write conditioned on what a Java reader would have seen fails without touching it.
+        let mut guess = lease(key);
+        guess.lease_owner = Some("worker-a".into());
+        guess.lease_counter = 1;
+        assert!(store.renew(&guess).await.unwrap_err().is_conflict());
+        assert_eq!(get_raw(&client, &table, key).await.as_ref(), Some(item));
+    }
+    store.list().await.unwrap();
+    assert_eq!(store.corrupt_rows_seen(), 8);
+}
+
+#[test]
+fn throttling_errors_map_to_throttled() {
+    use aws_sdk_dynamodb::config::http::HttpResponse;
+    use aws_sdk_dynamodb::error::{ErrorMetadata, SdkError};
+    use aws_sdk_dynamodb::operation::scan::ScanError;
+    use aws_sdk_dynamodb::types::error::{ProvisionedThroughputExceededException, ThrottlingException};
+
+    let raw = || HttpResponse::new(400u16.try_into().unwrap(), "".into());
+    let meta = |code: &str| {
+        ErrorMetadata::builder()
+            .code(code)
+            .message("Rate of requests exceeds the allowed throughput.")
+            .build()
+    };
+    let throttled = ScanError::ProvisionedThroughputExceededException(
+        ProvisionedThroughputExceededException::builder()
+            .message("Rate of requests exceeds the allowed throughput.")
+            .meta(meta("ProvisionedThroughputExceededException"))
+            .build(),
+    );
+    let err = map_sdk_error("leases", "Scan", SdkError::service_error(throttled, raw()));
+    assert!(
+        matches!(&err, LeaseError::Throttled(m) if m.contains("Rate of requests")),
+        "{err:?}"
+    );
+    assert!(err.is_retryable());
+
+    let throttled = ScanError::ThrottlingException(
+        ThrottlingException::builder()
+            .message("Throughput exceeds the current capacity")
+            .meta(meta("ThrottlingException"))
+            .build(),
+    );
+    let err = map_sdk_error("leases", "Scan", SdkError::service_error(throttled, raw()));
+    assert!(matches!(err, LeaseError::Throttled(_)), "{err:?}");
+
+    // An unmodelled code the service may send is classified by its code.
+    let limit = ScanError::generic(
+        ErrorMetadata::builder()
+            .code("RequestLimitExceeded")
+            .message("Throughput exceeds the current throughput limit for your account.")
+            .build(),
+    );
+    let err = map_sdk_error("leases", "Scan", SdkError::service_error(limit, raw()));
+    assert!(matches!(err, LeaseError::Throttled(_)), "{err:?}");
+
+    let other = ScanError::generic(ErrorMetadata::builder().code("InternalServerError").build());
+    let err = map_sdk_error("leases", "Scan", SdkError::service_error(other, raw()));
+    match &err {
+        LeaseError::Backend(inner) => {
+            let dynamo = inner.downcast_ref::<DynamoDbError>().unwrap();
+            assert_eq!(dynamo.code(), Some("InternalServerError"));
+            assert_eq!(dynamo.operation(), "Scan");
+        }
+        other => panic!("expected backend, got {other:?}"),
+    }
+}
