@@ -1,0 +1,162 @@
+//! `kcl-tail` as users run it: against the emulators (started by the project's script), with
+//! records put through the SDK; stopped with SIGTERM; restarted, it continues after its
+//! checkpoint. And `--local`, with stdin.
+
+use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::time::Duration;
+
+use aws_sdk_kinesis::primitives::Blob;
+use kcl_tests::aws::{create_stream, sdk, unique};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+const TAIL: &str = env!("CARGO_BIN_EXE_kcl-tail");
+
+/// The `data` field of a kcl-tail JSON line, base64-decoded by hand (no JSON crate needed).
+fn data_of(line: &str) -> String {
+    let start = line.find("\"data\":\"").expect("data field") + 8;
+    let end = start + line[start..].find('"').expect("end of data");
+    let b64 = &line[start..end];
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in b64.bytes().filter(|c| *c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("bad base64 in {line}"),
+        };
+        bits = (bits << 6) | u32::from(v);
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    String::from_utf8(out).expect("utf-8 payload")
+}
+
+fn spawn(args: &[&str]) -> Child {
+    Command::new(TAIL)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start kcl-tail")
+}
+
+/// Reads `n` lines, then keeps reading for `quiet` to make sure no more come.
+async fn read_lines(child: &mut Child, n: usize, quiet: Duration) -> Vec<String> {
+    let stdout = child.stdout.as_mut().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} lines after 60 s: {out:?}", out.len()))
+            .expect("read stdout")
+            .expect("kcl-tail exited early");
+        out.push(line);
+    }
+    if let Ok(Ok(Some(extra))) = tokio::time::timeout(quiet, lines.next_line()).await {
+        panic!("unexpected extra line: {extra}");
+    }
+    out
+}
+
+async fn sigterm(child: &mut Child) {
+    let pid = child.id().expect("pid").to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill");
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("kcl-tail did not stop on SIGTERM")
+        .expect("wait");
+    assert!(exit.success(), "kcl-tail exited with {exit:?} after SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcl_tail_prints_every_record_and_a_restart_continues_after_the_checkpoint() {
+    let (sdk, endpoints) = sdk().await;
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    let (stream, app) = (unique("tail"), unique("tail-app"));
+    create_stream(&kinesis, &stream, 2).await;
+    let put = |range: std::ops::Range<u32>| {
+        let kinesis = kinesis.clone();
+        let stream = stream.clone();
+        async move {
+            for i in range {
+                kinesis
+                    .put_record()
+                    .stream_name(&stream)
+                    .partition_key(format!("pk-{i}"))
+                    .data(Blob::new(format!("record-{i}")))
+                    .send()
+                    .await
+                    .expect("PutRecord");
+            }
+        }
+    };
+    put(0..12).await;
+    let args = [
+        "--stream",
+        &stream,
+        "--application-name",
+        &app,
+        "--initial-position",
+        "trim-horizon",
+        "--failover-ms",
+        "3000",
+        "--region",
+        &endpoints.region,
+    ];
+    let mut tail = spawn(&args);
+    let first: BTreeSet<String> = read_lines(&mut tail, 12, Duration::from_millis(500))
+        .await
+        .iter()
+        .map(|l| data_of(l))
+        .collect();
+    assert_eq!(first, (0..12).map(|i| format!("record-{i}")).collect());
+    sigterm(&mut tail).await;
+
+    put(12..17).await;
+    let mut tail = spawn(&args);
+    let second: BTreeSet<String> = read_lines(&mut tail, 5, Duration::from_secs(2))
+        .await
+        .iter()
+        .map(|l| data_of(l))
+        .collect();
+    assert_eq!(
+        second,
+        (12..17).map(|i| format!("record-{i}")).collect(),
+        "continues after the checkpoint"
+    );
+    sigterm(&mut tail).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcl_tail_local_prints_stdin_lines_as_records() {
+    let mut tail = spawn(&["--local", "--stream", "local-tail"]);
+    let mut stdin = tail.stdin.take().expect("stdin");
+    stdin.write_all(b"alpha\nbeta\n").await.unwrap();
+    drop(stdin);
+    let lines = read_lines(&mut tail, 2, Duration::from_millis(200)).await;
+    let got: BTreeSet<String> = lines.iter().map(|l| data_of(l)).collect();
+    assert_eq!(got, BTreeSet::from(["alpha".to_owned(), "beta".to_owned()]));
+    assert!(lines[0].starts_with("{\"shard_id\":\"shardId-"), "{}", lines[0]);
+    let exit = tokio::time::timeout(Duration::from_secs(30), tail.wait())
+        .await
+        .expect("exits at EOF")
+        .unwrap();
+    assert!(exit.success());
+}
