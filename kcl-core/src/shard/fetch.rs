@@ -17,6 +17,9 @@ use tracing::{debug, warn};
 use crate::backend::{BackendError, IteratorPosition, StreamBackend};
 use crate::record::{ChildShard, ExtendedSequenceNumber, Record, SequenceNumber};
 
+/// Kinesis's read limit per shard, shared by every reader of the shard: 2 MiB/s.
+const SHARD_READ_BYTES_PER_SEC: f64 = 2.0 * 1024.0 * 1024.0;
+
 /// What the reader hands to the shard consumer.
 #[derive(Debug)]
 pub(crate) enum Fetched {
@@ -102,6 +105,7 @@ pub(crate) async fn run(
                     }
                 }
                 let empty = records.is_empty();
+                let bytes: usize = records.iter().map(|r| r.data.len()).sum();
                 if !empty {
                     let batch = Fetched::Batch {
                         records,
@@ -122,10 +126,14 @@ pub(crate) async fn run(
                         return;
                     }
                 }
+                // Stay under the shard's read limits: calls per second, and bytes per second
+                // (a large read is followed by a proportionally longer pause).
                 let pause = if empty {
                     config.polling_interval
                 } else {
-                    config.min_read_interval
+                    config
+                        .min_read_interval
+                        .max(Duration::from_secs_f64(bytes as f64 / SHARD_READ_BYTES_PER_SEC))
                 };
                 tokio::time::sleep_until(started + pause).await;
             }
