@@ -17,6 +17,7 @@
 //!   ([`backend::kinesis::KinesisBackend`]) and the fault-injecting wrapper.
 //! - [`aws`]: loading AWS configuration (default chain, region, endpoint overrides).
 //! - [`error`]: `KclError` and friends.
+//! - [`metrics`]: metric names (the Java KCL's) and the worker health summary.
 //!
 //! The lease side (model, stores, coordinator) is the `kcl_lease` crate, re-exported as
 //! [`lease`].
@@ -28,6 +29,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod processor;
 pub mod record;
 pub mod scheduler;
@@ -43,6 +45,7 @@ pub use checkpoint::{CheckpointError, Checkpointer};
 pub use config::{InitialPosition, SchedulerConfig};
 pub use error::{KclError, Result};
 pub use kcl_lease::{InMemoryLeaseStore, LeaseStore};
+pub use metrics::{ShardHealth, WorkerHealth};
 pub use processor::{
     InitializeInput, LeaseLostInput, ProcessRecordsInput, ProcessorError, ProcessorFactory, RecordProcessor,
     ShardEndedInput, ShutdownRequestedInput,

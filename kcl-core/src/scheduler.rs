@@ -8,7 +8,7 @@
 //! once rather than after the failover time. Dropping or [`SchedulerHandle::kill`]ing a
 //! running scheduler aborts everything without releasing: as if the process died.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,6 +21,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 use crate::backend::StreamBackend;
 use crate::config::{InitialPosition, SchedulerConfig};
 use crate::error::{KclError, Result};
+use crate::metrics::{new_shard_health, SharedShardHealth, WorkerHealth};
 use crate::processor::ProcessorFactory;
 use crate::shard::{ShardConsumer, ShardContext};
 use crate::shard_sync::sync_shards;
@@ -138,9 +139,13 @@ impl SchedulerBuilder {
             backend: self.backend.ok_or_else(|| missing("stream backend"))?,
             store: self.store.ok_or_else(|| missing("lease store"))?,
             factory: self.factory.ok_or_else(|| missing("processor factory"))?,
+            health: HealthRegistry::default(),
         })
     }
 }
+
+/// The status of every running shard consumer, for [`SchedulerHandle::health`].
+type HealthRegistry = Arc<std::sync::Mutex<BTreeMap<String, SharedShardHealth>>>;
 
 /// A worker: consumes its share of a stream's shards. See the module docs.
 pub struct Scheduler {
@@ -148,6 +153,7 @@ pub struct Scheduler {
     backend: Arc<dyn StreamBackend>,
     store: Arc<dyn LeaseStore>,
     factory: Arc<dyn ProcessorFactory>,
+    health: HealthRegistry,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -197,6 +203,7 @@ impl Scheduler {
         let (tx, rx) = oneshot::channel::<()>();
         let worker_id = self.config.worker_id.clone();
         let (coordinator, acquired) = self.coordinator();
+        let health = self.health.clone();
         let task = tokio::spawn(self.run_with(coordinator.clone(), acquired, async move {
             let _ = rx.await;
         }));
@@ -205,6 +212,7 @@ impl Scheduler {
             shutdown: Some(tx),
             task,
             coordinator,
+            health,
         }
     }
 
@@ -275,13 +283,15 @@ impl Scheduler {
                             shutdown: shutdown_rx.clone(),
                             shard_ended: shard_ended.clone(),
                         };
-                        let consumer = ShardConsumer::new(lease, self.factory.create(&key), ctx);
+                        let health = new_shard_health(&key);
+                        lock(&self.health).insert(key.clone(), health.clone());
+                        let consumer = ShardConsumer::new(lease, self.factory.create(&key), ctx, health);
                         let span = info_span!("shard", shard_id = %key);
                         let handle = shards.spawn(async move { consumer.run().await; }.instrument(span));
                         keys.insert(handle.id(), key);
                     }
                     Some(done) = shards.join_next_with_id() => {
-                        finish(&coordinator, &mut keys, done).await;
+                        finish(&coordinator, &mut keys, &self.health, done).await;
                     }
                 }
             }
@@ -291,14 +301,14 @@ impl Scheduler {
             let _ = stop_shards.send(true);
             let drain = async {
                 while let Some(done) = shards.join_next_with_id().await {
-                    finish(&coordinator, &mut keys, done).await;
+                    finish(&coordinator, &mut keys, &self.health, done).await;
                 }
             };
             if tokio::time::timeout(self.config.graceful_shutdown_timeout, drain).await.is_err() {
                 warn!("processors did not finish within the graceful shutdown timeout; aborting them");
                 shards.abort_all();
                 while let Some(done) = shards.join_next_with_id().await {
-                    finish(&coordinator, &mut keys, done).await;
+                    finish(&coordinator, &mut keys, &self.health, done).await;
                 }
             }
             acquired.close();
@@ -322,6 +332,7 @@ impl Scheduler {
 async fn finish(
     coordinator: &LeaseCoordinator,
     keys: &mut HashMap<tokio::task::Id, String>,
+    health: &HealthRegistry,
     done: std::result::Result<(tokio::task::Id, ()), tokio::task::JoinError>,
 ) {
     let id = match &done {
@@ -329,12 +340,17 @@ async fn finish(
         Err(e) => e.id(),
     };
     let Some(key) = keys.remove(&id) else { return };
+    lock(health).remove(&key);
     if let Err(e) = &done {
         if e.is_panic() {
             error!(shard_id = %key, "shard consumer panicked; releasing its lease");
         }
     }
     coordinator.release(&key).await;
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn shard_sync_loop(
@@ -366,6 +382,7 @@ pub struct SchedulerHandle {
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<()>>,
     coordinator: Arc<LeaseCoordinator>,
+    health: HealthRegistry,
 }
 
 impl std::fmt::Debug for SchedulerHandle {
@@ -389,6 +406,18 @@ impl SchedulerHandle {
             .iter()
             .map(|l| l.key().to_owned())
             .collect()
+    }
+
+    /// A health summary: leases held and, per running shard consumer, its state, lag and
+    /// checkpoint. Cheap; meant for health checks and dashboards.
+    pub fn health(&self) -> WorkerHealth {
+        let shards = lock(&self.health).values().map(|h| lock(h).clone()).collect();
+        WorkerHealth {
+            worker_id: self.worker_id.clone(),
+            running: !self.task.is_finished(),
+            leases_held: self.coordinator.held().len(),
+            shards,
+        }
     }
 
     /// Whether the worker is still running.

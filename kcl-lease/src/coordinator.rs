@@ -27,6 +27,25 @@ use crate::lease::Lease;
 use crate::sequence::ExtendedSequenceNumber;
 use crate::store::LeaseStore;
 
+/// Names of the metrics the coordinator emits through the `metrics` facade (label
+/// `worker_id`), following the Java KCL's CloudWatch metric names.
+pub mod metric_names {
+    /// Gauge: leases this worker holds.
+    pub const CURRENT_LEASES: &str = "CurrentLeases";
+    /// Gauge: active (not finished) leases in the table at the last scan.
+    pub const TOTAL_LEASES: &str = "TotalLeases";
+    /// Counter: leases taken (free, expired or stolen).
+    pub const TAKEN_LEASES: &str = "TakenLeases";
+    /// Counter: leases stolen from another worker for balance.
+    pub const LEASES_STOLEN: &str = "LeasesStolen";
+    /// Counter: leases lost (taken by another worker, or not renewed in time).
+    pub const LOST_LEASES: &str = "LostLeases";
+    /// Counter: renewals that failed for another reason than a lost lease.
+    pub const RENEW_FAILURES: &str = "RenewLease.Failures";
+}
+
+use metric_names::*;
+
 /// Settings of a [`LeaseCoordinator`].
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -83,6 +102,9 @@ pub struct HeldLease {
     row: tokio::sync::Mutex<Lease>,
     valid_until: Mutex<Instant>,
     status: watch::Sender<LeaseStatus>,
+    /// Set when this worker let the lease go on purpose (so that it is not counted as lost).
+    released: AtomicBool,
+    lost_counted: AtomicBool,
 }
 
 impl std::fmt::Debug for HeldLease {
@@ -111,6 +133,8 @@ impl HeldLease {
             row: tokio::sync::Mutex::new(row),
             valid_until: Mutex::new(at + failover_time),
             status: watch::channel(LeaseStatus::Held).0,
+            released: AtomicBool::new(false),
+            lost_counted: AtomicBool::new(false),
         }
     }
 
@@ -162,6 +186,15 @@ impl HeldLease {
             }
             allowed
         });
+        if status == LeaseStatus::Lost
+            && self.status() == LeaseStatus::Lost
+            && !self.released.load(Ordering::Relaxed)
+        {
+            // Counted once: a released lease is marked lost too, but it was let go, not lost.
+            if !self.lost_counted.swap(true, Ordering::Relaxed) {
+                metrics::counter!(LOST_LEASES, "worker_id" => self.worker_id.clone()).increment(1);
+            }
+        }
     }
 
     /// Classifies a failed conditional write from the row the store returned.
@@ -198,6 +231,7 @@ impl HeldLease {
             Err(e) => {
                 let deadline = *lock(&self.valid_until);
                 warn!(lease = %self.key, error = %e, "renewal failed");
+                metrics::counter!(RENEW_FAILURES, "worker_id" => self.worker_id.clone()).increment(1);
                 if Instant::now() >= deadline {
                     info!(lease = %self.key, "lease not renewed within the failover time: giving it up");
                     self.set_status(LeaseStatus::Lost);
@@ -411,6 +445,8 @@ impl LeaseCoordinator {
     pub async fn take_round(&self) -> Result<usize> {
         let leases = self.store.list().await?;
         let now = Instant::now();
+        let active = leases.iter().filter(|l| !l.is_finished()).count();
+        metrics::gauge!(TOTAL_LEASES, "worker_id" => self.config.worker_id.clone()).set(active as f64);
         let plan = {
             let mut tracker = lock(&self.tracker);
             tracker.observe(&leases, now);
@@ -437,8 +473,11 @@ impl LeaseCoordinator {
             match self.store.take(lease, &self.config.worker_id, steal).await {
                 Ok(row) => {
                     debug!(lease = %row.lease_key, previous = ?lease.lease_owner, steal, "took lease");
+                    let worker = self.config.worker_id.clone();
+                    metrics::counter!(TAKEN_LEASES, "worker_id" => worker.clone()).increment(1);
                     if steal {
                         info!(lease = %row.lease_key, from = ?lease.lease_owner, "stole lease for balance");
+                        metrics::counter!(LEASES_STOLEN, "worker_id" => worker).increment(1);
                     }
                     let held = Arc::new(HeldLease::new(
                         row,
@@ -469,6 +508,7 @@ impl LeaseCoordinator {
         let Some(lease) = lock(&self.held).remove(key) else {
             return;
         };
+        lease.released.store(true, Ordering::Relaxed);
         match lease.status() {
             LeaseStatus::Held => {
                 let row = lease.row.lock().await;

@@ -42,6 +42,8 @@ pub(crate) struct FetchConfig {
     pub max_records: usize,
     pub polling_interval: Duration,
     pub min_read_interval: Duration,
+    pub throttled: metrics::Counter,
+    pub expired: metrics::Counter,
 }
 
 /// Reads one shard from `start`, skipping records at or before `skip_through` (a checkpoint
@@ -138,10 +140,12 @@ pub(crate) async fn run(
                 tokio::time::sleep_until(started + pause).await;
             }
             Err(BackendError::ExpiredIterator) => {
+                config.expired.increment(1);
                 debug!("shard iterator expired; getting a new one after the last record read");
             }
             Err(e) if e.is_retryable() => {
                 if matches!(e, BackendError::Throttled(_)) {
+                    config.throttled.increment(1);
                     debug!(error = %e, "read throttled; backing off");
                 } else {
                     warn!(error = %e, "reading records failed; backing off");

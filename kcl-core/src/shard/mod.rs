@@ -21,6 +21,7 @@ use tracing::{debug, error, info, warn};
 use crate::backend::{IteratorPosition, StreamBackend};
 use crate::checkpoint::Checkpointer;
 use crate::config::{InitialPosition, SchedulerConfig};
+use crate::metrics::{self as names, SharedShardHealth};
 use crate::processor::{
     InitializeInput, LeaseLostInput, ProcessRecordsInput, RecordProcessor, ShardEndedInput,
     ShutdownRequestedInput,
@@ -52,6 +53,32 @@ impl Drop for Reader {
     }
 }
 
+/// Metric handles of one shard consumer, made once (labels allocated once, not per batch).
+struct ShardMetrics {
+    records: metrics::Counter,
+    bytes: metrics::Counter,
+    behind: metrics::Gauge,
+    time: metrics::Histogram,
+    errors: metrics::Counter,
+    throttled: metrics::Counter,
+    expired: metrics::Counter,
+}
+
+impl ShardMetrics {
+    fn new(worker: &str, shard: &str) -> Self {
+        let labels = [("worker_id", worker.to_owned()), ("shard_id", shard.to_owned())];
+        Self {
+            records: metrics::counter!(names::RECORDS_PROCESSED, &labels),
+            bytes: metrics::counter!(names::BYTES_PROCESSED, &labels),
+            behind: metrics::gauge!(names::MILLIS_BEHIND_LATEST, &labels),
+            time: metrics::histogram!(names::PROCESS_TIME, &labels),
+            errors: metrics::counter!(names::PROCESSOR_ERRORS, &labels),
+            throttled: metrics::counter!(names::GET_RECORDS_THROTTLED, &labels),
+            expired: metrics::counter!(names::EXPIRED_ITERATOR, &labels),
+        }
+    }
+}
+
 /// One shard's consumer.
 pub(crate) struct ShardConsumer {
     shard_id: String,
@@ -64,11 +91,20 @@ pub(crate) struct ShardConsumer {
     checkpointer: Option<Checkpointer>,
     reader: Option<Reader>,
     children: Vec<ChildShard>,
+    health: SharedShardHealth,
+    metrics: ShardMetrics,
 }
 
 impl ShardConsumer {
-    pub(crate) fn new(lease: Arc<HeldLease>, processor: Box<dyn RecordProcessor>, ctx: ShardContext) -> Self {
+    pub(crate) fn new(
+        lease: Arc<HeldLease>,
+        processor: Box<dyn RecordProcessor>,
+        ctx: ShardContext,
+        health: SharedShardHealth,
+    ) -> Self {
         Self {
+            metrics: ShardMetrics::new(lease.worker_id(), lease.key()),
+            health,
             shard_id: lease.key().to_owned(),
             status: lease.subscribe(),
             lease,
@@ -94,10 +130,22 @@ impl ShardConsumer {
             };
             let next = state.next(event);
             debug!(from = ?state, ?event, to = ?next, "shard state");
+            self.update_health(|h| h.state = next);
             if next == ShardState::Complete {
                 return state;
             }
             state = next;
+        }
+    }
+
+    fn update_health(&self, f: impl FnOnce(&mut crate::metrics::ShardHealth)) {
+        let mut h = self
+            .health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut h);
+        if let Some(cp) = &self.checkpointer {
+            h.checkpoint = Some(cp.current());
         }
     }
 
@@ -253,6 +301,8 @@ impl ShardConsumer {
             max_records: config.max_records,
             polling_interval: config.polling_interval,
             min_read_interval: config.min_read_interval,
+            throttled: self.metrics.throttled.clone(),
+            expired: self.metrics.expired.clone(),
         };
         let (tx, rx) = mpsc::channel(config.max_prefetch_batches);
         let task = tokio::spawn(fetch::run(self.ctx.backend.clone(), fetch, start, skip, tx));
@@ -326,9 +376,25 @@ impl ShardConsumer {
                 millis_behind_latest,
                 checkpointer: &checkpointer,
             };
-            match self.processor().process_records(input).await {
-                Ok(()) => return Ok(()),
+            let started = tokio::time::Instant::now();
+            let result = self.processor().process_records(input).await;
+            self.metrics.time.record(started.elapsed().as_secs_f64());
+            match result {
+                Ok(()) => {
+                    let n = records.len() as u64;
+                    self.metrics.records.increment(n);
+                    self.metrics
+                        .bytes
+                        .increment(records.iter().map(|r| r.data.len() as u64).sum());
+                    self.metrics.behind.set(millis_behind_latest as f64);
+                    self.update_health(|h| {
+                        h.records_processed += n;
+                        h.millis_behind_latest = millis_behind_latest;
+                    });
+                    return Ok(());
+                }
                 Err(e) => {
+                    self.metrics.errors.increment(1);
                     warn!(error = %e, records = records.len(), "processor failed; the batch will be delivered again");
                     if let Some(reason) = self.pause(&mut delays).await {
                         return Err(reason);

@@ -67,6 +67,10 @@ struct Args {
     /// Shards of the local stream (with --local).
     #[arg(long, default_value_t = 4)]
     local_shards: usize,
+    /// Serve Prometheus metrics (RecordsProcessed, MillisBehindLatest, lease counts, ...) on
+    /// this address, e.g. 127.0.0.1:9464, at `/metrics`.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn parse_position(s: &str) -> Result<InitialPosition, String> {
@@ -278,6 +282,12 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if let Some(addr) = args.metrics_addr {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .with_context(|| format!("serving metrics on {addr}"))?;
+    }
     let application = args
         .application_name
         .clone()

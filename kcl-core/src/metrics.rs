@@ -1,0 +1,97 @@
+//! Metrics and health: the names of the metrics the runtime emits through the [`metrics`]
+//! facade (install any recorder: Prometheus, StatsD, CloudWatch EMF, ...), and the per-shard
+//! status behind [`crate::SchedulerHandle::health`].
+//!
+//! Names and meanings follow the Java KCL's CloudWatch metrics. Every metric carries a
+//! `worker_id` label; shard-level ones also `shard_id`.
+//!
+//! | name | kind | meaning |
+//! |---|---|---|
+//! | `MillisBehindLatest` | gauge | how far the last delivered record is behind the tip of its shard |
+//! | `RecordsProcessed` | counter | records delivered to `process_records` (successfully) |
+//! | `BytesProcessed` | counter | payload bytes of those records |
+//! | `ProcessTask.Time` | histogram | seconds one `process_records` call took |
+//! | `ProcessorErrors` | counter | errors returned by the processor (the batch is retried) |
+//! | `GetRecords.Throttled` | counter | reads throttled by the backend |
+//! | `ExpiredIterator` | counter | shard iterators that expired and were renewed |
+//! | `CurrentLeases` | gauge | leases this worker holds (kcl-lease) |
+//! | `TotalLeases` | gauge | active leases in the table at the last scan (kcl-lease) |
+//! | `TakenLeases` | counter | leases taken (free, expired, or stolen) (kcl-lease) |
+//! | `LeasesStolen` | counter | leases stolen from another worker for balance (kcl-lease) |
+//! | `LostLeases` | counter | leases lost to another worker or to failed renewals (kcl-lease) |
+//! | `RenewLease.Failures` | counter | renewals that failed for another reason than a lost lease (kcl-lease) |
+
+use std::sync::{Arc, Mutex};
+
+use crate::record::ExtendedSequenceNumber;
+use crate::shard::state::ShardState;
+
+/// See the module docs.
+pub const MILLIS_BEHIND_LATEST: &str = "MillisBehindLatest";
+/// See the module docs.
+pub const RECORDS_PROCESSED: &str = "RecordsProcessed";
+/// See the module docs.
+pub const BYTES_PROCESSED: &str = "BytesProcessed";
+/// See the module docs.
+pub const PROCESS_TIME: &str = "ProcessTask.Time";
+/// See the module docs.
+pub const PROCESSOR_ERRORS: &str = "ProcessorErrors";
+/// See the module docs.
+pub const GET_RECORDS_THROTTLED: &str = "GetRecords.Throttled";
+/// See the module docs.
+pub const EXPIRED_ITERATOR: &str = "ExpiredIterator";
+pub use kcl_lease::coordinator::metric_names::*;
+
+/// One shard's state as the health summary shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShardHealth {
+    /// The shard.
+    pub shard_id: String,
+    /// Where its consumer is in its life cycle.
+    pub state: ShardState,
+    /// Lag of the last delivered batch, in milliseconds.
+    pub millis_behind_latest: u64,
+    /// Records delivered since this worker took the lease.
+    pub records_processed: u64,
+    /// The checkpoint as last written or read.
+    pub checkpoint: Option<ExtendedSequenceNumber>,
+}
+
+/// A worker's health: what it holds and how far behind each shard is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerHealth {
+    /// The worker.
+    pub worker_id: String,
+    /// Whether the worker's task is still running.
+    pub running: bool,
+    /// Leases held.
+    pub leases_held: usize,
+    /// One entry per shard consumer running on this worker.
+    pub shards: Vec<ShardHealth>,
+}
+
+impl WorkerHealth {
+    /// The largest lag over the worker's shards.
+    pub fn max_millis_behind_latest(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.millis_behind_latest)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// The status a shard consumer publishes; read by the health summary. Updated once per batch.
+pub(crate) type SharedShardHealth = Arc<Mutex<ShardHealth>>;
+
+pub(crate) fn new_shard_health(shard_id: &str) -> SharedShardHealth {
+    Arc::new(Mutex::new(ShardHealth {
+        shard_id: shard_id.to_owned(),
+        state: ShardState::WaitingOnParents,
+        millis_behind_latest: 0,
+        records_processed: 0,
+        checkpoint: None,
+    }))
+}

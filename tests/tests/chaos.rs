@@ -1,0 +1,782 @@
+//! A seeded chaos test: three workers on a 4-shard local stream while records flow, with faults
+//! injected into the stream backend and the lease store, workers killed abruptly and shut down
+//! gracefully (and restarted under their old id or a new one), a split, a merge and slow
+//! processors. Nothing may be lost, every key's records must be first processed in order, and
+//! every duplicate must be explained by an abrupt kill or a lease loss.
+//!
+//! Replay a run with `KCL_CHAOS_SEED=<seed> cargo test -p kcl-tests --test chaos -- --nocapture`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kcl_core::backend::failure::{FailureBackend, Fault, FaultPlan, Trigger};
+use kcl_core::backend::local::BackendOp;
+use kcl_core::{
+    InMemoryLeaseStore, InitializeInput, LeaseLostInput, LocalBackend, ProcessRecordsInput, ProcessorError,
+    RecordProcessor, SchedulerHandle, ShardEndedInput, ShutdownRequestedInput,
+};
+use kcl_lease::{
+    ExtendedSequenceNumber, FailureLeaseStore, LeaseFault, LeaseFaultPlan, LeaseOp, LeaseTrigger,
+};
+use kcl_tests::*;
+use tokio::time::{sleep, timeout, Instant};
+
+const DEFAULT_SEED: u64 = 20_240_601;
+const SHARDS: usize = 4;
+const KEYS: usize = 40;
+const WORKERS: usize = 3;
+/// 40 records every 130 ms: about 300 records per second.
+const PRODUCE_EVERY: Duration = Duration::from_millis(130);
+const PRODUCE_FOR: Duration = Duration::from_secs(16);
+const FAILOVER: Duration = Duration::from_millis(1200);
+const DRAIN_LIMIT: Duration = Duration::from_secs(40);
+const STOP_LIMIT: Duration = Duration::from_secs(15);
+
+/// SplitMix64: every random choice of the test comes from it.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo)
+    }
+
+    fn index(&mut self, len: usize) -> usize {
+        self.range(0, len as u64) as usize
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+
+    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(self.range(lo, hi))
+    }
+}
+
+/// How a processing session (one processor instance) ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// `shard_ended` checkpointed `SHARD_END`.
+    ShardEnded,
+    /// `shutdown_requested`, and whether its final checkpoint succeeded.
+    Graceful { checkpointed: bool },
+    /// `lease_lost`.
+    LeaseLost,
+}
+
+/// One processor instance, from `initialize` on.
+#[derive(Debug)]
+struct Session {
+    incarnation: usize,
+    worker: String,
+    shard: String,
+    init: ExtendedSequenceNumber,
+    init_tick: u64,
+    /// (position, key, index), in processing order.
+    records: Vec<(ExtendedSequenceNumber, String, u64)>,
+    end: Option<(End, u64)>,
+    checkpoint_failures: usize,
+}
+
+impl Session {
+    /// Where the next owner should start if this session handed over cleanly.
+    fn last_position(&self) -> &ExtendedSequenceNumber {
+        self.records.last().map_or(&self.init, |r| &r.0)
+    }
+}
+
+/// What every processor of every worker saw. `tick` orders events across sessions.
+#[derive(Default)]
+struct State {
+    tick: u64,
+    sessions: Vec<Session>,
+    /// Per record (key, index): the sessions that processed it, in processing order.
+    occurrences: HashMap<(String, u64), Vec<usize>>,
+    processed: u64,
+    anomalies: Vec<String>,
+}
+
+impl State {
+    fn next_tick(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
+    }
+}
+
+type Shared = Arc<Mutex<State>>;
+
+fn lock(state: &Shared) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Wraps the shared [`Recorder`] (which feeds the [`Log`] and checkpoints after every batch, at
+/// shard end and at shutdown) and records sessions. A failed checkpoint after a batch is
+/// counted, not returned: redelivering the batch in the same session would be a duplicate of the
+/// processor's own making; the next checkpoint covers it.
+struct ChaosProcessor {
+    inner: Recorder,
+    incarnation: usize,
+    delay_ms: Arc<AtomicU64>,
+    state: Shared,
+    session: Option<usize>,
+}
+
+impl ChaosProcessor {
+    fn end(&self, end: End) {
+        let mut st = lock(&self.state);
+        let tick = st.next_tick();
+        match self.session {
+            Some(id) => {
+                if let Some(prev) = st.sessions[id].end {
+                    let msg = format!("session {id} ended twice: {prev:?} then {end:?}");
+                    st.anomalies.push(msg);
+                }
+                st.sessions[id].end = Some((end, tick));
+            }
+            None => {
+                let msg = format!("{end:?} on {} without initialize", self.inner.shard);
+                st.anomalies.push(msg);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl RecordProcessor for ChaosProcessor {
+    async fn initialize(&mut self, input: InitializeInput) -> Result<(), ProcessorError> {
+        let mut st = lock(&self.state);
+        let tick = st.next_tick();
+        if let Some(id) = self.session {
+            let msg = format!("session {id} initialized twice");
+            st.anomalies.push(msg);
+        }
+        if input.shard_id != self.inner.shard {
+            let msg = format!(
+                "processor for {} initialized for {}",
+                self.inner.shard, input.shard_id
+            );
+            st.anomalies.push(msg);
+        }
+        self.session = Some(st.sessions.len());
+        st.sessions.push(Session {
+            incarnation: self.incarnation,
+            worker: self.inner.worker.clone(),
+            shard: input.shard_id,
+            init: input.checkpoint,
+            init_tick: tick,
+            records: Vec::new(),
+            end: None,
+            checkpoint_failures: 0,
+        });
+        Ok(())
+    }
+
+    async fn process_records(&mut self, input: ProcessRecordsInput<'_>) -> Result<(), ProcessorError> {
+        let delay = self.delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            sleep(Duration::from_millis(delay)).await;
+        }
+        let Some(id) = self.session else {
+            lock(&self.state)
+                .anomalies
+                .push(format!("records on {} before initialize", self.inner.shard));
+            return Err("not initialized".into());
+        };
+        {
+            let mut st = lock(&self.state);
+            st.next_tick();
+            for r in input.records {
+                let text = std::str::from_utf8(&r.data)?;
+                let (key, index) = text.split_once(':').ok_or("bad payload")?;
+                let index: u64 = index.parse()?;
+                let position =
+                    ExtendedSequenceNumber::from_parts(r.sequence_number.as_str(), r.sub_sequence_number)?;
+                st.sessions[id].records.push((position, key.to_owned(), index));
+                st.occurrences
+                    .entry((key.to_owned(), index))
+                    .or_default()
+                    .push(id);
+                st.processed += 1;
+            }
+        }
+        // No await between the lines above and the Recorder's log (its delay is zero).
+        if self.inner.process_records(input).await.is_err() {
+            lock(&self.state).sessions[id].checkpoint_failures += 1;
+        }
+        Ok(())
+    }
+
+    async fn shard_ended(&mut self, input: ShardEndedInput<'_>) -> Result<(), ProcessorError> {
+        self.inner.shard_ended(input).await?;
+        self.end(End::ShardEnded);
+        Ok(())
+    }
+
+    async fn shutdown_requested(&mut self, input: ShutdownRequestedInput<'_>) -> Result<(), ProcessorError> {
+        let result = self.inner.shutdown_requested(input).await;
+        self.end(End::Graceful {
+            checkpointed: result.is_ok(),
+        });
+        result
+    }
+
+    async fn lease_lost(&mut self, input: LeaseLostInput) {
+        self.inner.lease_lost(input).await;
+        self.end(End::LeaseLost);
+    }
+}
+
+fn backend_plan(seed: u64) -> FaultPlan {
+    FaultPlan::new(seed)
+        .rule(BackendOp::GetRecords, Trigger::Probability(0.15), Fault::Throttle)
+        .rule(
+            BackendOp::GetRecords,
+            Trigger::Probability(0.03),
+            Fault::ExpireIterator,
+        )
+        .rule(
+            BackendOp::GetShardIterator,
+            Trigger::Probability(0.1),
+            Fault::Error,
+        )
+        .rule(BackendOp::ListShards, Trigger::Probability(0.2), Fault::Error)
+}
+
+fn lease_plan(rng: &mut Rng) -> LeaseFaultPlan {
+    let mut plan = LeaseFaultPlan::new(rng.next_u64())
+        .rule(
+            LeaseOp::Renew,
+            LeaseTrigger::Probability(0.05),
+            LeaseFault::Throttle,
+        )
+        .rule(LeaseOp::Renew, LeaseTrigger::Probability(0.02), LeaseFault::Error)
+        .rule(
+            LeaseOp::Take,
+            LeaseTrigger::Probability(0.05),
+            LeaseFault::Throttle,
+        )
+        .rule(LeaseOp::Take, LeaseTrigger::Probability(0.02), LeaseFault::Error)
+        .rule(
+            LeaseOp::List,
+            LeaseTrigger::Probability(0.05),
+            LeaseFault::Throttle,
+        )
+        .rule(LeaseOp::List, LeaseTrigger::Probability(0.02), LeaseFault::Error)
+        .rule(
+            LeaseOp::Checkpoint,
+            LeaseTrigger::Probability(0.04),
+            LeaseFault::Throttle,
+        )
+        .rule(
+            LeaseOp::Checkpoint,
+            LeaseTrigger::Probability(0.01),
+            LeaseFault::Error,
+        );
+    // A few conflicts, as if another worker had written the row.
+    for _ in 0..3 {
+        let n = rng.range(30, 600);
+        plan = plan.rule(LeaseOp::Checkpoint, LeaseTrigger::Nth(n), LeaseFault::Conflict);
+    }
+    for _ in 0..2 {
+        let n = rng.range(3, 40);
+        plan = plan.rule(LeaseOp::Take, LeaseTrigger::Nth(n), LeaseFault::Conflict);
+    }
+    plan
+}
+
+/// One run of a worker.
+struct Incarnation {
+    worker: String,
+    killed: bool,
+}
+
+/// The workers: a slot per worker (w0..w2), each alive or waiting to be restarted.
+struct Cluster {
+    seed: u64,
+    backend: Arc<FailureBackend<LocalBackend>>,
+    store: Arc<FailureLeaseStore<InMemoryLeaseStore>>,
+    log: Log,
+    state: Shared,
+    slots: Vec<Option<(SchedulerHandle, usize, Arc<AtomicU64>)>>,
+    incarnations: Vec<Incarnation>,
+    restarts: u64,
+    /// Restarts alternate between the old id and a new one, from a random phase.
+    restart_phase: u64,
+    kills: u64,
+    graceful_stops: u64,
+}
+
+impl Cluster {
+    fn start(&mut self, slot: usize, worker: String, delay_ms: u64) {
+        let incarnation = self.incarnations.len();
+        self.incarnations.push(Incarnation {
+            worker: worker.clone(),
+            killed: false,
+        });
+        let delay = Arc::new(AtomicU64::new(delay_ms));
+        let (log, state, d, w) = (
+            self.log.clone(),
+            self.state.clone(),
+            delay.clone(),
+            worker.clone(),
+        );
+        let handle = fast(
+            &worker,
+            self.backend.clone(),
+            self.store.clone(),
+            &self.log,
+            FAILOVER,
+        )
+        .graceful_shutdown_timeout(Duration::from_secs(10))
+        .processor_factory(move |shard: &str| ChaosProcessor {
+            inner: Recorder {
+                worker: w.clone(),
+                shard: shard.to_owned(),
+                log: log.clone(),
+                delay: Duration::ZERO,
+            },
+            incarnation,
+            delay_ms: d.clone(),
+            state: state.clone(),
+            session: None,
+        })
+        .build()
+        .expect("valid config")
+        .spawn();
+        println!(
+            "[seed {}] start {worker} (slot {slot}, delay {delay_ms} ms)",
+            self.seed
+        );
+        self.slots[slot] = Some((handle, incarnation, delay));
+    }
+
+    fn live(&self) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|s| self.slots[*s].is_some())
+            .collect()
+    }
+
+    async fn kill(&mut self, slot: usize) {
+        let (handle, inc, _) = self.slots[slot].take().expect("live slot");
+        handle.kill().await;
+        self.incarnations[inc].killed = true;
+        self.kills += 1;
+        println!("[seed {}] killed {}", self.seed, self.incarnations[inc].worker);
+    }
+
+    async fn stop(&mut self, slot: usize) {
+        let (handle, inc, _) = self.slots[slot].take().expect("live slot");
+        let worker = self.incarnations[inc].worker.clone();
+        let result = timeout(STOP_LIMIT, handle.shutdown()).await;
+        let seed = self.seed;
+        let result = result.unwrap_or_else(|_| panic!("seed {seed}: graceful shutdown of {worker} hung"));
+        result.unwrap_or_else(|e| panic!("seed {seed}: graceful shutdown of {worker} failed: {e}"));
+        self.graceful_stops += 1;
+        println!("[seed {seed}] stopped {worker} gracefully");
+    }
+
+    fn restart(&mut self, slot: usize, rng: &mut Rng) {
+        self.restarts += 1;
+        let worker = if (self.restarts + self.restart_phase) % 2 == 0 {
+            format!("w{slot}")
+        } else {
+            format!("w{slot}-{}", self.restarts)
+        };
+        let delay = slow_delay(rng);
+        self.start(slot, worker, delay);
+    }
+}
+
+/// A processor delay: none for about half of the workers, 20–100 ms per batch for the others.
+fn slow_delay(rng: &mut Rng) -> u64 {
+    if rng.chance(0.5) {
+        0
+    } else {
+        rng.range(20, 101)
+    }
+}
+
+fn backend_faults(b: &FailureBackend<LocalBackend>) -> u64 {
+    [
+        BackendOp::ListShards,
+        BackendOp::GetShardIterator,
+        BackendOp::GetRecords,
+    ]
+    .into_iter()
+    .map(|op| b.injected(op))
+    .sum()
+}
+
+fn lease_faults(s: &FailureLeaseStore<InMemoryLeaseStore>) -> u64 {
+    [
+        LeaseOp::List,
+        LeaseOp::Get,
+        LeaseOp::Create,
+        LeaseOp::Renew,
+        LeaseOp::Take,
+        LeaseOp::Evict,
+        LeaseOp::Checkpoint,
+        LeaseOp::CompleteHandoff,
+        LeaseOp::MarkChildren,
+        LeaseOp::Delete,
+    ]
+    .into_iter()
+    .map(|op| s.injected(op))
+    .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_loses_nothing_keeps_key_order_and_explains_every_duplicate() {
+    init_tracing();
+    let seed = match std::env::var("KCL_CHAOS_SEED") {
+        Ok(s) => s
+            .trim()
+            .parse::<u64>()
+            .unwrap_or_else(|e| panic!("KCL_CHAOS_SEED={s:?} is not a u64: {e}")),
+        Err(_) => DEFAULT_SEED,
+    };
+    println!("chaos seed = {seed}");
+    let began = Instant::now();
+    let mut rng = Rng(seed);
+
+    let local = LocalBackend::new();
+    local.create_stream(STREAM, SHARDS).expect("create stream");
+    let backend = Arc::new(FailureBackend::new(local.clone(), backend_plan(rng.next_u64())));
+    let store = Arc::new(FailureLeaseStore::new(
+        InMemoryLeaseStore::new(),
+        lease_plan(&mut rng),
+    ));
+    let state: Shared = Arc::default();
+    let mut cluster = Cluster {
+        seed,
+        backend: backend.clone(),
+        store: store.clone(),
+        log: Log::default(),
+        state: state.clone(),
+        slots: (0..WORKERS).map(|_| None).collect(),
+        incarnations: Vec::new(),
+        restarts: 0,
+        restart_phase: rng.range(0, 2),
+        kills: 0,
+        graceful_stops: 0,
+    };
+    for slot in 0..WORKERS {
+        let delay = slow_delay(&mut rng);
+        cluster.start(slot, format!("w{slot}"), delay);
+    }
+
+    // The producer: 40 keys, payload "key:index", about 300 records per second.
+    let producer = {
+        let local = local.clone();
+        tokio::spawn(async move {
+            let mut produced = BTreeMap::new();
+            let end = Instant::now() + PRODUCE_FOR;
+            while Instant::now() < end {
+                produce(&local, KEYS, 1, &mut produced).await;
+                sleep(PRODUCE_EVERY).await;
+            }
+            produced
+        })
+    };
+
+    // The chaos loop.
+    let chaos_end = began + PRODUCE_FOR - Duration::from_millis(1500);
+    let split_at = began + rng.millis(2_000, 7_000);
+    let merge_at = began + rng.millis(7_000, 12_000);
+    let (mut split, mut merged) = (None, None);
+    let first_disruption = rng.range(0, 2); // kill first, or graceful stop first
+    let mut round = 0u64;
+    while Instant::now() < chaos_end {
+        sleep(rng.millis(1_000, 2_000)).await;
+        // Stopped workers come back a round later, under their old id or a new one.
+        for slot in 0..WORKERS {
+            if cluster.slots[slot].is_none() {
+                cluster.restart(slot, &mut rng);
+            }
+        }
+        if split.is_none() && Instant::now() >= split_at {
+            let open: Vec<_> = local
+                .shards(STREAM)
+                .expect("shards")
+                .into_iter()
+                .filter(|s| s.is_open())
+                .collect();
+            let shard = &open[rng.index(open.len())];
+            let r = shard.hash_key_range;
+            let middle = r.start + (r.end - r.start) / 2 + 1;
+            let children = local
+                .split_shard(STREAM, &shard.shard_id, middle)
+                .unwrap_or_else(|e| panic!("seed {seed}: split of {} failed: {e}", shard.shard_id));
+            println!("[seed {seed}] split {} into {children:?}", shard.shard_id);
+            split = Some(shard.shard_id.clone());
+        }
+        if merged.is_none() && Instant::now() >= merge_at {
+            let mut open: Vec<_> = local
+                .shards(STREAM)
+                .expect("shards")
+                .into_iter()
+                .filter(|s| s.is_open())
+                .collect();
+            open.sort_by_key(|s| s.hash_key_range.start);
+            let pairs: Vec<_> = open
+                .windows(2)
+                .filter(|w| w[0].hash_key_range.end + 1 == w[1].hash_key_range.start)
+                .map(|w| (w[0].shard_id.clone(), w[1].shard_id.clone()))
+                .collect();
+            let (a, b) = &pairs[rng.index(pairs.len())];
+            let child = local
+                .merge_shards(STREAM, a, b)
+                .unwrap_or_else(|e| panic!("seed {seed}: merge of {a} and {b} failed: {e}"));
+            println!("[seed {seed}] merged {a} and {b} into {child}");
+            merged = Some(child);
+        }
+        let live = cluster.live();
+        let action = match round {
+            0 | 1 => (round + first_disruption) % 2,
+            _ => rng.range(0, 5),
+        };
+        round += 1;
+        match action {
+            // At least one worker stays alive: never stop the last one.
+            0 | 2 if live.len() >= 2 => cluster.kill(live[rng.index(live.len())]).await,
+            1 | 3 if live.len() >= 2 => cluster.stop(live[rng.index(live.len())]).await,
+            _ => {
+                let slot = live[rng.index(live.len())];
+                let (_, inc, delay) = cluster.slots[slot].as_ref().expect("live");
+                let ms = if delay.load(Ordering::Relaxed) == 0 {
+                    rng.range(20, 101)
+                } else {
+                    0
+                };
+                delay.store(ms, Ordering::Relaxed);
+                println!(
+                    "[seed {seed}] processors of {} now take {ms} ms per batch",
+                    cluster.incarnations[*inc].worker
+                );
+            }
+        }
+    }
+    assert!(
+        split.is_some() && merged.is_some(),
+        "seed {seed}: the split and the merge did not both happen"
+    );
+    assert!(
+        cluster.kills >= 1 && cluster.graceful_stops >= 1,
+        "seed {seed}: chaos did not both kill and stop a worker"
+    );
+    let chaos_stops = cluster.graceful_stops;
+
+    // Stop the chaos: every worker back, no more faults, the tail drains.
+    let produced = producer.await.expect("producer");
+    let total: u64 = produced.values().sum();
+    backend.set_plan(FaultPlan::none());
+    store.set_plan(LeaseFaultPlan::none());
+    for slot in 0..WORKERS {
+        if cluster.slots[slot].is_none() {
+            cluster.restart(slot, &mut rng);
+        }
+    }
+    let drain_from = Instant::now();
+    let what = format!("seed {seed}: all {total} produced records processed");
+    let distinct = |st: &State| st.occurrences.len() as u64;
+    wait_until(DRAIN_LIMIT, &what, || distinct(&lock(&state)) >= total).await;
+    let drained_in = drain_from.elapsed();
+    for slot in 0..WORKERS {
+        cluster.stop(slot).await;
+    }
+
+    // 1 and 2: nothing lost, each key's records first processed in order.
+    let log = cluster.log.clone();
+    let dups_in_log =
+        std::panic::catch_unwind(AssertUnwindSafe(|| log.assert_complete_and_ordered(&produced)))
+            .unwrap_or_else(|e| {
+                let msg = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_default();
+                panic!("seed {seed}: {msg}")
+            });
+
+    let st = lock(&state);
+    assert!(
+        st.anomalies.is_empty(),
+        "seed {seed}: processor call sequence anomalies: {:?}",
+        st.anomalies
+    );
+    for ((key, index), _) in st.occurrences.iter() {
+        assert!(
+            produced.get(key).is_some_and(|n| index < n),
+            "seed {seed}: processed {key}:{index}, which was never produced"
+        );
+    }
+    assert_eq!(distinct(&st), total, "seed {seed}: records processed vs produced");
+
+    // 3a: no session processes a record at or before the checkpoint it started from, and within
+    // a session the positions only grow.
+    for (id, s) in st.sessions.iter().enumerate() {
+        let mut previous = &s.init;
+        for (position, key, index) in &s.records {
+            assert!(
+                position > previous,
+                "seed {seed}: session {id} ({} on {}, from {}) processed {key}:{index} at {position}, \
+                 not after {previous}",
+                s.worker,
+                s.shard,
+                s.init
+            );
+            previous = position;
+        }
+    }
+
+    // How each session ended; one without a callback must belong to a killed worker.
+    let ended_uncleanly = |id: usize| -> bool {
+        let s = &st.sessions[id];
+        match s.end {
+            Some((End::LeaseLost, _)) | Some((End::Graceful { checkpointed: false }, _)) => true,
+            Some(_) => false,
+            None => true,
+        }
+    };
+    for (id, s) in st.sessions.iter().enumerate() {
+        if s.end.is_none() {
+            assert!(
+                cluster.incarnations[s.incarnation].killed,
+                "seed {seed}: session {id} ({} on {}) never got shard_ended, shutdown_requested or \
+                 lease_lost, yet its worker was not killed",
+                s.worker, s.shard
+            );
+        }
+    }
+
+    // 3b: every duplicate was processed again in a later session on the same shard, after an
+    // earlier session that processed it was killed or lost its lease.
+    let mut duplicates = 0u64;
+    let mut overlapping = 0u64;
+    for ((key, index), sessions) in &st.occurrences {
+        for k in 1..sessions.len() {
+            duplicates += 1;
+            let again = sessions[k];
+            let earlier = &sessions[..k];
+            let s = &st.sessions[again];
+            assert!(
+                !earlier.contains(&again),
+                "seed {seed}: {key}:{index} processed twice in session {again} ({} on {})",
+                s.worker,
+                s.shard
+            );
+            let cause = earlier.iter().copied().find(|e| ended_uncleanly(*e));
+            let Some(cause) = cause else {
+                let history: Vec<String> = sessions
+                    .iter()
+                    .map(|id| {
+                        let x = &st.sessions[*id];
+                        format!(
+                            "session {id}: {} on {} from {} (tick {}), end {:?}",
+                            x.worker, x.shard, x.init, x.init_tick, x.end
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "seed {seed}: {key}:{index} processed again without a kill or lease loss before: \
+                     {history:#?}"
+                );
+            };
+            let c = &st.sessions[cause];
+            assert_eq!(
+                c.shard, s.shard,
+                "seed {seed}: {key}:{index} processed on two shards"
+            );
+            if c.end.is_some_and(|(_, tick)| tick > s.init_tick) {
+                overlapping += 1;
+            }
+        }
+    }
+
+    // Graceful hand-offs are exact: after a session that checkpointed in shutdown_requested, the
+    // next session on the shard starts right after the last record it processed.
+    let mut by_shard: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (id, s) in st.sessions.iter().enumerate() {
+        by_shard.entry(&s.shard).or_default().push(id);
+    }
+    let mut graceful_handoffs = 0u64;
+    for ids in by_shard.values() {
+        for (i, &id) in ids.iter().enumerate() {
+            let s = &st.sessions[id];
+            let Some((End::Graceful { checkpointed: true }, end_tick)) = s.end else {
+                continue;
+            };
+            // The next session on the shard, if it started after this one ended and none other
+            // started in between.
+            let Some(&next) = ids.get(i + 1) else { continue };
+            let n = &st.sessions[next];
+            if n.init_tick < end_tick {
+                continue;
+            }
+            graceful_handoffs += 1;
+            assert_eq!(
+                &n.init,
+                s.last_position(),
+                "seed {seed}: session {next} ({} on {}) did not start right after the last record \
+                 of the gracefully stopped session {id} ({})",
+                n.worker,
+                n.shard,
+                s.worker
+            );
+        }
+    }
+
+    let checkpoint_failures: usize = st.sessions.iter().map(|s| s.checkpoint_failures).sum();
+    let lost = st
+        .sessions
+        .iter()
+        .filter(|s| s.end.is_some_and(|(e, _)| e == End::LeaseLost))
+        .count();
+    let failed_final = st
+        .sessions
+        .iter()
+        .filter(|s| {
+            s.end
+                .is_some_and(|(e, _)| e == End::Graceful { checkpointed: false })
+        })
+        .count();
+    assert_eq!(
+        dups_in_log as u64, duplicates,
+        "seed {seed}: the Log and the sessions disagree on duplicates"
+    );
+    let reused = cluster
+        .incarnations
+        .iter()
+        .skip(WORKERS)
+        .filter(|i| i.worker.len() == 2)
+        .count();
+    println!(
+        "chaos seed = {seed}: produced {total}, processed {}, duplicates {duplicates} \
+         ({overlapping} with the earlier session still running), sessions {} ({lost} lease lost, \
+         {failed_final} final checkpoint failed, {graceful_handoffs} exact graceful hand-offs), \
+         kills {}, graceful stops {chaos_stops} (+{WORKERS} at the end), restarts {} ({reused} under the old id), faults injected {} \
+         (backend {}, lease store {}), failed batch checkpoints {checkpoint_failures}, \
+         drained in {drained_in:?}, total {:?}",
+        st.processed,
+        st.sessions.len(),
+        cluster.kills,
+        cluster.restarts,
+        backend_faults(&backend) + lease_faults(&store),
+        backend_faults(&backend),
+        lease_faults(&store),
+        began.elapsed()
+    );
+}
