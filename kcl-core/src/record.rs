@@ -1,5 +1,6 @@
 //! Records as the processor sees them, and the shard description the backends return.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -13,8 +14,8 @@ pub use kcl_lease::{ExtendedSequenceNumber, HashKeyRange, SequenceNumber};
 pub struct Record {
     /// The payload. Cloning is cheap (reference counted).
     pub data: Bytes,
-    /// The partition key the producer gave.
-    pub partition_key: String,
+    /// The partition key the producer gave (shared: cloning a record copies no bytes).
+    pub partition_key: Arc<str>,
     /// The record's sequence number in its shard.
     pub sequence_number: SequenceNumber,
     /// The position inside a KPL aggregate (0 for plain records).

@@ -9,14 +9,15 @@
 use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use crate::error::ParseSequenceError;
 
 /// A Kinesis sequence number: a non-empty decimal string without leading zeros.
 ///
-/// Ordering is numeric, whatever the length.
+/// Ordering is numeric, whatever the length. Cloning is cheap (the digits are shared).
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct SequenceNumber(String);
+pub struct SequenceNumber(Arc<str>);
 
 impl SequenceNumber {
     /// Parses a decimal sequence number. Leading zeros are removed (`"007"` is `7`).
@@ -26,9 +27,9 @@ impl SequenceNumber {
         }
         let trimmed = s.trim_start_matches('0');
         Ok(Self(if trimmed.is_empty() {
-            "0".to_owned()
+            Arc::from("0")
         } else {
-            trimmed.to_owned()
+            Arc::from(trimmed)
         }))
     }
 

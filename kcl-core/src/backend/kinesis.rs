@@ -149,7 +149,7 @@ fn to_shard(s: &aws_sdk_kinesis::types::Shard) -> Result<Shard, BackendError> {
 fn to_record(r: &aws_sdk_kinesis::types::Record) -> Result<Record, BackendError> {
     Ok(Record {
         data: Bytes::copy_from_slice(r.data().as_ref()),
-        partition_key: r.partition_key().unwrap_or_default().to_owned(),
+        partition_key: r.partition_key().unwrap_or_default().into(),
         sequence_number: sequence(r.sequence_number())?,
         sub_sequence_number: 0,
         approximate_arrival_timestamp: r

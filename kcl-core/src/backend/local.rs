@@ -695,7 +695,7 @@ impl StreamState {
             size,
             record: Record {
                 data,
-                partition_key: partition_key.to_owned(),
+                partition_key: partition_key.into(),
                 sequence_number: sequence.clone(),
                 sub_sequence_number: 0,
                 approximate_arrival_timestamp: arrival,
