@@ -348,3 +348,31 @@ async fn a_failing_processor_is_retried_not_skipped() {
     assert_eq!(log.assert_complete_and_ordered(&produced), 0);
     a.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_timestamp_starts_new_leases_at_the_first_record_at_or_after_the_time() {
+    let (backend, store, log) = setup(2).await;
+    let mut produced = BTreeMap::new();
+    produce(&backend, 4, 5, &mut produced).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let from = std::time::SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let before = produced.clone();
+    produce(&backend, 4, 5, &mut produced).await;
+    let worker = fast("a", backend.clone(), store.clone(), &log, Duration::from_secs(3))
+        .initial_position(kcl_core::InitialPosition::AtTimestamp(from))
+        .build()
+        .unwrap()
+        .spawn();
+    wait_until(LIMIT, "the records after the timestamp", || log.wait_count() == 20).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (first, dups) = log.summary();
+    assert_eq!(dups, 0);
+    for (key, indexes) in first {
+        let skipped = before[&key];
+        assert_eq!(indexes, (skipped..skipped + 5).collect::<Vec<_>>(), "{key}: only records at/after the time");
+    }
+    let rows = store.list().await.unwrap();
+    assert!(rows.iter().all(|l| l.checkpoint.sequence().is_some()), "checkpointed past AT_TIMESTAMP");
+    worker.shutdown().await.unwrap();
+}
