@@ -78,11 +78,7 @@ pub struct LeaseLostInput {
 ///         input.checkpointer.checkpoint().await?;
 ///         Ok(())
 ///     }
-///
-///     async fn shard_ended(&mut self, input: ShardEndedInput<'_>) -> Result<(), ProcessorError> {
-///         input.checkpointer.checkpoint().await?; // writes SHARD_END: children may start
-///         Ok(())
-///     }
+///     // shard_ended's default checkpoints SHARD_END, which lets the child shards start.
 /// }
 /// ```
 #[async_trait]
@@ -99,11 +95,16 @@ pub trait RecordProcessor: Send + 'static {
 
     /// The shard was closed (split or merged) and every record in it was delivered.
     ///
-    /// **You must checkpoint here** (`input.checkpointer.checkpoint()`), which records
-    /// `SHARD_END`: the child shards do not start until every parent is checkpointed at
-    /// `SHARD_END`. If this returns without that checkpoint, the runtime logs an error and calls
-    /// `shard_ended` again after a backoff, as long as it holds the lease; the children wait.
-    async fn shard_ended(&mut self, input: ShardEndedInput<'_>) -> Result<(), ProcessorError>;
+    /// **The shard must be checkpointed here** (`input.checkpointer.checkpoint()`), which
+    /// records `SHARD_END`: the child shards do not start until every parent is checkpointed at
+    /// `SHARD_END`. The default implementation does exactly that; override it to flush your own
+    /// state first. If an override returns without that checkpoint, the runtime logs an error
+    /// and calls `shard_ended` again after a backoff, as long as it holds the lease; the
+    /// children wait. An error is retried the same way.
+    async fn shard_ended(&mut self, input: ShardEndedInput<'_>) -> Result<(), ProcessorError> {
+        input.checkpointer.checkpoint().await?;
+        Ok(())
+    }
 
     /// The worker is shutting down, or another worker is taking the lease over gracefully.
     /// Checkpoint what you have processed so that the next owner does not see it again.

@@ -43,6 +43,20 @@ pub struct Log {
 }
 
 impl Log {
+    /// Records (key, index) pairs seen by a processor that does not track shards or workers.
+    pub fn push_all(&self, records: Vec<(String, u64)>) {
+        let mut seen = self.seen.lock().unwrap();
+        for (key, index) in records {
+            seen.push(Seen {
+                worker: String::new(),
+                shard: String::new(),
+                key,
+                index,
+                sequence: String::new(),
+            });
+        }
+    }
+
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }

@@ -364,15 +364,72 @@ async fn at_timestamp_starts_new_leases_at_the_first_record_at_or_after_the_time
         .build()
         .unwrap()
         .spawn();
-    wait_until(LIMIT, "the records after the timestamp", || log.wait_count() == 20).await;
+    wait_until(LIMIT, "the records after the timestamp", || {
+        log.wait_count() == 20
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (first, dups) = log.summary();
     assert_eq!(dups, 0);
     for (key, indexes) in first {
         let skipped = before[&key];
-        assert_eq!(indexes, (skipped..skipped + 5).collect::<Vec<_>>(), "{key}: only records at/after the time");
+        assert_eq!(
+            indexes,
+            (skipped..skipped + 5).collect::<Vec<_>>(),
+            "{key}: only records at/after the time"
+        );
     }
     let rows = store.list().await.unwrap();
-    assert!(rows.iter().all(|l| l.checkpoint.sequence().is_some()), "checkpointed past AT_TIMESTAMP");
+    assert!(
+        rows.iter().all(|l| l.checkpoint.sequence().is_some()),
+        "checkpointed past AT_TIMESTAMP"
+    );
+    worker.shutdown().await.unwrap();
+}
+
+/// A processor that implements only `process_records`: everything else is the trait's default.
+struct Minimal(Log);
+
+#[async_trait]
+impl RecordProcessor for Minimal {
+    async fn process_records(&mut self, input: ProcessRecordsInput<'_>) -> Result<(), ProcessorError> {
+        let mut seen = Vec::new();
+        for r in input.records {
+            let text = std::str::from_utf8(&r.data)?;
+            let (key, index) = text.split_once(':').ok_or("bad payload")?;
+            seen.push((key.to_owned(), index.parse::<u64>()?));
+        }
+        self.0.push_all(seen);
+        input.checkpointer.checkpoint().await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_shard_ended_checkpoints_shard_end_so_children_start() {
+    let (backend, store, log) = setup(1).await;
+    let l = log.clone();
+    let worker = Scheduler::builder(APP, STREAM)
+        .worker_id("m".into())
+        .backend(backend.clone())
+        .lease_store(store.clone())
+        .initial_position(kcl_core::InitialPosition::TrimHorizon)
+        .polling_interval(Duration::from_millis(50))
+        .parent_poll_interval(Duration::from_millis(50))
+        .processor_factory(move |_: &str| Minimal(l.clone()))
+        .build()
+        .unwrap()
+        .spawn();
+    let mut produced = BTreeMap::new();
+    produce(&backend, 6, 3, &mut produced).await;
+    let (low, high) = backend
+        .split_shard(STREAM, "shardId-000000000000", 1 << 127)
+        .unwrap();
+    produce(&backend, 6, 3, &mut produced).await;
+    wait_until(LIMIT, "parent and children processed", || log.wait_count() == 36).await;
+    log.assert_complete_and_ordered(&produced);
+    let parent = store.get("shardId-000000000000").await.unwrap().unwrap();
+    assert!(parent.checkpoint.is_shard_end());
+    assert_eq!(parent.child_shard_ids, BTreeSet::from([low, high]));
     worker.shutdown().await.unwrap();
 }

@@ -21,8 +21,8 @@ use clap::Parser;
 use kcl_core::aws::{load_sdk_config, AwsOptions};
 use kcl_core::{
     InMemoryLeaseStore, InitialPosition, IteratorPosition, KinesisBackend, LocalBackend, ProcessRecordsInput,
-    ProcessorError, RecordProcessor, Scheduler, SchedulerBuilder, SchedulerHandle, ShardEndedInput,
-    ShutdownRequestedInput, StreamBackend,
+    ProcessorError, RecordProcessor, Scheduler, SchedulerBuilder, SchedulerHandle, ShutdownRequestedInput,
+    StreamBackend,
 };
 use kcl_lease::{DynamoDbLeaseStore, LeaseStore};
 use tokio::io::AsyncBufReadExt;
@@ -118,11 +118,6 @@ impl RecordProcessor for BenchProcessor {
             last.insert(self.shard.clone(), (Instant::now(), self.worker.clone()));
         }
         self.observed.processed.fetch_add(n, Ordering::Relaxed);
-        input.checkpointer.checkpoint().await?;
-        Ok(())
-    }
-
-    async fn shard_ended(&mut self, input: ShardEndedInput<'_>) -> Result<(), ProcessorError> {
         input.checkpointer.checkpoint().await?;
         Ok(())
     }

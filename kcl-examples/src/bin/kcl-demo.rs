@@ -16,7 +16,7 @@ use bytes::Bytes;
 use clap::Parser;
 use kcl_core::{
     InMemoryLeaseStore, InitialPosition, LocalBackend, ProcessRecordsInput, ProcessorError, RecordProcessor,
-    Scheduler, SchedulerHandle, ShardEndedInput, ShutdownRequestedInput,
+    Scheduler, SchedulerHandle, ShutdownRequestedInput,
 };
 use tokio::time::Instant;
 
@@ -103,11 +103,6 @@ impl RecordProcessor for DemoProcessor {
                 o.processed += 1;
             }
         }
-        input.checkpointer.checkpoint().await?;
-        Ok(())
-    }
-
-    async fn shard_ended(&mut self, input: ShardEndedInput<'_>) -> Result<(), ProcessorError> {
         input.checkpointer.checkpoint().await?;
         Ok(())
     }

@@ -27,7 +27,7 @@ use clap::Parser;
 use kcl_core::aws::{load_sdk_config, AwsOptions};
 use kcl_core::{
     InMemoryLeaseStore, InitialPosition, KinesisBackend, LocalBackend, ProcessRecordsInput, ProcessorError,
-    Record, RecordProcessor, Scheduler, SchedulerBuilder, ShardEndedInput, ShutdownRequestedInput,
+    Record, RecordProcessor, Scheduler, SchedulerBuilder, ShutdownRequestedInput,
 };
 use kcl_lease::DynamoDbLeaseStore;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -162,11 +162,6 @@ impl RecordProcessor for Printer {
         self.out
             .printed
             .fetch_add(input.records.len() as u64, Ordering::SeqCst);
-        input.checkpointer.checkpoint().await?;
-        Ok(())
-    }
-
-    async fn shard_ended(&mut self, input: ShardEndedInput<'_>) -> Result<(), ProcessorError> {
         input.checkpointer.checkpoint().await?;
         Ok(())
     }
