@@ -258,12 +258,18 @@ impl HeldLease {
             .await;
         match result {
             Ok(new) => {
-                // During a hand-off the row now belongs to the new owner: keep ours as it was,
-                // apart from the checkpoint.
-                if self.status() == LeaseStatus::Held {
+                // The write can succeed as `checkpointOwner` of a hand-off this worker has not
+                // noticed yet (another worker stole the lease since the last renewal). Then the
+                // row belongs to the new owner: never adopt it (renewing it would renew the
+                // thief's lease), keep only the checkpoint and start handing over.
+                if self.status() == LeaseStatus::Held && new.is_owned_by(&self.worker_id) {
                     *row = new.clone();
                 } else {
                     row.checkpoint = new.checkpoint.clone();
+                    if !new.is_owned_by(&self.worker_id) {
+                        info!(lease = %self.key, new_owner = ?new.lease_owner, "graceful hand-off requested");
+                        self.set_status(LeaseStatus::HandoffRequested);
+                    }
                 }
                 Ok(new)
             }
@@ -607,6 +613,30 @@ mod tests {
             .checkpoint(&ExtendedSequenceNumber::TrimHorizon)
             .await
             .is_err());
+    }
+
+    /// Found by the chaos test: the old owner checkpointed (allowed as `checkpointOwner`) before
+    /// its next renewal, adopted the thief's row, and went on renewing and processing it.
+    #[tokio::test(start_paused = true)]
+    async fn a_checkpoint_after_an_unnoticed_steal_starts_the_handoff_instead_of_adopting_the_row() {
+        let store = store_with(1);
+        let (a, mut a_rx) = coordinator(&store, "a");
+        a.take_round().await.unwrap();
+        let held = a_rx.recv().await.unwrap();
+        let row = store.get("shard-0").await.unwrap().unwrap();
+        let stolen = store.take(&row, "b", true).await.unwrap();
+        let cp = ExtendedSequenceNumber::from_parts("5", 0).unwrap();
+        held.checkpoint(&cp).await.unwrap();
+        assert_eq!(held.status(), LeaseStatus::HandoffRequested);
+        assert!(!held.is_valid(), "the old owner must stop processing");
+        a.renew_all().await;
+        let now = store.get("shard-0").await.unwrap().unwrap();
+        assert_eq!(
+            now.lease_counter, stolen.lease_counter,
+            "the old owner did not renew the thief's lease"
+        );
+        assert!(now.is_owned_by("b"));
+        assert_eq!(now.checkpoint, cp);
     }
 
     #[tokio::test(start_paused = true)]

@@ -103,8 +103,8 @@ impl Session {
 struct State {
     tick: u64,
     sessions: Vec<Session>,
-    /// Per record (key, index): the sessions that processed it, in processing order.
-    occurrences: HashMap<(String, u64), Vec<usize>>,
+    /// Per record (key, index): who processed it, in processing order.
+    occurrences: HashMap<(String, u64), Vec<Occurrence>>,
     processed: u64,
     anomalies: Vec<String>,
 }
@@ -114,6 +114,14 @@ impl State {
         self.tick += 1;
         self.tick
     }
+}
+
+/// One processing of a record.
+#[derive(Clone, Copy, Debug)]
+struct Occurrence {
+    session: usize,
+    /// When the runtime handed the batch to the processor (before its delay).
+    batch_tick: u64,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -185,6 +193,7 @@ impl RecordProcessor for ChaosProcessor {
     }
 
     async fn process_records(&mut self, input: ProcessRecordsInput<'_>) -> Result<(), ProcessorError> {
+        let batch_tick = lock(&self.state).next_tick();
         let delay = self.delay_ms.load(Ordering::Relaxed);
         if delay > 0 {
             sleep(Duration::from_millis(delay)).await;
@@ -208,7 +217,10 @@ impl RecordProcessor for ChaosProcessor {
                 st.occurrences
                     .entry((key.to_owned(), index))
                     .or_default()
-                    .push(id);
+                    .push(Occurrence {
+                        session: id,
+                        batch_tick,
+                    });
                 st.processed += 1;
             }
         }
@@ -390,7 +402,7 @@ impl Cluster {
 
     fn restart(&mut self, slot: usize, rng: &mut Rng) {
         self.restarts += 1;
-        let worker = if (self.restarts + self.restart_phase) % 2 == 0 {
+        let worker = if (self.restarts + self.restart_phase).is_multiple_of(2) {
             format!("w{slot}")
         } else {
             format!("w{slot}-{}", self.restarts)
@@ -453,7 +465,9 @@ async fn chaos_loses_nothing_keeps_key_order_and_explains_every_duplicate() {
     let mut rng = Rng(seed);
 
     let local = LocalBackend::new();
-    local.create_stream(STREAM, SHARDS).expect("create stream");
+    local
+        .create_stream(STREAM, SHARDS)
+        .unwrap_or_else(|e| panic!("seed {seed}: create stream: {e}"));
     let backend = Arc::new(FailureBackend::new(local.clone(), backend_plan(rng.next_u64())));
     let store = Arc::new(FailureLeaseStore::new(
         InMemoryLeaseStore::new(),
@@ -510,7 +524,7 @@ async fn chaos_loses_nothing_keeps_key_order_and_explains_every_duplicate() {
         if split.is_none() && Instant::now() >= split_at {
             let open: Vec<_> = local
                 .shards(STREAM)
-                .expect("shards")
+                .unwrap_or_else(|e| panic!("seed {seed}: list shards: {e}"))
                 .into_iter()
                 .filter(|s| s.is_open())
                 .collect();
@@ -526,7 +540,7 @@ async fn chaos_loses_nothing_keeps_key_order_and_explains_every_duplicate() {
         if merged.is_none() && Instant::now() >= merge_at {
             let mut open: Vec<_> = local
                 .shards(STREAM)
-                .expect("shards")
+                .unwrap_or_else(|e| panic!("seed {seed}: list shards: {e}"))
                 .into_iter()
                 .filter(|s| s.is_open())
                 .collect();
@@ -580,7 +594,9 @@ async fn chaos_loses_nothing_keeps_key_order_and_explains_every_duplicate() {
     let chaos_stops = cluster.graceful_stops;
 
     // Stop the chaos: every worker back, no more faults, the tail drains.
-    let produced = producer.await.expect("producer");
+    let produced = producer
+        .await
+        .unwrap_or_else(|e| panic!("seed {seed}: producer failed: {e}"));
     let total: u64 = produced.values().sum();
     backend.set_plan(FaultPlan::none());
     store.set_plan(LeaseFaultPlan::none());
@@ -662,46 +678,63 @@ async fn chaos_loses_nothing_keeps_key_order_and_explains_every_duplicate() {
         }
     }
 
-    // 3b: every duplicate was processed again in a later session on the same shard, after an
-    // earlier session that processed it was killed or lost its lease.
+    // 3b: every duplicate is explained by a session that was killed or lost its lease, and that
+    // was handed the batch with the record before the other session started (a worker must not
+    // be given a batch once another worker may own the shard):
+    // - re-processing: an earlier processing of the record was in such a session, and the
+    //   duplicate's session started after that batch began (it resumed from an older
+    //   checkpoint), or
+    // - an in-flight batch: the duplicate is in such a session, in a batch handed to it before
+    //   the session that processed the record earlier had started (the new owner started while
+    //   the old one was busy with a batch it got while it still held the lease).
     let mut duplicates = 0u64;
-    let mut overlapping = 0u64;
-    for ((key, index), sessions) in &st.occurrences {
-        for k in 1..sessions.len() {
+    let mut reprocessed = 0u64;
+    let mut in_flight = 0u64;
+    for ((key, index), occurrences) in &st.occurrences {
+        let describe = || -> Vec<String> {
+            occurrences
+                .iter()
+                .map(|o| {
+                    let x = &st.sessions[o.session];
+                    format!(
+                        "session {} ({}, {} from {}, started at tick {}, ended {:?}): batch at tick {}",
+                        o.session, x.worker, x.shard, x.init, x.init_tick, x.end, o.batch_tick
+                    )
+                })
+                .collect()
+        };
+        for k in 1..occurrences.len() {
             duplicates += 1;
-            let again = sessions[k];
-            let earlier = &sessions[..k];
-            let s = &st.sessions[again];
+            let again = occurrences[k];
+            let earlier = &occurrences[..k];
+            let s = &st.sessions[again.session];
             assert!(
-                !earlier.contains(&again),
-                "seed {seed}: {key}:{index} processed twice in session {again} ({} on {})",
-                s.worker,
-                s.shard
+                earlier.iter().all(|o| o.session != again.session),
+                "seed {seed}: {key}:{index} processed twice in one session: {:#?}",
+                describe()
             );
-            let cause = earlier.iter().copied().find(|e| ended_uncleanly(*e));
-            let Some(cause) = cause else {
-                let history: Vec<String> = sessions
+            assert!(
+                earlier.iter().all(|o| st.sessions[o.session].shard == s.shard),
+                "seed {seed}: {key}:{index} processed on two shards: {:#?}",
+                describe()
+            );
+            if earlier
+                .iter()
+                .any(|o| ended_uncleanly(o.session) && o.batch_tick < s.init_tick)
+            {
+                reprocessed += 1;
+            } else if ended_uncleanly(again.session)
+                && earlier
                     .iter()
-                    .map(|id| {
-                        let x = &st.sessions[*id];
-                        format!(
-                            "session {id}: {} on {} from {} (tick {}), end {:?}",
-                            x.worker, x.shard, x.init, x.init_tick, x.end
-                        )
-                    })
-                    .collect();
+                    .any(|o| again.batch_tick < st.sessions[o.session].init_tick)
+            {
+                in_flight += 1;
+            } else {
                 panic!(
-                    "seed {seed}: {key}:{index} processed again without a kill or lease loss before: \
-                     {history:#?}"
+                    "seed {seed}: {key}:{index} processed again without a kill or lease loss to \
+                     explain it: {:#?}",
+                    describe()
                 );
-            };
-            let c = &st.sessions[cause];
-            assert_eq!(
-                c.shard, s.shard,
-                "seed {seed}: {key}:{index} processed on two shards"
-            );
-            if c.end.is_some_and(|(_, tick)| tick > s.init_tick) {
-                overlapping += 1;
             }
         }
     }
@@ -765,11 +798,12 @@ async fn chaos_loses_nothing_keeps_key_order_and_explains_every_duplicate() {
         .count();
     println!(
         "chaos seed = {seed}: produced {total}, processed {}, duplicates {duplicates} \
-         ({overlapping} with the earlier session still running), sessions {} ({lost} lease lost, \
-         {failed_final} final checkpoint failed, {graceful_handoffs} exact graceful hand-offs), \
-         kills {}, graceful stops {chaos_stops} (+{WORKERS} at the end), restarts {} ({reused} under the old id), faults injected {} \
-         (backend {}, lease store {}), failed batch checkpoints {checkpoint_failures}, \
-         drained in {drained_in:?}, total {:?}",
+         ({reprocessed} re-processed after a kill or lease loss, {in_flight} in a losing \
+         session's in-flight batch), sessions {} ({lost} lease lost, {failed_final} final \
+         checkpoint failed, {graceful_handoffs} exact graceful hand-offs), kills {}, graceful \
+         stops {chaos_stops} (+{WORKERS} at the end), restarts {} ({reused} under the old id), \
+         faults injected {} (backend {}, lease store {}), failed batch checkpoints \
+         {checkpoint_failures}, drained in {drained_in:?}, total {:?}",
         st.processed,
         st.sessions.len(),
         cluster.kills,
