@@ -15,6 +15,8 @@
 #   KCL_EMULATOR_DIR       install/run directory   (default: <repo>/localstack/.emulators)
 #   KCL_KINESIS_PORT       Kinesis plain HTTP port (default: 4567)
 #   KCL_DYNAMODB_PORT      DynamoDB HTTP port      (default: 4568)
+#   KCL_EDGE_PORT          one port for both, routed by X-Amz-Target, as LocalStack's edge
+#                          port (default: 4566)
 #   KCL_EMULATOR_DELAY_MS  how long streams/tables stay CREATING/DELETING/UPDATING (default: 50)
 #   KCL_EMULATOR_TIMEOUT   seconds to wait for each emulator to answer (default: 120)
 #   KCL_KINESIS_LOG_LEVEL  kinesis-mock LOG_LEVEL (default: INFO; TRACE logs bodies)
@@ -27,6 +29,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DIR=${KCL_EMULATOR_DIR:-$ROOT/localstack/.emulators}
 KINESIS_PORT=${KCL_KINESIS_PORT:-4567}
 DYNAMODB_PORT=${KCL_DYNAMODB_PORT:-4568}
+EDGE_PORT=${KCL_EDGE_PORT:-4566}
 DELAY_MS=${KCL_EMULATOR_DELAY_MS:-50}
 TIMEOUT=${KCL_EMULATOR_TIMEOUT:-120}
 RUN=$DIR/run
@@ -109,6 +112,7 @@ answers() { # <name> <port>
   case $1 in
     kinesis) [ "$(api_call "$2" Kinesis_20131202.ListStreams application/x-amz-json-1.1 kinesis)" = 200 ] ;;
     dynamodb) [ "$(api_call "$2" DynamoDB_20120810.ListTables application/x-amz-json-1.0 dynamodb)" = 200 ] ;;
+    edge) answers kinesis "$2" && answers dynamodb "$2" ;;
   esac
 }
 
@@ -195,6 +199,14 @@ launch_kinesis() { # <port>
   echo $! >"$RUN/kinesis.pid"
 }
 
+launch_edge() { # <port>
+  (
+    cd "$RUN"
+    exec setsid node "$ROOT/localstack/edge-proxy.cjs" "$1" "$KINESIS_PORT" "$DYNAMODB_PORT"
+  ) </dev/null >"$RUN/edge.log" 2>&1 9>&- &
+  echo $! >"$RUN/edge.pid"
+}
+
 launch_dynamodb() { # <port>
   (
     cd "$RUN"
@@ -209,14 +221,17 @@ launch_dynamodb() { # <port>
 # All checks first, so that a port conflict launches nothing.
 prepare kinesis "$KINESIS_PORT" kinesis-local/main.js
 prepare dynamodb "$DYNAMODB_PORT" dynalite/cli.js
+prepare edge "$EDGE_PORT" edge-proxy.cjs
 for name in "${LAUNCHED[@]}"; do
   case $name in
     kinesis) launch kinesis "$KINESIS_PORT" ;;
     dynamodb) launch dynamodb "$DYNAMODB_PORT" ;;
+    edge) launch edge "$EDGE_PORT" ;;
   esac
 done
 wait_ready kinesis "$KINESIS_PORT"
 wait_ready dynamodb "$DYNAMODB_PORT"
+wait_ready edge "$EDGE_PORT"
 if [ "${#LAUNCHED[@]}" -gt 0 ]; then
   log "ready: ${LAUNCHED[*]} started in $((SECONDS - STARTED_AT))s"
 fi
@@ -225,6 +240,7 @@ flock -u 9
 
 printf 'export AWS_ENDPOINT_URL_KINESIS=http://127.0.0.1:%s\n' "$KINESIS_PORT"
 printf 'export AWS_ENDPOINT_URL_DYNAMODB=http://127.0.0.1:%s\n' "$DYNAMODB_PORT"
+printf 'export AWS_ENDPOINT_URL=http://127.0.0.1:%s\n' "$EDGE_PORT"
 printf 'export AWS_REGION=us-east-1\n'
 printf 'export AWS_ACCESS_KEY_ID=test\n'
 printf 'export AWS_SECRET_ACCESS_KEY=test\n'

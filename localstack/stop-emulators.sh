@@ -56,4 +56,5 @@ stop_one() { # <name> <cmdline-marker>
 rc=0
 stop_one kinesis kinesis-local/main.js || rc=1
 stop_one dynamodb dynalite/cli.js || rc=1
+stop_one edge edge-proxy.cjs || rc=1
 exit "$rc"

@@ -145,6 +145,50 @@ async fn kcl_tail_prints_every_record_and_a_restart_continues_after_the_checkpoi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcl_tail_with_one_endpoint_url_reads_through_the_edge_port() {
+    let (sdk, endpoints) = sdk().await;
+    let edge = endpoints
+        .edge
+        .clone()
+        .expect("the start script prints AWS_ENDPOINT_URL (the edge port)");
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    let stream = unique("tail-edge");
+    create_stream(&kinesis, &stream, 1).await;
+    for i in 0..3 {
+        kinesis
+            .put_record()
+            .stream_name(&stream)
+            .partition_key("k")
+            .data(Blob::new(format!("edge-{i}")))
+            .send()
+            .await
+            .expect("PutRecord");
+    }
+    // Only --endpoint-url: the service-specific variables are removed for the child.
+    let mut tail = Command::new(TAIL)
+        .args([
+            "--stream",
+            &stream,
+            "--initial-position",
+            "trim-horizon",
+            "--endpoint-url",
+            &edge,
+        ])
+        .args(["--region", &endpoints.region])
+        .env_remove("AWS_ENDPOINT_URL_KINESIS")
+        .env_remove("AWS_ENDPOINT_URL_DYNAMODB")
+        .env_remove("AWS_ENDPOINT_URL")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start kcl-tail");
+    let lines = read_lines(&mut tail, 3, Duration::from_millis(300)).await;
+    let got: Vec<String> = lines.iter().map(|l| data_of(l)).collect();
+    assert_eq!(got, ["edge-0", "edge-1", "edge-2"]);
+    sigterm(&mut tail).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kcl_tail_local_prints_stdin_lines_as_records() {
     let mut tail = spawn(&["--local", "--stream", "local-tail"]);
     let mut stdin = tail.stdin.take().expect("stdin");

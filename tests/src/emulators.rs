@@ -22,6 +22,8 @@ pub struct Endpoints {
     pub kinesis: String,
     /// DynamoDB endpoint URL, e.g. `http://127.0.0.1:4568`.
     pub dynamodb: String,
+    /// One URL for both services (the edge proxy, like LocalStack's port 4566), if known.
+    pub edge: Option<String>,
     /// AWS region to sign requests for.
     pub region: String,
 }
@@ -56,6 +58,7 @@ fn init() -> Endpoints {
         return Endpoints {
             kinesis,
             dynamodb,
+            edge: non_empty_var("AWS_ENDPOINT_URL"),
             region,
         };
     }
@@ -99,6 +102,10 @@ fn init() -> Endpoints {
     Endpoints {
         kinesis: get(KINESIS_VAR),
         dynamodb: get(DYNAMODB_VAR),
+        edge: vars
+            .iter()
+            .find(|(k, _)| k == "AWS_ENDPOINT_URL")
+            .map(|(_, v)| v.clone()),
         region: vars
             .iter()
             .find(|(k, _)| k == "AWS_REGION")
