@@ -199,14 +199,14 @@ async fn run_aws(args: &Args, application: &str, out: Arc<Output>) -> Result<()>
     }
     let backend = KinesisBackend::from_conf(&sdk);
     let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(&sdk), application);
+    // Fail fast on a missing stream or missing permissions, before the lease table is created.
+    kcl_core::StreamBackend::list_shards(&backend, &args.stream)
+        .await
+        .with_context(|| format!("reading the shards of stream {}", args.stream))?;
     store
         .ensure_table()
         .await
         .with_context(|| format!("preparing the lease table {application}"))?;
-    // Fail fast on a missing stream or missing permissions, before any lease is taken.
-    kcl_core::StreamBackend::list_shards(&backend, &args.stream)
-        .await
-        .with_context(|| format!("reading the shards of stream {}", args.stream))?;
     let scheduler = configure(args, application, &out)
         .backend(backend)
         .lease_store(store)
@@ -268,11 +268,21 @@ async fn run_local(args: &Args, application: &str, out: Arc<Output>) -> Result<(
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,aws_config=error")),
         )
         .with_writer(std::io::stderr)
         .init();
