@@ -1,55 +1,28 @@
 //! `FailureLeaseStore`: wraps any [`LeaseStore`] and injects faults (throttling, errors,
 //! conditional-write conflicts, delays) according to a [`LeaseFaultPlan`].
 //!
-//! Faults are data, not code: a plan is a seed and a list of rules (which operation, when, what
-//! fault), so a test states exactly what goes wrong and a failing run can be replayed with the
-//! same seed. The plan can be replaced while the store is in use. Every method of the trait
-//! passes through the same hook. (`kcl-core` has the same for stream backends; the tiny
-//! generator is duplicated because this crate does not depend on that one.)
+//! Faults are data ([`crate::fault`]): a seed and rules, replaceable while the store is in use,
+//! so a failing run can be replayed with the same seed. Every method of the trait passes
+//! through the same hook.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::error::{LeaseError, Result};
+use crate::fault::{FaultKind, Injector, Plan, Rule, Trigger};
 use crate::lease::Lease;
 use crate::memory::LeaseOp;
 use crate::sequence::ExtendedSequenceNumber;
 use crate::store::LeaseStore;
 
-const OPS: usize = 10;
-
-/// A dense index of the operation, `0..OPS`.
-fn index(op: LeaseOp) -> usize {
-    match op {
-        LeaseOp::List => 0,
-        LeaseOp::Get => 1,
-        LeaseOp::Create => 2,
-        LeaseOp::Renew => 3,
-        LeaseOp::Take => 4,
-        LeaseOp::Evict => 5,
-        LeaseOp::Checkpoint => 6,
-        LeaseOp::CompleteHandoff => 7,
-        LeaseOp::MarkChildren => 8,
-        LeaseOp::Delete => 9,
-    }
-}
-
-/// When a rule fires, counted per operation (calls are numbered from 1 since the plan was set).
-#[derive(Clone, Debug, PartialEq)]
-pub enum LeaseTrigger {
-    /// Only the `n`th call (1-based); `Nth(0)` never fires.
-    Nth(u64),
-    /// Every `n`th call (the `n`th, `2n`th, ...); `EveryNth(0)` never fires.
-    EveryNth(u64),
-    /// Each call with this probability (`0.0..=1.0`), drawn from the plan's seeded generator.
-    Probability(f64),
-    /// Every call.
-    Always,
-}
+/// When a lease-store fault rule fires (see [`Trigger`]).
+pub type LeaseTrigger = Trigger;
+/// One rule of a [`LeaseFaultPlan`].
+pub type LeaseFaultRule = Rule<LeaseOp, LeaseFault>;
+/// Which faults to inject into lease-store calls.
+pub type LeaseFaultPlan = Plan<LeaseOp, LeaseFault>;
 
 /// What an injected fault does.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,81 +39,26 @@ pub enum LeaseFault {
     Delay(Duration),
 }
 
-/// One rule of a [`LeaseFaultPlan`].
-#[derive(Clone, Debug, PartialEq)]
-pub struct LeaseFaultRule {
-    /// The operation the rule applies to.
-    pub op: LeaseOp,
-    /// When it fires.
-    pub trigger: LeaseTrigger,
-    /// What it injects.
-    pub fault: LeaseFault,
-}
-
-/// Which faults to inject: a seed for the probabilistic triggers and a list of rules.
-///
-/// On each call every rule for the operation is evaluated in order. The delays of all firing
-/// [`LeaseFault::Delay`] rules add up; the first firing failing rule decides the error, returned
-/// after the delays. A call no failing rule fires on goes through to the wrapped store.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct LeaseFaultPlan {
-    /// The seed of the generator behind [`LeaseTrigger::Probability`].
-    pub seed: u64,
-    /// The rules, evaluated in order.
-    pub rules: Vec<LeaseFaultRule>,
-}
-
-impl LeaseFaultPlan {
-    /// A plan without rules, with this seed.
-    pub fn new(seed: u64) -> Self {
-        Self {
-            seed,
-            rules: Vec::new(),
+impl FaultKind for LeaseFault {
+    fn delay(&self) -> Option<Duration> {
+        match self {
+            LeaseFault::Delay(d) => Some(*d),
+            _ => None,
         }
-    }
-
-    /// A plan that injects nothing.
-    pub fn none() -> Self {
-        Self::default()
-    }
-
-    /// Adds a rule (builder style).
-    #[must_use]
-    pub fn rule(mut self, op: LeaseOp, trigger: LeaseTrigger, fault: LeaseFault) -> Self {
-        self.rules.push(LeaseFaultRule { op, trigger, fault });
-        self
     }
 }
 
 /// A [`LeaseStore`] that injects the faults of a [`LeaseFaultPlan`] into the calls it forwards.
 pub struct FailureLeaseStore<S> {
     inner: S,
-    state: Mutex<PlanState>,
-    injected: [AtomicU64; OPS],
-}
-
-struct PlanState {
-    plan: LeaseFaultPlan,
-    rng: SplitMix64,
-    /// Calls per operation since the plan was set.
-    calls: [u64; OPS],
-}
-
-impl PlanState {
-    fn new(plan: LeaseFaultPlan) -> Self {
-        Self {
-            rng: SplitMix64(plan.seed),
-            plan,
-            calls: [0; OPS],
-        }
-    }
+    faults: Injector<LeaseOp, LeaseFault>,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for FailureLeaseStore<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FailureLeaseStore")
             .field("inner", &self.inner)
-            .field("plan", &self.lock().plan)
+            .field("faults", &self.faults)
             .finish()
     }
 }
@@ -150,26 +68,25 @@ impl<S> FailureLeaseStore<S> {
     pub fn new(inner: S, plan: LeaseFaultPlan) -> Self {
         Self {
             inner,
-            state: Mutex::new(PlanState::new(plan)),
-            injected: Default::default(),
+            faults: Injector::new(plan),
         }
     }
 
     /// Replaces the plan. The generator is reseeded and the per-operation call numbers that
-    /// [`LeaseTrigger::Nth`] and [`LeaseTrigger::EveryNth`] count restart from zero; the counts
-    /// of injected faults are kept.
+    /// [`Trigger::Nth`] and [`Trigger::EveryNth`] count restart from zero; the counts of
+    /// injected faults are kept.
     pub fn set_plan(&self, plan: LeaseFaultPlan) {
-        *self.lock() = PlanState::new(plan);
+        self.faults.set_plan(plan);
     }
 
     /// The current plan.
     pub fn plan(&self) -> LeaseFaultPlan {
-        self.lock().plan.clone()
+        self.faults.plan()
     }
 
     /// How many faults (delays included) were injected into calls of `op`.
     pub fn injected(&self, op: LeaseOp) -> u64 {
-        self.injected[index(op)].load(Ordering::Relaxed)
+        self.faults.injected(op)
     }
 
     /// The wrapped store.
@@ -182,47 +99,10 @@ impl<S> FailureLeaseStore<S> {
         self.inner
     }
 
-    fn lock(&self) -> MutexGuard<'_, PlanState> {
-        // The state is plain counters and a plan; a panic elsewhere cannot leave it inconsistent.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Decides the faults of one call: the total delay and the failure, if any.
-    fn decide(&self, op: LeaseOp) -> (Duration, Option<LeaseFault>) {
-        let mut guard = self.lock();
-        let PlanState { plan, rng, calls } = &mut *guard;
-        calls[index(op)] += 1;
-        let n = calls[index(op)];
-        let mut delay = Duration::ZERO;
-        let mut failure = None;
-        for rule in plan.rules.iter().filter(|r| r.op == op) {
-            let fires = match rule.trigger {
-                LeaseTrigger::Nth(k) => n == k,
-                LeaseTrigger::EveryNth(k) => k > 0 && n % k == 0,
-                LeaseTrigger::Probability(p) => rng.next_f64() < p,
-                LeaseTrigger::Always => true,
-            };
-            if !fires {
-                continue;
-            }
-            match &rule.fault {
-                LeaseFault::Delay(d) => delay = delay.saturating_add(*d),
-                fault if failure.is_none() => failure = Some(fault.clone()),
-                _ => continue,
-            }
-            self.injected[index(op)].fetch_add(1, Ordering::Relaxed);
-        }
-        (delay, failure)
-    }
-
     /// The hook every call passes: sleeps for injected delays, then fails or lets it through.
     /// `key` is the lease the call is about (for conflicts).
     async fn hook(&self, op: LeaseOp, key: &str) -> Result<()> {
-        let (delay, failure) = self.decide(op);
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        match failure {
+        match self.faults.apply(op).await {
             None | Some(LeaseFault::Delay(_)) => Ok(()),
             Some(LeaseFault::Throttle) => Err(LeaseError::Throttled(format!("injected fault in {op:?}"))),
             Some(LeaseFault::Error) => Err(LeaseError::backend(format!("injected fault in {op:?}"))),
@@ -289,24 +169,6 @@ impl<S: LeaseStore> LeaseStore for FailureLeaseStore<S> {
     async fn delete(&self, expected: &Lease) -> Result<()> {
         self.hook(LeaseOp::Delete, &expected.lease_key).await?;
         self.inner.delete(expected).await
-    }
-}
-
-/// SplitMix64: a tiny, fast, seedable generator, plenty for deciding faults.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 

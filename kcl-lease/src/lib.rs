@@ -13,6 +13,8 @@
 //! - [`dynamodb`]: `DynamoDbLeaseStore`, the lease table in Amazon DynamoDB with the Java KCL's
 //!   schema (the schema table is in the module docs).
 //! - [`failure`]: `FailureLeaseStore`, wraps any store to inject faults.
+//! - [`fault`]: faults as data (triggers, rules, plans, seeded injector), shared with
+//!   kcl-core's `FailureBackend`.
 //! - [`balance`]: pure logic: expiry as observed by one worker, and which leases to take or
 //!   steal. No I/O, time is an argument.
 //! - [`coordinator`]: the async driver: renews held leases, takes and steals, publishes
@@ -26,6 +28,7 @@ pub mod coordinator;
 pub mod dynamodb;
 pub mod error;
 pub mod failure;
+pub mod fault;
 
 pub mod lease;
 pub mod memory;

@@ -1,33 +1,24 @@
 //! `FailureBackend`: wraps any [`StreamBackend`] and injects faults (throttling, errors, expired
 //! iterators, delays) according to a [`FaultPlan`].
 //!
-//! Faults are data, not code: a plan is a seed and a list of rules (which operation, when, what
-//! fault), so a test states exactly what goes wrong and a failing run can be replayed with the
-//! same seed. The plan can be replaced while the backend is in use, e.g. to stop throttling and
-//! check that the consumer recovers. Every method of the trait passes through the same hook.
+//! Faults are data (the engine is `kcl_lease::fault`, shared with the lease store's wrapper): a
+//! seed and rules, replaceable while the backend is in use, e.g. to stop throttling and check
+//! that the consumer recovers. Every method of the trait passes through the same hook.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+pub use kcl_lease::fault::Trigger;
+use kcl_lease::fault::{FaultKind, Injector, Plan, Rule};
 
 use super::local::BackendOp;
 use super::{BackendError, GetRecordsOutput, IteratorPosition, StreamBackend};
 use crate::record::Shard;
 
-/// When a rule fires, counted per operation (calls are numbered from 1 since the plan was set).
-#[derive(Clone, Debug, PartialEq)]
-pub enum Trigger {
-    /// Only the `n`th call (1-based); `Nth(0)` never fires.
-    Nth(u64),
-    /// Every `n`th call (the `n`th, `2n`th, ...); `EveryNth(0)` never fires.
-    EveryNth(u64),
-    /// Each call with this probability (`0.0..=1.0`), drawn from the plan's seeded generator.
-    Probability(f64),
-    /// Every call.
-    Always,
-}
+/// One rule of a [`FaultPlan`].
+pub type FaultRule = Rule<BackendOp, Fault>;
+/// Which faults to inject into backend calls.
+pub type FaultPlan = Plan<BackendOp, Fault>;
 
 /// What an injected fault does.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,81 +33,26 @@ pub enum Fault {
     Delay(Duration),
 }
 
-/// One rule of a [`FaultPlan`].
-#[derive(Clone, Debug, PartialEq)]
-pub struct FaultRule {
-    /// The operation the rule applies to.
-    pub op: BackendOp,
-    /// When it fires.
-    pub trigger: Trigger,
-    /// What it injects.
-    pub fault: Fault,
-}
-
-/// Which faults to inject: a seed for the probabilistic triggers and a list of rules.
-///
-/// On each call every rule for the operation is evaluated in order. The delays of all firing
-/// [`Fault::Delay`] rules add up; the first firing failing rule decides the error, returned after
-/// the delays. A call no failing rule fires on goes through to the wrapped backend.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct FaultPlan {
-    /// The seed of the generator behind [`Trigger::Probability`].
-    pub seed: u64,
-    /// The rules, evaluated in order.
-    pub rules: Vec<FaultRule>,
-}
-
-impl FaultPlan {
-    /// A plan without rules, with this seed.
-    pub fn new(seed: u64) -> Self {
-        Self {
-            seed,
-            rules: Vec::new(),
+impl FaultKind for Fault {
+    fn delay(&self) -> Option<Duration> {
+        match self {
+            Fault::Delay(d) => Some(*d),
+            _ => None,
         }
-    }
-
-    /// A plan that injects nothing.
-    pub fn none() -> Self {
-        Self::default()
-    }
-
-    /// Adds a rule (builder style).
-    #[must_use]
-    pub fn rule(mut self, op: BackendOp, trigger: Trigger, fault: Fault) -> Self {
-        self.rules.push(FaultRule { op, trigger, fault });
-        self
     }
 }
 
 /// A [`StreamBackend`] that injects the faults of a [`FaultPlan`] into the calls it forwards.
 pub struct FailureBackend<B> {
     inner: B,
-    state: Mutex<PlanState>,
-    injected: [AtomicU64; BackendOp::ALL.len()],
-}
-
-struct PlanState {
-    plan: FaultPlan,
-    rng: SplitMix64,
-    /// Calls per operation since the plan was set.
-    calls: [u64; BackendOp::ALL.len()],
-}
-
-impl PlanState {
-    fn new(plan: FaultPlan) -> Self {
-        Self {
-            rng: SplitMix64(plan.seed),
-            plan,
-            calls: [0; BackendOp::ALL.len()],
-        }
-    }
+    faults: Injector<BackendOp, Fault>,
 }
 
 impl<B: std::fmt::Debug> std::fmt::Debug for FailureBackend<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FailureBackend")
             .field("inner", &self.inner)
-            .field("plan", &self.lock().plan)
+            .field("faults", &self.faults)
             .finish()
     }
 }
@@ -126,8 +62,7 @@ impl<B> FailureBackend<B> {
     pub fn new(inner: B, plan: FaultPlan) -> Self {
         Self {
             inner,
-            state: Mutex::new(PlanState::new(plan)),
-            injected: Default::default(),
+            faults: Injector::new(plan),
         }
     }
 
@@ -135,17 +70,17 @@ impl<B> FailureBackend<B> {
     /// [`Trigger::Nth`] and [`Trigger::EveryNth`] count restart from zero; the counts of
     /// injected faults are kept.
     pub fn set_plan(&self, plan: FaultPlan) {
-        *self.lock() = PlanState::new(plan);
+        self.faults.set_plan(plan);
     }
 
     /// The current plan.
     pub fn plan(&self) -> FaultPlan {
-        self.lock().plan.clone()
+        self.faults.plan()
     }
 
     /// How many faults (delays included) were injected into calls of `op`.
     pub fn injected(&self, op: BackendOp) -> u64 {
-        self.injected[op.index()].load(Ordering::Relaxed)
+        self.faults.injected(op)
     }
 
     /// The wrapped backend.
@@ -158,46 +93,9 @@ impl<B> FailureBackend<B> {
         self.inner
     }
 
-    fn lock(&self) -> MutexGuard<'_, PlanState> {
-        // The state is plain counters and a plan; a panic elsewhere cannot leave it inconsistent.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Decides the faults of one call: the total delay and the failure, if any.
-    fn decide(&self, op: BackendOp) -> (Duration, Option<Fault>) {
-        let mut guard = self.lock();
-        let PlanState { plan, rng, calls } = &mut *guard;
-        calls[op.index()] += 1;
-        let n = calls[op.index()];
-        let mut delay = Duration::ZERO;
-        let mut failure = None;
-        for rule in plan.rules.iter().filter(|r| r.op == op) {
-            let fires = match rule.trigger {
-                Trigger::Nth(k) => n == k,
-                Trigger::EveryNth(k) => k > 0 && n % k == 0,
-                Trigger::Probability(p) => rng.next_f64() < p,
-                Trigger::Always => true,
-            };
-            if !fires {
-                continue;
-            }
-            match &rule.fault {
-                Fault::Delay(d) => delay = delay.saturating_add(*d),
-                fault if failure.is_none() => failure = Some(fault.clone()),
-                _ => continue,
-            }
-            self.injected[op.index()].fetch_add(1, Ordering::Relaxed);
-        }
-        (delay, failure)
-    }
-
     /// The hook every call passes: sleeps for injected delays, then fails or lets it through.
     async fn hook(&self, op: BackendOp) -> Result<(), BackendError> {
-        let (delay, failure) = self.decide(op);
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        match failure {
+        match self.faults.apply(op).await {
             None | Some(Fault::Delay(_)) => Ok(()),
             Some(Fault::Throttle) => Err(BackendError::Throttled(format!("injected fault in {op:?}"))),
             Some(Fault::Error) => Err(BackendError::other(format!("injected fault in {op:?}"))),
@@ -226,24 +124,6 @@ impl<B: StreamBackend> StreamBackend for FailureBackend<B> {
     async fn get_records(&self, iterator: &str, limit: usize) -> Result<GetRecordsOutput, BackendError> {
         self.hook(BackendOp::GetRecords).await?;
         self.inner.get_records(iterator, limit).await
-    }
-}
-
-/// SplitMix64: a tiny, fast, seedable generator, plenty for deciding faults.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
