@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - [`record`]: `Record`, `Shard`, sequence numbers.
+//! - [`aggregation`]: unpacking (and packing) KPL-aggregated records.
 //! - [`processor`]: the `RecordProcessor` trait, its inputs, and `ProcessorFactory`.
 //! - [`checkpoint`]: the `Checkpointer` handed to processors.
 //! - [`config`]: `SchedulerConfig` and its defaults, `InitialPosition`.
@@ -24,6 +25,7 @@
 
 #![deny(missing_docs)]
 
+pub mod aggregation;
 pub mod aws;
 pub mod backend;
 pub mod checkpoint;

@@ -14,6 +14,7 @@
 //! | `ProcessorErrors` | counter | errors returned by the processor (the batch is retried) |
 //! | `GetRecords.Throttled` | counter | reads throttled by the backend |
 //! | `ExpiredIterator` | counter | shard iterators that expired and were renewed |
+//! | `KplDeaggregationFailures` | counter | records with the KPL magic bytes that could not be unpacked (delivered as they are; no labels) |
 //! | `CurrentLeases` | gauge | leases this worker holds (kcl-lease) |
 //! | `TotalLeases` | gauge | active leases in the table at the last scan (kcl-lease) |
 //! | `TakenLeases` | counter | leases taken (free, expired, or stolen) (kcl-lease) |

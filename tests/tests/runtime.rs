@@ -433,3 +433,94 @@ async fn the_default_shard_ended_checkpoints_shard_end_so_children_start() {
     assert_eq!(parent.child_shard_ids, BTreeSet::from([low, high]));
     worker.shutdown().await.unwrap();
 }
+
+/// Checkpoints inside a KPL aggregate on its first batch, then stops taking records.
+struct CheckpointInside {
+    seen: Arc<Mutex<Vec<(String, u64)>>>,
+    at: usize,
+}
+
+#[async_trait]
+impl RecordProcessor for CheckpointInside {
+    async fn process_records(&mut self, input: ProcessRecordsInput<'_>) -> Result<(), ProcessorError> {
+        let r = &input.records[self.at];
+        input
+            .checkpointer
+            .checkpoint_at(r.sequence_number.as_str(), r.sub_sequence_number)
+            .await?;
+        let mut seen = self.seen.lock().unwrap();
+        if seen.is_empty() {
+            seen.extend(
+                input
+                    .records
+                    .iter()
+                    .map(|r| (r.sequence_number.to_string(), r.sub_sequence_number)),
+            );
+        }
+        Err("stop after checkpointing".into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kpl_aggregates_are_delivered_as_user_records_and_resume_inside_an_aggregate() {
+    let (backend, store, log) = setup(1).await;
+    // Three aggregates of five user records each, payload "key:index".
+    let mut produced: BTreeMap<String, u64> = BTreeMap::new();
+    for _ in 0..3 {
+        let payloads: Vec<(String, String)> = (0..5)
+            .map(|k| {
+                let key = format!("key-{k}");
+                let n = produced.entry(key.clone()).or_default();
+                let p = (key.clone(), format!("{key}:{n}"));
+                *n += 1;
+                p
+            })
+            .collect();
+        let parts: Vec<(&str, Option<&str>, &[u8])> = payloads
+            .iter()
+            .map(|(k, d)| (k.as_str(), None, d.as_bytes()))
+            .collect();
+        let data = kcl_core::aggregation::aggregate(&parts);
+        backend.put_record(STREAM, "agg", data, None).await.unwrap();
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let first = Scheduler::builder(APP, STREAM)
+        .worker_id("first".into())
+        .backend(backend.clone())
+        .lease_store(store.clone())
+        .initial_position(kcl_core::InitialPosition::TrimHorizon)
+        .processor_factory(move |_: &str| CheckpointInside {
+            seen: s.clone(),
+            at: 7,
+        })
+        .build()
+        .unwrap()
+        .spawn();
+    wait_until(LIMIT, "first batch seen", || !seen.lock().unwrap().is_empty()).await;
+    first.shutdown().await.unwrap();
+    let delivered = seen.lock().unwrap().clone();
+    assert_eq!(delivered.len(), 15, "three aggregates of five");
+    assert_eq!(
+        delivered.iter().map(|(_, sub)| *sub).collect::<Vec<_>>(),
+        [0, 1, 2, 3, 4].repeat(3)
+    );
+    let row = store.get("shardId-000000000000").await.unwrap().unwrap();
+    assert_eq!(
+        row.checkpoint.sub_sequence(),
+        2,
+        "checkpointed inside the second aggregate"
+    );
+
+    // The next owner resumes at sub-record 3 of the second aggregate.
+    let second = start("second", &backend, &store, &log, Duration::from_secs(3));
+    wait_until(LIMIT, "the rest processed", || log.wait_count() == 7).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got: Vec<(String, u64)> = log.seen().into_iter().map(|s| (s.key, s.index)).collect();
+    let expected: Vec<(String, u64)> = [(3, 1), (4, 1), (0, 2), (1, 2), (2, 2), (3, 2), (4, 2)]
+        .iter()
+        .map(|(k, i)| (format!("key-{k}"), *i))
+        .collect();
+    assert_eq!(got, expected);
+    second.shutdown().await.unwrap();
+}

@@ -14,8 +14,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use crate::aggregation::deaggregate_batch;
 use crate::backend::{BackendError, IteratorPosition, StreamBackend};
-use crate::record::{ChildShard, ExtendedSequenceNumber, Record, SequenceNumber};
+use crate::record::{ChildShard, ExtendedSequenceNumber, HashKeyRange, Record, SequenceNumber};
 
 /// Kinesis's read limit per shard, shared by every reader of the shard: 2 MiB/s.
 const SHARD_READ_BYTES_PER_SEC: f64 = 2.0 * 1024.0 * 1024.0;
@@ -42,6 +43,8 @@ pub(crate) struct FetchConfig {
     pub max_records: usize,
     pub polling_interval: Duration,
     pub min_read_interval: Duration,
+    /// The shard's hash key range: KPL sub-records outside it are dropped (after a reshard).
+    pub hash_range: Option<HashKeyRange>,
     pub throttled: metrics::Counter,
     pub expired: metrics::Counter,
 }
@@ -96,10 +99,11 @@ pub(crate) async fn run(
         match backend.get_records(&it, config.max_records).await {
             Ok(out) => {
                 delays = backoff();
-                let mut records = out.records;
-                if let Some(last) = records.last() {
+                if let Some(last) = out.records.last() {
                     last_read = Some(last.sequence_number.clone());
                 }
+                // KPL aggregates become their user records (a no-op without the magic bytes).
+                let mut records = deaggregate_batch(out.records, config.hash_range.as_ref());
                 if let Some(skip) = &skip_through {
                     records.retain(|r| r.extended_sequence_number() > *skip);
                     if last_read.as_ref().is_some_and(|l| Some(l) > skip.sequence()) {

@@ -26,7 +26,7 @@ use crate::processor::{
     InitializeInput, LeaseLostInput, ProcessRecordsInput, RecordProcessor, ShardEndedInput,
     ShutdownRequestedInput,
 };
-use crate::record::{ChildShard, ExtendedSequenceNumber, Record};
+use crate::record::{ChildShard, ExtendedSequenceNumber, HashKeyRange, Record};
 use fetch::{FetchConfig, Fetched};
 use state::{ShardEvent, ShardState, ShutdownReason};
 
@@ -269,11 +269,11 @@ impl ShardConsumer {
         if checkpoint.is_shard_end() {
             return ShardEvent::ShardEndReached;
         }
-        self.start_reader(&checkpoint);
+        self.start_reader(&checkpoint, lease.hash_key_range);
         ShardEvent::Initialized
     }
 
-    fn start_reader(&mut self, checkpoint: &ExtendedSequenceNumber) {
+    fn start_reader(&mut self, checkpoint: &ExtendedSequenceNumber, hash_range: Option<HashKeyRange>) {
         let (start, skip) = match checkpoint {
             ExtendedSequenceNumber::TrimHorizon => (IteratorPosition::TrimHorizon, None),
             ExtendedSequenceNumber::Latest => (IteratorPosition::Latest, None),
@@ -301,6 +301,7 @@ impl ShardConsumer {
             max_records: config.max_records,
             polling_interval: config.polling_interval,
             min_read_interval: config.min_read_interval,
+            hash_range,
             throttled: self.metrics.throttled.clone(),
             expired: self.metrics.expired.clone(),
         };
