@@ -1,6 +1,31 @@
-//! Shared pieces of the example binaries.
+//! Shared pieces of the example binaries: logging set-up, exit status, shutdown signals.
+
+use std::future::Future;
+use std::process::ExitCode;
 
 use tracing::info;
+
+/// Logs to stderr (stdout is for data), filtered by `RUST_LOG`, by default `default_filter`;
+/// the SDK's probing of IMDS for a region is kept quiet.
+pub fn init_tracing(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default_filter},aws_config=error")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Runs a binary's body: an error is printed as one chain of causes and the exit status is 1.
+pub async fn exit_status(body: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    match body.await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// Resolves on the first SIGTERM or SIGINT (Ctrl-C): the signal for a graceful shutdown.
 ///

@@ -153,23 +153,11 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    kcl_examples::exit_status(run()).await
 }
 
 async fn run() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,aws_config=error")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    kcl_examples::init_tracing("warn");
     let args = Args::parse();
     if args.shards == 0 || args.workers == 0 || args.rate == 0 || args.keys == 0 {
         bail!("--shards, --workers, --rate and --keys must be at least 1");

@@ -269,23 +269,11 @@ async fn run_local(args: &Args, application: &str, out: Arc<Output>) -> Result<(
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match run().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    kcl_examples::exit_status(run()).await
 }
 
 async fn run() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,aws_config=error")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    kcl_examples::init_tracing("warn");
     let args = Args::parse();
     if let Some(addr) = args.metrics_addr {
         metrics_exporter_prometheus::PrometheusBuilder::new()
