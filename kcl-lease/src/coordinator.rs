@@ -374,6 +374,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// At most this many conditional takes are in flight at once in a take round.
+const TAKE_CONCURRENCY: usize = 32;
+
 /// Renews, takes and steals the leases of one worker. See the module docs.
 pub struct LeaseCoordinator {
     store: Arc<dyn LeaseStore>,
@@ -469,39 +472,55 @@ impl LeaseCoordinator {
             return Ok(0);
         }
         let mut acquired = 0;
-        let takes = plan
+        let takes: Vec<(Lease, bool)> = plan
             .take
-            .iter()
+            .into_iter()
             .map(|l| (l, false))
-            .chain(plan.steal.iter().map(|l| (l, true)));
-        for (lease, steal) in takes {
-            let started = Instant::now();
-            match self.store.take(lease, &self.config.worker_id, steal).await {
-                Ok(row) => {
-                    debug!(lease = %row.lease_key, previous = ?lease.lease_owner, steal, "took lease");
-                    let worker = self.config.worker_id.clone();
-                    metrics::counter!(TAKEN_LEASES, "worker_id" => worker.clone()).increment(1);
-                    if steal {
-                        info!(lease = %row.lease_key, from = ?lease.lease_owner, "stole lease for balance");
-                        metrics::counter!(LEASES_STOLEN, "worker_id" => worker).increment(1);
+            .chain(plan.steal.into_iter().map(|l| (l, true)))
+            .collect();
+        // Conditional takes are independent: issue them concurrently, a bounded number at a
+        // time, so that taking many leases from a remote table does not stall renewals.
+        for chunk in takes.chunks(TAKE_CONCURRENCY) {
+            let mut calls = JoinSet::new();
+            for (lease, steal) in chunk.iter().cloned() {
+                let (store, me) = (self.store.clone(), self.config.worker_id.clone());
+                calls.spawn(async move {
+                    let started = Instant::now();
+                    let result = store.take(&lease, &me, steal).await;
+                    (lease, steal, started, result)
+                });
+            }
+            while let Some(joined) = calls.join_next().await {
+                let Ok((lease, steal, started, result)) = joined else {
+                    continue;
+                };
+                match result {
+                    Ok(row) => {
+                        debug!(lease = %row.lease_key, previous = ?lease.lease_owner, steal, "took lease");
+                        let worker = self.config.worker_id.clone();
+                        metrics::counter!(TAKEN_LEASES, "worker_id" => worker.clone()).increment(1);
+                        if steal {
+                            info!(lease = %row.lease_key, from = ?lease.lease_owner, "stole lease for balance");
+                            metrics::counter!(LEASES_STOLEN, "worker_id" => worker).increment(1);
+                        }
+                        let held = Arc::new(HeldLease::new(
+                            row,
+                            &self.config.worker_id,
+                            self.config.failover_time,
+                            self.store.clone(),
+                            started,
+                        ));
+                        lock(&self.held).insert(held.key.clone(), held.clone());
+                        if self.acquired.send(held).await.is_err() {
+                            return Ok(acquired);
+                        }
+                        acquired += 1;
                     }
-                    let held = Arc::new(HeldLease::new(
-                        row,
-                        &self.config.worker_id,
-                        self.config.failover_time,
-                        self.store.clone(),
-                        started,
-                    ));
-                    lock(&self.held).insert(held.key.clone(), held.clone());
-                    if self.acquired.send(held).await.is_err() {
-                        return Ok(acquired);
+                    Err(LeaseError::Conflict { .. }) => {
+                        debug!(lease = %lease.lease_key, "another worker took it first")
                     }
-                    acquired += 1;
+                    Err(e) => warn!(lease = %lease.lease_key, error = %e, "taking lease failed"),
                 }
-                Err(LeaseError::Conflict { .. }) => {
-                    debug!(lease = %lease.lease_key, "another worker took it first")
-                }
-                Err(e) => warn!(lease = %lease.lease_key, error = %e, "taking lease failed"),
             }
         }
         Ok(acquired)
