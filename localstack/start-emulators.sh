@@ -2,6 +2,8 @@
 # Starts local AWS emulators for the tests, on loopback only:
 #   Kinesis  -> kinesis-local (kinesis-mock compiled to JS), plain HTTP
 #   DynamoDB -> dynalite (in-memory)
+#   Edge     -> localstack/edge-proxy.cjs: one port for both (plain Node), routed by X-Amz-Target
+#               or the SigV4 service, like LocalStack's port 4566
 # Both come from npm, pinned, installed into a project-local directory (no global installs).
 #
 # stdout carries ONLY `export K=V` lines (a contract parsed by tests/src/emulators.rs), so
@@ -44,7 +46,12 @@ node_major=$(node -p 'process.versions.node.split(".")[0]')
 [ "$node_major" -ge 20 ] || die "Node.js >= 20 is required (dynalite ${DYNALITE_VERSION}); found $(node --version)"
 [[ "$DELAY_MS" =~ ^[0-9]+$ ]] || die "KCL_EMULATOR_DELAY_MS must be a whole number of milliseconds"
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "KCL_EMULATOR_TIMEOUT must be a whole number of seconds"
+for port in "$KINESIS_PORT" "$DYNAMODB_PORT" "$EDGE_PORT"; do
+  [[ "$port" =~ ^[0-9]+$ ]] && [ "$port" -ge 1 ] && [ "$port" -le 65535 ] || die "bad port: $port"
+done
 [ "$KINESIS_PORT" != "$DYNAMODB_PORT" ] || die "KCL_KINESIS_PORT and KCL_DYNAMODB_PORT must differ"
+[ "$EDGE_PORT" != "$KINESIS_PORT" ] && [ "$EDGE_PORT" != "$DYNAMODB_PORT" ] ||
+  die "KCL_EDGE_PORT must differ from KCL_KINESIS_PORT and KCL_DYNAMODB_PORT"
 
 mkdir -p "$RUN"
 DIR=$(cd "$DIR" && pwd)
@@ -202,7 +209,8 @@ launch_kinesis() { # <port>
 launch_edge() { # <port>
   (
     cd "$RUN"
-    exec setsid node "$ROOT/localstack/edge-proxy.cjs" "$1" "$KINESIS_PORT" "$DYNAMODB_PORT"
+    exec setsid node --require "$RUN/loopback-only.cjs" "$ROOT/localstack/edge-proxy.cjs" \
+      "$1" "$KINESIS_PORT" "$DYNAMODB_PORT"
   ) </dev/null >"$RUN/edge.log" 2>&1 9>&- &
   echo $! >"$RUN/edge.pid"
 }
@@ -217,8 +225,13 @@ launch_dynamodb() { # <port>
   echo $! >"$RUN/dynamodb.pid"
 }
 
-# Launch both, then wait for both (they boot in parallel; kinesis-mock is the slower one).
+# Launch all, then wait for all (they boot in parallel; kinesis-mock is the slowest one).
 # All checks first, so that a port conflict launches nothing.
+# A running edge proxy is reused only if it forwards to the ports asked for now.
+if our_pid_alive edge edge-proxy.cjs &&
+   ! our_pid_alive edge "edge-proxy.cjs $EDGE_PORT $KINESIS_PORT $DYNAMODB_PORT "; then
+  die "edge proxy (pid $(cat "$RUN/edge.pid")) runs as '$(tr '\0' ' ' <"/proc/$(cat "$RUN/edge.pid")/cmdline")', not for ports $EDGE_PORT -> $KINESIS_PORT/$DYNAMODB_PORT; run localstack/stop-emulators.sh first"
+fi
 prepare kinesis "$KINESIS_PORT" kinesis-local/main.js
 prepare dynamodb "$DYNAMODB_PORT" dynalite/cli.js
 prepare edge "$EDGE_PORT" edge-proxy.cjs

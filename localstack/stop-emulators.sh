@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stops the emulators started by localstack/start-emulators.sh, by the pids in $DIR/run/*.pid:
+# Stops the emulators (and the edge proxy) started by localstack/start-emulators.sh, by the pids in $DIR/run/*.pid:
 # SIGTERM, up to 5 s grace, then SIGKILL. Removes the pid files. Succeeds when nothing runs.
 # Only processes whose command line is the expected emulator are signalled (no stale-pid kills).
 #
@@ -54,7 +54,7 @@ stop_one() { # <name> <cmdline-marker>
 }
 
 rc=0
+stop_one edge edge-proxy.cjs || rc=1 # the front door first: clients get "refused", not 502s
 stop_one kinesis kinesis-local/main.js || rc=1
 stop_one dynamodb dynalite/cli.js || rc=1
-stop_one edge edge-proxy.cjs || rc=1
 exit "$rc"

@@ -6,7 +6,9 @@
 //! runs `<workspace>/localstack/start-emulators.sh`, which installs and starts the pinned npm
 //! emulators (or reuses running ones; it is safe to call from parallel test binaries), and
 //! exports the `export K=V` lines it prints into this process's environment, so the AWS SDK's
-//! default configuration picks them up.
+//! default configuration picks them up. Those include `AWS_ENDPOINT_URL`, the edge proxy's URL
+//! (one port for both services, like LocalStack's 4566; the service-specific variables take
+//! precedence in the SDK), which is [`Endpoints::edge`].
 //!
 //! A failure panics with the script's stderr: tests that need the emulators fail, never skip.
 //! The emulators are left running; `localstack/stop-emulators.sh` stops them.
@@ -22,7 +24,9 @@ pub struct Endpoints {
     pub kinesis: String,
     /// DynamoDB endpoint URL, e.g. `http://127.0.0.1:4568`.
     pub dynamodb: String,
-    /// One URL for both services (the edge proxy, like LocalStack's port 4566), if known.
+    /// One URL for both services (the edge proxy, like LocalStack's port 4566), e.g.
+    /// `http://127.0.0.1:4566`: always `Some` when the start script ran; from
+    /// `AWS_ENDPOINT_URL` (`None` if unset or empty) when the endpoints came from the environment.
     pub edge: Option<String>,
     /// AWS region to sign requests for.
     pub region: String,
