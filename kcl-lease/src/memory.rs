@@ -39,7 +39,8 @@ pub enum LeaseOp {
 }
 
 impl LeaseOp {
-    const ALL: [LeaseOp; 10] = [
+    /// Every operation.
+    pub const ALL: [LeaseOp; 10] = [
         LeaseOp::List,
         LeaseOp::Get,
         LeaseOp::Create,

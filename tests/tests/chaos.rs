@@ -36,16 +36,12 @@ const FAILOVER: Duration = Duration::from_millis(1200);
 const DRAIN_LIMIT: Duration = Duration::from_secs(40);
 const STOP_LIMIT: Duration = Duration::from_secs(15);
 
-/// SplitMix64: every random choice of the test comes from it.
-struct Rng(u64);
+/// Every random choice of the test comes from this seeded generator (the fault engine's).
+struct Rng(kcl_lease::fault::SplitMix64);
 
 impl Rng {
     fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `lo..hi`.
@@ -58,7 +54,7 @@ impl Rng {
     }
 
     fn chance(&mut self, p: f64) -> bool {
-        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+        self.0.next_f64() < p
     }
 
     fn millis(&mut self, lo: u64, hi: u64) -> Duration {
@@ -433,21 +429,7 @@ fn backend_faults(b: &FailureBackend<LocalBackend>) -> u64 {
 }
 
 fn lease_faults(s: &FailureLeaseStore<InMemoryLeaseStore>) -> u64 {
-    [
-        LeaseOp::List,
-        LeaseOp::Get,
-        LeaseOp::Create,
-        LeaseOp::Renew,
-        LeaseOp::Take,
-        LeaseOp::Evict,
-        LeaseOp::Checkpoint,
-        LeaseOp::CompleteHandoff,
-        LeaseOp::MarkChildren,
-        LeaseOp::Delete,
-    ]
-    .into_iter()
-    .map(|op| s.injected(op))
-    .sum()
+    LeaseOp::ALL.into_iter().map(|op| s.injected(op)).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -462,7 +444,7 @@ async fn chaos_loses_nothing_keeps_key_order_and_explains_every_duplicate() {
     };
     println!("chaos seed = {seed}");
     let began = Instant::now();
-    let mut rng = Rng(seed);
+    let mut rng = Rng(kcl_lease::fault::SplitMix64(seed));
 
     let local = LocalBackend::new();
     local
