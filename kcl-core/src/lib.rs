@@ -42,9 +42,12 @@ pub use kcl_lease as lease;
 
 pub use backend::kinesis::KinesisBackend;
 pub use backend::local::LocalBackend;
-pub use backend::{BackendError, GetRecordsOutput, IteratorPosition, StreamBackend};
+pub use backend::{
+    BackendError, ConsumerStatus, GetRecordsOutput, IteratorPosition, ShardSubscription, StreamBackend,
+    StreamConsumer, SubscribeEvent,
+};
 pub use checkpoint::{CheckpointError, Checkpointer};
-pub use config::{InitialPosition, SchedulerConfig};
+pub use config::{FanOutConfig, InitialPosition, RetrievalMode, SchedulerConfig};
 pub use error::{KclError, Result};
 pub use kcl_lease::{InMemoryLeaseStore, LeaseStore};
 pub use metrics::{ShardHealth, WorkerHealth};

@@ -19,10 +19,11 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::backend::StreamBackend;
-use crate::config::{InitialPosition, SchedulerConfig};
+use crate::config::{InitialPosition, RetrievalMode, SchedulerConfig};
 use crate::error::{KclError, Result};
 use crate::metrics::{new_shard_health, SharedShardHealth, WorkerHealth};
 use crate::processor::ProcessorFactory;
+use crate::shard::fan_out::ConsumerRegistry;
 use crate::shard::{ShardConsumer, ShardContext};
 use crate::shard_sync::sync_shards;
 
@@ -128,6 +129,10 @@ impl SchedulerBuilder {
     setter!(
         /// How long processors get to checkpoint at shutdown.
         graceful_shutdown_timeout: Duration
+    );
+    setter!(
+        /// Polling (default) or enhanced fan-out.
+        retrieval: RetrievalMode
     );
 
     /// Checks the settings and builds the scheduler.
@@ -253,6 +258,7 @@ impl Scheduler {
             info!(stream = %self.config.stream_name, application = %self.config.application_name, "worker starting");
             // Background tasks: aborted when this future is dropped (the worker is killed).
             let mut background = JoinSet::new();
+            tokio::pin!(shutdown);
             let shard_ended = Arc::new(Notify::new());
             background.spawn(
                 shard_sync_loop(
@@ -265,12 +271,28 @@ impl Scheduler {
                 .in_current_span(),
             );
             let (stop_coordinator, stop_rx) = watch::channel(false);
-            background.spawn(coordinator.clone().run(stop_rx).in_current_span());
+
+            // Enhanced fan-out: the consumer is registered (and active) before leases are taken,
+            // so that a configuration that cannot work fails here rather than in every shard.
+            let consumers = match self.config.fan_out_consumer_name() {
+                None => None,
+                Some(name) => {
+                    let registry = Arc::new(ConsumerRegistry::new(name));
+                    tokio::select! {
+                        () = &mut shutdown => {
+                            background.shutdown().await;
+                            return Ok(());
+                        }
+                        r = register(&*self.backend, &registry, &self.config.stream_name) => r?,
+                    }
+                    Some(registry)
+                }
+            };
 
             let (stop_shards, shutdown_rx) = watch::channel(false);
             let mut shards: JoinSet<()> = JoinSet::new();
             let mut keys: HashMap<tokio::task::Id, String> = HashMap::new();
-            tokio::pin!(shutdown);
+            background.spawn(coordinator.clone().run(stop_rx).in_current_span());
             loop {
                 tokio::select! {
                     () = &mut shutdown => break,
@@ -282,6 +304,7 @@ impl Scheduler {
                             config: self.config.clone(),
                             shutdown: shutdown_rx.clone(),
                             shard_ended: shard_ended.clone(),
+                            consumers: consumers.clone(),
                         };
                         let health = new_shard_health(&key);
                         lock(&self.health).insert(key.clone(), health.clone());
@@ -329,6 +352,23 @@ impl Scheduler {
 }
 
 /// A shard consumer finished: release or forget its lease.
+/// Registers the fan-out consumer on `stream` and waits until it is active, retrying what can be
+/// retried.
+async fn register(backend: &dyn StreamBackend, registry: &ConsumerRegistry, stream: &str) -> Result<()> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match registry.arn(backend, stream).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_retryable() => {
+                warn!(error = %e, "registering the fan-out consumer failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 async fn finish(
     coordinator: &LeaseCoordinator,
     keys: &mut HashMap<tokio::task::Id, String>,

@@ -5,6 +5,7 @@
 //! seed and rules, replaceable while the backend is in use, e.g. to stop throttling and check
 //! that the consumer recovers. Every method of the trait passes through the same hook.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,7 +13,10 @@ pub use kcl_lease::fault::Trigger;
 use kcl_lease::fault::{FaultKind, Injector, Plan, Rule};
 
 use super::local::BackendOp;
-use super::{BackendError, GetRecordsOutput, IteratorPosition, StreamBackend};
+use super::{
+    BackendError, GetRecordsOutput, IteratorPosition, ShardSubscription, StreamBackend, StreamConsumer,
+    SubscribeEvent,
+};
 use crate::record::Shard;
 
 /// One rule of a [`FaultPlan`].
@@ -31,6 +35,12 @@ pub enum Fault {
     ExpireIterator,
     /// Sleep for the duration, then call the backend.
     Delay(Duration),
+    /// Fail with [`BackendError::ResourceInUse`] without calling the backend (for a
+    /// subscription event: the subscription was replaced by another one).
+    ResourceInUse,
+    /// For [`BackendOp::SubscriptionEvent`]: the subscription ends early, as at the end of its
+    /// five minutes (the wrapped subscription is dropped). For other operations: an error.
+    EndSubscription,
 }
 
 impl FaultKind for Fault {
@@ -45,7 +55,7 @@ impl FaultKind for Fault {
 /// A [`StreamBackend`] that injects the faults of a [`FaultPlan`] into the calls it forwards.
 pub struct FailureBackend<B> {
     inner: B,
-    faults: Injector<BackendOp, Fault>,
+    faults: Arc<Injector<BackendOp, Fault>>,
 }
 
 impl<B: std::fmt::Debug> std::fmt::Debug for FailureBackend<B> {
@@ -62,7 +72,7 @@ impl<B> FailureBackend<B> {
     pub fn new(inner: B, plan: FaultPlan) -> Self {
         Self {
             inner,
-            faults: Injector::new(plan),
+            faults: Arc::new(Injector::new(plan)),
         }
     }
 
@@ -100,6 +110,39 @@ impl<B> FailureBackend<B> {
             Some(Fault::Throttle) => Err(BackendError::Throttled(format!("injected fault in {op:?}"))),
             Some(Fault::Error) => Err(BackendError::other(format!("injected fault in {op:?}"))),
             Some(Fault::ExpireIterator) => Err(BackendError::ExpiredIterator),
+            Some(Fault::ResourceInUse) => {
+                Err(BackendError::ResourceInUse(format!("injected fault in {op:?}")))
+            }
+            Some(Fault::EndSubscription) => Err(BackendError::other(format!("injected end in {op:?}"))),
+        }
+    }
+}
+
+/// A subscription whose events pass through the [`BackendOp::SubscriptionEvent`] rules.
+struct FailureSubscription {
+    inner: Option<Box<dyn ShardSubscription>>,
+    faults: Arc<Injector<BackendOp, Fault>>,
+}
+
+#[async_trait]
+impl ShardSubscription for FailureSubscription {
+    async fn next_event(&mut self) -> Result<Option<SubscribeEvent>, BackendError> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Ok(None);
+        };
+        let op = BackendOp::SubscriptionEvent;
+        match self.faults.apply(op).await {
+            None | Some(Fault::Delay(_)) => inner.next_event().await,
+            Some(Fault::EndSubscription) => {
+                self.inner = None;
+                Ok(None)
+            }
+            Some(Fault::Throttle) => Err(BackendError::Throttled(format!("injected fault in {op:?}"))),
+            Some(Fault::Error) => Err(BackendError::other(format!("injected fault in {op:?}"))),
+            Some(Fault::ExpireIterator) => Err(BackendError::ExpiredIterator),
+            Some(Fault::ResourceInUse) => Err(BackendError::ResourceInUse(format!(
+                "injected fault in {op:?}: subscription replaced"
+            ))),
         }
     }
 }
@@ -124,6 +167,41 @@ impl<B: StreamBackend> StreamBackend for FailureBackend<B> {
     async fn get_records(&self, iterator: &str, limit: usize) -> Result<GetRecordsOutput, BackendError> {
         self.hook(BackendOp::GetRecords).await?;
         self.inner.get_records(iterator, limit).await
+    }
+
+    async fn register_consumer(
+        &self,
+        stream: &str,
+        consumer_name: &str,
+    ) -> Result<StreamConsumer, BackendError> {
+        self.hook(BackendOp::RegisterConsumer).await?;
+        self.inner.register_consumer(stream, consumer_name).await
+    }
+
+    async fn describe_consumer(
+        &self,
+        stream: &str,
+        consumer_name: &str,
+    ) -> Result<StreamConsumer, BackendError> {
+        self.hook(BackendOp::DescribeConsumer).await?;
+        self.inner.describe_consumer(stream, consumer_name).await
+    }
+
+    async fn subscribe_to_shard(
+        &self,
+        consumer_arn: &str,
+        shard_id: &str,
+        position: &IteratorPosition,
+    ) -> Result<Box<dyn ShardSubscription>, BackendError> {
+        self.hook(BackendOp::SubscribeToShard).await?;
+        let inner = self
+            .inner
+            .subscribe_to_shard(consumer_arn, shard_id, position)
+            .await?;
+        Ok(Box::new(FailureSubscription {
+            inner: Some(inner),
+            faults: self.faults.clone(),
+        }))
     }
 }
 

@@ -20,7 +20,10 @@ use aws_sdk_kinesis::types::ShardIteratorType;
 use bytes::Bytes;
 use tracing::debug;
 
-use crate::backend::{BackendError, GetRecordsOutput, IteratorPosition, StreamBackend};
+use crate::backend::{
+    BackendError, ConsumerStatus, GetRecordsOutput, IteratorPosition, ShardSubscription, StreamBackend,
+    StreamConsumer, SubscribeEvent,
+};
 use crate::record::{ChildShard, HashKeyRange, Record, SequenceNumber, Shard};
 
 /// Reads a Kinesis data stream through the AWS SDK. Cheap to clone.
@@ -75,12 +78,15 @@ pub enum Context<'a> {
     Shard(&'a str, &'a str),
     /// A `GetRecords` call (only the iterator is known).
     Iterator,
+    /// A call about an enhanced fan-out consumer (its name or ARN).
+    Consumer(&'a str),
 }
 
 /// Maps an SDK error to a [`BackendError`]: the one place where service error codes are read.
-pub fn map_error<E>(err: aws_sdk_kinesis::error::SdkError<E>, what: Context<'_>) -> BackendError
+pub fn map_error<E, R>(err: aws_sdk_kinesis::error::SdkError<E, R>, what: Context<'_>) -> BackendError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
 {
     let code = err.code().unwrap_or_default().to_owned();
     let message = err.message().unwrap_or_default().to_owned();
@@ -95,6 +101,7 @@ where
         | "ThrottlingException"
         | "KMSThrottlingException" => BackendError::Throttled(detail),
         "ExpiredIteratorException" => BackendError::ExpiredIterator,
+        "ResourceInUseException" => BackendError::ResourceInUse(detail),
         "ResourceNotFoundException" => match what {
             Context::Stream(stream) => BackendError::StreamNotFound(stream.to_owned()),
             Context::Shard(stream, shard) if message.contains(shard) || !message.contains(stream) => {
@@ -102,6 +109,7 @@ where
             }
             Context::Shard(stream, _) => BackendError::StreamNotFound(stream.to_owned()),
             Context::Iterator => BackendError::ShardNotFound(detail),
+            Context::Consumer(consumer) => BackendError::ConsumerNotFound(format!("{consumer} ({detail})")),
         },
         "InvalidArgumentException" | "ValidationException" => BackendError::InvalidArgument(detail),
         "AccessDeniedException"
@@ -158,6 +166,99 @@ fn to_record(r: &aws_sdk_kinesis::types::Record) -> Result<Record, BackendError>
             .unwrap_or(SystemTime::UNIX_EPOCH),
         explicit_hash_key: None,
     })
+}
+
+fn to_children(children: &[aws_sdk_kinesis::types::ChildShard]) -> Result<Vec<ChildShard>, BackendError> {
+    children
+        .iter()
+        .map(|c| {
+            Ok(ChildShard {
+                shard_id: c.shard_id().to_owned(),
+                parent_shards: c.parent_shards().to_vec(),
+                hash_key_range: hash_range(c.hash_key_range())?,
+            })
+        })
+        .collect()
+}
+
+fn to_consumer(name: &str, arn: &str, status: &aws_sdk_kinesis::types::ConsumerStatus) -> StreamConsumer {
+    use aws_sdk_kinesis::types::ConsumerStatus as S;
+    StreamConsumer {
+        name: name.to_owned(),
+        arn: arn.to_owned(),
+        status: match status {
+            S::Active => ConsumerStatus::Active,
+            S::Deleting => ConsumerStatus::Deleting,
+            _ => ConsumerStatus::Creating,
+        },
+    }
+}
+
+impl KinesisBackend {
+    /// The stream's ARN (fan-out consumers are registered on it).
+    async fn stream_arn(&self, stream: &str) -> Result<String, BackendError> {
+        let out = self
+            .client
+            .describe_stream_summary()
+            .stream_name(stream)
+            .send()
+            .await
+            .map_err(|e| self.map(e, Context::Stream(stream)))?;
+        out.stream_description_summary()
+            .map(|d| d.stream_arn().to_owned())
+            .ok_or_else(|| BackendError::other(format!("no description returned for stream {stream}")))
+    }
+}
+
+/// A `SubscribeToShard` event stream read through the SDK (HTTP/2 on AWS; the SDK consumes the
+/// service's initial-response event itself).
+struct KinesisSubscription {
+    events: aws_sdk_kinesis::primitives::event_stream::EventReceiver<
+        aws_sdk_kinesis::types::SubscribeToShardEventStream,
+        aws_sdk_kinesis::types::error::SubscribeToShardEventStreamError,
+    >,
+    consumer_arn: String,
+    throttles: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl ShardSubscription for KinesisSubscription {
+    async fn next_event(&mut self) -> Result<Option<SubscribeEvent>, BackendError> {
+        use aws_sdk_kinesis::types::SubscribeToShardEventStream as E;
+        loop {
+            let event = match self.events.recv().await {
+                Ok(Some(E::SubscribeToShardEvent(event))) => event,
+                Ok(Some(other)) => {
+                    debug!(event = ?other, "ignoring an unknown subscription event");
+                    continue;
+                }
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    let mapped = map_error(e, Context::Consumer(&self.consumer_arn));
+                    if matches!(mapped, BackendError::Throttled(_)) {
+                        self.throttles.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Err(mapped);
+                }
+            };
+            let records = event
+                .records()
+                .iter()
+                .map(to_record)
+                .collect::<Result<Vec<_>, _>>()?;
+            let continuation = event.continuation_sequence_number();
+            return Ok(Some(SubscribeEvent {
+                records,
+                continuation_sequence_number: if continuation.is_empty() {
+                    None
+                } else {
+                    Some(sequence(continuation)?)
+                },
+                millis_behind_latest: u64::try_from(event.millis_behind_latest()).unwrap_or(0),
+                child_shards: to_children(event.child_shards())?,
+            }));
+        }
+    }
 }
 
 #[async_trait]
@@ -234,17 +335,7 @@ impl StreamBackend for KinesisBackend {
             .iter()
             .map(to_record)
             .collect::<Result<Vec<_>, _>>()?;
-        let child_shards = out
-            .child_shards()
-            .iter()
-            .map(|c| {
-                Ok(ChildShard {
-                    shard_id: c.shard_id().to_owned(),
-                    parent_shards: c.parent_shards().to_vec(),
-                    hash_key_range: hash_range(c.hash_key_range())?,
-                })
-            })
-            .collect::<Result<Vec<_>, BackendError>>()?;
+        let child_shards = to_children(out.child_shards())?;
         Ok(GetRecordsOutput {
             records,
             next_iterator: out.next_shard_iterator().map(str::to_owned),
@@ -254,5 +345,103 @@ impl StreamBackend for KinesisBackend {
                 .unwrap_or(0),
             child_shards,
         })
+    }
+
+    async fn register_consumer(
+        &self,
+        stream: &str,
+        consumer_name: &str,
+    ) -> Result<StreamConsumer, BackendError> {
+        let stream_arn = self.stream_arn(stream).await?;
+        let registered = self
+            .client
+            .register_stream_consumer()
+            .stream_arn(&stream_arn)
+            .consumer_name(consumer_name)
+            .send()
+            .await;
+        match registered {
+            Ok(out) => {
+                let c = out
+                    .consumer()
+                    .ok_or_else(|| BackendError::other("RegisterStreamConsumer returned no consumer"))?;
+                Ok(to_consumer(
+                    c.consumer_name(),
+                    c.consumer_arn(),
+                    c.consumer_status(),
+                ))
+            }
+            // Registered already (by us earlier, or another worker of the application).
+            Err(e) if e.code() == Some("ResourceInUseException") => {
+                debug!(consumer_name, "consumer registered already");
+                self.describe_consumer(stream, consumer_name).await
+            }
+            Err(e) => Err(self.map(e, Context::Consumer(consumer_name))),
+        }
+    }
+
+    async fn describe_consumer(
+        &self,
+        stream: &str,
+        consumer_name: &str,
+    ) -> Result<StreamConsumer, BackendError> {
+        let stream_arn = self.stream_arn(stream).await?;
+        let out = self
+            .client
+            .describe_stream_consumer()
+            .stream_arn(&stream_arn)
+            .consumer_name(consumer_name)
+            .send()
+            .await
+            .map_err(|e| self.map(e, Context::Consumer(consumer_name)))?;
+        let c = out
+            .consumer_description()
+            .ok_or_else(|| BackendError::other("DescribeStreamConsumer returned no description"))?;
+        Ok(to_consumer(
+            c.consumer_name(),
+            c.consumer_arn(),
+            c.consumer_status(),
+        ))
+    }
+
+    async fn subscribe_to_shard(
+        &self,
+        consumer_arn: &str,
+        shard_id: &str,
+        position: &IteratorPosition,
+    ) -> Result<Box<dyn ShardSubscription>, BackendError> {
+        use aws_sdk_kinesis::types::StartingPosition;
+        let start = match position {
+            IteratorPosition::TrimHorizon => {
+                StartingPosition::builder().r#type(ShardIteratorType::TrimHorizon)
+            }
+            IteratorPosition::Latest => StartingPosition::builder().r#type(ShardIteratorType::Latest),
+            IteratorPosition::AtSequenceNumber(seq) => StartingPosition::builder()
+                .r#type(ShardIteratorType::AtSequenceNumber)
+                .sequence_number(seq.as_str()),
+            IteratorPosition::AfterSequenceNumber(seq) => StartingPosition::builder()
+                .r#type(ShardIteratorType::AfterSequenceNumber)
+                .sequence_number(seq.as_str()),
+            IteratorPosition::AtTimestamp(ts) => StartingPosition::builder()
+                .r#type(ShardIteratorType::AtTimestamp)
+                .timestamp(DateTime::from(*ts)),
+        };
+        let start = start
+            .build()
+            .map_err(|e| BackendError::InvalidArgument(e.to_string()))?;
+        let out = self
+            .client
+            .subscribe_to_shard()
+            .consumer_arn(consumer_arn)
+            .shard_id(shard_id)
+            .starting_position(start)
+            .send()
+            .await
+            .map_err(|e| self.map(e, Context::Consumer(consumer_arn)))?;
+        Ok(Box::new(KinesisSubscription {
+            events: out.event_stream,
+            consumer_arn: consumer_arn.to_owned(),
+            throttles: self.throttles.clone(),
+        }))
     }
 }

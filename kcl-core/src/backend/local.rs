@@ -22,8 +22,12 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 use tokio::time::Instant;
 
-use super::{BackendError, GetRecordsOutput, IteratorPosition, StreamBackend};
+use super::{
+    BackendError, GetRecordsOutput, IteratorPosition, ShardSubscription, StreamBackend, StreamConsumer,
+};
 use crate::record::{ChildShard, HashKeyRange, Record, SequenceNumber, Shard};
+
+mod fan_out;
 
 /// How long a shard iterator stays valid by default (as on Kinesis).
 pub const DEFAULT_ITERATOR_TTL: Duration = Duration::from_secs(5 * 60);
@@ -63,16 +67,29 @@ pub enum BackendOp {
     PutRecord,
     /// [`LocalBackend::put_records`]
     PutRecords,
+    /// [`StreamBackend::register_consumer`]
+    RegisterConsumer,
+    /// [`StreamBackend::describe_consumer`]
+    DescribeConsumer,
+    /// [`StreamBackend::subscribe_to_shard`]
+    SubscribeToShard,
+    /// [`super::ShardSubscription::next_event`] (for fault rules; the local backend does not
+    /// count events)
+    SubscriptionEvent,
 }
 
 impl BackendOp {
     /// Every operation.
-    pub const ALL: [BackendOp; 5] = [
+    pub const ALL: [BackendOp; 9] = [
         BackendOp::ListShards,
         BackendOp::GetShardIterator,
         BackendOp::GetRecords,
         BackendOp::PutRecord,
         BackendOp::PutRecords,
+        BackendOp::RegisterConsumer,
+        BackendOp::DescribeConsumer,
+        BackendOp::SubscribeToShard,
+        BackendOp::SubscriptionEvent,
     ];
 
     /// A dense index, `0..ALL.len()`.
@@ -116,6 +133,8 @@ pub struct LocalBackendBuilder {
     read_limits: Option<ReadLimits>,
     latency: Duration,
     retention: Duration,
+    consumer_activation: Duration,
+    subscription_duration: Duration,
 }
 
 impl Default for LocalBackendBuilder {
@@ -125,6 +144,8 @@ impl Default for LocalBackendBuilder {
             read_limits: None,
             latency: Duration::ZERO,
             retention: DEFAULT_RETENTION,
+            consumer_activation: Duration::ZERO,
+            subscription_duration: fan_out::DEFAULT_SUBSCRIPTION_DURATION,
         }
     }
 }
@@ -151,6 +172,22 @@ impl LocalBackendBuilder {
         self
     }
 
+    /// How long a newly registered fan-out consumer stays `CREATING` before it is `ACTIVE`
+    /// (default zero; Kinesis takes seconds).
+    #[must_use]
+    pub fn consumer_activation(mut self, delay: Duration) -> Self {
+        self.consumer_activation = delay;
+        self
+    }
+
+    /// How long a `SubscribeToShard` subscription lasts before it ends (default 5 minutes, as
+    /// on Kinesis).
+    #[must_use]
+    pub fn subscription_duration(mut self, duration: Duration) -> Self {
+        self.subscription_duration = duration;
+        self
+    }
+
     /// The retention of newly created streams (default 24 hours); see
     /// [`LocalBackend::set_retention`].
     #[must_use]
@@ -167,6 +204,8 @@ impl LocalBackendBuilder {
                 epoch: Instant::now(),
                 streams: Mutex::new(BTreeMap::new()),
                 ops: Default::default(),
+                changes: tokio::sync::watch::channel(0).0,
+                next_id: AtomicU64::new(1),
             }),
         }
     }
@@ -185,6 +224,10 @@ struct Inner {
     epoch: Instant,
     streams: Mutex<BTreeMap<String, StreamState>>,
     ops: [AtomicU64; BackendOp::ALL.len()],
+    /// Bumped whenever records are put or shards close, to wake fan-out subscriptions.
+    changes: tokio::sync::watch::Sender<u64>,
+    /// Numbers consumers and subscriptions.
+    next_id: AtomicU64,
 }
 
 impl Default for LocalBackend {
@@ -234,6 +277,8 @@ impl LocalBackend {
             next_shard_index: 0,
             next_seq: 1,
             retention: self.inner.config.retention,
+            consumers: BTreeMap::new(),
+            subscriptions: BTreeMap::new(),
         };
         for range in even_ranges(shard_count) {
             stream.add_shard(range, None, None, self.inner.config.read_limits, now);
@@ -248,6 +293,7 @@ impl LocalBackend {
             .remove(name)
             .map(drop)
             .ok_or_else(|| BackendError::StreamNotFound(name.to_owned()))
+            .inspect(|()| self.changed())
     }
 
     /// Sets how long the stream keeps records (default 24 hours). Unlike Kinesis any non-zero
@@ -287,6 +333,7 @@ impl LocalBackend {
                 arrival,
             )
         })
+        .inspect(|_| self.changed())
     }
 
     /// Puts several records (at most [`MAX_PUT_RECORDS`], [`MAX_PUT_RECORDS_BYTES`] in all),
@@ -322,6 +369,7 @@ impl LocalBackend {
                 .map(|((pk, data), hash)| s.put(&pk, data, None, hash, now, arrival))
                 .collect()
         })
+        .inspect(|_| self.changed())
     }
 
     /// Splits an open shard at `new_starting_hash_key` (which must satisfy
@@ -355,6 +403,7 @@ impl LocalBackend {
             let b = s.add_shard(upper, Some(shard_id), None, limits, now);
             Ok((a, b))
         })
+        .inspect(|_| self.changed())
     }
 
     /// Merges two open shards whose hash key ranges touch into one. Both are closed; the child
@@ -386,6 +435,7 @@ impl LocalBackend {
             };
             Ok(s.add_shard(union, Some(shard_id), Some(adjacent_shard_id), limits, now))
         })
+        .inspect(|_| self.changed())
     }
 
     /// The stream's shards, like [`StreamBackend::list_shards`] but synchronous.
@@ -478,33 +528,15 @@ impl LocalBackend {
         if let Some(limiter) = shard.limiter.as_mut() {
             limiter.admit(now, it.shard)?;
         }
-        let first = shard.records.partition_point(|r| r.counter < it.position);
-        let mut records = Vec::with_capacity(limit.min(shard.records.len() - first));
-        let mut bytes = 0;
-        for stored in shard.records.range(first..).take(limit) {
-            if !records.is_empty() && bytes + stored.size > MAX_GET_RECORDS_BYTES {
-                break;
-            }
-            bytes += stored.size;
-            records.push(stored.record.clone());
-        }
+        let batch = shard.read(it.position, limit);
         if let Some(limiter) = shard.limiter.as_mut() {
-            limiter.consume(bytes);
+            limiter.consume(batch.bytes);
         }
-        let end = first + records.len();
-        let (next_position, millis_behind_latest) =
-            match end.checked_sub(1).and_then(|i| shard.records.get(i)) {
-                Some(last) if !records.is_empty() => {
-                    let newest = shard.records.back().map_or(last.arrived, |r| r.arrived);
-                    let behind = newest.saturating_duration_since(last.arrived).as_millis();
-                    (last.counter + 1, u64::try_from(behind).unwrap_or(u64::MAX))
-                }
-                _ => (it.position, 0),
-            };
-        let finished = shard.shard.ending_sequence_number.is_some() && end == shard.records.len();
+        let finished = batch.finished;
+        let next_position = batch.next_position;
         let mut out = GetRecordsOutput {
-            records,
-            millis_behind_latest,
+            records: batch.records,
+            millis_behind_latest: batch.millis_behind_latest,
             ..Default::default()
         };
         if finished {
@@ -521,38 +553,15 @@ impl LocalBackend {
         shard_id: &str,
         position: &IteratorPosition,
     ) -> Result<String, BackendError> {
-        let sequence = match position {
-            IteratorPosition::AtSequenceNumber(s) | IteratorPosition::AfterSequenceNumber(s) => {
-                Some(parse_sequence_number(s)?)
-            }
-            _ => None,
-        };
         let (position, now) = self.with_stream(stream_name, |s, now| {
-            s.trim_shard(shard_id, now);
-            let next_seq = s.next_seq;
-            let shard = s.shards.get(shard_id).ok_or_else(|| shard_not_found(shard_id))?;
-            if let Some(n) = sequence {
-                let last = shard.end.unwrap_or_else(|| shard.start.max(next_seq - 1));
-                if n < shard.start || n > last {
-                    return Err(invalid(format!(
-                        "sequence number {n} does not belong to shard {shard_id}"
-                    )));
-                }
-            }
-            let pos = match position {
-                IteratorPosition::TrimHorizon => 0,
-                IteratorPosition::Latest => next_seq,
-                IteratorPosition::AtSequenceNumber(_) => sequence.unwrap_or(0),
-                IteratorPosition::AfterSequenceNumber(_) => sequence.map_or(0, |n| n + 1),
-                IteratorPosition::AtTimestamp(ts) => shard
-                    .records
-                    .iter()
-                    .find(|r| r.record.approximate_arrival_timestamp >= *ts)
-                    .map_or(next_seq, |r| r.counter),
-            };
-            Ok((pos, now))
+            Ok((s.start_position(shard_id, position, now)?, now))
         })?;
         Ok(self.iterator(stream_name, shard_id, position, now))
+    }
+
+    /// Wakes the subscriptions waiting for records.
+    fn changed(&self) {
+        self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -580,6 +589,37 @@ impl StreamBackend for LocalBackend {
         self.simulate_latency().await;
         self.get_records_now(iterator, limit)
     }
+
+    async fn register_consumer(
+        &self,
+        stream: &str,
+        consumer_name: &str,
+    ) -> Result<StreamConsumer, BackendError> {
+        self.count(BackendOp::RegisterConsumer);
+        self.simulate_latency().await;
+        self.register_consumer_now(stream, consumer_name)
+    }
+
+    async fn describe_consumer(
+        &self,
+        stream: &str,
+        consumer_name: &str,
+    ) -> Result<StreamConsumer, BackendError> {
+        self.count(BackendOp::DescribeConsumer);
+        self.simulate_latency().await;
+        self.describe_consumer_now(stream, consumer_name)
+    }
+
+    async fn subscribe_to_shard(
+        &self,
+        consumer_arn: &str,
+        shard_id: &str,
+        position: &IteratorPosition,
+    ) -> Result<Box<dyn ShardSubscription>, BackendError> {
+        self.count(BackendOp::SubscribeToShard);
+        self.simulate_latency().await;
+        Ok(Box::new(self.subscribe_now(consumer_arn, shard_id, position)?))
+    }
 }
 
 /// One stream: its shards in id order and its sequence-number counter.
@@ -589,6 +629,10 @@ struct StreamState {
     /// The counter of the next record (also the starting number of a shard created now).
     next_seq: u64,
     retention: Duration,
+    /// Enhanced fan-out consumers, by name.
+    consumers: BTreeMap<String, fan_out::LocalConsumer>,
+    /// The live subscription of each (consumer ARN, shard).
+    subscriptions: BTreeMap<(String, String), fan_out::Slot>,
 }
 
 struct ShardState {
@@ -725,6 +769,46 @@ impl StreamState {
         self.shards.retain(|_, shard| !shard.trim(now, retention));
     }
 
+    /// The counter a read at `position` starts from (after trimming the shard).
+    fn start_position(
+        &mut self,
+        shard_id: &str,
+        position: &IteratorPosition,
+        now: Instant,
+    ) -> Result<u64, BackendError> {
+        let sequence = match position {
+            IteratorPosition::AtSequenceNumber(s) | IteratorPosition::AfterSequenceNumber(s) => {
+                Some(parse_sequence_number(s)?)
+            }
+            _ => None,
+        };
+        self.trim_shard(shard_id, now);
+        let next_seq = self.next_seq;
+        let shard = self
+            .shards
+            .get(shard_id)
+            .ok_or_else(|| shard_not_found(shard_id))?;
+        if let Some(n) = sequence {
+            let last = shard.end.unwrap_or_else(|| shard.start.max(next_seq - 1));
+            if n < shard.start || n > last {
+                return Err(invalid(format!(
+                    "sequence number {n} does not belong to shard {shard_id}"
+                )));
+            }
+        }
+        Ok(match position {
+            IteratorPosition::TrimHorizon => 0,
+            IteratorPosition::Latest => next_seq,
+            IteratorPosition::AtSequenceNumber(_) => sequence.unwrap_or(0),
+            IteratorPosition::AfterSequenceNumber(_) => sequence.map_or(0, |n| n + 1),
+            IteratorPosition::AtTimestamp(ts) => shard
+                .records
+                .iter()
+                .find(|r| r.record.approximate_arrival_timestamp >= *ts)
+                .map_or(next_seq, |r| r.counter),
+        })
+    }
+
     /// The children of `parent` as `GetRecords` reports them.
     fn children_of(&self, parent: &str) -> Vec<ChildShard> {
         self.shards
@@ -739,7 +823,50 @@ impl StreamState {
     }
 }
 
+/// What one read of a shard found.
+struct Batch {
+    records: Vec<Record>,
+    bytes: usize,
+    /// The counter to read from next.
+    next_position: u64,
+    millis_behind_latest: u64,
+    /// The shard is closed and this read reached its end.
+    finished: bool,
+}
+
 impl ShardState {
+    /// Up to `limit` records (and [`MAX_GET_RECORDS_BYTES`], but at least one) from counter
+    /// `position` on.
+    fn read(&self, position: u64, limit: usize) -> Batch {
+        let first = self.records.partition_point(|r| r.counter < position);
+        let mut records = Vec::with_capacity(limit.min(self.records.len() - first));
+        let mut bytes = 0;
+        for stored in self.records.range(first..).take(limit) {
+            if !records.is_empty() && bytes + stored.size > MAX_GET_RECORDS_BYTES {
+                break;
+            }
+            bytes += stored.size;
+            records.push(stored.record.clone());
+        }
+        let end = first + records.len();
+        let (next_position, millis_behind_latest) = match end.checked_sub(1).and_then(|i| self.records.get(i))
+        {
+            Some(last) if !records.is_empty() => {
+                let newest = self.records.back().map_or(last.arrived, |r| r.arrived);
+                let behind = newest.saturating_duration_since(last.arrived).as_millis();
+                (last.counter + 1, u64::try_from(behind).unwrap_or(u64::MAX))
+            }
+            _ => (position, 0),
+        };
+        Batch {
+            records,
+            bytes,
+            next_position,
+            millis_behind_latest,
+            finished: self.end.is_some() && end == self.records.len(),
+        }
+    }
+
     /// Drops records older than `retention`; returns whether the shard itself has expired
     /// (closed for longer than retention, no records left).
     fn trim(&mut self, now: Instant, retention: Duration) -> bool {

@@ -1,7 +1,11 @@
 //! Stream backends: the `StreamBackend` trait (what the consumer needs of Kinesis), the bundled
 //! in-process stream, and a wrapper that injects faults into any backend.
 //!
-//! The AWS SDK implementation lives beside these and implements the same trait.
+//! The AWS SDK implementation lives beside these and implements the same trait. Two ways of
+//! reading are modelled: polling (`get_shard_iterator` + `get_records`) and enhanced fan-out
+//! (`register_consumer` + `subscribe_to_shard`, which pushes [`SubscribeEvent`]s through a
+//! [`ShardSubscription`]). A backend that cannot fan out keeps the default methods, which answer
+//! [`BackendError::Unsupported`].
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -62,9 +66,20 @@ pub enum BackendError {
     /// No such shard in the stream.
     #[error("shard {0} not found")]
     ShardNotFound(String),
+    /// No such enhanced fan-out consumer.
+    #[error("stream consumer {0} not found")]
+    ConsumerNotFound(String),
     /// The request was malformed (bad iterator, bad sequence number, bad argument).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The resource is busy (`ResourceInUseException`): a fan-out consumer that is not active
+    /// yet, or another subscription to the same shard by the same consumer (including one that
+    /// replaced ours). Retry after a delay.
+    #[error("resource in use: {0}")]
+    ResourceInUse(String),
+    /// The backend does not offer this operation (e.g. enhanced fan-out).
+    #[error("not supported by this backend: {0}")]
+    Unsupported(String),
     /// Anything else: transport failures, service errors, permissions.
     #[error("backend error: {0}")]
     Other(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -73,13 +88,59 @@ pub enum BackendError {
 impl BackendError {
     /// Whether the same call may succeed later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Throttled(_) | Self::Other(_))
+        matches!(self, Self::Throttled(_) | Self::ResourceInUse(_) | Self::Other(_))
     }
 
     /// An `Other` error from a message.
     pub fn other(msg: impl Into<String>) -> Self {
         Self::Other(msg.into().into())
     }
+}
+
+/// The state of an enhanced fan-out consumer (`ConsumerStatus`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsumerStatus {
+    /// Registered, not yet usable.
+    Creating,
+    /// Usable: shards may be subscribed to.
+    Active,
+    /// Being deregistered.
+    Deleting,
+}
+
+/// An enhanced fan-out consumer registered on a stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamConsumer {
+    /// The consumer's name (unique per stream).
+    pub name: String,
+    /// The consumer's ARN, which `subscribe_to_shard` takes.
+    pub arn: String,
+    /// Whether it can be used yet.
+    pub status: ConsumerStatus,
+}
+
+/// One event pushed through an enhanced fan-out subscription.
+#[derive(Clone, Debug, Default)]
+pub struct SubscribeEvent {
+    /// The records, in shard order (possibly none: the service also sends empty events).
+    pub records: Vec<Record>,
+    /// Where a new subscription resumes (`AFTER_SEQUENCE_NUMBER`); `None` once a closed shard
+    /// has been read to its end (then `child_shards` lists its children).
+    pub continuation_sequence_number: Option<SequenceNumber>,
+    /// How far the last record is behind the tip of the shard, in milliseconds.
+    pub millis_behind_latest: u64,
+    /// At the end of a closed shard: its children.
+    pub child_shards: Vec<ChildShard>,
+}
+
+/// A live `SubscribeToShard` subscription: a stream of events that the service ends after
+/// five minutes. Dropping it closes the subscription.
+#[async_trait]
+pub trait ShardSubscription: Send {
+    /// The next event; `Ok(None)` when the subscription ended normally (its five minutes are
+    /// up, or the shard's end was delivered). An error ends the subscription too
+    /// ([`BackendError::ResourceInUse`] when another subscription replaced it).
+    async fn next_event(&mut self) -> Result<Option<SubscribeEvent>, BackendError>;
 }
 
 /// A Kinesis-like stream, as a consumer needs it.
@@ -99,6 +160,44 @@ pub trait StreamBackend: Send + Sync + 'static {
 
     /// Up to `limit` records from `iterator`.
     async fn get_records(&self, iterator: &str, limit: usize) -> Result<GetRecordsOutput, BackendError>;
+
+    /// Registers an enhanced fan-out consumer on `stream`, or returns the one registered under
+    /// that name already (idempotent). It may still be [`ConsumerStatus::Creating`].
+    async fn register_consumer(
+        &self,
+        stream: &str,
+        consumer_name: &str,
+    ) -> Result<StreamConsumer, BackendError> {
+        let _ = (stream, consumer_name);
+        Err(BackendError::Unsupported(
+            "enhanced fan-out (RegisterStreamConsumer)".into(),
+        ))
+    }
+
+    /// The consumer registered on `stream` under `consumer_name`.
+    async fn describe_consumer(
+        &self,
+        stream: &str,
+        consumer_name: &str,
+    ) -> Result<StreamConsumer, BackendError> {
+        let _ = (stream, consumer_name);
+        Err(BackendError::Unsupported(
+            "enhanced fan-out (DescribeStreamConsumer)".into(),
+        ))
+    }
+
+    /// Subscribes the consumer to one shard from `position`.
+    async fn subscribe_to_shard(
+        &self,
+        consumer_arn: &str,
+        shard_id: &str,
+        position: &IteratorPosition,
+    ) -> Result<Box<dyn ShardSubscription>, BackendError> {
+        let _ = (consumer_arn, shard_id, position);
+        Err(BackendError::Unsupported(
+            "enhanced fan-out (SubscribeToShard)".into(),
+        ))
+    }
 }
 
 #[async_trait]
@@ -116,5 +215,29 @@ impl<T: StreamBackend + ?Sized> StreamBackend for Arc<T> {
     }
     async fn get_records(&self, iterator: &str, limit: usize) -> Result<GetRecordsOutput, BackendError> {
         (**self).get_records(iterator, limit).await
+    }
+    async fn register_consumer(
+        &self,
+        stream: &str,
+        consumer_name: &str,
+    ) -> Result<StreamConsumer, BackendError> {
+        (**self).register_consumer(stream, consumer_name).await
+    }
+    async fn describe_consumer(
+        &self,
+        stream: &str,
+        consumer_name: &str,
+    ) -> Result<StreamConsumer, BackendError> {
+        (**self).describe_consumer(stream, consumer_name).await
+    }
+    async fn subscribe_to_shard(
+        &self,
+        consumer_arn: &str,
+        shard_id: &str,
+        position: &IteratorPosition,
+    ) -> Result<Box<dyn ShardSubscription>, BackendError> {
+        (**self)
+            .subscribe_to_shard(consumer_arn, shard_id, position)
+            .await
     }
 }

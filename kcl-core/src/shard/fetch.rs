@@ -49,6 +49,51 @@ pub(crate) struct FetchConfig {
     pub expired: metrics::Counter,
 }
 
+/// Turns the records a read returned into what the consumer gets: KPL aggregates become their
+/// user records, and records a checkpoint inside an aggregate already covers are skipped.
+/// Shared by the polling and the fan-out reader.
+pub(crate) struct Unpacker {
+    hash_range: Option<HashKeyRange>,
+    /// Records at or before this were processed already (a checkpoint inside an aggregate is
+    /// resumed at the aggregate, with `AT_SEQUENCE_NUMBER`).
+    skip_through: Option<ExtendedSequenceNumber>,
+}
+
+impl Unpacker {
+    pub(crate) fn new(
+        hash_range: Option<HashKeyRange>,
+        skip_through: Option<ExtendedSequenceNumber>,
+    ) -> Self {
+        Self {
+            hash_range,
+            skip_through,
+        }
+    }
+
+    /// The user records of `raw`, in order.
+    pub(crate) fn unpack(&mut self, raw: Vec<Record>) -> Vec<Record> {
+        let last_raw = raw.last().map(|r| r.sequence_number.clone());
+        let mut records = deaggregate_batch(raw, self.hash_range.as_ref());
+        if let Some(skip) = &self.skip_through {
+            records.retain(|r| r.extended_sequence_number() > *skip);
+            if last_raw.as_ref().is_some_and(|l| Some(l) > skip.sequence()) {
+                self.skip_through = None;
+            }
+        }
+        records
+    }
+}
+
+/// The reader's backoff after a failed call: 100 ms doubling to 5 s, with jitter, forever.
+pub(crate) fn read_backoff() -> backon::ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// Reads one shard from `start`, skipping records at or before `skip_through` (a checkpoint
 /// inside an aggregate is resumed with `AT_SEQUENCE_NUMBER`).
 pub(crate) async fn run(
@@ -60,16 +105,8 @@ pub(crate) async fn run(
 ) {
     let mut iterator: Option<String> = None;
     let mut last_read: Option<SequenceNumber> = None;
-    let mut skip_through = skip_through;
-    let backoff = || {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .without_max_times()
-            .build()
-    };
-    let mut delays = backoff();
+    let mut unpacker = Unpacker::new(config.hash_range, skip_through);
+    let mut delays = read_backoff();
     loop {
         let it = match iterator.take() {
             Some(it) => it,
@@ -98,18 +135,11 @@ pub(crate) async fn run(
         let started = Instant::now();
         match backend.get_records(&it, config.max_records).await {
             Ok(out) => {
-                delays = backoff();
+                delays = read_backoff();
                 if let Some(last) = out.records.last() {
                     last_read = Some(last.sequence_number.clone());
                 }
-                // KPL aggregates become their user records (a no-op without the magic bytes).
-                let mut records = deaggregate_batch(out.records, config.hash_range.as_ref());
-                if let Some(skip) = &skip_through {
-                    records.retain(|r| r.extended_sequence_number() > *skip);
-                    if last_read.as_ref().is_some_and(|l| Some(l) > skip.sequence()) {
-                        skip_through = None;
-                    }
-                }
+                let records = unpacker.unpack(out.records);
                 let empty = records.is_empty();
                 let bytes: usize = records.iter().map(|r| r.data.len()).sum();
                 if !empty {

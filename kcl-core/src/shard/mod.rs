@@ -5,6 +5,7 @@
 //! down on lease loss, graceful hand-off or worker shutdown. Processor callbacks always run to
 //! completion: a stop signal is acted on between callbacks, never by cancelling one.
 
+pub(crate) mod fan_out;
 pub(crate) mod fetch;
 pub mod state;
 
@@ -16,11 +17,11 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use kcl_lease::{HeldLease, Lease, LeaseStatus, LeaseStore};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
 use crate::backend::{IteratorPosition, StreamBackend};
 use crate::checkpoint::Checkpointer;
-use crate::config::{InitialPosition, SchedulerConfig};
+use crate::config::{InitialPosition, RetrievalMode, SchedulerConfig};
 use crate::metrics::{self as names, SharedShardHealth};
 use crate::processor::{
     InitializeInput, LeaseLostInput, ProcessRecordsInput, RecordProcessor, ShardEndedInput,
@@ -39,6 +40,8 @@ pub(crate) struct ShardContext {
     pub shutdown: watch::Receiver<bool>,
     /// Woken when a shard ended, so that children are picked up at once.
     pub shard_ended: Arc<Notify>,
+    /// The fan-out consumers, when reading with enhanced fan-out.
+    pub consumers: Option<Arc<fan_out::ConsumerRegistry>>,
 }
 
 /// Aborts the read-ahead task when the consumer is done with it.
@@ -306,7 +309,14 @@ impl ShardConsumer {
             expired: self.metrics.expired.clone(),
         };
         let (tx, rx) = mpsc::channel(config.max_prefetch_batches);
-        let task = tokio::spawn(fetch::run(self.ctx.backend.clone(), fetch, start, skip, tx));
+        let backend = self.ctx.backend.clone();
+        let task = match (&config.retrieval, &self.ctx.consumers) {
+            (RetrievalMode::FanOut(fan), Some(consumers)) => tokio::spawn(
+                fan_out::run(backend, consumers.clone(), fetch, fan.clone(), start, skip, tx)
+                    .in_current_span(),
+            ),
+            _ => tokio::spawn(fetch::run(backend, fetch, start, skip, tx).in_current_span()),
+        };
         self.reader = Some(Reader { rx, task });
     }
 

@@ -1,0 +1,198 @@
+//! The enhanced fan-out reader: the same job as the polling reader in [`super::fetch`], with
+//! records pushed through `SubscribeToShard` instead of polled.
+//!
+//! One subscription at a time per shard. It is renewed before the service ends it (after
+//! `subscription_renewal`), when it ends, when it stays silent for `idle_timeout`, and after an
+//! error (with backoff); every new subscription starts after the last continuation sequence
+//! number, so nothing is skipped or read twice across renewals. `ResourceInUse` (the consumer is
+//! not active yet, another subscription holds the shard, or ours was replaced) and throttling are
+//! retried with backoff; a consumer deregistered behind our back is registered again. The
+//! bounded channel to the shard consumer is the back-pressure: while it is full no event is
+//! read, and the transport's flow control holds the service back.
+//!
+//! [`ConsumerRegistry`] registers the application's consumer once per stream (idempotent, shared
+//! by every worker of the application) and waits until it is `ACTIVE`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::fetch::{read_backoff, FetchConfig, Fetched, Unpacker};
+use crate::backend::{BackendError, ConsumerStatus, IteratorPosition, StreamBackend};
+use crate::config::FanOutConfig;
+use crate::record::{ExtendedSequenceNumber, SequenceNumber};
+
+/// The ARNs of the application's fan-out consumer, one per stream, registered on first use.
+#[derive(Debug)]
+pub(crate) struct ConsumerRegistry {
+    name: String,
+    arns: tokio::sync::Mutex<HashMap<String, String>>,
+}
+
+impl ConsumerRegistry {
+    pub(crate) fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            arns: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The ARN of the consumer on `stream`, once it is `ACTIVE`: registers it if needed and
+    /// waits. Concurrent callers wait for the first one (one registration, not one per shard).
+    pub(crate) async fn arn(
+        &self,
+        backend: &dyn StreamBackend,
+        stream: &str,
+    ) -> Result<String, BackendError> {
+        let mut arns = self.arns.lock().await;
+        if let Some(arn) = arns.get(stream) {
+            return Ok(arn.clone());
+        }
+        let mut consumer = backend.register_consumer(stream, &self.name).await?;
+        let mut delay = Duration::from_millis(200);
+        while consumer.status != ConsumerStatus::Active {
+            debug!(consumer = %self.name, status = ?consumer.status, "waiting for the fan-out consumer to become active");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+            consumer = match consumer.status {
+                // Being deleted (by an operator): register it again once it is gone.
+                ConsumerStatus::Deleting => backend.register_consumer(stream, &self.name).await?,
+                _ => backend.describe_consumer(stream, &self.name).await?,
+            };
+        }
+        info!(consumer = %self.name, arn = %consumer.arn, stream, "fan-out consumer active");
+        arns.insert(stream.to_owned(), consumer.arn.clone());
+        Ok(consumer.arn)
+    }
+
+    /// Forgets the ARN for `stream` (the consumer was deregistered); the next call registers.
+    pub(crate) async fn forget(&self, stream: &str) {
+        self.arns.lock().await.remove(stream);
+    }
+}
+
+/// Reads one shard through enhanced fan-out from `start`, skipping records at or before
+/// `skip_through`, into `tx`.
+pub(crate) async fn run(
+    backend: Arc<dyn StreamBackend>,
+    consumers: Arc<ConsumerRegistry>,
+    config: FetchConfig,
+    fan_out: FanOutConfig,
+    start: IteratorPosition,
+    skip_through: Option<ExtendedSequenceNumber>,
+    tx: mpsc::Sender<Fetched>,
+) {
+    let mut unpacker = Unpacker::new(config.hash_range, skip_through);
+    let mut continuation: Option<SequenceNumber> = None;
+    let mut delays = read_backoff();
+    let mut failures = 0u32;
+    loop {
+        if failures > 0 {
+            tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
+        }
+        let arn = match consumers.arn(&*backend, &config.stream).await {
+            Ok(arn) => arn,
+            Err(e) if e.is_retryable() => {
+                warn!(error = %e, "registering the fan-out consumer failed; retrying");
+                failures += 1;
+                continue;
+            }
+            Err(e) => {
+                let _ = tx.send(Fetched::Failed(e)).await;
+                return;
+            }
+        };
+        let position = match &continuation {
+            Some(seq) => IteratorPosition::AfterSequenceNumber(seq.clone()),
+            None => start.clone(),
+        };
+        let mut subscription = match backend
+            .subscribe_to_shard(&arn, &config.shard_id, &position)
+            .await
+        {
+            Ok(s) => s,
+            Err(BackendError::ConsumerNotFound(c)) => {
+                warn!(consumer = %c, "fan-out consumer is gone; registering it again");
+                consumers.forget(&config.stream).await;
+                failures += 1;
+                continue;
+            }
+            Err(e) if e.is_retryable() => {
+                if matches!(e, BackendError::Throttled(_)) {
+                    config.throttled.increment(1);
+                }
+                debug!(error = %e, "subscribing failed; backing off");
+                failures += 1;
+                continue;
+            }
+            Err(e) => {
+                let _ = tx.send(Fetched::Failed(e)).await;
+                return;
+            }
+        };
+        debug!(?position, "subscribed");
+        let renew_at = Instant::now() + fan_out.subscription_renewal;
+        loop {
+            let deadline = renew_at.min(Instant::now() + fan_out.idle_timeout);
+            let event = match tokio::time::timeout_at(deadline, subscription.next_event()).await {
+                Err(_) if Instant::now() >= renew_at => {
+                    debug!("renewing the subscription before the service ends it");
+                    failures = 0;
+                    break;
+                }
+                Err(_) => {
+                    warn!(idle = ?fan_out.idle_timeout, "subscription silent; renewing it");
+                    failures = 0;
+                    break;
+                }
+                Ok(Ok(None)) => {
+                    debug!("subscription ended; renewing it");
+                    failures = 0;
+                    break;
+                }
+                Ok(Err(e)) => {
+                    match &e {
+                        BackendError::ResourceInUse(_) => {
+                            info!(error = %e, "subscription taken over or refused; backing off");
+                        }
+                        BackendError::Throttled(_) => {
+                            config.throttled.increment(1);
+                            debug!(error = %e, "subscription throttled; backing off");
+                        }
+                        _ => warn!(error = %e, "subscription failed; backing off"),
+                    }
+                    failures += 1;
+                    break;
+                }
+                Ok(Ok(Some(event))) => event,
+            };
+            failures = 0;
+            delays = read_backoff();
+            let records = unpacker.unpack(event.records);
+            if !records.is_empty() {
+                let batch = Fetched::Batch {
+                    records,
+                    millis_behind_latest: event.millis_behind_latest,
+                };
+                if tx.send(batch).await.is_err() {
+                    return;
+                }
+            }
+            match event.continuation_sequence_number {
+                Some(seq) => continuation = Some(seq),
+                None => {
+                    let _ = tx
+                        .send(Fetched::End {
+                            children: event.child_shards,
+                        })
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+}
