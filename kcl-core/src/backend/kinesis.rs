@@ -221,6 +221,30 @@ struct KinesisSubscription {
     throttles: Arc<AtomicU64>,
 }
 
+/// Maps an error of a subscription's event stream. The SDK decodes exception events into typed
+/// variants without an error code, so they are matched by variant here.
+fn map_event_error<R: std::fmt::Debug + Send + Sync + 'static>(
+    err: aws_sdk_kinesis::error::SdkError<aws_sdk_kinesis::types::error::SubscribeToShardEventStreamError, R>,
+    consumer_arn: &str,
+) -> BackendError {
+    use aws_sdk_kinesis::types::error::SubscribeToShardEventStreamError as E;
+    if let Some(service) = err.as_service_error() {
+        let message = service.message().unwrap_or_default().to_owned();
+        match service {
+            E::ResourceInUseException(_) => return BackendError::ResourceInUse(message),
+            E::ResourceNotFoundException(_) => {
+                return BackendError::ConsumerNotFound(format!("{consumer_arn} ({message})"))
+            }
+            E::KmsThrottlingException(_) => return BackendError::Throttled(message),
+            E::InternalFailureException(_) => {
+                return BackendError::other(format!("InternalFailureException: {message}"))
+            }
+            _ => {}
+        }
+    }
+    map_error(err, Context::Consumer(consumer_arn))
+}
+
 #[async_trait]
 impl ShardSubscription for KinesisSubscription {
     async fn next_event(&mut self) -> Result<Option<SubscribeEvent>, BackendError> {
@@ -234,7 +258,7 @@ impl ShardSubscription for KinesisSubscription {
                 }
                 Ok(None) => return Ok(None),
                 Err(e) => {
-                    let mapped = map_error(e, Context::Consumer(&self.consumer_arn));
+                    let mapped = map_event_error(e, &self.consumer_arn);
                     if matches!(mapped, BackendError::Throttled(_)) {
                         self.throttles.fetch_add(1, Ordering::Relaxed);
                     }
