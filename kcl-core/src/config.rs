@@ -2,6 +2,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::streams::FormerStreamsCleanup;
+
 /// Where a new application starts reading a shard that has no checkpoint yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InitialPosition {
@@ -77,6 +79,7 @@ impl FanOutConfig {
 /// | `shard_sync_interval` | 60 s | the Java KCL's; shard ends also trigger a sync at once |
 /// | `parent_poll_interval` | 500 ms | how often a child checks whether its parents finished |
 /// | `graceful_shutdown_timeout` | 30 s | how long processors get to checkpoint at shutdown |
+/// | `former_streams_cleanup` | after 1 hour | multi-stream: leases of a removed stream are deleted this long after it disappeared |
 /// | `retrieval` | `Polling` | the Java KCL 2.x default; 3.x defaults to fan-out, which costs extra on AWS |
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
@@ -114,6 +117,8 @@ pub struct SchedulerConfig {
     pub graceful_shutdown_timeout: Duration,
     /// Polling or enhanced fan-out.
     pub retrieval: RetrievalMode,
+    /// Multi-stream mode: what happens to the leases of streams no longer tracked.
+    pub former_streams_cleanup: FormerStreamsCleanup,
 }
 
 impl SchedulerConfig {
@@ -142,6 +147,7 @@ impl SchedulerConfig {
             parent_poll_interval: Duration::from_millis(500),
             graceful_shutdown_timeout: Duration::from_secs(30),
             retrieval: RetrievalMode::Polling,
+            former_streams_cleanup: FormerStreamsCleanup::default(),
         }
     }
 
@@ -177,8 +183,8 @@ impl SchedulerConfig {
         if self.renew_interval >= self.failover_time {
             return Err("renew_interval must be shorter than failover_time".into());
         }
-        if self.application_name.is_empty() || self.stream_name.is_empty() || self.worker_id.is_empty() {
-            return Err("application name, stream name and worker id must not be empty".into());
+        if self.application_name.is_empty() || self.worker_id.is_empty() {
+            return Err("application name and worker id must not be empty".into());
         }
         if !(1..=10_000).contains(&self.max_records) {
             return Err("max_records must be between 1 and 10000".into());

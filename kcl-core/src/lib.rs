@@ -13,6 +13,8 @@
 //! - [`shard`]: the per-shard consumer: a pure state machine ([`shard::state`]) driven by a task,
 //!   with a bounded read-ahead.
 //! - [`shard_sync`]: creating leases for new shards, parents before children.
+//! - [`streams`]: multi-stream applications: `StreamTracker`, `StreamConfig`, clean-up of the
+//!   leases of removed streams.
 //! - [`backend`]: the `StreamBackend` trait, the bundled local stream
 //!   ([`backend::local::LocalBackend`]), Kinesis through the AWS SDK
 //!   ([`backend::kinesis::KinesisBackend`]) and the fault-injecting wrapper.
@@ -37,6 +39,7 @@ pub mod record;
 pub mod scheduler;
 pub mod shard;
 pub mod shard_sync;
+pub mod streams;
 
 pub use kcl_lease as lease;
 
@@ -49,6 +52,7 @@ pub use backend::{
 pub use checkpoint::{CheckpointError, Checkpointer};
 pub use config::{FanOutConfig, InitialPosition, RetrievalMode, SchedulerConfig};
 pub use error::{KclError, Result};
+pub use kcl_lease::StreamIdentifier;
 pub use kcl_lease::{InMemoryLeaseStore, LeaseStore};
 pub use metrics::{ShardHealth, WorkerHealth};
 pub use processor::{
@@ -57,3 +61,4 @@ pub use processor::{
 };
 pub use record::{ChildShard, ExtendedSequenceNumber, HashKeyRange, Record, SequenceNumber, Shard};
 pub use scheduler::{Scheduler, SchedulerBuilder, SchedulerHandle};
+pub use streams::{FormerStreamsCleanup, StreamConfig, StreamList, StreamTracker};

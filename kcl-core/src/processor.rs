@@ -24,6 +24,8 @@ pub type ProcessorError = Box<dyn std::error::Error + Send + Sync>;
 pub struct InitializeInput {
     /// The shard this processor is for.
     pub shard_id: String,
+    /// The stream the shard belongs to (one of several in a multi-stream application).
+    pub stream_name: String,
     /// Where processing resumes: the lease's checkpoint.
     pub checkpoint: ExtendedSequenceNumber,
 }

@@ -8,7 +8,7 @@
 //! once rather than after the failover time. Dropping or [`SchedulerHandle::kill`]ing a
 //! running scheduler aborts everything without releasing: as if the process died.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,14 +18,16 @@ use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{error, info, info_span, warn, Instrument};
 
-use crate::backend::StreamBackend;
+use crate::backend::{BackendError, StreamBackend};
 use crate::config::{InitialPosition, RetrievalMode, SchedulerConfig};
 use crate::error::{KclError, Result};
 use crate::metrics::{new_shard_health, SharedShardHealth, WorkerHealth};
 use crate::processor::ProcessorFactory;
 use crate::shard::fan_out::ConsumerRegistry;
 use crate::shard::{ShardConsumer, ShardContext};
-use crate::shard_sync::sync_shards;
+use crate::shard_sync::{sync_shards, sync_stream};
+use crate::streams::{FormerStreamsCleanup, StreamConfig, StreamTracker};
+use kcl_lease::{LeaseError, StreamIdentifier};
 
 /// Builds a [`Scheduler`]. Every setting has a default (see [`SchedulerConfig`]); a backend, a
 /// lease store and a processor factory are required.
@@ -35,6 +37,7 @@ pub struct SchedulerBuilder {
     backend: Option<Arc<dyn StreamBackend>>,
     store: Option<Arc<dyn LeaseStore>>,
     factory: Option<Arc<dyn ProcessorFactory>>,
+    tracker: Option<Arc<dyn StreamTracker>>,
 }
 
 macro_rules! setter {
@@ -63,6 +66,14 @@ impl SchedulerBuilder {
     /// Makes one processor per shard: any `Fn(&str) -> impl RecordProcessor`.
     pub fn processor_factory(mut self, factory: impl ProcessorFactory) -> Self {
         self.factory = Some(Arc::new(factory));
+        self
+    }
+
+    /// Multi-stream mode: consume the streams `tracker` lists (asked at every shard sync), with
+    /// the Java KCL's multi-stream lease keys (`account:stream:creationEpoch:shardId`). The
+    /// single stream name is then not used.
+    pub fn stream_tracker(mut self, tracker: impl StreamTracker) -> Self {
+        self.tracker = Some(Arc::new(tracker));
         self
     }
 
@@ -134,16 +145,27 @@ impl SchedulerBuilder {
         /// Polling (default) or enhanced fan-out.
         retrieval: RetrievalMode
     );
+    setter!(
+        /// Multi-stream: what happens to the leases of streams no longer tracked (default:
+        /// deleted an hour after the stream disappeared).
+        former_streams_cleanup: FormerStreamsCleanup
+    );
 
     /// Checks the settings and builds the scheduler.
     pub fn build(self) -> Result<Scheduler> {
         self.config.validate().map_err(KclError::Config)?;
+        if self.tracker.is_none() && self.config.stream_name.is_empty() {
+            return Err(KclError::Config(
+                "a stream name (or, for several streams, a stream tracker) is required".into(),
+            ));
+        }
         let missing = |what: &str| KclError::Config(format!("a {what} is required"));
         Ok(Scheduler {
             config: Arc::new(self.config),
             backend: self.backend.ok_or_else(|| missing("stream backend"))?,
             store: self.store.ok_or_else(|| missing("lease store"))?,
             factory: self.factory.ok_or_else(|| missing("processor factory"))?,
+            tracker: self.tracker,
             health: HealthRegistry::default(),
         })
     }
@@ -158,6 +180,7 @@ pub struct Scheduler {
     backend: Arc<dyn StreamBackend>,
     store: Arc<dyn LeaseStore>,
     factory: Arc<dyn ProcessorFactory>,
+    tracker: Option<Arc<dyn StreamTracker>>,
     health: HealthRegistry,
 }
 
@@ -195,7 +218,17 @@ impl Scheduler {
             backend: None,
             store: None,
             factory: None,
+            tracker: None,
         }
+    }
+
+    /// A builder for a multi-stream application: the streams come from `tracker` (a fixed
+    /// `Vec<StreamConfig>`, a [`crate::StreamList`] changed at run time, or your own).
+    pub fn multi_stream_builder(
+        application_name: impl Into<String>,
+        tracker: impl StreamTracker,
+    ) -> SchedulerBuilder {
+        Self::builder(application_name, "").stream_tracker(tracker)
     }
 
     /// The settings.
@@ -255,27 +288,59 @@ impl Scheduler {
     ) -> Result<()> {
         let span = info_span!("worker", worker_id = %self.config.worker_id);
         async move {
-            info!(stream = %self.config.stream_name, application = %self.config.application_name, "worker starting");
+            info!(stream = %self.config.stream_name, multi_stream = self.tracker.is_some(), application = %self.config.application_name, "worker starting");
             // Background tasks: aborted when this future is dropped (the worker is killed).
             let mut background = JoinSet::new();
             tokio::pin!(shutdown);
             let shard_ended = Arc::new(Notify::new());
-            background.spawn(
-                shard_sync_loop(
-                    self.backend.clone(),
-                    self.store.clone(),
-                    self.config.clone(),
-                    shard_ended.clone(),
-                    coordinator.clone(),
-                )
-                .in_current_span(),
-            );
+            // Multi-stream: streams that stop being tracked, from the sync loop to this one.
+            let (removed_tx, mut removed_rx) = tokio::sync::mpsc::channel::<BTreeSet<String>>(16);
+            match &self.tracker {
+                None => {
+                    drop(removed_tx);
+                    background.spawn(
+                        shard_sync_loop(
+                            self.backend.clone(),
+                            self.store.clone(),
+                            self.config.clone(),
+                            shard_ended.clone(),
+                            coordinator.clone(),
+                        )
+                        .in_current_span(),
+                    );
+                }
+                Some(tracker) => {
+                    let tracked = Arc::new(std::sync::RwLock::new(BTreeSet::new()));
+                    let filter = tracked.clone();
+                    coordinator.set_filter(move |lease| {
+                        lease.stream().is_some_and(|s| {
+                            filter
+                                .read()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .contains(&s.to_string())
+                        })
+                    });
+                    let sync = MultiStreamSync {
+                        backend: self.backend.clone(),
+                        store: self.store.clone(),
+                        tracker: tracker.clone(),
+                        config: self.config.clone(),
+                        shard_ended: shard_ended.clone(),
+                        coordinator: coordinator.clone(),
+                        tracked,
+                        removed: removed_tx,
+                    };
+                    background.spawn(sync.run().in_current_span());
+                }
+            }
             let (stop_coordinator, stop_rx) = watch::channel(false);
 
             // Enhanced fan-out: the consumer is registered (and active) before leases are taken,
             // so that a configuration that cannot work fails here rather than in every shard.
             let consumers = match self.config.fan_out_consumer_name() {
                 None => None,
+                // Several streams: each stream's consumer is registered by its first reader.
+                Some(name) if self.tracker.is_some() => Some(Arc::new(ConsumerRegistry::new(name))),
                 Some(name) => {
                     let registry = Arc::new(ConsumerRegistry::new(name));
                     tokio::select! {
@@ -292,12 +357,16 @@ impl Scheduler {
             let (stop_shards, shutdown_rx) = watch::channel(false);
             let mut shards: JoinSet<()> = JoinSet::new();
             let mut keys: HashMap<tokio::task::Id, String> = HashMap::new();
+            // Per shard: the signal that stops it and releases its lease (multi-stream removal).
+            let mut stops: HashMap<String, watch::Sender<bool>> = HashMap::new();
             background.spawn(coordinator.clone().run(stop_rx).in_current_span());
             loop {
                 tokio::select! {
                     () = &mut shutdown => break,
                     Some(lease) = acquired.recv() => {
                         let key = lease.key().to_owned();
+                        let (stop_tx, release) = watch::channel(false);
+                        stops.insert(key.clone(), stop_tx);
                         let ctx = ShardContext {
                             backend: self.backend.clone(),
                             store: self.store.clone(),
@@ -305,6 +374,7 @@ impl Scheduler {
                             shutdown: shutdown_rx.clone(),
                             shard_ended: shard_ended.clone(),
                             consumers: consumers.clone(),
+                            release,
                         };
                         let health = new_shard_health(&key);
                         lock(&self.health).insert(key.clone(), health.clone());
@@ -314,7 +384,19 @@ impl Scheduler {
                         keys.insert(handle.id(), key);
                     }
                     Some(done) = shards.join_next_with_id() => {
-                        finish(&coordinator, &mut keys, &self.health, done).await;
+                        if let Some(key) = finish(&coordinator, &mut keys, &self.health, done).await {
+                            stops.remove(&key);
+                        }
+                    }
+                    Some(removed) = removed_rx.recv() => {
+                        for (key, stop) in &stops {
+                            let gone = StreamIdentifier::split_lease_key(key)
+                                .is_some_and(|(stream, _)| removed.contains(&stream.to_string()));
+                            if gone {
+                                info!(shard_id = %key, "stream no longer tracked: stopping the shard and releasing its lease");
+                                let _ = stop.send(true);
+                            }
+                        }
                     }
                 }
             }
@@ -369,17 +451,18 @@ async fn register(backend: &dyn StreamBackend, registry: &ConsumerRegistry, stre
     }
 }
 
+/// Releases the lease of a finished shard task; returns its key.
 async fn finish(
     coordinator: &LeaseCoordinator,
     keys: &mut HashMap<tokio::task::Id, String>,
     health: &HealthRegistry,
     done: std::result::Result<(tokio::task::Id, ()), tokio::task::JoinError>,
-) {
+) -> Option<String> {
     let id = match &done {
         Ok((id, ())) => *id,
         Err(e) => e.id(),
     };
-    let Some(key) = keys.remove(&id) else { return };
+    let key = keys.remove(&id)?;
     lock(health).remove(&key);
     if let Err(e) = &done {
         if e.is_panic() {
@@ -387,6 +470,7 @@ async fn finish(
         }
     }
     coordinator.release(&key).await;
+    Some(key)
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -411,6 +495,163 @@ async fn shard_sync_loop(
         tokio::select! {
             () = tokio::time::sleep(config.shard_sync_interval) => {}
             () = shard_ended.notified() => coordinator.wake(),
+        }
+    }
+}
+
+/// The shard sync of a multi-stream scheduler: asks the tracker for the streams, creates the
+/// leases of their new shards, tells the scheduler which streams disappeared, and deletes the
+/// leases of former streams after the clean-up delay.
+struct MultiStreamSync {
+    backend: Arc<dyn StreamBackend>,
+    store: Arc<dyn LeaseStore>,
+    tracker: Arc<dyn StreamTracker>,
+    config: Arc<SchedulerConfig>,
+    shard_ended: Arc<Notify>,
+    coordinator: Arc<LeaseCoordinator>,
+    /// The identifiers of the streams tracked now (the coordinator's take filter reads it).
+    tracked: Arc<std::sync::RwLock<BTreeSet<String>>>,
+    removed: tokio::sync::mpsc::Sender<BTreeSet<String>>,
+}
+
+impl MultiStreamSync {
+    async fn run(self) {
+        // Stream name to identifier, looked up once per stream.
+        let mut identifiers: HashMap<String, StreamIdentifier> = HashMap::new();
+        // Former streams (with leases in the table) and when this worker first saw them missing.
+        let mut missing_since: HashMap<String, tokio::time::Instant> = HashMap::new();
+        let mut first = true;
+        loop {
+            let streams = self.resolve(&mut identifiers).await;
+            let now_tracked: BTreeSet<String> = streams.iter().map(|(_, id)| id.to_string()).collect();
+            let before = std::mem::replace(
+                &mut *self
+                    .tracked
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+                now_tracked.clone(),
+            );
+            let removed: BTreeSet<String> = before.difference(&now_tracked).cloned().collect();
+            if !removed.is_empty() {
+                info!(?removed, "streams no longer tracked");
+                if self.removed.send(removed).await.is_err() {
+                    return;
+                }
+            }
+            match self.store.list().await {
+                Ok(leases) => {
+                    let mut created = 0;
+                    for (stream, id) in &streams {
+                        let initial = stream.initial_position.unwrap_or(self.config.initial_position);
+                        match sync_stream(
+                            &*self.backend,
+                            &*self.store,
+                            &leases,
+                            &stream.name,
+                            Some(id),
+                            initial,
+                        )
+                        .await
+                        {
+                            Ok(n) => created += n,
+                            Err(KclError::Backend(BackendError::StreamNotFound(_))) => {
+                                warn!(stream = %stream.name, "tracked stream not found");
+                                // Recreated streams get a new identifier: look it up again.
+                                if stream.identifier.is_none() {
+                                    identifiers.remove(&stream.name);
+                                }
+                            }
+                            Err(e) => warn!(stream = %stream.name, error = %e, "shard sync failed"),
+                        }
+                    }
+                    if created > 0 || first {
+                        self.coordinator.wake();
+                    }
+                    self.clean_up(&leases, &now_tracked, &mut missing_since).await;
+                }
+                Err(e) => warn!(error = %e, "listing leases for shard sync failed"),
+            }
+            first = false;
+            tokio::select! {
+                () = tokio::time::sleep(self.config.shard_sync_interval) => {}
+                () = self.shard_ended.notified() => self.coordinator.wake(),
+            }
+        }
+    }
+
+    /// The tracked streams with their identifiers. A stream whose identifier cannot be looked
+    /// up now keeps the one it had, so that a transient failure does not look like a removal.
+    async fn resolve(
+        &self,
+        identifiers: &mut HashMap<String, StreamIdentifier>,
+    ) -> Vec<(StreamConfig, StreamIdentifier)> {
+        let mut out = Vec::new();
+        for stream in self.tracker.streams().await {
+            let id = match stream
+                .identifier
+                .clone()
+                .or_else(|| identifiers.get(&stream.name).cloned())
+            {
+                Some(id) => id,
+                None => match self.backend.stream_identifier(&stream.name).await {
+                    Ok(id) => {
+                        info!(stream = %stream.name, identifier = %id, "tracking stream");
+                        identifiers.insert(stream.name.clone(), id.clone());
+                        id
+                    }
+                    Err(e) => {
+                        warn!(stream = %stream.name, error = %e, "describing a tracked stream failed; retrying at the next sync");
+                        continue;
+                    }
+                },
+            };
+            out.push((stream, id));
+        }
+        out
+    }
+
+    /// Deletes the leases of streams that have been missing for the clean-up delay.
+    async fn clean_up(
+        &self,
+        leases: &[kcl_lease::Lease],
+        tracked: &BTreeSet<String>,
+        missing_since: &mut HashMap<String, tokio::time::Instant>,
+    ) {
+        let FormerStreamsCleanup::After(delay) = self.config.former_streams_cleanup else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        let former: BTreeSet<String> = leases
+            .iter()
+            .filter_map(|l| l.stream().map(|s| s.to_string()))
+            .filter(|s| !tracked.contains(s))
+            .collect();
+        missing_since.retain(|s, _| former.contains(s));
+        for stream in &former {
+            missing_since.entry(stream.clone()).or_insert(now);
+        }
+        let mut deleted = 0;
+        for lease in leases {
+            let Some(stream) = lease.stream().map(|s| s.to_string()) else {
+                continue;
+            };
+            if missing_since
+                .get(&stream)
+                .is_none_or(|t| now.duration_since(*t) < delay)
+            {
+                continue;
+            }
+            match self.store.delete(lease).await {
+                Ok(()) => deleted += 1,
+                // Still renewed by a worker that is stopping it: next round.
+                Err(LeaseError::Conflict { .. } | LeaseError::NotFound(_)) => {}
+                Err(e) => {
+                    warn!(lease = %lease.lease_key, error = %e, "deleting the lease of a former stream failed")
+                }
+            }
+        }
+        if deleted > 0 {
+            info!(deleted, "deleted the leases of streams no longer tracked");
         }
     }
 }

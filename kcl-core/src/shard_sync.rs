@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kcl_lease::{Lease, LeaseStore};
+use kcl_lease::{Lease, LeaseStore, StreamIdentifier};
 use tracing::{debug, info};
 
 use crate::backend::StreamBackend;
@@ -99,17 +99,50 @@ pub async fn sync_shards(
     stream: &str,
     initial: InitialPosition,
 ) -> Result<usize, KclError> {
+    let leases = store.list().await?;
+    sync_stream(backend, store, &leases, stream, None, initial).await
+}
+
+/// Creates the missing leases of one stream, given the lease table's rows. With a stream
+/// identifier (multi-stream mode) the leases are keyed `account:stream:creationEpoch:shardId`
+/// and only that stream's rows count as existing.
+pub async fn sync_stream(
+    backend: &dyn StreamBackend,
+    store: &dyn LeaseStore,
+    leases: &[Lease],
+    stream: &str,
+    stream_id: Option<&StreamIdentifier>,
+    initial: InitialPosition,
+) -> Result<usize, KclError> {
     let shards = backend.list_shards(stream).await?;
-    let existing: BTreeSet<String> = store.list().await?.into_iter().map(|l| l.lease_key).collect();
+    let existing: BTreeSet<String> = leases
+        .iter()
+        .filter(|l| l.stream().as_ref() == stream_id)
+        .map(|l| l.shard_id().to_owned())
+        .collect();
     let mut created = 0;
     for lease in leases_to_create(&shards, &existing, initial) {
+        let lease = match stream_id {
+            None => lease,
+            Some(id) => {
+                let mut multi = Lease::for_stream(id, &lease.lease_key, lease.checkpoint.clone());
+                multi.parent_shard_ids = lease.parent_shard_ids;
+                multi.hash_key_range = lease.hash_key_range;
+                multi
+            }
+        };
         if store.create_if_absent(&lease).await? {
             debug!(lease = %lease.lease_key, checkpoint = %lease.checkpoint, "created lease");
             created += 1;
         }
     }
     if created > 0 {
-        info!(created, shards = shards.len(), "shard sync created leases");
+        info!(
+            stream,
+            created,
+            shards = shards.len(),
+            "shard sync created leases"
+        );
     }
     Ok(created)
 }

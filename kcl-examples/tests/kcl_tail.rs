@@ -197,7 +197,117 @@ async fn kcl_tail_local_prints_stdin_lines_as_records() {
     let lines = read_lines(&mut tail, 2, Duration::from_millis(200)).await;
     let got: BTreeSet<String> = lines.iter().map(|l| data_of(l)).collect();
     assert_eq!(got, BTreeSet::from(["alpha".to_owned(), "beta".to_owned()]));
-    assert!(lines[0].starts_with("{\"shard_id\":\"shardId-"), "{}", lines[0]);
+    assert!(
+        lines[0].starts_with("{\"stream\":\"local-tail\",\"shard_id\":\"shardId-"),
+        "{}",
+        lines[0]
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(30), tail.wait())
+        .await
+        .expect("exits at EOF")
+        .unwrap();
+    assert!(exit.success());
+}
+
+/// A field of a kcl-tail JSON line (string values only).
+fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    let tag = format!("\"{name}\":\"");
+    let start = line.find(&tag).unwrap_or_else(|| panic!("no {name} in {line}")) + tag.len();
+    let end = start + line[start..].find('"').expect("end of field");
+    &line[start..end]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcl_tail_reads_several_streams_with_fan_out() {
+    let (sdk, endpoints) = sdk().await;
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    let (one, two) = (unique("tail-fan-a"), unique("tail-fan-b"));
+    create_stream(&kinesis, &one, 2).await;
+    create_stream(&kinesis, &two, 1).await;
+    for (stream, n) in [(&one, 4), (&two, 3)] {
+        for i in 0..n {
+            kinesis
+                .put_record()
+                .stream_name(stream)
+                .partition_key(format!("k{i}"))
+                .data(Blob::new(format!("{stream}-{i}")))
+                .send()
+                .await
+                .expect("PutRecord");
+        }
+    }
+    let app = unique("tail-fan-app");
+    let mut tail = spawn(&[
+        "--stream",
+        &one,
+        "--stream",
+        &two,
+        "--fan-out",
+        "--application-name",
+        &app,
+        "--initial-position",
+        "trim-horizon",
+        "--region",
+        &endpoints.region,
+    ]);
+    // kinesis-local pushes subscription events once a second.
+    let lines = read_lines(&mut tail, 7, Duration::from_millis(1500)).await;
+    let mut got: Vec<(String, String)> = lines
+        .iter()
+        .map(|l| (field(l, "stream").to_owned(), data_of(l)))
+        .collect();
+    got.sort();
+    let mut expected: Vec<(String, String)> = (0..4)
+        .map(|i| (one.clone(), format!("{one}-{i}")))
+        .chain((0..3).map(|i| (two.clone(), format!("{two}-{i}"))))
+        .collect();
+    expected.sort();
+    assert_eq!(got, expected);
+    assert!(
+        field(&lines[0], "shard_id").starts_with("shardId-"),
+        "{}",
+        lines[0]
+    );
+    sigterm(&mut tail).await;
+    // One consumer per stream, named after the application.
+    for stream in [&one, &two] {
+        let arn = kinesis
+            .describe_stream_summary()
+            .stream_name(stream)
+            .send()
+            .await
+            .expect("describe")
+            .stream_description_summary()
+            .expect("summary")
+            .stream_arn()
+            .to_owned();
+        let consumers = kinesis
+            .list_stream_consumers()
+            .stream_arn(arn)
+            .send()
+            .await
+            .expect("list consumers");
+        let names: Vec<&str> = consumers.consumers().iter().map(|c| c.consumer_name()).collect();
+        assert_eq!(names, [app.as_str()]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcl_tail_local_reads_several_streams() {
+    let mut tail = spawn(&["--local", "--stream", "left", "--stream", "right"]);
+    let mut stdin = tail.stdin.take().expect("stdin");
+    stdin.write_all(b"a\nb\nc\nd\n").await.unwrap();
+    drop(stdin);
+    let lines = read_lines(&mut tail, 4, Duration::from_millis(200)).await;
+    let got: BTreeSet<(String, String)> = lines
+        .iter()
+        .map(|l| (field(l, "stream").to_owned(), data_of(l)))
+        .collect();
+    let expected: BTreeSet<(String, String)> = [("left", "a"), ("right", "b"), ("left", "c"), ("right", "d")]
+        .into_iter()
+        .map(|(s, d)| (s.to_owned(), d.to_owned()))
+        .collect();
+    assert_eq!(got, expected);
     let exit = tokio::time::timeout(Duration::from_secs(30), tail.wait())
         .await
         .expect("exits at EOF")

@@ -26,6 +26,7 @@ use crate::error::{LeaseError, Result};
 use crate::lease::Lease;
 use crate::sequence::ExtendedSequenceNumber;
 use crate::store::LeaseStore;
+use crate::stream::StreamIdentifier;
 
 /// Names of the metrics the coordinator emits through the `metrics` facade (label
 /// `worker_id`), following the Java KCL's CloudWatch metric names.
@@ -96,6 +97,9 @@ pub enum LeaseStatus {
 /// is conditional on the counter the previous one produced.
 pub struct HeldLease {
     key: String,
+    /// The shard, and the stream of a multi-stream lease (fixed for the lease's lifetime).
+    shard_id: String,
+    stream: Option<StreamIdentifier>,
     worker_id: String,
     failover_time: Duration,
     store: Arc<dyn LeaseStore>,
@@ -127,6 +131,8 @@ impl HeldLease {
     ) -> Self {
         Self {
             key: row.lease_key.clone(),
+            shard_id: row.shard_id().to_owned(),
+            stream: row.stream(),
             worker_id: worker_id.to_owned(),
             failover_time,
             store,
@@ -138,9 +144,27 @@ impl HeldLease {
         }
     }
 
-    /// The lease key (shard id).
+    /// The lease key (the shard id, or `account:stream:creationEpoch:shardId`).
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// The shard's id.
+    pub fn shard_id(&self) -> &str {
+        &self.shard_id
+    }
+
+    /// The stream of a multi-stream lease; `None` in single-stream mode.
+    pub fn stream(&self) -> Option<&StreamIdentifier> {
+        self.stream.as_ref()
+    }
+
+    /// The lease key of a related shard (a parent or a child) of the same stream.
+    pub fn sibling_key(&self, shard_id: &str) -> String {
+        match &self.stream {
+            Some(stream) => stream.lease_key(shard_id),
+            None => shard_id.to_owned(),
+        }
     }
 
     /// The worker holding it.
@@ -388,7 +412,12 @@ pub struct LeaseCoordinator {
     acquired: mpsc::Sender<Arc<HeldLease>>,
     taking: AtomicBool,
     wake_taker: Notify,
+    /// Which leases this worker may take (all when `None`).
+    filter: Mutex<Option<LeaseFilter>>,
 }
+
+/// Decides whether a lease may be taken by this worker.
+pub type LeaseFilter = Arc<dyn Fn(&Lease) -> bool + Send + Sync>;
 
 impl std::fmt::Debug for LeaseCoordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -413,6 +442,7 @@ impl LeaseCoordinator {
             acquired: tx,
             taking: AtomicBool::new(true),
             wake_taker: Notify::new(),
+            filter: Mutex::new(None),
         };
         (Arc::new(this), rx)
     }
@@ -425,6 +455,12 @@ impl LeaseCoordinator {
     /// The leases held right now.
     pub fn held(&self) -> Vec<Arc<HeldLease>> {
         lock(&self.held).values().cloned().collect()
+    }
+
+    /// Restricts taking and stealing to the leases `filter` accepts (a multi-stream worker takes
+    /// only the leases of the streams it tracks). Leases already held are not affected.
+    pub fn set_filter(&self, filter: impl Fn(&Lease) -> bool + Send + Sync + 'static) {
+        *lock(&self.filter) = Some(Arc::new(filter));
     }
 
     /// Stops taking and stealing (at shutdown); renewals go on.
@@ -452,7 +488,11 @@ impl LeaseCoordinator {
     /// One take round: scans the table, takes and steals. Returns how many leases were
     /// acquired.
     pub async fn take_round(&self) -> Result<usize> {
-        let leases = self.store.list().await?;
+        let mut leases = self.store.list().await?;
+        let filter = lock(&self.filter).clone();
+        if let Some(filter) = filter {
+            leases.retain(|l| filter(l));
+        }
         let now = Instant::now();
         let active = leases.iter().filter(|l| !l.is_finished()).count();
         metrics::gauge!(TOTAL_LEASES, "worker_id" => self.config.worker_id.clone()).set(active as f64);

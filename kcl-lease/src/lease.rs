@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::sequence::ExtendedSequenceNumber;
+use crate::stream::StreamIdentifier;
 
 /// A contiguous range of the 128-bit hash key space, inclusive at both ends, as Kinesis gives it
 /// for a shard (`startingHashKey`, `endingHashKey`).
@@ -67,6 +68,11 @@ pub struct Lease {
     pub checkpoint_owner: Option<String>,
     /// `startingHashKey` and `endingHashKey`: the shard's hash key range, if known.
     pub hash_key_range: Option<HashKeyRange>,
+    /// `streamName`: in multi-stream mode, the stream identifier `account:stream:creationEpoch`
+    /// (the Java KCL kept the attribute's old name).
+    pub stream_identifier: Option<String>,
+    /// `shardId`: in multi-stream mode, the shard id (the lease key's last part).
+    pub shard_id: Option<String>,
 }
 
 impl Lease {
@@ -83,6 +89,46 @@ impl Lease {
             child_shard_ids: BTreeSet::new(),
             checkpoint_owner: None,
             hash_key_range: None,
+            stream_identifier: None,
+            shard_id: None,
+        }
+    }
+
+    /// A new, unowned multi-stream lease for one shard of `stream`: key
+    /// `account:stream:creationEpoch:shardId`, with `streamName` and `shardId` set.
+    pub fn for_stream(stream: &StreamIdentifier, shard_id: &str, checkpoint: ExtendedSequenceNumber) -> Self {
+        let mut lease = Self::new(stream.lease_key(shard_id), checkpoint);
+        lease.stream_identifier = Some(stream.to_string());
+        lease.shard_id = Some(shard_id.to_owned());
+        lease
+    }
+
+    /// The shard this lease is for: the `shardId` attribute, else the shard part of a
+    /// multi-stream key, else the key itself.
+    pub fn shard_id(&self) -> &str {
+        if let Some(id) = &self.shard_id {
+            return id;
+        }
+        match StreamIdentifier::split_lease_key(&self.lease_key) {
+            Some((_, shard)) => shard,
+            None => &self.lease_key,
+        }
+    }
+
+    /// The stream of a multi-stream lease (from `streamName`, else from the key); `None` for a
+    /// single-stream lease.
+    pub fn stream(&self) -> Option<StreamIdentifier> {
+        self.stream_identifier
+            .as_deref()
+            .and_then(|s| s.parse().ok())
+            .or_else(|| StreamIdentifier::split_lease_key(&self.lease_key).map(|(id, _)| id))
+    }
+
+    /// The lease key of a related shard (a parent or child) of the same stream.
+    pub fn sibling_key(&self, shard_id: &str) -> String {
+        match self.stream() {
+            Some(stream) => stream.lease_key(shard_id),
+            None => shard_id.to_owned(),
         }
     }
 

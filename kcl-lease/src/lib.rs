@@ -9,6 +9,7 @@
 //! - [`sequence`]: `SequenceNumber` and `ExtendedSequenceNumber` (checkpoints and sentinels).
 //! - [`lease`]: `Lease`, one row of the lease table, and `HashKeyRange`.
 //! - [`store`]: the `LeaseStore` trait; every mutation is conditional.
+//! - [`stream`]: `StreamIdentifier` and multi-stream lease keys (`account:stream:epoch:shardId`).
 //! - [`memory`]: `InMemoryLeaseStore`, the bundled table.
 //! - [`dynamodb`]: `DynamoDbLeaseStore`, the lease table in Amazon DynamoDB with the Java KCL's
 //!   schema (the schema table is in the module docs).
@@ -34,6 +35,7 @@ pub mod lease;
 pub mod memory;
 pub mod sequence;
 pub mod store;
+pub mod stream;
 
 pub use balance::{plan_takes, BalanceConfig, ExpiryTracker, TakePlan};
 pub use coordinator::{CoordinatorConfig, HeldLease, LeaseCoordinator, LeaseStatus};
@@ -45,3 +47,4 @@ pub use lease::{HashKeyRange, Lease};
 pub use memory::{InMemoryLeaseStore, LeaseOp};
 pub use sequence::{ExtendedSequenceNumber, SequenceNumber};
 pub use store::LeaseStore;
+pub use stream::{ParseStreamIdError, StreamIdentifier};

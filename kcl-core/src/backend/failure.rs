@@ -18,6 +18,7 @@ use super::{
     SubscribeEvent,
 };
 use crate::record::Shard;
+use kcl_lease::StreamIdentifier;
 
 /// One rule of a [`FaultPlan`].
 pub type FaultRule = Rule<BackendOp, Fault>;
@@ -167,6 +168,11 @@ impl<B: StreamBackend> StreamBackend for FailureBackend<B> {
     async fn get_records(&self, iterator: &str, limit: usize) -> Result<GetRecordsOutput, BackendError> {
         self.hook(BackendOp::GetRecords).await?;
         self.inner.get_records(iterator, limit).await
+    }
+
+    async fn stream_identifier(&self, stream: &str) -> Result<StreamIdentifier, BackendError> {
+        self.hook(BackendOp::DescribeStream).await?;
+        self.inner.stream_identifier(stream).await
     }
 
     async fn register_consumer(

@@ -25,6 +25,7 @@ use crate::backend::{
     StreamConsumer, SubscribeEvent,
 };
 use crate::record::{ChildShard, HashKeyRange, Record, SequenceNumber, Shard};
+use kcl_lease::StreamIdentifier;
 
 /// Reads a Kinesis data stream through the AWS SDK. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -369,6 +370,28 @@ impl StreamBackend for KinesisBackend {
                 .unwrap_or(0),
             child_shards,
         })
+    }
+
+    async fn stream_identifier(&self, stream: &str) -> Result<StreamIdentifier, BackendError> {
+        let out = self
+            .client
+            .describe_stream_summary()
+            .stream_name(stream)
+            .send()
+            .await
+            .map_err(|e| self.map(e, Context::Stream(stream)))?;
+        let d = out
+            .stream_description_summary()
+            .ok_or_else(|| BackendError::other(format!("no description returned for stream {stream}")))?;
+        // arn:aws:kinesis:<region>:<account>:stream/<name>
+        let account = d
+            .stream_arn()
+            .split(':')
+            .nth(4)
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| BackendError::other(format!("stream ARN {:?} has no account", d.stream_arn())))?;
+        let epoch = u64::try_from(d.stream_creation_timestamp().secs()).unwrap_or(0);
+        Ok(StreamIdentifier::new(account, stream, epoch))
     }
 
     async fn register_consumer(

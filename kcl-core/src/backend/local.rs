@@ -26,6 +26,7 @@ use super::{
     BackendError, GetRecordsOutput, IteratorPosition, ShardSubscription, StreamBackend, StreamConsumer,
 };
 use crate::record::{ChildShard, HashKeyRange, Record, SequenceNumber, Shard};
+use kcl_lease::StreamIdentifier;
 
 mod fan_out;
 
@@ -47,6 +48,9 @@ pub const MAX_PUT_RECORDS: usize = 500;
 pub const MAX_PUT_RECORDS_BYTES: usize = 5 * 1024 * 1024;
 /// The most shards `create_stream` creates (a guard against accidental huge allocations).
 pub const MAX_SHARDS: usize = 10_000;
+
+/// The account id the local backend reports (in stream identifiers and ARNs).
+pub const LOCAL_ACCOUNT: &str = "000000000000";
 
 const ITERATOR_PREFIX: &str = "kcl-local-iterator/v1/";
 const MAX_ITERATOR_LEN: usize = 512;
@@ -76,11 +80,13 @@ pub enum BackendOp {
     /// [`super::ShardSubscription::next_event`] (for fault rules; the local backend does not
     /// count events)
     SubscriptionEvent,
+    /// [`StreamBackend::stream_identifier`]
+    DescribeStream,
 }
 
 impl BackendOp {
     /// Every operation.
-    pub const ALL: [BackendOp; 9] = [
+    pub const ALL: [BackendOp; 10] = [
         BackendOp::ListShards,
         BackendOp::GetShardIterator,
         BackendOp::GetRecords,
@@ -90,6 +96,7 @@ impl BackendOp {
         BackendOp::DescribeConsumer,
         BackendOp::SubscribeToShard,
         BackendOp::SubscriptionEvent,
+        BackendOp::DescribeStream,
     ];
 
     /// A dense index, `0..ALL.len()`.
@@ -277,6 +284,7 @@ impl LocalBackend {
             next_shard_index: 0,
             next_seq: 1,
             retention: self.inner.config.retention,
+            created: SystemTime::now(),
             consumers: BTreeMap::new(),
             subscriptions: BTreeMap::new(),
         };
@@ -590,6 +598,18 @@ impl StreamBackend for LocalBackend {
         self.get_records_now(iterator, limit)
     }
 
+    async fn stream_identifier(&self, stream: &str) -> Result<StreamIdentifier, BackendError> {
+        self.count(BackendOp::DescribeStream);
+        self.simulate_latency().await;
+        self.with_stream(stream, |s, _| {
+            let epoch = s
+                .created
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            Ok(StreamIdentifier::new(LOCAL_ACCOUNT, stream, epoch))
+        })
+    }
+
     async fn register_consumer(
         &self,
         stream: &str,
@@ -629,6 +649,8 @@ struct StreamState {
     /// The counter of the next record (also the starting number of a shard created now).
     next_seq: u64,
     retention: Duration,
+    /// When the stream was created (wall clock; its identifier's creation epoch).
+    created: SystemTime,
     /// Enhanced fan-out consumers, by name.
     consumers: BTreeMap<String, fan_out::LocalConsumer>,
     /// The live subscription of each (consumer ARN, shard).

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use thiserror::Error;
 
 use crate::record::{ChildShard, Record, SequenceNumber, Shard};
+use kcl_lease::StreamIdentifier;
 
 pub mod failure;
 pub mod kinesis;
@@ -161,6 +162,15 @@ pub trait StreamBackend: Send + Sync + 'static {
     /// Up to `limit` records from `iterator`.
     async fn get_records(&self, iterator: &str, limit: usize) -> Result<GetRecordsOutput, BackendError>;
 
+    /// The stream's identity for multi-stream lease keys: its account and creation time
+    /// (`DescribeStreamSummary`).
+    async fn stream_identifier(&self, stream: &str) -> Result<StreamIdentifier, BackendError> {
+        let _ = stream;
+        Err(BackendError::Unsupported(
+            "describing a stream (DescribeStreamSummary)".into(),
+        ))
+    }
+
     /// Registers an enhanced fan-out consumer on `stream`, or returns the one registered under
     /// that name already (idempotent). It may still be [`ConsumerStatus::Creating`].
     async fn register_consumer(
@@ -215,6 +225,9 @@ impl<T: StreamBackend + ?Sized> StreamBackend for Arc<T> {
     }
     async fn get_records(&self, iterator: &str, limit: usize) -> Result<GetRecordsOutput, BackendError> {
         (**self).get_records(iterator, limit).await
+    }
+    async fn stream_identifier(&self, stream: &str) -> Result<StreamIdentifier, BackendError> {
+        (**self).stream_identifier(stream).await
     }
     async fn register_consumer(
         &self,

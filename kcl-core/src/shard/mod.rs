@@ -42,6 +42,9 @@ pub(crate) struct ShardContext {
     pub shard_ended: Arc<Notify>,
     /// The fan-out consumers, when reading with enhanced fan-out.
     pub consumers: Option<Arc<fan_out::ConsumerRegistry>>,
+    /// `true` when the worker wants this one shard stopped and its lease released (its stream
+    /// is no longer tracked).
+    pub release: watch::Receiver<bool>,
 }
 
 /// Aborts the read-ahead task when the consumer is done with it.
@@ -84,7 +87,10 @@ impl ShardMetrics {
 
 /// One shard's consumer.
 pub(crate) struct ShardConsumer {
+    /// The shard's id (the lease key's shard part).
     shard_id: String,
+    /// The stream the shard belongs to.
+    stream: String,
     lease: Arc<HeldLease>,
     status: watch::Receiver<LeaseStatus>,
     ctx: ShardContext,
@@ -105,10 +111,15 @@ impl ShardConsumer {
         ctx: ShardContext,
         health: SharedShardHealth,
     ) -> Self {
+        let stream = lease
+            .stream()
+            .map_or_else(|| ctx.config.stream_name.clone(), |s| s.stream_name.clone());
+        let shard_id = lease.shard_id().to_owned();
         Self {
             metrics: ShardMetrics::new(lease.worker_id(), lease.key()),
             health,
-            shard_id: lease.key().to_owned(),
+            shard_id,
+            stream,
             status: lease.subscribe(),
             lease,
             ctx,
@@ -166,14 +177,21 @@ impl ShardConsumer {
             LeaseStatus::HandoffRequested => return Some(ShutdownReason::Requested),
             LeaseStatus::Held => {}
         }
-        (*self.ctx.shutdown.borrow()).then_some(ShutdownReason::Requested)
+        (*self.ctx.shutdown.borrow() || *self.ctx.release.borrow()).then_some(ShutdownReason::Requested)
     }
 
     /// Resolves when the consumer must stop. Owns clones of the signals, so it borrows nothing.
     fn stop_signal(&self) -> impl std::future::Future<Output = ShutdownReason> + Send + 'static {
         let mut status = self.status.clone();
         let mut shutdown = self.ctx.shutdown.clone();
+        let mut release = self.ctx.release.clone();
         async move {
+            let release = async move {
+                if release.wait_for(|r| *r).await.is_err() {
+                    // The worker is gone: only lease loss or shutdown stop us.
+                    std::future::pending::<()>().await;
+                }
+            };
             let lease = async move { status.wait_for(|s| *s != LeaseStatus::Held).await.map(|s| *s) };
             let stop = async move { shutdown.wait_for(|s| *s).await.is_ok() };
             tokio::select! {
@@ -188,6 +206,7 @@ impl ShardConsumer {
                     }
                     ShutdownReason::Requested
                 }
+                () = release => ShutdownReason::Requested,
             }
         }
     }
@@ -220,7 +239,7 @@ impl ShardConsumer {
     /// consumed, or already cleaned up) counts as finished.
     async fn unfinished_parent(&self, parents: &BTreeSet<String>) -> Option<String> {
         for parent in parents {
-            match self.ctx.store.get(parent).await {
+            match self.ctx.store.get(&self.lease.sibling_key(parent)).await {
                 Ok(None) => {}
                 Ok(Some(lease)) if lease.is_finished() => {}
                 Ok(Some(_)) => return Some(parent.clone()),
@@ -257,6 +276,7 @@ impl ShardConsumer {
         loop {
             let input = InitializeInput {
                 shard_id: self.shard_id.clone(),
+                stream_name: self.stream.clone(),
                 checkpoint: checkpoint.clone(),
             };
             match self.processor().initialize(input).await {
@@ -299,7 +319,7 @@ impl ShardConsumer {
         };
         let config = &self.ctx.config;
         let fetch = FetchConfig {
-            stream: config.stream_name.clone(),
+            stream: self.stream.clone(),
             shard_id: self.shard_id.clone(),
             max_records: config.max_records,
             polling_interval: config.polling_interval,
@@ -421,8 +441,13 @@ impl ShardConsumer {
             return ShardEvent::Shutdown(ShutdownReason::ShardEnd);
         };
         // Child leases first: they wait for this shard's SHARD_END before they start.
+        let stream = self.lease.stream().cloned();
         for child in self.children.clone() {
-            let lease = Lease::new(&child.shard_id, ExtendedSequenceNumber::TrimHorizon)
+            let lease = match &stream {
+                Some(id) => Lease::for_stream(id, &child.shard_id, ExtendedSequenceNumber::TrimHorizon),
+                None => Lease::new(&child.shard_id, ExtendedSequenceNumber::TrimHorizon),
+            };
+            let lease = lease
                 .with_parents(child.parent_shards.iter().cloned())
                 .with_hash_key_range(child.hash_key_range);
             let mut delays = processor_backoff();

@@ -3,9 +3,14 @@
 //! `kcl-tail` with the same application name) and writes one JSON line per record to stdout:
 //!
 //! ```text
-//! {"shard_id":"shardId-000000000000","sequence_number":"4959...","sub_sequence_number":0,
+//! {"stream":"orders","shard_id":"shardId-000000000000","sequence_number":"4959...","sub_sequence_number":0,
 //!  "partition_key":"k","data":"aGVsbG8=","approximate_arrival_timestamp":"2026-11-25T06:40:00.123Z"}
 //! ```
+//!
+//! `--stream` may be given several times: the application then consumes every stream with one
+//! lease table, in multi-stream mode (lease keys `account:stream:creationEpoch:shardId`, as the
+//! Java KCL's). `--fan-out` reads with enhanced fan-out (a consumer named after the application,
+//! or `--consumer-name`, is registered on each stream) instead of polling.
 //!
 //! Each batch is written and flushed before it is checkpointed, so a restart continues after
 //! the last line written (at-least-once). SIGTERM or SIGINT shut it down gracefully: the leases
@@ -26,8 +31,9 @@ use aws_smithy_types::DateTime;
 use clap::Parser;
 use kcl_core::aws::{load_sdk_config, AwsOptions};
 use kcl_core::{
-    InMemoryLeaseStore, InitialPosition, KinesisBackend, LocalBackend, ProcessRecordsInput, ProcessorError,
-    Record, RecordProcessor, Scheduler, SchedulerBuilder, ShutdownRequestedInput,
+    FanOutConfig, InMemoryLeaseStore, InitialPosition, InitializeInput, KinesisBackend, LocalBackend,
+    ProcessRecordsInput, ProcessorError, Record, RecordProcessor, RetrievalMode, Scheduler, SchedulerBuilder,
+    ShutdownRequestedInput, StreamConfig,
 };
 use kcl_lease::DynamoDbLeaseStore;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -38,13 +44,20 @@ use tracing::{error, info};
 #[derive(Parser, Debug)]
 #[command(name = "kcl-tail", version)]
 struct Args {
-    /// The stream to read.
-    #[arg(long)]
-    stream: String,
+    /// The stream to read. Repeat it to read several streams as one multi-stream application.
+    #[arg(long = "stream", required = true)]
+    streams: Vec<String>,
     /// The application name: the lease table's name. Workers with the same name share the
-    /// stream's shards. Default: `kcl-tail-<stream>`.
+    /// streams' shards. Default: `kcl-tail-<stream>` (the stream names joined by `-`).
     #[arg(long)]
     application_name: Option<String>,
+    /// Read with enhanced fan-out (SubscribeToShard, a registered consumer per stream) instead
+    /// of polling GetRecords.
+    #[arg(long)]
+    fan_out: bool,
+    /// The fan-out consumer's name (with --fan-out). Default: the application name.
+    #[arg(long, requires = "fan_out")]
+    consumer_name: Option<String>,
     /// AWS region (default: the SDK's chain: AWS_REGION, profile, IMDS).
     #[arg(long)]
     region: Option<String>,
@@ -107,8 +120,10 @@ fn json_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
-fn json_line(out: &mut String, shard_id: &str, r: &Record) {
-    out.push_str("{\"shard_id\":");
+fn json_line(out: &mut String, stream: &str, shard_id: &str, r: &Record) {
+    out.push_str("{\"stream\":");
+    json_string(out, stream);
+    out.push_str(",\"shard_id\":");
     json_string(out, shard_id);
     out.push_str(",\"sequence_number\":");
     json_string(out, r.sequence_number.as_str());
@@ -136,16 +151,23 @@ struct Output {
 }
 
 struct Printer {
+    stream: String,
     shard_id: String,
     out: Arc<Output>,
 }
 
 #[async_trait]
 impl RecordProcessor for Printer {
+    async fn initialize(&mut self, input: InitializeInput) -> Result<(), ProcessorError> {
+        self.stream = input.stream_name;
+        self.shard_id = input.shard_id;
+        Ok(())
+    }
+
     async fn process_records(&mut self, input: ProcessRecordsInput<'_>) -> Result<(), ProcessorError> {
         let mut buf = String::with_capacity(input.records.len() * 160);
         for r in input.records {
-            json_line(&mut buf, &self.shard_id, r);
+            json_line(&mut buf, &self.stream, &self.shard_id, r);
         }
         {
             let mut stdout = self.out.stdout.lock().await;
@@ -174,13 +196,27 @@ impl RecordProcessor for Printer {
 
 fn configure(args: &Args, application: &str, out: &Arc<Output>) -> SchedulerBuilder {
     let o = out.clone();
-    let mut builder = Scheduler::builder(application.to_owned(), args.stream.clone())
+    let mut builder = match args.streams.as_slice() {
+        [one] => Scheduler::builder(application.to_owned(), one.clone()),
+        several => Scheduler::multi_stream_builder(
+            application.to_owned(),
+            several.iter().map(StreamConfig::named).collect::<Vec<_>>(),
+        ),
+    };
+    builder = builder
         .initial_position(args.initial_position)
         .failover_time(Duration::from_millis(args.failover_ms))
         .processor_factory(move |shard: &str| Printer {
+            stream: String::new(),
             shard_id: shard.to_owned(),
             out: o.clone(),
         });
+    if args.fan_out {
+        builder = builder.retrieval(RetrievalMode::FanOut(FanOutConfig {
+            consumer_name: args.consumer_name.clone(),
+            ..FanOutConfig::default()
+        }));
+    }
     if let Some(id) = &args.worker_id {
         builder = builder.worker_id(id.clone());
     }
@@ -200,9 +236,11 @@ async fn run_aws(args: &Args, application: &str, out: Arc<Output>) -> Result<()>
     let backend = KinesisBackend::from_conf(&sdk);
     let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(&sdk), application);
     // Fail fast on a missing stream or missing permissions, before the lease table is created.
-    kcl_core::StreamBackend::list_shards(&backend, &args.stream)
-        .await
-        .with_context(|| format!("reading the shards of stream {}", args.stream))?;
+    for stream in &args.streams {
+        kcl_core::StreamBackend::list_shards(&backend, stream)
+            .await
+            .with_context(|| format!("reading the shards of stream {stream}"))?;
+    }
     store
         .ensure_table()
         .await
@@ -226,9 +264,11 @@ async fn run_aws(args: &Args, application: &str, out: Arc<Output>) -> Result<()>
 
 async fn run_local(args: &Args, application: &str, out: Arc<Output>) -> Result<()> {
     let backend = LocalBackend::new();
-    backend
-        .create_stream(&args.stream, args.local_shards)
-        .context("creating the local stream")?;
+    for stream in &args.streams {
+        backend
+            .create_stream(stream, args.local_shards)
+            .with_context(|| format!("creating the local stream {stream}"))?;
+    }
     let handle = configure(args, application, &out)
         .initial_position(InitialPosition::TrimHorizon)
         .backend(backend.clone())
@@ -244,7 +284,9 @@ async fn run_local(args: &Args, application: &str, out: Arc<Output>) -> Result<(
         tokio::select! {
             line = lines.next_line() => match line.context("reading stdin")? {
                 Some(line) => {
-                    backend.put_record(&args.stream, &put.to_string(), line.into_bytes().into(), None).await?;
+                    // Lines go round the streams.
+                    let stream = &args.streams[put as usize % args.streams.len()];
+                    backend.put_record(stream, &put.to_string(), line.into_bytes().into(), None).await?;
                     put += 1;
                 }
                 None => break,
@@ -281,10 +323,12 @@ async fn run() -> Result<()> {
             .install()
             .with_context(|| format!("serving metrics on {addr}"))?;
     }
-    let application = args
-        .application_name
-        .clone()
-        .unwrap_or_else(|| format!("kcl-tail-{}", args.stream));
+    let application = args.application_name.clone().unwrap_or_else(|| {
+        // A DynamoDB table name: at most 255 characters.
+        let mut name = format!("kcl-tail-{}", args.streams.join("-"));
+        name.truncate(255);
+        name
+    });
     let out = Arc::new(Output {
         stdout: Mutex::new(tokio::io::stdout()),
         printed: AtomicU64::new(0),

@@ -28,6 +28,8 @@
 //! | `checkpointOwner` | S | `checkpoint_owner` | no hand-off in progress |
 //! | `startingHashKey` | S | `hash_key_range.start` (decimal u128) | range unknown |
 //! | `endingHashKey` | S | `hash_key_range.end` (decimal u128) | range unknown |
+//! | `streamName` | S | `stream_identifier`: multi-stream only, `account:stream:creationEpoch` | single-stream lease |
+//! | `shardId` | S | `shard_id`: multi-stream only | single-stream lease |
 //!
 //! Any other attribute is ignored on read and left alone on write, with one exception:
 //! `pendingCheckpointState` (B, the Java KCL's application state of a prepared checkpoint) is

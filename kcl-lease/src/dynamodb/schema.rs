@@ -49,6 +49,11 @@ pub const CHECKPOINT_OWNER: &str = "checkpointOwner";
 pub const STARTING_HASH_KEY: &str = "startingHashKey";
 /// `endingHashKey` (S): decimal `u128`.
 pub const ENDING_HASH_KEY: &str = "endingHashKey";
+/// `streamName` (S): multi-stream leases only, the stream identifier
+/// `account:stream:creationEpoch`.
+pub const STREAM_NAME: &str = "streamName";
+/// `shardId` (S): multi-stream leases only, the shard id.
+pub const SHARD_ID: &str = "shardId";
 
 /// A number attribute value.
 pub fn n(value: u64) -> AttributeValue {
@@ -93,6 +98,12 @@ pub fn encode(lease: &Lease) -> Item {
     if let Some(range) = &lease.hash_key_range {
         item.insert(STARTING_HASH_KEY.into(), s(range.start.to_string()));
         item.insert(ENDING_HASH_KEY.into(), s(range.end.to_string()));
+    }
+    if let Some(stream) = &lease.stream_identifier {
+        item.insert(STREAM_NAME.into(), s(stream));
+    }
+    if let Some(shard) = &lease.shard_id {
+        item.insert(SHARD_ID.into(), s(shard));
     }
     item
 }
@@ -168,6 +179,8 @@ pub fn decode(item: &Item) -> Result<Lease, LeaseError> {
         child_shard_ids: reader.string_set(CHILD_SHARD_IDS)?,
         checkpoint_owner: reader.string(CHECKPOINT_OWNER)?.map(str::to_owned),
         hash_key_range,
+        stream_identifier: reader.string(STREAM_NAME)?.map(str::to_owned),
+        shard_id: reader.string(SHARD_ID)?.map(str::to_owned),
         lease_key: key,
     })
 }
@@ -320,6 +333,44 @@ mod tests {
     }
 
     #[test]
+    fn multi_stream_rows_carry_the_stream_and_the_shard() {
+        let stream: crate::StreamIdentifier = "123456789012:orders:1700000000".parse().unwrap();
+        let lease = Lease::for_stream(
+            &stream,
+            "shardId-000000000003",
+            ExtendedSequenceNumber::TrimHorizon,
+        )
+        .with_parents(["shardId-000000000001"]);
+        let item = encode(&lease);
+        assert_eq!(
+            item.get(LEASE_KEY),
+            Some(&s("123456789012:orders:1700000000:shardId-000000000003"))
+        );
+        assert_eq!(item.get(STREAM_NAME), Some(&s("123456789012:orders:1700000000")));
+        assert_eq!(item.get(SHARD_ID), Some(&s("shardId-000000000003")));
+        let back = decode(&item).unwrap();
+        assert_eq!(back, lease);
+        assert_eq!(back.shard_id(), "shardId-000000000003");
+        assert_eq!(back.stream(), Some(stream.clone()));
+        assert_eq!(
+            back.sibling_key("shardId-000000000001"),
+            "123456789012:orders:1700000000:shardId-000000000001"
+        );
+        // A Java row without the extra attributes is understood from its key alone.
+        let mut bare = item.clone();
+        bare.remove(STREAM_NAME);
+        bare.remove(SHARD_ID);
+        let bare = decode(&bare).unwrap();
+        assert_eq!(bare.shard_id(), "shardId-000000000003");
+        assert_eq!(bare.stream(), Some(stream));
+        // A single-stream lease is its own shard.
+        let single = Lease::new("shardId-000000000000", ExtendedSequenceNumber::Latest);
+        assert_eq!(single.shard_id(), "shardId-000000000000");
+        assert_eq!(single.stream(), None);
+        assert_eq!(single.sibling_key("shardId-000000000001"), "shardId-000000000001");
+    }
+
+    #[test]
     fn round_trips_every_field() {
         let full = Lease {
             lease_key: "shardId-000000000007".into(),
@@ -332,8 +383,11 @@ mod tests {
             child_shard_ids: ["c1"].into_iter().map(String::from).collect(),
             checkpoint_owner: Some("w0".into()),
             hash_key_range: Some(HashKeyRange::FULL),
+            stream_identifier: None,
+            shard_id: None,
         };
         let item = encode(&full);
+        assert!(!item.contains_key(STREAM_NAME) && !item.contains_key(SHARD_ID));
         assert_eq!(item.get(ENDING_HASH_KEY), Some(&s(u128::MAX.to_string())));
         assert_eq!(item.get(PENDING_CHECKPOINT_SUB_SEQUENCE), Some(&n(2)));
         assert_eq!(decode(&item).unwrap(), full);

@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::{invalid, sequence_number, shard_not_found, trunc, LocalBackend, MAX_GET_RECORDS};
+use super::{invalid, sequence_number, shard_not_found, trunc, LocalBackend, LOCAL_ACCOUNT, MAX_GET_RECORDS};
 use crate::backend::{
     BackendError, ConsumerStatus, IteratorPosition, ShardSubscription, StreamConsumer, SubscribeEvent,
 };
@@ -28,8 +28,6 @@ pub(super) const DEFAULT_SUBSCRIPTION_DURATION: Duration = Duration::from_secs(5
 const TAKEOVER_AFTER: Duration = Duration::from_secs(5);
 /// An idle subscription sends an empty event this often.
 const HEARTBEAT: Duration = Duration::from_secs(5);
-/// The account id in the ARNs the local backend issues.
-const ACCOUNT: &str = "000000000000";
 
 /// A registered consumer.
 pub(super) struct LocalConsumer {
@@ -79,7 +77,9 @@ impl LocalBackend {
                 .consumers
                 .entry(name.to_owned())
                 .or_insert_with(|| LocalConsumer {
-                    arn: format!("arn:aws:kinesis:local:{ACCOUNT}:stream/{stream}/consumer/{name}:{id}"),
+                    arn: format!(
+                        "arn:aws:kinesis:local:{LOCAL_ACCOUNT}:stream/{stream}/consumer/{name}:{id}"
+                    ),
                     registered: now,
                 });
             Ok(self.consumer_view(name, consumer, now))
