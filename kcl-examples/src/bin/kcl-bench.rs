@@ -20,9 +20,9 @@ use bytes::Bytes;
 use clap::Parser;
 use kcl_core::aws::{load_sdk_config, AwsOptions};
 use kcl_core::{
-    InMemoryLeaseStore, InitialPosition, IteratorPosition, KinesisBackend, LocalBackend, ProcessRecordsInput,
-    ProcessorError, RecordProcessor, Scheduler, SchedulerBuilder, SchedulerHandle, ShutdownRequestedInput,
-    StreamBackend,
+    FanOutConfig, InMemoryLeaseStore, InitialPosition, IteratorPosition, KinesisBackend, LocalBackend,
+    ProcessRecordsInput, ProcessorError, RecordProcessor, RetrievalMode, Scheduler, SchedulerBuilder,
+    SchedulerHandle, ShutdownRequestedInput, StreamBackend,
 };
 use kcl_lease::{DynamoDbLeaseStore, LeaseStore};
 use tokio::io::AsyncBufReadExt;
@@ -246,6 +246,13 @@ fn settings(b: &kcl_core::SchedulerConfig) -> String {
         ("max_records", b.max_records.to_string()),
         ("max_prefetch_batches", b.max_prefetch_batches.to_string()),
         ("max_leases_to_steal", b.max_leases_to_steal.to_string()),
+        (
+            "retrieval",
+            s(match b.retrieval {
+                RetrievalMode::Polling => "polling",
+                RetrievalMode::FanOut(_) => "fan-out",
+            }),
+        ),
     ])
 }
 
@@ -385,15 +392,23 @@ fn latency_json(
     ])
 }
 
-/// The polling profiles compared by `latency`: the defaults, and the fastest that stays within
-/// Kinesis's 5 reads/s per shard.
-fn profiles() -> [(&'static str, Duration, Duration); 2] {
+/// The profiles compared by `latency`: polling with the defaults, polling at the fastest rate
+/// that stays within Kinesis's 5 reads/s per shard, and enhanced fan-out (records pushed).
+fn profiles() -> [(&'static str, Duration, Duration, RetrievalMode); 3] {
+    let (polling, min_read) = (Duration::from_secs(1), Duration::from_millis(200));
     [
-        ("default", Duration::from_secs(1), Duration::from_millis(200)),
+        ("default", polling, min_read, RetrievalMode::Polling),
         (
             "fastest-sane",
             Duration::from_millis(200),
             Duration::from_millis(200),
+            RetrievalMode::Polling,
+        ),
+        (
+            "fan-out",
+            polling,
+            min_read,
+            RetrievalMode::FanOut(FanOutConfig::default()),
         ),
     ]
 }
@@ -401,7 +416,7 @@ fn profiles() -> [(&'static str, Duration, Duration); 2] {
 async fn latency_local() -> Result<Vec<String>> {
     let (rate, secs, shards) = (2000, 10, 8);
     let mut out = Vec::new();
-    for (profile, polling, min_read) in profiles() {
+    for (profile, polling, min_read, retrieval) in profiles() {
         let setup = Setup::new(&format!("latency-{profile}"), Track::Latency);
         let backend = LocalBackend::new();
         backend.create_stream(&setup.stream, shards)?;
@@ -411,6 +426,7 @@ async fn latency_local() -> Result<Vec<String>> {
             .lease_store(InMemoryLeaseStore::new())
             .polling_interval(polling)
             .min_read_interval(min_read)
+            .retrieval(retrieval.clone())
             .build()?;
         let config = settings(scheduler.config());
         let worker = scheduler.spawn();
@@ -859,7 +875,7 @@ async fn latency_emulators() -> Result<Vec<String>> {
     let (rate, secs, shards) = (200, 10, 4);
     let (sdk, kinesis) = aws().await?;
     let mut out = Vec::new();
-    for (profile, polling, min_read) in profiles() {
+    for (profile, polling, min_read, retrieval) in profiles() {
         let setup = Setup::new(&unique(&format!("latency-{profile}")), Track::Latency);
         create_stream(&kinesis, &setup.stream, shards as i32).await?;
         let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(&sdk), setup.app.clone());
@@ -870,6 +886,7 @@ async fn latency_emulators() -> Result<Vec<String>> {
             .lease_store(store)
             .polling_interval(polling)
             .min_read_interval(min_read)
+            .retrieval(retrieval.clone())
             .initial_position(InitialPosition::TrimHorizon)
             .build()?;
         let config = settings(scheduler.config());
