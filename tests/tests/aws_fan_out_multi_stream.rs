@@ -2,6 +2,8 @@
 //! on its plain HTTP port), and against a small server in this test for what the emulator does
 //! not do: the service's initial-response event, a subscription replaced by another one (an
 //! exception event mid-stream), the end of a closed shard with its children, and throttling.
+//! And a multi-stream application on the emulators, whose lease rows have the Java KCL's
+//! multi-stream shape.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -325,4 +327,90 @@ async fn the_sdk_path_handles_what_the_emulator_does_not_send() {
         matches!(gone, Some(BackendError::ConsumerNotFound(_))),
         "{gone:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_stream_rows_in_dynamodb_have_the_java_shape() {
+    init_tracing();
+    let (sdk, _) = sdk().await;
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    let (one, two, app) = (unique("multi-a"), unique("multi-b"), unique("multi-app"));
+    create_stream(&kinesis, &one, 1).await;
+    create_stream(&kinesis, &two, 2).await;
+    let (backend, store) = backends(&sdk, &app).await;
+    let mut produced: BTreeMap<String, u64> = BTreeMap::new();
+    for (stream, prefix) in [(&one, "a"), (&two, "b")] {
+        for n in 0..4u64 {
+            for k in 0..3 {
+                let key = format!("{prefix}-{k}");
+                put(&kinesis, stream, &key, &format!("{key}:{n}")).await;
+                *produced.entry(key).or_default() += 1;
+            }
+        }
+    }
+    let log = Log::default();
+    let streams = vec![
+        kcl_core::StreamConfig::named(one.clone()),
+        kcl_core::StreamConfig::named(two.clone()),
+    ];
+    let worker = fast_for(
+        &app,
+        "",
+        "a",
+        backend.clone(),
+        store.clone(),
+        &log,
+        Duration::from_secs(3),
+    )
+    .stream_tracker(streams)
+    .build()
+    .expect("config")
+    .spawn();
+    wait_until(LIMIT, "both streams processed", || log.wait_count() == 24).await;
+    assert_eq!(log.assert_complete_and_ordered(&produced), 0);
+    worker.shutdown().await.unwrap();
+
+    // The rows, read raw: Java's multi-stream key and attributes, with the emulator's account
+    // and the stream's creation time.
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    let rows = dynamodb
+        .scan()
+        .table_name(&app)
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("scan")
+        .items
+        .unwrap_or_default();
+    assert_eq!(rows.len(), 3);
+    let created = kinesis
+        .describe_stream_summary()
+        .stream_name(&two)
+        .send()
+        .await
+        .expect("describe")
+        .stream_description_summary()
+        .expect("summary")
+        .stream_creation_timestamp()
+        .secs();
+    for row in rows {
+        let text = |name: &str| {
+            row.get(name)
+                .and_then(|v| v.as_s().ok())
+                .cloned()
+                .unwrap_or_default()
+        };
+        let key = text("leaseKey");
+        let (stream, shard) = kcl_core::StreamIdentifier::split_lease_key(&key).expect("multi-stream key");
+        assert_eq!(text("streamName"), stream.to_string());
+        assert_eq!(text("shardId"), shard);
+        assert!(stream.account_id.len() == 12, "{key}");
+        if stream.stream_name == two {
+            assert_eq!(stream.creation_epoch, created as u64, "{key}");
+        }
+        assert!(
+            text("checkpoint").chars().all(|c| c.is_ascii_digit()),
+            "checkpointed: {key}"
+        );
+    }
 }
