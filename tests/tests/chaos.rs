@@ -1,7 +1,8 @@
 //! A seeded chaos test: three workers on a 4-shard local stream while records flow, with faults
 //! injected into the stream backend and the lease store, workers killed abruptly and shut down
 //! gracefully (and restarted under their old id or a new one), a split, a merge and slow
-//! processors. Nothing may be lost, every key's records must be first processed in order, and
+//! processors; polling and enhanced fan-out workers side by side, with subscriptions throttled,
+//! replaced and ended early. Nothing may be lost, every key's records must be first processed in order, and
 //! every duplicate must be explained by an abrupt kill or a lease loss.
 //!
 //! Replay a run with `KCL_CHAOS_SEED=<seed> cargo test -p kcl-tests --test chaos -- --nocapture`.
@@ -16,8 +17,8 @@ use async_trait::async_trait;
 use kcl_core::backend::failure::{FailureBackend, Fault, FaultPlan, Trigger};
 use kcl_core::backend::local::BackendOp;
 use kcl_core::{
-    InMemoryLeaseStore, InitializeInput, LeaseLostInput, LocalBackend, ProcessRecordsInput, ProcessorError,
-    RecordProcessor, SchedulerHandle, ShardEndedInput, ShutdownRequestedInput,
+    FanOutConfig, InMemoryLeaseStore, InitializeInput, LeaseLostInput, LocalBackend, ProcessRecordsInput,
+    ProcessorError, RecordProcessor, RetrievalMode, SchedulerHandle, ShardEndedInput, ShutdownRequestedInput,
 };
 use kcl_lease::{
     ExtendedSequenceNumber, FailureLeaseStore, LeaseFault, LeaseFaultPlan, LeaseOp, LeaseTrigger,
@@ -261,6 +262,21 @@ fn backend_plan(seed: u64) -> FaultPlan {
             Fault::Error,
         )
         .rule(BackendOp::ListShards, Trigger::Probability(0.2), Fault::Error)
+        .rule(
+            BackendOp::SubscribeToShard,
+            Trigger::Probability(0.1),
+            Fault::Throttle,
+        )
+        .rule(
+            BackendOp::SubscriptionEvent,
+            Trigger::Probability(0.03),
+            Fault::ResourceInUse,
+        )
+        .rule(
+            BackendOp::SubscriptionEvent,
+            Trigger::Probability(0.03),
+            Fault::EndSubscription,
+        )
 }
 
 fn lease_plan(rng: &mut Rng) -> LeaseFaultPlan {
@@ -328,7 +344,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(&mut self, slot: usize, worker: String, delay_ms: u64) {
+    fn start(&mut self, slot: usize, worker: String, delay_ms: u64, fan_out: bool) {
         let incarnation = self.incarnations.len();
         self.incarnations.push(Incarnation {
             worker: worker.clone(),
@@ -349,6 +365,15 @@ impl Cluster {
             FAILOVER,
         )
         .graceful_shutdown_timeout(Duration::from_secs(10))
+        .retrieval(if fan_out {
+            // Short renewals, so that subscriptions are renewed many times in the run.
+            RetrievalMode::FanOut(FanOutConfig {
+                subscription_renewal: Duration::from_millis(1500),
+                ..FanOutConfig::default()
+            })
+        } else {
+            RetrievalMode::Polling
+        })
         .processor_factory(move |shard: &str| ChaosProcessor {
             inner: Recorder {
                 worker: w.clone(),
@@ -364,8 +389,9 @@ impl Cluster {
         .build()
         .expect("valid config")
         .spawn();
+        let mode = if fan_out { "fan-out" } else { "polling" };
         println!(
-            "[seed {}] start {worker} (slot {slot}, delay {delay_ms} ms)",
+            "[seed {}] start {worker} (slot {slot}, delay {delay_ms} ms, {mode})",
             self.seed
         );
         self.slots[slot] = Some((handle, incarnation, delay));
@@ -404,7 +430,7 @@ impl Cluster {
             format!("w{slot}-{}", self.restarts)
         };
         let delay = slow_delay(rng);
-        self.start(slot, worker, delay);
+        self.start(slot, worker, delay, rng.chance(0.5));
     }
 }
 
@@ -418,14 +444,7 @@ fn slow_delay(rng: &mut Rng) -> u64 {
 }
 
 fn backend_faults(b: &FailureBackend<LocalBackend>) -> u64 {
-    [
-        BackendOp::ListShards,
-        BackendOp::GetShardIterator,
-        BackendOp::GetRecords,
-    ]
-    .into_iter()
-    .map(|op| b.injected(op))
-    .sum()
+    BackendOp::ALL.into_iter().map(|op| b.injected(op)).sum()
 }
 
 fn lease_faults(s: &FailureLeaseStore<InMemoryLeaseStore>) -> u64 {
@@ -471,7 +490,13 @@ async fn chaos_loses_nothing_keeps_key_order_and_explains_every_duplicate() {
     };
     for slot in 0..WORKERS {
         let delay = slow_delay(&mut rng);
-        cluster.start(slot, format!("w{slot}"), delay);
+        // Polling and fan-out workers side by side: w0 polls, w1 fans out, w2 either.
+        let fan_out = match slot {
+            0 => false,
+            1 => true,
+            _ => rng.chance(0.5),
+        };
+        cluster.start(slot, format!("w{slot}"), delay, fan_out);
     }
 
     // The producer: 40 keys, payload "key:index", about 300 records per second.
