@@ -79,6 +79,7 @@ impl FanOutConfig {
 /// | `shard_sync_interval` | 60 s | the Java KCL's; shard ends also trigger a sync at once |
 /// | `parent_poll_interval` | 500 ms | how often a child checks whether its parents finished |
 /// | `graceful_shutdown_timeout` | 30 s | how long processors get to checkpoint at shutdown |
+/// | `delete_finished_leases` | `true` | the Java KCL's lease clean-up: a `SHARD_END` lease goes once its children are under way, checked at each shard sync |
 /// | `former_streams_cleanup` | after 1 hour | multi-stream: leases of a removed stream are deleted this long after it disappeared |
 /// | `retrieval` | `Polling` | the Java KCL 2.x default; 3.x defaults to fan-out, which costs extra on AWS |
 #[derive(Clone, Debug)]
@@ -119,6 +120,8 @@ pub struct SchedulerConfig {
     pub retrieval: RetrievalMode,
     /// Multi-stream mode: what happens to the leases of streams no longer tracked.
     pub former_streams_cleanup: FormerStreamsCleanup,
+    /// Delete finished (`SHARD_END`) leases once every child shard's processing has started.
+    pub delete_finished_leases: bool,
 }
 
 impl SchedulerConfig {
@@ -148,6 +151,7 @@ impl SchedulerConfig {
             graceful_shutdown_timeout: Duration::from_secs(30),
             retrieval: RetrievalMode::Polling,
             former_streams_cleanup: FormerStreamsCleanup::default(),
+            delete_finished_leases: true,
         }
     }
 

@@ -25,7 +25,7 @@ use crate::metrics::{new_shard_health, SharedShardHealth, WorkerHealth};
 use crate::processor::ProcessorFactory;
 use crate::shard::fan_out::ConsumerRegistry;
 use crate::shard::{ShardConsumer, ShardContext};
-use crate::shard_sync::{sync_shards, sync_stream};
+use crate::shard_sync::{delete_finished_leases, sync_stream};
 use crate::streams::{FormerStreamsCleanup, StreamConfig, StreamTracker};
 use kcl_lease::{LeaseError, StreamIdentifier};
 
@@ -144,6 +144,11 @@ impl SchedulerBuilder {
     setter!(
         /// Polling (default) or enhanced fan-out.
         retrieval: RetrievalMode
+    );
+    setter!(
+        /// Delete finished (`SHARD_END`) leases once their children are under way (default
+        /// `true`, as the Java KCL's lease clean-up).
+        delete_finished_leases: bool
     );
     setter!(
         /// Multi-stream: what happens to the leases of streams no longer tracked (default:
@@ -486,10 +491,27 @@ async fn shard_sync_loop(
 ) {
     let mut first = true;
     loop {
-        match sync_shards(&*backend, &*store, &config.stream_name, config.initial_position).await {
-            Ok(created) if created > 0 || first => coordinator.wake(),
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "shard sync failed"),
+        match store.list().await {
+            Ok(leases) => {
+                match sync_stream(
+                    &*backend,
+                    &*store,
+                    &leases,
+                    &config.stream_name,
+                    None,
+                    config.initial_position,
+                )
+                .await
+                {
+                    Ok(created) if created > 0 || first => coordinator.wake(),
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "shard sync failed"),
+                }
+                if config.delete_finished_leases {
+                    delete_finished_leases(&*store, &leases).await;
+                }
+            }
+            Err(e) => warn!(error = %e, "listing leases for shard sync failed"),
         }
         first = false;
         tokio::select! {
@@ -566,6 +588,9 @@ impl MultiStreamSync {
                     }
                     if created > 0 || first {
                         self.coordinator.wake();
+                    }
+                    if self.config.delete_finished_leases {
+                        delete_finished_leases(&*self.store, &leases).await;
                     }
                     self.clean_up(&leases, &now_tracked, &mut missing_since).await;
                 }

@@ -6,12 +6,18 @@
 //!   is missed; it waits for its parents at run time;
 //! - any other open shard starts at the application's initial position;
 //! - a closed shard without a leased ancestor gets a lease only when the initial position is
-//!   `TRIM_HORIZON` or `AT_TIMESTAMP` (its records are wanted); with `LATEST` it is skipped.
+//!   `TRIM_HORIZON` or `AT_TIMESTAMP` (its records are wanted); with `LATEST` it is skipped;
+//! - a shard with a leased descendant never gets a lease again: it was processed, and its lease
+//!   deleted once its children were under way (see [`finished_leases_to_delete`]).
+//!
+//! Finished leases (`SHARD_END`) are deleted once every child has a lease whose processing has
+//! started (a checkpoint at a sequence number, or `SHARD_END`), as the Java KCL's lease clean-up
+//! does, so that a long-lived application that reshards often keeps a small table.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use kcl_lease::{Lease, LeaseStore, StreamIdentifier};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::backend::StreamBackend;
 use crate::config::InitialPosition;
@@ -25,15 +31,16 @@ pub fn leases_to_create(
     initial: InitialPosition,
 ) -> Vec<Lease> {
     let by_id: BTreeMap<&str, &Shard> = shards.iter().map(|s| (s.shard_id.as_str(), s)).collect();
+    let covered = with_leased_descendants(shards, existing);
     let mut decided: BTreeMap<String, Option<ExtendedSequenceNumber>> = BTreeMap::new();
     for shard in shards {
-        decide(shard, &by_id, existing, initial, &mut decided, 0);
+        decide(shard, &by_id, existing, &covered, initial, &mut decided, 0);
     }
     shards
         .iter()
         .filter_map(|shard| {
             let checkpoint = decided.get(&shard.shard_id)?.clone()?;
-            if existing.contains(&shard.shard_id) {
+            if existing.contains(&shard.shard_id) || covered.contains(shard.shard_id.as_str()) {
                 return None;
             }
             Some(
@@ -45,11 +52,41 @@ pub fn leases_to_create(
         .collect()
 }
 
+/// The shards (of `shards`) that have a descendant with a lease: they were processed before.
+fn with_leased_descendants<'a>(shards: &'a [Shard], existing: &BTreeSet<String>) -> BTreeSet<&'a str> {
+    let mut children: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for shard in shards {
+        for parent in shard.parents() {
+            children.entry(parent).or_default().push(shard.shard_id.as_str());
+        }
+    }
+    // Walk up from every leased shard; each ancestor in the list is covered.
+    let by_id: BTreeMap<&str, &Shard> = shards.iter().map(|s| (s.shard_id.as_str(), s)).collect();
+    let mut covered = BTreeSet::new();
+    let mut stack: Vec<&str> = shards
+        .iter()
+        .filter(|s| existing.contains(&s.shard_id))
+        .map(|s| s.shard_id.as_str())
+        .collect();
+    while let Some(id) = stack.pop() {
+        let Some(shard) = by_id.get(id) else { continue };
+        for parent in shard.parents() {
+            if let Some((key, _)) = by_id.get_key_value(parent) {
+                if covered.insert(*key) {
+                    stack.push(key);
+                }
+            }
+        }
+    }
+    covered
+}
+
 /// Whether `shard` is or will be leased, and from where (memoised in `decided`).
 fn decide(
     shard: &Shard,
     by_id: &BTreeMap<&str, &Shard>,
     existing: &BTreeSet<String>,
+    covered: &BTreeSet<&str>,
     initial: InitialPosition,
     decided: &mut BTreeMap<String, Option<ExtendedSequenceNumber>>,
     depth: usize,
@@ -57,7 +94,7 @@ fn decide(
     if let Some(d) = decided.get(&shard.shard_id) {
         return d.is_some();
     }
-    if existing.contains(&shard.shard_id) {
+    if existing.contains(&shard.shard_id) || covered.contains(shard.shard_id.as_str()) {
         // The checkpoint does not matter here, only that it is leased.
         decided.insert(shard.shard_id.clone(), Some(ExtendedSequenceNumber::TrimHorizon));
         return true;
@@ -66,7 +103,7 @@ fn decide(
     if depth < 10_000 {
         for parent in shard.parents() {
             if let Some(p) = by_id.get(parent) {
-                parent_leased |= decide(p, by_id, existing, initial, decided, depth + 1);
+                parent_leased |= decide(p, by_id, existing, covered, initial, decided, depth + 1);
             } else if existing.contains(parent) {
                 parent_leased = true;
             }
@@ -147,6 +184,65 @@ pub async fn sync_stream(
     Ok(created)
 }
 
+/// The finished leases (`SHARD_END`) that can go: every child shard (from `childShardIds`, and
+/// any lease naming it as a parent) has a lease whose processing has started.
+pub fn finished_leases_to_delete(leases: &[Lease]) -> Vec<&Lease> {
+    let by_key: BTreeMap<&str, &Lease> = leases.iter().map(|l| (l.lease_key.as_str(), l)).collect();
+    // Parent lease key to the keys of the leases that name it as a parent.
+    let mut named_by: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for lease in leases {
+        for parent in &lease.parent_shard_ids {
+            named_by
+                .entry(lease.sibling_key(parent))
+                .or_default()
+                .push(lease.lease_key.as_str());
+        }
+    }
+    leases
+        .iter()
+        .filter(|lease| lease.is_finished())
+        .filter(|lease| {
+            let mut children: BTreeSet<String> = lease
+                .child_shard_ids
+                .iter()
+                .map(|c| lease.sibling_key(c))
+                .collect();
+            if let Some(named) = named_by.get(&lease.lease_key) {
+                children.extend(named.iter().map(|k| (*k).to_owned()));
+            }
+            !children.is_empty()
+                && children.iter().all(|child| {
+                    by_key.get(child.as_str()).is_some_and(|c| {
+                        matches!(
+                            c.checkpoint,
+                            ExtendedSequenceNumber::Sequence { .. } | ExtendedSequenceNumber::ShardEnd
+                        )
+                    })
+                })
+        })
+        .collect()
+}
+
+/// Deletes the finished leases that [`finished_leases_to_delete`] picks; returns how many.
+/// A lease changed since `leases` was read is left for the next round.
+pub async fn delete_finished_leases(store: &dyn LeaseStore, leases: &[Lease]) -> usize {
+    let mut deleted = 0;
+    for lease in finished_leases_to_delete(leases) {
+        match store.delete(lease).await {
+            Ok(()) => {
+                debug!(lease = %lease.lease_key, "deleted finished lease");
+                deleted += 1;
+            }
+            Err(kcl_lease::LeaseError::Conflict { .. } | kcl_lease::LeaseError::NotFound(_)) => {}
+            Err(e) => warn!(lease = %lease.lease_key, error = %e, "deleting a finished lease failed"),
+        }
+    }
+    if deleted > 0 {
+        info!(deleted, "deleted finished leases whose children are under way");
+    }
+    deleted
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +314,67 @@ mod tests {
             BTreeSet::from(["x".to_owned(), "y".to_owned()])
         );
         assert_eq!(leases[0].checkpoint, ExtendedSequenceNumber::TrimHorizon);
+    }
+
+    #[test]
+    fn ancestors_of_leased_shards_are_never_leased_again() {
+        // p's lease was deleted after a and b started: p must not come back (at TRIM_HORIZON it
+        // would be read again from the start), and neither must its ancestors.
+        let mut shards = split_stream();
+        shards.insert(0, shard("g", &[], false));
+        shards[1] = shard("p", &["g"], false);
+        let existing = BTreeSet::from(["a".to_owned()]);
+        let leases = leases_to_create(&shards, &existing, InitialPosition::TrimHorizon);
+        assert_eq!(
+            keys(&leases),
+            [("b", "TRIM_HORIZON".into())],
+            "only p's other child"
+        );
+        let existing = BTreeSet::from(["a".to_owned(), "b".to_owned()]);
+        assert!(leases_to_create(&shards, &existing, InitialPosition::TrimHorizon).is_empty());
+    }
+
+    fn lease(key: &str, cp: ExtendedSequenceNumber, parents: &[&str], children: &[&str]) -> Lease {
+        let mut l = Lease::new(key, cp).with_parents(parents.iter().copied());
+        l.child_shard_ids = children.iter().map(|c| (*c).to_owned()).collect();
+        l
+    }
+
+    #[test]
+    fn finished_leases_go_once_every_child_is_under_way() {
+        let seq = || ExtendedSequenceNumber::at(SequenceNumber::new("5").unwrap(), 0);
+        let end = ExtendedSequenceNumber::ShardEnd;
+        let th = ExtendedSequenceNumber::TrimHorizon;
+        let names = |v: Vec<&Lease>| v.into_iter().map(|l| l.lease_key.clone()).collect::<Vec<_>>();
+        // One child started, the other not yet.
+        let leases = vec![
+            lease("p", end.clone(), &[], &["a", "b"]),
+            lease("a", seq(), &["p"], &[]),
+            lease("b", th.clone(), &["p"], &[]),
+        ];
+        assert!(finished_leases_to_delete(&leases).is_empty());
+        // Both started.
+        let leases = vec![
+            lease("p", end.clone(), &[], &["a", "b"]),
+            lease("a", seq(), &["p"], &[]),
+            lease("b", end.clone(), &["p"], &[]),
+        ];
+        assert_eq!(names(finished_leases_to_delete(&leases)), ["p"]);
+        // A child lease missing: keep the parent.
+        let leases = vec![
+            lease("p", end.clone(), &[], &["a", "b"]),
+            lease("a", seq(), &["p"], &[]),
+        ];
+        assert!(finished_leases_to_delete(&leases).is_empty());
+        // No childShardIds recorded: the children are found by their parentShardId.
+        let leases = vec![lease("x", end.clone(), &[], &[]), lease("m", seq(), &["x"], &[])];
+        assert_eq!(names(finished_leases_to_delete(&leases)), ["x"]);
+        // A finished shard with no known child stays.
+        let leases = vec![lease("lonely", end, &[], &[])];
+        assert!(finished_leases_to_delete(&leases).is_empty());
+        // Not finished: stays.
+        let leases = vec![lease("p", seq(), &[], &["a"]), lease("a", seq(), &["p"], &[])];
+        assert!(finished_leases_to_delete(&leases).is_empty());
     }
 
     #[test]

@@ -59,11 +59,14 @@ async fn one_table_for_several_streams_with_java_keys() {
     let mut produced = BTreeMap::new();
     produce_to(&local, "orders", "o", 8, 5, &mut produced).await;
     produce_to(&local, "payments", "p", 8, 5, &mut produced).await;
+    // Finished leases are kept here, to check the parent's row.
     let a = worker("a", &local, &store, &log, streams.clone())
+        .delete_finished_leases(false)
         .build()
         .unwrap()
         .spawn();
     let b = worker("b", &local, &store, &log, streams)
+        .delete_finished_leases(false)
         .build()
         .unwrap()
         .spawn();

@@ -165,8 +165,16 @@ async fn graceful_shutdown_hands_over_at_once_with_no_record_processed_twice() {
 async fn split_and_merge_keep_parents_before_children() {
     let (backend, store, log) = setup(2).await;
     let failover = Duration::from_secs(2);
-    let a = start("a", &backend, &store, &log, failover);
-    let b = start("b", &backend, &store, &log, failover);
+    // Finished leases are kept here, to check their lineage attributes.
+    let worker = |id: &str| {
+        fast(id, backend.clone(), store.clone(), &log, failover)
+            .delete_finished_leases(false)
+            .build()
+            .unwrap()
+            .spawn()
+    };
+    let a = worker("a");
+    let b = worker("b");
     let mut produced = BTreeMap::new();
     produce(&backend, 20, 5, &mut produced).await;
     // Split shard 0 in the middle of its range, then merge its upper half with shard 1.
@@ -417,6 +425,7 @@ async fn the_default_shard_ended_checkpoints_shard_end_so_children_start() {
         .polling_interval(Duration::from_millis(50))
         .parent_poll_interval(Duration::from_millis(50))
         .processor_factory(move |_: &str| Minimal(l.clone()))
+        .delete_finished_leases(false)
         .build()
         .unwrap()
         .spawn();
@@ -523,4 +532,37 @@ async fn kpl_aggregates_are_delivered_as_user_records_and_resume_inside_an_aggre
         .collect();
     assert_eq!(got, expected);
     second.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_leases_are_deleted_once_their_children_started_and_never_come_back() {
+    let (backend, store, log) = setup(2).await;
+    let a = start("a", &backend, &store, &log, Duration::from_secs(2));
+    let mut produced = BTreeMap::new();
+    produce(&backend, 10, 3, &mut produced).await;
+    let (low, high) = backend
+        .split_shard(STREAM, "shardId-000000000000", 1 << 126)
+        .unwrap();
+    produce(&backend, 10, 3, &mut produced).await;
+    let merged = backend.merge_shards(STREAM, &low, &high).unwrap();
+    produce(&backend, 10, 3, &mut produced).await;
+    wait_until(LIMIT, "all processed", || log.wait_count() == 90).await;
+    // The split's parent and the merge's parents go once their children are under way.
+    let gone = ["shardId-000000000000".to_owned(), low.clone(), high.clone()];
+    wait_until(LIMIT, "finished leases deleted", || {
+        let keys: BTreeSet<String> = store.snapshot().into_iter().map(|l| l.lease_key).collect();
+        gone.iter().all(|k| !keys.contains(k))
+    })
+    .await;
+    // Several shard syncs later (every 500 ms here) they have not been recreated, and nothing
+    // was read twice.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let keys: BTreeSet<String> = store.snapshot().into_iter().map(|l| l.lease_key).collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from(["shardId-000000000001".to_owned(), merged.clone()]),
+        "only the open shards' leases remain"
+    );
+    assert_eq!(log.assert_complete_and_ordered(&produced), 0);
+    a.shutdown().await.unwrap();
 }

@@ -286,12 +286,14 @@ async fn run() -> Result<()> {
         if let Some((at, shards, done @ None)) = &mut failover {
             let elsewhere: BTreeSet<String> =
                 workers.iter().flatten().flat_map(|w| w.held_leases()).collect();
+            let rows = store.snapshot();
             if shards.iter().all(|s| {
+                // Processing elsewhere, or finished (a finished lease may be deleted already).
                 elsewhere.contains(s)
-                    || store
-                        .snapshot()
+                    || rows
                         .iter()
-                        .any(|l| &l.lease_key == s && l.is_finished())
+                        .find(|l| &l.lease_key == s)
+                        .is_none_or(|l| l.is_finished())
             }) {
                 *done = Some(at.elapsed());
                 println!(
