@@ -50,6 +50,12 @@ pub const STARTING_HASH_KEY: &str = "startingHashKey";
 /// `endingHashKey` (S): decimal `u128`.
 pub const ENDING_HASH_KEY: &str = "endingHashKey";
 
+/// `LeaseOwnerToLeaseKeyIndex`: the global secondary index the Java KCL 3.x adds to the lease
+/// table (hash key `leaseOwner` S, range key `leaseKey` S, projection `KEYS_ONLY`), to list a
+/// worker's leases. [`crate::DynamoDbLeaseStore::ensure_table`] creates tables with it; this
+/// crate never queries it, so tables without it (a 2.x application's) work as well.
+pub const LEASE_OWNER_INDEX: &str = "LeaseOwnerToLeaseKeyIndex";
+
 /// A number attribute value.
 pub fn n(value: u64) -> AttributeValue {
     AttributeValue::N(value.to_string())
