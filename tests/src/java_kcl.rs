@@ -47,8 +47,8 @@ pub enum JavaEvent {
         key: String,
         data: String,
     },
-    /// A checkpoint was written (at the last record of the batch when `seq` is `None`... the
-    /// processor always names it, except at shard end); `error` when the daemon refused it.
+    /// A checkpoint was asked for: at `seq`/`sub`, or (both `None`) at the last record delivered,
+    /// as at shard end and shutdown; `error` when the daemon refused it.
     Checkpoint {
         shard: String,
         seq: Option<String>,
@@ -275,4 +275,65 @@ pub fn read_events(path: &Path) -> Vec<JavaEvent> {
         out.push(event);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_what_the_processor_writes_and_skips_a_partial_line() {
+        let dir = std::env::temp_dir().join(format!("java-kcl-events-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("records.jsonl");
+        std::fs::write(
+            &path,
+            concat!(
+                r#"{"checkpoint": "TRIM_HORIZON", "event": "initialize", "shard": "s0", "sub": 0, "t": 1.0, "worker": "w"}"#,
+                "\n",
+                r#"{"data": "a:1", "event": "record", "key": "a", "seq": "42", "shard": "s0", "sub": 3, "t": 1.0, "worker": "w"}"#,
+                "\n",
+                r#"{"event": "checkpoint", "seq": null, "shard": "s0", "sub": null, "t": 1.0, "worker": "w", "error": "x"}"#,
+                "\n",
+                r#"{"event": "lease_lost", "shard": "s0", "t": 1.0, "worker": "w"}"#,
+                "\n",
+                r#"{"event": "record", "sha"#,
+            ),
+        )
+        .unwrap();
+        let events = read_events(&path);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            events,
+            [
+                JavaEvent::Initialize {
+                    shard: "s0".into(),
+                    checkpoint: "TRIM_HORIZON".into(),
+                    sub: 0
+                },
+                JavaEvent::Record {
+                    shard: "s0".into(),
+                    seq: "42".into(),
+                    sub: 3,
+                    key: "a".into(),
+                    data: "a:1".into()
+                },
+                JavaEvent::Checkpoint {
+                    shard: "s0".into(),
+                    seq: None,
+                    sub: None,
+                    error: Some("x".into())
+                },
+                JavaEvent::Lifecycle {
+                    shard: "s0".into(),
+                    what: "lease_lost".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn the_fixture_script_is_there() {
+        assert!(script().is_file(), "{} missing", script().display());
+    }
 }

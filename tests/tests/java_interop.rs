@@ -2,8 +2,11 @@
 //! emulators. The Java KCL runs as its MultiLangDaemon with the recording processor of
 //! `tests/java-kcl/` (installed from PyPI on first use by `tests/java-kcl/java-kcl.sh`).
 //!
-//! One test runs three scenarios in sequence on one application, because the Java KCL needs
-//! minutes before its first record on a new application and seconds on an existing one:
+//! The three tests share one application (they run one at a time), because the Java KCL needs
+//! minutes before its first record on a new application and seconds on an existing one: the
+//! first test to run creates it and has the Java KCL run once on it (the warm-up); each test's
+//! Java starts are then restarts. Each test puts its own records (data prefixed with the test's
+//! tag) and checks them against the lease table's checkpoints as it finds them.
 //!
 //! 1. Java → Rust: the Java KCL consumes the stream and checkpoints (in one shard inside a KPL
 //!    aggregate, in another before records it processed); it is stopped; our worker takes every
@@ -18,7 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -36,6 +39,7 @@ use kcl_tests::aws::{backends, create_stream, sdk, unique};
 use kcl_tests::emulators::Endpoints;
 use kcl_tests::init_tracing;
 use kcl_tests::java_kcl::{self, JavaConfig, JavaDaemon};
+use tokio::sync::{Mutex, MutexGuard, OnceCell};
 use tokio::time::Instant;
 
 const SHARDS: usize = 4;
@@ -78,10 +82,10 @@ struct Got {
 /// What our processors saw.
 #[derive(Clone, Default)]
 struct RustLog {
-    records: Arc<Mutex<Vec<Got>>>,
+    records: Arc<std::sync::Mutex<Vec<Got>>>,
     /// (worker, shard, checkpoint it started from), per processor start.
-    initialized: Arc<Mutex<Vec<(String, String, ExtendedSequenceNumber)>>>,
-    lease_lost: Arc<Mutex<Vec<(String, String)>>>,
+    initialized: Arc<std::sync::Mutex<Vec<(String, String, ExtendedSequenceNumber)>>>,
+    lease_lost: Arc<std::sync::Mutex<Vec<(String, String)>>>,
 }
 
 impl RustLog {
@@ -443,16 +447,19 @@ fn run_dir(app: &str, name: &str) -> PathBuf {
         .join(name)
 }
 
-fn java_config(app: &str, stream: &str, worker: &str) -> JavaConfig {
-    JavaConfig {
-        application: app.to_owned(),
-        stream: stream.to_owned(),
-        worker: worker.to_owned(),
-        failover: JAVA_FAILOVER,
-        extra_properties: Vec::new(),
-    }
+/// The application every test of this file uses: created once, and run once by the Java KCL
+/// (its slow first start), so that each test's Java starts are restarts.
+struct Shared {
+    app: String,
+    stream: String,
 }
 
+static SHARED: OnceCell<Shared> = OnceCell::const_new();
+/// The tests share the application, so they run one at a time.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+/// One test's view of the shared application. SDK clients are made per test: they must not
+/// outlive the test's runtime.
 struct Ctx {
     app: String,
     stream: String,
@@ -463,54 +470,74 @@ struct Ctx {
     producer: Producer,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn java_kcl_and_ours_hand_over_both_ways_and_share_a_table() {
-    init_tracing();
+impl Ctx {
+    /// Waits for the other tests, creates and warms up the application if no test did yet.
+    async fn acquire() -> (MutexGuard<'static, ()>, Self) {
+        init_tracing();
+        let guard = SERIAL.lock().await;
+        let shared = SHARED.get_or_init(warm_up).await;
+        let (sdk, endpoints) = sdk().await;
+        let backend = KinesisBackend::from_conf(&sdk);
+        let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(&sdk), &shared.app);
+        let producer = Producer::new(aws_sdk_kinesis::Client::new(&sdk), &backend, &shared.stream).await;
+        let ctx = Self {
+            app: shared.app.clone(),
+            stream: shared.stream.clone(),
+            endpoints,
+            dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
+            backend,
+            store,
+            producer,
+        };
+        (guard, ctx)
+    }
+
+    fn java(&self, worker: &str, run: &str) -> JavaDaemon {
+        let config = JavaConfig {
+            application: self.app.clone(),
+            stream: self.stream.clone(),
+            worker: worker.to_owned(),
+            failover: JAVA_FAILOVER,
+            extra_properties: Vec::new(),
+        };
+        JavaDaemon::start(&config, self.endpoints, &run_dir(&self.app, run))
+    }
+
+    fn rust(&self, worker: &str, log: &RustLog) -> SchedulerHandle {
+        rust_worker(&self.app, &self.stream, worker, &self.backend, &self.store, log)
+    }
+}
+
+/// Installs the Java KCL, creates the stream and (with our `ensure_table`, so with the 3.x
+/// index) the lease table, runs the Java KCL until it has processed a record in every shard and
+/// checkpointed, and stops it. Puts a canary attribute on every lease row.
+async fn warm_up() -> Shared {
     let install = java_kcl::install();
-    println!("[java-interop] Java KCL installed/checked in {install:.1?}");
     let (sdk, endpoints) = sdk().await;
     let (app, stream) = (unique("java-interop-app"), unique("java-interop"));
     let kinesis = aws_sdk_kinesis::Client::new(&sdk);
     create_stream(&kinesis, &stream, SHARDS as i32).await;
-    // Our ensure_table creates the table a Java KCL 3.x application expects (with its index).
     let (backend, store) = backends(&sdk, &app).await;
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
     let (_, indexes) = extras(&dynamodb, &app).await;
     assert_eq!(indexes, [LEASE_OWNER_INDEX], "ensure_table creates the 3.x index");
-    let producer = Producer::new(kinesis, &backend, &stream).await;
-    let mut ctx = Ctx {
-        app,
-        stream,
-        endpoints,
-        dynamodb,
-        backend,
-        store,
-        producer,
-    };
-
-    let rust = java_to_rust(&mut ctx).await;
-    let java = rust_to_java(&mut ctx, rust).await;
-    mixed_fleet(&mut ctx, java).await;
-}
-
-/// Scenario 1. Returns our worker, running, holding every lease.
-async fn java_to_rust(ctx: &mut Ctx) -> (SchedulerHandle, RustLog) {
-    let p = &mut ctx.producer;
-    // Shard 0: records, then an aggregate whose 5th user record is the Java checkpoint, then
-    // more records (processed by Java, not checkpointed). Shard 1: the same with a plain record.
-    // Shards 2 and 3: checkpointed to the end.
-    p.wave("a", 10).await;
-    let agg_seq = p.aggregate(0, "agg1", 10, 4).await;
-    p.put(1, format!("a-hold{HOLD}")).await;
-    p.wave("a2", 5).await;
-    let before_java = p.all_data();
+    let mut producer = Producer::new(kinesis, &backend, &stream).await;
+    producer.wave("warm-up", 1).await;
+    let want: BTreeMap<String, ExtendedSequenceNumber> = producer
+        .shards
+        .iter()
+        .map(|s| (s.shard_id.clone(), producer.last_in(&s.shard_id)))
+        .collect();
 
     let started = Instant::now();
-    let mut java = JavaDaemon::start(
-        &java_config(&ctx.app, &ctx.stream, "java-1"),
-        ctx.endpoints,
-        &run_dir(&ctx.app, "java-1-first"),
-    );
+    let config = JavaConfig {
+        application: app.clone(),
+        stream: stream.clone(),
+        worker: "java-1".into(),
+        failover: JAVA_FAILOVER,
+        extra_properties: Vec::new(),
+    };
+    let mut java = JavaDaemon::start(&config, endpoints, &run_dir(&app, "warm-up"));
     wait_for(
         JAVA_FIRST_START,
         "the Java KCL's first record",
@@ -519,15 +546,78 @@ async fn java_to_rust(ctx: &mut Ctx) -> (SchedulerHandle, RustLog) {
     )
     .await;
     let first_record = started.elapsed();
+    wait_for_async(
+        LIMIT,
+        "the Java KCL's checkpoints at every record",
+        Some(&java),
+        || {
+            let (store, want) = (store.clone(), want.clone());
+            async move { checkpoints(&store).await == want }
+        },
+    )
+    .await;
+    let stop = java.stop();
+    let (tables, indexes) = extras(&dynamodb, &app).await;
+    for t in ["CoordinatorState", "WorkerMetricStats"] {
+        assert!(tables.contains(&format!("{app}-{t}")), "{t} table: {tables:?}");
+    }
+    let attributes: BTreeSet<String> = raw_rows(&dynamodb, &app)
+        .await
+        .into_iter()
+        .flat_map(|r| r.into_keys())
+        .collect();
+    for shard in producer.shards.iter().map(|s| s.shard_id.clone()) {
+        dynamodb
+            .update_item()
+            .table_name(&app)
+            .key("leaseKey", AttributeValue::S(shard.clone()))
+            .update_expression("SET #x = :x")
+            .expression_attribute_names("#x", CANARY)
+            .expression_attribute_values(":x", AttributeValue::S(format!("left alone {shard}")))
+            .send()
+            .await
+            .expect("UpdateItem");
+    }
+    println!(
+        "[java-interop] warm-up: Java KCL installed/checked in {install:.1?}; its first start on a new \
+         application (lease table created by us): first record after {first_record:.1?}, graceful stop \
+         {stop:.1?}; tables {tables:?}, lease table indexes {indexes:?}, lease row attributes {attributes:?}"
+    );
+    Shared { app, stream }
+}
+
+/// The records of this test (their data starts with `prefix`).
+fn only(prefix: &str, data: impl IntoIterator<Item = String>) -> Vec<String> {
+    data.into_iter().filter(|d| d.starts_with(prefix)).collect()
+}
+
+/// Java → Rust: the Java KCL consumes and checkpoints (inside a KPL aggregate in shard 0, before
+/// records it processed in shard 1, at the end elsewhere) and stops; our worker takes every lease
+/// and processes exactly the records after the Java checkpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn java_to_rust_resumes_exactly_after_the_java_checkpoints() {
+    let (_serial, mut ctx) = Ctx::acquire().await;
+    let p = &mut ctx.producer;
+    p.wave("j2r-a", 10).await;
+    let agg_seq = p.aggregate(0, "j2r-agg", 10, 4).await;
+    p.put(1, format!("j2r-hold{HOLD}")).await;
+    p.wave("j2r-a2", 5).await;
+    let before_java = p.all_data();
+
+    let started = Instant::now();
+    let mut java = ctx.java("java-1", "j2r");
+    let p = &ctx.producer;
     wait_for(LIMIT, "the Java KCL processed every record", Some(&java), || {
-        java_data(&java).into_iter().collect::<BTreeSet<_>>() == before_java
+        only("j2r-", java_data(&java))
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            == before_java
     })
     .await;
     let all_processed = started.elapsed();
-    // Its checkpoints: at the hold records in shards 0 and 1, at the end elsewhere.
     let (s0, s1) = (p.shard_id(0).to_owned(), p.shard_id(1).to_owned());
     let hold0 = ExtendedSequenceNumber::from_parts(&agg_seq, 4).unwrap();
-    let hold1 = p.position_of(&format!("a-hold{HOLD}")).1;
+    let hold1 = p.position_of(&format!("j2r-hold{HOLD}")).1;
     let mut want: BTreeMap<String, ExtendedSequenceNumber> = p
         .shards
         .iter()
@@ -548,56 +638,19 @@ async fn java_to_rust(ctx: &mut Ctx) -> (SchedulerHandle, RustLog) {
     .await;
     let stop = java.stop();
     let java_stopped = Instant::now();
-    println!(
-        "[java-interop] Java KCL first start on a new application: first record after {first_record:.1?}, all {} \
-         records after {all_processed:.1?}; graceful stop took {stop:.1?}",
-        before_java.len()
-    );
-    let rows_after_java = owners(&ctx.store).await;
-    println!("[java-interop] lease owners after the Java KCL stopped: {rows_after_java:?}");
-
-    // The 3.x extras are there; mark every row with an attribute nobody knows.
-    let (tables, indexes) = extras(&ctx.dynamodb, &ctx.app).await;
-    println!("[java-interop] tables of the application: {tables:?}, lease table indexes: {indexes:?}");
-    for t in ["CoordinatorState", "WorkerMetricStats"] {
-        assert!(
-            tables.contains(&format!("{}-{t}", ctx.app)),
-            "{t} table: {tables:?}"
-        );
-    }
-    let java_attributes: BTreeSet<String> = raw_rows(&ctx.dynamodb, &ctx.app)
-        .await
-        .into_iter()
-        .flat_map(|r| r.into_keys())
-        .collect();
-    println!("[java-interop] attributes on the Java KCL's lease rows: {java_attributes:?}");
-    for shard in ctx.producer.shards.iter().map(|s| s.shard_id.clone()) {
-        ctx.dynamodb
-            .update_item()
-            .table_name(&ctx.app)
-            .key("leaseKey", AttributeValue::S(shard.clone()))
-            .update_expression("SET #x = :x")
-            .expression_attribute_names("#x", CANARY)
-            .expression_attribute_values(":x", AttributeValue::S(format!("left alone {shard}")))
-            .send()
-            .await
-            .expect("UpdateItem");
-    }
+    let owners_after_java = owners(&ctx.store).await;
 
     let c1 = checkpoints(&ctx.store).await;
     let p = &mut ctx.producer;
-    p.wave("b", 5).await;
+    p.wave("j2r-b", 5).await;
     let expected = p.after(&c1);
-    let java_seen = counts(java_data(&java).iter())
-        .into_keys()
-        .cloned()
-        .collect::<BTreeSet<_>>();
+    let java_seen: BTreeSet<String> = only("j2r-", java_data(&java)).into_iter().collect();
     let beyond_java_checkpoint = expected.intersection(&java_seen).count();
 
     let log = RustLog::default();
     let t0 = Instant::now();
-    let rust = rust_worker(&ctx.app, &ctx.stream, "rust-1", &ctx.backend, &ctx.store, &log);
-    wait_for(LIMIT, "our worker holds every lease", Some(&java), || {
+    let rust = ctx.rust("rust-1", &log);
+    wait_for(LIMIT, "our worker holds every lease", None, || {
         rust.held_leases().len() == SHARDS
     })
     .await;
@@ -611,31 +664,28 @@ async fn java_to_rust(ctx: &mut Ctx) -> (SchedulerHandle, RustLog) {
         LIMIT,
         "our worker processed every record after the Java checkpoints",
         None,
-        || {
-            log.records()
-                .iter()
-                .map(|g| &g.data)
-                .collect::<BTreeSet<_>>()
-                .len()
-                >= expected.len()
-        },
+        || expected.is_subset(&log.records().into_iter().map(|g| g.data).collect()),
     )
     .await;
     let done = t0.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await; // anything extra would show up now
+    let t = Instant::now();
+    rust.shutdown().await.expect("graceful shutdown");
+    let shutdown = t.elapsed();
 
     let got: Vec<String> = log.records().into_iter().map(|g| g.data).collect();
     let got_set: BTreeSet<String> = got.iter().cloned().collect();
     let replayed: Vec<&String> = got_set.difference(&expected).collect();
     let lost: Vec<&String> = expected.difference(&got_set).collect();
     let duplicates = got.len() - got_set.len();
-    // The aggregate: our worker starts inside it, right after the Java checkpoint.
-    let agg_got: Vec<&String> = got.iter().filter(|d| d.starts_with("agg1-")).collect();
+    let agg_got: Vec<String> = only("j2r-agg-", got.clone());
     println!(
-        "[java-interop] Java -> Rust: {} records put, {} processed by Java, Java checkpoints {}; ours \
-         processed {} (expected exactly {}): replayed {}, lost {}, duplicates {duplicates}; {} of them Java had \
-         processed without checkpointing (by design); hand-over: every lease {all_leases:.1?} and first record \
-         {first:.1?} after the Java KCL stopped, all records {done:.1?} after our start",
+        "[java-interop] Java -> Rust: {} records put; Java processed {} in {all_processed:.1?} (a restart), \
+         checkpointed {}, stopped gracefully in {stop:.1?} leaving the owners {owners_after_java:?}; ours \
+         processed {} (expected exactly {}): replayed {}, lost {}, duplicates {duplicates}; {} of them Java \
+         had processed without checkpointing (by design); hand-over: every lease {all_leases:.1?} and first \
+         record {first:.1?} after the Java KCL stopped, all records {done:.1?} after our start; our \
+         graceful shutdown {shutdown:.1?}",
         ctx.producer.puts.len(),
         java_seen.len(),
         show(&c1),
@@ -658,36 +708,33 @@ async fn java_to_rust(ctx: &mut Ctx) -> (SchedulerHandle, RustLog) {
     assert_eq!(duplicates, 0);
     assert_eq!(
         agg_got,
-        (5..10)
-            .map(|i| format!("agg1-{i}"))
-            .collect::<Vec<_>>()
-            .iter()
-            .collect::<Vec<_>>(),
+        (5..10).map(|i| format!("j2r-agg-{i}")).collect::<Vec<_>>(),
         "the rest of the aggregate, in order"
     );
     assert!(
         beyond_java_checkpoint > 0,
         "the scenario has records Java processed past its checkpoint"
     );
-    // Every processor started at the Java checkpoint.
     for (_, shard, cp) in log.initialized.lock().unwrap().iter() {
         assert_eq!(cp, &c1[shard], "{shard} started from the Java checkpoint");
     }
-    drop(java);
-    (rust, log)
+    assert_extras_left_alone(&ctx).await;
 }
 
-/// Scenario 2: our worker (running, holding every lease) hands over to the Java KCL. Returns
-/// the Java daemon, running.
-async fn rust_to_java(ctx: &mut Ctx, (rust, log): (SchedulerHandle, RustLog)) -> JavaDaemon {
+/// Rust → Java: our worker checkpoints (inside a KPL aggregate in shard 2) and shuts down
+/// gracefully; the Java KCL continues from our checkpoints, nothing lost or replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_to_java_continues_from_our_checkpoints() {
+    let (_serial, mut ctx) = Ctx::acquire().await;
+    let log = RustLog::default();
+    let rust = ctx.rust("rust-1", &log);
     let p = &mut ctx.producer;
-    let from = p.puts.len();
-    p.wave("c", 5).await;
-    let agg_seq = p.aggregate(2, "agg2", 10, 6).await;
-    let new: BTreeSet<String> = p.puts[from..].iter().map(|p| p.data.clone()).collect();
+    p.wave("r2j-c", 5).await;
+    let agg_seq = p.aggregate(2, "r2j-agg", 10, 6).await;
+    let new = p.all_data();
     let s2 = p.shard_id(2).to_owned();
-    wait_for(LIMIT, "our worker processed every new record", None, || {
-        new.is_subset(&log.records().iter().map(|g| g.data.clone()).collect())
+    wait_for(LIMIT, "our worker processed every record", None, || {
+        new.is_subset(&log.records().into_iter().map(|g| g.data).collect())
     })
     .await;
     let before = log.records();
@@ -705,21 +752,17 @@ async fn rust_to_java(ctx: &mut Ctx, (rust, log): (SchedulerHandle, RustLog)) ->
     assert_eq!(c2[&s2], hold2, "our checkpoint inside the aggregate");
 
     let p = &mut ctx.producer;
-    p.wave("d", 5).await;
+    p.wave("r2j-d", 5).await;
     let expected = p.after(&c2);
     let rust_seen: BTreeSet<String> = before.iter().map(|g| g.data.clone()).collect();
     let beyond_our_checkpoint = expected.intersection(&rust_seen).count();
 
-    let java = JavaDaemon::start(
-        &java_config(&ctx.app, &ctx.stream, "java-1"),
-        ctx.endpoints,
-        &run_dir(&ctx.app, "java-1-second"),
-    );
+    let mut java = ctx.java("java-1", "r2j");
     wait_for(
         LIMIT,
         "the Java KCL's first record after our shutdown",
         Some(&java),
-        || !java.records().is_empty(),
+        || !only("r2j-", java_data(&java)).is_empty(),
     )
     .await;
     let first = rust_stopped.elapsed();
@@ -727,28 +770,34 @@ async fn rust_to_java(ctx: &mut Ctx, (rust, log): (SchedulerHandle, RustLog)) ->
         LIMIT,
         "the Java KCL processed every record after our checkpoints",
         Some(&java),
-        || java_data(&java).into_iter().collect::<BTreeSet<_>>().len() >= expected.len(),
+        || expected.is_subset(&java_data(&java).into_iter().collect()),
     )
     .await;
     let done = rust_stopped.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let got = java_data(&java);
+    let all_java = java_data(&java);
+    let got = only("r2j-", all_java.clone());
     let got_set: BTreeSet<String> = got.iter().cloned().collect();
     let replayed: Vec<&String> = got_set.difference(&expected).collect();
     let lost: Vec<&String> = expected.difference(&got_set).collect();
     let duplicates = got.len() - got_set.len();
-    let agg_got: Vec<&String> = got.iter().filter(|d| d.starts_with("agg2-")).collect();
+    let agg_got = only("r2j-agg-", got.clone());
+    let stop = java.stop();
     println!(
-        "[java-interop] Rust -> Java: graceful shutdown of ours took {shutdown:.1?}; our checkpoints {}; \
-         Java processed {} (expected exactly {}): replayed {}, lost {}, duplicates {duplicates}; {} of them we \
-         had processed without checkpointing (by design); hand-over: Java's first record {first:.1?}, all \
-         {done:.1?} after our shutdown (including the daemon's restart)",
+        "[java-interop] Rust -> Java: {} records put; ours processed {} and shut down gracefully in \
+         {shutdown:.1?}, checkpoints {}; Java processed {} (expected exactly {}): replayed {}, lost {}, \
+         duplicates {duplicates}, records of other tests {}; {} of them we had processed without \
+         checkpointing (by design); hand-over: Java's first record {first:.1?}, all records {done:.1?} after \
+         our shutdown (including the daemon's restart); Java's graceful stop {stop:.1?}",
+        ctx.producer.puts.len(),
+        rust_seen.len(),
         show(&c2),
         got.len(),
         expected.len(),
         replayed.len(),
         lost.len(),
+        all_java.len() - got.len(),
         beyond_our_checkpoint,
     );
     assert!(
@@ -761,13 +810,18 @@ async fn rust_to_java(ctx: &mut Ctx, (rust, log): (SchedulerHandle, RustLog)) ->
     );
     assert_eq!(duplicates, 0);
     assert_eq!(
+        all_java.len(),
+        got.len(),
+        "the Java KCL replayed records of other tests"
+    );
+    assert_eq!(
         agg_got,
-        (7..10)
-            .map(|i| format!("agg2-{i}"))
-            .collect::<Vec<_>>()
-            .iter()
-            .collect::<Vec<_>>(),
+        (7..10).map(|i| format!("r2j-agg-{i}")).collect::<Vec<_>>(),
         "Java resumes inside the aggregate"
+    );
+    assert!(
+        beyond_our_checkpoint > 0,
+        "the scenario has records we processed past our checkpoint"
     );
     for (shard, starts) in java.initialized() {
         let (seq, sub) = starts.first().expect("a start").clone();
@@ -777,19 +831,37 @@ async fn rust_to_java(ctx: &mut Ctx, (rust, log): (SchedulerHandle, RustLog)) ->
             "{shard}: Java started from our checkpoint"
         );
     }
-    java
+    assert_extras_left_alone(&ctx).await;
 }
 
-/// Scenario 3: one Java worker (running, holding every lease) and one of ours for a minute.
-async fn mixed_fleet(ctx: &mut Ctx, mut java: JavaDaemon) {
-    let log = RustLog::default();
-    let java_before = java.records().len();
+/// Mixed fleet: one Java worker (holding every lease first) and one of ours for a minute while
+/// records flow. Nothing is lost; duplicates only in shards whose lease moved; our worker keeps
+/// running and leaves the 3.x extras alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_fleet_loses_nothing() {
+    let (_serial, mut ctx) = Ctx::acquire().await;
+    let mut java = ctx.java("java-1", "mixed");
+    let store = ctx.store.clone();
+    wait_for_async(LIMIT, "the Java worker holds every lease", Some(&java), || {
+        let store = store.clone();
+        async move {
+            let o = owners(&store).await;
+            o.len() == SHARDS && o.values().all(|w| w.as_deref() == Some("java-1"))
+        }
+    })
+    .await;
+    wait_for(LIMIT, "the Java worker's processors started", Some(&java), || {
+        java.initialized().len() == SHARDS
+    })
+    .await;
     let java_inits_before = java.initialized().values().map(Vec::len).sum::<usize>();
-    let puts_before = ctx.producer.puts.len();
-    let rust = rust_worker(&ctx.app, &ctx.stream, "rust-2", &ctx.backend, &ctx.store, &log);
 
+    let log = RustLog::default();
+    let rust = ctx.rust("rust-2", &log);
     // Sample the lease owners every 500 ms while records flow.
-    let sampling = Arc::new(Mutex::new(Vec::<BTreeMap<String, Option<String>>>::new()));
+    let sampling = Arc::new(std::sync::Mutex::new(
+        Vec::<BTreeMap<String, Option<String>>>::new(),
+    ));
     let sampler = {
         let (store, sampling) = (ctx.store.clone(), sampling.clone());
         tokio::spawn(async move {
@@ -808,20 +880,14 @@ async fn mixed_fleet(ctx: &mut Ctx, mut java: JavaDaemon) {
     let mut i = 0;
     while t0.elapsed() < MIXED_FOR {
         for s in 0..SHARDS {
-            ctx.producer.put(s, format!("m-{s}-{i}")).await;
+            ctx.producer.put(s, format!("mix-{s}-{i}")).await;
         }
         i += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let mixed: BTreeSet<String> = ctx.producer.puts[puts_before..]
-        .iter()
-        .map(|p| p.data.clone())
-        .collect();
-    let seen = || -> Vec<String> {
-        let mut v: Vec<String> = java.records()[java_before..]
-            .iter()
-            .map(|r| r.3.clone())
-            .collect();
+    let mixed = ctx.producer.all_data();
+    let seen = || -> BTreeSet<String> {
+        let mut v: BTreeSet<String> = only("mix-", java_data(&java)).into_iter().collect();
         v.extend(log.records().into_iter().map(|g| g.data));
         v
     };
@@ -829,10 +895,7 @@ async fn mixed_fleet(ctx: &mut Ctx, mut java: JavaDaemon) {
         LIMIT,
         "every record of the mixed fleet processed",
         Some(&java),
-        || {
-            let s: BTreeSet<String> = seen().into_iter().collect();
-            mixed.is_subset(&s)
-        },
+        || mixed.is_subset(&seen()),
     )
     .await;
     let drained = t0.elapsed();
@@ -843,16 +906,12 @@ async fn mixed_fleet(ctx: &mut Ctx, mut java: JavaDaemon) {
         "our worker kept running next to the Java KCL 3.x"
     );
 
-    let java_records: Vec<String> = java.records()[java_before..]
-        .iter()
-        .map(|r| r.3.clone())
-        .collect();
+    let java_records = only("mix-", java_data(&java));
     let rust_records: Vec<Got> = log.records();
     let all: Vec<String> = java_records
         .iter()
         .cloned()
         .chain(rust_records.iter().map(|g| g.data.clone()))
-        .filter(|d| mixed.contains(d))
         .collect();
     let c = counts(all.iter());
     let lost: Vec<&String> = mixed.iter().filter(|d| !c.contains_key(d)).collect();
@@ -860,15 +919,15 @@ async fn mixed_fleet(ctx: &mut Ctx, mut java: JavaDaemon) {
     let extra_deliveries: usize = c.values().map(|n| n - 1).sum();
     // Deliveries to the same worker twice (a lease that went away and came back).
     let mut per_worker: BTreeMap<(String, String), usize> = BTreeMap::new();
-    for d in java_records.iter().filter(|d| mixed.contains(*d)) {
+    for d in &java_records {
         *per_worker.entry(("java-1".into(), d.clone())).or_default() += 1;
     }
-    for g in rust_records.iter().filter(|g| mixed.contains(&g.data)) {
+    for g in &rust_records {
         *per_worker.entry((g.worker.clone(), g.data.clone())).or_default() += 1;
     }
     let same_worker_again = per_worker.values().filter(|n| **n > 1).count();
     let rust_shards: BTreeSet<&String> = rust_records.iter().map(|g| &g.shard).collect();
-    // Lease moves: owner changes between consecutive samples; processor starts per shard.
+    // Lease moves: owner changes between consecutive samples, and processor starts per shard.
     let samples = sampling.lock().unwrap().clone();
     let mut moves: BTreeMap<String, usize> = BTreeMap::new();
     for w in samples.windows(2) {
@@ -882,17 +941,12 @@ async fn mixed_fleet(ctx: &mut Ctx, mut java: JavaDaemon) {
     for (_, shard, _) in log.initialized.lock().unwrap().iter() {
         *starts.entry(shard.clone()).or_default() += 1;
     }
-    let java_starts: Vec<(String, usize)> = java
-        .initialized()
-        .into_iter()
-        .map(|(s, v)| (s, v.len()))
-        .collect();
-    let java_inits_now: usize = java_starts.iter().map(|(_, n)| n).sum();
-    for (shard, n) in &java_starts {
-        // Starts before this scenario count once per shard (the Java worker held every lease).
-        *starts.entry(shard.clone()).or_default() += n.saturating_sub(1);
+    let java_starts = java.initialized();
+    for (shard, v) in &java_starts {
+        // The first start of each shard was before the records flowed.
+        *starts.entry(shard.clone()).or_default() += v.len().saturating_sub(1);
     }
-    let last = samples.last().cloned().unwrap_or_default();
+    let java_inits_now: usize = java_starts.values().map(Vec::len).sum();
     let mut share: BTreeMap<String, usize> = BTreeMap::new();
     for sample in &samples {
         for owner in sample.values() {
@@ -901,21 +955,26 @@ async fn mixed_fleet(ctx: &mut Ctx, mut java: JavaDaemon) {
                 .or_default() += 1;
         }
     }
+    let last = samples.last().cloned().unwrap_or_default();
+    let rust_lost = log.lease_lost.lock().unwrap().len();
+    let rust_starts = log.initialized.lock().unwrap().len();
+    let t = Instant::now();
+    rust.shutdown().await.expect("graceful shutdown");
+    let rust_shutdown = t.elapsed();
+    let java_stop = java.stop();
     println!(
-        "[java-interop] mixed fleet for {MIXED_FOR:?}: {} records put, processed by Java {}, by ours {}; lost {}, \
-         records delivered more than once {} ({} extra deliveries, {same_worker_again} to the same worker \
-         again); ours processed shards {rust_shards:?}; all processed {drained:.1?} after the start; \
-         owner changes per shard {moves:?}, Java processor starts {}, ours {}; ours lost {} leases; lease-samples \
-         per owner {share:?}; owners at the end {last:?}",
+        "[java-interop] mixed fleet for {MIXED_FOR:?}: {} records put, processed by Java {}, by ours {} (shards \
+         {rust_shards:?}); lost {}, records delivered more than once {} ({extra_deliveries} extra deliveries, \
+         {same_worker_again} to the same worker again); all processed {drained:.1?} after the start; owner \
+         changes per shard {moves:?}; processor starts after the first: Java {}, ours {rust_starts}; leases \
+         ours lost {rust_lost}; lease-samples per owner {share:?}; owners at the end {last:?}; shutdown: ours \
+         {rust_shutdown:.1?}, Java {java_stop:.1?}",
         mixed.len(),
-        java_records.iter().filter(|d| mixed.contains(*d)).count(),
-        rust_records.iter().filter(|g| mixed.contains(&g.data)).count(),
+        java_records.len(),
+        rust_records.len(),
         lost.len(),
         duplicated.len(),
-        extra_deliveries,
         java_inits_now - java_inits_before,
-        log.initialized.lock().unwrap().len(),
-        log.lease_lost.lock().unwrap().len(),
     );
     assert!(lost.is_empty(), "records lost in the mixed fleet: {lost:?}");
     for d in &duplicated {
@@ -925,10 +984,12 @@ async fn mixed_fleet(ctx: &mut Ctx, mut java: JavaDaemon) {
             "{d} was delivered twice in {shard}, whose lease never moved"
         );
     }
+    assert_extras_left_alone(&ctx).await;
+}
 
-    // Stop both; the 3.x extras and everybody's attributes are still there.
-    rust.shutdown().await.expect("graceful shutdown");
-    java.stop();
+/// The Java KCL 3.x's extras are still there: its two tables, the index, and the attribute
+/// neither library knows on every lease row.
+async fn assert_extras_left_alone(ctx: &Ctx) {
     let (tables, indexes) = extras(&ctx.dynamodb, &ctx.app).await;
     for t in ["CoordinatorState", "WorkerMetricStats"] {
         assert!(
