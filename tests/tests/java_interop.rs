@@ -2,7 +2,7 @@
 //! emulators. The Java KCL runs as its MultiLangDaemon with the recording processor of
 //! `tests/java-kcl/` (installed from PyPI on first use by `tests/java-kcl/java-kcl.sh`).
 //!
-//! The three tests share one application (they run one at a time), because the Java KCL needs
+//! The tests share one application (they run one at a time), because the Java KCL needs
 //! minutes before its first record on a new application and seconds on an existing one: the
 //! first test to run creates it and has the Java KCL run once on it (the warm-up); each test's
 //! Java starts are then restarts. Each test puts its own records (data prefixed with the test's
@@ -16,6 +16,8 @@
 //! 3. Mixed fleet: a Java worker and one of ours on the table for a minute while records flow:
 //!    nothing is lost; duplicates only in shards whose lease moved; our worker keeps running
 //!    and leaves the Java KCL 3.x's extras (index, tables, attributes) alone.
+//! 4. Rolling migration: ours joins with stealing off, the Java worker is stopped while records
+//!    flow: nothing lost, nothing processed twice.
 //!
 //! Figures are printed (`cargo test -p kcl-tests --test java_interop -- --nocapture`).
 
@@ -38,7 +40,7 @@ use kcl_lease::{DynamoDbLeaseStore, LeaseStore};
 use kcl_tests::aws::{backends, create_stream, sdk, unique};
 use kcl_tests::emulators::Endpoints;
 use kcl_tests::init_tracing;
-use kcl_tests::java_kcl::{self, JavaConfig, JavaDaemon};
+use kcl_tests::java_kcl::{self, JavaConfig, JavaDaemon, JavaEvent};
 use tokio::sync::{Mutex, MutexGuard, OnceCell};
 use tokio::time::Instant;
 
@@ -51,6 +53,10 @@ const RUST_FAILOVER: Duration = Duration::from_secs(5);
 const JAVA_FIRST_START: Duration = Duration::from_secs(480);
 const LIMIT: Duration = Duration::from_secs(120);
 const MIXED_FOR: Duration = Duration::from_secs(60);
+/// When our worker joins the Java worker in the mixed fleet.
+const JOIN_AFTER: Duration = Duration::from_secs(10);
+/// How long records flow in the rolling migration.
+const ROLLING_FOR: Duration = Duration::from_secs(30);
 /// The data suffix that makes either processor checkpoint AT that record and no further.
 const HOLD: &str = "#hold";
 /// An attribute neither KCL knows, put on every lease row: it must survive everything.
@@ -161,6 +167,7 @@ impl RecordProcessor for InteropProcessor {
     }
 }
 
+/// Our worker; `max_leases_to_steal` 0 switches stealing off.
 fn rust_worker(
     app: &str,
     stream: &str,
@@ -168,9 +175,11 @@ fn rust_worker(
     backend: &KinesisBackend,
     store: &DynamoDbLeaseStore,
     log: &RustLog,
+    max_leases_to_steal: usize,
 ) -> SchedulerHandle {
     let (w, log) = (worker.to_owned(), log.clone());
     Scheduler::builder(app, stream)
+        .max_leases_to_steal(max_leases_to_steal)
         .worker_id(worker.to_owned())
         .backend(backend.clone())
         .lease_store(store.clone())
@@ -504,7 +513,19 @@ impl Ctx {
     }
 
     fn rust(&self, worker: &str, log: &RustLog) -> SchedulerHandle {
-        rust_worker(&self.app, &self.stream, worker, &self.backend, &self.store, log)
+        self.rust_stealing(worker, log, 1)
+    }
+
+    fn rust_stealing(&self, worker: &str, log: &RustLog, max_leases_to_steal: usize) -> SchedulerHandle {
+        rust_worker(
+            &self.app,
+            &self.stream,
+            worker,
+            &self.backend,
+            &self.store,
+            log,
+            max_leases_to_steal,
+        )
     }
 }
 
@@ -857,7 +878,6 @@ async fn mixed_fleet_loses_nothing() {
     let java_inits_before = java.initialized().values().map(Vec::len).sum::<usize>();
 
     let log = RustLog::default();
-    let rust = ctx.rust("rust-2", &log);
     // Sample the lease owners every 500 ms while records flow.
     let sampling = Arc::new(std::sync::Mutex::new(
         Vec::<BTreeMap<String, Option<String>>>::new(),
@@ -876,15 +896,21 @@ async fn mixed_fleet_loses_nothing() {
             }
         })
     };
+    // Ours joins while records flow, so that the leases it takes move under load.
     let t0 = Instant::now();
     let mut i = 0;
+    let mut rust = None;
     while t0.elapsed() < MIXED_FOR {
         for s in 0..SHARDS {
             ctx.producer.put(s, format!("mix-{s}-{i}")).await;
         }
         i += 1;
+        if rust.is_none() && t0.elapsed() >= JOIN_AFTER {
+            rust = Some(ctx.rust("rust-2", &log));
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let rust = rust.expect("our worker started");
     let mixed = ctx.producer.all_data();
     let seen = || -> BTreeSet<String> {
         let mut v: BTreeSet<String> = only("mix-", java_data(&java)).into_iter().collect();
@@ -963,7 +989,7 @@ async fn mixed_fleet_loses_nothing() {
     let rust_shutdown = t.elapsed();
     let java_stop = java.stop();
     println!(
-        "[java-interop] mixed fleet for {MIXED_FOR:?}: {} records put, processed by Java {}, by ours {} (shards \
+        "[java-interop] mixed fleet for {MIXED_FOR:?} (ours joining after {JOIN_AFTER:?}): {} records put, processed by Java {}, by ours {} (shards \
          {rust_shards:?}); lost {}, records delivered more than once {} ({extra_deliveries} extra deliveries, \
          {same_worker_again} to the same worker again); all processed {drained:.1?} after the start; owner \
          changes per shard {moves:?}; processor starts after the first: Java {}, ours {rust_starts}; leases \
@@ -984,6 +1010,108 @@ async fn mixed_fleet_loses_nothing() {
             "{d} was delivered twice in {shard}, whose lease never moved"
         );
     }
+    assert_extras_left_alone(&ctx).await;
+}
+
+/// A rolling migration, the way `docs/migration.md` recommends: our worker joins a Java worker
+/// with stealing switched off (`max_leases_to_steal(0)`), so it takes nothing while the Java
+/// worker runs; the Java worker is stopped gracefully while records flow, and ours takes every
+/// lease when it expires. Nothing lost, nothing processed twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_migration_without_steals_replays_nothing() {
+    let (_serial, ctx) = Ctx::acquire().await;
+    let java = ctx.java("java-1", "rolling");
+    let store = ctx.store.clone();
+    wait_for_async(LIMIT, "the Java worker holds every lease", Some(&java), || {
+        let store = store.clone();
+        async move {
+            let o = owners(&store).await;
+            o.len() == SHARDS && o.values().all(|w| w.as_deref() == Some("java-1"))
+        }
+    })
+    .await;
+    wait_for(LIMIT, "the Java worker's processors started", Some(&java), || {
+        java.initialized().len() == SHARDS
+    })
+    .await;
+
+    let log = RustLog::default();
+    let rust = ctx.rust_stealing("rust-3", &log, 0);
+    let mut producer = Producer::new(ctx.producer.client.clone(), &ctx.backend, &ctx.stream).await;
+    let t0 = Instant::now();
+    let flow = tokio::spawn(async move {
+        let mut i = 0;
+        while t0.elapsed() < ROLLING_FOR {
+            for s in 0..SHARDS {
+                producer.put(s, format!("roll-{s}-{i}")).await;
+            }
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        producer
+    });
+    tokio::time::sleep(ROLLING_FOR / 3).await;
+    let held_next_to_java = rust.held_leases().len();
+    let java_lost_before_stop = java
+        .events()
+        .iter()
+        .filter(|e| matches!(e, JavaEvent::Lifecycle { what, .. } if what == "lease_lost"))
+        .count();
+    // Stop the Java worker (a blocking call: off the runtime's threads, records keep flowing).
+    let stop_began = Instant::now();
+    let (java, stop) = tokio::task::spawn_blocking(move || {
+        let mut java = java;
+        let took = java.stop();
+        (java, took)
+    })
+    .await
+    .expect("stop");
+    wait_for(LIMIT, "our worker holds every lease", None, || {
+        rust.held_leases().len() == SHARDS
+    })
+    .await;
+    let handover = stop_began.elapsed();
+    let producer = flow.await.expect("producer");
+    let put = producer.all_data();
+    wait_for(LIMIT, "every record processed", None, || {
+        let mut seen: BTreeSet<String> = only("roll-", java_data(&java)).into_iter().collect();
+        seen.extend(log.records().into_iter().map(|g| g.data));
+        put.is_subset(&seen)
+    })
+    .await;
+    let drained = t0.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rust.shutdown().await.expect("graceful shutdown");
+
+    let java_records = only("roll-", java_data(&java));
+    let rust_records: Vec<String> = log.records().into_iter().map(|g| g.data).collect();
+    let all: Vec<String> = java_records.iter().chain(&rust_records).cloned().collect();
+    let c = counts(all.iter());
+    let lost: Vec<&String> = put.iter().filter(|d| !c.contains_key(d)).collect();
+    let duplicated: Vec<&String> = c.iter().filter(|(_, n)| **n > 1).map(|(d, _)| *d).collect();
+    println!(
+        "[java-interop] rolling migration ({ROLLING_FOR:?} of records, ours with max_leases_to_steal 0): {} \
+         records put, processed by Java {}, by ours {}; lost {}, delivered twice {}; ours held \
+         {held_next_to_java} leases next to the running Java worker, which lost {java_lost_before_stop}; \
+         Java's graceful stop {stop:.1?}; ours held every lease {handover:.1?} after the stop began; all processed \
+         {drained:.1?} after the start",
+        put.len(),
+        java_records.len(),
+        rust_records.len(),
+        lost.len(),
+        duplicated.len(),
+    );
+    assert_eq!(
+        held_next_to_java, 0,
+        "with stealing off, ours takes nothing from a live Java worker"
+    );
+    assert_eq!(
+        java_lost_before_stop, 0,
+        "the Java worker lost no lease while it ran"
+    );
+    assert!(lost.is_empty(), "records lost: {lost:?}");
+    assert!(duplicated.is_empty(), "records processed twice: {duplicated:?}");
+    assert!(!rust_records.is_empty(), "ours processed the rest");
     assert_extras_left_alone(&ctx).await;
 }
 
