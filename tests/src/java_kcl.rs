@@ -64,7 +64,6 @@ pub struct JavaDaemon {
     run_dir: PathBuf,
     records: PathBuf,
     pid: u32,
-    started: Instant,
     stopped: bool,
 }
 
@@ -121,7 +120,6 @@ impl JavaDaemon {
             ("AWS_ENDPOINT_URL_DYNAMODB", endpoints.dynamodb.clone()),
             ("AWS_REGION", endpoints.region.clone()),
         ];
-        let started = Instant::now();
         let out = run_script("start", &envs);
         let pid = out
             .lines()
@@ -132,7 +130,6 @@ impl JavaDaemon {
             run_dir: run_dir.to_owned(),
             records,
             pid,
-            started,
             stopped: false,
         }
     }
@@ -140,16 +137,6 @@ impl JavaDaemon {
     /// The daemon's process id.
     pub fn pid(&self) -> u32 {
         self.pid
-    }
-
-    /// When it was started.
-    pub fn started(&self) -> Instant {
-        self.started
-    }
-
-    /// Whether the process is still alive.
-    pub fn is_alive(&self) -> bool {
-        Path::new(&format!("/proc/{}", self.pid)).exists() && !self.stopped
     }
 
     /// Stops it gracefully (SIGTERM; SIGKILL after 60 s); returns how long the shutdown took.
@@ -216,7 +203,8 @@ impl Drop for JavaDaemon {
         if !self.stopped {
             if std::thread::panicking() {
                 eprintln!(
-                    "--- last 60 lines of the Java KCL log ({}) ---\n{}",
+                    "--- last 60 lines of the Java KCL log (pid {}, {}) ---\n{}",
+                    self.pid,
                     self.run_dir.join("daemon.log").display(),
                     self.log_tail(60)
                 );
