@@ -168,6 +168,7 @@ impl RecordProcessor for InteropProcessor {
 }
 
 /// Our worker; `max_leases_to_steal` 0 switches stealing off.
+#[allow(clippy::too_many_arguments)]
 fn rust_worker(
     app: &str,
     stream: &str,
@@ -176,6 +177,7 @@ fn rust_worker(
     store: &DynamoDbLeaseStore,
     log: &RustLog,
     max_leases_to_steal: usize,
+    failover: Duration,
 ) -> SchedulerHandle {
     let (w, log) = (worker.to_owned(), log.clone());
     Scheduler::builder(app, stream)
@@ -184,7 +186,7 @@ fn rust_worker(
         .backend(backend.clone())
         .lease_store(store.clone())
         .initial_position(InitialPosition::TrimHorizon)
-        .failover_time(RUST_FAILOVER)
+        .failover_time(failover)
         .polling_interval(Duration::from_millis(200))
         .min_read_interval(Duration::from_millis(100))
         .shard_sync_interval(Duration::from_secs(5))
@@ -513,10 +515,16 @@ impl Ctx {
     }
 
     fn rust(&self, worker: &str, log: &RustLog) -> SchedulerHandle {
-        self.rust_stealing(worker, log, 1)
+        self.rust_stealing(worker, log, 1, RUST_FAILOVER)
     }
 
-    fn rust_stealing(&self, worker: &str, log: &RustLog, max_leases_to_steal: usize) -> SchedulerHandle {
+    fn rust_stealing(
+        &self,
+        worker: &str,
+        log: &RustLog,
+        max_leases_to_steal: usize,
+        failover: Duration,
+    ) -> SchedulerHandle {
         rust_worker(
             &self.app,
             &self.stream,
@@ -525,6 +533,7 @@ impl Ctx {
             &self.store,
             log,
             max_leases_to_steal,
+            failover,
         )
     }
 }
@@ -1036,7 +1045,9 @@ async fn rolling_migration_without_steals_replays_nothing() {
     .await;
 
     let log = RustLog::default();
-    let rust = ctx.rust_stealing("rust-3", &log, 0);
+    // A longer failover time than the Java worker's: a late Java renewal (a busy machine) must
+    // not look like an expired lease to ours.
+    let rust = ctx.rust_stealing("rust-3", &log, 0, 2 * RUST_FAILOVER);
     let mut producer = Producer::new(ctx.producer.client.clone(), &ctx.backend, &ctx.stream).await;
     let t0 = Instant::now();
     let flow = tokio::spawn(async move {
