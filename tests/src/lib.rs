@@ -5,6 +5,7 @@
 
 pub mod aws;
 pub mod emulators;
+pub mod java_kcl;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};

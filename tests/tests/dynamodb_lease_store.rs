@@ -182,6 +182,79 @@ async fn ensure_table_creates_once_and_is_idempotent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ensure_table_adds_the_java_3x_index_and_accepts_a_2x_table_without_it() {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ProjectionType, ScalarAttributeType,
+    };
+    let (store, client) = store("kcl-index").await;
+    let described = client
+        .describe_table()
+        .table_name(store.table_name())
+        .send()
+        .await
+        .unwrap();
+    let indexes = described.table().unwrap().global_secondary_indexes();
+    assert_eq!(indexes.len(), 1, "{indexes:?}");
+    let index = &indexes[0];
+    assert_eq!(
+        index.index_name(),
+        Some(kcl_lease::dynamodb::schema::LEASE_OWNER_INDEX)
+    );
+    let keys: Vec<(&str, &KeyType)> = index
+        .key_schema()
+        .iter()
+        .map(|k| (k.attribute_name(), k.key_type()))
+        .collect();
+    assert_eq!(
+        keys,
+        [("leaseOwner", &KeyType::Hash), ("leaseKey", &KeyType::Range)]
+    );
+    assert_eq!(
+        index.projection().and_then(|p| p.projection_type()),
+        Some(&ProjectionType::KeysOnly)
+    );
+
+    // A 2.x application's table (no index) is used as it is.
+    let old = DynamoDbLeaseStore::new(client.clone(), unique("kcl-2x"));
+    client
+        .create_table()
+        .table_name(old.table_name())
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("leaseKey")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("leaseKey")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !old.ensure_table().await.unwrap(),
+        "an existing table is not re-created"
+    );
+    assert!(old.create_if_absent(&lease("a")).await.unwrap());
+    let mut owned = old.get("a").await.unwrap().unwrap();
+    owned = old.take(&owned, "w", false).await.unwrap();
+    old.renew(&owned).await.unwrap();
+    let described = client
+        .describe_table()
+        .table_name(old.table_name())
+        .send()
+        .await
+        .unwrap();
+    assert!(described.table().unwrap().global_secondary_indexes().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_is_idempotent_and_keeps_the_first_row() {
     let (store, _) = store("kcl-create").await;
     assert!(store.create_if_absent(&lease("a")).await.unwrap());

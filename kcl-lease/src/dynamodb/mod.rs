@@ -10,8 +10,12 @@
 //!
 //! # Table schema (the migration reference)
 //!
-//! Hash key `leaseKey` (S), no range key, no index is required. Billing mode of tables created
-//! by [`DynamoDbLeaseStore::ensure_table`]: on demand (`PAY_PER_REQUEST`).
+//! Hash key `leaseKey` (S), no range key, no index is required. Tables created by
+//! [`DynamoDbLeaseStore::ensure_table`] are on demand (`PAY_PER_REQUEST`) and have the Java KCL
+//! 3.x's global secondary index [`schema::LEASE_OWNER_INDEX`] (`LeaseOwnerToLeaseKeyIndex`: hash
+//! key `leaseOwner` S, range key `leaseKey` S, `KEYS_ONLY`), as a 3.x application's table does,
+//! so that Java KCL 3.x workers can run on a table this crate created (they wait for that index,
+//! and add it with `UpdateTable` only where they are allowed to). This crate never queries it.
 //!
 //! | Attribute | Type | [`Lease`] field | Absent means |
 //! |---|---|---|---|
@@ -76,8 +80,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
-    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableDescription, TableStatus,
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
+    Projection, ProjectionType, ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
+    TableDescription, TableStatus,
 };
 use aws_sdk_dynamodb::Client;
 
@@ -148,7 +153,8 @@ impl DynamoDbLeaseStore {
         self.corrupt_rows_seen.load(Ordering::Relaxed)
     }
 
-    /// Creates the table unless it exists (hash key `leaseKey` S, on-demand billing), then waits
+    /// Creates the table unless it exists (hash key `leaseKey` S, on-demand billing, the index
+    /// [`schema::LEASE_OWNER_INDEX`]; an existing table is used as it is), then waits
     /// until it is `ACTIVE`, polling every [`TABLE_POLL_INTERVAL`] for at most
     /// [`TABLE_WAIT_LIMIT`]. Returns whether this call created it; a concurrent creator
     /// (`ResourceInUseException`) is not an error. An existing table with another key schema is
@@ -199,9 +205,29 @@ impl DynamoDbLeaseStore {
             .key_type(KeyType::Hash)
             .build()
             .map_err(build)?;
-        let attr = AttributeDefinition::builder()
-            .attribute_name(schema::LEASE_KEY)
-            .attribute_type(ScalarAttributeType::S)
+        let attr = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(build)
+        };
+        let index_key = |name: &str, key_type: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(key_type)
+                .build()
+                .map_err(build)
+        };
+        let owner_index = GlobalSecondaryIndex::builder()
+            .index_name(schema::LEASE_OWNER_INDEX)
+            .key_schema(index_key(schema::LEASE_OWNER, KeyType::Hash)?)
+            .key_schema(index_key(schema::LEASE_KEY, KeyType::Range)?)
+            .projection(
+                Projection::builder()
+                    .projection_type(ProjectionType::KeysOnly)
+                    .build(),
+            )
             .build()
             .map_err(build)?;
         tracing::info!(table = %self.table, "creating the lease table");
@@ -210,7 +236,9 @@ impl DynamoDbLeaseStore {
             .create_table()
             .table_name(&self.table)
             .key_schema(key)
-            .attribute_definitions(attr)
+            .attribute_definitions(attr(schema::LEASE_KEY)?)
+            .attribute_definitions(attr(schema::LEASE_OWNER)?)
+            .global_secondary_indexes(owner_index)
             .billing_mode(BillingMode::PayPerRequest)
             .send()
             .await;

@@ -55,6 +55,12 @@ pub const STREAM_NAME: &str = "streamName";
 /// `shardId` (S): multi-stream leases only, the shard id.
 pub const SHARD_ID: &str = "shardId";
 
+/// `LeaseOwnerToLeaseKeyIndex`: the global secondary index the Java KCL 3.x adds to the lease
+/// table (hash key `leaseOwner` S, range key `leaseKey` S, projection `KEYS_ONLY`), to list a
+/// worker's leases. [`crate::DynamoDbLeaseStore::ensure_table`] creates tables with it; this
+/// crate never queries it, so tables without it (a 2.x application's) work as well.
+pub const LEASE_OWNER_INDEX: &str = "LeaseOwnerToLeaseKeyIndex";
+
 /// A number attribute value.
 pub fn n(value: u64) -> AttributeValue {
     AttributeValue::N(value.to_string())
