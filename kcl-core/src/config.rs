@@ -40,6 +40,11 @@ pub struct FanOutConfig {
     /// Idle time after which a subscription that delivered no event at all (not even the empty
     /// ones Kinesis sends every few seconds) is considered broken and renewed (default 60 s).
     pub idle_timeout: Duration,
+    /// While a subscription delivers only empty events, check this often with one `GetRecords`
+    /// call whether the shard is closed and read to its end (default 10 s). Kinesis announces
+    /// the end itself; emulators such as kinesis-mock (LocalStack's Kinesis) never do, and
+    /// without the check the children of a resharded shard would wait forever.
+    pub end_probe_interval: Duration,
 }
 
 impl Default for FanOutConfig {
@@ -48,6 +53,7 @@ impl Default for FanOutConfig {
             consumer_name: None,
             subscription_renewal: Duration::from_secs(290),
             idle_timeout: Duration::from_secs(60),
+            end_probe_interval: Duration::from_secs(10),
         }
     }
 }
@@ -194,8 +200,12 @@ impl SchedulerConfig {
             return Err("max_records must be between 1 and 10000".into());
         }
         if let RetrievalMode::FanOut(f) = &self.retrieval {
-            if f.subscription_renewal.is_zero() || f.idle_timeout.is_zero() {
-                return Err("fan-out subscription_renewal and idle_timeout must be greater than zero".into());
+            if f.subscription_renewal.is_zero() || f.idle_timeout.is_zero() || f.end_probe_interval.is_zero()
+            {
+                return Err(
+                    "fan-out subscription_renewal, idle_timeout and end_probe_interval must be greater than zero"
+                        .into(),
+                );
             }
             if f.consumer_name.as_deref() == Some("") {
                 return Err("the fan-out consumer name must not be empty".into());

@@ -414,3 +414,61 @@ async fn multi_stream_rows_in_dynamodb_have_the_java_shape() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_finds_the_end_of_a_split_shard_that_kinesis_local_never_announces() {
+    init_tracing();
+    let (sdk, _) = sdk().await;
+    let (stream, app) = (unique("fanout-split"), unique("fanout-split-app"));
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    create_stream(&kinesis, &stream, 1).await;
+    let (backend, store) = backends(&sdk, &app).await;
+    let mut produced: BTreeMap<String, u64> = BTreeMap::new();
+    let put_wave = async |produced: &mut BTreeMap<String, u64>| {
+        for k in 0..6 {
+            let key = format!("key-{k}");
+            let n = produced.entry(key.clone()).or_default();
+            put(&kinesis, &stream, &key, &format!("{key}:{n}")).await;
+            *n += 1;
+        }
+    };
+    put_wave(&mut produced).await;
+    let log = Log::default();
+    let worker = fast_for(
+        &app,
+        &stream,
+        "a",
+        backend.clone(),
+        store.clone(),
+        &log,
+        Duration::from_secs(3),
+    )
+    .retrieval(RetrievalMode::FanOut(FanOutConfig {
+        end_probe_interval: Duration::from_secs(1),
+        ..FanOutConfig::default()
+    }))
+    .build()
+    .expect("config")
+    .spawn();
+    wait_until(LIMIT, "first wave", || log.wait_count() == 6).await;
+    kinesis
+        .split_shard()
+        .stream_name(&stream)
+        .shard_to_split("shardId-000000000000")
+        .new_starting_hash_key((1u128 << 127).to_string())
+        .send()
+        .await
+        .expect("SplitShard");
+    kcl_tests::aws::wait_active(&kinesis, &stream).await;
+    put_wave(&mut produced).await;
+    wait_until(LIMIT, "the children's records, after the parent's end", || {
+        log.wait_count() == 12
+    })
+    .await;
+    assert_eq!(log.assert_complete_and_ordered(&produced), 0);
+    let seen = log.seen();
+    let last_parent = seen.iter().rposition(|s| s.shard == "shardId-000000000000");
+    let first_child = seen.iter().position(|s| s.shard != "shardId-000000000000");
+    assert!(last_parent < first_child, "parent before children");
+    worker.shutdown().await.unwrap();
+}

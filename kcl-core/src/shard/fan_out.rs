@@ -8,7 +8,9 @@
 //! not active yet, another subscription holds the shard, or ours was replaced) and throttling are
 //! retried with backoff; a consumer deregistered behind our back is registered again. The
 //! bounded channel to the shard consumer is the back-pressure: while it is full no event is
-//! read, and the transport's flow control holds the service back.
+//! read, and the transport's flow control holds the service back. While only empty events
+//! arrive, one `GetRecords` call every `end_probe_interval` checks whether the shard is closed
+//! and read to its end, for services that never announce it (kinesis-mock, LocalStack).
 //!
 //! [`ConsumerRegistry`] registers the application's consumer once per stream (idempotent, shared
 //! by every worker of the application) and waits until it is `ACTIVE`.
@@ -88,6 +90,9 @@ pub(crate) async fn run(
 ) {
     let mut unpacker = Unpacker::new(config.hash_range, skip_through);
     let mut continuation: Option<SequenceNumber> = None;
+    // Since when only empty events came, and when the end was last probed.
+    let mut idle_since: Option<Instant> = None;
+    let mut last_probe = Instant::now();
     let mut delays = read_backoff();
     let mut failures = 0u32;
     loop {
@@ -172,6 +177,26 @@ pub(crate) async fn run(
             };
             failures = 0;
             delays = read_backoff();
+            if event.records.is_empty() && event.continuation_sequence_number.is_some() {
+                let since = *idle_since.get_or_insert_with(Instant::now);
+                let now = Instant::now();
+                if now.duration_since(since) >= fan_out.end_probe_interval
+                    && now.duration_since(last_probe) >= fan_out.end_probe_interval
+                {
+                    last_probe = now;
+                    let after = match &event.continuation_sequence_number {
+                        Some(seq) => IteratorPosition::AfterSequenceNumber(seq.clone()),
+                        None => start.clone(),
+                    };
+                    if let Some(children) = probe_end(&*backend, &config, &after).await {
+                        info!("shard read to its end (found by GetRecords; the subscription did not say)");
+                        let _ = tx.send(Fetched::End { children }).await;
+                        return;
+                    }
+                }
+            } else {
+                idle_since = None;
+            }
             let records = unpacker.unpack(event.records);
             if !records.is_empty() {
                 let batch = Fetched::Batch {
@@ -193,6 +218,32 @@ pub(crate) async fn run(
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Whether the shard is closed and has nothing after `after`: its children if so.
+async fn probe_end(
+    backend: &dyn StreamBackend,
+    config: &FetchConfig,
+    after: &IteratorPosition,
+) -> Option<Vec<crate::record::ChildShard>> {
+    let iterator = match backend
+        .get_shard_iterator(&config.stream, &config.shard_id, after)
+        .await
+    {
+        Ok(it) => it,
+        Err(e) => {
+            debug!(error = %e, "probing the shard's end failed");
+            return None;
+        }
+    };
+    match backend.get_records(&iterator, 1).await {
+        Ok(out) if out.records.is_empty() && out.next_iterator.is_none() => Some(out.child_shards),
+        Ok(_) => None,
+        Err(e) => {
+            debug!(error = %e, "probing the shard's end failed");
+            None
         }
     }
 }
