@@ -1,6 +1,7 @@
 //! Helpers for the tests against the emulators through the real SDK path: clients, streams,
 //! producing records, and workers with the Kinesis backend and the DynamoDB lease store.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -93,4 +94,26 @@ pub async fn backends(
     let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(sdk), application);
     store.ensure_table().await.expect("lease table");
     (KinesisBackend::from_conf(sdk), store)
+}
+
+/// Puts `per_key` records for each of `keys` keys `key-<k>` with payload `key:index`, counting in
+/// `produced`; returns (shard, sequence number, key, index) of each record.
+pub async fn produce_aws(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    keys: usize,
+    per_key: u64,
+    produced: &mut BTreeMap<String, u64>,
+) -> Vec<(String, String, String, u64)> {
+    let mut out = Vec::new();
+    for _ in 0..per_key {
+        for k in 0..keys {
+            let key = format!("key-{k}");
+            let n = produced.entry(key.clone()).or_default();
+            let (shard, seq) = put(client, stream, &key, &format!("{key}:{n}")).await;
+            out.push((shard, seq, key.clone(), *n));
+            *n += 1;
+        }
+    }
+    out
 }

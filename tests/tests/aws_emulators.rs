@@ -11,7 +11,7 @@ use kcl_core::backend::failure::{FailureBackend, Fault, FaultPlan, Trigger};
 use kcl_core::backend::local::BackendOp;
 use kcl_core::{ExtendedSequenceNumber, KinesisBackend, SchedulerHandle, StreamBackend};
 use kcl_lease::{DynamoDbLeaseStore, LeaseStore};
-use kcl_tests::aws::{backends, create_stream, put, sdk, unique, wait_active};
+use kcl_tests::aws::{backends, create_stream, produce_aws, sdk, unique, wait_active};
 use kcl_tests::*;
 use tokio::time::Instant;
 
@@ -32,27 +32,6 @@ fn worker(
         .build()
         .expect("config")
         .spawn()
-}
-
-/// Puts `per_key` records for each key with payload `key:index`, counting in `produced`.
-async fn produce_aws(
-    client: &aws_sdk_kinesis::Client,
-    stream: &str,
-    keys: usize,
-    per_key: u64,
-    produced: &mut BTreeMap<String, u64>,
-) -> Vec<(String, String, String, u64)> {
-    let mut out = Vec::new();
-    for _ in 0..per_key {
-        for k in 0..keys {
-            let key = format!("key-{k}");
-            let n = produced.entry(key.clone()).or_default();
-            let (shard, seq) = put(client, stream, &key, &format!("{key}:{n}")).await;
-            out.push((shard, seq, key.clone(), *n));
-            *n += 1;
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

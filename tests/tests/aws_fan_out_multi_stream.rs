@@ -12,7 +12,7 @@ use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
 use kcl_core::backend::IteratorPosition;
 use kcl_core::{BackendError, ConsumerStatus, FanOutConfig, KinesisBackend, RetrievalMode, StreamBackend};
 use kcl_lease::LeaseStore;
-use kcl_tests::aws::{backends, create_stream, put, sdk, unique};
+use kcl_tests::aws::{backends, create_stream, produce_aws, put, sdk, unique};
 use kcl_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -28,13 +28,7 @@ async fn a_fan_out_worker_reads_kinesis_local_through_the_sdk() {
     create_stream(&kinesis, &stream, 2).await;
     let (backend, store) = backends(&sdk, &app).await;
     let mut produced: BTreeMap<String, u64> = BTreeMap::new();
-    for n in 0..5u64 {
-        for k in 0..6 {
-            let key = format!("key-{k}");
-            put(&kinesis, &stream, &key, &format!("{key}:{n}")).await;
-            *produced.entry(key).or_default() += 1;
-        }
-    }
+    produce_aws(&kinesis, &stream, 6, 5, &mut produced).await;
     let log = Log::default();
     let worker = fast_for(
         &app,
@@ -50,13 +44,7 @@ async fn a_fan_out_worker_reads_kinesis_local_through_the_sdk() {
     .expect("config")
     .spawn();
     wait_until(LIMIT, "first wave pushed", || log.wait_count() == 30).await;
-    for n in 5..10u64 {
-        for k in 0..6 {
-            let key = format!("key-{k}");
-            put(&kinesis, &stream, &key, &format!("{key}:{n}")).await;
-            *produced.entry(key).or_default() += 1;
-        }
-    }
+    produce_aws(&kinesis, &stream, 6, 5, &mut produced).await;
     wait_until(LIMIT, "second wave pushed", || log.wait_count() == 60).await;
     assert_eq!(log.assert_complete_and_ordered(&produced), 0);
 
@@ -424,15 +412,7 @@ async fn fan_out_finds_the_end_of_a_split_shard_that_kinesis_local_never_announc
     create_stream(&kinesis, &stream, 1).await;
     let (backend, store) = backends(&sdk, &app).await;
     let mut produced: BTreeMap<String, u64> = BTreeMap::new();
-    let put_wave = async |produced: &mut BTreeMap<String, u64>| {
-        for k in 0..6 {
-            let key = format!("key-{k}");
-            let n = produced.entry(key.clone()).or_default();
-            put(&kinesis, &stream, &key, &format!("{key}:{n}")).await;
-            *n += 1;
-        }
-    };
-    put_wave(&mut produced).await;
+    produce_aws(&kinesis, &stream, 6, 1, &mut produced).await;
     let log = Log::default();
     let worker = fast_for(
         &app,
@@ -460,7 +440,7 @@ async fn fan_out_finds_the_end_of_a_split_shard_that_kinesis_local_never_announc
         .await
         .expect("SplitShard");
     kcl_tests::aws::wait_active(&kinesis, &stream).await;
-    put_wave(&mut produced).await;
+    produce_aws(&kinesis, &stream, 6, 1, &mut produced).await;
     wait_until(LIMIT, "the children's records, after the parent's end", || {
         log.wait_count() == 12
     })

@@ -198,6 +198,14 @@ fn to_consumer(name: &str, arn: &str, status: &aws_sdk_kinesis::types::ConsumerS
 impl KinesisBackend {
     /// The stream's ARN (fan-out consumers are registered on it).
     async fn stream_arn(&self, stream: &str) -> Result<String, BackendError> {
+        Ok(self.summary(stream).await?.stream_arn().to_owned())
+    }
+
+    /// `DescribeStreamSummary` of the stream.
+    async fn summary(
+        &self,
+        stream: &str,
+    ) -> Result<aws_sdk_kinesis::types::StreamDescriptionSummary, BackendError> {
         let out = self
             .client
             .describe_stream_summary()
@@ -205,8 +213,7 @@ impl KinesisBackend {
             .send()
             .await
             .map_err(|e| self.map(e, Context::Stream(stream)))?;
-        out.stream_description_summary()
-            .map(|d| d.stream_arn().to_owned())
+        out.stream_description_summary
             .ok_or_else(|| BackendError::other(format!("no description returned for stream {stream}")))
     }
 }
@@ -373,16 +380,7 @@ impl StreamBackend for KinesisBackend {
     }
 
     async fn stream_identifier(&self, stream: &str) -> Result<StreamIdentifier, BackendError> {
-        let out = self
-            .client
-            .describe_stream_summary()
-            .stream_name(stream)
-            .send()
-            .await
-            .map_err(|e| self.map(e, Context::Stream(stream)))?;
-        let d = out
-            .stream_description_summary()
-            .ok_or_else(|| BackendError::other(format!("no description returned for stream {stream}")))?;
+        let d = self.summary(stream).await?;
         // arn:aws:kinesis:<region>:<account>:stream/<name>
         let account = d
             .stream_arn()
