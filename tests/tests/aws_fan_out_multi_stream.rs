@@ -19,6 +19,30 @@ use tokio::net::TcpListener;
 
 const LIMIT: Duration = Duration::from_secs(90);
 
+/// One fan-out worker of `app` on the emulators, with the tests' fast settings.
+fn fan_out_worker(
+    app: &str,
+    stream: &str,
+    backend: &KinesisBackend,
+    store: &kcl_lease::DynamoDbLeaseStore,
+    log: &Log,
+    config: FanOutConfig,
+) -> kcl_core::SchedulerHandle {
+    fast_for(
+        app,
+        stream,
+        "a",
+        backend.clone(),
+        store.clone(),
+        log,
+        Duration::from_secs(3),
+    )
+    .retrieval(RetrievalMode::FanOut(config))
+    .build()
+    .expect("config")
+    .spawn()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fan_out_worker_reads_kinesis_local_through_the_sdk() {
     init_tracing();
@@ -30,19 +54,7 @@ async fn a_fan_out_worker_reads_kinesis_local_through_the_sdk() {
     let mut produced: BTreeMap<String, u64> = BTreeMap::new();
     produce_aws(&kinesis, &stream, 6, 5, &mut produced).await;
     let log = Log::default();
-    let worker = fast_for(
-        &app,
-        &stream,
-        "a",
-        backend.clone(),
-        store.clone(),
-        &log,
-        Duration::from_secs(3),
-    )
-    .retrieval(RetrievalMode::FanOut(FanOutConfig::default()))
-    .build()
-    .expect("config")
-    .spawn();
+    let worker = fan_out_worker(&app, &stream, &backend, &store, &log, FanOutConfig::default());
     wait_until(LIMIT, "first wave pushed", || log.wait_count() == 30).await;
     produce_aws(&kinesis, &stream, 6, 5, &mut produced).await;
     wait_until(LIMIT, "second wave pushed", || log.wait_count() == 60).await;
@@ -414,22 +426,11 @@ async fn fan_out_finds_the_end_of_a_split_shard_that_kinesis_local_never_announc
     let mut produced: BTreeMap<String, u64> = BTreeMap::new();
     produce_aws(&kinesis, &stream, 6, 1, &mut produced).await;
     let log = Log::default();
-    let worker = fast_for(
-        &app,
-        &stream,
-        "a",
-        backend.clone(),
-        store.clone(),
-        &log,
-        Duration::from_secs(3),
-    )
-    .retrieval(RetrievalMode::FanOut(FanOutConfig {
+    let config = FanOutConfig {
         end_probe_interval: Duration::from_secs(1),
         ..FanOutConfig::default()
-    }))
-    .build()
-    .expect("config")
-    .spawn();
+    };
+    let worker = fan_out_worker(&app, &stream, &backend, &store, &log, config);
     wait_until(LIMIT, "first wave", || log.wait_count() == 6).await;
     kinesis
         .split_shard()

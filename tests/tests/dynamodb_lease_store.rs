@@ -4,7 +4,6 @@
 //! write), corrupt rows (skipped, reported, untouched) and error mapping.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_dynamodb::config::Credentials;
@@ -12,6 +11,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 use kcl_lease::dynamodb::{map_sdk_error, DynamoDbError};
 use kcl_lease::{DynamoDbLeaseStore, ExtendedSequenceNumber, Lease, LeaseError, LeaseStore};
+use kcl_tests::aws::unique;
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -27,21 +27,6 @@ async fn client() -> Client {
         .load()
         .await;
     Client::new(&conf)
-}
-
-/// A table name no other test (or earlier run against the same emulator) uses.
-fn unique(prefix: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!(
-        "{prefix}-{}-{:x}-{}",
-        std::process::id(),
-        nanos % 0xffff_ffff,
-        N.fetch_add(1, Ordering::SeqCst)
-    )
 }
 
 /// A store on a fresh, created table.
