@@ -2,6 +2,9 @@
 
 use std::time::{Duration, SystemTime};
 
+use kcl_lease::coordinator::default_watch_interval;
+use kcl_lease::LeaseRenewal;
+
 use crate::streams::FormerStreamsCleanup;
 
 /// Where a new application starts reading a shard that has no checkpoint yet.
@@ -74,7 +77,9 @@ impl FanOutConfig {
 /// |---|---|---|
 /// | `failover_time` | 10 s | the Java KCL's; a dead worker's shards move after this |
 /// | `renew_interval` | `failover_time / 3` | the Java KCL's ratio |
-/// | `take_interval` | `failover_time / 3` | the Java KCL scans every `2 × failover_time`; scanning more often is what makes take-over and balancing take seconds |
+/// | `take_interval` | `failover_time / 3` | the shortest time between two lease-table scans while there is work to do (taking, stealing, or leases of workers without heartbeats) |
+/// | `watch_interval` | `failover_time / 10` | how often the small heartbeat table is read: how fast a hand-off or a change is seen |
+/// | `lease_renewal` | `PerLease` | every lease renewed, as the Java KCL does; `Worker` renews one heartbeat row instead (fleets without Java workers only) |
 /// | `initial_position` | `Latest` | the Java KCL's |
 /// | `max_leases_per_worker` | unlimited | the Java KCL's |
 /// | `max_leases_to_steal` | 4 | the Java KCL steals 1 per round; stealing a few converges faster, and hand-offs are graceful |
@@ -102,8 +107,12 @@ pub struct SchedulerConfig {
     pub failover_time: Duration,
     /// How often held leases are renewed.
     pub renew_interval: Duration,
-    /// How often the lease table is scanned to take and balance leases.
+    /// The shortest time between two scans of the lease table while there is work to do.
     pub take_interval: Duration,
+    /// How often the worker heartbeat table is read.
+    pub watch_interval: Duration,
+    /// How leases are kept alive: one by one (default) or through the worker's heartbeat.
+    pub lease_renewal: LeaseRenewal,
     /// At most this many leases per worker.
     pub max_leases_per_worker: usize,
     /// At most this many leases stolen per take round.
@@ -146,6 +155,8 @@ impl SchedulerConfig {
             failover_time,
             renew_interval: failover_time / 3,
             take_interval: failover_time / 3,
+            watch_interval: default_watch_interval(failover_time),
+            lease_renewal: LeaseRenewal::PerLease,
             max_leases_per_worker: usize::MAX,
             max_leases_to_steal: 4,
             max_records: 10_000,
@@ -169,12 +180,14 @@ impl SchedulerConfig {
         }
     }
 
-    /// Sets the failover time, and the renew and take intervals to a third of it.
+    /// Sets the failover time, the renew and take intervals to a third of it and the watch
+    /// interval to a tenth.
     #[must_use]
     pub fn failover_time(mut self, failover_time: Duration) -> Self {
         self.failover_time = failover_time;
         self.renew_interval = failover_time / 3;
         self.take_interval = failover_time / 3;
+        self.watch_interval = default_watch_interval(failover_time);
         self
     }
 
@@ -184,6 +197,7 @@ impl SchedulerConfig {
             ("failover_time", self.failover_time),
             ("renew_interval", self.renew_interval),
             ("take_interval", self.take_interval),
+            ("watch_interval", self.watch_interval),
             ("shard_sync_interval", self.shard_sync_interval),
             ("parent_poll_interval", self.parent_poll_interval),
         ];

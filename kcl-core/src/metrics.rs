@@ -21,6 +21,10 @@
 //! | `LeasesStolen` | counter | leases stolen from another worker for balance (kcl-lease) |
 //! | `LostLeases` | counter | leases lost to another worker or to failed renewals (kcl-lease) |
 //! | `RenewLease.Failures` | counter | renewals that failed for another reason than a lost lease (kcl-lease) |
+//! | `LiveWorkers` | gauge | live workers as this one sees the heartbeats (kcl-lease) |
+//! | `LeaseTable.Scans` | counter | scans of the lease table by the coordinator (kcl-lease) |
+//! | `LeaseStore.Calls`, `LeaseStore.Errors`, `LeaseStore.RowsRead`, `LeaseStore.WriteUnits` | counters | lease-store calls per `op`, rows read, DynamoDB write units billed (kcl-lease's cost meter) |
+//! | `LeaseStore.ReadUnits` | gauge | DynamoDB read units billed so far, per `op` |
 
 use std::sync::{Arc, Mutex};
 
@@ -60,7 +64,7 @@ pub struct ShardHealth {
 }
 
 /// A worker's health: what it holds and how far behind each shard is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct WorkerHealth {
     /// The worker.
@@ -71,6 +75,11 @@ pub struct WorkerHealth {
     pub leases_held: usize,
     /// One entry per shard consumer running on this worker.
     pub shards: Vec<ShardHealth>,
+    /// The fleet as this worker sees it: heartbeats, live workers, leadership.
+    pub fleet: kcl_lease::FleetView,
+    /// What this worker's lease-store calls cost so far (calls, rows read, DynamoDB read and
+    /// write units per operation).
+    pub lease_store: kcl_lease::CostSnapshot,
 }
 
 impl WorkerHealth {

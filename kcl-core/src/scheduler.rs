@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kcl_lease::{CoordinatorConfig, LeaseCoordinator, LeaseStore};
+use kcl_lease::{CoordinatorConfig, LeaseCoordinator, LeaseRenewal, LeaseStore, MeteredLeaseStore};
 use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{error, info, info_span, warn, Instrument};
@@ -102,8 +102,18 @@ impl SchedulerBuilder {
         renew_interval: Duration
     );
     setter!(
-        /// How often the lease table is scanned to take and balance leases.
+        /// The shortest time between two lease-table scans while there is work to do.
         take_interval: Duration
+    );
+    setter!(
+        /// How often the worker heartbeat table is read (default `failover_time / 10`).
+        watch_interval: Duration
+    );
+    setter!(
+        /// How leases are kept alive: [`LeaseRenewal::PerLease`] (default, what Java workers
+        /// and mixed fleets need) or [`LeaseRenewal::Worker`] (one heartbeat row per worker; no
+        /// Java worker may share the table).
+        lease_renewal: LeaseRenewal
     );
     setter!(
         /// At most this many leases for this worker.
@@ -165,10 +175,13 @@ impl SchedulerBuilder {
             ));
         }
         let missing = |what: &str| KclError::Config(format!("a {what} is required"));
+        let store = self.store.ok_or_else(|| missing("lease store"))?;
+        let meter = MeteredLeaseStore::new(store).with_worker_id(self.config.worker_id.clone());
         Ok(Scheduler {
             config: Arc::new(self.config),
             backend: self.backend.ok_or_else(|| missing("stream backend"))?,
-            store: self.store.ok_or_else(|| missing("lease store"))?,
+            store: Arc::new(meter.clone()),
+            meter,
             factory: self.factory.ok_or_else(|| missing("processor factory"))?,
             tracker: self.tracker,
             health: HealthRegistry::default(),
@@ -183,7 +196,9 @@ type HealthRegistry = Arc<std::sync::Mutex<BTreeMap<String, SharedShardHealth>>>
 pub struct Scheduler {
     config: Arc<SchedulerConfig>,
     backend: Arc<dyn StreamBackend>,
+    /// The lease store, metered.
     store: Arc<dyn LeaseStore>,
+    meter: MeteredLeaseStore<Arc<dyn LeaseStore>>,
     factory: Arc<dyn ProcessorFactory>,
     tracker: Option<Arc<dyn StreamTracker>>,
     health: HealthRegistry,
@@ -247,6 +262,7 @@ impl Scheduler {
         let worker_id = self.config.worker_id.clone();
         let (coordinator, acquired) = self.coordinator();
         let health = self.health.clone();
+        let meter = self.meter.clone();
         let task = tokio::spawn(self.run_with(coordinator.clone(), acquired, async move {
             let _ = rx.await;
         }));
@@ -256,6 +272,7 @@ impl Scheduler {
             task,
             coordinator,
             health,
+            meter,
         }
     }
 
@@ -279,8 +296,11 @@ impl Scheduler {
             failover_time: c.failover_time,
             renew_interval: c.renew_interval,
             take_interval: c.take_interval,
+            watch_interval: c.watch_interval,
+            renewal: c.lease_renewal,
             max_leases_per_worker: c.max_leases_per_worker,
             max_leases_to_steal: c.max_leases_to_steal,
+            max_concurrent_calls: 64,
         };
         LeaseCoordinator::new(self.store.clone(), config)
     }
@@ -428,6 +448,8 @@ impl Scheduler {
             for lease in coordinator.held() {
                 coordinator.release(lease.key()).await;
             }
+            // Last: the heartbeat row goes, so that the others see this worker leave at once.
+            coordinator.leave().await;
             let _ = stop_coordinator.send(true);
             background.shutdown().await;
             info!("worker stopped");
@@ -490,9 +512,20 @@ async fn shard_sync_loop(
     coordinator: Arc<LeaseCoordinator>,
 ) {
     let mut first = true;
+    let mut ended = false;
     loop {
-        match store.list().await {
-            Ok(leases) => {
+        // The first sync, and syncs after a shard of this worker ended, run here; the periodic
+        // one only on the leader (one worker of the fleet), so that the fleet lists the table
+        // once per interval, not once per worker.
+        let due = first || ended || coordinator.is_leader();
+        let listed = if due {
+            Some(store.list_eventually_consistent().await)
+        } else {
+            None
+        };
+        match listed {
+            None => {}
+            Some(Ok(leases)) => {
                 match sync_stream(
                     &*backend,
                     &*store,
@@ -503,7 +536,8 @@ async fn shard_sync_loop(
                 )
                 .await
                 {
-                    Ok(created) if created > 0 || first => coordinator.wake(),
+                    Ok(created) if created > 0 => coordinator.announce(),
+                    Ok(_) if first => coordinator.wake(),
                     Ok(_) => {}
                     Err(e) => warn!(error = %e, "shard sync failed"),
                 }
@@ -511,13 +545,16 @@ async fn shard_sync_loop(
                     delete_finished_leases(&*store, &leases).await;
                 }
             }
-            Err(e) => warn!(error = %e, "listing leases for shard sync failed"),
+            Some(Err(e)) => warn!(error = %e, "listing leases for shard sync failed"),
         }
         first = false;
-        tokio::select! {
-            () = tokio::time::sleep(config.shard_sync_interval) => {}
-            () = shard_ended.notified() => coordinator.wake(),
-        }
+        ended = tokio::select! {
+            () = tokio::time::sleep(config.shard_sync_interval) => false,
+            () = shard_ended.notified() => {
+                coordinator.wake();
+                true
+            }
+        };
     }
 }
 
@@ -543,6 +580,7 @@ impl MultiStreamSync {
         // Former streams (with leases in the table) and when this worker first saw them missing.
         let mut missing_since: HashMap<String, tokio::time::Instant> = HashMap::new();
         let mut first = true;
+        let mut ended = false;
         loop {
             let streams = self.resolve(&mut identifiers).await;
             let now_tracked: BTreeSet<String> = streams.iter().map(|(_, id)| id.to_string()).collect();
@@ -560,8 +598,15 @@ impl MultiStreamSync {
                     return;
                 }
             }
-            match self.store.list().await {
-                Ok(leases) => {
+            let due = first || ended || self.coordinator.is_leader();
+            let listed = if due {
+                Some(self.store.list_eventually_consistent().await)
+            } else {
+                None
+            };
+            match listed {
+                None => {}
+                Some(Ok(leases)) => {
                     let mut created = 0;
                     for (stream, id) in &streams {
                         let initial = stream.initial_position.unwrap_or(self.config.initial_position);
@@ -586,7 +631,9 @@ impl MultiStreamSync {
                             Err(e) => warn!(stream = %stream.name, error = %e, "shard sync failed"),
                         }
                     }
-                    if created > 0 || first {
+                    if created > 0 {
+                        self.coordinator.announce();
+                    } else if first {
                         self.coordinator.wake();
                     }
                     if self.config.delete_finished_leases {
@@ -594,13 +641,16 @@ impl MultiStreamSync {
                     }
                     self.clean_up(&leases, &now_tracked, &mut missing_since).await;
                 }
-                Err(e) => warn!(error = %e, "listing leases for shard sync failed"),
+                Some(Err(e)) => warn!(error = %e, "listing leases for shard sync failed"),
             }
             first = false;
-            tokio::select! {
-                () = tokio::time::sleep(self.config.shard_sync_interval) => {}
-                () = self.shard_ended.notified() => self.coordinator.wake(),
-            }
+            ended = tokio::select! {
+                () = tokio::time::sleep(self.config.shard_sync_interval) => false,
+                () = self.shard_ended.notified() => {
+                    self.coordinator.wake();
+                    true
+                }
+            };
         }
     }
 
@@ -689,6 +739,7 @@ pub struct SchedulerHandle {
     task: JoinHandle<Result<()>>,
     coordinator: Arc<LeaseCoordinator>,
     health: HealthRegistry,
+    meter: MeteredLeaseStore<Arc<dyn LeaseStore>>,
 }
 
 impl std::fmt::Debug for SchedulerHandle {
@@ -723,7 +774,15 @@ impl SchedulerHandle {
             running: !self.task.is_finished(),
             leases_held: self.coordinator.held().len(),
             shards,
+            fleet: self.coordinator.fleet(),
+            lease_store: self.meter.snapshot(),
         }
+    }
+
+    /// What this worker's lease-store calls have cost so far (calls, rows, DynamoDB request
+    /// units; see [`kcl_lease::metered`]).
+    pub fn lease_store_cost(&self) -> kcl_lease::CostSnapshot {
+        self.meter.snapshot()
     }
 
     /// Whether the worker is still running.

@@ -3,7 +3,10 @@
 //! Expiry is judged the way the Java KCL judges it: each worker remembers, by its own monotonic
 //! clock, when it last saw each lease's counter change. A lease whose counter has not changed
 //! for `failover_time` by that clock is expired. Wall-clock timestamps written by other machines
-//! are never compared, so clock skew between workers cannot expire a live lease.
+//! are never compared, so clock skew between workers cannot expire a live lease. Where the
+//! owners have heartbeat rows, their status (as [`crate::WorkerTracker`] observed it) comes
+//! first: every lease of a dead worker is expired, and the leases of a live worker that renews
+//! through its heartbeat never are.
 //!
 //! Balancing follows the Java KCL's lease taker, made to converge faster: a worker computes its
 //! target (the even share, `ceil(active leases / live workers)`, capped by
@@ -16,6 +19,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::heartbeat::{LeaseRenewal, WorkerStatus};
 use crate::lease::Lease;
 
 /// What one worker remembers of each lease it has seen: the counter and when (by its own
@@ -23,6 +27,8 @@ use crate::lease::Lease;
 #[derive(Debug, Default, Clone)]
 pub struct ExpiryTracker {
     seen: HashMap<String, (u64, Instant)>,
+    /// What the heartbeats say about the owners (empty without heartbeats).
+    owners: HashMap<String, WorkerStatus>,
 }
 
 impl ExpiryTracker {
@@ -45,12 +51,37 @@ impl ExpiryTracker {
         self.seen = next;
     }
 
-    /// Whether `lease` is expired at `now`: it has no owner, or its counter has not changed
-    /// (as this observer saw it) for longer than `failover_time`. A lease never observed is not
-    /// expired (its clock has not started).
+    /// Sets what the heartbeats say about the workers (see [`crate::WorkerTracker`]).
+    pub fn set_owners(&mut self, owners: HashMap<String, WorkerStatus>) {
+        self.owners = owners;
+    }
+
+    /// What the heartbeats say about `owner`.
+    pub fn owner_status(&self, owner: &str) -> WorkerStatus {
+        self.owners.get(owner).copied().unwrap_or(WorkerStatus::Unknown)
+    }
+
+    /// The workers whose heartbeats are live.
+    pub fn live_workers(&self) -> impl Iterator<Item = &str> {
+        self.owners
+            .iter()
+            .filter(|(_, s)| matches!(s, WorkerStatus::Live(_)))
+            .map(|(w, _)| w.as_str())
+    }
+
+    /// Whether `lease` is expired at `now`: it has no owner; or its owner's heartbeat is dead;
+    /// or its owner renews leases one by one (or has no heartbeat row) and the lease's counter
+    /// has not changed (as this observer saw it) for longer than `failover_time`. A lease never
+    /// observed is not expired (its clock has not started). A lease of a live worker that
+    /// renews through its heartbeat is never expired.
     pub fn is_expired(&self, lease: &Lease, failover_time: Duration, now: Instant) -> bool {
-        if lease.lease_owner.is_none() {
+        let Some(owner) = lease.lease_owner.as_deref() else {
             return true;
+        };
+        match self.owner_status(owner) {
+            WorkerStatus::Dead(_) => return true,
+            WorkerStatus::Live(LeaseRenewal::Worker) => return false,
+            WorkerStatus::Live(LeaseRenewal::PerLease) | WorkerStatus::Unknown => {}
         }
         match self.seen.get(&lease.lease_key) {
             Some(&(counter, at)) if counter == lease.lease_counter => now.duration_since(at) > failover_time,
@@ -100,6 +131,10 @@ pub fn plan_takes(
     // Live leases per worker (including this one, even with nothing yet).
     let mut load: BTreeMap<&str, Vec<&Lease>> = BTreeMap::new();
     load.insert(me, Vec::new());
+    // Live workers count even while they hold nothing (they just joined).
+    for worker in tracker.live_workers() {
+        load.entry(worker).or_default();
+    }
     let mut available: Vec<&Lease> = Vec::new();
     let mut mine_unheld: Vec<&Lease> = Vec::new();
     for lease in &active {

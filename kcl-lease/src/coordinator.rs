@@ -1,32 +1,64 @@
-//! The lease coordinator: the async driver around [`crate::balance`].
+//! The lease coordinator: the async driver around [`crate::balance`] and [`crate::heartbeat`].
 //!
-//! One per worker. It renews the leases the worker holds every `renew_interval`, and every
-//! `take_interval` scans the table, updates its [`ExpiryTracker`] and takes or steals what
-//! [`plan_takes`] says. Acquired leases are published on a bounded channel (the scheduler
-//! starts a shard task for each); a change of a held lease's status (lost, or a graceful
-//! hand-off requested by another worker) is published on the lease's own `watch` channel.
+//! One per worker. It keeps the worker alive in the eyes of the others, renews what must be
+//! renewed, and takes and steals leases as [`plan_takes`] says. Acquired leases are published
+//! on a bounded channel (the scheduler starts a shard task for each); a change of a held
+//! lease's status (lost, or a graceful hand-off requested by another worker) is published on
+//! the lease's own `watch` channel.
 //!
-//! A worker stops processing a lease before anyone else may take it: a held lease is valid
-//! until `failover_time` after the *start* of its last successful renewal, while other
-//! workers only consider it expired `failover_time` after they *saw* that renewal, which is
-//! later.
+//! # Design: coordination that costs O(shards), not O(shards × workers)
+//!
+//! Every worker writes a small *heartbeat* row of its own every `renew_interval` and reads the
+//! heartbeat table (one row per worker) every `watch_interval`. The lease table itself is read
+//! (one eventually consistent scan) only when that read shows a reason to:
+//! - a worker joined, left (its row is gone), or died (its heartbeat stood still for
+//!   `failover_time` by this worker's clock): its leases are taken at once, with no further
+//!   wait, because a worker gives up every lease when it cannot heartbeat (see
+//!   [`crate::held`]);
+//! - a worker *announced* a change (bumped its `epoch`): it created leases (shard sync),
+//!   released leases (shard end, shutdown) or stole leases;
+//! - this worker acted in its last round (took or stole), so it looks again after
+//!   `take_interval` until it has nothing left to do;
+//! - the table holds leases of workers without heartbeat rows (Java workers, older versions
+//!   of this crate): those leases are judged by their counters, as before, with a scan every
+//!   `take_interval`, so mixed fleets keep their fail-over times;
+//! - a slow safety scan, every `live workers × 2 × failover_time` per worker (so about one per
+//!   `2 × failover_time` for the whole fleet), which also finds leases whose owner is alive
+//!   but stopped renewing them.
+//!
+//! Only one worker, the *leader* (the smallest live worker id), runs the periodic shard sync.
+//! Stores without heartbeats ([`LeaseError::Unsupported`]) get the old behaviour: every worker
+//! scans every `take_interval`.
+//!
+//! Safety does not depend on any of this being timely: every take is a conditional write on
+//! the owner and counter just read. Expiry of a live-looking lease needs its counter unchanged
+//! for `failover_time` by the observer's clock; a dead worker is one whose heartbeat counter was
+//! unchanged for `failover_time`, read *after* the lease scan the take is planned from. That
+//! worker's validity ended before (its heartbeat would otherwise have moved), and it takes
+//! nothing until a new heartbeat succeeds.
+//!
+//! Renewals never wait on each other: each lease is renewed by its own task, at most one in
+//! flight per lease, each call bounded by `renew_interval`, and at most
+//! `max_concurrent_calls` calls at once.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::balance::{plan_takes, BalanceConfig, ExpiryTracker};
 use crate::error::{LeaseError, Result};
+use crate::heartbeat::{FleetFingerprint, LeaseRenewal, WorkerHeartbeat, WorkerStatus, WorkerTracker};
+use crate::held::lock;
+pub use crate::held::{BeatOutcome, HeldLease, LeaseStatus, Liveness};
 use crate::lease::Lease;
-use crate::sequence::ExtendedSequenceNumber;
 use crate::store::LeaseStore;
-use crate::stream::StreamIdentifier;
 
 /// Names of the metrics the coordinator emits through the `metrics` facade (label
 /// `worker_id`), following the Java KCL's CloudWatch metric names.
@@ -43,6 +75,10 @@ pub mod metric_names {
     pub const LOST_LEASES: &str = "LostLeases";
     /// Counter: renewals that failed for another reason than a lost lease.
     pub const RENEW_FAILURES: &str = "RenewLease.Failures";
+    /// Gauge: live workers, as this worker sees the heartbeats.
+    pub const LIVE_WORKERS: &str = "LiveWorkers";
+    /// Counter: scans of the lease table.
+    pub const LEASE_TABLE_SCANS: &str = "LeaseTable.Scans";
 }
 
 use metric_names::*;
@@ -52,354 +88,85 @@ use metric_names::*;
 pub struct CoordinatorConfig {
     /// This worker's id, written as `leaseOwner`.
     pub worker_id: String,
-    /// A lease whose counter stands still this long is expired.
+    /// A lease whose counter stands still this long is expired; a worker whose heartbeat
+    /// stands still this long is dead.
     pub failover_time: Duration,
-    /// How often held leases are renewed (normally `failover_time / 3`).
+    /// How often held leases (per-lease renewal) and the heartbeat are renewed (normally
+    /// `failover_time / 3`). Also the limit of one renewal call.
     pub renew_interval: Duration,
-    /// How often the table is scanned to take and steal leases.
+    /// The shortest time between two scans of the lease table while there is work to do.
     pub take_interval: Duration,
+    /// How often the heartbeat table is read (default `failover_time / 10`, at least 50 ms):
+    /// how fast a graceful hand-off or a change announced by another worker is seen.
+    pub watch_interval: Duration,
+    /// How this worker keeps its leases alive (default [`LeaseRenewal::PerLease`]).
+    pub renewal: LeaseRenewal,
     /// Never hold more leases than this.
     pub max_leases_per_worker: usize,
     /// Steal at most this many leases per round.
     pub max_leases_to_steal: usize,
+    /// At most this many renewal calls in flight at once.
+    pub max_concurrent_calls: usize,
 }
 
 impl CoordinatorConfig {
-    /// Settings derived from a failover time: renew and take every third of it.
+    /// Settings derived from a failover time: renew and take every third of it, watch the
+    /// heartbeats every tenth.
     pub fn new(worker_id: impl Into<String>, failover_time: Duration) -> Self {
         Self {
             worker_id: worker_id.into(),
             failover_time,
             renew_interval: failover_time / 3,
             take_interval: failover_time / 3,
+            watch_interval: default_watch_interval(failover_time),
+            renewal: LeaseRenewal::PerLease,
             max_leases_per_worker: usize::MAX,
             max_leases_to_steal: 1,
+            max_concurrent_calls: 64,
         }
     }
 }
 
-/// The state of a lease this worker holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LeaseStatus {
-    /// Held and renewed: process it.
-    Held,
-    /// Another worker took it with a graceful hand-off: stop reading, let the processor
-    /// checkpoint, then let go.
-    HandoffRequested,
-    /// Lost (taken after expiry, or not renewed in time): stop at once, do not checkpoint.
-    Lost,
-}
-
-/// A lease this worker holds: the row as last written, its validity and its status.
-///
-/// All of this worker's writes to the row (renewals, checkpoints) go through it and are
-/// serialised by `row`, a Tokio mutex held across the conditional write on purpose: each write
-/// is conditional on the counter the previous one produced.
-pub struct HeldLease {
-    key: String,
-    /// The shard, and the stream of a multi-stream lease (fixed for the lease's lifetime).
-    shard_id: String,
-    stream: Option<StreamIdentifier>,
-    worker_id: String,
-    failover_time: Duration,
-    store: Arc<dyn LeaseStore>,
-    row: tokio::sync::Mutex<Lease>,
-    valid_until: Mutex<Instant>,
-    status: watch::Sender<LeaseStatus>,
-    /// Set when this worker let the lease go on purpose (so that it is not counted as lost).
-    released: AtomicBool,
-    lost_counted: AtomicBool,
-}
-
-impl std::fmt::Debug for HeldLease {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HeldLease")
-            .field("key", &self.key)
-            .field("worker_id", &self.worker_id)
-            .field("status", &self.status())
-            .finish_non_exhaustive()
-    }
-}
-
-impl HeldLease {
-    fn new(
-        row: Lease,
-        worker_id: &str,
-        failover_time: Duration,
-        store: Arc<dyn LeaseStore>,
-        at: Instant,
-    ) -> Self {
-        Self {
-            key: row.lease_key.clone(),
-            shard_id: row.shard_id().to_owned(),
-            stream: row.stream(),
-            worker_id: worker_id.to_owned(),
-            failover_time,
-            store,
-            row: tokio::sync::Mutex::new(row),
-            valid_until: Mutex::new(at + failover_time),
-            status: watch::channel(LeaseStatus::Held).0,
-            released: AtomicBool::new(false),
-            lost_counted: AtomicBool::new(false),
-        }
-    }
-
-    /// The lease key (the shard id, or `account:stream:creationEpoch:shardId`).
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
-    /// The shard's id.
-    pub fn shard_id(&self) -> &str {
-        &self.shard_id
-    }
-
-    /// The stream of a multi-stream lease; `None` in single-stream mode.
-    pub fn stream(&self) -> Option<&StreamIdentifier> {
-        self.stream.as_ref()
-    }
-
-    /// The lease key of a related shard (a parent or a child) of the same stream.
-    pub fn sibling_key(&self, shard_id: &str) -> String {
-        match &self.stream {
-            Some(stream) => stream.lease_key(shard_id),
-            None => shard_id.to_owned(),
-        }
-    }
-
-    /// The worker holding it.
-    pub fn worker_id(&self) -> &str {
-        &self.worker_id
-    }
-
-    /// The current status.
-    pub fn status(&self) -> LeaseStatus {
-        *self.status.borrow()
-    }
-
-    /// A receiver that sees every status change.
-    pub fn subscribe(&self) -> watch::Receiver<LeaseStatus> {
-        self.status.subscribe()
-    }
-
-    /// Whether records may be processed now: held, and renewed recently enough that no other
-    /// worker can have taken it.
-    pub fn is_valid(&self) -> bool {
-        self.status() == LeaseStatus::Held && Instant::now() < *lock(&self.valid_until)
-    }
-
-    /// The row as this worker last wrote or read it.
-    pub async fn lease(&self) -> Lease {
-        self.row.lock().await.clone()
-    }
-
-    /// Marks the lease lost (for example when the shard task learns it from a failed write).
-    pub fn mark_lost(&self) {
-        self.set_status(LeaseStatus::Lost);
-    }
-
-    fn set_status(&self, status: LeaseStatus) {
-        self.status.send_if_modified(|s| {
-            // Lost is final; a hand-off can only become lost.
-            let allowed = match (*s, status) {
-                (LeaseStatus::Lost, _) => false,
-                (a, b) => a != b,
-            };
-            if allowed {
-                *s = status;
-            }
-            allowed
-        });
-        if status == LeaseStatus::Lost
-            && self.status() == LeaseStatus::Lost
-            && !self.released.load(Ordering::Relaxed)
-        {
-            // Counted once: a released lease is marked lost too, but it was let go, not lost.
-            if !self.lost_counted.swap(true, Ordering::Relaxed) {
-                metrics::counter!(LOST_LEASES, "worker_id" => self.worker_id.clone()).increment(1);
-            }
-        }
-    }
-
-    /// Classifies a failed conditional write from the row the store returned.
-    fn on_conflict(&self, actual: Option<&Lease>) {
-        match actual {
-            Some(row)
-                if row.checkpoint_owner.as_deref() == Some(&self.worker_id)
-                    && !row.is_owned_by(&self.worker_id) =>
-            {
-                info!(lease = %self.key, new_owner = ?row.lease_owner, "graceful hand-off requested");
-                self.set_status(LeaseStatus::HandoffRequested);
-            }
-            _ => {
-                info!(lease = %self.key, "lease lost");
-                self.set_status(LeaseStatus::Lost);
-            }
-        }
-    }
-
-    /// Renews the lease once. Only a [`LeaseStatus::Held`] lease is renewed.
-    pub async fn renew(&self) {
-        if self.status() != LeaseStatus::Held {
-            return;
-        }
-        let mut row = self.row.lock().await;
-        let started = Instant::now();
-        match self.store.renew(&row).await {
-            Ok(new) => {
-                *row = new;
-                *lock(&self.valid_until) = started + self.failover_time;
-            }
-            Err(LeaseError::Conflict { actual, .. }) => self.on_conflict(actual.as_deref()),
-            Err(LeaseError::NotFound(_)) => self.set_status(LeaseStatus::Lost),
-            Err(e) => {
-                let deadline = *lock(&self.valid_until);
-                warn!(lease = %self.key, error = %e, "renewal failed");
-                metrics::counter!(RENEW_FAILURES, "worker_id" => self.worker_id.clone()).increment(1);
-                if Instant::now() >= deadline {
-                    info!(lease = %self.key, "lease not renewed within the failover time: giving it up");
-                    self.set_status(LeaseStatus::Lost);
-                }
-            }
-        }
-    }
-
-    /// Writes a checkpoint: as owner while held, or as `checkpointOwner` during a hand-off.
-    /// Fails with a conflict if the lease is lost (and marks it so).
-    pub async fn checkpoint(&self, checkpoint: &ExtendedSequenceNumber) -> Result<Lease> {
-        let mut row = self.row.lock().await;
-        match self.status() {
-            LeaseStatus::Lost => return Err(self.lost_error()),
-            LeaseStatus::Held if !self.is_valid() => {
-                self.set_status(LeaseStatus::Lost);
-                return Err(self.lost_error());
-            }
-            _ => {}
-        }
-        let result = self
-            .store
-            .update_checkpoint(&row, &self.worker_id, checkpoint)
-            .await;
-        match result {
-            Ok(new) => {
-                // The write can succeed as `checkpointOwner` of a hand-off this worker has not
-                // noticed yet (another worker stole the lease since the last renewal). Then the
-                // row belongs to the new owner: never adopt it (renewing it would renew the
-                // thief's lease), keep only the checkpoint and start handing over.
-                if self.status() == LeaseStatus::Held && new.is_owned_by(&self.worker_id) {
-                    *row = new.clone();
-                } else {
-                    row.checkpoint = new.checkpoint.clone();
-                    if !new.is_owned_by(&self.worker_id) {
-                        info!(lease = %self.key, new_owner = ?new.lease_owner, "graceful hand-off requested");
-                        self.set_status(LeaseStatus::HandoffRequested);
-                    }
-                }
-                Ok(new)
-            }
-            Err(LeaseError::Conflict { key, actual }) => {
-                let handoff = self.status() == LeaseStatus::HandoffRequested;
-                self.on_conflict(actual.as_deref());
-                if !handoff && self.status() == LeaseStatus::HandoffRequested {
-                    // Stolen gracefully in between: we may still checkpoint as checkpoint owner.
-                    let new = self
-                        .store
-                        .update_checkpoint(&row, &self.worker_id, checkpoint)
-                        .await?;
-                    row.checkpoint = new.checkpoint.clone();
-                    return Ok(new);
-                }
-                if handoff {
-                    self.set_status(LeaseStatus::Lost);
-                }
-                Err(LeaseError::Conflict { key, actual })
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Records the children of the ended shard (while held).
-    pub async fn mark_children(&self, children: &BTreeSet<String>) -> Result<Lease> {
-        let mut row = self.row.lock().await;
-        if self.status() != LeaseStatus::Held {
-            return Err(self.lost_error());
-        }
-        match self.store.mark_children(&row, children).await {
-            Ok(new) => {
-                *row = new.clone();
-                Ok(new)
-            }
-            Err(LeaseError::Conflict { key, actual }) => {
-                self.on_conflict(actual.as_deref());
-                Err(LeaseError::Conflict { key, actual })
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// When this worker stole the lease with a hand-off: waits until the previous owner has
-    /// checkpointed and cleared `checkpointOwner`, or until the failover time has passed (the
-    /// previous owner may be dead), then returns the fresh row. Returns at once otherwise.
-    pub async fn wait_for_handoff(&self, poll: Duration) -> Result<Lease> {
-        let deadline = Instant::now() + self.failover_time;
-        loop {
-            if self.status() != LeaseStatus::Held {
-                return Err(self.lost_error());
-            }
-            let previous = self.row.lock().await.checkpoint_owner.clone();
-            let Some(previous) = previous else {
-                return Ok(self.lease().await);
-            };
-            let fresh = match self.store.get(&self.key).await {
-                Ok(Some(fresh)) => fresh,
-                Ok(None) => {
-                    self.set_status(LeaseStatus::Lost);
-                    return Err(self.lost_error());
-                }
-                Err(e) => {
-                    warn!(lease = %self.key, error = %e, "reading lease during hand-off failed");
-                    tokio::time::sleep(poll).await;
-                    continue;
-                }
-            };
-            let mut row = self.row.lock().await;
-            if !fresh.is_owned_by(&self.worker_id) {
-                self.set_status(LeaseStatus::Lost);
-                return Err(self.lost_error());
-            }
-            if fresh.checkpoint_owner.is_none() {
-                row.checkpoint = fresh.checkpoint.clone();
-                row.checkpoint_owner = None;
-                row.owner_switches_since_checkpoint = fresh.owner_switches_since_checkpoint;
-                return Ok(row.clone());
-            }
-            if Instant::now() >= deadline {
-                warn!(lease = %self.key, %previous, "previous owner did not finish the hand-off in time");
-                match self.store.complete_handoff(&self.key, &previous).await {
-                    Ok(_) | Err(LeaseError::Conflict { .. }) => row.checkpoint_owner = Some(previous),
-                    Err(e) => warn!(lease = %self.key, error = %e, "clearing checkpointOwner failed"),
-                }
-                // Re-read on the next turn of the loop.
-            }
-            drop(row);
-            tokio::time::sleep(poll).await;
-        }
-    }
-
-    fn lost_error(&self) -> LeaseError {
-        LeaseError::Conflict {
-            key: self.key.clone(),
-            actual: None,
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// `failover_time / 10`, at least 50 ms.
+pub fn default_watch_interval(failover_time: Duration) -> Duration {
+    (failover_time / 10).max(Duration::from_millis(50))
 }
 
 /// At most this many conditional takes are in flight at once in a take round.
 const TAKE_CONCURRENCY: usize = 32;
+
+/// Heartbeat rows that have not moved for this many failover times are deleted by the leader.
+const STALE_HEARTBEAT_FAILOVERS: u32 = 6;
+
+/// What the coordinator remembers of its last scan of the lease table.
+#[derive(Debug, Default)]
+struct ScanState {
+    last: Option<Instant>,
+    fingerprint: FleetFingerprint,
+    /// The last round took or stole something: look again after `take_interval`.
+    acted: bool,
+    /// The last scan saw live-looking leases of owners without heartbeat rows.
+    unknown_owners: bool,
+    /// Forced by [`LeaseCoordinator::wake`] or a lapse.
+    forced: bool,
+    scans: u64,
+}
+
+/// The fleet as this worker sees it (for health checks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FleetView {
+    /// Whether workers coordinate through heartbeats (else through the lease table alone).
+    pub heartbeats: bool,
+    /// How this worker renews its leases right now.
+    pub renewal: LeaseRenewal,
+    /// Live workers, this one included.
+    pub live_workers: usize,
+    /// Whether this worker is the leader (runs the periodic shard sync).
+    pub leader: bool,
+    /// Scans of the lease table by this worker so far.
+    pub lease_table_scans: u64,
+}
 
 /// Renews, takes and steals the leases of one worker. See the module docs.
 pub struct LeaseCoordinator {
@@ -408,12 +175,23 @@ pub struct LeaseCoordinator {
     /// The leases this worker holds. A std mutex: only short map operations under it.
     held: Mutex<BTreeMap<String, Arc<HeldLease>>>,
     tracker: Mutex<ExpiryTracker>,
+    workers: Mutex<WorkerTracker>,
+    liveness: Arc<Liveness>,
     /// Acquired leases, to the scheduler. Bounded: a slow scheduler slows down taking.
     acquired: mpsc::Sender<Arc<HeldLease>>,
     taking: AtomicBool,
     wake_taker: Notify,
     /// Which leases this worker may take (all when `None`).
     filter: Mutex<Option<LeaseFilter>>,
+    scans: Mutex<ScanState>,
+    /// Changes announced to the other workers.
+    epoch: AtomicU64,
+    beats: AtomicU64,
+    beat_now: Notify,
+    beating: AtomicBool,
+    /// Set once this worker removed its heartbeat row for good.
+    left: AtomicBool,
+    limiter: Arc<Semaphore>,
 }
 
 /// Decides whether a lease may be taken by this worker.
@@ -436,13 +214,22 @@ impl LeaseCoordinator {
         let (tx, rx) = mpsc::channel(256);
         let this = Self {
             store,
+            liveness: Arc::new(Liveness::new(config.renewal)),
+            limiter: Arc::new(Semaphore::new(config.max_concurrent_calls.max(1))),
             config,
             held: Mutex::new(BTreeMap::new()),
             tracker: Mutex::new(ExpiryTracker::new()),
+            workers: Mutex::new(WorkerTracker::new()),
             acquired: tx,
             taking: AtomicBool::new(true),
             wake_taker: Notify::new(),
             filter: Mutex::new(None),
+            scans: Mutex::new(ScanState::default()),
+            epoch: AtomicU64::new(0),
+            beats: AtomicU64::new(0),
+            beat_now: Notify::new(),
+            beating: AtomicBool::new(false),
+            left: AtomicBool::new(false),
         };
         (Arc::new(this), rx)
     }
@@ -468,27 +255,268 @@ impl LeaseCoordinator {
         self.taking.store(false, Ordering::SeqCst);
     }
 
-    /// Runs a take round soon instead of waiting for the interval (for example after a shard
+    /// Runs a take round soon instead of waiting for a reason (for example after a shard
     /// ended and children became available).
     pub fn wake(&self) {
+        lock(&self.scans).forced = true;
         self.wake_taker.notify_one();
     }
 
-    /// Renews every held lease once, concurrently, and forgets the lost ones.
+    /// Tells the other workers that this one changed the lease table (created, released or
+    /// stole leases), so that they read it again: bumps the epoch in the heartbeat row and
+    /// writes a heartbeat now.
+    pub fn announce(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.beat_now.notify_one();
+    }
+
+    /// Whether this worker is the leader: the smallest id among the live workers. Without
+    /// heartbeats every worker is.
+    pub fn is_leader(&self) -> bool {
+        if !self.liveness.heartbeats_active() {
+            return true;
+        }
+        let now = Instant::now();
+        let workers = lock(&self.workers);
+        let me = self.config.worker_id.as_str();
+        workers
+            .live(self.config.failover_time, now)
+            .first()
+            .is_none_or(|first| *first >= me)
+    }
+
+    /// The fleet as this worker sees it.
+    pub fn fleet(&self) -> FleetView {
+        let now = Instant::now();
+        let live = {
+            let workers = lock(&self.workers);
+            let live = workers.live(self.config.failover_time, now);
+            live.len() + usize::from(!live.contains(&self.config.worker_id.as_str()))
+        };
+        FleetView {
+            heartbeats: self.liveness.heartbeats_active(),
+            renewal: self.liveness.renewal(),
+            live_workers: live,
+            leader: self.is_leader(),
+            lease_table_scans: lock(&self.scans).scans,
+        }
+    }
+
+    fn new_held(&self, row: Lease, started: Instant) -> Arc<HeldLease> {
+        Arc::new(HeldLease::new(
+            row,
+            &self.config.worker_id,
+            self.config.failover_time,
+            self.store.clone(),
+            started,
+            self.liveness.clone(),
+            self.config.renew_interval,
+        ))
+    }
+
+    /// Renews every held lease once, concurrently (bounded), and waits for all of them; then
+    /// forgets the lost ones. The run loop does not wait: see [`LeaseCoordinator::run`].
     pub async fn renew_all(&self) {
         let mut tasks = JoinSet::new();
-        for lease in self.held() {
-            tasks.spawn(async move { lease.renew().await });
-        }
+        self.spawn_renewals(&mut tasks);
         while tasks.join_next().await.is_some() {}
+        self.forget_lost();
+    }
+
+    fn forget_lost(&self) {
         lock(&self.held)
             .retain(|_, l| l.status() == LeaseStatus::Held || l.status() == LeaseStatus::HandoffRequested);
+        metrics::gauge!(CURRENT_LEASES, "worker_id" => self.config.worker_id.clone())
+            .set(lock(&self.held).len() as f64);
+    }
+
+    /// Starts one renewal per held lease that has none in flight.
+    fn spawn_renewals(&self, tasks: &mut JoinSet<()>) {
+        if self.liveness.renewal() == LeaseRenewal::Worker {
+            return;
+        }
+        for lease in self.held() {
+            if lease.status() != LeaseStatus::Held || lease.renewing.swap(true, Ordering::SeqCst) {
+                continue;
+            }
+            let limiter = self.limiter.clone();
+            tasks.spawn(async move {
+                // The semaphore is never closed; without a permit the renewal still goes ahead.
+                let _permit = limiter.acquire().await.ok();
+                lease.renew().await;
+                lease.renewing.store(false, Ordering::SeqCst);
+            });
+        }
+    }
+
+    /// Writes one heartbeat and updates this worker's validity.
+    pub async fn heartbeat(&self) {
+        if self.left.load(Ordering::SeqCst) || self.liveness.unsupported() {
+            return;
+        }
+        let row = WorkerHeartbeat {
+            worker_id: self.config.worker_id.clone(),
+            counter: self.beats.fetch_add(1, Ordering::SeqCst) + 1,
+            renewal: self.config.renewal,
+            leases: lock(&self.held).len() as u64,
+            epoch: self.epoch.load(Ordering::SeqCst),
+        };
+        let start = Instant::now();
+        let result = tokio::time::timeout(self.config.renew_interval, self.store.put_heartbeat(&row)).await;
+        match result {
+            Ok(Ok(())) => {
+                if self
+                    .liveness
+                    .beat(start, Instant::now(), self.config.failover_time)
+                    == BeatOutcome::Lapsed
+                {
+                    self.give_up_all("the heartbeat completed after the worker's validity ran out");
+                }
+            }
+            Ok(Err(LeaseError::Unsupported(what))) => {
+                if self.config.renewal == LeaseRenewal::Worker {
+                    warn!(%what, "worker renewal needs heartbeats: renewing every lease instead");
+                } else {
+                    info!(%what, "no worker heartbeats: coordinating through the lease table alone");
+                }
+                self.liveness.set_unsupported();
+            }
+            Ok(Err(e)) => warn!(error = %e, "heartbeat failed"),
+            Err(_) => warn!(timeout = ?self.config.renew_interval, "heartbeat timed out"),
+        }
+        self.check_lapse();
+    }
+
+    fn check_lapse(&self) {
+        if self.liveness.check_lapse(Instant::now()) {
+            self.give_up_all("no heartbeat succeeded within the failover time");
+        }
+    }
+
+    /// Gives up every held lease at once (the worker's validity ran out) and rescans soon.
+    fn give_up_all(&self, why: &str) {
+        let held = self.held();
+        if !held.is_empty() {
+            warn!(leases = held.len(), why, "giving up every lease");
+        }
+        for lease in held {
+            lease.mark_lost();
+        }
+        self.forget_lost();
+        lock(&self.scans).forced = true;
+    }
+
+    /// Removes this worker's heartbeat row for good (the last step of a graceful shutdown,
+    /// after its leases were released), so that the others see it leave at once.
+    pub async fn leave(&self) {
+        self.left.store(true, Ordering::SeqCst);
+        if !self.liveness.heartbeats_active() {
+            return;
+        }
+        match self.store.delete_heartbeat(&self.config.worker_id, None).await {
+            Ok(()) => debug!("heartbeat row removed"),
+            Err(e) => {
+                warn!(error = %e, "removing the heartbeat row failed; it will look dead after the failover time")
+            }
+        }
+    }
+
+    /// Reads the heartbeat table into the worker tracker.
+    async fn read_heartbeats(&self) {
+        if !self.liveness.heartbeats_active() {
+            return;
+        }
+        match self.store.list_heartbeats().await {
+            Ok(rows) => {
+                let now = Instant::now();
+                let mut workers = lock(&self.workers);
+                workers.observe(&rows, now);
+                metrics::gauge!(LIVE_WORKERS, "worker_id" => self.config.worker_id.clone())
+                    .set(workers.live(self.config.failover_time, now).len() as f64);
+            }
+            Err(LeaseError::Unsupported(_)) => self.liveness.set_unsupported(),
+            Err(e) => debug!(error = %e, "reading heartbeats failed"),
+        }
+    }
+
+    /// One watch round: reads the heartbeats, and scans the lease table (and takes) if there
+    /// is a reason to. Returns whether it scanned.
+    pub async fn watch_round(&self) -> bool {
+        self.read_heartbeats().await;
+        let due = self.scan_due(Instant::now());
+        if due {
+            if let Err(e) = self.take_round().await {
+                warn!(error = %e, "lease take round failed");
+            }
+        }
+        if self.is_leader() {
+            self.clean_up_heartbeats().await;
+        }
+        due
+    }
+
+    fn scan_due(&self, now: Instant) -> bool {
+        let live = {
+            let workers = lock(&self.workers);
+            workers.live(self.config.failover_time, now).len().max(1)
+        };
+        let fingerprint =
+            lock(&self.workers).fingerprint(&self.config.worker_id, self.config.failover_time, now);
+        let s = lock(&self.scans);
+        let Some(last) = s.last else { return true };
+        let since = now.duration_since(last);
+        if s.forced {
+            return true;
+        }
+        if !self.liveness.heartbeats_active() {
+            return since >= self.config.take_interval;
+        }
+        if fingerprint != s.fingerprint {
+            return true;
+        }
+        if (s.acted || s.unknown_owners) && since >= self.config.take_interval {
+            return true;
+        }
+        since >= self.safety_interval(live, s.scans)
+    }
+
+    /// The time between two safety scans of this worker: `live × 2 × failover_time`, jittered
+    /// by ±25 % so that the fleet's scans spread out.
+    fn safety_interval(&self, live: usize, scans: u64) -> Duration {
+        let base = self.config.failover_time * 2 * u32::try_from(live).unwrap_or(u32::MAX);
+        let mut h = DefaultHasher::new();
+        (&self.config.worker_id, scans).hash(&mut h);
+        let jitter = 0.75 + (h.finish() % 1000) as f64 / 2000.0;
+        base.mul_f64(jitter).max(self.config.take_interval)
+    }
+
+    /// The leader deletes heartbeat rows that have stood still for a long time.
+    async fn clean_up_heartbeats(&self) {
+        let age = self.config.failover_time * STALE_HEARTBEAT_FAILOVERS;
+        let stale = lock(&self.workers).stale(age, Instant::now());
+        for (worker, counter) in stale {
+            if worker == self.config.worker_id {
+                continue;
+            }
+            match self.store.delete_heartbeat(&worker, Some(counter)).await {
+                Ok(()) => info!(%worker, "deleted the heartbeat row of a worker gone for long"),
+                Err(e) => debug!(%worker, error = %e, "deleting a stale heartbeat row failed"),
+            }
+        }
     }
 
     /// One take round: scans the table, takes and steals. Returns how many leases were
     /// acquired.
     pub async fn take_round(&self) -> Result<usize> {
-        let mut leases = self.store.list().await?;
+        if !self.liveness.is_valid(Instant::now()) {
+            // Lapsed: nothing is taken until a heartbeat succeeds again.
+            return Ok(0);
+        }
+        let mut leases = self.store.list_eventually_consistent().await?;
+        metrics::counter!(LEASE_TABLE_SCANS, "worker_id" => self.config.worker_id.clone()).increment(1);
+        // The heartbeats are read after the lease scan: a worker judged dead from this read had
+        // stopped processing before it (see the module docs).
+        self.read_heartbeats().await;
         let filter = lock(&self.filter).clone();
         if let Some(filter) = filter {
             leases.retain(|l| filter(l));
@@ -496,9 +524,39 @@ impl LeaseCoordinator {
         let now = Instant::now();
         let active = leases.iter().filter(|l| !l.is_finished()).count();
         metrics::gauge!(TOTAL_LEASES, "worker_id" => self.config.worker_id.clone()).set(active as f64);
+        // What the scan says about leases held here (with worker renewal the only way to learn
+        // of a steal before the next checkpoint).
+        {
+            let held = lock(&self.held);
+            for lease in &leases {
+                if let Some(h) = held.get(&lease.lease_key) {
+                    h.reconcile(lease);
+                }
+            }
+        }
+        self.forget_lost();
+        let statuses = if self.liveness.heartbeats_active() {
+            lock(&self.workers).statuses(self.config.failover_time, now)
+        } else {
+            HashMap::new()
+        };
+        let me = self.config.worker_id.as_str();
+        let unknown_owners = self.liveness.heartbeats_active()
+            && leases.iter().any(|l| {
+                !l.is_finished()
+                    && l.lease_owner
+                        .as_deref()
+                        .is_some_and(|o| o != me && !statuses.contains_key(o))
+            });
+        let dead: HashSet<String> = statuses
+            .iter()
+            .filter(|(_, s)| matches!(s, WorkerStatus::Dead(_)))
+            .map(|(w, _)| w.clone())
+            .collect();
         let plan = {
             let mut tracker = lock(&self.tracker);
             tracker.observe(&leases, now);
+            tracker.set_owners(statuses);
             let held: BTreeSet<String> = lock(&self.held).keys().cloned().collect();
             let balance = BalanceConfig {
                 worker_id: self.config.worker_id.clone(),
@@ -508,25 +566,53 @@ impl LeaseCoordinator {
             };
             plan_takes(&leases, &tracker, &held, &balance, now)
         };
+        {
+            let mut s = lock(&self.scans);
+            s.last = Some(now);
+            s.fingerprint = lock(&self.workers).fingerprint(me, self.config.failover_time, now);
+            s.acted = !plan.take.is_empty() || !plan.steal.is_empty();
+            s.unknown_owners = unknown_owners;
+            s.forced = false;
+            s.scans += 1;
+        }
         if !self.taking.load(Ordering::SeqCst) {
             return Ok(0);
         }
-        let mut acquired = 0;
         let takes: Vec<(Lease, bool)> = plan
             .take
             .into_iter()
             .map(|l| (l, false))
             .chain(plan.steal.into_iter().map(|l| (l, true)))
             .collect();
+        let dead = Arc::new(dead);
+        let mut acquired = 0;
+        let mut stole = false;
         // Conditional takes are independent: issue them concurrently, a bounded number at a
         // time, so that taking many leases from a remote table does not stall renewals.
         for chunk in takes.chunks(TAKE_CONCURRENCY) {
             let mut calls = JoinSet::new();
             for (lease, steal) in chunk.iter().cloned() {
-                let (store, me) = (self.store.clone(), self.config.worker_id.clone());
+                let (store, me, dead) = (self.store.clone(), self.config.worker_id.clone(), dead.clone());
                 calls.spawn(async move {
                     let started = Instant::now();
-                    let result = store.take(&lease, &me, steal).await;
+                    let mut result = store.take(&lease, &me, steal).await;
+                    // The scan was eventually consistent: a dead worker's row may have moved
+                    // just before it died. Take what is there now if it is still the dead
+                    // worker's.
+                    if let Err(LeaseError::Conflict {
+                        actual: Some(row), ..
+                    }) = &result
+                    {
+                        let owner = row.lease_owner.clone();
+                        if !steal
+                            && owner.is_some()
+                            && owner == lease.lease_owner
+                            && owner.is_some_and(|o| dead.contains(&o))
+                        {
+                            let row = (**row).clone();
+                            result = store.take(&row, &me, false).await;
+                        }
+                    }
                     (lease, steal, started, result)
                 });
             }
@@ -542,14 +628,9 @@ impl LeaseCoordinator {
                         if steal {
                             info!(lease = %row.lease_key, from = ?lease.lease_owner, "stole lease for balance");
                             metrics::counter!(LEASES_STOLEN, "worker_id" => worker).increment(1);
+                            stole = true;
                         }
-                        let held = Arc::new(HeldLease::new(
-                            row,
-                            &self.config.worker_id,
-                            self.config.failover_time,
-                            self.store.clone(),
-                            started,
-                        ));
+                        let held = self.new_held(row, started);
                         lock(&self.held).insert(held.key.clone(), held.clone());
                         if self.acquired.send(held).await.is_err() {
                             return Ok(acquired);
@@ -562,6 +643,12 @@ impl LeaseCoordinator {
                     Err(e) => warn!(lease = %lease.lease_key, error = %e, "taking lease failed"),
                 }
             }
+        }
+        metrics::gauge!(CURRENT_LEASES, "worker_id" => self.config.worker_id.clone())
+            .set(lock(&self.held).len() as f64);
+        if stole {
+            // The victims learn of it from their next scan (worker renewal) or renewal.
+            self.announce();
         }
         Ok(acquired)
     }
@@ -578,7 +665,10 @@ impl LeaseCoordinator {
             LeaseStatus::Held => {
                 let row = lease.row.lock().await;
                 match self.store.evict(&row).await {
-                    Ok(_) => debug!(lease = %key, "released lease"),
+                    Ok(_) => {
+                        debug!(lease = %key, "released lease");
+                        self.announce();
+                    }
                     Err(e) => warn!(lease = %key, error = %e, "releasing lease failed; it will expire"),
                 }
                 drop(row);
@@ -595,26 +685,63 @@ impl LeaseCoordinator {
         }
     }
 
-    /// Drives renewals and take rounds until `stop` turns true.
-    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let mut renew = tokio::time::interval(self.config.renew_interval);
-        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut take = tokio::time::interval(self.config.take_interval);
-        take.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
-                _ = renew.tick() => self.renew_all().await,
-                _ = take.tick() => self.take_logged().await,
-                _ = self.wake_taker.notified() => self.take_logged().await,
+    /// Drives heartbeats, renewals, watch rounds and take rounds until `stop` turns true.
+    ///
+    /// Two loops run side by side in this one task, so that a long take round never delays a
+    /// renewal: the keep-alive loop (heartbeats and renewals, each call in a task of its own)
+    /// and the watch loop (heartbeat reads, scans, takes). Dropping the future (the worker is
+    /// killed) drops every call in flight.
+    pub async fn run(self: Arc<Self>, stop: watch::Receiver<bool>) {
+        // A heartbeat first: the others see this worker, and what it takes is backed.
+        self.heartbeat().await;
+        let keepalive = {
+            let this = self.clone();
+            let mut stop = stop.clone();
+            async move {
+                let mut tick = tokio::time::interval(this.config.renew_interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut tasks: JoinSet<()> = JoinSet::new();
+                loop {
+                    while tasks.try_join_next().is_some() {}
+                    let beat_now = tokio::select! {
+                        _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
+                        _ = tick.tick() => false,
+                        () = this.beat_now.notified() => true,
+                        Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+                    };
+                    if !this.beating.swap(true, Ordering::SeqCst) {
+                        let beat = this.clone();
+                        tasks.spawn(async move {
+                            beat.heartbeat().await;
+                            beat.beating.store(false, Ordering::SeqCst);
+                        });
+                    }
+                    if !beat_now {
+                        this.check_lapse();
+                        this.forget_lost();
+                        this.spawn_renewals(&mut tasks);
+                    }
+                }
+                tasks.shutdown().await;
             }
-        }
-    }
-
-    async fn take_logged(&self) {
-        if let Err(e) = self.take_round().await {
-            warn!(error = %e, "lease take round failed");
-        }
+        };
+        let watcher = {
+            let this = self.clone();
+            let mut stop = stop;
+            async move {
+                let mut tick = tokio::time::interval(this.config.watch_interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
+                        _ = tick.tick() => {}
+                        () = this.wake_taker.notified() => {}
+                    }
+                    this.watch_round().await;
+                }
+            }
+        };
+        tokio::join!(keepalive, watcher);
     }
 }
 
@@ -622,6 +749,7 @@ impl LeaseCoordinator {
 mod tests {
     use super::*;
     use crate::memory::InMemoryLeaseStore;
+    use crate::sequence::ExtendedSequenceNumber;
 
     fn store_with(n: usize) -> Arc<InMemoryLeaseStore> {
         let store = InMemoryLeaseStore::new();

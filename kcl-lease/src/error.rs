@@ -35,6 +35,10 @@ pub enum LeaseError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The store cannot do this (for example a store without worker heartbeats, or a
+    /// heartbeat table that does not exist). Callers fall back to what works without it.
+    #[error("not supported by this lease store: {0}")]
+    Unsupported(String),
     /// Any other failure of the store (network, permissions, service error).
     #[error("lease store error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 
 use crate::error::{LeaseError, Result};
 use crate::fault::{FaultKind, Injector, Plan, Rule, Trigger};
+use crate::heartbeat::WorkerHeartbeat;
 use crate::lease::Lease;
 use crate::memory::LeaseOp;
 use crate::sequence::ExtendedSequenceNumber;
@@ -119,6 +120,26 @@ impl<S: LeaseStore> LeaseStore for FailureLeaseStore<S> {
     async fn list(&self) -> Result<Vec<Lease>> {
         self.hook(LeaseOp::List, "").await?;
         self.inner.list().await
+    }
+
+    async fn list_eventually_consistent(&self) -> Result<Vec<Lease>> {
+        self.hook(LeaseOp::List, "").await?;
+        self.inner.list_eventually_consistent().await
+    }
+
+    async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<()> {
+        self.hook(LeaseOp::PutHeartbeat, &heartbeat.worker_id).await?;
+        self.inner.put_heartbeat(heartbeat).await
+    }
+
+    async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>> {
+        self.hook(LeaseOp::ListHeartbeats, "").await?;
+        self.inner.list_heartbeats().await
+    }
+
+    async fn delete_heartbeat(&self, worker_id: &str, counter: Option<u64>) -> Result<()> {
+        self.hook(LeaseOp::DeleteHeartbeat, worker_id).await?;
+        self.inner.delete_heartbeat(worker_id, counter).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Lease>> {

@@ -16,8 +16,14 @@
 //! - [`failure`]: `FailureLeaseStore`, wraps any store to inject faults.
 //! - [`fault`]: faults as data (triggers, rules, plans, seeded injector), shared with
 //!   kcl-core's `FailureBackend`.
+//! - [`heartbeat`]: worker heartbeat rows, the renewal modes, and `WorkerTracker` (which
+//!   workers are live, dead or unknown, as one worker observes them).
+//! - [`metered`]: `MeteredLeaseStore`, wraps any store and counts calls, rows and the
+//!   DynamoDB request units they would be billed.
 //! - [`balance`]: pure logic: expiry as observed by one worker, and which leases to take or
 //!   steal. No I/O, time is an argument.
+//! - [`held`]: `HeldLease` (a lease this worker holds, its status and validity) and
+//!   `Liveness` (the worker's own validity from its heartbeats).
 //! - [`coordinator`]: the async driver: renews held leases, takes and steals, publishes
 //!   acquired leases and lease loss.
 //! - [`error`]: the `LeaseError` type.
@@ -30,6 +36,9 @@ pub mod dynamodb;
 pub mod error;
 pub mod failure;
 pub mod fault;
+pub mod heartbeat;
+pub mod held;
+pub mod metered;
 
 pub mod lease;
 pub mod memory;
@@ -38,10 +47,12 @@ pub mod store;
 pub mod stream;
 
 pub use balance::{plan_takes, BalanceConfig, ExpiryTracker, TakePlan};
-pub use coordinator::{CoordinatorConfig, HeldLease, LeaseCoordinator, LeaseStatus};
+pub use coordinator::{CoordinatorConfig, FleetView, HeldLease, LeaseCoordinator, LeaseStatus};
 pub use dynamodb::DynamoDbLeaseStore;
 pub use error::{LeaseError, ParseSequenceError, Result};
 pub use failure::{FailureLeaseStore, LeaseFault, LeaseFaultPlan, LeaseFaultRule, LeaseTrigger};
+pub use heartbeat::{LeaseRenewal, WorkerHeartbeat, WorkerStatus, WorkerTracker};
+pub use metered::{CostSnapshot, MeteredLeaseStore, OpCost};
 
 pub use lease::{HashKeyRange, Lease};
 pub use memory::{InMemoryLeaseStore, LeaseOp};

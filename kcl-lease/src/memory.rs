@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use crate::error::{LeaseError, Result};
+use crate::heartbeat::WorkerHeartbeat;
 use crate::lease::Lease;
 use crate::sequence::ExtendedSequenceNumber;
 use crate::store::LeaseStore;
@@ -36,11 +37,17 @@ pub enum LeaseOp {
     MarkChildren,
     /// [`LeaseStore::delete`]
     Delete,
+    /// [`LeaseStore::put_heartbeat`]
+    PutHeartbeat,
+    /// [`LeaseStore::list_heartbeats`]
+    ListHeartbeats,
+    /// [`LeaseStore::delete_heartbeat`]
+    DeleteHeartbeat,
 }
 
 impl LeaseOp {
     /// Every operation.
-    pub const ALL: [LeaseOp; 10] = [
+    pub const ALL: [LeaseOp; 13] = [
         LeaseOp::List,
         LeaseOp::Get,
         LeaseOp::Create,
@@ -51,7 +58,34 @@ impl LeaseOp {
         LeaseOp::CompleteHandoff,
         LeaseOp::MarkChildren,
         LeaseOp::Delete,
+        LeaseOp::PutHeartbeat,
+        LeaseOp::ListHeartbeats,
+        LeaseOp::DeleteHeartbeat,
     ];
+
+    /// Whether the operation only reads.
+    pub fn is_read(&self) -> bool {
+        matches!(self, LeaseOp::List | LeaseOp::Get | LeaseOp::ListHeartbeats)
+    }
+
+    /// The operation's name, as metrics label it (`list`, `renew`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            LeaseOp::List => "list",
+            LeaseOp::Get => "get",
+            LeaseOp::Create => "create",
+            LeaseOp::Renew => "renew",
+            LeaseOp::Take => "take",
+            LeaseOp::Evict => "evict",
+            LeaseOp::Checkpoint => "checkpoint",
+            LeaseOp::CompleteHandoff => "complete_handoff",
+            LeaseOp::MarkChildren => "mark_children",
+            LeaseOp::Delete => "delete",
+            LeaseOp::PutHeartbeat => "put_heartbeat",
+            LeaseOp::ListHeartbeats => "list_heartbeats",
+            LeaseOp::DeleteHeartbeat => "delete_heartbeat",
+        }
+    }
 }
 
 /// An in-process lease table. Cloning gives another handle to the same table, so several
@@ -62,7 +96,8 @@ impl LeaseOp {
 #[derive(Clone, Default)]
 pub struct InMemoryLeaseStore {
     rows: Arc<Mutex<BTreeMap<String, Lease>>>,
-    counters: Arc<[AtomicU64; 10]>,
+    heartbeats: Arc<Mutex<BTreeMap<String, WorkerHeartbeat>>>,
+    counters: Arc<[AtomicU64; LeaseOp::ALL.len()]>,
 }
 
 impl std::fmt::Debug for InMemoryLeaseStore {
@@ -84,12 +119,12 @@ impl InMemoryLeaseStore {
         self.counters[Self::index(op)].load(Ordering::Relaxed)
     }
 
-    /// Calls of every mutating operation (everything but list and get): the writes a DynamoDB
+    /// Calls of every mutating operation (everything but the reads): the writes a DynamoDB
     /// table would be billed for.
     pub fn write_count(&self) -> u64 {
         LeaseOp::ALL
             .iter()
-            .filter(|op| !matches!(op, LeaseOp::List | LeaseOp::Get))
+            .filter(|op| !op.is_read())
             .map(|op| self.op_count(*op))
             .sum()
     }
@@ -110,6 +145,16 @@ impl InMemoryLeaseStore {
 
     fn count(&self, op: LeaseOp) {
         self.counters[Self::index(op)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every heartbeat row, read synchronously.
+    pub fn heartbeats(&self) -> Vec<WorkerHeartbeat> {
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Lease>> {
@@ -151,6 +196,36 @@ impl LeaseStore for InMemoryLeaseStore {
     async fn list(&self) -> Result<Vec<Lease>> {
         self.count(LeaseOp::List);
         Ok(self.lock().values().cloned().collect())
+    }
+
+    async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<()> {
+        self.count(LeaseOp::PutHeartbeat);
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(heartbeat.worker_id.clone(), heartbeat.clone());
+        Ok(())
+    }
+
+    async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>> {
+        self.count(LeaseOp::ListHeartbeats);
+        Ok(self.heartbeats())
+    }
+
+    async fn delete_heartbeat(&self, worker_id: &str, counter: Option<u64>) -> Result<()> {
+        self.count(LeaseOp::DeleteHeartbeat);
+        let mut rows = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+        match (rows.get(worker_id), counter) {
+            (None, _) => Ok(()),
+            (Some(row), Some(c)) if row.counter != c => Err(LeaseError::Conflict {
+                key: worker_id.to_owned(),
+                actual: None,
+            }),
+            _ => {
+                rows.remove(worker_id);
+                Ok(())
+            }
+        }
     }
 
     async fn get(&self, key: &str) -> Result<Option<Lease>> {

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::error::Result;
+use crate::error::{LeaseError, Result};
+use crate::heartbeat::WorkerHeartbeat;
 use crate::lease::Lease;
 use crate::sequence::ExtendedSequenceNumber;
 
@@ -19,6 +20,33 @@ use crate::sequence::ExtendedSequenceNumber;
 pub trait LeaseStore: Send + Sync + 'static {
     /// Every lease in the table (a strongly consistent read).
     async fn list(&self) -> Result<Vec<Lease>>;
+
+    /// Every lease in the table, possibly a little stale (an eventually consistent read, half
+    /// the cost on DynamoDB). For callers whose every decision is checked by a conditional
+    /// write. The default is [`LeaseStore::list`].
+    async fn list_eventually_consistent(&self) -> Result<Vec<Lease>> {
+        self.list().await
+    }
+
+    /// Writes this worker's heartbeat row (unconditionally: each worker writes only its own).
+    /// Stores without heartbeats answer [`LeaseError::Unsupported`] (the default), and workers
+    /// then coordinate through the lease table alone.
+    async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<()> {
+        let _ = heartbeat;
+        Err(LeaseError::Unsupported("worker heartbeats".into()))
+    }
+
+    /// Every heartbeat row (a strongly consistent read).
+    async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>> {
+        Err(LeaseError::Unsupported("worker heartbeats".into()))
+    }
+
+    /// Deletes a worker's heartbeat row if its counter is still `counter` (`None`: whatever
+    /// it is, for a worker removing its own row). A row already gone is not an error.
+    async fn delete_heartbeat(&self, worker_id: &str, counter: Option<u64>) -> Result<()> {
+        let _ = (worker_id, counter);
+        Err(LeaseError::Unsupported("worker heartbeats".into()))
+    }
 
     /// One lease, or `None` if there is no row with that key.
     async fn get(&self, key: &str) -> Result<Option<Lease>>;
@@ -68,6 +96,18 @@ pub trait LeaseStore: Send + Sync + 'static {
 impl<T: LeaseStore + ?Sized> LeaseStore for Arc<T> {
     async fn list(&self) -> Result<Vec<Lease>> {
         (**self).list().await
+    }
+    async fn list_eventually_consistent(&self) -> Result<Vec<Lease>> {
+        (**self).list_eventually_consistent().await
+    }
+    async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<()> {
+        (**self).put_heartbeat(heartbeat).await
+    }
+    async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>> {
+        (**self).list_heartbeats().await
+    }
+    async fn delete_heartbeat(&self, worker_id: &str, counter: Option<u64>) -> Result<()> {
+        (**self).delete_heartbeat(worker_id, counter).await
     }
     async fn get(&self, key: &str) -> Result<Option<Lease>> {
         (**self).get(key).await

@@ -87,6 +87,7 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 
 use crate::error::{LeaseError, Result};
+use crate::heartbeat::WorkerHeartbeat;
 use crate::lease::Lease;
 use crate::sequence::ExtendedSequenceNumber;
 use crate::store::LeaseStore;
@@ -103,6 +104,7 @@ pub const TABLE_WAIT_LIMIT: Duration = Duration::from_secs(300);
 pub struct DynamoDbLeaseStore {
     client: Client,
     table: String,
+    heartbeat_table: String,
     scan_page_size: Option<u32>,
     corrupt_rows_seen: Arc<AtomicU64>,
 }
@@ -111,9 +113,11 @@ impl DynamoDbLeaseStore {
     /// A store on `table`. Nothing is called until the first operation; see
     /// [`DynamoDbLeaseStore::ensure_table`] to create the table.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
+        let table = table.into();
         Self {
             client,
-            table: table.into(),
+            heartbeat_table: schema::heartbeat_table_name(&table),
+            table,
             scan_page_size: None,
             corrupt_rows_seen: Arc::new(AtomicU64::new(0)),
         }
@@ -142,6 +146,18 @@ impl DynamoDbLeaseStore {
         &self.table
     }
 
+    /// The heartbeat table's name (default `<lease table>-WorkerHeartbeats`).
+    pub fn heartbeat_table_name(&self) -> &str {
+        &self.heartbeat_table
+    }
+
+    /// Uses another table for worker heartbeats (builder style).
+    #[must_use]
+    pub fn with_heartbeat_table(mut self, table: impl Into<String>) -> Self {
+        self.heartbeat_table = table.into();
+        self
+    }
+
     /// The DynamoDB client.
     pub fn client(&self) -> &Client {
         &self.client
@@ -159,49 +175,64 @@ impl DynamoDbLeaseStore {
     /// [`TABLE_WAIT_LIMIT`]. Returns whether this call created it; a concurrent creator
     /// (`ResourceInUseException`) is not an error. An existing table with another key schema is
     /// a [`LeaseError::Backend`] error.
+    ///
+    /// It also creates the small heartbeat table ([`DynamoDbLeaseStore::heartbeat_table_name`],
+    /// hash key `workerId` S, on demand) unless it exists. If that fails (no permission), the
+    /// lease table is still usable: workers then coordinate through the lease table alone,
+    /// as before heartbeats existed, with a warning.
     pub async fn ensure_table(&self) -> Result<bool> {
-        let created = match self.describe_table().await? {
-            Some(table) => {
-                check_key_schema(&self.table, &table)?;
+        let created = self.ensure(&self.table, schema::LEASE_KEY, true).await?;
+        if let Err(e) = self.ensure(&self.heartbeat_table, schema::WORKER_ID, false).await {
+            tracing::warn!(table = %self.heartbeat_table, error = %e,
+                "the worker heartbeat table is not available: coordinating through the lease table alone");
+        }
+        Ok(created)
+    }
+
+    /// Creates `table` (hash key `key` S, the owner index if `lease_index`) unless it exists,
+    /// and waits until it is active.
+    async fn ensure(&self, table: &str, key: &'static str, lease_index: bool) -> Result<bool> {
+        let created = match self.describe_table(table).await? {
+            Some(t) => {
+                check_key_schema(table, key, &t)?;
                 false
             }
-            None => self.create_table().await?,
+            None => self.create_table(table, key, lease_index).await?,
         };
         let deadline = tokio::time::Instant::now() + TABLE_WAIT_LIMIT;
         loop {
-            match self.describe_table().await? {
-                Some(table) if table.table_status() == Some(&TableStatus::Active) => {
-                    check_key_schema(&self.table, &table)?;
-                    tracing::debug!(table = %self.table, created, "lease table is active");
+            match self.describe_table(table).await? {
+                Some(t) if t.table_status() == Some(&TableStatus::Active) => {
+                    check_key_schema(table, key, &t)?;
+                    tracing::debug!(table, created, "table is active");
                     return Ok(created);
                 }
                 status => {
                     let status = status.and_then(|t| t.table_status().cloned());
                     if tokio::time::Instant::now() >= deadline {
                         return Err(LeaseError::backend(format!(
-                            "lease table {:?} did not become ACTIVE within {:?} (status {status:?})",
-                            self.table, TABLE_WAIT_LIMIT
+                            "table {table:?} did not become ACTIVE within {TABLE_WAIT_LIMIT:?} (status {status:?})"
                         )));
                     }
-                    tracing::debug!(table = %self.table, ?status, "waiting for the lease table");
+                    tracing::debug!(table, ?status, "waiting for the table");
                 }
             }
             tokio::time::sleep(TABLE_POLL_INTERVAL).await;
         }
     }
 
-    async fn describe_table(&self) -> Result<Option<TableDescription>> {
-        match self.client.describe_table().table_name(&self.table).send().await {
+    async fn describe_table(&self, table: &str) -> Result<Option<TableDescription>> {
+        match self.client.describe_table().table_name(table).send().await {
             Ok(out) => Ok(out.table),
             Err(e) if e.code() == Some("ResourceNotFoundException") => Ok(None),
-            Err(e) => Err(map_sdk_error(&self.table, "DescribeTable", e)),
+            Err(e) => Err(map_sdk_error(table, "DescribeTable", e)),
         }
     }
 
-    async fn create_table(&self) -> Result<bool> {
+    async fn create_table(&self, table: &str, key_name: &'static str, lease_index: bool) -> Result<bool> {
         let build = |e: aws_sdk_dynamodb::error::BuildError| LeaseError::Backend(Box::new(e));
         let key = KeySchemaElement::builder()
-            .attribute_name(schema::LEASE_KEY)
+            .attribute_name(key_name)
             .key_type(KeyType::Hash)
             .build()
             .map_err(build)?;
@@ -230,25 +261,26 @@ impl DynamoDbLeaseStore {
             )
             .build()
             .map_err(build)?;
-        tracing::info!(table = %self.table, "creating the lease table");
-        let result = self
+        tracing::info!(table, "creating the table");
+        let mut request = self
             .client
             .create_table()
-            .table_name(&self.table)
+            .table_name(table)
             .key_schema(key)
-            .attribute_definitions(attr(schema::LEASE_KEY)?)
-            .attribute_definitions(attr(schema::LEASE_OWNER)?)
-            .global_secondary_indexes(owner_index)
-            .billing_mode(BillingMode::PayPerRequest)
-            .send()
-            .await;
-        match result {
+            .attribute_definitions(attr(key_name)?)
+            .billing_mode(BillingMode::PayPerRequest);
+        if lease_index {
+            request = request
+                .attribute_definitions(attr(schema::LEASE_OWNER)?)
+                .global_secondary_indexes(owner_index);
+        }
+        match request.send().await {
             Ok(_) => Ok(true),
             Err(e) if e.code() == Some("ResourceInUseException") => {
-                tracing::debug!(table = %self.table, "lease table created concurrently");
+                tracing::debug!(table, "table created concurrently");
                 Ok(false)
             }
-            Err(e) => Err(map_sdk_error(&self.table, "CreateTable", e)),
+            Err(e) => Err(map_sdk_error(table, "CreateTable", e)),
         }
     }
 
@@ -359,18 +391,15 @@ impl DynamoDbLeaseStore {
     }
 }
 
-fn check_key_schema(table: &str, description: &TableDescription) -> Result<()> {
+fn check_key_schema(table: &str, key: &str, description: &TableDescription) -> Result<()> {
     let keys = description.key_schema();
-    let ok = keys.len() == 1
-        && keys[0].attribute_name() == schema::LEASE_KEY
-        && keys[0].key_type() == &KeyType::Hash;
+    let ok = keys.len() == 1 && keys[0].attribute_name() == key && keys[0].key_type() == &KeyType::Hash;
     if ok {
         Ok(())
     } else {
         Err(LeaseError::backend(format!(
-            "table {table:?} is not a lease table: its key schema is {keys:?}, expected {} (S) as the \
-             only (HASH) key",
-            schema::LEASE_KEY
+            "table {table:?} is not a lease table: its key schema is {keys:?}, expected {key} (S) as the \
+             only (HASH) key"
         )))
     }
 }
@@ -609,9 +638,9 @@ where
     }))
 }
 
-#[async_trait]
-impl LeaseStore for DynamoDbLeaseStore {
-    async fn list(&self) -> Result<Vec<Lease>> {
+impl DynamoDbLeaseStore {
+    /// Reads every lease with a paginated `Scan`, skipping corrupt rows.
+    async fn scan_leases(&self, consistent: bool) -> Result<Vec<Lease>> {
         let mut leases = Vec::new();
         let mut start: Option<Item> = None;
         let mut pages = 0u32;
@@ -620,7 +649,7 @@ impl LeaseStore for DynamoDbLeaseStore {
                 .client
                 .scan()
                 .table_name(&self.table)
-                .consistent_read(true)
+                .consistent_read(consistent)
                 .set_limit(self.scan_page_size.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
                 .set_exclusive_start_key(start.take())
                 .send()
@@ -644,6 +673,91 @@ impl LeaseStore for DynamoDbLeaseStore {
         }
         tracing::debug!(table = %self.table, leases = leases.len(), pages, "listed leases");
         Ok(leases)
+    }
+
+    fn heartbeat_error<E, R>(&self, operation: &'static str, err: SdkError<E, R>) -> LeaseError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: fmt::Debug + Send + Sync + 'static,
+    {
+        if err.code() == Some("ResourceNotFoundException") {
+            return LeaseError::Unsupported(format!(
+                "the worker heartbeat table {:?} does not exist (DynamoDbLeaseStore::ensure_table creates it)",
+                self.heartbeat_table
+            ));
+        }
+        map_sdk_error(&self.heartbeat_table, operation, err)
+    }
+}
+
+#[async_trait]
+impl LeaseStore for DynamoDbLeaseStore {
+    async fn list(&self) -> Result<Vec<Lease>> {
+        self.scan_leases(true).await
+    }
+
+    async fn list_eventually_consistent(&self) -> Result<Vec<Lease>> {
+        self.scan_leases(false).await
+    }
+
+    async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<()> {
+        self.client
+            .put_item()
+            .table_name(&self.heartbeat_table)
+            .set_item(Some(schema::encode_heartbeat(heartbeat)))
+            .send()
+            .await
+            .map_err(|e| self.heartbeat_error("PutItem", e))?;
+        Ok(())
+    }
+
+    async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>> {
+        let mut rows = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.heartbeat_table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| self.heartbeat_error("Scan", e))?;
+            for item in out.items.unwrap_or_default() {
+                match schema::decode_heartbeat(&item) {
+                    Ok(row) => rows.push(row),
+                    Err(e) => tracing::warn!(table = %self.heartbeat_table, error = %e,
+                        "skipping a corrupt heartbeat row (left untouched)"),
+                }
+            }
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(rows),
+            }
+        }
+    }
+
+    async fn delete_heartbeat(&self, worker_id: &str, counter: Option<u64>) -> Result<()> {
+        let mut request = self
+            .client
+            .delete_item()
+            .table_name(&self.heartbeat_table)
+            .key(schema::WORKER_ID, schema::s(worker_id));
+        if let Some(c) = counter {
+            request = request
+                .condition_expression("#hc = :hc")
+                .expression_attribute_names("#hc", schema::HEARTBEAT_COUNTER)
+                .expression_attribute_values(":hc", schema::n(c));
+        }
+        match request.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Err(LeaseError::Conflict {
+                key: worker_id.to_owned(),
+                actual: None,
+            }),
+            Err(e) => Err(self.heartbeat_error("DeleteItem", e)),
+        }
     }
 
     async fn get(&self, key: &str) -> Result<Option<Lease>> {

@@ -14,6 +14,7 @@ use std::collections::{BTreeSet, HashMap};
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use crate::error::LeaseError;
+use crate::heartbeat::{LeaseRenewal, WorkerHeartbeat};
 use crate::lease::{HashKeyRange, Lease};
 use crate::sequence::ExtendedSequenceNumber;
 
@@ -60,6 +61,60 @@ pub const SHARD_ID: &str = "shardId";
 /// worker's leases. [`crate::DynamoDbLeaseStore::ensure_table`] creates tables with it; this
 /// crate never queries it, so tables without it (a 2.x application's) work as well.
 pub const LEASE_OWNER_INDEX: &str = "LeaseOwnerToLeaseKeyIndex";
+
+/// The heartbeat table's name for a lease table: `<lease table>-WorkerHeartbeats`.
+pub fn heartbeat_table_name(lease_table: &str) -> String {
+    format!("{lease_table}-WorkerHeartbeats")
+}
+
+/// `workerId` (S): the heartbeat table's hash key.
+pub const WORKER_ID: &str = "workerId";
+/// `heartbeatCounter` (N): incremented by every heartbeat.
+pub const HEARTBEAT_COUNTER: &str = "heartbeatCounter";
+/// `leaseRenewal` (S): `per-lease` or `worker`.
+pub const LEASE_RENEWAL: &str = "leaseRenewal";
+/// `leaseCount` (N): leases held at the heartbeat.
+pub const LEASE_COUNT: &str = "leaseCount";
+/// `epoch` (N): bumped when the worker announces a change of the lease table.
+pub const EPOCH: &str = "epoch";
+
+/// The heartbeat row of a worker.
+pub fn encode_heartbeat(hb: &WorkerHeartbeat) -> Item {
+    let mut item = Item::new();
+    item.insert(WORKER_ID.into(), s(&hb.worker_id));
+    item.insert(HEARTBEAT_COUNTER.into(), n(hb.counter));
+    item.insert(LEASE_RENEWAL.into(), s(hb.renewal.as_str()));
+    item.insert(LEASE_COUNT.into(), n(hb.leases));
+    item.insert(EPOCH.into(), n(hb.epoch));
+    item
+}
+
+/// Reads a heartbeat row; a row without a string `workerId`, or with a bad counter or renewal
+/// mode, is [`LeaseError::Corrupt`]. Missing optional attributes default to 0 / `per-lease`.
+pub fn decode_heartbeat(item: &Item) -> Result<WorkerHeartbeat, LeaseError> {
+    let Some(AttributeValue::S(worker)) = item.get(WORKER_ID) else {
+        return Err(LeaseError::Corrupt {
+            key: "<heartbeat row without workerId>".into(),
+            reason: format!("{WORKER_ID} is missing or not a string"),
+        });
+    };
+    let reader = Reader { item, key: worker };
+    let renewal = match reader.string(LEASE_RENEWAL)? {
+        None => LeaseRenewal::PerLease,
+        Some(mode) => mode
+            .parse()
+            .map_err(|e: crate::heartbeat::ParseLeaseRenewalError| reader.corrupt(e.to_string()))?,
+    };
+    Ok(WorkerHeartbeat {
+        worker_id: worker.clone(),
+        counter: reader
+            .number(HEARTBEAT_COUNTER)?
+            .ok_or_else(|| reader.corrupt(format!("{HEARTBEAT_COUNTER} is missing")))?,
+        renewal,
+        leases: reader.number(LEASE_COUNT)?.unwrap_or(0),
+        epoch: reader.number(EPOCH)?.unwrap_or(0),
+    })
+}
 
 /// A number attribute value.
 pub fn n(value: u64) -> AttributeValue {

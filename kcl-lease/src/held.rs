@@ -1,0 +1,506 @@
+//! A lease this worker holds ([`HeldLease`]): the row as last written, its status, and its
+//! validity; and the worker's own validity ([`Liveness`]) as its heartbeats establish it.
+//!
+//! A held lease may be processed while it is *valid*: held, and
+//! - per-lease renewal: renewed recently enough (`failover_time` after the *start* of its last
+//!   successful renewal), and
+//! - whenever heartbeats are on: the worker's heartbeat is valid (`failover_time` after the
+//!   start of its last successful heartbeat, and every heartbeat completed before the previous
+//!   validity ran out). Another worker only declares this one dead `failover_time` after it
+//!   *saw* the last heartbeat, which is later.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::coordinator::metric_names::{LOST_LEASES, RENEW_FAILURES};
+use crate::error::{LeaseError, Result};
+use crate::heartbeat::LeaseRenewal;
+use crate::lease::Lease;
+use crate::sequence::ExtendedSequenceNumber;
+use crate::store::LeaseStore;
+use crate::stream::StreamIdentifier;
+
+/// This worker's own validity, from its heartbeats.
+#[derive(Debug)]
+pub struct Liveness {
+    state: Mutex<Heartbeating>,
+    renewal: LeaseRenewal,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Heartbeating {
+    /// No heartbeat attempted yet (a coordinator driven by hand, as in tests): leases are
+    /// renewed one by one and judged by that alone.
+    NotStarted,
+    /// The store has no heartbeats: as `NotStarted`.
+    Unsupported,
+    /// Heartbeats work; the worker is valid until then.
+    Valid(Instant),
+    /// The last valid heartbeat is older than the failover time: nothing this worker held may
+    /// be processed, and nothing is taken until a new heartbeat succeeds.
+    Lapsed,
+}
+
+/// What a successful heartbeat did to the worker's validity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BeatOutcome {
+    /// Validity extended (or established).
+    Valid,
+    /// The heartbeat completed after the validity had run out: every held lease must be given
+    /// up; the next heartbeat starts a fresh validity.
+    Lapsed,
+}
+
+impl Liveness {
+    /// A worker that renews its leases as `renewal` says once heartbeats work.
+    pub fn new(renewal: LeaseRenewal) -> Self {
+        Self {
+            state: Mutex::new(Heartbeating::NotStarted),
+            renewal,
+        }
+    }
+
+    fn state(&self) -> Heartbeating {
+        *lock(&self.state)
+    }
+
+    /// Whether the worker may process leases at `now` (as far as its heartbeats go).
+    pub fn is_valid(&self, now: Instant) -> bool {
+        match self.state() {
+            Heartbeating::NotStarted | Heartbeating::Unsupported => true,
+            Heartbeating::Valid(until) => now < until,
+            Heartbeating::Lapsed => false,
+        }
+    }
+
+    /// Whether heartbeats are in use (written successfully at least once, and not found
+    /// unsupported since).
+    pub fn heartbeats_active(&self) -> bool {
+        matches!(self.state(), Heartbeating::Valid(_) | Heartbeating::Lapsed)
+    }
+
+    /// Whether the store was found to have no heartbeats.
+    pub fn unsupported(&self) -> bool {
+        self.state() == Heartbeating::Unsupported
+    }
+
+    /// How leases are renewed now: as configured while heartbeats work, else one by one.
+    pub fn renewal(&self) -> LeaseRenewal {
+        if self.heartbeats_active() {
+            self.renewal
+        } else {
+            LeaseRenewal::PerLease
+        }
+    }
+
+    /// A heartbeat that started at `start` and completed at `end` succeeded.
+    pub fn beat(&self, start: Instant, end: Instant, failover_time: Duration) -> BeatOutcome {
+        let mut state = lock(&self.state);
+        match *state {
+            Heartbeating::Valid(until) if end >= until => {
+                *state = Heartbeating::Lapsed;
+                BeatOutcome::Lapsed
+            }
+            Heartbeating::Valid(until) => {
+                *state = Heartbeating::Valid(until.max(start + failover_time));
+                BeatOutcome::Valid
+            }
+            _ => {
+                *state = Heartbeating::Valid(start + failover_time);
+                BeatOutcome::Valid
+            }
+        }
+    }
+
+    /// Marks the validity run out if it has by `now`; returns whether it did just now.
+    pub fn check_lapse(&self, now: Instant) -> bool {
+        let mut state = lock(&self.state);
+        match *state {
+            Heartbeating::Valid(until) if now >= until => {
+                *state = Heartbeating::Lapsed;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records that the store has no heartbeats.
+    pub fn set_unsupported(&self) {
+        *lock(&self.state) = Heartbeating::Unsupported;
+    }
+}
+
+/// The state of a lease this worker holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseStatus {
+    /// Held and renewed: process it.
+    Held,
+    /// Another worker took it with a graceful hand-off: stop reading, let the processor
+    /// checkpoint, then let go.
+    HandoffRequested,
+    /// Lost (taken after expiry, or not renewed in time): stop at once, do not checkpoint.
+    Lost,
+}
+
+/// A lease this worker holds: the row as last written, its validity and its status.
+///
+/// All of this worker's writes to the row (renewals, checkpoints) go through it and are
+/// serialised by `row`, a Tokio mutex held across the conditional write on purpose: each write
+/// is conditional on the counter the previous one produced.
+pub struct HeldLease {
+    pub(crate) key: String,
+    /// The shard, and the stream of a multi-stream lease (fixed for the lease's lifetime).
+    shard_id: String,
+    stream: Option<StreamIdentifier>,
+    worker_id: String,
+    failover_time: Duration,
+    store: Arc<dyn LeaseStore>,
+    pub(crate) row: tokio::sync::Mutex<Lease>,
+    valid_until: Mutex<Instant>,
+    status: watch::Sender<LeaseStatus>,
+    /// Set when this worker let the lease go on purpose (so that it is not counted as lost).
+    pub(crate) released: AtomicBool,
+    lost_counted: AtomicBool,
+    /// The worker's own validity.
+    liveness: Arc<Liveness>,
+    /// A renewal of this lease is in flight (at most one at a time).
+    pub(crate) renewing: AtomicBool,
+    /// How long one renewal call may take.
+    call_timeout: Duration,
+}
+
+impl std::fmt::Debug for HeldLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldLease")
+            .field("key", &self.key)
+            .field("worker_id", &self.worker_id)
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HeldLease {
+    pub(crate) fn new(
+        row: Lease,
+        worker_id: &str,
+        failover_time: Duration,
+        store: Arc<dyn LeaseStore>,
+        at: Instant,
+        liveness: Arc<Liveness>,
+        call_timeout: Duration,
+    ) -> Self {
+        Self {
+            key: row.lease_key.clone(),
+            shard_id: row.shard_id().to_owned(),
+            stream: row.stream(),
+            worker_id: worker_id.to_owned(),
+            failover_time,
+            store,
+            row: tokio::sync::Mutex::new(row),
+            valid_until: Mutex::new(at + failover_time),
+            status: watch::channel(LeaseStatus::Held).0,
+            released: AtomicBool::new(false),
+            lost_counted: AtomicBool::new(false),
+            liveness,
+            renewing: AtomicBool::new(false),
+            call_timeout,
+        }
+    }
+
+    /// The lease key (the shard id, or `account:stream:creationEpoch:shardId`).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The shard's id.
+    pub fn shard_id(&self) -> &str {
+        &self.shard_id
+    }
+
+    /// The stream of a multi-stream lease; `None` in single-stream mode.
+    pub fn stream(&self) -> Option<&StreamIdentifier> {
+        self.stream.as_ref()
+    }
+
+    /// The lease key of a related shard (a parent or a child) of the same stream.
+    pub fn sibling_key(&self, shard_id: &str) -> String {
+        match &self.stream {
+            Some(stream) => stream.lease_key(shard_id),
+            None => shard_id.to_owned(),
+        }
+    }
+
+    /// The worker holding it.
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// The current status.
+    pub fn status(&self) -> LeaseStatus {
+        *self.status.borrow()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn subscribe(&self) -> watch::Receiver<LeaseStatus> {
+        self.status.subscribe()
+    }
+
+    /// Whether records may be processed now: held, and renewed recently enough that no other
+    /// worker can have taken it.
+    pub fn is_valid(&self) -> bool {
+        let now = Instant::now();
+        self.status() == LeaseStatus::Held
+            && self.liveness.is_valid(now)
+            && (self.liveness.renewal() == LeaseRenewal::Worker || now < *lock(&self.valid_until))
+    }
+
+    /// The row as this worker last wrote or read it.
+    pub async fn lease(&self) -> Lease {
+        self.row.lock().await.clone()
+    }
+
+    /// Marks the lease lost (for example when the shard task learns it from a failed write).
+    pub fn mark_lost(&self) {
+        self.set_status(LeaseStatus::Lost);
+    }
+
+    pub(crate) fn set_status(&self, status: LeaseStatus) {
+        self.status.send_if_modified(|s| {
+            // Lost is final; a hand-off can only become lost.
+            let allowed = match (*s, status) {
+                (LeaseStatus::Lost, _) => false,
+                (a, b) => a != b,
+            };
+            if allowed {
+                *s = status;
+            }
+            allowed
+        });
+        if status == LeaseStatus::Lost
+            && self.status() == LeaseStatus::Lost
+            && !self.released.load(Ordering::Relaxed)
+        {
+            // Counted once: a released lease is marked lost too, but it was let go, not lost.
+            if !self.lost_counted.swap(true, Ordering::Relaxed) {
+                metrics::counter!(LOST_LEASES, "worker_id" => self.worker_id.clone()).increment(1);
+            }
+        }
+    }
+
+    /// Classifies a failed conditional write from the row the store returned.
+    pub(crate) fn on_conflict(&self, actual: Option<&Lease>) {
+        match actual {
+            Some(row)
+                if row.checkpoint_owner.as_deref() == Some(&self.worker_id)
+                    && !row.is_owned_by(&self.worker_id) =>
+            {
+                info!(lease = %self.key, new_owner = ?row.lease_owner, "graceful hand-off requested");
+                self.set_status(LeaseStatus::HandoffRequested);
+            }
+            _ => {
+                info!(lease = %self.key, "lease lost");
+                self.set_status(LeaseStatus::Lost);
+            }
+        }
+    }
+
+    /// Renews the lease once (per-lease renewal only; with worker renewal the heartbeat keeps
+    /// it). Only a [`LeaseStatus::Held`] lease is renewed. The call may take at most the renew
+    /// interval: a slow or hung call never holds up other leases, and the next renewal tries
+    /// again.
+    pub async fn renew(&self) {
+        if self.status() != LeaseStatus::Held || self.liveness.renewal() == LeaseRenewal::Worker {
+            return;
+        }
+        let mut row = self.row.lock().await;
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.call_timeout, self.store.renew(&row)).await {
+            Ok(result) => result,
+            Err(_) => Err(LeaseError::backend(format!(
+                "renewal did not complete within {:?}",
+                self.call_timeout
+            ))),
+        };
+        match result {
+            Ok(new) => {
+                *row = new;
+                *lock(&self.valid_until) = started + self.failover_time;
+            }
+            // An earlier renewal that timed out may have been applied after all: the row is
+            // still ours, with a newer counter. Adopt it (without extending the validity: when
+            // that renewal started is unknown) and renew it next time.
+            Err(LeaseError::Conflict {
+                actual: Some(actual), ..
+            }) if actual.is_owned_by(&self.worker_id)
+                && actual.checkpoint_owner.is_none()
+                && actual.lease_counter > row.lease_counter =>
+            {
+                *row = *actual;
+            }
+            Err(LeaseError::Conflict { actual, .. }) => self.on_conflict(actual.as_deref()),
+            Err(LeaseError::NotFound(_)) => self.set_status(LeaseStatus::Lost),
+            Err(e) => {
+                let deadline = *lock(&self.valid_until);
+                warn!(lease = %self.key, error = %e, "renewal failed");
+                metrics::counter!(RENEW_FAILURES, "worker_id" => self.worker_id.clone()).increment(1);
+                if Instant::now() >= deadline {
+                    info!(lease = %self.key, "lease not renewed within the failover time: giving it up");
+                    self.set_status(LeaseStatus::Lost);
+                }
+            }
+        }
+    }
+
+    /// Learns of a change of owner from a (possibly stale) scan of the table: if `scanned` is
+    /// newer than the row this worker last wrote and names another owner, the lease is lost or
+    /// a hand-off was requested. With worker renewal there are no renewals to learn it from.
+    pub(crate) fn reconcile(&self, scanned: &Lease) {
+        if self.status() == LeaseStatus::Lost || scanned.is_owned_by(&self.worker_id) {
+            return;
+        }
+        let Ok(row) = self.row.try_lock() else { return };
+        if scanned.lease_counter > row.lease_counter {
+            drop(row);
+            self.on_conflict(Some(scanned));
+        }
+    }
+
+    /// Writes a checkpoint: as owner while held, or as `checkpointOwner` during a hand-off.
+    /// Fails with a conflict if the lease is lost (and marks it so).
+    pub async fn checkpoint(&self, checkpoint: &ExtendedSequenceNumber) -> Result<Lease> {
+        let mut row = self.row.lock().await;
+        match self.status() {
+            LeaseStatus::Lost => return Err(self.lost_error()),
+            LeaseStatus::Held if !self.is_valid() => {
+                self.set_status(LeaseStatus::Lost);
+                return Err(self.lost_error());
+            }
+            _ => {}
+        }
+        let result = self
+            .store
+            .update_checkpoint(&row, &self.worker_id, checkpoint)
+            .await;
+        match result {
+            Ok(new) => {
+                // The write can succeed as `checkpointOwner` of a hand-off this worker has not
+                // noticed yet (another worker stole the lease since the last renewal). Then the
+                // row belongs to the new owner: never adopt it (renewing it would renew the
+                // thief's lease), keep only the checkpoint and start handing over.
+                if self.status() == LeaseStatus::Held && new.is_owned_by(&self.worker_id) {
+                    *row = new.clone();
+                } else {
+                    row.checkpoint = new.checkpoint.clone();
+                    if !new.is_owned_by(&self.worker_id) {
+                        info!(lease = %self.key, new_owner = ?new.lease_owner, "graceful hand-off requested");
+                        self.set_status(LeaseStatus::HandoffRequested);
+                    }
+                }
+                Ok(new)
+            }
+            Err(LeaseError::Conflict { key, actual }) => {
+                let handoff = self.status() == LeaseStatus::HandoffRequested;
+                self.on_conflict(actual.as_deref());
+                if !handoff && self.status() == LeaseStatus::HandoffRequested {
+                    // Stolen gracefully in between: we may still checkpoint as checkpoint owner.
+                    let new = self
+                        .store
+                        .update_checkpoint(&row, &self.worker_id, checkpoint)
+                        .await?;
+                    row.checkpoint = new.checkpoint.clone();
+                    return Ok(new);
+                }
+                if handoff {
+                    self.set_status(LeaseStatus::Lost);
+                }
+                Err(LeaseError::Conflict { key, actual })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records the children of the ended shard (while held).
+    pub async fn mark_children(&self, children: &BTreeSet<String>) -> Result<Lease> {
+        let mut row = self.row.lock().await;
+        if self.status() != LeaseStatus::Held {
+            return Err(self.lost_error());
+        }
+        match self.store.mark_children(&row, children).await {
+            Ok(new) => {
+                *row = new.clone();
+                Ok(new)
+            }
+            Err(LeaseError::Conflict { key, actual }) => {
+                self.on_conflict(actual.as_deref());
+                Err(LeaseError::Conflict { key, actual })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// When this worker stole the lease with a hand-off: waits until the previous owner has
+    /// checkpointed and cleared `checkpointOwner`, or until the failover time has passed (the
+    /// previous owner may be dead), then returns the fresh row. Returns at once otherwise.
+    pub async fn wait_for_handoff(&self, poll: Duration) -> Result<Lease> {
+        let deadline = Instant::now() + self.failover_time;
+        loop {
+            if self.status() != LeaseStatus::Held {
+                return Err(self.lost_error());
+            }
+            let previous = self.row.lock().await.checkpoint_owner.clone();
+            let Some(previous) = previous else {
+                return Ok(self.lease().await);
+            };
+            let fresh = match self.store.get(&self.key).await {
+                Ok(Some(fresh)) => fresh,
+                Ok(None) => {
+                    self.set_status(LeaseStatus::Lost);
+                    return Err(self.lost_error());
+                }
+                Err(e) => {
+                    warn!(lease = %self.key, error = %e, "reading lease during hand-off failed");
+                    tokio::time::sleep(poll).await;
+                    continue;
+                }
+            };
+            let mut row = self.row.lock().await;
+            if !fresh.is_owned_by(&self.worker_id) {
+                self.set_status(LeaseStatus::Lost);
+                return Err(self.lost_error());
+            }
+            if fresh.checkpoint_owner.is_none() {
+                row.checkpoint = fresh.checkpoint.clone();
+                row.checkpoint_owner = None;
+                row.owner_switches_since_checkpoint = fresh.owner_switches_since_checkpoint;
+                return Ok(row.clone());
+            }
+            if Instant::now() >= deadline {
+                warn!(lease = %self.key, %previous, "previous owner did not finish the hand-off in time");
+                match self.store.complete_handoff(&self.key, &previous).await {
+                    Ok(_) | Err(LeaseError::Conflict { .. }) => row.checkpoint_owner = Some(previous),
+                    Err(e) => warn!(lease = %self.key, error = %e, "clearing checkpointOwner failed"),
+                }
+                // Re-read on the next turn of the loop.
+            }
+            drop(row);
+            tokio::time::sleep(poll).await;
+        }
+    }
+
+    fn lost_error(&self) -> LeaseError {
+        LeaseError::Conflict {
+            key: self.key.clone(),
+            actual: None,
+        }
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
