@@ -112,6 +112,9 @@ pub struct TakePlan {
     pub steal: Vec<Lease>,
     /// The even share this worker aims for.
     pub target: usize,
+    /// More free or expired leases, in this worker's order of preference, to try when a take
+    /// of `take` loses the race to another worker.
+    pub spare: Vec<Lease>,
 }
 
 /// Decides which leases to take and steal, from a snapshot of the table.
@@ -170,10 +173,22 @@ pub fn plan_takes(
     if need == 0 {
         return plan;
     }
-    // Spread the workers' choices so that they do not all race for the same leases.
-    available.sort_by_key(|l| spread(me, &l.lease_key));
+    // Spread the workers' choices so that they do not race for the same leases: each worker
+    // first takes the leases it ranks highest for among the live workers (rendezvous hashing:
+    // every lease has one first choice), then the others in an order of its own.
+    let workers: Vec<&str> = load.keys().copied().collect();
+    available.sort_by_cached_key(|l| {
+        let mine = spread(me, &l.lease_key);
+        let rank = workers
+            .iter()
+            .filter(|w| **w != me && spread(w, &l.lease_key) > mine)
+            .count();
+        (rank, mine)
+    });
     let taking = need.min(available.len());
     plan.take.extend(available[..taking].iter().map(|l| (*l).clone()));
+    plan.spare
+        .extend(available[taking..].iter().take(taking).map(|l| (*l).clone()));
     need -= taking;
     if need == 0 || !available.is_empty() {
         return plan;

@@ -8,7 +8,7 @@
 //!
 //! # Design: coordination that costs O(shards), not O(shards × workers)
 //!
-//! Every worker writes a small *heartbeat* row of its own every `renew_interval` and reads the
+//! Every worker writes a small *heartbeat* row of its own every `renew_interval / 2` and reads the
 //! heartbeat table (one row per worker) every `watch_interval`. The lease table itself is read
 //! (one eventually consistent scan) only when that read shows a reason to:
 //! - a worker joined, left (its row is gone), or died (its heartbeat stood still for
@@ -38,7 +38,7 @@
 //! nothing until a new heartbeat succeeds.
 //!
 //! Renewals never wait on each other: each lease is renewed by its own task, at most one in
-//! flight per lease, each call bounded by `renew_interval`, and at most
+//! flight per lease, each call bounded by `renew_interval / 2`, and at most
 //! `max_concurrent_calls` calls at once.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -91,8 +91,8 @@ pub struct CoordinatorConfig {
     /// A lease whose counter stands still this long is expired; a worker whose heartbeat
     /// stands still this long is dead.
     pub failover_time: Duration,
-    /// How often held leases (per-lease renewal) and the heartbeat are renewed (normally
-    /// `failover_time / 3`). Also the limit of one renewal call.
+    /// How often held leases are renewed (per-lease renewal; normally `failover_time / 3`).
+    /// The heartbeat is written twice as often; one call may take half of it.
     pub renew_interval: Duration,
     /// The shortest time between two scans of the lease table while there is work to do.
     pub take_interval: Duration,
@@ -302,6 +302,18 @@ impl LeaseCoordinator {
         }
     }
 
+    /// How long one renewal or heartbeat call may take: half the renew interval, so that a
+    /// hung call is abandoned before the next one is due.
+    fn call_timeout(&self) -> Duration {
+        self.config.renew_interval / 2
+    }
+
+    /// How often the heartbeat is written: twice per renew interval (a failed or slow
+    /// heartbeat is retried well before the worker's validity runs out).
+    fn heartbeat_interval(&self) -> Duration {
+        self.config.renew_interval / 2
+    }
+
     fn new_held(&self, row: Lease, started: Instant) -> Arc<HeldLease> {
         Arc::new(HeldLease::new(
             row,
@@ -310,7 +322,7 @@ impl LeaseCoordinator {
             self.store.clone(),
             started,
             self.liveness.clone(),
-            self.config.renew_interval,
+            self.call_timeout(),
         ))
     }
 
@@ -362,7 +374,7 @@ impl LeaseCoordinator {
             epoch: self.epoch.load(Ordering::SeqCst),
         };
         let start = Instant::now();
-        let result = tokio::time::timeout(self.config.renew_interval, self.store.put_heartbeat(&row)).await;
+        let result = tokio::time::timeout(self.call_timeout(), self.store.put_heartbeat(&row)).await;
         match result {
             Ok(Ok(())) => {
                 if self
@@ -382,7 +394,7 @@ impl LeaseCoordinator {
                 self.liveness.set_unsupported();
             }
             Ok(Err(e)) => warn!(error = %e, "heartbeat failed"),
-            Err(_) => warn!(timeout = ?self.config.renew_interval, "heartbeat timed out"),
+            Err(_) => warn!(timeout = ?self.call_timeout(), "heartbeat timed out"),
         }
         self.check_lapse();
     }
@@ -578,20 +590,23 @@ impl LeaseCoordinator {
         if !self.taking.load(Ordering::SeqCst) {
             return Ok(0);
         }
-        let takes: Vec<(Lease, bool)> = plan
+        let mut takes: Vec<(Lease, bool)> = plan
             .take
             .into_iter()
             .map(|l| (l, false))
             .chain(plan.steal.into_iter().map(|l| (l, true)))
             .collect();
+        let mut spare = plan.spare.into_iter();
         let dead = Arc::new(dead);
         let mut acquired = 0;
         let mut stole = false;
         // Conditional takes are independent: issue them concurrently, a bounded number at a
-        // time, so that taking many leases from a remote table does not stall renewals.
-        for chunk in takes.chunks(TAKE_CONCURRENCY) {
+        // time, so that taking many leases from a remote table does not stall renewals. A take
+        // that lost the race to another worker is replaced by a spare (no new scan).
+        while !takes.is_empty() {
+            let batch: Vec<(Lease, bool)> = takes.drain(..takes.len().min(TAKE_CONCURRENCY)).collect();
             let mut calls = JoinSet::new();
-            for (lease, steal) in chunk.iter().cloned() {
+            for (lease, steal) in batch {
                 let (store, me, dead) = (self.store.clone(), self.config.worker_id.clone(), dead.clone());
                 calls.spawn(async move {
                     let started = Instant::now();
@@ -638,7 +653,12 @@ impl LeaseCoordinator {
                         acquired += 1;
                     }
                     Err(LeaseError::Conflict { .. }) => {
-                        debug!(lease = %lease.lease_key, "another worker took it first")
+                        debug!(lease = %lease.lease_key, "another worker took it first");
+                        match spare.next() {
+                            Some(next) if !steal => takes.push((next, false)),
+                            // Look again at the next watch round rather than after take_interval.
+                            _ => lock(&self.scans).forced = true,
+                        }
                     }
                     Err(e) => warn!(lease = %lease.lease_key, error = %e, "taking lease failed"),
                 }
@@ -698,28 +718,30 @@ impl LeaseCoordinator {
             let this = self.clone();
             let mut stop = stop.clone();
             async move {
-                let mut tick = tokio::time::interval(this.config.renew_interval);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut renew = tokio::time::interval(this.config.renew_interval);
+                renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut beat = tokio::time::interval(this.heartbeat_interval());
+                beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut tasks: JoinSet<()> = JoinSet::new();
                 loop {
                     while tasks.try_join_next().is_some() {}
-                    let beat_now = tokio::select! {
+                    let renew_now = tokio::select! {
                         _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
-                        _ = tick.tick() => false,
-                        () = this.beat_now.notified() => true,
+                        _ = renew.tick() => true,
+                        _ = beat.tick() => false,
+                        () = this.beat_now.notified() => false,
                         Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
                     };
-                    if !this.beating.swap(true, Ordering::SeqCst) {
+                    if renew_now {
+                        this.check_lapse();
+                        this.forget_lost();
+                        this.spawn_renewals(&mut tasks);
+                    } else if !this.beating.swap(true, Ordering::SeqCst) {
                         let beat = this.clone();
                         tasks.spawn(async move {
                             beat.heartbeat().await;
                             beat.beating.store(false, Ordering::SeqCst);
                         });
-                    }
-                    if !beat_now {
-                        this.check_lapse();
-                        this.forget_lost();
-                        this.spawn_renewals(&mut tasks);
                     }
                 }
                 tasks.shutdown().await;
@@ -732,10 +754,20 @@ impl LeaseCoordinator {
                 let mut tick = tokio::time::interval(this.config.watch_interval);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
+                    // Besides the ticks: the moment a live worker would turn dead, so that its
+                    // leases move without waiting for the next tick.
+                    let expiry = lock(&this.workers).next_expiry(this.config.failover_time, Instant::now());
+                    let at_expiry = async move {
+                        match expiry {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    };
                     tokio::select! {
                         _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
                         _ = tick.tick() => {}
                         () = this.wake_taker.notified() => {}
+                        () = at_expiry => {}
                     }
                     this.watch_round().await;
                 }

@@ -172,6 +172,16 @@ impl WorkerTracker {
         live
     }
 
+    /// When the next live worker turns dead if its heartbeat does not move (just after
+    /// `failover_time` since its counter was first seen), if any is live at `now`.
+    pub fn next_expiry(&self, failover_time: Duration, now: Instant) -> Option<Instant> {
+        self.seen
+            .values()
+            .map(|s| s.since + failover_time + Duration::from_millis(1))
+            .filter(|at| *at > now)
+            .min()
+    }
+
     /// Leases the live workers said they hold, in total.
     pub fn live_leases(&self, failover_time: Duration, now: Instant) -> u64 {
         self.live(failover_time, now)

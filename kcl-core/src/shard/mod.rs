@@ -442,7 +442,26 @@ impl ShardConsumer {
         };
         // Child leases first: they wait for this shard's SHARD_END before they start.
         let stream = self.lease.stream().cloned();
-        for child in self.children.clone() {
+        'children: for child in self.children.clone() {
+            // A merge's child also waits for its other parent; a parent without a lease counts
+            // as finished. So while the other parent has no lease yet (it is still open, and
+            // its lease comes from its own end or from the shard sync, which creates parents
+            // first), the child's lease is left to them: created now, it could start first.
+            for other in child.parent_shards.iter().filter(|p| **p != self.shard_id) {
+                match self.ctx.store.get(&self.lease.sibling_key(other)).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        debug!(child = %child.shard_id, parent = %other,
+                            "the child's other parent has no lease yet: leaving the child's lease to it");
+                        continue 'children;
+                    }
+                    Err(e) => {
+                        warn!(child = %child.shard_id, parent = %other, error = %e,
+                            "reading the other parent's lease failed: leaving the child's lease to the shard sync");
+                        continue 'children;
+                    }
+                }
+            }
             let lease = match &stream {
                 Some(id) => Lease::for_stream(id, &child.shard_id, ExtendedSequenceNumber::TrimHorizon),
                 None => Lease::new(&child.shard_id, ExtendedSequenceNumber::TrimHorizon),
