@@ -511,13 +511,14 @@ async fn shard_sync_loop(
     shard_ended: Arc<Notify>,
     coordinator: Arc<LeaseCoordinator>,
 ) {
-    let mut first = true;
     let mut ended = false;
+    // The leader is known once the heartbeats were read once.
+    coordinator.wait_ready(config.failover_time).await;
     loop {
-        // The first sync, and syncs after a shard of this worker ended, run here; the periodic
-        // one only on the leader (one worker of the fleet), so that the fleet lists the table
-        // once per interval, not once per worker.
-        let due = first || ended || coordinator.is_leader();
+        // Syncs after a shard of this worker ended run here; the periodic one (the first one
+        // included) only on the leader (one worker of the fleet), so that the fleet lists the
+        // table and creates leases once per interval, not once per worker.
+        let due = ended || coordinator.is_leader();
         let listed = if due {
             Some(store.list_eventually_consistent().await)
         } else {
@@ -536,8 +537,11 @@ async fn shard_sync_loop(
                 )
                 .await
                 {
-                    Ok(created) if created > 0 => coordinator.announce(),
-                    Ok(_) if first => coordinator.wake(),
+                    Ok(created) if created > 0 => {
+                        // The others read the table on the announcement; this worker now.
+                        coordinator.announce();
+                        coordinator.wake();
+                    }
                     Ok(_) => {}
                     Err(e) => warn!(error = %e, "shard sync failed"),
                 }
@@ -547,7 +551,6 @@ async fn shard_sync_loop(
             }
             Some(Err(e)) => warn!(error = %e, "listing leases for shard sync failed"),
         }
-        first = false;
         ended = tokio::select! {
             () = tokio::time::sleep(config.shard_sync_interval) => false,
             () = shard_ended.notified() => {
@@ -598,7 +601,10 @@ impl MultiStreamSync {
                     return;
                 }
             }
-            let due = first || ended || self.coordinator.is_leader();
+            if first {
+                self.coordinator.wait_ready(self.config.failover_time).await;
+            }
+            let due = ended || self.coordinator.is_leader();
             let listed = if due {
                 Some(self.store.list_eventually_consistent().await)
             } else {
@@ -633,7 +639,6 @@ impl MultiStreamSync {
                     }
                     if created > 0 {
                         self.coordinator.announce();
-                    } else if first {
                         self.coordinator.wake();
                     }
                     if self.config.delete_finished_leases {

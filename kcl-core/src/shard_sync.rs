@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use futures_util::StreamExt;
 use kcl_lease::{Lease, LeaseStore, StreamIdentifier};
 use tracing::{debug, info, warn};
 
@@ -129,6 +130,31 @@ fn decide(
     leased
 }
 
+/// At most this many lease creations in flight at once.
+const CREATE_CONCURRENCY: usize = 32;
+
+/// Creates one lease (keyed for `stream_id` in multi-stream mode); whether it was created.
+async fn create(
+    store: &dyn LeaseStore,
+    stream_id: Option<&StreamIdentifier>,
+    lease: Lease,
+) -> Result<bool, kcl_lease::LeaseError> {
+    let lease = match stream_id {
+        None => lease,
+        Some(id) => {
+            let mut multi = Lease::for_stream(id, &lease.lease_key, lease.checkpoint.clone());
+            multi.parent_shard_ids = lease.parent_shard_ids;
+            multi.hash_key_range = lease.hash_key_range;
+            multi
+        }
+    };
+    let created = store.create_if_absent(&lease).await?;
+    if created {
+        debug!(lease = %lease.lease_key, checkpoint = %lease.checkpoint, "created lease");
+    }
+    Ok(created)
+}
+
 /// Lists the shards and leases and creates the missing leases. Returns how many were created.
 pub async fn sync_shards(
     backend: &dyn StreamBackend,
@@ -158,19 +184,35 @@ pub async fn sync_stream(
         .map(|l| l.shard_id().to_owned())
         .collect();
     let mut created = 0;
-    for lease in leases_to_create(&shards, &existing, initial) {
-        let lease = match stream_id {
-            None => lease,
-            Some(id) => {
-                let mut multi = Lease::for_stream(id, &lease.lease_key, lease.checkpoint.clone());
-                multi.parent_shard_ids = lease.parent_shard_ids;
-                multi.hash_key_range = lease.hash_key_range;
-                multi
+    let mut pending = leases_to_create(&shards, &existing, initial);
+    // Parents before children (a child whose parent has no lease yet would not wait for it),
+    // and within one generation a bounded number of creations at once: a new application
+    // with thousands of shards gets its leases in seconds, not one round trip at a time.
+    while !pending.is_empty() {
+        let waiting: BTreeSet<String> = pending.iter().map(|l| l.lease_key.clone()).collect();
+        let (ready, later): (Vec<Lease>, Vec<Lease>) = pending
+            .into_iter()
+            .partition(|l| l.parent_shard_ids.iter().all(|p| !waiting.contains(p)));
+        if ready.is_empty() {
+            // A cycle cannot come from Kinesis; create the rest in order rather than loop.
+            warn!(
+                stream,
+                leases = later.len(),
+                "shard lineage has a cycle; creating the rest in order"
+            );
+            for lease in later {
+                created += usize::from(create(store, stream_id, lease).await?);
             }
-        };
-        if store.create_if_absent(&lease).await? {
-            debug!(lease = %lease.lease_key, checkpoint = %lease.checkpoint, "created lease");
-            created += 1;
+            break;
+        }
+        pending = later;
+        let results: Vec<Result<bool, kcl_lease::LeaseError>> = futures_util::stream::iter(ready)
+            .map(|lease| create(store, stream_id, lease))
+            .buffer_unordered(CREATE_CONCURRENCY)
+            .collect()
+            .await;
+        for r in results {
+            created += usize::from(r?);
         }
     }
     if created > 0 {

@@ -1,4 +1,12 @@
-//! Shared pieces of the example binaries: logging set-up, exit status, shutdown signals.
+//! Shared pieces of the example binaries: logging set-up, exit status, shutdown signals, and
+//! the benchmark pieces too big for `kcl-bench` itself.
+//!
+//! # Layout
+//! - [`bench`]: measuring helpers (CPU, memory, JSON lines).
+//! - [`fleet`]: `kcl-bench fleet`, many workers in one process, with the cost meter.
+
+pub mod bench;
+pub mod fleet;
 
 use std::future::Future;
 use std::process::ExitCode;

@@ -9,7 +9,7 @@
 //! # Design: coordination that costs O(shards), not O(shards × workers)
 //!
 //! Every worker writes a small *heartbeat* row of its own every `renew_interval / 2` and reads the
-//! heartbeat table (one row per worker) every `watch_interval`. The lease table itself is read
+//! heartbeat table (one row per worker, eventually consistent) every `watch_interval`. The lease table itself is read
 //! (one eventually consistent scan) only when that read shows a reason to:
 //! - a worker joined, left (its row is gone), or died (its heartbeat stood still for
 //!   `failover_time` by this worker's clock): its leases are taken at once, with no further
@@ -191,6 +191,8 @@ pub struct LeaseCoordinator {
     beating: AtomicBool,
     /// Set once this worker removed its heartbeat row for good.
     left: AtomicBool,
+    /// Turns true after the first heartbeat and the first read of the others'.
+    ready: watch::Sender<bool>,
     limiter: Arc<Semaphore>,
 }
 
@@ -230,6 +232,7 @@ impl LeaseCoordinator {
             beat_now: Notify::new(),
             beating: AtomicBool::new(false),
             left: AtomicBool::new(false),
+            ready: watch::channel(false).0,
         };
         (Arc::new(this), rx)
     }
@@ -283,6 +286,13 @@ impl LeaseCoordinator {
             .live(self.config.failover_time, now)
             .first()
             .is_none_or(|first| *first >= me)
+    }
+
+    /// Waits until this worker has written its first heartbeat and read the others' (so that
+    /// [`LeaseCoordinator::is_leader`] means something), or at most `limit`.
+    pub async fn wait_ready(&self, limit: Duration) {
+        let mut ready = self.ready.subscribe();
+        let _ = tokio::time::timeout(limit, ready.wait_for(|r| *r)).await;
     }
 
     /// The fleet as this worker sees it.
@@ -433,12 +443,14 @@ impl LeaseCoordinator {
         }
     }
 
-    /// Reads the heartbeat table into the worker tracker.
-    async fn read_heartbeats(&self) {
+    /// Reads the heartbeat table into the worker tracker. Watch rounds read eventually
+    /// consistent (a stale row only delays a conclusion); the read a take round plans from is
+    /// strongly consistent (see the module docs).
+    async fn read_heartbeats(&self, consistent: bool) {
         if !self.liveness.heartbeats_active() {
             return;
         }
-        match self.store.list_heartbeats().await {
+        match self.store.list_heartbeats(consistent).await {
             Ok(rows) => {
                 let now = Instant::now();
                 let mut workers = lock(&self.workers);
@@ -454,7 +466,7 @@ impl LeaseCoordinator {
     /// One watch round: reads the heartbeats, and scans the lease table (and takes) if there
     /// is a reason to. Returns whether it scanned.
     pub async fn watch_round(&self) -> bool {
-        self.read_heartbeats().await;
+        self.read_heartbeats(false).await;
         let due = self.scan_due(Instant::now());
         if due {
             if let Err(e) = self.take_round().await {
@@ -528,7 +540,7 @@ impl LeaseCoordinator {
         metrics::counter!(LEASE_TABLE_SCANS, "worker_id" => self.config.worker_id.clone()).increment(1);
         // The heartbeats are read after the lease scan: a worker judged dead from this read had
         // stopped processing before it (see the module docs).
-        self.read_heartbeats().await;
+        self.read_heartbeats(true).await;
         let filter = lock(&self.filter).clone();
         if let Some(filter) = filter {
             leases.retain(|l| filter(l));
@@ -770,6 +782,7 @@ impl LeaseCoordinator {
                         () = at_expiry => {}
                     }
                     this.watch_round().await;
+                    this.ready.send_replace(true);
                 }
             }
         };

@@ -132,9 +132,9 @@ impl<S: LeaseStore> LeaseStore for FailureLeaseStore<S> {
         self.inner.put_heartbeat(heartbeat).await
     }
 
-    async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>> {
+    async fn list_heartbeats(&self, consistent: bool) -> Result<Vec<WorkerHeartbeat>> {
         self.hook(LeaseOp::ListHeartbeats, "").await?;
-        self.inner.list_heartbeats().await
+        self.inner.list_heartbeats(consistent).await
     }
 
     async fn delete_heartbeat(&self, worker_id: &str, counter: Option<u64>) -> Result<()> {

@@ -207,7 +207,7 @@ impl LeaseStore for InMemoryLeaseStore {
         Ok(())
     }
 
-    async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>> {
+    async fn list_heartbeats(&self, _consistent: bool) -> Result<Vec<WorkerHeartbeat>> {
         self.count(LeaseOp::ListHeartbeats);
         Ok(self.heartbeats())
     }

@@ -356,12 +356,12 @@ impl<S: LeaseStore> LeaseStore for MeteredLeaseStore<S> {
         r
     }
 
-    async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>> {
-        let r = self.inner.list_heartbeats().await;
+    async fn list_heartbeats(&self, consistent: bool) -> Result<Vec<WorkerHeartbeat>> {
+        let r = self.inner.list_heartbeats(consistent).await;
         if matches!(r, Err(LeaseError::Unsupported(_))) {
             return r;
         }
-        self.scan(LeaseOp::ListHeartbeats, &r, true, heartbeat_size);
+        self.scan(LeaseOp::ListHeartbeats, &r, consistent, heartbeat_size);
         r
     }
 
@@ -489,7 +489,7 @@ mod tests {
             })
             .await
             .unwrap();
-        store.list_heartbeats().await.unwrap();
+        store.list_heartbeats(true).await.unwrap();
         let s = store.snapshot();
         let bytes: usize = rows.iter().map(lease_size).sum();
         let units = bytes.div_ceil(4096) as f64;

@@ -36,8 +36,9 @@ pub trait LeaseStore: Send + Sync + 'static {
         Err(LeaseError::Unsupported("worker heartbeats".into()))
     }
 
-    /// Every heartbeat row (a strongly consistent read).
-    async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>> {
+    /// Every heartbeat row; a strongly consistent read if `consistent`.
+    async fn list_heartbeats(&self, consistent: bool) -> Result<Vec<WorkerHeartbeat>> {
+        let _ = consistent;
         Err(LeaseError::Unsupported("worker heartbeats".into()))
     }
 
@@ -103,8 +104,8 @@ impl<T: LeaseStore + ?Sized> LeaseStore for Arc<T> {
     async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<()> {
         (**self).put_heartbeat(heartbeat).await
     }
-    async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>> {
-        (**self).list_heartbeats().await
+    async fn list_heartbeats(&self, consistent: bool) -> Result<Vec<WorkerHeartbeat>> {
+        (**self).list_heartbeats(consistent).await
     }
     async fn delete_heartbeat(&self, worker_id: &str, counter: Option<u64>) -> Result<()> {
         (**self).delete_heartbeat(worker_id, counter).await

@@ -2,7 +2,8 @@
 //! per scenario with its figures and the exact settings.
 //!
 //! Scenarios (all by default): `throughput`, `latency`, `failover`, `handoff`, `rebalance`,
-//! `scale`. `--backend emulators` runs `throughput` and `latency` against the Kinesis and
+//! `scale`, `fleet` (many workers in one process with the lease-store cost meter; see
+//! `kcl_examples::fleet`). `--backend emulators` runs `throughput` and `latency` against the Kinesis and
 //! DynamoDB emulators (started by `localstack/start-emulators.sh`), with a plain `GetRecords`
 //! loop and the `kcl-tail` binary beside the runtime for comparison.
 //!
@@ -24,17 +25,19 @@ use kcl_core::{
     ProcessRecordsInput, ProcessorError, RecordProcessor, RetrievalMode, Scheduler, SchedulerBuilder,
     SchedulerHandle, ShutdownRequestedInput, StreamBackend,
 };
+use kcl_examples::bench::{current_rss_mb, f, json, rusage, s};
 use kcl_lease::{DynamoDbLeaseStore, LeaseStore};
 use tokio::io::AsyncBufReadExt;
 use tokio::time::Instant;
 
-const ALL: [&str; 6] = [
+const ALL: [&str; 7] = [
     "throughput",
     "latency",
     "failover",
     "handoff",
     "rebalance",
     "scale",
+    "fleet",
 ];
 
 /// Benchmarks of the KCL runtime; prints one JSON object per scenario.
@@ -56,6 +59,27 @@ struct Args {
     /// Leases held by the worker in `scale`.
     #[arg(long, default_value_t = 2000)]
     scale_leases: usize,
+    /// `fleet`: shards (the large run: 10000).
+    #[arg(long, default_value_t = 1000)]
+    fleet_shards: usize,
+    /// `fleet`: workers in the one process (the large run: 100).
+    #[arg(long, default_value_t = 20)]
+    fleet_workers: usize,
+    /// `fleet`: workers killed, then workers stopped gracefully (default: a tenth).
+    #[arg(long)]
+    fleet_kill: Option<usize>,
+    /// `fleet`: simulated round trip of every lease-store call, in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    fleet_latency_ms: u64,
+    /// `fleet`: failover time in milliseconds (the runtime's default).
+    #[arg(long, default_value_t = 10_000)]
+    fleet_failover_ms: u64,
+    /// `fleet`: seconds of steady state measured.
+    #[arg(long, default_value_t = 20)]
+    fleet_window_s: u64,
+    /// `fleet`: renewal modes to run: per-lease, worker, or both.
+    #[arg(long, default_value = "both")]
+    fleet_renewal: String,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -137,52 +161,11 @@ fn payload(epoch: Instant, id: u64, size: usize) -> Bytes {
     Bytes::from(v)
 }
 
-/// CPU seconds (user + system) and peak RSS in MiB of this process.
-fn rusage() -> (f64, f64) {
-    // SAFETY: getrusage only writes into the struct we pass.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: RUSAGE_SELF with a valid pointer.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
-        return (0.0, 0.0);
-    }
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    (
-        secs(ru.ru_utime) + secs(ru.ru_stime),
-        ru.ru_maxrss as f64 / 1024.0,
-    )
-}
-
-/// Current RSS in MiB (from /proc; 0 where unavailable).
-fn current_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(0.0, |pages| pages * 4096.0 / (1024.0 * 1024.0))
-}
-
 fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
     sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
-}
-
-/// A JSON object from pre-rendered values.
-fn json(fields: &[(&str, String)]) -> String {
-    let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
-    format!("{{{}}}", body.join(","))
-}
-
-fn s(v: &str) -> String {
-    format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-fn f(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v:.3}")
-    } else {
-        "null".into()
-    }
 }
 
 async fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Result<Duration> {
@@ -927,6 +910,29 @@ async fn latency_emulators() -> Result<Vec<String>> {
     Ok(out)
 }
 
+fn fleet_settings(args: &Args) -> Result<kcl_examples::fleet::FleetSettings> {
+    let modes = match args.fleet_renewal.as_str() {
+        "both" => vec![kcl_lease::LeaseRenewal::PerLease, kcl_lease::LeaseRenewal::Worker],
+        one => vec![one
+            .parse()
+            .map_err(|e: kcl_lease::heartbeat::ParseLeaseRenewalError| {
+                anyhow::anyhow!("--fleet-renewal: {e} (or both)")
+            })?],
+    };
+    if args.fleet_shards == 0 || args.fleet_workers < 2 {
+        bail!("fleet needs at least 1 shard and 2 workers");
+    }
+    Ok(kcl_examples::fleet::FleetSettings {
+        shards: args.fleet_shards,
+        workers: args.fleet_workers,
+        kill: args.fleet_kill.unwrap_or((args.fleet_workers / 10).max(1)),
+        latency: Duration::from_millis(args.fleet_latency_ms),
+        failover: Duration::from_millis(args.fleet_failover_ms),
+        window: Duration::from_secs(args.fleet_window_s),
+        modes,
+    })
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     kcl_examples::exit_status(run()).await
@@ -969,6 +975,7 @@ async fn run() -> Result<()> {
             ("handoff", _) => vec![move_leases(&args, true).await?],
             ("rebalance", _) => vec![rebalance(&args).await?],
             ("scale", _) => vec![scale(&args).await?],
+            ("fleet", _) => kcl_examples::fleet::run(&fleet_settings(&args)?).await?,
             _ => unreachable!("checked above"),
         };
         for line in lines {

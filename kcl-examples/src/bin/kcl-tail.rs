@@ -35,7 +35,7 @@ use kcl_core::{
     ProcessRecordsInput, ProcessorError, Record, RecordProcessor, RetrievalMode, Scheduler, SchedulerBuilder,
     ShutdownRequestedInput, StreamConfig,
 };
-use kcl_lease::DynamoDbLeaseStore;
+use kcl_lease::{DynamoDbLeaseStore, LeaseRenewal};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::{Mutex, Notify};
 use tracing::{error, info};
@@ -74,6 +74,11 @@ struct Args {
     /// Lease failover time in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     failover_ms: u64,
+    /// How leases are kept alive: per-lease (every lease renewed, as the Java KCL does; needed
+    /// when Java workers share the lease table) or worker (one heartbeat row per worker; far
+    /// fewer writes; never with Java workers on the same table).
+    #[arg(long, default_value = "per-lease", value_parser = parse_renewal)]
+    lease_renewal: LeaseRenewal,
     /// Use the bundled in-process backend: stdin lines become records of a local stream.
     #[arg(long)]
     local: bool,
@@ -84,6 +89,11 @@ struct Args {
     /// this address, e.g. 127.0.0.1:9464, at `/metrics`.
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+}
+
+fn parse_renewal(s: &str) -> Result<LeaseRenewal, String> {
+    s.parse()
+        .map_err(|e: kcl_lease::heartbeat::ParseLeaseRenewalError| e.to_string())
 }
 
 fn parse_position(s: &str) -> Result<InitialPosition, String> {
@@ -206,6 +216,7 @@ fn configure(args: &Args, application: &str, out: &Arc<Output>) -> SchedulerBuil
     builder = builder
         .initial_position(args.initial_position)
         .failover_time(Duration::from_millis(args.failover_ms))
+        .lease_renewal(args.lease_renewal)
         .processor_factory(move |shard: &str| Printer {
             stream: String::new(),
             shard_id: shard.to_owned(),

@@ -711,7 +711,7 @@ impl LeaseStore for DynamoDbLeaseStore {
         Ok(())
     }
 
-    async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>> {
+    async fn list_heartbeats(&self, consistent: bool) -> Result<Vec<WorkerHeartbeat>> {
         let mut rows = Vec::new();
         let mut start: Option<Item> = None;
         loop {
@@ -719,7 +719,7 @@ impl LeaseStore for DynamoDbLeaseStore {
                 .client
                 .scan()
                 .table_name(&self.heartbeat_table)
-                .consistent_read(true)
+                .consistent_read(consistent)
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
