@@ -4,8 +4,11 @@
 //! # Layout
 //! - [`bench`]: measuring helpers (CPU, memory, JSON lines).
 //! - [`fleet`]: `kcl-bench fleet`, many workers in one process, with the cost meter.
+//! - [`coordination`]: `kcl-bench --backend emulators coordination`, `kcl-tail` fleets on the
+//!   emulators measured through their metrics endpoints.
 
 pub mod bench;
+pub mod coordination;
 pub mod fleet;
 
 use std::future::Future;

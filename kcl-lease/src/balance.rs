@@ -173,17 +173,17 @@ pub fn plan_takes(
     if need == 0 {
         return plan;
     }
-    // Spread the workers' choices so that they do not race for the same leases: each worker
-    // first takes the leases it ranks highest for among the live workers (rendezvous hashing:
-    // every lease has one first choice), then the others in an order of its own.
+    // Spread the workers' choices so that they do not race for the same leases: each lease
+    // has one preferred taker among the workers this one knows (its key's hash modulo their
+    // number, over their sorted ids: the same choice on every worker that sees the same
+    // fleet); a worker takes its preferred leases first, then the others in an order of its
+    // own. Linear in the leases, whatever the fleet's size.
     let workers: Vec<&str> = load.keys().copied().collect();
+    let my_index = workers.iter().position(|w| *w == me).unwrap_or(0) as u64;
+    let n = workers.len().max(1) as u64;
     available.sort_by_cached_key(|l| {
-        let mine = spread(me, &l.lease_key);
-        let rank = workers
-            .iter()
-            .filter(|w| **w != me && spread(w, &l.lease_key) > mine)
-            .count();
-        (rank, mine)
+        let preferred = spread("", &l.lease_key) % n == my_index;
+        (!preferred, spread(me, &l.lease_key))
     });
     let taking = need.min(available.len());
     plan.take.extend(available[..taking].iter().map(|l| (*l).clone()));

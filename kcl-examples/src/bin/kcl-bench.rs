@@ -19,18 +19,17 @@ use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
 use clap::Parser;
-use kcl_core::aws::{load_sdk_config, AwsOptions};
 use kcl_core::{
     FanOutConfig, InMemoryLeaseStore, InitialPosition, IteratorPosition, KinesisBackend, LocalBackend,
     ProcessRecordsInput, ProcessorError, RecordProcessor, RetrievalMode, Scheduler, SchedulerBuilder,
     SchedulerHandle, ShutdownRequestedInput, StreamBackend,
 };
-use kcl_examples::bench::{current_rss_mb, f, json, rusage, s};
+use kcl_examples::bench::{aws, create_stream, current_rss_mb, f, json, rusage, s, unique};
 use kcl_lease::{DynamoDbLeaseStore, LeaseStore};
 use tokio::io::AsyncBufReadExt;
 use tokio::time::Instant;
 
-const ALL: [&str; 7] = [
+const ALL: [&str; 8] = [
     "throughput",
     "latency",
     "failover",
@@ -38,6 +37,7 @@ const ALL: [&str; 7] = [
     "rebalance",
     "scale",
     "fleet",
+    "coordination",
 ];
 
 /// Benchmarks of the KCL runtime; prints one JSON object per scenario.
@@ -645,67 +645,6 @@ async fn scale(args: &Args) -> Result<String> {
 // ---------------------------------------------------------------------------------------------
 // Emulator scenarios
 
-/// Starts the emulators with the project's script and sets the endpoint variables.
-fn start_emulators() -> Result<()> {
-    if std::env::var_os("AWS_ENDPOINT_URL_KINESIS").is_some()
-        && std::env::var_os("AWS_ENDPOINT_URL_DYNAMODB").is_some()
-    {
-        return Ok(());
-    }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = std::process::Command::new("bash")
-        .arg(root.join("localstack/start-emulators.sh"))
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .context("running localstack/start-emulators.sh")?;
-    if !out.status.success() {
-        bail!("localstack/start-emulators.sh failed");
-    }
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
-            std::env::set_var(k, v);
-        }
-    }
-    Ok(())
-}
-
-async fn aws() -> Result<(aws_config::SdkConfig, aws_sdk_kinesis::Client)> {
-    start_emulators()?;
-    let sdk = load_sdk_config(&AwsOptions {
-        region: Some("us-east-1".into()),
-        ..AwsOptions::default()
-    })
-    .await;
-    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
-    Ok((sdk, kinesis))
-}
-
-async fn create_stream(kinesis: &aws_sdk_kinesis::Client, stream: &str, shards: i32) -> Result<()> {
-    kinesis
-        .create_stream()
-        .stream_name(stream)
-        .shard_count(shards)
-        .send()
-        .await
-        .context("CreateStream")?;
-    for _ in 0..600 {
-        let status = kinesis
-            .describe_stream_summary()
-            .stream_name(stream)
-            .send()
-            .await?;
-        if status
-            .stream_description_summary()
-            .map(|s| s.stream_status().as_str())
-            == Some("ACTIVE")
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("stream {stream} did not become ACTIVE")
-}
-
 async fn put_many(kinesis: &aws_sdk_kinesis::Client, stream: &str, n: u64, epoch: Instant) -> Result<()> {
     use aws_sdk_kinesis::types::PutRecordsRequestEntry;
     let mut id = 0;
@@ -732,14 +671,6 @@ async fn put_many(kinesis: &aws_sdk_kinesis::Client, stream: &str, n: u64, epoch
         }
     }
     Ok(())
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros())
-        .unwrap_or(0);
-    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
 }
 
 /// Reads every shard with a plain `GetRecords` loop (all shards concurrently) until `n` records.
@@ -950,7 +881,7 @@ async fn run() -> Result<()> {
         let default: &[&str] = if emulators {
             &["throughput", "latency"]
         } else {
-            &ALL
+            &ALL[..7]
         };
         default.iter().map(|s| (*s).to_owned()).collect()
     } else {
@@ -960,8 +891,11 @@ async fn run() -> Result<()> {
         if !ALL.contains(&name.as_str()) {
             bail!("unknown scenario {name:?}; scenarios: {}", ALL.join(", "));
         }
-        if emulators && !matches!(name.as_str(), "throughput" | "latency") {
-            bail!("--backend emulators runs throughput and latency only");
+        if emulators && !matches!(name.as_str(), "throughput" | "latency" | "coordination") {
+            bail!("--backend emulators runs throughput, latency and coordination only");
+        }
+        if !emulators && name == "coordination" {
+            bail!("coordination runs on the emulators: add --backend emulators");
         }
     }
     for name in &scenarios {
@@ -976,6 +910,9 @@ async fn run() -> Result<()> {
             ("rebalance", _) => vec![rebalance(&args).await?],
             ("scale", _) => vec![scale(&args).await?],
             ("fleet", _) => kcl_examples::fleet::run(&fleet_settings(&args)?).await?,
+            ("coordination", _) => {
+                kcl_examples::coordination::run(Duration::from_secs(args.fleet_window_s.max(60) * 2)).await?
+            }
             _ => unreachable!("checked above"),
         };
         for line in lines {
