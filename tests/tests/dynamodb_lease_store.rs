@@ -643,3 +643,66 @@ fn throttling_errors_map_to_throttled() {
         other => panic!("expected backend, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_live_in_a_side_table_that_ensure_table_creates() {
+    use kcl_lease::{LeaseRenewal, WorkerHeartbeat};
+    let (store, client) = store("kcl-heartbeats").await;
+    let side = store.heartbeat_table_name().to_owned();
+    assert_eq!(side, format!("{}-WorkerHeartbeats", store.table_name()));
+    let described = client.describe_table().table_name(&side).send().await.unwrap();
+    assert_eq!(
+        described.table().unwrap().key_schema()[0].attribute_name(),
+        "workerId"
+    );
+    assert!(store.list_heartbeats(true).await.unwrap().is_empty());
+    let beat = |worker: &str, counter: u64| WorkerHeartbeat {
+        worker_id: worker.into(),
+        counter,
+        renewal: LeaseRenewal::Worker,
+        leases: 7,
+        epoch: 3,
+    };
+    store.put_heartbeat(&beat("a", 1)).await.unwrap();
+    store.put_heartbeat(&beat("a", 2)).await.unwrap();
+    store.put_heartbeat(&beat("b", 1)).await.unwrap();
+    let mut rows = store.list_heartbeats(false).await.unwrap();
+    rows.sort_by(|x, y| x.worker_id.cmp(&y.worker_id));
+    assert_eq!(rows, vec![beat("a", 2), beat("b", 1)]);
+    // The lease table holds no heartbeat rows (Java workers never see them).
+    assert!(store.list().await.unwrap().is_empty());
+    // Conditional clean-up: only if the counter did not move.
+    assert!(store
+        .delete_heartbeat("a", Some(1))
+        .await
+        .unwrap_err()
+        .is_conflict());
+    store.delete_heartbeat("a", Some(2)).await.unwrap();
+    store.delete_heartbeat("b", None).await.unwrap();
+    store.delete_heartbeat("gone", None).await.unwrap();
+    assert!(store.list_heartbeats(true).await.unwrap().is_empty());
+    // A corrupt row is skipped.
+    put_raw(
+        &client,
+        &side,
+        HashMap::from([
+            ("workerId".to_owned(), s("x")),
+            ("heartbeatCounter".to_owned(), s("NaN")),
+        ]),
+    )
+    .await;
+    assert!(store.list_heartbeats(true).await.unwrap().is_empty());
+
+    // A lease table whose heartbeat table is missing (created by another tool): heartbeats are
+    // unsupported, which workers take as "coordinate through the lease table alone".
+    let bare =
+        DynamoDbLeaseStore::new(client.clone(), store.table_name()).with_heartbeat_table(unique("kcl-none"));
+    assert!(matches!(
+        bare.put_heartbeat(&beat("a", 1)).await,
+        Err(LeaseError::Unsupported(_))
+    ));
+    assert!(matches!(
+        bare.list_heartbeats(true).await,
+        Err(LeaseError::Unsupported(_))
+    ));
+}
