@@ -9,6 +9,8 @@
 //! running scheduler aborts everything without releasing: as if the process died.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use futures_util::StreamExt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -429,9 +431,21 @@ impl Scheduler {
             info!("worker shutting down gracefully");
             coordinator.stop_taking();
             let _ = stop_shards.send(true);
+            // Leases are released as their shards finish, several at once, so that the last
+            // one goes soon after the last processor is done.
             let drain = async {
-                while let Some(done) = shards.join_next_with_id().await {
-                    finish(&coordinator, &mut keys, &self.health, done).await;
+                let mut releasing = futures_util::stream::FuturesUnordered::new();
+                loop {
+                    tokio::select! {
+                        Some(done) = shards.join_next_with_id() => {
+                            if let Some(key) = forget(&mut keys, &self.health, done) {
+                                let c = coordinator.clone();
+                                releasing.push(async move { c.release(&key).await });
+                            }
+                        }
+                        Some(()) = releasing.next(), if !releasing.is_empty() => {}
+                        else => break,
+                    }
                 }
             };
             if tokio::time::timeout(self.config.graceful_shutdown_timeout, drain).await.is_err() {
@@ -442,12 +456,17 @@ impl Scheduler {
                 }
             }
             acquired.close();
+            let mut rest: Vec<String> = Vec::new();
             while let Ok(lease) = acquired.try_recv() {
-                coordinator.release(lease.key()).await;
+                rest.push(lease.key().to_owned());
             }
-            for lease in coordinator.held() {
-                coordinator.release(lease.key()).await;
-            }
+            rest.extend(coordinator.held().iter().map(|l| l.key().to_owned()));
+            futures_util::stream::iter(rest)
+                .for_each_concurrent(RELEASE_CONCURRENCY, |key| {
+                    let c = coordinator.clone();
+                    async move { c.release(&key).await }
+                })
+                .await;
             // Last: the heartbeat row goes, so that the others see this worker leave at once.
             coordinator.leave().await;
             let _ = stop_coordinator.send(true);
@@ -485,6 +504,17 @@ async fn finish(
     health: &HealthRegistry,
     done: std::result::Result<(tokio::task::Id, ()), tokio::task::JoinError>,
 ) -> Option<String> {
+    let key = forget(keys, health, done)?;
+    coordinator.release(&key).await;
+    Some(key)
+}
+
+/// The bookkeeping of a finished shard task (its key, its health entry); returns its key.
+fn forget(
+    keys: &mut HashMap<tokio::task::Id, String>,
+    health: &HealthRegistry,
+    done: std::result::Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+) -> Option<String> {
     let id = match &done {
         Ok((id, ())) => *id,
         Err(e) => e.id(),
@@ -496,9 +526,11 @@ async fn finish(
             error!(shard_id = %key, "shard consumer panicked; releasing its lease");
         }
     }
-    coordinator.release(&key).await;
     Some(key)
 }
+
+/// At most this many leases are released at once at shutdown.
+const RELEASE_CONCURRENCY: usize = 32;
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -161,10 +161,11 @@ async fn fleet(shards: usize, n: usize, renewal: LeaseRenewal) -> Fleet {
     let workers: Vec<Worker> = (0..n)
         .map(|i| Worker::start(store.clone(), &format!("worker-{i:03}"), renewal))
         .collect();
-    until(Duration::from_secs(120), "an even spread", || {
+    let cold = until(Duration::from_secs(120), "an even spread", || {
         even(&owners(&memory), n, shards)
     })
     .await;
+    println!("{n} workers on {shards} shards: even {cold:?} after a cold start (simulated time)");
     Fleet {
         memory,
         meter,
@@ -433,5 +434,20 @@ impl LeaseStore for NoHeartbeats {
     }
     async fn delete(&self, expected: &Lease) -> kcl_lease::Result<()> {
         self.0.delete(expected).await
+    }
+}
+
+/// A hundred workers started at once on a table of unowned leases spread evenly in a few
+/// rounds, and stay so.
+#[tokio::test(start_paused = true)]
+async fn a_hundred_workers_from_a_cold_start_spread_evenly() {
+    let shards = 1000;
+    let f = fleet(shards, 100, LeaseRenewal::PerLease).await;
+    let took = Instant::now();
+    tokio::time::sleep(FAILOVER * 3).await;
+    assert!(even(&owners(&f.memory), 100, shards), "{:?}", owners(&f.memory));
+    println!("100 workers even; checked for {:?}", took.elapsed());
+    for w in f.workers {
+        w.kill();
     }
 }
