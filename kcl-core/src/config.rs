@@ -78,7 +78,7 @@ impl FanOutConfig {
 /// | `failover_time` | 10 s | the Java KCL's; a dead worker's shards move after this |
 /// | `renew_interval` | `failover_time / 3` | the Java KCL's ratio |
 /// | `take_interval` | `failover_time / 3` | the shortest time between two lease-table scans while there is work to do (taking, stealing, or leases of workers without heartbeats) |
-/// | `watch_interval` | `failover_time / 10` | how often the small heartbeat table is read: how fast a hand-off or a change is seen |
+/// | `watch_interval` | `failover_time / 20` | how often the small heartbeat table is read: how fast a hand-off or a change is seen |
 /// | `lease_renewal` | `PerLease` | every lease renewed, as the Java KCL does; `Worker` renews one heartbeat row instead (fleets without Java workers only) |
 /// | `initial_position` | `Latest` | the Java KCL's |
 /// | `max_leases_per_worker` | unlimited | the Java KCL's |
@@ -181,7 +181,7 @@ impl SchedulerConfig {
     }
 
     /// Sets the failover time, the renew and take intervals to a third of it and the watch
-    /// interval to a tenth.
+    /// interval to a twentieth.
     #[must_use]
     pub fn failover_time(mut self, failover_time: Duration) -> Self {
         self.failover_time = failover_time;

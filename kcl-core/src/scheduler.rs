@@ -108,7 +108,7 @@ impl SchedulerBuilder {
         take_interval: Duration
     );
     setter!(
-        /// How often the worker heartbeat table is read (default `failover_time / 10`).
+        /// How often the worker heartbeat table is read (default `failover_time / 20`).
         watch_interval: Duration
     );
     setter!(

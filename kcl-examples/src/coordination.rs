@@ -188,7 +188,10 @@ async fn fleet(workers: usize, mode: LeaseRenewal, window: Duration, port: &mut 
     let _ = leaving.child.wait().await;
     for mut t in tails {
         let _ = t.child.start_kill();
+        let _ = t.child.wait().await;
     }
+    // kinesis-local keeps every stream in memory: leave it as light as it was.
+    let _ = kinesis.delete_stream().stream_name(&stream).send().await;
     Ok(json(&[
         ("scenario", s("coordination")),
         ("backend", s("emulators")),
@@ -238,7 +241,9 @@ async fn join(port: &mut u16) -> Result<String> {
     let took = start.elapsed();
     for mut t in tails {
         let _ = t.child.start_kill();
+        let _ = t.child.wait().await;
     }
+    let _ = kinesis.delete_stream().stream_name(&stream).send().await;
     Ok(json(&[
         ("scenario", s("coordination-join")),
         ("backend", s("emulators")),

@@ -96,7 +96,7 @@ pub struct CoordinatorConfig {
     pub renew_interval: Duration,
     /// The shortest time between two scans of the lease table while there is work to do.
     pub take_interval: Duration,
-    /// How often the heartbeat table is read (default `failover_time / 10`, at least 50 ms):
+    /// How often the heartbeat table is read (default `failover_time / 20`, at least 50 ms):
     /// how fast a graceful hand-off or a change announced by another worker is seen.
     pub watch_interval: Duration,
     /// How this worker keeps its leases alive (default [`LeaseRenewal::PerLease`]).
@@ -111,7 +111,7 @@ pub struct CoordinatorConfig {
 
 impl CoordinatorConfig {
     /// Settings derived from a failover time: renew and take every third of it, watch the
-    /// heartbeats every tenth.
+    /// heartbeats every twentieth.
     pub fn new(worker_id: impl Into<String>, failover_time: Duration) -> Self {
         Self {
             worker_id: worker_id.into(),
@@ -127,9 +127,9 @@ impl CoordinatorConfig {
     }
 }
 
-/// `failover_time / 10`, at least 50 ms.
+/// `failover_time / 20`, at least 50 ms.
 pub fn default_watch_interval(failover_time: Duration) -> Duration {
-    (failover_time / 10).max(Duration::from_millis(50))
+    (failover_time / 20).max(Duration::from_millis(50))
 }
 
 /// At most this many conditional takes are in flight at once in a take round.
