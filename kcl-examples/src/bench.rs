@@ -120,3 +120,21 @@ pub fn unique(prefix: &str) -> String {
         .unwrap_or(0);
     format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
 }
+
+/// Checks `cond` every `poll` until it holds; how long that took, or an error naming `what`
+/// after `limit`.
+pub async fn wait_for(
+    limit: Duration,
+    poll: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> bool,
+) -> Result<Duration> {
+    let start = tokio::time::Instant::now();
+    while !cond() {
+        if start.elapsed() > limit {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(poll).await;
+    }
+    Ok(start.elapsed())
+}

@@ -91,15 +91,8 @@ fn is_even(counts: &BTreeMap<String, usize>, live: &BTreeSet<String>, shards: us
         })
 }
 
-async fn wait(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Result<Duration> {
-    let start = Instant::now();
-    while !cond() {
-        if start.elapsed() > limit {
-            bail!("fleet: timed out after {limit:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(start.elapsed())
+async fn wait(limit: Duration, what: &str, cond: impl FnMut() -> bool) -> Result<Duration> {
+    crate::bench::wait_for(limit, Duration::from_millis(100), what, cond).await
 }
 
 /// Per shard and hour, from a cost measured over `window`.

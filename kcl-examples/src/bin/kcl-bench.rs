@@ -168,15 +168,8 @@ fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
 }
 
-async fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Result<Duration> {
-    let start = Instant::now();
-    while !cond() {
-        if start.elapsed() > limit {
-            bail!("timed out after {limit:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(start.elapsed())
+async fn wait_for(limit: Duration, what: &str, cond: impl FnMut() -> bool) -> Result<Duration> {
+    kcl_examples::bench::wait_for(limit, Duration::from_millis(10), what, cond).await
 }
 
 // ---------------------------------------------------------------------------------------------
