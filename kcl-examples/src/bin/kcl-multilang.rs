@@ -172,14 +172,9 @@ async fn run() -> Result<()> {
             let _ = e.print();
             std::process::exit(0);
         }
-        config_error(
-            e.to_string()
-                .trim()
-                .lines()
-                .next()
-                .unwrap_or("bad arguments")
-                .to_owned(),
-        )
+        let text = e.to_string();
+        let first = text.trim().lines().next().unwrap_or("bad arguments");
+        config_error(first.strip_prefix("error: ").unwrap_or(first).to_owned())
     })?;
     let config = load_config(&args)?;
     let options = |endpoint: &Option<String>| AwsOptions {
