@@ -703,8 +703,7 @@ async fn kill_9_fails_over_and_sigterm_hands_off() {
     let b_last_shard: String = c
         .events()
         .iter()
-        .filter(|e| e.event == "initialize")
-        .last()
+        .rfind(|e| e.event == "initialize")
         .map(|e| e.shard.clone())
         .unwrap_or_default();
     let handed = c
