@@ -914,3 +914,156 @@ async fn the_daemon_writes_leases_its_own_store_reads() {
         ExtendedSequenceNumber::from_parts(&last, 0).expect("sequence number")
     );
 }
+
+/// The Java MultiLangDaemon (the interop fixture: Java KCL 3.1.3 with the same kclpy processor)
+/// and ours on one lease table continue each other's work: Java → ours → Java, each resuming
+/// exactly after the other's checkpoints. Also measures the Java daemon's time to the first
+/// record of a new application, beside ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_java_daemon_and_ours_continue_each_others_work() {
+    use kcl_tests::java_kcl::{JavaConfig, JavaDaemon};
+
+    let (sdk, endpoints) = sdk().await;
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    let (stream, app) = (unique("ml-java"), unique("ml-java-app"));
+    create_stream(&kinesis, &stream, 2).await;
+    let command = kclpy_command("java-kcl/processor.py");
+    let failover = Duration::from_secs(5);
+    let java_config = JavaConfig {
+        application: app.clone(),
+        stream: stream.clone(),
+        worker: "java".into(),
+        failover,
+        extra_properties: Vec::new(),
+    };
+    let java_dir = |name: &str| tests_dir().join("multilang").join(".run").join(&app).join(name);
+    let checkpoints = || async {
+        java_rows(&dynamodb, &app)
+            .await
+            .into_iter()
+            .map(|(k, (cp, sub, _))| (k, (cp, sub)))
+            .collect::<BTreeMap<String, (String, u64)>>()
+    };
+
+    // 1. The Java daemon on a new application (it creates the lease table).
+    let first = put_many(&kinesis, &stream, "java1", 8).await;
+    let started = unix_now();
+    let t = Instant::now();
+    let mut java = JavaDaemon::start(&java_config, endpoints, &java_dir("java-1"));
+    java_records(
+        &java,
+        Duration::from_secs(300),
+        "the Java daemon's first records",
+        first.len(),
+    )
+    .await;
+    eprintln!(
+        "FIGURE java: Java MultiLangDaemon, time from start to the first record of a new application: {:.1} s (all {} after {:.1} s)",
+        read_events(&java_dir("java-1").join("records.jsonl"))
+            .iter()
+            .filter(|e| e.event == "record")
+            .map(|e| e.t)
+            .fold(f64::MAX, f64::min)
+            - started,
+        first.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let java_last: BTreeMap<String, (String, u64)> = {
+        let mut m = BTreeMap::new();
+        for (shard, seq, sub, _) in java.records() {
+            m.insert(shard, (seq, sub));
+        }
+        m
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while checkpoints().await != java_last {
+        assert!(Instant::now() < deadline, "the Java checkpoints");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let java_stop = java.stop();
+    eprintln!(
+        "FIGURE java: Java MultiLangDaemon graceful stop: {:.1} s",
+        java_stop.as_secs_f64()
+    );
+
+    // 2. Ours takes the Java leases (after they expire: the Java worker keeps leaseOwner) and
+    //    processes exactly the records after the Java checkpoints.
+    let second = put_many(&kinesis, &stream, "ours", 8).await;
+    let settings = Settings {
+        command: &command,
+        stream: &stream,
+        app: &app,
+        failover_ms: u64::try_from(failover.as_millis()).unwrap_or(u64::MAX),
+        extra: "",
+    };
+    let mut ours = Daemon::start(&settings, "ours", endpoints, &[]);
+    wait_for(Duration::from_secs(60), "ours after Java", &[&ours], || {
+        ours.records().len() >= second.len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sorted(data_of(&ours.records())),
+        sorted(second),
+        "exactly the records after Java's checkpoints"
+    );
+    let resumed: BTreeMap<String, (String, u64)> = ours
+        .initialized()
+        .into_iter()
+        .map(|(shard, starts)| (shard, starts[0].clone()))
+        .collect();
+    assert_eq!(resumed, java_last, "ours starts at the Java checkpoints");
+    ours.stop().await;
+    let ours_checkpoints = checkpoints().await;
+    assert_eq!(
+        ours_checkpoints,
+        last_per_shard(&ours.records()),
+        "ours checkpointed its last records"
+    );
+
+    // 3. Java again, from our checkpoints.
+    let third = put_many(&kinesis, &stream, "java2", 8).await;
+    let mut java2 = JavaDaemon::start(
+        &JavaConfig {
+            worker: "java-2".into(),
+            ..java_config.clone()
+        },
+        endpoints,
+        &java_dir("java-2"),
+    );
+    java_records(
+        &java2,
+        Duration::from_secs(300),
+        "the Java daemon after ours",
+        third.len(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let java2_data: Vec<String> = java2.records().into_iter().map(|(_, _, _, d)| d).collect();
+    assert_eq!(
+        sorted(java2_data),
+        sorted(third),
+        "Java: exactly the records after our checkpoints"
+    );
+    let java2_start: BTreeMap<String, (String, u64)> = java2
+        .initialized()
+        .into_iter()
+        .map(|(shard, starts)| (shard, starts[0].clone()))
+        .collect();
+    assert_eq!(java2_start, ours_checkpoints, "Java starts at our checkpoints");
+    java2.stop();
+}
+
+/// Waits until the Java daemon processed `n` records.
+async fn java_records(java: &kcl_tests::java_kcl::JavaDaemon, limit: Duration, what: &str, n: usize) {
+    let deadline = Instant::now() + limit;
+    while java.records().len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            java.log_tail(60)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
