@@ -37,97 +37,153 @@ struct Run {
     checkpoints: Vec<String>,
 }
 
+/// A worker on the local backend, with the scripted child in `mode` for every shard.
+struct Harness {
+    mode: String,
+    dir: PathBuf,
+    out: PathBuf,
+    backend: LocalBackend,
+    store: InMemoryLeaseStore,
+    handle: kcl_core::SchedulerHandle,
+    put: usize,
+}
+
+impl Harness {
+    fn start(mode: &str, timeout: Option<Duration>) -> Self {
+        let dir = std::env::temp_dir().join(format!("kcl-multilang-local-{mode}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let out = dir.join("out.jsonl");
+        let marker = dir.join("marker");
+        // The child's own settings, through env(1): each test its own files.
+        let command = vec![
+            "/usr/bin/env".to_owned(),
+            format!("SCRIPT_OUT={}", out.display()),
+            format!("SCRIPT_MARKER={}", marker.display()),
+            format!("SCRIPT_MODE={mode}"),
+            python().display().to_string(),
+            script().display().to_string(),
+        ];
+        let backend = LocalBackend::new();
+        backend.create_stream(STREAM, 2).expect("stream");
+        let store = InMemoryLeaseStore::new();
+        let handle = Scheduler::builder("multilang-local-app", STREAM)
+            .backend(backend.clone())
+            .lease_store(store.clone())
+            .initial_position(InitialPosition::TrimHorizon)
+            .polling_interval(Duration::from_millis(50))
+            .parent_poll_interval(Duration::from_millis(100))
+            .delete_finished_leases(false)
+            .processor_factory(ChildFactory::new(ChildSettings {
+                command,
+                working_dir: Some(dir.clone()),
+                timeout,
+            }))
+            .build()
+            .expect("scheduler")
+            .spawn();
+        Self {
+            mode: mode.to_owned(),
+            dir,
+            out,
+            backend,
+            store,
+            handle,
+            put: 0,
+        }
+    }
+
+    async fn put(&mut self, n: usize) {
+        for _ in 0..n {
+            let i = self.put;
+            self.backend
+                .put_record(STREAM, &format!("key-{i}"), Bytes::from(format!("rec-{i}")), None)
+                .await
+                .expect("put");
+            self.put += 1;
+        }
+    }
+
+    fn read(&self) -> Vec<Value> {
+        read_out(&self.out)
+    }
+
+    /// Waits until every record put was delivered and its batch's checkpoint answered.
+    async fn wait_all(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let o = self.read();
+            let accepted = o
+                .iter()
+                .filter(|x| x["reply"]["error"].is_null() && x["asked"]["sequenceNumber"].is_string())
+                .count();
+            if records(&o).len() >= self.put && accepted >= 2 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}: only {} of {} records: {o:?}",
+                self.mode,
+                records(&o).len(),
+                self.put
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn finish(self) -> Run {
+        assert!(
+            self.handle.is_running(),
+            "{}: the worker keeps running",
+            self.mode
+        );
+        self.handle.shutdown().await.expect("shutdown");
+        let checkpoints = self
+            .store
+            .list()
+            .await
+            .expect("leases")
+            .into_iter()
+            .map(|l| l.checkpoint.checkpoint_str().to_owned())
+            .collect();
+        let out = read_out(&self.out);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        Run {
+            records: records(&out),
+            initialized: out.iter().filter(|o| o["got"]["action"] == "initialize").count(),
+            out,
+            checkpoints,
+        }
+    }
+}
+
+fn read_out(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The distinct records delivered (base64 data).
+fn records(out: &[Value]) -> Vec<String> {
+    let mut v: Vec<String> = out
+        .iter()
+        .filter(|o| o["got"]["action"] == "processRecords")
+        .flat_map(|o| o["got"]["records"].as_array().cloned().unwrap_or_default())
+        .filter_map(|r| r["data"].as_str().map(str::to_owned))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
 /// Runs two shards with the scripted child in `mode` until `n` records were processed.
 async fn run(mode: &str, timeout: Option<Duration>, n: usize) -> Run {
-    let dir = std::env::temp_dir().join(format!("kcl-multilang-local-{mode}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let out = dir.join("out.jsonl");
-    let marker = dir.join("marker");
-    // The child inherits the environment: one variable set per test, each test its own files.
-    let command = vec![
-        "/usr/bin/env".to_owned(),
-        format!("SCRIPT_OUT={}", out.display()),
-        format!("SCRIPT_MARKER={}", marker.display()),
-        format!("SCRIPT_MODE={mode}"),
-        python().display().to_string(),
-        script().display().to_string(),
-    ];
-    let backend = LocalBackend::new();
-    backend.create_stream(STREAM, 2).expect("stream");
-    let store = InMemoryLeaseStore::new();
-    let handle = Scheduler::builder("multilang-local-app", STREAM)
-        .backend(backend.clone())
-        .lease_store(store.clone())
-        .initial_position(InitialPosition::TrimHorizon)
-        .polling_interval(Duration::from_millis(50))
-        .processor_factory(ChildFactory::new(ChildSettings {
-            command,
-            working_dir: Some(dir.clone()),
-            timeout,
-        }))
-        .build()
-        .expect("scheduler")
-        .spawn();
-    for i in 0..n {
-        backend
-            .put_record(STREAM, &format!("key-{i}"), Bytes::from(format!("rec-{i}")), None)
-            .await
-            .expect("put");
-    }
-    let read = || -> Vec<Value> {
-        std::fs::read_to_string(&out)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    };
-    let records = |out: &[Value]| -> Vec<String> {
-        let mut v: Vec<String> = out
-            .iter()
-            .filter(|o| o["got"]["action"] == "processRecords")
-            .flat_map(|o| o["got"]["records"].as_array().cloned().unwrap_or_default())
-            .filter_map(|r| r["data"].as_str().map(str::to_owned))
-            .collect();
-        v.sort();
-        v.dedup();
-        v
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let o = read();
-        let accepted = o
-            .iter()
-            .filter(|x| x["reply"]["error"].is_null() && x["asked"]["sequenceNumber"].is_string())
-            .count();
-        // Every record delivered, and each batch's checkpoint answered.
-        if records(&o).len() >= n && accepted >= 2 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{mode}: only {} of {n} records: {o:?}",
-            records(&o).len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(handle.is_running(), "{mode}: the worker keeps running");
-    handle.shutdown().await.expect("shutdown");
-    let checkpoints = store
-        .list()
-        .await
-        .expect("leases")
-        .into_iter()
-        .map(|l| l.checkpoint.checkpoint_str().to_owned())
-        .collect();
-    let out = read();
-    let _ = std::fs::remove_dir_all(&dir);
-    Run {
-        records: records(&out),
-        initialized: out.iter().filter(|o| o["got"]["action"] == "initialize").count(),
-        out,
-        checkpoints,
-    }
+    let mut h = Harness::start(mode, timeout);
+    h.put(n).await;
+    h.wait_all().await;
+    h.finish().await
 }
 
 fn decoded(records: &[String]) -> Vec<String> {
@@ -218,4 +274,37 @@ async fn a_child_exiting_mid_call_fails_its_shard_only() {
     let run = run("exit", None, 10).await;
     assert_eq!(decoded(&run.records), expected(10));
     assert_eq!(run.initialized, 3, "the dead shard got a new child");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_shard_ends_with_a_shard_end_checkpoint_and_its_children_run() {
+    let mut h = Harness::start("normal", None);
+    h.put(10).await;
+    h.wait_all().await;
+    let parent = h.backend.shards(STREAM).expect("shards")[0].clone();
+    let range = parent.hash_key_range;
+    h.backend
+        .split_shard(
+            STREAM,
+            &parent.shard_id,
+            range.start + (range.end - range.start) / 2 + 1,
+        )
+        .expect("split");
+    h.put(20).await;
+    h.wait_all().await;
+    let run = h.finish().await;
+    assert_eq!(decoded(&run.records), expected(30));
+    assert_eq!(run.initialized, 4, "the two shards, then the two children");
+    let ended: Vec<&Value> = run
+        .out
+        .iter()
+        .filter(|o| o["got"]["action"] == "shardEnded")
+        .collect();
+    assert_eq!(ended.len(), 1, "shardEnded once, for the parent");
+    assert!(
+        run.checkpoints.iter().any(|c| c == "SHARD_END"),
+        "the parent is checkpointed at SHARD_END: {:?}",
+        run.checkpoints
+    );
+    assert_eq!(run.checkpoints.len(), 4);
 }
