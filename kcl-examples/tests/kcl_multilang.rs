@@ -1030,6 +1030,7 @@ async fn the_java_daemon_and_ours_continue_each_others_work() {
 
     // 3. Java again, from our checkpoints.
     let third = put_many(&kinesis, &stream, "java2", 8).await;
+    let restarted = Instant::now();
     let mut java2 = JavaDaemon::start(
         &JavaConfig {
             worker: "java-2".into(),
@@ -1045,6 +1046,10 @@ async fn the_java_daemon_and_ours_continue_each_others_work() {
         third.len(),
     )
     .await;
+    eprintln!(
+        "FIGURE java: Java MultiLangDaemon restart on an existing application (leases released by ours): all records after {:.1} s",
+        restarted.elapsed().as_secs_f64()
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let java2_data: Vec<String> = java2.records().into_iter().map(|(_, _, _, d)| d).collect();
     assert_eq!(
