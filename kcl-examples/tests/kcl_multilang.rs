@@ -1078,3 +1078,142 @@ async fn java_records(java: &kcl_tests::java_kcl::JavaDaemon, limit: Duration, w
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// The Java daemon's own figures, for comparison with `kill_9_fails_over_and_sigterm_hands_off`,
+/// with the same settings (`failoverTimeMillis = 3000`): two Java MultiLangDaemons on one
+/// application; the one holding leases is stopped gracefully (SIGTERM), and the time until the
+/// other initializes its shards is measured; a third joins, and once it holds a lease it is
+/// killed with -9 and the time until the survivor initializes its shards is measured. Three JVM
+/// starts (several minutes on 2 CPUs), so it is not part of every run:
+/// `cargo test -p kcl-examples --test kcl_multilang -- --ignored --nocapture java_daemon_figures`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: three JVM starts, several minutes"]
+async fn java_daemon_figures() {
+    use kcl_tests::java_kcl::{JavaConfig, JavaDaemon};
+
+    let (sdk, endpoints) = sdk().await;
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    let (stream, app) = (unique("ml-jfig"), unique("ml-jfig-app"));
+    create_stream(&kinesis, &stream, 2).await;
+    DynamoDbLeaseStore::new(dynamodb.clone(), &app)
+        .ensure_table()
+        .await
+        .expect("lease table");
+    let dir = |name: &str| tests_dir().join("multilang").join(".run").join(&app).join(name);
+    let start = |worker: &str| {
+        let config = JavaConfig {
+            application: app.clone(),
+            stream: stream.clone(),
+            worker: worker.into(),
+            failover: Duration::from_secs(3),
+            extra_properties: Vec::new(),
+        };
+        JavaDaemon::start(&config, endpoints, &dir(worker))
+    };
+    // When `worker` initialized each of `shards` last (Unix time), once it has them all.
+    let taken = |worker: &str, shards: &[String], after: f64| -> Option<f64> {
+        let events = read_events(&dir(worker).join("records.jsonl"));
+        let mut last = 0.0f64;
+        for shard in shards {
+            let t = events
+                .iter()
+                .filter(|e| e.event == "initialize" && &e.shard == shard && e.t >= after)
+                .map(|e| e.t)
+                .fold(f64::NAN, f64::max);
+            if t.is_nan() {
+                return None;
+            }
+            last = last.max(t);
+        }
+        Some(last)
+    };
+    let holders = |names: &[&str]| -> BTreeMap<String, String> {
+        // Shard -> the worker that initialized it last.
+        let mut last: BTreeMap<String, (f64, String)> = BTreeMap::new();
+        for name in names {
+            for e in read_events(&dir(name).join("records.jsonl")) {
+                if e.event == "initialize" && last.get(&e.shard).is_none_or(|(t, _)| e.t > *t) {
+                    last.insert(e.shard.clone(), (e.t, (*name).to_owned()));
+                }
+            }
+        }
+        last.into_iter().map(|(s, (_, w))| (s, w)).collect()
+    };
+    let wait = |limit: Duration, what: &'static str| {
+        let deadline = Instant::now() + limit;
+        move || assert!(Instant::now() < deadline, "timed out waiting for {what}")
+    };
+
+    put_many(&kinesis, &stream, "j", 8).await;
+    let mut a = start("java-a");
+    let mut b = start("java-b");
+    let check = wait(Duration::from_secs(300), "both Java workers hold a lease");
+    while holders(&["java-a", "java-b"])
+        .values()
+        .collect::<BTreeSet<_>>()
+        .len()
+        < 2
+    {
+        check();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Graceful: SIGTERM java-a; java-b takes its shards.
+    let a_shards: Vec<String> = holders(&["java-a", "java-b"])
+        .into_iter()
+        .filter(|(_, w)| w == "java-a")
+        .map(|(s, _)| s)
+        .collect();
+    let stopping = unix_now();
+    let stop = a.stop();
+    let check = wait(Duration::from_secs(120), "java-b takes java-a's shards");
+    let handed = loop {
+        if let Some(t) = taken("java-b", &a_shards, stopping) {
+            break t;
+        }
+        check();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "FIGURE java: Java MultiLangDaemon graceful stop to the other Java worker's initialize (failoverTimeMillis = 3000): {:.2} s (the stop itself {:.1} s)",
+        handed - stopping,
+        stop.as_secs_f64()
+    );
+    // kill -9: java-c joins, takes a lease, is killed; java-b takes it back.
+    let mut c = start("java-c");
+    let check = wait(Duration::from_secs(300), "java-c holds a lease");
+    let c_shards = loop {
+        let mine: Vec<String> = holders(&["java-b", "java-c"])
+            .into_iter()
+            .filter(|(_, w)| w == "java-c")
+            .map(|(s, _)| s)
+            .collect();
+        if !mine.is_empty() {
+            break mine;
+        }
+        check();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    // Let it process for a moment, as in our test.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &c.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let killed = unix_now();
+    let check = wait(Duration::from_secs(300), "java-b takes java-c's shards");
+    let failed_over = loop {
+        if let Some(t) = taken("java-b", &c_shards, killed) {
+            break t;
+        }
+        check();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "FIGURE java: Java MultiLangDaemon kill -9 fail-over (kill to the new owner's initialize, failoverTimeMillis = 3000): {:.2} s",
+        failed_over - killed
+    );
+    c.stop();
+    b.stop();
+}
