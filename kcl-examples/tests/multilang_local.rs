@@ -206,9 +206,37 @@ fn expected(n: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoint_answers_carry_the_java_exception_names() {
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     let run = run("normal", None, 10).await;
     assert_eq!(decoded(&run.records), expected(10));
     assert_eq!(run.initialized, 2, "one child per shard");
+    // Every record field kclpy needs, the arrival time in epoch milliseconds.
+    for o in run.out.iter().filter(|o| o["got"]["action"] == "processRecords") {
+        assert!(o["got"]["millisBehindLatest"].is_u64(), "{o}");
+        for r in o["got"]["records"].as_array().expect("records") {
+            assert_eq!(r["action"], "record");
+            assert!(
+                r["partitionKey"].is_string() && r["sequenceNumber"].is_string(),
+                "{r}"
+            );
+            assert_eq!(r["subSequenceNumber"], 0);
+            let arrival = r["approximateArrivalTimestamp"].as_u64().expect("epoch ms");
+            assert!(
+                arrival + 1000 >= started_ms && arrival < started_ms + 120_000,
+                "{arrival} vs {started_ms}"
+            );
+        }
+    }
+    for o in run.out.iter().filter(|o| o["got"]["action"] == "initialize") {
+        assert_eq!(o["got"]["sequenceNumber"], "TRIM_HORIZON");
+        assert_eq!(o["got"]["subSequenceNumber"], 0);
+        assert!(o["got"]["shardId"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("shardId-")));
+    }
     let replies: Vec<(&Value, &Value)> = run
         .out
         .iter()
