@@ -1217,3 +1217,51 @@ async fn java_daemon_figures() {
     c.stop();
     b.stop();
 }
+
+/// `retrievalMode = FANOUT` (the Java daemon's default when no polling key is set): enhanced
+/// fan-out through the emulator's SubscribeToShard, a consumer named after the application.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_retrieval_delivers_records() {
+    let (sdk, endpoints) = sdk().await;
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    let (stream, app) = (unique("ml-efo"), unique("ml-efo-app"));
+    create_stream(&kinesis, &stream, 2).await;
+    let produced = put_many(&kinesis, &stream, "efo", 10).await;
+    let command = kclpy_command("java-kcl/processor.py");
+    let settings = Settings {
+        command: &command,
+        stream: &stream,
+        app: &app,
+        failover_ms: 3000,
+        // A later key wins, as in Java Properties.
+        extra: "retrievalMode = FANOUT",
+    };
+    let mut d = Daemon::start(&settings, "w", endpoints, &[]);
+    wait_for(
+        Duration::from_secs(90),
+        "the records through fan-out",
+        &[&d],
+        || d.records().len() >= produced.len(),
+    )
+    .await;
+    assert_eq!(sorted(data_of(&d.records())), sorted(produced));
+    let consumers = kinesis
+        .list_stream_consumers()
+        .stream_arn(
+            kinesis
+                .describe_stream_summary()
+                .stream_name(&stream)
+                .send()
+                .await
+                .expect("DescribeStreamSummary")
+                .stream_description_summary()
+                .map(|s| s.stream_arn().to_owned())
+                .unwrap_or_default(),
+        )
+        .send()
+        .await
+        .expect("ListStreamConsumers");
+    let names: Vec<&str> = consumers.consumers().iter().map(|c| c.consumer_name()).collect();
+    assert_eq!(names, [app.as_str()], "a consumer named after the application");
+    d.stop().await;
+}
