@@ -20,7 +20,7 @@ use aws_sdk_kinesis::primitives::Blob;
 use kcl_core::aggregation::aggregate;
 use kcl_core::ExtendedSequenceNumber;
 use kcl_lease::{DynamoDbLeaseStore, LeaseStore};
-use kcl_tests::aws::{create_stream, sdk, unique};
+use kcl_tests::aws::{create_stream, put, sdk, unique};
 use kcl_tests::emulators::Endpoints;
 use serde_json::Value;
 use tokio::process::{Child, Command};
@@ -352,12 +352,13 @@ async fn wait_for(limit: Duration, what: &str, daemons: &[&Daemon], mut cond: im
     }
 }
 
-async fn put(kinesis: &aws_sdk_kinesis::Client, stream: &str, key: &str, data: impl Into<Vec<u8>>) {
+/// Puts one record of raw bytes (a KPL aggregate).
+async fn put_bytes(kinesis: &aws_sdk_kinesis::Client, stream: &str, key: &str, data: Vec<u8>) {
     kinesis
         .put_record()
         .stream_name(stream)
         .partition_key(key)
-        .data(Blob::new(data.into()))
+        .data(Blob::new(data))
         .send()
         .await
         .expect("PutRecord");
@@ -368,7 +369,7 @@ async fn put_many(kinesis: &aws_sdk_kinesis::Client, stream: &str, prefix: &str,
     let mut out = Vec::new();
     for i in 0..n {
         let data = format!("{prefix}-{i}");
-        put(kinesis, stream, &format!("{prefix}-key-{i}"), data.clone()).await;
+        put(kinesis, stream, &format!("{prefix}-key-{i}"), &data).await;
         out.push(data);
     }
     out
@@ -473,7 +474,7 @@ async fn records_checkpoints_and_restart(lang: &str, command: &str, checkpoints_
         .iter()
         .map(|(k, d)| (k.as_str(), None, d.as_slice()))
         .collect();
-    put(&kinesis, &stream, "agg-key", aggregate(&refs).to_vec()).await;
+    put_bytes(&kinesis, &stream, "agg-key", aggregate(&refs).to_vec()).await;
     expected.extend((0..4).map(|i| format!("agg-{i}")));
     put(&kinesis, &stream, "after-agg", "after-agg").await;
     expected.push("after-agg".into());
