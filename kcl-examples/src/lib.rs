@@ -11,6 +11,8 @@ pub mod bench;
 pub mod coordination;
 pub mod fleet;
 
+pub mod multilang;
+
 use std::future::Future;
 use std::process::ExitCode;
 
@@ -71,4 +73,25 @@ pub async fn shutdown_signal() {
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// Checks that every stream can be read (a missing stream or missing permissions fail here,
+/// before anything is created), then creates the lease table `application` if it is absent.
+pub async fn prepare_aws(
+    backend: &kcl_core::KinesisBackend,
+    store: &kcl_lease::DynamoDbLeaseStore,
+    streams: &[&str],
+    application: &str,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    for stream in streams {
+        kcl_core::StreamBackend::list_shards(backend, stream)
+            .await
+            .with_context(|| format!("reading the shards of stream {stream}"))?;
+    }
+    store
+        .ensure_table()
+        .await
+        .with_context(|| format!("preparing the lease table {application}"))?;
+    Ok(())
 }

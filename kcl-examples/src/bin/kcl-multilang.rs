@@ -1,0 +1,219 @@
+//! `kcl-multilang`: the Java KCL's MultiLangDaemon without a JVM. It reads the same properties
+//! file, starts the same record processor (`executableName`: a kclpy, `aws-kcl` Node.js, Ruby
+//! or .NET client program) once per shard lease and speaks the same protocol with it over
+//! stdin/stdout, on this project's runtime: leases in the DynamoDB table `applicationName`, in
+//! the Java KCL's format, shared with Java workers of the same application.
+//!
+//! ```text
+//! kcl-multilang --properties-file app.properties     # also: -p app.properties, or app.properties
+//! ```
+//!
+//! SIGTERM or SIGINT shut it down gracefully: every child gets `shutdownRequested` (its
+//! checkpoints are written), then the leases are released for the other workers. A child that
+//! fails only fails its shard, which is retried with a new child after a backoff.
+//!
+//! Exit status: 0 after a graceful shutdown, 2 for a bad command line or properties file (one
+//! line on stderr says what is wrong), 1 for anything else. Logs go to stderr (`RUST_LOG`).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use kcl_core::aws::{load_sdk_config, AwsOptions};
+use kcl_core::{KinesisBackend, Scheduler, SchedulerBuilder};
+use kcl_examples::multilang::child::{ChildFactory, ChildSettings};
+use kcl_examples::multilang::properties::MultiLangConfig;
+use kcl_lease::DynamoDbLeaseStore;
+use tracing::{info, warn};
+
+/// Run record processors written for the Java KCL's MultiLangDaemon, without Java.
+#[derive(Parser, Debug)]
+#[command(name = "kcl-multilang", version)]
+struct Args {
+    /// The daemon's properties file (the Java MultiLangDaemon's format and keys).
+    #[arg(short = 'p', long = "properties-file", value_name = "FILE")]
+    properties_file: Option<PathBuf>,
+    /// The properties file, given as the only argument.
+    #[arg(value_name = "FILE", conflicts_with = "properties_file")]
+    file: Option<PathBuf>,
+    /// The Java daemon's logback configuration: accepted and ignored (set RUST_LOG instead).
+    #[arg(short = 'l', long = "log-configuration", value_name = "FILE")]
+    log_configuration: Option<PathBuf>,
+}
+
+/// A usage or configuration problem: exit status 2.
+#[derive(Debug)]
+struct ConfigError(String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn config_error(msg: impl Into<String>) -> anyhow::Error {
+    ConfigError(msg.into()).into()
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<ConfigError>().is_some() => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The program to run: found (with a `/`: relative to the working directory; without: on PATH).
+fn check_program(program: &str) -> Result<()> {
+    let found = if program.contains('/') {
+        Path::new(program).is_file()
+    } else {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(config_error(format!(
+            "executableName: {program} not found (relative names are looked up on PATH, paths are relative to {})",
+            std::env::current_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|_| ".".into())
+        )))
+    }
+}
+
+fn load_config(args: &Args) -> Result<MultiLangConfig> {
+    let path = args
+        .properties_file
+        .as_ref()
+        .or(args.file.as_ref())
+        .ok_or_else(|| config_error("no properties file: kcl-multilang --properties-file FILE"))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| config_error(format!("cannot read {}: {e}", path.display())))?;
+    let config =
+        MultiLangConfig::parse(&text).map_err(|e| config_error(format!("{}: {e}", path.display())))?;
+    let program = config.executable.first().map(String::as_str).unwrap_or_default();
+    check_program(program)?;
+    for key in &config.unknown {
+        warn!(%key, "unknown property; ignored");
+    }
+    for key in &config.ignored {
+        info!(%key, "property of the Java daemon without effect here; ignored");
+    }
+    if args.log_configuration.is_some() {
+        info!("-l (logback configuration) ignored; set RUST_LOG to choose what is logged");
+    }
+    Ok(config)
+}
+
+fn configure(config: &MultiLangConfig) -> Result<SchedulerBuilder> {
+    let working_dir = std::env::current_dir().context("the working directory")?;
+    let factory = ChildFactory::new(ChildSettings {
+        command: config.executable.clone(),
+        working_dir: Some(working_dir),
+        timeout: config.timeout,
+    });
+    let mut b = Scheduler::builder(config.application_name.clone(), config.stream_name.clone())
+        .initial_position(config.initial_position)
+        .retrieval(config.retrieval.clone())
+        .processor_factory(factory);
+    if let Some(id) = &config.worker_id {
+        b = b.worker_id(id.clone());
+    }
+    if let Some(f) = config.failover_time {
+        b = b.failover_time(f);
+    }
+    if let Some(n) = config.max_records {
+        b = b.max_records(n);
+    }
+    if let Some(d) = config.idle_time_between_reads {
+        b = b.polling_interval(d);
+    }
+    if let Some(d) = config.shard_sync_interval {
+        b = b.shard_sync_interval(d);
+    }
+    if let Some(d) = config.parent_shard_poll_interval {
+        b = b.parent_poll_interval(d);
+    }
+    if let Some(n) = config.max_leases_for_worker {
+        b = b.max_leases_per_worker(n);
+    }
+    if let Some(n) = config.max_leases_to_steal {
+        b = b.max_leases_to_steal(n);
+    }
+    if let Some(clean) = config.cleanup_leases_upon_shard_completion {
+        b = b.delete_finished_leases(clean);
+    }
+    if let Some(d) = config.shutdown_grace {
+        b = b.graceful_shutdown_timeout(d);
+    }
+    Ok(b)
+}
+
+async fn run() -> Result<()> {
+    kcl_examples::init_tracing("warn,kcl_multilang=info,kcl_examples=info,kcl_core=info");
+    let args = Args::try_parse().map_err(|e| {
+        // --help and --version are not errors.
+        if matches!(
+            e.kind(),
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+        ) {
+            let _ = e.print();
+            std::process::exit(0);
+        }
+        let text = e.to_string();
+        let first = text.trim().lines().next().unwrap_or("bad arguments");
+        config_error(first.strip_prefix("error: ").unwrap_or(first).to_owned())
+    })?;
+    let config = load_config(&args)?;
+    let options = |endpoint: &Option<String>| AwsOptions {
+        region: config.region.clone(),
+        endpoint_url: endpoint.clone(),
+        profile: None,
+    };
+    let kinesis_sdk = load_sdk_config(&options(&config.kinesis_endpoint)).await;
+    let dynamodb_sdk = load_sdk_config(&options(&config.dynamodb_endpoint)).await;
+    if kinesis_sdk.region().is_none() {
+        return Err(config_error(
+            "no AWS region: set regionName in the properties file, or AWS_REGION",
+        ));
+    }
+    let backend = KinesisBackend::from_conf(&kinesis_sdk);
+    let store = DynamoDbLeaseStore::new(
+        aws_sdk_dynamodb::Client::new(&dynamodb_sdk),
+        &config.application_name,
+    );
+    kcl_examples::prepare_aws(
+        &backend,
+        &store,
+        &[config.stream_name.as_str()],
+        &config.application_name,
+    )
+    .await?;
+    let scheduler = configure(&config)?
+        .backend(backend)
+        .lease_store(store)
+        .build()
+        .map_err(|e| config_error(e.to_string()))?;
+    info!(
+        worker_id = %scheduler.config().worker_id,
+        application = %config.application_name,
+        stream = %config.stream_name,
+        executable = %config.executable.join(" "),
+        "kcl-multilang starting"
+    );
+    scheduler.run(kcl_examples::shutdown_signal()).await?;
+    info!("kcl-multilang stopped");
+    Ok(())
+}
