@@ -6,11 +6,12 @@
 //! - [`fleet`]: `kcl-bench fleet`, many workers in one process, with the cost meter.
 //! - [`coordination`]: `kcl-bench --backend emulators coordination`, `kcl-tail` fleets on the
 //!   emulators measured through their metrics endpoints.
+//! - [`multilang`]: `kcl-multilang`, the Java KCL's MultiLangDaemon protocol (properties,
+//!   messages, the child process driver).
 
 pub mod bench;
 pub mod coordination;
 pub mod fleet;
-
 pub mod multilang;
 
 use std::future::Future;

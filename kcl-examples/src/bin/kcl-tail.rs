@@ -247,15 +247,8 @@ async fn run_aws(args: &Args, application: &str, out: Arc<Output>) -> Result<()>
     let backend = KinesisBackend::from_conf(&sdk);
     let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(&sdk), application);
     // Fail fast on a missing stream or missing permissions, before the lease table is created.
-    for stream in &args.streams {
-        kcl_core::StreamBackend::list_shards(&backend, stream)
-            .await
-            .with_context(|| format!("reading the shards of stream {stream}"))?;
-    }
-    store
-        .ensure_table()
-        .await
-        .with_context(|| format!("preparing the lease table {application}"))?;
+    let streams: Vec<&str> = args.streams.iter().map(String::as_str).collect();
+    kcl_examples::prepare_aws(&backend, &store, &streams, application).await?;
     let scheduler = configure(args, application, &out)
         .backend(backend)
         .lease_store(store)
