@@ -593,11 +593,7 @@ async fn records_checkpoints_and_restart(lang: &str, command: &str, checkpoints_
         sorted(more),
         "only the new records, once"
     );
-    let resumed: BTreeMap<String, (String, u64)> = second
-        .initialized()
-        .into_iter()
-        .map(|(shard, starts)| (shard, starts[0].clone()))
-        .collect();
+    let resumed: BTreeMap<String, (String, u64)> = first_starts(second.initialized());
     let checkpointed: BTreeMap<String, (String, u64)> =
         rows.into_iter().map(|(k, (cp, sub, _))| (k, (cp, sub))).collect();
     assert_eq!(resumed, checkpointed, "initialize carries the checkpoints");
@@ -1015,11 +1011,7 @@ async fn the_java_daemon_and_ours_continue_each_others_work() {
         sorted(second),
         "exactly the records after Java's checkpoints"
     );
-    let resumed: BTreeMap<String, (String, u64)> = ours
-        .initialized()
-        .into_iter()
-        .map(|(shard, starts)| (shard, starts[0].clone()))
-        .collect();
+    let resumed: BTreeMap<String, (String, u64)> = first_starts(ours.initialized());
     assert_eq!(resumed, java_last, "ours starts at the Java checkpoints");
     ours.stop().await;
     let ours_checkpoints = checkpoints().await;
@@ -1058,11 +1050,7 @@ async fn the_java_daemon_and_ours_continue_each_others_work() {
         sorted(third),
         "Java: exactly the records after our checkpoints"
     );
-    let java2_start: BTreeMap<String, (String, u64)> = java2
-        .initialized()
-        .into_iter()
-        .map(|(shard, starts)| (shard, starts[0].clone()))
-        .collect();
+    let java2_start: BTreeMap<String, (String, u64)> = first_starts(java2.initialized());
     assert_eq!(java2_start, ours_checkpoints, "Java starts at our checkpoints");
     java2.stop();
 }
@@ -1245,4 +1233,12 @@ async fn fan_out_retrieval_delivers_records() {
     let names: Vec<&str> = consumers.consumers().iter().map(|c| c.consumer_name()).collect();
     assert_eq!(names, [app.as_str()], "a consumer named after the application");
     d.stop().await;
+}
+
+/// Where each shard's first `initialize` started (checkpoint and sub-sequence number).
+fn first_starts(initialized: BTreeMap<String, Vec<(String, u64)>>) -> BTreeMap<String, (String, u64)> {
+    initialized
+        .into_iter()
+        .map(|(shard, starts)| (shard, starts[0].clone()))
+        .collect()
 }
