@@ -816,12 +816,6 @@ impl SchedulerHandle {
         }
     }
 
-    /// What this worker's lease-store calls have cost so far (calls, rows, DynamoDB request
-    /// units; see [`kcl_lease::metered`]).
-    pub fn lease_store_cost(&self) -> kcl_lease::CostSnapshot {
-        self.meter.snapshot()
-    }
-
     /// Whether the worker is still running.
     pub fn is_running(&self) -> bool {
         !self.task.is_finished()

@@ -480,12 +480,14 @@ impl LeaseCoordinator {
     }
 
     fn scan_due(&self, now: Instant) -> bool {
-        let live = {
+        let (live, fingerprint) = {
             let workers = lock(&self.workers);
-            workers.live(self.config.failover_time, now).len().max(1)
+            let live = workers.live(self.config.failover_time, now).len().max(1);
+            (
+                live,
+                workers.fingerprint(&self.config.worker_id, self.config.failover_time, now),
+            )
         };
-        let fingerprint =
-            lock(&self.workers).fingerprint(&self.config.worker_id, self.config.failover_time, now);
         let s = lock(&self.scans);
         let Some(last) = s.last else { return true };
         let since = now.duration_since(last);

@@ -100,7 +100,6 @@ struct Seen {
     since: Instant,
     renewal: LeaseRenewal,
     epoch: u64,
-    leases: u64,
 }
 
 /// The heartbeats as one worker has observed them. See the module docs.
@@ -136,7 +135,6 @@ impl WorkerTracker {
                     since,
                     renewal: row.renewal,
                     epoch: row.epoch,
-                    leases: row.leases,
                 },
             );
         }
@@ -180,15 +178,6 @@ impl WorkerTracker {
             .map(|s| s.since + failover_time + Duration::from_millis(1))
             .filter(|at| *at > now)
             .min()
-    }
-
-    /// Leases the live workers said they hold, in total.
-    pub fn live_leases(&self, failover_time: Duration, now: Instant) -> u64 {
-        self.live(failover_time, now)
-            .iter()
-            .filter_map(|w| self.seen.get(*w))
-            .map(|s| s.leases)
-            .sum()
     }
 
     /// Workers whose rows have not moved for `age` (candidates for clean-up), with the counter
@@ -251,7 +240,6 @@ mod tests {
         );
         assert_eq!(t.status("c", F, later), WorkerStatus::Unknown);
         assert_eq!(t.live(F, later), ["a"]);
-        assert_eq!(t.live_leases(F, later), 3);
         assert_eq!(t.stale(F, later), [("b".to_owned(), 1)]);
     }
 
