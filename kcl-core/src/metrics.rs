@@ -48,7 +48,7 @@ pub const EXPIRED_ITERATOR: &str = "ExpiredIterator";
 pub use kcl_lease::coordinator::metric_names::*;
 
 /// One shard's state as the health summary shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct ShardHealth {
     /// The shard.
@@ -61,6 +61,9 @@ pub struct ShardHealth {
     pub records_processed: u64,
     /// The checkpoint as last written or read.
     pub checkpoint: Option<ExtendedSequenceNumber>,
+    /// The shard's recent throughput in KB/s (smoothed), as published on the lease row's
+    /// `throughputKBps`; `None` until measured.
+    pub throughput_kbps: Option<f64>,
 }
 
 /// A worker's health: what it holds and how far behind each shard is.
@@ -103,5 +106,6 @@ pub(crate) fn new_shard_health(shard_id: &str) -> SharedShardHealth {
         millis_behind_latest: 0,
         records_processed: 0,
         checkpoint: None,
+        throughput_kbps: None,
     }))
 }

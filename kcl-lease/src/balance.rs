@@ -104,7 +104,7 @@ pub struct BalanceConfig {
 }
 
 /// What to do this round.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct TakePlan {
     /// Leases to take outright: unowned, expired, or owned by this worker id in a previous life.
     pub take: Vec<Lease>,

@@ -44,7 +44,7 @@ impl fmt::Display for HashKeyRange {
 ///
 /// The attribute names in the table are given on each field. A lease is *owned* when
 /// `lease_owner` is set; its owner proves it is alive by incrementing `lease_counter`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Lease {
     /// `leaseKey`: the shard id (or `account:stream:epoch:shardId` in multi-stream mode).
     pub lease_key: String,
@@ -73,6 +73,9 @@ pub struct Lease {
     pub stream_identifier: Option<String>,
     /// `shardId`: in multi-stream mode, the shard id (the lease key's last part).
     pub shard_id: Option<String>,
+    /// `throughputKBps`: the shard's recent throughput in kilobytes per second as its owner
+    /// measured it (the Java KCL 3.x's attribute and unit); `None` when no owner published one.
+    pub throughput_kbps: Option<f64>,
 }
 
 impl Lease {
@@ -91,6 +94,7 @@ impl Lease {
             hash_key_range: None,
             stream_identifier: None,
             shard_id: None,
+            throughput_kbps: None,
         }
     }
 
