@@ -19,6 +19,9 @@ pub enum KclError {
     /// The lease store failed.
     #[error(transparent)]
     Lease(#[from] LeaseError),
+    /// The worker stopped on an error retrying cannot fix (see [`crate::fatal`]).
+    #[error("worker stopped: {0}")]
+    Fatal(#[from] crate::fatal::FatalError),
 }
 
 /// The result type of the runtime.

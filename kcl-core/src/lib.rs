@@ -20,6 +20,7 @@
 //!   ([`backend::kinesis::KinesisBackend`]) and the fault-injecting wrapper.
 //! - [`aws`]: loading AWS configuration (default chain, region, endpoint overrides).
 //! - [`error`]: `KclError` and friends.
+//! - [`fatal`]: errors that stop a worker (or one stream) instead of being retried.
 //! - [`metrics`]: metric names (the Java KCL's) and the worker health summary.
 //!
 //! The lease side (model, stores, coordinator) is the `kcl_lease` crate, re-exported as
@@ -33,6 +34,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod fatal;
 pub mod metrics;
 pub mod processor;
 pub mod record;
@@ -52,6 +54,7 @@ pub use backend::{
 pub use checkpoint::{CheckpointError, Checkpointer};
 pub use config::{FanOutConfig, InitialPosition, RetrievalMode, SchedulerConfig};
 pub use error::{KclError, Result};
+pub use fatal::FatalError;
 pub use kcl_lease::StreamIdentifier;
 pub use kcl_lease::{InMemoryLeaseStore, LeaseStore};
 pub use metrics::{ShardHealth, WorkerHealth};

@@ -23,6 +23,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 use crate::backend::{BackendError, StreamBackend};
 use crate::config::{InitialPosition, RetrievalMode, SchedulerConfig};
 use crate::error::{KclError, Result};
+use crate::fatal::{FatalError, FatalGuardStore, FatalSignal};
 use crate::metrics::{new_shard_health, SharedShardHealth, WorkerHealth};
 use crate::processor::ProcessorFactory;
 use crate::shard::fan_out::ConsumerRegistry;
@@ -179,11 +180,13 @@ impl SchedulerBuilder {
         let missing = |what: &str| KclError::Config(format!("a {what} is required"));
         let store = self.store.ok_or_else(|| missing("lease store"))?;
         let meter = MeteredLeaseStore::new(store).with_worker_id(self.config.worker_id.clone());
+        let fatal = FatalSignal::default();
         Ok(Scheduler {
             config: Arc::new(self.config),
             backend: self.backend.ok_or_else(|| missing("stream backend"))?,
-            store: Arc::new(meter.clone()),
+            store: Arc::new(FatalGuardStore::new(Arc::new(meter.clone()), fatal.clone())),
             meter,
+            fatal,
             factory: self.factory.ok_or_else(|| missing("processor factory"))?,
             tracker: self.tracker,
             health: HealthRegistry::default(),
@@ -198,9 +201,11 @@ type HealthRegistry = Arc<std::sync::Mutex<BTreeMap<String, SharedShardHealth>>>
 pub struct Scheduler {
     config: Arc<SchedulerConfig>,
     backend: Arc<dyn StreamBackend>,
-    /// The lease store, metered.
+    /// The lease store, metered, with its fatal errors recorded in `fatal`.
     store: Arc<dyn LeaseStore>,
     meter: MeteredLeaseStore<Arc<dyn LeaseStore>>,
+    /// Errors that stop the worker or one stream.
+    fatal: FatalSignal,
     factory: Arc<dyn ProcessorFactory>,
     tracker: Option<Arc<dyn StreamTracker>>,
     health: HealthRegistry,
@@ -265,6 +270,7 @@ impl Scheduler {
         let (coordinator, acquired) = self.coordinator();
         let health = self.health.clone();
         let meter = self.meter.clone();
+        let fatal = self.fatal.clone();
         let task = tokio::spawn(self.run_with(coordinator.clone(), acquired, async move {
             let _ = rx.await;
         }));
@@ -275,6 +281,7 @@ impl Scheduler {
             coordinator,
             health,
             meter,
+            fatal,
         }
     }
 
@@ -322,22 +329,30 @@ impl Scheduler {
             let shard_ended = Arc::new(Notify::new());
             // Multi-stream: streams that stop being tracked, from the sync loop to this one.
             let (removed_tx, mut removed_rx) = tokio::sync::mpsc::channel::<BTreeSet<String>>(16);
+            // Which background task is which, for the error if one ends.
+            let mut task_names: HashMap<tokio::task::Id, &'static str> = HashMap::new();
+            let mut fatal_rx = self.fatal.subscribe();
+            // Multi-stream: the identifiers of the streams tracked now.
+            let mut tracked_streams: Option<Arc<std::sync::RwLock<BTreeSet<String>>>> = None;
             match &self.tracker {
                 None => {
                     drop(removed_tx);
-                    background.spawn(
+                    let sync = background.spawn(
                         shard_sync_loop(
                             self.backend.clone(),
                             self.store.clone(),
                             self.config.clone(),
                             shard_ended.clone(),
                             coordinator.clone(),
+                            self.fatal.clone(),
                         )
                         .in_current_span(),
                     );
+                    task_names.insert(sync.id(), "shard sync");
                 }
                 Some(tracker) => {
                     let tracked = Arc::new(std::sync::RwLock::new(BTreeSet::new()));
+                    tracked_streams = Some(tracked.clone());
                     let filter = tracked.clone();
                     coordinator.set_filter(move |lease| {
                         lease.stream().is_some_and(|s| {
@@ -356,8 +371,10 @@ impl Scheduler {
                         coordinator: coordinator.clone(),
                         tracked,
                         removed: removed_tx,
+                        fatal: self.fatal.clone(),
                     };
-                    background.spawn(sync.run().in_current_span());
+                    let sync = background.spawn(sync.run().in_current_span());
+                    task_names.insert(sync.id(), "multi-stream shard sync");
                 }
             }
             let (stop_coordinator, stop_rx) = watch::channel(false);
@@ -386,10 +403,35 @@ impl Scheduler {
             let mut keys: HashMap<tokio::task::Id, String> = HashMap::new();
             // Per shard: the signal that stops it and releases its lease (multi-stream removal).
             let mut stops: HashMap<String, watch::Sender<bool>> = HashMap::new();
-            background.spawn(coordinator.clone().run(stop_rx).in_current_span());
+            let lease_task = background.spawn(coordinator.clone().run(stop_rx).in_current_span());
+            task_names.insert(lease_task.id(), "lease coordinator");
             loop {
                 tokio::select! {
                     () = &mut shutdown => break,
+                    Some(done) = background.join_next_with_id() => {
+                        let (id, how) = match done {
+                            Ok((id, ())) => (id, "ended".to_owned()),
+                            Err(e) => (e.id(), describe_join_error(e)),
+                        };
+                        let task = task_names.get(&id).copied().unwrap_or("background task");
+                        self.fatal.stop_worker(FatalError::Task { task, how });
+                        break;
+                    }
+                    Ok(()) = fatal_rx.changed() => {
+                        if self.fatal.worker_error().is_some() {
+                            break;
+                        }
+                        // Multi-stream: streams that failed stop here; their leases are released
+                        // and no longer taken.
+                        let failed = self.fatal.failed_streams();
+                        if let Some(tracked) = &tracked_streams {
+                            tracked
+                                .write()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .retain(|s| !failed.contains(s));
+                        }
+                        stop_shards_of(&stops, &failed, "stream stopped by a fatal error: stopping the shard and releasing its lease");
+                    }
                     Some(lease) = acquired.recv() => {
                         let key = lease.key().to_owned();
                         let (stop_tx, release) = watch::channel(false);
@@ -402,6 +444,7 @@ impl Scheduler {
                             shard_ended: shard_ended.clone(),
                             consumers: consumers.clone(),
                             release,
+                            fatal: self.fatal.clone(),
                         };
                         let health = new_shard_health(&key);
                         lock(&self.health).insert(key.clone(), health.clone());
@@ -416,14 +459,7 @@ impl Scheduler {
                         }
                     }
                     Some(removed) = removed_rx.recv() => {
-                        for (key, stop) in &stops {
-                            let gone = StreamIdentifier::split_lease_key(key)
-                                .is_some_and(|(stream, _)| removed.contains(&stream.to_string()));
-                            if gone {
-                                info!(shard_id = %key, "stream no longer tracked: stopping the shard and releasing its lease");
-                                let _ = stop.send(true);
-                            }
-                        }
+                        stop_shards_of(&stops, &removed, "stream no longer tracked: stopping the shard and releasing its lease");
                     }
                 }
             }
@@ -471,15 +507,47 @@ impl Scheduler {
             coordinator.leave().await;
             let _ = stop_coordinator.send(true);
             background.shutdown().await;
-            info!("worker stopped");
-            Ok(())
+            match self.fatal.worker_error() {
+                Some(cause) => {
+                    error!(error = %cause, "worker stopped by a fatal error");
+                    Err(KclError::Fatal(cause))
+                }
+                None => {
+                    info!("worker stopped");
+                    Ok(())
+                }
+            }
         }
         .instrument(span)
         .await
     }
 }
 
-/// A shard consumer finished: release or forget its lease.
+/// Asks the shards of `streams` (stream identifiers) to stop and release their leases.
+fn stop_shards_of(stops: &HashMap<String, watch::Sender<bool>>, streams: &BTreeSet<String>, why: &str) {
+    for (key, stop) in stops {
+        let gone = StreamIdentifier::split_lease_key(key).is_some_and(|(stream, _)| streams.contains(&stream.to_string()));
+        if gone && !*stop.borrow() {
+            info!(shard_id = %key, "{why}");
+            let _ = stop.send(true);
+        }
+    }
+}
+
+/// `panicked: <message>` (or `was cancelled`) for a background task's join error.
+fn describe_join_error(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return "was cancelled".to_owned();
+    }
+    let payload = e.into_panic();
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned());
+    format!("panicked: {message}")
+}
+
 /// Registers the fan-out consumer on `stream` and waits until it is active, retrying what can be
 /// retried.
 async fn register(backend: &dyn StreamBackend, registry: &ConsumerRegistry, stream: &str) -> Result<()> {
@@ -542,6 +610,7 @@ async fn shard_sync_loop(
     config: Arc<SchedulerConfig>,
     shard_ended: Arc<Notify>,
     coordinator: Arc<LeaseCoordinator>,
+    fatal: FatalSignal,
 ) {
     let mut ended = false;
     // The leader is known once the heartbeats were read once.
@@ -575,6 +644,7 @@ async fn shard_sync_loop(
                         coordinator.wake();
                     }
                     Ok(_) => {}
+                    Err(KclError::Backend(e)) if fatal.check_stream(&config.stream_name, false, &e) => return,
                     Err(e) => warn!(error = %e, "shard sync failed"),
                 }
                 if config.delete_finished_leases {
@@ -606,6 +676,8 @@ struct MultiStreamSync {
     /// The identifiers of the streams tracked now (the coordinator's take filter reads it).
     tracked: Arc<std::sync::RwLock<BTreeSet<String>>>,
     removed: tokio::sync::mpsc::Sender<BTreeSet<String>>,
+    /// Streams that failed for good are no longer synchronised or tracked.
+    fatal: FatalSignal,
 }
 
 impl MultiStreamSync {
@@ -617,7 +689,9 @@ impl MultiStreamSync {
         let mut first = true;
         let mut ended = false;
         loop {
-            let streams = self.resolve(&mut identifiers).await;
+            let failed = self.fatal.failed_streams();
+            let mut streams = self.resolve(&mut identifiers).await;
+            streams.retain(|(_, id)| !failed.contains(&id.to_string()));
             let now_tracked: BTreeSet<String> = streams.iter().map(|(_, id)| id.to_string()).collect();
             let before = std::mem::replace(
                 &mut *self
@@ -659,13 +733,15 @@ impl MultiStreamSync {
                         .await
                         {
                             Ok(n) => created += n,
-                            Err(KclError::Backend(BackendError::StreamNotFound(_))) => {
-                                warn!(stream = %stream.name, "tracked stream not found");
-                                // Recreated streams get a new identifier: look it up again.
+                            Err(KclError::Backend(e @ BackendError::StreamNotFound(_))) => {
+                                // This incarnation of the stream is gone for good; a recreated
+                                // stream gets a new identifier: look it up again.
+                                self.fatal.check_stream(&id.to_string(), true, &e);
                                 if stream.identifier.is_none() {
                                     identifiers.remove(&stream.name);
                                 }
                             }
+                            Err(KclError::Backend(e)) if self.fatal.check_stream(&id.to_string(), true, &e) => {}
                             Err(e) => warn!(stream = %stream.name, error = %e, "shard sync failed"),
                         }
                     }
@@ -777,6 +853,7 @@ pub struct SchedulerHandle {
     coordinator: Arc<LeaseCoordinator>,
     health: HealthRegistry,
     meter: MeteredLeaseStore<Arc<dyn LeaseStore>>,
+    fatal: FatalSignal,
 }
 
 impl std::fmt::Debug for SchedulerHandle {
@@ -814,6 +891,12 @@ impl SchedulerHandle {
             fleet: self.coordinator.fleet(),
             lease_store: self.meter.snapshot(),
         }
+    }
+
+    /// The errors that stopped the worker or some of its streams (see [`crate::fatal`]):
+    /// empty while everything runs.
+    pub fn fatal_errors(&self) -> Vec<FatalError> {
+        self.fatal.errors()
     }
 
     /// Whether the worker is still running.

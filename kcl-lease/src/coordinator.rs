@@ -196,6 +196,17 @@ pub struct LeaseCoordinator {
     limiter: Arc<Semaphore>,
 }
 
+/// A renewal or heartbeat task that panicked takes the coordinator down with it (and the
+/// scheduler stops the worker with an error): a renewal that silently stopped would leave a
+/// lease held and processed but never renewed.
+fn resume_panic(done: std::result::Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        if e.is_panic() {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+}
+
 /// Decides whether a lease may be taken by this worker.
 pub type LeaseFilter = Arc<dyn Fn(&Lease) -> bool + Send + Sync>;
 
@@ -738,13 +749,18 @@ impl LeaseCoordinator {
                 beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut tasks: JoinSet<()> = JoinSet::new();
                 loop {
-                    while tasks.try_join_next().is_some() {}
+                    while let Some(done) = tasks.try_join_next() {
+                        resume_panic(done);
+                    }
                     let renew_now = tokio::select! {
                         _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
                         _ = renew.tick() => true,
                         _ = beat.tick() => false,
                         () = this.beat_now.notified() => false,
-                        Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+                        Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                            resume_panic(done);
+                            continue;
+                        }
                     };
                     if renew_now {
                         this.check_lapse();

@@ -39,15 +39,59 @@ pub enum LeaseError {
     /// heartbeat table that does not exist). Callers fall back to what works without it.
     #[error("not supported by this lease store: {0}")]
     Unsupported(String),
-    /// Any other failure of the store (network, permissions, service error).
+    /// The call can never succeed as the worker is configured: the credentials are refused
+    /// or lack a permission, a KMS key cannot be used, or the lease table does not exist. A
+    /// worker stops on it instead of retrying.
+    #[error("{kind}: {source}")]
+    Fatal {
+        /// What kind of failure.
+        kind: FatalKind,
+        /// The store's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Any other failure of the store (network, service error).
     #[error("lease store error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Why a lease-store error is [`LeaseError::Fatal`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FatalKind {
+    /// The credentials were refused or lack a permission (`AccessDeniedException`,
+    /// `UnrecognizedClientException`), or a KMS key of the table cannot be used.
+    AccessDenied,
+    /// The lease table does not exist (deleted, or never created).
+    TableNotFound,
+}
+
+impl std::fmt::Display for FatalKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FatalKind::AccessDenied => "lease store access denied (check the credentials and the IAM policy)",
+            FatalKind::TableNotFound => "lease table not found",
+        })
+    }
 }
 
 impl LeaseError {
     /// Whether retrying the same call later may succeed (throttling and transient failures).
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Throttled(_) | Self::Backend(_))
+    }
+
+    /// Whether retrying can never help (see [`LeaseError::Fatal`]).
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::Fatal { .. })
+    }
+
+    /// A fatal error from a message.
+    pub fn fatal(kind: FatalKind, msg: impl Into<String>) -> Self {
+        Self::Fatal {
+            kind,
+            source: msg.into().into(),
+        }
     }
 
     /// Whether this is a failed conditional write.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::error::{LeaseError, Result};
+use crate::error::{FatalKind, LeaseError, Result};
 use crate::fault::{FaultKind, Injector, Plan, Rule, Trigger};
 use crate::heartbeat::WorkerHeartbeat;
 use crate::lease::Lease;
@@ -38,6 +38,15 @@ pub enum LeaseFault {
     Conflict,
     /// Sleep for the duration, then call the store.
     Delay(Duration),
+    /// Fail with [`LeaseError::Fatal`] ([`FatalKind::AccessDenied`]) without calling the store,
+    /// as DynamoDB does when the IAM policy lacks the action.
+    AccessDenied,
+    /// Fail with [`LeaseError::Fatal`] ([`FatalKind::TableNotFound`]) without calling the
+    /// store, as DynamoDB does once the table was deleted.
+    TableNotFound,
+    /// Call the store, then fail with [`LeaseError::Backend`] whatever it answered: a write
+    /// that was applied but whose answer was lost (a timeout, a dropped connection).
+    ApplyThenFail,
 }
 
 impl FaultKind for LeaseFault {
@@ -100,17 +109,34 @@ impl<S> FailureLeaseStore<S> {
         self.inner
     }
 
-    /// The hook every call passes: sleeps for injected delays, then fails or lets it through.
-    /// `key` is the lease the call is about (for conflicts).
-    async fn hook(&self, op: LeaseOp, key: &str) -> Result<()> {
+    /// The hook every call passes: sleeps for injected delays, then fails, lets the call
+    /// through, or lets it through and fails afterwards. `key` is the lease the call is about
+    /// (for conflicts).
+    async fn hook<T, F>(&self, op: LeaseOp, key: &str, call: F) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<T>>,
+    {
+        let injected = |what: &str| format!("injected fault in {op:?}: {what}");
         match self.faults.apply(op).await {
-            None | Some(LeaseFault::Delay(_)) => Ok(()),
-            Some(LeaseFault::Throttle) => Err(LeaseError::Throttled(format!("injected fault in {op:?}"))),
-            Some(LeaseFault::Error) => Err(LeaseError::backend(format!("injected fault in {op:?}"))),
+            None | Some(LeaseFault::Delay(_)) => call.await,
+            Some(LeaseFault::Throttle) => Err(LeaseError::Throttled(injected("throttled"))),
+            Some(LeaseFault::Error) => Err(LeaseError::backend(injected("error"))),
             Some(LeaseFault::Conflict) => Err(LeaseError::Conflict {
                 key: key.to_owned(),
                 actual: None,
             }),
+            Some(LeaseFault::AccessDenied) => Err(LeaseError::fatal(
+                FatalKind::AccessDenied,
+                injected("AccessDeniedException"),
+            )),
+            Some(LeaseFault::TableNotFound) => Err(LeaseError::fatal(
+                FatalKind::TableNotFound,
+                injected("ResourceNotFoundException"),
+            )),
+            Some(LeaseFault::ApplyThenFail) => {
+                let _applied = call.await;
+                Err(LeaseError::backend(injected("the call was applied but its answer was lost")))
+            }
         }
     }
 }
@@ -118,53 +144,43 @@ impl<S> FailureLeaseStore<S> {
 #[async_trait]
 impl<S: LeaseStore> LeaseStore for FailureLeaseStore<S> {
     async fn list(&self) -> Result<Vec<Lease>> {
-        self.hook(LeaseOp::List, "").await?;
-        self.inner.list().await
+        self.hook(LeaseOp::List, "", self.inner.list()).await
     }
 
     async fn list_eventually_consistent(&self) -> Result<Vec<Lease>> {
-        self.hook(LeaseOp::List, "").await?;
-        self.inner.list_eventually_consistent().await
+        self.hook(LeaseOp::List, "", self.inner.list_eventually_consistent()).await
     }
 
     async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<()> {
-        self.hook(LeaseOp::PutHeartbeat, &heartbeat.worker_id).await?;
-        self.inner.put_heartbeat(heartbeat).await
+        self.hook(LeaseOp::PutHeartbeat, &heartbeat.worker_id, self.inner.put_heartbeat(heartbeat)).await
     }
 
     async fn list_heartbeats(&self, consistent: bool) -> Result<Vec<WorkerHeartbeat>> {
-        self.hook(LeaseOp::ListHeartbeats, "").await?;
-        self.inner.list_heartbeats(consistent).await
+        self.hook(LeaseOp::ListHeartbeats, "", self.inner.list_heartbeats(consistent)).await
     }
 
     async fn delete_heartbeat(&self, worker_id: &str, counter: Option<u64>) -> Result<()> {
-        self.hook(LeaseOp::DeleteHeartbeat, worker_id).await?;
-        self.inner.delete_heartbeat(worker_id, counter).await
+        self.hook(LeaseOp::DeleteHeartbeat, worker_id, self.inner.delete_heartbeat(worker_id, counter)).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Lease>> {
-        self.hook(LeaseOp::Get, key).await?;
-        self.inner.get(key).await
+        self.hook(LeaseOp::Get, key, self.inner.get(key)).await
     }
 
     async fn create_if_absent(&self, lease: &Lease) -> Result<bool> {
-        self.hook(LeaseOp::Create, &lease.lease_key).await?;
-        self.inner.create_if_absent(lease).await
+        self.hook(LeaseOp::Create, &lease.lease_key, self.inner.create_if_absent(lease)).await
     }
 
     async fn renew(&self, expected: &Lease) -> Result<Lease> {
-        self.hook(LeaseOp::Renew, &expected.lease_key).await?;
-        self.inner.renew(expected).await
+        self.hook(LeaseOp::Renew, &expected.lease_key, self.inner.renew(expected)).await
     }
 
     async fn take(&self, expected: &Lease, new_owner: &str, handoff: bool) -> Result<Lease> {
-        self.hook(LeaseOp::Take, &expected.lease_key).await?;
-        self.inner.take(expected, new_owner, handoff).await
+        self.hook(LeaseOp::Take, &expected.lease_key, self.inner.take(expected, new_owner, handoff)).await
     }
 
     async fn evict(&self, expected: &Lease) -> Result<Lease> {
-        self.hook(LeaseOp::Evict, &expected.lease_key).await?;
-        self.inner.evict(expected).await
+        self.hook(LeaseOp::Evict, &expected.lease_key, self.inner.evict(expected)).await
     }
 
     async fn update_checkpoint(
@@ -173,23 +189,19 @@ impl<S: LeaseStore> LeaseStore for FailureLeaseStore<S> {
         worker: &str,
         checkpoint: &ExtendedSequenceNumber,
     ) -> Result<Lease> {
-        self.hook(LeaseOp::Checkpoint, &expected.lease_key).await?;
-        self.inner.update_checkpoint(expected, worker, checkpoint).await
+        self.hook(LeaseOp::Checkpoint, &expected.lease_key, self.inner.update_checkpoint(expected, worker, checkpoint)).await
     }
 
     async fn complete_handoff(&self, key: &str, previous_owner: &str) -> Result<Lease> {
-        self.hook(LeaseOp::CompleteHandoff, key).await?;
-        self.inner.complete_handoff(key, previous_owner).await
+        self.hook(LeaseOp::CompleteHandoff, key, self.inner.complete_handoff(key, previous_owner)).await
     }
 
     async fn mark_children(&self, expected: &Lease, children: &BTreeSet<String>) -> Result<Lease> {
-        self.hook(LeaseOp::MarkChildren, &expected.lease_key).await?;
-        self.inner.mark_children(expected, children).await
+        self.hook(LeaseOp::MarkChildren, &expected.lease_key, self.inner.mark_children(expected, children)).await
     }
 
     async fn delete(&self, expected: &Lease) -> Result<()> {
-        self.hook(LeaseOp::Delete, &expected.lease_key).await?;
-        self.inner.delete(expected).await
+        self.hook(LeaseOp::Delete, &expected.lease_key, self.inner.delete(expected)).await
     }
 }
 
@@ -243,6 +255,30 @@ mod tests {
             store.renew(&lease("zz")).await,
             Err(LeaseError::NotFound(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn apply_then_fail_writes_and_reports_failure_fatal_faults_do_not_call() {
+        let memory = InMemoryLeaseStore::new();
+        memory.put_raw(lease("a"));
+        let store = FailureLeaseStore::new(
+            memory.clone(),
+            LeaseFaultPlan::new(0)
+                .rule(LeaseOp::Take, LeaseTrigger::Nth(1), LeaseFault::ApplyThenFail)
+                .rule(LeaseOp::Renew, LeaseTrigger::Nth(1), LeaseFault::AccessDenied)
+                .rule(LeaseOp::Get, LeaseTrigger::Nth(1), LeaseFault::TableNotFound),
+        );
+        let seen = memory.get("a").await.unwrap().unwrap();
+        let err = store.take(&seen, "w", false).await.unwrap_err();
+        assert!(matches!(err, LeaseError::Backend(_)) && err.is_retryable(), "{err:?}");
+        let row = memory.get("a").await.unwrap().unwrap();
+        assert!(row.is_owned_by("w"), "the take was applied: {row:?}");
+        let err = store.renew(&row).await.unwrap_err();
+        assert!(matches!(err, LeaseError::Fatal { kind: FatalKind::AccessDenied, .. }), "{err:?}");
+        assert_eq!(memory.op_count(LeaseOp::Renew), 0);
+        let err = store.get("a").await.unwrap_err();
+        assert!(err.is_fatal() && !err.is_retryable(), "{err:?}");
+        assert!(err.to_string().contains("table not found"), "{err}");
     }
 
     #[tokio::test]

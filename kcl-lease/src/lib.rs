@@ -49,7 +49,7 @@ pub mod stream;
 pub use balance::{plan_takes, BalanceConfig, ExpiryTracker, TakePlan};
 pub use coordinator::{CoordinatorConfig, FleetView, HeldLease, LeaseCoordinator, LeaseStatus};
 pub use dynamodb::DynamoDbLeaseStore;
-pub use error::{LeaseError, ParseSequenceError, Result};
+pub use error::{FatalKind, LeaseError, ParseSequenceError, Result};
 pub use failure::{FailureLeaseStore, LeaseFault, LeaseFaultPlan, LeaseFaultRule, LeaseTrigger};
 pub use heartbeat::{LeaseRenewal, WorkerHeartbeat, WorkerStatus, WorkerTracker};
 pub use metered::{CostSnapshot, MeteredLeaseStore, OpCost};

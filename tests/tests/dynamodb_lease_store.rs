@@ -114,14 +114,17 @@ async fn ensure_table_creates_once_and_is_idempotent() {
     let store = DynamoDbLeaseStore::new(client.clone(), table.clone());
     assert_eq!(store.table_name(), table);
 
-    // Before the table exists: a backend error naming the table, not a panic or "not found".
+    // Before the table exists: a fatal error naming the table, not a panic or "not found".
     let err = store.list().await.unwrap_err();
     match &err {
-        LeaseError::Backend(inner) => {
-            let dynamo = inner.downcast_ref::<DynamoDbError>().expect("a DynamoDbError");
+        LeaseError::Fatal {
+            kind: kcl_lease::FatalKind::TableNotFound,
+            source,
+        } => {
+            let dynamo = source.downcast_ref::<DynamoDbError>().expect("a DynamoDbError");
             assert!(dynamo.is_table_missing(), "{err}");
         }
-        other => panic!("expected backend error, got {other:?}"),
+        other => panic!("expected a fatal table-not-found error, got {other:?}"),
     }
     assert!(err.to_string().contains(&table), "{err}");
 

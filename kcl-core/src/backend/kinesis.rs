@@ -113,15 +113,15 @@ where
             Context::Consumer(consumer) => BackendError::ConsumerNotFound(format!("{consumer} ({detail})")),
         },
         "InvalidArgumentException" | "ValidationException" => BackendError::InvalidArgument(detail),
-        "AccessDeniedException"
-        | "UnrecognizedClientException"
-        | "InvalidSignatureException"
-        | "ExpiredTokenException" => BackendError::other(format!(
-            "access denied ({detail}); check the credentials and that the IAM policy allows this call"
-        )),
-        c if c.starts_with("KMS") => {
-            BackendError::other(format!("KMS failure reading an encrypted stream: {detail}"))
+        // Refused for good: retrying with the same credentials and policy cannot succeed.
+        "AccessDeniedException" | "UnrecognizedClientException" | "MissingAuthenticationTokenException" => {
+            BackendError::AccessDenied(detail)
         }
+        // Possibly transient (clock skew the SDK corrects, credentials about to be refreshed).
+        "InvalidSignatureException" | "ExpiredTokenException" => BackendError::other(format!(
+            "credentials refused ({detail}); check the credentials and the clock"
+        )),
+        c if c.starts_with("KMS") => BackendError::Kms(detail),
         _ => BackendError::other(format!("{}", aws_sdk_kinesis::error::DisplayErrorContext(&err))),
     }
 }

@@ -81,6 +81,15 @@ pub enum BackendError {
     /// The backend does not offer this operation (e.g. enhanced fan-out).
     #[error("not supported by this backend: {0}")]
     Unsupported(String),
+    /// The credentials were refused or lack a permission for this call
+    /// (`AccessDeniedException`, `UnrecognizedClientException`). Fatal: retrying with the same
+    /// credentials and policy cannot succeed.
+    #[error("access denied ({0}); check the credentials and that the IAM policy allows this call")]
+    AccessDenied(String),
+    /// The stream is encrypted with a KMS key that cannot be used (disabled, deleted, not
+    /// allowed: `KMSDisabledException`, `KMSAccessDeniedException`, ...). Fatal.
+    #[error("the stream's KMS key cannot be used: {0}")]
+    Kms(String),
     /// Anything else: transport failures, service errors, permissions.
     #[error("backend error: {0}")]
     Other(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -90,6 +99,12 @@ impl BackendError {
     /// Whether the same call may succeed later.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Throttled(_) | Self::ResourceInUse(_) | Self::Other(_))
+    }
+
+    /// Whether retrying can never succeed: access denied, an unusable KMS key, or a stream that
+    /// does not exist (for that stream).
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::AccessDenied(_) | Self::Kms(_) | Self::StreamNotFound(_))
     }
 
     /// An `Other` error from a message.

@@ -45,6 +45,8 @@ pub(crate) struct ShardContext {
     /// `true` when the worker wants this one shard stopped and its lease released (its stream
     /// is no longer tracked).
     pub release: watch::Receiver<bool>,
+    /// Where errors that cannot be retried are recorded (they stop the worker or the stream).
+    pub fatal: crate::fatal::FatalSignal,
 }
 
 /// Aborts the read-ahead task when the consumer is done with it.
@@ -373,7 +375,13 @@ impl ShardConsumer {
                     return ShardEvent::ShardEndReached;
                 }
                 Some(Fetched::Failed(e)) => {
-                    error!(error = %e, "reading the shard failed and cannot be retried; giving the lease up");
+                    let (stream, multi_stream) = match self.lease.stream() {
+                        Some(id) => (id.to_string(), true),
+                        None => (self.ctx.config.stream_name.clone(), false),
+                    };
+                    if !self.ctx.fatal.check_stream(&stream, multi_stream, &e) {
+                        error!(error = %e, "reading the shard failed and cannot be retried; giving the lease up");
+                    }
                     return ShardEvent::Shutdown(ShutdownReason::Requested);
                 }
                 None => return ShardEvent::Shutdown(ShutdownReason::Requested),

@@ -86,7 +86,7 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 
-use crate::error::{LeaseError, Result};
+use crate::error::{FatalKind, LeaseError, Result};
 use crate::heartbeat::WorkerHeartbeat;
 use crate::lease::Lease;
 use crate::sequence::ExtendedSequenceNumber;
@@ -610,6 +610,20 @@ const THROTTLING_CODES: [&str; 3] = [
     "RequestLimitExceeded",
 ];
 
+/// The DynamoDB error codes that retrying cannot fix. `ResourceNotFoundException` is a missing
+/// table here (a missing *item* is not an error in DynamoDB).
+fn fatal_kind(code: &str) -> Option<FatalKind> {
+    match code {
+        "ResourceNotFoundException" => Some(FatalKind::TableNotFound),
+        "AccessDeniedException" | "UnrecognizedClientException" | "MissingAuthenticationTokenException" => {
+            Some(FatalKind::AccessDenied)
+        }
+        // An encrypted table whose customer managed key is disabled or not accessible.
+        c if c.starts_with("KMS") && c != "KMSThrottlingException" => Some(FatalKind::AccessDenied),
+        _ => None,
+    }
+}
+
 /// Maps a failed SDK call of `operation` on `table` to a [`LeaseError`]: throttling codes become
 /// [`LeaseError::Throttled`]; anything else (a missing table, network and service errors)
 /// [`LeaseError::Backend`] with a [`DynamoDbError`] whose source is `err`. Conditional-check
@@ -629,13 +643,18 @@ where
         ));
     }
     tracing::debug!(table, operation, code = ?code, error = %message, "DynamoDB call failed");
-    LeaseError::Backend(Box::new(DynamoDbError {
+    let fatal = code.as_deref().and_then(fatal_kind);
+    let error = Box::new(DynamoDbError {
         operation,
         table: table.to_owned(),
         code,
         message,
         source: Box::new(err),
-    }))
+    });
+    match fatal {
+        Some(kind) => LeaseError::Fatal { kind, source: error },
+        None => LeaseError::Backend(error),
+    }
 }
 
 impl DynamoDbLeaseStore {
@@ -963,7 +982,7 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_table_is_a_backend_error_naming_the_table() {
+    fn a_missing_table_is_a_fatal_error_naming_the_table() {
         let err = UpdateItemError::ResourceNotFoundException(
             ResourceNotFoundException::builder()
                 .message("Requested resource not found")
@@ -971,9 +990,14 @@ mod tests {
                 .build(),
         );
         let mapped = map_sdk_error("leases-of-app", "UpdateItem", service_error(err));
-        let LeaseError::Backend(inner) = &mapped else {
-            panic!("expected backend, got {mapped:?}");
+        let LeaseError::Fatal {
+            kind: FatalKind::TableNotFound,
+            source: inner,
+        } = &mapped
+        else {
+            panic!("expected a fatal table-not-found, got {mapped:?}");
         };
+        assert!(mapped.is_fatal() && !mapped.is_retryable());
         let text = mapped.to_string();
         assert!(
             text.contains("leases-of-app") && text.contains("does not exist"),
@@ -982,6 +1006,26 @@ mod tests {
         let dynamo = inner.downcast_ref::<DynamoDbError>().expect("a DynamoDbError");
         assert!(dynamo.is_table_missing());
         assert_eq!(dynamo.table(), "leases-of-app");
+    }
+
+    #[test]
+    fn access_denied_and_kms_failures_are_fatal_kms_throttling_is_not() {
+        for (code, fatal) in [
+            ("AccessDeniedException", true),
+            ("UnrecognizedClientException", true),
+            ("KMSDisabledException", true),
+            ("KMSAccessDeniedException", true),
+            ("KMSThrottlingException", false),
+            ("InternalServerError", false),
+        ] {
+            let err = UpdateItemError::generic(meta(code));
+            let mapped = map_sdk_error("t", "UpdateItem", service_error(err));
+            assert_eq!(mapped.is_fatal(), fatal, "{code}: {mapped:?}");
+            if fatal {
+                assert!(matches!(mapped, LeaseError::Fatal { kind: FatalKind::AccessDenied, .. }));
+                assert!(mapped.to_string().contains(code), "{mapped}");
+            }
+        }
     }
 
     #[test]
