@@ -42,6 +42,12 @@ pub enum Fault {
     /// For [`BackendOp::SubscriptionEvent`]: the subscription ends early, as at the end of its
     /// five minutes (the wrapped subscription is dropped). For other operations: an error.
     EndSubscription,
+    /// Fail with [`BackendError::AccessDenied`] without calling the backend, as Kinesis does
+    /// when the IAM policy lacks the action (fatal).
+    AccessDenied,
+    /// Fail with [`BackendError::Kms`] without calling the backend, as Kinesis does when the
+    /// stream's KMS key is disabled (fatal).
+    KmsDisabled,
 }
 
 impl FaultKind for Fault {
@@ -115,6 +121,12 @@ impl<B> FailureBackend<B> {
                 Err(BackendError::ResourceInUse(format!("injected fault in {op:?}")))
             }
             Some(Fault::EndSubscription) => Err(BackendError::other(format!("injected end in {op:?}"))),
+            Some(Fault::AccessDenied) => Err(BackendError::AccessDenied(format!(
+                "AccessDeniedException injected in {op:?}"
+            ))),
+            Some(Fault::KmsDisabled) => Err(BackendError::Kms(format!(
+                "KMSDisabledException injected in {op:?}"
+            ))),
         }
     }
 }
@@ -143,6 +155,12 @@ impl ShardSubscription for FailureSubscription {
             Some(Fault::ExpireIterator) => Err(BackendError::ExpiredIterator),
             Some(Fault::ResourceInUse) => Err(BackendError::ResourceInUse(format!(
                 "injected fault in {op:?}: subscription replaced"
+            ))),
+            Some(Fault::AccessDenied) => Err(BackendError::AccessDenied(format!(
+                "AccessDeniedException injected in {op:?}"
+            ))),
+            Some(Fault::KmsDisabled) => Err(BackendError::Kms(format!(
+                "KMSDisabledException injected in {op:?}"
             ))),
         }
     }
