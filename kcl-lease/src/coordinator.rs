@@ -653,6 +653,17 @@ impl LeaseCoordinator {
                             result = store.take(&row, &me, false).await;
                         }
                     }
+                    // A take whose answer was lost (a timeout, a dropped connection) may have
+                    // been applied: if the row is now ours with the counter the take wrote, it
+                    // is held, not left to expire.
+                    if matches!(result, Err(LeaseError::Backend(_))) {
+                        if let Ok(Some(row)) = store.get(&lease.lease_key).await {
+                            if row.is_owned_by(&me) && row.lease_counter == lease.lease_counter + 1 {
+                                info!(lease = %row.lease_key, "a take reported failure but was applied; holding the lease");
+                                result = Ok(row);
+                            }
+                        }
+                    }
                     (lease, steal, started, result)
                 });
             }
@@ -920,5 +931,77 @@ mod tests {
         a.release(other.key()).await;
         b.take_round().await.unwrap();
         assert_eq!(b.held().len(), 2);
+    }
+
+    /// A store whose chosen writes are applied but report failure (a lost answer).
+    fn lossy(
+        store: &Arc<InMemoryLeaseStore>,
+        plan: crate::LeaseFaultPlan,
+    ) -> Arc<crate::FailureLeaseStore<Arc<InMemoryLeaseStore>>> {
+        Arc::new(crate::FailureLeaseStore::new(store.clone(), plan))
+    }
+
+    fn lossy_coordinator(
+        store: &Arc<crate::FailureLeaseStore<Arc<InMemoryLeaseStore>>>,
+        me: &str,
+    ) -> (Arc<LeaseCoordinator>, mpsc::Receiver<Arc<HeldLease>>) {
+        LeaseCoordinator::new(store.clone(), CoordinatorConfig::new(me, Duration::from_secs(3)))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_take_that_reports_failure_but_was_applied_is_held() {
+        use crate::{LeaseFault, LeaseFaultPlan, LeaseOp, LeaseTrigger};
+        let memory = store_with(1);
+        let store = lossy(
+            &memory,
+            LeaseFaultPlan::new(0).rule(LeaseOp::Take, LeaseTrigger::Nth(1), LeaseFault::ApplyThenFail),
+        );
+        let (a, mut a_rx) = lossy_coordinator(&store, "a");
+        assert_eq!(a.take_round().await.unwrap(), 1, "the applied take counts");
+        let held = a_rx.recv().await.unwrap();
+        assert_eq!(held.status(), LeaseStatus::Held);
+        assert_eq!(store.injected(LeaseOp::Take), 1);
+        held.renew().await;
+        assert_eq!(held.status(), LeaseStatus::Held);
+        assert_eq!(memory.get("shard-0").await.unwrap().unwrap().lease_counter, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewals_and_checkpoints_that_report_failure_but_were_applied_lose_nothing() {
+        use crate::{LeaseFault, LeaseFaultPlan, LeaseOp, LeaseTrigger};
+        let memory = store_with(1);
+        let store = lossy(&memory, LeaseFaultPlan::none());
+        let (a, mut a_rx) = lossy_coordinator(&store, "a");
+        a.take_round().await.unwrap();
+        let held = a_rx.recv().await.unwrap();
+        // A renewal applied but reported failed, then a conflict the store reports without the
+        // row (as some emulators do): the row is read again and found ours.
+        store.set_plan(
+            LeaseFaultPlan::new(0)
+                .rule(LeaseOp::Renew, LeaseTrigger::Nth(1), LeaseFault::ApplyThenFail)
+                .rule(LeaseOp::Renew, LeaseTrigger::Nth(2), LeaseFault::Conflict),
+        );
+        held.renew().await;
+        held.renew().await;
+        assert_eq!(held.status(), LeaseStatus::Held, "not taken for a lost lease");
+        held.renew().await;
+        assert_eq!(held.status(), LeaseStatus::Held);
+        assert_eq!(held.lease().await, memory.get("shard-0").await.unwrap().unwrap());
+        // A checkpoint applied but reported failed: the retry finds the row moved by its own
+        // write and checkpoints again on top.
+        store.set_plan(LeaseFaultPlan::new(0).rule(LeaseOp::Checkpoint, LeaseTrigger::Nth(1), LeaseFault::ApplyThenFail));
+        let cp = ExtendedSequenceNumber::from_parts("7", 0).unwrap();
+        assert!(held.checkpoint(&cp).await.is_err(), "the first answer was lost");
+        let row = held.checkpoint(&cp).await.expect("the retry succeeds");
+        assert_eq!(row.checkpoint, cp);
+        assert_eq!(held.status(), LeaseStatus::Held);
+        held.renew().await;
+        assert_eq!(held.status(), LeaseStatus::Held);
+        // A real loss is still a loss.
+        let row = memory.get("shard-0").await.unwrap().unwrap();
+        memory.take(&row, "b", false).await.unwrap();
+        store.set_plan(LeaseFaultPlan::new(0).rule(LeaseOp::Renew, LeaseTrigger::Always, LeaseFault::Conflict));
+        held.renew().await;
+        assert_eq!(held.status(), LeaseStatus::Lost);
     }
 }

@@ -332,18 +332,16 @@ impl HeldLease {
                 *row = new;
                 *lock(&self.valid_until) = started + self.failover_time;
             }
-            // An earlier renewal that timed out may have been applied after all: the row is
-            // still ours, with a newer counter. Adopt it (without extending the validity: when
-            // that renewal started is unknown) and renew it next time.
-            Err(LeaseError::Conflict {
-                actual: Some(actual), ..
-            }) if actual.is_owned_by(&self.worker_id)
-                && actual.checkpoint_owner.is_none()
-                && actual.lease_counter > row.lease_counter =>
-            {
-                *row = *actual;
-            }
-            Err(LeaseError::Conflict { actual, .. }) => self.on_conflict(actual.as_deref()),
+            // An earlier write that timed out (or whose answer was lost) may have been applied
+            // after all: the row is still ours, with a newer counter. Adopt it (without
+            // extending the validity: when that write started is unknown) and renew it next time.
+            Err(LeaseError::Conflict { actual, .. }) => match self.row_after_conflict(actual).await {
+                Some(current) if self.applied_earlier(&row, &current) => {
+                    info!(lease = %self.key, counter = current.lease_counter, "an earlier write was applied after all; going on");
+                    *row = current;
+                }
+                current => self.on_conflict(current.as_ref()),
+            },
             Err(LeaseError::NotFound(_)) => self.set_status(LeaseStatus::Lost),
             Err(e) => {
                 let deadline = *lock(&self.valid_until);
@@ -355,6 +353,30 @@ impl HeldLease {
                 }
             }
         }
+    }
+
+    /// The row as it is after a failed conditional write: as the store returned it with the
+    /// conflict, else read again (`None` if that fails too).
+    async fn row_after_conflict(&self, actual: Option<Box<Lease>>) -> Option<Lease> {
+        match actual {
+            Some(row) => Some(*row),
+            None => match self.store.get(&self.key).await {
+                Ok(row) => row,
+                Err(e) => {
+                    warn!(lease = %self.key, error = %e, "re-reading the lease after a conflict failed");
+                    None
+                }
+            },
+        }
+    }
+
+    /// Whether `current` is `ours` moved on by a write of this worker that reported failure
+    /// but was applied (still ours, no hand-off, a newer counter): then nothing was lost.
+    fn applied_earlier(&self, ours: &Lease, current: &Lease) -> bool {
+        self.status() == LeaseStatus::Held
+            && current.is_owned_by(&self.worker_id)
+            && current.checkpoint_owner.is_none()
+            && current.lease_counter > ours.lease_counter
     }
 
     /// Learns of a change of owner from a (possibly stale) scan of the table: if `scanned` is
@@ -405,6 +427,19 @@ impl HeldLease {
                 Ok(new)
             }
             Err(LeaseError::Conflict { key, actual }) => {
+                let current = self.row_after_conflict(actual).await;
+                if let Some(current) = current.as_ref().filter(|c| self.applied_earlier(&row, c)) {
+                    // An earlier write reported failure but was applied: write again on top.
+                    info!(lease = %self.key, counter = current.lease_counter, "an earlier write was applied after all; checkpointing again");
+                    *row = current.clone();
+                    let new = self
+                        .store
+                        .update_checkpoint(&row, &self.worker_id, checkpoint)
+                        .await?;
+                    *row = new.clone();
+                    return Ok(new);
+                }
+                let actual = current.map(Box::new);
                 let handoff = self.status() == LeaseStatus::HandoffRequested;
                 self.on_conflict(actual.as_deref());
                 if !handoff && self.status() == LeaseStatus::HandoffRequested {
@@ -437,6 +472,14 @@ impl HeldLease {
                 Ok(new)
             }
             Err(LeaseError::Conflict { key, actual }) => {
+                let current = self.row_after_conflict(actual).await;
+                if let Some(current) = current.as_ref().filter(|c| self.applied_earlier(&row, c)) {
+                    *row = current.clone();
+                    let new = self.store.mark_children(&row, children).await?;
+                    *row = new.clone();
+                    return Ok(new);
+                }
+                let actual = current.map(Box::new);
                 self.on_conflict(actual.as_deref());
                 Err(LeaseError::Conflict { key, actual })
             }
