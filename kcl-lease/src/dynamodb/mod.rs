@@ -705,7 +705,15 @@ impl DynamoDbLeaseStore {
                 self.heartbeat_table
             ));
         }
-        map_sdk_error(&self.heartbeat_table, operation, err)
+        match map_sdk_error(&self.heartbeat_table, operation, err) {
+            // The heartbeat table is optional: without permission for it, workers coordinate
+            // through the lease table alone (as the module docs say), rather than stopping.
+            LeaseError::Fatal { source, .. } => LeaseError::Unsupported(format!(
+                "no access to the worker heartbeat table {:?} ({source})",
+                self.heartbeat_table
+            )),
+            other => other,
+        }
     }
 }
 
