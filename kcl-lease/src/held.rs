@@ -163,6 +163,9 @@ pub struct HeldLease {
     store: Arc<dyn LeaseStore>,
     pub(crate) row: tokio::sync::Mutex<Lease>,
     valid_until: Mutex<Instant>,
+    /// When the oldest renewal whose outcome is unknown (it failed without a conflict) started:
+    /// if the row later shows it was applied, the lease was renewed no earlier than this.
+    unconfirmed_since: Mutex<Option<Instant>>,
     status: watch::Sender<LeaseStatus>,
     /// Set when this worker let the lease go on purpose (so that it is not counted as lost).
     pub(crate) released: AtomicBool,
@@ -204,6 +207,7 @@ impl HeldLease {
             store,
             row: tokio::sync::Mutex::new(row),
             valid_until: Mutex::new(at + failover_time),
+            unconfirmed_since: Mutex::new(None),
             status: watch::channel(LeaseStatus::Held).0,
             released: AtomicBool::new(false),
             lost_counted: AtomicBool::new(false),
@@ -331,19 +335,30 @@ impl HeldLease {
             Ok(new) => {
                 *row = new;
                 *lock(&self.valid_until) = started + self.failover_time;
+                *lock(&self.unconfirmed_since) = None;
             }
             // An earlier write that timed out (or whose answer was lost) may have been applied
-            // after all: the row is still ours, with a newer counter. Adopt it (without
-            // extending the validity: when that write started is unknown) and renew it next time.
+            // after all: the row is still ours, with a newer counter. Adopt it and renew it next
+            // time. If an unconfirmed renewal explains it, the lease was renewed no earlier than
+            // that renewal started: valid until then plus the failover time (never later than
+            // the truth, so safe); otherwise the validity is left as it was.
             Err(LeaseError::Conflict { actual, .. }) => match self.row_after_conflict(actual).await {
                 Some(current) if self.applied_earlier(&row, &current) => {
                     info!(lease = %self.key, counter = current.lease_counter, "an earlier write was applied after all; going on");
                     *row = current;
+                    if let Some(since) = lock(&self.unconfirmed_since).take() {
+                        let mut until = lock(&self.valid_until);
+                        *until = (*until).max(since + self.failover_time);
+                    }
                 }
                 current => self.on_conflict(current.as_ref()),
             },
             Err(LeaseError::NotFound(_)) => self.set_status(LeaseStatus::Lost),
             Err(e) => {
+                if matches!(e, LeaseError::Backend(_)) {
+                    // Throttled calls were not applied; other failures may have been.
+                    lock(&self.unconfirmed_since).get_or_insert(started);
+                }
                 let deadline = *lock(&self.valid_until);
                 warn!(lease = %self.key, error = %e, "renewal failed");
                 metrics::counter!(RENEW_FAILURES, "worker_id" => self.worker_id.clone()).increment(1);
