@@ -164,6 +164,7 @@ impl Checkpointer {
             .with_max_delay(Duration::from_secs(1))
             .with_max_times(4)
             .with_jitter()
+            .with_jitter_seed(crate::jitter::next_seed())
             .build();
         loop {
             match self.lease.checkpoint(&target).await {

@@ -81,7 +81,9 @@ impl Default for FatalSignal {
 
 impl FatalSignal {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn bump(&self) {
@@ -147,7 +149,12 @@ impl FatalSignal {
     /// Every recorded error: the worker's first, then the streams'.
     pub(crate) fn errors(&self) -> Vec<FatalError> {
         let state = self.state();
-        state.worker.iter().chain(state.streams.values()).cloned().collect()
+        state
+            .worker
+            .iter()
+            .chain(state.streams.values())
+            .cloned()
+            .collect()
     }
 
     /// A receiver that sees every change.
@@ -219,11 +226,7 @@ impl LeaseStore for FatalGuardStore {
     async fn complete_handoff(&self, key: &str, previous_owner: &str) -> kcl_lease::Result<Lease> {
         self.check(self.inner.complete_handoff(key, previous_owner).await)
     }
-    async fn mark_children(
-        &self,
-        expected: &Lease,
-        children: &BTreeSet<String>,
-    ) -> kcl_lease::Result<Lease> {
+    async fn mark_children(&self, expected: &Lease, children: &BTreeSet<String>) -> kcl_lease::Result<Lease> {
         self.check(self.inner.mark_children(expected, children).await)
     }
     async fn delete(&self, expected: &Lease) -> kcl_lease::Result<()> {
@@ -255,7 +258,10 @@ mod tests {
             how: "ended".into(),
         });
         let first = signal.worker_error().expect("a worker error");
-        assert!(matches!(first, FatalError::LeaseStore(ref m) if m.contains("gone")), "{first}");
+        assert!(
+            matches!(first, FatalError::LeaseStore(ref m) if m.contains("gone")),
+            "{first}"
+        );
         assert_eq!(signal.errors().len(), 2);
         // Single-stream: a stream error stops the worker (already stopped: the first stays).
         let single = FatalSignal::default();
@@ -268,9 +274,17 @@ mod tests {
         let memory = InMemoryLeaseStore::new();
         let signal = FatalSignal::default();
         let guard = FatalGuardStore::new(Arc::new(memory.clone()), signal.clone());
-        assert!(guard.create_if_absent(&Lease::new("a", ExtendedSequenceNumber::Latest)).await.unwrap());
+        assert!(guard
+            .create_if_absent(&Lease::new("a", ExtendedSequenceNumber::Latest))
+            .await
+            .unwrap());
         assert!(matches!(guard.get("zz").await, Ok(None)));
-        assert!(matches!(guard.renew(&Lease::new("zz", ExtendedSequenceNumber::Latest)).await, Err(LeaseError::NotFound(_))));
+        assert!(matches!(
+            guard
+                .renew(&Lease::new("zz", ExtendedSequenceNumber::Latest))
+                .await,
+            Err(LeaseError::NotFound(_))
+        ));
         assert!(signal.worker_error().is_none(), "not found is not fatal");
         let failing = kcl_lease::FailureLeaseStore::new(
             memory,

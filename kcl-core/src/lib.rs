@@ -21,6 +21,7 @@
 //! - [`aws`]: loading AWS configuration (default chain, region, endpoint overrides).
 //! - [`error`]: `KclError` and friends.
 //! - [`fatal`]: errors that stop a worker (or one stream) instead of being retried.
+//! - [`jitter`]: seeds of the backoffs' jitter (fixed by simulation tests to replay a run).
 //! - [`metrics`]: metric names (the Java KCL's) and the worker health summary.
 //!
 //! The lease side (model, stores, coordinator) is the `kcl_lease` crate, re-exported as
@@ -35,6 +36,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod fatal;
+pub mod jitter;
 pub mod metrics;
 pub mod processor;
 pub mod record;

@@ -526,7 +526,8 @@ impl Scheduler {
 /// Asks the shards of `streams` (stream identifiers) to stop and release their leases.
 fn stop_shards_of(stops: &HashMap<String, watch::Sender<bool>>, streams: &BTreeSet<String>, why: &str) {
     for (key, stop) in stops {
-        let gone = StreamIdentifier::split_lease_key(key).is_some_and(|(stream, _)| streams.contains(&stream.to_string()));
+        let gone = StreamIdentifier::split_lease_key(key)
+            .is_some_and(|(stream, _)| streams.contains(&stream.to_string()));
         if gone && !*stop.borrow() {
             info!(shard_id = %key, "{why}");
             let _ = stop.send(true);
@@ -741,7 +742,8 @@ impl MultiStreamSync {
                                     identifiers.remove(&stream.name);
                                 }
                             }
-                            Err(KclError::Backend(e)) if self.fatal.check_stream(&id.to_string(), true, &e) => {}
+                            Err(KclError::Backend(e))
+                                if self.fatal.check_stream(&id.to_string(), true, &e) => {}
                             Err(e) => warn!(stream = %stream.name, error = %e, "shard sync failed"),
                         }
                     }

@@ -36,7 +36,10 @@ fn sdk_calls(source: &str) -> BTreeSet<String> {
     let mut ops = BTreeSet::new();
     for (i, _) in compact.match_indices("client.") {
         let rest = &compact[i + "client.".len()..];
-        let name: String = rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
         if !name.is_empty() && rest[name.len()..].starts_with("()") {
             ops.insert(name);
         }
@@ -45,7 +48,8 @@ fn sdk_calls(source: &str) -> BTreeSet<String> {
 }
 
 fn policy_actions() -> BTreeSet<String> {
-    let policy: serde_json::Value = serde_json::from_str(&read("kcl-examples/deploy/iam-policy.json")).expect("valid JSON");
+    let policy: serde_json::Value =
+        serde_json::from_str(&read("kcl-examples/deploy/iam-policy.json")).expect("valid JSON");
     let mut actions = BTreeSet::new();
     for statement in policy["Statement"].as_array().expect("statements") {
         assert_eq!(statement["Effect"], "Allow");
@@ -68,23 +72,41 @@ fn the_iam_policy_grants_exactly_the_calls_the_code_makes_each_explained() {
     for op in sdk_calls(&read("kcl-core/src/backend/kinesis.rs")) {
         called.insert(format!("kinesis:{}", pascal(&op)));
     }
-    for file in ["kcl-lease/src/dynamodb/mod.rs", "kcl-lease/src/dynamodb/schema.rs"] {
+    for file in [
+        "kcl-lease/src/dynamodb/mod.rs",
+        "kcl-lease/src/dynamodb/schema.rs",
+    ] {
         for op in sdk_calls(&read(file)) {
             called.insert(format!("dynamodb:{}", pascal(&op)));
         }
     }
-    assert!(called.contains("kinesis:GetRecords") && called.contains("dynamodb:UpdateItem"), "{called:?}");
+    assert!(
+        called.contains("kinesis:GetRecords") && called.contains("dynamodb:UpdateItem"),
+        "{called:?}"
+    );
     let granted = policy_actions();
     let unused: Vec<_> = granted.difference(&called).collect();
     let missing: Vec<_> = called.difference(&granted).collect();
-    assert!(unused.is_empty(), "the policy grants actions the code never calls: {unused:?}");
-    assert!(missing.is_empty(), "the code calls actions the policy does not grant: {missing:?}");
+    assert!(
+        unused.is_empty(),
+        "the policy grants actions the code never calls: {unused:?}"
+    );
+    assert!(
+        missing.is_empty(),
+        "the code calls actions the policy does not grant: {missing:?}"
+    );
     let readme = read("kcl-examples/deploy/README.md");
     for action in &granted {
-        assert!(readme.contains(&format!("`{action}`")), "README.md does not explain {action}");
+        assert!(
+            readme.contains(&format!("`{action}`")),
+            "README.md does not explain {action}"
+        );
     }
     let policy = read("kcl-examples/deploy/iam-policy.json");
-    assert!(policy.contains("table/APPLICATION_NAME-WorkerHeartbeats"), "the heartbeat table is covered");
+    assert!(
+        policy.contains("table/APPLICATION_NAME-WorkerHeartbeats"),
+        "the heartbeat table is covered"
+    );
 }
 
 #[test]
@@ -102,7 +124,11 @@ fn the_systemd_unit_writes_records_to_a_file_and_is_valid() {
         "records must go to a file, not {}",
         stdout[0]
     );
-    assert_eq!(setting("LogsDirectory"), ["kcl-tail"], "the file's directory is writable under ProtectSystem=strict");
+    assert_eq!(
+        setting("LogsDirectory"),
+        ["kcl-tail"],
+        "the file's directory is writable under ProtectSystem=strict"
+    );
     assert_eq!(setting("StandardError"), ["journal"]);
     assert_eq!(setting("KillSignal"), ["SIGTERM"]);
 
@@ -119,5 +145,8 @@ fn the_systemd_unit_writes_records_to_a_file_and_is_valid() {
         .expect("systemd-analyze (Debian's systemd package) must be installed");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(out.status.success() && stderr.trim().is_empty(), "systemd-analyze verify: {stderr}");
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify: {stderr}"
+    );
 }

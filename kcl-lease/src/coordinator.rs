@@ -989,7 +989,11 @@ mod tests {
         assert_eq!(held.lease().await, memory.get("shard-0").await.unwrap().unwrap());
         // A checkpoint applied but reported failed: the retry finds the row moved by its own
         // write and checkpoints again on top.
-        store.set_plan(LeaseFaultPlan::new(0).rule(LeaseOp::Checkpoint, LeaseTrigger::Nth(1), LeaseFault::ApplyThenFail));
+        store.set_plan(LeaseFaultPlan::new(0).rule(
+            LeaseOp::Checkpoint,
+            LeaseTrigger::Nth(1),
+            LeaseFault::ApplyThenFail,
+        ));
         let cp = ExtendedSequenceNumber::from_parts("7", 0).unwrap();
         assert!(held.checkpoint(&cp).await.is_err(), "the first answer was lost");
         let row = held.checkpoint(&cp).await.expect("the retry succeeds");
@@ -1000,7 +1004,11 @@ mod tests {
         // A real loss is still a loss.
         let row = memory.get("shard-0").await.unwrap().unwrap();
         memory.take(&row, "b", false).await.unwrap();
-        store.set_plan(LeaseFaultPlan::new(0).rule(LeaseOp::Renew, LeaseTrigger::Always, LeaseFault::Conflict));
+        store.set_plan(LeaseFaultPlan::new(0).rule(
+            LeaseOp::Renew,
+            LeaseTrigger::Always,
+            LeaseFault::Conflict,
+        ));
         held.renew().await;
         assert_eq!(held.status(), LeaseStatus::Lost);
     }

@@ -135,7 +135,9 @@ impl<S> FailureLeaseStore<S> {
             )),
             Some(LeaseFault::ApplyThenFail) => {
                 let _applied = call.await;
-                Err(LeaseError::backend(injected("the call was applied but its answer was lost")))
+                Err(LeaseError::backend(injected(
+                    "the call was applied but its answer was lost",
+                )))
             }
         }
     }
@@ -148,19 +150,35 @@ impl<S: LeaseStore> LeaseStore for FailureLeaseStore<S> {
     }
 
     async fn list_eventually_consistent(&self) -> Result<Vec<Lease>> {
-        self.hook(LeaseOp::List, "", self.inner.list_eventually_consistent()).await
+        self.hook(LeaseOp::List, "", self.inner.list_eventually_consistent())
+            .await
     }
 
     async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<()> {
-        self.hook(LeaseOp::PutHeartbeat, &heartbeat.worker_id, self.inner.put_heartbeat(heartbeat)).await
+        self.hook(
+            LeaseOp::PutHeartbeat,
+            &heartbeat.worker_id,
+            self.inner.put_heartbeat(heartbeat),
+        )
+        .await
     }
 
     async fn list_heartbeats(&self, consistent: bool) -> Result<Vec<WorkerHeartbeat>> {
-        self.hook(LeaseOp::ListHeartbeats, "", self.inner.list_heartbeats(consistent)).await
+        self.hook(
+            LeaseOp::ListHeartbeats,
+            "",
+            self.inner.list_heartbeats(consistent),
+        )
+        .await
     }
 
     async fn delete_heartbeat(&self, worker_id: &str, counter: Option<u64>) -> Result<()> {
-        self.hook(LeaseOp::DeleteHeartbeat, worker_id, self.inner.delete_heartbeat(worker_id, counter)).await
+        self.hook(
+            LeaseOp::DeleteHeartbeat,
+            worker_id,
+            self.inner.delete_heartbeat(worker_id, counter),
+        )
+        .await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Lease>> {
@@ -168,19 +186,31 @@ impl<S: LeaseStore> LeaseStore for FailureLeaseStore<S> {
     }
 
     async fn create_if_absent(&self, lease: &Lease) -> Result<bool> {
-        self.hook(LeaseOp::Create, &lease.lease_key, self.inner.create_if_absent(lease)).await
+        self.hook(
+            LeaseOp::Create,
+            &lease.lease_key,
+            self.inner.create_if_absent(lease),
+        )
+        .await
     }
 
     async fn renew(&self, expected: &Lease) -> Result<Lease> {
-        self.hook(LeaseOp::Renew, &expected.lease_key, self.inner.renew(expected)).await
+        self.hook(LeaseOp::Renew, &expected.lease_key, self.inner.renew(expected))
+            .await
     }
 
     async fn take(&self, expected: &Lease, new_owner: &str, handoff: bool) -> Result<Lease> {
-        self.hook(LeaseOp::Take, &expected.lease_key, self.inner.take(expected, new_owner, handoff)).await
+        self.hook(
+            LeaseOp::Take,
+            &expected.lease_key,
+            self.inner.take(expected, new_owner, handoff),
+        )
+        .await
     }
 
     async fn evict(&self, expected: &Lease) -> Result<Lease> {
-        self.hook(LeaseOp::Evict, &expected.lease_key, self.inner.evict(expected)).await
+        self.hook(LeaseOp::Evict, &expected.lease_key, self.inner.evict(expected))
+            .await
     }
 
     async fn update_checkpoint(
@@ -189,19 +219,35 @@ impl<S: LeaseStore> LeaseStore for FailureLeaseStore<S> {
         worker: &str,
         checkpoint: &ExtendedSequenceNumber,
     ) -> Result<Lease> {
-        self.hook(LeaseOp::Checkpoint, &expected.lease_key, self.inner.update_checkpoint(expected, worker, checkpoint)).await
+        self.hook(
+            LeaseOp::Checkpoint,
+            &expected.lease_key,
+            self.inner.update_checkpoint(expected, worker, checkpoint),
+        )
+        .await
     }
 
     async fn complete_handoff(&self, key: &str, previous_owner: &str) -> Result<Lease> {
-        self.hook(LeaseOp::CompleteHandoff, key, self.inner.complete_handoff(key, previous_owner)).await
+        self.hook(
+            LeaseOp::CompleteHandoff,
+            key,
+            self.inner.complete_handoff(key, previous_owner),
+        )
+        .await
     }
 
     async fn mark_children(&self, expected: &Lease, children: &BTreeSet<String>) -> Result<Lease> {
-        self.hook(LeaseOp::MarkChildren, &expected.lease_key, self.inner.mark_children(expected, children)).await
+        self.hook(
+            LeaseOp::MarkChildren,
+            &expected.lease_key,
+            self.inner.mark_children(expected, children),
+        )
+        .await
     }
 
     async fn delete(&self, expected: &Lease) -> Result<()> {
-        self.hook(LeaseOp::Delete, &expected.lease_key, self.inner.delete(expected)).await
+        self.hook(LeaseOp::Delete, &expected.lease_key, self.inner.delete(expected))
+            .await
     }
 }
 
@@ -270,11 +316,23 @@ mod tests {
         );
         let seen = memory.get("a").await.unwrap().unwrap();
         let err = store.take(&seen, "w", false).await.unwrap_err();
-        assert!(matches!(err, LeaseError::Backend(_)) && err.is_retryable(), "{err:?}");
+        assert!(
+            matches!(err, LeaseError::Backend(_)) && err.is_retryable(),
+            "{err:?}"
+        );
         let row = memory.get("a").await.unwrap().unwrap();
         assert!(row.is_owned_by("w"), "the take was applied: {row:?}");
         let err = store.renew(&row).await.unwrap_err();
-        assert!(matches!(err, LeaseError::Fatal { kind: FatalKind::AccessDenied, .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                LeaseError::Fatal {
+                    kind: FatalKind::AccessDenied,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
         assert_eq!(memory.op_count(LeaseOp::Renew), 0);
         let err = store.get("a").await.unwrap_err();
         assert!(err.is_fatal() && !err.is_retryable(), "{err:?}");

@@ -48,7 +48,10 @@ async fn a_lease_table_deleted_under_a_running_worker_stops_it_with_the_cause() 
         .expect("DeleteTable");
     match stops_by_itself(handle).await {
         Err(KclError::Fatal(FatalError::LeaseStore(message))) => {
-            assert!(message.contains(&app) && message.contains("does not exist"), "{message}")
+            assert!(
+                message.contains(&app) && message.contains("does not exist"),
+                "{message}"
+            )
         }
         other => panic!("expected a fatal lease-store error, got {other:?}"),
     }

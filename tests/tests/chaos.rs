@@ -451,16 +451,44 @@ fn lease_faults(s: &FailureLeaseStore<InMemoryLeaseStore>) -> u64 {
     LeaseOp::ALL.into_iter().map(|op| s.injected(op)).sum()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chaos_loses_nothing_keeps_key_order_and_explains_every_duplicate() {
-    init_tracing();
-    let seed = match std::env::var("KCL_CHAOS_SEED") {
+/// The seed: `KCL_CHAOS_SEED`, else the default.
+fn chaos_seed() -> u64 {
+    match std::env::var("KCL_CHAOS_SEED") {
         Ok(s) => s
             .trim()
             .parse::<u64>()
             .unwrap_or_else(|e| panic!("KCL_CHAOS_SEED={s:?} is not a u64: {e}")),
         Err(_) => DEFAULT_SEED,
-    };
+    }
+}
+
+/// A single-threaded runtime in paused time whose own random choices (the branch order of
+/// `tokio::select!`) come from the seed too: with every timer virtual and every choice seeded,
+/// a seed replays the same run.
+fn seeded_runtime(seed: u64) -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all().start_paused(true);
+    #[cfg(tokio_unstable)]
+    builder.rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()));
+    #[cfg(not(tokio_unstable))]
+    let _ = seed;
+    builder.build().expect("a Tokio runtime")
+}
+
+#[test]
+fn chaos_loses_nothing_keeps_key_order_and_explains_every_duplicate() {
+    let seed = chaos_seed();
+    kcl_core::jitter::set_seed(seed);
+    let first = seeded_runtime(seed).block_on(chaos(seed));
+    // The same seed replays the same run: every kill, fault, hand-off and duplicate again.
+    kcl_core::jitter::set_seed(seed);
+    let again = seeded_runtime(seed).block_on(chaos(seed));
+    assert_eq!(first, again, "seed {seed} did not replay the same run");
+}
+
+/// One chaos run; returns its summary (every figure of it depends on the whole run).
+async fn chaos(seed: u64) -> String {
+    init_tracing();
     println!("chaos seed = {seed}");
     let began = Instant::now();
     let mut rng = Rng(kcl_lease::fault::SplitMix64(seed));
@@ -803,7 +831,7 @@ async fn chaos_loses_nothing_keeps_key_order_and_explains_every_duplicate() {
         .skip(WORKERS)
         .filter(|i| i.worker.len() == 2)
         .count();
-    println!(
+    let summary = format!(
         "chaos seed = {seed}: produced {total}, processed {}, duplicates {duplicates} \
          ({reprocessed} re-processed after a kill or lease loss, {in_flight} in a losing \
          session's in-flight batch), sessions {} ({lost} lease lost, {failed_final} final \
@@ -820,4 +848,6 @@ async fn chaos_loses_nothing_keeps_key_order_and_explains_every_duplicate() {
         lease_faults(&store),
         began.elapsed()
     );
+    println!("{summary}");
+    summary
 }

@@ -20,8 +20,8 @@ use kcl_core::{
     KclError, LocalBackend, Scheduler, SchedulerHandle, Shard, StreamBackend, StreamConfig,
 };
 use kcl_lease::{
-    FailureLeaseStore, Lease, LeaseFault, LeaseFaultPlan, LeaseOp, LeaseStore, LeaseTrigger, StreamIdentifier,
-    WorkerHeartbeat,
+    FailureLeaseStore, Lease, LeaseFault, LeaseFaultPlan, LeaseOp, LeaseStore, LeaseTrigger,
+    StreamIdentifier, WorkerHeartbeat,
 };
 use kcl_tests::*;
 
@@ -69,7 +69,10 @@ async fn lease_store_failure_stops_the_worker(fault: LeaseFault, expected: &str)
     init_tracing();
     let local = LocalBackend::new();
     local.create_stream(STREAM, 2).unwrap();
-    let store = Arc::new(FailureLeaseStore::new(InMemoryLeaseStore::new(), LeaseFaultPlan::none()));
+    let store = Arc::new(FailureLeaseStore::new(
+        InMemoryLeaseStore::new(),
+        LeaseFaultPlan::none(),
+    ));
     let log = Log::default();
     let handle = running_worker(store.clone(), local.clone(), &local, &log).await;
     let mut plan = LeaseFaultPlan::new(0);
@@ -102,7 +105,10 @@ async fn backend_failure_stops_the_worker(op: BackendOp, fault: Fault, expected:
     let local = LocalBackend::new();
     local.create_stream(STREAM, 2).unwrap();
     let backend = Arc::new(FailureBackend::new(local.clone(), FaultPlan::none()));
-    let store = Arc::new(FailureLeaseStore::new(InMemoryLeaseStore::new(), LeaseFaultPlan::none()));
+    let store = Arc::new(FailureLeaseStore::new(
+        InMemoryLeaseStore::new(),
+        LeaseFaultPlan::none(),
+    ));
     let log = Log::default();
     let handle = running_worker(store.clone(), backend.clone(), &local, &log).await;
     backend.set_plan(FaultPlan::new(0).rule(op, Trigger::Always, fault));
@@ -117,7 +123,14 @@ async fn backend_failure_stops_the_worker(op: BackendOp, fault: Fault, expected:
         other => panic!("expected a fatal stream error, got {other:?}"),
     }
     // Stopped gracefully: the leases were released for other workers.
-    let owned = store.inner().list().await.unwrap().into_iter().filter(|l| l.lease_owner.is_some()).count();
+    let owned = store
+        .inner()
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.lease_owner.is_some())
+        .count();
     assert_eq!(owned, 0, "every lease released");
 }
 
@@ -136,7 +149,10 @@ async fn a_deleted_stream_stops_the_worker() {
     init_tracing();
     let local = LocalBackend::new();
     local.create_stream(STREAM, 2).unwrap();
-    let store = Arc::new(FailureLeaseStore::new(InMemoryLeaseStore::new(), LeaseFaultPlan::none()));
+    let store = Arc::new(FailureLeaseStore::new(
+        InMemoryLeaseStore::new(),
+        LeaseFaultPlan::none(),
+    ));
     let log = Log::default();
     let handle = running_worker(store, local.clone(), &local, &log).await;
     local.delete_stream(STREAM).unwrap();
@@ -234,14 +250,20 @@ async fn a_panicking_background_task_stops_the_worker(op: LeaseOp, task: &str) {
     let log = Log::default();
     let mut produced = BTreeMap::new();
     produce(&local, 4, 5, &mut produced).await;
-    let handle = fast("w", local.clone(), store, &log, FAILOVER).build().unwrap().spawn();
+    let handle = fast("w", local.clone(), store, &log, FAILOVER)
+        .build()
+        .unwrap()
+        .spawn();
     wait_until(LIMIT, "records processed", || log.wait_count() == 20).await;
     armed.store(true, Ordering::SeqCst);
     let (took, result) = stopped(handle).await;
     match result {
         Err(KclError::Fatal(FatalError::Task { task: name, how })) => {
             assert_eq!(name, task);
-            assert!(how.contains("panicked") && how.contains("injected panic"), "{how}");
+            assert!(
+                how.contains("panicked") && how.contains("injected panic"),
+                "{how}"
+            );
         }
         other => panic!("expected a fatal task error, got {other:?}"),
     }
@@ -273,7 +295,9 @@ struct DenyStream {
 impl DenyStream {
     fn check(&self, stream: &str) -> Result<(), BackendError> {
         if stream == self.denied && self.on.load(Ordering::SeqCst) {
-            return Err(BackendError::AccessDenied(format!("not allowed to read {stream}")));
+            return Err(BackendError::AccessDenied(format!(
+                "not allowed to read {stream}"
+            )));
         }
         Ok(())
     }
@@ -297,7 +321,10 @@ impl StreamBackend for DenyStream {
     async fn get_records(&self, iterator: &str, limit: usize) -> Result<GetRecordsOutput, BackendError> {
         // The iterator names its stream in the local backend; a denied stream fails here too.
         if self.on.load(Ordering::SeqCst) && iterator.contains(&self.denied) {
-            return Err(BackendError::AccessDenied(format!("not allowed to read {}", self.denied)));
+            return Err(BackendError::AccessDenied(format!(
+                "not allowed to read {}",
+                self.denied
+            )));
         }
         self.inner.get_records(iterator, limit).await
     }
@@ -334,30 +361,36 @@ async fn in_multi_stream_mode_a_denied_stream_stops_alone() {
     };
     put("good", 10, 0).await;
     put("denied", 10, 0).await;
-    let handle = Scheduler::multi_stream_builder(APP, vec![StreamConfig::named("good"), StreamConfig::named("denied")])
-        .worker_id("w".to_owned())
-        .backend(backend)
-        .lease_store(store.clone())
-        .initial_position(kcl_core::InitialPosition::TrimHorizon)
-        .failover_time(FAILOVER)
-        .polling_interval(Duration::from_millis(50))
-        .shard_sync_interval(Duration::from_millis(500))
-        .processor_factory({
-            let log = log.clone();
-            move |shard: &str| Recorder {
-                worker: "w".into(),
-                shard: shard.to_owned(),
-                log: log.clone(),
-                delay: Duration::ZERO,
-            }
-        })
-        .build()
-        .unwrap()
-        .spawn();
+    let handle = Scheduler::multi_stream_builder(
+        APP,
+        vec![StreamConfig::named("good"), StreamConfig::named("denied")],
+    )
+    .worker_id("w".to_owned())
+    .backend(backend)
+    .lease_store(store.clone())
+    .initial_position(kcl_core::InitialPosition::TrimHorizon)
+    .failover_time(FAILOVER)
+    .polling_interval(Duration::from_millis(50))
+    .shard_sync_interval(Duration::from_millis(500))
+    .processor_factory({
+        let log = log.clone();
+        move |shard: &str| Recorder {
+            worker: "w".into(),
+            shard: shard.to_owned(),
+            log: log.clone(),
+            delay: Duration::ZERO,
+        }
+    })
+    .build()
+    .unwrap()
+    .spawn();
     wait_until(LIMIT, "both streams processed", || log.wait_count() == 20).await;
     on.store(true, Ordering::SeqCst);
     put("denied", 5, 1).await;
-    wait_until(LIMIT, "the denied stream stopped", || !handle.fatal_errors().is_empty()).await;
+    wait_until(LIMIT, "the denied stream stopped", || {
+        !handle.fatal_errors().is_empty()
+    })
+    .await;
     let denied_id = local.stream_identifier("denied").await.unwrap().to_string();
     let errors = handle.fatal_errors();
     assert!(
@@ -370,9 +403,16 @@ async fn in_multi_stream_mode_a_denied_stream_stops_alone() {
     })
     .await;
     put("good", 10, 1).await;
-    wait_until(LIMIT, "the good stream still processed", || log.wait_count() == 30).await;
+    wait_until(LIMIT, "the good stream still processed", || {
+        log.wait_count() == 30
+    })
+    .await;
     tokio::time::sleep(FAILOVER * 3).await;
     assert!(handle.is_running());
-    assert!(!handle.held_leases().iter().any(|k| k.contains(":denied:")), "{:?}", handle.held_leases());
+    assert!(
+        !handle.held_leases().iter().any(|k| k.contains(":denied:")),
+        "{:?}",
+        handle.held_leases()
+    );
     assert!(handle.shutdown().await.is_ok());
 }

@@ -37,7 +37,10 @@ fn wrapped(memory: &InMemoryLeaseStore) -> Wrapped {
 }
 
 fn worker(id: &str, local: &LocalBackend, store: &Wrapped, log: &Log) -> SchedulerHandle {
-    fast(id, local.clone(), store.clone(), log, FAILOVER).build().unwrap().spawn()
+    fast(id, local.clone(), store.clone(), log, FAILOVER)
+        .build()
+        .unwrap()
+        .spawn()
 }
 
 /// Per shard, the workers that processed it in the order they did; asserts no worker came back
@@ -72,7 +75,10 @@ async fn a_worker_cut_off_from_the_lease_store_alone_stops_and_the_others_take_o
     produce(&local, 32, 2, &mut produced).await;
     let a = worker("a", &local, &sa, &log);
     let b = worker("b", &local, &sb, &log);
-    wait_until(LIMIT, "balanced 2/2", || a.held_leases().len() == 2 && b.held_leases().len() == 2).await;
+    wait_until(LIMIT, "balanced 2/2", || {
+        a.held_leases().len() == 2 && b.held_leases().len() == 2
+    })
+    .await;
     wait_until(LIMIT, "first wave processed", || log.wait_count() == 64).await;
     let a_shards: BTreeSet<String> = a.held_leases().into_iter().collect();
 
@@ -87,13 +93,21 @@ async fn a_worker_cut_off_from_the_lease_store_alone_stops_and_the_others_take_o
     wait_until(LIMIT, "b holds every shard", || b.held_leases().len() == 4).await;
     let took_over = cut.elapsed();
     wait_until(LIMIT, "second wave processed", || log.wait_count() == 128).await;
-    assert!(a.held_leases().is_empty(), "a gave its leases up: {:?}", a.held_leases());
+    assert!(
+        a.held_leases().is_empty(),
+        "a gave its leases up: {:?}",
+        a.held_leases()
+    );
     assert!(a.is_running(), "a transient partition is not fatal");
     assert!(took_over <= FAILOVER * 3, "b took over after {took_over:?}");
     log.assert_complete_and_ordered(&produced);
     let order = assert_no_stale_owner(&log);
     for shard in &a_shards {
-        assert_eq!(order.get(shard).and_then(|o| o.last()).map(String::as_str), Some("b"), "{shard}: {order:?}");
+        assert_eq!(
+            order.get(shard).and_then(|o| o.last()).map(String::as_str),
+            Some("b"),
+            "{shard}: {order:?}"
+        );
     }
 
     // The partition heals: a comes back and the shards are shared again.
@@ -117,14 +131,42 @@ async fn delayed_store_calls_and_writes_whose_answers_are_lost_lose_nothing() {
         store.set_plan(
             LeaseFaultPlan::new(40 + i as u64)
                 // Slow calls: a fifth of the failover time, often.
-                .rule(LeaseOp::Renew, LeaseTrigger::Probability(0.3), LeaseFault::Delay(FAILOVER / 8))
-                .rule(LeaseOp::Checkpoint, LeaseTrigger::Probability(0.2), LeaseFault::Delay(FAILOVER / 6))
-                .rule(LeaseOp::List, LeaseTrigger::Probability(0.3), LeaseFault::Delay(FAILOVER / 4))
-                .rule(LeaseOp::PutHeartbeat, LeaseTrigger::Probability(0.2), LeaseFault::Delay(FAILOVER / 8))
+                .rule(
+                    LeaseOp::Renew,
+                    LeaseTrigger::Probability(0.3),
+                    LeaseFault::Delay(FAILOVER / 8),
+                )
+                .rule(
+                    LeaseOp::Checkpoint,
+                    LeaseTrigger::Probability(0.2),
+                    LeaseFault::Delay(FAILOVER / 6),
+                )
+                .rule(
+                    LeaseOp::List,
+                    LeaseTrigger::Probability(0.3),
+                    LeaseFault::Delay(FAILOVER / 4),
+                )
+                .rule(
+                    LeaseOp::PutHeartbeat,
+                    LeaseTrigger::Probability(0.2),
+                    LeaseFault::Delay(FAILOVER / 8),
+                )
                 // Applied, but the answer is lost.
-                .rule(LeaseOp::Renew, LeaseTrigger::Probability(0.1), LeaseFault::ApplyThenFail)
-                .rule(LeaseOp::Checkpoint, LeaseTrigger::Probability(0.15), LeaseFault::ApplyThenFail)
-                .rule(LeaseOp::Take, LeaseTrigger::Probability(0.3), LeaseFault::ApplyThenFail),
+                .rule(
+                    LeaseOp::Renew,
+                    LeaseTrigger::Probability(0.1),
+                    LeaseFault::ApplyThenFail,
+                )
+                .rule(
+                    LeaseOp::Checkpoint,
+                    LeaseTrigger::Probability(0.15),
+                    LeaseFault::ApplyThenFail,
+                )
+                .rule(
+                    LeaseOp::Take,
+                    LeaseTrigger::Probability(0.3),
+                    LeaseFault::ApplyThenFail,
+                ),
         );
     }
     let log = Log::default();
@@ -153,7 +195,10 @@ async fn delayed_store_calls_and_writes_whose_answers_are_lost_lose_nothing() {
         "no processor was told its lease was lost"
     );
     let rows = memory.list().await.unwrap();
-    assert!(rows.iter().all(|l| l.lease_owner.is_some()), "every lease held: {rows:?}");
+    assert!(
+        rows.iter().all(|l| l.lease_owner.is_some()),
+        "every lease held: {rows:?}"
+    );
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }

@@ -104,7 +104,10 @@ impl BackendError {
     /// Whether retrying can never succeed: access denied, an unusable KMS key, or a stream that
     /// does not exist (for that stream).
     pub fn is_fatal(&self) -> bool {
-        matches!(self, Self::AccessDenied(_) | Self::Kms(_) | Self::StreamNotFound(_))
+        matches!(
+            self,
+            Self::AccessDenied(_) | Self::Kms(_) | Self::StreamNotFound(_)
+        )
     }
 
     /// An `Other` error from a message.

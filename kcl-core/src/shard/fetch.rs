@@ -90,6 +90,7 @@ pub(crate) fn read_backoff() -> backon::ExponentialBackoff {
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(Duration::from_secs(5))
         .with_jitter()
+        .with_jitter_seed(crate::jitter::next_seed())
         .without_max_times()
         .build()
 }

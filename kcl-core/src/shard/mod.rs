@@ -552,6 +552,7 @@ fn processor_backoff() -> ExponentialBackoff {
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(Duration::from_secs(10))
         .with_jitter()
+        .with_jitter_seed(crate::jitter::next_seed())
         .without_max_times()
         .build()
 }

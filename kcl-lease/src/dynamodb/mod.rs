@@ -1030,7 +1030,13 @@ mod tests {
             let mapped = map_sdk_error("t", "UpdateItem", service_error(err));
             assert_eq!(mapped.is_fatal(), fatal, "{code}: {mapped:?}");
             if fatal {
-                assert!(matches!(mapped, LeaseError::Fatal { kind: FatalKind::AccessDenied, .. }));
+                assert!(matches!(
+                    mapped,
+                    LeaseError::Fatal {
+                        kind: FatalKind::AccessDenied,
+                        ..
+                    }
+                ));
                 assert!(mapped.to_string().contains(code), "{mapped}");
             }
         }
