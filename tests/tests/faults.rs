@@ -12,7 +12,7 @@ use kcl_tests::*;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn injected_throttling_and_store_errors_slow_down_but_lose_nothing() {
     init_tracing();
     let local = LocalBackend::new();
@@ -65,7 +65,7 @@ async fn injected_throttling_and_store_errors_slow_down_but_lose_nothing() {
     b.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn expired_iterators_resume_after_the_last_record_read() {
     init_tracing();
     // Iterators live 50 ms; the processor takes 80 ms per batch, so the read-ahead's iterators

@@ -47,7 +47,7 @@ fn worker(
     fast(id, backend.clone(), store.clone(), log, Duration::from_secs(2)).stream_tracker(tracker)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn one_table_for_several_streams_with_java_keys() {
     init_tracing();
     let local = LocalBackend::new();
@@ -116,7 +116,7 @@ async fn one_table_for_several_streams_with_java_keys() {
     b.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn streams_added_and_removed_at_run_time() {
     init_tracing();
     let local = LocalBackend::new();
@@ -172,7 +172,7 @@ async fn streams_added_and_removed_at_run_time() {
     a.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_java_multi_stream_table_is_resumed_after_its_checkpoints() {
     init_tracing();
     let local = LocalBackend::new();

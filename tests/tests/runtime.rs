@@ -23,7 +23,7 @@ async fn setup(shards: usize) -> (LocalBackend, InMemoryLeaseStore, Log) {
     (backend, InMemoryLeaseStore::new(), Log::default())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn leases_balance_evenly_over_two_then_three_workers() {
     let (backend, store, log) = setup(6).await;
     let failover = Duration::from_millis(900);
@@ -61,7 +61,7 @@ async fn leases_balance_evenly_over_two_then_three_workers() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_crashed_workers_shards_resume_from_their_checkpoints_after_the_failover_time() {
     let (backend, store, log) = setup(4).await;
     let failover = Duration::from_millis(1200);
@@ -119,7 +119,7 @@ async fn a_crashed_workers_shards_resume_from_their_checkpoints_after_the_failov
     a.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn graceful_shutdown_hands_over_at_once_with_no_record_processed_twice() {
     let (backend, store, log) = setup(4).await;
     let failover = Duration::from_secs(6);
@@ -166,7 +166,7 @@ async fn graceful_shutdown_hands_over_at_once_with_no_record_processed_twice() {
     assert!(owners(&store).await.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn split_and_merge_keep_parents_before_children() {
     let (backend, store, log) = setup(2).await;
     let failover = Duration::from_secs(2);
@@ -325,13 +325,13 @@ async fn run_validator(steal: bool) -> (Vec<String>, InMemoryLeaseStore) {
     (out, store)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn checkpoints_are_validated() {
     let (results, _) = run_validator(false).await;
     assert_eq!(results, ["beyond", "invalid", "ok", "behind", "ok", "ok"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_lost_lease_makes_checkpointing_fail() {
     let (results, store) = run_validator(true).await;
     assert_eq!(results, ["lost", "lost"]);
@@ -348,7 +348,7 @@ async fn a_lost_lease_makes_checkpointing_fail() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_failing_processor_is_retried_not_skipped() {
     let (backend, store, log) = setup(2).await;
     log.failures_to_inject
@@ -362,7 +362,7 @@ async fn a_failing_processor_is_retried_not_skipped() {
     a.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn at_timestamp_starts_new_leases_at_the_first_record_at_or_after_the_time() {
     let (backend, store, log) = setup(2).await;
     let mut produced = BTreeMap::new();
@@ -418,7 +418,7 @@ impl RecordProcessor for Minimal {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn the_default_shard_ended_checkpoints_shard_end_so_children_start() {
     let (backend, store, log) = setup(1).await;
     let l = log.clone();
@@ -475,7 +475,7 @@ impl RecordProcessor for CheckpointInside {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn kpl_aggregates_are_delivered_as_user_records_and_resume_inside_an_aggregate() {
     let (backend, store, log) = setup(1).await;
     // Three aggregates of five user records each, payload "key:index".
@@ -539,7 +539,7 @@ async fn kpl_aggregates_are_delivered_as_user_records_and_resume_inside_an_aggre
     second.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn finished_leases_are_deleted_once_their_children_started_and_never_come_back() {
     let (backend, store, log) = setup(2).await;
     let a = start("a", &backend, &store, &log, Duration::from_secs(2));
