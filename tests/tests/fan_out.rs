@@ -25,7 +25,7 @@ fn fan_out(renewal: Duration) -> RetrievalMode {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn records_are_pushed_across_renewals_reshards_and_lease_moves() {
     init_tracing();
     // Subscriptions end after 700 ms and are renewed by the reader after 400 ms: both paths
@@ -80,7 +80,7 @@ async fn records_are_pushed_across_renewals_reshards_and_lease_moves() {
     b.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn replaced_ended_and_throttled_subscriptions_lose_nothing() {
     init_tracing();
     let local = LocalBackend::new();
