@@ -75,3 +75,71 @@ async fn a_stream_deleted_under_a_running_worker_stops_it_with_the_cause() {
         other => panic!("expected a fatal stream error, got {other:?}"),
     }
 }
+
+/// Rows of the lease table corrupted in the middle of a run (by hand, or by a tool that wrote the
+/// wrong type): a held lease whose row gained a corrupt attribute stays held and processed (its
+/// renewals succeed; the worker keeps its own values); a row nobody holds is left as it is and
+/// reported; the worker stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_corrupted_mid_run_neither_stop_the_worker_nor_strand_a_held_shard() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    init_tracing();
+    let (sdk, _) = sdk().await;
+    let (stream, app) = (unique("corrupt"), unique("corrupt-app"));
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    create_stream(&kinesis, &stream, 1).await;
+    let (backend, store) = backends(&sdk, &app).await;
+    let log = Log::default();
+    let failover = Duration::from_secs(2);
+    let handle = fast_for(&app, &stream, "w", backend, store.clone(), &log, failover)
+        .polling_interval(Duration::from_millis(100))
+        .build()
+        .expect("config")
+        .spawn();
+    let mut produced = BTreeMap::new();
+    produce_aws(&kinesis, &stream, 4, 2, &mut produced).await;
+    wait_until(LIMIT, "records processed", || log.wait_count() == 8).await;
+    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    let victim = "shardId-000000000000";
+    dynamo
+        .update_item()
+        .table_name(&app)
+        .key("leaseKey", AttributeValue::S(victim.into()))
+        .update_expression("SET #p = :bad")
+        .expression_attribute_names("#p", "parentShardId")
+        .expression_attribute_values(":bad", AttributeValue::N("7".into()))
+        .send()
+        .await
+        .expect("corrupt the held row");
+    let mut bogus = std::collections::HashMap::new();
+    bogus.insert(
+        "leaseKey".to_owned(),
+        AttributeValue::S("shardId-000000000999".into()),
+    );
+    bogus.insert("checkpoint".to_owned(), AttributeValue::N("12".into()));
+    dynamo
+        .put_item()
+        .table_name(&app)
+        .set_item(Some(bogus.clone()))
+        .send()
+        .await
+        .expect("put a corrupt row");
+    // Several failover times with renewals returning the corrupt row: the lease stays held.
+    tokio::time::sleep(failover * 4).await;
+    assert!(handle.is_running(), "corrupt rows are not fatal");
+    assert_eq!(handle.held_leases(), [victim], "the held lease was not given up");
+    produce_aws(&kinesis, &stream, 4, 2, &mut produced).await;
+    wait_until(LIMIT, "the shard still processed", || log.wait_count() == 16).await;
+    log.assert_complete_and_ordered(&produced);
+    let raw = dynamo
+        .get_item()
+        .table_name(&app)
+        .key("leaseKey", AttributeValue::S("shardId-000000000999".into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("GetItem");
+    assert_eq!(raw.item, Some(bogus), "the row nobody holds is left as it is");
+    assert!(store.corrupt_rows_seen() > 0, "reported");
+    handle.shutdown().await.expect("graceful shutdown");
+}

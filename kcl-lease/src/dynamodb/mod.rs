@@ -107,7 +107,13 @@ pub struct DynamoDbLeaseStore {
     heartbeat_table: String,
     scan_page_size: Option<u32>,
     corrupt_rows_seen: Arc<AtomicU64>,
+    /// Corrupt rows already reported at warning level (each is reported once, then at debug
+    /// level at every scan). Bounded by [`MAX_REPORTED_CORRUPT_ROWS`].
+    reported_corrupt: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
+
+/// At most this many corrupt rows are remembered as reported.
+const MAX_REPORTED_CORRUPT_ROWS: usize = 10_000;
 
 impl DynamoDbLeaseStore {
     /// A store on `table`. Nothing is called until the first operation; see
@@ -120,6 +126,7 @@ impl DynamoDbLeaseStore {
             table,
             scan_page_size: None,
             corrupt_rows_seen: Arc::new(AtomicU64::new(0)),
+            reported_corrupt: Arc::default(),
         }
     }
 
@@ -344,6 +351,7 @@ impl DynamoDbLeaseStore {
         expr: Expr,
     ) -> Result<std::result::Result<Lease, Option<Item>>> {
         let update = expr.update_expression();
+        let expected = expr.expected.clone();
         tracing::debug!(table = %self.table, key, op, update = %update, condition = %expr.condition,
             "UpdateItem");
         let result = self
@@ -367,7 +375,23 @@ impl DynamoDbLeaseStore {
                         self.table
                     ))
                 })?;
-                Ok(Ok(schema::decode(&item)?))
+                match (schema::decode(&item), expected) {
+                    (Ok(lease), _) => Ok(Ok(lease)),
+                    // The write was applied (its condition held: the row is the one this
+                    // worker knows), but another attribute of the row is corrupt (a hand edit,
+                    // another tool). Failing here would give up a lease that is ours and leave
+                    // its shard stuck (no worker can take a row it cannot read): keep this
+                    // worker's values for the corrupt attributes and go on; its next write of
+                    // them (a checkpoint) repairs the row.
+                    (Err(e), Some(expected)) => {
+                        let (lease, patched) = schema::decode_patched(&item, &expected).map_err(|_| e)?;
+                        self.corrupt_rows_seen.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(table = %self.table, key, op, ?patched,
+                            "the lease row has corrupt attributes; the write succeeded, keeping this worker's values");
+                        Ok(Ok(lease))
+                    }
+                    (Err(e), None) => Err(e),
+                }
             }
             Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
                 let old = e.as_service_error().and_then(|se| match se {
@@ -413,6 +437,9 @@ struct Expr {
     condition: String,
     names: HashMap<String, String>,
     values: HashMap<String, AttributeValue>,
+    /// The row the write is conditional on (its counter): what this worker knows of the row,
+    /// for attributes that turn out corrupt in the row the write returns.
+    expected: Option<Lease>,
 }
 
 /// The placeholder of each attribute name (`#k` for `leaseKey`, ...).
@@ -478,6 +505,7 @@ impl Expr {
 
     /// `leaseCounter` as in `expected` (a row without it counts as 0, as in the Java KCL).
     fn require_counter(&mut self, expected: &Lease) {
+        self.expected = Some(expected.clone());
         let c = self.name(schema::LEASE_COUNTER);
         let v = self.value(":c", schema::n(expected.lease_counter));
         if expected.lease_counter == 0 {
@@ -680,8 +708,20 @@ impl DynamoDbLeaseStore {
                     Ok(lease) => leases.push(lease),
                     Err(e) => {
                         self.corrupt_rows_seen.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(table = %self.table, key = ?schema::key_of(&item), error = %e,
-                            "skipping a corrupt lease row (left untouched)");
+                        let key = schema::key_of(&item).unwrap_or("<no leaseKey>").to_owned();
+                        let first = {
+                            let mut reported = self
+                                .reported_corrupt
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                            reported.len() < MAX_REPORTED_CORRUPT_ROWS && reported.insert(key.clone())
+                        };
+                        if first {
+                            tracing::warn!(table = %self.table, %key, error = %e,
+                                "skipping a corrupt lease row (left untouched; its shard is not processed until the row is repaired, e.g. with kcl-admin)");
+                        } else {
+                            tracing::debug!(table = %self.table, %key, error = %e, "skipping a corrupt lease row");
+                        }
                     }
                 }
             }

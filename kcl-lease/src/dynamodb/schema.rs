@@ -252,6 +252,56 @@ pub fn decode(item: &Item) -> Result<Lease, LeaseError> {
     })
 }
 
+/// Every lease attribute [`decode`] reads, for [`decode_patched`].
+const LEASE_ATTRIBUTES: [&str; 16] = [
+    LEASE_OWNER,
+    LEASE_COUNTER,
+    CHECKPOINT,
+    CHECKPOINT_SUB_SEQUENCE,
+    PENDING_CHECKPOINT,
+    PENDING_CHECKPOINT_SUB_SEQUENCE,
+    OWNER_SWITCHES,
+    PARENT_SHARD_IDS,
+    CHILD_SHARD_IDS,
+    CHECKPOINT_OWNER,
+    STARTING_HASH_KEY,
+    ENDING_HASH_KEY,
+    STREAM_NAME,
+    SHARD_ID,
+    THROUGHPUT_KBPS,
+    PENDING_CHECKPOINT_STATE,
+];
+
+/// Decodes `item`, taking each attribute that is corrupt in it from `fallback` instead (as
+/// [`encode`] writes it, or absent). Returns the lease and the attributes patched. For the row a
+/// conditional write of this worker returned: the condition held, so `fallback` is this
+/// worker's own, current view of the row. Fails as [`decode`] does if the key is corrupt.
+pub fn decode_patched(item: &Item, fallback: &Lease) -> Result<(Lease, Vec<&'static str>), LeaseError> {
+    let replacement = encode(fallback);
+    let mut item = item.clone();
+    let mut patched: Vec<&'static str> = Vec::new();
+    loop {
+        match decode(&item) {
+            Ok(lease) => return Ok((lease, patched)),
+            Err(LeaseError::Corrupt { key, reason }) => {
+                let bad = LEASE_ATTRIBUTES
+                    .into_iter()
+                    .filter(|a| !patched.contains(a))
+                    .find(|a| reason.starts_with(a) && !reason[a.len()..].starts_with(char::is_alphanumeric));
+                let Some(bad) = bad else {
+                    return Err(LeaseError::Corrupt { key, reason });
+                };
+                match replacement.get(bad) {
+                    Some(value) => item.insert(bad.to_owned(), value.clone()),
+                    None => item.remove(bad),
+                };
+                patched.push(bad);
+            }
+            Err(other) => return Err(other),
+        }
+    }
+}
+
 /// Typed, attribute-naming access to one item.
 struct Reader<'a> {
     item: &'a Item,
@@ -445,6 +495,23 @@ mod tests {
         assert_eq!(single.shard_id(), "shardId-000000000000");
         assert_eq!(single.stream(), None);
         assert_eq!(single.sibling_key("shardId-000000000001"), "shardId-000000000001");
+    }
+
+    #[test]
+    fn a_patched_decode_takes_corrupt_attributes_from_the_fallback() {
+        let mine = decode(&java_row()).unwrap();
+        let mut item = java_row();
+        item.insert(CHECKPOINT.into(), AttributeValue::N("12".into()));
+        item.insert(OWNER_SWITCHES.into(), s("many"));
+        item.insert(LEASE_COUNTER.into(), n(43));
+        assert!(decode(&item).is_err());
+        let (lease, patched) = decode_patched(&item, &mine).unwrap();
+        assert_eq!(patched, [CHECKPOINT, OWNER_SWITCHES]);
+        assert_eq!(lease.checkpoint, mine.checkpoint);
+        assert_eq!(lease.lease_counter, 43, "valid attributes come from the row");
+        let mut keyless = item.clone();
+        keyless.remove(LEASE_KEY);
+        assert!(decode_patched(&keyless, &mine).is_err());
     }
 
     #[test]
