@@ -704,6 +704,11 @@ impl DynamoDbLeaseStore {
                 .map_err(|e| map_sdk_error(&self.table, "Scan", e))?;
             pages += 1;
             for item in out.items.unwrap_or_default() {
+                if !schema::is_lease_row(&item) {
+                    // Another kind of row of a Java KCL 3.5 table (worker metrics, leader lock).
+                    tracing::trace!(table = %self.table, key = ?schema::key_of(&item), "skipping a row that is not a lease");
+                    continue;
+                }
                 match schema::decode(&item) {
                     Ok(lease) => leases.push(lease),
                     Err(e) => {
@@ -830,6 +835,7 @@ impl LeaseStore for DynamoDbLeaseStore {
     async fn get(&self, key: &str) -> Result<Option<Lease>> {
         match self.get_item(key).await? {
             None => Ok(None),
+            Some(item) if !schema::is_lease_row(&item) => Ok(None),
             Some(item) => schema::decode(&item).map(Some),
         }
     }

@@ -58,6 +58,25 @@ pub const SHARD_ID: &str = "shardId";
 /// `throughputKBps` (N): the shard's throughput in KB/s as its owner measured it (Java KCL 3.x).
 pub const THROUGHPUT_KBPS: &str = "throughputKBps";
 
+/// `entityType` (S): the Java KCL 3.5's kind of row. From 3.5 the lease table also holds other
+/// rows under the same `leaseKey` hash key: worker metrics (`WORKER_METRIC_STATS`, keyed by worker
+/// id), the leader lock (`LEADER`, key `Leader`), stream information (`STREAM`) and migration
+/// state (`CLIENT_VERSION_MIGRATION`, `TABLE_MIGRATION`). Lease rows carry `LEASE`, or no
+/// `entityType` at all (rows written before 3.5, and by this crate).
+pub const ENTITY_TYPE: &str = "entityType";
+/// The `entityType` of a lease row.
+pub const LEASE_ENTITY: &str = "LEASE";
+
+/// Whether `item` is a lease (no `entityType`, or `LEASE`), as the Java KCL 3.5 reads it; other
+/// rows of a shared table are no leases and are left alone, not reported as corrupt leases.
+pub fn is_lease_row(item: &Item) -> bool {
+    match item.get(ENTITY_TYPE) {
+        Some(AttributeValue::S(kind)) => kind == LEASE_ENTITY,
+        // The Java reader treats a missing or non-string entityType as a lease.
+        _ => true,
+    }
+}
+
 /// `LeaseOwnerToLeaseKeyIndex`: the global secondary index the Java KCL 3.x adds to the lease
 /// table (hash key `leaseOwner` S, range key `leaseKey` S, projection `KEYS_ONLY`), to list a
 /// worker's leases. [`crate::DynamoDbLeaseStore::ensure_table`] creates tables with it; this
@@ -512,6 +531,49 @@ mod tests {
         let mut keyless = item.clone();
         keyless.remove(LEASE_KEY);
         assert!(decode_patched(&keyless, &mine).is_err());
+    }
+
+    /// Rows a Java KCL 3.5 worker writes into the lease table besides leases, built from its
+    /// sources: worker metrics keyed by worker id, and the leader lock.
+    fn java_35_other_rows() -> Vec<Item> {
+        let mut metrics = Item::new();
+        metrics.insert("leaseKey".into(), s("worker-a"));
+        metrics.insert("entityType".into(), s("WORKER_METRIC_STATS"));
+        metrics.insert("lut".into(), AttributeValue::N("1796270000".into()));
+        metrics.insert(
+            "sts".into(),
+            AttributeValue::M(HashMap::from([(
+                "CPU".to_owned(),
+                AttributeValue::L(vec![
+                    AttributeValue::N("12.5".into()),
+                    AttributeValue::N("40".into()),
+                ]),
+            )])),
+        );
+        metrics.insert(
+            "opr".into(),
+            AttributeValue::M(HashMap::from([(
+                "CPU".to_owned(),
+                AttributeValue::L(vec![AttributeValue::N("100".into())]),
+            )])),
+        );
+        let mut leader = Item::new();
+        leader.insert("leaseKey".into(), s("Leader"));
+        leader.insert("entityType".into(), s("LEADER"));
+        leader.insert("leaseOwner".into(), s("worker-a"));
+        vec![metrics, leader]
+    }
+
+    #[test]
+    fn java_35_rows_that_are_not_leases_are_recognised() {
+        for row in java_35_other_rows() {
+            assert!(!is_lease_row(&row), "{row:?}");
+        }
+        let mut lease = java_row();
+        assert!(is_lease_row(&lease), "no entityType: a lease");
+        lease.insert(ENTITY_TYPE.into(), s(LEASE_ENTITY));
+        assert!(is_lease_row(&lease));
+        assert_eq!(decode(&lease).unwrap().lease_key, "shardId-000000000001");
     }
 
     #[test]
