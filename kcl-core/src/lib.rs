@@ -50,7 +50,7 @@ pub use backend::{
     StreamConsumer, SubscribeEvent,
 };
 pub use checkpoint::{CheckpointError, Checkpointer};
-pub use config::{FanOutConfig, InitialPosition, RetrievalMode, SchedulerConfig};
+pub use config::{FanOutConfig, InitialPosition, MisplacedKplRecords, RetrievalMode, SchedulerConfig};
 pub use error::{KclError, Result};
 pub use kcl_lease::StreamIdentifier;
 pub use kcl_lease::{InMemoryLeaseStore, LeaseStore};

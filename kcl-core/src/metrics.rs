@@ -14,6 +14,7 @@
 //! | `ProcessorErrors` | counter | errors returned by the processor (the batch is retried) |
 //! | `GetRecords.Throttled` | counter | reads throttled by the backend |
 //! | `ExpiredIterator` | counter | shard iterators that expired and were renewed |
+//! | `KplMisplacedRecords` | counter | KPL user records that hash outside the shard their aggregate was read from (delivered, or dropped with their aggregate under `MisplacedKplRecords::DropAggregate`) |
 //! | `KplDeaggregationFailures` | counter | records with the KPL magic bytes that could not be unpacked (delivered as they are; no labels) |
 //! | `CurrentLeases` | gauge | leases this worker holds (kcl-lease) |
 //! | `TotalLeases` | gauge | active leases in the table at the last scan (kcl-lease) |
@@ -45,6 +46,8 @@ pub const PROCESSOR_ERRORS: &str = "ProcessorErrors";
 pub const GET_RECORDS_THROTTLED: &str = "GetRecords.Throttled";
 /// See the module docs.
 pub const EXPIRED_ITERATOR: &str = "ExpiredIterator";
+/// See the module docs.
+pub const KPL_MISPLACED_RECORDS: &str = "KplMisplacedRecords";
 pub use kcl_lease::coordinator::metric_names::*;
 
 /// One shard's state as the health summary shows it.

@@ -88,7 +88,7 @@ pub(crate) async fn run(
     skip_through: Option<ExtendedSequenceNumber>,
     tx: mpsc::Sender<Fetched>,
 ) {
-    let mut unpacker = Unpacker::new(config.hash_range, skip_through);
+    let mut unpacker = Unpacker::new(&config, skip_through);
     let mut continuation: Option<SequenceNumber> = None;
     // Since when only empty events came, and when the end was last probed.
     let mut idle_since: Option<Instant> = None;

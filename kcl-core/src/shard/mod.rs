@@ -68,6 +68,7 @@ struct ShardMetrics {
     errors: metrics::Counter,
     throttled: metrics::Counter,
     expired: metrics::Counter,
+    misplaced: metrics::Counter,
 }
 
 impl ShardMetrics {
@@ -81,6 +82,7 @@ impl ShardMetrics {
             errors: metrics::counter!(names::PROCESSOR_ERRORS, &labels),
             throttled: metrics::counter!(names::GET_RECORDS_THROTTLED, &labels),
             expired: metrics::counter!(names::EXPIRED_ITERATOR, &labels),
+            misplaced: metrics::counter!(names::KPL_MISPLACED_RECORDS, &labels),
         }
     }
 }
@@ -325,6 +327,8 @@ impl ShardConsumer {
             polling_interval: config.polling_interval,
             min_read_interval: config.min_read_interval,
             hash_range,
+            misplaced_kpl: config.misplaced_kpl_records,
+            misplaced: self.metrics.misplaced.clone(),
             throttled: self.metrics.throttled.clone(),
             expired: self.metrics.expired.clone(),
         };
