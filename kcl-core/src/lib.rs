@@ -56,8 +56,8 @@ pub use kcl_lease::StreamIdentifier;
 pub use kcl_lease::{InMemoryLeaseStore, LeaseStore};
 pub use metrics::{ShardHealth, WorkerHealth};
 pub use processor::{
-    InitializeInput, LeaseLostInput, ProcessRecordsInput, ProcessorError, ProcessorFactory, RecordProcessor,
-    ShardEndedInput, ShutdownRequestedInput,
+    FailedBatch, FailedBatchHook, InitializeInput, LeaseLostInput, ProcessRecordsInput, ProcessorError,
+    ProcessorFactory, ProcessorFailurePolicy, RecordProcessor, ShardEndedInput, ShutdownRequestedInput,
 };
 pub use record::{ChildShard, ExtendedSequenceNumber, HashKeyRange, Record, SequenceNumber, Shard};
 pub use scheduler::{Scheduler, SchedulerBuilder, SchedulerHandle};

@@ -11,7 +11,8 @@
 //! | `RecordsProcessed` | counter | records delivered to `process_records` (successfully) |
 //! | `BytesProcessed` | counter | payload bytes of those records |
 //! | `ProcessTask.Time` | histogram | seconds one `process_records` call took |
-//! | `ProcessorErrors` | counter | errors returned by the processor (the batch is retried) |
+//! | `ProcessorErrors` | counter | errors returned (or panics raised) by the processor |
+//! | `SkippedRecords` | counter | records of batches skipped after repeated processor failures (`ProcessorFailurePolicy::SkipAfter`) |
 //! | `GetRecords.Throttled` | counter | reads throttled by the backend |
 //! | `ExpiredIterator` | counter | shard iterators that expired and were renewed |
 //! | `KplMisplacedRecords` | counter | KPL user records that hash outside the shard their aggregate was read from (delivered, or dropped with their aggregate under `MisplacedKplRecords::DropAggregate`) |
@@ -46,6 +47,8 @@ pub const PROCESSOR_ERRORS: &str = "ProcessorErrors";
 pub const GET_RECORDS_THROTTLED: &str = "GetRecords.Throttled";
 /// See the module docs.
 pub const EXPIRED_ITERATOR: &str = "ExpiredIterator";
+/// See the module docs.
+pub const SKIPPED_RECORDS: &str = "SkippedRecords";
 /// See the module docs.
 pub const KPL_MISPLACED_RECORDS: &str = "KplMisplacedRecords";
 pub use kcl_lease::coordinator::metric_names::*;
