@@ -121,6 +121,11 @@ pub(crate) async fn run(
         {
             Ok(s) => s,
             Err(BackendError::ConsumerNotFound(c)) => {
+                // Kinesis answers a subscription to a trimmed shard with ResourceNotFound too.
+                if let Some(children) = super::fetch::vanished_shard_children(&*backend, &config).await {
+                    let _ = tx.send(Fetched::End { children }).await;
+                    return;
+                }
                 warn!(consumer = %c, "fan-out consumer is gone; registering it again");
                 consumers.forget(&config.stream).await;
                 failures += 1;
@@ -135,7 +140,9 @@ pub(crate) async fn run(
                 continue;
             }
             Err(e) => {
-                let _ = tx.send(Fetched::Failed(e)).await;
+                let _ = tx
+                    .send(super::fetch::unrecoverable(&*backend, &config, e).await)
+                    .await;
                 return;
             }
         };

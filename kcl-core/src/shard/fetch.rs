@@ -107,6 +107,56 @@ impl Unpacker {
     }
 }
 
+/// The children of the reader's shard if the shard is gone from a stream that still exists: a
+/// closed shard trimmed by retention before it was read to its end (`ShardNotFound` on its
+/// iterator or its subscription). `None` if the stream cannot be listed (a deleted stream is a
+/// failure, not an end) or still lists the shard.
+pub(crate) async fn vanished_shard_children(
+    backend: &dyn StreamBackend,
+    config: &FetchConfig,
+) -> Option<Vec<ChildShard>> {
+    let shards = match backend.list_shards(&config.stream).await {
+        Ok(shards) => shards,
+        Err(e) => {
+            debug!(error = %e, "listing the shards to check for a trimmed shard failed");
+            return None;
+        }
+    };
+    if shards.iter().any(|s| s.shard_id == config.shard_id) {
+        return None;
+    }
+    let children: Vec<ChildShard> = shards
+        .iter()
+        .filter(|s| s.parents().any(|p| p == config.shard_id))
+        .map(|s| ChildShard {
+            shard_id: s.shard_id.clone(),
+            parent_shards: s.parents().map(str::to_owned).collect(),
+            hash_key_range: s.hash_key_range,
+        })
+        .collect();
+    warn!(
+        children = ?children.iter().map(|c| &c.shard_id).collect::<Vec<_>>(),
+        "the shard no longer exists (trimmed by retention before it was read to its end): \
+         treating it as ended so that its children start; its unread records are gone"
+    );
+    Some(children)
+}
+
+/// What a reader hands over after a failure retrying cannot fix: the end of a vanished shard
+/// (see [`vanished_shard_children`]) or the failure.
+pub(crate) async fn unrecoverable(
+    backend: &dyn StreamBackend,
+    config: &FetchConfig,
+    error: BackendError,
+) -> Fetched {
+    if matches!(error, BackendError::ShardNotFound(_)) {
+        if let Some(children) = vanished_shard_children(backend, config).await {
+            return Fetched::End { children };
+        }
+    }
+    Fetched::Failed(error)
+}
+
 /// The reader's backoff after a failed call: 100 ms doubling to 5 s, with jitter, forever.
 pub(crate) fn read_backoff() -> backon::ExponentialBackoff {
     ExponentialBuilder::default()
@@ -149,7 +199,7 @@ pub(crate) async fn run(
                         continue;
                     }
                     Err(e) => {
-                        let _ = tx.send(Fetched::Failed(e)).await;
+                        let _ = tx.send(unrecoverable(&*backend, &config, e).await).await;
                         return;
                     }
                 }
@@ -211,7 +261,7 @@ pub(crate) async fn run(
                 tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
             }
             Err(e) => {
-                let _ = tx.send(Fetched::Failed(e)).await;
+                let _ = tx.send(unrecoverable(&*backend, &config, e).await).await;
                 return;
             }
         }
