@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use kcl_core::backend::failure::{FailureBackend, Fault, FaultPlan, Trigger};
+use kcl_core::backend::local::BackendOp;
 use kcl_core::{FanOutConfig, InMemoryLeaseStore, LocalBackend, RetrievalMode};
 use kcl_lease::{ExtendedSequenceNumber, Lease, LeaseStore};
 use kcl_tests::*;
@@ -83,4 +85,32 @@ async fn a_shard_of_a_deleted_stream_is_not_taken_for_ended() {
     let parent = store.get(PARENT).await.unwrap().expect("parent lease");
     assert_eq!(parent.checkpoint, ExtendedSequenceNumber::TrimHorizon);
     worker.shutdown().await.ok();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shard_not_found_for_a_shard_the_stream_still_lists_is_not_an_end() {
+    init_tracing();
+    let backend = LocalBackend::new();
+    backend.create_stream(STREAM, 1).expect("create stream");
+    let mut produced = BTreeMap::new();
+    produce(&backend, 4, 3, &mut produced).await;
+    let faulty = std::sync::Arc::new(FailureBackend::new(
+        backend.clone(),
+        FaultPlan::new(7).rule(BackendOp::GetShardIterator, Trigger::Nth(1), Fault::ShardNotFound),
+    ));
+    let store = InMemoryLeaseStore::new();
+    let log = Log::default();
+    let worker = fast("w", faulty.clone(), store.clone(), &log, Duration::from_secs(10))
+        .build()
+        .expect("valid config")
+        .spawn();
+    wait_until(Duration::from_secs(600), "every record", || {
+        log.wait_count() == 12
+    })
+    .await;
+    assert_eq!(log.assert_complete_and_ordered(&produced), 0);
+    let lease = store.get(PARENT).await.unwrap().expect("lease");
+    assert!(!lease.checkpoint.is_shard_end(), "an open shard is not ended");
+    assert_eq!(faulty.injected(BackendOp::GetShardIterator), 1);
+    worker.shutdown().await.unwrap();
 }

@@ -42,6 +42,9 @@ pub enum Fault {
     /// For [`BackendOp::SubscriptionEvent`]: the subscription ends early, as at the end of its
     /// five minutes (the wrapped subscription is dropped). For other operations: an error.
     EndSubscription,
+    /// Fail with [`BackendError::ShardNotFound`] (Kinesis's `ResourceNotFoundException` for a
+    /// shard) without calling the backend, as for a shard trimmed by retention.
+    ShardNotFound,
 }
 
 impl FaultKind for Fault {
@@ -115,6 +118,9 @@ impl<B> FailureBackend<B> {
                 Err(BackendError::ResourceInUse(format!("injected fault in {op:?}")))
             }
             Some(Fault::EndSubscription) => Err(BackendError::other(format!("injected end in {op:?}"))),
+            Some(Fault::ShardNotFound) => {
+                Err(BackendError::ShardNotFound(format!("injected fault in {op:?}")))
+            }
         }
     }
 }
@@ -144,6 +150,9 @@ impl ShardSubscription for FailureSubscription {
             Some(Fault::ResourceInUse) => Err(BackendError::ResourceInUse(format!(
                 "injected fault in {op:?}: subscription replaced"
             ))),
+            Some(Fault::ShardNotFound) => {
+                Err(BackendError::ShardNotFound(format!("injected fault in {op:?}")))
+            }
         }
     }
 }
