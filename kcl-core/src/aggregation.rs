@@ -22,9 +22,11 @@
 //! outside a key table) is also delivered as it is, with a warning and the
 //! [`DEAGGREGATION_FAILURES`] counter: nothing is lost, and nothing panics.
 //!
-//! After a reshard, [`filter_by_hash_range`] drops the aggregates that hold user records
-//! outside the reading shard's hash key range, as the Java KCL does (see there why whole
-//! aggregates). [`deaggregate_batch`] does both for one `GetRecords` batch.
+//! An aggregate may hold user records that hash outside the shard it was read from (the
+//! aggregation libraries pack keys of several shards together; the KPL's shard map can be
+//! stale across a reshard). [`filter_by_hash_range`] counts them and, by default, delivers
+//! them; [`MisplacedKplRecords::DropAggregate`] drops such aggregates whole, as the Java KCL
+//! does. [`deaggregate_batch`] does both for one `GetRecords` batch.
 //!
 //! The message types are written by hand with `prost`'s derive (no build script, no
 //! `protoc`); `bytes` fields decode as slices of the record's buffer, so user data is not
@@ -277,43 +279,104 @@ pub fn effective_hash_key(partition_key: &str, explicit_hash_key: Option<&str>) 
     }
 }
 
-/// Keeps what belongs to a shard with hash key range `range`, flattened into the records to
-/// deliver: plain and corrupt records always, aggregates only if all their user records hash
-/// into the range ([`Deaggregated::within`]).
+/// What a reader does with a KPL aggregate holding user records that hash outside the shard it
+/// was read from (see [`filter_by_hash_range`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MisplacedKplRecords {
+    /// Deliver every user record, and count the misplaced ones (the default). Nothing is lost;
+    /// after a reshard a KPL producer's copies of such an aggregate are delivered too, which
+    /// at-least-once processing allows.
+    #[default]
+    Deliver,
+    /// Drop the whole aggregate, as the Java KCL does, to hide the copies the KPL puts again
+    /// after a reshard. **Loses data** of producers that pack keys of several shards into one
+    /// aggregate (`aws-kinesis-agg` on PyPI and npm, Lambda producers): see
+    /// awslabs/amazon-kinesis-client#343 and awslabs/kinesis-aggregation#11 and #175. Only for
+    /// producers that are the KPL itself.
+    DropAggregate,
+}
+
+/// One unpacked batch: the records to deliver and how many user records hashed outside the
+/// reading shard's range (delivered or not, as the [`MisplacedKplRecords`] policy says).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Unpacked {
+    /// The records to deliver, in order.
+    pub records: Vec<Record>,
+    /// User records of aggregates whose hash key is outside the shard's range.
+    pub misplaced: usize,
+    /// Aggregates dropped whole under [`MisplacedKplRecords::DropAggregate`].
+    pub dropped_aggregates: usize,
+}
+
+/// Flattens a batch into the records to deliver for a shard with hash key range `range`:
+/// plain and corrupt records always; aggregates whole under [`MisplacedKplRecords::Deliver`],
+/// and only if all their user records hash into the range ([`Deaggregated::within`]) under
+/// [`MisplacedKplRecords::DropAggregate`].
 ///
-/// Like the Java KCL (`AggregatorUtil.deaggregate` with a hash key range), an aggregate with
-/// any user record outside the range is dropped whole. The KPL packs only user records it
-/// predicts go to one shard; when an aggregate lands on another shard (its shard map was stale
-/// across a reshard) it puts every user record of it again, so all of them are duplicates.
-/// (A producer that packs keys of different shards together without such checks, like
-/// `aws-kinesis-agg`, loses those aggregates on any reader that filters, Java or Rust.)
-pub fn filter_by_hash_range(batch: Vec<Deaggregated>, range: &HashKeyRange) -> Vec<Record> {
-    let mut out = Vec::with_capacity(batch.iter().map(|d| d.records().len()).sum());
-    let mut dropped = 0usize;
+/// Why the Java KCL drops (`AggregatorUtil.deaggregate` with a hash key range): the KPL packs
+/// only user records it predicts go to one shard; when an aggregate lands on another shard
+/// (its shard map was stale across a reshard) it puts every user record of it again. But
+/// producers that pack keys of several shards together without such checks, like
+/// `aws-kinesis-agg`, would lose those aggregates, so delivering is the default here.
+pub fn filter_by_hash_range(
+    batch: Vec<Deaggregated>,
+    range: &HashKeyRange,
+    policy: MisplacedKplRecords,
+) -> Unpacked {
+    let mut out = Unpacked {
+        records: Vec::with_capacity(batch.iter().map(|d| d.records().len()).sum()),
+        ..Unpacked::default()
+    };
     for item in batch {
-        if item.within(range) {
-            out.extend(item.into_records());
+        let misplaced = match &item {
+            Deaggregated::Aggregated(records) => records
+                .iter()
+                .filter(|r| {
+                    effective_hash_key(&r.partition_key, r.explicit_hash_key.as_deref())
+                        .is_some_and(|key| !range.contains(key))
+                })
+                .count(),
+            Deaggregated::Plain(_) | Deaggregated::Corrupt { .. } => 0,
+        };
+        out.misplaced += misplaced;
+        if misplaced > 0 && policy == MisplacedKplRecords::DropAggregate {
+            out.dropped_aggregates += 1;
         } else {
-            dropped += 1;
+            out.records.extend(item.into_records());
         }
-    }
-    if dropped > 0 {
-        tracing::debug!(dropped, %range, "dropped KPL aggregates with user records outside the shard's hash key range");
     }
     out
 }
 
 /// Unpacks one `GetRecords` batch: [`deaggregate`] on each record, then, if the shard's hash
-/// key range is given, [`filter_by_hash_range`].
-pub fn deaggregate_batch(records: Vec<Record>, range: Option<&HashKeyRange>) -> Vec<Record> {
+/// key range is given, [`filter_by_hash_range`] with `policy`.
+pub fn deaggregate_batch(
+    records: Vec<Record>,
+    range: Option<&HashKeyRange>,
+    policy: MisplacedKplRecords,
+) -> Unpacked {
     if !records.iter().any(|r| r.data.starts_with(&MAGIC)) {
-        return records; // the common case without the KPL: no allocation
+        // The common case without the KPL: no allocation.
+        return Unpacked {
+            records,
+            ..Unpacked::default()
+        };
     }
     let batch: Vec<Deaggregated> = records.into_iter().map(deaggregate).collect();
     match range {
-        Some(range) => filter_by_hash_range(batch, range),
-        None => batch.into_iter().flat_map(Deaggregated::into_records).collect(),
+        Some(range) => filter_by_hash_range(batch, range, policy),
+        None => Unpacked {
+            records: batch.into_iter().flat_map(Deaggregated::into_records).collect(),
+            ..Unpacked::default()
+        },
     }
+}
+
+/// The byte size of a batch as the read-ahead counts it: the payloads of the records to deliver
+/// (after unpacking) plus their partition keys.
+pub fn batch_bytes(records: &[Record]) -> usize {
+    records.iter().map(|r| r.data.len() + r.partition_key.len()).sum()
 }
 
 /// Packs user records `(partition key, explicit hash key, data)` into one aggregated record's
@@ -520,25 +583,54 @@ mod tests {
         }
     }
 
-    #[test]
-    fn filter_drops_aggregates_reaching_outside_the_range() {
-        let lower = HashKeyRange::new(0, u128::MAX / 2).unwrap();
+    fn straddling_batch() -> Vec<Record> {
         let inside = aggregate(&[("a", Some("1"), b"x"), ("b", Some("2"), b"y")]);
         let straddling = aggregate(&[("a", Some("3"), b"x"), ("b", Some(&u128::MAX.to_string()), b"y")]);
         let unplaceable = aggregate(&[("a", Some("not a number"), b"x")]);
-        let batch = vec![
+        vec![
             record(inside),
             record(straddling),
             record(&b"plain"[..]),
             record(unplaceable),
-        ];
-        let out = deaggregate_batch(batch.clone(), Some(&lower));
-        let keys: Vec<_> = out
+        ]
+    }
+
+    fn keys(records: &[Record]) -> Vec<(Option<&str>, &[u8])> {
+        records
             .iter()
             .map(|r| (r.explicit_hash_key.as_deref(), &r.data[..]))
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn misplaced_user_records_are_delivered_and_counted_by_default() {
+        let lower = HashKeyRange::new(0, u128::MAX / 2).unwrap();
+        let out = deaggregate_batch(straddling_batch(), Some(&lower), MisplacedKplRecords::default());
         assert_eq!(
-            keys,
+            keys(&out.records),
+            [
+                (Some("1"), &b"x"[..]),
+                (Some("2"), b"y"),
+                (Some("3"), b"x"),
+                (Some(&*u128::MAX.to_string()), b"y"),
+                (None, b"plain"),
+                (Some("not a number"), b"x")
+            ]
+        );
+        // One user record (hash key 2^128-1) is outside the lower half; none dropped.
+        assert_eq!((out.misplaced, out.dropped_aggregates), (1, 0));
+        let upper = HashKeyRange::new(u128::MAX / 2 + 1, u128::MAX).unwrap();
+        let out = deaggregate_batch(straddling_batch(), Some(&upper), MisplacedKplRecords::Deliver);
+        assert_eq!((out.records.len(), out.misplaced), (6, 3));
+    }
+
+    #[test]
+    fn drop_policy_drops_aggregates_reaching_outside_the_range() {
+        let lower = HashKeyRange::new(0, u128::MAX / 2).unwrap();
+        let batch = straddling_batch();
+        let out = deaggregate_batch(batch.clone(), Some(&lower), MisplacedKplRecords::DropAggregate);
+        assert_eq!(
+            keys(&out.records),
             [
                 (Some("1"), &b"x"[..]),
                 (Some("2"), b"y"),
@@ -546,8 +638,13 @@ mod tests {
                 (Some("not a number"), b"x")
             ]
         );
-        assert_eq!(deaggregate_batch(batch, None).len(), 6);
+        assert_eq!((out.misplaced, out.dropped_aggregates), (1, 1));
+        let all = deaggregate_batch(batch, None, MisplacedKplRecords::DropAggregate);
+        assert_eq!((all.records.len(), all.misplaced), (6, 0));
         let plain = vec![record(&b"p"[..])];
-        assert_eq!(deaggregate_batch(plain.clone(), Some(&lower)), plain);
+        assert_eq!(
+            deaggregate_batch(plain.clone(), Some(&lower), MisplacedKplRecords::DropAggregate).records,
+            plain
+        );
     }
 }

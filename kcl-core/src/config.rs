@@ -5,6 +5,8 @@ use std::time::{Duration, SystemTime};
 use kcl_lease::coordinator::default_watch_interval;
 use kcl_lease::LeaseRenewal;
 
+pub use crate::aggregation::MisplacedKplRecords;
+pub use crate::processor::ProcessorFailurePolicy;
 use crate::streams::FormerStreamsCleanup;
 
 /// Where a new application starts reading a shard that has no checkpoint yet.
@@ -92,6 +94,8 @@ impl FanOutConfig {
 /// | `graceful_shutdown_timeout` | 30 s | how long processors get to checkpoint at shutdown |
 /// | `delete_finished_leases` | `true` | the Java KCL's lease clean-up: a `SHARD_END` lease goes once its children are under way, checked at each shard sync |
 /// | `former_streams_cleanup` | after 1 hour | multi-stream: leases of a removed stream are deleted this long after it disappeared |
+/// | `misplaced_kpl_records` | `Deliver` | KPL user records hashing outside their shard are delivered and counted; `DropAggregate` is the Java KCL's drop (loses data of `aws-kinesis-agg` producers) |
+/// | `processor_failure` | `RetryForever` | a failing (or panicking) `process_records` gets the same batch again with backoff; `SkipAfter` hands it to a hook after N attempts, skips and checkpoints past it |
 /// | `retrieval` | `Polling` | the Java KCL 2.x default; 3.x defaults to fan-out, which costs extra on AWS |
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
@@ -137,6 +141,12 @@ pub struct SchedulerConfig {
     pub former_streams_cleanup: FormerStreamsCleanup,
     /// Delete finished (`SHARD_END`) leases once every child shard's processing has started.
     pub delete_finished_leases: bool,
+    /// KPL aggregates with user records that hash outside the shard they were read from:
+    /// delivered (default) or dropped whole as the Java KCL does (see [`MisplacedKplRecords`]).
+    pub misplaced_kpl_records: MisplacedKplRecords,
+    /// A batch `process_records` keeps failing on: retried forever (default) or skipped after
+    /// some attempts (see [`ProcessorFailurePolicy`]).
+    pub processor_failure: ProcessorFailurePolicy,
 }
 
 impl SchedulerConfig {
@@ -169,6 +179,8 @@ impl SchedulerConfig {
             retrieval: RetrievalMode::Polling,
             former_streams_cleanup: FormerStreamsCleanup::default(),
             delete_finished_leases: true,
+            misplaced_kpl_records: MisplacedKplRecords::Deliver,
+            processor_failure: ProcessorFailurePolicy::RetryForever,
         }
     }
 

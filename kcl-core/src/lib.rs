@@ -54,15 +54,15 @@ pub use backend::{
     StreamConsumer, SubscribeEvent,
 };
 pub use checkpoint::{CheckpointError, Checkpointer};
-pub use config::{FanOutConfig, InitialPosition, RetrievalMode, SchedulerConfig};
+pub use config::{FanOutConfig, InitialPosition, MisplacedKplRecords, RetrievalMode, SchedulerConfig};
 pub use error::{KclError, Result};
 pub use fatal::FatalError;
 pub use kcl_lease::StreamIdentifier;
 pub use kcl_lease::{InMemoryLeaseStore, LeaseStore};
 pub use metrics::{ShardHealth, WorkerHealth};
 pub use processor::{
-    InitializeInput, LeaseLostInput, ProcessRecordsInput, ProcessorError, ProcessorFactory, RecordProcessor,
-    ShardEndedInput, ShutdownRequestedInput,
+    FailedBatch, FailedBatchHook, InitializeInput, LeaseLostInput, ProcessRecordsInput, ProcessorError,
+    ProcessorFactory, ProcessorFailurePolicy, RecordProcessor, ShardEndedInput, ShutdownRequestedInput,
 };
 pub use record::{ChildShard, ExtendedSequenceNumber, HashKeyRange, Record, SequenceNumber, Shard};
 pub use scheduler::{Scheduler, SchedulerBuilder, SchedulerHandle};

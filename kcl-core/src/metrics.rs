@@ -11,9 +11,11 @@
 //! | `RecordsProcessed` | counter | records delivered to `process_records` (successfully) |
 //! | `BytesProcessed` | counter | payload bytes of those records |
 //! | `ProcessTask.Time` | histogram | seconds one `process_records` call took |
-//! | `ProcessorErrors` | counter | errors returned by the processor (the batch is retried) |
+//! | `ProcessorErrors` | counter | errors returned (or panics raised) by the processor |
+//! | `SkippedRecords` | counter | records of batches skipped after repeated processor failures (`ProcessorFailurePolicy::SkipAfter`) |
 //! | `GetRecords.Throttled` | counter | reads throttled by the backend |
 //! | `ExpiredIterator` | counter | shard iterators that expired and were renewed |
+//! | `KplMisplacedRecords` | counter | KPL user records that hash outside the shard their aggregate was read from (delivered, or dropped with their aggregate under `MisplacedKplRecords::DropAggregate`) |
 //! | `KplDeaggregationFailures` | counter | records with the KPL magic bytes that could not be unpacked (delivered as they are; no labels) |
 //! | `CurrentLeases` | gauge | leases this worker holds (kcl-lease) |
 //! | `TotalLeases` | gauge | active leases in the table at the last scan (kcl-lease) |
@@ -45,6 +47,10 @@ pub const PROCESSOR_ERRORS: &str = "ProcessorErrors";
 pub const GET_RECORDS_THROTTLED: &str = "GetRecords.Throttled";
 /// See the module docs.
 pub const EXPIRED_ITERATOR: &str = "ExpiredIterator";
+/// See the module docs.
+pub const SKIPPED_RECORDS: &str = "SkippedRecords";
+/// See the module docs.
+pub const KPL_MISPLACED_RECORDS: &str = "KplMisplacedRecords";
 pub use kcl_lease::coordinator::metric_names::*;
 
 /// One shard's state as the health summary shows it.

@@ -8,7 +8,14 @@
 //! possible any more).
 //!
 //! Errors returned by `initialize`, `process_records` and `shard_ended` are retried with
-//! backoff: the same batch is delivered again, records are never skipped.
+//! backoff. For `process_records` the [`ProcessorFailurePolicy`] decides how long: by default
+//! forever (the same batch is delivered again, records are never skipped); or, after a number
+//! of attempts, the batch is handed to a [`FailedBatchHook`] (a dead-letter destination, say),
+//! skipped and checkpointed past. A panic in `process_records` counts as a failure too.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -39,6 +46,8 @@ pub struct ProcessRecordsInput<'a> {
     pub millis_behind_latest: u64,
     /// Checkpoints the shard.
     pub checkpointer: &'a Checkpointer,
+    /// Which delivery of this batch this is: 1 the first time, 2 after one failure, ...
+    pub attempt: u32,
 }
 
 /// Given to [`RecordProcessor::shard_ended`].
@@ -137,4 +146,68 @@ where
     fn create(&self, shard_id: &str) -> Box<dyn RecordProcessor> {
         Box::new(self(shard_id))
     }
+}
+
+/// What the runtime does when `process_records` fails (returns an error or panics) on a batch.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub enum ProcessorFailurePolicy {
+    /// Deliver the same batch again after a backoff, forever (the default): nothing is skipped,
+    /// but a batch that can never succeed stops its shard.
+    #[default]
+    RetryForever,
+    /// After `attempts` failed deliveries, give the batch to `hook` (if any; retried until it
+    /// succeeds), then skip it: checkpoint after its last record and go on with the next batch.
+    SkipAfter {
+        /// Failed deliveries before the batch is skipped (1 skips after the first failure).
+        attempts: NonZeroU32,
+        /// Called with the batch before it is skipped, e.g. to send it to a dead-letter queue.
+        hook: Option<Arc<dyn FailedBatchHook>>,
+    },
+}
+
+impl ProcessorFailurePolicy {
+    /// Skip a batch after `attempts` failed deliveries, handing it to `hook` first.
+    pub fn skip_after(attempts: NonZeroU32, hook: impl FailedBatchHook) -> Self {
+        ProcessorFailurePolicy::SkipAfter {
+            attempts,
+            hook: Some(Arc::new(hook)),
+        }
+    }
+}
+
+impl fmt::Debug for ProcessorFailurePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProcessorFailurePolicy::RetryForever => f.write_str("RetryForever"),
+            ProcessorFailurePolicy::SkipAfter { attempts, hook } => f
+                .debug_struct("SkipAfter")
+                .field("attempts", attempts)
+                .field("hook", &hook.as_ref().map(|_| "..."))
+                .finish(),
+        }
+    }
+}
+
+/// A batch about to be skipped under [`ProcessorFailurePolicy::SkipAfter`].
+#[non_exhaustive]
+pub struct FailedBatch<'a> {
+    /// The stream the shard belongs to.
+    pub stream_name: &'a str,
+    /// The shard.
+    pub shard_id: &'a str,
+    /// The records of the batch, in shard order.
+    pub records: &'a [Record],
+    /// The error of the last attempt (a panic is reported as an error with its message).
+    pub error: &'a (dyn std::error::Error + Send + Sync),
+    /// How many deliveries failed.
+    pub attempts: u32,
+}
+
+/// Receives the batches [`ProcessorFailurePolicy::SkipAfter`] skips. An error is retried with
+/// backoff (the batch is not skipped until the hook succeeds, so nothing is lost silently).
+#[async_trait]
+pub trait FailedBatchHook: Send + Sync + 'static {
+    /// Keeps the batch somewhere (a dead-letter stream, queue or file) before it is skipped.
+    async fn failed_batch(&self, batch: FailedBatch<'_>) -> Result<(), ProcessorError>;
 }

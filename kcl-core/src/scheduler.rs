@@ -168,6 +168,15 @@ impl SchedulerBuilder {
         /// deleted an hour after the stream disappeared).
         former_streams_cleanup: FormerStreamsCleanup
     );
+    setter!(
+        /// KPL aggregates reaching outside their shard: delivered (default) or dropped whole.
+        misplaced_kpl_records: crate::config::MisplacedKplRecords
+    );
+    setter!(
+        /// A batch the processor keeps failing on: retried forever (default), or skipped after
+        /// some attempts (with a hook, e.g. for a dead-letter destination).
+        processor_failure: crate::processor::ProcessorFailurePolicy
+    );
 
     /// Checks the settings and builds the scheduler.
     pub fn build(self) -> Result<Scheduler> {

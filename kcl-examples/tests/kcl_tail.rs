@@ -314,3 +314,111 @@ async fn kcl_tail_local_reads_several_streams() {
         .unwrap();
     assert!(exit.success());
 }
+
+/// The aggregates `tests/python/kpl_aggregates.py` builds with the real `aws_kinesis_agg`
+/// package: (partition key, explicit hash key, data). Fails loudly if python3 or the package is
+/// missing (`.ci/run` installs it).
+fn python_aggregates(
+    aggregates: usize,
+    per_aggregate: usize,
+    keys: usize,
+) -> Vec<(String, Option<String>, Vec<u8>)> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/kpl_aggregates.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args([aggregates, per_aggregate, keys].map(|n| n.to_string()))
+        .output()
+        .expect("python3 must be installed (.ci/run installs aws_kinesis_agg with pip)");
+    assert!(
+        out.status.success(),
+        "kpl_aggregates.py failed (is `aws_kinesis_agg` installed? .ci/run installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8 output");
+    text.lines()
+        .map(|line| {
+            let mut parts = line.split('\t');
+            let (pk, ehk, data) = (parts.next(), parts.next(), parts.next());
+            let (Some(pk), Some(ehk), Some(data)) = (pk, ehk, data) else {
+                panic!("bad line from kpl_aggregates.py: {line}")
+            };
+            let data = aws_smithy_types::base64::decode(data).expect("base64 aggregate");
+            (pk.to_owned(), (ehk != "-").then(|| ehk.to_owned()), data)
+        })
+        .collect()
+}
+
+/// The `sub_sequence_number` field of a kcl-tail JSON line.
+fn sub_sequence_of(line: &str) -> u64 {
+    let tag = "\"sub_sequence_number\":";
+    let start = line
+        .find(tag)
+        .unwrap_or_else(|| panic!("no sub-sequence in {line}"))
+        + tag.len();
+    let end = start + line[start..].find(',').expect("end of sub-sequence");
+    line[start..end].parse().expect("sub-sequence number")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcl_tail_delivers_every_user_record_of_aws_kinesis_agg_aggregates_across_shards() {
+    const AGGREGATES: usize = 50;
+    const PER_AGGREGATE: usize = 20;
+    let aggregates = python_aggregates(AGGREGATES, PER_AGGREGATE, 37);
+    assert_eq!(aggregates.len(), AGGREGATES);
+    let (sdk, endpoints) = sdk().await;
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    let (stream, app) = (unique("tail-kpl"), unique("tail-kpl-app"));
+    create_stream(&kinesis, &stream, 2).await;
+    let mut shards = BTreeSet::new();
+    for (pk, ehk, data) in aggregates {
+        let put = kinesis
+            .put_record()
+            .stream_name(&stream)
+            .partition_key(pk)
+            .set_explicit_hash_key(ehk)
+            .data(Blob::new(data))
+            .send()
+            .await
+            .expect("PutRecord");
+        shards.insert(put.shard_id().to_owned());
+    }
+    assert_eq!(shards.len(), 2, "the aggregates land on both shards");
+    let mut tail = spawn(&[
+        "--stream",
+        &stream,
+        "--application-name",
+        &app,
+        "--initial-position",
+        "trim-horizon",
+        "--region",
+        &endpoints.region,
+    ]);
+    let lines = read_lines(&mut tail, AGGREGATES * PER_AGGREGATE, Duration::from_secs(2)).await;
+    sigterm(&mut tail).await;
+    // Each user record exactly once...
+    let data: BTreeSet<String> = lines.iter().map(|l| data_of(l)).collect();
+    let expected: BTreeSet<String> = (0..AGGREGATES)
+        .flat_map(|a| (0..PER_AGGREGATE).map(move |i| format!("user-{a}-{i}")))
+        .collect();
+    assert_eq!(data, expected);
+    // ... with sub-sequence numbers 0..19 under each aggregate's sequence number, and the
+    // user record's own partition key (37 of them, hashing to both shards).
+    let mut per_aggregate: std::collections::BTreeMap<&str, Vec<u64>> = Default::default();
+    for line in &lines {
+        per_aggregate
+            .entry(field(line, "sequence_number"))
+            .or_default()
+            .push(sub_sequence_of(line));
+    }
+    assert_eq!(per_aggregate.len(), AGGREGATES);
+    for (sequence, mut subs) in per_aggregate {
+        subs.sort_unstable();
+        assert_eq!(
+            subs,
+            (0..PER_AGGREGATE as u64).collect::<Vec<_>>(),
+            "aggregate {sequence}"
+        );
+    }
+    let keys: BTreeSet<&str> = lines.iter().map(|l| field(l, "partition_key")).collect();
+    assert_eq!(keys.len(), 37);
+}

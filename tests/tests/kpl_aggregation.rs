@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use kcl_core::aggregation::{
-    aggregate, deaggregate, deaggregate_batch, Deaggregated, DEAGGREGATION_FAILURES, MAGIC,
+    aggregate, deaggregate, deaggregate_batch, Deaggregated, MisplacedKplRecords, DEAGGREGATION_FAILURES,
+    MAGIC,
 };
 use kcl_core::{HashKeyRange, Record, SequenceNumber};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
@@ -231,15 +232,24 @@ fn hash_range_filter_on_a_vector() {
     let v = vectors.iter().find(|v| v.name == "explicit_hash_keys").unwrap();
     let plain = vectors.iter().find(|v| v.name == "plain_text").unwrap();
     let batch = vec![outer(&sequence_number, v), outer(&sequence_number, plain)];
-    // Its explicit hash keys are 0, 2^128-1 and 2^127: only the full range holds them all.
-    let all = deaggregate_batch(batch.clone(), Some(&HashKeyRange::FULL));
-    assert_eq!(all.len(), v.expected.len() + 1);
-    for range in [
-        HashKeyRange::new(0, u128::MAX / 2).unwrap(),
-        HashKeyRange::new(1, u128::MAX).unwrap(),
+    // Its user records' explicit hash keys are 0, 2^128-1, 0 and 2^127: only the full range
+    // holds them all.
+    let all = deaggregate_batch(
+        batch.clone(),
+        Some(&HashKeyRange::FULL),
+        MisplacedKplRecords::DropAggregate,
+    );
+    assert_eq!((all.records.len(), all.misplaced), (v.expected.len() + 1, 0));
+    for (range, misplaced) in [
+        (HashKeyRange::new(0, u128::MAX / 2).unwrap(), 2),
+        (HashKeyRange::new(1, u128::MAX).unwrap(), 2),
     ] {
-        let kept = deaggregate_batch(batch.clone(), Some(&range));
-        assert_eq!(kept, vec![outer(&sequence_number, plain)], "{range}");
+        let kept = deaggregate_batch(batch.clone(), Some(&range), MisplacedKplRecords::DropAggregate);
+        assert_eq!(kept.records, vec![outer(&sequence_number, plain)], "{range}");
+        assert_eq!(kept.misplaced, misplaced, "{range}");
+        // The default delivers every user record.
+        let all = deaggregate_batch(batch.clone(), Some(&range), MisplacedKplRecords::Deliver);
+        assert_eq!(all.records.len(), v.expected.len() + 1, "{range}");
     }
 }
 

@@ -571,3 +571,34 @@ async fn finished_leases_are_deleted_once_their_children_started_and_never_come_
     assert_eq!(log.assert_complete_and_ordered(&produced), 0);
     a.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kpl_aggregates_with_user_records_of_both_shards_are_delivered_whole() {
+    let (backend, store, log) = setup(2).await;
+    let lower_half = |key: &str| kcl_core::backend::local::partition_key_hash(key) <= u128::MAX / 2;
+    let keys: Vec<String> = (0..10).map(|k| format!("key-{k}")).collect();
+    assert!(
+        keys.iter().any(|k| lower_half(k)) && keys.iter().any(|k| !lower_half(k)),
+        "the user records hash to both shards"
+    );
+    // Ten aggregates of the ten keys, all put on the shard of the outer key "agg".
+    let mut produced: BTreeMap<String, u64> = BTreeMap::new();
+    for n in 0..10u64 {
+        let payloads: Vec<(String, String)> = keys.iter().map(|k| (k.clone(), format!("{k}:{n}"))).collect();
+        let parts: Vec<(&str, Option<&str>, &[u8])> = payloads
+            .iter()
+            .map(|(k, d)| (k.as_str(), None, d.as_bytes()))
+            .collect();
+        backend
+            .put_record(STREAM, "agg", kcl_core::aggregation::aggregate(&parts), None)
+            .await
+            .unwrap();
+        for k in &keys {
+            produced.insert(k.clone(), n + 1);
+        }
+    }
+    let a = start("a", &backend, &store, &log, Duration::from_secs(3));
+    wait_until(LIMIT, "every user record delivered", || log.wait_count() == 100).await;
+    assert_eq!(log.assert_complete_and_ordered(&produced), 0);
+    a.shutdown().await.unwrap();
+}

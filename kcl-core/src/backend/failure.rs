@@ -48,6 +48,9 @@ pub enum Fault {
     /// Fail with [`BackendError::Kms`] without calling the backend, as Kinesis does when the
     /// stream's KMS key is disabled (fatal).
     KmsDisabled,
+    /// Fail with [`BackendError::ShardNotFound`] (Kinesis's `ResourceNotFoundException` for a
+    /// shard) without calling the backend, as for a shard trimmed by retention.
+    ShardNotFound,
 }
 
 impl FaultKind for Fault {
@@ -127,6 +130,9 @@ impl<B> FailureBackend<B> {
             Some(Fault::KmsDisabled) => Err(BackendError::Kms(format!(
                 "KMSDisabledException injected in {op:?}"
             ))),
+            Some(Fault::ShardNotFound) => {
+                Err(BackendError::ShardNotFound(format!("injected fault in {op:?}")))
+            }
         }
     }
 }
@@ -162,6 +168,9 @@ impl ShardSubscription for FailureSubscription {
             Some(Fault::KmsDisabled) => Err(BackendError::Kms(format!(
                 "KMSDisabledException injected in {op:?}"
             ))),
+            Some(Fault::ShardNotFound) => {
+                Err(BackendError::ShardNotFound(format!("injected fault in {op:?}")))
+            }
         }
     }
 }

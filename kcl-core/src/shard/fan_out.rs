@@ -88,7 +88,7 @@ pub(crate) async fn run(
     skip_through: Option<ExtendedSequenceNumber>,
     tx: mpsc::Sender<Fetched>,
 ) {
-    let mut unpacker = Unpacker::new(config.hash_range, skip_through);
+    let mut unpacker = Unpacker::new(&config, skip_through);
     let mut continuation: Option<SequenceNumber> = None;
     // Since when only empty events came, and when the end was last probed.
     let mut idle_since: Option<Instant> = None;
@@ -121,6 +121,11 @@ pub(crate) async fn run(
         {
             Ok(s) => s,
             Err(BackendError::ConsumerNotFound(c)) => {
+                // Kinesis answers a subscription to a trimmed shard with ResourceNotFound too.
+                if let Some(children) = super::fetch::vanished_shard_children(&*backend, &config).await {
+                    let _ = tx.send(Fetched::End { children }).await;
+                    return;
+                }
                 warn!(consumer = %c, "fan-out consumer is gone; registering it again");
                 consumers.forget(&config.stream).await;
                 failures += 1;
@@ -135,7 +140,9 @@ pub(crate) async fn run(
                 continue;
             }
             Err(e) => {
-                let _ = tx.send(Fetched::Failed(e)).await;
+                let _ = tx
+                    .send(super::fetch::unrecoverable(&*backend, &config, e).await)
+                    .await;
                 return;
             }
         };

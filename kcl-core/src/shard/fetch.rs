@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::aggregation::deaggregate_batch;
+use crate::aggregation::{deaggregate_batch, MisplacedKplRecords};
 use crate::backend::{BackendError, IteratorPosition, StreamBackend};
 use crate::record::{ChildShard, ExtendedSequenceNumber, HashKeyRange, Record, SequenceNumber};
 
@@ -43,8 +43,13 @@ pub(crate) struct FetchConfig {
     pub max_records: usize,
     pub polling_interval: Duration,
     pub min_read_interval: Duration,
-    /// The shard's hash key range: KPL sub-records outside it are dropped (after a reshard).
+    /// The shard's hash key range: KPL user records outside it are counted (and delivered or
+    /// dropped as `misplaced_kpl` says).
     pub hash_range: Option<HashKeyRange>,
+    /// What to do with KPL aggregates reaching outside `hash_range`.
+    pub misplaced_kpl: MisplacedKplRecords,
+    /// Counts KPL user records outside `hash_range`.
+    pub misplaced: metrics::Counter,
     pub throttled: metrics::Counter,
     pub expired: metrics::Counter,
 }
@@ -54,18 +59,22 @@ pub(crate) struct FetchConfig {
 /// Shared by the polling and the fan-out reader.
 pub(crate) struct Unpacker {
     hash_range: Option<HashKeyRange>,
+    policy: MisplacedKplRecords,
+    misplaced: metrics::Counter,
+    /// Whether misplaced user records were already logged for this shard (once, not per batch).
+    warned: bool,
     /// Records at or before this were processed already (a checkpoint inside an aggregate is
     /// resumed at the aggregate, with `AT_SEQUENCE_NUMBER`).
     skip_through: Option<ExtendedSequenceNumber>,
 }
 
 impl Unpacker {
-    pub(crate) fn new(
-        hash_range: Option<HashKeyRange>,
-        skip_through: Option<ExtendedSequenceNumber>,
-    ) -> Self {
+    pub(crate) fn new(config: &FetchConfig, skip_through: Option<ExtendedSequenceNumber>) -> Self {
         Self {
-            hash_range,
+            hash_range: config.hash_range,
+            policy: config.misplaced_kpl,
+            misplaced: config.misplaced.clone(),
+            warned: false,
             skip_through,
         }
     }
@@ -73,7 +82,21 @@ impl Unpacker {
     /// The user records of `raw`, in order.
     pub(crate) fn unpack(&mut self, raw: Vec<Record>) -> Vec<Record> {
         let last_raw = raw.last().map(|r| r.sequence_number.clone());
-        let mut records = deaggregate_batch(raw, self.hash_range.as_ref());
+        let unpacked = deaggregate_batch(raw, self.hash_range.as_ref(), self.policy);
+        if unpacked.misplaced > 0 {
+            self.misplaced.increment(unpacked.misplaced as u64);
+            if !self.warned {
+                self.warned = true;
+                warn!(
+                    misplaced = unpacked.misplaced,
+                    dropped_aggregates = unpacked.dropped_aggregates,
+                    policy = ?self.policy,
+                    "KPL aggregates hold user records that hash outside this shard's range \
+                     (counted in KplMisplacedRecords; logged once per shard)"
+                );
+            }
+        }
+        let mut records = unpacked.records;
         if let Some(skip) = &self.skip_through {
             records.retain(|r| r.extended_sequence_number() > *skip);
             if last_raw.as_ref().is_some_and(|l| Some(l) > skip.sequence()) {
@@ -82,6 +105,56 @@ impl Unpacker {
         }
         records
     }
+}
+
+/// The children of the reader's shard if the shard is gone from a stream that still exists: a
+/// closed shard trimmed by retention before it was read to its end (`ShardNotFound` on its
+/// iterator or its subscription). `None` if the stream cannot be listed (a deleted stream is a
+/// failure, not an end) or still lists the shard.
+pub(crate) async fn vanished_shard_children(
+    backend: &dyn StreamBackend,
+    config: &FetchConfig,
+) -> Option<Vec<ChildShard>> {
+    let shards = match backend.list_shards(&config.stream).await {
+        Ok(shards) => shards,
+        Err(e) => {
+            debug!(error = %e, "listing the shards to check for a trimmed shard failed");
+            return None;
+        }
+    };
+    if shards.iter().any(|s| s.shard_id == config.shard_id) {
+        return None;
+    }
+    let children: Vec<ChildShard> = shards
+        .iter()
+        .filter(|s| s.parents().any(|p| p == config.shard_id))
+        .map(|s| ChildShard {
+            shard_id: s.shard_id.clone(),
+            parent_shards: s.parents().map(str::to_owned).collect(),
+            hash_key_range: s.hash_key_range,
+        })
+        .collect();
+    warn!(
+        children = ?children.iter().map(|c| &c.shard_id).collect::<Vec<_>>(),
+        "the shard no longer exists (trimmed by retention before it was read to its end): \
+         treating it as ended so that its children start; its unread records are gone"
+    );
+    Some(children)
+}
+
+/// What a reader hands over after a failure retrying cannot fix: the end of a vanished shard
+/// (see [`vanished_shard_children`]) or the failure.
+pub(crate) async fn unrecoverable(
+    backend: &dyn StreamBackend,
+    config: &FetchConfig,
+    error: BackendError,
+) -> Fetched {
+    if matches!(error, BackendError::ShardNotFound(_)) {
+        if let Some(children) = vanished_shard_children(backend, config).await {
+            return Fetched::End { children };
+        }
+    }
+    Fetched::Failed(error)
 }
 
 /// The reader's backoff after a failed call: 100 ms doubling to 5 s, with jitter, forever.
@@ -106,7 +179,7 @@ pub(crate) async fn run(
 ) {
     let mut iterator: Option<String> = None;
     let mut last_read: Option<SequenceNumber> = None;
-    let mut unpacker = Unpacker::new(config.hash_range, skip_through);
+    let mut unpacker = Unpacker::new(&config, skip_through);
     let mut delays = read_backoff();
     loop {
         let it = match iterator.take() {
@@ -127,7 +200,7 @@ pub(crate) async fn run(
                         continue;
                     }
                     Err(e) => {
-                        let _ = tx.send(Fetched::Failed(e)).await;
+                        let _ = tx.send(unrecoverable(&*backend, &config, e).await).await;
                         return;
                     }
                 }
@@ -189,7 +262,7 @@ pub(crate) async fn run(
                 tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
             }
             Err(e) => {
-                let _ = tx.send(Fetched::Failed(e)).await;
+                let _ = tx.send(unrecoverable(&*backend, &config, e).await).await;
                 return;
             }
         }

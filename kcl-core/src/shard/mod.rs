@@ -5,6 +5,7 @@
 //! down on lease loss, graceful hand-off or worker shutdown. Processor callbacks always run to
 //! completion: a stop signal is acted on between callbacks, never by cancelling one.
 
+mod failed_batch;
 pub(crate) mod fan_out;
 pub(crate) mod fetch;
 pub mod state;
@@ -24,8 +25,8 @@ use crate::checkpoint::Checkpointer;
 use crate::config::{InitialPosition, RetrievalMode, SchedulerConfig};
 use crate::metrics::{self as names, SharedShardHealth};
 use crate::processor::{
-    InitializeInput, LeaseLostInput, ProcessRecordsInput, RecordProcessor, ShardEndedInput,
-    ShutdownRequestedInput,
+    InitializeInput, LeaseLostInput, ProcessRecordsInput, ProcessorFailurePolicy, RecordProcessor,
+    ShardEndedInput, ShutdownRequestedInput,
 };
 use crate::record::{ChildShard, ExtendedSequenceNumber, HashKeyRange, Record};
 use fetch::{FetchConfig, Fetched};
@@ -70,6 +71,8 @@ struct ShardMetrics {
     errors: metrics::Counter,
     throttled: metrics::Counter,
     expired: metrics::Counter,
+    misplaced: metrics::Counter,
+    skipped: metrics::Counter,
 }
 
 impl ShardMetrics {
@@ -83,6 +86,8 @@ impl ShardMetrics {
             errors: metrics::counter!(names::PROCESSOR_ERRORS, &labels),
             throttled: metrics::counter!(names::GET_RECORDS_THROTTLED, &labels),
             expired: metrics::counter!(names::EXPIRED_ITERATOR, &labels),
+            misplaced: metrics::counter!(names::KPL_MISPLACED_RECORDS, &labels),
+            skipped: metrics::counter!(names::SKIPPED_RECORDS, &labels),
         }
     }
 }
@@ -327,6 +332,8 @@ impl ShardConsumer {
             polling_interval: config.polling_interval,
             min_read_interval: config.min_read_interval,
             hash_range,
+            misplaced_kpl: config.misplaced_kpl_records,
+            misplaced: self.metrics.misplaced.clone(),
             throttled: self.metrics.throttled.clone(),
             expired: self.metrics.expired.clone(),
         };
@@ -389,7 +396,8 @@ impl ShardConsumer {
         }
     }
 
-    /// Delivers one batch, retrying the processor until it succeeds or the consumer must stop.
+    /// Delivers one batch, retrying the processor until it succeeds, the failure policy skips
+    /// the batch, or the consumer must stop.
     async fn deliver(
         &mut self,
         records: Vec<Record>,
@@ -400,6 +408,7 @@ impl ShardConsumer {
         };
         let last = last.extended_sequence_number();
         let mut delays = processor_backoff();
+        let mut attempt = 0u32;
         loop {
             if let Some(reason) = self.pending_stop() {
                 return Err(reason);
@@ -410,13 +419,15 @@ impl ShardConsumer {
                 return Err(ShutdownReason::LeaseLost);
             }
             checkpointer.delivered(last.clone());
+            attempt = attempt.saturating_add(1);
             let input = ProcessRecordsInput {
                 records: &records,
                 millis_behind_latest,
                 checkpointer: &checkpointer,
+                attempt,
             };
             let started = tokio::time::Instant::now();
-            let result = self.processor().process_records(input).await;
+            let result = failed_batch::catch_panic(self.processor().process_records(input)).await;
             self.metrics.time.record(started.elapsed().as_secs_f64());
             match result {
                 Ok(()) => {
@@ -434,7 +445,15 @@ impl ShardConsumer {
                 }
                 Err(e) => {
                     self.metrics.errors.increment(1);
-                    warn!(error = %e, records = records.len(), "processor failed; the batch will be delivered again");
+                    if let ProcessorFailurePolicy::SkipAfter { attempts, hook } =
+                        &self.ctx.config.processor_failure
+                    {
+                        if attempt >= attempts.get() {
+                            let hook = hook.clone();
+                            return self.skip_batch(&records, &checkpointer, &*e, attempt, hook).await;
+                        }
+                    }
+                    warn!(error = %e, attempt, records = records.len(), "processor failed; the batch will be delivered again");
                     if let Some(reason) = self.pause(&mut delays).await {
                         return Err(reason);
                     }
