@@ -89,6 +89,7 @@ impl FanOutConfig {
 /// | `polling_interval` | 1 s | the Java KCL's idle time between reads; used after an empty read only |
 /// | `min_read_interval` | 200 ms | keeps one reader under Kinesis's 5 reads/s per shard |
 /// | `max_prefetch_batches` | 3 | bounded read-ahead per shard; the reader waits when it is full |
+/// | `max_prefetch_bytes` | 8 MiB | the read-ahead's bytes per shard (after KPL unpacking, the batch being processed included): 4 s of a shard's 2 MiB/s read limit, so 1,000 shards on a worker hold at most 8 GiB even with slow processors |
 /// | `shard_sync_interval` | 60 s | the Java KCL's; shard ends also trigger a sync at once |
 /// | `parent_poll_interval` | 500 ms | how often a child checks whether its parents finished |
 /// | `graceful_shutdown_timeout` | 30 s | how long processors get to checkpoint at shutdown |
@@ -129,6 +130,9 @@ pub struct SchedulerConfig {
     pub min_read_interval: Duration,
     /// Batches read ahead of the processor, per shard.
     pub max_prefetch_batches: usize,
+    /// Bytes read ahead of the processor, per shard (payloads and partition keys, counted
+    /// after KPL unpacking): the reader waits when they are reached.
+    pub max_prefetch_bytes: usize,
     /// How often the shard list is synchronised with the lease table.
     pub shard_sync_interval: Duration,
     /// How often a child shard checks whether its parents have finished.
@@ -173,6 +177,7 @@ impl SchedulerConfig {
             polling_interval: Duration::from_secs(1),
             min_read_interval: Duration::from_millis(200),
             max_prefetch_batches: 3,
+            max_prefetch_bytes: 8 * 1024 * 1024,
             shard_sync_interval: Duration::from_secs(60),
             parent_poll_interval: Duration::from_millis(500),
             graceful_shutdown_timeout: Duration::from_secs(30),
@@ -237,8 +242,11 @@ impl SchedulerConfig {
                 return Err("the fan-out consumer name must not be empty".into());
             }
         }
-        if self.max_prefetch_batches == 0 || self.max_leases_per_worker == 0 {
-            return Err("max_prefetch_batches and max_leases_per_worker must be at least 1".into());
+        if self.max_prefetch_batches == 0 || self.max_prefetch_bytes == 0 || self.max_leases_per_worker == 0 {
+            return Err(
+                "max_prefetch_batches, max_prefetch_bytes and max_leases_per_worker must be at least 1"
+                    .into(),
+            );
         }
         Ok(())
     }

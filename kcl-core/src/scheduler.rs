@@ -169,6 +169,10 @@ impl SchedulerBuilder {
         former_streams_cleanup: FormerStreamsCleanup
     );
     setter!(
+        /// Bytes read ahead of the processor per shard, after KPL unpacking (default 8 MiB).
+        max_prefetch_bytes: usize
+    );
+    setter!(
         /// KPL aggregates reaching outside their shard: delivered (default) or dropped whole.
         misplaced_kpl_records: crate::config::MisplacedKplRecords
     );

@@ -206,9 +206,13 @@ pub(crate) async fn run(
             }
             let records = unpacker.unpack(event.records);
             if !records.is_empty() {
+                let Some(budget) = config.budget.reserve(&records).await else {
+                    return;
+                };
                 let batch = Fetched::Batch {
                     records,
                     millis_behind_latest: event.millis_behind_latest,
+                    budget,
                 };
                 if tx.send(batch).await.is_err() {
                     return;

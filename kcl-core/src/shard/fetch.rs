@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use super::read_ahead::{ByteBudget, Reserved};
 use crate::aggregation::{deaggregate_batch, MisplacedKplRecords};
 use crate::backend::{BackendError, IteratorPosition, StreamBackend};
 use crate::record::{ChildShard, ExtendedSequenceNumber, HashKeyRange, Record, SequenceNumber};
@@ -28,6 +29,8 @@ pub(crate) enum Fetched {
     Batch {
         records: Vec<Record>,
         millis_behind_latest: u64,
+        /// The batch's share of the read-ahead's byte budget, given back when it is dropped.
+        budget: Reserved,
     },
     /// The shard is closed and was read to its end.
     End { children: Vec<ChildShard> },
@@ -50,6 +53,8 @@ pub(crate) struct FetchConfig {
     pub misplaced_kpl: MisplacedKplRecords,
     /// Counts KPL user records outside `hash_range`.
     pub misplaced: metrics::Counter,
+    /// The bytes the read-ahead may hold.
+    pub budget: ByteBudget,
     pub throttled: metrics::Counter,
     pub expired: metrics::Counter,
 }
@@ -217,9 +222,13 @@ pub(crate) async fn run(
                 let empty = records.is_empty();
                 let bytes: usize = records.iter().map(|r| r.data.len()).sum();
                 if !empty {
+                    let Some(budget) = config.budget.reserve(&records).await else {
+                        return;
+                    };
                     let batch = Fetched::Batch {
                         records,
                         millis_behind_latest: out.millis_behind_latest,
+                        budget,
                     };
                     if tx.send(batch).await.is_err() {
                         return;

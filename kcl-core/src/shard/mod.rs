@@ -8,6 +8,7 @@
 mod failed_batch;
 pub(crate) mod fan_out;
 pub(crate) mod fetch;
+mod read_ahead;
 pub mod state;
 
 use std::collections::BTreeSet;
@@ -334,6 +335,7 @@ impl ShardConsumer {
             hash_range,
             misplaced_kpl: config.misplaced_kpl_records,
             misplaced: self.metrics.misplaced.clone(),
+            budget: read_ahead::ByteBudget::new(config.max_prefetch_bytes),
             throttled: self.metrics.throttled.clone(),
             expired: self.metrics.expired.clone(),
         };
@@ -372,7 +374,10 @@ impl ShardConsumer {
                 Some(Fetched::Batch {
                     records,
                     millis_behind_latest,
+                    budget,
                 }) => {
+                    // Held until the batch is delivered (or skipped): its bytes count until then.
+                    let _budget = budget;
                     if let Err(reason) = self.deliver(records, millis_behind_latest).await {
                         return ShardEvent::Shutdown(reason);
                     }
