@@ -47,6 +47,13 @@ pub const PROCESSOR_ERRORS: &str = "ProcessorErrors";
 pub const GET_RECORDS_THROTTLED: &str = "GetRecords.Throttled";
 /// See the module docs.
 pub const EXPIRED_ITERATOR: &str = "ExpiredIterator";
+
+/// The `metrics` facade cannot delete a series, so per-shard series end through the exporter:
+/// a shard consumer touches its series every 10 s while it holds the shard, and an exporter
+/// that drops series idle for this long (the Prometheus exporter's
+/// `PrometheusBuilder::idle_timeout`, as `kcl-tail` sets it) drops those of the shards that left
+/// the worker (taken by another worker, ended, or their stream removed).
+pub const SHARD_SERIES_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// See the module docs.
 pub const SKIPPED_RECORDS: &str = "SkippedRecords";
 /// See the module docs.

@@ -96,3 +96,12 @@ pub async fn prepare_aws(
         .with_context(|| format!("preparing the lease table {application}"))?;
     Ok(())
 }
+
+/// A Prometheus exporter that drops series idle for `idle` (counters, gauges, histograms):
+/// shard consumers touch their series while they hold the shard, so the series of a shard that
+/// left this worker disappear from `/metrics` after `idle` instead of reporting a stale lag
+/// forever. `kcl-tail` uses [`kcl_core::metrics::SHARD_SERIES_IDLE_TIMEOUT`].
+pub fn prometheus_builder(idle: std::time::Duration) -> metrics_exporter_prometheus::PrometheusBuilder {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .idle_timeout(metrics_util::MetricKindMask::ALL, Some(idle))
+}

@@ -76,7 +76,29 @@ struct ShardMetrics {
     skipped: metrics::Counter,
 }
 
+/// How often a shard consumer touches its metric series while it holds the shard, even with no
+/// records: exporters that drop idle series (the Prometheus exporter's `idle_timeout`, which
+/// `kcl-tail` sets to [`crate::metrics::SHARD_SERIES_IDLE_TIMEOUT`]) then keep the series of
+/// the shards a worker holds and drop those of shards that left it.
+pub(crate) const METRICS_KEEPALIVE: Duration = Duration::from_secs(10);
+
 impl ShardMetrics {
+    /// Marks every series as current without changing its value.
+    fn touch(&self, millis_behind_latest: u64) {
+        for counter in [
+            &self.records,
+            &self.bytes,
+            &self.errors,
+            &self.throttled,
+            &self.expired,
+            &self.misplaced,
+            &self.skipped,
+        ] {
+            counter.increment(0);
+        }
+        self.behind.set(millis_behind_latest as f64);
+    }
+
     fn new(worker: &str, shard: &str) -> Self {
         let labels = [("worker_id", worker.to_owned()), ("shard_id", shard.to_owned())];
         Self {
@@ -110,6 +132,8 @@ pub(crate) struct ShardConsumer {
     children: Vec<ChildShard>,
     health: SharedShardHealth,
     metrics: ShardMetrics,
+    /// When the metric series were last touched (see [`METRICS_KEEPALIVE`]).
+    metrics_touched: tokio::time::Instant,
 }
 
 impl ShardConsumer {
@@ -125,6 +149,7 @@ impl ShardConsumer {
         let shard_id = lease.shard_id().to_owned();
         Self {
             metrics: ShardMetrics::new(lease.worker_id(), lease.key()),
+            metrics_touched: tokio::time::Instant::now(),
             health,
             shard_id,
             stream,
@@ -158,6 +183,16 @@ impl ShardConsumer {
             }
             state = next;
         }
+    }
+
+    fn touch_metrics(&mut self) {
+        let behind = self
+            .health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .millis_behind_latest;
+        self.metrics.touch(behind);
+        self.metrics_touched = tokio::time::Instant::now();
     }
 
     fn update_health(&self, f: impl FnOnce(&mut crate::metrics::ShardHealth)) {
@@ -361,14 +396,24 @@ impl ShardConsumer {
                 tokio::select! {
                     biased;
                     _ = stop => None,
-                    item = reader.rx.recv() => Some(item),
+                    item = reader.rx.recv() => Some(Some(item)),
+                    () = tokio::time::sleep(METRICS_KEEPALIVE) => Some(None),
                 }
             };
             let item = match item {
                 None => {
                     return ShardEvent::Shutdown(self.pending_stop().unwrap_or(ShutdownReason::Requested))
                 }
-                Some(item) => item,
+                Some(None) => {
+                    self.touch_metrics();
+                    continue;
+                }
+                Some(Some(item)) => {
+                    if self.metrics_touched.elapsed() >= METRICS_KEEPALIVE {
+                        self.touch_metrics();
+                    }
+                    item
+                }
             };
             match item {
                 Some(Fetched::Batch {

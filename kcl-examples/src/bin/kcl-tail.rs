@@ -322,7 +322,7 @@ async fn run() -> Result<()> {
     kcl_examples::init_tracing("warn");
     let args = Args::parse();
     if let Some(addr) = args.metrics_addr {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
+        kcl_examples::prometheus_builder(kcl_core::metrics::SHARD_SERIES_IDLE_TIMEOUT)
             .with_http_listener(addr)
             .install()
             .with_context(|| format!("serving metrics on {addr}"))?;
