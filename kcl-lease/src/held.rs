@@ -342,17 +342,17 @@ impl HeldLease {
             // time. If an unconfirmed renewal explains it, the lease was renewed no earlier than
             // that renewal started: valid until then plus the failover time (never later than
             // the truth, so safe); otherwise the validity is left as it was.
-            Err(LeaseError::Conflict { actual, .. }) => match self.row_after_conflict(actual).await {
-                Some(current) if self.applied_earlier(&row, &current) => {
-                    info!(lease = %self.key, counter = current.lease_counter, "an earlier write was applied after all; going on");
-                    *row = current;
-                    if let Some(since) = lock(&self.unconfirmed_since).take() {
-                        let mut until = lock(&self.valid_until);
-                        *until = (*until).max(since + self.failover_time);
+            Err(LeaseError::Conflict { actual, .. }) => {
+                match self.adopt_after_conflict(&mut row, actual).await {
+                    Ok(()) => {
+                        if let Some(since) = lock(&self.unconfirmed_since).take() {
+                            let mut until = lock(&self.valid_until);
+                            *until = (*until).max(since + self.failover_time);
+                        }
                     }
+                    Err(actual) => self.on_conflict(actual.as_deref()),
                 }
-                current => self.on_conflict(current.as_ref()),
-            },
+            }
             Err(LeaseError::NotFound(_)) => self.set_status(LeaseStatus::Lost),
             Err(e) => {
                 if matches!(e, LeaseError::Backend(_)) {
@@ -370,28 +370,38 @@ impl HeldLease {
         }
     }
 
-    /// The row as it is after a failed conditional write: as the store returned it with the
-    /// conflict, else read again (`None` if that fails too).
-    async fn row_after_conflict(&self, actual: Option<Box<Lease>>) -> Option<Lease> {
-        match actual {
-            Some(row) => Some(*row),
+    /// After a failed conditional write: the row as it is now (as the store returned it with
+    /// the conflict, else read again). If it is `row` moved on by a write of this worker that
+    /// reported failure but was applied (still ours, no hand-off, a newer counter), nothing was
+    /// lost: `row` becomes it (`Ok`). Otherwise `Err` with the row as it is now, if known.
+    async fn adopt_after_conflict(
+        &self,
+        row: &mut Lease,
+        actual: Option<Box<Lease>>,
+    ) -> std::result::Result<(), Option<Box<Lease>>> {
+        let current = match actual {
+            Some(current) => Some(*current),
             None => match self.store.get(&self.key).await {
-                Ok(row) => row,
+                Ok(current) => current,
                 Err(e) => {
                     warn!(lease = %self.key, error = %e, "re-reading the lease after a conflict failed");
                     None
                 }
             },
+        };
+        match current {
+            Some(current)
+                if self.status() == LeaseStatus::Held
+                    && current.is_owned_by(&self.worker_id)
+                    && current.checkpoint_owner.is_none()
+                    && current.lease_counter > row.lease_counter =>
+            {
+                info!(lease = %self.key, counter = current.lease_counter, "an earlier write was applied after all; going on");
+                *row = current;
+                Ok(())
+            }
+            current => Err(current.map(Box::new)),
         }
-    }
-
-    /// Whether `current` is `ours` moved on by a write of this worker that reported failure
-    /// but was applied (still ours, no hand-off, a newer counter): then nothing was lost.
-    fn applied_earlier(&self, ours: &Lease, current: &Lease) -> bool {
-        self.status() == LeaseStatus::Held
-            && current.is_owned_by(&self.worker_id)
-            && current.checkpoint_owner.is_none()
-            && current.lease_counter > ours.lease_counter
     }
 
     /// Learns of a change of owner from a (possibly stale) scan of the table: if `scanned` is
@@ -442,19 +452,18 @@ impl HeldLease {
                 Ok(new)
             }
             Err(LeaseError::Conflict { key, actual }) => {
-                let current = self.row_after_conflict(actual).await;
-                if let Some(current) = current.as_ref().filter(|c| self.applied_earlier(&row, c)) {
-                    // An earlier write reported failure but was applied: write again on top.
-                    info!(lease = %self.key, counter = current.lease_counter, "an earlier write was applied after all; checkpointing again");
-                    *row = current.clone();
-                    let new = self
-                        .store
-                        .update_checkpoint(&row, &self.worker_id, checkpoint)
-                        .await?;
-                    *row = new.clone();
-                    return Ok(new);
-                }
-                let actual = current.map(Box::new);
+                let actual = match self.adopt_after_conflict(&mut row, actual).await {
+                    Ok(()) => {
+                        // An earlier write reported failure but was applied: write again on top.
+                        let new = self
+                            .store
+                            .update_checkpoint(&row, &self.worker_id, checkpoint)
+                            .await?;
+                        *row = new.clone();
+                        return Ok(new);
+                    }
+                    Err(actual) => actual,
+                };
                 let handoff = self.status() == LeaseStatus::HandoffRequested;
                 self.on_conflict(actual.as_deref());
                 if !handoff && self.status() == LeaseStatus::HandoffRequested {
@@ -487,14 +496,14 @@ impl HeldLease {
                 Ok(new)
             }
             Err(LeaseError::Conflict { key, actual }) => {
-                let current = self.row_after_conflict(actual).await;
-                if let Some(current) = current.as_ref().filter(|c| self.applied_earlier(&row, c)) {
-                    *row = current.clone();
-                    let new = self.store.mark_children(&row, children).await?;
-                    *row = new.clone();
-                    return Ok(new);
-                }
-                let actual = current.map(Box::new);
+                let actual = match self.adopt_after_conflict(&mut row, actual).await {
+                    Ok(()) => {
+                        let new = self.store.mark_children(&row, children).await?;
+                        *row = new.clone();
+                        return Ok(new);
+                    }
+                    Err(actual) => actual,
+                };
                 self.on_conflict(actual.as_deref());
                 Err(LeaseError::Conflict { key, actual })
             }

@@ -17,14 +17,25 @@ async fn stops_by_itself(handle: SchedulerHandle) -> Result<(), KclError> {
     handle.shutdown().await
 }
 
-async fn running(what: &str) -> (aws_sdk_kinesis::Client, String, String, SchedulerHandle) {
+/// A worker on a new stream of `shards` shards and its lease table, with 8 records processed.
+struct Running {
+    kinesis: aws_sdk_kinesis::Client,
+    stream: String,
+    app: String,
+    store: kcl_lease::DynamoDbLeaseStore,
+    log: Log,
+    produced: BTreeMap<String, u64>,
+    handle: SchedulerHandle,
+}
+
+async fn running(what: &str, shards: i32, failover: Duration) -> Running {
     let (sdk, _) = sdk().await;
     let (stream, app) = (unique(what), unique(&format!("{what}-app")));
     let kinesis = aws_sdk_kinesis::Client::new(&sdk);
-    create_stream(&kinesis, &stream, 2).await;
+    create_stream(&kinesis, &stream, shards).await;
     let (backend, store) = backends(&sdk, &app).await;
     let log = Log::default();
-    let handle = fast_for(&app, &stream, "w", backend, store, &log, Duration::from_secs(3))
+    let handle = fast_for(&app, &stream, "w", backend, store.clone(), &log, failover)
         .polling_interval(Duration::from_millis(100))
         .build()
         .expect("config")
@@ -32,13 +43,21 @@ async fn running(what: &str) -> (aws_sdk_kinesis::Client, String, String, Schedu
     let mut produced = BTreeMap::new();
     produce_aws(&kinesis, &stream, 4, 2, &mut produced).await;
     wait_until(LIMIT, "records processed", || log.wait_count() == 8).await;
-    (kinesis, stream, app, handle)
+    Running {
+        kinesis,
+        stream,
+        app,
+        store,
+        log,
+        produced,
+        handle,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_table_deleted_under_a_running_worker_stops_it_with_the_cause() {
     init_tracing();
-    let (_, _, app, handle) = running("fatal-table").await;
+    let Running { app, handle, .. } = running("fatal-table", 2, Duration::from_secs(3)).await;
     let (sdk, _) = sdk().await;
     aws_sdk_dynamodb::Client::new(&sdk)
         .delete_table()
@@ -60,7 +79,12 @@ async fn a_lease_table_deleted_under_a_running_worker_stops_it_with_the_cause() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_deleted_under_a_running_worker_stops_it_with_the_cause() {
     init_tracing();
-    let (kinesis, stream, _, handle) = running("fatal-stream").await;
+    let Running {
+        kinesis,
+        stream,
+        handle,
+        ..
+    } = running("fatal-stream", 2, Duration::from_secs(3)).await;
     kinesis
         .delete_stream()
         .stream_name(&stream)
@@ -84,21 +108,17 @@ async fn a_stream_deleted_under_a_running_worker_stops_it_with_the_cause() {
 async fn rows_corrupted_mid_run_neither_stop_the_worker_nor_strand_a_held_shard() {
     use aws_sdk_dynamodb::types::AttributeValue;
     init_tracing();
-    let (sdk, _) = sdk().await;
-    let (stream, app) = (unique("corrupt"), unique("corrupt-app"));
-    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
-    create_stream(&kinesis, &stream, 1).await;
-    let (backend, store) = backends(&sdk, &app).await;
-    let log = Log::default();
     let failover = Duration::from_secs(2);
-    let handle = fast_for(&app, &stream, "w", backend, store.clone(), &log, failover)
-        .polling_interval(Duration::from_millis(100))
-        .build()
-        .expect("config")
-        .spawn();
-    let mut produced = BTreeMap::new();
-    produce_aws(&kinesis, &stream, 4, 2, &mut produced).await;
-    wait_until(LIMIT, "records processed", || log.wait_count() == 8).await;
+    let Running {
+        kinesis,
+        stream,
+        app,
+        store,
+        log,
+        mut produced,
+        handle,
+    } = running("corrupt", 1, failover).await;
+    let (sdk, _) = sdk().await;
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
     let victim = "shardId-000000000000";
     dynamo

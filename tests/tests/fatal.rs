@@ -28,21 +28,6 @@ use kcl_tests::*;
 const FAILOVER: Duration = Duration::from_secs(2);
 const LIMIT: Duration = Duration::from_secs(120);
 
-const EVERY_LEASE_OP: [LeaseOp; 12] = [
-    LeaseOp::List,
-    LeaseOp::Get,
-    LeaseOp::Create,
-    LeaseOp::Renew,
-    LeaseOp::Take,
-    LeaseOp::Evict,
-    LeaseOp::Checkpoint,
-    LeaseOp::CompleteHandoff,
-    LeaseOp::MarkChildren,
-    LeaseOp::Delete,
-    LeaseOp::PutHeartbeat,
-    LeaseOp::ListHeartbeats,
-];
-
 /// Waits (in paused time) until the worker's task has ended, then returns its result.
 async fn stopped(handle: SchedulerHandle) -> (Duration, Result<(), KclError>) {
     let start = tokio::time::Instant::now();
@@ -76,7 +61,7 @@ async fn lease_store_failure_stops_the_worker(fault: LeaseFault, expected: &str)
     let log = Log::default();
     let handle = running_worker(store.clone(), local.clone(), &local, &log).await;
     let mut plan = LeaseFaultPlan::new(0);
-    for op in EVERY_LEASE_OP {
+    for op in LeaseOp::ALL {
         plan = plan.rule(op, LeaseTrigger::Always, fault.clone());
     }
     store.set_plan(plan);

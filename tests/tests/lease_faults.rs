@@ -15,21 +15,6 @@ use kcl_tests::*;
 const FAILOVER: Duration = Duration::from_secs(3);
 const LIMIT: Duration = Duration::from_secs(600);
 
-const EVERY_LEASE_OP: [LeaseOp; 12] = [
-    LeaseOp::List,
-    LeaseOp::Get,
-    LeaseOp::Create,
-    LeaseOp::Renew,
-    LeaseOp::Take,
-    LeaseOp::Evict,
-    LeaseOp::Checkpoint,
-    LeaseOp::CompleteHandoff,
-    LeaseOp::MarkChildren,
-    LeaseOp::Delete,
-    LeaseOp::PutHeartbeat,
-    LeaseOp::ListHeartbeats,
-];
-
 type Wrapped = Arc<FailureLeaseStore<InMemoryLeaseStore>>;
 
 fn wrapped(memory: &InMemoryLeaseStore) -> Wrapped {
@@ -84,7 +69,7 @@ async fn a_worker_cut_off_from_the_lease_store_alone_stops_and_the_others_take_o
 
     // Only a loses the lease store (a network partition between a and DynamoDB).
     let mut plan = LeaseFaultPlan::new(1);
-    for op in EVERY_LEASE_OP {
+    for op in LeaseOp::ALL {
         plan = plan.rule(op, LeaseTrigger::Always, LeaseFault::Error);
     }
     sa.set_plan(plan);
