@@ -1,277 +1,435 @@
-//! `kcl-admin`: inspect and operate a KCL application's lease table (the DynamoDB table named
-//! after the application): list its leases and workers, rewind or reset checkpoints, delete the
-//! application. Works on tables written by this library and by the Java KCL (same schema).
-//!
-//! Exit codes: 0 ok, 1 error (AWS, table missing, ...), 2 usage (bad flags, bad position),
-//! 3 refused because the leases are held by live workers (use `--force`), 4 conflict (a lease
-//! changed between the read and the conditional write; nothing was overwritten).
+//! `kcl-admin`: an operator's view of a KCL application's lease table (this library's or the
+//! Java KCL's: same schema) and two actions on it: rewinding checkpoints and deleting the
+//! application. The logic lives in `kcl_examples::admin`; this file parses arguments, connects
+//! to AWS (or builds the `--local` demo) and prints tables or JSON.
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use async_trait::async_trait;
+use aws_smithy_types::date_time::Format;
+use aws_smithy_types::DateTime;
 use clap::{Parser, Subcommand};
 use kcl_core::aws::{load_sdk_config, AwsOptions};
-use kcl_lease::{DynamoDbLeaseStore, ExtendedSequenceNumber, Lease, LeaseError, LeaseStore};
-use serde_json::json;
+use kcl_core::{
+    InMemoryLeaseStore, InitialPosition, KinesisBackend, LeaseStore, LocalBackend, ProcessRecordsInput,
+    ProcessorError, RecordProcessor, Scheduler, SchedulerHandle, ShutdownRequestedInput, StreamBackend,
+};
+use kcl_examples::admin::{self, table, AdminError, ObserveOptions, ResetTarget};
+use kcl_lease::{DynamoDbLeaseStore, SequenceNumber};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  done
+  1  error (AWS, lease table or stream; the message says which call failed)
+  2  usage (bad arguments, bad timestamp or sequence number, unknown shard)
+  3  refused: leases are held by live workers (stop them, or pass --force)
+  4  conflict: a lease changed between the read and the conditional write; nothing was
+     overwritten, run the command again
+  5  unknown application: no lease table with that name
+
+What \"live\" means: kcl-admin reads the lease table (and the heartbeat table, if any) twice,
+--watch-ms apart. A lease is held live if it has an owner and its counter moved, or its owner's
+heartbeat row moved. Use a watch longer than the workers' renewal interval (a third of their
+failover time by default).
+
+--local: a local application exists only inside one process, so kcl-admin --local builds a
+demo application in this process (a local stream of --local-shards shards with 100 records,
+and one worker that processes them and keeps running) and runs the command on it: it shows
+what each command prints, without AWS. Nothing outside the process is read or changed.";
 
 /// Inspect and operate a KCL application's lease table.
-///
-/// Exit codes: 0 ok; 1 error (AWS call failed, unknown application); 2 usage (bad flags or
-/// position); 3 refused: leases held by live workers (stop them, or `--force`); 4 conflict: a
-/// lease changed between the read and the write (nothing overwritten; run again).
-///
-/// Lag is not shown by this version ("-"); throughput is the `throughputKBps` the workers
-/// publish on their rows ("-" when absent).
 #[derive(Parser, Debug)]
-#[command(name = "kcl-admin", version)]
+#[command(name = "kcl-admin", version, after_help = EXIT_CODES)]
 struct Args {
-    /// The application name: the lease table's name.
-    #[arg(long)]
-    application_name: String,
-    /// AWS region (default: the SDK's chain).
-    #[arg(long)]
+    /// The application name: its lease table's name.
+    #[arg(long, global = true)]
+    application_name: Option<String>,
+    /// The application's stream (for the lag of single-stream leases, and the fan-out
+    /// consumer of delete-application). Multi-stream leases name their stream themselves.
+    /// Repeat it for several streams.
+    #[arg(long = "stream", global = true)]
+    streams: Vec<String>,
+    /// AWS region (default: the SDK's chain: AWS_REGION, profile, IMDS).
+    #[arg(long, global = true)]
     region: Option<String>,
-    /// Endpoint URL for DynamoDB (LocalStack, emulators); AWS_ENDPOINT_URL also works.
-    #[arg(long)]
+    /// Endpoint URL for both Kinesis and DynamoDB (LocalStack, emulators). The
+    /// AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_KINESIS and AWS_ENDPOINT_URL_DYNAMODB variables also work.
+    #[arg(long, global = true)]
     endpoint_url: Option<String>,
-    /// Print JSON instead of a table.
+    /// A named AWS profile.
+    #[arg(long, global = true)]
+    profile: Option<String>,
+    /// Print JSON (one document on stdout; errors too, as {"error": kind, "message": ...}).
     #[arg(long, global = true)]
     json: bool,
+    /// Milliseconds between the two reads that tell live leases from stale ones (0: one read,
+    /// liveness unknown; reset and delete-application then treat every owned lease as live).
+    #[arg(long, global = true, default_value_t = 4_000, alias = "observe-ms")]
+    watch_ms: u64,
+    /// Do not read the stream for the lag (no Kinesis calls).
+    #[arg(long, global = true)]
+    no_lag: bool,
+    /// Run on a demo application built in this process (see below).
+    #[arg(long, global = true)]
+    local: bool,
+    /// Shards of the --local demo stream.
+    #[arg(long, global = true, default_value_t = 4)]
+    local_shards: usize,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// One line per lease: shard, owner, counter, checkpoint, parents/children, throughput,
-    /// and whether its counter moved while observed (`--observe-ms`).
-    Leases {
-        /// Read the table twice this far apart to see which leases are renewed (0: once).
-        #[arg(long, default_value_t = 0)]
-        observe_ms: u64,
-    },
-    /// Leases and published throughput per worker.
+    /// Every lease: shard, owner, counter, checkpoint, lag (records after the checkpoint,
+    /// counted up to 10,000, and MillisBehindLatest of the first of them, read with
+    /// GetRecords; unknown for LATEST and AT_TIMESTAMP checkpoints), parents, children,
+    /// throughputKBps, and whether the counter moved during the watch.
+    Leases,
+    /// Every worker: leases held, leases renewed during the watch, summed throughputKBps,
+    /// heartbeat row (if the application has a heartbeat table).
     Workers,
-    /// Set the checkpoint of every lease (or of `--shard`) to a position. Refused while a lease
-    /// has an owner whose counter moves during `--observe-ms`, unless `--force`.
+    /// Rewind (or fast-forward) checkpoints. Each write is conditional on the owner and counter
+    /// read; the owner is removed, so the next worker to take the lease starts at the new
+    /// position. Prints what it changed.
     Reset {
-        /// trim-horizon, latest or sequence:<number>.
-        #[arg(long)]
-        to: String,
-        /// Only the lease whose key or shard id is this.
+        /// trim-horizon | latest | at-timestamp <RFC3339> | sequence <N>. `sequence N`:
+        /// processing resumes after record N. `at-timestamp T` writes the AT_TIMESTAMP
+        /// sentinel, as the Java KCL does: the timestamp itself is the workers'
+        /// configuration, so start them with `--initial-position at-timestamp:T`.
+        #[arg(long, num_args = 1..=2, value_names = ["POSITION", "VALUE"], required = true)]
+        to: Vec<String>,
+        /// Only this shard (a shard id or a lease key).
         #[arg(long)]
         shard: Option<String>,
-        /// Reset even if workers are live (they lose the leases at their next renewal).
+        /// Reset even leases held by live workers (they lose them and take them again).
         #[arg(long)]
         force: bool,
-        /// How long to watch the counters for live workers.
-        #[arg(long, default_value_t = 3000)]
-        observe_ms: u64,
     },
-    /// Delete the lease table and the heartbeat table.
-    DeleteApplication,
+    /// Delete the application: the lease table and the heartbeat table.
+    DeleteApplication {
+        /// Also deregister the enhanced fan-out consumer on every --stream.
+        #[arg(long)]
+        delete_consumer: bool,
+        /// The fan-out consumer's name (default: the application name, as kcl-tail names it).
+        #[arg(long)]
+        consumer_name: Option<String>,
+        /// Delete even while workers are live (they stop: their lease table is gone).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
-/// Why the command failed, mapped to the documented exit codes.
-#[derive(Debug, thiserror::Error)]
-enum AdminError {
-    #[error("{0}")]
-    Usage(String),
-    #[error("{0}")]
-    Live(String),
-    #[error("{0}")]
-    Conflict(String),
+/// An error with the exit code it maps to.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+    json: Option<serde_json::Value>,
 }
 
-fn parse_to(s: &str) -> Result<ExtendedSequenceNumber, AdminError> {
-    let c = match s {
-        "trim-horizon" => ExtendedSequenceNumber::TRIM_HORIZON.to_string(),
-        "latest" => ExtendedSequenceNumber::LATEST.to_string(),
-        other => match other.strip_prefix("sequence:") {
-            Some(n) => n.to_string(),
-            None if other.starts_with("at-timestamp") => {
-                return Err(AdminError::Usage(
-                    "--to at-timestamp is not supported by this version: a lease row cannot carry the timestamp; use trim-horizon, latest or sequence:<n>".into(),
-                ))
-            }
-            None => {
-                return Err(AdminError::Usage(format!(
-                    "--to {other:?}: expected trim-horizon, latest or sequence:<number>"
-                )))
-            }
-        },
+impl From<AdminError> for Failure {
+    fn from(e: AdminError) -> Self {
+        Failure {
+            code: e.exit_code(),
+            json: Some(e.to_json()),
+            error: e.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure {
+            code: admin::EXIT_ERROR,
+            error,
+            json: None,
+        }
+    }
+}
+
+/// What a command printed and the exit code it wants (0, or 4 for conflicts).
+struct Outcome {
+    text: String,
+    json: serde_json::Value,
+    code: u8,
+}
+
+fn parse_target(to: &[String]) -> Result<ResetTarget, AdminError> {
+    let usage = |m: String| AdminError::Usage(m);
+    match to {
+        [p] if p == "trim-horizon" || p == "TRIM_HORIZON" => Ok(ResetTarget::TrimHorizon),
+        [p] if p == "latest" || p == "LATEST" => Ok(ResetTarget::Latest),
+        [p, t] if p == "at-timestamp" => {
+            let dt = DateTime::from_str(t, Format::DateTimeWithOffset)
+                .or_else(|_| DateTime::from_str(t, Format::DateTime))
+                .map_err(|e| usage(format!("bad timestamp {t:?}: {e}; expected RFC 3339, e.g. 2026-12-03T07:00:00Z")))?;
+            let normalized = dt.fmt(Format::DateTime).map_err(|e| usage(format!("bad timestamp {t:?}: {e}")))?;
+            Ok(ResetTarget::AtTimestamp(normalized))
+        }
+        [p, s] if p == "sequence" => SequenceNumber::new(s)
+            .map(ResetTarget::Sequence)
+            .map_err(|e| usage(format!("bad sequence number: {e}"))),
+        _ => Err(usage(format!(
+            "--to {}: expected trim-horizon, latest, at-timestamp <RFC3339> or sequence <N>",
+            to.join(" ")
+        ))),
+    }
+}
+
+/// The demo's processor: checkpoints every batch.
+struct Checkpointing;
+
+#[async_trait]
+impl RecordProcessor for Checkpointing {
+    async fn process_records(&mut self, input: ProcessRecordsInput<'_>) -> Result<(), ProcessorError> {
+        input.checkpointer.checkpoint().await?;
+        Ok(())
+    }
+    async fn shutdown_requested(&mut self, input: ShutdownRequestedInput<'_>) -> Result<(), ProcessorError> {
+        input.checkpointer.checkpoint().await?;
+        Ok(())
+    }
+}
+
+/// Builds the `--local` demo: a stream, 100 records, one running worker that checkpointed them.
+async fn local_demo(args: &Args, application: &str, stream: &str) -> Result<(LocalBackend, InMemoryLeaseStore, SchedulerHandle)> {
+    let backend = LocalBackend::new();
+    backend
+        .create_stream(stream, args.local_shards)
+        .with_context(|| format!("creating the local stream {stream}"))?;
+    for i in 0..100u32 {
+        backend
+            .put_record(stream, &i.to_string(), format!("record {i}").into_bytes().into(), None)
+            .await?;
+    }
+    let store = InMemoryLeaseStore::new();
+    let handle = Scheduler::builder(application.to_owned(), stream.to_owned())
+        .initial_position(InitialPosition::TrimHorizon)
+        .failover_time(Duration::from_secs(3))
+        .polling_interval(Duration::from_millis(100))
+        .worker_id("demo-worker".to_owned())
+        .backend(backend.clone())
+        .lease_store(store.clone())
+        .processor_factory(|_: &str| Checkpointing)
+        .build()?
+        .spawn();
+    // Until every shard has a checkpoint on a record (bounded).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let leases = store.list().await?;
+        if leases.len() >= args.local_shards && leases.iter().all(|l| l.checkpoint.sequence().is_some()) {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("the demo worker did not checkpoint every shard within 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok((backend, store, handle))
+}
+
+async fn run_command<S: LeaseStore, B: StreamBackend>(
+    args: &Args,
+    streams: &[String],
+    application: &str,
+    store: &S,
+    backend: &B,
+    aws: Option<(&DynamoDbLeaseStore, &aws_sdk_kinesis::Client)>,
+) -> Result<Outcome, Failure> {
+    let options = ObserveOptions {
+        watch: Duration::from_millis(args.watch_ms),
+        stream: streams.first().cloned(),
+        lag: !args.no_lag && matches!(args.command, Command::Leases),
     };
-    ExtendedSequenceNumber::from_parts(&c, 0).map_err(|e| AdminError::Usage(format!("--to {s:?}: {e}")))
+    let target = match &args.command {
+        Command::Reset { to, .. } => Some(parse_target(to)?),
+        _ => None,
+    };
+    let observation = admin::observe(application, store, backend, &options).await?;
+    match &args.command {
+        Command::Leases => Ok(Outcome {
+            text: table::leases(&observation),
+            json: json(&observation),
+            code: 0,
+        }),
+        Command::Workers => {
+            let rows = admin::workers(&observation);
+            Ok(Outcome {
+                text: table::workers(&rows),
+                json: json(&rows),
+                code: 0,
+            })
+        }
+        Command::Reset { shard, force, .. } => {
+            let target = target.ok_or_else(|| anyhow::anyhow!("no reset target"))?;
+            let rows = admin::select(&observation, shard.as_deref())?;
+            check_live(&rows, *force, args.watch_ms)?;
+            let report = admin::reset(store, &rows, &target).await?;
+            let mut text = table::reset(&report);
+            if let ResetTarget::AtTimestamp(t) = &target {
+                text.push_str(&format!(
+                    "note: AT_TIMESTAMP written; start the workers with --initial-position at-timestamp:{t}\n"
+                ));
+            }
+            let code = if report.conflicts.is_empty() { 0 } else { admin::EXIT_CONFLICT };
+            Ok(Outcome {
+                text,
+                json: json(&report),
+                code,
+            })
+        }
+        Command::DeleteApplication {
+            delete_consumer,
+            consumer_name,
+            force,
+        } => {
+            let rows = admin::select(&observation, None)?;
+            check_live(&rows, *force, args.watch_ms)?;
+            let mut done = Vec::new();
+            match aws {
+                Some((dynamo, kinesis)) => {
+                    let (lease, heartbeat) = dynamo.delete_tables().await.map_err(AdminError::from)?;
+                    done.push(format!("lease table {}: {}", dynamo.table_name(), gone(lease)));
+                    done.push(format!("heartbeat table {}: {}", dynamo.heartbeat_table_name(), gone(heartbeat)));
+                    if *delete_consumer {
+                        let name = consumer_name.as_deref().unwrap_or(application);
+                        for stream in streams {
+                            done.push(deregister(kinesis, stream, name).await?);
+                        }
+                    }
+                }
+                None => {
+                    // The demo's table lives in this process: its rows are deleted one by one.
+                    for row in &rows {
+                        store.delete(&row.lease).await.map_err(AdminError::from)?;
+                    }
+                    done.push(format!("{} lease rows of the demo deleted", rows.len()));
+                }
+            }
+            Ok(Outcome {
+                text: done.iter().map(|l| format!("{l}\n")).collect(),
+                json: serde_json::json!({ "application": application, "deleted": done }),
+                code: 0,
+            })
+        }
+    }
 }
 
-fn shard_of(l: &Lease) -> &str {
-    l.shard_id.as_deref().unwrap_or(&l.lease_key)
+fn json<T: serde::Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or_else(|e| serde_json::json!({ "error": "json", "message": e.to_string() }))
 }
 
-fn join(s: &std::collections::BTreeSet<String>) -> String {
-    if s.is_empty() {
-        "-".into()
+fn gone(existed: bool) -> &'static str {
+    if existed {
+        "deleted"
     } else {
-        s.iter().cloned().collect::<Vec<_>>().join(",")
+        "did not exist"
     }
 }
 
-fn kbps(v: Option<f64>) -> String {
-    v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into())
-}
-
-/// Keys of leases that have an owner and whose counter changed between the two reads.
-fn live_keys(before: &[Lease], after: &[Lease]) -> Vec<String> {
-    let old: BTreeMap<&str, u64> = before.iter().map(|l| (l.lease_key.as_str(), l.lease_counter)).collect();
-    after
-        .iter()
-        .filter(|l| l.lease_owner.is_some() && old.get(l.lease_key.as_str()).is_some_and(|c| *c != l.lease_counter))
-        .map(|l| l.lease_key.clone())
-        .collect()
-}
-
-async fn read_twice(store: &DynamoDbLeaseStore, observe_ms: u64) -> Result<(Vec<Lease>, Vec<String>)> {
-    let first = store.list().await.context("reading the lease table")?;
-    if observe_ms == 0 {
-        return Ok((first, Vec::new()));
+/// With no watch nothing is known about liveness: every owned lease counts as live.
+fn check_live(rows: &[&admin::LeaseRow], force: bool, watch_ms: u64) -> Result<(), AdminError> {
+    if watch_ms == 0 && !force {
+        let owned: Vec<admin::LiveLease> = rows
+            .iter()
+            .filter_map(|l| {
+                l.owner.as_ref().map(|o| admin::LiveLease {
+                    lease_key: l.lease_key.clone(),
+                    shard_id: l.shard_id.clone(),
+                    owner: o.clone(),
+                })
+            })
+            .collect();
+        if !owned.is_empty() {
+            return Err(AdminError::Live(owned));
+        }
     }
-    tokio::time::sleep(Duration::from_millis(observe_ms)).await;
-    let second = store.list().await.context("reading the lease table")?;
-    let live = live_keys(&first, &second);
-    Ok((second, live))
+    admin::check_not_live(rows, force)
 }
 
-async fn run(args: Args) -> Result<()> {
-    let options = AwsOptions {
+async fn deregister(kinesis: &aws_sdk_kinesis::Client, stream: &str, name: &str) -> Result<String, Failure> {
+    let summary = kinesis
+        .describe_stream_summary()
+        .stream_name(stream)
+        .send()
+        .await
+        .with_context(|| format!("describing stream {stream}"))?;
+    let arn = summary
+        .stream_description_summary()
+        .map(|s| s.stream_arn().to_owned())
+        .ok_or_else(|| anyhow::anyhow!("stream {stream}: no ARN in DescribeStreamSummary"))?;
+    match kinesis
+        .deregister_stream_consumer()
+        .stream_arn(&arn)
+        .consumer_name(name)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(format!("fan-out consumer {name} on {stream}: deregistered")),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => {
+            Ok(format!("fan-out consumer {name} on {stream}: was not registered"))
+        }
+        Err(e) => Err(anyhow::Error::new(e)
+            .context(format!("deregistering consumer {name} on {stream}"))
+            .into()),
+    }
+}
+
+async fn run(args: &Args) -> Result<Outcome, Failure> {
+    if args.local {
+        let application = args.application_name.clone().unwrap_or_else(|| "kcl-admin-demo".to_owned());
+        let stream = args.streams.first().cloned().unwrap_or_else(|| "demo".to_owned());
+        let (backend, store, handle) = local_demo(args, &application, &stream).await?;
+        let outcome = run_command(args, &[stream], &application, &store, &backend, None).await;
+        handle.shutdown().await.context("stopping the demo worker")?;
+        return outcome;
+    }
+    let application = args
+        .application_name
+        .clone()
+        .ok_or_else(|| AdminError::Usage("--application-name is required (or --local for the demo)".into()))?;
+    let sdk = load_sdk_config(&AwsOptions {
         region: args.region.clone(),
         endpoint_url: args.endpoint_url.clone(),
-        ..Default::default()
-    };
-    let config = load_sdk_config(&options).await;
-    let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(&config), &args.application_name);
-    if !store.table_exists().await.context("DescribeTable on the lease table")? {
-        anyhow::bail!(
-            "no application {:?}: its lease table does not exist (check --application-name, --region, --endpoint-url)",
-            args.application_name
-        );
+        profile: args.profile.clone(),
+    })
+    .await;
+    if sdk.region().is_none() {
+        return Err(AdminError::Usage("no AWS region: pass --region or set AWS_REGION".into()).into());
     }
-    match args.command {
-        Command::Leases { observe_ms } => {
-            let (leases, live) = read_twice(&store, observe_ms).await?;
-            if args.json {
-                let rows: Vec<_> = leases
-                    .iter()
-                    .map(|l| {
-                        json!({"lease_key": l.lease_key, "shard": shard_of(l), "owner": l.lease_owner,
-                           "counter": l.lease_counter, "checkpoint": l.checkpoint.to_string(),
-                           "parents": l.parent_shard_ids, "children": l.child_shard_ids,
-                           "throughput_kbps": l.throughput_kbps, "lag": null,
-                           "renewed_while_observed": if observe_ms == 0 { None } else { Some(live.contains(&l.lease_key)) }})
-                    })
-                    .collect();
-                println!("{}", serde_json::Value::Array(rows));
-            } else {
-                println!("{:<28} {:<24} {:>8} {:<28} {:<12} {:<12} {:>8} {:>4} RENEWED", "SHARD", "OWNER", "COUNTER", "CHECKPOINT", "PARENTS", "CHILDREN", "KB/S", "LAG");
-                for l in &leases {
-                    let renewed = if observe_ms == 0 { "-" } else if live.contains(&l.lease_key) { "yes" } else { "no" };
-                    println!(
-                        "{:<28} {:<24} {:>8} {:<28} {:<12} {:<12} {:>8} {:>4} {}",
-                        shard_of(l), l.lease_owner.as_deref().unwrap_or("-"), l.lease_counter,
-                        l.checkpoint.to_string(), join(&l.parent_shard_ids), join(&l.child_shard_ids),
-                        kbps(l.throughput_kbps), "-", renewed
-                    );
-                }
-            }
-        }
-        Command::Workers => {
-            let leases = store.list().await.context("reading the lease table")?;
-            let mut per: BTreeMap<String, (Vec<String>, f64)> = BTreeMap::new();
-            for l in &leases {
-                let owner = l.lease_owner.clone().unwrap_or_else(|| "(unowned)".into());
-                let e = per.entry(owner).or_default();
-                e.0.push(shard_of(l).to_string());
-                e.1 += l.throughput_kbps.unwrap_or(0.0);
-            }
-            if args.json {
-                let rows: Vec<_> = per.iter().map(|(w, (s, t))| json!({"worker": w, "leases": s, "throughput_kbps": t})).collect();
-                println!("{}", serde_json::Value::Array(rows));
-            } else {
-                println!("{:<32} {:>6} {:>10} SHARDS", "WORKER", "LEASES", "KB/S");
-                for (w, (s, t)) in &per {
-                    println!("{:<32} {:>6} {:>10.1} {}", w, s.len(), t, s.join(","));
-                }
-            }
-        }
-        Command::Reset { to, shard, force, observe_ms } => {
-            let target = parse_to(&to)?;
-            let (leases, live) = read_twice(&store, observe_ms).await?;
-            let chosen: Vec<&Lease> = leases
-                .iter()
-                .filter(|l| shard.as_deref().is_none_or(|s| l.lease_key == s || shard_of(l) == s))
-                .collect();
-            if chosen.is_empty() {
-                return Err(AdminError::Usage(format!("no lease matches --shard {:?}", shard.unwrap_or_default())).into());
-            }
-            let live_chosen: Vec<&String> = live.iter().filter(|k| chosen.iter().any(|l| &l.lease_key == *k)).collect();
-            if !live_chosen.is_empty() && !force {
-                return Err(AdminError::Live(format!(
-                    "refused: {} lease(s) are being renewed by live workers ({}); stop the workers, or pass --force",
-                    live_chosen.len(),
-                    live_chosen.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                ))
-                .into());
-            }
-            let mut changed = Vec::new();
-            for l in chosen {
-                match store.reset_checkpoint(l, &target).await {
-                    Ok(_) => changed.push((l.lease_key.clone(), l.checkpoint.to_string())),
-                    Err(LeaseError::Conflict { key, .. }) => {
-                        return Err(AdminError::Conflict(format!(
-                            "conflict: lease {key} changed since it was read (not overwritten); {} lease(s) already reset; run again",
-                            changed.len()
-                        ))
-                        .into())
-                    }
-                    Err(e) => return Err(e).context(format!("resetting {}", l.lease_key)),
-                }
-            }
-            if args.json {
-                let rows: Vec<_> = changed.iter().map(|(k, old)| json!({"lease_key": k, "from": old, "to": target.to_string()})).collect();
-                println!("{}", serde_json::Value::Array(rows));
-            } else {
-                for (k, old) in &changed {
-                    println!("{k}: {old} -> {target}");
-                }
-            }
-        }
-        Command::DeleteApplication => {
-            let (lease, heartbeat) = store.delete_tables().await.context("deleting the tables")?;
-            if args.json {
-                println!("{}", json!({"lease_table_deleted": lease, "heartbeat_table_deleted": heartbeat}));
-            } else {
-                println!("lease table {}: {}", store.table_name(), if lease { "deleted" } else { "absent" });
-                println!("heartbeat table {}: {}", store.heartbeat_table_name(), if heartbeat { "deleted" } else { "absent" });
-            }
-        }
-    }
-    Ok(())
+    let backend = KinesisBackend::from_conf(&sdk);
+    let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(&sdk), &application);
+    let kinesis = backend.client().clone();
+    run_command(args, &args.streams, &application, &store, &backend, Some((&store, &kinesis))).await
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    kcl_examples::init_tracing("warn");
     let args = Args::parse();
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("kcl-admin: {e:#}");
-            match e.downcast_ref::<AdminError>() {
-                Some(AdminError::Usage(_)) => ExitCode::from(2),
-                Some(AdminError::Live(_)) => ExitCode::from(3),
-                Some(AdminError::Conflict(_)) => ExitCode::from(4),
-                None => ExitCode::from(1),
+    match run(&args).await {
+        Ok(outcome) => {
+            if args.json {
+                println!("{}", outcome.json);
+            } else {
+                print!("{}", outcome.text);
             }
+            if outcome.code == admin::EXIT_CONFLICT {
+                eprintln!("error: some leases changed since they were read; nothing was overwritten (see above)");
+            }
+            ExitCode::from(outcome.code)
+        }
+        Err(f) => {
+            if args.json {
+                let v = f
+                    .json
+                    .unwrap_or_else(|| serde_json::json!({ "error": "error", "message": format!("{:#}", f.error) }));
+                println!("{v}");
+            }
+            eprintln!("error: {:#}", f.error);
+            ExitCode::from(f.code)
         }
     }
 }
