@@ -28,7 +28,8 @@ struct Run {
 
 impl Run {
     fn json(&self) -> Value {
-        serde_json::from_str(&self.out).unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.out, self.err))
+        serde_json::from_str(&self.out)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.out, self.err))
     }
 }
 
@@ -77,7 +78,10 @@ async fn leases_and_workers_show_java_kcl_rows_as_they_are_and_bad_input_has_exi
             ("checkpointSubSequenceNumber".into(), n("3")),
             ("ownerSwitchesSinceCheckpoint".into(), n("0")),
             ("startingHashKey".into(), s("0")),
-            ("endingHashKey".into(), s("170141183460469231731687303715884105727")),
+            (
+                "endingHashKey".into(),
+                s("170141183460469231731687303715884105727"),
+            ),
             ("throughputKBps".into(), n("12.5")),
         ]),
         HashMap::from([
@@ -86,8 +90,14 @@ async fn leases_and_workers_show_java_kcl_rows_as_they_are_and_bad_input_has_exi
             ("checkpoint".into(), s("SHARD_END")),
             ("checkpointSubSequenceNumber".into(), n("0")),
             ("ownerSwitchesSinceCheckpoint".into(), n("1")),
-            ("startingHashKey".into(), s("170141183460469231731687303715884105728")),
-            ("endingHashKey".into(), s("340282366920938463463374607431768211455")),
+            (
+                "startingHashKey".into(),
+                s("170141183460469231731687303715884105728"),
+            ),
+            (
+                "endingHashKey".into(),
+                s("340282366920938463463374607431768211455"),
+            ),
             ("childShardIds".into(), ss(&["shardId-000000000002"])),
         ]),
         HashMap::from([
@@ -97,8 +107,14 @@ async fn leases_and_workers_show_java_kcl_rows_as_they_are_and_bad_input_has_exi
             ("checkpoint".into(), s("TRIM_HORIZON")),
             ("checkpointSubSequenceNumber".into(), n("0")),
             ("ownerSwitchesSinceCheckpoint".into(), n("0")),
-            ("startingHashKey".into(), s("170141183460469231731687303715884105728")),
-            ("endingHashKey".into(), s("340282366920938463463374607431768211455")),
+            (
+                "startingHashKey".into(),
+                s("170141183460469231731687303715884105728"),
+            ),
+            (
+                "endingHashKey".into(),
+                s("340282366920938463463374607431768211455"),
+            ),
             ("parentShardId".into(), ss(&["shardId-000000000001"])),
         ]),
     ];
@@ -112,12 +128,24 @@ async fn leases_and_workers_show_java_kcl_rows_as_they_are_and_bad_input_has_exi
             .expect("PutItem");
     }
 
-    let run = admin(region, &app, &["--json", "--no-lag", "--watch-ms", "300", "leases"]).await;
+    let run = admin(
+        region,
+        &app,
+        &["--json", "--no-lag", "--watch-ms", "300", "leases"],
+    )
+    .await;
     assert_eq!(run.code, 0, "{}", run.err);
     let v = run.json();
     let leases = v["leases"].as_array().expect("leases");
     let keys: Vec<&str> = leases.iter().filter_map(|l| l["lease_key"].as_str()).collect();
-    assert_eq!(keys, ["shardId-000000000000", "shardId-000000000001", "shardId-000000000002"]);
+    assert_eq!(
+        keys,
+        [
+            "shardId-000000000000",
+            "shardId-000000000001",
+            "shardId-000000000002"
+        ]
+    );
     let (a, b, c) = (&leases[0], &leases[1], &leases[2]);
     assert_eq!(a["owner"], "java-worker-1");
     assert_eq!(a["counter"], 42);
@@ -137,7 +165,13 @@ async fn leases_and_workers_show_java_kcl_rows_as_they_are_and_bad_input_has_exi
     let run = admin(region, &app, &["--no-lag", "--watch-ms", "0", "leases"]).await;
     assert_eq!(run.code, 0, "{}", run.err);
     let first = run.out.lines().nth(1).expect("a row");
-    for cell in ["shardId-000000000000", "java-worker-1", "42", &format!("{seq}.3"), "12.5"] {
+    for cell in [
+        "shardId-000000000000",
+        "java-worker-1",
+        "42",
+        &format!("{seq}.3"),
+        "12.5",
+    ] {
         assert!(first.contains(cell), "{cell} in {first:?}\n{}", run.out);
     }
 
@@ -159,15 +193,28 @@ async fn leases_and_workers_show_java_kcl_rows_as_they_are_and_bad_input_has_exi
     let run = admin(region, &app, &["reset", "--to", "somewhere"]).await;
     assert_eq!(run.code, 2, "{}", run.err);
     assert!(run.err.contains("expected trim-horizon, latest"), "{}", run.err);
-    let run = admin(region, &app, &["reset", "--to", "latest", "--shard", "shardId-000000000009"]).await;
+    let run = admin(
+        region,
+        &app,
+        &["reset", "--to", "latest", "--shard", "shardId-000000000009"],
+    )
+    .await;
     assert_eq!(run.code, 2, "{}", run.err);
     assert!(run.err.contains("no lease for shard"), "{}", run.err);
     let missing = unique("admin-missing");
     let run = admin(region, &missing, &["--json", "leases"]).await;
     assert_eq!(run.code, 5, "{}", run.err);
     assert_eq!(run.json()["error"], "unknown_application");
-    assert!(run.err.contains(&format!("unknown application \"{missing}\"")), "{}", run.err);
-    let run = Command::new(ADMIN).args(["leases", "--watch-ms", "x"]).output().await.expect("run");
+    assert!(
+        run.err.contains(&format!("unknown application \"{missing}\"")),
+        "{}",
+        run.err
+    );
+    let run = Command::new(ADMIN)
+        .args(["leases", "--watch-ms", "x"])
+        .output()
+        .await
+        .expect("run");
     assert_eq!(run.status.code(), Some(2), "a usage error");
 }
 
@@ -205,7 +252,11 @@ async fn read_sequences(child: &mut Child, n: usize) -> Vec<String> {
 
 async fn sigterm(child: &mut Child) {
     let pid = child.id().expect("pid").to_string();
-    let status = Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill");
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill");
     assert!(status.success());
     let exit = tokio::time::timeout(Duration::from_secs(60), child.wait())
         .await
@@ -245,7 +296,12 @@ async fn reset_on_a_stopped_application_makes_kcl_tail_reread_from_the_chosen_po
     for i in 6..8 {
         seqs.push(put(&kinesis, &stream, &format!("k{i}"), &format!("r{i}")).await.1);
     }
-    let run = admin(region, &app, &["--json", "--stream", &stream, "--watch-ms", "500", "leases"]).await;
+    let run = admin(
+        region,
+        &app,
+        &["--json", "--stream", &stream, "--watch-ms", "500", "leases"],
+    )
+    .await;
     assert_eq!(run.code, 0, "{}", run.err);
     let lease = run.json()["leases"][0].clone();
     assert_eq!(lease["checkpoint"], seqs[5].as_str());
@@ -257,20 +313,41 @@ async fn reset_on_a_stopped_application_makes_kcl_tail_reread_from_the_chosen_po
     let run = admin(
         region,
         &app,
-        &["reset", "--to", "sequence", &seqs[2], "--shard", "shardId-000000000000", "--watch-ms", "1000"],
+        &[
+            "reset",
+            "--to",
+            "sequence",
+            &seqs[2],
+            "--shard",
+            "shardId-000000000000",
+            "--watch-ms",
+            "1000",
+        ],
     )
     .await;
     assert_eq!(run.code, 0, "{}", run.err);
-    assert!(run.out.contains(&seqs[5]) && run.out.contains(&seqs[2]), "prints what it changed: {}", run.out);
+    assert!(
+        run.out.contains(&seqs[5]) && run.out.contains(&seqs[2]),
+        "prints what it changed: {}",
+        run.out
+    );
     let mut tail = spawn_tail(&tail_args);
     assert_eq!(read_sequences(&mut tail, 5).await, seqs[3..]);
     sigterm(&mut tail).await;
 
     // The whole application back to the trim horizon: everything again.
-    let run = admin(region, &app, &["--json", "reset", "--to", "trim-horizon", "--watch-ms", "1000"]).await;
+    let run = admin(
+        region,
+        &app,
+        &["--json", "reset", "--to", "trim-horizon", "--watch-ms", "1000"],
+    )
+    .await;
     assert_eq!(run.code, 0, "{}", run.err);
     let report = run.json();
-    assert_eq!(report["changed"][0]["checkpoint_after"], "TRIM_HORIZON", "{report}");
+    assert_eq!(
+        report["changed"][0]["checkpoint_after"], "TRIM_HORIZON",
+        "{report}"
+    );
     assert_eq!(report["conflicts"], serde_json::json!([]));
     let mut tail = spawn_tail(&tail_args);
     assert_eq!(read_sequences(&mut tail, 8).await, seqs);
@@ -286,10 +363,21 @@ async fn reset_is_refused_while_live_forced_with_force_and_conflicts_are_not_ove
     store.ensure_table().await.expect("table");
     let cp = ExtendedSequenceNumber::at(SequenceNumber::new("1000").expect("seq"), 0);
     for shard in ["shardId-000000000000", "shardId-000000000001"] {
-        assert!(store.create_if_absent(&Lease::new(shard, cp.clone())).await.expect("create"));
+        assert!(store
+            .create_if_absent(&Lease::new(shard, cp.clone()))
+            .await
+            .expect("create"));
     }
     let held = store
-        .take(&store.get("shardId-000000000000").await.expect("get").expect("row"), "live-worker", false)
+        .take(
+            &store
+                .get("shardId-000000000000")
+                .await
+                .expect("get")
+                .expect("row"),
+            "live-worker",
+            false,
+        )
         .await
         .expect("take");
     // A worker renewing every 300 ms until it loses the lease.
@@ -307,9 +395,18 @@ async fn reset_is_refused_while_live_forced_with_force_and_conflicts_are_not_ove
         })
     };
 
-    let run = admin(region, &app, &["--json", "reset", "--to", "latest", "--watch-ms", "1000"]).await;
+    let run = admin(
+        region,
+        &app,
+        &["--json", "reset", "--to", "latest", "--watch-ms", "1000"],
+    )
+    .await;
     assert_eq!(run.code, 3, "{}", run.err);
-    assert!(run.err.contains("shardId-000000000000 by live-worker") && run.err.contains("--force"), "{}", run.err);
+    assert!(
+        run.err.contains("shardId-000000000000 by live-worker") && run.err.contains("--force"),
+        "{}",
+        run.err
+    );
     assert_eq!(run.json()["error"], "live");
     // Nothing was written: the unowned lease too keeps its checkpoint.
     for l in store.list().await.expect("list") {
@@ -323,16 +420,29 @@ async fn reset_is_refused_while_live_forced_with_force_and_conflicts_are_not_ove
     // an overwrite, and a second try wins.
     let mut forced = None;
     for _ in 0..5 {
-        let run = admin(region, &app, &["reset", "--to", "latest", "--watch-ms", "1000", "--force"]).await;
+        let run = admin(
+            region,
+            &app,
+            &["reset", "--to", "latest", "--watch-ms", "1000", "--force"],
+        )
+        .await;
         assert!(run.code == 0 || run.code == 4, "{} {}", run.code, run.err);
         if run.code == 0 {
             forced = Some(run);
             break;
         }
-        assert!(run.out.contains("conflict:") && run.out.contains("not overwritten"), "{}", run.out);
+        assert!(
+            run.out.contains("conflict:") && run.out.contains("not overwritten"),
+            "{}",
+            run.out
+        );
     }
     let forced = forced.expect("--force succeeds within 5 tries");
-    assert!(forced.out.contains("live-worker"), "prints the owner it removed: {}", forced.out);
+    assert!(
+        forced.out.contains("live-worker"),
+        "prints the owner it removed: {}",
+        forced.out
+    );
     let lost = tokio::time::timeout(Duration::from_secs(10), renewer)
         .await
         .expect("the worker loses the lease")
@@ -350,15 +460,30 @@ async fn reset_is_refused_while_live_forced_with_force_and_conflicts_are_not_ove
         stream: None,
         lag: false,
     };
-    let observed = admin::observe(&app, &store, &backend, &options).await.expect("observe");
-    let row = store.get("shardId-000000000001").await.expect("get").expect("row");
-    store.take(&row, "sneaky-worker", false).await.expect("take behind kcl-admin's back");
+    let observed = admin::observe(&app, &store, &backend, &options)
+        .await
+        .expect("observe");
+    let row = store
+        .get("shardId-000000000001")
+        .await
+        .expect("get")
+        .expect("row");
+    store
+        .take(&row, "sneaky-worker", false)
+        .await
+        .expect("take behind kcl-admin's back");
     let rows = admin::select(&observed, Some("shardId-000000000001")).expect("select");
-    let report = admin::reset(&store, &rows, &ResetTarget::TrimHorizon).await.expect("reset");
+    let report = admin::reset(&store, &rows, &ResetTarget::TrimHorizon)
+        .await
+        .expect("reset");
     assert!(report.changed.is_empty());
     assert_eq!(report.conflicts.len(), 1);
     assert_eq!(report.conflicts[0].owner_now.as_deref(), Some("sneaky-worker"));
-    let now = store.get("shardId-000000000001").await.expect("get").expect("row");
+    let now = store
+        .get("shardId-000000000001")
+        .await
+        .expect("get")
+        .expect("row");
     assert_eq!(now.checkpoint, ExtendedSequenceNumber::Latest, "not overwritten");
     assert!(now.is_owned_by("sneaky-worker"));
 }
@@ -374,7 +499,10 @@ async fn delete_application_deletes_the_tables_and_the_fan_out_consumer() {
     let store = DynamoDbLeaseStore::new(dynamodb.clone(), &app);
     store.ensure_table().await.expect("table");
     let cp = ExtendedSequenceNumber::TrimHorizon;
-    assert!(store.create_if_absent(&Lease::new("shardId-000000000000", cp)).await.expect("create"));
+    assert!(store
+        .create_if_absent(&Lease::new("shardId-000000000000", cp))
+        .await
+        .expect("create"));
     let arn = kinesis
         .describe_stream_summary()
         .stream_name(&stream)
@@ -395,7 +523,15 @@ async fn delete_application_deletes_the_tables_and_the_fan_out_consumer() {
     let run = admin(
         region,
         &app,
-        &["--json", "--stream", &stream, "--watch-ms", "300", "delete-application", "--delete-consumer"],
+        &[
+            "--json",
+            "--stream",
+            &stream,
+            "--watch-ms",
+            "300",
+            "delete-application",
+            "--delete-consumer",
+        ],
     )
     .await;
     assert_eq!(run.code, 0, "{}", run.err);
@@ -405,7 +541,10 @@ async fn delete_application_deletes_the_tables_and_the_fan_out_consumer() {
         .iter()
         .filter_map(|d| d.as_str().map(str::to_owned))
         .collect();
-    assert!(deleted.contains(&format!("lease table {app}: deleted")), "{deleted:?}");
+    assert!(
+        deleted.contains(&format!("lease table {app}: deleted")),
+        "{deleted:?}"
+    );
     assert!(deleted.iter().any(|d| d.contains("deregistered")), "{deleted:?}");
     // DynamoDB deletes in the background: the table goes away soon after.
     let mut gone = false;

@@ -247,8 +247,14 @@ pub async fn observe<S: LeaseStore, B: StreamBackend>(
     } else {
         (first.clone(), first_hb.clone())
     };
-    let before: HashMap<&str, u64> = first.iter().map(|l| (l.lease_key.as_str(), l.lease_counter)).collect();
-    let hb_before: HashMap<&str, u64> = first_hb.iter().map(|h| (h.worker_id.as_str(), h.counter)).collect();
+    let before: HashMap<&str, u64> = first
+        .iter()
+        .map(|l| (l.lease_key.as_str(), l.lease_counter))
+        .collect();
+    let hb_before: HashMap<&str, u64> = first_hb
+        .iter()
+        .map(|h| (h.worker_id.as_str(), h.counter))
+        .collect();
     let heartbeats: Vec<HeartbeatRow> = heartbeats
         .iter()
         .map(|h| HeartbeatRow {
@@ -276,9 +282,10 @@ pub async fn observe<S: LeaseStore, B: StreamBackend>(
                 None => Renewal::Renewed(lease.lease_counter),
             },
         };
-        let live = lease.lease_owner.as_deref().is_some_and(|owner| {
-            matches!(renewal, Renewal::Renewed(_)) || live_heartbeat.contains(owner)
-        });
+        let live = lease
+            .lease_owner
+            .as_deref()
+            .is_some_and(|owner| matches!(renewal, Renewal::Renewed(_)) || live_heartbeat.contains(owner));
         let stream_name = match lease.stream() {
             Some(id) => Some(id.stream_name),
             None => options.stream.clone(),
@@ -354,7 +361,9 @@ async fn read_lag<B: StreamBackend>(
             sub_sequence: 0,
         } => IteratorPosition::AfterSequenceNumber(sequence.clone()),
         // Inside an aggregate: the rest of that record is still to do.
-        ExtendedSequenceNumber::Sequence { sequence, .. } => IteratorPosition::AtSequenceNumber(sequence.clone()),
+        ExtendedSequenceNumber::Sequence { sequence, .. } => {
+            IteratorPosition::AtSequenceNumber(sequence.clone())
+        }
     };
     match count_after(backend, stream, shard_id, &position).await {
         Ok(lag) => lag,
@@ -533,7 +542,10 @@ pub struct ResetReport {
 }
 
 /// Which leases `reset` (or `delete-application`) acts on: every lease, or those of one shard.
-pub fn select<'a>(observation: &'a Observation, shard: Option<&str>) -> Result<Vec<&'a LeaseRow>, AdminError> {
+pub fn select<'a>(
+    observation: &'a Observation,
+    shard: Option<&str>,
+) -> Result<Vec<&'a LeaseRow>, AdminError> {
     let rows: Vec<&LeaseRow> = observation
         .leases
         .iter()

@@ -67,8 +67,17 @@ fn renewal(r: Renewal, watch_ms: u64) -> String {
 /// `kcl-admin leases`: one line per lease, then notes on lags that are unknown.
 pub fn leases(o: &Observation) -> String {
     let header = [
-        "SHARD", "OWNER", "COUNTER", "CHECKPOINT", "LAG_RECORDS", "LAG_MS", "PARENTS", "CHILDREN",
-        "KBPS", "RENEWAL", "LIVE",
+        "SHARD",
+        "OWNER",
+        "COUNTER",
+        "CHECKPOINT",
+        "LAG_RECORDS",
+        "LAG_MS",
+        "PARENTS",
+        "CHILDREN",
+        "KBPS",
+        "RENEWAL",
+        "LIVE",
     ];
     let rows: Vec<Vec<String>> = o.leases.iter().map(|l| lease_cells(l, o.watch_ms)).collect();
     let mut out = render(&header, &rows);
@@ -103,7 +112,15 @@ fn lease_cells(l: &LeaseRow, watch_ms: u64) -> Vec<String> {
 
 /// `kcl-admin workers`.
 pub fn workers(rows: &[WorkerRow]) -> String {
-    let header = ["WORKER", "LEASES", "RENEWED", "KBPS", "HEARTBEAT", "LIVE", "SHARDS"];
+    let header = [
+        "WORKER",
+        "LEASES",
+        "RENEWED",
+        "KBPS",
+        "HEARTBEAT",
+        "LIVE",
+        "SHARDS",
+    ];
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|w| {
@@ -139,7 +156,13 @@ pub fn workers(rows: &[WorkerRow]) -> String {
 
 /// `kcl-admin reset`: what changed, then the conflicts.
 pub fn reset(report: &ResetReport) -> String {
-    let header = ["SHARD", "OWNER_BEFORE", "CHECKPOINT_BEFORE", "CHECKPOINT_AFTER", "COUNTER"];
+    let header = [
+        "SHARD",
+        "OWNER_BEFORE",
+        "CHECKPOINT_BEFORE",
+        "CHECKPOINT_AFTER",
+        "COUNTER",
+    ];
     let rows: Vec<Vec<String>> = report
         .changed
         .iter()

@@ -164,8 +164,14 @@ fn parse_target(to: &[String]) -> Result<ResetTarget, AdminError> {
         [p, t] if p == "at-timestamp" => {
             let dt = DateTime::from_str(t, Format::DateTimeWithOffset)
                 .or_else(|_| DateTime::from_str(t, Format::DateTime))
-                .map_err(|e| usage(format!("bad timestamp {t:?}: {e}; expected RFC 3339, e.g. 2026-12-03T07:00:00Z")))?;
-            let normalized = dt.fmt(Format::DateTime).map_err(|e| usage(format!("bad timestamp {t:?}: {e}")))?;
+                .map_err(|e| {
+                    usage(format!(
+                        "bad timestamp {t:?}: {e}; expected RFC 3339, e.g. 2026-12-03T07:00:00Z"
+                    ))
+                })?;
+            let normalized = dt
+                .fmt(Format::DateTime)
+                .map_err(|e| usage(format!("bad timestamp {t:?}: {e}")))?;
             Ok(ResetTarget::AtTimestamp(normalized))
         }
         [p, s] if p == "sequence" => SequenceNumber::new(s)
@@ -194,14 +200,23 @@ impl RecordProcessor for Checkpointing {
 }
 
 /// Builds the `--local` demo: a stream, 100 records, one running worker that checkpointed them.
-async fn local_demo(args: &Args, application: &str, stream: &str) -> Result<(LocalBackend, InMemoryLeaseStore, SchedulerHandle)> {
+async fn local_demo(
+    args: &Args,
+    application: &str,
+    stream: &str,
+) -> Result<(LocalBackend, InMemoryLeaseStore, SchedulerHandle)> {
     let backend = LocalBackend::new();
     backend
         .create_stream(stream, args.local_shards)
         .with_context(|| format!("creating the local stream {stream}"))?;
     for i in 0..100u32 {
         backend
-            .put_record(stream, &i.to_string(), format!("record {i}").into_bytes().into(), None)
+            .put_record(
+                stream,
+                &i.to_string(),
+                format!("record {i}").into_bytes().into(),
+                None,
+            )
             .await?;
     }
     let store = InMemoryLeaseStore::new();
@@ -273,7 +288,11 @@ async fn run_command<S: LeaseStore, B: StreamBackend>(
                     "note: AT_TIMESTAMP written; start the workers with --initial-position at-timestamp:{t}\n"
                 ));
             }
-            let code = if report.conflicts.is_empty() { 0 } else { admin::EXIT_CONFLICT };
+            let code = if report.conflicts.is_empty() {
+                0
+            } else {
+                admin::EXIT_CONFLICT
+            };
             Ok(Outcome {
                 text,
                 json: json(&report),
@@ -292,7 +311,11 @@ async fn run_command<S: LeaseStore, B: StreamBackend>(
                 Some((dynamo, kinesis)) => {
                     let (lease, heartbeat) = dynamo.delete_tables().await.map_err(AdminError::from)?;
                     done.push(format!("lease table {}: {}", dynamo.table_name(), gone(lease)));
-                    done.push(format!("heartbeat table {}: {}", dynamo.heartbeat_table_name(), gone(heartbeat)));
+                    done.push(format!(
+                        "heartbeat table {}: {}",
+                        dynamo.heartbeat_table_name(),
+                        gone(heartbeat)
+                    ));
                     if *delete_consumer {
                         let name = consumer_name.as_deref().unwrap_or(application);
                         for stream in streams {
@@ -318,7 +341,8 @@ async fn run_command<S: LeaseStore, B: StreamBackend>(
 }
 
 fn json<T: serde::Serialize>(v: &T) -> serde_json::Value {
-    serde_json::to_value(v).unwrap_or_else(|e| serde_json::json!({ "error": "json", "message": e.to_string() }))
+    serde_json::to_value(v)
+        .unwrap_or_else(|e| serde_json::json!({ "error": "json", "message": e.to_string() }))
 }
 
 fn gone(existed: bool) -> &'static str {
@@ -368,7 +392,10 @@ async fn deregister(kinesis: &aws_sdk_kinesis::Client, stream: &str, name: &str)
         .await
     {
         Ok(_) => Ok(format!("fan-out consumer {name} on {stream}: deregistered")),
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => {
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception()) =>
+        {
             Ok(format!("fan-out consumer {name} on {stream}: was not registered"))
         }
         Err(e) => Err(anyhow::Error::new(e)
@@ -379,17 +406,19 @@ async fn deregister(kinesis: &aws_sdk_kinesis::Client, stream: &str, name: &str)
 
 async fn run(args: &Args) -> Result<Outcome, Failure> {
     if args.local {
-        let application = args.application_name.clone().unwrap_or_else(|| "kcl-admin-demo".to_owned());
+        let application = args
+            .application_name
+            .clone()
+            .unwrap_or_else(|| "kcl-admin-demo".to_owned());
         let stream = args.streams.first().cloned().unwrap_or_else(|| "demo".to_owned());
         let (backend, store, handle) = local_demo(args, &application, &stream).await?;
         let outcome = run_command(args, &[stream], &application, &store, &backend, None).await;
         handle.shutdown().await.context("stopping the demo worker")?;
         return outcome;
     }
-    let application = args
-        .application_name
-        .clone()
-        .ok_or_else(|| AdminError::Usage("--application-name is required (or --local for the demo)".into()))?;
+    let application = args.application_name.clone().ok_or_else(|| {
+        AdminError::Usage("--application-name is required (or --local for the demo)".into())
+    })?;
     let sdk = load_sdk_config(&AwsOptions {
         region: args.region.clone(),
         endpoint_url: args.endpoint_url.clone(),
@@ -402,7 +431,15 @@ async fn run(args: &Args) -> Result<Outcome, Failure> {
     let backend = KinesisBackend::from_conf(&sdk);
     let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(&sdk), &application);
     let kinesis = backend.client().clone();
-    run_command(args, &args.streams, &application, &store, &backend, Some((&store, &kinesis))).await
+    run_command(
+        args,
+        &args.streams,
+        &application,
+        &store,
+        &backend,
+        Some((&store, &kinesis)),
+    )
+    .await
 }
 
 #[tokio::main]
@@ -417,15 +454,17 @@ async fn main() -> ExitCode {
                 print!("{}", outcome.text);
             }
             if outcome.code == admin::EXIT_CONFLICT {
-                eprintln!("error: some leases changed since they were read; nothing was overwritten (see above)");
+                eprintln!(
+                    "error: some leases changed since they were read; nothing was overwritten (see above)"
+                );
             }
             ExitCode::from(outcome.code)
         }
         Err(f) => {
             if args.json {
-                let v = f
-                    .json
-                    .unwrap_or_else(|| serde_json::json!({ "error": "error", "message": format!("{:#}", f.error) }));
+                let v = f.json.unwrap_or_else(
+                    || serde_json::json!({ "error": "error", "message": format!("{:#}", f.error) }),
+                );
                 println!("{v}");
             }
             eprintln!("error: {:#}", f.error);
