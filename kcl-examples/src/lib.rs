@@ -2,6 +2,7 @@
 //! the benchmark pieces too big for `kcl-bench` itself.
 //!
 //! # Layout
+//! - [`admin`]: `kcl-admin`, an application's lease table for operators (leases, workers, reset).
 //! - [`bench`]: measuring helpers (CPU, memory, JSON lines).
 //! - [`fleet`]: `kcl-bench fleet`, many workers in one process, with the cost meter.
 //! - [`coordination`]: `kcl-bench --backend emulators coordination`, `kcl-tail` fleets on the
@@ -9,6 +10,7 @@
 //! - [`multilang`]: `kcl-multilang`, the Java KCL's MultiLangDaemon protocol (properties,
 //!   messages, the child process driver).
 
+pub mod admin;
 pub mod bench;
 pub mod coordination;
 pub mod fleet;

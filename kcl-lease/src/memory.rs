@@ -334,6 +334,23 @@ impl LeaseStore for InMemoryLeaseStore {
         )
     }
 
+    async fn reset_checkpoint(&self, expected: &Lease, checkpoint: &ExtendedSequenceNumber) -> Result<Lease> {
+        // Counted as a checkpoint: it is one conditional write of the checkpoint.
+        self.mutate(
+            LeaseOp::Checkpoint,
+            &expected.lease_key,
+            same_owner_and_counter(expected),
+            |row| {
+                row.lease_owner = None;
+                row.checkpoint_owner = None;
+                row.lease_counter += 1;
+                row.checkpoint = checkpoint.clone();
+                row.pending_checkpoint = None;
+                row.owner_switches_since_checkpoint = 0;
+            },
+        )
+    }
+
     async fn delete(&self, expected: &Lease) -> Result<()> {
         self.count(LeaseOp::Delete);
         let mut rows = self.lock();

@@ -91,6 +91,17 @@ pub trait LeaseStore: Send + Sync + 'static {
 
     /// Deletes the lease. Condition: counter as in `expected`.
     async fn delete(&self, expected: &Lease) -> Result<()>;
+
+    /// An operator's rewind (`kcl-admin reset`): sets the checkpoint, clears the pending
+    /// checkpoint, the owner and `checkpointOwner`, resets `ownerSwitchesSinceCheckpoint` and
+    /// increments the counter, so that the next worker to take the lease starts at
+    /// `checkpoint` and a worker still holding it loses it at its next renewal. Condition:
+    /// owner and counter as in `expected`. Stores that cannot do it answer
+    /// [`LeaseError::Unsupported`] (the default).
+    async fn reset_checkpoint(&self, expected: &Lease, checkpoint: &ExtendedSequenceNumber) -> Result<Lease> {
+        let _ = (expected, checkpoint);
+        Err(LeaseError::Unsupported("resetting checkpoints".into()))
+    }
 }
 
 #[async_trait]
@@ -141,5 +152,8 @@ impl<T: LeaseStore + ?Sized> LeaseStore for Arc<T> {
     }
     async fn delete(&self, expected: &Lease) -> Result<()> {
         (**self).delete(expected).await
+    }
+    async fn reset_checkpoint(&self, expected: &Lease, checkpoint: &ExtendedSequenceNumber) -> Result<Lease> {
+        (**self).reset_checkpoint(expected, checkpoint).await
     }
 }

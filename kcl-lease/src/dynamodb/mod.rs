@@ -196,6 +196,28 @@ impl DynamoDbLeaseStore {
         Ok(created)
     }
 
+    /// Deletes the lease table and the heartbeat table (`kcl-admin delete-application`).
+    /// Returns whether each existed (lease table, heartbeat table); a missing table is not an
+    /// error. DynamoDB deletes in the background: the names may stay taken for a short while.
+    pub async fn delete_tables(&self) -> Result<(bool, bool)> {
+        let lease = self.delete_table(&self.table).await?;
+        let heartbeat = self.delete_table(&self.heartbeat_table).await?;
+        Ok((lease, heartbeat))
+    }
+
+    async fn delete_table(&self, table: &str) -> Result<bool> {
+        match self.client.delete_table().table_name(table).send().await {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some("ResourceNotFoundException") => Ok(false),
+            Err(e) => Err(map_sdk_error(table, "DeleteTable", e)),
+        }
+    }
+
+    /// Whether the lease table exists (a `DescribeTable`).
+    pub async fn table_exists(&self) -> Result<bool> {
+        Ok(self.describe_table(&self.table).await?.is_some())
+    }
+
     /// Creates `table` (hash key `key` S, the owner index if `lease_index`) unless it exists,
     /// and waits until it is active.
     async fn ensure(&self, table: &str, key: &'static str, lease_index: bool) -> Result<bool> {
@@ -945,6 +967,16 @@ impl LeaseStore for DynamoDbLeaseStore {
             None => e.remove(schema::CHILD_SHARD_IDS),
         }
         self.update_or_conflict("mark_children", &expected.lease_key, e)
+            .await
+    }
+
+    async fn reset_checkpoint(&self, expected: &Lease, checkpoint: &ExtendedSequenceNumber) -> Result<Lease> {
+        let mut e = checkpoint_expr(checkpoint);
+        e.require_owner_and_counter(expected);
+        e.increment_counter(expected);
+        e.remove(schema::LEASE_OWNER);
+        e.remove(schema::CHECKPOINT_OWNER);
+        self.update_or_conflict("reset_checkpoint", &expected.lease_key, e)
             .await
     }
 
