@@ -8,6 +8,7 @@
 pub(crate) mod fan_out;
 pub(crate) mod fetch;
 pub mod state;
+pub mod throughput;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use crate::processor::{
 use crate::record::{ChildShard, ExtendedSequenceNumber, HashKeyRange, Record};
 use fetch::{FetchConfig, Fetched};
 use state::{ShardEvent, ShardState, ShutdownReason};
+use throughput::ThroughputMeter;
 
 /// What a shard consumer needs from its worker.
 pub(crate) struct ShardContext {
@@ -87,6 +89,10 @@ impl ShardMetrics {
     }
 }
 
+/// How often an idle consumer refreshes its published throughput (a busy one does on every
+/// batch).
+const THROUGHPUT_PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+
 /// One shard's consumer.
 pub(crate) struct ShardConsumer {
     /// The shard's id (the lease key's shard part).
@@ -104,6 +110,8 @@ pub(crate) struct ShardConsumer {
     children: Vec<ChildShard>,
     health: SharedShardHealth,
     metrics: ShardMetrics,
+    /// What this consumer delivers, smoothed; published in the health and on the lease row.
+    throughput: ThroughputMeter,
 }
 
 impl ShardConsumer {
@@ -129,7 +137,22 @@ impl ShardConsumer {
             checkpointer: None,
             reader: None,
             children: Vec::new(),
+            throughput: ThroughputMeter::new(tokio::time::Instant::now()),
         }
+    }
+
+    /// Publishes the measured throughput at `now` in the health summary and on the held lease
+    /// (written to `throughputKBps` with its next renewal or checkpoint).
+    fn publish_throughput(&self, now: tokio::time::Instant) {
+        let kbps = self.throughput.kbps(now);
+        let rps = self.throughput.records_per_sec(now);
+        self.lease.set_throughput_kbps(kbps);
+        let mut h = self
+            .health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        h.throughput_kbps = Some(kbps);
+        h.records_per_sec = Some(rps);
     }
 
     /// Runs the consumer to completion and returns its last state before `Complete`.
@@ -343,6 +366,12 @@ impl ShardConsumer {
     }
 
     async fn process(&mut self) -> ShardEvent {
+        // An idle shard gets no batches: its measured throughput decays on this tick.
+        let mut publish = tokio::time::interval_at(
+            tokio::time::Instant::now() + THROUGHPUT_PUBLISH_INTERVAL,
+            THROUGHPUT_PUBLISH_INTERVAL,
+        );
+        publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let item = {
                 let stop = self.stop_signal();
@@ -353,6 +382,10 @@ impl ShardConsumer {
                     biased;
                     _ = stop => None,
                     item = reader.rx.recv() => Some(item),
+                    now = publish.tick() => {
+                        self.publish_throughput(now);
+                        continue;
+                    }
                 }
             };
             let item = match item {
@@ -421,10 +454,12 @@ impl ShardConsumer {
             match result {
                 Ok(()) => {
                     let n = records.len() as u64;
+                    let bytes = records.iter().map(|r| r.data.len() as u64).sum();
                     self.metrics.records.increment(n);
-                    self.metrics
-                        .bytes
-                        .increment(records.iter().map(|r| r.data.len() as u64).sum());
+                    self.metrics.bytes.increment(bytes);
+                    let now = tokio::time::Instant::now();
+                    self.throughput.record(bytes, n, now);
+                    self.publish_throughput(now);
                     self.metrics.behind.set(millis_behind_latest as f64);
                     self.update_health(|h| {
                         h.records_processed += n;
