@@ -310,6 +310,7 @@ impl Scheduler {
             max_leases_per_worker: c.max_leases_per_worker,
             max_leases_to_steal: c.max_leases_to_steal,
             max_concurrent_calls: 64,
+            balance: c.balance,
         };
         LeaseCoordinator::new(self.store.clone(), config)
     }
