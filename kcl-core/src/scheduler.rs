@@ -127,6 +127,10 @@ impl SchedulerBuilder {
         max_leases_to_steal: usize
     );
     setter!(
+        /// Even the lease count per worker (default) or the measured load.
+        balance: kcl_lease::BalanceMode
+    );
+    setter!(
         /// Records per read (1 to 10,000).
         max_records: usize
     );
