@@ -109,7 +109,7 @@ pub fn best_spread(shard_loads: &[f64], workers: usize) -> Spread {
     sorted.sort_by(|a, b| b.total_cmp(a));
     let mut bins: Vec<f64> = vec![0.0; workers.max(1)];
     for l in sorted {
-        if let Some(min) = bins.iter_mut().min_by(|a, b| (**a).total_cmp(*b)) {
+        if let Some(min) = bins.iter_mut().min_by(|a, b| (**a).total_cmp(b)) {
             *min += l;
         }
     }
@@ -175,9 +175,12 @@ async fn run_mode(settings: &SkewSettings, load_aware: bool) -> Result<String> {
         handles.push(scheduler.spawn());
     }
     let even = SHARDS / WORKERS;
-    crate::bench::wait_for(Duration::from_secs(120), Duration::from_millis(20), "an even count", || {
-        handles.iter().all(|h| h.held_leases().len() == even)
-    })
+    crate::bench::wait_for(
+        Duration::from_secs(120),
+        Duration::from_millis(20),
+        "an even count",
+        || handles.iter().all(|h| h.held_leases().len() == even),
+    )
     .await?;
     // The hot shards: two of the same worker's.
     let hot: Vec<String> = handles[0].held_leases().into_iter().take(HOT).collect();
@@ -185,7 +188,12 @@ async fn run_mode(settings: &SkewSettings, load_aware: bool) -> Result<String> {
     let hot_kbps = settings.total_kbps * settings.hot_share / HOT as f64;
     let rates: Vec<(String, f64)> = keys
         .iter()
-        .map(|(shard, key)| (key.clone(), if hot.contains(shard) { hot_kbps } else { cold_kbps }))
+        .map(|(shard, key)| {
+            (
+                key.clone(),
+                if hot.contains(shard) { hot_kbps } else { cold_kbps },
+            )
+        })
         .collect();
     let shard_loads: Vec<f64> = rates.iter().map(|(_, r)| *r).collect();
     let producer = {
@@ -243,11 +251,20 @@ async fn run_mode(settings: &SkewSettings, load_aware: bool) -> Result<String> {
         ("before", before_spread.json()),
         ("after", after.json()),
         ("best_achievable", best_spread(&shard_loads, WORKERS).json()),
-        ("after_worker_kbps", format!("[{}]", after_loads.iter().map(|l| f(*l)).collect::<Vec<_>>().join(","))),
+        (
+            "after_worker_kbps",
+            format!(
+                "[{}]",
+                after_loads.iter().map(|l| f(*l)).collect::<Vec<_>>().join(",")
+            ),
+        ),
         ("seconds_to_settle", f(last_move.map_or(0.0, |d| d.as_secs_f64()))),
         ("moves", total_moves.to_string()),
         ("moves_per_shard", f(f64::from(total_moves) / SHARDS as f64)),
-        ("max_moves_of_one_lease", moves.values().max().copied().unwrap_or(0).to_string()),
+        (
+            "max_moves_of_one_lease",
+            moves.values().max().copied().unwrap_or(0).to_string(),
+        ),
     ]))
 }
 

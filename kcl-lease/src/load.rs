@@ -123,7 +123,10 @@ pub fn plan_load_steal<'a>(
         })
         .map(|l| (l, (gap - 2.0 * lease_load(l)).abs()))
         .filter(|(_, after)| gap - after >= min_gain)
-        .min_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.lease_key.cmp(&b.0.lease_key)))
+        .min_by(|a, b| {
+            a.1.total_cmp(&b.1)
+                .then_with(|| a.0.lease_key.cmp(&b.0.lease_key))
+        })
         .map(|(l, _)| l)
 }
 
@@ -171,7 +174,8 @@ mod tests {
             })
             .collect();
         let t0 = Instant::now();
-        let mut moved_at: BTreeMap<String, Instant> = leases.iter().map(|l| (l.lease_key.clone(), t0)).collect();
+        let mut moved_at: BTreeMap<String, Instant> =
+            leases.iter().map(|l| (l.lease_key.clone(), t0)).collect();
         let mut moves: BTreeMap<String, u32> = BTreeMap::new();
         let mut now = t0;
         for _round in 0..200 {
@@ -191,7 +195,10 @@ mod tests {
             }
         }
         let o = owned(&leases, &workers);
-        let loads: Vec<f64> = o.values().map(|ls| ls.iter().map(|l| lease_load(l)).sum()).collect();
+        let loads: Vec<f64> = o
+            .values()
+            .map(|ls| ls.iter().map(|l| lease_load(l)).sum())
+            .collect();
         let mean = loads.iter().sum::<f64>() / 4.0;
         for l in &loads {
             assert!((l - mean).abs() <= mean * 0.2 + 1e-9, "{loads:?}");
