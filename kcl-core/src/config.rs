@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime};
 
 use kcl_lease::coordinator::default_watch_interval;
-use kcl_lease::LeaseRenewal;
+use kcl_lease::{BalanceMode, LeaseRenewal};
 
 pub use crate::aggregation::MisplacedKplRecords;
 pub use crate::processor::ProcessorFailurePolicy;
@@ -84,6 +84,7 @@ impl FanOutConfig {
 /// | `lease_renewal` | `PerLease` | every lease renewed, as the Java KCL does; `Worker` renews one heartbeat row instead (fleets without Java workers only) |
 /// | `initial_position` | `Latest` | the Java KCL's |
 /// | `max_leases_per_worker` | unlimited | the Java KCL's |
+/// | `balance` | `Count` | even the lease count, as every other KCL worker on the table does; `Load(LoadBalancing::new(failover_time))` evens the measured `throughputKBps` per worker (fleets of this crate's workers; a count-based worker on the same table would undo its moves) |
 /// | `max_leases_to_steal` | 4 | the Java KCL steals 1 per round; stealing a few converges faster, and hand-offs are graceful |
 /// | `max_records` | 10,000 | the Java KCL's (and the `GetRecords` maximum) |
 /// | `polling_interval` | 1 s | the Java KCL's idle time between reads; used after an empty read only |
@@ -122,6 +123,8 @@ pub struct SchedulerConfig {
     pub max_leases_per_worker: usize,
     /// At most this many leases stolen per take round.
     pub max_leases_to_steal: usize,
+    /// Even the count of leases per worker, or their load (see `kcl_lease::load`).
+    pub balance: BalanceMode,
     /// Records per `GetRecords` call.
     pub max_records: usize,
     /// Wait this long after a read that returned nothing.
@@ -173,6 +176,7 @@ impl SchedulerConfig {
             lease_renewal: LeaseRenewal::PerLease,
             max_leases_per_worker: usize::MAX,
             max_leases_to_steal: 4,
+            balance: BalanceMode::Count,
             max_records: 10_000,
             polling_interval: Duration::from_secs(1),
             min_read_interval: Duration::from_millis(200),

@@ -77,6 +77,9 @@ pub struct ShardHealth {
     /// The shard's recent throughput in KB/s (smoothed), as published on the lease row's
     /// `throughputKBps`; `None` until measured.
     pub throughput_kbps: Option<f64>,
+    /// The shard's recent rate in records per second (smoothed like `throughput_kbps`);
+    /// `None` until measured.
+    pub records_per_sec: Option<f64>,
 }
 
 /// A worker's health: what it holds and how far behind each shard is.
@@ -120,5 +123,6 @@ pub(crate) fn new_shard_health(shard_id: &str) -> SharedShardHealth {
         records_processed: 0,
         checkpoint: None,
         throughput_kbps: None,
+        records_per_sec: None,
     }))
 }

@@ -127,6 +127,10 @@ impl SchedulerBuilder {
         max_leases_to_steal: usize
     );
     setter!(
+        /// Even the lease count per worker (default) or the measured load.
+        balance: kcl_lease::BalanceMode
+    );
+    setter!(
         /// Records per read (1 to 10,000).
         max_records: usize
     );
@@ -323,6 +327,7 @@ impl Scheduler {
             max_leases_per_worker: c.max_leases_per_worker,
             max_leases_to_steal: c.max_leases_to_steal,
             max_concurrent_calls: 64,
+            balance: c.balance,
         };
         LeaseCoordinator::new(self.store.clone(), config)
     }

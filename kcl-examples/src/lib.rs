@@ -7,6 +7,7 @@
 //! - [`fleet`]: `kcl-bench fleet`, many workers in one process, with the cost meter.
 //! - [`coordination`]: `kcl-bench --backend emulators coordination`, `kcl-tail` fleets on the
 //!   emulators measured through their metrics endpoints.
+//! - [`skewed`]: `kcl-bench skewed`, load-aware against count-based balancing on 2 hot shards.
 //! - [`multilang`]: `kcl-multilang`, the Java KCL's MultiLangDaemon protocol (properties,
 //!   messages, the child process driver).
 
@@ -15,6 +16,7 @@ pub mod bench;
 pub mod coordination;
 pub mod fleet;
 pub mod multilang;
+pub mod skewed;
 
 use std::future::Future;
 use std::process::ExitCode;

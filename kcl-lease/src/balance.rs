@@ -21,12 +21,16 @@ use tokio::time::Instant;
 
 use crate::heartbeat::{LeaseRenewal, WorkerStatus};
 use crate::lease::Lease;
+use crate::load::{plan_load_steal, BalanceMode};
 
 /// What one worker remembers of each lease it has seen: the counter and when (by its own
 /// clock) that counter was first seen.
 #[derive(Debug, Default, Clone)]
 pub struct ExpiryTracker {
     seen: HashMap<String, (u64, Instant)>,
+    /// Per lease, its owner as last seen and when (by this worker's clock) that owner was
+    /// first seen: when the lease last moved (damping of load-aware moves).
+    owners_seen: HashMap<String, (Option<String>, Instant)>,
     /// What the heartbeats say about the owners (empty without heartbeats).
     owners: HashMap<String, WorkerStatus>,
 }
@@ -49,6 +53,21 @@ impl ExpiryTracker {
             next.insert(lease.lease_key.clone(), entry);
         }
         self.seen = next;
+        let mut owners = HashMap::with_capacity(leases.len());
+        for lease in leases {
+            let entry = match self.owners_seen.remove(&lease.lease_key) {
+                Some((owner, at)) if owner == lease.lease_owner => (owner, at),
+                _ => (lease.lease_owner.clone(), now),
+            };
+            owners.insert(lease.lease_key.clone(), entry);
+        }
+        self.owners_seen = owners;
+    }
+
+    /// When this worker first saw `key` with its current owner (when it last moved, or was
+    /// first seen); `None` for a lease never observed.
+    pub fn last_moved(&self, key: &str) -> Option<Instant> {
+        self.owners_seen.get(key).map(|(_, at)| *at)
     }
 
     /// Sets what the heartbeats say about the workers (see [`crate::WorkerTracker`]).
@@ -101,6 +120,8 @@ pub struct BalanceConfig {
     pub max_leases_per_worker: usize,
     /// Steal at most this many leases per round.
     pub max_leases_to_steal: usize,
+    /// Even the count, or the load (see [`crate::load`]).
+    pub mode: BalanceMode,
 }
 
 /// What to do this round.
@@ -170,7 +191,11 @@ pub fn plan_takes(
         .extend(mine_unheld.iter().take(room).map(|l| (*l).clone()));
 
     let mut need = target.saturating_sub(my_count);
-    if need == 0 {
+    let load_mode = match &config.mode {
+        BalanceMode::Load(settings) => Some(settings),
+        BalanceMode::Count => None,
+    };
+    if need == 0 && load_mode.is_none() {
         return plan;
     }
     // Spread the workers' choices so that they do not race for the same leases: each lease
@@ -190,6 +215,16 @@ pub fn plan_takes(
     plan.spare
         .extend(available[taking..].iter().take(taking).map(|l| (*l).clone()));
     need -= taking;
+    if let Some(settings) = load_mode {
+        // Free and expired leases are taken up to the even count as in the count mode; the
+        // steals even the load instead of the count (see `crate::load`).
+        if available.is_empty() && held.len() < config.max_leases_per_worker {
+            if let Some(lease) = plan_load_steal(&load, me, settings, |k| tracker.last_moved(k), now) {
+                plan.steal.push(lease.clone());
+            }
+        }
+        return plan;
+    }
     if need == 0 || !available.is_empty() {
         return plan;
     }
@@ -239,6 +274,7 @@ mod tests {
             failover_time: FAILOVER,
             max_leases_per_worker: 100,
             max_leases_to_steal: 3,
+            mode: BalanceMode::Count,
         }
     }
 

@@ -58,6 +58,7 @@ use crate::heartbeat::{FleetFingerprint, LeaseRenewal, WorkerHeartbeat, WorkerSt
 use crate::held::lock;
 pub use crate::held::{BeatOutcome, HeldLease, LeaseStatus, Liveness};
 use crate::lease::Lease;
+use crate::load::BalanceMode;
 use crate::store::LeaseStore;
 
 /// Names of the metrics the coordinator emits through the `metrics` facade (label
@@ -107,6 +108,8 @@ pub struct CoordinatorConfig {
     pub max_leases_to_steal: usize,
     /// At most this many renewal calls in flight at once.
     pub max_concurrent_calls: usize,
+    /// Even the count of leases per worker (default) or their load (`throughputKBps`).
+    pub balance: BalanceMode,
 }
 
 impl CoordinatorConfig {
@@ -123,6 +126,7 @@ impl CoordinatorConfig {
             max_leases_per_worker: usize::MAX,
             max_leases_to_steal: 1,
             max_concurrent_calls: 64,
+            balance: BalanceMode::Count,
         }
     }
 }
@@ -514,6 +518,12 @@ impl LeaseCoordinator {
         if (s.acted || s.unknown_owners) && since >= self.config.take_interval {
             return true;
         }
+        if let BalanceMode::Load(load) = &self.config.balance {
+            // The loads change without any announcement: look at them now and then.
+            if since >= load.rebalance_interval {
+                return true;
+            }
+        }
         since >= self.safety_interval(live, s.scans)
     }
 
@@ -600,6 +610,7 @@ impl LeaseCoordinator {
                 failover_time: self.config.failover_time,
                 max_leases_per_worker: self.config.max_leases_per_worker,
                 max_leases_to_steal: self.config.max_leases_to_steal,
+                mode: self.config.balance,
             };
             plan_takes(&leases, &tracker, &held, &balance, now)
         };
@@ -931,6 +942,30 @@ mod tests {
         a.release(other.key()).await;
         b.take_round().await.unwrap();
         assert_eq!(b.held().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn measured_throughput_rides_on_renewals_and_checkpoints() {
+        let store = store_with(1);
+        let (a, mut a_rx) = coordinator(&store, "a");
+        a.take_round().await.unwrap();
+        let held = a_rx.recv().await.unwrap();
+        let row = |s: &Arc<InMemoryLeaseStore>| {
+            let s = s.clone();
+            async move { s.get("shard-0").await.unwrap().unwrap() }
+        };
+        held.renew().await;
+        assert_eq!(row(&store).await.throughput_kbps, None, "nothing measured yet");
+        held.set_throughput_kbps(12.5);
+        let before = row(&store).await.lease_counter;
+        held.renew().await;
+        let after = row(&store).await;
+        assert_eq!(after.throughput_kbps, Some(12.5));
+        assert_eq!(after.lease_counter, before + 1, "one write: the renewal itself");
+        held.set_throughput_kbps(3.25);
+        let cp = ExtendedSequenceNumber::from_parts("9", 0).unwrap();
+        held.checkpoint(&cp).await.unwrap();
+        assert_eq!(row(&store).await.throughput_kbps, Some(3.25));
     }
 
     /// A store whose chosen writes are applied but report failure (a lost answer).

@@ -176,6 +176,9 @@ pub struct HeldLease {
     pub(crate) renewing: AtomicBool,
     /// How long one renewal call may take.
     call_timeout: Duration,
+    /// The shard's throughput as its consumer last measured it (KB/s), written to the row's
+    /// `throughputKBps` with the next renewal or checkpoint.
+    throughput_kbps: Mutex<Option<f64>>,
 }
 
 impl std::fmt::Debug for HeldLease {
@@ -214,6 +217,7 @@ impl HeldLease {
             liveness,
             renewing: AtomicBool::new(false),
             call_timeout,
+            throughput_kbps: Mutex::new(None),
         }
     }
 
@@ -243,6 +247,27 @@ impl HeldLease {
     /// The worker holding it.
     pub fn worker_id(&self) -> &str {
         &self.worker_id
+    }
+
+    /// Records the shard's measured throughput in KB/s (1 KB = 1024 bytes, the Java KCL 3.x's
+    /// unit). It is published on the row's `throughputKBps` by the next write this worker makes
+    /// to the row anyway (a renewal, or a checkpoint), so publishing costs no extra write.
+    pub fn set_throughput_kbps(&self, kbps: f64) {
+        if kbps.is_finite() && kbps >= 0.0 {
+            *lock(&self.throughput_kbps) = Some(kbps);
+        }
+    }
+
+    /// The throughput last recorded with [`HeldLease::set_throughput_kbps`].
+    pub fn throughput_kbps(&self) -> Option<f64> {
+        *lock(&self.throughput_kbps)
+    }
+
+    /// Puts the measured throughput on `row` before a write, so that the write publishes it.
+    fn attach_throughput(&self, row: &mut Lease) {
+        if let Some(kbps) = self.throughput_kbps() {
+            row.throughput_kbps = Some(kbps);
+        }
     }
 
     /// The current status.
@@ -323,6 +348,7 @@ impl HeldLease {
             return;
         }
         let mut row = self.row.lock().await;
+        self.attach_throughput(&mut row);
         let started = Instant::now();
         let result = match tokio::time::timeout(self.call_timeout, self.store.renew(&row)).await {
             Ok(result) => result,
@@ -430,6 +456,7 @@ impl HeldLease {
             }
             _ => {}
         }
+        self.attach_throughput(&mut row);
         let result = self
             .store
             .update_checkpoint(&row, &self.worker_id, checkpoint)

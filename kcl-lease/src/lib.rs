@@ -22,6 +22,8 @@
 //!   DynamoDB request units they would be billed.
 //! - [`balance`]: pure logic: expiry as observed by one worker, and which leases to take or
 //!   steal. No I/O, time is an argument.
+//! - [`load`]: pure load-aware balancing (`BalanceMode`): which lease evens the
+//!   `throughputKBps` per worker, with damping.
 //! - [`held`]: `HeldLease` (a lease this worker holds, its status and validity) and
 //!   `Liveness` (the worker's own validity from its heartbeats).
 //! - [`coordinator`]: the async driver: renews held leases, takes and steals, publishes
@@ -41,6 +43,7 @@ pub mod held;
 pub mod metered;
 
 pub mod lease;
+pub mod load;
 pub mod memory;
 pub mod sequence;
 pub mod store;
@@ -55,6 +58,7 @@ pub use heartbeat::{LeaseRenewal, WorkerHeartbeat, WorkerStatus, WorkerTracker};
 pub use metered::{CostSnapshot, MeteredLeaseStore, OpCost};
 
 pub use lease::{HashKeyRange, Lease};
+pub use load::{BalanceMode, LoadBalancing};
 pub use memory::{InMemoryLeaseStore, LeaseOp};
 pub use sequence::{ExtendedSequenceNumber, SequenceNumber};
 pub use store::LeaseStore;

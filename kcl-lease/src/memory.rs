@@ -250,6 +250,9 @@ impl LeaseStore for InMemoryLeaseStore {
             same_owner_and_counter(expected),
             |row| {
                 row.lease_counter += 1;
+                if let Some(kbps) = expected.throughput_kbps {
+                    row.throughput_kbps = Some(kbps);
+                }
             },
         )
     }
@@ -305,6 +308,9 @@ impl LeaseStore for InMemoryLeaseStore {
             |row| {
                 if !as_handoff(row) {
                     row.lease_counter += 1;
+                    if let Some(kbps) = expected.throughput_kbps {
+                        row.throughput_kbps = Some(kbps);
+                    }
                 }
                 row.checkpoint = checkpoint.clone();
                 row.pending_checkpoint = None;
@@ -387,6 +393,29 @@ mod tests {
             store.get("a").await.unwrap().unwrap().checkpoint,
             ExtendedSequenceNumber::TrimHorizon
         );
+    }
+
+    #[tokio::test]
+    async fn renewal_and_checkpoint_publish_the_measured_throughput() {
+        let store = InMemoryLeaseStore::new();
+        store.create_if_absent(&lease("a")).await.unwrap();
+        let seen = store.get("a").await.unwrap().unwrap();
+        let mut mine = store.take(&seen, "w1", false).await.unwrap();
+        assert_eq!(mine.throughput_kbps, None);
+        mine.throughput_kbps = Some(42.5);
+        let renewed = store.renew(&mine).await.unwrap();
+        assert_eq!(renewed.throughput_kbps, Some(42.5));
+        // A renewal that does not carry a figure leaves the last one in place.
+        let mut plain = renewed.clone();
+        plain.throughput_kbps = None;
+        let again = store.renew(&plain).await.unwrap();
+        assert_eq!(again.throughput_kbps, Some(42.5));
+        let mut with_cp = again.clone();
+        with_cp.throughput_kbps = Some(7.0);
+        let cp = ExtendedSequenceNumber::from_parts("5", 0).unwrap();
+        let after = store.update_checkpoint(&with_cp, "w1", &cp).await.unwrap();
+        assert_eq!(after.throughput_kbps, Some(7.0));
+        assert_eq!(store.get("a").await.unwrap().unwrap().throughput_kbps, Some(7.0));
     }
 
     #[tokio::test]

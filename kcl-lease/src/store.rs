@@ -56,6 +56,8 @@ pub trait LeaseStore: Send + Sync + 'static {
     async fn create_if_absent(&self, lease: &Lease) -> Result<bool>;
 
     /// Renews: increments `leaseCounter`. Condition: owner and counter as in `expected`.
+    /// If `expected.throughput_kbps` is set, it is written too (`throughputKBps`, in the same
+    /// write: publishing the measured throughput costs no extra call).
     async fn renew(&self, expected: &Lease) -> Result<Lease>;
 
     /// Takes the lease for `new_owner`: sets the owner, increments the counter and, if the owner
@@ -73,7 +75,8 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// `ownerSwitchesSinceCheckpoint`. Allowed when either `worker` owns the lease with the
     /// counter in `expected` and no hand-off is in progress (the counter is then incremented),
     /// or `worker` is the `checkpointOwner` of a hand-off in progress (the counter is left alone,
-    /// so that the new owner's renewals are not disturbed).
+    /// so that the new owner's renewals are not disturbed). As the owner, a set
+    /// `expected.throughput_kbps` is written too (as with [`LeaseStore::renew`]).
     async fn update_checkpoint(
         &self,
         expected: &Lease,

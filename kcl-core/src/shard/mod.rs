@@ -10,6 +10,7 @@ pub(crate) mod fan_out;
 pub(crate) mod fetch;
 mod read_ahead;
 pub mod state;
+pub mod throughput;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use crate::processor::{
 use crate::record::{ChildShard, ExtendedSequenceNumber, HashKeyRange, Record};
 use fetch::{FetchConfig, Fetched};
 use state::{ShardEvent, ShardState, ShutdownReason};
+use throughput::ThroughputMeter;
 
 /// What a shard consumer needs from its worker.
 pub(crate) struct ShardContext {
@@ -115,6 +117,10 @@ impl ShardMetrics {
     }
 }
 
+/// How often an idle consumer refreshes its published throughput (a busy one does on every
+/// batch).
+const THROUGHPUT_PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+
 /// One shard's consumer.
 pub(crate) struct ShardConsumer {
     /// The shard's id (the lease key's shard part).
@@ -134,6 +140,8 @@ pub(crate) struct ShardConsumer {
     metrics: ShardMetrics,
     /// When the metric series were last touched (see [`METRICS_KEEPALIVE`]).
     metrics_touched: tokio::time::Instant,
+    /// What this consumer delivers, smoothed; published in the health and on the lease row.
+    throughput: ThroughputMeter,
 }
 
 impl ShardConsumer {
@@ -160,7 +168,22 @@ impl ShardConsumer {
             checkpointer: None,
             reader: None,
             children: Vec::new(),
+            throughput: ThroughputMeter::new(tokio::time::Instant::now()),
         }
+    }
+
+    /// Publishes the measured throughput at `now` in the health summary and on the held lease
+    /// (written to `throughputKBps` with its next renewal or checkpoint).
+    fn publish_throughput(&self, now: tokio::time::Instant) {
+        let kbps = self.throughput.kbps(now);
+        let rps = self.throughput.records_per_sec(now);
+        self.lease.set_throughput_kbps(kbps);
+        let mut h = self
+            .health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        h.throughput_kbps = Some(kbps);
+        h.records_per_sec = Some(rps);
     }
 
     /// Runs the consumer to completion and returns its last state before `Complete`.
@@ -387,6 +410,12 @@ impl ShardConsumer {
     }
 
     async fn process(&mut self) -> ShardEvent {
+        // An idle shard gets no batches: its measured throughput decays on this tick.
+        let mut publish = tokio::time::interval_at(
+            tokio::time::Instant::now() + THROUGHPUT_PUBLISH_INTERVAL,
+            THROUGHPUT_PUBLISH_INTERVAL,
+        );
+        publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let item = {
                 let stop = self.stop_signal();
@@ -396,19 +425,22 @@ impl ShardConsumer {
                 tokio::select! {
                     biased;
                     _ = stop => None,
-                    item = reader.rx.recv() => Some(Some(item)),
-                    () = tokio::time::sleep(METRICS_KEEPALIVE) => Some(None),
+                    item = reader.rx.recv() => Some(item),
+                    now = publish.tick() => {
+                        // The tick also keeps an idle shard's metric series alive.
+                        self.publish_throughput(now);
+                        if self.metrics_touched.elapsed() >= METRICS_KEEPALIVE {
+                            self.touch_metrics();
+                        }
+                        continue;
+                    }
                 }
             };
             let item = match item {
                 None => {
                     return ShardEvent::Shutdown(self.pending_stop().unwrap_or(ShutdownReason::Requested))
                 }
-                Some(None) => {
-                    self.touch_metrics();
-                    continue;
-                }
-                Some(Some(item)) => {
+                Some(item) => {
                     if self.metrics_touched.elapsed() >= METRICS_KEEPALIVE {
                         self.touch_metrics();
                     }
@@ -482,10 +514,12 @@ impl ShardConsumer {
             match result {
                 Ok(()) => {
                     let n = records.len() as u64;
+                    let bytes = records.iter().map(|r| r.data.len() as u64).sum();
                     self.metrics.records.increment(n);
-                    self.metrics
-                        .bytes
-                        .increment(records.iter().map(|r| r.data.len() as u64).sum());
+                    self.metrics.bytes.increment(bytes);
+                    let now = tokio::time::Instant::now();
+                    self.throughput.record(bytes, n, now);
+                    self.publish_throughput(now);
                     self.metrics.behind.set(millis_behind_latest as f64);
                     self.update_health(|h| {
                         h.records_processed += n;

@@ -2,7 +2,8 @@
 //! per scenario with its figures and the exact settings.
 //!
 //! Scenarios (all by default): `throughput`, `latency`, `failover`, `handoff`, `rebalance`,
-//! `scale`, `fleet` (many workers in one process with the lease-store cost meter; see
+//! `scale`, `skewed` (2 hot shards, count-based against load-aware balancing; run by name only),
+//! `fleet` (many workers in one process with the lease-store cost meter; see
 //! `kcl_examples::fleet`). `--backend emulators` runs `throughput` and `latency` against the Kinesis and
 //! DynamoDB emulators (started by `localstack/start-emulators.sh`), with a plain `GetRecords`
 //! loop and the `kcl-tail` binary beside the runtime for comparison.
@@ -29,7 +30,7 @@ use kcl_lease::{DynamoDbLeaseStore, LeaseStore};
 use tokio::io::AsyncBufReadExt;
 use tokio::time::Instant;
 
-const ALL: [&str; 8] = [
+const ALL: [&str; 9] = [
     "throughput",
     "latency",
     "failover",
@@ -38,6 +39,7 @@ const ALL: [&str; 8] = [
     "scale",
     "fleet",
     "coordination",
+    "skewed",
 ];
 
 /// Benchmarks of the KCL runtime; prints one JSON object per scenario.
@@ -77,6 +79,12 @@ struct Args {
     /// `fleet`: seconds of steady state measured.
     #[arg(long, default_value_t = 20)]
     fleet_window_s: u64,
+    /// `skewed`: the fraction of the bytes the 2 hot shards carry (see `kcl_examples::skewed`).
+    #[arg(long, default_value_t = 0.5)]
+    skew_hot_share: f64,
+    /// `skewed`: seconds each balancing mode runs.
+    #[arg(long, default_value_t = 60)]
+    skew_window_s: u64,
     /// `fleet`: renewal modes to run: per-lease, worker, or both.
     #[arg(long, default_value = "both")]
     fleet_renewal: String,
@@ -887,6 +895,9 @@ async fn run() -> Result<()> {
         if emulators && !matches!(name.as_str(), "throughput" | "latency" | "coordination") {
             bail!("--backend emulators runs throughput, latency and coordination only");
         }
+        if emulators && name == "skewed" {
+            bail!("skewed runs on the local backend");
+        }
         if !emulators && name == "coordination" {
             bail!("coordination runs on the emulators: add --backend emulators");
         }
@@ -906,6 +917,15 @@ async fn run() -> Result<()> {
             ("coordination", _) => {
                 kcl_examples::coordination::run(Duration::from_secs(args.fleet_window_s.max(60) * 2)).await?
             }
+            ("skewed", _) => vec![
+                kcl_examples::skewed::run(&kcl_examples::skewed::SkewSettings {
+                    hot_share: args.skew_hot_share,
+                    total_kbps: 800.0,
+                    failover: Duration::from_millis(args.failover_ms),
+                    window: Duration::from_secs(args.skew_window_s),
+                })
+                .await?,
+            ],
             _ => unreachable!("checked above"),
         };
         for line in lines {

@@ -885,6 +885,9 @@ impl LeaseStore for DynamoDbLeaseStore {
         let mut e = Expr::default();
         e.require_owner_and_counter(expected);
         e.increment_counter(expected);
+        if let Some(kbps) = expected.throughput_kbps {
+            e.set(schema::THROUGHPUT_KBPS, ":tput", schema::kbps(kbps));
+        }
         self.update_or_conflict("renew", &expected.lease_key, e).await
     }
 
@@ -937,6 +940,9 @@ impl LeaseStore for DynamoDbLeaseStore {
         let co = as_owner.name(schema::CHECKPOINT_OWNER);
         as_owner.require(format!("attribute_not_exists({co})"));
         as_owner.increment_counter(expected);
+        if let Some(kbps) = expected.throughput_kbps {
+            as_owner.set(schema::THROUGHPUT_KBPS, ":tput", schema::kbps(kbps));
+        }
         if let Ok(lease) = self.update("checkpoint", key, as_owner).await? {
             return Ok(lease);
         }

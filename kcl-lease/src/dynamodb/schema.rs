@@ -142,6 +142,17 @@ pub fn n(value: u64) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
 
+/// A throughput in KB/s as a DynamoDB number: a decimal with at most three places (what the
+/// Java KCL 3.x reads back as a double); a negative or non-finite value is written as 0.
+pub fn kbps(value: f64) -> AttributeValue {
+    let value = if value.is_finite() && value > 0.0 {
+        (value * 1000.0).round() / 1000.0
+    } else {
+        0.0
+    };
+    AttributeValue::N(value.to_string())
+}
+
 /// A string attribute value.
 pub fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
@@ -188,7 +199,7 @@ pub fn encode(lease: &Lease) -> Item {
         item.insert(SHARD_ID.into(), s(shard));
     }
     if let Some(kbps) = lease.throughput_kbps {
-        item.insert(THROUGHPUT_KBPS.into(), AttributeValue::N(kbps.to_string()));
+        item.insert(THROUGHPUT_KBPS.into(), self::kbps(kbps));
     }
     item
 }
@@ -476,6 +487,15 @@ mod tests {
         let lease = decode(&java_row()).unwrap();
         assert_eq!(lease.throughput_kbps, Some(1.5));
         assert_eq!(encode(&lease), java_row());
+    }
+
+    #[test]
+    fn throughput_is_a_decimal_number_the_java_kcl_reads_as_a_double() {
+        assert_eq!(kbps(12.3456), AttributeValue::N("12.346".into()));
+        assert_eq!(kbps(3.0), AttributeValue::N("3".into()));
+        assert_eq!(kbps(-1.0), AttributeValue::N("0".into()));
+        assert_eq!(kbps(f64::NAN), AttributeValue::N("0".into()));
+        assert_eq!(kbps(f64::INFINITY), AttributeValue::N("0".into()));
     }
 
     #[test]
