@@ -38,7 +38,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use md5::{Digest, Md5};
 use prost::Message;
 
-use crate::backend::local::partition_key_hash;
+use crate::record::partition_key_hash;
 use crate::record::{HashKeyRange, Record};
 
 /// The 4 bytes an aggregated record's data starts with.

@@ -16,9 +16,10 @@
 //! - [`streams`]: multi-stream applications: `StreamTracker`, `StreamConfig`, clean-up of the
 //!   leases of removed streams.
 //! - [`backend`]: the `StreamBackend` trait, the bundled local stream
-//!   ([`backend::local::LocalBackend`]), Kinesis through the AWS SDK
-//!   ([`backend::kinesis::KinesisBackend`]) and the fault-injecting wrapper.
-//! - [`aws`]: loading AWS configuration (default chain, region, endpoint overrides).
+//!   ([`backend::local::LocalBackend`]), Kinesis through the AWS SDK (`backend::kinesis`,
+//!   feature `kinesis`) and the fault-injecting wrapper (`backend::failure`, feature `testing`).
+//! - `aws` (features `kinesis` or `dynamodb`): loading AWS configuration (default chain, region,
+//!   endpoint overrides).
 //! - [`error`]: `KclError` and friends.
 //! - [`fatal`]: errors that stop a worker (or one stream) instead of being retried.
 //! - [`jitter`]: seeds of the backoffs' jitter (fixed by simulation tests to replay a run).
@@ -26,10 +27,22 @@
 //!
 //! The lease side (model, stores, coordinator) is the `kcl_lease` crate, re-exported as
 //! [`lease`].
+//!
+//! # Features
+//! - `kinesis` (default): `KinesisBackend`, Amazon Kinesis Data Streams through the AWS SDK.
+//! - `dynamodb` (default): kcl-lease's `DynamoDbLeaseStore`, the lease table in Amazon DynamoDB.
+//! - `testing`: fault injection for tests: `backend::failure::FailureBackend` and kcl-lease's
+//!   `FailureLeaseStore`.
+//!
+//! The local backend ([`LocalBackend`]), the in-memory lease store ([`InMemoryLeaseStore`]) and
+//! the lease-store cost meter (`kcl_lease::MeteredLeaseStore`, which the scheduler uses for the
+//! worker's health) are always there: with `--no-default-features` the crate builds without any
+//! AWS SDK crate, for applications that bring their own `StreamBackend` and `LeaseStore`.
 
 #![deny(missing_docs)]
 
 pub mod aggregation;
+#[cfg(any(feature = "kinesis", feature = "dynamodb"))]
 pub mod aws;
 pub mod backend;
 pub mod checkpoint;
@@ -48,6 +61,7 @@ pub mod streams;
 
 pub use kcl_lease as lease;
 
+#[cfg(feature = "kinesis")]
 pub use backend::kinesis::KinesisBackend;
 pub use backend::local::LocalBackend;
 pub use backend::{

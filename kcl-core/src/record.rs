@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 pub use kcl_lease::{ExtendedSequenceNumber, HashKeyRange, SequenceNumber};
+use md5::{Digest, Md5};
 
 /// One data record read from a shard.
 ///
@@ -74,4 +75,10 @@ pub struct ChildShard {
     pub parent_shards: Vec<String>,
     /// The child's hash key range.
     pub hash_key_range: HashKeyRange,
+}
+
+/// The Kinesis partition-key hash: the MD5 digest of the key's UTF-8 bytes as a big-endian
+/// unsigned 128-bit number.
+pub fn partition_key_hash(partition_key: &str) -> u128 {
+    u128::from_be_bytes(Md5::digest(partition_key.as_bytes()).into())
 }

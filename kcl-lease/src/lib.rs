@@ -11,11 +11,13 @@
 //! - [`store`]: the `LeaseStore` trait; every mutation is conditional.
 //! - [`stream`]: `StreamIdentifier` and multi-stream lease keys (`account:stream:epoch:shardId`).
 //! - [`memory`]: `InMemoryLeaseStore`, the bundled table.
-//! - [`dynamodb`]: `DynamoDbLeaseStore`, the lease table in Amazon DynamoDB with the Java KCL's
-//!   schema (the schema table is in the module docs).
-//! - [`failure`]: `FailureLeaseStore`, wraps any store to inject faults.
-//! - [`fault`]: faults as data (triggers, rules, plans, seeded injector), shared with
-//!   kcl-core's `FailureBackend`.
+//! - [`row`]: the lease table's rows (attribute names and values) as the Java KCL writes them,
+//!   independent of any SDK.
+//! - `dynamodb` (feature `dynamodb`, on by default): `DynamoDbLeaseStore`, the lease table in
+//!   Amazon DynamoDB with the Java KCL's schema (the schema table is in the module docs).
+//! - `failure` (feature `testing`): `FailureLeaseStore`, wraps any store to inject faults.
+//! - `fault` (feature `testing`): faults as data (triggers, rules, plans, seeded injector),
+//!   shared with kcl-core's `FailureBackend`.
 //! - [`heartbeat`]: worker heartbeat rows, the renewal modes, and `WorkerTracker` (which
 //!   workers are live, dead or unknown, as one worker observes them).
 //! - [`metered`]: `MeteredLeaseStore`, wraps any store and counts calls, rows and the
@@ -29,14 +31,24 @@
 //! - [`coordinator`]: the async driver: renews held leases, takes and steals, publishes
 //!   acquired leases and lease loss.
 //! - [`error`]: the `LeaseError` type.
+//!
+//! # Features
+//! - `dynamodb` (default): `DynamoDbLeaseStore`, through the AWS SDK for DynamoDB.
+//! - `testing`: `FailureLeaseStore` and the fault engine, for tests of code built on a store.
+//!
+//! The in-memory store and the cost meter (`MeteredLeaseStore`, which a worker uses for its
+//! health) need neither.
 
 #![deny(missing_docs)]
 
 pub mod balance;
 pub mod coordinator;
+#[cfg(feature = "dynamodb")]
 pub mod dynamodb;
 pub mod error;
+#[cfg(any(test, feature = "testing"))]
 pub mod failure;
+#[cfg(any(test, feature = "testing"))]
 pub mod fault;
 pub mod heartbeat;
 pub mod held;
@@ -45,14 +57,17 @@ pub mod metered;
 pub mod lease;
 pub mod load;
 pub mod memory;
+pub mod row;
 pub mod sequence;
 pub mod store;
 pub mod stream;
 
 pub use balance::{plan_takes, BalanceConfig, ExpiryTracker, TakePlan};
 pub use coordinator::{CoordinatorConfig, FleetView, HeldLease, LeaseCoordinator, LeaseStatus};
+#[cfg(feature = "dynamodb")]
 pub use dynamodb::DynamoDbLeaseStore;
 pub use error::{FatalKind, LeaseError, ParseSequenceError, Result};
+#[cfg(any(test, feature = "testing"))]
 pub use failure::{FailureLeaseStore, LeaseFault, LeaseFaultPlan, LeaseFaultRule, LeaseTrigger};
 pub use heartbeat::{LeaseRenewal, WorkerHeartbeat, WorkerStatus, WorkerTracker};
 pub use metered::{CostSnapshot, MeteredLeaseStore, OpCost};

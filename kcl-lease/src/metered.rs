@@ -4,7 +4,7 @@
 //! health), whatever the store underneath.
 //!
 //! Item sizes are computed as DynamoDB computes them, from the item this crate writes (see
-//! [`crate::dynamodb::schema`]): the UTF-8 length of every attribute name plus the size of its
+//! [`crate::row`], the rows the DynamoDB store writes): the UTF-8 length of every attribute name plus the size of its
 //! value (strings: their UTF-8 length; numbers: about one byte per two significant digits plus
 //! one; string sets: the sum of their strings). Units then follow DynamoDB's on-demand rules:
 //!
@@ -28,13 +28,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::AttributeValue;
 
-use crate::dynamodb::schema;
 use crate::error::{LeaseError, Result};
 use crate::heartbeat::WorkerHeartbeat;
 use crate::lease::Lease;
 use crate::memory::LeaseOp;
+use crate::row;
 use crate::sequence::ExtendedSequenceNumber;
 use crate::store::LeaseStore;
 
@@ -52,48 +51,14 @@ pub mod metric_names {
     pub const WRITE_UNITS: &str = "LeaseStore.WriteUnits";
 }
 
-/// The size of one attribute value as DynamoDB bills it.
-fn value_size(v: &AttributeValue) -> usize {
-    match v {
-        AttributeValue::S(s) => s.len(),
-        AttributeValue::N(n) => {
-            let digits = n
-                .trim_start_matches(['-', '0'])
-                .chars()
-                .filter(char::is_ascii_digit)
-                .count();
-            digits.div_ceil(2) + 1
-        }
-        AttributeValue::Ss(set) => set.iter().map(String::len).sum(),
-        AttributeValue::B(b) => b.as_ref().len(),
-        AttributeValue::Bool(_) | AttributeValue::Null(_) => 1,
-        AttributeValue::Ns(set) => set
-            .iter()
-            .map(|n| value_size(&AttributeValue::N(n.clone())))
-            .sum(),
-        AttributeValue::L(list) => 3 + list.iter().map(|v| 1 + value_size(v)).sum::<usize>(),
-        AttributeValue::M(map) => {
-            3 + map
-                .iter()
-                .map(|(k, v)| 1 + k.len() + value_size(v))
-                .sum::<usize>()
-        }
-        _ => 0,
-    }
-}
-
-fn item_size(item: &schema::Item) -> usize {
-    item.iter().map(|(k, v)| k.len() + value_size(v)).sum()
-}
-
 /// The size of a lease row, as DynamoDB computes it.
 pub fn lease_size(lease: &Lease) -> usize {
-    item_size(&schema::encode(lease))
+    row::row_size(&row::lease_row(lease))
 }
 
 /// The size of a heartbeat row, as DynamoDB computes it.
 pub fn heartbeat_size(heartbeat: &WorkerHeartbeat) -> usize {
-    item_size(&schema::encode_heartbeat(heartbeat))
+    row::row_size(&row::heartbeat_row(heartbeat))
 }
 
 /// Read units, in halves, for `bytes` read: 4 KB units, at least one.
@@ -458,8 +423,6 @@ mod tests {
         // leaseKey (8) + 20, leaseCounter (12) + 1, checkpoint (10) + 12 ("TRIM_HORIZON"),
         // checkpointSubSequenceNumber (27) + 1, ownerSwitchesSinceCheckpoint (28) + 1.
         assert_eq!(lease_size(&lease), 8 + 20 + 12 + 1 + 10 + 12 + 27 + 1 + 28 + 1);
-        assert_eq!(value_size(&AttributeValue::N("12345".into())), 4);
-        assert_eq!(value_size(&AttributeValue::N("0".into())), 1);
         assert_eq!(read_halves(1, true), 2);
         assert_eq!(read_halves(4097, false), 2);
         assert_eq!(write_units(1025), 2);

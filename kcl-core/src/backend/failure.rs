@@ -12,10 +12,9 @@ use async_trait::async_trait;
 pub use kcl_lease::fault::Trigger;
 use kcl_lease::fault::{FaultKind, Injector, Plan, Rule};
 
-use super::local::BackendOp;
 use super::{
-    BackendError, GetRecordsOutput, IteratorPosition, ShardSubscription, StreamBackend, StreamConsumer,
-    SubscribeEvent,
+    BackendError, BackendOp, GetRecordsOutput, IteratorPosition, ShardSubscription, StreamBackend,
+    StreamConsumer, SubscribeEvent,
 };
 use crate::record::Shard;
 use kcl_lease::StreamIdentifier;

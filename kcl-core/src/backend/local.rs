@@ -19,7 +19,6 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use md5::{Digest, Md5};
 use tokio::time::Instant;
 
 use super::{
@@ -29,6 +28,9 @@ use crate::record::{ChildShard, HashKeyRange, Record, SequenceNumber, Shard};
 use kcl_lease::StreamIdentifier;
 
 mod fan_out;
+
+pub use super::BackendOp;
+pub use crate::record::partition_key_hash;
 
 /// How long a shard iterator stays valid by default (as on Kinesis).
 pub const DEFAULT_ITERATOR_TTL: Duration = Duration::from_secs(5 * 60);
@@ -56,54 +58,6 @@ const ITERATOR_PREFIX: &str = "kcl-local-iterator/v1/";
 const MAX_ITERATOR_LEN: usize = 512;
 const SEQUENCE_PREFIX: &str = "49";
 const SEQUENCE_DIGITS: usize = 38;
-
-/// The operations of a stream backend, for counting calls and for fault rules.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[non_exhaustive]
-pub enum BackendOp {
-    /// [`StreamBackend::list_shards`]
-    ListShards,
-    /// [`StreamBackend::get_shard_iterator`]
-    GetShardIterator,
-    /// [`StreamBackend::get_records`]
-    GetRecords,
-    /// [`LocalBackend::put_record`]
-    PutRecord,
-    /// [`LocalBackend::put_records`]
-    PutRecords,
-    /// [`StreamBackend::register_consumer`]
-    RegisterConsumer,
-    /// [`StreamBackend::describe_consumer`]
-    DescribeConsumer,
-    /// [`StreamBackend::subscribe_to_shard`]
-    SubscribeToShard,
-    /// [`super::ShardSubscription::next_event`] (for fault rules; the local backend does not
-    /// count events)
-    SubscriptionEvent,
-    /// [`StreamBackend::stream_identifier`]
-    DescribeStream,
-}
-
-impl BackendOp {
-    /// Every operation.
-    pub const ALL: [BackendOp; 10] = [
-        BackendOp::ListShards,
-        BackendOp::GetShardIterator,
-        BackendOp::GetRecords,
-        BackendOp::PutRecord,
-        BackendOp::PutRecords,
-        BackendOp::RegisterConsumer,
-        BackendOp::DescribeConsumer,
-        BackendOp::SubscribeToShard,
-        BackendOp::SubscriptionEvent,
-        BackendOp::DescribeStream,
-    ];
-
-    /// A dense index, `0..ALL.len()`.
-    pub(crate) fn index(self) -> usize {
-        self as usize
-    }
-}
 
 /// Per-shard read limits, enforced with token buckets. Exceeding either gives
 /// [`BackendError::Throttled`].
@@ -988,12 +942,6 @@ impl<'a> ParsedIterator<'a> {
             issued_ms: number(issued)?,
         })
     }
-}
-
-/// The Kinesis partition-key hash: the MD5 digest of the key's UTF-8 bytes as a big-endian
-/// unsigned 128-bit number.
-pub fn partition_key_hash(partition_key: &str) -> u128 {
-    u128::from_be_bytes(Md5::digest(partition_key.as_bytes()).into())
 }
 
 /// Validates a record and computes its hash key.

@@ -16,9 +16,14 @@ use thiserror::Error;
 use crate::record::{ChildShard, Record, SequenceNumber, Shard};
 use kcl_lease::StreamIdentifier;
 
+#[cfg(any(test, feature = "testing"))]
 pub mod failure;
+#[cfg(feature = "kinesis")]
 pub mod kinesis;
 pub mod local;
+mod op;
+
+pub use op::BackendOp;
 
 /// Where a shard iterator starts (`ShardIteratorType` plus its argument).
 #[derive(Clone, Debug, PartialEq, Eq)]

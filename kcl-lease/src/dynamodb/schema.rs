@@ -16,56 +16,18 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use crate::error::LeaseError;
 use crate::heartbeat::{LeaseRenewal, WorkerHeartbeat};
 use crate::lease::{HashKeyRange, Lease};
+use crate::row::{self, Row, Value};
 use crate::sequence::ExtendedSequenceNumber;
 
 /// A DynamoDB item: attribute name to value.
 pub type Item = HashMap<String, AttributeValue>;
 
-/// `leaseKey` (S): the table's hash key, the shard id.
-pub const LEASE_KEY: &str = "leaseKey";
-/// `leaseOwner` (S): the owning worker; absent when the lease is unowned.
-pub const LEASE_OWNER: &str = "leaseOwner";
-/// `leaseCounter` (N): incremented by every renewal and change of owner.
-pub const LEASE_COUNTER: &str = "leaseCounter";
-/// `checkpoint` (S): a decimal sequence number or a sentinel (`TRIM_HORIZON`, ...).
-pub const CHECKPOINT: &str = "checkpoint";
-/// `checkpointSubSequenceNumber` (N): the KPL sub-sequence number of the checkpoint.
-pub const CHECKPOINT_SUB_SEQUENCE: &str = "checkpointSubSequenceNumber";
-/// `pendingCheckpoint` (S): a prepared checkpoint; absent when there is none.
-pub const PENDING_CHECKPOINT: &str = "pendingCheckpoint";
-/// `pendingCheckpointSubSequenceNumber` (N): its sub-sequence number.
-pub const PENDING_CHECKPOINT_SUB_SEQUENCE: &str = "pendingCheckpointSubSequenceNumber";
-/// `pendingCheckpointState` (B): the Java KCL's application state of a prepared checkpoint.
-/// Not modelled by [`Lease`]; removed together with the pending checkpoint, as the Java KCL does.
-pub const PENDING_CHECKPOINT_STATE: &str = "pendingCheckpointState";
-/// `ownerSwitchesSinceCheckpoint` (N).
-pub const OWNER_SWITCHES: &str = "ownerSwitchesSinceCheckpoint";
-/// `parentShardId` (SS): absent when empty (DynamoDB forbids empty sets).
-pub const PARENT_SHARD_IDS: &str = "parentShardId";
-/// `childShardIds` (SS): absent when empty.
-pub const CHILD_SHARD_IDS: &str = "childShardIds";
-/// `checkpointOwner` (S): the previous owner during a graceful hand-off; absent otherwise.
-pub const CHECKPOINT_OWNER: &str = "checkpointOwner";
-/// `startingHashKey` (S): decimal `u128`.
-pub const STARTING_HASH_KEY: &str = "startingHashKey";
-/// `endingHashKey` (S): decimal `u128`.
-pub const ENDING_HASH_KEY: &str = "endingHashKey";
-/// `streamName` (S): multi-stream leases only, the stream identifier
-/// `account:stream:creationEpoch`.
-pub const STREAM_NAME: &str = "streamName";
-/// `shardId` (S): multi-stream leases only, the shard id.
-pub const SHARD_ID: &str = "shardId";
-/// `throughputKBps` (N): the shard's throughput in KB/s as its owner measured it (Java KCL 3.x).
-pub const THROUGHPUT_KBPS: &str = "throughputKBps";
-
-/// `entityType` (S): the Java KCL 3.5's kind of row. From 3.5 the lease table also holds other
-/// rows under the same `leaseKey` hash key: worker metrics (`WORKER_METRIC_STATS`, keyed by worker
-/// id), the leader lock (`LEADER`, key `Leader`), stream information (`STREAM`) and migration
-/// state (`CLIENT_VERSION_MIGRATION`, `TABLE_MIGRATION`). Lease rows carry `LEASE`, or no
-/// `entityType` at all (rows written before 3.5, and by this crate).
-pub const ENTITY_TYPE: &str = "entityType";
-/// The `entityType` of a lease row.
-pub const LEASE_ENTITY: &str = "LEASE";
+pub use crate::row::{
+    CHECKPOINT, CHECKPOINT_OWNER, CHECKPOINT_SUB_SEQUENCE, CHILD_SHARD_IDS, ENDING_HASH_KEY, ENTITY_TYPE,
+    EPOCH, HEARTBEAT_COUNTER, LEASE_COUNT, LEASE_COUNTER, LEASE_ENTITY, LEASE_KEY, LEASE_OWNER,
+    LEASE_RENEWAL, OWNER_SWITCHES, PARENT_SHARD_IDS, PENDING_CHECKPOINT, PENDING_CHECKPOINT_STATE,
+    PENDING_CHECKPOINT_SUB_SEQUENCE, SHARD_ID, STARTING_HASH_KEY, STREAM_NAME, THROUGHPUT_KBPS, WORKER_ID,
+};
 
 /// Whether `item` is a lease (no `entityType`, or `LEASE`), as the Java KCL 3.5 reads it; other
 /// rows of a shared table are no leases and are left alone, not reported as corrupt leases.
@@ -88,26 +50,9 @@ pub fn heartbeat_table_name(lease_table: &str) -> String {
     format!("{lease_table}-WorkerHeartbeats")
 }
 
-/// `workerId` (S): the heartbeat table's hash key.
-pub const WORKER_ID: &str = "workerId";
-/// `heartbeatCounter` (N): incremented by every heartbeat.
-pub const HEARTBEAT_COUNTER: &str = "heartbeatCounter";
-/// `leaseRenewal` (S): `per-lease` or `worker`.
-pub const LEASE_RENEWAL: &str = "leaseRenewal";
-/// `leaseCount` (N): leases held at the heartbeat.
-pub const LEASE_COUNT: &str = "leaseCount";
-/// `epoch` (N): bumped when the worker announces a change of the lease table.
-pub const EPOCH: &str = "epoch";
-
-/// The heartbeat row of a worker.
+/// The heartbeat row of a worker ([`row::heartbeat_row`] as an item).
 pub fn encode_heartbeat(hb: &WorkerHeartbeat) -> Item {
-    let mut item = Item::new();
-    item.insert(WORKER_ID.into(), s(&hb.worker_id));
-    item.insert(HEARTBEAT_COUNTER.into(), n(hb.counter));
-    item.insert(LEASE_RENEWAL.into(), s(hb.renewal.as_str()));
-    item.insert(LEASE_COUNT.into(), n(hb.leases));
-    item.insert(EPOCH.into(), n(hb.epoch));
-    item
+    to_item(row::heartbeat_row(hb))
 }
 
 /// Reads a heartbeat row; a row without a string `workerId`, or with a bad counter or renewal
@@ -142,15 +87,9 @@ pub fn n(value: u64) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
 
-/// A throughput in KB/s as a DynamoDB number: a decimal with at most three places (what the
-/// Java KCL 3.x reads back as a double); a negative or non-finite value is written as 0.
+/// A throughput in KB/s as a DynamoDB number ([`row::kbps`]).
 pub fn kbps(value: f64) -> AttributeValue {
-    let value = if value.is_finite() && value > 0.0 {
-        (value * 1000.0).round() / 1000.0
-    } else {
-        0.0
-    };
-    AttributeValue::N(value.to_string())
+    AttributeValue::N(row::kbps(value))
 }
 
 /// A string attribute value.
@@ -163,45 +102,26 @@ pub fn ss(values: &BTreeSet<String>) -> Option<AttributeValue> {
     (!values.is_empty()).then(|| AttributeValue::Ss(values.iter().cloned().collect()))
 }
 
-/// The full item for `lease`, as the Java KCL writes it: optional attributes that are unset
-/// (owner, pending checkpoint, empty sets, checkpoint owner, hash key range) are absent.
+/// The full item for `lease`, as the Java KCL writes it ([`row::lease_row`] as an item):
+/// optional attributes that are unset (owner, pending checkpoint, empty sets, checkpoint owner,
+/// hash key range) are absent.
 pub fn encode(lease: &Lease) -> Item {
-    let mut item = Item::new();
-    item.insert(LEASE_KEY.into(), s(&lease.lease_key));
-    if let Some(owner) = &lease.lease_owner {
-        item.insert(LEASE_OWNER.into(), s(owner));
+    to_item(row::lease_row(lease))
+}
+
+/// The attribute value of a row value.
+pub fn attribute(value: Value) -> AttributeValue {
+    match value {
+        Value::S(v) => AttributeValue::S(v),
+        Value::N(v) => AttributeValue::N(v),
+        Value::Ss(v) => AttributeValue::Ss(v),
     }
-    item.insert(LEASE_COUNTER.into(), n(lease.lease_counter));
-    item.insert(CHECKPOINT.into(), s(lease.checkpoint.checkpoint_str()));
-    item.insert(CHECKPOINT_SUB_SEQUENCE.into(), n(lease.checkpoint.sub_sequence()));
-    if let Some(pending) = &lease.pending_checkpoint {
-        item.insert(PENDING_CHECKPOINT.into(), s(pending.checkpoint_str()));
-        item.insert(PENDING_CHECKPOINT_SUB_SEQUENCE.into(), n(pending.sub_sequence()));
-    }
-    item.insert(OWNER_SWITCHES.into(), n(lease.owner_switches_since_checkpoint));
-    if let Some(parents) = ss(&lease.parent_shard_ids) {
-        item.insert(PARENT_SHARD_IDS.into(), parents);
-    }
-    if let Some(children) = ss(&lease.child_shard_ids) {
-        item.insert(CHILD_SHARD_IDS.into(), children);
-    }
-    if let Some(owner) = &lease.checkpoint_owner {
-        item.insert(CHECKPOINT_OWNER.into(), s(owner));
-    }
-    if let Some(range) = &lease.hash_key_range {
-        item.insert(STARTING_HASH_KEY.into(), s(range.start.to_string()));
-        item.insert(ENDING_HASH_KEY.into(), s(range.end.to_string()));
-    }
-    if let Some(stream) = &lease.stream_identifier {
-        item.insert(STREAM_NAME.into(), s(stream));
-    }
-    if let Some(shard) = &lease.shard_id {
-        item.insert(SHARD_ID.into(), s(shard));
-    }
-    if let Some(kbps) = lease.throughput_kbps {
-        item.insert(THROUGHPUT_KBPS.into(), self::kbps(kbps));
-    }
-    item
+}
+
+fn to_item(row: Row) -> Item {
+    row.into_iter()
+        .map(|(name, value)| (name.to_owned(), attribute(value)))
+        .collect()
 }
 
 /// The lease key of an item, if it has a string `leaseKey` (for error messages and logs).
