@@ -5,7 +5,7 @@
 //! missing permission, an unusable KMS key, a deleted lease table or stream, a task of the
 //! worker that panicked. Retrying them forever would leave a worker that looks alive, logs a
 //! warning in a loop and processes nothing. Instead, the first one is recorded in the worker's
-//! [`FatalSignal`]; the scheduler then shuts down (gracefully, so leases that can still be
+//! `FatalSignal`; the scheduler then shuts down (gracefully, so leases that can still be
 //! released are) and [`crate::Scheduler::run`] returns [`crate::KclError::Fatal`] with the
 //! cause in one line.
 //!
@@ -13,7 +13,7 @@
 //! KMS key disabled, the stream deleted) stops that stream only: its shard consumers stop, its
 //! leases are no longer taken by this worker, and the other streams go on.
 //!
-//! Lease-store errors are seen in one place, [`FatalGuardStore`], a store wrapper through
+//! Lease-store errors are seen in one place, `FatalGuardStore`, a store wrapper through
 //! which every call of the worker goes.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,5 +1,5 @@
 //! The `Scheduler`: one per worker process. It keeps shard leases through a
-//! [`LeaseCoordinator`], synchronises shards and leases, and runs one [`ShardConsumer`] task
+//! [`LeaseCoordinator`], synchronises shards and leases, and runs one `ShardConsumer` task
 //! per held lease.
 //!
 //! Shutdown is explicit. A graceful shutdown stops taking leases, asks every consumer to stop

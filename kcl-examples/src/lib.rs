@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! - [`admin`]: `kcl-admin`, an application's lease table for operators (leases, workers, reset).
-//! - [`bench`]: measuring helpers (CPU, memory, JSON lines).
+//! - [`bench`](mod@bench): measuring helpers (CPU, memory, JSON lines).
 //! - [`fleet`]: `kcl-bench fleet`, many workers in one process, with the cost meter.
 //! - [`coordination`]: `kcl-bench --backend emulators coordination`, `kcl-tail` fleets on the
 //!   emulators measured through their metrics endpoints.

@@ -2,7 +2,7 @@
 //! the attribute names, and the attributes of a lease row and of a heartbeat row as plain
 //! values (strings, numbers as decimal strings, string sets).
 //!
-//! [`crate::dynamodb::schema`] turns these rows into DynamoDB items (and reads items back);
+//! `dynamodb::schema` (feature `dynamodb`) turns these rows into DynamoDB items (and reads items back);
 //! [`crate::metered`] sizes them as DynamoDB bills them, whatever store holds them, so the cost
 //! meter works without the DynamoDB SDK compiled in.
 

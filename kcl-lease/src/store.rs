@@ -11,7 +11,8 @@ use crate::lease::Lease;
 use crate::sequence::ExtendedSequenceNumber;
 
 /// A lease table. Implementations: [`crate::InMemoryLeaseStore`] (bundled, in process),
-/// [`crate::FailureLeaseStore`] (wraps any store to inject faults), and a DynamoDB store.
+/// `FailureLeaseStore` (feature `testing`: wraps any store to inject faults), and
+/// `DynamoDbLeaseStore` (feature `dynamodb`).
 ///
 /// Every mutation is conditional on what the caller last saw of the row (the `expected`
 /// argument: its owner and counter) and fails with [`crate::LeaseError::Conflict`] when the row

@@ -1,7 +1,7 @@
 //! The shard consumer: one task per held lease, driving the [`state`] machine.
 //!
 //! The task waits for the parents, initializes the processor from the checkpoint, delivers
-//! batches from the read-ahead [`fetch`] task in order, handles the end of the shard, and shuts
+//! batches from the read-ahead `fetch` task in order, handles the end of the shard, and shuts
 //! down on lease loss, graceful hand-off or worker shutdown. Processor callbacks always run to
 //! completion: a stop signal is acted on between callbacks, never by cancelling one.
 
