@@ -43,6 +43,7 @@ pub mod record;
 pub mod scheduler;
 pub mod shard;
 pub mod shard_sync;
+pub mod status;
 pub mod stream_arn;
 pub mod streams;
 

@@ -89,6 +89,11 @@ struct Args {
     /// this address, e.g. 127.0.0.1:9464, at `/metrics`.
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve this worker's live status page (leases, lag, throughput, recent lease moves and
+    /// errors; refreshes itself) on this address, e.g. 127.0.0.1:8080, at `/`, and the same as
+    /// JSON at `/status.json`. Port 0 picks a free port; the address is logged on stderr.
+    #[arg(long)]
+    status_addr: Option<std::net::SocketAddr>,
 }
 
 fn parse_renewal(s: &str) -> Result<LeaseRenewal, String> {
@@ -254,16 +259,43 @@ async fn run_aws(args: &Args, application: &str, out: Arc<Output>) -> Result<()>
         .lease_store(store)
         .build()?;
     info!(worker_id = %scheduler.config().worker_id, "kcl-tail starting");
-    let broken = out.clone();
-    scheduler
-        .run(async move {
-            tokio::select! {
-                () = kcl_examples::shutdown_signal() => {}
-                () = broken.broken.notified() => error!("stdout is closed; stopping"),
+    let handle = scheduler.spawn();
+    let _status = serve_status(args, &handle).await?;
+    let signal = kcl_examples::shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            () = &mut signal => break,
+            () = out.broken.notified() => {
+                error!("stdout is closed; stopping");
+                break;
             }
-        })
-        .await?;
+            // The worker stops by itself only on a fatal error, which shutdown() returns.
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                if !handle.is_running() {
+                    break;
+                }
+            }
+        }
+    }
+    handle.shutdown().await?;
     Ok(())
+}
+
+/// Starts the status page if `--status-addr` asks for it.
+async fn serve_status(
+    args: &Args,
+    handle: &kcl_core::SchedulerHandle,
+) -> Result<Option<kcl_core::status::StatusServer>> {
+    let Some(addr) = args.status_addr else {
+        return Ok(None);
+    };
+    let server = handle
+        .serve_status(addr)
+        .await
+        .with_context(|| format!("serving the status page on {addr}"))?;
+    eprintln!("kcl-tail: status page on http://{}/", server.local_addr());
+    Ok(Some(server))
 }
 
 async fn run_local(args: &Args, application: &str, out: Arc<Output>) -> Result<()> {
@@ -280,6 +312,7 @@ async fn run_local(args: &Args, application: &str, out: Arc<Output>) -> Result<(
         .polling_interval(Duration::from_millis(100))
         .build()?
         .spawn();
+    let _status = serve_status(args, &handle).await?;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut put = 0u64;
     let signal = kcl_examples::shutdown_signal();
