@@ -33,6 +33,7 @@
 //! - `dynamodb` (default): kcl-lease's `DynamoDbLeaseStore`, the lease table in Amazon DynamoDB.
 //! - `testing`: fault injection for tests: `backend::failure::FailureBackend` and kcl-lease's
 //!   `FailureLeaseStore`.
+//! - `status-page`: serving a worker's status page over HTTP (`status::serve`, hyper).
 //!
 //! The local backend ([`LocalBackend`]), the in-memory lease store ([`InMemoryLeaseStore`]) and
 //! the lease-store cost meter (`kcl_lease::MeteredLeaseStore`, which the scheduler uses for the
@@ -56,6 +57,7 @@ pub mod record;
 pub mod scheduler;
 pub mod shard;
 pub mod shard_sync;
+pub mod status;
 pub mod stream_arn;
 pub mod streams;
 

@@ -29,6 +29,7 @@ use crate::processor::ProcessorFactory;
 use crate::shard::fan_out::ConsumerRegistry;
 use crate::shard::{ShardConsumer, ShardContext};
 use crate::shard_sync::{delete_finished_leases, sync_stream};
+use crate::status::{StatusSource, WorkerStatus};
 use crate::streams::{FormerStreamsCleanup, StreamConfig, StreamTracker};
 use kcl_lease::{LeaseError, StreamIdentifier};
 
@@ -288,9 +289,16 @@ impl Scheduler {
         let health = self.health.clone();
         let meter = self.meter.clone();
         let fatal = self.fatal.clone();
-        let task = tokio::spawn(self.run_with(coordinator.clone(), acquired, async move {
+        let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let still = running.clone();
+        let run = self.run_with(coordinator.clone(), acquired, async move {
             let _ = rx.await;
-        }));
+        });
+        let task = tokio::spawn(async move {
+            // Cleared even if the run panics (the guard is dropped while unwinding).
+            let _running = RunningFlag(still);
+            run.await
+        });
         SchedulerHandle {
             worker_id,
             shutdown: Some(tx),
@@ -299,6 +307,7 @@ impl Scheduler {
             health,
             meter,
             fatal,
+            running,
         }
     }
 
@@ -591,7 +600,13 @@ async fn finish(
     health: &HealthRegistry,
     done: std::result::Result<(tokio::task::Id, ()), tokio::task::JoinError>,
 ) -> Option<String> {
+    let panicked = done.as_ref().err().is_some_and(|e| e.is_panic());
     let key = forget(keys, health, done)?;
+    if panicked {
+        coordinator
+            .journal()
+            .error(Some(&key), "the shard consumer panicked");
+    }
     coordinator.release(&key).await;
     Some(key)
 }
@@ -664,7 +679,12 @@ async fn shard_sync_loop(
                     }
                     Ok(_) => {}
                     Err(KclError::Backend(e)) if fatal.check_stream(&config.stream_name, false, &e) => return,
-                    Err(e) => warn!(error = %e, "shard sync failed"),
+                    Err(e) => {
+                        warn!(error = %e, "shard sync failed");
+                        coordinator
+                            .journal()
+                            .error(None, format_args!("shard sync failed: {e}"));
+                    }
                 }
                 if config.delete_finished_leases {
                     delete_finished_leases(&*store, &leases).await;
@@ -762,7 +782,12 @@ impl MultiStreamSync {
                             }
                             Err(KclError::Backend(e))
                                 if self.fatal.check_stream(&id.to_string(), true, &e) => {}
-                            Err(e) => warn!(stream = %stream.name, error = %e, "shard sync failed"),
+                            Err(e) => {
+                                warn!(stream = %stream.name, error = %e, "shard sync failed");
+                                self.coordinator
+                                    .journal()
+                                    .error(None, format_args!("shard sync of {} failed: {e}", stream.name));
+                            }
                         }
                     }
                     if created > 0 {
@@ -864,6 +889,15 @@ impl MultiStreamSync {
     }
 }
 
+/// Clears the worker's running flag when dropped.
+struct RunningFlag(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for RunningFlag {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Controls a worker started with [`Scheduler::spawn`].
 #[must_use = "dropping the handle leaves the worker running; call shutdown() or kill()"]
 pub struct SchedulerHandle {
@@ -874,6 +908,8 @@ pub struct SchedulerHandle {
     health: HealthRegistry,
     meter: MeteredLeaseStore<Arc<dyn LeaseStore>>,
     fatal: FatalSignal,
+    /// True until the worker's task ends.
+    running: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for SchedulerHandle {
@@ -902,15 +938,47 @@ impl SchedulerHandle {
     /// A health summary: leases held and, per running shard consumer, its state, lag and
     /// checkpoint. Cheap; meant for health checks and dashboards.
     pub fn health(&self) -> WorkerHealth {
-        let shards = lock(&self.health).values().map(|h| lock(h).clone()).collect();
-        WorkerHealth {
-            worker_id: self.worker_id.clone(),
-            running: !self.task.is_finished(),
-            leases_held: self.coordinator.held().len(),
-            shards,
-            fleet: self.coordinator.fleet(),
-            lease_store: self.meter.snapshot(),
-        }
+        self.status_source().health()
+    }
+
+    /// A cloneable reader of this worker's live status (leases, lag, throughput, recent lease
+    /// moves and errors), for a status page or a health endpoint of the user's own binary.
+    pub fn status_source(&self) -> StatusSource {
+        let (coordinator, health, meter) =
+            (self.coordinator.clone(), self.health.clone(), self.meter.clone());
+        let worker_id = self.worker_id.clone();
+        let running = self.running.clone();
+        let fatal_text = self.fatal.clone();
+        StatusSource::new(
+            move || {
+                let shards = lock(&health).values().map(|h| lock(h).clone()).collect();
+                WorkerHealth {
+                    worker_id: worker_id.clone(),
+                    running: running.load(std::sync::atomic::Ordering::SeqCst),
+                    leases_held: coordinator.held().len(),
+                    shards,
+                    fleet: coordinator.fleet(),
+                    lease_store: meter.snapshot(),
+                }
+            },
+            self.coordinator.journal().clone(),
+            move || fatal_text.errors().iter().map(ToString::to_string).collect(),
+        )
+    }
+
+    /// This worker's status now (see [`crate::status`]).
+    pub fn status(&self) -> WorkerStatus {
+        self.status_source().snapshot()
+    }
+
+    /// Serves this worker's status page (`/`, refreshing itself) and `/status.json` on `addr`
+    /// until the returned server is shut down or dropped.
+    #[cfg(feature = "status-page")]
+    pub async fn serve_status(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> std::io::Result<crate::status::StatusServer> {
+        crate::status::serve(self.status_source(), addr).await
     }
 
     /// The errors that stopped the worker or some of its streams (see [`crate::fatal`]):

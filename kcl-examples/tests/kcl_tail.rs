@@ -422,3 +422,84 @@ async fn kcl_tail_delivers_every_user_record_of_aws_kinesis_agg_aggregates_acros
     let keys: BTreeSet<&str> = lines.iter().map(|l| field(l, "partition_key")).collect();
     assert_eq!(keys.len(), 37);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcl_tail_reads_streams_named_by_arn_beside_streams_named_by_name() {
+    let (sdk, endpoints) = sdk().await;
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    let (by_arn, by_name, app) = (unique("tail-arn"), unique("tail-name"), unique("tail-arn-app"));
+    create_stream(&kinesis, &by_arn, 2).await;
+    create_stream(&kinesis, &by_name, 1).await;
+    let arn = kinesis
+        .describe_stream_summary()
+        .stream_name(&by_arn)
+        .send()
+        .await
+        .expect("DescribeStreamSummary")
+        .stream_description_summary
+        .expect("summary")
+        .stream_arn;
+    for (stream, n) in [(&by_arn, 6), (&by_name, 3)] {
+        for i in 0..n {
+            kinesis
+                .put_record()
+                .stream_name(stream)
+                .partition_key(format!("pk-{i}"))
+                .data(Blob::new(format!("{stream}-{i}")))
+                .send()
+                .await
+                .expect("PutRecord");
+        }
+    }
+    let mut tail = spawn(&[
+        "--stream-arn",
+        &arn,
+        "--stream",
+        &by_name,
+        "--application-name",
+        &app,
+        "--initial-position",
+        "trim-horizon",
+        "--region",
+        &endpoints.region,
+    ]);
+    let lines = read_lines(&mut tail, 9, Duration::from_millis(500)).await;
+    let got: BTreeSet<String> = lines.iter().map(|l| data_of(l)).collect();
+    let want: BTreeSet<String> = (0..6)
+        .map(|i| format!("{by_arn}-{i}"))
+        .chain((0..3).map(|i| format!("{by_name}-{i}")))
+        .collect();
+    assert_eq!(got, want);
+    sigterm(&mut tail).await;
+
+    // The multi-stream lease keys of the ARN's stream carry the ARN's account.
+    let account = arn.split(':').nth(4).expect("account in the ARN").to_owned();
+    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    let rows = dynamo.scan().table_name(&app).send().await.expect("Scan");
+    let keys: Vec<String> = rows
+        .items()
+        .iter()
+        .filter_map(|r| r.get("leaseKey").and_then(|v| v.as_s().ok()).cloned())
+        .collect();
+    let of_arn: Vec<&String> = keys
+        .iter()
+        .filter(|k| k.contains(&format!(":{by_arn}:")))
+        .collect();
+    assert_eq!(of_arn.len(), 2, "{keys:?}");
+    assert!(
+        of_arn.iter().all(|k| k.starts_with(&format!("{account}:"))),
+        "{keys:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcl_tail_refuses_a_malformed_stream_arn_with_a_usage_error() {
+    let out = Command::new(TAIL)
+        .args(["--stream-arn", "arn:aws:s3:::bucket"])
+        .output()
+        .await
+        .expect("run kcl-tail");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--stream-arn"), "{stderr}");
+}

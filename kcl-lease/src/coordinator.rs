@@ -57,6 +57,7 @@ use crate::error::{LeaseError, Result};
 use crate::heartbeat::{FleetFingerprint, LeaseRenewal, WorkerHeartbeat, WorkerStatus, WorkerTracker};
 use crate::held::lock;
 pub use crate::held::{BeatOutcome, HeldLease, LeaseStatus, Liveness};
+use crate::journal::{Journal, JournalEvent};
 use crate::lease::Lease;
 use crate::load::BalanceMode;
 use crate::store::LeaseStore;
@@ -198,6 +199,8 @@ pub struct LeaseCoordinator {
     /// Turns true after the first heartbeat and the first read of the others'.
     ready: watch::Sender<bool>,
     limiter: Arc<Semaphore>,
+    /// Recent moves and errors (for status pages).
+    journal: Arc<Journal>,
 }
 
 /// A renewal or heartbeat task that panicked takes the coordinator down with it (and the
@@ -248,6 +251,7 @@ impl LeaseCoordinator {
             beating: AtomicBool::new(false),
             left: AtomicBool::new(false),
             ready: watch::channel(false).0,
+            journal: Arc::new(Journal::default()),
         };
         (Arc::new(this), rx)
     }
@@ -255,6 +259,11 @@ impl LeaseCoordinator {
     /// The settings.
     pub fn config(&self) -> &CoordinatorConfig {
         &self.config
+    }
+
+    /// This worker's recent lease moves and errors.
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
     }
 
     /// The leases held right now.
@@ -348,6 +357,7 @@ impl LeaseCoordinator {
             started,
             self.liveness.clone(),
             self.call_timeout(),
+            self.journal.clone(),
         ))
     }
 
@@ -486,6 +496,8 @@ impl LeaseCoordinator {
         if due {
             if let Err(e) = self.take_round().await {
                 warn!(error = %e, "lease take round failed");
+                self.journal
+                    .error(None, format_args!("lease take round failed: {e}"));
             }
         }
         if self.is_leader() {
@@ -692,6 +704,13 @@ impl LeaseCoordinator {
                             metrics::counter!(LEASES_STOLEN, "worker_id" => worker).increment(1);
                             stole = true;
                         }
+                        self.journal.record(
+                            Some(&row.lease_key),
+                            JournalEvent::Taken {
+                                previous_owner: lease.lease_owner.clone(),
+                                stolen: steal,
+                            },
+                        );
                         let held = self.new_held(row, started);
                         lock(&self.held).insert(held.key.clone(), held.clone());
                         if self.acquired.send(held).await.is_err() {
@@ -707,7 +726,13 @@ impl LeaseCoordinator {
                             _ => lock(&self.scans).forced = true,
                         }
                     }
-                    Err(e) => warn!(lease = %lease.lease_key, error = %e, "taking lease failed"),
+                    Err(e) => {
+                        warn!(lease = %lease.lease_key, error = %e, "taking lease failed");
+                        self.journal.error(
+                            Some(&lease.lease_key),
+                            format_args!("taking the lease failed: {e}"),
+                        );
+                    }
                 }
             }
         }
@@ -734,17 +759,29 @@ impl LeaseCoordinator {
                 match self.store.evict(&row).await {
                     Ok(_) => {
                         debug!(lease = %key, "released lease");
+                        self.journal.record(Some(key), JournalEvent::Released);
                         self.announce();
                     }
-                    Err(e) => warn!(lease = %key, error = %e, "releasing lease failed; it will expire"),
+                    Err(e) => {
+                        warn!(lease = %key, error = %e, "releasing lease failed; it will expire");
+                        self.journal
+                            .error(Some(key), format_args!("releasing the lease failed: {e}"));
+                    }
                 }
                 drop(row);
                 lease.set_status(LeaseStatus::Lost);
             }
             LeaseStatus::HandoffRequested => {
                 match self.store.complete_handoff(key, &self.config.worker_id).await {
-                    Ok(_) => debug!(lease = %key, "hand-off complete"),
-                    Err(e) => warn!(lease = %key, error = %e, "completing hand-off failed"),
+                    Ok(_) => {
+                        debug!(lease = %key, "hand-off complete");
+                        self.journal.record(Some(key), JournalEvent::HandedOff);
+                    }
+                    Err(e) => {
+                        warn!(lease = %key, error = %e, "completing hand-off failed");
+                        self.journal
+                            .error(Some(key), format_args!("completing the hand-off failed: {e}"));
+                    }
                 }
                 lease.set_status(LeaseStatus::Lost);
             }
@@ -942,6 +979,29 @@ mod tests {
         a.release(other.key()).await;
         b.take_round().await.unwrap();
         assert_eq!(b.held().len(), 2);
+        // Each worker's journal tells the story, newest first.
+        let names = |c: &LeaseCoordinator| -> Vec<(String, &'static str)> {
+            c.journal()
+                .moves()
+                .iter()
+                .map(|e| (e.lease.clone().unwrap_or_default(), e.event.name()))
+                .collect()
+        };
+        let (other_key, stolen_key) = (other.key().to_owned(), stolen[0].clone());
+        assert_eq!(
+            names(&a)[..3],
+            [
+                (other_key.clone(), "released"),
+                (stolen_key.clone(), "handed-off"),
+                (stolen_key.clone(), "handoff-requested"),
+            ]
+        );
+        assert_eq!(names(&b), [(other_key, "taken"), (stolen_key.clone(), "stolen")]);
+        assert!(matches!(
+            &b.journal().moves()[1].event,
+            JournalEvent::Taken { previous_owner: Some(o), stolen: true } if o == "a"
+        ));
+        assert!(a.journal().errors().is_empty());
     }
 
     #[tokio::test(start_paused = true)]

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use crate::coordinator::metric_names::{LOST_LEASES, RENEW_FAILURES};
 use crate::error::{LeaseError, Result};
 use crate::heartbeat::LeaseRenewal;
+use crate::journal::{Journal, JournalEvent};
 use crate::lease::Lease;
 use crate::sequence::ExtendedSequenceNumber;
 use crate::store::LeaseStore;
@@ -179,6 +180,8 @@ pub struct HeldLease {
     /// The shard's throughput as its consumer last measured it (KB/s), written to the row's
     /// `throughputKBps` with the next renewal or checkpoint.
     throughput_kbps: Mutex<Option<f64>>,
+    /// The worker's journal of moves and errors.
+    journal: Arc<Journal>,
 }
 
 impl std::fmt::Debug for HeldLease {
@@ -192,6 +195,8 @@ impl std::fmt::Debug for HeldLease {
 }
 
 impl HeldLease {
+    // Called from one place (the coordinator's `new_held`), with the worker's shared parts.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         row: Lease,
         worker_id: &str,
@@ -200,6 +205,7 @@ impl HeldLease {
         at: Instant,
         liveness: Arc<Liveness>,
         call_timeout: Duration,
+        journal: Arc<Journal>,
     ) -> Self {
         Self {
             key: row.lease_key.clone(),
@@ -218,6 +224,7 @@ impl HeldLease {
             renewing: AtomicBool::new(false),
             call_timeout,
             throughput_kbps: Mutex::new(None),
+            journal,
         }
     }
 
@@ -318,6 +325,7 @@ impl HeldLease {
             // Counted once: a released lease is marked lost too, but it was let go, not lost.
             if !self.lost_counted.swap(true, Ordering::Relaxed) {
                 metrics::counter!(LOST_LEASES, "worker_id" => self.worker_id.clone()).increment(1);
+                self.journal.record(Some(&self.key), JournalEvent::Lost);
             }
         }
     }
@@ -330,6 +338,10 @@ impl HeldLease {
                     && !row.is_owned_by(&self.worker_id) =>
             {
                 info!(lease = %self.key, new_owner = ?row.lease_owner, "graceful hand-off requested");
+                if self.status() == LeaseStatus::Held {
+                    self.journal
+                        .record(Some(&self.key), JournalEvent::HandoffRequested);
+                }
                 self.set_status(LeaseStatus::HandoffRequested);
             }
             _ => {
@@ -387,6 +399,8 @@ impl HeldLease {
                 }
                 let deadline = *lock(&self.valid_until);
                 warn!(lease = %self.key, error = %e, "renewal failed");
+                self.journal
+                    .error(Some(&self.key), format_args!("renewal failed: {e}"));
                 metrics::counter!(RENEW_FAILURES, "worker_id" => self.worker_id.clone()).increment(1);
                 if Instant::now() >= deadline {
                     info!(lease = %self.key, "lease not renewed within the failover time: giving it up");

@@ -31,6 +31,7 @@
 //! - [`coordinator`]: the async driver: renews held leases, takes and steals, publishes
 //!   acquired leases and lease loss.
 //! - [`error`]: the `LeaseError` type.
+//! - [`journal`]: a worker's recent lease moves and errors (for status pages).
 //!
 //! # Features
 //! - `dynamodb` (default): `DynamoDbLeaseStore`, through the AWS SDK for DynamoDB.
@@ -52,6 +53,7 @@ pub mod failure;
 pub mod fault;
 pub mod heartbeat;
 pub mod held;
+pub mod journal;
 pub mod metered;
 
 pub mod lease;
@@ -70,6 +72,7 @@ pub use error::{FatalKind, LeaseError, ParseSequenceError, Result};
 #[cfg(any(test, feature = "testing"))]
 pub use failure::{FailureLeaseStore, LeaseFault, LeaseFaultPlan, LeaseFaultRule, LeaseTrigger};
 pub use heartbeat::{LeaseRenewal, WorkerHeartbeat, WorkerStatus, WorkerTracker};
+pub use journal::{Journal, JournalEntry, JournalEvent};
 pub use metered::{CostSnapshot, MeteredLeaseStore, OpCost};
 
 pub use lease::{HashKeyRange, Lease};

@@ -9,6 +9,7 @@
 //! switched off by [`crate::aws::load_sdk_config`], so that throttling is visible and counted
 //! ([`KinesisBackend::throttle_count`]).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -25,6 +26,7 @@ use crate::backend::{
     StreamConsumer, SubscribeEvent,
 };
 use crate::record::{ChildShard, HashKeyRange, Record, SequenceNumber, Shard};
+use crate::stream_arn::StreamArn;
 use kcl_lease::StreamIdentifier;
 
 /// Reads a Kinesis data stream through the AWS SDK. Cheap to clone.
@@ -32,6 +34,8 @@ use kcl_lease::StreamIdentifier;
 pub struct KinesisBackend {
     client: aws_sdk_kinesis::Client,
     throttles: Arc<AtomicU64>,
+    /// Streams named by ARN: every call on them is made with the ARN (stream name → ARN).
+    arns: Arc<HashMap<String, StreamArn>>,
 }
 
 impl KinesisBackend {
@@ -40,7 +44,23 @@ impl KinesisBackend {
         Self {
             client,
             throttles: Arc::new(AtomicU64::new(0)),
+            arns: Arc::new(HashMap::new()),
         }
+    }
+
+    /// Names streams by ARN: calls on the stream named in an ARN are made with `StreamARN`
+    /// (as cross-account access through a resource policy requires), and its multi-stream lease
+    /// key takes the account from the ARN. The scheduler still names the stream by its name.
+    pub fn with_stream_arns(mut self, arns: impl IntoIterator<Item = StreamArn>) -> Self {
+        let mut map = (*self.arns).clone();
+        map.extend(arns.into_iter().map(|a| (a.stream_name.clone(), a)));
+        self.arns = Arc::new(map);
+        self
+    }
+
+    /// The ARN a stream was named by, if any.
+    pub fn arn_of(&self, stream: &str) -> Option<&StreamArn> {
+        self.arns.get(stream)
     }
 
     /// A backend from shared SDK configuration (see [`crate::aws::load_sdk_config`]).
@@ -196,8 +216,24 @@ fn to_consumer(name: &str, arn: &str, status: &aws_sdk_kinesis::types::ConsumerS
 }
 
 impl KinesisBackend {
+    /// `StreamName` of a request on `stream`: unset when the stream is named by ARN.
+    fn name_param(&self, stream: &str) -> Option<String> {
+        match self.arn_of(stream) {
+            Some(_) => None,
+            None => Some(stream.to_owned()),
+        }
+    }
+
+    /// `StreamARN` of a request on `stream`, when it is named by ARN.
+    fn arn_param(&self, stream: &str) -> Option<String> {
+        self.arn_of(stream).map(ToString::to_string)
+    }
+
     /// The stream's ARN (fan-out consumers are registered on it).
     async fn stream_arn(&self, stream: &str) -> Result<String, BackendError> {
+        if let Some(arn) = self.arn_of(stream) {
+            return Ok(arn.to_string());
+        }
         Ok(self.summary(stream).await?.stream_arn().to_owned())
     }
 
@@ -209,7 +245,8 @@ impl KinesisBackend {
         let out = self
             .client
             .describe_stream_summary()
-            .stream_name(stream)
+            .set_stream_name(self.name_param(stream))
+            .set_stream_arn(self.arn_param(stream))
             .send()
             .await
             .map_err(|e| self.map(e, Context::Stream(stream)))?;
@@ -302,7 +339,11 @@ impl StreamBackend for KinesisBackend {
             // With a next token the stream name must not be sent.
             let request = match &next {
                 Some(token) => self.client.list_shards().next_token(token),
-                None => self.client.list_shards().stream_name(stream),
+                None => self
+                    .client
+                    .list_shards()
+                    .set_stream_name(self.name_param(stream))
+                    .set_stream_arn(self.arn_param(stream)),
             };
             let out = request
                 .send()
@@ -329,7 +370,8 @@ impl StreamBackend for KinesisBackend {
         let request = self
             .client
             .get_shard_iterator()
-            .stream_name(stream)
+            .set_stream_name(self.name_param(stream))
+            .set_stream_arn(self.arn_param(stream))
             .shard_id(shard_id);
         let request = match position {
             IteratorPosition::TrimHorizon => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
@@ -381,15 +423,16 @@ impl StreamBackend for KinesisBackend {
 
     async fn stream_identifier(&self, stream: &str) -> Result<StreamIdentifier, BackendError> {
         let d = self.summary(stream).await?;
-        // arn:aws:kinesis:<region>:<account>:stream/<name>
-        let account = d
-            .stream_arn()
-            .split(':')
-            .nth(4)
-            .filter(|a| !a.is_empty())
-            .ok_or_else(|| BackendError::other(format!("stream ARN {:?} has no account", d.stream_arn())))?;
         let epoch = u64::try_from(d.stream_creation_timestamp().secs()).unwrap_or(0);
-        Ok(StreamIdentifier::new(account, stream, epoch))
+        // The account of a stream named by ARN is the ARN's (a stream of another account).
+        if let Some(arn) = self.arn_of(stream) {
+            return Ok(arn.identifier(epoch));
+        }
+        let arn: StreamArn = d
+            .stream_arn()
+            .parse()
+            .map_err(|e| BackendError::other(format!("DescribeStreamSummary of {stream}: {e}")))?;
+        Ok(StreamIdentifier::new(&arn.account_id, stream, epoch))
     }
 
     async fn register_consumer(

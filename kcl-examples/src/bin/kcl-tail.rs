@@ -30,6 +30,7 @@ use aws_smithy_types::date_time::Format;
 use aws_smithy_types::DateTime;
 use clap::Parser;
 use kcl_core::aws::{load_sdk_config, AwsOptions};
+use kcl_core::stream_arn::StreamArn;
 use kcl_core::{
     FanOutConfig, InMemoryLeaseStore, InitialPosition, InitializeInput, KinesisBackend, LocalBackend,
     ProcessRecordsInput, ProcessorError, Record, RecordProcessor, RetrievalMode, Scheduler, SchedulerBuilder,
@@ -45,8 +46,21 @@ use tracing::{error, info};
 #[command(name = "kcl-tail", version)]
 struct Args {
     /// The stream to read. Repeat it to read several streams as one multi-stream application.
-    #[arg(long = "stream", required = true)]
+    #[arg(long = "stream", required_unless_present = "stream_arns")]
     streams: Vec<String>,
+    /// A stream to read, named by its ARN (arn:aws:kinesis:REGION:ACCOUNT:stream/NAME): every
+    /// Kinesis call on it carries the ARN, and its multi-stream lease key the ARN's account.
+    /// Repeatable, and may be mixed with --stream. The region defaults to the ARN's.
+    #[arg(long = "stream-arn", value_parser = parse_stream_arn)]
+    stream_arns: Vec<StreamArn>,
+    /// Read the streams with the credentials of this IAM role (assumed through STS), e.g. a
+    /// role of the account that owns a --stream-arn stream. The lease table stays in the
+    /// account of the default credentials.
+    #[arg(long)]
+    role_arn: Option<String>,
+    /// The external id the role's trust policy asks for (with --role-arn).
+    #[arg(long, requires = "role_arn")]
+    external_id: Option<String>,
     /// The application name: the lease table's name. Workers with the same name share the
     /// streams' shards. Default: `kcl-tail-<stream>` (the stream names joined by `-`).
     #[arg(long)]
@@ -89,6 +103,16 @@ struct Args {
     /// this address, e.g. 127.0.0.1:9464, at `/metrics`.
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve this worker's live status page (leases, lag, throughput, recent lease moves and
+    /// errors; refreshes itself) on this address, e.g. 127.0.0.1:8080, at `/`, and the same as
+    /// JSON at `/status.json`. Port 0 picks a free port; the address is logged on stderr.
+    #[arg(long)]
+    status_addr: Option<std::net::SocketAddr>,
+}
+
+fn parse_stream_arn(s: &str) -> Result<StreamArn, String> {
+    s.parse()
+        .map_err(|e: kcl_core::stream_arn::StreamArnError| e.to_string())
 }
 
 fn parse_renewal(s: &str) -> Result<LeaseRenewal, String> {
@@ -236,7 +260,11 @@ fn configure(args: &Args, application: &str, out: &Arc<Output>) -> SchedulerBuil
 
 async fn run_aws(args: &Args, application: &str, out: Arc<Output>) -> Result<()> {
     let options = AwsOptions {
-        region: args.region.clone(),
+        // A stream named by ARN says its region.
+        region: args
+            .region
+            .clone()
+            .or_else(|| args.stream_arns.first().map(|a| a.region.clone())),
         endpoint_url: args.endpoint_url.clone(),
         profile: None,
     };
@@ -244,7 +272,23 @@ async fn run_aws(args: &Args, application: &str, out: Arc<Output>) -> Result<()>
     if sdk.region().is_none() {
         bail!("no AWS region: pass --region or set AWS_REGION");
     }
-    let backend = KinesisBackend::from_conf(&sdk);
+    let kinesis = match &args.role_arn {
+        None => aws_sdk_kinesis::Client::new(&sdk),
+        Some(role) => {
+            let mut provider = aws_config::sts::AssumeRoleProvider::builder(role.clone())
+                .session_name("kcl-tail")
+                .configure(&sdk);
+            if let Some(id) = &args.external_id {
+                provider = provider.external_id(id.clone());
+            }
+            let provider = provider.build().await;
+            let conf = aws_sdk_kinesis::config::Builder::from(&sdk)
+                .credentials_provider(provider)
+                .build();
+            aws_sdk_kinesis::Client::from_conf(conf)
+        }
+    };
+    let backend = KinesisBackend::new(kinesis).with_stream_arns(args.stream_arns.iter().cloned());
     let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(&sdk), application);
     // Fail fast on a missing stream or missing permissions, before the lease table is created.
     let streams: Vec<&str> = args.streams.iter().map(String::as_str).collect();
@@ -254,16 +298,43 @@ async fn run_aws(args: &Args, application: &str, out: Arc<Output>) -> Result<()>
         .lease_store(store)
         .build()?;
     info!(worker_id = %scheduler.config().worker_id, "kcl-tail starting");
-    let broken = out.clone();
-    scheduler
-        .run(async move {
-            tokio::select! {
-                () = kcl_examples::shutdown_signal() => {}
-                () = broken.broken.notified() => error!("stdout is closed; stopping"),
+    let handle = scheduler.spawn();
+    let _status = serve_status(args, &handle).await?;
+    let signal = kcl_examples::shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            () = &mut signal => break,
+            () = out.broken.notified() => {
+                error!("stdout is closed; stopping");
+                break;
             }
-        })
-        .await?;
+            // The worker stops by itself only on a fatal error, which shutdown() returns.
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                if !handle.is_running() {
+                    break;
+                }
+            }
+        }
+    }
+    handle.shutdown().await?;
     Ok(())
+}
+
+/// Starts the status page if `--status-addr` asks for it.
+async fn serve_status(
+    args: &Args,
+    handle: &kcl_core::SchedulerHandle,
+) -> Result<Option<kcl_core::status::StatusServer>> {
+    let Some(addr) = args.status_addr else {
+        return Ok(None);
+    };
+    let server = handle
+        .serve_status(addr)
+        .await
+        .with_context(|| format!("serving the status page on {addr}"))?;
+    eprintln!("kcl-tail: status page on http://{}/", server.local_addr());
+    Ok(Some(server))
 }
 
 async fn run_local(args: &Args, application: &str, out: Arc<Output>) -> Result<()> {
@@ -280,6 +351,7 @@ async fn run_local(args: &Args, application: &str, out: Arc<Output>) -> Result<(
         .polling_interval(Duration::from_millis(100))
         .build()?
         .spawn();
+    let _status = serve_status(args, &handle).await?;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut put = 0u64;
     let signal = kcl_examples::shutdown_signal();
@@ -320,7 +392,13 @@ async fn main() -> std::process::ExitCode {
 
 async fn run() -> Result<()> {
     kcl_examples::init_tracing("warn");
-    let args = Args::parse();
+    let mut args = Args::parse();
+    // Streams named by ARN are read under their names (the backend makes the calls by ARN).
+    for arn in &args.stream_arns {
+        if !args.streams.contains(&arn.stream_name) {
+            args.streams.push(arn.stream_name.clone());
+        }
+    }
     if let Some(addr) = args.metrics_addr {
         kcl_examples::prometheus_builder(kcl_core::metrics::SHARD_SERIES_IDLE_TIMEOUT)
             .with_http_listener(addr)
