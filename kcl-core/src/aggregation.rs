@@ -373,12 +373,6 @@ pub fn deaggregate_batch(
     }
 }
 
-/// The byte size of a batch as the read-ahead counts it: the payloads of the records to deliver
-/// (after unpacking) plus their partition keys.
-pub fn batch_bytes(records: &[Record]) -> usize {
-    records.iter().map(|r| r.data.len() + r.partition_key.len()).sum()
-}
-
 /// Packs user records `(partition key, explicit hash key, data)` into one aggregated record's
 /// data, as the KPL does: key tables without duplicates (in order of first use), the MD5
 /// trailer. [`deaggregate`] gives them back exactly.

@@ -223,6 +223,13 @@ impl LeaseStore for FatalGuardStore {
     ) -> kcl_lease::Result<Lease> {
         self.check(self.inner.update_checkpoint(expected, worker, checkpoint).await)
     }
+    async fn reset_checkpoint(
+        &self,
+        expected: &Lease,
+        checkpoint: &ExtendedSequenceNumber,
+    ) -> kcl_lease::Result<Lease> {
+        self.check(self.inner.reset_checkpoint(expected, checkpoint).await)
+    }
     async fn complete_handoff(&self, key: &str, previous_owner: &str) -> kcl_lease::Result<Lease> {
         self.check(self.inner.complete_handoff(key, previous_owner).await)
     }

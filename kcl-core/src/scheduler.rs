@@ -567,12 +567,7 @@ fn describe_join_error(e: tokio::task::JoinError) -> String {
     if !e.is_panic() {
         return "was cancelled".to_owned();
     }
-    let payload = e.into_panic();
-    let message = payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".to_owned());
+    let message = crate::shard::failed_batch::panic_message(&*e.into_panic());
     format!("panicked: {message}")
 }
 

@@ -21,7 +21,26 @@ pub mod skewed;
 use std::future::Future;
 use std::process::ExitCode;
 
+use async_trait::async_trait;
+use kcl_core::{ProcessRecordsInput, ProcessorError, RecordProcessor, ShutdownRequestedInput};
 use tracing::info;
+
+/// A processor that only checkpoints: after every batch, and at a graceful shutdown (for
+/// demos and benchmarks where what is measured is the runtime, not the processing).
+pub struct CheckpointEveryBatch;
+
+#[async_trait]
+impl RecordProcessor for CheckpointEveryBatch {
+    async fn process_records(&mut self, input: ProcessRecordsInput<'_>) -> Result<(), ProcessorError> {
+        input.checkpointer.checkpoint().await?;
+        Ok(())
+    }
+
+    async fn shutdown_requested(&mut self, input: ShutdownRequestedInput<'_>) -> Result<(), ProcessorError> {
+        input.checkpointer.checkpoint().await?;
+        Ok(())
+    }
+}
 
 /// Logs to stderr (stdout is for data), filtered by `RUST_LOG`, by default `default_filter`;
 /// the SDK's probing of IMDS for a region is kept quiet.

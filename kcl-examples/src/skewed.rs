@@ -14,13 +14,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use async_trait::async_trait;
 use bytes::Bytes;
 use kcl_core::backend::local::partition_key_hash;
-use kcl_core::{
-    InMemoryLeaseStore, InitialPosition, LocalBackend, ProcessRecordsInput, ProcessorError, RecordProcessor,
-    Scheduler, SchedulerHandle, ShutdownRequestedInput,
-};
+use kcl_core::{InMemoryLeaseStore, InitialPosition, LocalBackend, Scheduler, SchedulerHandle};
 use kcl_lease::{BalanceMode, LoadBalancing};
 use tokio::time::Instant;
 
@@ -43,22 +39,6 @@ const SHARDS: usize = 16;
 const WORKERS: usize = 4;
 const HOT: usize = 2;
 const RECORD_BYTES: usize = 1024;
-
-/// Checkpoints each batch; that is all.
-struct Sink;
-
-#[async_trait]
-impl RecordProcessor for Sink {
-    async fn process_records(&mut self, input: ProcessRecordsInput<'_>) -> Result<(), ProcessorError> {
-        input.checkpointer.checkpoint().await?;
-        Ok(())
-    }
-
-    async fn shutdown_requested(&mut self, input: ShutdownRequestedInput<'_>) -> Result<(), ProcessorError> {
-        input.checkpointer.checkpoint().await?;
-        Ok(())
-    }
-}
 
 /// max/mean, min/mean and the standard deviation over the mean of some loads.
 #[derive(Debug, Clone, Copy)]
@@ -170,7 +150,7 @@ async fn run_mode(settings: &SkewSettings, load_aware: bool) -> Result<String> {
             .lease_store(store.clone())
             .failover_time(settings.failover)
             .balance(balance)
-            .processor_factory(|_: &str| Sink)
+            .processor_factory(|_: &str| crate::CheckpointEveryBatch)
             .build()?;
         handles.push(scheduler.spawn());
     }

@@ -13,8 +13,8 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use kcl_examples::admin::{self, ObserveOptions, ResetTarget};
 use kcl_lease::{DynamoDbLeaseStore, ExtendedSequenceNumber, Lease, LeaseStore, SequenceNumber};
 use kcl_tests::aws::{create_stream, put, sdk, unique};
+use kcl_tests::process::{read_lines, sigterm};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 const ADMIN: &str = env!("CARGO_BIN_EXE_kcl-admin");
@@ -229,40 +229,16 @@ fn spawn_tail(args: &[&str]) -> Child {
         .expect("start kcl-tail")
 }
 
-/// The `sequence_number` of each line of `kcl-tail`, reading `n` lines.
+/// The `sequence_number` of each line of `kcl-tail`, reading `n` lines (and no more).
 async fn read_sequences(child: &mut Child, n: usize) -> Vec<String> {
-    let stdout = child.stdout.as_mut().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut out = Vec::new();
-    while out.len() < n {
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {n} lines after 60 s", out.len()))
-            .expect("read stdout")
-            .expect("kcl-tail exited early");
-        let v: Value = serde_json::from_str(&line).expect("a JSON line");
-        out.push(v["sequence_number"].as_str().expect("sequence_number").to_owned());
-    }
-    // No more than that.
-    if let Ok(Ok(Some(extra))) = tokio::time::timeout(Duration::from_secs(2), lines.next_line()).await {
-        panic!("unexpected extra line: {extra}");
-    }
-    out
-}
-
-async fn sigterm(child: &mut Child) {
-    let pid = child.id().expect("pid").to_string();
-    let status = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
+    read_lines(child, n, Duration::from_secs(2))
         .await
-        .expect("kill");
-    assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(60), child.wait())
-        .await
-        .expect("kcl-tail stops on SIGTERM")
-        .expect("wait");
-    assert!(exit.success(), "{exit:?}");
+        .iter()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line).expect("a JSON line");
+            v["sequence_number"].as_str().expect("sequence_number").to_owned()
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,8 +7,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use aws_sdk_kinesis::primitives::Blob;
-use kcl_tests::aws::{create_stream, sdk, unique};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use kcl_tests::aws::{create_stream, put, sdk, unique};
+use kcl_tests::process::{read_lines, sigterm};
+use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 
 const TAIL: &str = env!("CARGO_BIN_EXE_kcl-tail");
@@ -49,40 +50,6 @@ fn spawn(args: &[&str]) -> Child {
         .kill_on_drop(true)
         .spawn()
         .expect("start kcl-tail")
-}
-
-/// Reads `n` lines, then keeps reading for `quiet` to make sure no more come.
-async fn read_lines(child: &mut Child, n: usize, quiet: Duration) -> Vec<String> {
-    let stdout = child.stdout.as_mut().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut out = Vec::new();
-    while out.len() < n {
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {n} lines after 60 s: {out:?}", out.len()))
-            .expect("read stdout")
-            .expect("kcl-tail exited early");
-        out.push(line);
-    }
-    if let Ok(Ok(Some(extra))) = tokio::time::timeout(quiet, lines.next_line()).await {
-        panic!("unexpected extra line: {extra}");
-    }
-    out
-}
-
-async fn sigterm(child: &mut Child) {
-    let pid = child.id().expect("pid").to_string();
-    let status = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .expect("kill");
-    assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(60), child.wait())
-        .await
-        .expect("kcl-tail did not stop on SIGTERM")
-        .expect("wait");
-    assert!(exit.success(), "kcl-tail exited with {exit:?} after SIGTERM");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -441,14 +408,7 @@ async fn kcl_tail_reads_streams_named_by_arn_beside_streams_named_by_name() {
         .stream_arn;
     for (stream, n) in [(&by_arn, 6), (&by_name, 3)] {
         for i in 0..n {
-            kinesis
-                .put_record()
-                .stream_name(stream)
-                .partition_key(format!("pk-{i}"))
-                .data(Blob::new(format!("{stream}-{i}")))
-                .send()
-                .await
-                .expect("PutRecord");
+            put(&kinesis, stream, &format!("pk-{i}"), &format!("{stream}-{i}")).await;
         }
     }
     let mut tail = spawn(&[

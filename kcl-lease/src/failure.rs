@@ -227,6 +227,15 @@ impl<S: LeaseStore> LeaseStore for FailureLeaseStore<S> {
         .await
     }
 
+    async fn reset_checkpoint(&self, expected: &Lease, checkpoint: &ExtendedSequenceNumber) -> Result<Lease> {
+        self.hook(
+            LeaseOp::Checkpoint,
+            &expected.lease_key,
+            self.inner.reset_checkpoint(expected, checkpoint),
+        )
+        .await
+    }
+
     async fn complete_handoff(&self, key: &str, previous_owner: &str) -> Result<Lease> {
         self.hook(
             LeaseOp::CompleteHandoff,

@@ -392,6 +392,12 @@ impl<S: LeaseStore> LeaseStore for MeteredLeaseStore<S> {
         r
     }
 
+    async fn reset_checkpoint(&self, expected: &Lease, checkpoint: &ExtendedSequenceNumber) -> Result<Lease> {
+        let r = self.inner.reset_checkpoint(expected, checkpoint).await;
+        self.write(LeaseOp::Checkpoint, lease_size(expected), &r, lease_size);
+        r
+    }
+
     async fn complete_handoff(&self, key: &str, previous_owner: &str) -> Result<Lease> {
         let r = self.inner.complete_handoff(key, previous_owner).await;
         self.write(LeaseOp::CompleteHandoff, 0, &r, lease_size);

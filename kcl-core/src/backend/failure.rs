@@ -115,24 +115,30 @@ impl<B> FailureBackend<B> {
     /// The hook every call passes: sleeps for injected delays, then fails or lets it through.
     async fn hook(&self, op: BackendOp) -> Result<(), BackendError> {
         match self.faults.apply(op).await {
-            None | Some(Fault::Delay(_)) => Ok(()),
-            Some(Fault::Throttle) => Err(BackendError::Throttled(format!("injected fault in {op:?}"))),
-            Some(Fault::Error) => Err(BackendError::other(format!("injected fault in {op:?}"))),
-            Some(Fault::ExpireIterator) => Err(BackendError::ExpiredIterator),
-            Some(Fault::ResourceInUse) => {
-                Err(BackendError::ResourceInUse(format!("injected fault in {op:?}")))
-            }
             Some(Fault::EndSubscription) => Err(BackendError::other(format!("injected end in {op:?}"))),
-            Some(Fault::AccessDenied) => Err(BackendError::AccessDenied(format!(
-                "AccessDeniedException injected in {op:?}"
-            ))),
-            Some(Fault::KmsDisabled) => Err(BackendError::Kms(format!(
-                "KMSDisabledException injected in {op:?}"
-            ))),
-            Some(Fault::ShardNotFound) => {
-                Err(BackendError::ShardNotFound(format!("injected fault in {op:?}")))
-            }
+            fault => injected(fault, op),
         }
+    }
+}
+
+/// The outcome of an injected fault other than [`Fault::EndSubscription`] (which each call
+/// site maps itself): `Ok` for none or a delay, else the error the fault stands for.
+fn injected(fault: Option<Fault>, op: BackendOp) -> Result<(), BackendError> {
+    match fault {
+        None | Some(Fault::Delay(_)) => Ok(()),
+        Some(Fault::Throttle) => Err(BackendError::Throttled(format!("injected fault in {op:?}"))),
+        Some(Fault::Error | Fault::EndSubscription) => {
+            Err(BackendError::other(format!("injected fault in {op:?}")))
+        }
+        Some(Fault::ExpireIterator) => Err(BackendError::ExpiredIterator),
+        Some(Fault::ResourceInUse) => Err(BackendError::ResourceInUse(format!("injected fault in {op:?}"))),
+        Some(Fault::AccessDenied) => Err(BackendError::AccessDenied(format!(
+            "AccessDeniedException injected in {op:?}"
+        ))),
+        Some(Fault::KmsDisabled) => Err(BackendError::Kms(format!(
+            "KMSDisabledException injected in {op:?}"
+        ))),
+        Some(Fault::ShardNotFound) => Err(BackendError::ShardNotFound(format!("injected fault in {op:?}"))),
     }
 }
 
@@ -150,25 +156,13 @@ impl ShardSubscription for FailureSubscription {
         };
         let op = BackendOp::SubscriptionEvent;
         match self.faults.apply(op).await {
-            None | Some(Fault::Delay(_)) => inner.next_event().await,
             Some(Fault::EndSubscription) => {
                 self.inner = None;
                 Ok(None)
             }
-            Some(Fault::Throttle) => Err(BackendError::Throttled(format!("injected fault in {op:?}"))),
-            Some(Fault::Error) => Err(BackendError::other(format!("injected fault in {op:?}"))),
-            Some(Fault::ExpireIterator) => Err(BackendError::ExpiredIterator),
-            Some(Fault::ResourceInUse) => Err(BackendError::ResourceInUse(format!(
-                "injected fault in {op:?}: subscription replaced"
-            ))),
-            Some(Fault::AccessDenied) => Err(BackendError::AccessDenied(format!(
-                "AccessDeniedException injected in {op:?}"
-            ))),
-            Some(Fault::KmsDisabled) => Err(BackendError::Kms(format!(
-                "KMSDisabledException injected in {op:?}"
-            ))),
-            Some(Fault::ShardNotFound) => {
-                Err(BackendError::ShardNotFound(format!("injected fault in {op:?}")))
+            fault => {
+                injected(fault, op)?;
+                inner.next_event().await
             }
         }
     }

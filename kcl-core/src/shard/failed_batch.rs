@@ -31,7 +31,8 @@ pub(super) async fn catch_panic(
     }
 }
 
-fn panic_message(panic: &(dyn Any + Send)) -> String {
+/// The message of a panic payload (`&str` or `String`), or `(no message)`.
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = panic.downcast_ref::<String>() {

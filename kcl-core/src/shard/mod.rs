@@ -5,7 +5,7 @@
 //! down on lease loss, graceful hand-off or worker shutdown. Processor callbacks always run to
 //! completion: a stop signal is acted on between callbacks, never by cancelling one.
 
-mod failed_batch;
+pub(crate) mod failed_batch;
 pub(crate) mod fan_out;
 pub(crate) mod fetch;
 mod read_ahead;
@@ -417,6 +417,10 @@ impl ShardConsumer {
         );
         publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Every turn (an item or a publish tick) keeps the shard's metric series alive.
+            if self.metrics_touched.elapsed() >= METRICS_KEEPALIVE {
+                self.touch_metrics();
+            }
             let item = {
                 let stop = self.stop_signal();
                 let Some(reader) = self.reader.as_mut() else {
@@ -427,11 +431,7 @@ impl ShardConsumer {
                     _ = stop => None,
                     item = reader.rx.recv() => Some(item),
                     now = publish.tick() => {
-                        // The tick also keeps an idle shard's metric series alive.
                         self.publish_throughput(now);
-                        if self.metrics_touched.elapsed() >= METRICS_KEEPALIVE {
-                            self.touch_metrics();
-                        }
                         continue;
                     }
                 }
@@ -440,12 +440,7 @@ impl ShardConsumer {
                 None => {
                     return ShardEvent::Shutdown(self.pending_stop().unwrap_or(ShutdownReason::Requested))
                 }
-                Some(item) => {
-                    if self.metrics_touched.elapsed() >= METRICS_KEEPALIVE {
-                        self.touch_metrics();
-                    }
-                    item
-                }
+                Some(item) => item,
             };
             match item {
                 Some(Fetched::Batch {

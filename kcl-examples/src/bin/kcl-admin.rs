@@ -7,14 +7,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use async_trait::async_trait;
 use aws_smithy_types::date_time::Format;
 use aws_smithy_types::DateTime;
 use clap::{Parser, Subcommand};
 use kcl_core::aws::{load_sdk_config, AwsOptions};
 use kcl_core::{
-    InMemoryLeaseStore, InitialPosition, KinesisBackend, LeaseStore, LocalBackend, ProcessRecordsInput,
-    ProcessorError, RecordProcessor, Scheduler, SchedulerHandle, ShutdownRequestedInput, StreamBackend,
+    InMemoryLeaseStore, InitialPosition, KinesisBackend, LeaseStore, LocalBackend, Scheduler,
+    SchedulerHandle, StreamBackend,
 };
 use kcl_examples::admin::{self, table, AdminError, ObserveOptions, ResetTarget};
 use kcl_lease::{DynamoDbLeaseStore, SequenceNumber};
@@ -184,21 +183,6 @@ fn parse_target(to: &[String]) -> Result<ResetTarget, AdminError> {
     }
 }
 
-/// The demo's processor: checkpoints every batch.
-struct Checkpointing;
-
-#[async_trait]
-impl RecordProcessor for Checkpointing {
-    async fn process_records(&mut self, input: ProcessRecordsInput<'_>) -> Result<(), ProcessorError> {
-        input.checkpointer.checkpoint().await?;
-        Ok(())
-    }
-    async fn shutdown_requested(&mut self, input: ShutdownRequestedInput<'_>) -> Result<(), ProcessorError> {
-        input.checkpointer.checkpoint().await?;
-        Ok(())
-    }
-}
-
 /// Builds the `--local` demo: a stream, 100 records, one running worker that checkpointed them.
 async fn local_demo(
     args: &Args,
@@ -227,7 +211,7 @@ async fn local_demo(
         .worker_id("demo-worker".to_owned())
         .backend(backend.clone())
         .lease_store(store.clone())
-        .processor_factory(|_: &str| Checkpointing)
+        .processor_factory(|_: &str| kcl_examples::CheckpointEveryBatch)
         .build()?
         .spawn();
     // Until every shard has a checkpoint on a record (bounded).

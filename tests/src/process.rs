@@ -1,0 +1,43 @@
+//! Driving a binary under test as a child process: reading its stdout lines with a deadline and
+//! stopping it with SIGTERM, as systemd or a user's Ctrl-C would.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Reads `n` lines of the child's stdout (each within 60 s), then keeps reading for `quiet` to
+/// make sure no more come.
+pub async fn read_lines(child: &mut Child, n: usize, quiet: Duration) -> Vec<String> {
+    let stdout = child.stdout.as_mut().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} lines after 60 s: {out:?}", out.len()))
+            .expect("read stdout")
+            .expect("the child exited early");
+        out.push(line);
+    }
+    if let Ok(Ok(Some(extra))) = tokio::time::timeout(quiet, lines.next_line()).await {
+        panic!("unexpected extra line: {extra}");
+    }
+    out
+}
+
+/// Sends SIGTERM and waits (at most 60 s) for a successful exit.
+pub async fn sigterm(child: &mut Child) {
+    let pid = child.id().expect("pid").to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill");
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("the child did not stop on SIGTERM")
+        .expect("wait");
+    assert!(exit.success(), "the child exited with {exit:?} after SIGTERM");
+}
