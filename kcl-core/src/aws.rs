@@ -55,3 +55,59 @@ pub async fn load_sdk_config(options: &AwsOptions) -> SdkConfig {
     }
     loader.load().await
 }
+
+/// An IAM role whose credentials read some streams (typically a role of the account that owns
+/// them), assumed through STS with [`assume_role`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AssumeRole {
+    /// The role's ARN (`arn:aws:iam::ACCOUNT:role/NAME`).
+    pub role_arn: String,
+    /// The external id the role's trust policy asks for, if any.
+    pub external_id: Option<String>,
+    /// The session name (shown in the role account's CloudTrail).
+    pub session_name: String,
+}
+
+impl AssumeRole {
+    /// The role `role_arn`, session name `kcl-rust`, no external id.
+    pub fn new(role_arn: impl Into<String>) -> Self {
+        Self {
+            role_arn: role_arn.into(),
+            external_id: None,
+            session_name: "kcl-rust".into(),
+        }
+    }
+
+    /// Sets the external id (builder style).
+    #[must_use]
+    pub fn external_id(mut self, id: impl Into<String>) -> Self {
+        self.external_id = Some(id.into());
+        self
+    }
+
+    /// Sets the session name (builder style).
+    #[must_use]
+    pub fn session_name(mut self, name: impl Into<String>) -> Self {
+        self.session_name = name.into();
+        self
+    }
+}
+
+/// `sdk` with the credentials of `role` instead of its own: STS `AssumeRole` is called with the
+/// credentials of `sdk` (through its endpoint, region and timeouts), and the temporary
+/// credentials are refreshed before they expire. Build the clients of the role's streams from
+/// the result (e.g. one `KinesisBackend` per role behind a
+/// [`RoutingBackend`](crate::RoutingBackend)); the lease table stays with `sdk`.
+#[cfg(feature = "kinesis")]
+pub async fn assume_role(sdk: &SdkConfig, role: &AssumeRole) -> SdkConfig {
+    let mut provider = aws_config::sts::AssumeRoleProvider::builder(role.role_arn.clone())
+        .session_name(role.session_name.clone())
+        .configure(sdk);
+    if let Some(id) = &role.external_id {
+        provider = provider.external_id(id.clone());
+    }
+    let provider = provider.build().await;
+    sdk.to_builder()
+        .credentials_provider(aws_sdk_kinesis::config::SharedCredentialsProvider::new(provider))
+        .build()
+}

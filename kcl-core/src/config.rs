@@ -7,6 +7,7 @@ use kcl_lease::{BalanceMode, LeaseRenewal};
 
 pub use crate::aggregation::MisplacedKplRecords;
 pub use crate::processor::ProcessorFailurePolicy;
+use crate::stream_arn::StreamArn;
 use crate::streams::FormerStreamsCleanup;
 
 /// Where a new application starts reading a shard that has no checkpoint yet.
@@ -105,6 +106,8 @@ pub struct SchedulerConfig {
     pub application_name: String,
     /// The stream to consume.
     pub stream_name: String,
+    /// The stream's ARN when it is named by one (see [`crate::SchedulerBuilder::stream_arn`]).
+    pub stream_arn: Option<StreamArn>,
     /// This worker's id, unique among the application's workers.
     pub worker_id: String,
     /// Where a shard without checkpoint starts.
@@ -167,6 +170,7 @@ impl SchedulerConfig {
         Self {
             application_name: application_name.into(),
             stream_name: stream_name.into(),
+            stream_arn: None,
             worker_id: worker_id.into(),
             initial_position: InitialPosition::Latest,
             failover_time,

@@ -66,6 +66,7 @@ pub use kcl_lease as lease;
 #[cfg(feature = "kinesis")]
 pub use backend::kinesis::KinesisBackend;
 pub use backend::local::LocalBackend;
+pub use backend::routing::RoutingBackend;
 pub use backend::{
     BackendError, ConsumerStatus, GetRecordsOutput, IteratorPosition, ShardSubscription, StreamBackend,
     StreamConsumer, SubscribeEvent,

@@ -30,6 +30,7 @@ use crate::shard::fan_out::ConsumerRegistry;
 use crate::shard::{ShardConsumer, ShardContext};
 use crate::shard_sync::{delete_finished_leases, sync_stream};
 use crate::status::{StatusSource, WorkerStatus};
+use crate::stream_arn::StreamArn;
 use crate::streams::{FormerStreamsCleanup, StreamConfig, StreamTracker};
 use kcl_lease::{LeaseError, StreamIdentifier};
 
@@ -78,6 +79,15 @@ impl SchedulerBuilder {
     /// single stream name is then not used.
     pub fn stream_tracker(mut self, tracker: impl StreamTracker) -> Self {
         self.tracker = Some(Arc::new(tracker));
+        self
+    }
+
+    /// Names the (single) stream by its ARN: every call on it carries the ARN (a stream of
+    /// another account, shared through a resource policy, or read with a role of that account
+    /// through a [`crate::backend::routing::RoutingBackend`]). Sets the stream name to the ARN's.
+    pub fn stream_arn(mut self, arn: StreamArn) -> Self {
+        self.config.stream_name.clone_from(&arn.stream_name);
+        self.config.stream_arn = Some(arn);
         self
     }
 
@@ -199,9 +209,19 @@ impl SchedulerBuilder {
         let store = self.store.ok_or_else(|| missing("lease store"))?;
         let meter = MeteredLeaseStore::new(store).with_worker_id(self.config.worker_id.clone());
         let fatal = FatalSignal::default();
+        let backend = self.backend.ok_or_else(|| missing("stream backend"))?;
+        if let Some(arn) = &self.config.stream_arn {
+            if arn.stream_name != self.config.stream_name {
+                return Err(KclError::Config(format!(
+                    "the stream name {:?} is not the one of the stream ARN {arn}",
+                    self.config.stream_name
+                )));
+            }
+            backend.name_by_arn(arn);
+        }
         Ok(Scheduler {
             config: Arc::new(self.config),
-            backend: self.backend.ok_or_else(|| missing("stream backend"))?,
+            backend,
             store: Arc::new(FatalGuardStore::new(Arc::new(meter.clone()), fatal.clone())),
             meter,
             fatal,
@@ -815,6 +835,9 @@ impl MultiStreamSync {
     ) -> Vec<(StreamConfig, StreamIdentifier)> {
         let mut out = Vec::new();
         for stream in self.tracker.streams().await {
+            if let Some(arn) = &stream.arn {
+                self.backend.name_by_arn(arn);
+            }
             let id = match stream
                 .identifier
                 .clone()
@@ -823,6 +846,12 @@ impl MultiStreamSync {
                 Some(id) => id,
                 None => match self.backend.stream_identifier(&stream.name).await {
                     Ok(id) => {
+                        // A stream named by ARN belongs to the ARN's account, whatever the
+                        // backend answers (the local backend has one account).
+                        let id = match &stream.arn {
+                            Some(arn) => arn.identifier(id.creation_epoch),
+                            None => id,
+                        };
                         info!(stream = %stream.name, identifier = %id, "tracking stream");
                         identifiers.insert(stream.name.clone(), id.clone());
                         id

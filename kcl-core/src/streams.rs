@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use kcl_lease::StreamIdentifier;
 
 use crate::config::InitialPosition;
+use crate::stream_arn::StreamArn;
 
 /// One stream of a multi-stream application.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +27,9 @@ pub struct StreamConfig {
     pub identifier: Option<StreamIdentifier>,
     /// Where its new shards start; `None` for the scheduler's initial position.
     pub initial_position: Option<InitialPosition>,
+    /// The stream's ARN, when it is named by one (a stream of another account): every call on
+    /// it is made with the ARN, and its lease keys carry the ARN's account.
+    pub arn: Option<StreamArn>,
 }
 
 impl StreamConfig {
@@ -35,6 +39,19 @@ impl StreamConfig {
             name: name.into(),
             identifier: None,
             initial_position: None,
+            arn: None,
+        }
+    }
+
+    /// A stream by ARN (`arn:aws:kinesis:REGION:ACCOUNT:stream/NAME`): a stream in another
+    /// account, read through its resource policy or with the credentials of a role of that
+    /// account (see [`crate::backend::routing::RoutingBackend`]). Its creation time is looked up.
+    pub fn from_arn(arn: StreamArn) -> Self {
+        Self {
+            name: arn.stream_name.clone(),
+            identifier: None,
+            initial_position: None,
+            arn: Some(arn),
         }
     }
 
@@ -44,6 +61,7 @@ impl StreamConfig {
             name: identifier.stream_name.clone(),
             identifier: Some(identifier),
             initial_position: None,
+            arn: None,
         }
     }
 

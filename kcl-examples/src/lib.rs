@@ -102,7 +102,7 @@ pub async fn shutdown_signal() {
 /// Checks that every stream can be read (a missing stream or missing permissions fail here,
 /// before anything is created), then creates the lease table `application` if it is absent.
 pub async fn prepare_aws(
-    backend: &kcl_core::KinesisBackend,
+    backend: &impl kcl_core::StreamBackend,
     store: &kcl_lease::DynamoDbLeaseStore,
     streams: &[&str],
     application: &str,

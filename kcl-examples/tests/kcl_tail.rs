@@ -463,3 +463,114 @@ async fn kcl_tail_refuses_a_malformed_stream_arn_with_a_usage_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--stream-arn"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcl_tail_reads_a_stream_with_its_own_assumed_role_beside_one_with_the_default_credentials() {
+    let (sdk, endpoints) = sdk().await;
+    let edge = endpoints.edge.clone().expect("the edge proxy's URL");
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    let (partner, own, app) = (unique("tail-role"), unique("tail-own"), unique("tail-role-app"));
+    create_stream(&kinesis, &partner, 2).await;
+    create_stream(&kinesis, &own, 1).await;
+    let arn = kinesis
+        .describe_stream_summary()
+        .stream_name(&partner)
+        .send()
+        .await
+        .expect("DescribeStreamSummary")
+        .stream_description_summary
+        .expect("summary")
+        .stream_arn;
+    for (stream, n) in [(&partner, 4), (&own, 3)] {
+        for i in 0..n {
+            put(&kinesis, stream, &format!("pk-{i}"), &format!("{stream}-{i}")).await;
+        }
+    }
+    let role = format!("arn:aws:iam::111122223333:role/{}", unique("reader"));
+    // Everything through the edge proxy, which serves STS AssumeRole and records the signing
+    // key of every call.
+    let mut tail = Command::new(TAIL)
+        .args(["--stream-arn", &arn, "--stream", &own])
+        .args([
+            "--stream-role",
+            &format!("{arn}={role}"),
+            "--external-id",
+            "ext-7",
+        ])
+        .args(["--application-name", &app, "--initial-position", "trim-horizon"])
+        .args(["--endpoint-url", &edge, "--region", &endpoints.region])
+        .env_remove("AWS_ENDPOINT_URL_KINESIS")
+        .env_remove("AWS_ENDPOINT_URL_DYNAMODB")
+        .env_remove("AWS_ENDPOINT_URL")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start kcl-tail");
+    let lines = read_lines(&mut tail, 7, Duration::from_millis(500)).await;
+    let got: BTreeSet<String> = lines.iter().map(|l| data_of(l)).collect();
+    let want: BTreeSet<String> = (0..4)
+        .map(|i| format!("{partner}-{i}"))
+        .chain((0..3).map(|i| format!("{own}-{i}")))
+        .collect();
+    assert_eq!(got, want);
+    sigterm(&mut tail).await;
+
+    let requests = kcl_tests::aws::edge_requests(&edge).await;
+    let assumed: Vec<&serde_json::Value> = requests
+        .iter()
+        .filter(|r| r["service"] == "sts" && r["roleArn"].as_str() == Some(role.as_str()))
+        .collect();
+    assert!(!assumed.is_empty(), "the role was never assumed");
+    for r in &assumed {
+        assert_eq!(r["action"], "AssumeRole", "{r}");
+        assert_eq!(r["sessionName"], "kcl-tail", "{r}");
+        assert_eq!(r["externalId"], "ext-7", "{r}");
+    }
+    let keys = |stream: &str| -> BTreeSet<String> {
+        kcl_tests::aws::kinesis_requests_on(&requests, stream)
+            .iter()
+            .map(|r| r["accessKeyId"].as_str().unwrap_or("unsigned").to_owned())
+            .collect()
+    };
+    let (partner_keys, own_keys) = (keys(&partner), keys(&own));
+    // Every call on the partner stream was signed with the role's temporary key (ASIA...), and
+    // every call on the own stream with the default credentials.
+    assert_eq!(partner_keys.len(), 1, "{partner_keys:?}");
+    assert!(
+        partner_keys.iter().all(|k| k.starts_with("ASIA")),
+        "{partner_keys:?}"
+    );
+    assert!(!own_keys.is_empty());
+    assert!(
+        own_keys.is_disjoint(&partner_keys),
+        "{own_keys:?} {partner_keys:?}"
+    );
+    assert!(own_keys.iter().all(|k| !k.starts_with("ASIA")), "{own_keys:?}");
+    // The partner stream named by ARN: its GetRecords calls carry it too.
+    assert!(kcl_tests::aws::kinesis_requests_on(&requests, &partner)
+        .iter()
+        .any(|r| r["action"] == "GetRecords" && r["streamArn"].as_str() == Some(arn.as_str())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcl_tail_refuses_a_stream_role_for_a_stream_it_does_not_read() {
+    let out = Command::new(TAIL)
+        .args([
+            "--stream",
+            "a",
+            "--stream-role",
+            "b=arn:aws:iam::111122223333:role/r",
+        ])
+        .output()
+        .await
+        .expect("run kcl-tail");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--stream-role"), "{stderr}");
+    let out = Command::new(TAIL)
+        .args(["--stream", "a", "--stream-role", "a"])
+        .output()
+        .await
+        .expect("run kcl-tail");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}

@@ -117,3 +117,40 @@ pub async fn produce_aws(
     }
     out
 }
+
+/// What the edge proxy saw (`GET /_kcl/requests` of `localstack/edge-proxy.cjs`): one JSON
+/// object per request (`service`, `action`, `accessKeyId`, for Kinesis `streamName` and
+/// `streamArn`, for STS `roleArn`, `sessionName`, `externalId`), oldest first.
+pub async fn edge_requests(edge_url: &str) -> Vec<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = edge_url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut conn = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect to the edge proxy");
+    let request = format!("GET /_kcl/requests HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await.expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    serde_json::from_str(body).expect("a JSON array")
+}
+
+/// The edge's Kinesis requests about `stream` (by name or by an ARN ending in `/stream`).
+pub fn kinesis_requests_on<'a>(
+    requests: &'a [serde_json::Value],
+    stream: &str,
+) -> Vec<&'a serde_json::Value> {
+    let suffix = format!("/{stream}");
+    requests
+        .iter()
+        .filter(|r| r["service"] == "kinesis")
+        .filter(|r| {
+            r["streamName"].as_str() == Some(stream)
+                || r["streamArn"].as_str().is_some_and(|a| a.ends_with(&suffix))
+        })
+        .collect()
+}

@@ -11,7 +11,9 @@ use kcl_core::backend::failure::{FailureBackend, Fault, FaultPlan, Trigger};
 use kcl_core::backend::local::BackendOp;
 use kcl_core::{ExtendedSequenceNumber, KinesisBackend, SchedulerHandle, StreamBackend};
 use kcl_lease::{DynamoDbLeaseStore, LeaseStore};
-use kcl_tests::aws::{backends, create_stream, produce_aws, sdk, unique, wait_active};
+use kcl_tests::aws::{
+    backends, create_stream, edge_requests, kinesis_requests_on, produce_aws, sdk, unique, wait_active,
+};
 use kcl_tests::*;
 use tokio::time::Instant;
 
@@ -336,4 +338,75 @@ async fn throttled_reads_through_the_sdk_path_slow_down_but_lose_nothing() {
     assert!(backend.injected(BackendOp::GetRecords) > 0);
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_named_by_arn_is_read_by_arn_through_injected_faults() {
+    init_tracing();
+    let (sdk, endpoints) = sdk().await;
+    let edge = endpoints.edge.clone().expect("the edge proxy's URL");
+    let (stream, app) = (unique("by-arn"), unique("by-arn-app"));
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    create_stream(&kinesis, &stream, 2).await;
+    let arn: kcl_core::stream_arn::StreamArn = kinesis
+        .describe_stream_summary()
+        .stream_name(&stream)
+        .send()
+        .await
+        .expect("DescribeStreamSummary")
+        .stream_description_summary
+        .expect("summary")
+        .stream_arn
+        .parse()
+        .expect("a stream ARN");
+    let mut produced = BTreeMap::new();
+    produce_aws(&kinesis, &stream, 4, 5, &mut produced).await;
+
+    // Through the edge proxy, which records how each call named its stream.
+    let through_edge = aws_sdk_kinesis::config::Builder::from(&sdk)
+        .endpoint_url(&edge)
+        .build();
+    let backend = Arc::new(FailureBackend::new(
+        KinesisBackend::new(aws_sdk_kinesis::Client::from_conf(through_edge)),
+        FaultPlan::new(11)
+            .rule(BackendOp::ListShards, Trigger::Nth(1), Fault::Error)
+            .rule(BackendOp::GetShardIterator, Trigger::Nth(1), Fault::Throttle)
+            .rule(BackendOp::GetRecords, Trigger::Probability(0.3), Fault::Throttle)
+            .rule(BackendOp::GetRecords, Trigger::EveryNth(4), Fault::ExpireIterator),
+    ));
+    let log = Log::default();
+    let handle = fast_for(
+        &app,
+        &stream,
+        "a",
+        backend.clone(),
+        kcl_lease::InMemoryLeaseStore::new(),
+        &log,
+        Duration::from_secs(3),
+    )
+    .stream_arn(arn.clone())
+    .build()
+    .expect("valid config")
+    .spawn();
+    wait_until(LIMIT, "all processed", || log.wait_count() == 20).await;
+    assert_eq!(log.assert_complete_and_ordered(&produced), 0);
+    for op in [
+        BackendOp::ListShards,
+        BackendOp::GetShardIterator,
+        BackendOp::GetRecords,
+    ] {
+        assert!(backend.injected(op) > 0, "no fault injected into {op:?}");
+    }
+    handle.shutdown().await.expect("clean shutdown");
+
+    let requests = edge_requests(&edge).await;
+    let on_stream = kinesis_requests_on(&requests, &stream);
+    let actions: BTreeSet<&str> = on_stream.iter().filter_map(|r| r["action"].as_str()).collect();
+    for action in ["ListShards", "GetShardIterator", "GetRecords"] {
+        assert!(actions.contains(action), "no {action} by ARN seen: {actions:?}");
+    }
+    for r in &on_stream {
+        assert_eq!(r["streamArn"].as_str(), Some(arn.to_string().as_str()), "{r}");
+        assert!(r["streamName"].is_null(), "a call named the stream by name: {r}");
+    }
 }

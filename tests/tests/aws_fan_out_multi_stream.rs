@@ -70,7 +70,7 @@ async fn a_fan_out_worker_reads_kinesis_local_through_the_sdk() {
     // The emulator allows one subscription per consumer and shard: the worker holds them all.
     let shard = store.list().await.unwrap()[0].lease_key.clone();
     let second = backend
-        .subscribe_to_shard(&consumer.arn, &shard, &IteratorPosition::Latest)
+        .subscribe_to_shard(&stream, &consumer.arn, &shard, &IteratorPosition::Latest)
         .await;
     let refused = match second {
         Err(e) => Some(e),
@@ -286,7 +286,7 @@ async fn the_sdk_path_handles_what_the_emulator_does_not_send() {
     let shard = "shardId-000000000000";
 
     let mut sub = backend
-        .subscribe_to_shard(arn, shard, &IteratorPosition::TrimHorizon)
+        .subscribe_to_shard("s", arn, shard, &IteratorPosition::TrimHorizon)
         .await
         .expect("subscribed past the initial response");
     let first = sub.next_event().await.expect("event").expect("not ended");
@@ -305,7 +305,7 @@ async fn the_sdk_path_handles_what_the_emulator_does_not_send() {
 
     let position = IteratorPosition::AfterSequenceNumber(kcl_core::SequenceNumber::new(&seq(2)).unwrap());
     let mut sub = backend
-        .subscribe_to_shard(arn, shard, &position)
+        .subscribe_to_shard("s", arn, shard, &position)
         .await
         .expect("subscribed");
     let next = sub.next_event().await.expect("event").expect("not ended");
@@ -316,13 +316,13 @@ async fn the_sdk_path_handles_what_the_emulator_does_not_send() {
     assert_eq!(end.child_shards[0].shard_id, "shardId-000000000002");
     assert!(sub.next_event().await.expect("clean end").is_none());
 
-    let throttled = backend.subscribe_to_shard(arn, shard, &position).await.err();
+    let throttled = backend.subscribe_to_shard("s", arn, shard, &position).await.err();
     assert!(
         matches!(throttled, Some(BackendError::Throttled(_))),
         "{throttled:?}"
     );
     assert_eq!(backend.throttle_count(), 1);
-    let gone = backend.subscribe_to_shard(arn, shard, &position).await.err();
+    let gone = backend.subscribe_to_shard("s", arn, shard, &position).await.err();
     assert!(
         matches!(gone, Some(BackendError::ConsumerNotFound(_))),
         "{gone:?}"

@@ -151,8 +151,13 @@ impl StreamBackend for PollingOnly {
     ) -> Result<String, BackendError> {
         self.0.get_shard_iterator(stream, shard_id, position).await
     }
-    async fn get_records(&self, iterator: &str, limit: usize) -> Result<GetRecordsOutput, BackendError> {
-        self.0.get_records(iterator, limit).await
+    async fn get_records(
+        &self,
+        stream: &str,
+        iterator: &str,
+        limit: usize,
+    ) -> Result<GetRecordsOutput, BackendError> {
+        self.0.get_records(stream, iterator, limit).await
     }
 }
 

@@ -303,15 +303,14 @@ impl StreamBackend for DenyStream {
         self.check(stream)?;
         self.inner.get_shard_iterator(stream, shard_id, position).await
     }
-    async fn get_records(&self, iterator: &str, limit: usize) -> Result<GetRecordsOutput, BackendError> {
-        // The iterator names its stream in the local backend; a denied stream fails here too.
-        if self.on.load(Ordering::SeqCst) && iterator.contains(&self.denied) {
-            return Err(BackendError::AccessDenied(format!(
-                "not allowed to read {}",
-                self.denied
-            )));
-        }
-        self.inner.get_records(iterator, limit).await
+    async fn get_records(
+        &self,
+        stream: &str,
+        iterator: &str,
+        limit: usize,
+    ) -> Result<GetRecordsOutput, BackendError> {
+        self.check(stream)?;
+        self.inner.get_records(stream, iterator, limit).await
     }
     async fn stream_identifier(&self, stream: &str) -> Result<StreamIdentifier, BackendError> {
         self.inner.stream_identifier(stream).await

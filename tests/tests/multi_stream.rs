@@ -187,7 +187,7 @@ async fn a_java_multi_stream_table_is_resumed_after_its_checkpoints() {
         .get_shard_iterator("legacy", shard, &kcl_core::IteratorPosition::TrimHorizon)
         .await
         .unwrap();
-    let records = local.get_records(&it, 100).await.unwrap().records;
+    let records = local.get_records("legacy", &it, 100).await.unwrap().records;
     let mut row = Lease::new(
         id.lease_key(shard),
         ExtendedSequenceNumber::at(records[3].sequence_number.clone(), 0),
@@ -224,5 +224,72 @@ async fn a_java_multi_stream_table_is_resumed_after_its_checkpoints() {
     );
     let lease = store.get(&id.lease_key(shard)).await.unwrap().unwrap();
     assert_eq!(lease.lease_owner.as_deref(), Some("rust"));
+    a.shutdown().await.unwrap();
+}
+
+/// One multi-stream worker whose streams live behind different backends (as streams of other
+/// accounts read with their own credentials do): each stream's calls go to its route, faults
+/// injected into one route slow that stream only, and the stream named by ARN gets lease keys
+/// with the ARN's account.
+#[tokio::test(start_paused = true)]
+async fn streams_behind_different_backends_in_one_worker() {
+    use kcl_core::backend::failure::{FailureBackend, Fault, FaultPlan, Trigger};
+    use kcl_core::backend::BackendOp;
+    use kcl_core::RoutingBackend;
+    use std::sync::Arc;
+    init_tracing();
+    let own = LocalBackend::new();
+    let partner = LocalBackend::new();
+    own.create_stream("orders", 2).unwrap();
+    partner.create_stream("payments", 2).unwrap();
+    let partner_faults = Arc::new(FailureBackend::new(
+        partner.clone(),
+        FaultPlan::new(5)
+            .rule(BackendOp::GetRecords, Trigger::Probability(0.3), Fault::Throttle)
+            .rule(BackendOp::GetRecords, Trigger::EveryNth(7), Fault::ExpireIterator)
+            .rule(BackendOp::GetShardIterator, Trigger::Nth(1), Fault::Throttle),
+    ));
+    let routed = RoutingBackend::without_default()
+        .route("orders", own.clone())
+        .route("payments", partner_faults.clone());
+    let arn: kcl_core::stream_arn::StreamArn = "arn:aws:kinesis:us-east-1:111122223333:stream/payments"
+        .parse()
+        .unwrap();
+    let streams = vec![StreamConfig::named("orders"), StreamConfig::from_arn(arn)];
+    let store = InMemoryLeaseStore::new();
+    let log = Log::default();
+    let mut produced = BTreeMap::new();
+    produce_to(&own, "orders", "o", 6, 5, &mut produced).await;
+    produce_to(&partner, "payments", "p", 6, 5, &mut produced).await;
+    let a = fast("a", routed, store.clone(), &log, Duration::from_secs(2))
+        .stream_tracker(streams)
+        .build()
+        .unwrap()
+        .spawn();
+    wait_until(LIMIT, "both streams processed", || log.wait_count() == 60).await;
+    assert_eq!(log.assert_complete_and_ordered(&produced), 0);
+    assert!(partner_faults.injected(BackendOp::GetRecords) > 0);
+    // Both backends were read (a call routed to the wrong one would find no such stream).
+    assert!(own.op_count(BackendOp::GetRecords) > 0);
+    assert!(partner.op_count(BackendOp::GetRecords) > 0);
+    let keys: Vec<String> = store
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.lease_key)
+        .collect();
+    let payments: Vec<&String> = keys.iter().filter(|k| k.contains(":payments:")).collect();
+    assert_eq!(payments.len(), 2, "{keys:?}");
+    assert!(
+        payments.iter().all(|k| k.starts_with("111122223333:payments:")),
+        "{keys:?}"
+    );
+    assert!(
+        keys.iter()
+            .filter(|k| k.contains(":orders:"))
+            .all(|k| k.starts_with(&format!("{LOCAL_ACCOUNT}:orders:"))),
+        "{keys:?}"
+    );
     a.shutdown().await.unwrap();
 }

@@ -17,6 +17,7 @@ use super::{
     StreamConsumer, SubscribeEvent,
 };
 use crate::record::Shard;
+use crate::stream_arn::StreamArn;
 use kcl_lease::StreamIdentifier;
 
 /// One rule of a [`FaultPlan`].
@@ -185,9 +186,18 @@ impl<B: StreamBackend> StreamBackend for FailureBackend<B> {
         self.inner.get_shard_iterator(stream, shard_id, position).await
     }
 
-    async fn get_records(&self, iterator: &str, limit: usize) -> Result<GetRecordsOutput, BackendError> {
+    async fn get_records(
+        &self,
+        stream: &str,
+        iterator: &str,
+        limit: usize,
+    ) -> Result<GetRecordsOutput, BackendError> {
         self.hook(BackendOp::GetRecords).await?;
-        self.inner.get_records(iterator, limit).await
+        self.inner.get_records(stream, iterator, limit).await
+    }
+
+    fn name_by_arn(&self, arn: &StreamArn) {
+        self.inner.name_by_arn(arn);
     }
 
     async fn stream_identifier(&self, stream: &str) -> Result<StreamIdentifier, BackendError> {
@@ -215,6 +225,7 @@ impl<B: StreamBackend> StreamBackend for FailureBackend<B> {
 
     async fn subscribe_to_shard(
         &self,
+        stream: &str,
         consumer_arn: &str,
         shard_id: &str,
         position: &IteratorPosition,
@@ -222,7 +233,7 @@ impl<B: StreamBackend> StreamBackend for FailureBackend<B> {
         self.hook(BackendOp::SubscribeToShard).await?;
         let inner = self
             .inner
-            .subscribe_to_shard(consumer_arn, shard_id, position)
+            .subscribe_to_shard(stream, consumer_arn, shard_id, position)
             .await?;
         Ok(Box::new(FailureSubscription {
             inner: Some(inner),
@@ -273,13 +284,13 @@ mod tests {
             .get_shard_iterator(S, "shardId-000000000000", &pos)
             .await
             .unwrap();
-        assert!(b.get_records(&it, 10).await.is_ok());
-        assert!(b.get_records(&it, 10).await.is_ok());
+        assert!(b.get_records(S, &it, 10).await.is_ok());
+        assert!(b.get_records(S, &it, 10).await.is_ok());
         assert!(matches!(
-            b.get_records(&it, 10).await,
+            b.get_records(S, &it, 10).await,
             Err(BackendError::ExpiredIterator)
         ));
-        assert!(b.get_records(&it, 10).await.is_ok());
+        assert!(b.get_records(S, &it, 10).await.is_ok());
         assert_eq!(local.op_count(BackendOp::GetRecords), 3);
         assert_eq!(b.injected(BackendOp::GetRecords), 1);
         assert_eq!(b.injected(BackendOp::GetShardIterator), 1);
@@ -324,7 +335,7 @@ mod tests {
             .get_shard_iterator(S, "shardId-000000000000", &IteratorPosition::Latest)
             .await
             .unwrap();
-        assert!(b.get_records(&it, 1).await.is_ok());
+        assert!(b.get_records(S, &it, 1).await.is_ok());
         assert_eq!(b.injected(BackendOp::GetShardIterator), 3);
         assert_eq!(b.injected(BackendOp::GetRecords), 0);
     }

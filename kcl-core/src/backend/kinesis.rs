@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -35,7 +35,8 @@ pub struct KinesisBackend {
     client: aws_sdk_kinesis::Client,
     throttles: Arc<AtomicU64>,
     /// Streams named by ARN: every call on them is made with the ARN (stream name → ARN).
-    arns: Arc<HashMap<String, StreamArn>>,
+    /// Shared by clones; grows as the scheduler names streams by ARN.
+    arns: Arc<RwLock<HashMap<String, StreamArn>>>,
 }
 
 impl KinesisBackend {
@@ -44,23 +45,31 @@ impl KinesisBackend {
         Self {
             client,
             throttles: Arc::new(AtomicU64::new(0)),
-            arns: Arc::new(HashMap::new()),
+            arns: Arc::new(RwLock::new(HashMap::new())),
         }
     }
 
     /// Names streams by ARN: calls on the stream named in an ARN are made with `StreamARN`
     /// (as cross-account access through a resource policy requires), and its multi-stream lease
     /// key takes the account from the ARN. The scheduler still names the stream by its name.
-    pub fn with_stream_arns(mut self, arns: impl IntoIterator<Item = StreamArn>) -> Self {
-        let mut map = (*self.arns).clone();
-        map.extend(arns.into_iter().map(|a| (a.stream_name.clone(), a)));
-        self.arns = Arc::new(map);
+    ///
+    /// The same as giving the scheduler [`StreamConfig::from_arn`](crate::StreamConfig::from_arn)
+    /// streams (or [`SchedulerBuilder::stream_arn`](crate::SchedulerBuilder::stream_arn)).
+    #[must_use]
+    pub fn with_stream_arns(self, arns: impl IntoIterator<Item = StreamArn>) -> Self {
+        for arn in arns {
+            StreamBackend::name_by_arn(&self, &arn);
+        }
         self
     }
 
     /// The ARN a stream was named by, if any.
-    pub fn arn_of(&self, stream: &str) -> Option<&StreamArn> {
-        self.arns.get(stream)
+    pub fn arn_of(&self, stream: &str) -> Option<StreamArn> {
+        self.arns
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(stream)
+            .cloned()
     }
 
     /// A backend from shared SDK configuration (see [`crate::aws::load_sdk_config`]).
@@ -226,7 +235,7 @@ impl KinesisBackend {
 
     /// `StreamARN` of a request on `stream`, when it is named by ARN.
     fn arn_param(&self, stream: &str) -> Option<String> {
-        self.arn_of(stream).map(ToString::to_string)
+        self.arn_of(stream).map(|arn| arn.to_string())
     }
 
     /// The stream's ARN (fan-out consumers are registered on it).
@@ -394,11 +403,17 @@ impl StreamBackend for KinesisBackend {
             .ok_or_else(|| BackendError::other(format!("no shard iterator returned for {shard_id}")))
     }
 
-    async fn get_records(&self, iterator: &str, limit: usize) -> Result<GetRecordsOutput, BackendError> {
+    async fn get_records(
+        &self,
+        stream: &str,
+        iterator: &str,
+        limit: usize,
+    ) -> Result<GetRecordsOutput, BackendError> {
         let limit = i32::try_from(limit.clamp(1, 10_000)).unwrap_or(10_000);
         let out = self
             .client
             .get_records()
+            .set_stream_arn(self.arn_param(stream))
             .shard_iterator(iterator)
             .limit(limit)
             .send()
@@ -419,6 +434,13 @@ impl StreamBackend for KinesisBackend {
                 .unwrap_or(0),
             child_shards,
         })
+    }
+
+    fn name_by_arn(&self, arn: &StreamArn) {
+        self.arns
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(arn.stream_name.clone(), arn.clone());
     }
 
     async fn stream_identifier(&self, stream: &str) -> Result<StreamIdentifier, BackendError> {
@@ -494,6 +516,7 @@ impl StreamBackend for KinesisBackend {
 
     async fn subscribe_to_shard(
         &self,
+        _stream: &str,
         consumer_arn: &str,
         shard_id: &str,
         position: &IteratorPosition,

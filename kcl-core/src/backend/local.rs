@@ -465,8 +465,16 @@ impl LocalBackend {
         format!("{ITERATOR_PREFIX}{stream}/{shard_id}/{position}/{issued}")
     }
 
-    fn get_records_now(&self, iterator: &str, limit: usize) -> Result<GetRecordsOutput, BackendError> {
+    fn get_records_now(
+        &self,
+        stream: &str,
+        iterator: &str,
+        limit: usize,
+    ) -> Result<GetRecordsOutput, BackendError> {
         let it = ParsedIterator::parse(iterator)?;
+        if it.stream != stream {
+            return Err(invalid("the shard iterator is not one of this stream's"));
+        }
         let now = Instant::now();
         let now_ms = self.millis_since_epoch(now);
         if it.issued_ms > now_ms {
@@ -546,10 +554,15 @@ impl StreamBackend for LocalBackend {
         self.get_shard_iterator_now(stream, shard_id, position)
     }
 
-    async fn get_records(&self, iterator: &str, limit: usize) -> Result<GetRecordsOutput, BackendError> {
+    async fn get_records(
+        &self,
+        stream: &str,
+        iterator: &str,
+        limit: usize,
+    ) -> Result<GetRecordsOutput, BackendError> {
         self.count(BackendOp::GetRecords);
         self.simulate_latency().await;
-        self.get_records_now(iterator, limit)
+        self.get_records_now(stream, iterator, limit)
     }
 
     async fn stream_identifier(&self, stream: &str) -> Result<StreamIdentifier, BackendError> {
@@ -586,13 +599,19 @@ impl StreamBackend for LocalBackend {
 
     async fn subscribe_to_shard(
         &self,
+        stream: &str,
         consumer_arn: &str,
         shard_id: &str,
         position: &IteratorPosition,
     ) -> Result<Box<dyn ShardSubscription>, BackendError> {
         self.count(BackendOp::SubscribeToShard);
         self.simulate_latency().await;
-        Ok(Box::new(self.subscribe_now(consumer_arn, shard_id, position)?))
+        Ok(Box::new(self.subscribe_now(
+            stream,
+            consumer_arn,
+            shard_id,
+            position,
+        )?))
     }
 }
 
@@ -1062,7 +1081,7 @@ mod tests {
 
     async fn read_all(b: &LocalBackend, shard: &str, pos: IteratorPosition) -> GetRecordsOutput {
         let it = b.get_shard_iterator(S, shard, &pos).await.unwrap();
-        b.get_records(&it, 10_000).await.unwrap()
+        b.get_records(S, &it, 10_000).await.unwrap()
     }
 
     fn datas(out: &GetRecordsOutput) -> Vec<String> {
@@ -1235,11 +1254,11 @@ mod tests {
             .get_shard_iterator(S, &sh, &IteratorPosition::Latest)
             .await
             .unwrap();
-        let out = b.get_records(&latest, 100).await.unwrap();
+        let out = b.get_records(S, &latest, 100).await.unwrap();
         assert!(out.records.is_empty());
         assert_eq!(out.millis_behind_latest, 0);
         put(&b, "k", "5").await;
-        let out = b.get_records(&out.next_iterator.unwrap(), 100).await.unwrap();
+        let out = b.get_records(S, &out.next_iterator.unwrap(), 100).await.unwrap();
         assert_eq!(datas(&out), ["5"]);
 
         let past = SystemTime::now() - Duration::from_secs(3600);
@@ -1298,7 +1317,7 @@ mod tests {
         let mut seen = Vec::new();
         let mut behind = Vec::new();
         for _ in 0..3 {
-            let out = b.get_records(&it, 10).await.unwrap();
+            let out = b.get_records(S, &it, 10).await.unwrap();
             assert!(out.records.len() <= 10);
             seen.extend(datas(&out));
             behind.push(out.millis_behind_latest);
@@ -1311,7 +1330,7 @@ mod tests {
             .get_shard_iterator(S, &shard_id(0), &IteratorPosition::TrimHorizon)
             .await
             .unwrap();
-        assert_eq!(b.get_records(&it, 0).await.unwrap().records.len(), 1);
+        assert_eq!(b.get_records(S, &it, 0).await.unwrap().records.len(), 1);
         assert_eq!(b.op_count(BackendOp::GetRecords), 4);
         assert_eq!(b.op_count(BackendOp::GetShardIterator), 2);
     }
@@ -1327,9 +1346,9 @@ mod tests {
             .get_shard_iterator(S, &shard_id(0), &IteratorPosition::TrimHorizon)
             .await
             .unwrap();
-        let out = b.get_records(&it, 1).await.unwrap();
+        let out = b.get_records(S, &it, 1).await.unwrap();
         assert_eq!(out.millis_behind_latest, 1500);
-        let out = b.get_records(&out.next_iterator.unwrap(), 1).await.unwrap();
+        let out = b.get_records(S, &out.next_iterator.unwrap(), 1).await.unwrap();
         assert_eq!(out.millis_behind_latest, 0);
     }
 
@@ -1345,14 +1364,14 @@ mod tests {
             .await
             .unwrap();
         tokio::time::advance(Duration::from_secs(60)).await;
-        let next = b.get_records(&it, 10).await.unwrap().next_iterator.unwrap();
+        let next = b.get_records(S, &it, 10).await.unwrap().next_iterator.unwrap();
         tokio::time::advance(Duration::from_millis(60_001)).await;
         assert!(matches!(
-            b.get_records(&it, 10).await,
+            b.get_records(S, &it, 10).await,
             Err(BackendError::ExpiredIterator)
         ));
         assert!(matches!(
-            b.get_records(&next, 10).await,
+            b.get_records(S, &next, 10).await,
             Err(BackendError::ExpiredIterator)
         ));
 
@@ -1371,7 +1390,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    b.get_records(bad, 10).await,
+                    b.get_records(S, bad, 10).await,
                     Err(BackendError::InvalidArgument(_))
                 ),
                 "{bad}"
@@ -1379,12 +1398,17 @@ mod tests {
         }
         let renamed = fresh.replace("/test/", "/other/");
         assert!(matches!(
-            b.get_records(&renamed, 10).await,
+            b.get_records("other", &renamed, 10).await,
             Err(BackendError::StreamNotFound(_))
+        ));
+        // An iterator of one stream given as another's.
+        assert!(matches!(
+            b.get_records(S, &renamed, 10).await,
+            Err(BackendError::InvalidArgument(_))
         ));
         let moved = fresh.replace("shardId-000000000000", "shardId-000000000042");
         assert!(matches!(
-            b.get_records(&moved, 10).await,
+            b.get_records(S, &moved, 10).await,
             Err(BackendError::ShardNotFound(_))
         ));
     }
@@ -1453,9 +1477,9 @@ mod tests {
             .get_shard_iterator(S, &parent, &IteratorPosition::TrimHorizon)
             .await
             .unwrap();
-        let out = b.get_records(&it, 1).await.unwrap();
+        let out = b.get_records(S, &it, 1).await.unwrap();
         assert_eq!(datas(&out), ["before-0"]);
-        let out = b.get_records(&out.next_iterator.unwrap(), 10).await.unwrap();
+        let out = b.get_records(S, &out.next_iterator.unwrap(), 10).await.unwrap();
         assert_eq!(datas(&out), ["before-1"]);
         assert_eq!(out.next_iterator, None);
         let children: Vec<_> = out.child_shards.iter().map(|c| c.shard_id.clone()).collect();
@@ -1572,10 +1596,10 @@ mod tests {
             .await
             .unwrap();
         for _ in 0..5 {
-            b.get_records(&it, 10).await.unwrap();
+            b.get_records(S, &it, 10).await.unwrap();
         }
         assert!(matches!(
-            b.get_records(&it, 10).await,
+            b.get_records(S, &it, 10).await,
             Err(BackendError::Throttled(_))
         ));
         // Other shards have their own budget.
@@ -1583,33 +1607,33 @@ mod tests {
             .get_shard_iterator(S, &shard_id(1), &IteratorPosition::TrimHorizon)
             .await
             .unwrap();
-        b.get_records(&other, 10).await.unwrap();
+        b.get_records(S, &other, 10).await.unwrap();
         tokio::time::advance(Duration::from_secs(1)).await;
         let it = b
             .get_shard_iterator(S, &shard_id(0), &IteratorPosition::TrimHorizon)
             .await
             .unwrap();
-        b.get_records(&it, 10).await.unwrap();
+        b.get_records(S, &it, 10).await.unwrap();
 
         // Bytes: one large read overdraws the bucket, the next call waits for the refill.
         b.put_record(S, "a", Bytes::from(vec![0; 3000]), None)
             .await
             .unwrap();
         tokio::time::advance(Duration::from_secs(1)).await;
-        let out = b.get_records(&it, 10).await.unwrap();
+        let out = b.get_records(S, &it, 10).await.unwrap();
         assert_eq!(out.records.len(), 1);
         let next = out.next_iterator.unwrap();
         assert!(matches!(
-            b.get_records(&next, 10).await,
+            b.get_records(S, &next, 10).await,
             Err(BackendError::Throttled(_))
         ));
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(matches!(
-            b.get_records(&next, 10).await,
+            b.get_records(S, &next, 10).await,
             Err(BackendError::Throttled(_))
         ));
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(b.get_records(&next, 10).await.unwrap().records.is_empty());
+        assert!(b.get_records(S, &next, 10).await.unwrap().records.is_empty());
     }
 
     #[tokio::test]

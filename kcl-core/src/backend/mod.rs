@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use thiserror::Error;
 
 use crate::record::{ChildShard, Record, SequenceNumber, Shard};
+use crate::stream_arn::StreamArn;
 use kcl_lease::StreamIdentifier;
 
 #[cfg(any(test, feature = "testing"))]
@@ -22,6 +23,7 @@ pub mod failure;
 pub mod kinesis;
 pub mod local;
 mod op;
+pub mod routing;
 
 pub use op::BackendOp;
 
@@ -182,8 +184,24 @@ pub trait StreamBackend: Send + Sync + 'static {
         position: &IteratorPosition,
     ) -> Result<String, BackendError>;
 
-    /// Up to `limit` records from `iterator`.
-    async fn get_records(&self, iterator: &str, limit: usize) -> Result<GetRecordsOutput, BackendError>;
+    /// Up to `limit` records from `iterator`, an iterator of a shard of `stream` (the stream is
+    /// named too so that the call can carry its ARN and be routed by stream).
+    async fn get_records(
+        &self,
+        stream: &str,
+        iterator: &str,
+        limit: usize,
+    ) -> Result<GetRecordsOutput, BackendError>;
+
+    /// Tells the backend that `arn` names the stream `arn.stream_name` (a [`StreamConfig`]
+    /// given by ARN): a backend that can address streams by ARN makes every call on that
+    /// stream with it. Called by the scheduler before the stream is used, possibly again; the
+    /// default ignores it.
+    ///
+    /// [`StreamConfig`]: crate::StreamConfig
+    fn name_by_arn(&self, arn: &StreamArn) {
+        let _ = arn;
+    }
 
     /// The stream's identity for multi-stream lease keys: its account and creation time
     /// (`DescribeStreamSummary`).
@@ -219,14 +237,15 @@ pub trait StreamBackend: Send + Sync + 'static {
         ))
     }
 
-    /// Subscribes the consumer to one shard from `position`.
+    /// Subscribes the consumer (registered on `stream`) to one shard from `position`.
     async fn subscribe_to_shard(
         &self,
+        stream: &str,
         consumer_arn: &str,
         shard_id: &str,
         position: &IteratorPosition,
     ) -> Result<Box<dyn ShardSubscription>, BackendError> {
-        let _ = (consumer_arn, shard_id, position);
+        let _ = (stream, consumer_arn, shard_id, position);
         Err(BackendError::Unsupported(
             "enhanced fan-out (SubscribeToShard)".into(),
         ))
@@ -246,8 +265,16 @@ impl<T: StreamBackend + ?Sized> StreamBackend for Arc<T> {
     ) -> Result<String, BackendError> {
         (**self).get_shard_iterator(stream, shard_id, position).await
     }
-    async fn get_records(&self, iterator: &str, limit: usize) -> Result<GetRecordsOutput, BackendError> {
-        (**self).get_records(iterator, limit).await
+    async fn get_records(
+        &self,
+        stream: &str,
+        iterator: &str,
+        limit: usize,
+    ) -> Result<GetRecordsOutput, BackendError> {
+        (**self).get_records(stream, iterator, limit).await
+    }
+    fn name_by_arn(&self, arn: &StreamArn) {
+        (**self).name_by_arn(arn);
     }
     async fn stream_identifier(&self, stream: &str) -> Result<StreamIdentifier, BackendError> {
         (**self).stream_identifier(stream).await
@@ -268,12 +295,13 @@ impl<T: StreamBackend + ?Sized> StreamBackend for Arc<T> {
     }
     async fn subscribe_to_shard(
         &self,
+        stream: &str,
         consumer_arn: &str,
         shard_id: &str,
         position: &IteratorPosition,
     ) -> Result<Box<dyn ShardSubscription>, BackendError> {
         (**self)
-            .subscribe_to_shard(consumer_arn, shard_id, position)
+            .subscribe_to_shard(stream, consumer_arn, shard_id, position)
             .await
     }
 }

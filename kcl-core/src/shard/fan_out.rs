@@ -116,7 +116,7 @@ pub(crate) async fn run(
             None => start.clone(),
         };
         let mut subscription = match backend
-            .subscribe_to_shard(&arn, &config.shard_id, &position)
+            .subscribe_to_shard(&config.stream, &arn, &config.shard_id, &position)
             .await
         {
             Ok(s) => s,
@@ -249,7 +249,7 @@ async fn probe_end(
             return None;
         }
     };
-    match backend.get_records(&iterator, 1).await {
+    match backend.get_records(&config.stream, &iterator, 1).await {
         Ok(out) if out.records.is_empty() && out.next_iterator.is_none() => Some(out.child_shards),
         Ok(_) => None,
         Err(e) => {

@@ -212,7 +212,7 @@ pub(crate) async fn run(
             }
         };
         let started = Instant::now();
-        match backend.get_records(&it, config.max_records).await {
+        match backend.get_records(&config.stream, &it, config.max_records).await {
             Ok(out) => {
                 delays = read_backoff();
                 if let Some(last) = out.records.last() {

@@ -382,7 +382,7 @@ async fn count_after<B: StreamBackend>(
     let mut millis = None;
     while let Some(it) = iterator.take() {
         let limit = if millis.is_none() { 1 } else { LAG_PAGE };
-        let out = backend.get_records(&it, limit).await?;
+        let out = backend.get_records(stream, &it, limit).await?;
         let got = out.records.len() as u64;
         if millis.is_none() {
             millis = Some(if got > 0 { out.millis_behind_latest } else { 0 });

@@ -687,7 +687,7 @@ async fn plain_loop(backend: &KinesisBackend, stream: &str, n: u64) -> Result<f6
                 .get_shard_iterator(&st, &shard.shard_id, &IteratorPosition::TrimHorizon)
                 .await?;
             loop {
-                let out = b.get_records(&it, 10_000).await?;
+                let out = b.get_records(&st, &it, 10_000).await?;
                 c.fetch_add(out.records.len() as u64, Ordering::Relaxed);
                 if out.records.is_empty() && out.millis_behind_latest == 0 {
                     return anyhow::Ok(());

@@ -28,13 +28,13 @@ use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
 use aws_smithy_types::date_time::Format;
 use aws_smithy_types::DateTime;
-use clap::Parser;
-use kcl_core::aws::{load_sdk_config, AwsOptions};
+use clap::{CommandFactory, Parser};
+use kcl_core::aws::{assume_role, load_sdk_config, AssumeRole, AwsOptions};
 use kcl_core::stream_arn::StreamArn;
 use kcl_core::{
     FanOutConfig, InMemoryLeaseStore, InitialPosition, InitializeInput, KinesisBackend, LocalBackend,
-    ProcessRecordsInput, ProcessorError, Record, RecordProcessor, RetrievalMode, Scheduler, SchedulerBuilder,
-    ShutdownRequestedInput, StreamConfig,
+    ProcessRecordsInput, ProcessorError, Record, RecordProcessor, RetrievalMode, RoutingBackend, Scheduler,
+    SchedulerBuilder, ShutdownRequestedInput, StreamConfig,
 };
 use kcl_lease::{DynamoDbLeaseStore, LeaseRenewal};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -58,8 +58,14 @@ struct Args {
     /// account of the default credentials.
     #[arg(long)]
     role_arn: Option<String>,
-    /// The external id the role's trust policy asks for (with --role-arn).
-    #[arg(long, requires = "role_arn")]
+    /// Read one stream with the credentials of its own IAM role: STREAM=ROLE_ARN, where STREAM
+    /// is a --stream name or a --stream-arn ARN. Repeatable (one role per stream, e.g. streams
+    /// of several accounts in one application); the other streams use --role-arn or the
+    /// default credentials.
+    #[arg(long = "stream-role", value_parser = parse_stream_role)]
+    stream_roles: Vec<(String, String)>,
+    /// The external id the roles' trust policies ask for (with --role-arn or --stream-role).
+    #[arg(long)]
     external_id: Option<String>,
     /// The application name: the lease table's name. Workers with the same name share the
     /// streams' shards. Default: `kcl-tail-<stream>` (the stream names joined by `-`).
@@ -113,6 +119,24 @@ struct Args {
 fn parse_stream_arn(s: &str) -> Result<StreamArn, String> {
     s.parse()
         .map_err(|e: kcl_core::stream_arn::StreamArnError| e.to_string())
+}
+
+/// `STREAM=ROLE_ARN`, STREAM a name or a stream ARN (whose stream name is kept).
+fn parse_stream_role(s: &str) -> Result<(String, String), String> {
+    let (stream, role) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected STREAM=ROLE_ARN"))?;
+    let stream = if stream.starts_with("arn:") {
+        parse_stream_arn(stream)?.stream_name
+    } else {
+        stream.to_owned()
+    };
+    if stream.is_empty() || !role.starts_with("arn:") {
+        return Err(format!(
+            "{s:?}: expected STREAM=ROLE_ARN (a stream name or ARN, then an IAM role ARN)"
+        ));
+    }
+    Ok((stream, role.to_owned()))
 }
 
 fn parse_renewal(s: &str) -> Result<LeaseRenewal, String> {
@@ -230,11 +254,24 @@ impl RecordProcessor for Printer {
 
 fn configure(args: &Args, application: &str, out: &Arc<Output>) -> SchedulerBuilder {
     let o = out.clone();
+    let arn_of = |name: &str| args.stream_arns.iter().find(|a| a.stream_name == name).cloned();
     let mut builder = match args.streams.as_slice() {
-        [one] => Scheduler::builder(application.to_owned(), one.clone()),
+        [one] => {
+            let builder = Scheduler::builder(application.to_owned(), one.clone());
+            match arn_of(one) {
+                Some(arn) => builder.stream_arn(arn),
+                None => builder,
+            }
+        }
         several => Scheduler::multi_stream_builder(
             application.to_owned(),
-            several.iter().map(StreamConfig::named).collect::<Vec<_>>(),
+            several
+                .iter()
+                .map(|name| match arn_of(name) {
+                    Some(arn) => StreamConfig::from_arn(arn),
+                    None => StreamConfig::named(name),
+                })
+                .collect::<Vec<_>>(),
         ),
     };
     builder = builder
@@ -272,23 +309,7 @@ async fn run_aws(args: &Args, application: &str, out: Arc<Output>) -> Result<()>
     if sdk.region().is_none() {
         bail!("no AWS region: pass --region or set AWS_REGION");
     }
-    let kinesis = match &args.role_arn {
-        None => aws_sdk_kinesis::Client::new(&sdk),
-        Some(role) => {
-            let mut provider = aws_config::sts::AssumeRoleProvider::builder(role.clone())
-                .session_name("kcl-tail")
-                .configure(&sdk);
-            if let Some(id) = &args.external_id {
-                provider = provider.external_id(id.clone());
-            }
-            let provider = provider.build().await;
-            let conf = aws_sdk_kinesis::config::Builder::from(&sdk)
-                .credentials_provider(provider)
-                .build();
-            aws_sdk_kinesis::Client::from_conf(conf)
-        }
-    };
-    let backend = KinesisBackend::new(kinesis).with_stream_arns(args.stream_arns.iter().cloned());
+    let backend = kinesis_backends(args, &sdk).await;
     let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(&sdk), application);
     // Fail fast on a missing stream or missing permissions, before the lease table is created.
     let streams: Vec<&str> = args.streams.iter().map(String::as_str).collect();
@@ -319,6 +340,38 @@ async fn run_aws(args: &Args, application: &str, out: Arc<Output>) -> Result<()>
     }
     handle.shutdown().await?;
     Ok(())
+}
+
+/// The Kinesis backend: the default credentials (or --role-arn's) for every stream, except the
+/// streams given a --stream-role, which are read with their role's (one SDK client per role).
+async fn kinesis_backends(args: &Args, sdk: &aws_config::SdkConfig) -> RoutingBackend {
+    let role = |arn: &str| {
+        let role = AssumeRole::new(arn).session_name("kcl-tail");
+        match &args.external_id {
+            Some(id) => role.external_id(id.clone()),
+            None => role,
+        }
+    };
+    let default_conf = match &args.role_arn {
+        None => sdk.clone(),
+        Some(arn) => assume_role(sdk, &role(arn)).await,
+    };
+    let mut backend = RoutingBackend::new(KinesisBackend::from_conf(&default_conf));
+    let mut by_role: std::collections::HashMap<&str, KinesisBackend> = std::collections::HashMap::new();
+    for (stream, arn) in &args.stream_roles {
+        if !by_role.contains_key(arn.as_str()) {
+            let conf = assume_role(sdk, &role(arn)).await;
+            by_role.insert(arn, KinesisBackend::from_conf(&conf));
+        }
+        if let Some(b) = by_role.get(arn.as_str()) {
+            backend = backend.route(stream.clone(), b.clone());
+        }
+    }
+    // The scheduler names these streams by ARN too; naming them here covers the checks below.
+    for arn in &args.stream_arns {
+        kcl_core::StreamBackend::name_by_arn(&backend, arn);
+    }
+    backend
 }
 
 /// Starts the status page if `--status-addr` asks for it.
@@ -398,6 +451,24 @@ async fn run() -> Result<()> {
         if !args.streams.contains(&arn.stream_name) {
             args.streams.push(arn.stream_name.clone());
         }
+    }
+    for (stream, _) in &args.stream_roles {
+        if !args.streams.contains(stream) {
+            Args::command()
+                .error(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!("--stream-role {stream}=...: {stream} is not one of the --stream/--stream-arn streams"),
+                )
+                .exit();
+        }
+    }
+    if args.external_id.is_some() && args.role_arn.is_none() && args.stream_roles.is_empty() {
+        Args::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--external-id needs --role-arn or --stream-role",
+            )
+            .exit();
     }
     if let Some(addr) = args.metrics_addr {
         kcl_examples::prometheus_builder(kcl_core::metrics::SHARD_SERIES_IDLE_TIMEOUT)

@@ -102,12 +102,16 @@ impl LocalBackend {
 
     pub(super) fn subscribe_now(
         &self,
+        stream: &str,
         consumer_arn: &str,
         shard_id: &str,
         position: &IteratorPosition,
     ) -> Result<LocalSubscription, BackendError> {
         let not_found = || BackendError::ConsumerNotFound(trunc(consumer_arn));
         let (stream_name, consumer_name) = parse_consumer_arn(consumer_arn).ok_or_else(not_found)?;
+        if stream_name != stream {
+            return Err(not_found());
+        }
         let (id, start, now) = self.with_stream(stream_name, |s, now| {
             let consumer = s
                 .consumers
@@ -327,7 +331,7 @@ mod tests {
         assert_eq!(c.status, ConsumerStatus::Creating);
         assert!(parse_consumer_arn(&c.arn) == Some((S, "app")), "{}", c.arn);
         assert!(matches!(
-            b.subscribe_to_shard(&c.arn, SHARD, &IteratorPosition::TrimHorizon)
+            b.subscribe_to_shard(S, &c.arn, SHARD, &IteratorPosition::TrimHorizon)
                 .await,
             Err(BackendError::ResourceInUse(_))
         ));
@@ -349,7 +353,7 @@ mod tests {
             Err(BackendError::InvalidArgument(_))
         ));
         assert!(matches!(
-            b.subscribe_to_shard("arn:garbage", SHARD, &IteratorPosition::TrimHorizon)
+            b.subscribe_to_shard(S, "arn:garbage", SHARD, &IteratorPosition::TrimHorizon)
                 .await,
             Err(BackendError::ConsumerNotFound(_))
         ));
@@ -362,7 +366,7 @@ mod tests {
         let c = b.register_consumer(S, "app").await.unwrap();
         tokio::time::advance(Duration::from_secs(2)).await;
         let mut sub = b
-            .subscribe_to_shard(&c.arn, SHARD, &IteratorPosition::TrimHorizon)
+            .subscribe_to_shard(S, &c.arn, SHARD, &IteratorPosition::TrimHorizon)
             .await
             .unwrap();
         let first = sub.next_event().await.unwrap().unwrap();
@@ -393,7 +397,7 @@ mod tests {
         drop(sub);
         put(&b, "after").await;
         let mut sub = b
-            .subscribe_to_shard(&c.arn, SHARD, &IteratorPosition::AfterSequenceNumber(seq))
+            .subscribe_to_shard(S, &c.arn, SHARD, &IteratorPosition::AfterSequenceNumber(seq))
             .await
             .unwrap();
         assert_eq!(datas(&sub.next_event().await.unwrap().unwrap()), ["after"]);
@@ -405,18 +409,18 @@ mod tests {
         let c = b.register_consumer(S, "app").await.unwrap();
         tokio::time::advance(Duration::from_secs(2)).await;
         let pos = IteratorPosition::Latest;
-        let mut first = b.subscribe_to_shard(&c.arn, SHARD, &pos).await.unwrap();
+        let mut first = b.subscribe_to_shard(S, &c.arn, SHARD, &pos).await.unwrap();
         assert!(matches!(
-            b.subscribe_to_shard(&c.arn, SHARD, &pos).await,
+            b.subscribe_to_shard(S, &c.arn, SHARD, &pos).await,
             Err(BackendError::ResourceInUse(_))
         ));
         // Another consumer is independent.
         let other = b.register_consumer(S, "other").await.unwrap();
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(b.subscribe_to_shard(&other.arn, SHARD, &pos).await.is_ok());
+        assert!(b.subscribe_to_shard(S, &other.arn, SHARD, &pos).await.is_ok());
         // After 5 seconds a new subscription takes over; the old one fails.
         tokio::time::advance(Duration::from_secs(5)).await;
-        let mut second = b.subscribe_to_shard(&c.arn, SHARD, &pos).await.unwrap();
+        let mut second = b.subscribe_to_shard(S, &c.arn, SHARD, &pos).await.unwrap();
         assert!(matches!(
             first.next_event().await,
             Err(BackendError::ResourceInUse(_))
@@ -425,7 +429,7 @@ mod tests {
         assert_eq!(datas(&second.next_event().await.unwrap().unwrap()), ["x"]);
         // Dropping a subscription frees the shard at once.
         drop(second);
-        assert!(b.subscribe_to_shard(&c.arn, SHARD, &pos).await.is_ok());
+        assert!(b.subscribe_to_shard(S, &c.arn, SHARD, &pos).await.is_ok());
     }
 
     #[tokio::test(start_paused = true)]
@@ -435,7 +439,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(2)).await;
         put(&b, "a").await;
         let mut sub = b
-            .subscribe_to_shard(&c.arn, SHARD, &IteratorPosition::TrimHorizon)
+            .subscribe_to_shard(S, &c.arn, SHARD, &IteratorPosition::TrimHorizon)
             .await
             .unwrap();
         assert_eq!(datas(&sub.next_event().await.unwrap().unwrap()), ["a"]);
