@@ -196,6 +196,11 @@ pub struct LeaseCoordinator {
     beating: AtomicBool,
     /// Set once this worker removed its heartbeat row for good.
     left: AtomicBool,
+    /// Held across a heartbeat's check of `left` and its write, and by [`Self::leave`]: a
+    /// heartbeat already under way when the worker leaves (one an `announce` asked for) lands
+    /// before the row is deleted, never after (it would bring the row back, and the others
+    /// would count this worker as live until its heartbeat expired).
+    beat_lock: tokio::sync::Mutex<()>,
     /// Turns true after the first heartbeat and the first read of the others'.
     ready: watch::Sender<bool>,
     limiter: Arc<Semaphore>,
@@ -250,6 +255,7 @@ impl LeaseCoordinator {
             beat_now: Notify::new(),
             beating: AtomicBool::new(false),
             left: AtomicBool::new(false),
+            beat_lock: tokio::sync::Mutex::new(()),
             ready: watch::channel(false).0,
             journal: Arc::new(Journal::default()),
         };
@@ -398,6 +404,7 @@ impl LeaseCoordinator {
 
     /// Writes one heartbeat and updates this worker's validity.
     pub async fn heartbeat(&self) {
+        let _writing = self.beat_lock.lock().await;
         if self.left.load(Ordering::SeqCst) || self.liveness.unsupported() {
             return;
         }
@@ -456,6 +463,7 @@ impl LeaseCoordinator {
     /// Removes this worker's heartbeat row for good (the last step of a graceful shutdown,
     /// after its leases were released), so that the others see it leave at once.
     pub async fn leave(&self) {
+        let _writing = self.beat_lock.lock().await;
         self.left.store(true, Ordering::SeqCst);
         if !self.liveness.heartbeats_active() {
             return;
@@ -612,10 +620,40 @@ impl LeaseCoordinator {
             .filter(|(_, s)| matches!(s, WorkerStatus::Dead(_)))
             .map(|(w, _)| w.clone())
             .collect();
+        // The even share counts the workers that are live, but not, among those that own no
+        // lease, the ones whose row has not moved while this worker watched although it has
+        // beaten many times before: a newcomer cannot tell a worker that runs from one that
+        // died before it started (a row that stands still) until the failover time has
+        // passed, and counting the dead one would leave released leases unowned that long
+        // (as in a rolling deploy: a new worker starts, an old one hands its leases over). A
+        // worker that just started (a cold start of the fleet: every row is new) has beaten
+        // once or twice and counts; any other counts from its next heartbeat on.
+        let owning: HashSet<&str> = leases
+            .iter()
+            .filter(|l| !l.is_finished())
+            .filter_map(|l| l.lease_owner.as_deref())
+            .collect();
+        let planning: HashMap<String, WorkerStatus> = {
+            let workers = lock(&self.workers);
+            statuses
+                .into_iter()
+                .map(|(w, s)| match s {
+                    WorkerStatus::Live(_)
+                        if w != me
+                            && !owning.contains(w.as_str())
+                            && !workers.seen_beating(&w)
+                            && workers.beats(&w).is_some_and(|b| b > FRESH_BEATS) =>
+                    {
+                        (w, WorkerStatus::Unknown)
+                    }
+                    s => (w, s),
+                })
+                .collect()
+        };
         let plan = {
             let mut tracker = lock(&self.tracker);
             tracker.observe(&leases, now);
-            tracker.set_owners(statuses);
+            tracker.set_owners(planning);
             let held: BTreeSet<String> = lock(&self.held).keys().cloned().collect();
             let balance = BalanceConfig {
                 worker_id: self.config.worker_id.clone(),
@@ -624,7 +662,17 @@ impl LeaseCoordinator {
                 max_leases_to_steal: self.config.max_leases_to_steal,
                 mode: self.config.balance,
             };
-            plan_takes(&leases, &tracker, &held, &balance, now)
+            let plan = plan_takes(&leases, &tracker, &held, &balance, now);
+            debug!(
+                leases = leases.len(),
+                held = held.len(),
+                live = ?tracker.live_workers().collect::<Vec<_>>(),
+                target = plan.target,
+                take = plan.take.len(),
+                steal = plan.steal.len(),
+                "take round planned"
+            );
+            plan
         };
         {
             let mut s = lock(&self.scans);
@@ -867,6 +915,10 @@ impl LeaseCoordinator {
     }
 }
 
+/// A heartbeat row with at most this many beats belongs to a worker that just started (see
+/// the take round's even share).
+const FRESH_BEATS: u64 = 2;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -946,6 +998,55 @@ mod tests {
         );
         assert!(now.is_owned_by("b"));
         assert_eq!(now.checkpoint, cp);
+    }
+
+    /// A rolling deploy on a table with a dead worker's heartbeat row: the new worker cannot
+    /// tell that row from a worker that just started, but must not leave the leases the old
+    /// worker hands over unowned until that row looks dead (found in the kclpy hand-off test:
+    /// the hand-off took the failover time).
+    #[tokio::test(start_paused = true)]
+    async fn a_newcomer_takes_released_leases_at_once_despite_a_dead_workers_row() {
+        let store = store_with(4);
+        let (dead, _dead_rx) = coordinator(&store, "a-dead");
+        for _ in 0..5 {
+            dead.heartbeat().await; // it ran for a while, and then never again
+        }
+        let (old, _old_rx) = coordinator(&store, "b-old");
+        old.heartbeat().await;
+        old.take_round().await.unwrap();
+        assert_eq!(old.held().len(), 4, "a row that never moved is not counted");
+        tokio::time::advance(Duration::from_millis(500)).await;
+        let (new, _new_rx) = coordinator(&store, "c-new");
+        new.heartbeat().await;
+        new.read_heartbeats(true).await;
+        // The old worker shuts down gracefully: releases everything, removes its row.
+        for lease in old.held() {
+            old.release(lease.key()).await;
+        }
+        old.leave().await;
+        tokio::time::advance(Duration::from_millis(500)).await;
+        new.take_round().await.unwrap();
+        assert_eq!(
+            new.held().len(),
+            4,
+            "all released leases taken well before the failover time"
+        );
+
+        // A worker that does beat while watched counts even with no lease.
+        let (joiner, _joiner_rx) = coordinator(&store, "d-join");
+        joiner.heartbeat().await;
+        new.read_heartbeats(true).await;
+        tokio::time::advance(Duration::from_millis(500)).await;
+        joiner.heartbeat().await;
+        new.renew_all().await;
+        new.take_round().await.unwrap();
+        let live = lock(&new.workers)
+            .live(Duration::from_secs(3), Instant::now())
+            .len();
+        assert_eq!(live, 3, "a-dead (not yet dead by this clock), c-new, d-join");
+        // d-join takes its share (2 of 4): a-dead does not count, c-new hands two over.
+        joiner.take_round().await.unwrap();
+        assert_eq!(joiner.held().len(), 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -100,6 +100,8 @@ struct Seen {
     since: Instant,
     renewal: LeaseRenewal,
     epoch: u64,
+    /// Whether this observer has seen the counter move (the worker beat while observed).
+    moved: bool,
 }
 
 /// The heartbeats as one worker has observed them. See the module docs.
@@ -124,9 +126,10 @@ impl WorkerTracker {
     pub fn observe(&mut self, rows: &[WorkerHeartbeat], now: Instant) {
         let mut next = HashMap::with_capacity(rows.len());
         for row in rows {
-            let since = match self.seen.get(&row.worker_id) {
-                Some(s) if s.counter == row.counter => s.since,
-                _ => now,
+            let (since, moved) = match self.seen.get(&row.worker_id) {
+                Some(s) if s.counter == row.counter => (s.since, s.moved),
+                Some(_) => (now, true),
+                None => (now, false),
             };
             next.insert(
                 row.worker_id.clone(),
@@ -135,6 +138,7 @@ impl WorkerTracker {
                     since,
                     renewal: row.renewal,
                     epoch: row.epoch,
+                    moved,
                 },
             );
         }
@@ -148,6 +152,18 @@ impl WorkerTracker {
             Some(s) if now.duration_since(s.since) > failover_time => WorkerStatus::Dead(s.renewal),
             Some(s) => WorkerStatus::Live(s.renewal),
         }
+    }
+
+    /// The counter of `worker`'s row as last read (how many times it has beaten since it started).
+    pub fn beats(&self, worker: &str) -> Option<u64> {
+        self.seen.get(worker).map(|s| s.counter)
+    }
+
+    /// Whether `worker`'s heartbeat has been seen to move since this observer first read it.
+    /// A row that has not moved yet may be a worker that just started or one that died before
+    /// this observer started (its clock cannot tell them apart until the failover time passed).
+    pub fn seen_beating(&self, worker: &str) -> bool {
+        self.seen.get(worker).is_some_and(|s| s.moved)
     }
 
     /// The status of every worker with a heartbeat row.
