@@ -124,7 +124,11 @@ fn configure(config: &MultiLangConfig) -> Result<SchedulerBuilder> {
         working_dir: Some(working_dir),
         timeout: config.timeout,
     });
-    let mut b = Scheduler::builder(config.application_name.clone(), config.stream_name.clone())
+    let mut b = Scheduler::builder(config.application_name.clone(), config.stream_name.clone());
+    if let Some(arn) = &config.stream_arn {
+        b = b.stream_arn(arn.clone());
+    }
+    let mut b = b
         .initial_position(config.initial_position)
         .retrieval(config.retrieval.clone())
         .processor_factory(factory);
@@ -178,7 +182,10 @@ async fn run() -> Result<()> {
     })?;
     let config = load_config(&args)?;
     let options = |endpoint: &Option<String>| AwsOptions {
-        region: config.region.clone(),
+        region: config
+            .region
+            .clone()
+            .or_else(|| config.stream_arn.as_ref().map(|a| a.region.clone())),
         endpoint_url: endpoint.clone(),
         profile: None,
     };
@@ -189,7 +196,8 @@ async fn run() -> Result<()> {
             "no AWS region: set regionName in the properties file, or AWS_REGION",
         ));
     }
-    let backend = KinesisBackend::from_conf(&kinesis_sdk);
+    // Named by ARN from the first call on (the checks below included).
+    let backend = KinesisBackend::from_conf(&kinesis_sdk).with_stream_arns(config.stream_arn.clone());
     let store = DynamoDbLeaseStore::new(
         aws_sdk_dynamodb::Client::new(&dynamodb_sdk),
         &config.application_name,

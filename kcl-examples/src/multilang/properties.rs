@@ -194,6 +194,9 @@ pub struct MultiLangConfig {
     pub executable: Vec<String>,
     /// `streamName`, or the stream name of `streamArn`.
     pub stream_name: String,
+    /// `streamArn`: the stream is then named by its ARN in every Kinesis call (a stream of
+    /// another account), and the region defaults to the ARN's.
+    pub stream_arn: Option<kcl_core::stream_arn::StreamArn>,
     /// `applicationName`: also the lease table's name.
     pub application_name: String,
     /// `workerId`; `None` makes one up (host name, pid, time).
@@ -350,19 +353,6 @@ impl Reader<'_> {
     }
 }
 
-/// The stream name in a Kinesis stream ARN: `arn:aws:kinesis:<region>:<account>:stream/<name>`.
-fn stream_name_of_arn(arn: &str) -> Option<&str> {
-    let mut parts = arn.splitn(6, ':');
-    let (prefix, _partition, service) = (parts.next()?, parts.next()?, parts.next()?);
-    let (_region, _account, resource) = (parts.next()?, parts.next()?, parts.next()?);
-    if prefix != "arn" || service != "kinesis" {
-        return None;
-    }
-    resource
-        .strip_prefix("stream/")
-        .filter(|n| !n.is_empty() && !n.contains('/'))
-}
-
 impl MultiLangConfig {
     /// Reads the settings from parsed properties.
     pub fn from_properties(props: &BTreeMap<String, String>) -> Result<Self, PropertiesError> {
@@ -373,17 +363,26 @@ impl MultiLangConfig {
             .split_whitespace()
             .map(str::to_owned)
             .collect();
-        let stream_name = match (r.get("streamName"), r.get("streamArn")) {
+        let stream_arn = match r.get("streamArn") {
+            None => None,
+            Some(arn) => Some(arn.parse::<kcl_core::stream_arn::StreamArn>().map_err(|_| {
+                bad(
+                    "streamArn",
+                    arn,
+                    "expected arn:aws:kinesis:<region>:<account>:stream/<name>",
+                )
+            })?),
+        };
+        let stream_name = match (r.get("streamName"), &stream_arn) {
+            (Some(name), Some(arn)) if *name != arn.stream_name => {
+                return Err(bad(
+                    "streamName",
+                    name,
+                    "names another stream than streamArn; give one of them",
+                ))
+            }
             (Some(name), _) => name.to_owned(),
-            (None, Some(arn)) => stream_name_of_arn(arn)
-                .ok_or_else(|| {
-                    bad(
-                        "streamArn",
-                        arn,
-                        "expected arn:aws:kinesis:<region>:<account>:stream/<name>",
-                    )
-                })?
-                .to_owned(),
+            (None, Some(arn)) => arn.stream_name.clone(),
             (None, None) => return Err(PropertiesError::Missing("streamName")),
         };
         let application_name = r
@@ -450,6 +449,7 @@ impl MultiLangConfig {
         Ok(Self {
             executable,
             stream_name,
+            stream_arn,
             application_name,
             worker_id: r.get("workerId").map(str::to_owned),
             initial_position,
@@ -614,6 +614,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.stream_name, "orders");
+        let arn = c.stream_arn.expect("the ARN is kept");
+        assert_eq!(
+            (arn.account_id.as_str(), arn.region.as_str()),
+            ("123456789012", "us-east-1")
+        );
+        let both_differ = MultiLangConfig::parse(
+            "executableName = x\napplicationName = a\nstreamName = other\nstreamArn = arn:aws:kinesis:us-east-1:123456789012:stream/orders\n",
+        );
+        assert!(
+            matches!(both_differ, Err(PropertiesError::BadValue { .. })),
+            "{both_differ:?}"
+        );
     }
 
     #[test]
