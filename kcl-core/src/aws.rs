@@ -59,6 +59,7 @@ pub async fn load_sdk_config(options: &AwsOptions) -> SdkConfig {
 /// An IAM role whose credentials read some streams (typically a role of the account that owns
 /// them), assumed through STS with [`assume_role`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AssumeRole {
     /// The role's ARN (`arn:aws:iam::ACCOUNT:role/NAME`).
     pub role_arn: String,

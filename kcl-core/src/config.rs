@@ -2,8 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use kcl_lease::coordinator::default_watch_interval;
-use kcl_lease::{BalanceMode, LeaseRenewal};
+use kcl_lease::LeaseSettings;
 
 pub use crate::aggregation::MisplacedKplRecords;
 pub use crate::processor::ProcessorFailurePolicy;
@@ -12,6 +11,7 @@ use crate::streams::FormerStreamsCleanup;
 
 /// Where a new application starts reading a shard that has no checkpoint yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum InitialPosition {
     /// Only records put after the worker first reads the shard (the Java KCL's default).
     Latest,
@@ -23,6 +23,7 @@ pub enum InitialPosition {
 
 /// How shard readers get records.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RetrievalMode {
     /// `GetRecords` polling (the default): shares the shard's 5 reads/s and 2 MiB/s with every
     /// other polling application.
@@ -35,6 +36,7 @@ pub enum RetrievalMode {
 
 /// Settings of enhanced fan-out.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FanOutConfig {
     /// The consumer's name on the stream; `None` uses the application name (as the Java KCL
     /// does), so every worker of the application shares it.
@@ -72,21 +74,35 @@ impl FanOutConfig {
             ..Self::default()
         }
     }
+
+    /// Sets when a subscription is renewed (builder style).
+    #[must_use]
+    pub fn subscription_renewal(mut self, after: Duration) -> Self {
+        self.subscription_renewal = after;
+        self
+    }
+
+    /// Sets after how long a silent subscription is renewed (builder style).
+    #[must_use]
+    pub fn idle_timeout(mut self, after: Duration) -> Self {
+        self.idle_timeout = after;
+        self
+    }
+
+    /// Sets how often an idle subscription checks for the shard's end (builder style).
+    #[must_use]
+    pub fn end_probe_interval(mut self, every: Duration) -> Self {
+        self.end_probe_interval = every;
+        self
+    }
 }
 
 /// The settings of a [`crate::Scheduler`]. Build it through [`crate::Scheduler::builder`].
 ///
 /// | setting | default | why |
 /// |---|---|---|
-/// | `failover_time` | 10 s | the Java KCL's; a dead worker's shards move after this |
-/// | `renew_interval` | `failover_time / 3` | the Java KCL's ratio |
-/// | `take_interval` | `failover_time / 3` | the shortest time between two lease-table scans while there is work to do (taking, stealing, or leases of workers without heartbeats) |
-/// | `watch_interval` | `failover_time / 20` | how often the small heartbeat table is read: how fast a hand-off or a change is seen |
-/// | `lease_renewal` | `PerLease` | every lease renewed, as the Java KCL does; `Worker` renews one heartbeat row instead (fleets without Java workers only) |
+/// | `leases` | [`LeaseSettings::default`] | failover time (10 s, the Java KCL's), renew, take and watch intervals, renewal mode, lease caps, steals per round, balancing: see [`LeaseSettings`] (one place for them) |
 /// | `initial_position` | `Latest` | the Java KCL's |
-/// | `max_leases_per_worker` | unlimited | the Java KCL's |
-/// | `balance` | `Count` | even the lease count, as every other KCL worker on the table does; `Load(LoadBalancing::new(failover_time))` evens the measured `throughputKBps` per worker (fleets of this crate's workers; a count-based worker on the same table would undo its moves) |
-/// | `max_leases_to_steal` | 4 | the Java KCL steals 1 per round; stealing a few converges faster, and hand-offs are graceful |
 /// | `max_records` | 10,000 | the Java KCL's (and the `GetRecords` maximum) |
 /// | `polling_interval` | 1 s | the Java KCL's idle time between reads; used after an empty read only |
 /// | `min_read_interval` | 200 ms | keeps one reader under Kinesis's 5 reads/s per shard |
@@ -101,6 +117,7 @@ impl FanOutConfig {
 /// | `processor_failure` | `RetryForever` | a failing (or panicking) `process_records` gets the same batch again with backoff; `SkipAfter` hands it to a hook after N attempts, skips and checkpoints past it |
 /// | `retrieval` | `Polling` | the Java KCL 2.x default; 3.x defaults to fan-out, which costs extra on AWS |
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct SchedulerConfig {
     /// The application name; also the name of the lease table.
     pub application_name: String,
@@ -112,22 +129,8 @@ pub struct SchedulerConfig {
     pub worker_id: String,
     /// Where a shard without checkpoint starts.
     pub initial_position: InitialPosition,
-    /// A lease not renewed for this long may be taken by another worker.
-    pub failover_time: Duration,
-    /// How often held leases are renewed.
-    pub renew_interval: Duration,
-    /// The shortest time between two scans of the lease table while there is work to do.
-    pub take_interval: Duration,
-    /// How often the worker heartbeat table is read.
-    pub watch_interval: Duration,
-    /// How leases are kept alive: one by one (default) or through the worker's heartbeat.
-    pub lease_renewal: LeaseRenewal,
-    /// At most this many leases per worker.
-    pub max_leases_per_worker: usize,
-    /// At most this many leases stolen per take round.
-    pub max_leases_to_steal: usize,
-    /// Even the count of leases per worker, or their load (see `kcl_lease::load`).
-    pub balance: BalanceMode,
+    /// How leases expire, are renewed, taken and balanced (see [`LeaseSettings`]).
+    pub leases: LeaseSettings,
     /// Records per `GetRecords` call.
     pub max_records: usize,
     /// Wait this long after a read that returned nothing.
@@ -166,21 +169,13 @@ impl SchedulerConfig {
         stream_name: impl Into<String>,
         worker_id: impl Into<String>,
     ) -> Self {
-        let failover_time = Duration::from_secs(10);
         Self {
             application_name: application_name.into(),
             stream_name: stream_name.into(),
             stream_arn: None,
             worker_id: worker_id.into(),
             initial_position: InitialPosition::Latest,
-            failover_time,
-            renew_interval: failover_time / 3,
-            take_interval: failover_time / 3,
-            watch_interval: default_watch_interval(failover_time),
-            lease_renewal: LeaseRenewal::PerLease,
-            max_leases_per_worker: usize::MAX,
-            max_leases_to_steal: 4,
-            balance: BalanceMode::Count,
+            leases: LeaseSettings::default(),
             max_records: 10_000,
             polling_interval: Duration::from_secs(1),
             min_read_interval: Duration::from_millis(200),
@@ -209,28 +204,19 @@ impl SchedulerConfig {
     /// interval to a twentieth.
     #[must_use]
     pub fn failover_time(mut self, failover_time: Duration) -> Self {
-        self.failover_time = failover_time;
-        self.renew_interval = failover_time / 3;
-        self.take_interval = failover_time / 3;
-        self.watch_interval = default_watch_interval(failover_time);
+        self.leases = self.leases.failover_time(failover_time);
         self
     }
 
     /// Checks the settings for values that cannot work.
     pub fn validate(&self) -> Result<(), String> {
+        self.leases.validate()?;
         let positive = [
-            ("failover_time", self.failover_time),
-            ("renew_interval", self.renew_interval),
-            ("take_interval", self.take_interval),
-            ("watch_interval", self.watch_interval),
             ("shard_sync_interval", self.shard_sync_interval),
             ("parent_poll_interval", self.parent_poll_interval),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
             return Err(format!("{name} must be greater than zero"));
-        }
-        if self.renew_interval >= self.failover_time {
-            return Err("renew_interval must be shorter than failover_time".into());
         }
         if self.application_name.is_empty() || self.worker_id.is_empty() {
             return Err("application name and worker id must not be empty".into());
@@ -250,7 +236,10 @@ impl SchedulerConfig {
                 return Err("the fan-out consumer name must not be empty".into());
             }
         }
-        if self.max_prefetch_batches == 0 || self.max_prefetch_bytes == 0 || self.max_leases_per_worker == 0 {
+        if self.max_prefetch_batches == 0
+            || self.max_prefetch_bytes == 0
+            || self.leases.max_leases_per_worker == 0
+        {
             return Err(
                 "max_prefetch_batches, max_prefetch_bytes and max_leases_per_worker must be at least 1"
                     .into(),

@@ -80,7 +80,8 @@ pub use kcl_lease::{InMemoryLeaseStore, LeaseStore};
 pub use metrics::{ShardHealth, WorkerHealth};
 pub use processor::{
     FailedBatch, FailedBatchHook, InitializeInput, LeaseLostInput, ProcessRecordsInput, ProcessorError,
-    ProcessorFactory, ProcessorFailurePolicy, RecordProcessor, ShardEndedInput, ShutdownRequestedInput,
+    ProcessorFactory, ProcessorFailurePolicy, RecordProcessor, ShardEndedInput, ShardInfo,
+    ShutdownRequestedInput, WithShardInfo,
 };
 pub use record::{ChildShard, ExtendedSequenceNumber, HashKeyRange, Record, SequenceNumber, Shard};
 pub use scheduler::{Scheduler, SchedulerBuilder, SchedulerHandle};

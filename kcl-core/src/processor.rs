@@ -21,6 +21,7 @@ use async_trait::async_trait;
 
 use crate::checkpoint::Checkpointer;
 use crate::record::{ExtendedSequenceNumber, Record};
+use kcl_lease::StreamIdentifier;
 
 /// The error a processor returns; any error type will do.
 pub type ProcessorError = Box<dyn std::error::Error + Send + Sync>;
@@ -132,10 +133,67 @@ pub trait RecordProcessor: Send + 'static {
     }
 }
 
-/// Makes one processor per shard. Any `Fn(&str) -> impl RecordProcessor` is a factory.
+/// The shard a processor is made for (see [`ProcessorFactory`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShardInfo {
+    /// The shard's id (`shardId-000000000000`).
+    pub shard_id: String,
+    /// The name of the shard's stream.
+    pub stream_name: String,
+    /// Multi-stream applications: the stream's identity (account, name, creation time).
+    pub stream: Option<StreamIdentifier>,
+    /// The key of the shard's lease: the shard id, or in multi-stream applications
+    /// `account:stream:creationEpoch:shardId`.
+    pub lease_key: String,
+}
+
+impl ShardInfo {
+    /// A shard of a single-stream application (its lease key is the shard id).
+    pub fn new(stream_name: impl Into<String>, shard_id: impl Into<String>) -> Self {
+        let shard_id = shard_id.into();
+        Self {
+            lease_key: shard_id.clone(),
+            shard_id,
+            stream_name: stream_name.into(),
+            stream: None,
+        }
+    }
+
+    /// A shard of a stream of a multi-stream application.
+    pub fn of_stream(stream: StreamIdentifier, shard_id: impl Into<String>) -> Self {
+        let shard_id = shard_id.into();
+        Self {
+            lease_key: stream.lease_key(&shard_id),
+            stream_name: stream.stream_name.clone(),
+            stream: Some(stream),
+            shard_id,
+        }
+    }
+}
+
+/// Makes one processor per shard.
+///
+/// Any `Fn(&str) -> impl RecordProcessor` is a factory (it is given the shard id); wrap a
+/// closure that wants the stream too in [`WithShardInfo`]:
+///
+/// ```
+/// use kcl_core::{ProcessorFactory, ShardInfo, WithShardInfo};
+/// # use kcl_core::{ProcessRecordsInput, ProcessorError, RecordProcessor};
+/// # struct Printer { stream: String }
+/// # #[async_trait::async_trait]
+/// # impl RecordProcessor for Printer {
+/// #     async fn process_records(&mut self, _: ProcessRecordsInput<'_>) -> Result<(), ProcessorError> { Ok(()) }
+/// # }
+/// let by_shard_id = |shard_id: &str| Printer { stream: shard_id.to_owned() };
+/// let by_stream = WithShardInfo(|shard: &ShardInfo| Printer { stream: shard.stream_name.clone() });
+/// let shard = ShardInfo::new("orders", "shardId-000000000000");
+/// let _one = by_shard_id.create(&shard);
+/// let _two = by_stream.create(&shard);
+/// ```
 pub trait ProcessorFactory: Send + Sync + 'static {
-    /// A new processor for `shard_id`.
-    fn create(&self, shard_id: &str) -> Box<dyn RecordProcessor>;
+    /// A new processor for `shard`.
+    fn create(&self, shard: &ShardInfo) -> Box<dyn RecordProcessor>;
 }
 
 impl<F, P> ProcessorFactory for F
@@ -143,8 +201,23 @@ where
     F: Fn(&str) -> P + Send + Sync + 'static,
     P: RecordProcessor,
 {
-    fn create(&self, shard_id: &str) -> Box<dyn RecordProcessor> {
-        Box::new(self(shard_id))
+    /// Calls the closure with the shard id.
+    fn create(&self, shard: &ShardInfo) -> Box<dyn RecordProcessor> {
+        Box::new(self(&shard.shard_id))
+    }
+}
+
+/// A factory from a closure given the whole [`ShardInfo`] (shard id, stream, lease key).
+#[derive(Clone, Copy, Debug)]
+pub struct WithShardInfo<F>(pub F);
+
+impl<F, P> ProcessorFactory for WithShardInfo<F>
+where
+    F: Fn(&ShardInfo) -> P + Send + Sync + 'static,
+    P: RecordProcessor,
+{
+    fn create(&self, shard: &ShardInfo) -> Box<dyn RecordProcessor> {
+        Box::new((self.0)(shard))
     }
 }
 

@@ -25,7 +25,7 @@ use crate::config::{InitialPosition, RetrievalMode, SchedulerConfig};
 use crate::error::{KclError, Result};
 use crate::fatal::{FatalError, FatalGuardStore, FatalSignal};
 use crate::metrics::{new_shard_health, SharedShardHealth, WorkerHealth};
-use crate::processor::ProcessorFactory;
+use crate::processor::{ProcessorFactory, ShardInfo};
 use crate::shard::fan_out::ConsumerRegistry;
 use crate::shard::{ShardConsumer, ShardContext};
 use crate::shard_sync::{delete_finished_leases, sync_stream};
@@ -43,6 +43,17 @@ pub struct SchedulerBuilder {
     store: Option<Arc<dyn LeaseStore>>,
     factory: Option<Arc<dyn ProcessorFactory>>,
     tracker: Option<Arc<dyn StreamTracker>>,
+}
+
+/// A setter of one of the [`LeaseSettings`](kcl_lease::LeaseSettings).
+macro_rules! lease_setter {
+    ($(#[$doc:meta])* $name:ident => $field:ident: $ty:ty) => {
+        $(#[$doc])*
+        pub fn $name(mut self, value: $ty) -> Self {
+            self.config.leases.$field = value;
+            self
+        }
+    };
 }
 
 macro_rules! setter {
@@ -111,35 +122,35 @@ impl SchedulerBuilder {
         /// Where shards without a checkpoint start (default `Latest`).
         initial_position: InitialPosition
     );
-    setter!(
+    lease_setter!(
         /// How often held leases are renewed.
-        renew_interval: Duration
+        renew_interval => renew_interval: Duration
     );
-    setter!(
+    lease_setter!(
         /// The shortest time between two lease-table scans while there is work to do.
-        take_interval: Duration
+        take_interval => take_interval: Duration
     );
-    setter!(
+    lease_setter!(
         /// How often the worker heartbeat table is read (default `failover_time / 20`).
-        watch_interval: Duration
+        watch_interval => watch_interval: Duration
     );
-    setter!(
+    lease_setter!(
         /// How leases are kept alive: [`LeaseRenewal::PerLease`] (default, what Java workers
         /// and mixed fleets need) or [`LeaseRenewal::Worker`] (one heartbeat row per worker; no
         /// Java worker may share the table).
-        lease_renewal: LeaseRenewal
+        lease_renewal => renewal: LeaseRenewal
     );
-    setter!(
+    lease_setter!(
         /// At most this many leases for this worker.
-        max_leases_per_worker: usize
+        max_leases_per_worker => max_leases_per_worker: usize
     );
-    setter!(
+    lease_setter!(
         /// At most this many leases stolen per round.
-        max_leases_to_steal: usize
+        max_leases_to_steal => max_leases_to_steal: usize
     );
-    setter!(
+    lease_setter!(
         /// Even the lease count per worker (default) or the measured load.
-        balance: kcl_lease::BalanceMode
+        balance => balance: kcl_lease::BalanceMode
     );
     setter!(
         /// Records per read (1 to 10,000).
@@ -345,19 +356,8 @@ impl Scheduler {
         Arc<LeaseCoordinator>,
         tokio::sync::mpsc::Receiver<Arc<kcl_lease::HeldLease>>,
     ) {
-        let c = &self.config;
-        let config = CoordinatorConfig {
-            worker_id: c.worker_id.clone(),
-            failover_time: c.failover_time,
-            renew_interval: c.renew_interval,
-            take_interval: c.take_interval,
-            watch_interval: c.watch_interval,
-            renewal: c.lease_renewal,
-            max_leases_per_worker: c.max_leases_per_worker,
-            max_leases_to_steal: c.max_leases_to_steal,
-            max_concurrent_calls: 64,
-            balance: c.balance,
-        };
+        let config =
+            CoordinatorConfig::with_settings(self.config.worker_id.clone(), self.config.leases.clone());
         LeaseCoordinator::new(self.store.clone(), config)
     }
 
@@ -495,7 +495,11 @@ impl Scheduler {
                         };
                         let health = new_shard_health(&key);
                         lock(&self.health).insert(key.clone(), health.clone());
-                        let consumer = ShardConsumer::new(lease, self.factory.create(&key), ctx, health);
+                        let info = match lease.stream() {
+                            Some(stream) => ShardInfo::of_stream(stream.clone(), lease.shard_id()),
+                            None => ShardInfo::new(self.config.stream_name.clone(), lease.shard_id()),
+                        };
+                        let consumer = ShardConsumer::new(lease, self.factory.create(&info), ctx, health);
                         let span = info_span!("shard", shard_id = %key);
                         let handle = shards.spawn(async move { consumer.run().await; }.instrument(span));
                         keys.insert(handle.id(), key);
@@ -663,7 +667,7 @@ async fn shard_sync_loop(
 ) {
     let mut ended = false;
     // The leader is known once the heartbeats were read once.
-    coordinator.wait_ready(config.failover_time).await;
+    coordinator.wait_ready(config.leases.failover_time).await;
     loop {
         // Syncs after a shard of this worker ended run here; the periodic one (the first one
         // included) only on the leader (one worker of the fleet), so that the fleet lists the
@@ -762,7 +766,9 @@ impl MultiStreamSync {
                 }
             }
             if first {
-                self.coordinator.wait_ready(self.config.failover_time).await;
+                self.coordinator
+                    .wait_ready(self.config.leases.failover_time)
+                    .await;
             }
             let due = ended || self.coordinator.is_leader();
             let listed = if due {

@@ -11,6 +11,7 @@ use kcl_lease::StreamIdentifier;
 
 /// Why a string is not a Kinesis stream ARN.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum StreamArnError {
     /// Not six `:`-separated fields starting with `arn`.
     #[error("not an ARN (expected arn:PARTITION:kinesis:REGION:ACCOUNT:stream/NAME): {0:?}")]

@@ -19,6 +19,7 @@ use crate::stream_arn::StreamArn;
 
 /// One stream of a multi-stream application.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StreamConfig {
     /// The stream's name.
     pub name: String,
@@ -143,6 +144,7 @@ impl StreamTracker for StreamList {
 
 /// What happens to the leases of a stream the tracker no longer lists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FormerStreamsCleanup {
     /// Keep them (and their checkpoints) forever: a stream added again resumes where it was.
     Never,

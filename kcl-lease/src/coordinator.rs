@@ -85,11 +85,23 @@ pub mod metric_names {
 
 use metric_names::*;
 
-/// Settings of a [`LeaseCoordinator`].
-#[derive(Debug, Clone)]
-pub struct CoordinatorConfig {
-    /// This worker's id, written as `leaseOwner`.
-    pub worker_id: String,
+/// The lease settings of a worker: how leases expire, are renewed, taken and balanced. The one
+/// place where they and their defaults are defined (`SchedulerConfig::leases` holds one).
+///
+/// | Setting | Default | Meaning |
+/// |---|---|---|
+/// | `failover_time` | 10 s | a lease (or heartbeat) standing still this long is expired |
+/// | `renew_interval` | `failover_time / 3` | how often held leases are renewed |
+/// | `take_interval` | `failover_time / 3` | the shortest time between two scans while there is work |
+/// | `watch_interval` | `failover_time / 20`, at least 50 ms | how often the heartbeat table is read |
+/// | `renewal` | [`LeaseRenewal::PerLease`] | leases renewed one by one, or through the worker's heartbeat |
+/// | `max_leases_per_worker` | unlimited | never hold more |
+/// | `max_leases_to_steal` | 4 | steals per take round (the Java KCL's default is 1; more converges faster) |
+/// | `max_concurrent_calls` | 64 | renewal calls in flight at once |
+/// | `balance` | [`BalanceMode::Count`] | even the count, or the load (`throughputKBps`) |
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct LeaseSettings {
     /// A lease whose counter stands still this long is expired; a worker whose heartbeat
     /// stands still this long is dead.
     pub failover_time: Duration,
@@ -113,21 +125,82 @@ pub struct CoordinatorConfig {
     pub balance: BalanceMode,
 }
 
-impl CoordinatorConfig {
-    /// Settings derived from a failover time: renew and take every third of it, watch the
-    /// heartbeats every twentieth.
-    pub fn new(worker_id: impl Into<String>, failover_time: Duration) -> Self {
+impl LeaseSettings {
+    /// The defaults (see the table) for a failover time: renew and take every third of it,
+    /// watch the heartbeats every twentieth.
+    pub fn new(failover_time: Duration) -> Self {
         Self {
-            worker_id: worker_id.into(),
             failover_time,
             renew_interval: failover_time / 3,
             take_interval: failover_time / 3,
             watch_interval: default_watch_interval(failover_time),
             renewal: LeaseRenewal::PerLease,
             max_leases_per_worker: usize::MAX,
-            max_leases_to_steal: 1,
+            max_leases_to_steal: 4,
             max_concurrent_calls: 64,
             balance: BalanceMode::Count,
+        }
+    }
+
+    /// Sets the failover time and the intervals derived from it (renew, take, watch).
+    #[must_use]
+    pub fn failover_time(mut self, failover_time: Duration) -> Self {
+        self.failover_time = failover_time;
+        self.renew_interval = failover_time / 3;
+        self.take_interval = failover_time / 3;
+        self.watch_interval = default_watch_interval(failover_time);
+        self
+    }
+
+    /// Why these settings cannot work, if they cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("failover_time", self.failover_time),
+            ("renew_interval", self.renew_interval),
+            ("take_interval", self.take_interval),
+            ("watch_interval", self.watch_interval),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, d)| d.is_zero()) {
+            return Err(format!("{name} must be greater than zero"));
+        }
+        if self.renew_interval >= self.failover_time {
+            return Err("renew_interval must be shorter than failover_time".into());
+        }
+        if self.max_leases_per_worker == 0 || self.max_concurrent_calls == 0 {
+            return Err("max_leases_per_worker and max_concurrent_calls must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+impl Default for LeaseSettings {
+    /// [`LeaseSettings::new`] with a 10 s failover time.
+    fn default() -> Self {
+        Self::new(Duration::from_secs(10))
+    }
+}
+
+/// Settings of a [`LeaseCoordinator`]: a worker id and its [`LeaseSettings`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CoordinatorConfig {
+    /// This worker's id, written as `leaseOwner`.
+    pub worker_id: String,
+    /// How leases expire, are renewed, taken and balanced.
+    pub leases: LeaseSettings,
+}
+
+impl CoordinatorConfig {
+    /// The default [`LeaseSettings`] for `failover_time`.
+    pub fn new(worker_id: impl Into<String>, failover_time: Duration) -> Self {
+        Self::with_settings(worker_id, LeaseSettings::new(failover_time))
+    }
+
+    /// A worker id with these settings.
+    pub fn with_settings(worker_id: impl Into<String>, leases: LeaseSettings) -> Self {
+        Self {
+            worker_id: worker_id.into(),
+            leases,
         }
     }
 }
@@ -239,8 +312,8 @@ impl LeaseCoordinator {
         let (tx, rx) = mpsc::channel(256);
         let this = Self {
             store,
-            liveness: Arc::new(Liveness::new(config.renewal)),
-            limiter: Arc::new(Semaphore::new(config.max_concurrent_calls.max(1))),
+            liveness: Arc::new(Liveness::new(config.leases.renewal)),
+            limiter: Arc::new(Semaphore::new(config.leases.max_concurrent_calls.max(1))),
             config,
             held: Mutex::new(BTreeMap::new()),
             tracker: Mutex::new(ExpiryTracker::new()),
@@ -313,7 +386,7 @@ impl LeaseCoordinator {
         let workers = lock(&self.workers);
         let me = self.config.worker_id.as_str();
         workers
-            .live(self.config.failover_time, now)
+            .live(self.config.leases.failover_time, now)
             .first()
             .is_none_or(|first| *first >= me)
     }
@@ -330,7 +403,7 @@ impl LeaseCoordinator {
         let now = Instant::now();
         let live = {
             let workers = lock(&self.workers);
-            let live = workers.live(self.config.failover_time, now);
+            let live = workers.live(self.config.leases.failover_time, now);
             live.len() + usize::from(!live.contains(&self.config.worker_id.as_str()))
         };
         FleetView {
@@ -345,20 +418,20 @@ impl LeaseCoordinator {
     /// How long one renewal or heartbeat call may take: half the renew interval, so that a
     /// hung call is abandoned before the next one is due.
     fn call_timeout(&self) -> Duration {
-        self.config.renew_interval / 2
+        self.config.leases.renew_interval / 2
     }
 
     /// How often the heartbeat is written: twice per renew interval (a failed or slow
     /// heartbeat is retried well before the worker's validity runs out).
     fn heartbeat_interval(&self) -> Duration {
-        self.config.renew_interval / 2
+        self.config.leases.renew_interval / 2
     }
 
     fn new_held(&self, row: Lease, started: Instant) -> Arc<HeldLease> {
         Arc::new(HeldLease::new(
             row,
             &self.config.worker_id,
-            self.config.failover_time,
+            self.config.leases.failover_time,
             self.store.clone(),
             started,
             self.liveness.clone(),
@@ -411,7 +484,7 @@ impl LeaseCoordinator {
         let row = WorkerHeartbeat {
             worker_id: self.config.worker_id.clone(),
             counter: self.beats.fetch_add(1, Ordering::SeqCst) + 1,
-            renewal: self.config.renewal,
+            renewal: self.config.leases.renewal,
             leases: lock(&self.held).len() as u64,
             epoch: self.epoch.load(Ordering::SeqCst),
         };
@@ -421,14 +494,14 @@ impl LeaseCoordinator {
             Ok(Ok(())) => {
                 if self
                     .liveness
-                    .beat(start, Instant::now(), self.config.failover_time)
+                    .beat(start, Instant::now(), self.config.leases.failover_time)
                     == BeatOutcome::Lapsed
                 {
                     self.give_up_all("the heartbeat completed after the worker's validity ran out");
                 }
             }
             Ok(Err(LeaseError::Unsupported(what))) => {
-                if self.config.renewal == LeaseRenewal::Worker {
+                if self.config.leases.renewal == LeaseRenewal::Worker {
                     warn!(%what, "worker renewal needs heartbeats: renewing every lease instead");
                 } else {
                     info!(%what, "no worker heartbeats: coordinating through the lease table alone");
@@ -489,7 +562,7 @@ impl LeaseCoordinator {
                 let mut workers = lock(&self.workers);
                 workers.observe(&rows, now);
                 metrics::gauge!(LIVE_WORKERS, "worker_id" => self.config.worker_id.clone())
-                    .set(workers.live(self.config.failover_time, now).len() as f64);
+                    .set(workers.live(self.config.leases.failover_time, now).len() as f64);
             }
             Err(LeaseError::Unsupported(_)) => self.liveness.set_unsupported(),
             Err(e) => debug!(error = %e, "reading heartbeats failed"),
@@ -517,10 +590,10 @@ impl LeaseCoordinator {
     fn scan_due(&self, now: Instant) -> bool {
         let (live, fingerprint) = {
             let workers = lock(&self.workers);
-            let live = workers.live(self.config.failover_time, now).len().max(1);
+            let live = workers.live(self.config.leases.failover_time, now).len().max(1);
             (
                 live,
-                workers.fingerprint(&self.config.worker_id, self.config.failover_time, now),
+                workers.fingerprint(&self.config.worker_id, self.config.leases.failover_time, now),
             )
         };
         let s = lock(&self.scans);
@@ -530,15 +603,15 @@ impl LeaseCoordinator {
             return true;
         }
         if !self.liveness.heartbeats_active() {
-            return since >= self.config.take_interval;
+            return since >= self.config.leases.take_interval;
         }
         if fingerprint != s.fingerprint {
             return true;
         }
-        if (s.acted || s.unknown_owners) && since >= self.config.take_interval {
+        if (s.acted || s.unknown_owners) && since >= self.config.leases.take_interval {
             return true;
         }
-        if let BalanceMode::Load(load) = &self.config.balance {
+        if let BalanceMode::Load(load) = &self.config.leases.balance {
             // The loads change without any announcement: look at them now and then.
             if since >= load.rebalance_interval {
                 return true;
@@ -550,16 +623,16 @@ impl LeaseCoordinator {
     /// The time between two safety scans of this worker: `live × 2 × failover_time`, jittered
     /// by ±25 % so that the fleet's scans spread out.
     fn safety_interval(&self, live: usize, scans: u64) -> Duration {
-        let base = self.config.failover_time * 2 * u32::try_from(live).unwrap_or(u32::MAX);
+        let base = self.config.leases.failover_time * 2 * u32::try_from(live).unwrap_or(u32::MAX);
         let mut h = DefaultHasher::new();
         (&self.config.worker_id, scans).hash(&mut h);
         let jitter = 0.75 + (h.finish() % 1000) as f64 / 2000.0;
-        base.mul_f64(jitter).max(self.config.take_interval)
+        base.mul_f64(jitter).max(self.config.leases.take_interval)
     }
 
     /// The leader deletes heartbeat rows that have stood still for a long time.
     async fn clean_up_heartbeats(&self) {
-        let age = self.config.failover_time * STALE_HEARTBEAT_FAILOVERS;
+        let age = self.config.leases.failover_time * STALE_HEARTBEAT_FAILOVERS;
         let stale = lock(&self.workers).stale(age, Instant::now());
         for (worker, counter) in stale {
             if worker == self.config.worker_id {
@@ -603,7 +676,7 @@ impl LeaseCoordinator {
         }
         self.forget_lost();
         let statuses = if self.liveness.heartbeats_active() {
-            lock(&self.workers).statuses(self.config.failover_time, now)
+            lock(&self.workers).statuses(self.config.leases.failover_time, now)
         } else {
             HashMap::new()
         };
@@ -657,10 +730,10 @@ impl LeaseCoordinator {
             let held: BTreeSet<String> = lock(&self.held).keys().cloned().collect();
             let balance = BalanceConfig {
                 worker_id: self.config.worker_id.clone(),
-                failover_time: self.config.failover_time,
-                max_leases_per_worker: self.config.max_leases_per_worker,
-                max_leases_to_steal: self.config.max_leases_to_steal,
-                mode: self.config.balance,
+                failover_time: self.config.leases.failover_time,
+                max_leases_per_worker: self.config.leases.max_leases_per_worker,
+                max_leases_to_steal: self.config.leases.max_leases_to_steal,
+                mode: self.config.leases.balance,
             };
             let plan = plan_takes(&leases, &tracker, &held, &balance, now);
             debug!(
@@ -677,7 +750,7 @@ impl LeaseCoordinator {
         {
             let mut s = lock(&self.scans);
             s.last = Some(now);
-            s.fingerprint = lock(&self.workers).fingerprint(me, self.config.failover_time, now);
+            s.fingerprint = lock(&self.workers).fingerprint(me, self.config.leases.failover_time, now);
             s.acted = !plan.take.is_empty() || !plan.steal.is_empty();
             s.unknown_owners = unknown_owners;
             s.forced = false;
@@ -850,7 +923,7 @@ impl LeaseCoordinator {
             let this = self.clone();
             let mut stop = stop.clone();
             async move {
-                let mut renew = tokio::time::interval(this.config.renew_interval);
+                let mut renew = tokio::time::interval(this.config.leases.renew_interval);
                 renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut beat = tokio::time::interval(this.heartbeat_interval());
                 beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -888,12 +961,13 @@ impl LeaseCoordinator {
             let this = self.clone();
             let mut stop = stop;
             async move {
-                let mut tick = tokio::time::interval(this.config.watch_interval);
+                let mut tick = tokio::time::interval(this.config.leases.watch_interval);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     // Besides the ticks: the moment a live worker would turn dead, so that its
                     // leases move without waiting for the next tick.
-                    let expiry = lock(&this.workers).next_expiry(this.config.failover_time, Instant::now());
+                    let expiry =
+                        lock(&this.workers).next_expiry(this.config.leases.failover_time, Instant::now());
                     let at_expiry = async move {
                         match expiry {
                             Some(at) => tokio::time::sleep_until(at).await,
@@ -941,7 +1015,7 @@ mod tests {
         me: &str,
     ) -> (Arc<LeaseCoordinator>, mpsc::Receiver<Arc<HeldLease>>) {
         let mut cfg = CoordinatorConfig::new(me, Duration::from_secs(3));
-        cfg.max_leases_to_steal = 2;
+        cfg.leases.max_leases_to_steal = 2;
         LeaseCoordinator::new(store.clone(), cfg)
     }
 

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 /// How a worker keeps its leases alive.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum LeaseRenewal {
     /// Every lease's counter is incremented every renew interval (the Java KCL's way, and the
     /// default): Java workers and older versions of this crate judge such leases correctly.
@@ -83,6 +84,7 @@ pub struct WorkerHeartbeat {
 
 /// What an observer knows about a worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WorkerStatus {
     /// The heartbeat moved within the failover time (or was first seen less than that ago).
     Live(LeaseRenewal),

@@ -65,7 +65,9 @@ pub mod store;
 pub mod stream;
 
 pub use balance::{plan_takes, BalanceConfig, ExpiryTracker, TakePlan};
-pub use coordinator::{CoordinatorConfig, FleetView, HeldLease, LeaseCoordinator, LeaseStatus};
+pub use coordinator::{
+    CoordinatorConfig, FleetView, HeldLease, LeaseCoordinator, LeaseSettings, LeaseStatus,
+};
 #[cfg(feature = "dynamodb")]
 pub use dynamodb::DynamoDbLeaseStore;
 pub use error::{FatalKind, LeaseError, ParseSequenceError, Result};

@@ -23,8 +23,9 @@ use tokio::time::Instant;
 use crate::lease::Lease;
 
 /// How a worker balances leases: the one place for the setting
-/// ([`crate::CoordinatorConfig::balance`]).
+/// ([`crate::LeaseSettings::balance`]).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
 pub enum BalanceMode {
     /// Even the number of leases per worker (the Java KCL 2.x's rule; the default: it needs no
     /// measurements and agrees with every other KCL worker on the same table).
@@ -36,6 +37,7 @@ pub enum BalanceMode {
 
 /// The knobs of [`BalanceMode::Load`].
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct LoadBalancing {
     /// Act only when the most loaded worker is above the mean by more than this fraction of
     /// it (default 0.2: 20 %).

@@ -426,10 +426,7 @@ async fn fan_out_finds_the_end_of_a_split_shard_that_kinesis_local_never_announc
     let mut produced: BTreeMap<String, u64> = BTreeMap::new();
     produce_aws(&kinesis, &stream, 6, 1, &mut produced).await;
     let log = Log::default();
-    let config = FanOutConfig {
-        end_probe_interval: Duration::from_secs(1),
-        ..FanOutConfig::default()
-    };
+    let config = FanOutConfig::default().end_probe_interval(Duration::from_secs(1));
     let worker = fan_out_worker(&app, &stream, &backend, &store, &log, config);
     wait_until(LIMIT, "first wave", || log.wait_count() == 6).await;
     kinesis

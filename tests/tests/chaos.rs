@@ -367,10 +367,7 @@ impl Cluster {
         .graceful_shutdown_timeout(Duration::from_secs(10))
         .retrieval(if fan_out {
             // Short renewals, so that subscriptions are renewed many times in the run.
-            RetrievalMode::FanOut(FanOutConfig {
-                subscription_renewal: Duration::from_millis(1500),
-                ..FanOutConfig::default()
-            })
+            RetrievalMode::FanOut(FanOutConfig::default().subscription_renewal(Duration::from_millis(1500)))
         } else {
             RetrievalMode::Polling
         })

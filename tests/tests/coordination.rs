@@ -43,8 +43,8 @@ struct Worker {
 impl Worker {
     fn start(store: Arc<dyn LeaseStore>, id: &str, renewal: LeaseRenewal) -> Self {
         let mut config = CoordinatorConfig::new(id, FAILOVER);
-        config.renewal = renewal;
-        config.max_leases_to_steal = 4;
+        config.leases.renewal = renewal;
+        config.leases.max_leases_to_steal = 4;
         let (coordinator, mut acquired): (_, mpsc::Receiver<Arc<HeldLease>>) =
             LeaseCoordinator::new(store, config);
         let (stop, rx) = watch::channel(false);

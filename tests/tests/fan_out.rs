@@ -19,10 +19,7 @@ use kcl_tests::*;
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn fan_out(renewal: Duration) -> RetrievalMode {
-    RetrievalMode::FanOut(FanOutConfig {
-        subscription_renewal: renewal,
-        ..FanOutConfig::default()
-    })
+    RetrievalMode::FanOut(FanOutConfig::default().subscription_renewal(renewal))
 }
 
 #[tokio::test(start_paused = true)]

@@ -261,8 +261,20 @@ async fn streams_behind_different_backends_in_one_worker() {
     let mut produced = BTreeMap::new();
     produce_to(&own, "orders", "o", 6, 5, &mut produced).await;
     produce_to(&partner, "payments", "p", 6, 5, &mut produced).await;
+    // The factory is told each shard's id, stream and lease key.
+    let made = Arc::new(std::sync::Mutex::new(Vec::<kcl_core::ShardInfo>::new()));
+    let (made_by, recorder_log) = (made.clone(), log.clone());
     let a = fast("a", routed, store.clone(), &log, Duration::from_secs(2))
         .stream_tracker(streams)
+        .processor_factory(kcl_core::WithShardInfo(move |shard: &kcl_core::ShardInfo| {
+            made_by.lock().unwrap().push(shard.clone());
+            Recorder {
+                worker: "a".into(),
+                shard: shard.lease_key.clone(),
+                log: recorder_log.clone(),
+                delay: Duration::ZERO,
+            }
+        }))
         .build()
         .unwrap()
         .spawn();
@@ -291,5 +303,13 @@ async fn streams_behind_different_backends_in_one_worker() {
             .all(|k| k.starts_with(&format!("{LOCAL_ACCOUNT}:orders:"))),
         "{keys:?}"
     );
+    let made = made.lock().unwrap().clone();
+    assert_eq!(made.len(), 4, "{made:?}");
+    for info in &made {
+        assert!(info.shard_id.starts_with("shardId-"), "{info:?}");
+        assert_eq!(info.lease_key, info.stream.as_ref().unwrap().lease_key(&info.shard_id));
+        let account = if info.stream_name == "payments" { "111122223333" } else { LOCAL_ACCOUNT };
+        assert_eq!(info.stream.as_ref().unwrap().account_id, account, "{info:?}");
+    }
     a.shutdown().await.unwrap();
 }

@@ -125,6 +125,7 @@ impl BackendError {
 
 /// The state of an enhanced fan-out consumer (`ConsumerStatus`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ConsumerStatus {
     /// Registered, not yet usable.
     Creating,

@@ -219,9 +219,12 @@ impl Setup {
 
 fn settings(b: &kcl_core::SchedulerConfig) -> String {
     json(&[
-        ("failover_ms", b.failover_time.as_millis().to_string()),
-        ("renew_interval_ms", b.renew_interval.as_millis().to_string()),
-        ("take_interval_ms", b.take_interval.as_millis().to_string()),
+        ("failover_ms", b.leases.failover_time.as_millis().to_string()),
+        (
+            "renew_interval_ms",
+            b.leases.renew_interval.as_millis().to_string(),
+        ),
+        ("take_interval_ms", b.leases.take_interval.as_millis().to_string()),
         ("polling_interval_ms", b.polling_interval.as_millis().to_string()),
         (
             "min_read_interval_ms",
@@ -229,12 +232,13 @@ fn settings(b: &kcl_core::SchedulerConfig) -> String {
         ),
         ("max_records", b.max_records.to_string()),
         ("max_prefetch_batches", b.max_prefetch_batches.to_string()),
-        ("max_leases_to_steal", b.max_leases_to_steal.to_string()),
+        ("max_leases_to_steal", b.leases.max_leases_to_steal.to_string()),
         (
             "retrieval",
             s(match b.retrieval {
                 RetrievalMode::Polling => "polling",
                 RetrievalMode::FanOut(_) => "fan-out",
+                _ => "other",
             }),
         ),
     ])

@@ -284,9 +284,9 @@ fn configure(args: &Args, application: &str, out: &Arc<Output>) -> SchedulerBuil
             out: o.clone(),
         });
     if args.fan_out {
-        builder = builder.retrieval(RetrievalMode::FanOut(FanOutConfig {
-            consumer_name: args.consumer_name.clone(),
-            ..FanOutConfig::default()
+        builder = builder.retrieval(RetrievalMode::FanOut(match &args.consumer_name {
+            Some(name) => FanOutConfig::named(name.clone()),
+            None => FanOutConfig::default(),
         }));
     }
     if let Some(id) = &args.worker_id {

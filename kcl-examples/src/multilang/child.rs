@@ -118,8 +118,8 @@ impl ChildFactory {
 }
 
 impl ProcessorFactory for ChildFactory {
-    fn create(&self, shard_id: &str) -> Box<dyn RecordProcessor> {
-        Box::new(ChildProcessor::new(shard_id, self.settings.clone()))
+    fn create(&self, shard: &kcl_core::ShardInfo) -> Box<dyn RecordProcessor> {
+        Box::new(ChildProcessor::new(&shard.shard_id, self.settings.clone()))
     }
 }
 
