@@ -6,9 +6,8 @@
 //! times with backoff before the error is returned.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use crate::backoff::{Backoff, Policy};
 use kcl_lease::{HeldLease, LeaseError, LeaseStatus};
 use thiserror::Error;
 use tracing::debug;
@@ -159,13 +158,7 @@ impl Checkpointer {
         if !self.validate(&target)? {
             return Ok(());
         }
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(50))
-            .with_max_delay(Duration::from_secs(1))
-            .with_max_times(4)
-            .with_jitter()
-            .with_jitter_seed(crate::jitter::next_seed())
-            .build();
+        let mut delays = Backoff::new(Policy::Checkpoint);
         loop {
             match self.lease.checkpoint(&target).await {
                 Ok(_) => {
@@ -181,7 +174,7 @@ impl Checkpointer {
                         shard_id: self.shard_id.to_string(),
                     })
                 }
-                Err(e) if e.is_retryable() => match delays.next() {
+                Err(e) if e.is_retryable() => match delays.next_retry() {
                     Some(d) => tokio::time::sleep(d).await,
                     None => return Err(CheckpointError::Store(e)),
                 },

@@ -46,6 +46,7 @@ pub mod aggregation;
 #[cfg(any(feature = "kinesis", feature = "dynamodb"))]
 pub mod aws;
 pub mod backend;
+mod backoff;
 pub mod checkpoint;
 pub mod config;
 pub mod error;

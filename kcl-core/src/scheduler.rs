@@ -598,14 +598,13 @@ fn describe_join_error(e: tokio::task::JoinError) -> String {
 /// Registers the fan-out consumer on `stream` and waits until it is active, retrying what can be
 /// retried.
 async fn register(backend: &dyn StreamBackend, registry: &ConsumerRegistry, stream: &str) -> Result<()> {
-    let mut delay = Duration::from_millis(200);
+    let mut delays = crate::backoff::Backoff::new(crate::backoff::Policy::Consumer);
     loop {
         match registry.arn(backend, stream).await {
             Ok(_) => return Ok(()),
             Err(e) if e.is_retryable() => {
                 warn!(error = %e, "registering the fan-out consumer failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
+                tokio::time::sleep(delays.next_delay()).await;
             }
             Err(e) => return Err(e.into()),
         }

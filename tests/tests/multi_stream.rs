@@ -307,8 +307,15 @@ async fn streams_behind_different_backends_in_one_worker() {
     assert_eq!(made.len(), 4, "{made:?}");
     for info in &made {
         assert!(info.shard_id.starts_with("shardId-"), "{info:?}");
-        assert_eq!(info.lease_key, info.stream.as_ref().unwrap().lease_key(&info.shard_id));
-        let account = if info.stream_name == "payments" { "111122223333" } else { LOCAL_ACCOUNT };
+        assert_eq!(
+            info.lease_key,
+            info.stream.as_ref().unwrap().lease_key(&info.shard_id)
+        );
+        let account = if info.stream_name == "payments" {
+            "111122223333"
+        } else {
+            LOCAL_ACCOUNT
+        };
         assert_eq!(info.stream.as_ref().unwrap().account_id, account, "{info:?}");
     }
     a.shutdown().await.unwrap();

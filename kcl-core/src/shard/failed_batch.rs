@@ -54,7 +54,7 @@ impl ShardConsumer {
         hook: Option<Arc<dyn FailedBatchHook>>,
     ) -> Result<(), ShutdownReason> {
         if let Some(hook) = hook {
-            let mut delays = super::processor_backoff();
+            let mut delays = crate::backoff::Backoff::new(crate::backoff::Policy::Processor);
             loop {
                 let batch = FailedBatch {
                     stream_name: &self.stream,
@@ -81,7 +81,7 @@ impl ShardConsumer {
             "processor failed on this batch too often: skipping it and checkpointing past it"
         );
         self.metrics.skipped.increment(records.len() as u64);
-        let mut delays = super::processor_backoff();
+        let mut delays = crate::backoff::Backoff::new(crate::backoff::Policy::Processor);
         loop {
             match checkpointer.checkpoint().await {
                 // The processor may have checkpointed at or past the batch itself.

@@ -17,14 +17,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::fetch::{read_backoff, FetchConfig, Fetched, Unpacker};
+use super::fetch::{FetchConfig, Fetched, Unpacker};
 use crate::backend::{BackendError, ConsumerStatus, IteratorPosition, StreamBackend};
+use crate::backoff::{Backoff, Policy};
 use crate::config::FanOutConfig;
 use crate::record::{ExtendedSequenceNumber, SequenceNumber};
 
@@ -55,11 +55,10 @@ impl ConsumerRegistry {
             return Ok(arn.clone());
         }
         let mut consumer = backend.register_consumer(stream, &self.name).await?;
-        let mut delay = Duration::from_millis(200);
+        let mut delays = Backoff::new(Policy::Consumer);
         while consumer.status != ConsumerStatus::Active {
             debug!(consumer = %self.name, status = ?consumer.status, "waiting for the fan-out consumer to become active");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
+            tokio::time::sleep(delays.next_delay()).await;
             consumer = match consumer.status {
                 // Being deleted (by an operator): register it again once it is gone.
                 ConsumerStatus::Deleting => backend.register_consumer(stream, &self.name).await?,
@@ -93,11 +92,11 @@ pub(crate) async fn run(
     // Since when only empty events came, and when the end was last probed.
     let mut idle_since: Option<Instant> = None;
     let mut last_probe = Instant::now();
-    let mut delays = read_backoff();
+    let mut delays = Backoff::new(Policy::Read);
     let mut failures = 0u32;
     loop {
         if failures > 0 {
-            tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
+            tokio::time::sleep(delays.next_delay()).await;
         }
         let arn = match consumers.arn(&*backend, &config.stream).await {
             Ok(arn) => arn,
@@ -183,7 +182,7 @@ pub(crate) async fn run(
                 Ok(Ok(Some(event))) => event,
             };
             failures = 0;
-            delays = read_backoff();
+            delays.reset();
             if event.records.is_empty() && event.continuation_sequence_number.is_some() {
                 let since = *idle_since.get_or_insert_with(Instant::now);
                 let now = Instant::now();

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use crate::backoff::{Backoff, Policy};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -162,17 +162,6 @@ pub(crate) async fn unrecoverable(
     Fetched::Failed(error)
 }
 
-/// The reader's backoff after a failed call: 100 ms doubling to 5 s, with jitter, forever.
-pub(crate) fn read_backoff() -> backon::ExponentialBackoff {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .with_jitter_seed(crate::jitter::next_seed())
-        .without_max_times()
-        .build()
-}
-
 /// Reads one shard from `start`, skipping records at or before `skip_through` (a checkpoint
 /// inside an aggregate is resumed with `AT_SEQUENCE_NUMBER`).
 pub(crate) async fn run(
@@ -185,7 +174,7 @@ pub(crate) async fn run(
     let mut iterator: Option<String> = None;
     let mut last_read: Option<SequenceNumber> = None;
     let mut unpacker = Unpacker::new(&config, skip_through);
-    let mut delays = read_backoff();
+    let mut delays = Backoff::new(Policy::Read);
     loop {
         let it = match iterator.take() {
             Some(it) => it,
@@ -201,7 +190,7 @@ pub(crate) async fn run(
                     Ok(it) => it,
                     Err(e) if e.is_retryable() => {
                         debug!(error = %e, "getting a shard iterator failed; backing off");
-                        tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
+                        tokio::time::sleep(delays.next_delay()).await;
                         continue;
                     }
                     Err(e) => {
@@ -214,7 +203,7 @@ pub(crate) async fn run(
         let started = Instant::now();
         match backend.get_records(&config.stream, &it, config.max_records).await {
             Ok(out) => {
-                delays = read_backoff();
+                delays.reset();
                 if let Some(last) = out.records.last() {
                     last_read = Some(last.sequence_number.clone());
                 }
@@ -268,7 +257,7 @@ pub(crate) async fn run(
                     warn!(error = %e, "reading records failed; backing off");
                 }
                 iterator = Some(it);
-                tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
+                tokio::time::sleep(delays.next_delay()).await;
             }
             Err(e) => {
                 let _ = tx.send(unrecoverable(&*backend, &config, e).await).await;

@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use crate::backoff::{Backoff, Policy};
 use kcl_lease::{HeldLease, Lease, LeaseStatus, LeaseStore};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
@@ -278,8 +278,8 @@ impl ShardConsumer {
     }
 
     /// Sleeps for the next backoff delay, or returns the reason to stop.
-    async fn pause(&self, delays: &mut ExponentialBackoff) -> Option<ShutdownReason> {
-        let delay = delays.next().unwrap_or(Duration::from_secs(30));
+    async fn pause(&self, delays: &mut Backoff) -> Option<ShutdownReason> {
+        let delay = delays.next_delay();
         tokio::select! {
             reason = self.stop_signal() => Some(reason),
             () = tokio::time::sleep(delay) => self.pending_stop(),
@@ -338,7 +338,7 @@ impl ShardConsumer {
             self.lease.clone(),
             checkpoint.clone(),
         ));
-        let mut delays = processor_backoff();
+        let mut delays = Backoff::new(Policy::Processor);
         loop {
             let input = InitializeInput {
                 shard_id: self.shard_id.clone(),
@@ -484,7 +484,7 @@ impl ShardConsumer {
             return Ok(());
         };
         let last = last.extended_sequence_number();
-        let mut delays = processor_backoff();
+        let mut delays = Backoff::new(Policy::Processor);
         let mut attempt = 0u32;
         loop {
             if let Some(reason) = self.pending_stop() {
@@ -575,7 +575,7 @@ impl ShardConsumer {
             let lease = lease
                 .with_parents(child.parent_shards.iter().cloned())
                 .with_hash_key_range(child.hash_key_range);
-            let mut delays = processor_backoff();
+            let mut delays = Backoff::new(Policy::Processor);
             while let Err(e) = self.ctx.store.create_if_absent(&lease).await {
                 warn!(child = %child.shard_id, error = %e, "creating child lease failed; retrying");
                 if let Some(reason) = self.pause(&mut delays).await {
@@ -584,7 +584,7 @@ impl ShardConsumer {
             }
         }
         checkpointer.set_shard_end();
-        let mut delays = processor_backoff();
+        let mut delays = Backoff::new(Policy::Processor);
         loop {
             if let Some(reason) = self.pending_stop() {
                 return ShardEvent::Shutdown(reason);
@@ -643,14 +643,4 @@ impl ShardConsumer {
         }
         ShardEvent::Stopped
     }
-}
-
-fn processor_backoff() -> ExponentialBackoff {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(10))
-        .with_jitter()
-        .with_jitter_seed(crate::jitter::next_seed())
-        .without_max_times()
-        .build()
 }
