@@ -56,6 +56,42 @@ struct Progress {
 }
 
 /// Checkpoints one shard. Cheap to clone; handed to the processor with every callback.
+///
+/// [`Checkpointer::checkpoint`] records the last record delivered; [`Checkpointer::checkpoint_at`]
+/// a given one (e.g. the last one processed so far). A checkpoint never moves backwards, and a
+/// worker that lost the lease cannot checkpoint ([`CheckpointError`]).
+///
+/// ```
+/// use kcl_core::{ProcessRecordsInput, ProcessorError, RecordProcessor, ShutdownRequestedInput};
+///
+/// /// Checkpoints every 1,000 records rather than every batch, and at shutdown.
+/// struct Every1000 {
+///     since_checkpoint: usize,
+/// }
+///
+/// #[async_trait::async_trait]
+/// impl RecordProcessor for Every1000 {
+///     async fn process_records(&mut self, input: ProcessRecordsInput<'_>) -> Result<(), ProcessorError> {
+///         for record in input.records {
+///             // ... handle the record ...
+///             self.since_checkpoint += 1;
+///             if self.since_checkpoint >= 1000 {
+///                 input
+///                     .checkpointer
+///                     .checkpoint_at(record.sequence_number.as_str(), record.sub_sequence_number)
+///                     .await?;
+///                 self.since_checkpoint = 0;
+///             }
+///         }
+///         Ok(())
+///     }
+///
+///     async fn shutdown_requested(&mut self, input: ShutdownRequestedInput<'_>) -> Result<(), ProcessorError> {
+///         input.checkpointer.checkpoint().await?; // the next owner resumes right after
+///         Ok(())
+///     }
+/// }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Checkpointer {
     shard_id: Arc<str>,

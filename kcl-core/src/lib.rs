@@ -3,6 +3,58 @@
 //!
 //! You implement [`RecordProcessor`]; the [`Scheduler`] does the rest.
 //!
+//! # Quick start
+//!
+//! A worker on the bundled local stream and in-memory lease table (swap in `KinesisBackend`
+//! and `kcl_lease::DynamoDbLeaseStore` for AWS):
+//!
+//! ```
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! use async_trait::async_trait;
+//! use kcl_core::{
+//!     InMemoryLeaseStore, InitialPosition, LocalBackend, ProcessRecordsInput, ProcessorError,
+//!     RecordProcessor, Scheduler,
+//! };
+//!
+//! struct Count(Arc<AtomicUsize>);
+//!
+//! #[async_trait]
+//! impl RecordProcessor for Count {
+//!     async fn process_records(&mut self, input: ProcessRecordsInput<'_>) -> Result<(), ProcessorError> {
+//!         self.0.fetch_add(input.records.len(), Ordering::SeqCst);
+//!         input.checkpointer.checkpoint().await?; // a restarted worker resumes after this
+//!         Ok(())
+//!     }
+//! }
+//!
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let stream = LocalBackend::new();
+//!     stream.create_stream("orders", 2)?;
+//!     for i in 0..10 {
+//!         stream.put_record("orders", &format!("key-{i}"), format!("order {i}").into(), None).await?;
+//!     }
+//!     let seen = Arc::new(AtomicUsize::new(0));
+//!     let counter = seen.clone();
+//!     let worker = Scheduler::builder("my-app", "orders")
+//!         .backend(stream)
+//!         .lease_store(InMemoryLeaseStore::new())
+//!         .initial_position(InitialPosition::TrimHorizon)
+//!         .failover_time(Duration::from_secs(3))
+//!         .processor_factory(move |_shard_id: &str| Count(counter.clone()))
+//!         .build()?
+//!         .spawn();
+//!     while seen.load(Ordering::SeqCst) < 10 {
+//!         tokio::time::sleep(Duration::from_millis(20)).await;
+//!     }
+//!     worker.shutdown().await?; // checkpoints, then hands the leases over
+//!     Ok(())
+//! }
+//! ```
+//!
 //! # Layout
 //! - [`record`]: `Record`, `Shard`, sequence numbers.
 //! - [`aggregation`]: unpacking (and packing) KPL-aggregated records.

@@ -247,6 +247,42 @@ impl SchedulerBuilder {
 type HealthRegistry = Arc<std::sync::Mutex<BTreeMap<String, SharedShardHealth>>>;
 
 /// A worker: consumes its share of a stream's shards. See the module docs.
+///
+/// Built with [`Scheduler::builder`] (one stream) or [`Scheduler::multi_stream_builder`];
+/// [`Scheduler::spawn`] runs it in the background and returns a [`SchedulerHandle`] (status,
+/// health, graceful shutdown), [`Scheduler::run`] runs it until a shutdown future resolves.
+///
+/// ```
+/// use std::time::Duration;
+/// use kcl_core::{
+///     InMemoryLeaseStore, LocalBackend, ProcessRecordsInput, ProcessorError, RecordProcessor,
+///     Scheduler, StreamConfig,
+/// };
+/// # struct Print;
+/// # #[async_trait::async_trait]
+/// # impl RecordProcessor for Print {
+/// #     async fn process_records(&mut self, _: ProcessRecordsInput<'_>) -> Result<(), ProcessorError> { Ok(()) }
+/// # }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let stream = LocalBackend::new();
+/// stream.create_stream("orders", 1)?;
+/// stream.create_stream("payments", 1)?;
+/// // Two streams, one lease table (the Java KCL's multi-stream lease keys).
+/// let streams = vec![StreamConfig::named("orders"), StreamConfig::named("payments")];
+/// let scheduler = Scheduler::multi_stream_builder("my-app", streams)
+///     .backend(stream)
+///     .lease_store(InMemoryLeaseStore::new())
+///     .failover_time(Duration::from_secs(5))
+///     .processor_factory(|_shard_id: &str| Print)
+///     .build()?;
+/// assert_eq!(scheduler.config().leases.failover_time, Duration::from_secs(5));
+/// // Runs until the future resolves (in a binary: SIGTERM), then shuts down gracefully.
+/// scheduler.run(tokio::time::sleep(Duration::from_millis(300))).await?;
+/// # Ok(())
+/// # }
+/// ```
 pub struct Scheduler {
     config: Arc<SchedulerConfig>,
     backend: Arc<dyn StreamBackend>,

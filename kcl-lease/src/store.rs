@@ -17,6 +17,23 @@ use crate::sequence::ExtendedSequenceNumber;
 /// Every mutation is conditional on what the caller last saw of the row (the `expected`
 /// argument: its owner and counter) and fails with [`crate::LeaseError::Conflict`] when the row
 /// changed in between. Every successful mutation returns the row as it is now.
+///
+/// ```
+/// use kcl_lease::{ExtendedSequenceNumber, InMemoryLeaseStore, Lease, LeaseError, LeaseStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), LeaseError> {
+/// let store = InMemoryLeaseStore::new();
+/// let lease = Lease::new("shardId-000000000000", ExtendedSequenceNumber::TrimHorizon);
+/// assert!(store.create_if_absent(&lease).await?);
+/// let mine = store.take(&lease, "worker-a", false).await?;
+/// let renewed = store.renew(&mine).await?;
+/// assert!(renewed.lease_counter > mine.lease_counter);
+/// // A write conditional on a row that has changed since is refused, and says what is there.
+/// assert!(matches!(store.renew(&mine).await, Err(LeaseError::Conflict { .. })));
+/// # Ok(())
+/// # }
+/// ```
 #[async_trait]
 pub trait LeaseStore: Send + Sync + 'static {
     /// Every lease in the table (a strongly consistent read).

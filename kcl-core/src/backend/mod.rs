@@ -171,6 +171,28 @@ pub trait ShardSubscription: Send {
 }
 
 /// A Kinesis-like stream, as a consumer needs it.
+///
+/// Implemented by [`local::LocalBackend`], `KinesisBackend` (feature `kinesis`) and the
+/// wrappers ([`routing::RoutingBackend`], `failure::FailureBackend`); the scheduler needs
+/// nothing else of a stream.
+///
+/// ```
+/// use kcl_core::{IteratorPosition, LocalBackend, StreamBackend};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), kcl_core::BackendError> {
+/// let stream = LocalBackend::new();
+/// stream.create_stream("orders", 1)?;
+/// stream.put_record("orders", "key", "hello".into(), None).await?;
+/// let shard = &stream.list_shards("orders").await?[0];
+/// let iterator = stream
+///     .get_shard_iterator("orders", &shard.shard_id, &IteratorPosition::TrimHorizon)
+///     .await?;
+/// let out = stream.get_records("orders", &iterator, 100).await?;
+/// assert_eq!(&out.records[0].data[..], b"hello");
+/// # Ok(())
+/// # }
+/// ```
 #[async_trait]
 pub trait StreamBackend: Send + Sync + 'static {
     /// Every shard of the stream that is still within retention, open and closed, with parents
