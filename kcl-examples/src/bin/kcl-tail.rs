@@ -214,6 +214,22 @@ struct JsonLine<'a> {
     approximate_arrival_timestamp: String,
 }
 
+/// `2026-11-25T06:40:00.123Z`: RFC 3339, UTC, always three digits of milliseconds (Kinesis
+/// arrival times have millisecond precision; a finer time is truncated).
+fn millisecond_timestamp(t: std::time::SystemTime) -> String {
+    let since_epoch = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let seconds = i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX);
+    match DateTime::from_secs(seconds).fmt(Format::DateTime) {
+        // Whole seconds format as `...:SSZ`.
+        Ok(whole) => format!(
+            "{}.{:03}Z",
+            whole.trim_end_matches('Z'),
+            since_epoch.subsec_millis()
+        ),
+        Err(_) => "1970-01-01T00:00:00.000Z".to_owned(),
+    }
+}
+
 /// Appends one record to `out`: its JSON line, or with `raw` its data as they are; then `\n`.
 fn render(out: &mut Vec<u8>, raw: bool, stream: &str, shard_id: &str, r: &Record) -> Result<(), serde_json::Error> {
     if raw {
@@ -226,9 +242,7 @@ fn render(out: &mut Vec<u8>, raw: bool, stream: &str, shard_id: &str, r: &Record
             sub_sequence_number: r.sub_sequence_number,
             partition_key: &r.partition_key,
             data: aws_smithy_types::base64::encode(&r.data),
-            approximate_arrival_timestamp: DateTime::from(r.approximate_arrival_timestamp)
-                .fmt(Format::DateTime)
-                .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned()),
+            approximate_arrival_timestamp: millisecond_timestamp(r.approximate_arrival_timestamp),
         };
         serde_json::to_writer(&mut *out, &line)?;
     }
@@ -542,9 +556,19 @@ async fn run_local(args: &Args, application: &str, out: Arc<Output>) -> Result<(
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    kcl_examples::exit_status(run()).await
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(kcl_examples::exit_status(run()));
+    // Without waiting for the blocking read of stdin (--local): with -n the program ends while
+    // stdin is still open. Everything printed was flushed already.
+    runtime.shutdown_background();
+    code
 }
 
 async fn run() -> Result<()> {
