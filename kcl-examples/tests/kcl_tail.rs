@@ -1,6 +1,8 @@
 //! `kcl-tail` as users run it: against the emulators (started by the project's script), with
 //! records put through the SDK; stopped with SIGTERM; restarted, it continues after its
-//! checkpoint. And `--local`, with stdin.
+//! checkpoint. And `--local`, with stdin. The kcat-like flags: `-n` (exactly N lines, a restart
+//! continues after them), `--raw`, `--from-timestamp`, `--no-checkpoint` (no lease table),
+//! `--profile`.
 
 use std::collections::BTreeSet;
 use std::process::Stdio;
@@ -623,7 +625,10 @@ async fn kcl_tail_local_raw_prints_only_the_data() {
     let mut stdin = tail.stdin.take().expect("stdin");
     let input = ["{\"json\": \"as is\"}", "tab\there", "snow \u{2603} \\ \"q\""];
     for line in input {
-        stdin.write_all(format!("{line}\n").as_bytes()).await.expect("write stdin");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("write stdin");
     }
     drop(stdin);
     let got: BTreeSet<String> = read_lines(&mut tail, 3, Duration::from_millis(300))
@@ -659,7 +664,10 @@ async fn kcl_tail_json_lines_are_json_with_the_fields_in_order() {
     ];
     let positions: Vec<usize> = keys
         .iter()
-        .map(|k| line.find(&format!("\"{k}\":")).unwrap_or_else(|| panic!("no {k} in {line}")))
+        .map(|k| {
+            line.find(&format!("\"{k}\":"))
+                .unwrap_or_else(|| panic!("no {k} in {line}"))
+        })
         .collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "field order: {line}");
     assert_eq!(v.as_object().map(|o| o.len()), Some(keys.len()), "{line}");
@@ -667,11 +675,16 @@ async fn kcl_tail_json_lines_are_json_with_the_fields_in_order() {
     assert_eq!(v["shard_id"], "shardId-000000000000");
     assert_eq!(v["sub_sequence_number"], 0);
     assert_eq!(v["partition_key"], "0");
-    assert!(v["sequence_number"].as_str().is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit())));
+    assert!(v["sequence_number"]
+        .as_str()
+        .is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit())));
     assert_eq!(data_of(line), payload);
     let ts = v["approximate_arrival_timestamp"].as_str().expect("timestamp");
     // 2026-11-25T06:40:00.123Z (milliseconds, UTC).
-    assert!(ts.len() == 24 && ts.ends_with('Z') && &ts[10..11] == "T" && &ts[19..20] == ".", "{ts}");
+    assert!(
+        ts.len() == 24 && ts.ends_with('Z') && &ts[10..11] == "T" && &ts[19..20] == ".",
+        "{ts}"
+    );
     aws_smithy_types::DateTime::from_str(ts, aws_smithy_types::date_time::Format::DateTime)
         .unwrap_or_else(|e| panic!("{ts}: {e}"));
 }
@@ -690,7 +703,11 @@ async fn kcl_tail_from_timestamp_is_checked_and_conflicts_with_initial_position(
         &["--stream", "a", "--from-timestamp", "yesterday"][..],
         &["--stream", "a", "-n", "0"][..],
     ] {
-        let out = Command::new(TAIL).args(args).output().await.expect("run kcl-tail");
+        let out = Command::new(TAIL)
+            .args(args)
+            .output()
+            .await
+            .expect("run kcl-tail");
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
     }
 }
@@ -790,7 +807,9 @@ async fn kcl_tail_no_checkpoint_reads_every_shard_and_the_children_with_no_lease
         let got: BTreeSet<String> = lines.iter().map(|l| data_of(l)).collect();
         assert_eq!(got, (0..6).map(|i| format!("child-{i}")).collect());
         assert!(
-            lines.iter().all(|l| field(l, "shard_id") != "shardId-000000000000"),
+            lines
+                .iter()
+                .all(|l| field(l, "shard_id") != "shardId-000000000000"),
             "{lines:?}"
         );
     }
@@ -853,11 +872,20 @@ async fn kcl_tail_profile_gives_the_region_and_credentials() {
         .kill_on_drop(true)
         .spawn()
         .expect("start kcl-tail");
-    assert_eq!(read_lines(&mut tail, 1, Duration::from_millis(100)).await, ["profiled"]);
+    assert_eq!(
+        read_lines(&mut tail, 1, Duration::from_millis(100)).await,
+        ["profiled"]
+    );
     exits_successfully(&mut tail).await;
     // An unknown profile: no region, an error.
     let out = Command::new(TAIL)
-        .args(["--stream", &stream, "--profile", "no-such-profile", "--no-checkpoint"])
+        .args([
+            "--stream",
+            &stream,
+            "--profile",
+            "no-such-profile",
+            "--no-checkpoint",
+        ])
         .env("AWS_CONFIG_FILE", &config)
         .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
         .env_remove("AWS_REGION")
@@ -867,4 +895,36 @@ async fn kcl_tail_profile_gives_the_region_and_credentials() {
         .expect("run kcl-tail");
     assert!(!out.status.success(), "{out:?}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcl_tail_from_timestamp_starts_at_that_time() {
+    let (sdk, endpoints) = sdk().await;
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    let stream = unique("tail-ts");
+    create_stream(&kinesis, &stream, 1).await;
+    for i in 0..3 {
+        put(&kinesis, &stream, "k", &format!("before-{i}")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let from = aws_smithy_types::DateTime::from(std::time::SystemTime::now())
+        .fmt(aws_smithy_types::date_time::Format::DateTime)
+        .expect("RFC 3339");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for i in 0..3 {
+        put(&kinesis, &stream, "k", &format!("after-{i}")).await;
+    }
+    let mut tail = spawn(&[
+        "--stream",
+        &stream,
+        "--from-timestamp",
+        &from,
+        "--no-checkpoint",
+        "--raw",
+        "--region",
+        &endpoints.region,
+    ]);
+    let got = read_lines(&mut tail, 3, Duration::from_millis(500)).await;
+    assert_eq!(got, ["after-0", "after-1", "after-2"], "from {from}");
+    sigterm(&mut tail).await;
 }

@@ -231,7 +231,13 @@ fn millisecond_timestamp(t: std::time::SystemTime) -> String {
 }
 
 /// Appends one record to `out`: its JSON line, or with `raw` its data as they are; then `\n`.
-fn render(out: &mut Vec<u8>, raw: bool, stream: &str, shard_id: &str, r: &Record) -> Result<(), serde_json::Error> {
+fn render(
+    out: &mut Vec<u8>,
+    raw: bool,
+    stream: &str,
+    shard_id: &str,
+    r: &Record,
+) -> Result<(), serde_json::Error> {
     if raw {
         out.extend_from_slice(&r.data);
     } else {
@@ -429,7 +435,9 @@ async fn run_aws(args: &Args, application: &str, out: Arc<Output>) -> Result<()>
     } else {
         let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(&sdk), application);
         kcl_examples::prepare_aws(&backend, &store, &streams, application).await?;
-        configure(args, application, &out).backend(backend).lease_store(store)
+        configure(args, application, &out)
+            .backend(backend)
+            .lease_store(store)
     };
     let scheduler = builder.build()?;
     info!(worker_id = %scheduler.config().worker_id, "kcl-tail starting");
