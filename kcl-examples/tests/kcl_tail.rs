@@ -1,6 +1,8 @@
 //! `kcl-tail` as users run it: against the emulators (started by the project's script), with
 //! records put through the SDK; stopped with SIGTERM; restarted, it continues after its
-//! checkpoint. And `--local`, with stdin.
+//! checkpoint. And `--local`, with stdin. The kcat-like flags: `-n` (exactly N lines, a restart
+//! continues after them), `--raw`, `--from-timestamp`, `--no-checkpoint` (no lease table),
+//! `--profile`.
 
 use std::collections::BTreeSet;
 use std::process::Stdio;
@@ -573,4 +575,356 @@ async fn kcl_tail_refuses_a_stream_role_for_a_stream_it_does_not_read() {
         .await
         .expect("run kcl-tail");
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+/// Waits (at most 30 s) for the child to exit by itself and asserts it succeeded.
+async fn exits_successfully(child: &mut Child) {
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits by itself")
+        .expect("wait");
+    assert!(exit.success(), "exited with {exit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcl_tail_local_max_records_prints_exactly_n_of_a_bigger_batch_and_exits() {
+    // One shard, stdin left open: the ten lines come in batches bigger than three, and the
+    // program stops by itself after three.
+    let mut tail = spawn(&["--local", "--local-shards", "1", "--stream", "n", "-n", "3"]);
+    let mut stdin = tail.stdin.take().expect("stdin");
+    let lines: String = (0..10).map(|i| format!("line-{i}\n")).collect();
+    stdin.write_all(lines.as_bytes()).await.expect("write stdin");
+    stdin.flush().await.expect("flush stdin");
+    let got: Vec<String> = read_lines(&mut tail, 3, Duration::from_millis(500))
+        .await
+        .iter()
+        .map(|l| data_of(l))
+        .collect();
+    assert_eq!(got, ["line-0", "line-1", "line-2"]);
+    exits_successfully(&mut tail).await;
+    drop(stdin);
+
+    // Several shards, the long form, stdin closed early: still exactly N lines.
+    let mut tail = spawn(&["--local", "--stream", "n4", "--max-records", "5"]);
+    let mut stdin = tail.stdin.take().expect("stdin");
+    stdin.write_all(lines.as_bytes()).await.expect("write stdin");
+    drop(stdin);
+    let got: BTreeSet<String> = read_lines(&mut tail, 5, Duration::from_millis(500))
+        .await
+        .iter()
+        .map(|l| data_of(l))
+        .collect();
+    assert_eq!(got.len(), 5);
+    assert!(got.iter().all(|d| d.starts_with("line-")), "{got:?}");
+    exits_successfully(&mut tail).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcl_tail_local_raw_prints_only_the_data() {
+    let mut tail = spawn(&["--local", "--stream", "raw", "--raw"]);
+    let mut stdin = tail.stdin.take().expect("stdin");
+    let input = ["{\"json\": \"as is\"}", "tab\there", "snow \u{2603} \\ \"q\""];
+    for line in input {
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("write stdin");
+    }
+    drop(stdin);
+    let got: BTreeSet<String> = read_lines(&mut tail, 3, Duration::from_millis(300))
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(got, input.iter().map(|s| (*s).to_owned()).collect());
+    exits_successfully(&mut tail).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcl_tail_json_lines_are_json_with_the_fields_in_order() {
+    let mut tail = spawn(&["--local", "--local-shards", "1", "--stream", "json"]);
+    let mut stdin = tail.stdin.take().expect("stdin");
+    let payload = "say \"hi\" \\ \u{2603} \u{1}";
+    stdin
+        .write_all(format!("{payload}\n").as_bytes())
+        .await
+        .expect("write stdin");
+    drop(stdin);
+    let lines = read_lines(&mut tail, 1, Duration::from_millis(300)).await;
+    exits_successfully(&mut tail).await;
+    let line = &lines[0];
+    let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+    let keys = [
+        "stream",
+        "shard_id",
+        "sequence_number",
+        "sub_sequence_number",
+        "partition_key",
+        "data",
+        "approximate_arrival_timestamp",
+    ];
+    let positions: Vec<usize> = keys
+        .iter()
+        .map(|k| {
+            line.find(&format!("\"{k}\":"))
+                .unwrap_or_else(|| panic!("no {k} in {line}"))
+        })
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "field order: {line}");
+    assert_eq!(v.as_object().map(|o| o.len()), Some(keys.len()), "{line}");
+    assert_eq!(v["stream"], "json");
+    assert_eq!(v["shard_id"], "shardId-000000000000");
+    assert_eq!(v["sub_sequence_number"], 0);
+    assert_eq!(v["partition_key"], "0");
+    assert!(v["sequence_number"]
+        .as_str()
+        .is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit())));
+    assert_eq!(data_of(line), payload);
+    let ts = v["approximate_arrival_timestamp"].as_str().expect("timestamp");
+    // 2026-11-25T06:40:00.123Z (milliseconds, UTC).
+    assert!(
+        ts.len() == 24 && ts.ends_with('Z') && &ts[10..11] == "T" && &ts[19..20] == ".",
+        "{ts}"
+    );
+    aws_smithy_types::DateTime::from_str(ts, aws_smithy_types::date_time::Format::DateTime)
+        .unwrap_or_else(|e| panic!("{ts}: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcl_tail_from_timestamp_is_checked_and_conflicts_with_initial_position() {
+    for args in [
+        &[
+            "--stream",
+            "a",
+            "--from-timestamp",
+            "2026-11-25T06:40:00Z",
+            "--initial-position",
+            "trim-horizon",
+        ][..],
+        &["--stream", "a", "--from-timestamp", "yesterday"][..],
+        &["--stream", "a", "-n", "0"][..],
+    ] {
+        let out = Command::new(TAIL)
+            .args(args)
+            .output()
+            .await
+            .expect("run kcl-tail");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcl_tail_max_records_checkpoints_only_what_it_printed_and_a_restart_continues() {
+    let (sdk, endpoints) = sdk().await;
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    let (stream, app) = (unique("tail-n"), unique("tail-n-app"));
+    create_stream(&kinesis, &stream, 2).await;
+    for i in 0..12 {
+        put(&kinesis, &stream, &format!("pk-{i}"), &format!("n-{i}")).await;
+    }
+    let args = |n: &'static str| {
+        vec![
+            "--stream".to_owned(),
+            stream.clone(),
+            "--application-name".to_owned(),
+            app.clone(),
+            "--initial-position".to_owned(),
+            "trim-horizon".to_owned(),
+            "--failover-ms".to_owned(),
+            "3000".to_owned(),
+            "--region".to_owned(),
+            endpoints.region.clone(),
+            "-n".to_owned(),
+            n.to_owned(),
+        ]
+    };
+    let run = |n: &'static str, count: usize| {
+        let args = args(n);
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut tail = spawn(&args);
+            let lines = read_lines(&mut tail, count, Duration::from_millis(300)).await;
+            exits_successfully(&mut tail).await;
+            lines.iter().map(|l| data_of(l)).collect::<Vec<String>>()
+        }
+    };
+    let first = run("5", 5).await;
+    let second = run("7", 7).await;
+    let all: BTreeSet<String> = first.iter().chain(&second).cloned().collect();
+    assert_eq!(
+        all,
+        (0..12).map(|i| format!("n-{i}")).collect(),
+        "the restart continues after the 5 printed, none twice: {first:?} {second:?}"
+    );
+    // Nothing left: a third run prints nothing more.
+    put(&kinesis, &stream, "pk-last", "n-last").await;
+    assert_eq!(run("1", 1).await, ["n-last"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcl_tail_no_checkpoint_reads_every_shard_and_the_children_with_no_lease_table() {
+    let (sdk, endpoints) = sdk().await;
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    let (stream, app) = (unique("tail-ro"), unique("tail-ro-app"));
+    create_stream(&kinesis, &stream, 1).await;
+    for i in 0..4 {
+        put(&kinesis, &stream, &format!("pk-{i}"), &format!("parent-{i}")).await;
+    }
+    let args = [
+        "--stream",
+        &stream,
+        "--application-name",
+        &app,
+        "--initial-position",
+        "trim-horizon",
+        "--no-checkpoint",
+        "--region",
+        &endpoints.region,
+    ];
+    // Two read-only tails of the same application: each reads everything.
+    let mut tails = [spawn(&args), spawn(&args)];
+    for tail in &mut tails {
+        let got: Vec<String> = read_lines(tail, 4, Duration::from_millis(100))
+            .await
+            .iter()
+            .map(|l| data_of(l))
+            .collect();
+        assert_eq!(got, (0..4).map(|i| format!("parent-{i}")).collect::<Vec<_>>());
+    }
+    kinesis
+        .split_shard()
+        .stream_name(&stream)
+        .shard_to_split("shardId-000000000000")
+        .new_starting_hash_key((1u128 << 127).to_string())
+        .send()
+        .await
+        .expect("SplitShard");
+    kcl_tests::aws::wait_active(&kinesis, &stream).await;
+    for i in 0..6 {
+        put(&kinesis, &stream, &format!("child-pk-{i}"), &format!("child-{i}")).await;
+    }
+    for tail in &mut tails {
+        let lines = read_lines(tail, 6, Duration::from_millis(300)).await;
+        let got: BTreeSet<String> = lines.iter().map(|l| data_of(l)).collect();
+        assert_eq!(got, (0..6).map(|i| format!("child-{i}")).collect());
+        assert!(
+            lines
+                .iter()
+                .all(|l| field(l, "shard_id") != "shardId-000000000000"),
+            "{lines:?}"
+        );
+    }
+    for tail in &mut tails {
+        sigterm(tail).await;
+    }
+    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    let mut tables = Vec::new();
+    let mut start: Option<String> = None;
+    loop {
+        let page = dynamo
+            .list_tables()
+            .set_exclusive_start_table_name(start.take())
+            .send()
+            .await
+            .expect("ListTables");
+        tables.extend(page.table_names().iter().cloned());
+        match page.last_evaluated_table_name() {
+            Some(last) => start = Some(last.to_owned()),
+            None => break,
+        }
+    }
+    assert!(!tables.contains(&app), "{app} was created: {tables:?}");
+    assert!(!tables.iter().any(|t| t.contains(&stream)), "{tables:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcl_tail_profile_gives_the_region_and_credentials() {
+    let (sdk, endpoints) = sdk().await;
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    let stream = unique("tail-profile");
+    create_stream(&kinesis, &stream, 1).await;
+    put(&kinesis, &stream, "k", "profiled").await;
+    let dir = std::env::temp_dir().join(unique("kcl-tail-profile"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (config, credentials) = (dir.join("config"), dir.join("credentials"));
+    std::fs::write(
+        &config,
+        format!("[profile tail-test]\nregion = {}\n", endpoints.region),
+    )
+    .expect("write config");
+    std::fs::write(
+        &credentials,
+        "[tail-test]\naws_access_key_id = test\naws_secret_access_key = test\n",
+    )
+    .expect("write credentials");
+    // No --region and no credentials in the environment: both come from the profile.
+    let mut tail = Command::new(TAIL)
+        .args(["--stream", &stream, "--profile", "tail-test", "--no-checkpoint"])
+        .args(["--initial-position", "trim-horizon", "--raw", "-n", "1"])
+        .env("AWS_CONFIG_FILE", &config)
+        .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_DEFAULT_REGION")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start kcl-tail");
+    assert_eq!(
+        read_lines(&mut tail, 1, Duration::from_millis(100)).await,
+        ["profiled"]
+    );
+    exits_successfully(&mut tail).await;
+    // An unknown profile: no region, an error.
+    let out = Command::new(TAIL)
+        .args([
+            "--stream",
+            &stream,
+            "--profile",
+            "no-such-profile",
+            "--no-checkpoint",
+        ])
+        .env("AWS_CONFIG_FILE", &config)
+        .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_DEFAULT_REGION")
+        .output()
+        .await
+        .expect("run kcl-tail");
+    assert!(!out.status.success(), "{out:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcl_tail_from_timestamp_starts_at_that_time() {
+    let (sdk, endpoints) = sdk().await;
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    let stream = unique("tail-ts");
+    create_stream(&kinesis, &stream, 1).await;
+    for i in 0..3 {
+        put(&kinesis, &stream, "k", &format!("before-{i}")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let from = aws_smithy_types::DateTime::from(std::time::SystemTime::now())
+        .fmt(aws_smithy_types::date_time::Format::DateTime)
+        .expect("RFC 3339");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for i in 0..3 {
+        put(&kinesis, &stream, "k", &format!("after-{i}")).await;
+    }
+    let mut tail = spawn(&[
+        "--stream",
+        &stream,
+        "--from-timestamp",
+        &from,
+        "--no-checkpoint",
+        "--raw",
+        "--region",
+        &endpoints.region,
+    ]);
+    let got = read_lines(&mut tail, 3, Duration::from_millis(500)).await;
+    assert_eq!(got, ["after-0", "after-1", "after-2"], "from {from}");
+    sigterm(&mut tail).await;
 }

@@ -19,6 +19,21 @@
 //! `--local` runs on the bundled in-process backend instead of AWS: the lines of stdin are put
 //! into a local stream (partition key: the line number), printed as they are consumed, and the
 //! program ends when stdin is closed and every line was printed.
+//!
+//! As users of kcat expect:
+//!
+//! - `-n N` / `--max-records N` stops after N records: exactly N lines (a batch with more is
+//!   printed only as far as needed), then a graceful shutdown that checkpoints only what was
+//!   printed (each shard at its last printed record), so a restart continues with record N+1;
+//!   the exit status is 0. With `--local` too.
+//! - `--raw` prints only each record's data, the bytes as they are, then `\n` (no JSON).
+//! - `--from-timestamp T` (RFC 3339) is `--initial-position at-timestamp:T` (not both).
+//! - `--no-checkpoint` reads without a lease table: one worker holds every shard of the streams
+//!   in memory (an in-process lease store, the real Kinesis backend), reads each from the
+//!   initial position, the children of a resharded shard after their parents, and never creates
+//!   or writes a DynamoDB table nor checkpoints. Several `--no-checkpoint` tails therefore each
+//!   read everything (no sharing), and a restart starts again from the initial position.
+//! - `--profile NAME` takes credentials and region from that AWS profile.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,9 +49,10 @@ use kcl_core::stream_arn::StreamArn;
 use kcl_core::{
     FanOutConfig, InMemoryLeaseStore, InitialPosition, InitializeInput, KinesisBackend, LocalBackend,
     ProcessRecordsInput, ProcessorError, Record, RecordProcessor, RetrievalMode, RoutingBackend, Scheduler,
-    SchedulerBuilder, ShutdownRequestedInput, StreamConfig,
+    SchedulerBuilder, ShardEndedInput, ShutdownRequestedInput, StreamConfig,
 };
 use kcl_lease::{DynamoDbLeaseStore, LeaseRenewal};
+use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::{Mutex, Notify};
 use tracing::{error, info};
@@ -88,6 +104,25 @@ struct Args {
     /// Where a new application starts: trim-horizon, latest, or at-timestamp:<RFC3339>.
     #[arg(long, default_value = "latest", value_parser = parse_position)]
     initial_position: InitialPosition,
+    /// Start at this time (RFC 3339, e.g. 2026-11-25T06:40:00Z): the same as
+    /// `--initial-position at-timestamp:<T>`.
+    #[arg(long, value_name = "T", value_parser = parse_timestamp, conflicts_with = "initial_position")]
+    from_timestamp: Option<InitialPosition>,
+    /// Stop after printing N records (exactly N lines, even if a batch has more), checkpointing
+    /// only what was printed: a restart continues with record N+1. Exits 0.
+    #[arg(short = 'n', long = "max-records", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_records: Option<u64>,
+    /// Print only each record's data, as it is, followed by a newline (no JSON).
+    #[arg(long)]
+    raw: bool,
+    /// Read-only, with no lease table: read every shard of the streams (and the children of
+    /// resharded shards after their parents) from the initial position, never creating or
+    /// writing a DynamoDB table, never checkpointing. Each such kcl-tail reads everything.
+    #[arg(long)]
+    no_checkpoint: bool,
+    /// The AWS profile (of ~/.aws/config and ~/.aws/credentials) for credentials and region.
+    #[arg(long)]
+    profile: Option<String>,
     /// This worker's id (default: host name, pid and start time).
     #[arg(long)]
     worker_id: Option<String>,
@@ -144,6 +179,10 @@ fn parse_renewal(s: &str) -> Result<LeaseRenewal, String> {
         .map_err(|e: kcl_lease::heartbeat::ParseLeaseRenewalError| e.to_string())
 }
 
+fn parse_timestamp(s: &str) -> Result<InitialPosition, String> {
+    parse_position(&format!("at-timestamp:{s}"))
+}
+
 fn parse_position(s: &str) -> Result<InitialPosition, String> {
     match s {
         "trim-horizon" | "TRIM_HORIZON" => Ok(InitialPosition::TrimHorizon),
@@ -161,49 +200,71 @@ fn parse_position(s: &str) -> Result<InitialPosition, String> {
     }
 }
 
-/// Appends `s` to `out` as a JSON string.
-fn json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+/// One record as kcl-tail prints it: the fields in this order.
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    stream: &'a str,
+    shard_id: &'a str,
+    sequence_number: &'a str,
+    sub_sequence_number: u64,
+    partition_key: &'a str,
+    /// Base64.
+    data: String,
+    /// RFC 3339, UTC, to the millisecond: `2026-11-25T06:40:00.123Z`.
+    approximate_arrival_timestamp: String,
 }
 
-fn json_line(out: &mut String, stream: &str, shard_id: &str, r: &Record) {
-    out.push_str("{\"stream\":");
-    json_string(out, stream);
-    out.push_str(",\"shard_id\":");
-    json_string(out, shard_id);
-    out.push_str(",\"sequence_number\":");
-    json_string(out, r.sequence_number.as_str());
-    out.push_str(&format!(
-        ",\"sub_sequence_number\":{},\"partition_key\":",
-        r.sub_sequence_number
-    ));
-    json_string(out, &r.partition_key);
-    out.push_str(",\"data\":");
-    json_string(out, &aws_smithy_types::base64::encode(&r.data));
-    out.push_str(",\"approximate_arrival_timestamp\":");
-    let ts = DateTime::from(r.approximate_arrival_timestamp)
-        .fmt(Format::DateTime)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned());
-    json_string(out, &ts);
-    out.push_str("}\n");
+/// `2026-11-25T06:40:00.123Z`: RFC 3339, UTC, always three digits of milliseconds (Kinesis
+/// arrival times have millisecond precision; a finer time is truncated).
+fn millisecond_timestamp(t: std::time::SystemTime) -> String {
+    let since_epoch = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let seconds = i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX);
+    match DateTime::from_secs(seconds).fmt(Format::DateTime) {
+        // Whole seconds format as `...:SSZ`.
+        Ok(whole) => format!(
+            "{}.{:03}Z",
+            whole.trim_end_matches('Z'),
+            since_epoch.subsec_millis()
+        ),
+        Err(_) => "1970-01-01T00:00:00.000Z".to_owned(),
+    }
+}
+
+/// Appends one record to `out`: its JSON line, or with `raw` its data as they are; then `\n`.
+fn render(
+    out: &mut Vec<u8>,
+    raw: bool,
+    stream: &str,
+    shard_id: &str,
+    r: &Record,
+) -> Result<(), serde_json::Error> {
+    if raw {
+        out.extend_from_slice(&r.data);
+    } else {
+        let line = JsonLine {
+            stream,
+            shard_id,
+            sequence_number: r.sequence_number.as_str(),
+            sub_sequence_number: r.sub_sequence_number,
+            partition_key: &r.partition_key,
+            data: aws_smithy_types::base64::encode(&r.data),
+            approximate_arrival_timestamp: millisecond_timestamp(r.approximate_arrival_timestamp),
+        };
+        serde_json::to_writer(&mut *out, &line)?;
+    }
+    out.push(b'\n');
+    Ok(())
 }
 
 /// Shared by every shard's printer.
 struct Output {
     stdout: Mutex<tokio::io::Stdout>,
+    /// Records written (and flushed) to stdout. Updated under the `stdout` lock.
     printed: AtomicU64,
+    /// `-n`: print at most this many records.
+    limit: Option<u64>,
+    /// Notified once `limit` records were printed: the program stops.
+    done: Notify,
     /// Notified when stdout is gone (a closed pipe): the program stops.
     broken: Notify,
 }
@@ -212,6 +273,24 @@ struct Printer {
     stream: String,
     shard_id: String,
     out: Arc<Output>,
+    /// `--raw`: the data only.
+    raw: bool,
+    /// Checkpoint what was printed (not with `--no-checkpoint`).
+    checkpoint: bool,
+    /// The last record of this shard written to stdout: the furthest a checkpoint may go.
+    last_printed: Option<(String, u64)>,
+    /// Records delivered but not printed (the `-n` limit was reached): the shard's end must
+    /// not be checkpointed, a restart reads them.
+    skipped: bool,
+}
+
+impl Printer {
+    async fn checkpoint_printed(&self, checkpointer: &kcl_core::Checkpointer) -> Result<(), ProcessorError> {
+        if let (true, Some((sequence, sub))) = (self.checkpoint, &self.last_printed) {
+            checkpointer.checkpoint_at(sequence, *sub).await?;
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -223,37 +302,64 @@ impl RecordProcessor for Printer {
     }
 
     async fn process_records(&mut self, input: ProcessRecordsInput<'_>) -> Result<(), ProcessorError> {
-        let mut buf = String::with_capacity(input.records.len() * 160);
-        for r in input.records {
-            json_line(&mut buf, &self.stream, &self.shard_id, r);
-        }
-        {
+        let printed = {
+            // The lock orders the shards' batches and the count of what was printed.
             let mut stdout = self.out.stdout.lock().await;
-            let written = async {
-                stdout.write_all(buf.as_bytes()).await?;
-                stdout.flush().await
+            let before = self.out.printed.load(Ordering::SeqCst);
+            let take = match self.out.limit {
+                Some(limit) => input.records.len().min(limit.saturating_sub(before) as usize),
+                None => input.records.len(),
+            };
+            let records = &input.records[..take];
+            if take < input.records.len() {
+                self.skipped = true;
             }
-            .await;
-            if let Err(e) = written {
-                self.out.broken.notify_one();
-                return Err(Box::new(e));
+            if !records.is_empty() {
+                let mut buf = Vec::with_capacity(records.len() * 160);
+                for r in records {
+                    render(&mut buf, self.raw, &self.stream, &self.shard_id, r)?;
+                }
+                let written = async {
+                    stdout.write_all(&buf).await?;
+                    stdout.flush().await
+                }
+                .await;
+                if let Err(e) = written {
+                    self.out.broken.notify_one();
+                    return Err(Box::new(e));
+                }
+                let now = before + take as u64;
+                self.out.printed.store(now, Ordering::SeqCst);
+                if self.out.limit == Some(now) {
+                    self.out.done.notify_one();
+                }
             }
+            records
+        };
+        if let Some(last) = printed.last() {
+            self.last_printed = Some((last.sequence_number.as_str().to_owned(), last.sub_sequence_number));
+            self.checkpoint_printed(input.checkpointer).await?;
         }
-        self.out
-            .printed
-            .fetch_add(input.records.len() as u64, Ordering::SeqCst);
-        input.checkpointer.checkpoint().await?;
+        Ok(())
+    }
+
+    async fn shard_ended(&mut self, input: ShardEndedInput<'_>) -> Result<(), ProcessorError> {
+        // SHARD_END lets the children start (in the in-process lease store too, with
+        // --no-checkpoint); never written when records of the shard went unprinted.
+        if !self.skipped {
+            input.checkpointer.checkpoint().await?;
+        }
         Ok(())
     }
 
     async fn shutdown_requested(&mut self, input: ShutdownRequestedInput<'_>) -> Result<(), ProcessorError> {
-        input.checkpointer.checkpoint().await?;
-        Ok(())
+        self.checkpoint_printed(input.checkpointer).await
     }
 }
 
 fn configure(args: &Args, application: &str, out: &Arc<Output>) -> SchedulerBuilder {
     let o = out.clone();
+    let (raw, checkpoint) = (args.raw, !args.no_checkpoint);
     let arn_of = |name: &str| args.stream_arns.iter().find(|a| a.stream_name == name).cloned();
     let mut builder = match args.streams.as_slice() {
         [one] => {
@@ -282,6 +388,10 @@ fn configure(args: &Args, application: &str, out: &Arc<Output>) -> SchedulerBuil
             stream: String::new(),
             shard_id: shard.to_owned(),
             out: o.clone(),
+            raw,
+            checkpoint,
+            last_printed: None,
+            skipped: false,
         });
     if args.fan_out {
         builder = builder.retrieval(RetrievalMode::FanOut(match &args.consumer_name {
@@ -303,21 +413,33 @@ async fn run_aws(args: &Args, application: &str, out: Arc<Output>) -> Result<()>
             .clone()
             .or_else(|| args.stream_arns.first().map(|a| a.region.clone())),
         endpoint_url: args.endpoint_url.clone(),
-        profile: None,
+        profile: args.profile.clone(),
     };
     let sdk = load_sdk_config(&options).await;
     if sdk.region().is_none() {
-        bail!("no AWS region: pass --region or set AWS_REGION");
+        bail!("no AWS region: pass --region, --profile or set AWS_REGION");
     }
     let backend = kinesis_backends(args, &sdk).await;
-    let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(&sdk), application);
     // Fail fast on a missing stream or missing permissions, before the lease table is created.
     let streams: Vec<&str> = args.streams.iter().map(String::as_str).collect();
-    kcl_examples::prepare_aws(&backend, &store, &streams, application).await?;
-    let scheduler = configure(args, application, &out)
-        .backend(backend)
-        .lease_store(store)
-        .build()?;
+    let builder = if args.no_checkpoint {
+        // No lease table: this worker alone holds every shard's lease, in memory.
+        for stream in &streams {
+            kcl_core::StreamBackend::list_shards(&backend, stream)
+                .await
+                .with_context(|| format!("reading the shards of stream {stream}"))?;
+        }
+        configure(args, application, &out)
+            .backend(backend)
+            .lease_store(InMemoryLeaseStore::new())
+    } else {
+        let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(&sdk), application);
+        kcl_examples::prepare_aws(&backend, &store, &streams, application).await?;
+        configure(args, application, &out)
+            .backend(backend)
+            .lease_store(store)
+    };
+    let scheduler = builder.build()?;
     info!(worker_id = %scheduler.config().worker_id, "kcl-tail starting");
     let handle = scheduler.spawn();
     let _status = serve_status(args, &handle).await?;
@@ -326,6 +448,7 @@ async fn run_aws(args: &Args, application: &str, out: Arc<Output>) -> Result<()>
     loop {
         tokio::select! {
             () = &mut signal => break,
+            () = out.done.notified() => break,
             () = out.broken.notified() => {
                 error!("stdout is closed; stopping");
                 break;
@@ -421,6 +544,8 @@ async fn run_local(args: &Args, application: &str, out: Arc<Output>) -> Result<(
                 None => break,
             },
             () = &mut signal => return Ok(handle.shutdown().await?),
+            () = out.done.notified() => return Ok(handle.shutdown().await?),
+            () = out.broken.notified() => return Ok(handle.shutdown().await?),
         }
     }
     loop {
@@ -431,6 +556,7 @@ async fn run_local(args: &Args, application: &str, out: Arc<Output>) -> Result<(
                 }
             }
             () = &mut signal => break,
+            () = out.done.notified() => break,
             () = out.broken.notified() => break,
         }
     }
@@ -438,9 +564,19 @@ async fn run_local(args: &Args, application: &str, out: Arc<Output>) -> Result<(
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    kcl_examples::exit_status(run()).await
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(kcl_examples::exit_status(run()));
+    // Without waiting for the blocking read of stdin (--local): with -n the program ends while
+    // stdin is still open. Everything printed was flushed already.
+    runtime.shutdown_background();
+    code
 }
 
 async fn run() -> Result<()> {
@@ -482,9 +618,14 @@ async fn run() -> Result<()> {
         name.truncate(255);
         name
     });
+    if let Some(position) = args.from_timestamp {
+        args.initial_position = position;
+    }
     let out = Arc::new(Output {
         stdout: Mutex::new(tokio::io::stdout()),
         printed: AtomicU64::new(0),
+        limit: args.max_records,
+        done: Notify::new(),
         broken: Notify::new(),
     });
     if args.local {
