@@ -1,17 +1,23 @@
 //! The shard consumer's life cycle as a pure state machine: no I/O, no time.
 //!
 //! ```text
-//!                     ParentsFinished           Initialized
-//!  WaitingOnParents ─────────────────▶ Initializing ─────────▶ Processing
-//!        │                                 │   ShardEndReached     │
-//!        │                                 └────────────┐          │ ShardEndReached
-//!        │                                              ▼          ▼
-//!        │                                            ShardEnding ◀┘
-//!        │ Shutdown(_)                                  │ ShardEndCheckpointed
-//!        ▼                                              ▼
-//!     Complete ◀───────── Stopped ──────── ShuttingDown(reason) ◀── Shutdown(reason) from
-//!                                                                     any running state
+//!                     ParentsFinished               Initialized
+//!  WaitingOnParents ─────────────────▶ Initializing ───────────▶ Processing
+//!        │                                  │                        │
+//!        │ Shutdown(_)                      │ ShardEndReached        │ ShardEndReached
+//!        │ (no callback has run)            ▼                        │
+//!        │                             ShardEnding ◀─────────────────┘
+//!        │                                  │ ShardEndCheckpointed
+//!        ▼                                  ▼
+//!     Complete ◀────────────────────────────┘
+//!        ▲
+//!        │ Stopped
+//!  ShuttingDown(reason) ◀── Shutdown(reason) from Initializing, Processing or ShardEnding
+//!        ↺ Shutdown(other): the higher-ranked reason is kept
 //! ```
+//!
+//! Any other event leaves the state as it is; `Complete` is final. The test
+//! `the_diagram_is_the_code` checks every arrow above against [`ShardState::next`].
 //!
 //! Shutdown reasons are ranked as in the Java KCL (`LeaseLost` > `ShardEnd` > `Requested`):
 //! a shutdown already under way can only be escalated, never downgraded.
@@ -152,5 +158,80 @@ mod tests {
             s.next(E::Shutdown(ShutdownReason::LeaseLost)),
             S::ShuttingDown(ShutdownReason::LeaseLost)
         );
+    }
+}
+
+#[cfg(test)]
+mod diagram {
+    use super::{ShardEvent as E, ShardState as S, ShutdownReason as R};
+
+    #[test]
+    fn the_diagram_is_the_code() {
+        let arrows = [
+            (S::WaitingOnParents, E::ParentsFinished, S::Initializing),
+            (S::WaitingOnParents, E::Shutdown(R::Requested), S::Complete),
+            (S::WaitingOnParents, E::Shutdown(R::LeaseLost), S::Complete),
+            (S::Initializing, E::Initialized, S::Processing),
+            (S::Initializing, E::ShardEndReached, S::ShardEnding),
+            (S::Processing, E::ShardEndReached, S::ShardEnding),
+            (S::ShardEnding, E::ShardEndCheckpointed, S::Complete),
+            (
+                S::Initializing,
+                E::Shutdown(R::Requested),
+                S::ShuttingDown(R::Requested),
+            ),
+            (
+                S::Processing,
+                E::Shutdown(R::LeaseLost),
+                S::ShuttingDown(R::LeaseLost),
+            ),
+            (
+                S::ShardEnding,
+                E::Shutdown(R::ShardEnd),
+                S::ShuttingDown(R::ShardEnd),
+            ),
+            (
+                S::ShuttingDown(R::Requested),
+                E::Shutdown(R::LeaseLost),
+                S::ShuttingDown(R::LeaseLost),
+            ),
+            (
+                S::ShuttingDown(R::LeaseLost),
+                E::Shutdown(R::Requested),
+                S::ShuttingDown(R::LeaseLost),
+            ),
+            (S::ShuttingDown(R::ShardEnd), E::Stopped, S::Complete),
+        ];
+        for (from, event, to) in arrows {
+            assert_eq!(from.next(event), to, "{from:?} --{event:?}-->");
+        }
+        // Everything else stays put; Complete is final.
+        let states = [
+            S::WaitingOnParents,
+            S::Initializing,
+            S::Processing,
+            S::ShardEnding,
+            S::ShuttingDown(R::Requested),
+            S::Complete,
+        ];
+        let events = [
+            E::ParentsFinished,
+            E::Initialized,
+            E::ShardEndReached,
+            E::ShardEndCheckpointed,
+            E::Shutdown(R::Requested),
+            E::Stopped,
+        ];
+        for from in states {
+            for event in events {
+                let to = from.next(event);
+                let drawn = arrows.iter().any(|(f, e, _)| *f == from && *e == event)
+                    || (matches!(event, E::Shutdown(_)) && from != S::Complete)
+                    || (from == S::ShuttingDown(R::Requested) && event == E::Stopped);
+                if !drawn {
+                    assert_eq!(to, from, "{from:?} --{event:?}--> {to:?} is not in the diagram");
+                }
+            }
+        }
     }
 }
