@@ -417,21 +417,10 @@ impl Scheduler {
             let mut fatal_rx = self.fatal.subscribe();
             // Multi-stream: the identifiers of the streams tracked now.
             let mut tracked_streams: Option<Arc<std::sync::RwLock<BTreeSet<String>>>> = None;
-            match &self.tracker {
+            let streams = match &self.tracker {
                 None => {
                     drop(removed_tx);
-                    let sync = background.spawn(
-                        shard_sync_loop(
-                            self.backend.clone(),
-                            self.store.clone(),
-                            self.config.clone(),
-                            shard_ended.clone(),
-                            coordinator.clone(),
-                            self.fatal.clone(),
-                        )
-                        .in_current_span(),
-                    );
-                    task_names.insert(sync.id(), "shard sync");
+                    SyncedStreams::Single
                 }
                 Some(tracker) => {
                     let tracked = Arc::new(std::sync::RwLock::new(BTreeSet::new()));
@@ -445,21 +434,24 @@ impl Scheduler {
                                 .contains(&s.to_string())
                         })
                     });
-                    let sync = MultiStreamSync {
-                        backend: self.backend.clone(),
-                        store: self.store.clone(),
+                    SyncedStreams::Tracked {
                         tracker: tracker.clone(),
-                        config: self.config.clone(),
-                        shard_ended: shard_ended.clone(),
-                        coordinator: coordinator.clone(),
                         tracked,
                         removed: removed_tx,
-                        fatal: self.fatal.clone(),
-                    };
-                    let sync = background.spawn(sync.run().in_current_span());
-                    task_names.insert(sync.id(), "multi-stream shard sync");
+                    }
                 }
-            }
+            };
+            let sync = ShardSync {
+                backend: self.backend.clone(),
+                store: self.store.clone(),
+                config: self.config.clone(),
+                shard_ended: shard_ended.clone(),
+                coordinator: coordinator.clone(),
+                fatal: self.fatal.clone(),
+                streams,
+            };
+            let sync = background.spawn(sync.run().in_current_span());
+            task_names.insert(sync.id(), "shard sync");
             let (stop_coordinator, stop_rx) = watch::channel(false);
 
             // Enhanced fan-out: the consumer is registered (and active) before leases are taken,
@@ -692,119 +684,68 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-async fn shard_sync_loop(
+/// Which streams the shard sync keeps leases for.
+enum SyncedStreams {
+    /// The configured stream (`SchedulerConfig::stream_name`); its lease keys are shard ids.
+    Single,
+    /// The streams a tracker lists, with multi-stream lease keys. The loop also tells the
+    /// scheduler which streams disappeared, and deletes the leases of former streams after the
+    /// clean-up delay.
+    Tracked {
+        tracker: Arc<dyn StreamTracker>,
+        /// The identifiers of the streams tracked now (the coordinator's take filter reads it).
+        tracked: Arc<std::sync::RwLock<BTreeSet<String>>>,
+        removed: tokio::sync::mpsc::Sender<BTreeSet<String>>,
+    },
+}
+
+/// One stream to synchronise this round.
+struct SyncTarget {
+    name: String,
+    /// Multi-stream: its identity (lease keys and fatal errors are per identifier).
+    id: Option<StreamIdentifier>,
+    initial: InitialPosition,
+    /// Whether its identifier was given (not looked up, so never looked up again).
+    given_id: bool,
+}
+
+/// The shard sync, for one stream or many: creates the leases of new shards (parents before
+/// children) on the leader every `shard_sync_interval` and on any worker whose shard ended,
+/// and deletes finished leases.
+struct ShardSync {
     backend: Arc<dyn StreamBackend>,
     store: Arc<dyn LeaseStore>,
     config: Arc<SchedulerConfig>,
     shard_ended: Arc<Notify>,
     coordinator: Arc<LeaseCoordinator>,
+    /// A stream that failed for good is no longer synchronised (nor, in multi-stream mode,
+    /// tracked).
     fatal: FatalSignal,
-) {
-    let mut ended = false;
-    // The leader is known once the heartbeats were read once.
-    coordinator.wait_ready(config.leases.failover_time).await;
-    loop {
-        // Syncs after a shard of this worker ended run here; the periodic one (the first one
-        // included) only on the leader (one worker of the fleet), so that the fleet lists the
-        // table and creates leases once per interval, not once per worker.
-        let due = ended || coordinator.is_leader();
-        let listed = if due {
-            Some(store.list_eventually_consistent().await)
-        } else {
-            None
-        };
-        match listed {
-            None => {}
-            Some(Ok(leases)) => {
-                match sync_stream(
-                    &*backend,
-                    &*store,
-                    &leases,
-                    &config.stream_name,
-                    None,
-                    config.initial_position,
-                )
-                .await
-                {
-                    Ok(created) if created > 0 => {
-                        // The others read the table on the announcement; this worker now.
-                        coordinator.announce();
-                        coordinator.wake();
-                    }
-                    Ok(_) => {}
-                    Err(KclError::Backend(e)) if fatal.check_stream(&config.stream_name, false, &e) => return,
-                    Err(e) => {
-                        warn!(error = %e, "shard sync failed");
-                        coordinator
-                            .journal()
-                            .error(None, format_args!("shard sync failed: {e}"));
-                    }
-                }
-                if config.delete_finished_leases {
-                    delete_finished_leases(&*store, &leases).await;
-                }
-            }
-            Some(Err(e)) => warn!(error = %e, "listing leases for shard sync failed"),
-        }
-        ended = tokio::select! {
-            () = tokio::time::sleep(config.shard_sync_interval) => false,
-            () = shard_ended.notified() => {
-                coordinator.wake();
-                true
-            }
-        };
-    }
+    streams: SyncedStreams,
 }
 
-/// The shard sync of a multi-stream scheduler: asks the tracker for the streams, creates the
-/// leases of their new shards, tells the scheduler which streams disappeared, and deletes the
-/// leases of former streams after the clean-up delay.
-struct MultiStreamSync {
-    backend: Arc<dyn StreamBackend>,
-    store: Arc<dyn LeaseStore>,
-    tracker: Arc<dyn StreamTracker>,
-    config: Arc<SchedulerConfig>,
-    shard_ended: Arc<Notify>,
-    coordinator: Arc<LeaseCoordinator>,
-    /// The identifiers of the streams tracked now (the coordinator's take filter reads it).
-    tracked: Arc<std::sync::RwLock<BTreeSet<String>>>,
-    removed: tokio::sync::mpsc::Sender<BTreeSet<String>>,
-    /// Streams that failed for good are no longer synchronised or tracked.
-    fatal: FatalSignal,
-}
-
-impl MultiStreamSync {
+impl ShardSync {
     async fn run(self) {
-        // Stream name to identifier, looked up once per stream.
+        // Multi-stream: stream name to identifier, looked up once per stream.
         let mut identifiers: HashMap<String, StreamIdentifier> = HashMap::new();
-        // Former streams (with leases in the table) and when this worker first saw them missing.
+        // Multi-stream: former streams (with leases in the table) and when this worker first
+        // saw them missing.
         let mut missing_since: HashMap<String, tokio::time::Instant> = HashMap::new();
         let mut first = true;
         let mut ended = false;
         loop {
-            let failed = self.fatal.failed_streams();
-            let mut streams = self.resolve(&mut identifiers).await;
-            streams.retain(|(_, id)| !failed.contains(&id.to_string()));
-            let now_tracked: BTreeSet<String> = streams.iter().map(|(_, id)| id.to_string()).collect();
-            let before = std::mem::replace(
-                &mut *self
-                    .tracked
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
-                now_tracked.clone(),
-            );
-            let removed: BTreeSet<String> = before.difference(&now_tracked).cloned().collect();
-            if !removed.is_empty() {
-                info!(?removed, "streams no longer tracked");
-                if self.removed.send(removed).await.is_err() {
-                    return;
-                }
-            }
+            let Some((targets, now_tracked)) = self.targets(&mut identifiers).await else {
+                return;
+            };
             if first {
+                // The leader is known once the heartbeats were read once.
                 self.coordinator
                     .wait_ready(self.config.leases.failover_time)
                     .await;
             }
+            // Syncs after a shard of this worker ended run here; the periodic one (the first
+            // one included) only on the leader (one worker of the fleet), so that the fleet
+            // lists the table and creates leases once per interval, not once per worker.
             let due = ended || self.coordinator.is_leader();
             let listed = if due {
                 Some(self.store.list_eventually_consistent().await)
@@ -815,45 +756,23 @@ impl MultiStreamSync {
                 None => {}
                 Some(Ok(leases)) => {
                     let mut created = 0;
-                    for (stream, id) in &streams {
-                        let initial = stream.initial_position.unwrap_or(self.config.initial_position);
-                        match sync_stream(
-                            &*self.backend,
-                            &*self.store,
-                            &leases,
-                            &stream.name,
-                            Some(id),
-                            initial,
-                        )
-                        .await
-                        {
-                            Ok(n) => created += n,
-                            Err(KclError::Backend(e @ BackendError::StreamNotFound(_))) => {
-                                // This incarnation of the stream is gone for good; a recreated
-                                // stream gets a new identifier: look it up again.
-                                self.fatal.check_stream(&id.to_string(), true, &e);
-                                if stream.identifier.is_none() {
-                                    identifiers.remove(&stream.name);
-                                }
-                            }
-                            Err(KclError::Backend(e))
-                                if self.fatal.check_stream(&id.to_string(), true, &e) => {}
-                            Err(e) => {
-                                warn!(stream = %stream.name, error = %e, "shard sync failed");
-                                self.coordinator
-                                    .journal()
-                                    .error(None, format_args!("shard sync of {} failed: {e}", stream.name));
-                            }
+                    for target in &targets {
+                        match self.sync_one(target, &leases, &mut identifiers).await {
+                            Some(n) => created += n,
+                            None => return,
                         }
                     }
                     if created > 0 {
+                        // The others read the table on the announcement; this worker now.
                         self.coordinator.announce();
                         self.coordinator.wake();
                     }
                     if self.config.delete_finished_leases {
                         delete_finished_leases(&*self.store, &leases).await;
                     }
-                    self.clean_up(&leases, &now_tracked, &mut missing_since).await;
+                    if let Some(tracked) = &now_tracked {
+                        self.clean_up(&leases, tracked, &mut missing_since).await;
+                    }
                 }
                 Some(Err(e)) => warn!(error = %e, "listing leases for shard sync failed"),
             }
@@ -868,6 +787,89 @@ impl MultiStreamSync {
         }
     }
 
+    /// The streams to synchronise this round (and, multi-stream, the identifiers tracked
+    /// now, after telling the scheduler which ones disappeared); `None` when the scheduler is
+    /// gone.
+    async fn targets(
+        &self,
+        identifiers: &mut HashMap<String, StreamIdentifier>,
+    ) -> Option<(Vec<SyncTarget>, Option<BTreeSet<String>>)> {
+        let SyncedStreams::Tracked { tracked, removed, .. } = &self.streams else {
+            let single = SyncTarget {
+                name: self.config.stream_name.clone(),
+                id: None,
+                initial: self.config.initial_position,
+                given_id: false,
+            };
+            return Some((vec![single], None));
+        };
+        let failed = self.fatal.failed_streams();
+        let mut streams = self.resolve(identifiers).await;
+        streams.retain(|(_, id)| !failed.contains(&id.to_string()));
+        let now_tracked: BTreeSet<String> = streams.iter().map(|(_, id)| id.to_string()).collect();
+        let before = std::mem::replace(
+            &mut *tracked.write().unwrap_or_else(std::sync::PoisonError::into_inner),
+            now_tracked.clone(),
+        );
+        let gone: BTreeSet<String> = before.difference(&now_tracked).cloned().collect();
+        if !gone.is_empty() {
+            info!(removed = ?gone, "streams no longer tracked");
+            removed.send(gone).await.ok()?;
+        }
+        let targets = streams
+            .into_iter()
+            .map(|(stream, id)| SyncTarget {
+                initial: stream.initial_position.unwrap_or(self.config.initial_position),
+                given_id: stream.identifier.is_some(),
+                name: stream.name,
+                id: Some(id),
+            })
+            .collect();
+        Some((targets, Some(now_tracked)))
+    }
+
+    /// Creates the leases of one stream's new shards; returns how many, or `None` when the
+    /// (single) stream failed for good and the sync stops.
+    async fn sync_one(
+        &self,
+        target: &SyncTarget,
+        leases: &[kcl_lease::Lease],
+        identifiers: &mut HashMap<String, StreamIdentifier>,
+    ) -> Option<usize> {
+        let result = sync_stream(
+            &*self.backend,
+            &*self.store,
+            leases,
+            &target.name,
+            target.id.as_ref(),
+            target.initial,
+        )
+        .await;
+        let e = match result {
+            Ok(n) => return Some(n),
+            Err(e) => e,
+        };
+        match (&target.id, e) {
+            (None, KclError::Backend(e)) if self.fatal.check_stream(&target.name, false, &e) => return None,
+            (Some(id), KclError::Backend(e @ BackendError::StreamNotFound(_))) => {
+                // This incarnation of the stream is gone for good; a recreated stream gets a
+                // new identifier: look it up again.
+                self.fatal.check_stream(&id.to_string(), true, &e);
+                if !target.given_id {
+                    identifiers.remove(&target.name);
+                }
+            }
+            (Some(id), KclError::Backend(e)) if self.fatal.check_stream(&id.to_string(), true, &e) => {}
+            (_, e) => {
+                warn!(stream = %target.name, error = %e, "shard sync failed");
+                self.coordinator
+                    .journal()
+                    .error(None, format_args!("shard sync of {} failed: {e}", target.name));
+            }
+        }
+        Some(0)
+    }
+
     /// The tracked streams with their identifiers. A stream whose identifier cannot be looked
     /// up now keeps the one it had, so that a transient failure does not look like a removal.
     async fn resolve(
@@ -875,7 +877,10 @@ impl MultiStreamSync {
         identifiers: &mut HashMap<String, StreamIdentifier>,
     ) -> Vec<(StreamConfig, StreamIdentifier)> {
         let mut out = Vec::new();
-        for stream in self.tracker.streams().await {
+        let SyncedStreams::Tracked { tracker, .. } = &self.streams else {
+            return Vec::new();
+        };
+        for stream in tracker.streams().await {
             if let Some(arn) = &stream.arn {
                 self.backend.name_by_arn(arn);
             }
