@@ -397,6 +397,118 @@ impl Scheduler {
         LeaseCoordinator::new(self.store.clone(), config)
     }
 
+    /// The shard sync of this worker (not started), and in multi-stream mode the set of
+    /// tracked stream identifiers it maintains, which also filters the leases the coordinator
+    /// takes.
+    fn shard_sync(
+        &self,
+        coordinator: &Arc<LeaseCoordinator>,
+        shard_ended: &Arc<Notify>,
+        removed: tokio::sync::mpsc::Sender<BTreeSet<String>>,
+    ) -> (ShardSync, Option<Arc<std::sync::RwLock<BTreeSet<String>>>>) {
+        let (streams, tracked_streams) = match &self.tracker {
+            None => (SyncedStreams::Single, None),
+            Some(tracker) => {
+                let tracked = Arc::new(std::sync::RwLock::new(BTreeSet::new()));
+                let filter = tracked.clone();
+                coordinator.set_filter(move |lease| {
+                    lease.stream().is_some_and(|s| {
+                        filter
+                            .read()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .contains(&s.to_string())
+                    })
+                });
+                let streams = SyncedStreams::Tracked {
+                    tracker: tracker.clone(),
+                    tracked: tracked.clone(),
+                    removed,
+                };
+                (streams, Some(tracked))
+            }
+        };
+        let sync = ShardSync {
+            backend: self.backend.clone(),
+            store: self.store.clone(),
+            config: self.config.clone(),
+            shard_ended: shard_ended.clone(),
+            coordinator: coordinator.clone(),
+            fatal: self.fatal.clone(),
+            streams,
+        };
+        (sync, tracked_streams)
+    }
+
+    /// Starts the shard task of a lease just acquired.
+    fn start_shard(&self, shards: &mut ShardTasks, lease: Arc<kcl_lease::HeldLease>, ctx: ShardContext) {
+        let key = lease.key().to_owned();
+        let health = new_shard_health(&key);
+        lock(&self.health).insert(key.clone(), health.clone());
+        let info = match lease.stream() {
+            Some(stream) => ShardInfo::of_stream(stream.clone(), lease.shard_id()),
+            None => ShardInfo::new(self.config.stream_name.clone(), lease.shard_id()),
+        };
+        let consumer = ShardConsumer::new(lease, self.factory.create(&info), ctx, health);
+        let span = info_span!("shard", shard_id = %key);
+        let handle = shards.tasks.spawn(
+            async move {
+                consumer.run().await;
+            }
+            .instrument(span),
+        );
+        shards.keys.insert(handle.id(), key);
+    }
+
+    /// The graceful shutdown's middle: waits for the shard tasks (up to
+    /// `graceful_shutdown_timeout`, then aborts them), releasing each lease as its shard
+    /// finishes, then releases whatever is still held.
+    async fn drain_and_release(
+        &self,
+        coordinator: &Arc<LeaseCoordinator>,
+        mut shards: ShardTasks,
+        mut acquired: tokio::sync::mpsc::Receiver<Arc<kcl_lease::HeldLease>>,
+    ) {
+        // Leases are released as their shards finish, several at once, so that the last
+        // one goes soon after the last processor is done.
+        let drain = async {
+            let mut releasing = futures_util::stream::FuturesUnordered::new();
+            loop {
+                tokio::select! {
+                    Some(done) = shards.tasks.join_next_with_id() => {
+                        if let Some(key) = forget(&mut shards.keys, &self.health, done) {
+                            let c = coordinator.clone();
+                            releasing.push(async move { c.release(&key).await });
+                        }
+                    }
+                    Some(()) = releasing.next(), if !releasing.is_empty() => {}
+                    else => break,
+                }
+            }
+        };
+        if tokio::time::timeout(self.config.graceful_shutdown_timeout, drain)
+            .await
+            .is_err()
+        {
+            warn!("processors did not finish within the graceful shutdown timeout; aborting them");
+            shards.tasks.abort_all();
+            while let Some(done) = shards.tasks.join_next_with_id().await {
+                finish(coordinator, &mut shards.keys, &self.health, done).await;
+            }
+        }
+        acquired.close();
+        let mut rest: Vec<String> = Vec::new();
+        while let Ok(lease) = acquired.try_recv() {
+            rest.push(lease.key().to_owned());
+        }
+        rest.extend(coordinator.held().iter().map(|l| l.key().to_owned()));
+        futures_util::stream::iter(rest)
+            .for_each_concurrent(RELEASE_CONCURRENCY, |key| {
+                let c = coordinator.clone();
+                async move { c.release(&key).await }
+            })
+            .await;
+    }
+
     async fn run_with(
         self,
         coordinator: Arc<LeaseCoordinator>,
@@ -416,40 +528,7 @@ impl Scheduler {
             let mut task_names: HashMap<tokio::task::Id, &'static str> = HashMap::new();
             let mut fatal_rx = self.fatal.subscribe();
             // Multi-stream: the identifiers of the streams tracked now.
-            let mut tracked_streams: Option<Arc<std::sync::RwLock<BTreeSet<String>>>> = None;
-            let streams = match &self.tracker {
-                None => {
-                    drop(removed_tx);
-                    SyncedStreams::Single
-                }
-                Some(tracker) => {
-                    let tracked = Arc::new(std::sync::RwLock::new(BTreeSet::new()));
-                    tracked_streams = Some(tracked.clone());
-                    let filter = tracked.clone();
-                    coordinator.set_filter(move |lease| {
-                        lease.stream().is_some_and(|s| {
-                            filter
-                                .read()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                                .contains(&s.to_string())
-                        })
-                    });
-                    SyncedStreams::Tracked {
-                        tracker: tracker.clone(),
-                        tracked,
-                        removed: removed_tx,
-                    }
-                }
-            };
-            let sync = ShardSync {
-                backend: self.backend.clone(),
-                store: self.store.clone(),
-                config: self.config.clone(),
-                shard_ended: shard_ended.clone(),
-                coordinator: coordinator.clone(),
-                fatal: self.fatal.clone(),
-                streams,
-            };
+            let (sync, tracked_streams) = self.shard_sync(&coordinator, &shard_ended, removed_tx);
             let sync = background.spawn(sync.run().in_current_span());
             task_names.insert(sync.id(), "shard sync");
             let (stop_coordinator, stop_rx) = watch::channel(false);
@@ -474,10 +553,7 @@ impl Scheduler {
             };
 
             let (stop_shards, shutdown_rx) = watch::channel(false);
-            let mut shards: JoinSet<()> = JoinSet::new();
-            let mut keys: HashMap<tokio::task::Id, String> = HashMap::new();
-            // Per shard: the signal that stops it and releases its lease (multi-stream removal).
-            let mut stops: HashMap<String, watch::Sender<bool>> = HashMap::new();
+            let mut shards = ShardTasks::default();
             let lease_task = background.spawn(coordinator.clone().run(stop_rx).in_current_span());
             task_names.insert(lease_task.id(), "lease coordinator");
             loop {
@@ -505,12 +581,9 @@ impl Scheduler {
                                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                                 .retain(|s| !failed.contains(s));
                         }
-                        stop_shards_of(&stops, &failed, "stream stopped by a fatal error: stopping the shard and releasing its lease");
+                        shards.stop_streams(&failed, "stream stopped by a fatal error: stopping the shard and releasing its lease");
                     }
                     Some(lease) = acquired.recv() => {
-                        let key = lease.key().to_owned();
-                        let (stop_tx, release) = watch::channel(false);
-                        stops.insert(key.clone(), stop_tx);
                         let ctx = ShardContext {
                             backend: self.backend.clone(),
                             store: self.store.clone(),
@@ -518,27 +591,18 @@ impl Scheduler {
                             shutdown: shutdown_rx.clone(),
                             shard_ended: shard_ended.clone(),
                             consumers: consumers.clone(),
-                            release,
+                            release: shards.release_signal(lease.key()),
                             fatal: self.fatal.clone(),
                         };
-                        let health = new_shard_health(&key);
-                        lock(&self.health).insert(key.clone(), health.clone());
-                        let info = match lease.stream() {
-                            Some(stream) => ShardInfo::of_stream(stream.clone(), lease.shard_id()),
-                            None => ShardInfo::new(self.config.stream_name.clone(), lease.shard_id()),
-                        };
-                        let consumer = ShardConsumer::new(lease, self.factory.create(&info), ctx, health);
-                        let span = info_span!("shard", shard_id = %key);
-                        let handle = shards.spawn(async move { consumer.run().await; }.instrument(span));
-                        keys.insert(handle.id(), key);
+                        self.start_shard(&mut shards, lease, ctx);
                     }
-                    Some(done) = shards.join_next_with_id() => {
-                        if let Some(key) = finish(&coordinator, &mut keys, &self.health, done).await {
-                            stops.remove(&key);
+                    Some(done) = shards.tasks.join_next_with_id() => {
+                        if let Some(key) = finish(&coordinator, &mut shards.keys, &self.health, done).await {
+                            shards.stops.remove(&key);
                         }
                     }
                     Some(removed) = removed_rx.recv() => {
-                        stop_shards_of(&stops, &removed, "stream no longer tracked: stopping the shard and releasing its lease");
+                        shards.stop_streams(&removed, "stream no longer tracked: stopping the shard and releasing its lease");
                     }
                 }
             }
@@ -546,42 +610,7 @@ impl Scheduler {
             info!("worker shutting down gracefully");
             coordinator.stop_taking();
             let _ = stop_shards.send(true);
-            // Leases are released as their shards finish, several at once, so that the last
-            // one goes soon after the last processor is done.
-            let drain = async {
-                let mut releasing = futures_util::stream::FuturesUnordered::new();
-                loop {
-                    tokio::select! {
-                        Some(done) = shards.join_next_with_id() => {
-                            if let Some(key) = forget(&mut keys, &self.health, done) {
-                                let c = coordinator.clone();
-                                releasing.push(async move { c.release(&key).await });
-                            }
-                        }
-                        Some(()) = releasing.next(), if !releasing.is_empty() => {}
-                        else => break,
-                    }
-                }
-            };
-            if tokio::time::timeout(self.config.graceful_shutdown_timeout, drain).await.is_err() {
-                warn!("processors did not finish within the graceful shutdown timeout; aborting them");
-                shards.abort_all();
-                while let Some(done) = shards.join_next_with_id().await {
-                    finish(&coordinator, &mut keys, &self.health, done).await;
-                }
-            }
-            acquired.close();
-            let mut rest: Vec<String> = Vec::new();
-            while let Ok(lease) = acquired.try_recv() {
-                rest.push(lease.key().to_owned());
-            }
-            rest.extend(coordinator.held().iter().map(|l| l.key().to_owned()));
-            futures_util::stream::iter(rest)
-                .for_each_concurrent(RELEASE_CONCURRENCY, |key| {
-                    let c = coordinator.clone();
-                    async move { c.release(&key).await }
-                })
-                .await;
+            self.drain_and_release(&coordinator, shards, acquired).await;
             // Last: the heartbeat row goes, so that the others see this worker leave at once.
             coordinator.leave().await;
             let _ = stop_coordinator.send(true);
@@ -682,6 +711,31 @@ const RELEASE_CONCURRENCY: usize = 32;
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The worker's shard tasks, one per held lease.
+#[derive(Default)]
+struct ShardTasks {
+    tasks: JoinSet<()>,
+    /// The lease key of each task.
+    keys: HashMap<tokio::task::Id, String>,
+    /// Per lease: the signal that stops its shard and releases the lease (multi-stream removal,
+    /// a stream's fatal error).
+    stops: HashMap<String, watch::Sender<bool>>,
+}
+
+impl ShardTasks {
+    /// The stop signal of a shard about to start.
+    fn release_signal(&mut self, key: &str) -> watch::Receiver<bool> {
+        let (stop, release) = watch::channel(false);
+        self.stops.insert(key.to_owned(), stop);
+        release
+    }
+
+    /// Asks the shards of `streams` (stream identifiers) to stop and release their leases.
+    fn stop_streams(&self, streams: &BTreeSet<String>, why: &str) {
+        stop_shards_of(&self.stops, streams, why);
+    }
 }
 
 /// Which streams the shard sync keeps leases for.
