@@ -16,7 +16,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::{invalid, sequence_number, shard_not_found, trunc, LocalBackend, LOCAL_ACCOUNT, MAX_GET_RECORDS};
+use super::stream::sequence_number;
+use super::{invalid, shard_not_found, trunc, LocalBackend, LOCAL_ACCOUNT, MAX_GET_RECORDS};
 use crate::backend::{
     BackendError, ConsumerStatus, IteratorPosition, ShardSubscription, StreamConsumer, SubscribeEvent,
 };
