@@ -23,7 +23,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::fetch::{FetchConfig, Fetched, Unpacker};
-use crate::backend::{BackendError, ConsumerStatus, IteratorPosition, StreamBackend};
+use crate::backend::{
+    BackendError, ConsumerStatus, IteratorPosition, ShardSubscription, StreamBackend, SubscribeEvent,
+};
 use crate::backoff::{Backoff, Policy};
 use crate::config::FanOutConfig;
 use crate::record::{ExtendedSequenceNumber, SequenceNumber};
@@ -87,83 +89,145 @@ pub(crate) async fn run(
     skip_through: Option<ExtendedSequenceNumber>,
     tx: mpsc::Sender<Fetched>,
 ) {
-    let mut unpacker = Unpacker::new(&config, skip_through);
-    let mut continuation: Option<SequenceNumber> = None;
-    // Since when only empty events came, and when the end was last probed.
-    let mut idle_since: Option<Instant> = None;
-    let mut last_probe = Instant::now();
-    let mut delays = Backoff::new(Policy::Read);
-    let mut failures = 0u32;
-    loop {
-        if failures > 0 {
-            tokio::time::sleep(delays.next_delay()).await;
+    let reader = Reader {
+        unpacker: Unpacker::new(&config, skip_through),
+        backend,
+        consumers,
+        config,
+        fan_out,
+        start,
+        tx,
+        continuation: None,
+        idle_since: None,
+        last_probe: Instant::now(),
+    };
+    reader.run().await;
+}
+
+/// One shard's fan-out reader: subscribes, reads each subscription until it must be renewed,
+/// and resumes after the last continuation sequence number.
+struct Reader {
+    backend: Arc<dyn StreamBackend>,
+    consumers: Arc<ConsumerRegistry>,
+    config: FetchConfig,
+    fan_out: FanOutConfig,
+    start: IteratorPosition,
+    tx: mpsc::Sender<Fetched>,
+    unpacker: Unpacker,
+    /// Where the next subscription resumes (`AFTER_SEQUENCE_NUMBER`).
+    continuation: Option<SequenceNumber>,
+    /// Since when only empty events came.
+    idle_since: Option<Instant>,
+    /// When the shard's end was last probed with `GetRecords`.
+    last_probe: Instant,
+}
+
+/// What to do after a step of the reader.
+enum Next<T> {
+    /// Go on with this.
+    Go(T),
+    /// Back off, then subscribe again.
+    Retry,
+    /// The reader is done (the shard's end, a fatal error, or the consumer of the records is
+    /// gone).
+    Stop,
+}
+
+impl Reader {
+    async fn run(mut self) {
+        let mut delays = Backoff::new(Policy::Read);
+        let mut failures = 0u32;
+        loop {
+            if failures > 0 {
+                tokio::time::sleep(delays.next_delay()).await;
+            }
+            let subscription = match self.subscribe().await {
+                Next::Go(s) => s,
+                Next::Retry => {
+                    failures += 1;
+                    continue;
+                }
+                Next::Stop => return,
+            };
+            match self.read(subscription, &mut delays).await {
+                Next::Go(()) => failures = 0,
+                Next::Retry => failures += 1,
+                Next::Stop => return,
+            }
         }
-        let arn = match consumers.arn(&*backend, &config.stream).await {
+    }
+
+    /// Registers the consumer if needed and subscribes from where the last subscription ended.
+    async fn subscribe(&mut self) -> Next<Box<dyn ShardSubscription>> {
+        let (backend, config) = (&*self.backend, &self.config);
+        let arn = match self.consumers.arn(backend, &config.stream).await {
             Ok(arn) => arn,
             Err(e) if e.is_retryable() => {
                 warn!(error = %e, "registering the fan-out consumer failed; retrying");
-                failures += 1;
-                continue;
+                return Next::Retry;
             }
             Err(e) => {
-                let _ = tx.send(Fetched::Failed(e)).await;
-                return;
+                let _ = self.tx.send(Fetched::Failed(e)).await;
+                return Next::Stop;
             }
         };
-        let position = match &continuation {
+        let position = match &self.continuation {
             Some(seq) => IteratorPosition::AfterSequenceNumber(seq.clone()),
-            None => start.clone(),
+            None => self.start.clone(),
         };
-        let mut subscription = match backend
+        match backend
             .subscribe_to_shard(&config.stream, &arn, &config.shard_id, &position)
             .await
         {
-            Ok(s) => s,
+            Ok(s) => {
+                debug!(?position, "subscribed");
+                Next::Go(s)
+            }
             Err(BackendError::ConsumerNotFound(c)) => {
                 // Kinesis answers a subscription to a trimmed shard with ResourceNotFound too.
-                if let Some(children) = super::fetch::vanished_shard_children(&*backend, &config).await {
-                    let _ = tx.send(Fetched::End { children }).await;
-                    return;
+                if let Some(children) = super::fetch::vanished_shard_children(backend, config).await {
+                    let _ = self.tx.send(Fetched::End { children }).await;
+                    return Next::Stop;
                 }
                 warn!(consumer = %c, "fan-out consumer is gone; registering it again");
-                consumers.forget(&config.stream).await;
-                failures += 1;
-                continue;
+                self.consumers.forget(&config.stream).await;
+                Next::Retry
             }
             Err(e) if e.is_retryable() => {
                 if matches!(e, BackendError::Throttled(_)) {
                     config.throttled.increment(1);
                 }
                 debug!(error = %e, "subscribing failed; backing off");
-                failures += 1;
-                continue;
+                Next::Retry
             }
             Err(e) => {
-                let _ = tx
-                    .send(super::fetch::unrecoverable(&*backend, &config, e).await)
+                let _ = self
+                    .tx
+                    .send(super::fetch::unrecoverable(backend, config, e).await)
                     .await;
-                return;
+                Next::Stop
             }
-        };
-        debug!(?position, "subscribed");
-        let renew_at = Instant::now() + fan_out.subscription_renewal;
+        }
+    }
+
+    /// Reads one subscription until it is due for renewal, silent for too long, ended or
+    /// failed (`Go`: renew at once; `Retry`: back off first).
+    async fn read(&mut self, mut subscription: Box<dyn ShardSubscription>, delays: &mut Backoff) -> Next<()> {
+        let renew_at = Instant::now() + self.fan_out.subscription_renewal;
         loop {
-            let deadline = renew_at.min(Instant::now() + fan_out.idle_timeout);
+            let deadline = renew_at.min(Instant::now() + self.fan_out.idle_timeout);
             let event = match tokio::time::timeout_at(deadline, subscription.next_event()).await {
                 Err(_) if Instant::now() >= renew_at => {
                     debug!("renewing the subscription before the service ends it");
-                    failures = 0;
-                    break;
+                    return Next::Go(());
                 }
                 Err(_) => {
-                    warn!(idle = ?fan_out.idle_timeout, "subscription silent; renewing it");
-                    failures = 0;
-                    break;
+                    warn!(idle = ?self.fan_out.idle_timeout, "subscription silent; renewing it");
+                    return Next::Go(());
                 }
                 Ok(Ok(None)) => {
                     debug!("subscription ended; renewing it");
-                    failures = 0;
-                    break;
+                    return Next::Go(());
                 }
                 Ok(Err(e)) => {
                     match &e {
@@ -171,62 +235,72 @@ pub(crate) async fn run(
                             info!(error = %e, "subscription taken over or refused; backing off");
                         }
                         BackendError::Throttled(_) => {
-                            config.throttled.increment(1);
+                            self.config.throttled.increment(1);
                             debug!(error = %e, "subscription throttled; backing off");
                         }
                         _ => warn!(error = %e, "subscription failed; backing off"),
                     }
-                    failures += 1;
-                    break;
+                    return Next::Retry;
                 }
                 Ok(Ok(Some(event))) => event,
             };
-            failures = 0;
             delays.reset();
-            if event.records.is_empty() && event.continuation_sequence_number.is_some() {
-                let since = *idle_since.get_or_insert_with(Instant::now);
-                let now = Instant::now();
-                if now.duration_since(since) >= fan_out.end_probe_interval
-                    && now.duration_since(last_probe) >= fan_out.end_probe_interval
-                {
-                    last_probe = now;
-                    let after = match &event.continuation_sequence_number {
-                        Some(seq) => IteratorPosition::AfterSequenceNumber(seq.clone()),
-                        None => start.clone(),
-                    };
-                    if let Some(children) = probe_end(&*backend, &config, &after).await {
-                        info!("shard read to its end (found by GetRecords; the subscription did not say)");
-                        let _ = tx.send(Fetched::End { children }).await;
-                        return;
-                    }
-                }
-            } else {
-                idle_since = None;
+            if !self.deliver(event).await {
+                return Next::Stop;
             }
-            let records = unpacker.unpack(event.records);
-            if !records.is_empty() {
-                let Some(budget) = config.budget.reserve(&records).await else {
-                    return;
+        }
+    }
+
+    /// Hands one event's records on (and finds a shard's end the subscription does not
+    /// announce); `false` when the reader is done.
+    async fn deliver(&mut self, event: SubscribeEvent) -> bool {
+        if event.records.is_empty() && event.continuation_sequence_number.is_some() {
+            let since = *self.idle_since.get_or_insert_with(Instant::now);
+            let now = Instant::now();
+            if now.duration_since(since) >= self.fan_out.end_probe_interval
+                && now.duration_since(self.last_probe) >= self.fan_out.end_probe_interval
+            {
+                self.last_probe = now;
+                let after = match &event.continuation_sequence_number {
+                    Some(seq) => IteratorPosition::AfterSequenceNumber(seq.clone()),
+                    None => self.start.clone(),
                 };
-                let batch = Fetched::Batch {
-                    records,
-                    millis_behind_latest: event.millis_behind_latest,
-                    budget,
-                };
-                if tx.send(batch).await.is_err() {
-                    return;
+                if let Some(children) = probe_end(&*self.backend, &self.config, &after).await {
+                    info!("shard read to its end (found by GetRecords; the subscription did not say)");
+                    let _ = self.tx.send(Fetched::End { children }).await;
+                    return false;
                 }
             }
-            match event.continuation_sequence_number {
-                Some(seq) => continuation = Some(seq),
-                None => {
-                    let _ = tx
-                        .send(Fetched::End {
-                            children: event.child_shards,
-                        })
-                        .await;
-                    return;
-                }
+        } else {
+            self.idle_since = None;
+        }
+        let records = self.unpacker.unpack(event.records);
+        if !records.is_empty() {
+            let Some(budget) = self.config.budget.reserve(&records).await else {
+                return false;
+            };
+            let batch = Fetched::Batch {
+                records,
+                millis_behind_latest: event.millis_behind_latest,
+                budget,
+            };
+            if self.tx.send(batch).await.is_err() {
+                return false;
+            }
+        }
+        match event.continuation_sequence_number {
+            Some(seq) => {
+                self.continuation = Some(seq);
+                true
+            }
+            None => {
+                let _ = self
+                    .tx
+                    .send(Fetched::End {
+                        children: event.child_shards,
+                    })
+                    .await;
+                false
             }
         }
     }
