@@ -4,7 +4,7 @@
 //! [`SchedulerHandle::status_source`](crate::SchedulerHandle::status_source) gives a cheap,
 //! cloneable [`StatusSource`]; [`StatusSource::snapshot`] reads a [`WorkerStatus`], which renders
 //! itself as a small self-refreshing HTML page ([`WorkerStatus::to_html`], no JavaScript) or as
-//! JSON ([`WorkerStatus::to_json`]). With the `status-page` feature, [`serve`] serves both over
+//! JSON ([`WorkerStatus::to_json`]). With the `status-page` feature, `status::serve` serves both over
 //! HTTP (`/` and `/status.json`) with hyper.
 
 use std::fmt::Write as _;
