@@ -479,15 +479,7 @@ async fn delete_application_deletes_the_tables_and_the_fan_out_consumer() {
         .create_if_absent(&Lease::new("shardId-000000000000", cp))
         .await
         .expect("create"));
-    let arn = kinesis
-        .describe_stream_summary()
-        .stream_name(&stream)
-        .send()
-        .await
-        .expect("DescribeStreamSummary")
-        .stream_description_summary()
-        .map(|s| s.stream_arn().to_owned())
-        .expect("arn");
+    let arn = kcl_tests::aws::stream_arn(&kinesis, &stream).await;
     kinesis
         .register_stream_consumer()
         .stream_arn(&arn)

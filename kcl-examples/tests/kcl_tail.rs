@@ -399,15 +399,7 @@ async fn kcl_tail_reads_streams_named_by_arn_beside_streams_named_by_name() {
     let (by_arn, by_name, app) = (unique("tail-arn"), unique("tail-name"), unique("tail-arn-app"));
     create_stream(&kinesis, &by_arn, 2).await;
     create_stream(&kinesis, &by_name, 1).await;
-    let arn = kinesis
-        .describe_stream_summary()
-        .stream_name(&by_arn)
-        .send()
-        .await
-        .expect("DescribeStreamSummary")
-        .stream_description_summary
-        .expect("summary")
-        .stream_arn;
+    let arn = kcl_tests::aws::stream_arn(&kinesis, &by_arn).await;
     for (stream, n) in [(&by_arn, 6), (&by_name, 3)] {
         for i in 0..n {
             put(&kinesis, stream, &format!("pk-{i}"), &format!("{stream}-{i}")).await;
@@ -474,15 +466,7 @@ async fn kcl_tail_reads_a_stream_with_its_own_assumed_role_beside_one_with_the_d
     let (partner, own, app) = (unique("tail-role"), unique("tail-own"), unique("tail-role-app"));
     create_stream(&kinesis, &partner, 2).await;
     create_stream(&kinesis, &own, 1).await;
-    let arn = kinesis
-        .describe_stream_summary()
-        .stream_name(&partner)
-        .send()
-        .await
-        .expect("DescribeStreamSummary")
-        .stream_description_summary
-        .expect("summary")
-        .stream_arn;
+    let arn = kcl_tests::aws::stream_arn(&kinesis, &partner).await;
     for (stream, n) in [(&partner, 4), (&own, 3)] {
         for i in 0..n {
             put(&kinesis, stream, &format!("pk-{i}"), &format!("{stream}-{i}")).await;

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use kcl_tests::process::http_get;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 const TAIL: &str = env!("CARGO_BIN_EXE_kcl-tail");
@@ -57,22 +58,6 @@ async fn run_chromium(url: &str, profile: &Path, extra: &[String]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A GET over plain TCP (HTTP/1.1, connection closed after the answer): status line and body.
-async fn get(addr: &str, path: &str) -> (String, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to the status page");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    (
-        head.lines().next().unwrap_or_default().to_owned(),
-        body.to_owned(),
-    )
 }
 
 async fn start_tail() -> (Child, String) {
@@ -156,13 +141,13 @@ async fn the_status_page_shows_every_held_shard_in_a_real_browser() {
     }
 
     // The JSON, for scripts.
-    let (status, json) = get(&addr, "/status.json").await;
+    let (status, json) = http_get(&addr, "/status.json").await;
     assert!(status.ends_with("200 OK"), "{status}");
     assert!(json.contains("\"worker_id\":\"status-test-worker\""), "{json}");
     assert!(json.contains("\"leases_held\":4"), "{json}");
     assert_eq!(json.matches("\"state\":\"processing\"").count(), SHARDS, "{json}");
     assert_eq!(json.matches("\"event\":\"taken\"").count(), SHARDS, "{json}");
-    let (status, _) = get(&addr, "/nothing-here").await;
+    let (status, _) = http_get(&addr, "/nothing-here").await;
     assert!(status.ends_with("404 Not Found"), "{status}");
 
     // The page, in a real browser.

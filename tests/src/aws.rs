@@ -122,21 +122,23 @@ pub async fn produce_aws(
 /// object per request (`service`, `action`, `accessKeyId`, for Kinesis `streamName` and
 /// `streamArn`, for STS `roleArn`, `sessionName`, `externalId`), oldest first.
 pub async fn edge_requests(edge_url: &str) -> Vec<serde_json::Value> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = edge_url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
-    let mut conn = tokio::net::TcpStream::connect(&addr)
+    let addr = edge_url.trim_start_matches("http://").trim_end_matches('/');
+    let (status, body) = crate::process::http_get(addr, "/_kcl/requests").await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    serde_json::from_str(&body).expect("a JSON array")
+}
+
+/// The ARN of `stream` (`DescribeStreamSummary`).
+pub async fn stream_arn(client: &aws_sdk_kinesis::Client, stream: &str) -> String {
+    client
+        .describe_stream_summary()
+        .stream_name(stream)
+        .send()
         .await
-        .expect("connect to the edge proxy");
-    let request = format!("GET /_kcl/requests HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    conn.write_all(request.as_bytes()).await.expect("send");
-    let mut response = String::new();
-    conn.read_to_string(&mut response).await.expect("read");
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    serde_json::from_str(body).expect("a JSON array")
+        .expect("DescribeStreamSummary")
+        .stream_description_summary
+        .expect("summary")
+        .stream_arn
 }
 
 /// The edge's Kinesis requests about `stream` (by name or by an ARN ending in `/stream`).

@@ -348,15 +348,8 @@ async fn a_stream_named_by_arn_is_read_by_arn_through_injected_faults() {
     let (stream, app) = (unique("by-arn"), unique("by-arn-app"));
     let kinesis = aws_sdk_kinesis::Client::new(&sdk);
     create_stream(&kinesis, &stream, 2).await;
-    let arn: kcl_core::stream_arn::StreamArn = kinesis
-        .describe_stream_summary()
-        .stream_name(&stream)
-        .send()
+    let arn: kcl_core::stream_arn::StreamArn = kcl_tests::aws::stream_arn(&kinesis, &stream)
         .await
-        .expect("DescribeStreamSummary")
-        .stream_description_summary
-        .expect("summary")
-        .stream_arn
         .parse()
         .expect("a stream ARN");
     let mut produced = BTreeMap::new();
