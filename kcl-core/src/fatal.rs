@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use kcl_lease::{ExtendedSequenceNumber, Lease, LeaseError, LeaseStore, WorkerHeartbeat};
+use kcl_lease::{ExtendedSequenceNumber, HeartbeatCondition, Lease, LeaseError, LeaseStore, WorkerHeartbeat};
 use thiserror::Error;
 use tokio::sync::watch;
 use tracing::error;
@@ -191,14 +191,22 @@ impl LeaseStore for FatalGuardStore {
     async fn list_eventually_consistent(&self) -> kcl_lease::Result<Vec<Lease>> {
         self.check(self.inner.list_eventually_consistent().await)
     }
-    async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat) -> kcl_lease::Result<()> {
-        self.check(self.inner.put_heartbeat(heartbeat).await)
+    async fn put_heartbeat(
+        &self,
+        heartbeat: &WorkerHeartbeat,
+        condition: HeartbeatCondition,
+    ) -> kcl_lease::Result<()> {
+        self.check(self.inner.put_heartbeat(heartbeat, condition).await)
     }
     async fn list_heartbeats(&self, consistent: bool) -> kcl_lease::Result<Vec<WorkerHeartbeat>> {
         self.check(self.inner.list_heartbeats(consistent).await)
     }
-    async fn delete_heartbeat(&self, worker_id: &str, counter: Option<u64>) -> kcl_lease::Result<()> {
-        self.check(self.inner.delete_heartbeat(worker_id, counter).await)
+    async fn delete_heartbeat(
+        &self,
+        worker_id: &str,
+        condition: HeartbeatCondition,
+    ) -> kcl_lease::Result<()> {
+        self.check(self.inner.delete_heartbeat(worker_id, condition).await)
     }
     async fn get(&self, key: &str) -> kcl_lease::Result<Option<Lease>> {
         self.check(self.inner.get(key).await)

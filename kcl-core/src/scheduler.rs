@@ -448,7 +448,7 @@ impl Scheduler {
             Some(stream) => ShardInfo::of_stream(stream.clone(), lease.shard_id()),
             None => ShardInfo::new(self.config.stream_name.clone(), lease.shard_id()),
         };
-        let consumer = ShardConsumer::new(lease, self.factory.create(&info), ctx, health);
+        let consumer = ShardConsumer::new(lease.clone(), self.factory.create(&info), ctx, health);
         let span = info_span!("shard", shard_id = %key);
         let handle = shards.tasks.spawn(
             async move {
@@ -456,7 +456,7 @@ impl Scheduler {
             }
             .instrument(span),
         );
-        shards.keys.insert(handle.id(), key);
+        shards.keys.insert(handle.id(), lease);
     }
 
     /// The graceful shutdown's middle: waits for the shard tasks (up to
@@ -475,9 +475,9 @@ impl Scheduler {
             loop {
                 tokio::select! {
                     Some(done) = shards.tasks.join_next_with_id() => {
-                        if let Some(key) = forget(&mut shards.keys, &self.health, done) {
+                        if let Some(lease) = forget(&mut shards.keys, &self.health, done) {
                             let c = coordinator.clone();
-                            releasing.push(async move { c.release(&key).await });
+                            releasing.push(async move { c.release(&lease).await });
                         }
                     }
                     Some(()) = releasing.next(), if !releasing.is_empty() => {}
@@ -496,15 +496,15 @@ impl Scheduler {
             }
         }
         acquired.close();
-        let mut rest: Vec<String> = Vec::new();
+        let mut rest: Vec<Arc<kcl_lease::HeldLease>> = Vec::new();
         while let Ok(lease) = acquired.try_recv() {
-            rest.push(lease.key().to_owned());
+            rest.push(lease);
         }
-        rest.extend(coordinator.held().iter().map(|l| l.key().to_owned()));
+        rest.extend(coordinator.held());
         futures_util::stream::iter(rest)
-            .for_each_concurrent(RELEASE_CONCURRENCY, |key| {
+            .for_each_concurrent(RELEASE_CONCURRENCY, |lease| {
                 let c = coordinator.clone();
-                async move { c.release(&key).await }
+                async move { c.release(&lease).await }
             })
             .await;
     }
@@ -597,8 +597,8 @@ impl Scheduler {
                         self.start_shard(&mut shards, lease, ctx);
                     }
                     Some(done) = shards.tasks.join_next_with_id() => {
-                        if let Some(key) = finish(&coordinator, &mut shards.keys, &self.health, done).await {
-                            shards.stops.remove(&key);
+                        if let Some(lease) = finish(&coordinator, &mut shards.keys, &self.health, done).await {
+                            shards.stops.remove(lease.key());
                         }
                     }
                     Some(removed) = removed_rx.recv() => {
@@ -668,42 +668,43 @@ async fn register(backend: &dyn StreamBackend, registry: &ConsumerRegistry, stre
     }
 }
 
-/// Releases the lease of a finished shard task; returns its key.
+/// Releases the lease of a finished shard task; returns it.
 async fn finish(
     coordinator: &LeaseCoordinator,
-    keys: &mut HashMap<tokio::task::Id, String>,
+    keys: &mut HashMap<tokio::task::Id, Arc<kcl_lease::HeldLease>>,
     health: &HealthRegistry,
     done: std::result::Result<(tokio::task::Id, ()), tokio::task::JoinError>,
-) -> Option<String> {
+) -> Option<Arc<kcl_lease::HeldLease>> {
     let panicked = done.as_ref().err().is_some_and(|e| e.is_panic());
-    let key = forget(keys, health, done)?;
+    let lease = forget(keys, health, done)?;
     if panicked {
         coordinator
             .journal()
-            .error(Some(&key), "the shard consumer panicked");
+            .error(Some(lease.key()), "the shard consumer panicked");
     }
-    coordinator.release(&key).await;
-    Some(key)
+    coordinator.release(&lease).await;
+    Some(lease)
 }
 
 /// The bookkeeping of a finished shard task (its key, its health entry); returns its key.
 fn forget(
-    keys: &mut HashMap<tokio::task::Id, String>,
+    keys: &mut HashMap<tokio::task::Id, Arc<kcl_lease::HeldLease>>,
     health: &HealthRegistry,
     done: std::result::Result<(tokio::task::Id, ()), tokio::task::JoinError>,
-) -> Option<String> {
+) -> Option<Arc<kcl_lease::HeldLease>> {
     let id = match &done {
         Ok((id, ())) => *id,
         Err(e) => e.id(),
     };
-    let key = keys.remove(&id)?;
-    lock(health).remove(&key);
+    let lease = keys.remove(&id)?;
+    let key = lease.key();
+    lock(health).remove(key);
     if let Err(e) = &done {
         if e.is_panic() {
             error!(shard_id = %key, "shard consumer panicked; releasing its lease");
         }
     }
-    Some(key)
+    Some(lease)
 }
 
 /// At most this many leases are released at once at shutdown.
@@ -717,8 +718,8 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Default)]
 struct ShardTasks {
     tasks: JoinSet<()>,
-    /// The lease key of each task.
-    keys: HashMap<tokio::task::Id, String>,
+    /// The lease of each task.
+    keys: HashMap<tokio::task::Id, Arc<kcl_lease::HeldLease>>,
     /// Per lease: the signal that stops its shard and releases the lease (multi-stream removal,
     /// a stream's fatal error).
     stops: HashMap<String, watch::Sender<bool>>,

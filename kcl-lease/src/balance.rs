@@ -140,7 +140,8 @@ pub struct TakePlan {
 
 /// Decides which leases to take and steal, from a snapshot of the table.
 ///
-/// `held` are the keys this worker holds and renews right now. Leases checkpointed at
+/// `held` are the keys this worker holds and renews right now, and those it gave up whose shard
+/// task still runs: none of them is taken. Leases checkpointed at
 /// `SHARD_END` are finished: they are neither counted nor taken.
 pub fn plan_takes(
     leases: &[Lease],
@@ -163,6 +164,13 @@ pub fn plan_takes(
     let mut mine_unheld: Vec<&Lease> = Vec::new();
     for lease in &active {
         match lease.lease_owner.as_deref() {
+            // Held here, or given up here with its shard task still running, while the row
+            // names another owner: never taken again until that task has let it go (one key
+            // never has two tasks in one worker).
+            Some(owner) if owner != me && held.contains(&lease.lease_key) => {
+                load.entry(owner).or_default().push(lease);
+            }
+            None if held.contains(&lease.lease_key) => {}
             Some(owner) if owner == me => {
                 load.entry(me).or_default().push(lease);
                 if !held.contains(&lease.lease_key) {

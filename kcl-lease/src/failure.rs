@@ -12,7 +12,7 @@ use async_trait::async_trait;
 
 use crate::error::{FatalKind, LeaseError, Result};
 use crate::fault::{FaultKind, Injector, Plan, Rule, Trigger};
-use crate::heartbeat::WorkerHeartbeat;
+use crate::heartbeat::{HeartbeatCondition, WorkerHeartbeat};
 use crate::lease::Lease;
 use crate::memory::LeaseOp;
 use crate::sequence::ExtendedSequenceNumber;
@@ -154,11 +154,11 @@ impl<S: LeaseStore> LeaseStore for FailureLeaseStore<S> {
             .await
     }
 
-    async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<()> {
+    async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat, condition: HeartbeatCondition) -> Result<()> {
         self.hook(
             LeaseOp::PutHeartbeat,
             &heartbeat.worker_id,
-            self.inner.put_heartbeat(heartbeat),
+            self.inner.put_heartbeat(heartbeat, condition),
         )
         .await
     }
@@ -172,11 +172,11 @@ impl<S: LeaseStore> LeaseStore for FailureLeaseStore<S> {
         .await
     }
 
-    async fn delete_heartbeat(&self, worker_id: &str, counter: Option<u64>) -> Result<()> {
+    async fn delete_heartbeat(&self, worker_id: &str, condition: HeartbeatCondition) -> Result<()> {
         self.hook(
             LeaseOp::DeleteHeartbeat,
             worker_id,
-            self.inner.delete_heartbeat(worker_id, counter),
+            self.inner.delete_heartbeat(worker_id, condition),
         )
         .await
     }

@@ -80,6 +80,33 @@ pub struct WorkerHeartbeat {
     /// `epoch`: bumped whenever this worker changed the lease table in a way the other workers
     /// should look at (created, released or stole leases).
     pub epoch: u64,
+    /// `incarnation`: a random number drawn by each process at start, so that two processes
+    /// started with the same worker id are told apart (`None` in rows of older versions).
+    pub incarnation: Option<u64>,
+}
+
+/// The condition of a conditional write or delete of a heartbeat row. Every condition also
+/// holds when the row does not exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HeartbeatCondition {
+    /// No condition.
+    Any,
+    /// The row was written by this incarnation (the process's own row).
+    Incarnation(u64),
+    /// The row's counter is this one (a row that stood still: its process is gone).
+    Counter(u64),
+}
+
+impl HeartbeatCondition {
+    /// Whether `row` (the row as it is now, if any) satisfies the condition.
+    pub fn holds(&self, row: Option<&WorkerHeartbeat>) -> bool {
+        match (self, row) {
+            (_, None) | (HeartbeatCondition::Any, _) => true,
+            (HeartbeatCondition::Incarnation(i), Some(row)) => row.incarnation == Some(*i),
+            (HeartbeatCondition::Counter(c), Some(row)) => row.counter == *c,
+        }
+    }
 }
 
 /// What an observer knows about a worker.
@@ -102,14 +129,26 @@ struct Seen {
     since: Instant,
     renewal: LeaseRenewal,
     epoch: u64,
+    /// The process that wrote the row (a row rewritten by another process has moved).
+    incarnation: Option<u64>,
     /// Whether this observer has seen the counter move (the worker beat while observed).
     moved: bool,
 }
 
 /// The heartbeats as one worker has observed them. See the module docs.
+///
+/// Two times matter. A counter is *first seen* when the read that returned it completed (the
+/// beat that wrote it started earlier, so the owner's validity from it ends no later than
+/// `first seen + failover_time`). A worker is *dead* only as judged by a strongly consistent
+/// read that **succeeded** and was **issued** more than `failover_time` after its counter was
+/// first seen ([`WorkerTracker::judged`]): any later beat of that worker is applied after the
+/// read, so after its validity ran out, and it gives up everything instead of extending it.
+/// Failed reads prove nothing: a worker that cannot read the heartbeats never sees another die.
 #[derive(Clone, Debug, Default)]
 pub struct WorkerTracker {
     seen: HashMap<String, Seen>,
+    /// When the last successful strongly consistent read was issued.
+    judged_at: Option<Instant>,
 }
 
 /// A summary of the fleet for deciding whether the lease table must be read again: which
@@ -123,13 +162,47 @@ impl WorkerTracker {
         Self::default()
     }
 
-    /// Records a fresh read of the heartbeat table taken at `now`. Rows no longer there are
-    /// forgotten (their workers become [`WorkerStatus::Unknown`]).
+    /// Records a strongly consistent read of the heartbeat table issued at `issued` that
+    /// returned at `now`: besides what [`WorkerTracker::observe`] does, deaths may be judged
+    /// against `issued` from now on.
+    pub fn observe_consistent(&mut self, rows: &[WorkerHeartbeat], issued: Instant, now: Instant) {
+        self.observe(rows, now);
+        self.judged_at = Some(self.judged_at.map_or(issued, |at| at.max(issued)));
+    }
+
+    /// When the last successful strongly consistent read was issued: the latest time at which
+    /// a death can be judged ([`WorkerTracker::judged_statuses`]).
+    pub fn judged_at(&self) -> Option<Instant> {
+        self.judged_at
+    }
+
+    /// The status of every worker as the last successful strongly consistent read proves it
+    /// (see the type's docs); empty when no such read succeeded yet.
+    pub fn judged_statuses(&self, failover_time: Duration) -> HashMap<String, WorkerStatus> {
+        match self.judged_at {
+            Some(at) => self.statuses(failover_time, at),
+            None => HashMap::new(),
+        }
+    }
+
+    /// The status of `worker` as the last successful strongly consistent read proves it: a
+    /// worker seen but never judged is live.
+    pub fn judged_status(&self, worker: &str, failover_time: Duration) -> WorkerStatus {
+        match (self.judged_at, self.seen.get(worker)) {
+            (_, None) => WorkerStatus::Unknown,
+            (Some(at), Some(_)) => self.status(worker, failover_time, at),
+            (None, Some(s)) => WorkerStatus::Live(s.renewal),
+        }
+    }
+
+    /// Records a read of the heartbeat table (eventually consistent or not) that returned at
+    /// `now`. Rows no longer there are forgotten (their workers become
+    /// [`WorkerStatus::Unknown`]).
     pub fn observe(&mut self, rows: &[WorkerHeartbeat], now: Instant) {
         let mut next = HashMap::with_capacity(rows.len());
         for row in rows {
             let (since, moved) = match self.seen.get(&row.worker_id) {
-                Some(s) if s.counter == row.counter => (s.since, s.moved),
+                Some(s) if s.counter == row.counter && s.incarnation == row.incarnation => (s.since, s.moved),
                 Some(_) => (now, true),
                 None => (now, false),
             };
@@ -140,6 +213,7 @@ impl WorkerTracker {
                     since,
                     renewal: row.renewal,
                     epoch: row.epoch,
+                    incarnation: row.incarnation,
                     moved,
                 },
             );
@@ -234,6 +308,7 @@ mod tests {
             renewal: LeaseRenewal::PerLease,
             leases: 3,
             epoch,
+            incarnation: Some(1),
         }
     }
 
@@ -287,6 +362,51 @@ mod tests {
         // A leave (row gone) is.
         t.observe(&[hb("me", 5, 5), hb("a", 5, 1)], t0 + Duration::from_secs(4));
         assert_ne!(t.fingerprint("me", F, t0 + Duration::from_secs(4)), f2);
+    }
+
+    /// F2 and F4 of the coordination review: a death is judged only from a consistent read
+    /// that succeeded, against the time it was issued (not the time it returned, nor the time
+    /// a failed read was attempted).
+    #[test]
+    fn deaths_are_judged_from_successful_consistent_reads_at_their_issue_time() {
+        let t0 = Instant::now();
+        let mut t = WorkerTracker::new();
+        t.observe_consistent(&[hb("a", 1, 0)], t0, t0);
+        // Every later read fails: nothing is proven, however much time passes.
+        let late = t0 + F * 3;
+        assert_eq!(
+            t.judged_statuses(F)["a"],
+            WorkerStatus::Live(LeaseRenewal::PerLease)
+        );
+        assert!(
+            matches!(t.status("a", F, late), WorkerStatus::Dead(_)),
+            "the clock alone says dead"
+        );
+        // A read issued before the failover time passed that returns after it proves nothing.
+        let issued = t0 + F - Duration::from_millis(100);
+        t.observe_consistent(&[hb("a", 1, 0)], issued, t0 + F + Duration::from_millis(500));
+        assert_eq!(
+            t.judged_statuses(F)["a"],
+            WorkerStatus::Live(LeaseRenewal::PerLease)
+        );
+        // One issued after it does.
+        let issued = t0 + F + Duration::from_millis(1);
+        t.observe_consistent(&[hb("a", 1, 0)], issued, issued);
+        assert_eq!(
+            t.judged_statuses(F)["a"],
+            WorkerStatus::Dead(LeaseRenewal::PerLease)
+        );
+    }
+
+    #[test]
+    fn conditions_hold_on_absent_rows_and_on_their_own_match() {
+        let row = hb("a", 7, 0);
+        assert!(HeartbeatCondition::Incarnation(1).holds(Some(&row)));
+        assert!(!HeartbeatCondition::Incarnation(2).holds(Some(&row)));
+        assert!(HeartbeatCondition::Counter(7).holds(Some(&row)));
+        assert!(!HeartbeatCondition::Counter(6).holds(Some(&row)));
+        assert!(HeartbeatCondition::Incarnation(2).holds(None));
+        assert!(HeartbeatCondition::Any.holds(Some(&row)));
     }
 
     #[test]

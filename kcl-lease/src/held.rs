@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::coordinator::metric_names::{LOST_LEASES, RENEW_FAILURES};
 use crate::error::{LeaseError, Result};
@@ -46,6 +46,17 @@ enum Heartbeating {
     /// The last valid heartbeat is older than the failover time: nothing this worker held may
     /// be processed, and nothing is taken until a new heartbeat succeeds.
     Lapsed,
+    /// Another process writes the heartbeat row of this worker id: this one holds, takes and
+    /// processes nothing until that row stands still for the failover time.
+    IdInUse,
+}
+
+/// How long after the start of its last successful renewal or heartbeat a worker may go on
+/// processing: the failover time less a margin of 2 % (at least 1 ms) for clocks whose rates
+/// differ (NTP slews a clock by at most 0.05 %) and for the time between a validity check and
+/// the first record of a batch. Another worker waits the whole failover time by its own clock.
+pub fn owner_validity(failover_time: Duration) -> Duration {
+    failover_time.saturating_sub((failover_time / 50).max(Duration::from_millis(1)))
 }
 
 /// What a successful heartbeat did to the worker's validity.
@@ -76,8 +87,20 @@ impl Liveness {
         match self.state() {
             Heartbeating::NotStarted | Heartbeating::Unsupported => true,
             Heartbeating::Valid(until) => now < until,
-            Heartbeating::Lapsed => false,
+            Heartbeating::Lapsed | Heartbeating::IdInUse => false,
         }
+    }
+
+    /// Whether another process writes this worker id's heartbeat row (see
+    /// [`Liveness::set_id_in_use`]).
+    pub fn id_in_use(&self) -> bool {
+        self.state() == Heartbeating::IdInUse
+    }
+
+    /// Records that another process writes this worker id's heartbeat row: nothing may be
+    /// processed or taken until a heartbeat of this process succeeds again.
+    pub fn set_id_in_use(&self) {
+        *lock(&self.state) = Heartbeating::IdInUse;
     }
 
     /// Whether heartbeats are in use (written successfully at least once, and not found
@@ -109,11 +132,11 @@ impl Liveness {
                 BeatOutcome::Lapsed
             }
             Heartbeating::Valid(until) => {
-                *state = Heartbeating::Valid(until.max(start + failover_time));
+                *state = Heartbeating::Valid(until.max(start + owner_validity(failover_time)));
                 BeatOutcome::Valid
             }
             _ => {
-                *state = Heartbeating::Valid(start + failover_time);
+                *state = Heartbeating::Valid(start + owner_validity(failover_time));
                 BeatOutcome::Valid
             }
         }
@@ -182,7 +205,15 @@ pub struct HeldLease {
     throughput_kbps: Mutex<Option<f64>>,
     /// The worker's journal of moves and errors.
     journal: Arc<Journal>,
+    /// Whether a graceful steal of this lease may be completed without the previous owner
+    /// (given its id) once the failover time has passed; always when `None`.
+    handoff_check: Option<HandoffCheck>,
 }
+
+/// Says whether a stolen lease's previous owner (its worker id) may be presumed to have
+/// stopped: false for a live worker that renews through its heartbeat (it stops only when it
+/// has seen the steal, which it then completes itself).
+pub(crate) type HandoffCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl std::fmt::Debug for HeldLease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -215,7 +246,7 @@ impl HeldLease {
             failover_time,
             store,
             row: tokio::sync::Mutex::new(row),
-            valid_until: Mutex::new(at + failover_time),
+            valid_until: Mutex::new(at + owner_validity(failover_time)),
             unconfirmed_since: Mutex::new(None),
             status: watch::channel(LeaseStatus::Held).0,
             released: AtomicBool::new(false),
@@ -225,7 +256,14 @@ impl HeldLease {
             call_timeout,
             throughput_kbps: Mutex::new(None),
             journal,
+            handoff_check: None,
         }
+    }
+
+    /// Sets the check of [`HeldLease::wait_for_handoff`] (see [`HandoffCheck`]).
+    pub(crate) fn with_handoff_check(mut self, check: HandoffCheck) -> Self {
+        self.handoff_check = Some(check);
+        self
     }
 
     /// The lease key (the shard id, or `account:stream:creationEpoch:shardId`).
@@ -372,7 +410,7 @@ impl HeldLease {
         match result {
             Ok(new) => {
                 *row = new;
-                *lock(&self.valid_until) = started + self.failover_time;
+                *lock(&self.valid_until) = started + owner_validity(self.failover_time);
                 *lock(&self.unconfirmed_since) = None;
             }
             // An earlier write that timed out (or whose answer was lost) may have been applied
@@ -385,7 +423,7 @@ impl HeldLease {
                     Ok(()) => {
                         if let Some(since) = lock(&self.unconfirmed_since).take() {
                             let mut until = lock(&self.valid_until);
-                            *until = (*until).max(since + self.failover_time);
+                            *until = (*until).max(since + owner_validity(self.failover_time));
                         }
                     }
                     Err(actual) => self.on_conflict(actual.as_deref()),
@@ -447,15 +485,21 @@ impl HeldLease {
     /// Learns of a change of owner from a (possibly stale) scan of the table: if `scanned` is
     /// newer than the row this worker last wrote and names another owner, the lease is lost or
     /// a hand-off was requested. With worker renewal there are no renewals to learn it from.
-    pub(crate) fn reconcile(&self, scanned: &Lease) {
+    ///
+    /// Returns whether the check was made: not while a write of this worker to the row is in
+    /// flight (its outcome decides what the scanned row means); the caller checks again later.
+    pub(crate) fn reconcile(&self, scanned: &Lease) -> bool {
         if self.status() == LeaseStatus::Lost || scanned.is_owned_by(&self.worker_id) {
-            return;
+            return true;
         }
-        let Ok(row) = self.row.try_lock() else { return };
+        let Ok(row) = self.row.try_lock() else {
+            return false;
+        };
         if scanned.lease_counter > row.lease_counter {
             drop(row);
             self.on_conflict(Some(scanned));
         }
+        true
     }
 
     /// Writes a checkpoint: as owner while held, or as `checkpointOwner` during a hand-off.
@@ -494,6 +538,14 @@ impl HeldLease {
             }
             Err(LeaseError::Conflict { key, actual }) => {
                 let actual = match self.adopt_after_conflict(&mut row, actual).await {
+                    Ok(()) if *checkpoint < row.checkpoint => {
+                        // An earlier, higher checkpoint of this worker reported failure but was
+                        // applied: it stays (the processor had got that far); writing this
+                        // lower one on top would move the checkpoint backwards.
+                        info!(lease = %self.key, kept = %row.checkpoint, requested = %checkpoint,
+                            "a higher checkpoint was applied after all; not moving it back");
+                        return Ok(row.clone());
+                    }
                     Ok(()) => {
                         // An earlier write reported failure but was applied: write again on top.
                         let new = self
@@ -555,6 +607,11 @@ impl HeldLease {
     /// When this worker stole the lease with a hand-off: waits until the previous owner has
     /// checkpointed and cleared `checkpointOwner`, or until the failover time has passed (the
     /// previous owner may be dead), then returns the fresh row. Returns at once otherwise.
+    ///
+    /// A previous owner that renews per lease has stopped by then (its next renewal conflicts,
+    /// and its validity ended before). One that renews through its heartbeat learns of the
+    /// steal only from a scan or a checkpoint: while it is live (as the heartbeats prove), the
+    /// hand-off is never completed without it.
     pub async fn wait_for_handoff(&self, poll: Duration) -> Result<Lease> {
         let deadline = Instant::now() + self.failover_time;
         loop {
@@ -588,7 +645,10 @@ impl HeldLease {
                 row.owner_switches_since_checkpoint = fresh.owner_switches_since_checkpoint;
                 return Ok(row.clone());
             }
-            if Instant::now() >= deadline {
+            let may_complete = self.handoff_check.as_ref().is_none_or(|may| may(&previous));
+            if Instant::now() >= deadline && !may_complete {
+                debug!(lease = %self.key, %previous, "the previous owner is live: waiting for it to let go");
+            } else if Instant::now() >= deadline {
                 warn!(lease = %self.key, %previous, "previous owner did not finish the hand-off in time");
                 match self.store.complete_handoff(&self.key, &previous).await {
                     Ok(_) | Err(LeaseError::Conflict { .. }) => row.checkpoint_owner = Some(previous),

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use crate::error::{LeaseError, Result};
-use crate::heartbeat::WorkerHeartbeat;
+use crate::heartbeat::{HeartbeatCondition, WorkerHeartbeat};
 use crate::lease::Lease;
 use crate::sequence::ExtendedSequenceNumber;
 use crate::store::LeaseStore;
@@ -198,12 +198,16 @@ impl LeaseStore for InMemoryLeaseStore {
         Ok(self.lock().values().cloned().collect())
     }
 
-    async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<()> {
+    async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat, condition: HeartbeatCondition) -> Result<()> {
         self.count(LeaseOp::PutHeartbeat);
-        self.heartbeats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(heartbeat.worker_id.clone(), heartbeat.clone());
+        let mut rows = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+        if !condition.holds(rows.get(&heartbeat.worker_id)) {
+            return Err(LeaseError::Conflict {
+                key: heartbeat.worker_id.clone(),
+                actual: None,
+            });
+        }
+        rows.insert(heartbeat.worker_id.clone(), heartbeat.clone());
         Ok(())
     }
 
@@ -212,20 +216,17 @@ impl LeaseStore for InMemoryLeaseStore {
         Ok(self.heartbeats())
     }
 
-    async fn delete_heartbeat(&self, worker_id: &str, counter: Option<u64>) -> Result<()> {
+    async fn delete_heartbeat(&self, worker_id: &str, condition: HeartbeatCondition) -> Result<()> {
         self.count(LeaseOp::DeleteHeartbeat);
         let mut rows = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
-        match (rows.get(worker_id), counter) {
-            (None, _) => Ok(()),
-            (Some(row), Some(c)) if row.counter != c => Err(LeaseError::Conflict {
+        if !condition.holds(rows.get(worker_id)) {
+            return Err(LeaseError::Conflict {
                 key: worker_id.to_owned(),
                 actual: None,
-            }),
-            _ => {
-                rows.remove(worker_id);
-                Ok(())
-            }
+            });
         }
+        rows.remove(worker_id);
+        Ok(())
     }
 
     async fn get(&self, key: &str) -> Result<Option<Lease>> {

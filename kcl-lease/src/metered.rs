@@ -30,7 +30,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::error::{LeaseError, Result};
-use crate::heartbeat::WorkerHeartbeat;
+use crate::heartbeat::{HeartbeatCondition, WorkerHeartbeat};
 use crate::lease::Lease;
 use crate::memory::LeaseOp;
 use crate::row;
@@ -312,8 +312,8 @@ impl<S: LeaseStore> LeaseStore for MeteredLeaseStore<S> {
         r
     }
 
-    async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<()> {
-        let r = self.inner.put_heartbeat(heartbeat).await;
+    async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat, condition: HeartbeatCondition) -> Result<()> {
+        let r = self.inner.put_heartbeat(heartbeat, condition).await;
         if matches!(r, Err(LeaseError::Unsupported(_))) {
             return r;
         }
@@ -330,8 +330,8 @@ impl<S: LeaseStore> LeaseStore for MeteredLeaseStore<S> {
         r
     }
 
-    async fn delete_heartbeat(&self, worker_id: &str, counter: Option<u64>) -> Result<()> {
-        let r = self.inner.delete_heartbeat(worker_id, counter).await;
+    async fn delete_heartbeat(&self, worker_id: &str, condition: HeartbeatCondition) -> Result<()> {
+        let r = self.inner.delete_heartbeat(worker_id, condition).await;
         if matches!(r, Err(LeaseError::Unsupported(_))) {
             return r;
         }
@@ -449,13 +449,17 @@ mod tests {
         assert!(store.renew(&rows[0]).await.unwrap_err().is_conflict());
         store.renew(&row).await.unwrap();
         store
-            .put_heartbeat(&WorkerHeartbeat {
-                worker_id: "w".into(),
-                counter: 1,
-                renewal: LeaseRenewal::PerLease,
-                leases: 1,
-                epoch: 0,
-            })
+            .put_heartbeat(
+                &WorkerHeartbeat {
+                    worker_id: "w".into(),
+                    counter: 1,
+                    renewal: LeaseRenewal::PerLease,
+                    leases: 1,
+                    epoch: 0,
+                    incarnation: Some(1),
+                },
+                HeartbeatCondition::Any,
+            )
             .await
             .unwrap();
         store.list_heartbeats(true).await.unwrap();

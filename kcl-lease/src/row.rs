@@ -67,6 +67,9 @@ pub const LEASE_RENEWAL: &str = "leaseRenewal";
 pub const LEASE_COUNT: &str = "leaseCount";
 /// `epoch` (N): bumped when the worker announces a change of the lease table.
 pub const EPOCH: &str = "epoch";
+/// `incarnation` (N): drawn at random by each worker process (tells two processes with one
+/// worker id apart).
+pub const INCARNATION: &str = "incarnation";
 
 /// One attribute value of a row, with DynamoDB's types.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,13 +154,17 @@ pub fn lease_row(lease: &Lease) -> Row {
 
 /// The heartbeat row of a worker.
 pub fn heartbeat_row(hb: &WorkerHeartbeat) -> Row {
-    vec![
+    let mut row = vec![
         (WORKER_ID, s(&hb.worker_id)),
         (HEARTBEAT_COUNTER, n(hb.counter)),
         (LEASE_RENEWAL, s(hb.renewal.as_str())),
         (LEASE_COUNT, n(hb.leases)),
         (EPOCH, n(hb.epoch)),
-    ]
+    ];
+    if let Some(incarnation) = hb.incarnation {
+        row.push((INCARNATION, n(incarnation)));
+    }
+    row
 }
 
 /// The size of one value as DynamoDB bills it: strings their UTF-8 length, numbers about one

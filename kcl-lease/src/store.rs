@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::error::{LeaseError, Result};
-use crate::heartbeat::WorkerHeartbeat;
+use crate::heartbeat::{HeartbeatCondition, WorkerHeartbeat};
 use crate::lease::Lease;
 use crate::sequence::ExtendedSequenceNumber;
 
@@ -46,11 +46,13 @@ pub trait LeaseStore: Send + Sync + 'static {
         self.list().await
     }
 
-    /// Writes this worker's heartbeat row (unconditionally: each worker writes only its own).
-    /// Stores without heartbeats answer [`LeaseError::Unsupported`] (the default), and workers
-    /// then coordinate through the lease table alone.
-    async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<()> {
-        let _ = heartbeat;
+    /// Writes a worker's heartbeat row if the row as it is now satisfies `condition` (or does
+    /// not exist); else [`LeaseError::Conflict`] (keyed by the worker id). A worker writes its
+    /// own row conditional on its incarnation, so that a second process started with the same
+    /// id finds out. Stores without heartbeats answer [`LeaseError::Unsupported`] (the
+    /// default), and workers then coordinate through the lease table alone.
+    async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat, condition: HeartbeatCondition) -> Result<()> {
+        let _ = (heartbeat, condition);
         Err(LeaseError::Unsupported("worker heartbeats".into()))
     }
 
@@ -60,10 +62,10 @@ pub trait LeaseStore: Send + Sync + 'static {
         Err(LeaseError::Unsupported("worker heartbeats".into()))
     }
 
-    /// Deletes a worker's heartbeat row if its counter is still `counter` (`None`: whatever
-    /// it is, for a worker removing its own row). A row already gone is not an error.
-    async fn delete_heartbeat(&self, worker_id: &str, counter: Option<u64>) -> Result<()> {
-        let _ = (worker_id, counter);
+    /// Deletes a worker's heartbeat row if it satisfies `condition` (else
+    /// [`LeaseError::Conflict`]). A row already gone is not an error.
+    async fn delete_heartbeat(&self, worker_id: &str, condition: HeartbeatCondition) -> Result<()> {
+        let _ = (worker_id, condition);
         Err(LeaseError::Unsupported("worker heartbeats".into()))
     }
 
@@ -133,14 +135,14 @@ impl<T: LeaseStore + ?Sized> LeaseStore for Arc<T> {
     async fn list_eventually_consistent(&self) -> Result<Vec<Lease>> {
         (**self).list_eventually_consistent().await
     }
-    async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<()> {
-        (**self).put_heartbeat(heartbeat).await
+    async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat, condition: HeartbeatCondition) -> Result<()> {
+        (**self).put_heartbeat(heartbeat, condition).await
     }
     async fn list_heartbeats(&self, consistent: bool) -> Result<Vec<WorkerHeartbeat>> {
         (**self).list_heartbeats(consistent).await
     }
-    async fn delete_heartbeat(&self, worker_id: &str, counter: Option<u64>) -> Result<()> {
-        (**self).delete_heartbeat(worker_id, counter).await
+    async fn delete_heartbeat(&self, worker_id: &str, condition: HeartbeatCondition) -> Result<()> {
+        (**self).delete_heartbeat(worker_id, condition).await
     }
     async fn get(&self, key: &str) -> Result<Option<Lease>> {
         (**self).get(key).await

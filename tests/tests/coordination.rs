@@ -64,7 +64,7 @@ impl Worker {
                                 let _ = status.wait_for(|s| *s != LeaseStatus::Held).await;
                                 a.lock().unwrap().remove(lease.key());
                             }
-                            c.release(lease.key()).await;
+                            c.release(&lease).await;
                         });
                     }
                     Some(_) = shards.join_next(), if !shards.is_empty() => {}
@@ -112,7 +112,7 @@ impl Worker {
     async fn shutdown(self) {
         self.coordinator.stop_taking();
         for lease in self.coordinator.held() {
-            self.coordinator.release(lease.key()).await;
+            self.coordinator.release(&lease).await;
         }
         self.coordinator.leave().await;
         let _ = self.stop.send(true);

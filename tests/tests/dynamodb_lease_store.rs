@@ -649,7 +649,7 @@ fn throttling_errors_map_to_throttled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_live_in_a_side_table_that_ensure_table_creates() {
-    use kcl_lease::{LeaseRenewal, WorkerHeartbeat};
+    use kcl_lease::{HeartbeatCondition, LeaseRenewal, WorkerHeartbeat};
     let (store, client) = store("kcl-heartbeats").await;
     let side = store.heartbeat_table_name().to_owned();
     assert_eq!(side, format!("{}-WorkerHeartbeats", store.table_name()));
@@ -665,24 +665,66 @@ async fn heartbeats_live_in_a_side_table_that_ensure_table_creates() {
         renewal: LeaseRenewal::Worker,
         leases: 7,
         epoch: 3,
+        incarnation: Some(11),
     };
-    store.put_heartbeat(&beat("a", 1)).await.unwrap();
-    store.put_heartbeat(&beat("a", 2)).await.unwrap();
-    store.put_heartbeat(&beat("b", 1)).await.unwrap();
+    let mine = HeartbeatCondition::Incarnation(11);
+    store.put_heartbeat(&beat("a", 1), mine).await.unwrap();
+    store.put_heartbeat(&beat("a", 2), mine).await.unwrap();
+    store.put_heartbeat(&beat("b", 1), mine).await.unwrap();
     let mut rows = store.list_heartbeats(false).await.unwrap();
     rows.sort_by(|x, y| x.worker_id.cmp(&y.worker_id));
     assert_eq!(rows, vec![beat("a", 2), beat("b", 1)]);
-    // The lease table holds no heartbeat rows (Java workers never see them).
-    assert!(store.list().await.unwrap().is_empty());
-    // Conditional clean-up: only if the counter did not move.
+    // Another process with the same worker id (another incarnation) cannot write the row...
+    let other = WorkerHeartbeat {
+        incarnation: Some(12),
+        ..beat("a", 1)
+    };
     assert!(store
-        .delete_heartbeat("a", Some(1))
+        .put_heartbeat(&other, HeartbeatCondition::Incarnation(12))
         .await
         .unwrap_err()
         .is_conflict());
-    store.delete_heartbeat("a", Some(2)).await.unwrap();
-    store.delete_heartbeat("b", None).await.unwrap();
-    store.delete_heartbeat("gone", None).await.unwrap();
+    // ...until it takes over a row that stood still, conditional on its counter.
+    assert!(store
+        .put_heartbeat(&other, HeartbeatCondition::Counter(1))
+        .await
+        .unwrap_err()
+        .is_conflict());
+    store
+        .put_heartbeat(&other, HeartbeatCondition::Counter(2))
+        .await
+        .unwrap();
+    assert!(store
+        .put_heartbeat(&beat("a", 3), mine)
+        .await
+        .unwrap_err()
+        .is_conflict());
+    store
+        .put_heartbeat(&beat("a", 2), HeartbeatCondition::Counter(1))
+        .await
+        .unwrap();
+    // The lease table holds no heartbeat rows (Java workers never see them).
+    assert!(store.list().await.unwrap().is_empty());
+    // Conditional clean-up: only if the counter did not move, or by its own process.
+    assert!(store
+        .delete_heartbeat("a", HeartbeatCondition::Counter(1))
+        .await
+        .unwrap_err()
+        .is_conflict());
+    assert!(store
+        .delete_heartbeat("b", HeartbeatCondition::Incarnation(12))
+        .await
+        .unwrap_err()
+        .is_conflict());
+    store
+        .delete_heartbeat("a", HeartbeatCondition::Counter(2))
+        .await
+        .unwrap();
+    store.delete_heartbeat("b", mine).await.unwrap();
+    store
+        .delete_heartbeat("gone", HeartbeatCondition::Any)
+        .await
+        .unwrap();
     assert!(store.list_heartbeats(true).await.unwrap().is_empty());
     // A corrupt row is skipped.
     put_raw(
@@ -701,7 +743,7 @@ async fn heartbeats_live_in_a_side_table_that_ensure_table_creates() {
     let bare =
         DynamoDbLeaseStore::new(client.clone(), store.table_name()).with_heartbeat_table(unique("kcl-none"));
     assert!(matches!(
-        bare.put_heartbeat(&beat("a", 1)).await,
+        bare.put_heartbeat(&beat("a", 1), mine).await,
         Err(LeaseError::Unsupported(_))
     ));
     assert!(matches!(

@@ -20,8 +20,8 @@ use kcl_core::{
     KclError, LocalBackend, Scheduler, SchedulerHandle, Shard, StreamBackend, StreamConfig,
 };
 use kcl_lease::{
-    FailureLeaseStore, Lease, LeaseFault, LeaseFaultPlan, LeaseOp, LeaseStore, LeaseTrigger,
-    StreamIdentifier, WorkerHeartbeat,
+    FailureLeaseStore, HeartbeatCondition, Lease, LeaseFault, LeaseFaultPlan, LeaseOp, LeaseStore,
+    LeaseTrigger, StreamIdentifier, WorkerHeartbeat,
 };
 use kcl_tests::*;
 
@@ -172,16 +172,24 @@ impl LeaseStore for PanickingStore {
         self.check(LeaseOp::List);
         self.inner.list().await
     }
-    async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat) -> kcl_lease::Result<()> {
+    async fn put_heartbeat(
+        &self,
+        heartbeat: &WorkerHeartbeat,
+        condition: HeartbeatCondition,
+    ) -> kcl_lease::Result<()> {
         self.check(LeaseOp::PutHeartbeat);
-        self.inner.put_heartbeat(heartbeat).await
+        self.inner.put_heartbeat(heartbeat, condition).await
     }
     async fn list_heartbeats(&self, consistent: bool) -> kcl_lease::Result<Vec<WorkerHeartbeat>> {
         self.check(LeaseOp::ListHeartbeats);
         self.inner.list_heartbeats(consistent).await
     }
-    async fn delete_heartbeat(&self, worker_id: &str, counter: Option<u64>) -> kcl_lease::Result<()> {
-        self.inner.delete_heartbeat(worker_id, counter).await
+    async fn delete_heartbeat(
+        &self,
+        worker_id: &str,
+        condition: HeartbeatCondition,
+    ) -> kcl_lease::Result<()> {
+        self.inner.delete_heartbeat(worker_id, condition).await
     }
     async fn get(&self, key: &str) -> kcl_lease::Result<Option<Lease>> {
         self.inner.get(key).await

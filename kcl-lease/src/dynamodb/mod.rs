@@ -87,7 +87,7 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 
 use crate::error::{FatalKind, LeaseError, Result};
-use crate::heartbeat::WorkerHeartbeat;
+use crate::heartbeat::{HeartbeatCondition, WorkerHeartbeat};
 use crate::lease::Lease;
 use crate::sequence::ExtendedSequenceNumber;
 use crate::store::LeaseStore;
@@ -784,6 +784,19 @@ impl DynamoDbLeaseStore {
     }
 }
 
+/// A heartbeat condition as a condition expression (names `#w`, `#c`, value `:c`); `None` for
+/// no condition. Every condition holds on a row that does not exist.
+fn heartbeat_condition(
+    condition: HeartbeatCondition,
+) -> Option<(&'static str, &'static str, AttributeValue)> {
+    let expression = "attribute_not_exists(#w) OR #c = :c";
+    match condition {
+        HeartbeatCondition::Incarnation(i) => Some((expression, schema::INCARNATION, schema::n(i))),
+        HeartbeatCondition::Counter(c) => Some((expression, schema::HEARTBEAT_COUNTER, schema::n(c))),
+        _ => None,
+    }
+}
+
 #[async_trait]
 impl LeaseStore for DynamoDbLeaseStore {
     async fn list(&self) -> Result<Vec<Lease>> {
@@ -794,15 +807,28 @@ impl LeaseStore for DynamoDbLeaseStore {
         self.scan_leases(false).await
     }
 
-    async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<()> {
-        self.client
+    async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat, condition: HeartbeatCondition) -> Result<()> {
+        let request = self
+            .client
             .put_item()
             .table_name(&self.heartbeat_table)
-            .set_item(Some(schema::encode_heartbeat(heartbeat)))
-            .send()
-            .await
-            .map_err(|e| self.heartbeat_error("PutItem", e))?;
-        Ok(())
+            .set_item(Some(schema::encode_heartbeat(heartbeat)));
+        let request = match heartbeat_condition(condition) {
+            Some((expression, name, value)) => request
+                .condition_expression(expression)
+                .expression_attribute_names("#w", schema::WORKER_ID)
+                .expression_attribute_names("#c", name)
+                .expression_attribute_values(":c", value),
+            None => request,
+        };
+        match request.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Err(LeaseError::Conflict {
+                key: heartbeat.worker_id.clone(),
+                actual: None,
+            }),
+            Err(e) => Err(self.heartbeat_error("PutItem", e)),
+        }
     }
 
     async fn list_heartbeats(&self, consistent: bool) -> Result<Vec<WorkerHeartbeat>> {
@@ -832,17 +858,18 @@ impl LeaseStore for DynamoDbLeaseStore {
         }
     }
 
-    async fn delete_heartbeat(&self, worker_id: &str, counter: Option<u64>) -> Result<()> {
+    async fn delete_heartbeat(&self, worker_id: &str, condition: HeartbeatCondition) -> Result<()> {
         let mut request = self
             .client
             .delete_item()
             .table_name(&self.heartbeat_table)
             .key(schema::WORKER_ID, schema::s(worker_id));
-        if let Some(c) = counter {
+        if let Some((expression, name, value)) = heartbeat_condition(condition) {
             request = request
-                .condition_expression("#hc = :hc")
-                .expression_attribute_names("#hc", schema::HEARTBEAT_COUNTER)
-                .expression_attribute_values(":hc", schema::n(c));
+                .condition_expression(expression)
+                .expression_attribute_names("#w", schema::WORKER_ID)
+                .expression_attribute_names("#c", name)
+                .expression_attribute_values(":c", value);
         }
         match request.send().await {
             Ok(_) => Ok(()),

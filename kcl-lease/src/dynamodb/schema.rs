@@ -24,7 +24,7 @@ pub type Item = HashMap<String, AttributeValue>;
 
 pub use crate::row::{
     CHECKPOINT, CHECKPOINT_OWNER, CHECKPOINT_SUB_SEQUENCE, CHILD_SHARD_IDS, ENDING_HASH_KEY, ENTITY_TYPE,
-    EPOCH, HEARTBEAT_COUNTER, LEASE_COUNT, LEASE_COUNTER, LEASE_ENTITY, LEASE_KEY, LEASE_OWNER,
+    EPOCH, HEARTBEAT_COUNTER, INCARNATION, LEASE_COUNT, LEASE_COUNTER, LEASE_ENTITY, LEASE_KEY, LEASE_OWNER,
     LEASE_RENEWAL, OWNER_SWITCHES, PARENT_SHARD_IDS, PENDING_CHECKPOINT, PENDING_CHECKPOINT_STATE,
     PENDING_CHECKPOINT_SUB_SEQUENCE, SHARD_ID, STARTING_HASH_KEY, STREAM_NAME, THROUGHPUT_KBPS, WORKER_ID,
 };
@@ -79,6 +79,7 @@ pub fn decode_heartbeat(item: &Item) -> Result<WorkerHeartbeat, LeaseError> {
         renewal,
         leases: reader.number(LEASE_COUNT)?.unwrap_or(0),
         epoch: reader.number(EPOCH)?.unwrap_or(0),
+        incarnation: reader.number(INCARNATION)?,
     })
 }
 

@@ -1,0 +1,370 @@
+//! Deterministic tests of the findings of the coordination review
+//! (`shared/notes/coordination-review.md`, F1–F12): each drives coordinators by hand, in paused
+//! time, through the interleaving the review describes, and checks that no two workers may
+//! process one lease at once, that checkpoints do not move back, and that a worker id used by
+//! two processes is detected. Each failed before its fix.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::memory::{InMemoryLeaseStore, LeaseOp};
+use crate::sequence::ExtendedSequenceNumber;
+use crate::{FailureLeaseStore, LeaseFault, LeaseFaultPlan, LeaseTrigger};
+
+const F: Duration = Duration::from_secs(3);
+
+fn table(n: usize) -> Arc<InMemoryLeaseStore> {
+    let store = InMemoryLeaseStore::new();
+    for i in 0..n {
+        store.put_raw(Lease::new(
+            format!("shard-{i}"),
+            ExtendedSequenceNumber::TrimHorizon,
+        ));
+    }
+    Arc::new(store)
+}
+
+fn worker(
+    store: Arc<dyn LeaseStore>,
+    id: &str,
+    renewal: LeaseRenewal,
+) -> (Arc<LeaseCoordinator>, mpsc::Receiver<Arc<HeldLease>>) {
+    let mut settings = LeaseSettings::new(F);
+    settings.renewal = renewal;
+    LeaseCoordinator::new(store, CoordinatorConfig::with_settings(id, settings))
+}
+
+/// The keys both coordinators hold and may process right now (a stolen lease is processed
+/// only once its hand-off is complete: `checkpointOwner` cleared).
+async fn processed_by_both(a: &LeaseCoordinator, b: &LeaseCoordinator) -> Vec<String> {
+    async fn valid(c: &LeaseCoordinator) -> BTreeSet<String> {
+        let mut keys = BTreeSet::new();
+        for lease in c.held() {
+            if lease.is_valid() && lease.lease().await.checkpoint_owner.is_none() {
+                keys.insert(lease.key().to_owned());
+            }
+        }
+        keys
+    }
+    valid(a).await.intersection(&valid(b).await).cloned().collect()
+}
+
+async fn step(ms: u64) {
+    tokio::time::advance(Duration::from_millis(ms)).await;
+}
+
+/// A store whose eventually consistent scans can be served from an older state, and whose
+/// strongly consistent heartbeat reads can return late (read at the call, answered later): the
+/// two ways a real table's answer is older than the time it arrives.
+struct Lagging {
+    inner: Arc<InMemoryLeaseStore>,
+    stale_scan: Mutex<Option<Vec<Lease>>>,
+    late_heartbeats: Mutex<Option<Duration>>,
+}
+
+impl Lagging {
+    fn new(inner: &Arc<InMemoryLeaseStore>) -> Arc<Self> {
+        Arc::new(Self {
+            inner: inner.clone(),
+            stale_scan: Mutex::new(None),
+            late_heartbeats: Mutex::new(None),
+        })
+    }
+}
+
+#[async_trait]
+impl LeaseStore for Lagging {
+    async fn list(&self) -> Result<Vec<Lease>> {
+        self.inner.list().await
+    }
+    async fn list_eventually_consistent(&self) -> Result<Vec<Lease>> {
+        let stale = lock(&self.stale_scan).take();
+        match stale {
+            Some(rows) => Ok(rows),
+            None => self.inner.list().await,
+        }
+    }
+    async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat, condition: HeartbeatCondition) -> Result<()> {
+        self.inner.put_heartbeat(heartbeat, condition).await
+    }
+    async fn list_heartbeats(&self, consistent: bool) -> Result<Vec<WorkerHeartbeat>> {
+        let rows = self.inner.list_heartbeats(consistent).await;
+        let late = *lock(&self.late_heartbeats);
+        if let (true, Some(late)) = (consistent, late) {
+            tokio::time::sleep(late).await;
+        }
+        rows
+    }
+    async fn delete_heartbeat(&self, worker_id: &str, condition: HeartbeatCondition) -> Result<()> {
+        self.inner.delete_heartbeat(worker_id, condition).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<Lease>> {
+        self.inner.get(key).await
+    }
+    async fn create_if_absent(&self, lease: &Lease) -> Result<bool> {
+        self.inner.create_if_absent(lease).await
+    }
+    async fn renew(&self, expected: &Lease) -> Result<Lease> {
+        self.inner.renew(expected).await
+    }
+    async fn take(&self, expected: &Lease, new_owner: &str, handoff: bool) -> Result<Lease> {
+        self.inner.take(expected, new_owner, handoff).await
+    }
+    async fn evict(&self, expected: &Lease) -> Result<Lease> {
+        self.inner.evict(expected).await
+    }
+    async fn update_checkpoint(
+        &self,
+        expected: &Lease,
+        worker_id: &str,
+        checkpoint: &ExtendedSequenceNumber,
+    ) -> Result<Lease> {
+        self.inner
+            .update_checkpoint(expected, worker_id, checkpoint)
+            .await
+    }
+    async fn complete_handoff(&self, key: &str, previous_owner: &str) -> Result<Lease> {
+        self.inner.complete_handoff(key, previous_owner).await
+    }
+    async fn mark_children(&self, expected: &Lease, children: &BTreeSet<String>) -> Result<Lease> {
+        self.inner.mark_children(expected, children).await
+    }
+    async fn delete(&self, expected: &Lease) -> Result<()> {
+        self.inner.delete(expected).await
+    }
+}
+
+/// F2: a worker whose heartbeat reads fail (its writes work) must not conclude that the others
+/// died. Before: every other worker aged into "dead" and it took every lease of a live fleet.
+#[tokio::test(start_paused = true)]
+async fn f2_a_worker_whose_heartbeat_reads_fail_takes_nothing_from_live_workers() {
+    for renewal in [LeaseRenewal::PerLease, LeaseRenewal::Worker] {
+        let memory = table(4);
+        let (a, _a_rx) = worker(memory.clone(), "a", renewal);
+        let reads_fail = Arc::new(FailureLeaseStore::new(memory.clone(), LeaseFaultPlan::none()));
+        let (b, _b_rx) = worker(reads_fail.clone(), "b", renewal);
+        a.heartbeat().await;
+        assert_eq!(a.take_round().await.unwrap(), 4);
+        b.heartbeat().await;
+        b.take_round().await.unwrap();
+        assert!(b.held().len() < 4, "b saw a live");
+        let before = b.held().len();
+        reads_fail.set_plan(LeaseFaultPlan::new(0).rule(
+            LeaseOp::ListHeartbeats,
+            LeaseTrigger::Always,
+            LeaseFault::Error,
+        ));
+        for _ in 0..20 {
+            step(500).await;
+            a.heartbeat().await;
+            a.renew_all().await;
+            b.heartbeat().await;
+            b.renew_all().await;
+            b.watch_round().await;
+            b.take_round().await.unwrap();
+            let both = processed_by_both(&a, &b).await;
+            assert!(both.is_empty(), "{renewal}: two workers process {both:?}");
+        }
+        assert_eq!(b.held().len(), before, "{renewal}: b took nothing while blind");
+    }
+}
+
+/// F4: a death is judged against the time the consistent read was issued. Before: a read that
+/// was answered late (after a heartbeat of the owner landed) declared the owner dead while its
+/// validity had just been extended.
+#[tokio::test(start_paused = true)]
+async fn f4_a_late_answer_does_not_make_a_worker_dead() {
+    let memory = table(2);
+    let (a, _a_rx) = worker(memory.clone(), "a", LeaseRenewal::Worker);
+    let lagging = Lagging::new(&memory);
+    let (b, _b_rx) = worker(lagging.clone(), "b", LeaseRenewal::Worker);
+    a.heartbeat().await;
+    assert_eq!(a.take_round().await.unwrap(), 2);
+    b.heartbeat().await;
+    b.read_heartbeats(true).await; // b first sees a's counter now (t = 0)
+                                   // a's heartbeats fail from here on, except one just before its validity runs out.
+    step(2850).await;
+    b.heartbeat().await;
+    *lock(&lagging.late_heartbeats) = Some(Duration::from_millis(300));
+    let round = tokio::spawn({
+        let b = b.clone();
+        async move { b.take_round().await }
+    });
+    step(50).await; // b's read has been served (counter unchanged); its answer is on its way
+    a.heartbeat().await; // t = 2.9 s: a's heartbeat lands, a is valid until 5.84 s
+    step(300).await; // b's answer arrives at 3.2 s, more than F after b first saw the counter
+    round.await.unwrap().unwrap();
+    assert!(a.held().iter().all(|l| l.is_valid()), "a may go on");
+    // b may steal its share gracefully (a hands it over), but take nothing as from the dead.
+    for lease in b.held() {
+        let row = lease.lease().await;
+        assert_eq!(
+            row.checkpoint_owner.as_deref(),
+            Some("a"),
+            "b took {} from a live worker",
+            row.lease_key
+        );
+    }
+    assert!(processed_by_both(&a, &b).await.is_empty());
+}
+
+/// F5: two processes started with one worker id. The second processes nothing while the first
+/// beats, and says so; once the first has stopped beating for the failover time it takes the
+/// id and its leases over; the first, should it come back, finds out and gives up.
+#[tokio::test(start_paused = true)]
+async fn f5_a_second_process_with_the_same_id_waits_for_the_first() {
+    for renewal in [LeaseRenewal::PerLease, LeaseRenewal::Worker] {
+        let memory = table(4);
+        let (first, _first_rx) = worker(memory.clone(), "w", renewal);
+        first.heartbeat().await;
+        assert_eq!(first.take_round().await.unwrap(), 4);
+        let (second, _second_rx) = worker(memory.clone(), "w", renewal);
+        second.heartbeat().await;
+        assert!(
+            second.liveness.id_in_use(),
+            "{renewal}: the second process noticed"
+        );
+        for _ in 0..12 {
+            step(500).await;
+            first.heartbeat().await;
+            first.renew_all().await;
+            second.heartbeat().await;
+            second.watch_round().await;
+            second.take_round().await.unwrap();
+            assert!(
+                second.held().is_empty(),
+                "{renewal}: the second took {:?}",
+                second.held()
+            );
+            assert!(first.held().iter().all(|l| l.is_valid()));
+        }
+        // The first process stops (paused, or dead): after the failover time the second
+        // takes over the id and its leases.
+        let mut resumed = false;
+        for _ in 0..10 {
+            step(500).await;
+            second.heartbeat().await;
+            if !second.liveness.id_in_use() {
+                second.take_round().await.unwrap();
+                resumed = true;
+                break;
+            }
+        }
+        assert!(resumed, "{renewal}: the second took over the id");
+        assert_eq!(second.held().len(), 4, "{renewal}: and the leases named with it");
+        assert!(
+            first.held().iter().all(|l| !l.is_valid()),
+            "{renewal}: the first had stopped"
+        );
+        // The first comes back: its heartbeat fails its condition and it gives up.
+        first.heartbeat().await;
+        assert!(first.liveness.id_in_use());
+        assert!(first.held().is_empty());
+        assert_eq!(second.held().iter().filter(|l| l.is_valid()).count(), 4);
+    }
+}
+
+/// F6: a key given up while its shard task still runs is not taken again until that task has
+/// let go of it; a late release of the old lease never touches the new one.
+#[tokio::test(start_paused = true)]
+async fn f6_a_key_is_not_taken_again_while_its_old_task_runs() {
+    let memory = table(1);
+    let (a, mut a_rx) = worker(memory.clone(), "a", LeaseRenewal::PerLease);
+    a.heartbeat().await;
+    a.take_round().await.unwrap();
+    let old = a_rx.recv().await.unwrap(); // the shard task holds it
+    a.give_up_all("test: a lapse");
+    a.heartbeat().await;
+    assert_eq!(a.take_round().await.unwrap(), 0, "not while the old task runs");
+    a.release(&old).await; // the old task ends
+    assert_eq!(a.take_round().await.unwrap(), 1);
+    let new = a_rx.recv().await.unwrap();
+    a.release(&old).await; // a late second release of the old lease
+    assert_eq!(new.status(), LeaseStatus::Held);
+    assert!(memory.get("shard-0").await.unwrap().unwrap().is_owned_by("a"));
+    assert_eq!(a.held().len(), 1);
+}
+
+/// F12: a checkpoint whose answer was lost but that was applied is not overwritten by a lower
+/// one written after it.
+#[tokio::test(start_paused = true)]
+async fn f12_a_lower_checkpoint_never_overwrites_an_applied_higher_one() {
+    let memory = table(1);
+    let store = Arc::new(FailureLeaseStore::new(memory.clone(), LeaseFaultPlan::none()));
+    let (a, mut a_rx) = worker(store.clone(), "a", LeaseRenewal::PerLease);
+    a.take_round().await.unwrap();
+    let held = a_rx.recv().await.unwrap();
+    store.set_plan(LeaseFaultPlan::new(0).rule(
+        LeaseOp::Checkpoint,
+        LeaseTrigger::Nth(1),
+        LeaseFault::ApplyThenFail,
+    ));
+    let high = ExtendedSequenceNumber::from_parts("200", 0).unwrap();
+    let low = ExtendedSequenceNumber::from_parts("100", 0).unwrap();
+    assert!(held.checkpoint(&high).await.is_err(), "the answer was lost");
+    held.checkpoint(&low).await.unwrap();
+    assert_eq!(memory.get("shard-0").await.unwrap().unwrap().checkpoint, high);
+}
+
+/// F1 (worker renewal): a graceful steal from a live owner is completed only by that owner;
+/// the thief never completes it on its own while the owner's heartbeat is live. And the
+/// owner learns of the steal from the next watch round even when the scan that the
+/// announcement caused was older than the steal (before: the announcement was absorbed into
+/// the fingerprint and the owner kept processing until a safety scan).
+#[tokio::test(start_paused = true)]
+async fn f1_a_steal_from_a_live_owner_is_not_completed_without_it() {
+    let memory = table(2);
+    let lagging = Lagging::new(&memory);
+    let (a, _a_rx) = worker(lagging.clone(), "a", LeaseRenewal::Worker);
+    let (b, _b_rx) = worker(memory.clone(), "b", LeaseRenewal::Worker);
+    a.heartbeat().await;
+    a.take_round().await.unwrap();
+    a.read_heartbeats(false).await;
+    let before_steal = memory.list().await.unwrap();
+    // b joins, steals one lease and announces it.
+    b.heartbeat().await;
+    b.take_round().await.unwrap();
+    let stolen = b.held().pop().expect("b stole one");
+    b.heartbeat().await;
+    // An eventually consistent scan of a's would still be older than the steal; the round the
+    // announcement causes reads strongly consistent.
+    *lock(&lagging.stale_scan) = Some(before_steal);
+    let victim = a.held().into_iter().find(|l| l.key() == stolen.key()).unwrap();
+    // The thief waits past the failover time while a beats: never completed without a.
+    let waiting = tokio::spawn({
+        let stolen = stolen.clone();
+        async move { stolen.wait_for_handoff(Duration::from_millis(100)).await }
+    });
+    for _ in 0..8 {
+        step(500).await;
+        a.heartbeat().await;
+        b.heartbeat().await;
+        b.watch_round().await;
+        assert!(
+            !(victim.is_valid() && stolen.is_valid() && waiting.is_finished()),
+            "both process {}",
+            stolen.key()
+        );
+        // a's watch round sees that the fleet changed since its stale scan, and scans again.
+        a.watch_round().await;
+    }
+    assert_eq!(
+        victim.status(),
+        LeaseStatus::HandoffRequested,
+        "a learnt of the steal"
+    );
+    let cp = ExtendedSequenceNumber::from_parts("9", 0).unwrap();
+    victim.checkpoint(&cp).await.unwrap();
+    a.release(&victim).await;
+    step(200).await;
+    let row = waiting.await.unwrap().unwrap();
+    assert_eq!(
+        row.checkpoint, cp,
+        "the thief starts from the victim's last checkpoint"
+    );
+}
