@@ -165,14 +165,39 @@ impl FatalSignal {
 
 /// A lease store that passes every call through and records fatal errors in a
 /// [`FatalSignal`].
+///
+/// A worker configured for worker renewal (`LeaseRenewal::Worker`) cannot run without its
+/// heartbeat table: its leases are valid only through its heartbeat, and a worker without
+/// heartbeats would judge the others' leases by counters that stand still and take them all.
+/// For such a worker a heartbeat table that is missing or denied stops the worker.
 pub(crate) struct FatalGuardStore {
     inner: Arc<dyn LeaseStore>,
     signal: FatalSignal,
+    heartbeats_required: bool,
 }
 
 impl FatalGuardStore {
     pub(crate) fn new(inner: Arc<dyn LeaseStore>, signal: FatalSignal) -> Self {
-        Self { inner, signal }
+        Self {
+            inner,
+            signal,
+            heartbeats_required: false,
+        }
+    }
+
+    /// Makes a store without usable heartbeats fatal (see the type's docs).
+    pub(crate) fn heartbeats_required(mut self, required: bool) -> Self {
+        self.heartbeats_required = required;
+        self
+    }
+
+    fn check_heartbeats<T>(&self, result: kcl_lease::Result<T>) -> kcl_lease::Result<T> {
+        if let (true, Err(LeaseError::Unsupported(what))) = (self.heartbeats_required, &result) {
+            self.signal.stop_worker(FatalError::LeaseStore(format!(
+                "worker renewal needs the worker heartbeat table: {what}"
+            )));
+        }
+        self.check(result)
     }
 
     fn check<T>(&self, result: kcl_lease::Result<T>) -> kcl_lease::Result<T> {
@@ -196,10 +221,10 @@ impl LeaseStore for FatalGuardStore {
         heartbeat: &WorkerHeartbeat,
         condition: HeartbeatCondition,
     ) -> kcl_lease::Result<()> {
-        self.check(self.inner.put_heartbeat(heartbeat, condition).await)
+        self.check_heartbeats(self.inner.put_heartbeat(heartbeat, condition).await)
     }
     async fn list_heartbeats(&self, consistent: bool) -> kcl_lease::Result<Vec<WorkerHeartbeat>> {
-        self.check(self.inner.list_heartbeats(consistent).await)
+        self.check_heartbeats(self.inner.list_heartbeats(consistent).await)
     }
     async fn delete_heartbeat(
         &self,

@@ -230,10 +230,14 @@ impl SchedulerBuilder {
             }
             backend.name_by_arn(arn);
         }
+        let worker_renewal = self.config.leases.renewal == kcl_lease::LeaseRenewal::Worker;
         Ok(Scheduler {
             config: Arc::new(self.config),
             backend,
-            store: Arc::new(FatalGuardStore::new(Arc::new(meter.clone()), fatal.clone())),
+            store: Arc::new(
+                FatalGuardStore::new(Arc::new(meter.clone()), fatal.clone())
+                    .heartbeats_required(worker_renewal),
+            ),
             meter,
             fatal,
             factory: self.factory.ok_or_else(|| missing("processor factory"))?,

@@ -33,9 +33,15 @@
 //! Safety does not depend on any of this being timely: every take is a conditional write on
 //! the owner and counter just read. Expiry of a live-looking lease needs its counter unchanged
 //! for `failover_time` by the observer's clock; a dead worker is one whose heartbeat counter was
-//! unchanged for `failover_time`, read *after* the lease scan the take is planned from. That
-//! worker's validity ended before (its heartbeat would otherwise have moved), and it takes
-//! nothing until a new heartbeat succeeds.
+//! unchanged for `failover_time` as a strongly consistent read proves, one that succeeded, was
+//! made *after* the lease scan the take is planned from, and is judged as of the time it was
+//! issued ([`WorkerTracker`]). That worker's validity ended before (its heartbeat would
+//! otherwise have moved), and it takes nothing until a new heartbeat succeeds. A round whose
+//! heartbeat read fails takes nothing. A graceful steal from a live worker that renews through
+//! its heartbeat is completed by that worker, never by the thief alone
+//! ([`HeldLease::wait_for_handoff`]). Heartbeat writes are conditional on the process's
+//! incarnation, so that two processes with one worker id never both hold its leases. The
+//! assumptions and how each is enforced: `docs/coordination.md`.
 //!
 //! Renewals never wait on each other: each lease is renewed by its own task, at most one in
 //! flight per lease, each call bounded by `renew_interval / 2`, and at most
@@ -50,7 +56,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::balance::{plan_takes, BalanceConfig, ExpiryTracker};
 use crate::error::{LeaseError, Result};
@@ -337,10 +343,20 @@ impl LeaseCoordinator {
         store: Arc<dyn LeaseStore>,
         config: CoordinatorConfig,
     ) -> (Arc<Self>, mpsc::Receiver<Arc<HeldLease>>) {
+        let liveness = Liveness::new(config.leases.renewal);
+        Self::with_liveness(store, config, liveness)
+    }
+
+    /// [`LeaseCoordinator::new`] with a given [`Liveness`] (tests: a fake suspend detector).
+    pub(crate) fn with_liveness(
+        store: Arc<dyn LeaseStore>,
+        config: CoordinatorConfig,
+        liveness: Liveness,
+    ) -> (Arc<Self>, mpsc::Receiver<Arc<HeldLease>>) {
         let (tx, rx) = mpsc::channel(256);
         let this = Self {
             store,
-            liveness: Arc::new(Liveness::new(config.leases.renewal)),
+            liveness: Arc::new(liveness),
             limiter: Arc::new(Semaphore::new(config.leases.max_concurrent_calls.max(1))),
             config,
             held: Mutex::new(BTreeMap::new()),
@@ -536,6 +552,7 @@ impl LeaseCoordinator {
         if self.left.load(Ordering::SeqCst) || self.liveness.unsupported() {
             return;
         }
+        self.check_lapse(); // a suspend ends the validity before this beat starts a new one
         let condition = if self.liveness.id_in_use() {
             match self.watch_foreign_row().await {
                 Some(condition) => condition,
@@ -557,6 +574,10 @@ impl LeaseCoordinator {
             tokio::time::timeout(self.call_timeout(), self.store.put_heartbeat(&row, condition)).await;
         match result {
             Ok(Err(LeaseError::Conflict { .. })) => self.id_in_use_by_another(),
+            Ok(Ok(())) if self.liveness.check_suspend().is_some() => {
+                // Suspended during the call: its start says nothing about the time now.
+                self.give_up_all("the host was suspended (the monotonic clock stood still)");
+            }
             Ok(Ok(())) => {
                 if let HeartbeatCondition::Counter(_) = condition {
                     info!(worker_id = %self.config.worker_id, "took over the worker id: the process that used it stopped beating");
@@ -572,7 +593,11 @@ impl LeaseCoordinator {
             }
             Ok(Err(LeaseError::Unsupported(what))) => {
                 if self.config.leases.renewal == LeaseRenewal::Worker {
-                    warn!(%what, "worker renewal needs heartbeats: renewing every lease instead");
+                    // Judging the others' leases by their counters (which stand still under
+                    // worker renewal) would take every lease of a live fleet: take nothing.
+                    // (The scheduler stops such a worker with a fatal error.)
+                    error!(%what, "worker renewal needs the worker heartbeat table: this worker takes no lease");
+                    self.stop_taking();
                 } else {
                     info!(%what, "no worker heartbeats: coordinating through the lease table alone");
                 }

@@ -26,12 +26,15 @@ use crate::lease::Lease;
 use crate::sequence::ExtendedSequenceNumber;
 use crate::store::LeaseStore;
 use crate::stream::StreamIdentifier;
+use crate::suspend::SuspendDetector;
 
 /// This worker's own validity, from its heartbeats.
 #[derive(Debug)]
 pub struct Liveness {
     state: Mutex<Heartbeating>,
     renewal: LeaseRenewal,
+    /// A suspended host: the monotonic clock behind every validity stood still.
+    suspend: SuspendDetector,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,10 +75,29 @@ pub enum BeatOutcome {
 impl Liveness {
     /// A worker that renews its leases as `renewal` says once heartbeats work.
     pub fn new(renewal: LeaseRenewal) -> Self {
+        Self::with_suspend_detector(renewal, SuspendDetector::new())
+    }
+
+    /// As [`Liveness::new`], watching for a suspended host with `suspend`.
+    pub fn with_suspend_detector(renewal: LeaseRenewal, suspend: SuspendDetector) -> Self {
         Self {
             state: Mutex::new(Heartbeating::NotStarted),
             renewal,
+            suspend,
         }
+    }
+
+    /// If the host was suspended since the validity began (see [`crate::suspend`]): the time
+    /// it slept. The validity is then over (lapsed), and a fresh one starts with the next
+    /// heartbeat.
+    pub fn check_suspend(&self) -> Option<Duration> {
+        let missed = self.suspend.suspended()?;
+        self.suspend.rebase();
+        let mut state = lock(&self.state);
+        if let Heartbeating::Valid(_) = *state {
+            *state = Heartbeating::Lapsed;
+        }
+        Some(missed)
     }
 
     fn state(&self) -> Heartbeating {
@@ -84,6 +106,9 @@ impl Liveness {
 
     /// Whether the worker may process leases at `now` (as far as its heartbeats go).
     pub fn is_valid(&self, now: Instant) -> bool {
+        if self.suspend.suspended().is_some() {
+            return false;
+        }
         match self.state() {
             Heartbeating::NotStarted | Heartbeating::Unsupported => true,
             Heartbeating::Valid(until) => now < until,
@@ -143,7 +168,15 @@ impl Liveness {
     }
 
     /// Marks the validity run out if it has by `now`; returns whether it did just now.
+    /// A suspended host lapses too, in any state (see [`Liveness::check_suspend`]).
     pub fn check_lapse(&self, now: Instant) -> bool {
+        if let Some(missed) = self.check_suspend() {
+            warn!(
+                ?missed,
+                "the host was suspended: the monotonic clock stood still while it slept"
+            );
+            return true;
+        }
         let mut state = lock(&self.state);
         match *state {
             Heartbeating::Valid(until) if now >= until => {

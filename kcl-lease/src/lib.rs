@@ -32,6 +32,7 @@
 //!   acquired leases and lease loss.
 //! - [`error`]: the `LeaseError` type.
 //! - [`journal`]: a worker's recent lease moves and errors (for status pages).
+//! - [`suspend`]: detects a suspended host (the monotonic clock stood still while it slept).
 //!
 //! # Features
 //! - `dynamodb` (default): `DynamoDbLeaseStore`, through the AWS SDK for DynamoDB.
@@ -63,6 +64,7 @@ pub mod row;
 pub mod sequence;
 pub mod store;
 pub mod stream;
+pub mod suspend;
 
 pub use balance::{plan_takes, BalanceConfig, ExpiryTracker, TakePlan};
 pub use coordinator::{

@@ -368,23 +368,28 @@ async fn a_slow_store_call_does_not_invalidate_the_other_leases_of_a_worker() {
 }
 
 /// Workers coordinate through the lease table alone when the store has no heartbeats (a
-/// custom store): they scan every take interval, as before, and fail-over still works.
+/// custom store): they scan every take interval, as before, and fail-over still works. A
+/// worker configured for worker renewal does not fall back: it takes nothing (F3 of the
+/// coordination review; the scheduler stops it with a fatal error).
 #[tokio::test(start_paused = true)]
 async fn a_store_without_heartbeats_falls_back_to_scanning() {
     let memory = table(16);
     let store: Arc<dyn LeaseStore> = Arc::new(NoHeartbeats(memory.clone()));
-    let a = Worker::start(store.clone(), "a", LeaseRenewal::Worker);
-    let b = Worker::start(store.clone(), "b", LeaseRenewal::Worker);
+    let a = Worker::start(store.clone(), "a", LeaseRenewal::PerLease);
+    let b = Worker::start(store.clone(), "b", LeaseRenewal::PerLease);
+    let c = Worker::start(store.clone(), "c", LeaseRenewal::Worker);
     until(Duration::from_secs(60), "8 each", || {
         even(&owners(&memory), 2, 16)
     })
     .await;
     assert!(!a.coordinator.fleet().heartbeats);
-    assert_eq!(
-        a.coordinator.fleet().renewal,
-        LeaseRenewal::PerLease,
-        "falls back to renewing every lease"
+    assert_eq!(a.coordinator.fleet().renewal, LeaseRenewal::PerLease);
+    tokio::time::sleep(FAILOVER * 2).await;
+    assert!(
+        c.held().is_empty(),
+        "worker renewal without heartbeats takes nothing"
     );
+    assert_eq!(owners(&memory).len(), 2);
     let theirs = a.held();
     a.kill();
     let took = until(FAILOVER * 3, "a's leases taken", || theirs.is_subset(&b.held())).await;
@@ -393,6 +398,7 @@ async fn a_store_without_heartbeats_falls_back_to_scanning() {
         "{took:?}"
     );
     b.kill();
+    c.kill();
 }
 
 /// A store that does not implement the heartbeat methods (the trait's defaults).

@@ -20,8 +20,8 @@ use kcl_core::{
     KclError, LocalBackend, Scheduler, SchedulerHandle, Shard, StreamBackend, StreamConfig,
 };
 use kcl_lease::{
-    FailureLeaseStore, HeartbeatCondition, Lease, LeaseFault, LeaseFaultPlan, LeaseOp, LeaseStore,
-    LeaseTrigger, StreamIdentifier, WorkerHeartbeat,
+    FailureLeaseStore, HeartbeatCondition, Lease, LeaseError, LeaseFault, LeaseFaultPlan, LeaseOp,
+    LeaseStore, LeaseTrigger, StreamIdentifier, WorkerHeartbeat,
 };
 use kcl_tests::*;
 
@@ -151,11 +151,14 @@ async fn a_deleted_stream_stops_the_worker() {
     }
 }
 
-/// Panics in one lease-store operation once armed: a bug in a background task.
+/// Panics in one lease-store operation once armed: a bug in a background task. With
+/// `no_heartbeats`, answers heartbeat calls `Unsupported` instead (as the DynamoDB store does
+/// for a heartbeat table that is missing or denied by the IAM policy).
 struct PanickingStore {
     inner: InMemoryLeaseStore,
     armed: Arc<AtomicBool>,
     op: LeaseOp,
+    no_heartbeats: bool,
 }
 
 impl PanickingStore {
@@ -163,6 +166,13 @@ impl PanickingStore {
         if op == self.op && self.armed.load(Ordering::SeqCst) {
             panic!("injected panic in {op:?}");
         }
+    }
+
+    fn heartbeats(&self) -> kcl_lease::Result<()> {
+        if self.no_heartbeats {
+            return Err(LeaseError::Unsupported("no access to the heartbeat table".into()));
+        }
+        Ok(())
     }
 }
 
@@ -178,10 +188,12 @@ impl LeaseStore for PanickingStore {
         condition: HeartbeatCondition,
     ) -> kcl_lease::Result<()> {
         self.check(LeaseOp::PutHeartbeat);
+        self.heartbeats()?;
         self.inner.put_heartbeat(heartbeat, condition).await
     }
     async fn list_heartbeats(&self, consistent: bool) -> kcl_lease::Result<Vec<WorkerHeartbeat>> {
         self.check(LeaseOp::ListHeartbeats);
+        self.heartbeats()?;
         self.inner.list_heartbeats(consistent).await
     }
     async fn delete_heartbeat(
@@ -239,6 +251,7 @@ async fn a_panicking_background_task_stops_the_worker(op: LeaseOp, task: &str) {
         inner: InMemoryLeaseStore::new(),
         armed: armed.clone(),
         op,
+        no_heartbeats: false,
     };
     let log = Log::default();
     let mut produced = BTreeMap::new();
@@ -407,4 +420,39 @@ async fn in_multi_stream_mode_a_denied_stream_stops_alone() {
         handle.held_leases()
     );
     assert!(handle.shutdown().await.is_ok());
+}
+
+/// F3 of the coordination review: a worker configured for worker renewal whose heartbeat table
+/// is missing or denied stops with a one-line error. Before, it fell back to judging leases by
+/// counters that stand still under worker renewal, and took every lease of a live fleet.
+#[tokio::test(start_paused = true)]
+async fn worker_renewal_without_a_usable_heartbeat_table_stops_the_worker() {
+    init_tracing();
+    let local = LocalBackend::new();
+    local.create_stream(STREAM, 2).unwrap();
+    let store = PanickingStore {
+        inner: InMemoryLeaseStore::new(),
+        armed: Arc::new(AtomicBool::new(false)),
+        op: LeaseOp::ListHeartbeats,
+        no_heartbeats: true,
+    };
+    let log = Log::default();
+    let handle = fast("w", local.clone(), store, &log, FAILOVER)
+        .lease_renewal(kcl_lease::LeaseRenewal::Worker)
+        .build()
+        .unwrap()
+        .spawn();
+    let (took, result) = stopped(handle).await;
+    match result {
+        Err(KclError::Fatal(FatalError::LeaseStore(message))) => {
+            assert!(
+                message.contains("worker renewal needs the worker heartbeat table"),
+                "{message}"
+            );
+            assert!(!message.contains('\n'), "one line: {message}");
+        }
+        other => panic!("expected a fatal lease-store error, got {other:?}"),
+    }
+    assert!(took <= FAILOVER, "stopped after {took:?}");
+    assert_eq!(log.wait_count(), 0, "nothing processed");
 }

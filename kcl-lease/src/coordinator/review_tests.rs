@@ -368,3 +368,49 @@ async fn f1_a_steal_from_a_live_owner_is_not_completed_without_it() {
         "the thief starts from the victim's last checkpoint"
     );
 }
+
+static SUSPENDED_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn fake_boot_gap() -> Option<Duration> {
+    Some(Duration::from_millis(
+        SUSPENDED_MS.load(std::sync::atomic::Ordering::SeqCst),
+    ))
+}
+
+/// F9: a host suspended for longer than the failover time (its monotonic clock stood still):
+/// the worker stops processing at once when it wakes, gives everything up, and starts afresh
+/// with its next heartbeat. Before: it went on as if no time had passed, while others had
+/// taken its leases.
+#[tokio::test(start_paused = true)]
+async fn f9_a_worker_whose_host_was_suspended_stops_at_once() {
+    let memory = table(2);
+    let mut settings = LeaseSettings::new(F);
+    settings.renewal = LeaseRenewal::Worker;
+    let liveness = Liveness::with_suspend_detector(
+        LeaseRenewal::Worker,
+        crate::suspend::SuspendDetector::with_source(fake_boot_gap),
+    );
+    let (a, mut a_rx) = LeaseCoordinator::with_liveness(
+        memory.clone(),
+        CoordinatorConfig::with_settings("a", settings),
+        liveness,
+    );
+    a.heartbeat().await;
+    a.take_round().await.unwrap();
+    let lease = a_rx.recv().await.unwrap();
+    let other = a_rx.recv().await.unwrap();
+    assert!(lease.is_valid());
+    // The host sleeps 30 s; the monotonic clock (and Tokio's) does not move.
+    SUSPENDED_MS.fetch_add(30_000, std::sync::atomic::Ordering::SeqCst);
+    assert!(!lease.is_valid(), "not one more batch");
+    a.heartbeat().await;
+    assert_eq!(lease.status(), LeaseStatus::Lost);
+    assert!(a.held().is_empty());
+    a.release(&lease).await; // the shard tasks end
+    a.release(&other).await;
+    // The next heartbeat starts a fresh validity; the leases (still named with a) come back
+    // through conditional takes.
+    a.heartbeat().await;
+    a.take_round().await.unwrap();
+    assert_eq!(a.held().iter().filter(|l| l.is_valid()).count(), 2);
+}
