@@ -561,24 +561,40 @@ impl LeaseCoordinator {
         } else {
             HeartbeatCondition::Incarnation(self.incarnation)
         };
+        let counter = self.beats.fetch_add(1, Ordering::SeqCst) + 1;
+        let condition = match condition {
+            // Only newer heartbeats of this process: a late, older one never lands on top.
+            HeartbeatCondition::Incarnation(incarnation) => {
+                HeartbeatCondition::Newer { incarnation, counter }
+            }
+            other => other,
+        };
+        let lapsed = self.liveness.is_lapsed();
+        if lapsed {
+            self.liveness.announce_lapsed(true);
+        }
         let row = WorkerHeartbeat {
             worker_id: self.config.worker_id.clone(),
-            counter: self.beats.fetch_add(1, Ordering::SeqCst) + 1,
+            counter,
             renewal: self.config.leases.renewal,
             leases: lock(&self.held).len() as u64,
             epoch: self.epoch.load(Ordering::SeqCst),
             incarnation: Some(self.incarnation),
+            lapsed,
         };
         let start = Instant::now();
         let result =
             tokio::time::timeout(self.call_timeout(), self.store.put_heartbeat(&row, condition)).await;
         match result {
-            Ok(Err(LeaseError::Conflict { .. })) => self.id_in_use_by_another(),
+            Ok(Err(LeaseError::Conflict { .. })) => self.on_heartbeat_conflict().await,
             Ok(Ok(())) if self.liveness.check_suspend().is_some() => {
                 // Suspended during the call: its start says nothing about the time now.
                 self.give_up_all("the host was suspended (the monotonic clock stood still)");
             }
             Ok(Ok(())) => {
+                if !lapsed {
+                    self.liveness.announce_lapsed(false);
+                }
                 if let HeartbeatCondition::Counter(_) = condition {
                     info!(worker_id = %self.config.worker_id, "took over the worker id: the process that used it stopped beating");
                 }
@@ -607,6 +623,22 @@ impl LeaseCoordinator {
             Err(_) => warn!(timeout = ?self.call_timeout(), "heartbeat timed out"),
         }
         self.check_lapse();
+    }
+
+    /// A heartbeat write was refused: the row is another process's, unless a heartbeat of
+    /// this process with a higher counter is there already (then nothing is wrong).
+    async fn on_heartbeat_conflict(&self) {
+        if let Ok(rows) = self.store.list_heartbeats(true).await {
+            let me = &self.config.worker_id;
+            if rows
+                .iter()
+                .any(|r| &r.worker_id == me && r.incarnation == Some(self.incarnation))
+            {
+                debug!("a newer heartbeat of this process is in the table already");
+                return;
+            }
+        }
+        self.id_in_use_by_another();
     }
 
     /// Another process wrote this worker id's heartbeat row: give up everything, say so once,
@@ -827,8 +859,8 @@ impl LeaseCoordinator {
     /// One take round: scans the table, takes and steals. Returns how many leases were
     /// acquired.
     pub async fn take_round(&self) -> Result<usize> {
-        if !self.liveness.is_valid(Instant::now()) {
-            // Lapsed: nothing is taken until a heartbeat succeeds again.
+        if !self.liveness.may_take(Instant::now()) {
+            // Lapsed: nothing is taken until a heartbeat (not marked lapsed) succeeds again.
             return Ok(0);
         }
         let me = self.config.worker_id.as_str();
@@ -979,7 +1011,7 @@ impl LeaseCoordinator {
         // time, so that taking many leases from a remote table does not stall renewals. A take
         // that lost the race to another worker is replaced by a spare (no new scan).
         while !takes.is_empty() {
-            if !self.liveness.is_valid(Instant::now()) {
+            if !self.liveness.may_take(Instant::now()) {
                 // Lapsed while taking: what was planned no longer holds.
                 break;
             }

@@ -83,6 +83,11 @@ pub struct WorkerHeartbeat {
     /// `incarnation`: a random number drawn by each process at start, so that two processes
     /// started with the same worker id are told apart (`None` in rows of older versions).
     pub incarnation: Option<u64>,
+    /// `lapsed` (present only when true): the worker wrote this heartbeat while its validity
+    /// had run out. It holds nothing it may process, and takes nothing until a heartbeat
+    /// without this mark has succeeded: observers treat it as dead (its leases may be taken,
+    /// it does not count in the even share) even though its heartbeats still land.
+    pub lapsed: bool,
 }
 
 /// The condition of a conditional write or delete of a heartbeat row. Every condition also
@@ -94,6 +99,14 @@ pub enum HeartbeatCondition {
     Any,
     /// The row was written by this incarnation (the process's own row).
     Incarnation(u64),
+    /// The row was written by this incarnation with a lower counter: the write of a newer
+    /// heartbeat of the process's own (a late, older one is refused).
+    Newer {
+        /// The process's incarnation.
+        incarnation: u64,
+        /// The counter of the heartbeat being written.
+        counter: u64,
+    },
     /// The row's counter is this one (a row that stood still: its process is gone).
     Counter(u64),
 }
@@ -104,6 +117,9 @@ impl HeartbeatCondition {
         match (self, row) {
             (_, None) | (HeartbeatCondition::Any, _) => true,
             (HeartbeatCondition::Incarnation(i), Some(row)) => row.incarnation == Some(*i),
+            (HeartbeatCondition::Newer { incarnation, counter }, Some(row)) => {
+                row.incarnation == Some(*incarnation) && row.counter < *counter
+            }
             (HeartbeatCondition::Counter(c), Some(row)) => row.counter == *c,
         }
     }
@@ -131,6 +147,8 @@ struct Seen {
     epoch: u64,
     /// The process that wrote the row (a row rewritten by another process has moved).
     incarnation: Option<u64>,
+    /// The worker wrote its last heartbeat while lapsed.
+    lapsed: bool,
     /// Whether this observer has seen the counter move (the worker beat while observed).
     moved: bool,
 }
@@ -214,6 +232,7 @@ impl WorkerTracker {
                     renewal: row.renewal,
                     epoch: row.epoch,
                     incarnation: row.incarnation,
+                    lapsed: row.lapsed,
                     moved,
                 },
             );
@@ -225,7 +244,9 @@ impl WorkerTracker {
     pub fn status(&self, worker: &str, failover_time: Duration, now: Instant) -> WorkerStatus {
         match self.seen.get(worker) {
             None => WorkerStatus::Unknown,
-            Some(s) if now.duration_since(s.since) > failover_time => WorkerStatus::Dead(s.renewal),
+            Some(s) if s.lapsed || now.duration_since(s.since) > failover_time => {
+                WorkerStatus::Dead(s.renewal)
+            }
             Some(s) => WorkerStatus::Live(s.renewal),
         }
     }
@@ -309,6 +330,7 @@ mod tests {
             leases: 3,
             epoch,
             incarnation: Some(1),
+            lapsed: false,
         }
     }
 
@@ -406,6 +428,17 @@ mod tests {
         assert!(HeartbeatCondition::Counter(7).holds(Some(&row)));
         assert!(!HeartbeatCondition::Counter(6).holds(Some(&row)));
         assert!(HeartbeatCondition::Incarnation(2).holds(None));
+        let newer = |counter| HeartbeatCondition::Newer {
+            incarnation: 1,
+            counter,
+        };
+        assert!(newer(8).holds(Some(&row)));
+        assert!(!newer(7).holds(Some(&row)), "a late, older heartbeat is refused");
+        assert!(!HeartbeatCondition::Newer {
+            incarnation: 2,
+            counter: 9
+        }
+        .holds(Some(&row)));
         assert!(HeartbeatCondition::Any.holds(Some(&row)));
     }
 

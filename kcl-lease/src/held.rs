@@ -35,6 +35,10 @@ pub struct Liveness {
     renewal: LeaseRenewal,
     /// A suspended host: the monotonic clock behind every validity stood still.
     suspend: SuspendDetector,
+    /// A heartbeat marked `lapsed` may have landed, and none without the mark has succeeded
+    /// since: the others may be taking this worker's leases as a dead worker's, so it takes
+    /// nothing.
+    announced_lapsed: AtomicBool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,7 +88,25 @@ impl Liveness {
             state: Mutex::new(Heartbeating::NotStarted),
             renewal,
             suspend,
+            announced_lapsed: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the validity has run out (the next heartbeat is written marked `lapsed`).
+    pub fn is_lapsed(&self) -> bool {
+        self.state() == Heartbeating::Lapsed
+    }
+
+    /// Records that a heartbeat marked `lapsed` (or not) is being written, or that one not
+    /// marked succeeded (see [`Liveness::may_take`]).
+    pub fn announce_lapsed(&self, lapsed: bool) {
+        self.announced_lapsed.store(lapsed, Ordering::SeqCst);
+    }
+
+    /// Whether this worker may take leases: valid, and no heartbeat marked `lapsed` may stand
+    /// as its latest in the table.
+    pub fn may_take(&self, now: Instant) -> bool {
+        self.is_valid(now) && !self.announced_lapsed.load(Ordering::SeqCst)
     }
 
     /// If the host was suspended since the validity began (see [`crate::suspend`]): the time

@@ -457,6 +457,7 @@ mod tests {
                     leases: 1,
                     epoch: 0,
                     incarnation: Some(1),
+                    lapsed: false,
                 },
                 HeartbeatCondition::Any,
             )

@@ -70,6 +70,8 @@ pub const EPOCH: &str = "epoch";
 /// `incarnation` (N): drawn at random by each worker process (tells two processes with one
 /// worker id apart).
 pub const INCARNATION: &str = "incarnation";
+/// `lapsed` (N, 1; present only when true): written by a worker whose validity had run out.
+pub const LAPSED: &str = "lapsed";
 
 /// One attribute value of a row, with DynamoDB's types.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,6 +165,9 @@ pub fn heartbeat_row(hb: &WorkerHeartbeat) -> Row {
     ];
     if let Some(incarnation) = hb.incarnation {
         row.push((INCARNATION, n(incarnation)));
+    }
+    if hb.lapsed {
+        row.push((LAPSED, n(1)));
     }
     row
 }

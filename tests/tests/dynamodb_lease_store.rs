@@ -666,6 +666,7 @@ async fn heartbeats_live_in_a_side_table_that_ensure_table_creates() {
         leases: 7,
         epoch: 3,
         incarnation: Some(11),
+        lapsed: false,
     };
     let mine = HeartbeatCondition::Incarnation(11);
     store.put_heartbeat(&beat("a", 1), mine).await.unwrap();

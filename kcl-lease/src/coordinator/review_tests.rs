@@ -414,3 +414,45 @@ async fn f9_a_worker_whose_host_was_suspended_stops_at_once() {
     a.take_round().await.unwrap();
     assert_eq!(a.held().iter().filter(|l| l.is_valid()).count(), 2);
 }
+
+/// F7a: a worker whose heartbeats land but whose answers are lost lapses and gives up its
+/// leases; the heartbeats it goes on writing say so, and the others take its leases instead of
+/// counting it as live forever (before: with worker renewal its leases were stranded, and in
+/// both modes it lowered everyone's share).
+#[tokio::test(start_paused = true)]
+async fn f7_a_lapsed_worker_whose_heartbeats_still_land_strands_nothing() {
+    for renewal in [LeaseRenewal::PerLease, LeaseRenewal::Worker] {
+        let memory = table(4);
+        let lossy = Arc::new(FailureLeaseStore::new(memory.clone(), LeaseFaultPlan::none()));
+        let (a, _a_rx) = worker(lossy.clone(), "a", renewal);
+        let (b, _b_rx) = worker(memory.clone(), "b", renewal);
+        a.heartbeat().await;
+        assert_eq!(a.take_round().await.unwrap(), 4);
+        b.heartbeat().await;
+        b.read_heartbeats(true).await;
+        lossy.set_plan(LeaseFaultPlan::new(0).rule(
+            LeaseOp::PutHeartbeat,
+            LeaseTrigger::Always,
+            LeaseFault::ApplyThenFail,
+        ));
+        let mut took = None;
+        for i in 1..=30 {
+            step(250).await;
+            a.heartbeat().await;
+            a.renew_all().await;
+            b.heartbeat().await;
+            b.renew_all().await;
+            b.watch_round().await;
+            b.take_round().await.unwrap();
+            let both = processed_by_both(&a, &b).await;
+            assert!(both.is_empty(), "{renewal}: two workers process {both:?}");
+            if took.is_none() && b.held().len() == 4 {
+                took = Some(i * 250);
+            }
+        }
+        let took = took.unwrap_or_else(|| panic!("{renewal}: b never took a's leases"));
+        assert!(took <= 4_500, "{renewal}: taken after {took} ms");
+        a.take_round().await.unwrap();
+        assert!(a.held().is_empty(), "{renewal}: a lapsed worker takes nothing");
+    }
+}

@@ -784,15 +784,33 @@ impl DynamoDbLeaseStore {
     }
 }
 
-/// A heartbeat condition as a condition expression (names `#w`, `#c`, value `:c`); `None` for
-/// no condition. Every condition holds on a row that does not exist.
+/// A heartbeat condition as a condition expression with its attribute names and values;
+/// `None` for no condition. Every condition holds on a row that does not exist.
+#[allow(clippy::type_complexity)]
 fn heartbeat_condition(
     condition: HeartbeatCondition,
-) -> Option<(&'static str, &'static str, AttributeValue)> {
-    let expression = "attribute_not_exists(#w) OR #c = :c";
+) -> Option<(
+    &'static str,
+    Vec<(&'static str, &'static str)>,
+    Vec<(&'static str, AttributeValue)>,
+)> {
+    let w = ("#w", schema::WORKER_ID);
     match condition {
-        HeartbeatCondition::Incarnation(i) => Some((expression, schema::INCARNATION, schema::n(i))),
-        HeartbeatCondition::Counter(c) => Some((expression, schema::HEARTBEAT_COUNTER, schema::n(c))),
+        HeartbeatCondition::Incarnation(i) => Some((
+            "attribute_not_exists(#w) OR #i = :i",
+            vec![w, ("#i", schema::INCARNATION)],
+            vec![(":i", schema::n(i))],
+        )),
+        HeartbeatCondition::Newer { incarnation, counter } => Some((
+            "attribute_not_exists(#w) OR (#i = :i AND #c < :c)",
+            vec![w, ("#i", schema::INCARNATION), ("#c", schema::HEARTBEAT_COUNTER)],
+            vec![(":i", schema::n(incarnation)), (":c", schema::n(counter))],
+        )),
+        HeartbeatCondition::Counter(c) => Some((
+            "attribute_not_exists(#w) OR #c = :c",
+            vec![w, ("#c", schema::HEARTBEAT_COUNTER)],
+            vec![(":c", schema::n(c))],
+        )),
         _ => None,
     }
 }
@@ -814,11 +832,17 @@ impl LeaseStore for DynamoDbLeaseStore {
             .table_name(&self.heartbeat_table)
             .set_item(Some(schema::encode_heartbeat(heartbeat)));
         let request = match heartbeat_condition(condition) {
-            Some((expression, name, value)) => request
+            Some((expression, names, values)) => request
                 .condition_expression(expression)
-                .expression_attribute_names("#w", schema::WORKER_ID)
-                .expression_attribute_names("#c", name)
-                .expression_attribute_values(":c", value),
+                .set_expression_attribute_names(Some(
+                    names
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .collect(),
+                ))
+                .set_expression_attribute_values(Some(
+                    values.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+                )),
             None => request,
         };
         match request.send().await {
@@ -864,12 +888,18 @@ impl LeaseStore for DynamoDbLeaseStore {
             .delete_item()
             .table_name(&self.heartbeat_table)
             .key(schema::WORKER_ID, schema::s(worker_id));
-        if let Some((expression, name, value)) = heartbeat_condition(condition) {
+        if let Some((expression, names, values)) = heartbeat_condition(condition) {
             request = request
                 .condition_expression(expression)
-                .expression_attribute_names("#w", schema::WORKER_ID)
-                .expression_attribute_names("#c", name)
-                .expression_attribute_values(":c", value);
+                .set_expression_attribute_names(Some(
+                    names
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .collect(),
+                ))
+                .set_expression_attribute_values(Some(
+                    values.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+                ));
         }
         match request.send().await {
             Ok(_) => Ok(()),
