@@ -8,6 +8,7 @@
 //! - [`coordination`]: `kcl-bench --backend emulators coordination`, `kcl-tail` fleets on the
 //!   emulators measured through their metrics endpoints.
 //! - [`skewed`]: `kcl-bench skewed`, load-aware against count-based balancing on 2 hot shards.
+//! - [`simulate`]: `kcl-bench simulate`, many seeds of the deterministic fleet simulator.
 //! - [`multilang`]: `kcl-multilang`, the Java KCL's MultiLangDaemon protocol (properties,
 //!   messages, the child process driver).
 
@@ -16,6 +17,7 @@ pub mod bench;
 pub mod coordination;
 pub mod fleet;
 pub mod multilang;
+pub mod simulate;
 pub mod skewed;
 
 use std::future::Future;

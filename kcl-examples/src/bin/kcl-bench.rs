@@ -30,7 +30,7 @@ use kcl_lease::{DynamoDbLeaseStore, LeaseStore};
 use tokio::io::AsyncBufReadExt;
 use tokio::time::Instant;
 
-const ALL: [&str; 9] = [
+const ALL: [&str; 10] = [
     "throughput",
     "latency",
     "failover",
@@ -40,6 +40,7 @@ const ALL: [&str; 9] = [
     "fleet",
     "coordination",
     "skewed",
+    "simulate",
 ];
 
 /// Benchmarks of the KCL runtime; prints one JSON object per scenario.
@@ -88,6 +89,27 @@ struct Args {
     /// `fleet`: renewal modes to run: per-lease, worker, or both.
     #[arg(long, default_value = "both")]
     fleet_renewal: String,
+    /// `simulate`: simulated fleets per renewal mode (seeds `--sim-first-seed ..`).
+    #[arg(long, default_value_t = 1000)]
+    seeds: u64,
+    /// `simulate`: the first seed.
+    #[arg(long, default_value_t = 0)]
+    sim_first_seed: u64,
+    /// `simulate`: replay this one seed and print its lease events.
+    #[arg(long)]
+    sim_seed: Option<u64>,
+    /// `simulate`: workers started in each simulated fleet.
+    #[arg(long, default_value_t = 8)]
+    sim_workers: usize,
+    /// `simulate`: shards (leases) in each simulated fleet.
+    #[arg(long, default_value_t = 32)]
+    sim_shards: usize,
+    /// `simulate`: renewal modes: per-lease, worker, or both.
+    #[arg(long, default_value = "both")]
+    sim_renewal: String,
+    /// `simulate`: threads running seeds (default: the available cores).
+    #[arg(long)]
+    sim_threads: Option<usize>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -846,6 +868,42 @@ async fn latency_emulators() -> Result<Vec<String>> {
     Ok(out)
 }
 
+fn renewal_modes(arg: &str, flag: &str) -> Result<Vec<kcl_lease::LeaseRenewal>> {
+    Ok(match arg {
+        "both" => vec![kcl_lease::LeaseRenewal::PerLease, kcl_lease::LeaseRenewal::Worker],
+        one => vec![one
+            .parse()
+            .map_err(|e: kcl_lease::heartbeat::ParseLeaseRenewalError| anyhow::anyhow!("{flag}: {e} (or both)"))?],
+    })
+}
+
+fn simulate_settings(args: &Args) -> Result<kcl_examples::simulate::SimulateSettings> {
+    if args.sim_workers == 0 || args.sim_shards == 0 {
+        bail!("simulate needs at least 1 worker and 1 shard");
+    }
+    Ok(kcl_examples::simulate::SimulateSettings {
+        seeds: args.seeds,
+        first_seed: args.sim_first_seed,
+        workers: args.sim_workers,
+        shards: args.sim_shards,
+        modes: renewal_modes(&args.sim_renewal, "--sim-renewal")?,
+        threads: args
+            .sim_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        stop_at_first: false,
+    })
+}
+
+async fn simulate(args: &Args) -> Result<Vec<String>> {
+    let settings = simulate_settings(args)?;
+    let seed = args.sim_seed;
+    tokio::task::spawn_blocking(move || match seed {
+        Some(seed) => kcl_examples::simulate::replay(seed, &settings),
+        None => kcl_examples::simulate::run(&settings),
+    })
+    .await?
+}
+
 fn fleet_settings(args: &Args) -> Result<kcl_examples::fleet::FleetSettings> {
     let modes = match args.fleet_renewal.as_str() {
         "both" => vec![kcl_lease::LeaseRenewal::PerLease, kcl_lease::LeaseRenewal::Worker],
@@ -930,6 +988,7 @@ async fn run() -> Result<()> {
                 })
                 .await?,
             ],
+            ("simulate", _) => simulate(&args).await?,
             _ => unreachable!("checked above"),
         };
         for line in lines {
