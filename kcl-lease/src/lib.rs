@@ -32,6 +32,9 @@
 //!   acquired leases and lease loss.
 //! - [`error`]: the `LeaseError` type.
 //! - [`journal`]: a worker's recent lease moves and errors (for status pages).
+//! - `sim` (feature `testing`): a deterministic fleet simulator: real coordinators and
+//!   simulated consumers on a shared lease table with DynamoDB's consistency and seeded
+//!   faults, with the safety and liveness invariants checked as it runs.
 //!
 //! # Features
 //! - `dynamodb` (default): `DynamoDbLeaseStore`, through the AWS SDK for DynamoDB.
@@ -61,6 +64,8 @@ pub mod load;
 pub mod memory;
 pub mod row;
 pub mod sequence;
+#[cfg(any(test, feature = "testing"))]
+pub mod sim;
 pub mod store;
 pub mod stream;
 
