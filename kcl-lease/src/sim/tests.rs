@@ -249,3 +249,33 @@ fn sim_many_seeds_per_fault_class() {
     }
     assert_eq!(failed, 0);
 }
+
+/// Prints the lease events of one run: `SIM_SEED=7 SIM_RENEWAL=worker cargo test ...
+/// sim_print_one_seed -- --ignored --nocapture` (`SIM_FAULTS=crash,pause` to choose classes;
+/// `SIM_BATCHES=1` to print batches too).
+#[test]
+#[ignore = "a tool: prints one seed's events"]
+fn sim_print_one_seed() {
+    let seed = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let renewal = std::env::var("SIM_RENEWAL")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(LeaseRenewal::PerLease);
+    let mut config = SimConfig::new(renewal);
+    if let Ok(classes) = std::env::var("SIM_FAULTS") {
+        config = config.with_faults(
+            FaultClass::ALL
+                .into_iter()
+                .filter(|c| classes.split(',').any(|n| n == c.name())),
+        );
+    }
+    let batches = std::env::var("SIM_BATCHES").is_ok();
+    let (result, events) = run_seed_logged(seed, &config);
+    for e in events.iter().filter(|e| batches || e.kind.is_lease_event()) {
+        println!("{e}");
+    }
+    match result {
+        Ok(summary) => println!("{summary:?}"),
+        Err(v) => println!("{v}"),
+    }
+}
