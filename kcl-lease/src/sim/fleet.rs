@@ -4,7 +4,7 @@
 //! runtime with paused time, so that it is deterministic, fast, and usable from a binary.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use super::invariants::{Event, EventKind, Invariant, Monitor, Violation};
+use super::invariants::{canonical, Event, EventKind, Invariant, Monitor, Violation};
 use super::rng::SimRng;
 use super::store::{SimLeaseStore, WorkerFaults};
 use super::{FaultClass, RunSummary, SimConfig};
@@ -120,7 +120,9 @@ struct ProcessCtx {
     seed: u64,
     monitor: Arc<Monitor>,
     params: Arc<Params>,
-    next_consumer: Arc<AtomicU64>,
+    /// Consumers started so far, per lease key (names consumers independently of the order
+    /// of simultaneous acquisitions).
+    consumers_started: Mutex<BTreeMap<String, u64>>,
     resume_at: Mutex<Option<Instant>>,
     shutting_down: AtomicBool,
     dead: AtomicBool,
@@ -169,9 +171,15 @@ fn sequence(position: u64) -> ExtendedSequenceNumber {
 async fn consume(ctx: Arc<ProcessCtx>, coordinator: Arc<LeaseCoordinator>, held: Arc<HeldLease>) {
     ctx.active.fetch_add(1, Ordering::SeqCst);
     let _active = Active(ctx.clone());
-    let id = ctx.next_consumer.fetch_add(1, Ordering::SeqCst);
     let key = held.key().to_owned();
-    let mut rng = SimRng::for_call(ctx.seed, &[id], &[&ctx.name, &key]);
+    let n = {
+        let mut started = lock(&ctx.consumers_started);
+        let n = started.entry(key.clone()).or_default();
+        *n += 1;
+        *n
+    };
+    let id = format!("{}/{key}/{n}", ctx.name);
+    let mut rng = SimRng::for_call(ctx.seed, &[n], &[&ctx.name, &key]);
     // A stolen lease: the previous owner checkpoints first.
     let row = match held.wait_for_handoff(HANDOFF_POLL).await {
         Ok(row) => row,
@@ -237,7 +245,9 @@ async fn consume(ctx: Arc<ProcessCtx>, coordinator: Arc<LeaseCoordinator>, held:
         if ctx.dead() {
             return;
         }
-        let batch = ctx.monitor.batch_start(id, &ctx.name, &ctx.worker_id, &key);
+        let batch = ctx
+            .monitor
+            .batch_start(&id, batches + 1, &ctx.name, &ctx.worker_id, &key);
         let (lo, hi) = ctx.params.batch;
         tokio::time::sleep(Duration::from_millis(rng.range(lo, hi))).await;
         while let Some(until) = ctx.paused_until() {
@@ -316,6 +326,7 @@ enum Action {
     ReadOutage {
         pick: u64,
         length: Duration,
+        tables: Tables,
     },
     HeartbeatsUnusable {
         pick: u64,
@@ -324,8 +335,23 @@ enum Action {
     HeartbeatJoiner,
     Restore {
         name: String,
-        reads: bool,
+        what: Restore,
     },
+}
+
+/// Which tables a read outage hits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tables {
+    Heartbeats,
+    Leases,
+    Both,
+}
+
+/// What a restore action ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Restore {
+    Reads,
+    Heartbeats,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -343,7 +369,6 @@ struct Fleet {
     store: SimLeaseStore,
     monitor: Arc<Monitor>,
     processes: Vec<Process>,
-    next_consumer: Arc<AtomicU64>,
     next_worker: usize,
     queue: BTreeMap<(Duration, u64), Action>,
     queued: u64,
@@ -369,7 +394,6 @@ impl Fleet {
             store,
             monitor,
             processes: Vec::new(),
-            next_consumer: Arc::new(AtomicU64::new(1)),
             next_worker: config.workers + 1,
             queue: BTreeMap::new(),
             queued: 0,
@@ -436,6 +460,11 @@ impl Fleet {
                 FaultClass::ReadOutage => Action::ReadOutage {
                     pick,
                     length: Duration::from_millis(self.rng.range(1000, 20_000)),
+                    tables: match self.rng.below(3) {
+                        0 => Tables::Heartbeats,
+                        1 => Tables::Leases,
+                        _ => Tables::Both,
+                    },
                 },
                 _ => {
                     if self.rng.chance(0.5) {
@@ -477,7 +506,7 @@ impl Fleet {
             seed: self.seed,
             monitor: self.monitor.clone(),
             params: self.params.clone(),
-            next_consumer: self.next_consumer.clone(),
+            consumers_started: Mutex::new(BTreeMap::new()),
             resume_at: Mutex::new(None),
             shutting_down: AtomicBool::new(false),
             dead: AtomicBool::new(false),
@@ -638,6 +667,9 @@ impl Fleet {
             }
             Action::Resume { name } => {
                 if let Some(i) = self.index_of(&name) {
+                    if self.processes[i].ctx.paused_until().is_some() {
+                        return; // a later pause is still on
+                    }
                     self.monitor.record(&name, EventKind::Scenario, "", "resume");
                     self.update_faults(i, |f| f.suspended = None);
                 }
@@ -654,17 +686,26 @@ impl Fleet {
                 self.store.count(FaultClass::Shutdown);
                 self.shutdown(i).await;
             }
-            Action::ReadOutage { pick, length } => {
+            Action::ReadOutage { pick, length, tables } => {
                 let Some(i) = self.pick(pick, 1) else { return };
                 let name = self.processes[i].ctx.name.clone();
                 self.monitor.record(
                     &name,
                     EventKind::Scenario,
                     "",
-                    format!("reads fail for {length:?}"),
+                    format!("reads of {tables:?} fail for {length:?} (writes work)"),
                 );
-                self.update_faults(i, |f| f.reads_fail = true);
-                self.schedule(now + length, Action::Restore { name, reads: true });
+                self.update_faults(i, |f| {
+                    f.heartbeat_reads_fail |= tables != Tables::Leases;
+                    f.lease_reads_fail |= tables != Tables::Heartbeats;
+                });
+                self.schedule(
+                    now + length,
+                    Action::Restore {
+                        name,
+                        what: Restore::Reads,
+                    },
+                );
             }
             Action::HeartbeatsUnusable { pick, length } => {
                 let Some(i) = self.pick(pick, 1) else { return };
@@ -676,7 +717,13 @@ impl Fleet {
                     format!("heartbeat table unusable for {length:?}"),
                 );
                 self.update_faults(i, |f| f.heartbeats_unusable = true);
-                self.schedule(now + length, Action::Restore { name, reads: false });
+                self.schedule(
+                    now + length,
+                    Action::Restore {
+                        name,
+                        what: Restore::Heartbeats,
+                    },
+                );
             }
             Action::HeartbeatJoiner => {
                 let id = self.new_worker_id();
@@ -686,15 +733,16 @@ impl Fleet {
                 };
                 self.start(&id, &id, false, faults);
             }
-            Action::Restore { name, reads } => {
+            Action::Restore { name, what } => {
                 if let Some(i) = self.index_of(&name) {
-                    self.monitor.record(&name, EventKind::Scenario, "", "restored");
-                    self.update_faults(i, |f| {
-                        if reads {
-                            f.reads_fail = false;
-                        } else {
-                            f.heartbeats_unusable = false;
+                    self.monitor
+                        .record(&name, EventKind::Scenario, "", format!("{what:?} restored"));
+                    self.update_faults(i, |f| match what {
+                        Restore::Reads => {
+                            f.lease_reads_fail = false;
+                            f.heartbeat_reads_fail = false;
                         }
+                        Restore::Heartbeats => f.heartbeats_unusable = false,
                     });
                 }
             }
@@ -851,7 +899,7 @@ impl Fleet {
     }
 
     fn summary(&self) -> RunSummary {
-        let events = self.monitor.events();
+        let events = canonical(&self.monitor.events());
         let count = |k: EventKind| events.iter().filter(|e| e.kind == k).count() as u64;
         let mut digest = SimRng::for_call(self.seed, &[events.len() as u64], &[]).next_u64();
         for e in &events {

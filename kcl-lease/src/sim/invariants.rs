@@ -80,7 +80,7 @@ impl EventKind {
 }
 
 /// One line of the event log.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Event {
     /// Simulated time since the start of the run.
     pub at: Duration,
@@ -92,6 +92,15 @@ pub struct Event {
     pub key: String,
     /// Free text (counters, checkpoints, previous owners).
     pub detail: String,
+}
+
+/// The log with the events of each instant sorted: two runs that differ only in the order of
+/// simultaneous events (see the module docs of [`crate::sim`] on `tokio::select!`) give the
+/// same canonical log.
+pub fn canonical(events: &[Event]) -> Vec<Event> {
+    let mut events = events.to_vec();
+    events.sort();
+    events
 }
 
 impl fmt::Display for Event {
@@ -174,7 +183,7 @@ impl std::error::Error for Violation {}
 #[derive(Clone, Debug)]
 struct Batch {
     id: u64,
-    consumer: u64,
+    consumer: String,
     process: String,
     worker: String,
     start: Duration,
@@ -354,9 +363,9 @@ impl Monitor {
         }
     }
 
-    /// A batch of `key` starts in consumer `consumer` of process `process` (worker id
-    /// `worker`).
-    pub fn batch_start(&self, consumer: u64, process: &str, worker: &str, key: &str) -> BatchId {
+    /// Batch number `n` of consumer `consumer` (a name unique in the run) of `key` starts in
+    /// process `process` (worker id `worker`).
+    pub fn batch_start(&self, consumer: &str, n: u64, process: &str, worker: &str, key: &str) -> BatchId {
         let at = self.elapsed();
         let mut state = lock(&self.state);
         state.next_batch += 1;
@@ -372,11 +381,11 @@ impl Monitor {
             who: process.to_owned(),
             kind: EventKind::BatchStart,
             key: key.to_owned(),
-            detail: format!("#{} consumer {consumer}", id.0),
+            detail: format!("{consumer} batch {n}"),
         });
         state.batches.entry(key.to_owned()).or_default().push(Batch {
             id: id.0,
-            consumer,
+            consumer: consumer.to_owned(),
             process: process.to_owned(),
             worker: worker.to_owned(),
             start: at,
@@ -397,13 +406,14 @@ impl Monitor {
         };
         batches[index].end = Some(at);
         let ended = batches[index].clone();
+        let ended_detail = ended.consumer.clone();
         let process = ended.process.clone();
         state.events.push(Event {
             at,
             who: process,
             kind: EventKind::BatchEnd,
             key: key.to_owned(),
-            detail: format!("#{}", id.0),
+            detail: ended_detail,
         });
         self.check_overlaps(&mut state, key, &ended, at);
         // Forget batches that can no longer overlap anything: ended before the oldest batch
@@ -496,7 +506,7 @@ mod tests {
     async fn sim_monitor_allows_a_batch_in_flight_at_a_move_and_flags_others() {
         let m = Monitor::new(1, "test");
         m.record("a", EventKind::Take, "s", "from -");
-        let a = m.batch_start(1, "a", "a", "s");
+        let a = m.batch_start("a1", 1, "a", "a", "s");
         tokio::time::advance(Duration::from_millis(10)).await;
         m.after_write(
             "b",
@@ -505,7 +515,7 @@ mod tests {
             Some(&row(Some("b"), None, 1)),
         );
         tokio::time::advance(Duration::from_millis(10)).await;
-        let b = m.batch_start(2, "b", "b", "s");
+        let b = m.batch_start("b1", 1, "b", "b", "s");
         tokio::time::advance(Duration::from_millis(10)).await;
         m.batch_end("s", a);
         assert!(
@@ -513,7 +523,7 @@ mod tests {
             "a's batch was in flight when it lost the lease"
         );
         // a starts again while b processes: not allowed.
-        let a2 = m.batch_start(3, "a", "a", "s");
+        let a2 = m.batch_start("a2", 1, "a", "a", "s");
         tokio::time::advance(Duration::from_millis(10)).await;
         m.batch_end("s", b);
         m.batch_end("s", a2);

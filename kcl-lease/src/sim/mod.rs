@@ -55,7 +55,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub use fleet::{run_seed, run_seed_logged};
-pub use invariants::{Event, EventKind, Invariant, Monitor, Violation};
+pub use invariants::{canonical, Event, EventKind, Invariant, Monitor, Violation};
 pub use store::{SimLeaseStore, WorkerFaults};
 
 use crate::heartbeat::LeaseRenewal;

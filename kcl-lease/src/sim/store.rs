@@ -48,8 +48,12 @@ pub struct WorkerFaults {
     pub throttle: f64,
     /// Probability that a write is applied but its reply is lost (a backend error).
     pub reply_lost: f64,
-    /// Every read (lease or heartbeat table) fails while writes work.
-    pub reads_fail: bool,
+    /// Every read of the lease table (`list`, `list_eventually_consistent`, `get`) fails
+    /// while writes work.
+    pub lease_reads_fail: bool,
+    /// Every read of the heartbeat table (`list_heartbeats`) fails while writes work (the
+    /// review's F2: a heartbeat table short of read capacity).
+    pub heartbeat_reads_fail: bool,
     /// The heartbeat table is unusable for this handle: every heartbeat call answers
     /// [`LeaseError::Unsupported`], as the DynamoDB store maps AccessDenied and
     /// ResourceNotFound on that table.
@@ -288,7 +292,10 @@ impl SimStoreHandle {
             plan.failure = Some(Failure::Unsupported);
             shared.count(&mut state, FaultClass::HeartbeatUnusable);
             notes.push("heartbeat table unusable".into());
-        } else if faults.reads_fail && op.is_read() {
+        } else if op.is_read()
+            && ((faults.heartbeat_reads_fail && is_heartbeat(op))
+                || (faults.lease_reads_fail && !is_heartbeat(op)))
+        {
             plan.failure = Some(Failure::ReadFailed);
             shared.count(&mut state, FaultClass::ReadOutage);
             notes.push("read failed (reads out, writes work)".into());
