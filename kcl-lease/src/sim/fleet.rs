@@ -259,7 +259,7 @@ async fn consume(ctx: Arc<ProcessCtx>, coordinator: Arc<LeaseCoordinator>, held:
         ctx.monitor.batch_end(&key, batch);
         position += rng.range(1, 100);
         batches += 1;
-        if batches % every.max(1) == 0 || last_checkpoint.elapsed() >= interval {
+        if batches.is_multiple_of(every.max(1)) || last_checkpoint.elapsed() >= interval {
             let _ = held.checkpoint(&sequence(position)).await;
             last_checkpoint = Instant::now();
         }
