@@ -79,15 +79,19 @@ struct Params {
 
 impl Params {
     fn draw(rng: &mut SimRng, config: &SimConfig) -> Self {
+        // Everything is drawn whatever the classes enabled, so that a seed gives the same
+        // fleet (start times, batches, checkpoints) with any set of classes.
         let p = |rng: &mut SimRng, class: FaultClass, max: f64| {
+            let p = rng.unit() * max;
             if config.has(class) {
-                rng.unit() * max
+                p
             } else {
                 0.0
             }
         };
+        let staleness = Duration::from_millis(rng.range(0, 500));
         let staleness = if config.has(FaultClass::StaleRead) {
-            Duration::from_millis(rng.range(0, 500))
+            staleness
         } else {
             Duration::ZERO
         };
@@ -432,47 +436,49 @@ impl Fleet {
         .into_iter()
         .filter(|c| self.config.has(*c))
         .collect();
+        // A stream of its own: the fleet's draws stay the same whatever the scenario.
+        let mut rng = SimRng::for_call(self.seed, &[], &["scenario"]);
         if kinds.is_empty() || span == 0 {
             return;
         }
-        let events = self.rng.range(1, 5);
+        let events = rng.range(1, 5);
         let failover = self.config.failover_time;
         for _ in 0..events {
-            let at = FAULTS_FROM + Duration::from_millis(self.rng.below(span));
-            let pick = self.rng.next_u64();
-            let Some(kind) = self.rng.pick(&kinds).copied() else {
+            let at = FAULTS_FROM + Duration::from_millis(rng.below(span));
+            let pick = rng.next_u64();
+            let Some(kind) = rng.pick(&kinds).copied() else {
                 continue;
             };
             let action = match kind {
                 FaultClass::Crash => {
-                    let restart = match self.rng.below(3) {
+                    let restart = match rng.below(3) {
                         0 => None,
-                        n => Some((Duration::from_millis(self.rng.range(200, 5000)), n == 1)),
+                        n => Some((Duration::from_millis(rng.range(200, 5000)), n == 1)),
                     };
                     Action::Crash { pick, restart }
                 }
                 FaultClass::Pause => Action::Pause {
                     pick,
-                    length: failover + Duration::from_millis(self.rng.range(200, 3000)),
+                    length: failover + Duration::from_millis(rng.range(200, 3000)),
                 },
                 FaultClass::DuplicateId => Action::Duplicate { pick },
                 FaultClass::Shutdown => Action::Shutdown { pick },
                 FaultClass::ReadOutage => Action::ReadOutage {
                     pick,
-                    length: Duration::from_millis(self.rng.range(1000, 20_000)),
-                    tables: match self.rng.below(3) {
+                    length: Duration::from_millis(rng.range(1000, 20_000)),
+                    tables: match rng.below(3) {
                         0 => Tables::Heartbeats,
                         1 => Tables::Leases,
                         _ => Tables::Both,
                     },
                 },
                 _ => {
-                    if self.rng.chance(0.5) {
+                    if rng.chance(0.5) {
                         Action::HeartbeatJoiner
                     } else {
                         Action::HeartbeatsUnusable {
                             pick,
-                            length: Duration::from_millis(self.rng.range(1000, 20_000)),
+                            length: Duration::from_millis(rng.range(1000, 20_000)),
                         }
                     }
                 }

@@ -156,6 +156,9 @@ pub struct Violation {
     pub message: String,
     /// The last lease events before the violation, one line each, oldest first.
     pub events: Vec<String>,
+    /// The last lease events about the lease concerned (for an overlap or a regressed
+    /// checkpoint), however old: the take that started it may be long before.
+    pub lease_events: Vec<String>,
 }
 
 impl fmt::Display for Violation {
@@ -172,6 +175,12 @@ impl fmt::Display for Violation {
         writeln!(f, "last {} lease events:", self.events.len())?;
         for line in &self.events {
             writeln!(f, "  {line}")?;
+        }
+        if !self.lease_events.is_empty() {
+            writeln!(f, "last {} events of the lease:", self.lease_events.len())?;
+            for line in &self.lease_events {
+                writeln!(f, "  {line}")?;
+            }
         }
         Ok(())
     }
@@ -277,7 +286,15 @@ impl Monitor {
     pub fn fail(&self, invariant: Invariant, message: impl Into<String>) {
         let at = self.elapsed();
         let mut state = lock(&self.state);
-        Self::fail_locked(&mut state, self.seed, &self.config, at, invariant, message.into());
+        Self::fail_locked(
+            &mut state,
+            self.seed,
+            &self.config,
+            at,
+            invariant,
+            message.into(),
+            None,
+        );
     }
 
     fn fail_locked(
@@ -287,10 +304,23 @@ impl Monitor {
         at: Duration,
         invariant: Invariant,
         message: String,
+        key: Option<&str>,
     ) {
         if state.violation.is_some() {
             return;
         }
+        let mut lease_events: Vec<String> = match key {
+            Some(key) => state
+                .events
+                .iter()
+                .rev()
+                .filter(|e| e.kind.is_lease_event() && e.key == key)
+                .take(CONTEXT_EVENTS / 2)
+                .map(ToString::to_string)
+                .collect(),
+            None => Vec::new(),
+        };
+        lease_events.reverse();
         let mut events: Vec<String> = state
             .events
             .iter()
@@ -307,6 +337,7 @@ impl Monitor {
             at,
             message,
             events,
+            lease_events,
         });
     }
 
@@ -358,6 +389,7 @@ impl Monitor {
                     at,
                     Invariant::CheckpointRegressed,
                     message,
+                    Some(&key),
                 );
             }
         }
@@ -473,7 +505,15 @@ impl Monitor {
                 other.start.as_secs_f64(),
                 ended.worker
             );
-            Self::fail_locked(state, self.seed, &self.config, at, Invariant::Overlap, message);
+            Self::fail_locked(
+                state,
+                self.seed,
+                &self.config,
+                at,
+                Invariant::Overlap,
+                message,
+                Some(key),
+            );
         }
     }
 

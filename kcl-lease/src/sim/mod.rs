@@ -159,13 +159,10 @@ impl SimConfig {
         }
     }
 
-    /// As [`SimConfig::new`], without faults (eventually consistent reads still lag, by up to
-    /// 500 ms: that is DynamoDB, not a fault).
+    /// As [`SimConfig::new`], without faults: no fault class at all, not even lagging
+    /// eventually consistent reads (add [`FaultClass::StaleRead`] for DynamoDB's lags).
     pub fn fault_free(renewal: LeaseRenewal) -> Self {
-        Self {
-            faults: [FaultClass::StaleRead].into_iter().collect(),
-            ..Self::new(renewal)
-        }
+        Self::new(renewal).with_faults([])
     }
 
     /// As [`SimConfig::new`], with only the fault classes given.
