@@ -38,7 +38,8 @@
 //!
 //! # Features
 //! - `dynamodb` (default): `DynamoDbLeaseStore`, through the AWS SDK for DynamoDB.
-//! - `testing`: `FailureLeaseStore` and the fault engine, for tests of code built on a store.
+//! - `testing`: `FailureLeaseStore` and the fault engine, for tests of code built on a store;
+//!   `sim`, the fleet simulator (it needs Tokio's `test-util` for paused time).
 //!
 //! The in-memory store and the cost meter (`MeteredLeaseStore`, which a worker uses for its
 //! health) need neither.

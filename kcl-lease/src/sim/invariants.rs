@@ -147,7 +147,7 @@ pub struct Violation {
     /// The seed of the run.
     pub seed: u64,
     /// A short description of the configuration (renewal mode, fault classes).
-    pub config: String,
+    pub config: Box<str>,
     /// The invariant.
     pub invariant: Invariant,
     /// When it was detected (simulated time since the start of the run).
@@ -332,7 +332,7 @@ impl Monitor {
         events.reverse();
         state.violation = Some(Violation {
             seed,
-            config: config.to_owned(),
+            config: config.into(),
             invariant,
             at,
             message,
