@@ -33,10 +33,14 @@
 //! - [`error`]: the `LeaseError` type.
 //! - [`journal`]: a worker's recent lease moves and errors (for status pages).
 //! - [`suspend`]: detects a suspended host (the monotonic clock stood still while it slept).
+//! - `sim` (feature `testing`): a deterministic fleet simulator: real coordinators and
+//!   simulated consumers on a shared lease table with DynamoDB's consistency and seeded
+//!   faults, with the safety and liveness invariants checked as it runs.
 //!
 //! # Features
 //! - `dynamodb` (default): `DynamoDbLeaseStore`, through the AWS SDK for DynamoDB.
-//! - `testing`: `FailureLeaseStore` and the fault engine, for tests of code built on a store.
+//! - `testing`: `FailureLeaseStore` and the fault engine, for tests of code built on a store;
+//!   `sim`, the fleet simulator (it needs Tokio's `test-util` for paused time).
 //!
 //! The in-memory store and the cost meter (`MeteredLeaseStore`, which a worker uses for its
 //! health) need neither.
@@ -62,6 +66,8 @@ pub mod load;
 pub mod memory;
 pub mod row;
 pub mod sequence;
+#[cfg(any(test, feature = "testing"))]
+pub mod sim;
 pub mod store;
 pub mod stream;
 pub mod suspend;

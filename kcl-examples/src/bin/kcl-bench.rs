@@ -873,7 +873,9 @@ fn renewal_modes(arg: &str, flag: &str) -> Result<Vec<kcl_lease::LeaseRenewal>> 
         "both" => vec![kcl_lease::LeaseRenewal::PerLease, kcl_lease::LeaseRenewal::Worker],
         one => vec![one
             .parse()
-            .map_err(|e: kcl_lease::heartbeat::ParseLeaseRenewalError| anyhow::anyhow!("{flag}: {e} (or both)"))?],
+            .map_err(|e: kcl_lease::heartbeat::ParseLeaseRenewalError| {
+                anyhow::anyhow!("{flag}: {e} (or both)")
+            })?],
     })
 }
 

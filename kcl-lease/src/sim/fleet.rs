@@ -1,0 +1,947 @@
+//! The fleet driver: one seed, one run. Starts real [`LeaseCoordinator`]s on a
+//! [`SimLeaseStore`], a simulated shard consumer per acquired lease, injects the scenario's
+//! faults and events, then checks liveness in a quiet phase. Runs in its own current-thread
+//! runtime with paused time, so that it is deterministic, fast, and usable from a binary.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::{AbortHandle, JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+use super::invariants::{canonical, Event, EventKind, Invariant, Monitor, Violation};
+use super::rng::SimRng;
+use super::store::{SimLeaseStore, WorkerFaults};
+use super::{FaultClass, RunSummary, SimConfig};
+use crate::coordinator::{CoordinatorConfig, HeldLease, LeaseCoordinator, LeaseStatus};
+use crate::held::lock;
+use crate::lease::Lease;
+use crate::sequence::ExtendedSequenceNumber;
+
+/// The faulty phase starts this long after the beginning (the fleet has started).
+const FAULTS_FROM: Duration = Duration::from_secs(2);
+/// How often the driver looks at the clock, the violations and its queue.
+const TICK: Duration = Duration::from_millis(50);
+/// How long the driver waits for a graceful shutdown's consumers.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How often a consumer polls for its hand-off (the real consumer: at most 200 ms).
+const HANDOFF_POLL: Duration = Duration::from_millis(100);
+
+/// Runs one seed and returns its summary, or the first invariant it violated.
+///
+/// Builds its own current-thread runtime with paused time: call it from a plain thread (a
+/// test, or a binary's `main`), not from inside a runtime. An invalid configuration is
+/// clamped (see [`SimConfig::validate`]).
+///
+/// # Panics
+/// If the runtime cannot be built, or if called from inside a Tokio runtime.
+pub fn run_seed(seed: u64, config: &SimConfig) -> Result<RunSummary, Violation> {
+    run_seed_logged(seed, config).0
+}
+
+/// [`run_seed`], and the whole event log of the run (to compare replays, or to print).
+///
+/// # Panics
+/// As [`run_seed`].
+pub fn run_seed_logged(seed: u64, config: &SimConfig) -> (Result<RunSummary, Violation>, Vec<Event>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime with time can be built");
+    let mut config = config.clone();
+    config.workers = config.workers.max(1);
+    config.failover_time = config.failover_time.max(Duration::from_millis(300));
+    runtime.block_on(async move {
+        let mut fleet = Fleet::new(seed, config);
+        let result = fleet.run().await;
+        let events = fleet.monitor.events();
+        fleet.abort_all();
+        (result, events)
+    })
+}
+
+/// What the seed decides for the whole run.
+#[derive(Debug, Clone)]
+struct Params {
+    staleness: Duration,
+    batch: (u64, u64),
+    checkpoint_every: u64,
+    checkpoint_interval: Duration,
+    /// The per-call faults of a faulty process.
+    call_faults: WorkerFaults,
+    /// The share of processes with per-call faults.
+    faulty_share: f64,
+}
+
+impl Params {
+    fn draw(rng: &mut SimRng, config: &SimConfig) -> Self {
+        // Everything is drawn whatever the classes enabled, so that a seed gives the same
+        // fleet (start times, batches, checkpoints) with any set of classes.
+        let p = |rng: &mut SimRng, class: FaultClass, max: f64| {
+            let p = rng.unit() * max;
+            if config.has(class) {
+                p
+            } else {
+                0.0
+            }
+        };
+        let staleness = Duration::from_millis(rng.range(0, 500));
+        let staleness = if config.has(FaultClass::StaleRead) {
+            staleness
+        } else {
+            Duration::ZERO
+        };
+        let min = rng.range(50, 200);
+        let batch = (min, rng.range(min, 300));
+        let call_faults = WorkerFaults {
+            delay_before: p(rng, FaultClass::DelayBefore, 0.2),
+            delay_after: p(rng, FaultClass::DelayAfter, 0.2),
+            max_delay: Duration::from_millis(rng.range(100, 2000)),
+            throttle: p(rng, FaultClass::Throttled, 0.15),
+            reply_lost: p(rng, FaultClass::ReplyLost, 0.1),
+            ..WorkerFaults::default()
+        };
+        Self {
+            staleness,
+            batch,
+            checkpoint_every: rng.range(1, 20),
+            checkpoint_interval: Duration::from_millis(rng.range(500, 10_000)),
+            call_faults,
+            faulty_share: 0.3 + 0.7 * rng.unit(),
+        }
+    }
+}
+
+/// The parts of a process its consumers share.
+#[derive(Debug)]
+struct ProcessCtx {
+    name: String,
+    worker_id: String,
+    seed: u64,
+    monitor: Arc<Monitor>,
+    params: Arc<Params>,
+    /// Consumers started so far, per lease key (names consumers independently of the order
+    /// of simultaneous acquisitions).
+    consumers_started: Mutex<BTreeMap<String, u64>>,
+    resume_at: Mutex<Option<Instant>>,
+    shutting_down: AtomicBool,
+    dead: AtomicBool,
+    active: AtomicUsize,
+    consumers: Mutex<Vec<AbortHandle>>,
+}
+
+impl ProcessCtx {
+    fn paused_until(&self) -> Option<Instant> {
+        (*lock(&self.resume_at)).filter(|at| *at > Instant::now())
+    }
+
+    fn dead(&self) -> bool {
+        self.dead.load(Ordering::SeqCst)
+    }
+
+    fn record(&self, kind: EventKind, key: &str, detail: impl Into<String>) {
+        if !self.dead() {
+            self.monitor.record(&self.name, kind, key, detail);
+        }
+    }
+}
+
+/// Counts a consumer as active while it lives (aborted or not).
+struct Active(Arc<ProcessCtx>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn position_of(checkpoint: &ExtendedSequenceNumber) -> u64 {
+    checkpoint
+        .sequence()
+        .and_then(|s| s.as_str().parse().ok())
+        .unwrap_or(0)
+}
+
+fn sequence(position: u64) -> ExtendedSequenceNumber {
+    ExtendedSequenceNumber::from_parts(&position.to_string(), 0)
+        .unwrap_or(ExtendedSequenceNumber::TrimHorizon)
+}
+
+/// A simulated shard consumer, as users write one on top of [`HeldLease`].
+async fn consume(ctx: Arc<ProcessCtx>, coordinator: Arc<LeaseCoordinator>, held: Arc<HeldLease>) {
+    ctx.active.fetch_add(1, Ordering::SeqCst);
+    let _active = Active(ctx.clone());
+    let key = held.key().to_owned();
+    let n = {
+        let mut started = lock(&ctx.consumers_started);
+        let n = started.entry(key.clone()).or_default();
+        *n += 1;
+        *n
+    };
+    let id = format!("{}/{key}/{n}", ctx.name);
+    let mut rng = SimRng::for_call(ctx.seed, &[n], &[&ctx.name, &key]);
+    // A stolen lease: the previous owner checkpoints first.
+    let row = match held.wait_for_handoff(HANDOFF_POLL).await {
+        Ok(row) => row,
+        Err(e) => {
+            ctx.record(
+                EventKind::ConsumerEnd,
+                &key,
+                format!("lost while waiting for the hand-off: {e}"),
+            );
+            coordinator.release(&held).await;
+            return;
+        }
+    };
+    let mut position = position_of(&row.checkpoint);
+    ctx.record(
+        EventKind::ConsumerStart,
+        &key,
+        format!("consumer {id} at {position}"),
+    );
+    let (every, interval) = (ctx.params.checkpoint_every, ctx.params.checkpoint_interval);
+    let mut batches = 0u64;
+    let mut last_checkpoint = Instant::now();
+    loop {
+        if ctx.dead() {
+            return;
+        }
+        if let Some(until) = ctx.paused_until() {
+            tokio::time::sleep_until(until).await;
+            continue;
+        }
+        let why = if ctx.shutting_down.load(Ordering::SeqCst) {
+            if held.status() == LeaseStatus::Held && held.is_valid() {
+                let _ = held.checkpoint(&sequence(position)).await;
+            }
+            "shutdown"
+        } else {
+            match held.status() {
+                LeaseStatus::HandoffRequested => {
+                    let done = held.checkpoint(&sequence(position)).await.is_ok();
+                    if done {
+                        "hand-off requested (checkpointed)"
+                    } else {
+                        "hand-off requested (checkpoint failed)"
+                    }
+                }
+                LeaseStatus::Lost => "lost",
+                LeaseStatus::Held if !held.is_valid() => {
+                    held.mark_lost();
+                    "not valid"
+                }
+                LeaseStatus::Held => "",
+            }
+        };
+        if !why.is_empty() {
+            ctx.record(
+                EventKind::ConsumerEnd,
+                &key,
+                format!("consumer {id} at {position}: {why}"),
+            );
+            coordinator.release(&held).await;
+            return;
+        }
+        if ctx.dead() {
+            return;
+        }
+        let batch = ctx
+            .monitor
+            .batch_start(&id, batches + 1, &ctx.name, &ctx.worker_id, &key);
+        let (lo, hi) = ctx.params.batch;
+        tokio::time::sleep(Duration::from_millis(rng.range(lo, hi))).await;
+        while let Some(until) = ctx.paused_until() {
+            tokio::time::sleep_until(until).await;
+        }
+        if ctx.dead() {
+            return;
+        }
+        ctx.monitor.batch_end(&key, batch);
+        position += rng.range(1, 100);
+        batches += 1;
+        if batches.is_multiple_of(every.max(1)) || last_checkpoint.elapsed() >= interval {
+            let _ = held.checkpoint(&sequence(position)).await;
+            last_checkpoint = Instant::now();
+        }
+    }
+}
+
+/// Receives the leases a coordinator acquires and starts a consumer for each.
+async fn acquire(
+    ctx: Arc<ProcessCtx>,
+    coordinator: Arc<LeaseCoordinator>,
+    mut acquired: mpsc::Receiver<Arc<HeldLease>>,
+) {
+    let mut consumers = JoinSet::new();
+    while let Some(held) = acquired.recv().await {
+        while consumers.try_join_next().is_some() {}
+        if ctx.dead() {
+            return;
+        }
+        let handle = consumers.spawn(consume(ctx.clone(), coordinator.clone(), held));
+        let mut handles = lock(&ctx.consumers);
+        handles.retain(|h| !h.is_finished());
+        handles.push(handle);
+    }
+    while consumers.join_next().await.is_some() {}
+}
+
+/// One simulated process: a coordinator and its consumers.
+struct Process {
+    ctx: Arc<ProcessCtx>,
+    coordinator: Arc<LeaseCoordinator>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    running: bool,
+    /// Removed from the fleet at the quiet phase (a duplicate).
+    duplicate: bool,
+    faults: WorkerFaults,
+}
+
+/// A scenario action, due at a simulated time.
+#[derive(Clone, Debug)]
+enum Action {
+    Crash {
+        pick: u64,
+        restart: Option<(Duration, bool)>,
+    },
+    Start {
+        worker_id: String,
+        name: String,
+        heartbeats_unusable: bool,
+    },
+    Pause {
+        pick: u64,
+        length: Duration,
+    },
+    Resume {
+        name: String,
+    },
+    Duplicate {
+        pick: u64,
+    },
+    Shutdown {
+        pick: u64,
+    },
+    ReadOutage {
+        pick: u64,
+        length: Duration,
+        tables: Tables,
+    },
+    HeartbeatsUnusable {
+        pick: u64,
+        length: Duration,
+    },
+    HeartbeatJoiner,
+    Restore {
+        name: String,
+        what: Restore,
+    },
+}
+
+/// Which tables a read outage hits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tables {
+    Heartbeats,
+    Leases,
+    Both,
+}
+
+/// What a restore action ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Restore {
+    Reads,
+    Heartbeats,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Faulty,
+    Draining,
+    Quiet(Instant, Instant),
+}
+
+struct Fleet {
+    seed: u64,
+    config: SimConfig,
+    params: Arc<Params>,
+    rng: SimRng,
+    store: SimLeaseStore,
+    monitor: Arc<Monitor>,
+    processes: Vec<Process>,
+    next_worker: usize,
+    queue: BTreeMap<(Duration, u64), Action>,
+    queued: u64,
+    origin: Instant,
+}
+
+impl Fleet {
+    fn new(seed: u64, config: SimConfig) -> Self {
+        let mut rng = SimRng::new(seed);
+        let params = Params::draw(&mut rng, &config);
+        let monitor = Arc::new(Monitor::new(seed, config.describe()));
+        let store = SimLeaseStore::new(seed, params.staleness, monitor.clone());
+        for i in 0..config.shards {
+            store.create(Lease::new(
+                format!("shard-{i:03}"),
+                ExtendedSequenceNumber::TrimHorizon,
+            ));
+        }
+        Self {
+            seed,
+            params: Arc::new(params),
+            rng,
+            store,
+            monitor,
+            processes: Vec::new(),
+            next_worker: config.workers + 1,
+            queue: BTreeMap::new(),
+            queued: 0,
+            origin: Instant::now(),
+            config,
+        }
+    }
+
+    fn now(&self) -> Duration {
+        Instant::now().duration_since(self.origin)
+    }
+
+    fn schedule(&mut self, at: Duration, action: Action) {
+        self.queued += 1;
+        self.queue.insert((at, self.queued), action);
+    }
+
+    fn new_worker_id(&mut self) -> String {
+        let id = format!("w{}", self.next_worker);
+        self.next_worker += 1;
+        id
+    }
+
+    /// The scenario: per-call faults for some processes, and timed events.
+    fn plan_scenario(&mut self) {
+        let faulty_end = FAULTS_FROM + self.config.faulty_phase;
+        let span = self.config.faulty_phase.as_millis() as u64;
+        let kinds: Vec<FaultClass> = [
+            FaultClass::Crash,
+            FaultClass::Pause,
+            FaultClass::DuplicateId,
+            FaultClass::Shutdown,
+            FaultClass::ReadOutage,
+            FaultClass::HeartbeatUnusable,
+        ]
+        .into_iter()
+        .filter(|c| self.config.has(*c))
+        .collect();
+        // A stream of its own: the fleet's draws stay the same whatever the scenario.
+        let mut rng = SimRng::for_call(self.seed, &[], &["scenario"]);
+        if kinds.is_empty() || span == 0 {
+            return;
+        }
+        let events = rng.range(1, 5);
+        let failover = self.config.failover_time;
+        for _ in 0..events {
+            let at = FAULTS_FROM + Duration::from_millis(rng.below(span));
+            let pick = rng.next_u64();
+            let Some(kind) = rng.pick(&kinds).copied() else {
+                continue;
+            };
+            let action = match kind {
+                FaultClass::Crash => {
+                    let restart = match rng.below(3) {
+                        0 => None,
+                        n => Some((Duration::from_millis(rng.range(200, 5000)), n == 1)),
+                    };
+                    Action::Crash { pick, restart }
+                }
+                FaultClass::Pause => Action::Pause {
+                    pick,
+                    length: failover + Duration::from_millis(rng.range(200, 3000)),
+                },
+                FaultClass::DuplicateId => Action::Duplicate { pick },
+                FaultClass::Shutdown => Action::Shutdown { pick },
+                FaultClass::ReadOutage => Action::ReadOutage {
+                    pick,
+                    length: Duration::from_millis(rng.range(1000, 20_000)),
+                    tables: match rng.below(3) {
+                        0 => Tables::Heartbeats,
+                        1 => Tables::Leases,
+                        _ => Tables::Both,
+                    },
+                },
+                _ => {
+                    if rng.chance(0.5) {
+                        Action::HeartbeatJoiner
+                    } else {
+                        Action::HeartbeatsUnusable {
+                            pick,
+                            length: Duration::from_millis(rng.range(1000, 20_000)),
+                        }
+                    }
+                }
+            };
+            let at = at.min(faulty_end);
+            self.schedule(at, action);
+        }
+    }
+
+    /// Starts a process.
+    fn start(&mut self, worker_id: &str, name: &str, duplicate: bool, mut faults: WorkerFaults) {
+        let handle = self.store.for_worker(name);
+        let now = self.now();
+        if now >= FAULTS_FROM
+            && now < FAULTS_FROM + self.config.faulty_phase
+            && self.rng.chance(self.params.faulty_share)
+        {
+            let hb = faults.heartbeats_unusable;
+            faults = WorkerFaults {
+                heartbeats_unusable: hb,
+                ..self.params.call_faults.clone()
+            };
+        }
+        self.store.set_faults(name, faults.clone());
+        let mut config = CoordinatorConfig::new(worker_id, self.config.failover_time);
+        config.leases.renewal = self.config.renewal;
+        let (coordinator, acquired) = LeaseCoordinator::new(handle, config);
+        let ctx = Arc::new(ProcessCtx {
+            name: name.to_owned(),
+            worker_id: worker_id.to_owned(),
+            seed: self.seed,
+            monitor: self.monitor.clone(),
+            params: self.params.clone(),
+            consumers_started: Mutex::new(BTreeMap::new()),
+            resume_at: Mutex::new(None),
+            shutting_down: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+            consumers: Mutex::new(Vec::new()),
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let run = tokio::spawn(coordinator.clone().run(stop_rx));
+        let acquirer = tokio::spawn(acquire(ctx.clone(), coordinator.clone(), acquired));
+        self.monitor.record(
+            name,
+            EventKind::Scenario,
+            "",
+            format!(
+                "start worker {worker_id}{}{}",
+                if duplicate { " (duplicate id)" } else { "" },
+                if faults.heartbeats_unusable {
+                    " (heartbeat table unusable)"
+                } else {
+                    ""
+                }
+            ),
+        );
+        self.processes.push(Process {
+            ctx,
+            coordinator,
+            stop,
+            tasks: vec![run, acquirer],
+            running: true,
+            duplicate,
+            faults,
+        });
+    }
+
+    fn running(&self) -> Vec<usize> {
+        (0..self.processes.len())
+            .filter(|i| self.processes[*i].running)
+            .collect()
+    }
+
+    /// A running process chosen by `pick`, if at least `min` run.
+    fn pick(&self, pick: u64, min: usize) -> Option<usize> {
+        let running = self.running();
+        if running.len() < min {
+            return None;
+        }
+        running.get((pick % running.len() as u64) as usize).copied()
+    }
+
+    fn index_of(&self, name: &str) -> Option<usize> {
+        self.processes
+            .iter()
+            .position(|p| p.running && p.ctx.name == name)
+    }
+
+    fn update_faults(&mut self, index: usize, f: impl FnOnce(&mut WorkerFaults)) {
+        let process = &mut self.processes[index];
+        f(&mut process.faults);
+        self.store.set_faults(&process.ctx.name, process.faults.clone());
+    }
+
+    /// Kills a process at once: its batches in flight end now, its tasks are aborted.
+    fn crash(&mut self, index: usize, why: &str) {
+        let process = &mut self.processes[index];
+        if !process.running {
+            return;
+        }
+        self.monitor
+            .record(&process.ctx.name, EventKind::Scenario, "", why.to_owned());
+        self.monitor.end_batches_of(&process.ctx.name);
+        process.ctx.dead.store(true, Ordering::SeqCst);
+        for handle in lock(&process.ctx.consumers).drain(..) {
+            handle.abort();
+        }
+        for task in &process.tasks {
+            task.abort();
+        }
+        process.running = false;
+    }
+
+    /// A graceful shutdown: stop taking, let the consumers checkpoint and release, release
+    /// what is left, leave, stop.
+    async fn shutdown(&mut self, index: usize) {
+        let (ctx, coordinator) = {
+            let p = &self.processes[index];
+            (p.ctx.clone(), p.coordinator.clone())
+        };
+        self.monitor
+            .record(&ctx.name, EventKind::Scenario, "", "graceful shutdown begins");
+        coordinator.stop_taking();
+        ctx.shutting_down.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while ctx.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(TICK).await;
+        }
+        for lease in coordinator.held() {
+            coordinator.release(&lease).await;
+        }
+        coordinator.leave().await;
+        self.processes[index].stop.send_replace(true);
+        self.crash(index, "graceful shutdown done (left)");
+    }
+
+    async fn execute(&mut self, action: Action) {
+        let now = self.now();
+        match action {
+            Action::Crash { pick, restart } => {
+                let Some(i) = self.pick(pick, 2) else { return };
+                let (worker_id, name) = {
+                    let p = &self.processes[i];
+                    (p.ctx.worker_id.clone(), p.ctx.name.clone())
+                };
+                self.crash(i, "crash");
+                self.store.count(FaultClass::Crash);
+                if let Some((after, same_id)) = restart {
+                    let (worker_id, name) = if same_id {
+                        let incarnation = self
+                            .processes
+                            .iter()
+                            .filter(|p| p.ctx.worker_id == worker_id)
+                            .count();
+                        let base = name.split('.').next().unwrap_or(&name).to_owned();
+                        (worker_id, format!("{base}.{}", incarnation + 1))
+                    } else {
+                        let id = self.new_worker_id();
+                        (id.clone(), id)
+                    };
+                    self.schedule(
+                        now + after,
+                        Action::Start {
+                            worker_id,
+                            name,
+                            heartbeats_unusable: false,
+                        },
+                    );
+                }
+            }
+            Action::Start {
+                worker_id,
+                name,
+                heartbeats_unusable,
+            } => {
+                let faults = WorkerFaults {
+                    heartbeats_unusable,
+                    ..WorkerFaults::default()
+                };
+                self.start(&worker_id, &name, false, faults);
+            }
+            Action::Pause { pick, length } => {
+                let Some(i) = self.pick(pick, 1) else { return };
+                let name = self.processes[i].ctx.name.clone();
+                self.store.count(FaultClass::Pause);
+                self.monitor
+                    .record(&name, EventKind::Scenario, "", format!("pause for {length:?}"));
+                *lock(&self.processes[i].ctx.resume_at) = Some(Instant::now() + length);
+                self.update_faults(i, |f| f.suspended = Some(length));
+                self.schedule(now + length, Action::Resume { name });
+            }
+            Action::Resume { name } => {
+                if let Some(i) = self.index_of(&name) {
+                    if self.processes[i].ctx.paused_until().is_some() {
+                        return; // a later pause is still on
+                    }
+                    self.monitor.record(&name, EventKind::Scenario, "", "resume");
+                    self.update_faults(i, |f| f.suspended = None);
+                }
+            }
+            Action::Duplicate { pick } => {
+                let Some(i) = self.pick(pick, 1) else { return };
+                let worker_id = self.processes[i].ctx.worker_id.clone();
+                let name = format!("{worker_id}+dup{}", self.queued);
+                self.store.count(FaultClass::DuplicateId);
+                self.start(&worker_id, &name, true, WorkerFaults::default());
+            }
+            Action::Shutdown { pick } => {
+                let Some(i) = self.pick(pick, 2) else { return };
+                self.store.count(FaultClass::Shutdown);
+                self.shutdown(i).await;
+            }
+            Action::ReadOutage { pick, length, tables } => {
+                let Some(i) = self.pick(pick, 1) else { return };
+                let name = self.processes[i].ctx.name.clone();
+                self.monitor.record(
+                    &name,
+                    EventKind::Scenario,
+                    "",
+                    format!("reads of {tables:?} fail for {length:?} (writes work)"),
+                );
+                self.update_faults(i, |f| {
+                    f.heartbeat_reads_fail |= tables != Tables::Leases;
+                    f.lease_reads_fail |= tables != Tables::Heartbeats;
+                });
+                self.schedule(
+                    now + length,
+                    Action::Restore {
+                        name,
+                        what: Restore::Reads,
+                    },
+                );
+            }
+            Action::HeartbeatsUnusable { pick, length } => {
+                let Some(i) = self.pick(pick, 1) else { return };
+                let name = self.processes[i].ctx.name.clone();
+                self.monitor.record(
+                    &name,
+                    EventKind::Scenario,
+                    "",
+                    format!("heartbeat table unusable for {length:?}"),
+                );
+                self.update_faults(i, |f| f.heartbeats_unusable = true);
+                self.schedule(
+                    now + length,
+                    Action::Restore {
+                        name,
+                        what: Restore::Heartbeats,
+                    },
+                );
+            }
+            Action::HeartbeatJoiner => {
+                let id = self.new_worker_id();
+                let faults = WorkerFaults {
+                    heartbeats_unusable: true,
+                    ..WorkerFaults::default()
+                };
+                self.start(&id, &id, false, faults);
+            }
+            Action::Restore { name, what } => {
+                if let Some(i) = self.index_of(&name) {
+                    self.monitor
+                        .record(&name, EventKind::Scenario, "", format!("{what:?} restored"));
+                    self.update_faults(i, |f| match what {
+                        Restore::Reads => {
+                            f.lease_reads_fail = false;
+                            f.heartbeat_reads_fail = false;
+                        }
+                        Restore::Heartbeats => f.heartbeats_unusable = false,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The faults stop: clear them, resume paused processes, stop duplicates, start the
+    /// restarts still pending.
+    async fn enter_quiet(&mut self) {
+        self.monitor
+            .record("fleet", EventKind::Scenario, "", "faults stop (quiet phase)");
+        self.store.clear_faults();
+        for i in 0..self.processes.len() {
+            self.processes[i].faults = WorkerFaults::default();
+            *lock(&self.processes[i].ctx.resume_at) = None;
+            if self.processes[i].running && self.processes[i].duplicate {
+                self.crash(i, "duplicate stopped for the quiet phase");
+            }
+        }
+        let pending = std::mem::take(&mut self.queue);
+        for action in pending.into_values() {
+            if let Action::Start { worker_id, name, .. } = action {
+                self.start(&worker_id, &name, false, WorkerFaults::default());
+            }
+        }
+    }
+
+    /// Every shard held by a running process and processed since `since`; the spread even.
+    fn check_liveness(&self, since: Duration) {
+        let running: BTreeSet<&str> = self
+            .processes
+            .iter()
+            .filter(|p| p.running)
+            .map(|p| p.ctx.worker_id.as_str())
+            .collect();
+        let names: BTreeSet<&str> = self
+            .processes
+            .iter()
+            .filter(|p| p.running)
+            .map(|p| p.ctx.name.as_str())
+            .collect();
+        let mut counts: BTreeMap<&str, usize> = running.iter().map(|w| (*w, 0)).collect();
+        let leases = self.store.leases();
+        let mut problems = Vec::new();
+        for lease in &leases {
+            match lease.lease_owner.as_deref() {
+                Some(owner) if running.contains(owner) => {
+                    if let Some(c) = counts.get_mut(owner) {
+                        *c += 1;
+                    }
+                }
+                owner => problems.push(format!(
+                    "{} is held by {owner:?}, not a running worker",
+                    lease.lease_key
+                )),
+            }
+            let processed = self
+                .monitor
+                .last_batch_starts(&lease.lease_key)
+                .iter()
+                .any(|(process, at)| names.contains(process.as_str()) && *at >= since);
+            if !processed {
+                problems.push(format!(
+                    "{} not processed since {:.3}s (owner {:?}, checkpointOwner {:?})",
+                    lease.lease_key,
+                    since.as_secs_f64(),
+                    lease.lease_owner,
+                    lease.checkpoint_owner
+                ));
+            }
+        }
+        let max = counts.values().copied().max().unwrap_or(0);
+        let min = counts.values().copied().min().unwrap_or(0);
+        if max > min + 1 {
+            problems.push(format!("uneven spread: {counts:?}"));
+        }
+        if !problems.is_empty() {
+            self.monitor.fail(Invariant::Liveness, problems.join("; "));
+        }
+    }
+
+    async fn run(&mut self) -> Result<RunSummary, Violation> {
+        // The workers start within the first second.
+        for i in 1..=self.config.workers {
+            let at = Duration::from_millis(self.rng.below(1000));
+            let id = format!("w{i}");
+            self.schedule(
+                at,
+                Action::Start {
+                    worker_id: id.clone(),
+                    name: id,
+                    heartbeats_unusable: false,
+                },
+            );
+        }
+        self.plan_scenario();
+        let quiet_from = FAULTS_FROM + self.config.faulty_phase;
+        let mut phase = Phase::Faulty;
+        let mut faults_on = false;
+        loop {
+            if let Some(v) = self.monitor.violation() {
+                return Err(v);
+            }
+            let now = self.now();
+            if !faults_on && phase == Phase::Faulty && now >= FAULTS_FROM {
+                faults_on = true;
+                let share = self.params.faulty_share;
+                for i in self.running() {
+                    if self.rng.chance(share) {
+                        let template = self.params.call_faults.clone();
+                        self.update_faults(i, |f| {
+                            *f = WorkerFaults {
+                                heartbeats_unusable: f.heartbeats_unusable,
+                                ..template
+                            }
+                        });
+                    }
+                }
+            }
+            while let Some(entry) = self.queue.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                let action = entry.remove();
+                self.execute(action).await;
+            }
+            match phase {
+                Phase::Faulty if now >= quiet_from => {
+                    self.enter_quiet().await;
+                    phase = Phase::Draining;
+                }
+                Phase::Draining if self.store.delays_until().is_none() => {
+                    let deadline = Instant::now() + self.config.failover_time + Duration::from_secs(2);
+                    phase = Phase::Quiet(Instant::now(), deadline);
+                }
+                Phase::Quiet(from, deadline) if Instant::now() >= deadline => {
+                    self.check_liveness(from.duration_since(self.origin));
+                    break;
+                }
+                _ => {}
+            }
+            tokio::time::sleep(TICK).await;
+        }
+        // Batches still in flight end with the run (and are checked).
+        for i in 0..self.processes.len() {
+            if self.processes[i].running {
+                self.monitor.end_batches_of(&self.processes[i].ctx.name.clone());
+            }
+        }
+        if let Some(v) = self.monitor.violation() {
+            return Err(v);
+        }
+        Ok(self.summary())
+    }
+
+    fn summary(&self) -> RunSummary {
+        let events = canonical(&self.monitor.events());
+        let count = |k: EventKind| events.iter().filter(|e| e.kind == k).count() as u64;
+        let mut digest = SimRng::for_call(self.seed, &[events.len() as u64], &[]).next_u64();
+        for e in &events {
+            digest = SimRng::for_call(digest, &[], &[&e.to_string()]).next_u64();
+        }
+        let mut faults = self.store.injected();
+        let stale_reads = self.store.stale_reads();
+        if stale_reads > 0 {
+            faults.insert(FaultClass::StaleRead, stale_reads);
+        }
+        RunSummary {
+            seed: self.seed,
+            processes: self.processes.len(),
+            batches: self.monitor.batches(),
+            takes: count(EventKind::Take) + count(EventKind::Steal),
+            steals: count(EventKind::Steal),
+            checkpoints: count(EventKind::Checkpoint),
+            faults,
+            stale_reads,
+            events: events.len(),
+            digest,
+            simulated: self.now(),
+        }
+    }
+
+    fn abort_all(&mut self) {
+        for i in 0..self.processes.len() {
+            let p = &mut self.processes[i];
+            p.ctx.dead.store(true, Ordering::SeqCst);
+            for handle in lock(&p.ctx.consumers).drain(..) {
+                handle.abort();
+            }
+            for task in &p.tasks {
+                task.abort();
+            }
+            p.running = false;
+        }
+    }
+}

@@ -1,0 +1,593 @@
+//! The simulator's event log and its invariant checker ([`Monitor`]), checked as events are
+//! recorded, not at the end: the first violation stops the run and keeps the events that led
+//! to it.
+//!
+//! - **Overlap**: batches of one shard by two different consumers never overlap in simulated
+//!   time, except a batch that was already in flight when its worker lost the lease in the
+//!   table (a take, steal, eviction or completed hand-off that removed it as owner or
+//!   `checkpointOwner`, as the store recorded it). Checked when a batch ends, against every
+//!   batch of another consumer that started while it ran.
+//! - **Checkpoint regression**: the checkpoint of a lease never moves backwards, checked in
+//!   the store's state after every applied write.
+//! - **Liveness** is judged by the fleet driver (after the faults stop) and reported here.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::held::lock;
+use crate::lease::Lease;
+
+/// How many events before a violation are kept in it.
+const CONTEXT_EVENTS: usize = 30;
+
+/// What an event of the log records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A take of a free, expired or own lease was applied (`leaseOwner` set).
+    Take,
+    /// A steal (a take with hand-off) was applied.
+    Steal,
+    /// A lease was released (evicted) in the table.
+    Evict,
+    /// A hand-off was completed (`checkpointOwner` cleared).
+    HandoffDone,
+    /// A checkpoint write was applied.
+    Checkpoint,
+    /// A fault injected into a heartbeat call (put, read, delete).
+    HeartbeatFault,
+    /// A fault injected into a lease-table call (throttled, reply lost, read failed).
+    StoreFault,
+    /// A consumer started on a lease (after its hand-off, if any).
+    ConsumerStart,
+    /// A consumer stopped (and released the lease).
+    ConsumerEnd,
+    /// A batch started.
+    BatchStart,
+    /// A batch ended.
+    BatchEnd,
+    /// A scenario event: crash, restart, pause, resume, duplicate, shutdown, phase change.
+    Scenario,
+}
+
+impl EventKind {
+    /// Whether the event is one of the lease events shown before a violation (everything but
+    /// batches).
+    pub fn is_lease_event(&self) -> bool {
+        !matches!(self, EventKind::BatchStart | EventKind::BatchEnd)
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            EventKind::Take => "take",
+            EventKind::Steal => "steal",
+            EventKind::Evict => "evict",
+            EventKind::HandoffDone => "handoff-done",
+            EventKind::Checkpoint => "checkpoint",
+            EventKind::HeartbeatFault => "heartbeat-fault",
+            EventKind::StoreFault => "store-fault",
+            EventKind::ConsumerStart => "consumer-start",
+            EventKind::ConsumerEnd => "consumer-end",
+            EventKind::BatchStart => "batch-start",
+            EventKind::BatchEnd => "batch-end",
+            EventKind::Scenario => "scenario",
+        }
+    }
+}
+
+/// One line of the event log.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Event {
+    /// Simulated time since the start of the run.
+    pub at: Duration,
+    /// The process (worker id, with a suffix for restarts and duplicates) it is about.
+    pub who: String,
+    /// What happened.
+    pub kind: EventKind,
+    /// The lease key (empty when not about one lease).
+    pub key: String,
+    /// Free text (counters, checkpoints, previous owners).
+    pub detail: String,
+}
+
+/// The log with the events of each instant sorted: two runs that differ only in the order of
+/// simultaneous events (see the module docs of [`crate::sim`] on `tokio::select!`) give the
+/// same canonical log.
+pub fn canonical(events: &[Event]) -> Vec<Event> {
+    let mut events = events.to_vec();
+    events.sort();
+    events
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:>9.3}s {:<8} {:<14} {:<10} {}",
+            self.at.as_secs_f64(),
+            self.who,
+            self.kind.name(),
+            self.key,
+            self.detail
+        )
+    }
+}
+
+/// Which invariant a run violated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Invariant {
+    /// Two consumers processed one shard at the same time.
+    Overlap,
+    /// A checkpoint moved backwards in the table.
+    CheckpointRegressed,
+    /// After the faults stopped, a shard was not held and processed again in time, or the
+    /// leases were not spread evenly.
+    Liveness,
+}
+
+impl fmt::Display for Invariant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Invariant::Overlap => "overlap",
+            Invariant::CheckpointRegressed => "checkpoint-regressed",
+            Invariant::Liveness => "liveness",
+        })
+    }
+}
+
+/// A violated invariant: the seed that replays it, what was violated, and the lease events
+/// that led to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The seed of the run.
+    pub seed: u64,
+    /// A short description of the configuration (renewal mode, fault classes).
+    pub config: Box<str>,
+    /// The invariant.
+    pub invariant: Invariant,
+    /// When it was detected (simulated time since the start of the run).
+    pub at: Duration,
+    /// What exactly.
+    pub message: String,
+    /// The last lease events before the violation, one line each, oldest first.
+    pub events: Vec<String>,
+    /// The last lease events about the lease concerned (for an overlap or a regressed
+    /// checkpoint), however old: the take that started it may be long before.
+    pub lease_events: Vec<String>,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "seed {} ({}): {} violated at {:.3}s: {}",
+            self.seed,
+            self.config,
+            self.invariant,
+            self.at.as_secs_f64(),
+            self.message
+        )?;
+        writeln!(f, "last {} lease events:", self.events.len())?;
+        for line in &self.events {
+            writeln!(f, "  {line}")?;
+        }
+        if !self.lease_events.is_empty() {
+            writeln!(f, "last {} events of the lease:", self.lease_events.len())?;
+            for line in &self.lease_events {
+                writeln!(f, "  {line}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Violation {}
+
+/// One batch of records processed by one consumer.
+#[derive(Clone, Debug)]
+struct Batch {
+    id: u64,
+    consumer: String,
+    process: String,
+    worker: String,
+    start: Duration,
+    end: Option<Duration>,
+}
+
+/// A moment the table stopped naming `worker` as owner or `checkpointOwner` of a lease (or
+/// named it again through a new take: a new holder).
+#[derive(Clone, Debug)]
+struct Move {
+    at: Duration,
+    worker: String,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    events: Vec<Event>,
+    /// Per lease key: the batches that may still overlap a batch in flight.
+    batches: BTreeMap<String, Vec<Batch>>,
+    moves: BTreeMap<String, Vec<Move>>,
+    next_batch: u64,
+    batch_count: u64,
+    /// Per lease key, per process: when its last batch started.
+    last_start: BTreeMap<String, BTreeMap<String, Duration>>,
+    violation: Option<Violation>,
+}
+
+/// The event log and invariant checker of one run, shared by the store, the fleet and the
+/// consumers.
+#[derive(Debug)]
+pub struct Monitor {
+    origin: Instant,
+    seed: u64,
+    config: String,
+    state: Mutex<State>,
+}
+
+/// Identifies a batch in flight (from [`Monitor::batch_start`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchId(u64);
+
+impl Monitor {
+    /// A monitor for the run of `seed` (described by `config`), whose time starts now.
+    pub fn new(seed: u64, config: impl Into<String>) -> Self {
+        Self {
+            origin: Instant::now(),
+            seed,
+            config: config.into(),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Simulated time since the start of the run.
+    pub fn elapsed(&self) -> Duration {
+        Instant::now().duration_since(self.origin)
+    }
+
+    /// Records an event.
+    pub fn record(&self, who: &str, kind: EventKind, key: &str, detail: impl Into<String>) {
+        let event = Event {
+            at: self.elapsed(),
+            who: who.to_owned(),
+            kind,
+            key: key.to_owned(),
+            detail: detail.into(),
+        };
+        lock(&self.state).events.push(event);
+    }
+
+    /// The whole event log so far.
+    pub fn events(&self) -> Vec<Event> {
+        lock(&self.state).events.clone()
+    }
+
+    /// Batches started so far.
+    pub fn batches(&self) -> u64 {
+        lock(&self.state).batch_count
+    }
+
+    /// When each process last started a batch of `key`.
+    pub fn last_batch_starts(&self, key: &str) -> BTreeMap<String, Duration> {
+        lock(&self.state).last_start.get(key).cloned().unwrap_or_default()
+    }
+
+    /// The first violation, if any.
+    pub fn violation(&self) -> Option<Violation> {
+        lock(&self.state).violation.clone()
+    }
+
+    /// Records a violation (only the first one is kept).
+    pub fn fail(&self, invariant: Invariant, message: impl Into<String>) {
+        let at = self.elapsed();
+        let mut state = lock(&self.state);
+        Self::fail_locked(
+            &mut state,
+            self.seed,
+            &self.config,
+            at,
+            invariant,
+            message.into(),
+            None,
+        );
+    }
+
+    fn fail_locked(
+        state: &mut State,
+        seed: u64,
+        config: &str,
+        at: Duration,
+        invariant: Invariant,
+        message: String,
+        key: Option<&str>,
+    ) {
+        if state.violation.is_some() {
+            return;
+        }
+        let mut lease_events: Vec<String> = match key {
+            Some(key) => state
+                .events
+                .iter()
+                .rev()
+                .filter(|e| e.kind.is_lease_event() && e.key == key)
+                .take(CONTEXT_EVENTS / 2)
+                .map(ToString::to_string)
+                .collect(),
+            None => Vec::new(),
+        };
+        lease_events.reverse();
+        let mut events: Vec<String> = state
+            .events
+            .iter()
+            .rev()
+            .filter(|e| e.kind.is_lease_event())
+            .take(CONTEXT_EVENTS)
+            .map(ToString::to_string)
+            .collect();
+        events.reverse();
+        state.violation = Some(Violation {
+            seed,
+            config: config.into(),
+            invariant,
+            at,
+            message,
+            events,
+            lease_events,
+        });
+    }
+
+    /// The store applied a write by `who` that turned `before` into `after` (`op` names the
+    /// write). Records the moves of the lease and checks the checkpoint.
+    pub fn after_write(&self, who: &str, op: &str, before: Option<&Lease>, after: Option<&Lease>) {
+        let Some(key) = before.or(after).map(|l| l.lease_key.clone()) else {
+            return;
+        };
+        let at = self.elapsed();
+        let mut state = lock(&self.state);
+        // Who lost a right to process the lease (owner or checkpoint owner) with this write,
+        // or was replaced as its holder (a take, even by the same worker id, makes a new
+        // holder: a consumer of the previous one may still be in flight).
+        let rights = |l: Option<&Lease>| -> Vec<String> {
+            l.into_iter()
+                .flat_map(|l| [l.lease_owner.clone(), l.checkpoint_owner.clone()])
+                .flatten()
+                .collect()
+        };
+        let (was, now) = (rights(before), rights(after));
+        let take = matches!(op, "take" | "steal");
+        let lost: Vec<String> = was.iter().filter(|w| take || !now.contains(w)).cloned().collect();
+        for worker in lost {
+            state
+                .moves
+                .entry(key.clone())
+                .or_default()
+                .push(Move { at, worker });
+        }
+        if let (Some(b), Some(a)) = (before, after) {
+            if a.checkpoint < b.checkpoint {
+                let message = format!(
+                    "the checkpoint of {key} moved backwards from {} to {} ({op} by {who})",
+                    b.checkpoint.checkpoint_str(),
+                    a.checkpoint.checkpoint_str()
+                );
+                state.events.push(Event {
+                    at,
+                    who: who.to_owned(),
+                    kind: EventKind::Checkpoint,
+                    key: key.clone(),
+                    detail: format!("REGRESSED {}", a.checkpoint.checkpoint_str()),
+                });
+                Self::fail_locked(
+                    &mut state,
+                    self.seed,
+                    &self.config,
+                    at,
+                    Invariant::CheckpointRegressed,
+                    message,
+                    Some(&key),
+                );
+            }
+        }
+    }
+
+    /// Batch number `n` of consumer `consumer` (a name unique in the run) of `key` starts in
+    /// process `process` (worker id `worker`).
+    pub fn batch_start(&self, consumer: &str, n: u64, process: &str, worker: &str, key: &str) -> BatchId {
+        let at = self.elapsed();
+        let mut state = lock(&self.state);
+        state.next_batch += 1;
+        state.batch_count += 1;
+        state
+            .last_start
+            .entry(key.to_owned())
+            .or_default()
+            .insert(process.to_owned(), at);
+        let id = BatchId(state.next_batch);
+        state.events.push(Event {
+            at,
+            who: process.to_owned(),
+            kind: EventKind::BatchStart,
+            key: key.to_owned(),
+            detail: format!("{consumer} batch {n}"),
+        });
+        state.batches.entry(key.to_owned()).or_default().push(Batch {
+            id: id.0,
+            consumer: consumer.to_owned(),
+            process: process.to_owned(),
+            worker: worker.to_owned(),
+            start: at,
+            end: None,
+        });
+        id
+    }
+
+    /// The batch `id` of `key` ended (completed, or its process crashed).
+    pub fn batch_end(&self, key: &str, id: BatchId) {
+        let at = self.elapsed();
+        let mut state = lock(&self.state);
+        let Some(batches) = state.batches.get_mut(key) else {
+            return;
+        };
+        let Some(index) = batches.iter().position(|b| b.id == id.0 && b.end.is_none()) else {
+            return;
+        };
+        batches[index].end = Some(at);
+        let ended = batches[index].clone();
+        let ended_detail = ended.consumer.clone();
+        let process = ended.process.clone();
+        state.events.push(Event {
+            at,
+            who: process,
+            kind: EventKind::BatchEnd,
+            key: key.to_owned(),
+            detail: ended_detail,
+        });
+        self.check_overlaps(&mut state, key, &ended, at);
+        // Forget batches that can no longer overlap anything: ended before the oldest batch
+        // still in flight started (or, with none in flight, all of them).
+        if let Some(batches) = state.batches.get_mut(key) {
+            let oldest = batches.iter().filter(|b| b.end.is_none()).map(|b| b.start).min();
+            batches.retain(|b| match (b.end, oldest) {
+                (None, _) => true,
+                (Some(end), Some(oldest)) => end > oldest,
+                (Some(_), None) => false,
+            });
+        }
+    }
+
+    /// Ends every batch in flight of `process` (it crashed: its work stops at once).
+    pub fn end_batches_of(&self, process: &str) {
+        let open: Vec<(String, BatchId)> = {
+            let state = lock(&self.state);
+            state
+                .batches
+                .iter()
+                .flat_map(|(key, bs)| {
+                    bs.iter()
+                        .filter(|b| b.end.is_none() && b.process == process)
+                        .map(|b| (key.clone(), BatchId(b.id)))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        for (key, id) in open {
+            self.batch_end(&key, id);
+        }
+    }
+
+    /// Checks the batch that just ended against the batches of other consumers of the same
+    /// lease that started while it ran.
+    fn check_overlaps(&self, state: &mut State, key: &str, ended: &Batch, at: Duration) {
+        let Some(batches) = state.batches.get(key) else {
+            return;
+        };
+        let end = ended.end.unwrap_or(at);
+        let offender = batches.iter().find(|other| {
+            other.consumer != ended.consumer
+                && other.start >= ended.start
+                && other.start < end
+                && other.end != Some(other.start)
+                && !Self::in_flight_at_move(state, key, &ended.worker, ended.start, other.start)
+        });
+        if let Some(other) = offender.cloned() {
+            let message = format!(
+                "{key}: a batch of {} ({:.3}s..{:.3}s) overlaps a batch of {} started at {:.3}s, \
+                 and {} had not lost the lease in the table in between",
+                ended.process,
+                ended.start.as_secs_f64(),
+                end.as_secs_f64(),
+                other.process,
+                other.start.as_secs_f64(),
+                ended.worker
+            );
+            Self::fail_locked(
+                state,
+                self.seed,
+                &self.config,
+                at,
+                Invariant::Overlap,
+                message,
+                Some(key),
+            );
+        }
+    }
+
+    /// Whether `worker` lost `key` in the table at a time in `[from, to]`.
+    fn in_flight_at_move(state: &State, key: &str, worker: &str, from: Duration, to: Duration) -> bool {
+        state.moves.get(key).is_some_and(|moves| {
+            moves
+                .iter()
+                .any(|m| m.worker == worker && m.at >= from && m.at <= to)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sequence::ExtendedSequenceNumber;
+
+    fn row(owner: Option<&str>, co: Option<&str>, cp: u64) -> Lease {
+        let mut l = Lease::new(
+            "s",
+            ExtendedSequenceNumber::from_parts(&cp.to_string(), 0).unwrap(),
+        );
+        l.lease_owner = owner.map(str::to_owned);
+        l.checkpoint_owner = co.map(str::to_owned);
+        l
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sim_monitor_allows_a_batch_in_flight_at_a_move_and_flags_others() {
+        let m = Monitor::new(1, "test");
+        m.record("a", EventKind::Take, "s", "from -");
+        let a = m.batch_start("a1", 1, "a", "a", "s");
+        tokio::time::advance(Duration::from_millis(10)).await;
+        m.after_write(
+            "b",
+            "take",
+            Some(&row(Some("a"), None, 1)),
+            Some(&row(Some("b"), None, 1)),
+        );
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let b = m.batch_start("b1", 1, "b", "b", "s");
+        tokio::time::advance(Duration::from_millis(10)).await;
+        m.batch_end("s", a);
+        assert!(
+            m.violation().is_none(),
+            "a's batch was in flight when it lost the lease"
+        );
+        // a starts again while b processes: not allowed.
+        let a2 = m.batch_start("a2", 1, "a", "a", "s");
+        tokio::time::advance(Duration::from_millis(10)).await;
+        m.batch_end("s", b);
+        m.batch_end("s", a2);
+        let v = m.violation().expect("overlap");
+        assert_eq!(v.invariant, Invariant::Overlap);
+        assert!(!v.events.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sim_monitor_flags_a_checkpoint_that_moves_backwards() {
+        let m = Monitor::new(1, "test");
+        m.after_write(
+            "a",
+            "checkpoint",
+            Some(&row(Some("a"), None, 5)),
+            Some(&row(Some("a"), None, 6)),
+        );
+        assert!(m.violation().is_none());
+        m.after_write(
+            "a",
+            "checkpoint",
+            Some(&row(Some("a"), None, 6)),
+            Some(&row(Some("a"), None, 4)),
+        );
+        assert_eq!(m.violation().unwrap().invariant, Invariant::CheckpointRegressed);
+    }
+}

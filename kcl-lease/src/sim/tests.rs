@@ -1,0 +1,335 @@
+//! Tests of the simulator: the store's semantics, fault-free fleets, replay, and (ignored
+//! until the review's findings are fixed) many seeds with every fault.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant as StdInstant};
+
+use super::*;
+use crate::error::LeaseError;
+use crate::lease::Lease;
+use crate::sequence::ExtendedSequenceNumber;
+
+fn store(staleness: Duration) -> SimLeaseStore {
+    let store = SimLeaseStore::new(1, staleness, Arc::new(Monitor::new(1, "test")));
+    store.create(Lease::new("shard-0", ExtendedSequenceNumber::TrimHorizon));
+    store
+}
+
+#[tokio::test(start_paused = true)]
+async fn sim_store_eventually_consistent_reads_return_older_states() {
+    let store = store(Duration::from_millis(500));
+    let w1 = store.for_worker("w1");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let row = w1.get("shard-0").await.unwrap().unwrap();
+    w1.take(&row, "w1", false).await.unwrap();
+    tokio::time::advance(Duration::from_millis(100)).await;
+    let (mut old, mut new) = (0, 0);
+    for _ in 0..50 {
+        let rows = w1.list_eventually_consistent().await.unwrap();
+        match rows[0].lease_owner.as_deref() {
+            None => old += 1,
+            Some(_) => new += 1,
+        }
+        // Strongly consistent reads always see the take.
+        assert!(w1.list().await.unwrap()[0].is_owned_by("w1"));
+        assert!(w1.get("shard-0").await.unwrap().unwrap().is_owned_by("w1"));
+    }
+    assert!(old > 0 && new > 0, "old {old}, new {new}");
+    assert!(store.stale_reads() > 0);
+    // Older than the largest lag: every read sees the take.
+    tokio::time::advance(Duration::from_millis(500)).await;
+    for _ in 0..20 {
+        assert!(w1.list_eventually_consistent().await.unwrap()[0].is_owned_by("w1"));
+    }
+    // The heartbeat table too.
+    w1.put_heartbeat(
+        &crate::heartbeat::WorkerHeartbeat {
+            worker_id: "w1".into(),
+            counter: 1,
+            renewal: crate::LeaseRenewal::Worker,
+            leases: 1,
+            epoch: 0,
+            incarnation: Some(1),
+            lapsed: false,
+        },
+        crate::heartbeat::HeartbeatCondition::Any,
+    )
+    .await
+    .unwrap();
+    tokio::time::advance(Duration::from_millis(50)).await;
+    let mut empty = 0;
+    for _ in 0..50 {
+        empty += usize::from(w1.list_heartbeats(false).await.unwrap().is_empty());
+        assert_eq!(w1.list_heartbeats(true).await.unwrap().len(), 1);
+    }
+    assert!(empty > 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sim_store_reply_lost_writes_are_applied_and_faults_are_per_worker() {
+    let store = store(Duration::ZERO);
+    let (w1, w2) = (store.for_worker("w1"), store.for_worker("w2"));
+    store.set_faults(
+        "w1",
+        WorkerFaults {
+            reply_lost: 1.0,
+            ..WorkerFaults::default()
+        },
+    );
+    let row = w1.get("shard-0").await.unwrap().unwrap();
+    let err = w1.take(&row, "w1", false).await.unwrap_err();
+    assert!(matches!(err, LeaseError::Backend(_)), "{err}");
+    assert!(store.leases()[0].is_owned_by("w1"), "the take was applied");
+    assert_eq!(store.injected().get(&FaultClass::ReplyLost), Some(&1));
+    // w2's handle has no faults: its evict conflicts on the stale row, then succeeds.
+    assert!(w2.evict(&row).await.unwrap_err().is_conflict());
+    let now = w2.get("shard-0").await.unwrap().unwrap();
+    w2.evict(&now).await.unwrap();
+    // Reads failing while writes work; the heartbeat table unusable.
+    store.set_faults(
+        "w2",
+        WorkerFaults {
+            lease_reads_fail: true,
+            heartbeats_unusable: true,
+            ..WorkerFaults::default()
+        },
+    );
+    assert!(w2.list().await.is_err());
+    assert!(w2.get("shard-0").await.is_err());
+    let now = store.leases()[0].clone();
+    w2.take(&now, "w2", false).await.unwrap();
+    assert!(matches!(
+        w2.list_heartbeats(true).await,
+        Err(LeaseError::Unsupported(_))
+    ));
+    // A throttled call is not applied.
+    store.set_faults(
+        "w1",
+        WorkerFaults {
+            throttle: 1.0,
+            ..WorkerFaults::default()
+        },
+    );
+    let now = store.leases()[0].clone();
+    assert!(matches!(
+        w1.take(&now, "w1", false).await,
+        Err(LeaseError::Throttled(_))
+    ));
+    assert!(store.leases()[0].is_owned_by("w2"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn sim_store_a_slow_reply_returns_old_rows() {
+    let store = store(Duration::ZERO);
+    let (w1, w2) = (store.for_worker("w1"), store.for_worker("w2"));
+    store.set_faults(
+        "w1",
+        WorkerFaults {
+            delay_after: 1.0,
+            max_delay: Duration::from_millis(400),
+            ..WorkerFaults::default()
+        },
+    );
+    let read = tokio::spawn(async move { w1.list().await.unwrap() });
+    tokio::task::yield_now().await;
+    let row = w2.get("shard-0").await.unwrap().unwrap();
+    w2.take(&row, "w2", false).await.unwrap();
+    let rows = read.await.unwrap();
+    assert_eq!(
+        rows[0].lease_owner, None,
+        "read before the take, returned after it"
+    );
+    assert!(store.delays_until().is_none());
+}
+
+/// No faults at all, and eventually consistent reads that do not lag (with lags, worker mode
+/// violates on some seeds: see `sim_many_seeds_fault_free`).
+fn fault_free_fleet(renewal: LeaseRenewal) {
+    let config = SimConfig::fault_free(renewal);
+    for seed in 0..6 {
+        let summary = run_seed(seed, &config).unwrap_or_else(|v| panic!("{v}"));
+        assert!(summary.batches > 1000, "{summary:?}");
+        assert!(summary.takes >= 16, "{summary:?}");
+        assert!(summary.checkpoints > 0, "{summary:?}");
+        assert_eq!(summary.processes, 4);
+    }
+}
+
+#[test]
+fn sim_fault_free_fleet_converges_and_never_violates_per_lease() {
+    fault_free_fleet(LeaseRenewal::PerLease);
+}
+
+#[test]
+fn sim_fault_free_fleet_converges_and_never_violates_worker() {
+    fault_free_fleet(LeaseRenewal::Worker);
+}
+
+#[test]
+fn sim_replay_of_a_seed_gives_the_same_event_log() {
+    for renewal in [LeaseRenewal::PerLease, LeaseRenewal::Worker] {
+        let config = SimConfig::new(renewal);
+        for seed in [3, 11] {
+            let (a, log_a) = run_seed_logged(seed, &config);
+            let (b, log_b) = run_seed_logged(seed, &config);
+            let (log_a, log_b) = (canonical(&log_a), canonical(&log_b));
+            assert_eq!(log_a.len(), log_b.len(), "seed {seed} {renewal}");
+            if let Some(i) = log_a.iter().zip(&log_b).position(|(x, y)| x != y) {
+                panic!(
+                    "seed {seed} ({renewal}) diverges at event {i}:\n  {}\n  {}",
+                    log_a[i], log_b[i]
+                );
+            }
+            assert_eq!(outcome(&a), outcome(&b), "seed {seed} {renewal}");
+        }
+    }
+}
+
+/// What must be equal between two runs of a seed: the summary, or the violation without its
+/// context lines (those are in the order events were recorded, see [`canonical`]).
+fn outcome(r: &Result<RunSummary, Violation>) -> Result<RunSummary, (Invariant, Duration, String)> {
+    r.clone().map_err(|v| (v.invariant, v.at, v.message))
+}
+
+/// Replays many seeds of every mode and reports the seeds whose two runs differ.
+#[test]
+#[ignore = "slow: 2 x 100 seeds x 2 modes"]
+fn sim_replay_many_seeds() {
+    let mut diverged = Vec::new();
+    let mut reordered = 0;
+    for renewal in [LeaseRenewal::PerLease, LeaseRenewal::Worker] {
+        let config = SimConfig::new(renewal);
+        for seed in 0..100 {
+            let (a, log_a) = run_seed_logged(seed, &config);
+            let (b, log_b) = run_seed_logged(seed, &config);
+            reordered += usize::from(log_a != log_b);
+            if canonical(&log_a) != canonical(&log_b) || outcome(&a) != outcome(&b) {
+                diverged.push((renewal, seed));
+            }
+        }
+    }
+    println!(
+        "diverged: {diverged:?}; {reordered} of 200 replays recorded simultaneous events in \
+         another order (tokio::select!)"
+    );
+    assert!(diverged.is_empty(), "{diverged:?}");
+}
+
+/// Runs `seeds` seeds of `config`; returns the violations, printed as it goes.
+fn sweep(config: &SimConfig, seeds: std::ops::Range<u64>) -> Vec<Violation> {
+    let started = StdInstant::now();
+    let mut violations = Vec::new();
+    let mut batches = 0;
+    let n = seeds.end - seeds.start;
+    for seed in seeds {
+        match run_seed(seed, config) {
+            Ok(summary) => batches += summary.batches,
+            Err(v) => {
+                println!("{v}");
+                violations.push(v);
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{}: {n} seeds in {secs:.1}s ({:.1} runs/s), {batches} batches; {} violations: {:?}",
+        config.describe(),
+        n as f64 / secs,
+        violations.len(),
+        violations
+            .iter()
+            .map(|v| (v.seed, v.invariant))
+            .collect::<Vec<_>>()
+    );
+    violations
+}
+
+/// Fails until the findings of the coordination review (F1, F2, F5, ...) are fixed: prints
+/// every violation (seed, invariant, the events that led to it).
+#[test]
+#[ignore = "fails until the coordination review's findings (F1, F2, F5, ...) are fixed"]
+fn sim_many_seeds_every_fault_per_lease() {
+    let violations = sweep(&SimConfig::new(LeaseRenewal::PerLease), 0..100);
+    assert!(violations.is_empty(), "{} seeds violated", violations.len());
+}
+
+/// As [`sim_many_seeds_every_fault_per_lease`], in worker renewal mode.
+#[test]
+#[ignore = "fails until the coordination review's findings (F1, F2, F5, ...) are fixed"]
+fn sim_many_seeds_every_fault_worker() {
+    let violations = sweep(&SimConfig::new(LeaseRenewal::Worker), 0..100);
+    assert!(violations.is_empty(), "{} seeds violated", violations.len());
+}
+
+/// Fault-free fleets (without and with eventually consistent lags), many seeds.
+#[test]
+#[ignore = "fails until the coordination review's findings (F1, ...) are fixed"]
+fn sim_many_seeds_fault_free() {
+    let mut violations = Vec::new();
+    for renewal in [LeaseRenewal::PerLease, LeaseRenewal::Worker] {
+        violations.extend(sweep(&SimConfig::fault_free(renewal), 0..100));
+        let lagging = SimConfig::new(renewal).with_faults([FaultClass::StaleRead]);
+        violations.extend(sweep(&lagging, 0..100));
+    }
+    assert!(violations.is_empty(), "{} seeds violated", violations.len());
+}
+
+/// One fault class at a time, both modes: which classes cause which violations.
+#[test]
+#[ignore = "fails until the coordination review's findings (F1, F2, F5, ...) are fixed"]
+fn sim_many_seeds_per_fault_class() {
+    let mut table = Vec::new();
+    for renewal in [LeaseRenewal::PerLease, LeaseRenewal::Worker] {
+        for class in FaultClass::ALL {
+            let config = SimConfig::new(renewal).with_faults([class, FaultClass::StaleRead]);
+            let violations = sweep(&config, 0..50);
+            table.push((renewal, class, violations));
+        }
+    }
+    let mut failed = 0;
+    for (renewal, class, violations) in &table {
+        failed += violations.len();
+        println!(
+            "{renewal:<9} {class:<18} {:>3} violations {:?}",
+            violations.len(),
+            violations
+                .iter()
+                .map(|v| (v.seed, v.invariant))
+                .collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(failed, 0);
+}
+
+/// Prints the lease events of one run: `SIM_SEED=7 SIM_RENEWAL=worker cargo test ...
+/// sim_print_one_seed -- --ignored --nocapture` (`SIM_FAULTS=crash,pause` to choose classes;
+/// `SIM_BATCHES=1` to print batches too).
+#[test]
+#[ignore = "a tool: prints one seed's events"]
+fn sim_print_one_seed() {
+    let seed = std::env::var("SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let renewal = std::env::var("SIM_RENEWAL")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(LeaseRenewal::PerLease);
+    let mut config = SimConfig::new(renewal);
+    if let Ok(classes) = std::env::var("SIM_FAULTS") {
+        config = config.with_faults(
+            FaultClass::ALL
+                .into_iter()
+                .filter(|c| classes.split(',').any(|n| n == c.name())),
+        );
+    }
+    let batches = std::env::var("SIM_BATCHES").is_ok();
+    let (result, events) = run_seed_logged(seed, &config);
+    for e in events.iter().filter(|e| batches || e.kind.is_lease_event()) {
+        println!("{e}");
+    }
+    match result {
+        Ok(summary) => println!("{summary:?}"),
+        Err(v) => println!("{v}"),
+    }
+}
