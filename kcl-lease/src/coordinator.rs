@@ -607,6 +607,11 @@ impl LeaseCoordinator {
                     self.give_up_all("the heartbeat completed after the worker's validity ran out");
                 }
             }
+            Ok(Err(LeaseError::Unsupported(what))) if self.liveness.heartbeats_active() => {
+                // The heartbeat table worked before: the others judge this worker by it. A
+                // failed heartbeat, not a switch to coordinating without heartbeats.
+                warn!(%what, "the heartbeat table became unusable: heartbeat failed");
+            }
             Ok(Err(LeaseError::Unsupported(what))) => {
                 if self.config.leases.renewal == LeaseRenewal::Worker {
                     // Judging the others' leases by their counters (which stand still under
@@ -765,8 +770,10 @@ impl LeaseCoordinator {
                     .set(workers.live(self.config.leases.failover_time, now).len() as f64);
                 true
             }
-            Err(LeaseError::Unsupported(_)) => {
-                self.liveness.set_unsupported();
+            Err(LeaseError::Unsupported(what)) => {
+                if !self.liveness.set_unsupported() {
+                    debug!(%what, "reading heartbeats failed: the heartbeat table became unusable");
+                }
                 false
             }
             Err(e) => {
@@ -1133,14 +1140,19 @@ impl LeaseCoordinator {
     pub async fn release(&self, lease: &Arc<HeldLease>) {
         let key = lease.key();
         lease.released.store(true, Ordering::SeqCst);
-        {
+        let was_retiring = {
             let mut retiring = lock(&self.retiring);
-            if retiring
-                .get(key)
-                .is_some_and(|w| w.as_ptr() == Arc::as_ptr(lease))
-            {
+            let this = retiring.get(key).is_some_and(|w| w.as_ptr() == Arc::as_ptr(lease));
+            if this {
                 retiring.remove(key);
             }
+            this
+        };
+        if was_retiring {
+            // Given up (lost) and now let go by its task: the key may be taken again; if the
+            // row still names this worker, nobody else will take it before this one looks.
+            self.wake();
+            return;
         }
         let lease = {
             let mut held = lock(&self.held);
@@ -1184,7 +1196,10 @@ impl LeaseCoordinator {
                 }
                 lease.set_status(LeaseStatus::Lost);
             }
-            LeaseStatus::Lost => {}
+            // Lost here (not renewed in time, a failed write): the row may still name this
+            // worker, and then nobody else takes it before this worker looks again (F7 of the
+            // coordination review): look now, not at the next safety scan.
+            LeaseStatus::Lost => self.wake(),
         }
     }
 

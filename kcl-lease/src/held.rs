@@ -209,9 +209,20 @@ impl Liveness {
         }
     }
 
-    /// Records that the store has no heartbeats.
-    pub fn set_unsupported(&self) {
-        *lock(&self.state) = Heartbeating::Unsupported;
+    /// Records that the store has no heartbeats, unless heartbeats have worked before: a worker
+    /// that the others judge by its heartbeat must never go on without one (they would take
+    /// its leases as a dead worker's while it processes them), so for it the failure is just a
+    /// failed heartbeat (it lapses, and gives up everything). Returns whether the worker now
+    /// coordinates without heartbeats.
+    pub fn set_unsupported(&self) -> bool {
+        let mut state = lock(&self.state);
+        match *state {
+            Heartbeating::NotStarted | Heartbeating::Unsupported => {
+                *state = Heartbeating::Unsupported;
+                true
+            }
+            _ => false,
+        }
     }
 }
 

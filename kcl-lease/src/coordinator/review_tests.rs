@@ -65,6 +65,8 @@ struct Lagging {
     inner: Arc<InMemoryLeaseStore>,
     stale_scan: Mutex<Option<Vec<Lease>>>,
     late_heartbeats: Mutex<Option<Duration>>,
+    /// The heartbeat table answers `Unsupported` (missing, or denied by IAM).
+    heartbeats_unusable: std::sync::atomic::AtomicBool,
 }
 
 impl Lagging {
@@ -73,7 +75,15 @@ impl Lagging {
             inner: inner.clone(),
             stale_scan: Mutex::new(None),
             late_heartbeats: Mutex::new(None),
+            heartbeats_unusable: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    fn heartbeats(&self) -> Result<()> {
+        if self.heartbeats_unusable.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(LeaseError::Unsupported("no access to the heartbeat table".into()));
+        }
+        Ok(())
     }
 }
 
@@ -90,9 +100,11 @@ impl LeaseStore for Lagging {
         }
     }
     async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat, condition: HeartbeatCondition) -> Result<()> {
+        self.heartbeats()?;
         self.inner.put_heartbeat(heartbeat, condition).await
     }
     async fn list_heartbeats(&self, consistent: bool) -> Result<Vec<WorkerHeartbeat>> {
+        self.heartbeats()?;
         let rows = self.inner.list_heartbeats(consistent).await;
         let late = *lock(&self.late_heartbeats);
         if let (true, Some(late)) = (consistent, late) {
@@ -455,4 +467,43 @@ async fn f7_a_lapsed_worker_whose_heartbeats_still_land_strands_nothing() {
         a.take_round().await.unwrap();
         assert!(a.held().is_empty(), "{renewal}: a lapsed worker takes nothing");
     }
+}
+
+/// F3, the mid-run flip (found again by the simulator, seed 18): a worker whose heartbeat table
+/// becomes unusable while it runs must not go on without heartbeats, renewing per lease: the
+/// others judge it by its heartbeat, see it stand still, and take its leases as a dead
+/// worker's. It lapses instead, gives everything up, and comes back once the table works.
+#[tokio::test(start_paused = true)]
+async fn f3_a_heartbeat_table_lost_mid_run_is_a_failed_heartbeat_not_a_switch() {
+    let memory = table(4);
+    let lagging = Lagging::new(&memory);
+    let (a, _a_rx) = worker(lagging.clone(), "a", LeaseRenewal::PerLease);
+    let (b, _b_rx) = worker(memory.clone(), "b", LeaseRenewal::PerLease);
+    a.heartbeat().await;
+    assert_eq!(a.take_round().await.unwrap(), 4);
+    b.heartbeat().await;
+    b.read_heartbeats(true).await;
+    lagging
+        .heartbeats_unusable
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..24 {
+        step(250).await;
+        a.heartbeat().await;
+        a.renew_all().await;
+        b.heartbeat().await;
+        b.renew_all().await;
+        b.watch_round().await;
+        b.take_round().await.unwrap();
+        let both = processed_by_both(&a, &b).await;
+        assert!(both.is_empty(), "two workers process {both:?}");
+    }
+    assert!(a.fleet().heartbeats, "a still coordinates through heartbeats");
+    assert!(a.held().is_empty(), "a gave everything up");
+    assert_eq!(b.held().len(), 4);
+    lagging
+        .heartbeats_unusable
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    a.heartbeat().await;
+    a.heartbeat().await;
+    assert!(a.liveness.may_take(Instant::now()), "a is back");
 }
