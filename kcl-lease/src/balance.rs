@@ -93,14 +93,27 @@ impl ExpiryTracker {
     /// has not changed (as this observer saw it) for longer than `failover_time`. A lease never
     /// observed is not expired (its clock has not started). A lease of a live worker that
     /// renews through its heartbeat is never expired.
+    ///
+    /// A lease in the middle of a graceful hand-off (`checkpointOwner` names its previous owner)
+    /// may still be processed by that previous owner until it notices the steal: its owner's
+    /// death alone does not free it. It is expired when the previous owner is dead too, or by
+    /// its counter (a previous owner that renews per lease stopped by then: its renewals
+    /// conflict since the steal); never while the previous owner is a live worker that renews
+    /// through its heartbeat.
     pub fn is_expired(&self, lease: &Lease, failover_time: Duration, now: Instant) -> bool {
         let Some(owner) = lease.lease_owner.as_deref() else {
             return true;
         };
-        match self.owner_status(owner) {
-            WorkerStatus::Dead(_) => return true,
-            WorkerStatus::Live(LeaseRenewal::Worker) => return false,
-            WorkerStatus::Live(LeaseRenewal::PerLease) | WorkerStatus::Unknown => {}
+        let previous = lease
+            .checkpoint_owner
+            .as_deref()
+            .filter(|p| *p != owner)
+            .map(|p| self.owner_status(p));
+        match (self.owner_status(owner), previous) {
+            (_, Some(WorkerStatus::Live(LeaseRenewal::Worker))) => return false,
+            (WorkerStatus::Dead(_), None | Some(WorkerStatus::Dead(_))) => return true,
+            (WorkerStatus::Live(LeaseRenewal::Worker), _) => return false,
+            _ => {}
         }
         match self.seen.get(&lease.lease_key) {
             Some(&(counter, at)) if counter == lease.lease_counter => now.duration_since(at) > failover_time,

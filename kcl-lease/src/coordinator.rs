@@ -1037,7 +1037,13 @@ impl LeaseCoordinator {
                     }) = &result
                     {
                         let owner = row.lease_owner.clone();
+                        // A hand-off in progress: its previous owner must be dead too.
+                        let previous_gone = row
+                            .checkpoint_owner
+                            .as_ref()
+                            .is_none_or(|p| Some(p) == owner.as_ref() || dead.contains(p));
                         if !steal
+                            && previous_gone
                             && owner.is_some()
                             && owner == lease.lease_owner
                             && owner.is_some_and(|o| dead.contains(&o))
@@ -1210,7 +1216,9 @@ impl LeaseCoordinator {
     /// and the watch loop (heartbeat reads, scans, takes). Dropping the future (the worker is
     /// killed) drops every call in flight.
     pub async fn run(self: Arc<Self>, stop: watch::Receiver<bool>) {
-        // A heartbeat first: the others see this worker, and what it takes is backed.
+        // A heartbeat first: the others see this worker, and what it takes is backed. Until
+        // one succeeds, nothing is taken.
+        self.liveness.set_starting();
         self.heartbeat().await;
         let keepalive = {
             let this = self.clone();

@@ -46,6 +46,11 @@ enum Heartbeating {
     /// No heartbeat attempted yet (a coordinator driven by hand, as in tests): leases are
     /// renewed one by one and judged by that alone.
     NotStarted,
+    /// The coordinator runs but no heartbeat has succeeded yet: nothing may be processed or
+    /// taken until one does (or the store turns out to have no heartbeats at all). A process
+    /// whose first heartbeats fail (a throttle, a lost reply, a row of another process with
+    /// the same id) must not take its id's leases as if it were valid.
+    Starting,
     /// The store has no heartbeats: as `NotStarted`.
     Unsupported,
     /// Heartbeats work; the worker is valid until then.
@@ -92,6 +97,14 @@ impl Liveness {
         }
     }
 
+    /// Marks the start of a coordinator's run: invalid until a heartbeat succeeds.
+    pub fn set_starting(&self) {
+        let mut state = lock(&self.state);
+        if *state == Heartbeating::NotStarted {
+            *state = Heartbeating::Starting;
+        }
+    }
+
     /// Whether the validity has run out (the next heartbeat is written marked `lapsed`).
     pub fn is_lapsed(&self) -> bool {
         self.state() == Heartbeating::Lapsed
@@ -134,7 +147,7 @@ impl Liveness {
         match self.state() {
             Heartbeating::NotStarted | Heartbeating::Unsupported => true,
             Heartbeating::Valid(until) => now < until,
-            Heartbeating::Lapsed | Heartbeating::IdInUse => false,
+            Heartbeating::Starting | Heartbeating::Lapsed | Heartbeating::IdInUse => false,
         }
     }
 
@@ -217,7 +230,7 @@ impl Liveness {
     pub fn set_unsupported(&self) -> bool {
         let mut state = lock(&self.state);
         match *state {
-            Heartbeating::NotStarted | Heartbeating::Unsupported => {
+            Heartbeating::NotStarted | Heartbeating::Starting | Heartbeating::Unsupported => {
                 *state = Heartbeating::Unsupported;
                 true
             }
