@@ -933,11 +933,6 @@ impl LeaseCoordinator {
                         .as_deref()
                         .is_some_and(|o| o != me && !statuses.contains_key(o))
             });
-        let dead: HashSet<String> = statuses
-            .iter()
-            .filter(|(_, s)| matches!(s, WorkerStatus::Dead(_)))
-            .map(|(w, _)| w.clone())
-            .collect();
         // The even share counts the workers that are live, but not, among those that own no
         // lease, the ones whose row has not moved while this worker watched although it has
         // beaten many times before: a newcomer cannot tell a worker that runs from one that
@@ -1011,7 +1006,6 @@ impl LeaseCoordinator {
             .chain(plan.steal.into_iter().map(|l| (l, true)))
             .collect();
         let mut spare = plan.spare.into_iter();
-        let dead = Arc::new(dead);
         let mut acquired = 0;
         let mut stole = false;
         // Conditional takes are independent: issue them concurrently, a bounded number at a
@@ -1025,33 +1019,13 @@ impl LeaseCoordinator {
             let batch: Vec<(Lease, bool)> = takes.drain(..takes.len().min(TAKE_CONCURRENCY)).collect();
             let mut calls = JoinSet::new();
             for (lease, steal) in batch {
-                let (store, me, dead) = (self.store.clone(), self.config.worker_id.clone(), dead.clone());
+                let (store, me) = (self.store.clone(), self.config.worker_id.clone());
                 calls.spawn(async move {
                     let started = Instant::now();
                     let mut result = store.take(&lease, &me, steal).await;
-                    // The scan was eventually consistent: a dead worker's row may have moved
-                    // just before it died. Take what is there now if it is still the dead
-                    // worker's.
-                    if let Err(LeaseError::Conflict {
-                        actual: Some(row), ..
-                    }) = &result
-                    {
-                        let owner = row.lease_owner.clone();
-                        // A hand-off in progress: its previous owner must be dead too.
-                        let previous_gone = row
-                            .checkpoint_owner
-                            .as_ref()
-                            .is_none_or(|p| Some(p) == owner.as_ref() || dead.contains(p));
-                        if !steal
-                            && previous_gone
-                            && owner.is_some()
-                            && owner == lease.lease_owner
-                            && owner.is_some_and(|o| dead.contains(&o))
-                        {
-                            let row = (**row).clone();
-                            result = store.take(&row, &me, false).await;
-                        }
-                    }
+                    // No retry on the row as it is now, even if its owner looked dead: the owner
+                    // may have come back (a new validity) and taken the lease again after the
+                    // judgement (found by the simulator). The next round plans from a new scan.
                     // A take whose answer was lost (a timeout, a dropped connection) may have
                     // been applied: if the row is now ours with the counter the take wrote, it
                     // is held, not left to expire.
