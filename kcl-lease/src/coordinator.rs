@@ -477,7 +477,7 @@ impl LeaseCoordinator {
         self.config.leases.renew_interval / 2
     }
 
-    fn new_held(&self, row: Lease, started: Instant) -> Arc<HeldLease> {
+    fn new_held(&self, row: Lease, started: Instant, generation: u64) -> Arc<HeldLease> {
         let (workers, failover) = (self.workers.clone(), self.config.leases.failover_time);
         let check: crate::held::HandoffCheck = Arc::new(move |previous: &str| {
             lock(&workers).judged_status(previous, failover) != WorkerStatus::Live(LeaseRenewal::Worker)
@@ -493,7 +493,8 @@ impl LeaseCoordinator {
                 self.call_timeout(),
                 self.journal.clone(),
             )
-            .with_handoff_check(check),
+            .with_handoff_check(check)
+            .in_generation(generation),
         )
     }
 
@@ -1012,6 +1013,9 @@ impl LeaseCoordinator {
         // time, so that taking many leases from a remote table does not stall renewals. A take
         // that lost the race to another worker is replaced by a spare (no new scan).
         while !takes.is_empty() {
+            // The validity these takes are made in: should it end before they complete, what
+            // they took is never processed (see `Liveness::generation`).
+            let generation = self.liveness.generation();
             if !self.liveness.may_take(Instant::now()) {
                 // Lapsed while taking: what was planned no longer holds.
                 break;
@@ -1037,11 +1041,11 @@ impl LeaseCoordinator {
                             }
                         }
                     }
-                    (lease, steal, started, result)
+                    (lease, steal, started, generation, result)
                 });
             }
             while let Some(joined) = calls.join_next().await {
-                let Ok((lease, steal, started, result)) = joined else {
+                let Ok((lease, steal, started, generation, result)) = joined else {
                     continue;
                 };
                 match result {
@@ -1061,7 +1065,7 @@ impl LeaseCoordinator {
                                 stolen: steal,
                             },
                         );
-                        let held = self.new_held(row, started);
+                        let held = self.new_held(row, started, generation);
                         if let Some(old) = lock(&self.held).insert(held.key.clone(), held.clone()) {
                             // Never planned (held keys are not taken); if it happens, the old
                             // one must not go on as if it were held.
@@ -1207,7 +1211,10 @@ impl LeaseCoordinator {
                     while let Some(done) = tasks.try_join_next() {
                         resume_panic(done);
                     }
+                    // Biased: the branches are polled in this order, so that a run in paused
+                    // time (the fleet simulator) replays exactly from its seed.
                     let renew_now = tokio::select! {
+                        biased;
                         _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
                         _ = renew.tick() => true,
                         _ = beat.tick() => false,
@@ -1250,6 +1257,7 @@ impl LeaseCoordinator {
                         }
                     };
                     tokio::select! {
+                        biased;
                         _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
                         _ = tick.tick() => {}
                         () = this.wake_taker.notified() => {}

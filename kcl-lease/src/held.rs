@@ -10,7 +10,7 @@
 //!   *saw* the last heartbeat, which is later.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -39,6 +39,11 @@ pub struct Liveness {
     /// since: the others may be taking this worker's leases as a dead worker's, so it takes
     /// nothing.
     announced_lapsed: AtomicBool,
+    /// Counts the ends of this worker's validity (lapses, suspends, a foreign process on its
+    /// id). A lease taken in one generation is never processed in a later one: a take still in
+    /// flight when the validity ran out must not come back to life with the next heartbeat
+    /// (the others may have judged this worker dead in between and taken the lease).
+    generation: AtomicU64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +99,7 @@ impl Liveness {
             renewal,
             suspend,
             announced_lapsed: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -103,6 +109,11 @@ impl Liveness {
         if *state == Heartbeating::NotStarted {
             *state = Heartbeating::Starting;
         }
+    }
+
+    /// The current generation (see the field's docs).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// Whether the validity has run out (the next heartbeat is written marked `lapsed`).
@@ -131,6 +142,7 @@ impl Liveness {
         let mut state = lock(&self.state);
         if let Heartbeating::Valid(_) = *state {
             *state = Heartbeating::Lapsed;
+            self.generation.fetch_add(1, Ordering::SeqCst);
         }
         Some(missed)
     }
@@ -161,6 +173,7 @@ impl Liveness {
     /// processed or taken until a heartbeat of this process succeeds again.
     pub fn set_id_in_use(&self) {
         *lock(&self.state) = Heartbeating::IdInUse;
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Whether heartbeats are in use (written successfully at least once, and not found
@@ -189,6 +202,8 @@ impl Liveness {
         match *state {
             Heartbeating::Valid(until) if end >= until => {
                 *state = Heartbeating::Lapsed;
+                self.generation.fetch_add(1, Ordering::SeqCst);
+            self.generation.fetch_add(1, Ordering::SeqCst);
                 BeatOutcome::Lapsed
             }
             Heartbeating::Valid(until) => {
@@ -216,6 +231,8 @@ impl Liveness {
         match *state {
             Heartbeating::Valid(until) if now >= until => {
                 *state = Heartbeating::Lapsed;
+                self.generation.fetch_add(1, Ordering::SeqCst);
+            self.generation.fetch_add(1, Ordering::SeqCst);
                 true
             }
             _ => false,
@@ -284,6 +301,8 @@ pub struct HeldLease {
     throughput_kbps: Mutex<Option<f64>>,
     /// The worker's journal of moves and errors.
     journal: Arc<Journal>,
+    /// The worker's liveness generation when the take of this lease began.
+    generation: u64,
     /// Whether a graceful steal of this lease may be completed without the previous owner
     /// (given its id) once the failover time has passed; always when `None`.
     handoff_check: Option<HandoffCheck>,
@@ -336,7 +355,14 @@ impl HeldLease {
             throughput_kbps: Mutex::new(None),
             journal,
             handoff_check: None,
+            generation: 0,
         }
+    }
+
+    /// Sets the liveness generation in which the take of this lease began.
+    pub(crate) fn in_generation(mut self, generation: u64) -> Self {
+        self.generation = generation;
+        self
     }
 
     /// Sets the check of [`HeldLease::wait_for_handoff`] (see [`HandoffCheck`]).
@@ -410,6 +436,7 @@ impl HeldLease {
         let now = Instant::now();
         self.status() == LeaseStatus::Held
             && self.liveness.is_valid(now)
+            && self.liveness.generation() == self.generation
             && (self.liveness.renewal() == LeaseRenewal::Worker || now < *lock(&self.valid_until))
     }
 
