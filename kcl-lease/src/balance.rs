@@ -101,6 +101,19 @@ impl ExpiryTracker {
     /// conflict since the steal); never while the previous owner is a live worker that renews
     /// through its heartbeat.
     pub fn is_expired(&self, lease: &Lease, failover_time: Duration, now: Instant) -> bool {
+        self.is_expired_inner(lease, failover_time, now)
+    }
+
+    /// Whether `lease`'s counter has stood still for longer than `failover_time` as this
+    /// observer saw it (whoever owns it).
+    pub fn counter_expired(&self, lease: &Lease, failover_time: Duration, now: Instant) -> bool {
+        match self.seen.get(&lease.lease_key) {
+            Some(&(counter, at)) if counter == lease.lease_counter => now.duration_since(at) > failover_time,
+            _ => false,
+        }
+    }
+
+    fn is_expired_inner(&self, lease: &Lease, failover_time: Duration, now: Instant) -> bool {
         let Some(owner) = lease.lease_owner.as_deref() else {
             return true;
         };
@@ -135,6 +148,17 @@ pub struct BalanceConfig {
     pub max_leases_to_steal: usize,
     /// Even the count, or the load (see [`crate::load`]).
     pub mode: BalanceMode,
+    /// Whether rows that name this worker id but that it does not hold are its own from an
+    /// earlier life, proven gone (this process took the id's heartbeat row over from a process
+    /// that stood still): taken back at once. Otherwise (the row was new, or there are no
+    /// heartbeats) another process with the same id may be renewing them: they are taken only
+    /// when their counters stood still for the failover time.
+    pub adopt_own_rows: bool,
+    /// Rows naming this worker that this process held and let go of (a lapse, a failed
+    /// renewal), with the counters they may have now if nobody else wrote them since (the
+    /// counter this process last knew, and the next one if a write of its own may have been
+    /// applied unseen): taken back at once when they still have one of them.
+    pub own_rows: BTreeMap<String, (u64, u64)>,
 }
 
 /// What to do this round.
@@ -186,7 +210,15 @@ pub fn plan_takes(
             None if held.contains(&lease.lease_key) => {}
             Some(owner) if owner == me => {
                 load.entry(me).or_default().push(lease);
-                if !held.contains(&lease.lease_key) {
+                let ours = config
+                    .own_rows
+                    .get(&lease.lease_key)
+                    .is_some_and(|(lo, hi)| (*lo..=*hi).contains(&lease.lease_counter));
+                if !held.contains(&lease.lease_key)
+                    && (config.adopt_own_rows
+                        || ours
+                        || tracker.counter_expired(lease, config.failover_time, now))
+                {
                     mine_unheld.push(lease);
                 }
             }
@@ -296,6 +328,8 @@ mod tests {
             max_leases_per_worker: 100,
             max_leases_to_steal: 3,
             mode: BalanceMode::Count,
+            adopt_own_rows: true,
+            own_rows: BTreeMap::new(),
         }
     }
 

@@ -292,6 +292,13 @@ pub struct LeaseCoordinator {
     incarnation: u64,
     /// While another process writes this worker id's heartbeat row: that row as first seen.
     foreign: Mutex<Option<ForeignRow>>,
+    /// Set when this process took its id's heartbeat row over from a process proven gone:
+    /// rows naming the id are then this worker's own, taken back at once (see
+    /// [`BalanceConfig::adopt_own_rows`]).
+    adopt_own_rows: AtomicBool,
+    /// Leases this process held and lost whose rows may still name it unchanged (see
+    /// [`BalanceConfig::own_rows`]).
+    own_rows: Mutex<BTreeMap<String, (u64, u64)>>,
     /// Leases given up (lost) whose shard task has not released them yet: their keys are not
     /// taken again until it has, so that one key never has two shard tasks in this worker.
     retiring: Mutex<HashMap<String, Weak<HeldLease>>>,
@@ -377,6 +384,8 @@ impl LeaseCoordinator {
             journal: Arc::new(Journal::default()),
             incarnation: new_incarnation(),
             foreign: Mutex::new(None),
+            adopt_own_rows: AtomicBool::new(false),
+            own_rows: Mutex::new(BTreeMap::new()),
             retiring: Mutex::new(HashMap::new()),
         };
         (Arc::new(this), rx)
@@ -513,6 +522,11 @@ impl LeaseCoordinator {
             let keep = l.status() == LeaseStatus::Held || l.status() == LeaseStatus::HandoffRequested;
             if !keep && !l.released.load(Ordering::SeqCst) {
                 lost.push((l.key.clone(), Arc::downgrade(l)));
+                if l.status() == LeaseStatus::Lost {
+                    if let Some(counters) = l.own_counters() {
+                        lock(&self.own_rows).insert(l.key.clone(), counters);
+                    }
+                }
             }
             keep
         });
@@ -597,6 +611,7 @@ impl LeaseCoordinator {
                     self.liveness.announce_lapsed(false);
                 }
                 if let HeartbeatCondition::Counter(_) = condition {
+                    self.adopt_own_rows.store(true, Ordering::SeqCst);
                     info!(worker_id = %self.config.worker_id, "took over the worker id: the process that used it stopped beating");
                 }
                 *lock(&self.foreign) = None;
@@ -922,6 +937,13 @@ impl LeaseCoordinator {
                 .count()
         };
         self.forget_lost();
+        {
+            // Rows that no longer name this worker are no longer its own to take back.
+            let mut own = lock(&self.own_rows);
+            if !own.is_empty() {
+                own.retain(|key, _| leases.iter().any(|l| &l.lease_key == key && l.is_owned_by(me)));
+            }
+        }
         let statuses = if self.liveness.heartbeats_active() {
             lock(&self.workers).judged_statuses(failover)
         } else {
@@ -964,19 +986,22 @@ impl LeaseCoordinator {
                 })
                 .collect()
         };
+        let held_keys = self.held_keys();
         let plan = {
             let mut tracker = lock(&self.tracker);
             tracker.observe(&leases, now);
             tracker.set_owners(planning);
-            let held = self.held_keys();
+            let held = &held_keys;
             let balance = BalanceConfig {
                 worker_id: self.config.worker_id.clone(),
                 failover_time: self.config.leases.failover_time,
                 max_leases_per_worker: self.config.leases.max_leases_per_worker,
                 max_leases_to_steal: self.config.leases.max_leases_to_steal,
                 mode: self.config.leases.balance,
+                adopt_own_rows: self.adopt_own_rows.load(Ordering::SeqCst),
+                own_rows: lock(&self.own_rows).clone(),
             };
-            let plan = plan_takes(&leases, &tracker, &held, &balance, now);
+            let plan = plan_takes(&leases, &tracker, held, &balance, now);
             debug!(
                 leases = leases.len(),
                 held = held.len(),
@@ -993,7 +1018,15 @@ impl LeaseCoordinator {
             s.last = Some(now);
             s.fingerprint = seen_before;
             s.acted = !plan.take.is_empty() || !plan.steal.is_empty();
-            s.unknown_owners = unknown_owners;
+            // Rows naming this worker that it does not hold and may not take back at once are
+            // judged by their counters: look again after take_interval, as for unknown owners.
+            let own_pending = leases.iter().any(|l| {
+                !l.is_finished()
+                    && l.is_owned_by(me)
+                    && !held_keys.contains(&l.lease_key)
+                    && !plan.take.iter().any(|t| t.lease_key == l.lease_key)
+            });
+            s.unknown_owners = unknown_owners || own_pending;
             s.forced |= unchecked > 0;
             s.scans += 1;
         }
@@ -1065,6 +1098,7 @@ impl LeaseCoordinator {
                                 stolen: steal,
                             },
                         );
+                        lock(&self.own_rows).remove(&row.lease_key);
                         let held = self.new_held(row, started, generation);
                         if let Some(old) = lock(&self.held).insert(held.key.clone(), held.clone()) {
                             // Never planned (held keys are not taken); if it happens, the old
@@ -1135,6 +1169,9 @@ impl LeaseCoordinator {
         if was_retiring {
             // Given up (lost) and now let go by its task: the key may be taken again; if the
             // row still names this worker, nobody else will take it before this one looks.
+            if let Some(counters) = lease.own_counters() {
+                lock(&self.own_rows).insert(key.to_owned(), counters);
+            }
             self.wake();
             return;
         }
@@ -1183,7 +1220,12 @@ impl LeaseCoordinator {
             // Lost here (not renewed in time, a failed write): the row may still name this
             // worker, and then nobody else takes it before this worker looks again (F7 of the
             // coordination review): look now, not at the next safety scan.
-            LeaseStatus::Lost => self.wake(),
+            LeaseStatus::Lost => {
+                if let Some(counters) = lease.own_counters() {
+                    lock(&self.own_rows).insert(key.to_owned(), counters);
+                }
+                self.wake();
+            }
         }
     }
 

@@ -359,6 +359,15 @@ impl HeldLease {
         }
     }
 
+    /// The counters the row may have now if nobody else wrote it since this worker last did:
+    /// the one it knows, and the next one if a write of its own may have been applied unseen.
+    /// `None` while a write is in flight.
+    pub(crate) fn own_counters(&self) -> Option<(u64, u64)> {
+        let row = self.row.try_lock().ok()?;
+        let unconfirmed = lock(&self.unconfirmed_since).is_some();
+        Some((row.lease_counter, row.lease_counter + u64::from(unconfirmed)))
+    }
+
     /// Sets the liveness generation in which the take of this lease began.
     pub(crate) fn in_generation(mut self, generation: u64) -> Self {
         self.generation = generation;
@@ -537,10 +546,7 @@ impl HeldLease {
             }
             Err(LeaseError::NotFound(_)) => self.set_status(LeaseStatus::Lost),
             Err(e) => {
-                if matches!(e, LeaseError::Backend(_)) {
-                    // Throttled calls were not applied; other failures may have been.
-                    lock(&self.unconfirmed_since).get_or_insert(started);
-                }
+                self.note_unconfirmed(&e, started);
                 let deadline = *lock(&self.valid_until);
                 warn!(lease = %self.key, error = %e, "renewal failed");
                 self.journal
@@ -551,6 +557,15 @@ impl HeldLease {
                     self.set_status(LeaseStatus::Lost);
                 }
             }
+        }
+    }
+
+    /// A write that started at `started` failed with `e`: if it may have been applied (not a
+    /// throttle, not a conflict), remember it, so that the row it would have written can be
+    /// recognised as this worker's own ([`HeldLease::adopt_after_conflict`]).
+    fn note_unconfirmed(&self, e: &LeaseError, started: Instant) {
+        if matches!(e, LeaseError::Backend(_)) {
+            lock(&self.unconfirmed_since).get_or_insert(started);
         }
     }
 
@@ -574,11 +589,15 @@ impl HeldLease {
             },
         };
         match current {
+            // Exactly one write further, and a write of this worker's whose outcome is unknown
+            // to explain it: any other change is another process's (even one with the same
+            // worker id), and the lease is lost.
             Some(current)
                 if self.status() == LeaseStatus::Held
+                    && lock(&self.unconfirmed_since).is_some()
                     && current.is_owned_by(&self.worker_id)
                     && current.checkpoint_owner.is_none()
-                    && current.lease_counter > row.lease_counter =>
+                    && current.lease_counter == row.lease_counter + 1 =>
             {
                 info!(lease = %self.key, counter = current.lease_counter, "an earlier write was applied after all; going on");
                 *row = current;
@@ -621,6 +640,7 @@ impl HeldLease {
             _ => {}
         }
         self.attach_throughput(&mut row);
+        let started = Instant::now();
         let result = self
             .store
             .update_checkpoint(&row, &self.worker_id, checkpoint)
@@ -633,6 +653,9 @@ impl HeldLease {
                 // thief's lease), keep only the checkpoint and start handing over.
                 if self.status() == LeaseStatus::Held && new.is_owned_by(&self.worker_id) {
                     *row = new.clone();
+                    // Conditional on the row this worker knew: no earlier write of its own was
+                    // applied in between.
+                    *lock(&self.unconfirmed_since) = None;
                 } else {
                     row.checkpoint = new.checkpoint.clone();
                     if !new.is_owned_by(&self.worker_id) {
@@ -643,7 +666,11 @@ impl HeldLease {
                 Ok(new)
             }
             Err(LeaseError::Conflict { key, actual }) => {
-                let actual = match self.adopt_after_conflict(&mut row, actual).await {
+                let adopted = self.adopt_after_conflict(&mut row, actual).await;
+                if adopted.is_ok() {
+                    *lock(&self.unconfirmed_since) = None;
+                }
+                let actual = match adopted {
                     Ok(()) if *checkpoint < row.checkpoint => {
                         // An earlier, higher checkpoint of this worker reported failure but was
                         // applied: it stays (the processor had got that far); writing this
@@ -679,7 +706,10 @@ impl HeldLease {
                 }
                 Err(LeaseError::Conflict { key, actual })
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                self.note_unconfirmed(&e, started);
+                Err(e)
+            }
         }
     }
 
@@ -689,6 +719,7 @@ impl HeldLease {
         if self.status() != LeaseStatus::Held {
             return Err(self.lost_error());
         }
+        let started = Instant::now();
         match self.store.mark_children(&row, children).await {
             Ok(new) => {
                 *row = new.clone();
@@ -706,7 +737,10 @@ impl HeldLease {
                 self.on_conflict(actual.as_deref());
                 Err(LeaseError::Conflict { key, actual })
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                self.note_unconfirmed(&e, started);
+                Err(e)
+            }
         }
     }
 

@@ -681,7 +681,19 @@ impl Fleet {
                 }
             }
             Action::Duplicate { pick } => {
-                let Some(i) = self.pick(pick, 1) else { return };
+                // Unique worker ids are enforced through the heartbeat row's incarnation: a
+                // process that cannot use the heartbeat table cannot be told apart from a second
+                // process with its id (docs/coordination.md states this assumption), so it is
+                // never the one duplicated.
+                let candidates: Vec<usize> = self
+                    .running()
+                    .into_iter()
+                    .filter(|i| !self.processes[*i].faults.heartbeats_unusable)
+                    .collect();
+                if candidates.is_empty() {
+                    return;
+                }
+                let i = candidates[(pick % candidates.len() as u64) as usize];
                 let worker_id = self.processes[i].ctx.worker_id.clone();
                 let name = format!("{worker_id}+dup{}", self.queued);
                 self.store.count(FaultClass::DuplicateId);
