@@ -937,6 +937,24 @@ impl LeaseCoordinator {
                 .count()
         };
         self.forget_lost();
+        // Steals of leases this worker no longer processes (lost here before the thief came):
+        // nothing to hand over, so let the thief start now rather than after the failover time.
+        let held_now = self.held_keys();
+        let orphaned: Vec<String> = leases
+            .iter()
+            .filter(|l| {
+                l.checkpoint_owner.as_deref() == Some(me)
+                    && !l.is_owned_by(me)
+                    && !held_now.contains(&l.lease_key)
+            })
+            .map(|l| l.lease_key.clone())
+            .collect();
+        for key in orphaned {
+            match self.store.complete_handoff(&key, me).await {
+                Ok(_) => debug!(lease = %key, "completed the hand-off of a lease no longer processed here"),
+                Err(e) => debug!(lease = %key, error = %e, "completing a hand-off failed"),
+            }
+        }
         {
             // Rows that no longer name this worker are no longer its own to take back.
             let mut own = lock(&self.own_rows);

@@ -362,8 +362,14 @@ enum Restore {
 enum Phase {
     Faulty,
     Draining,
+    /// Since when, and until when every shard must have been processed again.
     Quiet(Instant, Instant),
+    /// Since when, and until when the fleet must have settled (even spread, few moves).
+    Settling(Instant, Instant),
 }
+
+/// A lease may move this many times in the quiet phase (a fail-over, then balancing).
+const QUIET_MOVES: usize = 3;
 
 struct Fleet {
     seed: u64,
@@ -788,7 +794,44 @@ impl Fleet {
         }
     }
 
-    /// Every shard held by a running process and processed since `since`; the spread even.
+    /// Once settled: the spread even, and no lease moved more than [`QUIET_MOVES`] times
+    /// since `since`.
+    fn check_settled(&self, since: Duration) {
+        let running: BTreeSet<&str> = self
+            .processes
+            .iter()
+            .filter(|p| p.running)
+            .map(|p| p.ctx.worker_id.as_str())
+            .collect();
+        let mut counts: BTreeMap<&str, usize> = running.iter().map(|w| (*w, 0)).collect();
+        for lease in self.store.leases() {
+            if let Some(c) = lease.lease_owner.as_deref().and_then(|o| counts.get_mut(o)) {
+                *c += 1;
+            }
+        }
+        let mut problems = Vec::new();
+        let max = counts.values().copied().max().unwrap_or(0);
+        let min = counts.values().copied().min().unwrap_or(0);
+        if max > min + 1 {
+            problems.push(format!("uneven spread: {counts:?}"));
+        }
+        let mut moves: BTreeMap<String, usize> = BTreeMap::new();
+        for e in self.monitor.events() {
+            if e.at >= since && matches!(e.kind, EventKind::Take | EventKind::Steal) {
+                *moves.entry(e.key.clone()).or_default() += 1;
+            }
+        }
+        for (key, n) in moves {
+            if n > QUIET_MOVES {
+                problems.push(format!("{key} moved {n} times after the faults stopped"));
+            }
+        }
+        if !problems.is_empty() {
+            self.monitor.fail(Invariant::Liveness, problems.join("; "));
+        }
+    }
+
+    /// Every shard held by a running process and processed since `since`.
     fn check_liveness(&self, since: Duration) {
         let running: BTreeSet<&str> = self
             .processes
@@ -831,11 +874,6 @@ impl Fleet {
                     lease.checkpoint_owner
                 ));
             }
-        }
-        let max = counts.values().copied().max().unwrap_or(0);
-        let min = counts.values().copied().min().unwrap_or(0);
-        if max > min + 1 {
-            problems.push(format!("uneven spread: {counts:?}"));
         }
         if !problems.is_empty() {
             self.monitor.fail(Invariant::Liveness, problems.join("; "));
@@ -898,6 +936,13 @@ impl Fleet {
                 }
                 Phase::Quiet(from, deadline) if Instant::now() >= deadline => {
                     self.check_liveness(from.duration_since(self.origin));
+                    // A process restarted under its old id waits the failover time before it
+                    // takes over the id; then balancing steals, a few per round.
+                    let settle = from + self.config.failover_time * 3 + Duration::from_secs(4);
+                    phase = Phase::Settling(from, settle);
+                }
+                Phase::Settling(from, deadline) if Instant::now() >= deadline => {
+                    self.check_settled(from.duration_since(self.origin));
                     break;
                 }
                 _ => {}
