@@ -901,10 +901,18 @@ impl LeaseCoordinator {
             s.forced = false;
             s.fingerprint != seen_before
         };
-        let mut leases = if consistent {
-            self.store.list().await?
+        let scanned = if consistent {
+            self.store.list().await
         } else {
-            self.store.list_eventually_consistent().await?
+            self.store.list_eventually_consistent().await
+        };
+        let mut leases = match scanned {
+            Ok(leases) => leases,
+            Err(e) => {
+                // Whatever asked for this round still stands: the next watch round tries again.
+                lock(&self.scans).forced = true;
+                return Err(e);
+            }
         };
         metrics::counter!(LEASE_TABLE_SCANS, "worker_id" => self.config.worker_id.clone()).increment(1);
         // The heartbeats are read after the lease scan, strongly consistent: a worker judged

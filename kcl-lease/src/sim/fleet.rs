@@ -749,6 +749,16 @@ impl Fleet {
                     },
                 );
             }
+            Action::HeartbeatJoiner if self.config.renewal == crate::heartbeat::LeaseRenewal::Worker => {
+                // The scheduler stops a worker-renewal worker without a usable heartbeat table
+                // with a fatal error (and its coordinator takes nothing): it never joins.
+                self.monitor.record(
+                    "fleet",
+                    EventKind::Scenario,
+                    "",
+                    "a worker without a usable heartbeat table stops at once (worker renewal needs it)",
+                );
+            }
             Action::HeartbeatJoiner => {
                 let id = self.new_worker_id();
                 let faults = WorkerFaults {
