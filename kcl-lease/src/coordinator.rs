@@ -960,7 +960,11 @@ impl LeaseCoordinator {
         for key in orphaned {
             match self.store.complete_handoff(&key, me).await {
                 Ok(_) => debug!(lease = %key, "completed the hand-off of a lease no longer processed here"),
-                Err(e) => debug!(lease = %key, error = %e, "completing a hand-off failed"),
+                Err(e) if e.is_conflict() => {}
+                Err(e) => {
+                    debug!(lease = %key, error = %e, "completing a hand-off failed");
+                    lock(&self.scans).forced = true;
+                }
             }
         }
         {
@@ -1236,9 +1240,12 @@ impl LeaseCoordinator {
                         self.journal.record(Some(key), JournalEvent::HandedOff);
                     }
                     Err(e) => {
-                        warn!(lease = %key, error = %e, "completing hand-off failed");
+                        warn!(lease = %key, error = %e, "completing hand-off failed; trying again at the next take round");
                         self.journal
                             .error(Some(key), format_args!("completing the hand-off failed: {e}"));
+                        // The thief waits for it (with worker renewal, for as long as this
+                        // worker lives): the next round completes it (orphaned hand-offs).
+                        self.wake();
                     }
                 }
                 lease.set_status(LeaseStatus::Lost);
