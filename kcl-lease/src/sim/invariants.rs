@@ -213,6 +213,8 @@ struct State {
     /// Per lease key: the batches that may still overlap a batch in flight.
     batches: BTreeMap<String, Vec<Batch>>,
     moves: BTreeMap<String, Vec<Move>>,
+    /// Per lease key: (when, owner, checkpoint owner) after each write that changed them.
+    owners: BTreeMap<String, Vec<(Duration, Option<String>, Option<String>)>>,
     next_batch: u64,
     batch_count: u64,
     /// Per lease key, per process: when its last batch started.
@@ -368,6 +370,16 @@ impl Monitor {
                 .or_default()
                 .push(Move { at, worker });
         }
+        let who_now = |l: Option<&Lease>| {
+            (
+                l.and_then(|l| l.lease_owner.clone()),
+                l.and_then(|l| l.checkpoint_owner.clone()),
+            )
+        };
+        if who_now(before) != who_now(after) {
+            let (owner, co) = who_now(after);
+            state.owners.entry(key.clone()).or_default().push((at, owner, co));
+        }
         if let (Some(b), Some(a)) = (before, after) {
             if a.checkpoint < b.checkpoint {
                 let message = format!(
@@ -495,14 +507,31 @@ impl Monitor {
                 && !Self::in_flight_at_move(state, key, &ended.worker, ended.start, other.start)
         });
         if let Some(other) = offender.cloned() {
+            let named = |t: Duration| -> String {
+                let row = state
+                    .owners
+                    .get(key)
+                    .and_then(|o| o.iter().rev().find(|(at, _, _)| *at <= t));
+                match row {
+                    Some((_, owner, co)) => format!(
+                        "owner {}, checkpointOwner {}",
+                        owner.as_deref().unwrap_or("-"),
+                        co.as_deref().unwrap_or("-")
+                    ),
+                    None => "never owned".to_owned(),
+                }
+            };
             let message = format!(
-                "{key}: a batch of {} ({:.3}s..{:.3}s) overlaps a batch of {} started at {:.3}s, \
-                 and {} had not lost the lease in the table in between",
+                "{key}: a batch of {} ({:.3}s..{:.3}s; the table said {} at its start) overlaps a \
+                 batch of {} started at {:.3}s (the table said {}), and {} had not lost the \
+                 lease in the table in between",
                 ended.process,
                 ended.start.as_secs_f64(),
                 end.as_secs_f64(),
+                named(ended.start),
                 other.process,
                 other.start.as_secs_f64(),
+                named(other.start),
                 ended.worker
             );
             Self::fail_locked(

@@ -216,15 +216,32 @@ fn sweep(config: &SimConfig, seeds: std::ops::Range<u64>) -> Vec<Violation> {
     let mut violations = Vec::new();
     let mut batches = 0;
     let n = seeds.end - seeds.start;
+    let mut lines = Vec::new();
     for seed in seeds {
-        match run_seed(seed, config) {
-            Ok(summary) => batches += summary.batches,
-            Err(v) => {
+        match run_seed_logged(seed, config) {
+            (Ok(summary), _) => batches += summary.batches,
+            (Err(v), events) => {
                 println!("{v}");
+                // What the scenario had done by then, in one line (to attribute it).
+                let scenario: Vec<String> = events
+                    .iter()
+                    .filter(|e| {
+                        e.kind == EventKind::Scenario && e.at <= v.at && e.at >= Duration::from_secs(2)
+                    })
+                    .map(|e| format!("{:.1}s {} {}", e.at.as_secs_f64(), e.who, e.detail))
+                    .collect();
+                lines.push(format!(
+                    "  seed {:>3} {:<20} at {:>6.2}s after [{}]",
+                    v.seed,
+                    v.invariant.to_string(),
+                    v.at.as_secs_f64(),
+                    scenario.join("; ")
+                ));
                 violations.push(v);
             }
         }
     }
+    println!("{}: violations\n{}", config.describe(), lines.join("\n"));
     let secs = started.elapsed().as_secs_f64();
     println!(
         "{}: {n} seeds in {secs:.1}s ({:.1} runs/s), {batches} batches; {} violations: {:?}",
