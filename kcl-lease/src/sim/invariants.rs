@@ -199,6 +199,9 @@ struct Batch {
     end: Option<Duration>,
 }
 
+/// When a lease's row started to name this owner and checkpoint owner.
+type Named = (Duration, Option<String>, Option<String>);
+
 /// A moment the table stopped naming `worker` as owner or `checkpointOwner` of a lease (or
 /// named it again through a new take: a new holder).
 #[derive(Clone, Debug)]
@@ -214,7 +217,7 @@ struct State {
     batches: BTreeMap<String, Vec<Batch>>,
     moves: BTreeMap<String, Vec<Move>>,
     /// Per lease key: (when, owner, checkpoint owner) after each write that changed them.
-    owners: BTreeMap<String, Vec<(Duration, Option<String>, Option<String>)>>,
+    owners: BTreeMap<String, Vec<Named>>,
     next_batch: u64,
     batch_count: u64,
     /// Per lease key, per process: when its last batch started.
