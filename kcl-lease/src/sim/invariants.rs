@@ -5,8 +5,10 @@
 //! - **Overlap**: batches of one shard by two different consumers never overlap in simulated
 //!   time, except a batch that was already in flight when its worker lost the lease in the
 //!   table (a take, steal, eviction or completed hand-off that removed it as owner or
-//!   `checkpointOwner`, as the store recorded it). Checked when a batch ends, against every
-//!   batch of another consumer that started while it ran.
+//!   `checkpointOwner`, or a new take of it, as the store recorded it). Checked when a batch
+//!   ends, against every batch of another consumer that started while it ran. Consumers of
+//!   two processes (even with one worker id) violate [`Invariant::Overlap`]; two consumers in
+//!   one process violate [`Invariant::DoubleConsumer`].
 //! - **Checkpoint regression**: the checkpoint of a lease never moves backwards, checked in
 //!   the store's state after every applied write.
 //! - **Liveness** is judged by the fleet driver (after the faults stop) and reported here.
@@ -121,8 +123,11 @@ impl fmt::Display for Event {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Invariant {
-    /// Two consumers processed one shard at the same time.
+    /// Two processes (workers) processed one shard at the same time.
     Overlap,
+    /// Two consumers of one process processed one shard at the same time (a second
+    /// `HeldLease` for a key whose first consumer still runs: the review's F6 family).
+    DoubleConsumer,
     /// A checkpoint moved backwards in the table.
     CheckpointRegressed,
     /// After the faults stopped, a shard was not held and processed again in time, or the
@@ -134,6 +139,7 @@ impl fmt::Display for Invariant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Invariant::Overlap => "overlap",
+            Invariant::DoubleConsumer => "double-consumer",
             Invariant::CheckpointRegressed => "checkpoint-regressed",
             Invariant::Liveness => "liveness",
         })
@@ -537,15 +543,12 @@ impl Monitor {
                 named(other.start),
                 ended.worker
             );
-            Self::fail_locked(
-                state,
-                self.seed,
-                &self.config,
-                at,
-                Invariant::Overlap,
-                message,
-                Some(key),
-            );
+            let invariant = if other.process == ended.process {
+                Invariant::DoubleConsumer
+            } else {
+                Invariant::Overlap
+            };
+            Self::fail_locked(state, self.seed, &self.config, at, invariant, message, Some(key));
         }
     }
 

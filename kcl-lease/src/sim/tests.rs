@@ -210,6 +210,15 @@ fn sim_replay_many_seeds() {
     assert!(diverged.is_empty(), "{diverged:?}");
 }
 
+/// How many seeds the sweeps run: `default`, or `SIM_SEEDS` from the environment.
+fn seeds(default: u64) -> std::ops::Range<u64> {
+    let n = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    0..n
+}
+
 /// Runs `seeds` seeds of `config`; returns the violations, printed as it goes.
 fn sweep(config: &SimConfig, seeds: std::ops::Range<u64>) -> Vec<Violation> {
     let started = StdInstant::now();
@@ -261,7 +270,7 @@ fn sweep(config: &SimConfig, seeds: std::ops::Range<u64>) -> Vec<Violation> {
 #[test]
 #[ignore = "fails until the coordination review's findings (F1, F2, F5, ...) are fixed"]
 fn sim_many_seeds_every_fault_per_lease() {
-    let violations = sweep(&SimConfig::new(LeaseRenewal::PerLease), 0..100);
+    let violations = sweep(&SimConfig::new(LeaseRenewal::PerLease), seeds(100));
     assert!(violations.is_empty(), "{} seeds violated", violations.len());
 }
 
@@ -269,7 +278,7 @@ fn sim_many_seeds_every_fault_per_lease() {
 #[test]
 #[ignore = "fails until the coordination review's findings (F1, F2, F5, ...) are fixed"]
 fn sim_many_seeds_every_fault_worker() {
-    let violations = sweep(&SimConfig::new(LeaseRenewal::Worker), 0..100);
+    let violations = sweep(&SimConfig::new(LeaseRenewal::Worker), seeds(100));
     assert!(violations.is_empty(), "{} seeds violated", violations.len());
 }
 
@@ -279,9 +288,9 @@ fn sim_many_seeds_every_fault_worker() {
 fn sim_many_seeds_fault_free() {
     let mut violations = Vec::new();
     for renewal in [LeaseRenewal::PerLease, LeaseRenewal::Worker] {
-        violations.extend(sweep(&SimConfig::fault_free(renewal), 0..100));
+        violations.extend(sweep(&SimConfig::fault_free(renewal), seeds(100)));
         let lagging = SimConfig::new(renewal).with_faults([FaultClass::StaleRead]);
-        violations.extend(sweep(&lagging, 0..100));
+        violations.extend(sweep(&lagging, seeds(100)));
     }
     assert!(violations.is_empty(), "{} seeds violated", violations.len());
 }
@@ -294,7 +303,7 @@ fn sim_many_seeds_per_fault_class() {
     for renewal in [LeaseRenewal::PerLease, LeaseRenewal::Worker] {
         for class in FaultClass::ALL {
             let config = SimConfig::new(renewal).with_faults([class, FaultClass::StaleRead]);
-            let violations = sweep(&config, 0..50);
+            let violations = sweep(&config, seeds(50));
             table.push((renewal, class, violations));
         }
     }
