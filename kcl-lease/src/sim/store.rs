@@ -182,6 +182,22 @@ impl SimLeaseStore {
             .filter(|at| *at > Instant::now())
     }
 
+    /// Every applied write that moved a lease (take, steal, evict, completed hand-off), with
+    /// its simulated time, oldest first.
+    pub fn owner_changes(&self) -> Vec<super::Event> {
+        self.shared
+            .monitor
+            .events()
+            .into_iter()
+            .filter(|e| {
+                matches!(
+                    e.kind,
+                    EventKind::Take | EventKind::Steal | EventKind::Evict | EventKind::HandoffDone
+                )
+            })
+            .collect()
+    }
+
     /// The monitor the store reports to.
     pub fn monitor(&self) -> &Arc<Monitor> {
         &self.shared.monitor

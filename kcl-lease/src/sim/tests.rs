@@ -78,8 +78,18 @@ async fn sim_store_reply_lost_writes_are_applied_and_faults_are_per_worker() {
     assert_eq!(store.injected().get(&FaultClass::ReplyLost), Some(&1));
     // w2's handle has no faults: its evict conflicts on the stale row, then succeeds.
     assert!(w2.evict(&row).await.unwrap_err().is_conflict());
+    tokio::time::advance(Duration::from_millis(250)).await;
     let now = w2.get("shard-0").await.unwrap().unwrap();
     w2.evict(&now).await.unwrap();
+    // The moves are recorded with their simulated times.
+    let moves: Vec<(EventKind, Duration)> = store.owner_changes().iter().map(|e| (e.kind, e.at)).collect();
+    assert_eq!(
+        moves,
+        [
+            (EventKind::Take, Duration::ZERO),
+            (EventKind::Evict, Duration::from_millis(250))
+        ]
+    );
     // Reads failing while writes work; the heartbeat table unusable.
     store.set_faults(
         "w2",
