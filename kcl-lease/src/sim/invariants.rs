@@ -54,13 +54,18 @@ pub enum EventKind {
     BatchEnd,
     /// A scenario event: crash, restart, pause, resume, duplicate, shutdown, phase change.
     Scenario,
+    /// A store call began or returned (only when calls are traced).
+    Call,
 }
 
 impl EventKind {
     /// Whether the event is one of the lease events shown before a violation (everything but
-    /// batches).
+    /// batches and traced calls).
     pub fn is_lease_event(&self) -> bool {
-        !matches!(self, EventKind::BatchStart | EventKind::BatchEnd)
+        !matches!(
+            self,
+            EventKind::BatchStart | EventKind::BatchEnd | EventKind::Call
+        )
     }
 
     fn name(&self) -> &'static str {
@@ -77,6 +82,7 @@ impl EventKind {
             EventKind::BatchStart => "batch-start",
             EventKind::BatchEnd => "batch-end",
             EventKind::Scenario => "scenario",
+            EventKind::Call => "call",
         }
     }
 }

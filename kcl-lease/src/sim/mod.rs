@@ -160,6 +160,9 @@ pub struct SimConfig {
     pub faulty_phase: Duration,
     /// The fault classes that may be injected (empty: a fault-free run).
     pub faults: BTreeSet<FaultClass>,
+    /// Log every store call in the event log (see [`SimLeaseStore::set_trace`]); off by
+    /// default.
+    pub trace_calls: bool,
 }
 
 impl SimConfig {
@@ -172,6 +175,7 @@ impl SimConfig {
             failover_time: Duration::from_secs(3),
             faulty_phase: Duration::from_secs(30),
             faults: FaultClass::ALL.into_iter().collect(),
+            trace_calls: false,
         }
     }
 

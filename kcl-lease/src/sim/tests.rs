@@ -345,7 +345,7 @@ fn sim_many_seeds_per_fault_class() {
 
 /// Prints the lease events of one run: `SIM_SEED=7 SIM_RENEWAL=worker cargo test ...
 /// sim_print_one_seed -- --ignored --nocapture` (`SIM_FAULTS=crash,pause` to choose classes;
-/// `SIM_BATCHES=1` to print batches too).
+/// `SIM_BATCHES=1` to print batches too, `SIM_TRACE=1` to log and print every store call).
 #[test]
 #[ignore = "a tool: prints one seed's events"]
 fn sim_print_one_seed() {
@@ -366,8 +366,14 @@ fn sim_print_one_seed() {
         );
     }
     let batches = std::env::var("SIM_BATCHES").is_ok();
+    config.trace_calls = std::env::var("SIM_TRACE").is_ok();
     let (result, events) = run_seed_logged(seed, &config);
-    for e in events.iter().filter(|e| batches || e.kind.is_lease_event()) {
+    let shown = |e: &&Event| match e.kind {
+        EventKind::BatchStart | EventKind::BatchEnd => batches,
+        EventKind::Call => config.trace_calls,
+        _ => true,
+    };
+    for e in events.iter().filter(shown) {
         println!("{e}");
     }
     match result {
