@@ -391,6 +391,7 @@ impl Fleet {
         let params = Params::draw(&mut rng, &config);
         let monitor = Arc::new(Monitor::new(seed, config.describe()));
         let store = SimLeaseStore::new(seed, params.staleness, monitor.clone());
+        store.set_trace(config.trace_calls);
         for i in 0..config.shards {
             store.create(Lease::new(
                 format!("shard-{i:03}"),

@@ -5,8 +5,10 @@
 //! - **Overlap**: batches of one shard by two different consumers never overlap in simulated
 //!   time, except a batch that was already in flight when its worker lost the lease in the
 //!   table (a take, steal, eviction or completed hand-off that removed it as owner or
-//!   `checkpointOwner`, as the store recorded it). Checked when a batch ends, against every
-//!   batch of another consumer that started while it ran.
+//!   `checkpointOwner`, or a new take of it, as the store recorded it). Checked when a batch
+//!   ends, against every batch of another consumer that started while it ran. Consumers of
+//!   two processes (even with one worker id) violate [`Invariant::Overlap`]; two consumers in
+//!   one process violate [`Invariant::DoubleConsumer`].
 //! - **Checkpoint regression**: the checkpoint of a lease never moves backwards, checked in
 //!   the store's state after every applied write.
 //! - **Liveness** is judged by the fleet driver (after the faults stop) and reported here.
@@ -52,13 +54,18 @@ pub enum EventKind {
     BatchEnd,
     /// A scenario event: crash, restart, pause, resume, duplicate, shutdown, phase change.
     Scenario,
+    /// A store call began or returned (only when calls are traced).
+    Call,
 }
 
 impl EventKind {
     /// Whether the event is one of the lease events shown before a violation (everything but
-    /// batches).
+    /// batches and traced calls).
     pub fn is_lease_event(&self) -> bool {
-        !matches!(self, EventKind::BatchStart | EventKind::BatchEnd)
+        !matches!(
+            self,
+            EventKind::BatchStart | EventKind::BatchEnd | EventKind::Call
+        )
     }
 
     fn name(&self) -> &'static str {
@@ -75,6 +82,7 @@ impl EventKind {
             EventKind::BatchStart => "batch-start",
             EventKind::BatchEnd => "batch-end",
             EventKind::Scenario => "scenario",
+            EventKind::Call => "call",
         }
     }
 }
@@ -121,8 +129,11 @@ impl fmt::Display for Event {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Invariant {
-    /// Two consumers processed one shard at the same time.
+    /// Two processes (workers) processed one shard at the same time.
     Overlap,
+    /// Two consumers of one process processed one shard at the same time (a second
+    /// `HeldLease` for a key whose first consumer still runs: the review's F6 family).
+    DoubleConsumer,
     /// A checkpoint moved backwards in the table.
     CheckpointRegressed,
     /// After the faults stopped, a shard was not held and processed again in time, or the
@@ -134,6 +145,7 @@ impl fmt::Display for Invariant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Invariant::Overlap => "overlap",
+            Invariant::DoubleConsumer => "double-consumer",
             Invariant::CheckpointRegressed => "checkpoint-regressed",
             Invariant::Liveness => "liveness",
         })
@@ -199,6 +211,9 @@ struct Batch {
     end: Option<Duration>,
 }
 
+/// When a lease's row started to name this owner and checkpoint owner.
+type Named = (Duration, Option<String>, Option<String>);
+
 /// A moment the table stopped naming `worker` as owner or `checkpointOwner` of a lease (or
 /// named it again through a new take: a new holder).
 #[derive(Clone, Debug)]
@@ -213,6 +228,8 @@ struct State {
     /// Per lease key: the batches that may still overlap a batch in flight.
     batches: BTreeMap<String, Vec<Batch>>,
     moves: BTreeMap<String, Vec<Move>>,
+    /// Per lease key: (when, owner, checkpoint owner) after each write that changed them.
+    owners: BTreeMap<String, Vec<Named>>,
     next_batch: u64,
     batch_count: u64,
     /// Per lease key, per process: when its last batch started.
@@ -368,6 +385,16 @@ impl Monitor {
                 .or_default()
                 .push(Move { at, worker });
         }
+        let who_now = |l: Option<&Lease>| {
+            (
+                l.and_then(|l| l.lease_owner.clone()),
+                l.and_then(|l| l.checkpoint_owner.clone()),
+            )
+        };
+        if who_now(before) != who_now(after) {
+            let (owner, co) = who_now(after);
+            state.owners.entry(key.clone()).or_default().push((at, owner, co));
+        }
         if let (Some(b), Some(a)) = (before, after) {
             if a.checkpoint < b.checkpoint {
                 let message = format!(
@@ -493,27 +520,44 @@ impl Monitor {
                 && other.start < end
                 && other.end != Some(other.start)
                 && !Self::in_flight_at_move(state, key, &ended.worker, ended.start, other.start)
+                // Started at the same instant: either may be the one in flight at the move.
+                && !(other.start == ended.start
+                    && Self::in_flight_at_move(state, key, &other.worker, other.start, ended.start))
         });
         if let Some(other) = offender.cloned() {
+            let named = |t: Duration| -> String {
+                let row = state
+                    .owners
+                    .get(key)
+                    .and_then(|o| o.iter().rev().find(|(at, _, _)| *at <= t));
+                match row {
+                    Some((_, owner, co)) => format!(
+                        "owner {}, checkpointOwner {}",
+                        owner.as_deref().unwrap_or("-"),
+                        co.as_deref().unwrap_or("-")
+                    ),
+                    None => "never owned".to_owned(),
+                }
+            };
             let message = format!(
-                "{key}: a batch of {} ({:.3}s..{:.3}s) overlaps a batch of {} started at {:.3}s, \
-                 and {} had not lost the lease in the table in between",
+                "{key}: a batch of {} ({:.3}s..{:.3}s; the table said {} at its start) overlaps a \
+                 batch of {} started at {:.3}s (the table said {}), and {} had not lost the \
+                 lease in the table in between",
                 ended.process,
                 ended.start.as_secs_f64(),
                 end.as_secs_f64(),
+                named(ended.start),
                 other.process,
                 other.start.as_secs_f64(),
+                named(other.start),
                 ended.worker
             );
-            Self::fail_locked(
-                state,
-                self.seed,
-                &self.config,
-                at,
-                Invariant::Overlap,
-                message,
-                Some(key),
-            );
+            let invariant = if other.process == ended.process {
+                Invariant::DoubleConsumer
+            } else {
+                Invariant::Overlap
+            };
+            Self::fail_locked(state, self.seed, &self.config, at, invariant, message, Some(key));
         }
     }
 
@@ -570,6 +614,25 @@ mod tests {
         let v = m.violation().expect("overlap");
         assert_eq!(v.invariant, Invariant::Overlap);
         assert!(!v.events.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sim_monitor_batches_started_at_the_instant_of_a_move_are_judged_both_ways() {
+        let m = Monitor::new(1, "test");
+        // a starts, b takes and starts, all at one instant; a's batch ends after b's.
+        let a = m.batch_start("a1", 1, "a", "a", "s");
+        m.after_write(
+            "b",
+            "take",
+            Some(&row(Some("a"), None, 1)),
+            Some(&row(Some("b"), None, 1)),
+        );
+        let b = m.batch_start("b1", 1, "b", "b", "s");
+        tokio::time::advance(Duration::from_millis(10)).await;
+        m.batch_end("s", b);
+        tokio::time::advance(Duration::from_millis(10)).await;
+        m.batch_end("s", a);
+        assert!(m.violation().is_none(), "{:?}", m.violation());
     }
 
     #[tokio::test(start_paused = true)]

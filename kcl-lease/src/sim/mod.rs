@@ -40,6 +40,14 @@
 //! assert!(summary.batches > 0);
 //! ```
 //!
+//! # What the model leaves out
+//! - One clock for every process: no clock-rate differences, no OS suspend (F9).
+//! - A pause is modelled, not real: the process's store calls are delayed by more than the
+//!   failover time and its consumers sleep, but its coordinator's timers keep running.
+//! - Scans are atomic (one page); no shard sync, splits or merges, no load balancing, no
+//!   `kcl-admin` resets, no Java workers.
+//! - Processing is a sleep: a batch's records are numbers, checkpoints are positions.
+//!
 //! # Determinism
 //! Everything random is drawn from the seed (splitmix64, no `RandomState`); time is Tokio's
 //! paused clock on a current-thread runtime; consumers are named by process, lease and count,
@@ -152,6 +160,9 @@ pub struct SimConfig {
     pub faulty_phase: Duration,
     /// The fault classes that may be injected (empty: a fault-free run).
     pub faults: BTreeSet<FaultClass>,
+    /// Log every store call in the event log (see [`SimLeaseStore::set_trace`]); off by
+    /// default.
+    pub trace_calls: bool,
 }
 
 impl SimConfig {
@@ -164,6 +175,7 @@ impl SimConfig {
             failover_time: Duration::from_secs(3),
             faulty_phase: Duration::from_secs(30),
             faults: FaultClass::ALL.into_iter().collect(),
+            trace_calls: false,
         }
     }
 

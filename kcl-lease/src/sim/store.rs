@@ -13,6 +13,7 @@
 //!   same faults whatever order unrelated calls of the same instant ran in.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -88,6 +89,8 @@ struct Shared {
     inner: InMemoryLeaseStore,
     monitor: Arc<Monitor>,
     state: Mutex<StoreState>,
+    /// Log every call (begin and outcome) as [`EventKind::Call`] events.
+    trace: AtomicBool,
 }
 
 /// The shared lease and heartbeat tables of a simulated fleet. See the module docs.
@@ -108,6 +111,7 @@ impl SimLeaseStore {
                 inner: InMemoryLeaseStore::new(),
                 monitor,
                 state: Mutex::new(StoreState::default()),
+                trace: AtomicBool::new(false),
             }),
         };
         this.snapshot();
@@ -125,6 +129,12 @@ impl SimLeaseStore {
             shared: self.shared.clone(),
             name: name.to_owned(),
         })
+    }
+
+    /// Logs every call from now on (its beginning with the faults drawn, and its outcome) as
+    /// [`EventKind::Call`] events: for debugging one seed.
+    pub fn set_trace(&self, trace: bool) {
+        self.shared.trace.store(trace, Ordering::Relaxed);
     }
 
     /// Sets the faults of handle `name` from now on.
@@ -180,6 +190,22 @@ impl SimLeaseStore {
         lock(&self.shared.state)
             .delays_until
             .filter(|at| *at > Instant::now())
+    }
+
+    /// Every applied write that moved a lease (take, steal, evict, completed hand-off), with
+    /// its simulated time, oldest first.
+    pub fn owner_changes(&self) -> Vec<super::Event> {
+        self.shared
+            .monitor
+            .events()
+            .into_iter()
+            .filter(|e| {
+                matches!(
+                    e.kind,
+                    EventKind::Take | EventKind::Steal | EventKind::Evict | EventKind::HandoffDone
+                )
+            })
+            .collect()
     }
 
     /// The monitor the store reports to.
@@ -246,6 +272,8 @@ struct CallPlan {
     reply_lost: bool,
     /// The lag of an eventually consistent read.
     lag: Duration,
+    /// The lease key, when calls are traced.
+    traced: Option<String>,
 }
 
 /// One process's handle on the shared tables.
@@ -329,6 +357,15 @@ impl SimStoreHandle {
             state.delays_until = Some(state.delays_until.map_or(ends, |u| u.max(ends)));
         }
         drop(state);
+        if shared.trace.load(Ordering::Relaxed) {
+            plan.traced = Some(key.to_owned());
+            shared.monitor.record(
+                &self.name,
+                EventKind::Call,
+                key,
+                format!("{} {variant} begins {}", op.name(), notes.join(", ")),
+            );
+        }
         // Heartbeat faults are all logged; lease-table delays are not (too many, and they show
         // in what follows).
         let logged =
@@ -373,11 +410,25 @@ impl SimStoreHandle {
         if !plan.after.is_zero() {
             tokio::time::sleep(plan.after).await;
         }
-        if plan.reply_lost {
-            return Err(LeaseError::backend(format!(
+        let result = if plan.reply_lost {
+            Err(LeaseError::backend(format!(
                 "sim: {} applied, but the reply was lost",
                 op.name()
-            )));
+            )))
+        } else {
+            result
+        };
+        if let Some(key) = &plan.traced {
+            let outcome = match &result {
+                Ok(_) => "ok".to_owned(),
+                Err(e) => format!("error: {e}"),
+            };
+            self.shared.monitor.record(
+                &self.name,
+                EventKind::Call,
+                key,
+                format!("{} returns {outcome}", op.name()),
+            );
         }
         result
     }
