@@ -488,9 +488,8 @@ impl LeaseCoordinator {
 
     fn new_held(&self, row: Lease, started: Instant, generation: u64) -> Arc<HeldLease> {
         let (workers, failover) = (self.workers.clone(), self.config.leases.failover_time);
-        let check: crate::held::HandoffCheck = Arc::new(move |previous: &str| {
-            lock(&workers).judged_status(previous, failover) != WorkerStatus::Live(LeaseRenewal::Worker)
-        });
+        let check: crate::held::HandoffCheck =
+            Arc::new(move |previous: &str| lock(&workers).judged_status(previous, failover));
         Arc::new(
             HeldLease::new(
                 row,
@@ -1190,7 +1189,9 @@ impl LeaseCoordinator {
         lease.released.store(true, Ordering::SeqCst);
         let was_retiring = {
             let mut retiring = lock(&self.retiring);
-            let this = retiring.get(key).is_some_and(|w| w.as_ptr() == Arc::as_ptr(lease));
+            let this = retiring
+                .get(key)
+                .is_some_and(|w| w.as_ptr() == Arc::as_ptr(lease));
             if this {
                 retiring.remove(key);
             }

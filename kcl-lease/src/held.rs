@@ -203,7 +203,7 @@ impl Liveness {
             Heartbeating::Valid(until) if end >= until => {
                 *state = Heartbeating::Lapsed;
                 self.generation.fetch_add(1, Ordering::SeqCst);
-            self.generation.fetch_add(1, Ordering::SeqCst);
+                self.generation.fetch_add(1, Ordering::SeqCst);
                 BeatOutcome::Lapsed
             }
             Heartbeating::Valid(until) => {
@@ -232,7 +232,7 @@ impl Liveness {
             Heartbeating::Valid(until) if now >= until => {
                 *state = Heartbeating::Lapsed;
                 self.generation.fetch_add(1, Ordering::SeqCst);
-            self.generation.fetch_add(1, Ordering::SeqCst);
+                self.generation.fetch_add(1, Ordering::SeqCst);
                 true
             }
             _ => false,
@@ -308,10 +308,11 @@ pub struct HeldLease {
     handoff_check: Option<HandoffCheck>,
 }
 
-/// Says whether a stolen lease's previous owner (its worker id) may be presumed to have
-/// stopped: false for a live worker that renews through its heartbeat (it stops only when it
-/// has seen the steal, which it then completes itself).
-pub(crate) type HandoffCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+/// What the heartbeats prove about a stolen lease's previous owner (its worker id): dead (the
+/// hand-off may be completed at once), live and renewing through its heartbeat (it stops only
+/// when it has seen the steal, which it then completes itself), or anything else (it stops by
+/// the failover time: its renewals conflict).
+pub(crate) type HandoffCheck = Arc<dyn Fn(&str) -> crate::heartbeat::WorkerStatus + Send + Sync>;
 
 impl std::fmt::Debug for HeldLease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -785,8 +786,19 @@ impl HeldLease {
                 row.owner_switches_since_checkpoint = fresh.owner_switches_since_checkpoint;
                 return Ok(row.clone());
             }
-            let may_complete = self.handoff_check.as_ref().is_none_or(|may| may(&previous));
-            if Instant::now() >= deadline && !may_complete {
+            let previous_status = self.handoff_check.as_ref().map(|check| check(&previous));
+            let dead = matches!(previous_status, Some(crate::heartbeat::WorkerStatus::Dead(_)));
+            let may_complete = !matches!(
+                previous_status,
+                Some(crate::heartbeat::WorkerStatus::Live(LeaseRenewal::Worker))
+            );
+            if dead {
+                info!(lease = %self.key, %previous, "the previous owner is dead: completing the hand-off");
+                match self.store.complete_handoff(&self.key, &previous).await {
+                    Ok(_) | Err(LeaseError::Conflict { .. }) => row.checkpoint_owner = Some(previous),
+                    Err(e) => warn!(lease = %self.key, error = %e, "clearing checkpointOwner failed"),
+                }
+            } else if Instant::now() >= deadline && !may_complete {
                 debug!(lease = %self.key, %previous, "the previous owner is live: waiting for it to let go");
             } else if Instant::now() >= deadline {
                 warn!(lease = %self.key, %previous, "previous owner did not finish the hand-off in time");
