@@ -560,7 +560,7 @@ impl LeaseCoordinator {
     /// The write is conditional on this process's incarnation: if another process writes this
     /// worker id's row (two processes started with one id), this one gives up everything and
     /// processes nothing until that row stands still for the failover time (the other process
-    /// is gone), then takes the row over (see [`LeaseCoordinator::watch_foreign_row`]).
+    /// is gone), then takes the row over.
     pub async fn heartbeat(&self) {
         let _writing = self.beat_lock.lock().await;
         if self.left.load(Ordering::SeqCst) || self.liveness.unsupported() {

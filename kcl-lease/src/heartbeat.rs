@@ -159,7 +159,7 @@ struct Seen {
 /// beat that wrote it started earlier, so the owner's validity from it ends no later than
 /// `first seen + failover_time`). A worker is *dead* only as judged by a strongly consistent
 /// read that **succeeded** and was **issued** more than `failover_time` after its counter was
-/// first seen ([`WorkerTracker::judged`]): any later beat of that worker is applied after the
+/// first seen ([`WorkerTracker::judged_statuses`]): any later beat of that worker is applied after the
 /// read, so after its validity ran out, and it gives up everything instead of extending it.
 /// Failed reads prove nothing: a worker that cannot read the heartbeats never sees another die.
 #[derive(Clone, Debug, Default)]
