@@ -287,9 +287,10 @@ fn sweep(config: &SimConfig, seeds: std::ops::Range<u64>) -> Vec<Violation> {
 /// overlaps and regressed checkpoints), an unusable heartbeat table (F3, both modes: the
 /// others declare the worker dead while it renews per lease or keeps processing), heartbeat
 /// reads failing while writes work (F2), and in worker mode steals that the victim misses
-/// (F1, also with no fault at all but lagging scans: worker seeds 32, 170, 388, 571, 809 of 1000). Liveness violations are
-/// leases given up locally while the row still names the worker, left until a safety scan
-/// (F7b), and released or stolen leases left for a safety scan (F11).
+/// (F1, also with no fault at all but lagging scans: worker seeds 32, 170, 388, 571 and 809
+/// of 1000). Liveness violations are leases given up locally while the row still names the
+/// worker, left until a safety scan (F7b), and released or stolen leases left for a safety
+/// scan (F11).
 #[test]
 #[ignore = "fails until the coordination review's findings (F1, F2, F5, ...) are fixed"]
 fn sim_many_seeds_every_fault_per_lease() {
