@@ -204,9 +204,9 @@ pub fn plan_takes(
             // Held here, or given up here with its shard task still running, while the row
             // names another owner: never taken again until that task has let it go (one key
             // never has two tasks in one worker).
-            Some(owner) if owner != me && held.contains(&lease.lease_key) => {
-                load.entry(owner).or_default().push(lease);
-            }
+            // (Not counted for the owner the scan names either: that may be a stale row of a
+            // lease this worker has just taken, and must never be a steal candidate.)
+            Some(owner) if owner != me && held.contains(&lease.lease_key) => {}
             None if held.contains(&lease.lease_key) => {}
             Some(owner) if owner == me => {
                 load.entry(me).or_default().push(lease);

@@ -296,11 +296,15 @@ impl WorkerTracker {
     /// Workers whose rows have not moved for `age` (candidates for clean-up), with the counter
     /// seen (the clean-up's condition).
     pub fn stale(&self, age: Duration, now: Instant) -> Vec<(String, u64)> {
-        self.seen
+        let mut stale: Vec<(String, u64)> = self
+            .seen
             .iter()
             .filter(|(_, s)| now.duration_since(s.since) > age)
             .map(|(w, s)| (w.clone(), s.counter))
-            .collect()
+            .collect();
+        // In id order: a simulated run replays exactly (found by the simulator's replays).
+        stale.sort_unstable();
+        stale
     }
 
     /// The fingerprint of the fleet at `now`, leaving out `me`.

@@ -9,8 +9,9 @@
 //!   return the state as it was a random lag ago (up to `max_staleness`), from a bounded
 //!   history of snapshots taken after every write.
 //! - Faults are drawn per call from a generator keyed by the run's seed, the handle, the
-//!   operation, the lease key and the call's number among such calls: the same seed gives the
-//!   same faults whatever order unrelated calls of the same instant ran in.
+//!   operation, the lease key, the call's instant and its rank among such calls of that
+//!   instant: the same seed gives the same faults whatever order unrelated calls of the same
+//!   instant ran in, and an extra call at one instant changes no later draw.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,7 +76,9 @@ struct Snapshot {
 struct StoreState {
     history: VecDeque<Snapshot>,
     handles: BTreeMap<String, WorkerFaults>,
-    calls: HashMap<(String, LeaseOp, String), u64>,
+    /// Per call identity (handle, operation, key and variant): the instant of its last call
+    /// (microseconds into the run) and how many such calls that instant saw.
+    calls: HashMap<(String, LeaseOp, String), (u64, u64)>,
     injected: BTreeMap<FaultClass, u64>,
     stale_reads: u64,
     /// The latest time an injected delay ends.
@@ -295,17 +298,26 @@ impl SimStoreHandle {
     fn plan(&self, op: LeaseOp, key: &str, variant: &str) -> CallPlan {
         let shared = &self.shared;
         let mut state = lock(&shared.state);
+        // A call is named by its identity, its instant and its rank among such calls of that
+        // instant: a run that makes one more call at some instant (the coordinator's
+        // `select!` picked another ready branch first) draws the same faults for every later
+        // call.
+        let now = u64::try_from(shared.monitor.elapsed().as_micros()).unwrap_or(u64::MAX);
         let n = {
             let calls = state
                 .calls
                 .entry((self.name.clone(), op, format!("{key}/{variant}")))
                 .or_default();
-            *calls += 1;
-            *calls
+            *calls = if calls.0 == now {
+                (now, calls.1 + 1)
+            } else {
+                (now, 1)
+            };
+            calls.1
         };
         let faults = state.handles.get(&self.name).cloned().unwrap_or_default();
         let op_index = LeaseOp::ALL.iter().position(|o| *o == op).unwrap_or(0) as u64;
-        let mut rng = SimRng::for_call(shared.seed, &[op_index, n], &[&self.name, key, variant]);
+        let mut rng = SimRng::for_call(shared.seed, &[op_index, now, n], &[&self.name, key, variant]);
         let mut plan = CallPlan {
             lag: Duration::from_millis(rng.range(0, shared.max_staleness.as_millis() as u64)),
             ..CallPlan::default()

@@ -201,9 +201,11 @@ fn outcome(r: &Result<RunSummary, Violation>) -> Result<RunSummary, (Invariant, 
     r.clone().map_err(|v| (v.invariant, v.at, v.message))
 }
 
-/// Replays many seeds of every mode and reports the seeds whose two runs differ.
+/// Replays many seeds of every mode and reports the seeds whose two runs differ. Fails now
+/// and then on seed 74 (worker renewal): the coordinator's leader deletes stale heartbeat rows
+/// in `HashMap` order (`WorkerTracker::stale`), random per process (see the module docs).
 #[test]
-#[ignore = "slow: 2 x 100 seeds x 2 modes"]
+#[ignore = "slow (2 x 100 seeds x 2 modes); seed 74 (worker) differs now and then: HashMap order in WorkerTracker::stale"]
 fn sim_replay_many_seeds() {
     let mut diverged = Vec::new();
     let mut reordered = 0;
@@ -430,4 +432,31 @@ fn sim_print_one_seed() {
         Ok(summary) => println!("{summary:?}"),
         Err(v) => println!("{v}"),
     }
+}
+
+/// Replays one seed (`SIM_SEED`) twice and prints where the canonical logs differ.
+#[test]
+#[ignore = "a tool: compares two replays of one seed"]
+fn sim_diff_one_seed() {
+    let seed = std::env::var("SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let renewal = std::env::var("SIM_RENEWAL")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(LeaseRenewal::PerLease);
+    let config = SimConfig::new(renewal);
+    let (a, log_a) = run_seed_logged(seed, &config);
+    let (b, log_b) = run_seed_logged(seed, &config);
+    let (ca, cb) = (canonical(&log_a), canonical(&log_b));
+    match ca.iter().zip(&cb).position(|(x, y)| x != y) {
+        Some(i) => {
+            for j in i.saturating_sub(5)..(i + 5).min(ca.len()).min(cb.len()) {
+                println!("{}\n{}\n", ca[j], cb[j]);
+            }
+        }
+        None => println!("same canonical logs ({} / {})", ca.len(), cb.len()),
+    }
+    println!("{:?}\n{:?}", outcome(&a), outcome(&b));
 }
