@@ -113,6 +113,20 @@ impl ExpiryTracker {
         }
     }
 
+    /// Whether the previous owner of a lease in the middle of a hand-off (`checkpointOwner`) has
+    /// stopped processing it: proven dead, or (unless it renews through its heartbeat and is
+    /// live) the lease's counter stood still for the failover time.
+    pub fn previous_owner_gone(&self, lease: &Lease, failover_time: Duration, now: Instant) -> bool {
+        let Some(previous) = lease.checkpoint_owner.as_deref() else {
+            return true;
+        };
+        match self.owner_status(previous) {
+            WorkerStatus::Dead(_) => true,
+            WorkerStatus::Live(LeaseRenewal::Worker) => false,
+            _ => self.counter_expired(lease, failover_time, now),
+        }
+    }
+
     fn is_expired_inner(&self, lease: &Lease, failover_time: Duration, now: Instant) -> bool {
         let Some(owner) = lease.lease_owner.as_deref() else {
             return true;
@@ -214,7 +228,15 @@ pub fn plan_takes(
                     .own_rows
                     .get(&lease.lease_key)
                     .is_some_and(|(lo, hi)| (*lo..=*hi).contains(&lease.lease_counter));
+                // A hand-off to this worker still in progress (it lost the lease while waiting):
+                // the previous owner may still process it; a take would clear
+                // `checkpointOwner` and start at once (found by the simulator).
+                let handoff_pending = lease
+                    .checkpoint_owner
+                    .as_deref()
+                    .is_some_and(|p| p != me && !tracker.previous_owner_gone(lease, config.failover_time, now));
                 if !held.contains(&lease.lease_key)
+                    && !handoff_pending
                     && (config.adopt_own_rows
                         || ours
                         || tracker.counter_expired(lease, config.failover_time, now))
