@@ -235,6 +235,8 @@ struct ScanState {
     unknown_owners: bool,
     /// Forced by [`LeaseCoordinator::wake`] or a lapse.
     forced: bool,
+    /// Unowned leases this worker saw and left to others (it had its share), as last announced.
+    free_announced: BTreeSet<String>,
     scans: u64,
 }
 
@@ -1058,6 +1060,24 @@ impl LeaseCoordinator {
             s.unknown_owners = unknown_owners || own_pending;
             s.forced |= unchecked > 0;
             s.scans += 1;
+        }
+        // Unowned leases left to others (this worker has its share): tell them, once per set,
+        // so that a worker below its share looks now rather than at its next safety scan (a
+        // worker without heartbeats releases leases without announcing them).
+        let free: BTreeSet<String> = leases
+            .iter()
+            .filter(|l| !l.is_finished() && l.lease_owner.is_none())
+            .filter(|l| !plan.take.iter().any(|t| t.lease_key == l.lease_key))
+            .map(|l| l.lease_key.clone())
+            .collect();
+        let announce_free = {
+            let mut s = lock(&self.scans);
+            let new = !free.is_subset(&s.free_announced);
+            s.free_announced = free;
+            new
+        };
+        if announce_free {
+            self.announce();
         }
         if !self.taking.load(Ordering::SeqCst) {
             return Ok(0);
