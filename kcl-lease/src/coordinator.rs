@@ -1259,6 +1259,9 @@ impl LeaseCoordinator {
                     Ok(_) => {
                         debug!(lease = %key, "hand-off complete");
                         self.journal.record(Some(key), JournalEvent::HandedOff);
+                        // A thief without heartbeats cannot announce its steal: look at the
+                        // table, so that its leases are watched (by their counters) from now.
+                        self.wake();
                     }
                     Err(e) => {
                         warn!(lease = %key, error = %e, "completing hand-off failed; trying again at the next take round");
