@@ -231,10 +231,9 @@ pub fn plan_takes(
                 // A hand-off to this worker still in progress (it lost the lease while waiting):
                 // the previous owner may still process it; a take would clear
                 // `checkpointOwner` and start at once (found by the simulator).
-                let handoff_pending = lease
-                    .checkpoint_owner
-                    .as_deref()
-                    .is_some_and(|p| p != me && !tracker.previous_owner_gone(lease, config.failover_time, now));
+                let handoff_pending = lease.checkpoint_owner.as_deref().is_some_and(|p| {
+                    p != me && !tracker.previous_owner_gone(lease, config.failover_time, now)
+                });
                 if !held.contains(&lease.lease_key)
                     && !handoff_pending
                     && (config.adopt_own_rows
