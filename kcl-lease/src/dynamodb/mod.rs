@@ -784,34 +784,55 @@ impl DynamoDbLeaseStore {
     }
 }
 
-/// A heartbeat condition as a condition expression with its attribute names and values;
-/// `None` for no condition. Every condition holds on a row that does not exist.
-#[allow(clippy::type_complexity)]
-fn heartbeat_condition(
-    condition: HeartbeatCondition,
-) -> Option<(
-    &'static str,
-    Vec<(&'static str, &'static str)>,
-    Vec<(&'static str, AttributeValue)>,
-)> {
-    let w = ("#w", schema::WORKER_ID);
-    match condition {
-        HeartbeatCondition::Incarnation(i) => Some((
-            "attribute_not_exists(#w) OR #i = :i",
-            vec![w, ("#i", schema::INCARNATION)],
-            vec![(":i", schema::n(i))],
-        )),
-        HeartbeatCondition::Newer { incarnation, counter } => Some((
-            "attribute_not_exists(#w) OR (#i = :i AND #c < :c)",
-            vec![w, ("#i", schema::INCARNATION), ("#c", schema::HEARTBEAT_COUNTER)],
-            vec![(":i", schema::n(incarnation)), (":c", schema::n(counter))],
-        )),
-        HeartbeatCondition::Counter(c) => Some((
-            "attribute_not_exists(#w) OR #c = :c",
-            vec![w, ("#c", schema::HEARTBEAT_COUNTER)],
-            vec![(":c", schema::n(c))],
-        )),
-        _ => None,
+/// A heartbeat condition as a request's condition expression, attribute names and values
+/// (all `None` for no condition). Every condition holds on a row that does not exist.
+struct HeartbeatConditionParts {
+    expression: Option<String>,
+    names: Option<HashMap<String, String>>,
+    values: Option<HashMap<String, AttributeValue>>,
+}
+
+impl HeartbeatConditionParts {
+    fn of(condition: HeartbeatCondition) -> Self {
+        type Parts<'a> = (&'a str, &'a [(&'a str, &'a str)], Vec<(&'a str, AttributeValue)>);
+        let (expression, names, values): Parts<'_> = match condition {
+            HeartbeatCondition::Incarnation(i) => (
+                "attribute_not_exists(#w) OR #i = :i",
+                &[("#w", schema::WORKER_ID), ("#i", schema::INCARNATION)],
+                vec![(":i", schema::n(i))],
+            ),
+            HeartbeatCondition::Newer { incarnation, counter } => (
+                "attribute_not_exists(#w) OR (#i = :i AND #c < :c)",
+                &[
+                    ("#w", schema::WORKER_ID),
+                    ("#i", schema::INCARNATION),
+                    ("#c", schema::HEARTBEAT_COUNTER),
+                ],
+                vec![(":i", schema::n(incarnation)), (":c", schema::n(counter))],
+            ),
+            HeartbeatCondition::Counter(c) => (
+                "attribute_not_exists(#w) OR #c = :c",
+                &[("#w", schema::WORKER_ID), ("#c", schema::HEARTBEAT_COUNTER)],
+                vec![(":c", schema::n(c))],
+            ),
+            _ => {
+                return Self {
+                    expression: None,
+                    names: None,
+                    values: None,
+                }
+            }
+        };
+        Self {
+            expression: Some(expression.to_owned()),
+            names: Some(
+                names
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+            values: Some(values.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()),
+        }
     }
 }
 
@@ -831,20 +852,11 @@ impl LeaseStore for DynamoDbLeaseStore {
             .put_item()
             .table_name(&self.heartbeat_table)
             .set_item(Some(schema::encode_heartbeat(heartbeat)));
-        let request = match heartbeat_condition(condition) {
-            Some((expression, names, values)) => request
-                .condition_expression(expression)
-                .set_expression_attribute_names(Some(
-                    names
-                        .into_iter()
-                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                        .collect(),
-                ))
-                .set_expression_attribute_values(Some(
-                    values.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-                )),
-            None => request,
-        };
+        let c = HeartbeatConditionParts::of(condition);
+        let request = request
+            .set_condition_expression(c.expression)
+            .set_expression_attribute_names(c.names)
+            .set_expression_attribute_values(c.values);
         match request.send().await {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("ConditionalCheckFailedException") => Err(LeaseError::Conflict {
@@ -883,24 +895,15 @@ impl LeaseStore for DynamoDbLeaseStore {
     }
 
     async fn delete_heartbeat(&self, worker_id: &str, condition: HeartbeatCondition) -> Result<()> {
-        let mut request = self
+        let c = HeartbeatConditionParts::of(condition);
+        let request = self
             .client
             .delete_item()
             .table_name(&self.heartbeat_table)
-            .key(schema::WORKER_ID, schema::s(worker_id));
-        if let Some((expression, names, values)) = heartbeat_condition(condition) {
-            request = request
-                .condition_expression(expression)
-                .set_expression_attribute_names(Some(
-                    names
-                        .into_iter()
-                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                        .collect(),
-                ))
-                .set_expression_attribute_values(Some(
-                    values.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-                ));
-        }
+            .key(schema::WORKER_ID, schema::s(worker_id))
+            .set_condition_expression(c.expression)
+            .set_expression_attribute_names(c.names)
+            .set_expression_attribute_values(c.values);
         match request.send().await {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("ConditionalCheckFailedException") => Err(LeaseError::Conflict {
