@@ -211,7 +211,8 @@ async fn consume(ctx: Arc<ProcessCtx>, coordinator: Arc<LeaseCoordinator>, held:
             return;
         }
         if let Some(until) = ctx.paused_until() {
-            tokio::time::sleep_until(until).await;
+            // In ticks: the quiet phase may resume a paused process early.
+            tokio::time::sleep_until(until.min(Instant::now() + TICK)).await;
             continue;
         }
         let why = if ctx.shutting_down.load(Ordering::SeqCst) {
@@ -255,7 +256,8 @@ async fn consume(ctx: Arc<ProcessCtx>, coordinator: Arc<LeaseCoordinator>, held:
         let (lo, hi) = ctx.params.batch;
         tokio::time::sleep(Duration::from_millis(rng.range(lo, hi))).await;
         while let Some(until) = ctx.paused_until() {
-            tokio::time::sleep_until(until).await;
+            // In ticks: the quiet phase may resume a paused process early.
+            tokio::time::sleep_until(until.min(Instant::now() + TICK)).await;
         }
         if ctx.dead() {
             return;
