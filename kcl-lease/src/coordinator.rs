@@ -927,6 +927,17 @@ impl LeaseCoordinator {
             s.scans += 1;
             return Ok(0);
         }
+        if consistent {
+            // A held lease whose row is gone (deleted by a former stream's clean-up, or by
+            // hand): lost (F8 of the coordination review).
+            let present: HashSet<&str> = leases.iter().map(|l| l.lease_key.as_str()).collect();
+            for (key, lease) in lock(&self.held).iter() {
+                if lease.status() == LeaseStatus::Held && !present.contains(key.as_str()) {
+                    info!(lease = %key, "the lease's row is gone");
+                    lease.mark_lost();
+                }
+            }
+        }
         let filter = lock(&self.filter).clone();
         if let Some(filter) = filter {
             leases.retain(|l| filter(l));

@@ -707,6 +707,12 @@ impl HeldLease {
                 }
                 Err(LeaseError::Conflict { key, actual })
             }
+            Err(LeaseError::NotFound(key)) => {
+                // The row is gone (deleted by the clean-up of a former stream, or by hand):
+                // nothing may be processed under it.
+                self.set_status(LeaseStatus::Lost);
+                Err(LeaseError::NotFound(key))
+            }
             Err(e) => {
                 self.note_unconfirmed(&e, started);
                 Err(e)
@@ -737,6 +743,12 @@ impl HeldLease {
                 };
                 self.on_conflict(actual.as_deref());
                 Err(LeaseError::Conflict { key, actual })
+            }
+            Err(LeaseError::NotFound(key)) => {
+                // The row is gone (deleted by the clean-up of a former stream, or by hand):
+                // nothing may be processed under it.
+                self.set_status(LeaseStatus::Lost);
+                Err(LeaseError::NotFound(key))
             }
             Err(e) => {
                 self.note_unconfirmed(&e, started);

@@ -614,5 +614,38 @@ pub async fn reset<S: LeaseStore>(
             Err(e) => return Err(e.into()),
         }
     }
+    if report.changed.iter().any(|c| c.owner_before.is_some()) {
+        announce_reset(store).await;
+    }
     Ok(report)
+}
+
+/// The worker id under which `reset` announces its changes in the heartbeat table.
+pub const ANNOUNCER: &str = "kcl-admin";
+
+/// Tells the workers that leases they held were reset (`--force`): a heartbeat row of
+/// [`ANNOUNCER`], marked lapsed (it holds nothing and does not count as a worker), whose
+/// appearance makes every worker scan the lease table strongly consistent at once. A worker
+/// that renews through its heartbeat learns there that it lost the lease (it has no renewal
+/// to learn it from; F8 of the coordination review). The leader removes the row later, as
+/// any row that stands still. A store without heartbeats: nothing to do.
+async fn announce_reset<S: LeaseStore>(store: &S) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let row = WorkerHeartbeat {
+        worker_id: ANNOUNCER.to_owned(),
+        counter: now,
+        renewal: kcl_lease::LeaseRenewal::PerLease,
+        leases: 0,
+        epoch: now,
+        incarnation: None,
+        lapsed: true,
+    };
+    if let Err(e) = store
+        .put_heartbeat(&row, kcl_lease::HeartbeatCondition::Any)
+        .await
+    {
+        tracing::debug!(error = %e, "announcing the reset in the heartbeat table failed");
+    }
 }

@@ -520,3 +520,75 @@ async fn f3_a_heartbeat_table_lost_mid_run_is_a_failed_heartbeat_not_a_switch() 
     a.heartbeat().await;
     assert!(a.liveness.may_take(Instant::now()), "a is back");
 }
+
+/// F8 (part): a held lease whose row was deleted (the clean-up of a former stream, on a worker
+/// whose tracker still lists it; or by hand) is lost, learnt from the next strongly consistent
+/// scan or from the next checkpoint, in both renewal modes (before: a checkpoint failed with
+/// NotFound and the worker went on processing).
+#[tokio::test(start_paused = true)]
+async fn f8_a_lease_whose_row_was_deleted_is_lost() {
+    for renewal in [LeaseRenewal::PerLease, LeaseRenewal::Worker] {
+        let memory = table(2);
+        let (a, mut a_rx) = worker(memory.clone(), "a", renewal);
+        a.heartbeat().await;
+        a.take_round().await.unwrap();
+        let first = a_rx.recv().await.unwrap();
+        let second = a_rx.recv().await.unwrap();
+        let row = memory.get(first.key()).await.unwrap().unwrap();
+        memory.delete(&row).await.unwrap();
+        let cp = ExtendedSequenceNumber::from_parts("5", 0).unwrap();
+        assert!(first.checkpoint(&cp).await.is_err());
+        assert_eq!(
+            first.status(),
+            LeaseStatus::Lost,
+            "{renewal}: lost at the checkpoint"
+        );
+        let row = memory.get(second.key()).await.unwrap().unwrap();
+        memory.delete(&row).await.unwrap();
+        a.wake();
+        let mut s = lock(&a.scans);
+        s.fingerprint.insert("someone".into(), (true, 1)); // the next round reads consistently
+        drop(s);
+        a.take_round().await.unwrap();
+        assert_eq!(second.status(), LeaseStatus::Lost, "{renewal}: lost at the scan");
+    }
+}
+
+/// F8 (part): `kcl-admin reset --force` resets a lease held by a live worker that renews
+/// through its heartbeat, and announces it with a lapsed heartbeat row of `kcl-admin`: the
+/// owner learns of the loss at its next watch round (before: at its next checkpoint or safety
+/// scan, while others took the unowned row at once).
+#[tokio::test(start_paused = true)]
+async fn f8_a_forced_reset_is_learnt_by_a_worker_renewal_owner_at_once() {
+    let memory = table(1);
+    let (a, mut a_rx) = worker(memory.clone(), "a", LeaseRenewal::Worker);
+    a.heartbeat().await;
+    a.take_round().await.unwrap();
+    let held = a_rx.recv().await.unwrap();
+    step(500).await;
+    a.heartbeat().await;
+    a.watch_round().await; // settled: nothing to scan for
+    let row = memory.get(held.key()).await.unwrap().unwrap();
+    memory
+        .reset_checkpoint(&row, &ExtendedSequenceNumber::TrimHorizon)
+        .await
+        .unwrap();
+    let announcement = WorkerHeartbeat {
+        worker_id: "kcl-admin".into(),
+        counter: 1,
+        renewal: LeaseRenewal::PerLease,
+        leases: 0,
+        epoch: 1,
+        incarnation: None,
+        lapsed: true,
+    };
+    memory
+        .put_heartbeat(&announcement, HeartbeatCondition::Any)
+        .await
+        .unwrap();
+    step(150).await;
+    a.heartbeat().await;
+    a.watch_round().await;
+    assert_eq!(held.status(), LeaseStatus::Lost);
+    assert!(!held.is_valid());
+}
