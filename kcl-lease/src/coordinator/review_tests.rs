@@ -546,9 +546,8 @@ async fn f8_a_lease_whose_row_was_deleted_is_lost() {
         let row = memory.get(second.key()).await.unwrap().unwrap();
         memory.delete(&row).await.unwrap();
         a.wake();
-        let mut s = lock(&a.scans);
-        s.fingerprint.insert("someone".into(), (true, 1)); // the next round reads consistently
-        drop(s);
+        // The next round reads consistently (as after any change in the fleet).
+        lock(&a.scans).fingerprint.insert("someone".into(), (true, 1));
         a.take_round().await.unwrap();
         assert_eq!(second.status(), LeaseStatus::Lost, "{renewal}: lost at the scan");
     }
