@@ -2,12 +2,14 @@
 //! validity; and the worker's own validity ([`Liveness`]) as its heartbeats establish it.
 //!
 //! A held lease may be processed while it is *valid*: held, and
-//! - per-lease renewal: renewed recently enough (`failover_time` after the *start* of its last
-//!   successful renewal), and
-//! - whenever heartbeats are on: the worker's heartbeat is valid (`failover_time` after the
-//!   start of its last successful heartbeat, and every heartbeat completed before the previous
-//!   validity ran out). Another worker only declares this one dead `failover_time` after it
-//!   *saw* the last heartbeat, which is later.
+//! - per-lease renewal: renewed recently enough ([`owner_validity`], 98 % of `failover_time`,
+//!   after the *start* of its last successful renewal), and
+//! - whenever heartbeats are on: the worker's heartbeat is valid (98 % of `failover_time` after
+//!   the start of its last successful heartbeat, and every heartbeat completed before the
+//!   previous validity ran out), the host was not suspended since, and the validity is the one
+//!   the lease was taken in (a *generation*: a lapse ends every lease taken before it). Another
+//!   worker only declares this one dead `failover_time` after it *saw* the last heartbeat,
+//!   by a read issued after that, which is later.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
