@@ -563,6 +563,19 @@ impl HeldLease {
         }
     }
 
+    /// A second write after a conflict was explained: its failure is noted as the first one's
+    /// would be (an unconfirmed write, or a row gone).
+    async fn rewrite(&self, write: impl std::future::Future<Output = Result<Lease>>) -> Result<Lease> {
+        let started = Instant::now();
+        let result = write.await;
+        match &result {
+            Err(LeaseError::NotFound(_)) => self.set_status(LeaseStatus::Lost),
+            Err(e) => self.note_unconfirmed(e, started),
+            Ok(_) => {}
+        }
+        result
+    }
+
     /// A write that started at `started` failed with `e`: if it may have been applied (not a
     /// throttle, not a conflict), remember it, so that the row it would have written can be
     /// recognised as this worker's own ([`HeldLease::adopt_after_conflict`]).
@@ -685,8 +698,7 @@ impl HeldLease {
                     Ok(()) => {
                         // An earlier write reported failure but was applied: write again on top.
                         let new = self
-                            .store
-                            .update_checkpoint(&row, &self.worker_id, checkpoint)
+                            .rewrite(self.store.update_checkpoint(&row, &self.worker_id, checkpoint))
                             .await?;
                         *row = new.clone();
                         return Ok(new);
@@ -698,8 +710,7 @@ impl HeldLease {
                 if !handoff && self.status() == LeaseStatus::HandoffRequested {
                     // Stolen gracefully in between: we may still checkpoint as checkpoint owner.
                     let new = self
-                        .store
-                        .update_checkpoint(&row, &self.worker_id, checkpoint)
+                        .rewrite(self.store.update_checkpoint(&row, &self.worker_id, checkpoint))
                         .await?;
                     row.checkpoint = new.checkpoint.clone();
                     return Ok(new);
@@ -737,7 +748,7 @@ impl HeldLease {
             Err(LeaseError::Conflict { key, actual }) => {
                 let actual = match self.adopt_after_conflict(&mut row, actual).await {
                     Ok(()) => {
-                        let new = self.store.mark_children(&row, children).await?;
+                        let new = self.rewrite(self.store.mark_children(&row, children)).await?;
                         *row = new.clone();
                         return Ok(new);
                     }
