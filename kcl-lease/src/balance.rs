@@ -243,6 +243,13 @@ pub fn plan_takes(
                     mine_unheld.push(lease);
                 }
             }
+            // A dead owner's lease that is not free yet (a hand-off to it still in progress):
+            // not takeable, and the dead owner does not count as a worker in the even share
+            // (found by the simulator: the others stopped at a share that left its other
+            // leases untaken).
+            Some(owner)
+                if matches!(tracker.owner_status(owner), WorkerStatus::Dead(_))
+                    && !tracker.is_expired(lease, config.failover_time, now) => {}
             Some(owner) if !tracker.is_expired(lease, config.failover_time, now) => {
                 load.entry(owner).or_default().push(lease);
             }
