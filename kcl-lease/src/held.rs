@@ -564,16 +564,21 @@ impl HeldLease {
     }
 
     /// A second write after a conflict was explained: its failure is noted as the first one's
-    /// would be (an unconfirmed write, or a row gone).
+    /// would be ([`HeldLease::failed_write`]).
     async fn rewrite(&self, write: impl std::future::Future<Output = Result<Lease>>) -> Result<Lease> {
         let started = Instant::now();
-        let result = write.await;
-        match &result {
-            Err(LeaseError::NotFound(_)) => self.set_status(LeaseStatus::Lost),
-            Err(e) => self.note_unconfirmed(e, started),
-            Ok(_) => {}
+        write.await.map_err(|e| self.failed_write(e, started))
+    }
+
+    /// What a write that started at `started` and failed with `e` (not a conflict) means: the
+    /// row is gone (deleted by the clean-up of a former stream, or by hand: nothing may be
+    /// processed under it), or the write may have been applied ([`HeldLease::note_unconfirmed`]).
+    fn failed_write(&self, e: LeaseError, started: Instant) -> LeaseError {
+        match &e {
+            LeaseError::NotFound(_) => self.set_status(LeaseStatus::Lost),
+            other => self.note_unconfirmed(other, started),
         }
-        result
+        e
     }
 
     /// A write that started at `started` failed with `e`: if it may have been applied (not a
@@ -720,16 +725,7 @@ impl HeldLease {
                 }
                 Err(LeaseError::Conflict { key, actual })
             }
-            Err(LeaseError::NotFound(key)) => {
-                // The row is gone (deleted by the clean-up of a former stream, or by hand):
-                // nothing may be processed under it.
-                self.set_status(LeaseStatus::Lost);
-                Err(LeaseError::NotFound(key))
-            }
-            Err(e) => {
-                self.note_unconfirmed(&e, started);
-                Err(e)
-            }
+            Err(e) => Err(self.failed_write(e, started)),
         }
     }
 
@@ -757,16 +753,7 @@ impl HeldLease {
                 self.on_conflict(actual.as_deref());
                 Err(LeaseError::Conflict { key, actual })
             }
-            Err(LeaseError::NotFound(key)) => {
-                // The row is gone (deleted by the clean-up of a former stream, or by hand):
-                // nothing may be processed under it.
-                self.set_status(LeaseStatus::Lost);
-                Err(LeaseError::NotFound(key))
-            }
-            Err(e) => {
-                self.note_unconfirmed(&e, started);
-                Err(e)
-            }
+            Err(e) => Err(self.failed_write(e, started)),
         }
     }
 

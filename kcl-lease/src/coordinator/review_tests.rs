@@ -54,6 +54,19 @@ async fn processed_by_both(a: &LeaseCoordinator, b: &LeaseCoordinator) -> Vec<St
     valid(a).await.intersection(&valid(b).await).cloned().collect()
 }
 
+/// `ms` later: `a` beats and renews; `b` beats, renews, watches and takes. Returns the leases
+/// both may process then (none, if the coordination is right).
+async fn a_keeps_b_watches(a: &LeaseCoordinator, b: &LeaseCoordinator, ms: u64) -> Vec<String> {
+    step(ms).await;
+    a.heartbeat().await;
+    a.renew_all().await;
+    b.heartbeat().await;
+    b.renew_all().await;
+    b.watch_round().await;
+    b.take_round().await.unwrap();
+    processed_by_both(a, b).await
+}
+
 async fn step(ms: u64) {
     tokio::time::advance(Duration::from_millis(ms)).await;
 }
@@ -172,14 +185,7 @@ async fn f2_a_worker_whose_heartbeat_reads_fail_takes_nothing_from_live_workers(
             LeaseFault::Error,
         ));
         for _ in 0..20 {
-            step(500).await;
-            a.heartbeat().await;
-            a.renew_all().await;
-            b.heartbeat().await;
-            b.renew_all().await;
-            b.watch_round().await;
-            b.take_round().await.unwrap();
-            let both = processed_by_both(&a, &b).await;
+            let both = a_keeps_b_watches(&a, &b, 500).await;
             assert!(both.is_empty(), "{renewal}: two workers process {both:?}");
         }
         assert_eq!(b.held().len(), before, "{renewal}: b took nothing while blind");
@@ -462,14 +468,7 @@ async fn f7_a_lapsed_worker_whose_heartbeats_still_land_strands_nothing() {
         ));
         let mut took = None;
         for i in 1..=30 {
-            step(250).await;
-            a.heartbeat().await;
-            a.renew_all().await;
-            b.heartbeat().await;
-            b.renew_all().await;
-            b.watch_round().await;
-            b.take_round().await.unwrap();
-            let both = processed_by_both(&a, &b).await;
+            let both = a_keeps_b_watches(&a, &b, 250).await;
             assert!(both.is_empty(), "{renewal}: two workers process {both:?}");
             if took.is_none() && b.held().len() == 4 {
                 took = Some(i * 250);
@@ -500,14 +499,7 @@ async fn f3_a_heartbeat_table_lost_mid_run_is_a_failed_heartbeat_not_a_switch() 
         .heartbeats_unusable
         .store(true, std::sync::atomic::Ordering::SeqCst);
     for _ in 0..24 {
-        step(250).await;
-        a.heartbeat().await;
-        a.renew_all().await;
-        b.heartbeat().await;
-        b.renew_all().await;
-        b.watch_round().await;
-        b.take_round().await.unwrap();
-        let both = processed_by_both(&a, &b).await;
+        let both = a_keeps_b_watches(&a, &b, 250).await;
         assert!(both.is_empty(), "two workers process {both:?}");
     }
     assert!(a.fleet().heartbeats, "a still coordinates through heartbeats");
