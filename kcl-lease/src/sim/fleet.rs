@@ -304,6 +304,20 @@ struct Process {
     faults: WorkerFaults,
 }
 
+impl Process {
+    /// Dead at once: its consumers and its coordinator's tasks are aborted.
+    fn stop(&mut self) {
+        self.ctx.dead.store(true, Ordering::SeqCst);
+        for handle in lock(&self.ctx.consumers).drain(..) {
+            handle.abort();
+        }
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.running = false;
+    }
+}
+
 /// A scenario action, due at a simulated time.
 #[derive(Clone, Debug)]
 enum Action {
@@ -592,14 +606,7 @@ impl Fleet {
         self.monitor
             .record(&process.ctx.name, EventKind::Scenario, "", why.to_owned());
         self.monitor.end_batches_of(&process.ctx.name);
-        process.ctx.dead.store(true, Ordering::SeqCst);
-        for handle in lock(&process.ctx.consumers).drain(..) {
-            handle.abort();
-        }
-        for task in &process.tasks {
-            task.abort();
-        }
-        process.running = false;
+        process.stop();
     }
 
     /// A graceful shutdown: stop taking, let the consumers checkpoint and release, release
@@ -1002,16 +1009,8 @@ impl Fleet {
     }
 
     fn abort_all(&mut self) {
-        for i in 0..self.processes.len() {
-            let p = &mut self.processes[i];
-            p.ctx.dead.store(true, Ordering::SeqCst);
-            for handle in lock(&p.ctx.consumers).drain(..) {
-                handle.abort();
-            }
-            for task in &p.tasks {
-                task.abort();
-            }
-            p.running = false;
+        for p in &mut self.processes {
+            p.stop();
         }
     }
 }
