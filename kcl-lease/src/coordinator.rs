@@ -1126,7 +1126,10 @@ impl LeaseCoordinator {
                     // A take whose answer was lost (a timeout, a dropped connection) may have
                     // been applied: if the row is now ours with the counter the take wrote, it
                     // is held, not left to expire.
-                    if matches!(result, Err(LeaseError::Backend(_))) {
+                    // Only a row that named another owner (or none) proves it: a row that named
+                    // this worker may have its counter moved by an earlier write of its own
+                    // whose answer was lost as well (found by the simulator).
+                    if matches!(result, Err(LeaseError::Backend(_))) && !lease.is_owned_by(&me) {
                         if let Ok(Some(row)) = store.get(&lease.lease_key).await {
                             if row.is_owned_by(&me) && row.lease_counter == lease.lease_counter + 1 {
                                 info!(lease = %row.lease_key, "a take reported failure but was applied; holding the lease");
