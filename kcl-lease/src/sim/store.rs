@@ -578,7 +578,16 @@ impl LeaseStore for SimStoreHandle {
                 &self.name,
                 EventKind::Scenario,
                 "",
-                format!("heartbeat row of {worker_id} deleted ({condition:?})"),
+                // Incarnations are random per process: named by kind, so that a seed's log
+                // replays exactly.
+                format!(
+                    "heartbeat row of {worker_id} deleted ({})",
+                    match condition {
+                        HeartbeatCondition::Counter(c) => format!("counter {c}"),
+                        HeartbeatCondition::Any => "unconditionally".to_owned(),
+                        _ => "by its own process".to_owned(),
+                    }
+                ),
             );
         }
         self.end(LeaseOp::DeleteHeartbeat, plan, result).await
