@@ -101,7 +101,21 @@ impl ExpiryTracker {
     /// conflict since the steal); never while the previous owner is a live worker that renews
     /// through its heartbeat.
     pub fn is_expired(&self, lease: &Lease, failover_time: Duration, now: Instant) -> bool {
-        self.is_expired_inner(lease, failover_time, now)
+        let Some(owner) = lease.lease_owner.as_deref() else {
+            return true;
+        };
+        let previous = lease
+            .checkpoint_owner
+            .as_deref()
+            .filter(|p| *p != owner)
+            .map(|p| self.owner_status(p));
+        match (self.owner_status(owner), previous) {
+            (_, Some(WorkerStatus::Live(LeaseRenewal::Worker))) => return false,
+            (WorkerStatus::Dead(_), None | Some(WorkerStatus::Dead(_))) => return true,
+            (WorkerStatus::Live(LeaseRenewal::Worker), _) => return false,
+            _ => {}
+        }
+        self.counter_expired(lease, failover_time, now)
     }
 
     /// Whether `lease`'s counter has stood still for longer than `failover_time` as this
@@ -124,27 +138,6 @@ impl ExpiryTracker {
             WorkerStatus::Dead(_) => true,
             WorkerStatus::Live(LeaseRenewal::Worker) => false,
             _ => self.counter_expired(lease, failover_time, now),
-        }
-    }
-
-    fn is_expired_inner(&self, lease: &Lease, failover_time: Duration, now: Instant) -> bool {
-        let Some(owner) = lease.lease_owner.as_deref() else {
-            return true;
-        };
-        let previous = lease
-            .checkpoint_owner
-            .as_deref()
-            .filter(|p| *p != owner)
-            .map(|p| self.owner_status(p));
-        match (self.owner_status(owner), previous) {
-            (_, Some(WorkerStatus::Live(LeaseRenewal::Worker))) => return false,
-            (WorkerStatus::Dead(_), None | Some(WorkerStatus::Dead(_))) => return true,
-            (WorkerStatus::Live(LeaseRenewal::Worker), _) => return false,
-            _ => {}
-        }
-        match self.seen.get(&lease.lease_key) {
-            Some(&(counter, at)) if counter == lease.lease_counter => now.duration_since(at) > failover_time,
-            _ => false,
         }
     }
 }

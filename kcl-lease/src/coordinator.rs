@@ -1399,7 +1399,8 @@ mod tests {
     use crate::memory::InMemoryLeaseStore;
     use crate::sequence::ExtendedSequenceNumber;
 
-    fn store_with(n: usize) -> Arc<InMemoryLeaseStore> {
+    /// A table of `n` unowned leases, `shard-0` ...
+    pub(super) fn store_with(n: usize) -> Arc<InMemoryLeaseStore> {
         let store = InMemoryLeaseStore::new();
         for i in 0..n {
             store.put_raw(Lease::new(

@@ -11,23 +11,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
+use super::tests::store_with as table;
 use super::*;
 use crate::memory::{InMemoryLeaseStore, LeaseOp};
 use crate::sequence::ExtendedSequenceNumber;
 use crate::{FailureLeaseStore, LeaseFault, LeaseFaultPlan, LeaseTrigger};
 
 const F: Duration = Duration::from_secs(3);
-
-fn table(n: usize) -> Arc<InMemoryLeaseStore> {
-    let store = InMemoryLeaseStore::new();
-    for i in 0..n {
-        store.put_raw(Lease::new(
-            format!("shard-{i}"),
-            ExtendedSequenceNumber::TrimHorizon,
-        ));
-    }
-    Arc::new(store)
-}
 
 fn worker(
     store: Arc<dyn LeaseStore>,

@@ -761,6 +761,28 @@ impl DynamoDbLeaseStore {
         Ok(leases)
     }
 
+    /// The outcome of a conditional write of `worker`'s heartbeat row: a failed condition is
+    /// a [`LeaseError::Conflict`] keyed by the worker id.
+    fn heartbeat_written<O, E, R>(
+        &self,
+        result: std::result::Result<O, SdkError<E, R>>,
+        worker: &str,
+        operation: &'static str,
+    ) -> Result<()>
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: fmt::Debug + Send + Sync + 'static,
+    {
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Err(LeaseError::Conflict {
+                key: worker.to_owned(),
+                actual: None,
+            }),
+            Err(e) => Err(self.heartbeat_error(operation, e)),
+        }
+    }
+
     fn heartbeat_error<E, R>(&self, operation: &'static str, err: SdkError<E, R>) -> LeaseError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -857,14 +879,7 @@ impl LeaseStore for DynamoDbLeaseStore {
             .set_condition_expression(c.expression)
             .set_expression_attribute_names(c.names)
             .set_expression_attribute_values(c.values);
-        match request.send().await {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Err(LeaseError::Conflict {
-                key: heartbeat.worker_id.clone(),
-                actual: None,
-            }),
-            Err(e) => Err(self.heartbeat_error("PutItem", e)),
-        }
+        self.heartbeat_written(request.send().await, &heartbeat.worker_id, "PutItem")
     }
 
     async fn list_heartbeats(&self, consistent: bool) -> Result<Vec<WorkerHeartbeat>> {
@@ -904,14 +919,7 @@ impl LeaseStore for DynamoDbLeaseStore {
             .set_condition_expression(c.expression)
             .set_expression_attribute_names(c.names)
             .set_expression_attribute_values(c.values);
-        match request.send().await {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Err(LeaseError::Conflict {
-                key: worker_id.to_owned(),
-                actual: None,
-            }),
-            Err(e) => Err(self.heartbeat_error("DeleteItem", e)),
-        }
+        self.heartbeat_written(request.send().await, worker_id, "DeleteItem")
     }
 
     async fn get(&self, key: &str) -> Result<Option<Lease>> {

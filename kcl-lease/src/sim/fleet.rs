@@ -814,16 +814,19 @@ impl Fleet {
         }
     }
 
-    /// Once settled: the spread even, and no lease moved more than [`QUIET_MOVES`] times
-    /// since `since`.
-    fn check_settled(&self, since: Duration) {
-        let running: BTreeSet<&str> = self
-            .processes
+    /// The worker ids of the running processes.
+    fn running_ids(&self) -> BTreeSet<&str> {
+        self.processes
             .iter()
             .filter(|p| p.running)
             .map(|p| p.ctx.worker_id.as_str())
-            .collect();
-        let mut counts: BTreeMap<&str, usize> = running.iter().map(|w| (*w, 0)).collect();
+            .collect()
+    }
+
+    /// Once settled: the spread even, and no lease moved more than [`QUIET_MOVES`] times
+    /// since `since`.
+    fn check_settled(&self, since: Duration) {
+        let mut counts: BTreeMap<&str, usize> = self.running_ids().into_iter().map(|w| (w, 0)).collect();
         for lease in self.store.leases() {
             if let Some(c) = lease.lease_owner.as_deref().and_then(|o| counts.get_mut(o)) {
                 *c += 1;
@@ -853,32 +856,22 @@ impl Fleet {
 
     /// Every shard held by a running process and processed since `since`.
     fn check_liveness(&self, since: Duration) {
-        let running: BTreeSet<&str> = self
-            .processes
-            .iter()
-            .filter(|p| p.running)
-            .map(|p| p.ctx.worker_id.as_str())
-            .collect();
+        let running = self.running_ids();
         let names: BTreeSet<&str> = self
             .processes
             .iter()
             .filter(|p| p.running)
             .map(|p| p.ctx.name.as_str())
             .collect();
-        let mut counts: BTreeMap<&str, usize> = running.iter().map(|w| (*w, 0)).collect();
         let leases = self.store.leases();
         let mut problems = Vec::new();
         for lease in &leases {
-            match lease.lease_owner.as_deref() {
-                Some(owner) if running.contains(owner) => {
-                    if let Some(c) = counts.get_mut(owner) {
-                        *c += 1;
-                    }
-                }
-                owner => problems.push(format!(
+            let owner = lease.lease_owner.as_deref();
+            if !owner.is_some_and(|o| running.contains(o)) {
+                problems.push(format!(
                     "{} is held by {owner:?}, not a running worker",
                     lease.lease_key
-                )),
+                ));
             }
             let processed = self
                 .monitor
