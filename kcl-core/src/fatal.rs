@@ -233,6 +233,16 @@ impl LeaseStore for FatalGuardStore {
     ) -> kcl_lease::Result<()> {
         self.check(self.inner.delete_heartbeat(worker_id, condition).await)
     }
+    async fn get_heartbeat(
+        &self,
+        worker_id: &str,
+        consistent: bool,
+    ) -> kcl_lease::Result<Option<WorkerHeartbeat>> {
+        self.check_heartbeats(self.inner.get_heartbeat(worker_id, consistent).await)
+    }
+    async fn nudge_heartbeat(&self, worker_id: &str) -> kcl_lease::Result<()> {
+        self.check(self.inner.nudge_heartbeat(worker_id).await)
+    }
     async fn get(&self, key: &str) -> kcl_lease::Result<Option<Lease>> {
         self.check(self.inner.get(key).await)
     }

@@ -166,6 +166,10 @@ pub struct BalanceConfig {
     /// counter this process last knew, and the next one if a write of its own may have been
     /// applied unseen): taken back at once when they still have one of them.
     pub own_rows: BTreeMap<String, (u64, u64)>,
+    /// Dead workers whose leases this worker takes all of (within `max_leases_per_worker`),
+    /// beyond its even share: it watched them and is the first to know (the divided watch of
+    /// [`crate::coordinator`]). The others even the fleet out by steals afterwards.
+    pub take_all_of: BTreeSet<String>,
 }
 
 /// What to do this round.
@@ -265,6 +269,22 @@ pub fn plan_takes(
         .extend(mine_unheld.iter().take(room).map(|l| (*l).clone()));
 
     let mut need = target.saturating_sub(my_count);
+    if !config.take_all_of.is_empty() {
+        let room = config
+            .max_leases_per_worker
+            .saturating_sub(held.len() + plan.take.len());
+        let (mut theirs, rest): (Vec<&Lease>, Vec<&Lease>) = available.into_iter().partition(|l| {
+            l.lease_owner
+                .as_deref()
+                .is_some_and(|o| config.take_all_of.contains(o))
+        });
+        theirs.sort_by_key(|l| spread(me, &l.lease_key));
+        let n = theirs.len().min(room);
+        need = need.saturating_sub(n);
+        plan.take.extend(theirs.drain(..n).map(|l| (*l).clone()));
+        available = rest;
+        available.extend(theirs);
+    }
     let load_mode = match &config.mode {
         BalanceMode::Load(settings) => Some(settings),
         BalanceMode::Count => None,
@@ -351,6 +371,7 @@ mod tests {
             mode: BalanceMode::Count,
             adopt_own_rows: true,
             own_rows: BTreeMap::new(),
+            take_all_of: BTreeSet::new(),
         }
     }
 

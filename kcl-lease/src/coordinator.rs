@@ -221,6 +221,9 @@ pub fn default_watch_interval(failover_time: Duration) -> Duration {
 /// At most this many conditional takes are in flight at once in a take round.
 const TAKE_CONCURRENCY: usize = 32;
 
+/// How many times a leaving worker tries to nudge the others' rows.
+const LEAVE_NUDGE_ATTEMPTS: u32 = 4;
+
 /// Heartbeat rows that have not moved for this many failover times are deleted by the leader.
 const STALE_HEARTBEAT_FAILOVERS: u32 = 6;
 
@@ -304,6 +307,18 @@ pub struct LeaseCoordinator {
     /// Leases given up (lost) whose shard task has not released them yet: their keys are not
     /// taken again until it has, so that one key never has two shard tasks in this worker.
     retiring: Mutex<HashMap<String, Weak<HeldLease>>>,
+    /// Whether the store reads single heartbeat rows and nudges them: the divided watch (one
+    /// row per round) instead of reading every row every round.
+    divided: AtomicBool,
+    /// An announcement whose nudges of the other workers' rows are still to be sent.
+    nudge_pending: AtomicBool,
+    /// The worker whose row the last divided watch round read.
+    watching: Mutex<Option<String>>,
+    /// Workers whose rows this worker watched when they turned dead (the watch then moves on
+    /// to the next live worker): the next take round takes all their leases.
+    watched_dead: Mutex<BTreeSet<String>>,
+    /// The last (own, watched) pair of differing fleet views acted on (one full read each).
+    view_mismatch: Mutex<Option<(u64, u64)>>,
 }
 
 /// The heartbeat row of this worker id as another process wrote it, and when this process
@@ -389,6 +404,11 @@ impl LeaseCoordinator {
             adopt_own_rows: AtomicBool::new(false),
             own_rows: Mutex::new(BTreeMap::new()),
             retiring: Mutex::new(HashMap::new()),
+            divided: AtomicBool::new(true),
+            nudge_pending: AtomicBool::new(false),
+            watching: Mutex::new(None),
+            watched_dead: Mutex::new(BTreeSet::new()),
+            view_mismatch: Mutex::new(None),
         };
         (Arc::new(this), rx)
     }
@@ -427,11 +447,73 @@ impl LeaseCoordinator {
     }
 
     /// Tells the other workers that this one changed the lease table (created, released or
-    /// stole leases), so that they read it again: bumps the epoch in the heartbeat row and
-    /// writes a heartbeat now.
+    /// stole leases), so that they read it again: bumps the epoch in the heartbeat row, writes
+    /// a heartbeat now, and nudges every other worker's row (see the module docs).
     pub fn announce(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.nudge_pending.store(true, Ordering::SeqCst);
         self.beat_now.notify_one();
+    }
+
+    /// Whether this worker watches the fleet divided (one row per round; see the module docs).
+    fn divided(&self) -> bool {
+        self.divided.load(Ordering::SeqCst) && self.liveness.heartbeats_active()
+    }
+
+    /// Nudges the row of every other worker known, so that whoever watches it looks at the
+    /// lease table. Nudges that failed are sent again with the next heartbeat.
+    async fn nudge_all(&self) {
+        if !self.nudge_pending.swap(false, Ordering::SeqCst) || !self.liveness.heartbeats_active() {
+            return;
+        }
+        let me = self.config.worker_id.as_str();
+        let targets: Vec<String> = {
+            let workers = lock(&self.workers);
+            if workers.judged_at().is_none() {
+                // The fleet is not known yet: after the first read.
+                self.nudge_pending.store(true, Ordering::SeqCst);
+                return;
+            }
+            workers.known().filter(|w| *w != me).map(str::to_owned).collect()
+        };
+        // Every nudge is a write of its own: a bounded number in flight.
+        let mut calls = JoinSet::new();
+        let mut outcomes = Vec::new();
+        for target in targets {
+            while calls.len() >= TAKE_CONCURRENCY {
+                if let Some(Ok(outcome)) = calls.join_next().await {
+                    outcomes.push(outcome);
+                }
+            }
+            let (store, timeout) = (self.store.clone(), self.call_timeout());
+            calls.spawn(async move {
+                match tokio::time::timeout(timeout, store.nudge_heartbeat(&target)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(LeaseError::Unsupported(_))) => Err(true),
+                    Ok(Err(e)) => {
+                        debug!(worker = %target, error = %e, "nudging a worker's heartbeat row failed");
+                        Err(false)
+                    }
+                    Err(_) => Err(false),
+                }
+            });
+        }
+        while let Some(done) = calls.join_next().await {
+            if let Ok(outcome) = done {
+                outcomes.push(outcome);
+            }
+        }
+        if outcomes.contains(&Err(true)) {
+            // The store cannot nudge: every worker reads every row every round instead.
+            if self.divided.swap(false, Ordering::SeqCst) {
+                debug!("the lease store has no heartbeat nudges: watching every heartbeat row");
+            }
+            return;
+        }
+        let failed = outcomes.iter().any(Result::is_err);
+        if failed {
+            self.nudge_pending.store(true, Ordering::SeqCst);
+        }
     }
 
     /// Whether this worker is the leader: the smallest id among the live workers. Without
@@ -597,6 +679,8 @@ impl LeaseCoordinator {
             epoch: self.epoch.load(Ordering::SeqCst),
             incarnation: Some(self.incarnation),
             lapsed,
+            nudges: 0, // the row's are kept by the store
+            view: self.view_digest(),
         };
         let start = Instant::now();
         let result =
@@ -645,6 +729,12 @@ impl LeaseCoordinator {
             Err(_) => warn!(timeout = ?self.call_timeout(), "heartbeat timed out"),
         }
         self.check_lapse();
+        // The announcement is in the row now (or the beat failed; the change announced is in
+        // the lease table either way): tell the watchers, without holding up the next beat.
+        drop(_writing);
+        if self.divided() {
+            self.nudge_all().await;
+        }
     }
 
     /// A heartbeat write was refused: the row is another process's, unless a heartbeat of
@@ -754,6 +844,20 @@ impl LeaseCoordinator {
         if self.liveness.id_in_use() {
             return; // the row is another process's
         }
+        // Whoever watches a row looks now: the leases this worker released are taken at once.
+        // (A few tries: there is no next heartbeat to send failed nudges again with.)
+        if self.divided() {
+            self.nudge_pending.store(true, Ordering::SeqCst);
+            for attempt in 0..LEAVE_NUDGE_ATTEMPTS {
+                if attempt > 0 {
+                    tokio::time::sleep(self.config.leases.watch_interval).await;
+                }
+                self.nudge_all().await;
+                if !self.nudge_pending.load(Ordering::SeqCst) {
+                    break;
+                }
+            }
+        }
         let mine = HeartbeatCondition::Incarnation(self.incarnation);
         match self.store.delete_heartbeat(&self.config.worker_id, mine).await {
             Ok(()) => debug!("heartbeat row removed"),
@@ -800,10 +904,150 @@ impl LeaseCoordinator {
         }
     }
 
-    /// One watch round: reads the heartbeats, and scans the lease table (and takes) if there
-    /// is a reason to. Returns whether it scanned.
+    /// The divided watch's read: the row of the next live worker around the ring (eventually
+    /// consistent). Returns whether the read succeeded.
+    async fn read_watched(&self) -> bool {
+        let me = &self.config.worker_id;
+        let target = lock(&self.workers).successor(me, self.config.leases.failover_time, Instant::now());
+        *lock(&self.watching) = Some(target.clone());
+        let issued = Instant::now();
+        match self.store.get_heartbeat(&target, false).await {
+            Ok(row) => {
+                let now = Instant::now();
+                {
+                    let mut workers = lock(&self.workers);
+                    workers.observe_one(&target, row.as_ref(), issued, now);
+                    if target != *me
+                        && matches!(
+                            workers.status(&target, self.config.leases.failover_time, now),
+                            WorkerStatus::Dead(_)
+                        )
+                    {
+                        lock(&self.watched_dead).insert(target.clone());
+                    }
+                    metrics::gauge!(LIVE_WORKERS, "worker_id" => self.config.worker_id.clone())
+                        .set(workers.live(self.config.leases.failover_time, now).len() as f64);
+                }
+                if let Some(row) = row.filter(|r| r.view != 0 && !r.lapsed && r.worker_id != *me) {
+                    self.compare_views(&row).await;
+                }
+                true
+            }
+            Err(LeaseError::Unsupported(_)) => {
+                self.divided.store(false, Ordering::SeqCst);
+                self.read_heartbeats(false).await
+            }
+            Err(e) => {
+                debug!(worker = %target, error = %e, "reading a heartbeat row failed");
+                false
+            }
+        }
+    }
+
+    /// Marks the row of a worker judged dead (by a strongly consistent read issued after its
+    /// counter had stood still for the failover time) as lapsed, if it is still as judged: the
+    /// others, who did not watch it, see it dead at their next read instead of after watching
+    /// it for the failover time themselves. The worker, if it runs at all, has lost its
+    /// validity already: its next heartbeats are marked lapsed by itself until one succeeds.
+    ///
+    /// Returns whether the row is marked (or gone, or changed: nothing left to mark).
+    async fn mark_lapsed(&self, worker: &str) -> bool {
+        let Some(row) = lock(&self.workers).row(worker) else {
+            return true;
+        };
+        if row.lapsed {
+            return true;
+        }
+        let condition = HeartbeatCondition::Unchanged {
+            incarnation: row.incarnation,
+            counter: row.counter,
+        };
+        let marked = WorkerHeartbeat { lapsed: true, ..row };
+        match tokio::time::timeout(self.call_timeout(), self.store.put_heartbeat(&marked, condition)).await {
+            Ok(Ok(())) => {
+                info!(%worker, "marked the heartbeat row of a dead worker lapsed");
+                true
+            }
+            Ok(Err(e)) if e.is_conflict() => true,
+            Ok(Err(e)) => {
+                debug!(%worker, error = %e, "marking a dead worker's heartbeat row failed");
+                false
+            }
+            Err(_) => {
+                debug!(%worker, "marking a dead worker's heartbeat row timed out");
+                false
+            }
+        }
+    }
+
+    /// This worker's digest of the fleet (0 before it read the whole table once).
+    fn view_digest(&self) -> u64 {
+        let workers = lock(&self.workers);
+        if workers.judged_at().is_none() {
+            return 0;
+        }
+        workers.view_digest(&self.config.worker_id)
+    }
+
+    /// The divided watch heals views gone stale (a nudge lost, a join or leave not yet seen):
+    /// when the watched worker's view of the fleet differs from this one's, this worker reads
+    /// the whole table (once per pair of views). If that changes what it knows, it looks at
+    /// the lease table; if the watched worker's view is still different, that worker is the
+    /// stale one: the row it watches is nudged, so that it reads everything too.
+    async fn compare_views(&self, watched: &WorkerHeartbeat) {
+        let mine = self.view_digest();
+        if mine == 0 || mine == watched.view {
+            return;
+        }
+        {
+            let mut last = lock(&self.view_mismatch);
+            if *last == Some((mine, watched.view)) {
+                return;
+            }
+            *last = Some((mine, watched.view));
+        }
+        if !self.read_heartbeats(false).await {
+            *lock(&self.view_mismatch) = None; // try again next round
+            return;
+        }
+        let now_mine = self.view_digest();
+        if now_mine != mine {
+            debug!(worker = %watched.worker_id, "the fleet changed unannounced: looking at the lease table");
+            lock(&self.scans).forced = true;
+        }
+        if now_mine != watched.view {
+            let its_watched = lock(&self.workers).successor(
+                &watched.worker_id,
+                self.config.leases.failover_time,
+                Instant::now(),
+            );
+            debug!(worker = %watched.worker_id, nudged = %its_watched, "a watched worker's view of the fleet is stale: nudging the row it watches");
+            if let Err(e) = self.store.nudge_heartbeat(&its_watched).await {
+                debug!(worker = %its_watched, error = %e, "nudging a worker's heartbeat row failed");
+            }
+        }
+    }
+
+    /// The rows a watch round reads: the watched one (divided watch), else every known one.
+    fn watched_workers(&self) -> Vec<String> {
+        if self.divided() {
+            let me = &self.config.worker_id;
+            vec![lock(&self.workers).successor(me, self.config.leases.failover_time, Instant::now())]
+        } else {
+            lock(&self.workers).known().map(str::to_owned).collect()
+        }
+    }
+
+    /// One watch round: reads the heartbeats (the watched row, or every row before the fleet
+    /// is known or without nudges), and scans the lease table (and takes) if there is a reason
+    /// to. Returns whether it scanned.
     pub async fn watch_round(&self) -> bool {
-        self.read_heartbeats(false).await;
+        let known = lock(&self.workers).judged_at().is_some();
+        if self.divided() && known {
+            self.read_watched().await;
+        } else {
+            self.read_heartbeats(false).await;
+        }
         let due = self.scan_due(Instant::now());
         if due {
             if let Err(e) = self.take_round().await {
@@ -827,6 +1071,7 @@ impl LeaseCoordinator {
                 workers.fingerprint(&self.config.worker_id, self.config.leases.failover_time, now),
             )
         };
+        let watched = self.divided().then(|| lock(&self.watching).clone()).flatten();
         let s = lock(&self.scans);
         let Some(last) = s.last else { return true };
         let since = now.duration_since(last);
@@ -836,8 +1081,20 @@ impl LeaseCoordinator {
         if !self.liveness.heartbeats_active() {
             return since >= self.config.leases.take_interval;
         }
-        if fingerprint != s.fingerprint {
-            return true;
+        match watched {
+            // The divided watch sees the watched row (and through its nudges, every change
+            // announced anywhere); the rest of the fingerprint is as old as the last full read.
+            Some(w) => {
+                let me = self.config.worker_id.as_str();
+                if [w.as_str(), me]
+                    .iter()
+                    .any(|k| fingerprint.get(*k) != s.fingerprint.get(*k))
+                {
+                    return true;
+                }
+            }
+            None if fingerprint != s.fingerprint => return true,
+            None => {}
         }
         if (s.acted || s.unknown_owners) && since >= self.config.leases.take_interval {
             return true;
@@ -897,11 +1154,12 @@ impl LeaseCoordinator {
         // the fleet (a join, a leave, a death, an announced steal or release) reads the table
         // strongly consistent: an eventually consistent scan may not show yet the change that
         // was announced, and nothing would make this worker look again until its safety scan.
+        // So does a round that takes a watched dead worker's leases.
         let consistent = {
             let mut s = lock(&self.scans);
             s.forced = false;
             s.fingerprint != seen_before
-        };
+        } || !lock(&self.watched_dead).is_empty();
         let scanned = if consistent {
             self.store.list().await
         } else {
@@ -991,6 +1249,38 @@ impl LeaseCoordinator {
         } else {
             HashMap::new()
         };
+        // The divided watch: a dead worker whose row this worker watched is known dead here
+        // first (the others learn of it from the nudges this round sends): all its leases are
+        // taken here at once, and the fleet evens out by steals afterwards.
+        // (A worker the consistent read shows live again is no longer one of them.)
+        // So does any dead worker this round judged whose row is not marked yet and that still
+        // owns leases: its watcher may be dead too, or may not have looked yet; whoever knows
+        // first acts (the takes are conditional: one of them wins each lease).
+        let take_all_of: BTreeSet<String> = if self.divided() {
+            let workers = lock(&self.workers);
+            let mut watched_dead = lock(&self.watched_dead);
+            watched_dead.retain(|w| matches!(statuses.get(w), Some(WorkerStatus::Dead(_))));
+            for (w, status) in &statuses {
+                if w != me
+                    && matches!(status, WorkerStatus::Dead(_))
+                    && workers.row(w).is_some_and(|row| !row.lapsed)
+                    && leases
+                        .iter()
+                        .any(|l| !l.is_finished() && l.lease_owner.as_deref() == Some(w.as_str()))
+                {
+                    watched_dead.insert(w.clone());
+                }
+            }
+            watched_dead.clone()
+        } else {
+            BTreeSet::new()
+        };
+        let mut unmarked = BTreeSet::new();
+        for dead in &take_all_of {
+            if !self.mark_lapsed(dead).await {
+                unmarked.insert(dead.clone());
+            }
+        }
         let unknown_owners = self.liveness.heartbeats_active()
             && leases.iter().any(|l| {
                 !l.is_finished()
@@ -1042,6 +1332,7 @@ impl LeaseCoordinator {
                 mode: self.config.leases.balance,
                 adopt_own_rows: self.adopt_own_rows.load(Ordering::SeqCst),
                 own_rows: lock(&self.own_rows).clone(),
+                take_all_of: take_all_of.clone(),
             };
             let plan = plan_takes(&leases, &tracker, held, &balance, now);
             debug!(
@@ -1193,8 +1484,28 @@ impl LeaseCoordinator {
         }
         metrics::gauge!(CURRENT_LEASES, "worker_id" => self.config.worker_id.clone())
             .set(lock(&self.held).len() as f64);
-        if stole {
-            // The victims learn of it from their next scan (worker renewal) or renewal.
+        if !take_all_of.is_empty() {
+            // Done with a watched dead worker once its row is marked and none of its leases is
+            // left (a take lost to a race, a stale row): else look again at the next watch round.
+            let held_now = self.held_keys();
+            let mut watched_dead = lock(&self.watched_dead);
+            for dead in &take_all_of {
+                let left = leases.iter().any(|l| {
+                    !l.is_finished()
+                        && l.lease_owner.as_deref() == Some(dead.as_str())
+                        && !held_now.contains(&l.lease_key)
+                });
+                if left || unmarked.contains(dead) {
+                    lock(&self.scans).forced = true;
+                } else {
+                    watched_dead.remove(dead);
+                }
+            }
+        }
+        if stole || !take_all_of.is_empty() {
+            // The victims learn of it from their next scan (worker renewal) or renewal; after
+            // a watched worker's death (its row marked, its leases taken here), the others
+            // look to even the fleet out (their share grew).
             self.announce();
         }
         Ok(acquired)
@@ -1310,6 +1621,8 @@ impl LeaseCoordinator {
         // A heartbeat first: the others see this worker, and what it takes is backed. Until
         // one succeeds, nothing is taken.
         self.liveness.set_starting();
+        // The fleet learns of this worker from the nudges sent once it knows the fleet.
+        self.nudge_pending.store(true, Ordering::SeqCst);
         self.heartbeat().await;
         let keepalive = {
             let this = self.clone();
@@ -1361,8 +1674,12 @@ impl LeaseCoordinator {
                 loop {
                     // Besides the ticks: the moment a live worker would turn dead, so that its
                     // leases move without waiting for the next tick.
-                    let expiry =
-                        lock(&this.workers).next_expiry(this.config.leases.failover_time, Instant::now());
+                    let watched = this.watched_workers();
+                    let expiry = lock(&this.workers).next_expiry(
+                        watched.iter().map(String::as_str),
+                        this.config.leases.failover_time,
+                        Instant::now(),
+                    );
                     let at_expiry = async move {
                         match expiry {
                             Some(at) => tokio::time::sleep_until(at).await,

@@ -181,6 +181,24 @@ impl<S: LeaseStore> LeaseStore for FailureLeaseStore<S> {
         .await
     }
 
+    async fn get_heartbeat(&self, worker_id: &str, consistent: bool) -> Result<Option<WorkerHeartbeat>> {
+        self.hook(
+            LeaseOp::GetHeartbeat,
+            worker_id,
+            self.inner.get_heartbeat(worker_id, consistent),
+        )
+        .await
+    }
+
+    async fn nudge_heartbeat(&self, worker_id: &str) -> Result<()> {
+        self.hook(
+            LeaseOp::NudgeHeartbeat,
+            worker_id,
+            self.inner.nudge_heartbeat(worker_id),
+        )
+        .await
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Lease>> {
         self.hook(LeaseOp::Get, key, self.inner.get(key)).await
     }

@@ -88,10 +88,19 @@ pub struct WorkerHeartbeat {
     /// without this mark has succeeded: observers treat it as dead (its leases may be taken,
     /// it does not count in the even share) even though its heartbeats still land.
     pub lapsed: bool,
+    /// `nudges`: incremented by *other* workers when they changed the lease table
+    /// ([`crate::LeaseStore::nudge_heartbeat`]), so that the worker watching this row looks at
+    /// the table (the divided watch: see [`crate::coordinator`]). A worker's own heartbeat
+    /// write keeps the row's value: what a writer puts here is ignored.
+    pub nudges: u64,
+    /// `fleetView`: a digest of the fleet as the worker saw it at the heartbeat (its
+    /// [`WorkerTracker::view_digest`]; 0 in rows of older versions). A watcher whose own view
+    /// differs reads the whole table: views that went stale (a nudge lost) heal this way.
+    pub view: u64,
 }
 
-/// The condition of a conditional write or delete of a heartbeat row. Every condition also
-/// holds when the row does not exist.
+/// The condition of a conditional write or delete of a heartbeat row. Every condition but
+/// [`HeartbeatCondition::Unchanged`] also holds when the row does not exist.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HeartbeatCondition {
@@ -109,12 +118,23 @@ pub enum HeartbeatCondition {
     },
     /// The row's counter is this one (a row that stood still: its process is gone).
     Counter(u64),
+    /// The row exists with this counter and incarnation: another worker marks a row it judged
+    /// dead as lapsed (the one condition that does not hold on a missing row).
+    Unchanged {
+        /// The row's incarnation as judged.
+        incarnation: Option<u64>,
+        /// The row's counter as judged.
+        counter: u64,
+    },
 }
 
 impl HeartbeatCondition {
     /// Whether `row` (the row as it is now, if any) satisfies the condition.
     pub fn holds(&self, row: Option<&WorkerHeartbeat>) -> bool {
         match (self, row) {
+            (HeartbeatCondition::Unchanged { incarnation, counter }, row) => {
+                row.is_some_and(|row| row.incarnation == *incarnation && row.counter == *counter)
+            }
             (_, None) | (HeartbeatCondition::Any, _) => true,
             (HeartbeatCondition::Incarnation(i), Some(row)) => row.incarnation == Some(*i),
             (HeartbeatCondition::Newer { incarnation, counter }, Some(row)) => {
@@ -151,6 +171,15 @@ struct Seen {
     lapsed: bool,
     /// Whether this observer has seen the counter move (the worker beat while observed).
     moved: bool,
+    /// Nudges of the row (see [`WorkerHeartbeat::nudges`]).
+    nudges: u64,
+    /// Leases the worker held at the heartbeat.
+    leases: u64,
+    /// The worker's view of the fleet (see [`WorkerHeartbeat::view`]).
+    view: u64,
+    /// When the latest read that showed this counter was issued: the evidence of how long it
+    /// has stood still (`checked - since`).
+    checked: Instant,
 }
 
 /// The heartbeats as one worker has observed them. See the module docs.
@@ -162,6 +191,12 @@ struct Seen {
 /// first seen ([`WorkerTracker::judged_statuses`]): any later beat of that worker is applied after the
 /// read, so after its validity ran out, and it gives up everything instead of extending it.
 /// Failed reads prove nothing: a worker that cannot read the heartbeats never sees another die.
+///
+/// Every status is a conclusion from reads, never from the clock alone: a row this observer
+/// has not read for a while (the divided watch reads one row per round) keeps the status its
+/// last read showed. A worker looks dead when a read issued more than `failover_time` after
+/// its counter was first seen still showed that counter (eventually consistent reads are
+/// enough to look; judging, for a take, needs the consistent read above).
 #[derive(Clone, Debug, Default)]
 pub struct WorkerTracker {
     seen: HashMap<String, Seen>,
@@ -170,9 +205,9 @@ pub struct WorkerTracker {
 }
 
 /// A summary of the fleet for deciding whether the lease table must be read again: which
-/// workers are live, and the epochs they announced. Two equal fingerprints mean nothing
-/// happened that would change a take plan.
-pub type FleetFingerprint = BTreeMap<String, (bool, u64)>;
+/// workers are live, the epochs they announced, and the nudges their rows received. Two equal
+/// fingerprints mean nothing happened that would change a take plan.
+pub type FleetFingerprint = BTreeMap<String, (bool, u64, u64)>;
 
 impl WorkerTracker {
     /// Nothing observed yet.
@@ -181,10 +216,10 @@ impl WorkerTracker {
     }
 
     /// Records a strongly consistent read of the heartbeat table issued at `issued` that
-    /// returned at `now`: besides what [`WorkerTracker::observe`] does, deaths may be judged
+    /// returned at `now`: besides what [`WorkerTracker::observe_read`] does, deaths may be judged
     /// against `issued` from now on.
     pub fn observe_consistent(&mut self, rows: &[WorkerHeartbeat], issued: Instant, now: Instant) {
-        self.observe(rows, now);
+        self.observe_read(rows, issued, now);
         self.judged_at = Some(self.judged_at.map_or(issued, |at| at.max(issued)));
     }
 
@@ -213,38 +248,66 @@ impl WorkerTracker {
         }
     }
 
-    /// Records a read of the heartbeat table (eventually consistent or not) that returned at
-    /// `now`. Rows no longer there are forgotten (their workers become
-    /// [`WorkerStatus::Unknown`]).
+    /// Records a read of the whole heartbeat table that was issued and returned at `now` (see
+    /// [`WorkerTracker::observe_read`]).
     pub fn observe(&mut self, rows: &[WorkerHeartbeat], now: Instant) {
+        self.observe_read(rows, now, now);
+    }
+
+    /// Records a read of the whole heartbeat table (eventually consistent or not) issued at
+    /// `issued` that returned at `now`. Rows no longer there are forgotten (their workers
+    /// become [`WorkerStatus::Unknown`]).
+    pub fn observe_read(&mut self, rows: &[WorkerHeartbeat], issued: Instant, now: Instant) {
         let mut next = HashMap::with_capacity(rows.len());
         for row in rows {
-            let (since, moved) = match self.seen.get(&row.worker_id) {
-                Some(s) if s.counter == row.counter && s.incarnation == row.incarnation => (s.since, s.moved),
-                Some(_) => (now, true),
-                None => (now, false),
-            };
-            next.insert(
-                row.worker_id.clone(),
-                Seen {
-                    counter: row.counter,
-                    since,
-                    renewal: row.renewal,
-                    epoch: row.epoch,
-                    incarnation: row.incarnation,
-                    lapsed: row.lapsed,
-                    moved,
-                },
-            );
+            next.insert(row.worker_id.clone(), self.seen_now(row, issued, now));
         }
         self.seen = next;
     }
 
-    /// The status of `worker` at `now`.
+    /// Records a read of one worker's row (`None`: there is none) issued at `issued` that
+    /// returned at `now`; what is known of the other rows stays as it was.
+    pub fn observe_one(&mut self, worker: &str, row: Option<&WorkerHeartbeat>, issued: Instant, now: Instant) {
+        match row {
+            Some(row) => {
+                let seen = self.seen_now(row, issued, now);
+                self.seen.insert(row.worker_id.clone(), seen);
+            }
+            None => {
+                self.seen.remove(worker);
+            }
+        }
+    }
+
+    fn seen_now(&self, row: &WorkerHeartbeat, issued: Instant, now: Instant) -> Seen {
+        let (since, moved, checked) = match self.seen.get(&row.worker_id) {
+            Some(s) if s.counter == row.counter && s.incarnation == row.incarnation => {
+                (s.since, s.moved, s.checked.max(issued))
+            }
+            Some(_) => (now, true, issued),
+            None => (now, false, issued),
+        };
+        Seen {
+            counter: row.counter,
+            since,
+            renewal: row.renewal,
+            epoch: row.epoch,
+            incarnation: row.incarnation,
+            lapsed: row.lapsed,
+            moved,
+            nudges: row.nudges,
+            leases: row.leases,
+            view: row.view,
+            checked,
+        }
+    }
+
+    /// The status of `worker` at `now`, as the reads made until then show it (see the type's
+    /// docs: a counter that stood still is evidence only up to the latest read that showed it).
     pub fn status(&self, worker: &str, failover_time: Duration, now: Instant) -> WorkerStatus {
         match self.seen.get(worker) {
             None => WorkerStatus::Unknown,
-            Some(s) if s.lapsed || now.duration_since(s.since) > failover_time => {
+            Some(s) if s.lapsed || s.checked.min(now).saturating_duration_since(s.since) > failover_time => {
                 WorkerStatus::Dead(s.renewal)
             }
             Some(s) => WorkerStatus::Live(s.renewal),
@@ -283,23 +346,85 @@ impl WorkerTracker {
         live
     }
 
-    /// When the next live worker turns dead if its heartbeat does not move (just after
-    /// `failover_time` since its counter was first seen), if any is live at `now`.
-    pub fn next_expiry(&self, failover_time: Duration, now: Instant) -> Option<Instant> {
-        self.seen
-            .values()
+    /// When a read would first show one of `workers` dead if its heartbeat does not move
+    /// (just after `failover_time` since its counter was first seen), if that is after `now`.
+    pub fn next_expiry<'a>(
+        &self,
+        workers: impl IntoIterator<Item = &'a str>,
+        failover_time: Duration,
+        now: Instant,
+    ) -> Option<Instant> {
+        workers
+            .into_iter()
+            .filter_map(|w| self.seen.get(w))
+            .filter(|s| !s.lapsed)
             .map(|s| s.since + failover_time + Duration::from_millis(1))
             .filter(|at| *at > now)
             .min()
     }
 
-    /// Workers whose rows have not moved for `age` (candidates for clean-up), with the counter
-    /// seen (the clean-up's condition).
+    /// `worker`'s row as last read.
+    pub fn row(&self, worker: &str) -> Option<WorkerHeartbeat> {
+        self.seen.get(worker).map(|s| WorkerHeartbeat {
+            worker_id: worker.to_owned(),
+            counter: s.counter,
+            renewal: s.renewal,
+            leases: s.leases,
+            epoch: s.epoch,
+            incarnation: s.incarnation,
+            lapsed: s.lapsed,
+            nudges: s.nudges,
+            view: s.view,
+        })
+    }
+
+    /// A digest of the fleet as this observer knows it: the ids of the rows it knows that are
+    /// not marked lapsed, `me` included (never 0). Two workers that know the same fleet have
+    /// the same digest.
+    pub fn view_digest(&self, me: &str) -> u64 {
+        let mut ids: Vec<&str> = self
+            .seen
+            .iter()
+            .filter(|(_, s)| !s.lapsed)
+            .map(|(w, _)| w.as_str())
+            .chain(std::iter::once(me))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        // FNV-1a: the same digest in every process (std's hasher is seeded per process).
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for id in ids {
+            for b in id.bytes().chain(std::iter::once(0)) {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        h.max(1)
+    }
+
+    /// Every worker with a heartbeat row, as last read.
+    pub fn known(&self) -> impl Iterator<Item = &str> {
+        self.seen.keys().map(String::as_str)
+    }
+
+    /// The worker whose row `me` watches in the divided watch: the next live worker after
+    /// `me` in id order, around the ring (`me` itself when it is the only one). Every live
+    /// worker is so watched by one other, when all see the same fleet.
+    pub fn successor(&self, me: &str, failover_time: Duration, now: Instant) -> String {
+        let live = self.live(failover_time, now);
+        live.iter()
+            .find(|w| **w > me)
+            .or_else(|| live.iter().find(|w| **w != me))
+            .map_or_else(|| me.to_owned(), |w| (*w).to_owned())
+    }
+
+    /// Workers whose rows have not moved for `age` as the reads show (candidates for
+    /// clean-up), with the counter seen (the clean-up's condition).
     pub fn stale(&self, age: Duration, now: Instant) -> Vec<(String, u64)> {
         let mut stale: Vec<(String, u64)> = self
             .seen
             .iter()
-            .filter(|(_, s)| now.duration_since(s.since) > age)
+            .filter(|(_, s)| s.checked.min(now).saturating_duration_since(s.since) > age)
             .map(|(w, s)| (w.clone(), s.counter))
             .collect();
         // In id order: a simulated run replays exactly (found by the simulator's replays).
@@ -307,14 +432,17 @@ impl WorkerTracker {
         stale
     }
 
-    /// The fingerprint of the fleet at `now`, leaving out `me`.
+    /// The fingerprint of the fleet at `now`. `me`'s own entry leaves out its epoch (its own
+    /// announcements are no reason to look) but keeps the nudges others gave its row.
     pub fn fingerprint(&self, me: &str, failover_time: Duration, now: Instant) -> FleetFingerprint {
         self.seen
             .iter()
-            .filter(|(w, _)| w.as_str() != me)
             .map(|(w, s)| {
+                if w == me {
+                    return (w.clone(), (true, 0, s.nudges));
+                }
                 let live = matches!(self.status(w, failover_time, now), WorkerStatus::Live(_));
-                (w.clone(), (live, s.epoch))
+                (w.clone(), (live, s.epoch, s.nudges))
             })
             .collect()
     }
@@ -335,6 +463,8 @@ mod tests {
             epoch,
             incarnation: Some(1),
             lapsed: false,
+            nudges: 0,
+            view: 0,
         }
     }
 
@@ -349,6 +479,12 @@ mod tests {
         );
         t.observe(&[hb("a", 2, 0), hb("b", 1, 0)], t0 + Duration::from_secs(5));
         let later = t0 + F + Duration::from_secs(1);
+        // The clock alone proves nothing: only a read made after the failover time does.
+        assert_eq!(
+            t.status("b", F, later),
+            WorkerStatus::Live(LeaseRenewal::PerLease)
+        );
+        t.observe(&[hb("a", 2, 0), hb("b", 1, 0)], later);
         assert_eq!(
             t.status("a", F, later),
             WorkerStatus::Live(LeaseRenewal::PerLease)
@@ -382,9 +518,18 @@ mod tests {
         );
         let f2 = t.fingerprint("me", F, t0 + Duration::from_secs(3));
         assert_ne!(f2, f1);
-        // A death (time passing without movement) is.
+        // A death (a read after the failover time shows no movement) is; time alone is not.
         let dead = t0 + Duration::from_secs(14);
-        assert_ne!(t.fingerprint("me", F, dead), f2);
+        assert_eq!(t.fingerprint("me", F, dead), f2);
+        let mut read = t.clone();
+        read.observe(&[hb("me", 4, 5), hb("a", 4, 1), hb("b", 1, 0)], dead);
+        assert_ne!(read.fingerprint("me", F, dead), f2);
+        // A nudge of a row is.
+        let mut nudged = t.clone();
+        let mut row = hb("a", 4, 1);
+        row.nudges = 1;
+        nudged.observe_one("a", Some(&row), t0 + Duration::from_secs(3), t0 + Duration::from_secs(3));
+        assert_ne!(nudged.fingerprint("me", F, t0 + Duration::from_secs(3)), f2);
         // A leave (row gone) is.
         t.observe(&[hb("me", 5, 5), hb("a", 5, 1)], t0 + Duration::from_secs(4));
         assert_ne!(t.fingerprint("me", F, t0 + Duration::from_secs(4)), f2);
@@ -404,9 +549,10 @@ mod tests {
             t.judged_statuses(F)["a"],
             WorkerStatus::Live(LeaseRenewal::PerLease)
         );
-        assert!(
-            matches!(t.status("a", F, late), WorkerStatus::Dead(_)),
-            "the clock alone says dead"
+        assert_eq!(
+            t.status("a", F, late),
+            WorkerStatus::Live(LeaseRenewal::PerLease),
+            "the clock alone proves nothing"
         );
         // A read issued before the failover time passed that returns after it proves nothing.
         let issued = t0 + F - Duration::from_millis(100);
@@ -422,6 +568,54 @@ mod tests {
             t.judged_statuses(F)["a"],
             WorkerStatus::Dead(LeaseRenewal::PerLease)
         );
+    }
+
+    #[test]
+    fn the_divided_watch_follows_the_ring_of_live_workers() {
+        let t0 = Instant::now();
+        let mut t = WorkerTracker::new();
+        assert_eq!(t.successor("b", F, t0), "b", "alone: its own row");
+        t.observe(&[hb("a", 1, 0), hb("b", 1, 0), hb("c", 1, 0)], t0);
+        assert_eq!(t.successor("a", F, t0), "b");
+        assert_eq!(t.successor("c", F, t0), "a", "around the ring");
+        // A row read again after the failover time without movement is dead: skipped.
+        let later = t0 + F + Duration::from_secs(1);
+        let mut b = hb("b", 1, 0);
+        t.observe_one("b", Some(&b), later, later);
+        assert_eq!(t.successor("a", F, later), "c");
+        assert_eq!(t.next_expiry(["b"], F, later), None);
+        assert_eq!(
+            t.next_expiry(["c"], F, t0),
+            Some(t0 + F + Duration::from_millis(1))
+        );
+        // A read of one row leaves the others as they were; a missing row is forgotten.
+        b.counter = 2;
+        t.observe_one("b", Some(&b), later, later);
+        assert_eq!(
+            t.status("b", F, later),
+            WorkerStatus::Live(LeaseRenewal::PerLease)
+        );
+        t.observe_one("c", None, later, later);
+        assert_eq!(t.status("c", F, later), WorkerStatus::Unknown);
+        assert_eq!(
+            t.status("a", F, later),
+            WorkerStatus::Live(LeaseRenewal::PerLease)
+        );
+    }
+
+    #[test]
+    fn views_agree_when_the_known_fleet_does() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = (WorkerTracker::new(), WorkerTracker::new());
+        a.observe(&[hb("a", 1, 0), hb("b", 1, 0)], t0);
+        b.observe(&[hb("b", 4, 0), hb("a", 9, 3)], t0);
+        assert_eq!(a.view_digest("a"), b.view_digest("b"), "counters and epochs do not matter");
+        b.observe(&[hb("b", 4, 0), hb("a", 9, 3), hb("c", 1, 0)], t0);
+        assert_ne!(a.view_digest("a"), b.view_digest("b"), "a join does");
+        let mut lapsed = hb("c", 1, 0);
+        lapsed.lapsed = true;
+        b.observe(&[hb("b", 4, 0), hb("a", 9, 3), lapsed], t0);
+        assert_eq!(a.view_digest("a"), b.view_digest("b"), "a row marked lapsed is no member");
     }
 
     #[test]
@@ -444,6 +638,11 @@ mod tests {
         }
         .holds(Some(&row)));
         assert!(HeartbeatCondition::Any.holds(Some(&row)));
+        let unchanged = |incarnation, counter| HeartbeatCondition::Unchanged { incarnation, counter };
+        assert!(unchanged(Some(1), 7).holds(Some(&row)));
+        assert!(!unchanged(Some(1), 8).holds(Some(&row)));
+        assert!(!unchanged(None, 7).holds(Some(&row)));
+        assert!(!unchanged(Some(1), 7).holds(None), "a missing row is never marked");
     }
 
     #[test]

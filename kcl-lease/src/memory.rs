@@ -43,11 +43,15 @@ pub enum LeaseOp {
     ListHeartbeats,
     /// [`LeaseStore::delete_heartbeat`]
     DeleteHeartbeat,
+    /// [`LeaseStore::get_heartbeat`]
+    GetHeartbeat,
+    /// [`LeaseStore::nudge_heartbeat`]
+    NudgeHeartbeat,
 }
 
 impl LeaseOp {
     /// Every operation.
-    pub const ALL: [LeaseOp; 13] = [
+    pub const ALL: [LeaseOp; 15] = [
         LeaseOp::List,
         LeaseOp::Get,
         LeaseOp::Create,
@@ -61,11 +65,16 @@ impl LeaseOp {
         LeaseOp::PutHeartbeat,
         LeaseOp::ListHeartbeats,
         LeaseOp::DeleteHeartbeat,
+        LeaseOp::GetHeartbeat,
+        LeaseOp::NudgeHeartbeat,
     ];
 
     /// Whether the operation only reads.
     pub fn is_read(&self) -> bool {
-        matches!(self, LeaseOp::List | LeaseOp::Get | LeaseOp::ListHeartbeats)
+        matches!(
+            self,
+            LeaseOp::List | LeaseOp::Get | LeaseOp::ListHeartbeats | LeaseOp::GetHeartbeat
+        )
     }
 
     /// The operation's name, as metrics label it (`list`, `renew`, ...).
@@ -84,6 +93,8 @@ impl LeaseOp {
             LeaseOp::PutHeartbeat => "put_heartbeat",
             LeaseOp::ListHeartbeats => "list_heartbeats",
             LeaseOp::DeleteHeartbeat => "delete_heartbeat",
+            LeaseOp::GetHeartbeat => "get_heartbeat",
+            LeaseOp::NudgeHeartbeat => "nudge_heartbeat",
         }
     }
 }
@@ -207,7 +218,30 @@ impl LeaseStore for InMemoryLeaseStore {
                 actual: None,
             });
         }
-        rows.insert(heartbeat.worker_id.clone(), heartbeat.clone());
+        // The row's nudges are the other workers' to write: kept.
+        let nudges = rows.get(&heartbeat.worker_id).map_or(0, |row| row.nudges);
+        rows.insert(
+            heartbeat.worker_id.clone(),
+            WorkerHeartbeat {
+                nudges,
+                ..heartbeat.clone()
+            },
+        );
+        Ok(())
+    }
+
+    async fn get_heartbeat(&self, worker_id: &str, _consistent: bool) -> Result<Option<WorkerHeartbeat>> {
+        self.count(LeaseOp::GetHeartbeat);
+        let rows = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(rows.get(worker_id).cloned())
+    }
+
+    async fn nudge_heartbeat(&self, worker_id: &str) -> Result<()> {
+        self.count(LeaseOp::NudgeHeartbeat);
+        let mut rows = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(row) = rows.get_mut(worker_id) {
+            row.nudges += 1;
+        }
         Ok(())
     }
 

@@ -99,6 +99,19 @@ pub struct OpCost {
     pub write_units: u64,
 }
 
+/// Whether the operation named `op` works on the heartbeat table.
+fn is_heartbeat_op(op: &str) -> bool {
+    [
+        LeaseOp::PutHeartbeat,
+        LeaseOp::ListHeartbeats,
+        LeaseOp::DeleteHeartbeat,
+        LeaseOp::GetHeartbeat,
+        LeaseOp::NudgeHeartbeat,
+    ]
+    .iter()
+    .any(|o| o.name() == op)
+}
+
 /// What a [`MeteredLeaseStore`] counted, per operation.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CostSnapshot {
@@ -124,7 +137,7 @@ impl CostSnapshot {
     /// Lease rows read (heartbeat rows left out).
     pub fn lease_rows_read(&self) -> u64 {
         self.sum(|op, c| {
-            if op == LeaseOp::ListHeartbeats.name() {
+            if is_heartbeat_op(op) {
                 0.0
             } else {
                 c.rows_read as f64
@@ -132,21 +145,22 @@ impl CostSnapshot {
         }) as u64
     }
 
-    /// Heartbeat rows read.
+    /// Heartbeat rows read (scans and single rows).
     pub fn heartbeat_rows_read(&self) -> u64 {
-        self.ops
-            .get(LeaseOp::ListHeartbeats.name())
-            .map_or(0, |c| c.rows_read)
+        self.sum(|op, c| {
+            if is_heartbeat_op(op) {
+                c.rows_read as f64
+            } else {
+                0.0
+            }
+        }) as u64
     }
 
     /// Writes to the lease table (heartbeat writes left out).
     pub fn lease_writes(&self) -> u64 {
         self.sum(|op, c| {
-            let heartbeat = op == LeaseOp::PutHeartbeat.name() || op == LeaseOp::DeleteHeartbeat.name();
-            let read = op == LeaseOp::List.name()
-                || op == LeaseOp::Get.name()
-                || op == LeaseOp::ListHeartbeats.name();
-            if heartbeat || read {
+            let read = op == LeaseOp::List.name() || op == LeaseOp::Get.name();
+            if is_heartbeat_op(op) || read {
                 0.0
             } else {
                 c.calls as f64
@@ -339,6 +353,35 @@ impl<S: LeaseStore> LeaseStore for MeteredLeaseStore<S> {
         r
     }
 
+    async fn get_heartbeat(&self, worker_id: &str, consistent: bool) -> Result<Option<WorkerHeartbeat>> {
+        let r = self.inner.get_heartbeat(worker_id, consistent).await;
+        match &r {
+            Err(LeaseError::Unsupported(_)) => {}
+            Ok(row) => {
+                let size = row.as_ref().map_or(0, heartbeat_size);
+                self.record(
+                    LeaseOp::GetHeartbeat,
+                    true,
+                    u64::from(row.is_some()),
+                    read_halves(size, consistent),
+                    0,
+                );
+            }
+            Err(_) => self.record(LeaseOp::GetHeartbeat, false, 0, 0, 0),
+        }
+        r
+    }
+
+    async fn nudge_heartbeat(&self, worker_id: &str) -> Result<()> {
+        let r = self.inner.nudge_heartbeat(worker_id).await;
+        if matches!(r, Err(LeaseError::Unsupported(_))) {
+            return r;
+        }
+        // About a heartbeat row's size (the row is not read back).
+        self.write(LeaseOp::NudgeHeartbeat, 96 + worker_id.len(), &r, |_| 0);
+        r
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Lease>> {
         let r = self.inner.get(key).await;
         match &r {
@@ -458,6 +501,8 @@ mod tests {
                     epoch: 0,
                     incarnation: Some(1),
                     lapsed: false,
+                    nudges: 0,
+                    view: 0,
                 },
                 HeartbeatCondition::Any,
             )

@@ -72,6 +72,11 @@ pub const EPOCH: &str = "epoch";
 pub const INCARNATION: &str = "incarnation";
 /// `lapsed` (N, 1; present only when true): written by a worker whose validity had run out.
 pub const LAPSED: &str = "lapsed";
+/// `nudges` (N; present once nudged): incremented by other workers that changed the lease
+/// table, so that whoever watches this row looks (never written by the row's worker).
+pub const NUDGES: &str = "nudges";
+/// `fleetView` (N; present when not 0): the writer's digest of the fleet it knows.
+pub const FLEET_VIEW: &str = "fleetView";
 
 /// One attribute value of a row, with DynamoDB's types.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -168,6 +173,12 @@ pub fn heartbeat_row(hb: &WorkerHeartbeat) -> Row {
     }
     if hb.lapsed {
         row.push((LAPSED, n(1)));
+    }
+    if hb.nudges > 0 {
+        row.push((NUDGES, n(hb.nudges)));
+    }
+    if hb.view != 0 {
+        row.push((FLEET_VIEW, n(hb.view)));
     }
     row
 }

@@ -69,6 +69,28 @@ pub trait LeaseStore: Send + Sync + 'static {
         Err(LeaseError::Unsupported("worker heartbeats".into()))
     }
 
+    /// One worker's heartbeat row, or `None` if there is none; a strongly consistent read if
+    /// `consistent`. The divided watch reads one row per round this way (see
+    /// [`crate::coordinator`]). The default reads every row ([`LeaseStore::list_heartbeats`]).
+    async fn get_heartbeat(&self, worker_id: &str, consistent: bool) -> Result<Option<WorkerHeartbeat>> {
+        Ok(self
+            .list_heartbeats(consistent)
+            .await?
+            .into_iter()
+            .find(|row| row.worker_id == worker_id))
+    }
+
+    /// Increments the `nudges` of a worker's heartbeat row, if the row exists (a row that is
+    /// gone needs no nudge: `Ok`). A worker that changed the lease table nudges every other
+    /// worker's row, so that whoever watches that row looks at the table
+    /// ([`WorkerHeartbeat::nudges`]). [`LeaseStore::put_heartbeat`] keeps a row's nudges.
+    /// Stores that cannot answer [`LeaseError::Unsupported`] (the default), and their workers
+    /// read every heartbeat row every round instead.
+    async fn nudge_heartbeat(&self, worker_id: &str) -> Result<()> {
+        let _ = worker_id;
+        Err(LeaseError::Unsupported("heartbeat nudges".into()))
+    }
+
     /// One lease, or `None` if there is no row with that key.
     async fn get(&self, key: &str) -> Result<Option<Lease>>;
 
@@ -143,6 +165,12 @@ impl<T: LeaseStore + ?Sized> LeaseStore for Arc<T> {
     }
     async fn delete_heartbeat(&self, worker_id: &str, condition: HeartbeatCondition) -> Result<()> {
         (**self).delete_heartbeat(worker_id, condition).await
+    }
+    async fn get_heartbeat(&self, worker_id: &str, consistent: bool) -> Result<Option<WorkerHeartbeat>> {
+        (**self).get_heartbeat(worker_id, consistent).await
+    }
+    async fn nudge_heartbeat(&self, worker_id: &str) -> Result<()> {
+        (**self).nudge_heartbeat(worker_id).await
     }
     async fn get(&self, key: &str) -> Result<Option<Lease>> {
         (**self).get(key).await

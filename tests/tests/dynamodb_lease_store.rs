@@ -667,6 +667,8 @@ async fn heartbeats_live_in_a_side_table_that_ensure_table_creates() {
         epoch: 3,
         incarnation: Some(11),
         lapsed: false,
+        nudges: 0,
+        view: 0,
     };
     let mine = HeartbeatCondition::Incarnation(11);
     store.put_heartbeat(&beat("a", 1), mine).await.unwrap();

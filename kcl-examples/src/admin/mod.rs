@@ -625,7 +625,8 @@ pub const ANNOUNCER: &str = "kcl-admin";
 
 /// Tells the workers that leases they held were reset (`--force`): a heartbeat row of
 /// [`ANNOUNCER`], marked lapsed (it holds nothing and does not count as a worker), whose
-/// appearance makes every worker scan the lease table strongly consistent at once. A worker
+/// appearance, and a nudge of every worker's row, make every worker scan the lease table
+/// strongly consistent at once. A worker
 /// that renews through its heartbeat learns there that it lost the lease (it has no renewal
 /// to learn it from; F8 of the coordination review). The leader removes the row later, as
 /// any row that stands still. A store without heartbeats: nothing to do.
@@ -641,11 +642,21 @@ async fn announce_reset<S: LeaseStore>(store: &S) {
         epoch: now,
         incarnation: None,
         lapsed: true,
+        nudges: 0,
+        view: 0,
     };
     if let Err(e) = store
         .put_heartbeat(&row, kcl_lease::HeartbeatCondition::Any)
         .await
     {
         tracing::debug!(error = %e, "announcing the reset in the heartbeat table failed");
+    }
+    // Workers that watch one row each (the divided watch) look when their row is nudged.
+    if let Ok(rows) = store.list_heartbeats(true).await {
+        for row in rows.iter().filter(|r| r.worker_id != ANNOUNCER) {
+            if let Err(e) = store.nudge_heartbeat(&row.worker_id).await {
+                tracing::debug!(worker = %row.worker_id, error = %e, "nudging a worker's heartbeat row failed");
+            }
+        }
     }
 }

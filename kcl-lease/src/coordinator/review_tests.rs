@@ -529,14 +529,15 @@ async fn f8_a_lease_whose_row_was_deleted_is_lost() {
         memory.delete(&row).await.unwrap();
         a.wake();
         // The next round reads consistently (as after any change in the fleet).
-        lock(&a.scans).fingerprint.insert("someone".into(), (true, 1));
+        lock(&a.scans).fingerprint.insert("someone".into(), (true, 1, 0));
         a.take_round().await.unwrap();
         assert_eq!(second.status(), LeaseStatus::Lost, "{renewal}: lost at the scan");
     }
 }
 
 /// F8 (part): `kcl-admin reset --force` resets a lease held by a live worker that renews
-/// through its heartbeat, and announces it with a lapsed heartbeat row of `kcl-admin`: the
+/// through its heartbeat, and announces it with a lapsed heartbeat row of `kcl-admin` and a
+/// nudge of every worker's row: the
 /// owner learns of the loss at its next watch round (before: at its next checkpoint or safety
 /// scan, while others took the unowned row at once).
 #[tokio::test(start_paused = true)]
@@ -562,11 +563,15 @@ async fn f8_a_forced_reset_is_learnt_by_a_worker_renewal_owner_at_once() {
         epoch: 1,
         incarnation: None,
         lapsed: true,
+        nudges: 0,
+        view: 0,
     };
     memory
         .put_heartbeat(&announcement, HeartbeatCondition::Any)
         .await
         .unwrap();
+    // As `kcl-admin` does: every worker's row nudged (a worker watching one row sees it).
+    memory.nudge_heartbeat("a").await.unwrap();
     step(150).await;
     a.heartbeat().await;
     a.watch_round().await;

@@ -807,7 +807,8 @@ impl DynamoDbLeaseStore {
 }
 
 /// A heartbeat condition as a request's condition expression, attribute names and values
-/// (all `None` for no condition). Every condition holds on a row that does not exist.
+/// (all `None` for no condition). Every condition but `Unchanged` holds on a row that does not
+/// exist.
 struct HeartbeatConditionParts {
     expression: Option<String>,
     names: Option<HashMap<String, String>>,
@@ -836,6 +837,22 @@ impl HeartbeatConditionParts {
                 "attribute_not_exists(#w) OR #c = :c",
                 &[("#w", schema::WORKER_ID), ("#c", schema::HEARTBEAT_COUNTER)],
                 vec![(":c", schema::n(c))],
+            ),
+            HeartbeatCondition::Unchanged {
+                incarnation: Some(i),
+                counter,
+            } => (
+                "#c = :c AND #i = :i",
+                &[("#c", schema::HEARTBEAT_COUNTER), ("#i", schema::INCARNATION)],
+                vec![(":c", schema::n(counter)), (":i", schema::n(i))],
+            ),
+            HeartbeatCondition::Unchanged {
+                incarnation: None,
+                counter,
+            } => (
+                "#c = :c AND attribute_not_exists(#i)",
+                &[("#c", schema::HEARTBEAT_COUNTER), ("#i", schema::INCARNATION)],
+                vec![(":c", schema::n(counter))],
             ),
             _ => {
                 return Self {
@@ -869,17 +886,88 @@ impl LeaseStore for DynamoDbLeaseStore {
     }
 
     async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat, condition: HeartbeatCondition) -> Result<()> {
+        // An update, not a put: the row's `nudges` (written by other workers) stay.
+        let c = HeartbeatConditionParts::of(condition);
+        let mut names = c.names.unwrap_or_default();
+        let mut values = c.values.unwrap_or_default();
+        let (mut set, mut remove) = (Vec::new(), Vec::new());
+        let item = schema::encode_heartbeat(heartbeat);
+        for (i, name) in [
+            schema::HEARTBEAT_COUNTER,
+            schema::LEASE_RENEWAL,
+            schema::LEASE_COUNT,
+            schema::EPOCH,
+            schema::INCARNATION,
+            schema::LAPSED,
+            schema::FLEET_VIEW,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            names.insert(format!("#h{i}"), name.to_owned());
+            match item.get(name) {
+                Some(value) => {
+                    values.insert(format!(":h{i}"), value.clone());
+                    set.push(format!("#h{i} = :h{i}"));
+                }
+                None => remove.push(format!("#h{i}")),
+            }
+        }
+        let mut update = format!("SET {}", set.join(", "));
+        if !remove.is_empty() {
+            update.push_str(&format!(" REMOVE {}", remove.join(", ")));
+        }
         let request = self
             .client
-            .put_item()
+            .update_item()
             .table_name(&self.heartbeat_table)
-            .set_item(Some(schema::encode_heartbeat(heartbeat)));
-        let c = HeartbeatConditionParts::of(condition);
-        let request = request
+            .key(schema::WORKER_ID, schema::s(&heartbeat.worker_id))
+            .update_expression(update)
             .set_condition_expression(c.expression)
-            .set_expression_attribute_names(c.names)
-            .set_expression_attribute_values(c.values);
-        self.heartbeat_written(request.send().await, &heartbeat.worker_id, "PutItem")
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values));
+        self.heartbeat_written(request.send().await, &heartbeat.worker_id, "UpdateItem")
+    }
+
+    async fn get_heartbeat(&self, worker_id: &str, consistent: bool) -> Result<Option<WorkerHeartbeat>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.heartbeat_table)
+            .key(schema::WORKER_ID, schema::s(worker_id))
+            .consistent_read(consistent)
+            .send()
+            .await
+            .map_err(|e| self.heartbeat_error("GetItem", e))?;
+        match out.item {
+            None => Ok(None),
+            Some(item) => match schema::decode_heartbeat(&item) {
+                Ok(row) => Ok(Some(row)),
+                Err(e) => {
+                    tracing::warn!(table = %self.heartbeat_table, error = %e,
+                        "skipping a corrupt heartbeat row (left untouched)");
+                    Ok(None)
+                }
+            },
+        }
+    }
+
+    async fn nudge_heartbeat(&self, worker_id: &str) -> Result<()> {
+        let request = self
+            .client
+            .update_item()
+            .table_name(&self.heartbeat_table)
+            .key(schema::WORKER_ID, schema::s(worker_id))
+            .update_expression("ADD #n :one")
+            .condition_expression("attribute_exists(#w)")
+            .expression_attribute_names("#n", schema::NUDGES)
+            .expression_attribute_names("#w", schema::WORKER_ID)
+            .expression_attribute_values(":one", schema::n(1));
+        match self.heartbeat_written(request.send().await, worker_id, "UpdateItem") {
+            // The row is gone: nobody to nudge.
+            Err(LeaseError::Conflict { .. }) => Ok(()),
+            other => other,
+        }
     }
 
     async fn list_heartbeats(&self, consistent: bool) -> Result<Vec<WorkerHeartbeat>> {

@@ -24,7 +24,7 @@ pub type Item = HashMap<String, AttributeValue>;
 
 pub use crate::row::{
     CHECKPOINT, CHECKPOINT_OWNER, CHECKPOINT_SUB_SEQUENCE, CHILD_SHARD_IDS, ENDING_HASH_KEY, ENTITY_TYPE,
-    EPOCH, HEARTBEAT_COUNTER, INCARNATION, LAPSED, LEASE_COUNT, LEASE_COUNTER, LEASE_ENTITY, LEASE_KEY,
+    EPOCH, FLEET_VIEW, HEARTBEAT_COUNTER, INCARNATION, LAPSED, NUDGES, LEASE_COUNT, LEASE_COUNTER, LEASE_ENTITY, LEASE_KEY,
     LEASE_OWNER, LEASE_RENEWAL, OWNER_SWITCHES, PARENT_SHARD_IDS, PENDING_CHECKPOINT,
     PENDING_CHECKPOINT_STATE, PENDING_CHECKPOINT_SUB_SEQUENCE, SHARD_ID, STARTING_HASH_KEY, STREAM_NAME,
     THROUGHPUT_KBPS, WORKER_ID,
@@ -82,6 +82,8 @@ pub fn decode_heartbeat(item: &Item) -> Result<WorkerHeartbeat, LeaseError> {
         epoch: reader.number(EPOCH)?.unwrap_or(0),
         incarnation: reader.number(INCARNATION)?,
         lapsed: reader.number(LAPSED)?.is_some_and(|v| v != 0),
+        nudges: reader.number(NUDGES)?.unwrap_or(0),
+        view: reader.number(FLEET_VIEW)?.unwrap_or(0),
     })
 }
 

@@ -289,7 +289,11 @@ struct SimStoreHandle {
 fn is_heartbeat(op: LeaseOp) -> bool {
     matches!(
         op,
-        LeaseOp::PutHeartbeat | LeaseOp::ListHeartbeats | LeaseOp::DeleteHeartbeat
+        LeaseOp::PutHeartbeat
+            | LeaseOp::ListHeartbeats
+            | LeaseOp::DeleteHeartbeat
+            | LeaseOp::GetHeartbeat
+            | LeaseOp::NudgeHeartbeat
     )
 }
 
@@ -567,6 +571,25 @@ impl LeaseStore for SimStoreHandle {
             self.snapshot_before(plan.lag).0.heartbeats.as_ref().clone()
         };
         self.end(LeaseOp::ListHeartbeats, plan, Ok(rows)).await
+    }
+
+    async fn get_heartbeat(&self, worker_id: &str, consistent: bool) -> Result<Option<WorkerHeartbeat>> {
+        let variant = if consistent { "consistent" } else { "eventual" };
+        let plan = self.begin(LeaseOp::GetHeartbeat, worker_id, variant).await?;
+        let rows = if consistent {
+            self.shared.inner.heartbeats()
+        } else {
+            self.snapshot_before(plan.lag).0.heartbeats.as_ref().clone()
+        };
+        let row = rows.into_iter().find(|r| r.worker_id == worker_id);
+        self.end(LeaseOp::GetHeartbeat, plan, Ok(row)).await
+    }
+
+    async fn nudge_heartbeat(&self, worker_id: &str) -> Result<()> {
+        let plan = self.begin(LeaseOp::NudgeHeartbeat, worker_id, "").await?;
+        let result = self.shared.inner.nudge_heartbeat(worker_id).await;
+        self.shared.snapshot();
+        self.end(LeaseOp::NudgeHeartbeat, plan, result).await
     }
 
     async fn delete_heartbeat(&self, worker_id: &str, condition: HeartbeatCondition) -> Result<()> {

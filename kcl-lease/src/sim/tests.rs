@@ -51,6 +51,8 @@ async fn sim_store_eventually_consistent_reads_return_older_states() {
             epoch: 0,
             incarnation: Some(1),
             lapsed: false,
+            nudges: 0,
+            view: 0,
         },
         crate::heartbeat::HeartbeatCondition::Any,
     )
