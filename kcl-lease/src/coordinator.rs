@@ -101,7 +101,7 @@ use metric_names::*;
 /// | `failover_time` | 10 s | a lease (or heartbeat) standing still this long is expired |
 /// | `renew_interval` | `failover_time / 3` | how often held leases are renewed |
 /// | `take_interval` | `failover_time / 3` | the shortest time between two scans while there is work |
-/// | `watch_interval` | `failover_time / 20`, at least 50 ms | how often the heartbeat table is read |
+/// | `watch_interval` | `failover_time / 8`, at least 50 ms | how often the watched heartbeat row is read |
 /// | `renewal` | [`LeaseRenewal::PerLease`] | leases renewed one by one, or through the worker's heartbeat |
 /// | `max_leases_per_worker` | unlimited | never hold more |
 /// | `max_leases_to_steal` | 4 | steals per take round (the Java KCL's default is 1; more converges faster) |
@@ -213,9 +213,10 @@ impl CoordinatorConfig {
     }
 }
 
-/// `failover_time / 20`, at least 50 ms.
+/// `failover_time / 8`, at least 50 ms: with the divided watch, a worker dead alone is found
+/// within the failover time and one watch interval (see the module docs).
 pub fn default_watch_interval(failover_time: Duration) -> Duration {
-    (failover_time / 20).max(Duration::from_millis(50))
+    (failover_time / 8).max(Duration::from_millis(50))
 }
 
 /// At most this many conditional takes are in flight at once in a take round.
@@ -319,6 +320,8 @@ pub struct LeaseCoordinator {
     watched_dead: Mutex<BTreeSet<String>>,
     /// The last (own, watched) pair of differing fleet views acted on (one full read each).
     view_mismatch: Mutex<Option<(u64, u64)>>,
+    /// When to read every row again after a take round's read (see [`Self::watch_round`]).
+    follow_up: Mutex<Option<Instant>>,
 }
 
 /// The heartbeat row of this worker id as another process wrote it, and when this process
@@ -409,6 +412,7 @@ impl LeaseCoordinator {
             watching: Mutex::new(None),
             watched_dead: Mutex::new(BTreeSet::new()),
             view_mismatch: Mutex::new(None),
+            follow_up: Mutex::new(None),
         };
         (Arc::new(this), rx)
     }
@@ -980,6 +984,24 @@ impl LeaseCoordinator {
         }
     }
 
+    /// The workers that look dead by the reads made and whose rows are not marked lapsed.
+    fn dead_unmarked(&self) -> BTreeSet<String> {
+        let workers = lock(&self.workers);
+        let now = Instant::now();
+        workers
+            .known()
+            .filter(|w| *w != self.config.worker_id)
+            .filter(|w| {
+                matches!(
+                    workers.status(w, self.config.leases.failover_time, now),
+                    WorkerStatus::Dead(_)
+                )
+            })
+            .filter(|w| workers.row(w).is_some_and(|r| !r.lapsed))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// This worker's digest of the fleet (0 before it read the whole table once).
     fn view_digest(&self) -> u64 {
         let workers = lock(&self.workers);
@@ -1041,10 +1063,28 @@ impl LeaseCoordinator {
     /// One watch round: reads the heartbeats (the watched row, or every row before the fleet
     /// is known or without nudges), and scans the lease table (and takes) if there is a reason
     /// to. Returns whether it scanned.
+    ///
+    /// A take round's read of every row is followed by another one a failover time later: a
+    /// worker that died unwatched (its watcher died with it) shows then as dead, and its
+    /// leases move (a chain of workers dead together is found within about twice the failover
+    /// time; one dead alone, within the failover time and a watch interval).
     pub async fn watch_round(&self) -> bool {
         let known = lock(&self.workers).judged_at().is_some();
-        if self.divided() && known {
+        let follow_up = {
+            let mut due = lock(&self.follow_up);
+            match *due {
+                Some(at) if at <= Instant::now() => due.take().is_some(),
+                _ => false,
+            }
+        };
+        if self.divided() && known && !follow_up {
             self.read_watched().await;
+        } else if follow_up && self.divided() {
+            let before = self.dead_unmarked();
+            if self.read_heartbeats(false).await && !self.dead_unmarked().is_subset(&before) {
+                debug!("a worker died unwatched: looking at the lease table");
+                lock(&self.scans).forced = true;
+            }
         } else {
             self.read_heartbeats(false).await;
         }
@@ -1177,7 +1217,11 @@ impl LeaseCoordinator {
         // The heartbeats are read after the lease scan, strongly consistent: a worker judged
         // dead from this read (as of the time it was issued) had stopped processing before it
         // (see the module docs). Without that read nothing can be judged: no takes this round.
-        if self.liveness.heartbeats_active() && !self.read_heartbeats(true).await {
+        let read = self.liveness.heartbeats_active() && self.read_heartbeats(true).await;
+        if read {
+            lock(&self.follow_up).get_or_insert(Instant::now() + failover + Duration::from_millis(1));
+        }
+        if self.liveness.heartbeats_active() && !read {
             warn!("reading the heartbeats failed: no leases taken this round");
             let mut s = lock(&self.scans);
             s.last = Some(Instant::now());
@@ -1680,6 +1724,11 @@ impl LeaseCoordinator {
                         this.config.leases.failover_time,
                         Instant::now(),
                     );
+                    let follow_up = *lock(&this.follow_up);
+                    let expiry = match (expiry, follow_up) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
                     let at_expiry = async move {
                         match expiry {
                             Some(at) => tokio::time::sleep_until(at).await,

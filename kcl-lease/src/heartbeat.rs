@@ -204,6 +204,21 @@ pub struct WorkerTracker {
     judged_at: Option<Instant>,
 }
 
+/// FNV-1a of `s`: the same in every process (std's hasher is seeded per process).
+fn fnv(s: &str) -> u64 {
+    fnv_extend(0, s)
+}
+
+/// FNV-1a over `h`'s bytes, then `s` and a separator.
+fn fnv_extend(h: u64, s: &str) -> u64 {
+    let mut h = h ^ 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes().chain(std::iter::once(0)) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
 /// A summary of the fleet for deciding whether the lease table must be read again: which
 /// workers are live, the epochs they announced, and the nudges their rows received. Two equal
 /// fingerprints mean nothing happened that would change a take plan.
@@ -267,7 +282,13 @@ impl WorkerTracker {
 
     /// Records a read of one worker's row (`None`: there is none) issued at `issued` that
     /// returned at `now`; what is known of the other rows stays as it was.
-    pub fn observe_one(&mut self, worker: &str, row: Option<&WorkerHeartbeat>, issued: Instant, now: Instant) {
+    pub fn observe_one(
+        &mut self,
+        worker: &str,
+        row: Option<&WorkerHeartbeat>,
+        issued: Instant,
+        now: Instant,
+    ) {
         match row {
             Some(row) => {
                 let seen = self.seen_now(row, issued, now);
@@ -391,15 +412,7 @@ impl WorkerTracker {
             .collect();
         ids.sort_unstable();
         ids.dedup();
-        // FNV-1a: the same digest in every process (std's hasher is seeded per process).
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for id in ids {
-            for b in id.bytes().chain(std::iter::once(0)) {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-        }
-        h.max(1)
+        ids.iter().fold(0, |h, id| fnv_extend(h, id)).max(1)
     }
 
     /// Every worker with a heartbeat row, as last read.
@@ -408,14 +421,23 @@ impl WorkerTracker {
     }
 
     /// The worker whose row `me` watches in the divided watch: the next live worker after
-    /// `me` in id order, around the ring (`me` itself when it is the only one). Every live
-    /// worker is so watched by one other, when all see the same fleet.
+    /// `me` around the ring (`me` itself when it is the only one). Every live worker is so
+    /// watched by one other, when all see the same fleet.
+    ///
+    /// The ring is ordered by a hash of the ids, not by the ids: workers that fail together
+    /// tend to have similar names (one host, one rack, one zone, one deployment's numbering),
+    /// and a worker whose watcher died with it is found later (see [`crate::coordinator`]).
     pub fn successor(&self, me: &str, failover_time: Duration, now: Instant) -> String {
-        let live = self.live(failover_time, now);
-        live.iter()
-            .find(|w| **w > me)
-            .or_else(|| live.iter().find(|w| **w != me))
-            .map_or_else(|| me.to_owned(), |w| (*w).to_owned())
+        let mut ring: Vec<(u64, &str)> = self
+            .live(failover_time, now)
+            .into_iter()
+            .chain(std::iter::once(me))
+            .map(|w| (fnv(w), w))
+            .collect();
+        ring.sort_unstable();
+        ring.dedup();
+        let at = ring.iter().position(|(_, w)| *w == me).unwrap_or(0);
+        ring[(at + 1) % ring.len()].1.to_owned()
     }
 
     /// Workers whose rows have not moved for `age` as the reads show (candidates for
@@ -528,7 +550,12 @@ mod tests {
         let mut nudged = t.clone();
         let mut row = hb("a", 4, 1);
         row.nudges = 1;
-        nudged.observe_one("a", Some(&row), t0 + Duration::from_secs(3), t0 + Duration::from_secs(3));
+        nudged.observe_one(
+            "a",
+            Some(&row),
+            t0 + Duration::from_secs(3),
+            t0 + Duration::from_secs(3),
+        );
         assert_ne!(nudged.fingerprint("me", F, t0 + Duration::from_secs(3)), f2);
         // A leave (row gone) is.
         t.observe(&[hb("me", 5, 5), hb("a", 5, 1)], t0 + Duration::from_secs(4));
@@ -576,13 +603,23 @@ mod tests {
         let mut t = WorkerTracker::new();
         assert_eq!(t.successor("b", F, t0), "b", "alone: its own row");
         t.observe(&[hb("a", 1, 0), hb("b", 1, 0), hb("c", 1, 0)], t0);
-        assert_eq!(t.successor("a", F, t0), "b");
-        assert_eq!(t.successor("c", F, t0), "a", "around the ring");
-        // A row read again after the failover time without movement is dead: skipped.
+        // A ring: each watches one other, and each is watched by one other.
+        let watched: Vec<String> = ["a", "b", "c"].iter().map(|w| t.successor(w, F, t0)).collect();
+        let mut sorted = watched.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["a", "b", "c"]);
+        assert!(["a", "b", "c"].iter().zip(&watched).all(|(w, s)| w != s));
+        // A row read again after the failover time without movement is dead: skipped (its
+        // watcher watches the worker it watched).
         let later = t0 + F + Duration::from_secs(1);
         let mut b = hb("b", 1, 0);
         t.observe_one("b", Some(&b), later, later);
-        assert_eq!(t.successor("a", F, later), "c");
+        let b_watcher = ["a", "c"]
+            .into_iter()
+            .find(|w| t.successor(w, F, t0) == "b")
+            .unwrap();
+        let b_watched = t.successor("b", F, t0);
+        assert_eq!(t.successor(b_watcher, F, later), b_watched);
         assert_eq!(t.next_expiry(["b"], F, later), None);
         assert_eq!(
             t.next_expiry(["c"], F, t0),
@@ -609,13 +646,21 @@ mod tests {
         let (mut a, mut b) = (WorkerTracker::new(), WorkerTracker::new());
         a.observe(&[hb("a", 1, 0), hb("b", 1, 0)], t0);
         b.observe(&[hb("b", 4, 0), hb("a", 9, 3)], t0);
-        assert_eq!(a.view_digest("a"), b.view_digest("b"), "counters and epochs do not matter");
+        assert_eq!(
+            a.view_digest("a"),
+            b.view_digest("b"),
+            "counters and epochs do not matter"
+        );
         b.observe(&[hb("b", 4, 0), hb("a", 9, 3), hb("c", 1, 0)], t0);
         assert_ne!(a.view_digest("a"), b.view_digest("b"), "a join does");
         let mut lapsed = hb("c", 1, 0);
         lapsed.lapsed = true;
         b.observe(&[hb("b", 4, 0), hb("a", 9, 3), lapsed], t0);
-        assert_eq!(a.view_digest("a"), b.view_digest("b"), "a row marked lapsed is no member");
+        assert_eq!(
+            a.view_digest("a"),
+            b.view_digest("b"),
+            "a row marked lapsed is no member"
+        );
     }
 
     #[test]
@@ -642,7 +687,10 @@ mod tests {
         assert!(unchanged(Some(1), 7).holds(Some(&row)));
         assert!(!unchanged(Some(1), 8).holds(Some(&row)));
         assert!(!unchanged(None, 7).holds(Some(&row)));
-        assert!(!unchanged(Some(1), 7).holds(None), "a missing row is never marked");
+        assert!(
+            !unchanged(Some(1), 7).holds(None),
+            "a missing row is never marked"
+        );
     }
 
     #[test]
