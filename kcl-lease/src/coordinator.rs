@@ -101,7 +101,7 @@ use metric_names::*;
 /// | `failover_time` | 10 s | a lease (or heartbeat) standing still this long is expired |
 /// | `renew_interval` | `failover_time / 3` | how often held leases are renewed |
 /// | `take_interval` | `failover_time / 3` | the shortest time between two scans while there is work |
-/// | `watch_interval` | `failover_time / 8`, at least 50 ms | how often the watched heartbeat row is read |
+/// | `watch_interval` | `failover_time / 16`, at least 50 ms | how often the watched heartbeat row is read (up to twice as long in fleets of over 16 workers) |
 /// | `renewal` | [`LeaseRenewal::PerLease`] | leases renewed one by one, or through the worker's heartbeat |
 /// | `max_leases_per_worker` | unlimited | never hold more |
 /// | `max_leases_to_steal` | 4 | steals per take round (the Java KCL's default is 1; more converges faster) |
@@ -213,14 +213,17 @@ impl CoordinatorConfig {
     }
 }
 
-/// `failover_time / 8`, at least 50 ms: with the divided watch, a worker dead alone is found
+/// `failover_time / 16`, at least 50 ms: with the divided watch, a worker dead alone is found
 /// within the failover time and one watch interval (see the module docs).
 pub fn default_watch_interval(failover_time: Duration) -> Duration {
-    (failover_time / 8).max(Duration::from_millis(50))
+    (failover_time / 16).max(Duration::from_millis(50))
 }
 
 /// At most this many conditional takes are in flight at once in a take round.
 const TAKE_CONCURRENCY: usize = 32;
+
+/// Fleets of more live workers than this watch more slowly (see `watch_period`).
+const WATCH_STRETCH_FROM: usize = 16;
 
 /// How many times a leaving worker tries to nudge the others' rows.
 const LEAVE_NUDGE_ATTEMPTS: u32 = 4;
@@ -1050,6 +1053,22 @@ impl LeaseCoordinator {
         }
     }
 
+    /// The time between two watch rounds: `watch_interval`, stretched in fleets of more than
+    /// [`WATCH_STRETCH_FROM`] live workers in proportion to their number, up to twice as long,
+    /// so that the reads of a large fleet stay within the Java KCL's per shard (see the module
+    /// docs). Reading every row (no divided watch): `watch_interval`.
+    fn watch_period(&self) -> Duration {
+        let base = self.config.leases.watch_interval;
+        if !self.divided() {
+            return base;
+        }
+        let live = lock(&self.workers)
+            .live(self.config.leases.failover_time, Instant::now())
+            .len();
+        let stretch = (live as f64 / WATCH_STRETCH_FROM as f64).clamp(1.0, 2.0);
+        base.mul_f64(stretch)
+    }
+
     /// The rows a watch round reads: the watched one (divided watch), else every known one.
     fn watched_workers(&self) -> Vec<String> {
         if self.divided() {
@@ -1713,8 +1732,7 @@ impl LeaseCoordinator {
             let this = self.clone();
             let mut stop = stop;
             async move {
-                let mut tick = tokio::time::interval(this.config.leases.watch_interval);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut next_tick = Instant::now();
                 loop {
                     // Besides the ticks: the moment a live worker would turn dead, so that its
                     // leases move without waiting for the next tick.
@@ -1738,7 +1756,9 @@ impl LeaseCoordinator {
                     tokio::select! {
                         biased;
                         _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
-                        _ = tick.tick() => {}
+                        () = tokio::time::sleep_until(next_tick) => {
+                            next_tick = Instant::now() + this.watch_period();
+                        }
                         () = this.wake_taker.notified() => {}
                         () = at_expiry => {}
                     }

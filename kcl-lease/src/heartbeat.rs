@@ -204,9 +204,15 @@ pub struct WorkerTracker {
     judged_at: Option<Instant>,
 }
 
-/// FNV-1a of `s`: the same in every process (std's hasher is seeded per process).
+/// FNV-1a of `s`, mixed (murmur3's finalizer, so that ids differing in their last character
+/// land far apart): the same in every process (std's hasher is seeded per process).
 fn fnv(s: &str) -> u64 {
-    fnv_extend(0, s)
+    let mut h = fnv_extend(0, s);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 /// FNV-1a over `h`'s bytes, then `s` and a separator.
