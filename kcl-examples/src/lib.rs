@@ -1,5 +1,5 @@
-//! Shared pieces of the example binaries: logging set-up, exit status, shutdown signals, and
-//! the benchmark pieces too big for `kcl-bench` itself.
+//! Shared pieces of the example binaries: logging set-up, exit status, and the benchmark pieces
+//! too big for `kcl-bench` itself.
 //!
 //! # Layout
 //! - [`admin`]: `kcl-admin`, an application's lease table for operators (leases, workers, reset).
@@ -25,7 +25,6 @@ use std::process::ExitCode;
 
 use async_trait::async_trait;
 use kcl_core::{ProcessRecordsInput, ProcessorError, RecordProcessor, ShutdownRequestedInput};
-use tracing::info;
 
 /// A processor that only checkpoints: after every batch, and at a graceful shutdown (for
 /// demos and benchmarks where what is measured is the runtime, not the processing).
@@ -62,41 +61,6 @@ pub async fn exit_status(body: impl Future<Output = anyhow::Result<()>>) -> Exit
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// Resolves on the first SIGTERM or SIGINT (Ctrl-C): the signal for a graceful shutdown.
-///
-/// If the handlers cannot be installed the future never resolves, and the error is logged.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => info!("SIGTERM received"),
-                    r = tokio::signal::ctrl_c() => {
-                        if r.is_err() {
-                            std::future::pending::<()>().await;
-                        }
-                        info!("SIGINT received");
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                if tokio::signal::ctrl_c().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
         }
     }
 }

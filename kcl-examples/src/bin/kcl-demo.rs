@@ -307,7 +307,7 @@ async fn drive(
 ) -> Result<End> {
     let total = demo.args.rate * demo.args.duration;
     let mut last_report = Instant::now();
-    let signal = kcl_examples::shutdown_signal();
+    let signal = kcl_core::shutdown_signal();
     tokio::pin!(signal);
     let deadline = Duration::from_secs(demo.args.duration) + Duration::from_secs(40);
     loop {

@@ -221,7 +221,7 @@ async fn run() -> Result<()> {
         executable = %config.executable.join(" "),
         "kcl-multilang starting"
     );
-    scheduler.run(kcl_examples::shutdown_signal()).await?;
+    scheduler.run(kcl_core::shutdown_signal()).await?;
     info!("kcl-multilang stopped");
     Ok(())
 }

@@ -443,7 +443,7 @@ async fn run_aws(args: &Args, application: &str, out: Arc<Output>) -> Result<()>
     info!(worker_id = %scheduler.config().worker_id, "kcl-tail starting");
     let handle = scheduler.spawn();
     let _status = serve_status(args, &handle).await?;
-    let signal = kcl_examples::shutdown_signal();
+    let signal = kcl_core::shutdown_signal();
     tokio::pin!(signal);
     loop {
         tokio::select! {
@@ -530,7 +530,7 @@ async fn run_local(args: &Args, application: &str, out: Arc<Output>) -> Result<(
     let _status = serve_status(args, &handle).await?;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut put = 0u64;
-    let signal = kcl_examples::shutdown_signal();
+    let signal = kcl_core::shutdown_signal();
     tokio::pin!(signal);
     loop {
         tokio::select! {
