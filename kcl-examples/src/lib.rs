@@ -5,6 +5,8 @@
 //! - [`admin`]: `kcl-admin`, an application's lease table for operators (leases, workers, reset).
 //! - [`bench`](mod@bench): measuring helpers (CPU, memory, JSON lines).
 //! - [`fleet`]: `kcl-bench fleet`, many workers in one process, with the cost meter.
+//! - [`logging`]: the logging of every binary (text or JSON on stderr, colour only on a
+//!   terminal).
 //! - [`coordination`]: `kcl-bench --backend emulators coordination`, `kcl-tail` fleets on the
 //!   emulators measured through their metrics endpoints.
 //! - [`skewed`]: `kcl-bench skewed`, load-aware against count-based balancing on 2 hot shards.
@@ -16,6 +18,7 @@ pub mod admin;
 pub mod bench;
 pub mod coordination;
 pub mod fleet;
+pub mod logging;
 pub mod multilang;
 pub mod simulate;
 pub mod skewed;
@@ -43,23 +46,13 @@ impl RecordProcessor for CheckpointEveryBatch {
     }
 }
 
-/// Logs to stderr (stdout is for data), filtered by `RUST_LOG`, by default `default_filter`;
-/// the SDK's probing of IMDS for a region is kept quiet.
-pub fn init_tracing(default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default_filter},aws_config=error")));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
-/// Runs a binary's body: an error is printed as one chain of causes and the exit status is 1.
+/// Runs a binary's body: an error is printed as one line (the chain of causes, see
+/// [`logging::print_error`]) and the exit status is 1.
 pub async fn exit_status(body: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     match body.await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            logging::print_error(&e);
             ExitCode::FAILURE
         }
     }

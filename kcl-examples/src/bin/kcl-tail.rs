@@ -149,6 +149,8 @@ struct Args {
     /// JSON at `/status.json`. Port 0 picks a free port; the address is logged on stderr.
     #[arg(long)]
     status_addr: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    log: kcl_examples::logging::LogArgs,
 }
 
 fn parse_stream_arn(s: &str) -> Result<StreamArn, String> {
@@ -509,7 +511,10 @@ async fn serve_status(
         .serve_status(addr)
         .await
         .with_context(|| format!("serving the status page on {addr}"))?;
-    eprintln!("kcl-tail: status page on http://{}/", server.local_addr());
+    kcl_examples::logging::notice(&format!(
+        "kcl-tail: status page on http://{}/",
+        server.local_addr()
+    ));
     Ok(Some(server))
 }
 
@@ -580,8 +585,8 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> Result<()> {
-    kcl_examples::init_tracing("warn");
     let mut args = Args::parse();
+    kcl_examples::logging::init("kcl-tail", "warn", &args.log);
     // Streams named by ARN are read under their names (the backend makes the calls by ARN).
     for arn in &args.stream_arns {
         if !args.streams.contains(&arn.stream_name) {
