@@ -254,6 +254,42 @@ fn json_logs_are_one_object_per_line() {
     );
 }
 
+/// kclpy's sample properties name the stream by an ARN of another region than `regionName`:
+/// one sentence naming both, exit status 2, before any AWS call (the endpoints lead nowhere).
+#[test]
+fn kcl_multilang_refuses_a_stream_arn_of_another_region() {
+    let dir = std::env::temp_dir().join(format!("kcl-binaries-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("sample.properties");
+    std::fs::write(
+        &path,
+        "executableName = sample_kclpy_app.py\nstreamName = kclpysample\n\
+         streamArn = arn:aws:kinesis:us-east-5:000000000000:stream/kclpysample\n\
+         applicationName = PythonKCLSample\nregionName = us-east-1\n\
+         kinesisEndpoint = http://127.0.0.1:9\ndynamoDBEndpoint = http://127.0.0.1:9\n",
+    )
+    .expect("write properties");
+    let out = wait(
+        command(env!("CARGO_BIN_EXE_kcl-multilang"))
+            .arg("--properties-file")
+            .arg(&path)
+            .spawn()
+            .expect("kcl-multilang"),
+        Duration::from_secs(60),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "error: {}: streamArn names region us-east-5 but regionName is us-east-1: \
+             remove streamArn or make the two agree",
+            path.display()
+        )
+    );
+}
+
 #[test]
 fn every_binary_takes_log_format() {
     for exe in BINARIES {
