@@ -128,7 +128,7 @@ pub use backend::{
 };
 pub use checkpoint::{CheckpointError, Checkpointer};
 pub use config::{FanOutConfig, InitialPosition, MisplacedKplRecords, RetrievalMode, SchedulerConfig};
-pub use error::{KclError, Result};
+pub use error::{ErrorChain, KclError, Result};
 pub use fatal::FatalError;
 pub use kcl_lease::StreamIdentifier;
 pub use kcl_lease::{InMemoryLeaseStore, LeaseStore};

@@ -109,9 +109,11 @@ pub fn notice(message: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
-/// An error with its causes, on one line.
+/// An error with its causes, on one line, each message once, never a `Debug` dump
+/// ([`kcl_core::ErrorChain`]).
 pub fn error_text(error: &anyhow::Error) -> String {
-    format!("{error:#}")
+    let error: &(dyn std::error::Error + 'static) = error.as_ref();
+    kcl_core::ErrorChain(error).to_string()
 }
 
 /// Writes the error that ends the program on stderr, whatever `RUST_LOG` says: `error: ` and

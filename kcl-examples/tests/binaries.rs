@@ -2,7 +2,8 @@
 //! (no AWS, no emulators): SIGTERM stops them gracefully with exit status 0; their logs carry
 //! no colour codes unless stderr is a terminal (and `NO_COLOR` is not set); `--log-format json`
 //! (or `KCL_LOG_FORMAT=json`) writes one JSON object per line; a closed stderr does not stop
-//! them.
+//! them; a failure ends with one line of sentences; contradicting settings are refused before
+//! any AWS call.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Output, Stdio};
@@ -288,6 +289,93 @@ fn kcl_multilang_refuses_a_stream_arn_of_another_region() {
             path.display()
         )
     );
+}
+
+/// An endpoint where nothing listens: exit status 1 and one line of sentences naming the
+/// endpoint or the failed connection, no `Debug` dump of the SDK's errors, no message twice.
+#[test]
+fn an_unreachable_endpoint_is_one_line_of_sentences() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let aws = ["--region", "us-east-1", "--endpoint-url", &endpoint];
+    let run = |exe: &str, args: &[&str]| {
+        let mut c = command(exe);
+        c.args(args)
+            .env_remove("RUST_LOG")
+            .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+            .env("AWS_SECRET_ACCESS_KEY", "secret")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+        for var in [
+            "AWS_PROFILE",
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_KINESIS",
+            "AWS_ENDPOINT_URL_DYNAMODB",
+        ] {
+            c.env_remove(var);
+        }
+        wait(c.spawn().expect("start"), Duration::from_secs(60))
+    };
+    let tail = [
+        env!("CARGO_BIN_EXE_kcl-tail"),
+        "--stream",
+        "s",
+        "--application-name",
+        "a",
+    ];
+    let admin = [env!("CARGO_BIN_EXE_kcl-admin"), "--application-name", "a"];
+    let cases = [
+        (
+            &tail[..],
+            vec![],
+            format!("cannot connect to Kinesis at {endpoint}"),
+        ),
+        (
+            &tail[..],
+            vec!["--no-checkpoint"],
+            format!("cannot connect to Kinesis at {endpoint}"),
+        ),
+        (&admin[..], vec!["leases"], "tcp connect error".to_owned()),
+    ];
+    for (cmd, extra, needle) in cases {
+        let args: Vec<&str> = cmd[1..].iter().copied().chain(aws).chain(extra).collect();
+        let out = run(cmd[0], &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        let line = stderr.trim();
+        assert_eq!(line.lines().count(), 1, "{args:?}: one line: {stderr}");
+        assert!(
+            line.starts_with("error: ") && line.contains(&needle),
+            "{args:?}: {line}"
+        );
+        for dump in ["DispatchFailure(", "ConnectorError {", "Os {", "kind:"] {
+            assert!(!line.contains(dump), "{args:?}: a Debug dump: {line}");
+        }
+        let parts: Vec<&str> = line.split(": ").collect();
+        let distinct: std::collections::BTreeSet<&str> = parts.iter().copied().collect();
+        assert_eq!(
+            distinct.len(),
+            parts.len(),
+            "{args:?}: a message repeated: {line}"
+        );
+
+        // The same error as a JSON line.
+        let args: Vec<&str> = args.into_iter().chain(["--log-format", "json"]).collect();
+        let out = run(cmd[0], &args);
+        assert_eq!(out.status.code(), Some(1));
+        let lines = all_json(&out.stderr);
+        let last = lines.last().expect("a line");
+        assert_eq!(last["level"], "ERROR");
+        assert_eq!(
+            last["fields"]["message"].as_str(),
+            line.strip_prefix("error: "),
+            "{args:?}"
+        );
+    }
 }
 
 #[test]
