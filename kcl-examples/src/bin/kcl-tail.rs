@@ -677,10 +677,13 @@ mod tests {
         let (east, west) = (arn("us-east-5", "a"), arn("us-west-2", "b"));
         assert_eq!(arn_region_conflict(None, &[]), None);
         assert_eq!(arn_region_conflict(Some("us-east-1"), &[]), None);
-        assert_eq!(arn_region_conflict(Some("us-east-5"), &[east.clone()]), None);
-        assert_eq!(arn_region_conflict(None, &[east.clone()]), None);
         assert_eq!(
-            arn_region_conflict(Some("us-east-1"), &[east.clone()]).as_deref(),
+            arn_region_conflict(Some("us-east-5"), std::slice::from_ref(&east)),
+            None
+        );
+        assert_eq!(arn_region_conflict(None, std::slice::from_ref(&east)), None);
+        assert_eq!(
+            arn_region_conflict(Some("us-east-1"), std::slice::from_ref(&east)).as_deref(),
             Some(
                 "--stream-arn arn:aws:kinesis:us-east-5:111122223333:stream/a names region us-east-5 \
                  but --region is us-east-1: one kcl-tail reads the streams of one region; make the two agree"
