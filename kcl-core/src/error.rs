@@ -4,7 +4,7 @@ use thiserror::Error;
 
 pub use crate::backend::BackendError;
 pub use crate::checkpoint::CheckpointError;
-pub use kcl_lease::LeaseError;
+pub use kcl_lease::{ErrorChain, LeaseError};
 
 /// An error of the runtime (not of a processor: those are retried).
 #[derive(Debug, Error)]

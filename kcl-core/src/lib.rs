@@ -76,6 +76,7 @@
 //! - [`fatal`]: errors that stop a worker (or one stream) instead of being retried.
 //! - [`jitter`]: seeds of the backoffs' jitter (fixed by simulation tests to replay a run).
 //! - [`metrics`]: metric names (the Java KCL's) and the worker health summary.
+//! - [`shutdown_signal`]: SIGTERM or SIGINT (Ctrl-C elsewhere), for a graceful shutdown.
 //!
 //! The lease side (model, stores, coordinator) is the `kcl_lease` crate, re-exported as
 //! [`lease`].
@@ -110,6 +111,7 @@ pub mod record;
 pub mod scheduler;
 pub mod shard;
 pub mod shard_sync;
+mod signal;
 pub mod status;
 pub mod stream_arn;
 pub mod streams;
@@ -126,7 +128,7 @@ pub use backend::{
 };
 pub use checkpoint::{CheckpointError, Checkpointer};
 pub use config::{FanOutConfig, InitialPosition, MisplacedKplRecords, RetrievalMode, SchedulerConfig};
-pub use error::{KclError, Result};
+pub use error::{ErrorChain, KclError, Result};
 pub use fatal::FatalError;
 pub use kcl_lease::StreamIdentifier;
 pub use kcl_lease::{InMemoryLeaseStore, LeaseStore};
@@ -138,4 +140,5 @@ pub use processor::{
 };
 pub use record::{ChildShard, ExtendedSequenceNumber, HashKeyRange, Record, SequenceNumber, Shard};
 pub use scheduler::{Scheduler, SchedulerBuilder, SchedulerHandle};
+pub use signal::shutdown_signal;
 pub use streams::{FormerStreamsCleanup, StreamConfig, StreamList, StreamTracker};

@@ -1,10 +1,12 @@
-//! Shared pieces of the example binaries: logging set-up, exit status, shutdown signals, and
-//! the benchmark pieces too big for `kcl-bench` itself.
+//! Shared pieces of the example binaries: logging set-up, exit status, and the benchmark pieces
+//! too big for `kcl-bench` itself.
 //!
 //! # Layout
 //! - [`admin`]: `kcl-admin`, an application's lease table for operators (leases, workers, reset).
 //! - [`bench`](mod@bench): measuring helpers (CPU, memory, JSON lines).
 //! - [`fleet`]: `kcl-bench fleet`, many workers in one process, with the cost meter.
+//! - [`logging`]: the logging of every binary (text or JSON on stderr, colour only on a
+//!   terminal).
 //! - [`coordination`]: `kcl-bench --backend emulators coordination`, `kcl-tail` fleets on the
 //!   emulators measured through their metrics endpoints.
 //! - [`skewed`]: `kcl-bench skewed`, load-aware against count-based balancing on 2 hot shards.
@@ -16,6 +18,7 @@ pub mod admin;
 pub mod bench;
 pub mod coordination;
 pub mod fleet;
+pub mod logging;
 pub mod multilang;
 pub mod simulate;
 pub mod skewed;
@@ -25,7 +28,6 @@ use std::process::ExitCode;
 
 use async_trait::async_trait;
 use kcl_core::{ProcessRecordsInput, ProcessorError, RecordProcessor, ShutdownRequestedInput};
-use tracing::info;
 
 /// A processor that only checkpoints: after every batch, and at a graceful shutdown (for
 /// demos and benchmarks where what is measured is the runtime, not the processing).
@@ -44,59 +46,14 @@ impl RecordProcessor for CheckpointEveryBatch {
     }
 }
 
-/// Logs to stderr (stdout is for data), filtered by `RUST_LOG`, by default `default_filter`;
-/// the SDK's probing of IMDS for a region is kept quiet.
-pub fn init_tracing(default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default_filter},aws_config=error")));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
-/// Runs a binary's body: an error is printed as one chain of causes and the exit status is 1.
+/// Runs a binary's body: an error is printed as one line (the chain of causes, see
+/// [`logging::print_error`]) and the exit status is 1.
 pub async fn exit_status(body: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     match body.await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            logging::print_error(&e);
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// Resolves on the first SIGTERM or SIGINT (Ctrl-C): the signal for a graceful shutdown.
-///
-/// If the handlers cannot be installed the future never resolves, and the error is logged.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => info!("SIGTERM received"),
-                    r = tokio::signal::ctrl_c() => {
-                        if r.is_err() {
-                            std::future::pending::<()>().await;
-                        }
-                        info!("SIGINT received");
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                if tokio::signal::ctrl_c().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Errors of lease stores and lease coordination.
+//! Errors of lease stores and lease coordination, and [`ErrorChain`] to show one with its causes.
 
 use thiserror::Error;
 
@@ -107,3 +107,111 @@ impl LeaseError {
 
 /// The result type of lease operations.
 pub type Result<T, E = LeaseError> = std::result::Result<T, E>;
+
+/// Displays an error and its causes (the `source()` chain) on one line, joined by `": "`: for
+/// logs and error messages, e.g. `tracing::warn!(error = %ErrorChain(&e), "...")`.
+///
+/// A cause whose text is already shown is left out (errors that print their source within
+/// their own message, as `thiserror`'s `#[error("...: {0}")]` with `#[source]` does), and line
+/// breaks become spaces. Unlike the AWS SDK's `DisplayErrorContext`, it adds no `Debug` dump of
+/// the error: only the messages.
+///
+/// ```
+/// use kcl_lease::error::ErrorChain;
+///
+/// let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+/// let err = kcl_lease::LeaseError::Backend(Box::new(io));
+/// assert_eq!(ErrorChain(&err).to_string(), "lease store error: connection refused");
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let one_line = |e: &dyn std::error::Error| {
+            e.to_string()
+                .split(['\n', '\r'])
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let mut shown = one_line(self.0);
+        let mut next = self.0.source();
+        while let Some(cause) = next {
+            let text = one_line(cause);
+            if !text.is_empty() && !shown.contains(&text) {
+                if !shown.is_empty() {
+                    shown.push_str(": ");
+                }
+                shown.push_str(&text);
+            }
+            next = cause.source();
+        }
+        f.write_str(&shown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Layer {
+        text: &'static str,
+        source: Option<Box<Layer>>,
+    }
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.text)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.source.as_deref().map(|s| s as _)
+        }
+    }
+
+    fn chain(texts: &[&'static str]) -> Layer {
+        texts
+            .iter()
+            .rev()
+            .fold(None, |source, text| {
+                Some(Layer {
+                    text,
+                    source: source.map(Box::new),
+                })
+            })
+            .expect("at least one")
+    }
+
+    #[test]
+    fn causes_joined_on_one_line_without_repeats_or_debug() {
+        let e = chain(&[
+            "dispatch failure",
+            "io error",
+            "tcp connect error",
+            "Connection refused",
+        ]);
+        assert_eq!(
+            ErrorChain(&e).to_string(),
+            "dispatch failure: io error: tcp connect error: Connection refused"
+        );
+        // A message that already shows its cause (and its cause's cause).
+        let e = chain(&[
+            "lease store error: DynamoDB Scan failed: refused",
+            "DynamoDB Scan failed: refused",
+            "refused",
+        ]);
+        assert_eq!(
+            ErrorChain(&e).to_string(),
+            "lease store error: DynamoDB Scan failed: refused"
+        );
+        let e = chain(&["reading stream s", "two\nlines  \n", ""]);
+        assert_eq!(ErrorChain(&e).to_string(), "reading stream s: two lines");
+        let e = LeaseError::Backend(Box::new(chain(&["outer", "inner"])));
+        assert_eq!(ErrorChain(&e).to_string(), "lease store error: outer: inner");
+    }
+}

@@ -30,7 +30,7 @@
 //!   `Liveness` (the worker's own validity from its heartbeats).
 //! - [`coordinator`]: the async driver: renews held leases, takes and steals, publishes
 //!   acquired leases and lease loss.
-//! - [`error`]: the `LeaseError` type.
+//! - [`error`]: the `LeaseError` type, and `ErrorChain` (an error with its causes, on one line).
 //! - [`journal`]: a worker's recent lease moves and errors (for status pages).
 //! - [`suspend`]: detects a suspended host (the monotonic clock stood still while it slept).
 //! - `sim` (feature `testing`): a deterministic fleet simulator: real coordinators and
@@ -78,7 +78,7 @@ pub use coordinator::{
 };
 #[cfg(feature = "dynamodb")]
 pub use dynamodb::DynamoDbLeaseStore;
-pub use error::{FatalKind, LeaseError, ParseSequenceError, Result};
+pub use error::{ErrorChain, FatalKind, LeaseError, ParseSequenceError, Result};
 #[cfg(any(test, feature = "testing"))]
 pub use failure::{FailureLeaseStore, LeaseFault, LeaseFaultPlan, LeaseFaultRule, LeaseTrigger};
 pub use heartbeat::{HeartbeatCondition, LeaseRenewal, WorkerHeartbeat, WorkerStatus, WorkerTracker};

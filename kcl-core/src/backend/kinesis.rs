@@ -25,6 +25,7 @@ use crate::backend::{
     BackendError, ConsumerStatus, GetRecordsOutput, IteratorPosition, ShardSubscription, StreamBackend,
     StreamConsumer, SubscribeEvent,
 };
+use crate::error::ErrorChain;
 use crate::record::{ChildShard, HashKeyRange, Record, SequenceNumber, Shard};
 use crate::stream_arn::StreamArn;
 use kcl_lease::StreamIdentifier;
@@ -37,6 +38,9 @@ pub struct KinesisBackend {
     /// Streams named by ARN: every call on them is made with the ARN (stream name → ARN).
     /// Shared by clones; grows as the scheduler names streams by ARN.
     arns: Arc<RwLock<HashMap<String, StreamArn>>>,
+    /// The endpoint URL of the SDK configuration (emulators, LocalStack), to name it when it
+    /// cannot be reached.
+    endpoint_url: Option<Arc<str>>,
 }
 
 impl KinesisBackend {
@@ -46,6 +50,7 @@ impl KinesisBackend {
             client,
             throttles: Arc::new(AtomicU64::new(0)),
             arns: Arc::new(RwLock::new(HashMap::new())),
+            endpoint_url: None,
         }
     }
 
@@ -74,7 +79,19 @@ impl KinesisBackend {
 
     /// A backend from shared SDK configuration (see [`crate::aws::load_sdk_config`]).
     pub fn from_conf(config: &aws_config::SdkConfig) -> Self {
-        Self::new(aws_sdk_kinesis::Client::new(config))
+        Self {
+            endpoint_url: config.endpoint_url().map(Arc::from),
+            ..Self::new(aws_sdk_kinesis::Client::new(config))
+        }
+    }
+
+    /// Where the calls go, for errors: ` at URL` with an endpoint URL, ` in region R` without.
+    fn location(&self) -> String {
+        match (&self.endpoint_url, self.client.config().region()) {
+            (Some(url), _) => format!(" at {url}"),
+            (None, Some(region)) => format!(" in region {region}"),
+            (None, None) => String::new(),
+        }
     }
 
     /// The SDK client, for producing or managing streams.
@@ -91,6 +108,9 @@ impl KinesisBackend {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
+        if let Some(failed) = connect_failure(&err, &self.location()) {
+            return failed;
+        }
         let mapped = map_error(err, what);
         if matches!(mapped, BackendError::Throttled(_)) {
             self.throttles.fetch_add(1, Ordering::Relaxed);
@@ -112,7 +132,30 @@ pub enum Context<'a> {
     Consumer(&'a str),
 }
 
+/// A call that never reached Kinesis (connection refused or timed out, DNS failure): "cannot
+/// connect to Kinesis" and `location`, then what the connection attempt said.
+fn connect_failure<E, R>(err: &aws_sdk_kinesis::error::SdkError<E, R>, location: &str) -> Option<BackendError>
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
+{
+    let aws_sdk_kinesis::error::SdkError::DispatchFailure(dispatch) = err else {
+        return None;
+    };
+    if !(dispatch.is_io() || dispatch.is_timeout()) {
+        return None;
+    }
+    let cause = match dispatch.as_connector_error().and_then(std::error::Error::source) {
+        Some(cause) => ErrorChain(cause).to_string(),
+        None => ErrorChain(err).to_string(),
+    };
+    Some(BackendError::other(format!(
+        "cannot connect to Kinesis{location}: {cause}"
+    )))
+}
+
 /// Maps an SDK error to a [`BackendError`]: the one place where service error codes are read.
+/// Errors are rendered with their causes ([`ErrorChain`]), without the SDK's `Debug` dumps.
 pub fn map_error<E, R>(err: aws_sdk_kinesis::error::SdkError<E, R>, what: Context<'_>) -> BackendError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -151,7 +194,10 @@ where
             "credentials refused ({detail}); check the credentials and the clock"
         )),
         c if c.starts_with("KMS") => BackendError::Kms(detail),
-        _ => BackendError::other(format!("{}", aws_sdk_kinesis::error::DisplayErrorContext(&err))),
+        _ => match connect_failure(&err, "") {
+            Some(failed) => failed,
+            None => BackendError::other(ErrorChain(&err).to_string()),
+        },
     }
 }
 
@@ -554,5 +600,77 @@ impl StreamBackend for KinesisBackend {
             consumer_arn: consumer_arn.to_owned(),
             throttles: self.throttles.clone(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_kinesis::error::{ConnectorError, SdkError};
+    use aws_sdk_kinesis::operation::list_shards::ListShardsError;
+
+    use super::*;
+
+    fn dispatch(connector: ConnectorError) -> SdkError<ListShardsError, ()> {
+        SdkError::dispatch_failure(connector)
+    }
+
+    fn refused() -> ConnectorError {
+        ConnectorError::io(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "tcp connect error: Connection refused (os error 111)",
+        )))
+    }
+
+    /// No `Debug` dump of the SDK's error types in the message, only sentences.
+    fn assert_sentences(text: &str) {
+        for dump in ["DispatchFailure(", "ConnectorError {", "Some(", "source:"] {
+            assert!(!text.contains(dump), "{dump} in {text}");
+        }
+    }
+
+    #[test]
+    fn a_refused_connection_says_so_with_the_endpoint() {
+        let sdk = aws_config::SdkConfig::builder()
+            .endpoint_url("http://127.0.0.1:9")
+            .region(aws_config::Region::new("us-east-1"))
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let at = KinesisBackend::from_conf(&sdk).location();
+        assert_eq!(at, " at http://127.0.0.1:9");
+        let mapped = connect_failure(&dispatch(refused()), &at).expect("a connect failure");
+        assert!(mapped.is_retryable());
+        let text = mapped.to_string();
+        assert_eq!(
+            text,
+            "backend error: cannot connect to Kinesis at http://127.0.0.1:9: tcp connect error: Connection refused (os error 111)"
+        );
+        // Without an endpoint URL the region is named.
+        let sdk = aws_config::SdkConfig::builder()
+            .region(aws_config::Region::new("eu-west-1"))
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        assert_eq!(KinesisBackend::from_conf(&sdk).location(), " in region eu-west-1");
+    }
+
+    #[test]
+    fn other_sdk_errors_are_their_messages_without_debug_dumps() {
+        let mapped = map_error(dispatch(refused()), Context::Stream("s"));
+        assert_sentences(&mapped.to_string());
+        assert!(
+            mapped.to_string().contains("cannot connect to Kinesis"),
+            "{mapped}"
+        );
+        let other = ConnectorError::other("an error occurred while loading credentials".into(), None);
+        let mapped = map_error(dispatch(other), Context::Stream("s"));
+        let text = ErrorChain(&mapped).to_string();
+        assert_sentences(&text);
+        assert!(
+            text.contains("dispatch failure") && text.contains("loading credentials"),
+            "{text}"
+        );
+        let timeout: SdkError<ListShardsError, ()> = SdkError::timeout_error("attempt timed out after 10s");
+        let text = ErrorChain(&map_error(timeout, Context::Stream("s"))).to_string();
+        assert_sentences(&text);
+        assert!(text.contains("attempt timed out after 10s"), "{text}");
     }
 }

@@ -76,6 +76,8 @@ struct Args {
     /// Shards of the --local demo stream.
     #[arg(long, global = true, default_value_t = 4)]
     local_shards: usize,
+    #[command(flatten)]
+    log: kcl_examples::logging::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -428,8 +430,8 @@ async fn run(args: &Args) -> Result<Outcome, Failure> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    kcl_examples::init_tracing("warn");
     let args = Args::parse();
+    kcl_examples::logging::init("kcl-admin", "warn", &args.log);
     match run(&args).await {
         Ok(outcome) => {
             if args.json {
@@ -438,20 +440,20 @@ async fn main() -> ExitCode {
                 print!("{}", outcome.text);
             }
             if outcome.code == admin::EXIT_CONFLICT {
-                eprintln!(
-                    "error: some leases changed since they were read; nothing was overwritten (see above)"
-                );
+                kcl_examples::logging::print_error(&anyhow::anyhow!(
+                    "some leases changed since they were read; nothing was overwritten (see above)"
+                ));
             }
             ExitCode::from(outcome.code)
         }
         Err(f) => {
             if args.json {
                 let v = f.json.unwrap_or_else(
-                    || serde_json::json!({ "error": "error", "message": format!("{:#}", f.error) }),
+                    || serde_json::json!({ "error": "error", "message": kcl_examples::logging::error_text(&f.error) }),
                 );
                 println!("{v}");
             }
-            eprintln!("error: {:#}", f.error);
+            kcl_examples::logging::print_error(&f.error);
             ExitCode::from(f.code)
         }
     }

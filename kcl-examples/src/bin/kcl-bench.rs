@@ -110,6 +110,8 @@ struct Args {
     /// `simulate`: threads running seeds (default: the available cores).
     #[arg(long)]
     sim_threads: Option<usize>,
+    #[command(flatten)]
+    log: kcl_examples::logging::LogArgs,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -935,8 +937,8 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> Result<()> {
-    kcl_examples::init_tracing("error");
     let args = Args::parse();
+    kcl_examples::logging::init("kcl-bench", "error", &args.log);
     let emulators = match args.backend.as_str() {
         "local" => false,
         "emulators" => true,
@@ -967,7 +969,7 @@ async fn run() -> Result<()> {
         }
     }
     for name in &scenarios {
-        eprintln!("kcl-bench: running {name} on {}", args.backend);
+        kcl_examples::logging::notice(&format!("kcl-bench: running {name} on {}", args.backend));
         let lines = match (name.as_str(), emulators) {
             ("throughput", false) => vec![throughput_local(&args).await?],
             ("throughput", true) => vec![throughput_emulators(&args).await?],

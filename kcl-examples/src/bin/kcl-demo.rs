@@ -50,6 +50,8 @@ struct Args {
     /// Do not split and merge shards.
     #[arg(long)]
     no_reshard: bool,
+    #[command(flatten)]
+    log: kcl_examples::logging::LogArgs,
 }
 
 /// What the processors saw, shared by all workers.
@@ -157,8 +159,9 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> Result<()> {
-    kcl_examples::init_tracing("warn");
-    let mut demo = set_up(Args::parse())?;
+    let args = Args::parse();
+    kcl_examples::logging::init("kcl-demo", "warn", &args.log);
+    let mut demo = set_up(args)?;
     let producer = spawn_producer(&demo);
     let mut events = Events::new(&demo.args);
     let end = drive(&mut demo, &mut events, producer).await?;
@@ -307,7 +310,7 @@ async fn drive(
 ) -> Result<End> {
     let total = demo.args.rate * demo.args.duration;
     let mut last_report = Instant::now();
-    let signal = kcl_examples::shutdown_signal();
+    let signal = kcl_core::shutdown_signal();
     tokio::pin!(signal);
     let deadline = Duration::from_secs(demo.args.duration) + Duration::from_secs(40);
     loop {

@@ -40,6 +40,8 @@ struct Args {
     /// The Java daemon's logback configuration: accepted and ignored (set RUST_LOG instead).
     #[arg(short = 'l', long = "log-configuration", value_name = "FILE")]
     log_configuration: Option<PathBuf>,
+    #[command(flatten)]
+    log: kcl_examples::logging::LogArgs,
 }
 
 /// A usage or configuration problem: exit status 2.
@@ -63,11 +65,11 @@ async fn main() -> ExitCode {
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<ConfigError>().is_some() => {
-            eprintln!("error: {e}");
+            kcl_examples::logging::print_error(&e);
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            kcl_examples::logging::print_error(&e);
             ExitCode::FAILURE
         }
     }
@@ -166,7 +168,6 @@ fn configure(config: &MultiLangConfig) -> Result<SchedulerBuilder> {
 }
 
 async fn run() -> Result<()> {
-    kcl_examples::init_tracing("warn,kcl_multilang=info,kcl_examples=info,kcl_core=info");
     let args = Args::try_parse().map_err(|e| {
         // --help and --version are not errors.
         if matches!(
@@ -180,6 +181,11 @@ async fn run() -> Result<()> {
         let first = text.trim().lines().next().unwrap_or("bad arguments");
         config_error(first.strip_prefix("error: ").unwrap_or(first).to_owned())
     })?;
+    kcl_examples::logging::init(
+        "kcl-multilang",
+        "warn,kcl_multilang=info,kcl_examples=info,kcl_core=info",
+        &args.log,
+    );
     let config = load_config(&args)?;
     let options = |endpoint: &Option<String>| AwsOptions {
         region: config
@@ -221,7 +227,7 @@ async fn run() -> Result<()> {
         executable = %config.executable.join(" "),
         "kcl-multilang starting"
     );
-    scheduler.run(kcl_examples::shutdown_signal()).await?;
+    scheduler.run(kcl_core::shutdown_signal()).await?;
     info!("kcl-multilang stopped");
     Ok(())
 }

@@ -149,6 +149,8 @@ struct Args {
     /// JSON at `/status.json`. Port 0 picks a free port; the address is logged on stderr.
     #[arg(long)]
     status_addr: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    log: kcl_examples::logging::LogArgs,
 }
 
 fn parse_stream_arn(s: &str) -> Result<StreamArn, String> {
@@ -443,7 +445,7 @@ async fn run_aws(args: &Args, application: &str, out: Arc<Output>) -> Result<()>
     info!(worker_id = %scheduler.config().worker_id, "kcl-tail starting");
     let handle = scheduler.spawn();
     let _status = serve_status(args, &handle).await?;
-    let signal = kcl_examples::shutdown_signal();
+    let signal = kcl_core::shutdown_signal();
     tokio::pin!(signal);
     loop {
         tokio::select! {
@@ -509,7 +511,10 @@ async fn serve_status(
         .serve_status(addr)
         .await
         .with_context(|| format!("serving the status page on {addr}"))?;
-    eprintln!("kcl-tail: status page on http://{}/", server.local_addr());
+    kcl_examples::logging::notice(&format!(
+        "kcl-tail: status page on http://{}/",
+        server.local_addr()
+    ));
     Ok(Some(server))
 }
 
@@ -530,7 +535,7 @@ async fn run_local(args: &Args, application: &str, out: Arc<Output>) -> Result<(
     let _status = serve_status(args, &handle).await?;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut put = 0u64;
-    let signal = kcl_examples::shutdown_signal();
+    let signal = kcl_core::shutdown_signal();
     tokio::pin!(signal);
     loop {
         tokio::select! {
@@ -564,6 +569,23 @@ async fn run_local(args: &Args, application: &str, out: Arc<Output>) -> Result<(
     Ok(())
 }
 
+/// A `--stream-arn` of another region than `--region` (or, without it, than the first
+/// `--stream-arn`, whose region is used): the calls would go to the wrong region's endpoint
+/// and fail with an error that does not say which setting is wrong.
+fn arn_region_conflict(region: Option<&str>, arns: &[StreamArn]) -> Option<String> {
+    let (used, from) = match (region, arns.first()) {
+        (Some(region), _) => (region, "--region is".to_owned()),
+        (None, Some(first)) => (first.region.as_str(), format!("--stream-arn {first} names")),
+        (None, None) => return None,
+    };
+    let other = arns.iter().find(|arn| arn.region != used)?;
+    Some(format!(
+        "--stream-arn {other} names region {} but {from} {used}: one kcl-tail reads the streams \
+         of one region; make the two agree",
+        other.region
+    ))
+}
+
 fn main() -> std::process::ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -580,8 +602,8 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> Result<()> {
-    kcl_examples::init_tracing("warn");
     let mut args = Args::parse();
+    kcl_examples::logging::init("kcl-tail", "warn", &args.log);
     // Streams named by ARN are read under their names (the backend makes the calls by ARN).
     for arn in &args.stream_arns {
         if !args.streams.contains(&arn.stream_name) {
@@ -597,6 +619,11 @@ async fn run() -> Result<()> {
                 )
                 .exit();
         }
+    }
+    if let Some(conflict) = arn_region_conflict(args.region.as_deref(), &args.stream_arns) {
+        Args::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, conflict)
+            .exit();
     }
     if args.external_id.is_some() && args.role_arn.is_none() && args.stream_roles.is_empty() {
         Args::command()
@@ -632,5 +659,40 @@ async fn run() -> Result<()> {
         run_local(&args, &application, out).await
     } else {
         run_aws(&args, &application, out).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arn(region: &str, name: &str) -> StreamArn {
+        format!("arn:aws:kinesis:{region}:111122223333:stream/{name}")
+            .parse()
+            .expect("ARN")
+    }
+
+    #[test]
+    fn a_stream_arn_of_another_region_conflicts() {
+        let (east, west) = (arn("us-east-5", "a"), arn("us-west-2", "b"));
+        assert_eq!(arn_region_conflict(None, &[]), None);
+        assert_eq!(arn_region_conflict(Some("us-east-1"), &[]), None);
+        assert_eq!(
+            arn_region_conflict(Some("us-east-5"), std::slice::from_ref(&east)),
+            None
+        );
+        assert_eq!(arn_region_conflict(None, std::slice::from_ref(&east)), None);
+        assert_eq!(
+            arn_region_conflict(Some("us-east-1"), std::slice::from_ref(&east)).as_deref(),
+            Some(
+                "--stream-arn arn:aws:kinesis:us-east-5:111122223333:stream/a names region us-east-5 \
+                 but --region is us-east-1: one kcl-tail reads the streams of one region; make the two agree"
+            )
+        );
+        let two = arn_region_conflict(None, &[east, west]).expect("a conflict");
+        assert!(
+            two.starts_with("--stream-arn arn:aws:kinesis:us-west-2:111122223333:stream/b names region us-west-2 but --stream-arn arn:aws:kinesis:us-east-5:111122223333:stream/a names us-east-5"),
+            "{two}"
+        );
     }
 }

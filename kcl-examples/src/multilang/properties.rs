@@ -31,6 +31,20 @@ pub enum PropertiesError {
     /// A required key is absent or empty.
     #[error("the required property {0} is missing")]
     Missing(&'static str),
+    /// `streamArn` contradicts another property: it names another region than `regionName`
+    /// or another stream than `streamName`. Refused before any AWS call (the service would
+    /// answer with an error that does not say which setting is wrong).
+    #[error("streamArn names {what} {in_arn} but {key} is {value}: remove streamArn or make the two agree")]
+    ArnMismatch {
+        /// What differs: `region` or `stream`.
+        what: &'static str,
+        /// The region or stream name in the ARN.
+        in_arn: String,
+        /// The other property: `regionName` or `streamName`.
+        key: &'static str,
+        /// Its value.
+        value: String,
+    },
     /// A value cannot be used.
     #[error("property {key} = {value:?}: {reason}")]
     BadValue {
@@ -203,7 +217,8 @@ pub struct MultiLangConfig {
     pub worker_id: Option<String>,
     /// `initialPositionInStream` (with `initialPositionInStreamExtended` for `AT_TIMESTAMP`).
     pub initial_position: InitialPosition,
-    /// `regionName`; otherwise the SDK's chain (`AWS_REGION`, profile).
+    /// `regionName`; otherwise the region of `streamArn`, or the SDK's chain (`AWS_REGION`,
+    /// profile). Never another region than `streamArn`'s (refused when parsed).
     pub region: Option<String>,
     /// `kinesisEndpoint`, as a URL.
     pub kinesis_endpoint: Option<String>,
@@ -373,13 +388,25 @@ impl MultiLangConfig {
                 )
             })?),
         };
+        let region = r.get("regionName").map(str::to_owned);
+        if let (Some(arn), Some(region)) = (&stream_arn, &region) {
+            if arn.region != *region {
+                return Err(PropertiesError::ArnMismatch {
+                    what: "region",
+                    in_arn: arn.region.clone(),
+                    key: "regionName",
+                    value: region.clone(),
+                });
+            }
+        }
         let stream_name = match (r.get("streamName"), &stream_arn) {
             (Some(name), Some(arn)) if *name != arn.stream_name => {
-                return Err(bad(
-                    "streamName",
-                    name,
-                    "names another stream than streamArn; give one of them",
-                ))
+                return Err(PropertiesError::ArnMismatch {
+                    what: "stream",
+                    in_arn: arn.stream_name.clone(),
+                    key: "streamName",
+                    value: name.to_owned(),
+                })
             }
             (Some(name), _) => name.to_owned(),
             (None, Some(arn)) => arn.stream_name.clone(),
@@ -453,7 +480,7 @@ impl MultiLangConfig {
             application_name,
             worker_id: r.get("workerId").map(str::to_owned),
             initial_position,
-            region: r.get("regionName").map(str::to_owned),
+            region,
             kinesis_endpoint: r.endpoint("kinesisEndpoint")?,
             dynamodb_endpoint: r.endpoint("dynamoDBEndpoint")?,
             failover_time,
@@ -619,12 +646,57 @@ mod tests {
             (arn.account_id.as_str(), arn.region.as_str()),
             ("123456789012", "us-east-1")
         );
-        let both_differ = MultiLangConfig::parse(
-            "executableName = x\napplicationName = a\nstreamName = other\nstreamArn = arn:aws:kinesis:us-east-1:123456789012:stream/orders\n",
+    }
+
+    /// kclpy's own sample (`samples/sample.properties`): the stream by name and by an ARN of
+    /// another region.
+    const KCLPY_SAMPLE: &str = "executableName = sample_kclpy_app.py\nstreamName = kclpysample\n\
+        streamArn = arn:aws:kinesis:us-east-5:000000000000:stream/kclpysample\n\
+        applicationName = PythonKCLSample\nregionName = us-east-1\n";
+
+    #[test]
+    fn a_stream_arn_of_another_region_is_refused_with_both_values() {
+        let err = MultiLangConfig::parse(KCLPY_SAMPLE).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "streamArn names region us-east-5 but regionName is us-east-1: remove streamArn or make the two agree"
         );
+        // Without the ARN line the sample is fine; so it is with the ARN's region.
+        let without = KCLPY_SAMPLE
+            .lines()
+            .filter(|l| !l.starts_with("streamArn"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = MultiLangConfig::parse(&without).unwrap();
+        assert_eq!(
+            (c.stream_name.as_str(), c.region.as_deref()),
+            ("kclpysample", Some("us-east-1"))
+        );
+        let c = MultiLangConfig::parse(&KCLPY_SAMPLE.replace("us-east-1", "us-east-5")).unwrap();
+        assert_eq!(c.region.as_deref(), Some("us-east-5"));
+        assert!(c.stream_arn.is_some());
+        // No regionName: the ARN's region is the one used.
+        let c = MultiLangConfig::parse(&KCLPY_SAMPLE.replace("regionName = us-east-1\n", "")).unwrap();
+        assert_eq!(c.region, None);
+        assert_eq!(c.stream_arn.map(|a| a.region).as_deref(), Some("us-east-5"));
+    }
+
+    #[test]
+    fn a_stream_arn_of_another_stream_is_refused_with_both_values() {
+        let err = MultiLangConfig::parse(
+            "executableName = x\napplicationName = a\nstreamName = other\nstreamArn = arn:aws:kinesis:us-east-1:123456789012:stream/orders\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "streamArn names stream orders but streamName is other: remove streamArn or make the two agree"
+        );
+        // The region is checked first: both are wrong in the sample with another stream name.
+        let err = MultiLangConfig::parse(&KCLPY_SAMPLE.replace("streamName = kclpysample", "streamName = x"))
+            .unwrap_err();
         assert!(
-            matches!(both_differ, Err(PropertiesError::BadValue { .. })),
-            "{both_differ:?}"
+            matches!(err, PropertiesError::ArnMismatch { what: "region", .. }),
+            "{err}"
         );
     }
 

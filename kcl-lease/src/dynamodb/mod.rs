@@ -78,7 +78,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
     Projection, ProjectionType, ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
@@ -684,7 +684,8 @@ where
     R: fmt::Debug + Send + Sync + 'static,
 {
     let code = err.code().map(str::to_owned);
-    let message = DisplayErrorContext(&err).to_string();
+    // The messages of the error and its causes (no `Debug` dump of the SDK's internals).
+    let message = crate::error::ErrorChain(&err).to_string();
     if let Some(c) = code.as_deref().filter(|c| THROTTLING_CODES.contains(c)) {
         tracing::debug!(table, operation, code = c, "DynamoDB throttled the call");
         return LeaseError::Throttled(format!(
@@ -1293,6 +1294,24 @@ mod tests {
         assert!(source
             .downcast_ref::<SdkError<UpdateItemError, HttpResponse>>()
             .is_some());
+    }
+
+    #[test]
+    fn a_refused_connection_is_one_line_of_messages_without_debug_dumps() {
+        let refused = aws_sdk_dynamodb::error::ConnectorError::io(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "tcp connect error: Connection refused (os error 111)",
+        )));
+        let err: SdkError<UpdateItemError, HttpResponse> = SdkError::dispatch_failure(refused);
+        let mapped = map_sdk_error("leases", "Scan", err);
+        assert!(mapped.is_retryable());
+        for text in [mapped.to_string(), crate::error::ErrorChain(&mapped).to_string()] {
+            assert_eq!(
+                text,
+                "lease store error: DynamoDB Scan on table \"leases\" failed: dispatch failure: io error: \
+                 tcp connect error: Connection refused (os error 111)"
+            );
+        }
     }
 
     #[test]
