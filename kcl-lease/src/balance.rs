@@ -341,7 +341,14 @@ pub fn plan_takes(
             .iter()
             .filter(|l| l.checkpoint_owner.is_none())
             .collect();
-        candidates.sort_by_key(|l| spread(me, &l.lease_key));
+        // Leases that moved within the failover time last: a lease just taken (a dead worker's,
+        // all taken by the worker that watched it) is not passed on again at once.
+        candidates.sort_by_key(|l| {
+            let recent = tracker
+                .last_moved(&l.lease_key)
+                .is_some_and(|at| now.saturating_duration_since(at) < config.failover_time);
+            (recent, spread(me, &l.lease_key))
+        });
         let n = need.min(surplus).min(config.max_leases_to_steal);
         plan.steal
             .extend(candidates.into_iter().take(n).map(|l| (*l).clone()));
