@@ -6,17 +6,24 @@
 //! lease's status (lost, or a graceful hand-off requested by another worker) is published on
 //! the lease's own `watch` channel.
 //!
-//! # Design: coordination that costs O(shards), not O(shards × workers)
+//! # Design: coordination that costs O(shards + workers), not O(shards × workers)
 //!
-//! Every worker writes a small *heartbeat* row of its own every `renew_interval / 2` and reads the
-//! heartbeat table (one row per worker, eventually consistent) every `watch_interval`. The lease table itself is read
-//! (one eventually consistent scan) only when that read shows a reason to:
-//! - a worker joined, left (its row is gone), or died (its heartbeat stood still for
-//!   `failover_time` by this worker's clock): its leases are taken at once, with no further
-//!   wait, because a worker gives up every lease when it cannot heartbeat (see
-//!   [`crate::held`]);
-//! - a worker *announced* a change (bumped its `epoch`): it created leases (shard sync),
-//!   released leases (shard end, shutdown) or stole leases;
+//! Every worker writes a small *heartbeat* row of its own every `renew_interval / 2`. The
+//! fleet watches itself **divided**: the live workers form a ring (ordered by a hash of their
+//! ids) and each reads one row per round, its successor's, every `watch_interval` (and at the
+//! moment that row would have stood still for `failover_time`), so the fleet reads `W` rows
+//! per round, not `W²`. A worker that changes the lease table *nudges* every other row
+//! ([`LeaseStore::nudge_heartbeat`]); whoever watches a nudged row looks. Each heartbeat
+//! carries a digest of the fleet its writer knows, so that a view gone stale (a lost nudge) is
+//! noticed by its watcher and healed. Stores that cannot read one row or nudge get every row
+//! read every round. The lease table itself is read (one scan) only when the watch shows a
+//! reason to:
+//! - the watched worker left (its row is gone) or died (its row stood still for
+//!   `failover_time`): the watcher marks a dead worker's row `lapsed`, takes all its leases at
+//!   once (a worker gives up every lease when it cannot heartbeat: see [`crate::held`]), and
+//!   nudges the others, who even the fleet out by steals;
+//! - a nudge (someone created, released or stole leases, took a dead worker's, joined or
+//!   left), or the watched worker's *epoch* (its own announcements);
 //! - this worker acted in its last round (took or stole), so it looks again after
 //!   `take_interval` until it has nothing left to do;
 //! - the table holds leases of workers without heartbeat rows (Java workers, older versions
@@ -25,6 +32,9 @@
 //! - a slow safety scan, every `live workers × 2 × failover_time` per worker (so about one per
 //!   `2 × failover_time` for the whole fleet), which also finds leases whose owner is alive
 //!   but stopped renewing them.
+//!
+//! Every take round reads every heartbeat row (strongly consistent) and reads them all again
+//! one failover time later: a worker that died with its watcher is found then.
 //!
 //! Only one worker, the *leader* (the smallest live worker id), runs the periodic shard sync.
 //! Stores without heartbeats ([`LeaseError::Unsupported`]) get the old behaviour: every worker

@@ -2,10 +2,11 @@
 //!
 //! Every worker writes its own heartbeat row every renew interval (a counter that moves, the
 //! renewal mode, how many leases it holds, and an *epoch* it bumps whenever it changed the lease
-//! table in a way the others should look at: leases created, released, stolen). Every worker
-//! reads the (small) heartbeat table often. That is what makes coordination cost O(shards): the
-//! lease table itself is read only when a heartbeat says something changed (a worker joined,
-//! left, died, or announced a change), plus a slow safety scan shared by the fleet. See
+//! table in a way the others should look at: leases created, released, stolen). Each worker
+//! reads one other worker's row often (the divided watch), and the whole table now and then.
+//! That is what makes coordination cost O(shards + workers): the lease table itself is read
+//! only when a heartbeat row says something changed (a worker joined, left, died, announced
+//! a change or nudged), plus a slow safety scan shared by the fleet. See
 //! [`crate::coordinator`] for the whole design and its safety argument.
 //!
 //! [`WorkerTracker`] is pure: the rows and the time are arguments. A worker is *dead* when its
