@@ -56,22 +56,87 @@ fn op_is(key: &str, ops: &[&str]) -> bool {
     ops.iter().any(|op| key.contains(&format!("op=\"{op}\"")))
 }
 
-const READS: [&str; 3] = ["list", "get", "list_heartbeats"];
-const HEARTBEATS: [&str; 3] = ["list_heartbeats", "put_heartbeat", "delete_heartbeat"];
+const READS: [&str; 4] = ["list", "get", "list_heartbeats", "get_heartbeat"];
+const HEARTBEATS: [&str; 5] = [
+    "list_heartbeats",
+    "put_heartbeat",
+    "delete_heartbeat",
+    "get_heartbeat",
+    "nudge_heartbeat",
+];
+/// The reads of the heartbeat table.
+const HEARTBEAT_READS: [&str; 2] = ["list_heartbeats", "get_heartbeat"];
 
-/// Lease rows read, lease-table writes, heartbeat rows read and read units over the fleet.
-async fn totals(tails: &[Tail]) -> Result<(f64, f64, f64, f64)> {
-    let (mut rows, mut writes, mut beats, mut units) = (0.0, 0.0, 0.0, 0.0);
-    for t in tails {
-        let m = scrape(t.port).await?;
-        rows += sum(&m, "LeaseStore_RowsRead", |k| !op_is(k, &["list_heartbeats"]));
-        beats += sum(&m, "LeaseStore_RowsRead", |k| op_is(k, &["list_heartbeats"]));
-        writes += sum(&m, "LeaseStore_Calls", |k| {
-            !op_is(k, &READS) && !op_is(k, &HEARTBEATS)
-        });
-        units += sum(&m, "LeaseStore_ReadUnits", |_| true);
+/// The kinds of cost the steady state is measured in.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Cost {
+    LeaseRows,
+    LeaseWrites,
+    HeartbeatRows,
+    ReadUnits,
+}
+
+fn cost_of(key: &str) -> Option<Cost> {
+    let named = |name: &str| key.starts_with(name) && key[name.len()..].starts_with('{');
+    if named("LeaseStore_RowsRead") {
+        Some(if op_is(key, &HEARTBEAT_READS) {
+            Cost::HeartbeatRows
+        } else {
+            Cost::LeaseRows
+        })
+    } else if named("LeaseStore_Calls") && !op_is(key, &READS) && !op_is(key, &HEARTBEATS) {
+        Some(Cost::LeaseWrites)
+    } else if named("LeaseStore_ReadUnits") {
+        Some(Cost::ReadUnits)
+    } else {
+        None
     }
-    Ok((rows, writes, beats, units))
+}
+
+/// Counts what the fleet's cost series grew by over a window, scraped every few seconds: the
+/// exporter drops a series that stayed idle for a minute (`idle_timeout`), so a difference of
+/// two sums would lose (or, for a series gone, subtract) what it had counted.
+#[derive(Default)]
+struct CostMeter {
+    last: BTreeMap<(usize, String), f64>,
+    grown: BTreeMap<Cost, f64>,
+    started: bool,
+}
+
+impl CostMeter {
+    async fn scrape(&mut self, tails: &[Tail]) -> Result<()> {
+        for (i, t) in tails.iter().enumerate() {
+            for (key, value) in scrape(t.port).await? {
+                let Some(cost) = cost_of(&key) else { continue };
+                let previous = self.last.insert((i, key), value);
+                let grown = match previous {
+                    Some(p) if value >= p => value - p,
+                    Some(_) => value,              // dropped and counting again from 0
+                    None if self.started => value, // new since the window began
+                    None => 0.0,
+                };
+                *self.grown.entry(cost).or_default() += grown;
+            }
+        }
+        self.started = true;
+        Ok(())
+    }
+
+    /// Scrapes every 5 s for `window`.
+    async fn measure(tails: &[Tail], window: Duration) -> Result<Self> {
+        let mut meter = CostMeter::default();
+        meter.scrape(tails).await?;
+        let end = Instant::now() + window;
+        while Instant::now() < end {
+            tokio::time::sleep(Duration::from_secs(5).min(end - Instant::now())).await;
+            meter.scrape(tails).await?;
+        }
+        Ok(meter)
+    }
+
+    fn get(&self, cost: Cost) -> f64 {
+        self.grown.get(&cost).copied().unwrap_or(0.0)
+    }
 }
 
 async fn leases(tails: &[Tail]) -> Vec<f64> {
@@ -165,9 +230,7 @@ async fn fleet(workers: usize, mode: LeaseRenewal, window: Duration, port: &mut 
     }
     let to_even = until_even(&tails, shards, Duration::from_secs(180)).await?;
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let a = totals(&tails).await?;
-    tokio::time::sleep(window).await;
-    let b = totals(&tails).await?;
+    let cost = CostMeter::measure(&tails, window).await?;
     let per_shard_minute = |v: f64| v / shards as f64 / (window.as_secs_f64() / 60.0);
     // kill -9 one worker.
     let mut victim = tails.remove(0);
@@ -201,13 +264,28 @@ async fn fleet(workers: usize, mode: LeaseRenewal, window: Duration, port: &mut 
         ("failover_ms", "10000".into()),
         ("seconds_to_even_from_cold_start", f(to_even.as_secs_f64())),
         ("steady_window_seconds", f(window.as_secs_f64())),
-        ("lease_rows_read_per_shard_minute", f(per_shard_minute(b.0 - a.0))),
-        ("lease_writes_per_shard_minute", f(per_shard_minute(b.1 - a.1))),
+        (
+            "lease_rows_read_per_shard_minute",
+            f(per_shard_minute(cost.get(Cost::LeaseRows))),
+        ),
+        (
+            "lease_writes_per_shard_minute",
+            f(per_shard_minute(cost.get(Cost::LeaseWrites))),
+        ),
         (
             "heartbeat_rows_read_per_shard_minute",
-            f(per_shard_minute(b.2 - a.2)),
+            f(per_shard_minute(cost.get(Cost::HeartbeatRows))),
         ),
-        ("read_units_per_shard_minute", f(per_shard_minute(b.3 - a.3))),
+        (
+            "coordination_rows_read_per_shard_minute",
+            f(per_shard_minute(
+                cost.get(Cost::LeaseRows) + cost.get(Cost::HeartbeatRows),
+            )),
+        ),
+        (
+            "read_units_per_shard_minute",
+            f(per_shard_minute(cost.get(Cost::ReadUnits))),
+        ),
         (
             "kill_9_seconds_until_shards_held_elsewhere",
             f(failover.as_secs_f64()),

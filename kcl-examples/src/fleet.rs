@@ -253,6 +253,14 @@ async fn run_mode(settings: &FleetSettings, mode: LeaseRenewal) -> Result<(Strin
             f(per_shard_hour(cost.heartbeat_rows_read() as f64, n, window)),
         ),
         (
+            "coordination_rows_read_per_shard_minute",
+            f(per_shard_hour(
+                (cost.lease_rows_read() + cost.heartbeat_rows_read()) as f64,
+                n,
+                window,
+            ) / 60.0),
+        ),
+        (
             "lease_table_scans_per_minute",
             f(cost.ops.get("list").map_or(0, |c| c.calls) as f64 * 60.0 / window.as_secs_f64()),
         ),
