@@ -706,6 +706,62 @@ async fn heartbeats_live_in_a_side_table_that_ensure_table_creates() {
         .put_heartbeat(&beat("a", 2), HeartbeatCondition::Counter(1))
         .await
         .unwrap();
+    // The divided watch: one row read, nudged by others, the nudges kept by the row's own
+    // heartbeats; a row judged dead marked only while unchanged, never created.
+    assert_eq!(store.get_heartbeat("a", true).await.unwrap(), Some(beat("a", 2)));
+    assert_eq!(store.get_heartbeat("nobody", false).await.unwrap(), None);
+    store.nudge_heartbeat("b").await.unwrap();
+    store.nudge_heartbeat("b").await.unwrap();
+    store.nudge_heartbeat("nobody").await.unwrap();
+    assert_eq!(
+        store.get_heartbeat("nobody", true).await.unwrap(),
+        None,
+        "a nudge creates no row"
+    );
+    let viewed = WorkerHeartbeat {
+        view: 42,
+        ..beat("b", 2)
+    };
+    store.put_heartbeat(&viewed, mine).await.unwrap();
+    let b = store.get_heartbeat("b", true).await.unwrap().unwrap();
+    assert_eq!(
+        (b.counter, b.nudges, b.view),
+        (2, 2, 42),
+        "the heartbeat kept the nudges"
+    );
+    let unchanged = |counter| HeartbeatCondition::Unchanged {
+        incarnation: Some(11),
+        counter,
+    };
+    let marked = WorkerHeartbeat {
+        lapsed: true,
+        ..b.clone()
+    };
+    assert!(store
+        .put_heartbeat(&marked, unchanged(1))
+        .await
+        .unwrap_err()
+        .is_conflict());
+    store.put_heartbeat(&marked, unchanged(2)).await.unwrap();
+    assert!(store.get_heartbeat("b", true).await.unwrap().unwrap().lapsed);
+    let ghost = WorkerHeartbeat {
+        lapsed: true,
+        ..beat("ghost", 1)
+    };
+    assert!(store
+        .put_heartbeat(&ghost, unchanged(1))
+        .await
+        .unwrap_err()
+        .is_conflict());
+    assert_eq!(store.get_heartbeat("ghost", true).await.unwrap(), None);
+    // The row's own next heartbeat clears the mark (and still keeps the nudges).
+    store.put_heartbeat(&beat("b", 3), mine).await.unwrap();
+    let b = store.get_heartbeat("b", true).await.unwrap().unwrap();
+    assert_eq!((b.counter, b.lapsed, b.nudges), (3, false, 2));
+    store
+        .put_heartbeat(&beat("b", 1), HeartbeatCondition::Any)
+        .await
+        .unwrap();
     // The lease table holds no heartbeat rows (Java workers never see them).
     assert!(store.list().await.unwrap().is_empty());
     // Conditional clean-up: only if the counter did not move, or by its own process.
