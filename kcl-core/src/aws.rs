@@ -180,12 +180,17 @@ mod tests {
     #[test]
     fn aws_sdk_needs_a_region_and_gives_the_backend_and_the_lease_store() {
         let handler = |_: Batch| async { Ok(()) };
-        let no_region = SdkConfig::builder().behavior_version(BehaviorVersion::latest()).build();
+        let no_region = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .build();
         let error = Scheduler::builder("my-app", "my-stream")
             .aws_sdk(&no_region)
             .map(|_| ())
             .expect_err("no region");
-        assert!(error.to_string().contains("no AWS region: set AWS_REGION"), "{error}");
+        assert!(
+            error.to_string().contains("no AWS region: set AWS_REGION"),
+            "{error}"
+        );
 
         let sdk = no_region.to_builder().region(Region::new("eu-west-1")).build();
         let scheduler = Scheduler::builder("my-app", "my-stream")
