@@ -10,7 +10,7 @@
 //! each batch's future: `move |batch: Batch| { let db = db.clone(); async move { .. } }`.
 //! The handler is shared by every shard of the worker and called concurrently for different
 //! shards, in order within a shard: for state per shard (aggregates, a checkpoint every
-//! N records) implement [`RecordProcessor`](crate::RecordProcessor) instead.
+//! N records) implement [`RecordProcessor`] instead.
 //!
 //! ```
 //! use kcl_core::prelude::*;

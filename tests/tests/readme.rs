@@ -18,7 +18,12 @@ fn the_readme_aws_consumer_is_the_example_and_is_15_lines_below_its_import() {
         .map(|rest| rest.split("```").next().unwrap_or_default())
         .find(|block| block.contains(".aws()"))
         .expect("the README has a rust,no_run block with .aws()");
-    assert_eq!(block, example, "the README's AWS consumer differs from the example");
-    let below_import = example.lines().skip_while(|l| l.starts_with("use ") || l.is_empty());
+    assert_eq!(
+        block, example,
+        "the README's AWS consumer differs from the example"
+    );
+    let below_import = example
+        .lines()
+        .skip_while(|l| l.starts_with("use ") || l.is_empty());
     assert_eq!(below_import.count(), 15);
 }
