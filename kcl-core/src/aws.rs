@@ -201,4 +201,36 @@ mod tests {
             .expect("backend, lease store and handler given");
         assert_eq!(scheduler.config().application_name, "my-app");
     }
+
+    /// A lease table that cannot be prepared (nothing listens at the endpoint) stops the worker
+    /// at start with an error naming the call and the table.
+    #[tokio::test]
+    async fn a_lease_table_that_cannot_be_prepared_stops_the_worker_with_the_cause() {
+        let options = AwsOptions {
+            region: Some("eu-west-1".into()),
+            endpoint_url: Some("http://127.0.0.1:9".into()),
+            profile: None,
+        };
+        let credentials = aws_sdk_dynamodb::config::Credentials::new("id", "secret", None, None, "test");
+        let sdk = load_sdk_config(&options)
+            .await
+            .to_builder()
+            .credentials_provider(aws_sdk_dynamodb::config::SharedCredentialsProvider::new(
+                credentials,
+            ))
+            .build();
+        let run = Scheduler::builder("my-app", "my-stream")
+            .aws_sdk(&sdk)
+            .expect("a region")
+            .handler(|_: Batch| async { Ok(()) })
+            .build()
+            .expect("a complete builder")
+            .run(std::future::pending());
+        let error = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+            .await
+            .expect("stopped at start")
+            .expect_err("nothing listens at the endpoint");
+        let message = crate::ErrorChain(&error).to_string();
+        assert!(message.contains("DescribeTable on table \"my-app\""), "{message}");
+    }
 }
