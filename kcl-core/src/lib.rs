@@ -1,7 +1,35 @@
 //! The Kinesis Client Library for Rust: consume a Kinesis data stream with many workers, each
 //! holding leases on some shards, with checkpoints, fail-over, balancing and resharding.
 //!
-//! You implement [`RecordProcessor`]; the [`Scheduler`] does the rest.
+//! You write a batch handler (a closure, see [`handler`]) or implement [`RecordProcessor`]; the
+//! [`Scheduler`] does the rest. `use kcl_core::prelude::*;` imports what a consumer needs.
+//!
+//! # On AWS
+//!
+//! With the `aws` feature (on by default) and tokio, nothing else:
+//!
+//! ```no_run
+//! use kcl_core::prelude::*;
+//!
+//! #[tokio::main]
+//! async fn main() -> kcl_core::Result<()> {
+//!     Scheduler::builder("my-app", "my-stream")
+//!         .aws() // region, credentials, endpoint (AWS_ENDPOINT_URL) from the standard chain
+//!         .await?
+//!         .handler(|batch: Batch| async move {
+//!             for record in batch.records() {
+//!                 println!("{}", String::from_utf8_lossy(&record.data));
+//!             }
+//!             Ok(()) // checkpoints the batch
+//!         })
+//!         .build()?
+//!         .run(shutdown_signal()) // SIGTERM or Ctrl-C: checkpoint, then hand the leases over
+//!         .await
+//! }
+//! ```
+//!
+//! The lease table is created when missing ([`SchedulerBuilder::create_lease_table`]). More
+//! programs are in the crate's `examples/` directory.
 //!
 //! # Quick start
 //!
@@ -58,6 +86,8 @@
 //! # Layout
 //! - [`record`]: `Record`, `Shard`, sequence numbers.
 //! - [`aggregation`]: unpacking (and packing) KPL-aggregated records.
+//! - [`prelude`]: what a consumer needs, in one import.
+//! - [`handler`]: the batch-handler form: `BatchHandler`, `Batch`.
 //! - [`processor`]: the `RecordProcessor` trait, its inputs, and `ProcessorFactory`.
 //! - [`checkpoint`]: the `Checkpointer` handed to processors.
 //! - [`config`]: `SchedulerConfig` and its defaults, `InitialPosition`.
@@ -71,7 +101,7 @@
 //!   ([`backend::local::LocalBackend`]), Kinesis through the AWS SDK (`backend::kinesis`,
 //!   feature `kinesis`) and the fault-injecting wrapper (`backend::failure`, feature `testing`).
 //! - `aws` (features `kinesis` or `dynamodb`): loading AWS configuration (default chain, region,
-//!   endpoint overrides).
+//!   endpoint overrides), and `SchedulerBuilder::aws` (feature `aws`).
 //! - [`error`]: `KclError` and friends.
 //! - [`fatal`]: errors that stop a worker (or one stream) instead of being retried.
 //! - [`jitter`]: seeds of the backoffs' jitter (fixed by simulation tests to replay a run).
@@ -82,8 +112,10 @@
 //! [`lease`].
 //!
 //! # Features
-//! - `kinesis` (default): `KinesisBackend`, Amazon Kinesis Data Streams through the AWS SDK.
-//! - `dynamodb` (default): kcl-lease's `DynamoDbLeaseStore`, the lease table in Amazon DynamoDB.
+//! - `aws` (default): `SchedulerBuilder::aws`, a consumer on AWS in a few lines; `kinesis` and
+//!   `dynamodb` together.
+//! - `kinesis`: `KinesisBackend`, Amazon Kinesis Data Streams through the AWS SDK.
+//! - `dynamodb`: kcl-lease's `DynamoDbLeaseStore`, the lease table in Amazon DynamoDB.
 //! - `testing`: fault injection for tests: `backend::failure::FailureBackend` and kcl-lease's
 //!   `FailureLeaseStore`.
 //! - `status-page`: serving a worker's status page over HTTP (`status::serve`, hyper).
@@ -104,8 +136,10 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod fatal;
+pub mod handler;
 pub mod jitter;
 pub mod metrics;
+pub mod prelude;
 pub mod processor;
 pub mod record;
 pub mod scheduler;
@@ -117,6 +151,11 @@ pub mod stream_arn;
 pub mod streams;
 
 pub use kcl_lease as lease;
+
+/// The README's Rust blocks, compiled (and run, unless `no_run`) as doc tests.
+#[cfg(all(doctest, feature = "aws"))]
+#[doc = include_str!("../../README.md")]
+mod readme {}
 
 #[cfg(feature = "kinesis")]
 pub use backend::kinesis::KinesisBackend;
@@ -130,6 +169,7 @@ pub use checkpoint::{CheckpointError, Checkpointer};
 pub use config::{FanOutConfig, InitialPosition, MisplacedKplRecords, RetrievalMode, SchedulerConfig};
 pub use error::{ErrorChain, KclError, Result};
 pub use fatal::FatalError;
+pub use handler::{Batch, BatchHandler};
 pub use kcl_lease::StreamIdentifier;
 pub use kcl_lease::{InMemoryLeaseStore, LeaseStore};
 pub use metrics::{ShardHealth, WorkerHealth};

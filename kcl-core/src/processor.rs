@@ -284,3 +284,11 @@ pub trait FailedBatchHook: Send + Sync + 'static {
     /// Keeps the batch somewhere (a dead-letter stream, queue or file) before it is skipped.
     async fn failed_batch(&self, batch: FailedBatch<'_>) -> Result<(), ProcessorError>;
 }
+
+/// A shared hook: keep a clone of the `Arc` to look at the hook's state while the worker runs.
+#[async_trait]
+impl<T: FailedBatchHook + ?Sized> FailedBatchHook for Arc<T> {
+    async fn failed_batch(&self, batch: FailedBatch<'_>) -> Result<(), ProcessorError> {
+        (**self).failed_batch(batch).await
+    }
+}

@@ -35,7 +35,9 @@ use crate::streams::{FormerStreamsCleanup, StreamConfig, StreamTracker};
 use kcl_lease::{LeaseError, StreamIdentifier};
 
 /// Builds a [`Scheduler`]. Every setting has a default (see [`SchedulerConfig`]); a backend, a
-/// lease store and a processor factory are required.
+/// lease store and a processor are required: [`SchedulerBuilder::aws`] (feature `aws`) gives the
+/// first two, [`SchedulerBuilder::handler`] or [`SchedulerBuilder::processor_factory`] the third.
+/// [`SchedulerBuilder::build`] says which is missing.
 #[must_use]
 pub struct SchedulerBuilder {
     config: SchedulerConfig,
@@ -43,6 +45,11 @@ pub struct SchedulerBuilder {
     store: Option<Arc<dyn LeaseStore>>,
     factory: Option<Arc<dyn ProcessorFactory>>,
     tracker: Option<Arc<dyn StreamTracker>>,
+    /// Whether a DynamoDB lease table is created when missing (default `true`).
+    create_lease_table: bool,
+    /// The lease store when it is a DynamoDB table, to create it at start.
+    #[cfg(feature = "dynamodb")]
+    lease_table: Option<kcl_lease::DynamoDbLeaseStore>,
 }
 
 /// A setter of one of the [`LeaseSettings`](kcl_lease::LeaseSettings).
@@ -73,16 +80,51 @@ impl SchedulerBuilder {
         self
     }
 
-    /// The lease store (the bundled in-memory one, or DynamoDB).
+    /// The lease store (the bundled in-memory one, or DynamoDB). A `DynamoDbLeaseStore`'s
+    /// table is created when the worker starts if it is missing, as the Java KCL does (see
+    /// [`SchedulerBuilder::create_lease_table`]).
     pub fn lease_store(mut self, store: impl LeaseStore) -> Self {
+        #[cfg(feature = "dynamodb")]
+        {
+            self.lease_table = (&store as &dyn std::any::Any)
+                .downcast_ref::<kcl_lease::DynamoDbLeaseStore>()
+                .cloned();
+        }
         self.store = Some(Arc::new(store));
         self
     }
 
-    /// Makes one processor per shard: any `Fn(&str) -> impl RecordProcessor`.
+    /// Whether the worker creates its DynamoDB lease table (and the worker heartbeat table
+    /// beside it) when it starts and they are missing (default `true`, as the Java KCL): an
+    /// on-demand table, waited for until it is active, with
+    /// [`DynamoDbLeaseStore::ensure_table`](kcl_lease::DynamoDbLeaseStore::ensure_table). With
+    /// `false` a missing table stops the worker with an error, for accounts where tables are
+    /// created by infrastructure code only. Other lease stores have no table to create.
+    pub fn create_lease_table(mut self, create: bool) -> Self {
+        self.create_lease_table = create;
+        self
+    }
+
+    /// Makes one processor per shard: any `Fn(&str) -> impl RecordProcessor`. Replaces a
+    /// [`SchedulerBuilder::handler`].
     pub fn processor_factory(mut self, factory: impl ProcessorFactory) -> Self {
         self.factory = Some(Arc::new(factory));
         self
+    }
+
+    /// Handles every shard's batches with one [`BatchHandler`](crate::BatchHandler), e.g. a
+    /// closure `|batch: Batch| async move { ..; Ok(()) }`: `Ok` checkpoints the batch, an error
+    /// goes to the [`ProcessorFailurePolicy`](crate::ProcessorFailurePolicy) (by default the
+    /// batch is delivered again). The form for processing without state per shard; see
+    /// [`crate::handler`]. Replaces a [`SchedulerBuilder::processor_factory`].
+    pub fn handler(self, handler: impl crate::handler::BatchHandler) -> Self {
+        self.processor_factory(crate::handler::HandlerFactory(Arc::new(handler)))
+    }
+
+    /// The application name (the lease table's name).
+    #[cfg(feature = "aws")]
+    pub(crate) fn application_name(&self) -> &str {
+        &self.config.application_name
     }
 
     /// Multi-stream mode: consume the streams `tracker` lists (asked at every shard sync), with
@@ -216,11 +258,26 @@ impl SchedulerBuilder {
                 "a stream name (or, for several streams, a stream tracker) is required".into(),
             ));
         }
-        let missing = |what: &str| KclError::Config(format!("a {what} is required"));
-        let store = self.store.ok_or_else(|| missing("lease store"))?;
+        let missing = |what: &str, how: &str| KclError::Config(format!("{what} is required: {how}"));
+        let aws = if cfg!(feature = "aws") {
+            ".aws().await? (AWS), or "
+        } else {
+            ""
+        };
+        let store = self.store.ok_or_else(|| {
+            missing(
+                "a lease store",
+                &format!("call {aws}.lease_store(..) (e.g. InMemoryLeaseStore::new() on one machine)"),
+            )
+        })?;
         let meter = MeteredLeaseStore::new(store).with_worker_id(self.config.worker_id.clone());
         let fatal = FatalSignal::default();
-        let backend = self.backend.ok_or_else(|| missing("stream backend"))?;
+        let backend = self.backend.ok_or_else(|| {
+            missing(
+                "a stream backend",
+                &format!("call {aws}.backend(..) (e.g. LocalBackend::new() for the bundled local streams)"),
+            )
+        })?;
         if let Some(arn) = &self.config.stream_arn {
             if arn.stream_name != self.config.stream_name {
                 return Err(KclError::Config(format!(
@@ -240,9 +297,16 @@ impl SchedulerBuilder {
             ),
             meter,
             fatal,
-            factory: self.factory.ok_or_else(|| missing("processor factory"))?,
+            factory: self.factory.ok_or_else(|| {
+                missing(
+                    "a record processor",
+                    "call .handler(|batch: Batch| async move { .. }) or .processor_factory(..)",
+                )
+            })?,
             tracker: self.tracker,
             health: HealthRegistry::default(),
+            #[cfg(feature = "dynamodb")]
+            lease_table: self.lease_table.filter(|_| self.create_lease_table),
         })
     }
 }
@@ -298,6 +362,9 @@ pub struct Scheduler {
     factory: Arc<dyn ProcessorFactory>,
     tracker: Option<Arc<dyn StreamTracker>>,
     health: HealthRegistry,
+    /// The DynamoDB lease table to create at start if it is missing.
+    #[cfg(feature = "dynamodb")]
+    lease_table: Option<kcl_lease::DynamoDbLeaseStore>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -335,6 +402,9 @@ impl Scheduler {
             store: None,
             factory: None,
             tracker: None,
+            create_lease_table: true,
+            #[cfg(feature = "dynamodb")]
+            lease_table: None,
         }
     }
 
@@ -522,9 +592,20 @@ impl Scheduler {
         let span = info_span!("worker", worker_id = %self.config.worker_id);
         async move {
             info!(stream = %self.config.stream_name, multi_stream = self.tracker.is_some(), application = %self.config.application_name, "worker starting");
+            tokio::pin!(shutdown);
+            #[cfg(feature = "dynamodb")]
+            if let Some(table) = &self.lease_table {
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    created = table.ensure_table() => {
+                        if created? {
+                            info!(table = table.table_name(), "created the lease table");
+                        }
+                    }
+                }
+            }
             // Background tasks: aborted when this future is dropped (the worker is killed).
             let mut background = JoinSet::new();
-            tokio::pin!(shutdown);
             let shard_ended = Arc::new(Notify::new());
             // Multi-stream: streams that stop being tracked, from the sync loop to this one.
             let (removed_tx, mut removed_rx) = tokio::sync::mpsc::channel::<BTreeSet<String>>(16);
