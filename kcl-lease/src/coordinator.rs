@@ -1234,9 +1234,10 @@ impl LeaseCoordinator {
         if was_retiring {
             // Given up (lost) and now let go by its task: the key may be taken again; if the
             // row still names this worker, nobody else will take it before this one looks.
-            if let Some(counters) = lease.own_counters() {
-                lock(&self.own_rows).insert(key.to_owned(), counters);
-            }
+            // Its counters once the writes in flight are done: read while a renewal waits for
+            // the row, they are unknown, and the row is left to expire (seed 277).
+            let counters = lease.settled_own_counters().await;
+            lock(&self.own_rows).insert(key.to_owned(), counters);
             self.wake();
             return;
         }
@@ -1292,9 +1293,9 @@ impl LeaseCoordinator {
             // worker, and then nobody else takes it before this worker looks again (F7 of the
             // coordination review): look now, not at the next safety scan.
             LeaseStatus::Lost => {
-                if let Some(counters) = lease.own_counters() {
-                    lock(&self.own_rows).insert(key.to_owned(), counters);
-                }
+                // As for a retiring lease above: once the writes in flight are done.
+                let counters = lease.settled_own_counters().await;
+                lock(&self.own_rows).insert(key.to_owned(), counters);
                 self.wake();
             }
         }

@@ -2,7 +2,8 @@
 //! (`shared/notes/coordination-review.md`, F1–F12): each drives coordinators by hand, in paused
 //! time, through the interleaving the review describes, and checks that no two workers may
 //! process one lease at once, that checkpoints do not move back, and that a worker id used by
-//! two processes is detected. Each failed before its fix.
+//! two processes is detected. Each failed before its fix. At the end, in the same style, what
+//! the fleet simulator found since.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -572,4 +573,38 @@ async fn f8_a_forced_reset_is_learnt_by_a_worker_renewal_owner_at_once() {
     a.watch_round().await;
     assert_eq!(held.status(), LeaseStatus::Lost);
     assert!(!held.is_valid());
+}
+
+/// Found by the simulator (seed 277, 8 workers, 32 shards, per-lease renewal; a shard left
+/// unprocessed after the faults stopped): a renewal waiting for the row behind a slow
+/// checkpoint while the lease is given up (its validity ran out) and let go by its task. The
+/// renewal went ahead once the checkpoint failed, so the row looked renewed to the others (who
+/// wait the failover time again), and the release, finding a write in flight, recorded no
+/// counters to take the row back with: the lease was left to expire by the worker's own clock.
+#[tokio::test(start_paused = true)]
+async fn a_lease_given_up_while_a_renewal_waits_is_neither_renewed_nor_stranded() {
+    let memory = table(1);
+    let (a, mut a_rx) = worker(memory.clone(), "a", LeaseRenewal::PerLease);
+    a.heartbeat().await;
+    assert_eq!(a.take_round().await.unwrap(), 1);
+    let held = a_rx.recv().await.unwrap();
+    let before = memory.get("shard-0").await.unwrap().unwrap().lease_counter;
+    // A checkpoint in flight holds the row; the renewal tick's renewal waits for it.
+    let checkpoint = held.row.lock().await;
+    let renewal = tokio::spawn({
+        let held = held.clone();
+        async move { held.renew().await }
+    });
+    tokio::task::yield_now().await;
+    // The checkpoint fails; the task finds the lease no longer valid, gives it up, lets it go.
+    drop(checkpoint);
+    held.mark_lost();
+    a.release(&held).await;
+    renewal.await.unwrap();
+    let row = memory.get("shard-0").await.unwrap().unwrap();
+    assert_eq!(row.lease_counter, before, "a lease given up is not renewed");
+    assert!(row.is_owned_by("a"));
+    // The row still names this worker with the counter it knows: taken back at once.
+    assert_eq!(a.take_round().await.unwrap(), 1, "taken back at once");
+    assert!(a_rx.recv().await.unwrap().is_valid());
 }

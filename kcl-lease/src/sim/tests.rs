@@ -399,7 +399,8 @@ fn sim_many_seeds_per_fault_class() {
 
 /// Prints the lease events of one run: `SIM_SEED=7 SIM_RENEWAL=worker cargo test ...
 /// sim_print_one_seed -- --ignored --nocapture` (`SIM_FAULTS=crash,pause` to choose classes;
-/// `SIM_BATCHES=1` to print batches too, `SIM_TRACE=1` to log and print every store call).
+/// `SIM_BATCHES=1` to print batches too, `SIM_TRACE=1` to log and print every store call,
+/// `SIM_WORKERS=8 SIM_SHARDS=32` for `kcl-bench simulate`'s fleet).
 #[test]
 #[ignore = "a tool: prints one seed's events"]
 fn sim_print_one_seed() {
@@ -412,6 +413,12 @@ fn sim_print_one_seed() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(LeaseRenewal::PerLease);
     let mut config = SimConfig::new(renewal);
+    let env = |name: &str| std::env::var(name).ok().and_then(|s| s.parse().ok());
+    let (workers, shards) = (config.workers, config.shards);
+    config = config.with_fleet(
+        env("SIM_WORKERS").unwrap_or(workers),
+        env("SIM_SHARDS").unwrap_or(shards),
+    );
     if let Ok(classes) = std::env::var("SIM_FAULTS") {
         config = config.with_faults(
             FaultClass::ALL
