@@ -32,7 +32,7 @@ const HANDOFF_POLL: Duration = Duration::from_millis(100);
 /// The highest per-call probability of a slow reply (see [`FaultClass::SlowReply`]): rare, as
 /// each one stalls its caller for up to twice the failover time, yet often enough that some of
 /// the cargo-test fleets have a take round whose consistent heartbeat read is answered past the
-/// failover time (the review's F4: 5 of its 260 worker-renewal seeds with that fix undone).
+/// failover time (the review's F4: 4 of its 260 worker-renewal seeds with that fix undone).
 const SLOW_REPLY_MAX: f64 = 0.05;
 
 /// Runs one seed and returns its summary, or the first invariant it violated.
