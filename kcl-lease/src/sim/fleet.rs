@@ -17,9 +17,10 @@ use super::rng::SimRng;
 use super::store::{SimLeaseStore, WorkerFaults};
 use super::{FaultClass, RunSummary, SimConfig};
 use crate::coordinator::{CoordinatorConfig, HeldLease, LeaseCoordinator, LeaseStatus};
-use crate::held::lock;
+use crate::held::{lock, Liveness};
 use crate::lease::Lease;
 use crate::sequence::ExtendedSequenceNumber;
+use crate::suspend::SuspendDetector;
 
 /// The faulty phase starts this long after the beginning (the fleet has started).
 const FAULTS_FROM: Duration = Duration::from_secs(2);
@@ -541,7 +542,13 @@ impl Fleet {
         self.store.set_faults(name, faults.clone());
         let mut config = CoordinatorConfig::new(worker_id, self.config.failover_time);
         config.leases.renewal = self.config.renewal;
-        let (coordinator, acquired) = LeaseCoordinator::new(handle, config);
+        // A host that is never suspended (the model has no OS suspend): the real detector
+        // reads the host's clocks, so a run depended on the host's scheduling (a thread
+        // preempted between its two reads looks suspended; seed 1001 at 8 workers, 32 shards,
+        // worker renewal, violated once in a sweep on a loaded host and never in replays).
+        let liveness =
+            Liveness::with_suspend_detector(config.leases.renewal, SuspendDetector::with_source(|| None));
+        let (coordinator, acquired) = LeaseCoordinator::with_liveness(handle, config, liveness);
         let ctx = Arc::new(ProcessCtx {
             name: name.to_owned(),
             worker_id: worker_id.to_owned(),
