@@ -252,7 +252,8 @@ struct ScanState {
     unknown_owners: bool,
     /// Forced by [`LeaseCoordinator::wake`] or a lapse.
     forced: bool,
-    /// Unowned leases this worker saw and left to others (it had its share), as last announced.
+    /// Leases free to take (unowned or expired) that this worker saw and left to others (it
+    /// had its share), as last announced.
     free_announced: BTreeSet<String>,
     scans: u64,
 }
@@ -1392,7 +1393,7 @@ impl LeaseCoordinator {
                 .collect()
         };
         let held_keys = self.held_keys();
-        let plan = {
+        let (plan, expired) = {
             let mut tracker = lock(&self.tracker);
             tracker.observe(&leases, now);
             tracker.set_owners(planning);
@@ -1417,7 +1418,15 @@ impl LeaseCoordinator {
                 steal = plan.steal.len(),
                 "take round planned"
             );
-            plan
+            // Other workers' leases that may be taken now (a dead owner's, or one whose counter
+            // stood still): free to take as unowned ones are (see below).
+            let expired: HashSet<&str> = leases
+                .iter()
+                .filter(|l| l.lease_owner.as_deref().is_some_and(|o| o != me))
+                .filter(|l| tracker.is_expired(l, failover, now))
+                .map(|l| l.lease_key.as_str())
+                .collect();
+            (plan, expired)
         };
         {
             let mut s = lock(&self.scans);
@@ -1438,10 +1447,15 @@ impl LeaseCoordinator {
         }
         // Unowned leases left to others (this worker has its share): tell them, once per set,
         // so that a worker below its share looks now rather than at its next safety scan (a
-        // worker without heartbeats releases leases without announcing them).
+        // worker without heartbeats releases leases without announcing them). Expired ones
+        // too: a dead worker's lease is freed without any heartbeat saying so when the hand-off
+        // to it completes after its death (found by the simulator: seed 2406 at 8 workers, 32
+        // shards, worker renewal, left it to a safety scan).
         let free: BTreeSet<String> = leases
             .iter()
-            .filter(|l| !l.is_finished() && l.lease_owner.is_none())
+            .filter(|l| {
+                !l.is_finished() && (l.lease_owner.is_none() || expired.contains(l.lease_key.as_str()))
+            })
             .filter(|l| !plan.take.iter().any(|t| t.lease_key == l.lease_key))
             .map(|l| l.lease_key.clone())
             .collect();
@@ -1599,8 +1613,9 @@ impl LeaseCoordinator {
     }
 
     /// Lets go of a lease whose shard task has finished: a held lease is released (evicted)
-    /// so that another worker can take it at once; a hand-off is completed; a lost lease is
-    /// just forgotten. Only this very lease is let go: if its key was taken again since (a
+    /// so that another worker can take it at once, unless its hand-off to this worker is not
+    /// done (then it is left as it is); a hand-off is completed; a lost lease is just
+    /// forgotten. Only this very lease is let go: if its key was taken again since (a
     /// newer [`HeldLease`] of the same key), that one is not touched.
     pub async fn release(&self, lease: &Arc<HeldLease>) {
         let key = lease.key();
@@ -1618,9 +1633,10 @@ impl LeaseCoordinator {
         if was_retiring {
             // Given up (lost) and now let go by its task: the key may be taken again; if the
             // row still names this worker, nobody else will take it before this one looks.
-            if let Some(counters) = lease.own_counters() {
-                lock(&self.own_rows).insert(key.to_owned(), counters);
-            }
+            // Its counters once the writes in flight are done: read while a renewal waits for
+            // the row, they are unknown, and the row is left to expire (seed 277).
+            let counters = lease.settled_own_counters().await;
+            lock(&self.own_rows).insert(key.to_owned(), counters);
             self.wake();
             return;
         }
@@ -1637,6 +1653,22 @@ impl LeaseCoordinator {
         match lease.status() {
             LeaseStatus::Held => {
                 let row = lease.row.lock().await;
+                // Stolen, and its previous owner has not handed it over yet: it may still
+                // process the lease. An evict clears `checkpointOwner`, and the next taker would
+                // start at once, beside it (found by the simulator: seed 7043 at 8 workers, 32
+                // shards, worker renewal, a thief shutting down while its victim was stuck in a
+                // slow checkpoint). Left as it is: the previous owner hands it over when it
+                // sees the steal, and the lease is then free as this worker's.
+                if let Some(previous) = row
+                    .checkpoint_owner
+                    .as_deref()
+                    .filter(|p| *p != self.config.worker_id)
+                {
+                    info!(lease = %key, %previous, "not released: its hand-off is not done yet");
+                    drop(row);
+                    lease.set_status(LeaseStatus::Lost);
+                    return;
+                }
                 match self.store.evict(&row).await {
                     Ok(_) => {
                         debug!(lease = %key, "released lease");
@@ -1676,9 +1708,9 @@ impl LeaseCoordinator {
             // worker, and then nobody else takes it before this worker looks again (F7 of the
             // coordination review): look now, not at the next safety scan.
             LeaseStatus::Lost => {
-                if let Some(counters) = lease.own_counters() {
-                    lock(&self.own_rows).insert(key.to_owned(), counters);
-                }
+                // As for a retiring lease above: once the writes in flight are done.
+                let counters = lease.settled_own_counters().await;
+                lock(&self.own_rows).insert(key.to_owned(), counters);
                 self.wake();
             }
         }

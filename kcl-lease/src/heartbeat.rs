@@ -278,7 +278,8 @@ impl WorkerTracker {
 
     /// Records a read of the whole heartbeat table (eventually consistent or not) issued at
     /// `issued` that returned at `now`. Rows no longer there are forgotten (their workers
-    /// become [`WorkerStatus::Unknown`]).
+    /// become [`WorkerStatus::Unknown`]); a row older than the one seen of the same process (a
+    /// lower counter) changes nothing.
     pub fn observe_read(&mut self, rows: &[WorkerHeartbeat], issued: Instant, now: Instant) {
         let mut next = HashMap::with_capacity(rows.len());
         for row in rows {
@@ -308,6 +309,17 @@ impl WorkerTracker {
     }
 
     fn seen_now(&self, row: &WorkerHeartbeat, issued: Instant, now: Instant) -> Seen {
+        if let Some(s) = self.seen.get(&row.worker_id) {
+            // One process's counter only grows (its heartbeats are conditional on it): a lower
+            // one is an older state, as a lagging eventually consistent read returns it. Going
+            // back to it would undo what a newer read showed: a `lapsed` mark the worker has
+            // cleared since made it dead again, and a thief completed a hand-off from it while
+            // it processed the lease (found by the simulator: seed 431 at 8 workers, 32
+            // shards, worker renewal).
+            if s.incarnation == row.incarnation && s.counter > row.counter {
+                return s.clone();
+            }
+        }
         let (since, moved, checked) = match self.seen.get(&row.worker_id) {
             Some(s) if s.counter == row.counter && s.incarnation == row.incarnation => {
                 (s.since, s.moved, s.checked.max(issued))
@@ -602,6 +614,45 @@ mod tests {
             t.judged_statuses(F)["a"],
             WorkerStatus::Dead(LeaseRenewal::PerLease)
         );
+    }
+
+    /// A lagging eventually consistent read returns a process's older row: what a newer read
+    /// showed stands (found by the simulator, seed 431: the older row was marked `lapsed`).
+    #[test]
+    fn an_older_row_of_the_same_process_changes_nothing() {
+        let t0 = Instant::now();
+        let mut t = WorkerTracker::new();
+        let lapsed = WorkerHeartbeat {
+            lapsed: true,
+            ..hb("a", 52, 0)
+        };
+        t.observe_consistent(std::slice::from_ref(&lapsed), t0, t0);
+        assert!(matches!(t.judged_status("a", F), WorkerStatus::Dead(_)));
+        // It beat again (not lapsed): live.
+        let back = t0 + Duration::from_millis(500);
+        t.observe_consistent(&[hb("a", 53, 0)], back, back);
+        assert_eq!(
+            t.judged_status("a", F),
+            WorkerStatus::Live(LeaseRenewal::PerLease)
+        );
+        // A lagging read returns the lapsed row again: still live, first seen at `back`.
+        t.observe(&[lapsed], back + Duration::from_millis(100));
+        assert_eq!(
+            t.judged_status("a", F),
+            WorkerStatus::Live(LeaseRenewal::PerLease)
+        );
+        assert_eq!(t.beats("a"), Some(53));
+        assert_eq!(
+            t.next_expiry(["a"], F, back),
+            Some(back + F + Duration::from_millis(1))
+        );
+        // Another process's row (a new incarnation) is never older: taken as it is.
+        let other = WorkerHeartbeat {
+            incarnation: Some(2),
+            ..hb("a", 1, 0)
+        };
+        t.observe(&[other], back + Duration::from_millis(200));
+        assert_eq!(t.beats("a"), Some(1));
     }
 
     #[test]

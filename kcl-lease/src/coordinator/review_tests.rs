@@ -2,7 +2,8 @@
 //! (`shared/notes/coordination-review.md`, F1–F12): each drives coordinators by hand, in paused
 //! time, through the interleaving the review describes, and checks that no two workers may
 //! process one lease at once, that checkpoints do not move back, and that a worker id used by
-//! two processes is detected. Each failed before its fix.
+//! two processes is detected. Each failed before its fix. At the end, in the same style, what
+//! the fleet simulator found since.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -577,4 +578,142 @@ async fn f8_a_forced_reset_is_learnt_by_a_worker_renewal_owner_at_once() {
     a.watch_round().await;
     assert_eq!(held.status(), LeaseStatus::Lost);
     assert!(!held.is_valid());
+}
+
+/// Found by the simulator (seed 277, 8 workers, 32 shards, per-lease renewal; a shard left
+/// unprocessed after the faults stopped): a renewal waiting for the row behind a slow
+/// checkpoint while the lease is given up (its validity ran out) and let go by its task. The
+/// renewal went ahead once the checkpoint failed, so the row looked renewed to the others (who
+/// wait the failover time again), and the release, finding a write in flight, recorded no
+/// counters to take the row back with: the lease was left to expire by the worker's own clock.
+#[tokio::test(start_paused = true)]
+async fn a_lease_given_up_while_a_renewal_waits_is_neither_renewed_nor_stranded() {
+    let memory = table(1);
+    let (a, mut a_rx) = worker(memory.clone(), "a", LeaseRenewal::PerLease);
+    a.heartbeat().await;
+    assert_eq!(a.take_round().await.unwrap(), 1);
+    let held = a_rx.recv().await.unwrap();
+    let before = memory.get("shard-0").await.unwrap().unwrap().lease_counter;
+    // A checkpoint in flight holds the row; the renewal tick's renewal waits for it.
+    let checkpoint = held.row.lock().await;
+    let renewal = tokio::spawn({
+        let held = held.clone();
+        async move { held.renew().await }
+    });
+    tokio::task::yield_now().await;
+    // The checkpoint fails; the task finds the lease no longer valid, gives it up, lets it go.
+    drop(checkpoint);
+    held.mark_lost();
+    a.release(&held).await;
+    renewal.await.unwrap();
+    let row = memory.get("shard-0").await.unwrap().unwrap();
+    assert_eq!(row.lease_counter, before, "a lease given up is not renewed");
+    assert!(row.is_owned_by("a"));
+    // The row still names this worker with the counter it knows: taken back at once.
+    assert_eq!(a.take_round().await.unwrap(), 1, "taken back at once");
+    assert!(a_rx.recv().await.unwrap().is_valid());
+}
+
+/// Found by the simulator (seed 2406, 8 workers, 32 shards, worker renewal; a shard left
+/// unprocessed after the faults stopped): a steal whose thief dies before the hand-off is done.
+/// Its lease is not free until the victim completes the hand-off, and then no heartbeat says
+/// so: the victim, at its share, left it to the others' safety scans. It tells them now.
+#[tokio::test(start_paused = true)]
+async fn a_hand_off_completed_to_a_thief_that_died_meanwhile_is_announced() {
+    let memory = table(2);
+    let renewal = LeaseRenewal::Worker;
+    let (a, mut a_rx) = worker(memory.clone(), "a", renewal);
+    let (b, _b_rx) = worker(memory.clone(), "b", renewal);
+    let (c, _c_rx) = worker(memory.clone(), "c", renewal);
+    a.heartbeat().await;
+    assert_eq!(a.take_round().await.unwrap(), 2);
+    let mut held = [a_rx.recv().await.unwrap(), a_rx.recv().await.unwrap()];
+    step(100).await;
+    b.heartbeat().await;
+    b.read_heartbeats(true).await;
+    assert_eq!(b.take_round().await.unwrap(), 1, "b steals its share");
+    let stolen = memory
+        .snapshot()
+        .into_iter()
+        .find(|l| l.is_owned_by("b"))
+        .expect("a lease stolen by b");
+    held.sort_by_key(|l| l.key() != stolen.lease_key);
+    // b dies at once (it never beats again); c joins, below its share but with nothing it may
+    // take: a holds its share, and b's lease waits for a's hand-off.
+    c.heartbeat().await;
+    for _ in 0..8 {
+        step(500).await;
+        a.heartbeat().await;
+        a.read_heartbeats(false).await;
+        c.heartbeat().await;
+        c.watch_round().await;
+        c.take_round().await.unwrap();
+    }
+    assert!(c.held().is_empty(), "{:?}", c.held());
+    assert!(matches!(
+        lock(&c.workers).judged_status("b", F),
+        WorkerStatus::Dead(_)
+    ));
+    // a learns of the steal (its next checkpoint), hands over, and lets the lease go.
+    let cp = ExtendedSequenceNumber::from_parts("9", 0).unwrap();
+    held[0].checkpoint(&cp).await.unwrap();
+    assert_eq!(held[0].status(), LeaseStatus::HandoffRequested);
+    a.release(&held[0]).await;
+    assert!(memory
+        .get(&stolen.lease_key)
+        .await
+        .unwrap()
+        .unwrap()
+        .checkpoint_owner
+        .is_none());
+    // The release wakes a; at its share, a leaves b's lease, now free, to the others and says
+    // so; c takes it at its next watch round.
+    assert_eq!(a.take_round().await.unwrap(), 0);
+    step(100).await;
+    a.heartbeat().await;
+    c.heartbeat().await;
+    c.watch_round().await;
+    assert_eq!(
+        c.held().iter().map(|l| l.key().to_owned()).collect::<Vec<_>>(),
+        [stolen.lease_key.as_str()],
+        "c took the dead thief's lease at once"
+    );
+}
+
+/// Found by the simulator (seed 7043, 8 workers, 32 shards, worker renewal): a thief shut
+/// down gracefully before its victim, stuck in a slow checkpoint, had handed the lease over.
+/// Its release evicted the row, which cleared `checkpointOwner`: a third worker took the lease
+/// at once and processed it beside the victim. Such a lease is left as it is.
+#[tokio::test(start_paused = true)]
+async fn a_thief_that_leaves_before_the_hand_off_does_not_free_the_lease() {
+    let memory = table(2);
+    let renewal = LeaseRenewal::Worker;
+    let (a, mut a_rx) = worker(memory.clone(), "a", renewal);
+    let (b, mut b_rx) = worker(memory.clone(), "b", renewal);
+    let (c, _c_rx) = worker(memory.clone(), "c", renewal);
+    a.heartbeat().await;
+    assert_eq!(a.take_round().await.unwrap(), 2);
+    let victims = [a_rx.recv().await.unwrap(), a_rx.recv().await.unwrap()];
+    step(100).await;
+    b.heartbeat().await;
+    b.read_heartbeats(true).await;
+    assert_eq!(b.take_round().await.unwrap(), 1, "b steals its share");
+    let stolen = b_rx.recv().await.unwrap();
+    // b shuts down before a hands the lease over (a has not seen the steal yet).
+    b.stop_taking();
+    b.release(&stolen).await;
+    b.leave().await;
+    let row = memory.get(stolen.key()).await.unwrap().unwrap();
+    assert!(row.is_owned_by("b"), "not evicted: {row:?}");
+    assert_eq!(row.checkpoint_owner.as_deref(), Some("a"));
+    // a still processes it; c, below its share, may not take it.
+    let victim = victims.iter().find(|l| l.key() == stolen.key()).unwrap();
+    assert!(victim.is_valid());
+    c.heartbeat().await;
+    c.read_heartbeats(true).await;
+    c.take_round().await.unwrap();
+    assert!(
+        c.held().iter().all(|l| l.key() != stolen.key()),
+        "c took a lease its previous owner still processes"
+    );
 }

@@ -83,6 +83,10 @@ pub enum FaultClass {
     DelayBefore,
     /// A delay after a call was applied: a slow reply, old rows (per call).
     DelayAfter,
+    /// A reply later than half the failover time, up to twice it, after the call was applied
+    /// (a stalled connection, a starved client): a strongly consistent read returns rows
+    /// older than the failover time, as the review's F4 needs (per call).
+    SlowReply,
     /// A throttled call: an error, nothing applied (per call).
     Throttled,
     /// A write applied whose reply was lost: a backend error (per call).
@@ -105,9 +109,10 @@ pub enum FaultClass {
 
 impl FaultClass {
     /// Every class.
-    pub const ALL: [FaultClass; 11] = [
+    pub const ALL: [FaultClass; 12] = [
         FaultClass::DelayBefore,
         FaultClass::DelayAfter,
+        FaultClass::SlowReply,
         FaultClass::Throttled,
         FaultClass::ReplyLost,
         FaultClass::StaleRead,
@@ -124,6 +129,7 @@ impl FaultClass {
         match self {
             FaultClass::DelayBefore => "delay-before",
             FaultClass::DelayAfter => "delay-after",
+            FaultClass::SlowReply => "slow-reply",
             FaultClass::Throttled => "throttled",
             FaultClass::ReplyLost => "reply-lost",
             FaultClass::StaleRead => "stale-read",

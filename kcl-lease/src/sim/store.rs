@@ -46,6 +46,12 @@ pub struct WorkerFaults {
     pub delay_after: f64,
     /// The longest of these delays (each is uniform in 1 ms..=this).
     pub max_delay: Duration,
+    /// Probability that the reply of a call is very late: delayed after the call was applied
+    /// by `slow_reply_delay` up to four times that (a stalled connection, a starved client). A
+    /// strongly consistent read then returns the state of the time it was served, long after.
+    pub slow_reply: f64,
+    /// The shortest of these late replies (each is uniform in this..=four times this).
+    pub slow_reply_delay: Duration,
     /// Probability that a call is throttled: an error, nothing applied.
     pub throttle: f64,
     /// Probability that a write is applied but its reply is lost (a backend error).
@@ -368,6 +374,17 @@ impl SimStoreHandle {
             delayed = true;
             notes.push(format!("delayed {d:?} after"));
         }
+        // Drawn after every other draw of the call: the draws above are the same whether
+        // this class is enabled or not, so a seed keeps its other faults.
+        let slow_min = faults.slow_reply_delay.as_millis() as u64;
+        let mut slow = false;
+        if plan.failure.is_none() && slow_min > 0 && rng.chance(faults.slow_reply) {
+            let d = Duration::from_millis(rng.range(slow_min, 4 * slow_min));
+            plan.after += d;
+            shared.count(&mut state, FaultClass::SlowReply);
+            slow = true;
+            notes.push(format!("reply delayed {d:?} (slow reply)"));
+        }
         let ends = Instant::now() + plan.before + plan.after;
         if !plan.before.is_zero() || !plan.after.is_zero() {
             state.delays_until = Some(state.delays_until.map_or(ends, |u| u.max(ends)));
@@ -383,20 +400,29 @@ impl SimStoreHandle {
             );
         }
         // Heartbeat faults are all logged; lease-table delays are not (too many, and they show
-        // in what follows).
-        let logged =
-            is_heartbeat(op) || plan.failure.is_some() || plan.reply_lost || faults.suspended.is_some();
+        // in what follows), except slow replies (rare, and what follows them is their doing).
+        let logged = is_heartbeat(op)
+            || plan.failure.is_some()
+            || plan.reply_lost
+            || slow
+            || faults.suspended.is_some();
         if !notes.is_empty() && (logged || !delayed) {
             let kind = if is_heartbeat(op) {
                 EventKind::HeartbeatFault
             } else {
                 EventKind::StoreFault
             };
+            // The variant tells a consistent read from an eventually consistent one.
+            let variant = if variant.is_empty() {
+                String::new()
+            } else {
+                format!(" {variant}")
+            };
             shared.monitor.record(
                 &self.name,
                 kind,
                 key,
-                format!("{}: {}", op.name(), notes.join(", ")),
+                format!("{}{variant}: {}", op.name(), notes.join(", ")),
             );
         }
         plan
