@@ -173,7 +173,7 @@ impl SchedulerBuilder {
         take_interval => take_interval: Duration
     );
     lease_setter!(
-        /// How often the worker heartbeat table is read (default `failover_time / 20`).
+        /// How often the watched heartbeat row is read (default `failover_time / 16`).
         watch_interval => watch_interval: Duration
     );
     lease_setter!(

@@ -128,8 +128,9 @@ pub struct LeaseSettings {
     pub renew_interval: Duration,
     /// The shortest time between two scans of the lease table while there is work to do.
     pub take_interval: Duration,
-    /// How often the heartbeat table is read (default `failover_time / 20`, at least 50 ms):
-    /// how fast a graceful hand-off or a change announced by another worker is seen.
+    /// How often the watched heartbeat row is read (default `failover_time / 16`, at least
+    /// 50 ms; up to twice that in fleets of over 16 workers): how fast a graceful hand-off or a
+    /// change announced by another worker is seen.
     pub watch_interval: Duration,
     /// How this worker keeps its leases alive (default [`LeaseRenewal::PerLease`]).
     pub renewal: LeaseRenewal,
