@@ -700,6 +700,7 @@ impl LeaseCoordinator {
             lapsed,
             nudges: 0, // the row's are kept by the store
             view: self.view_digest(),
+            watched: self.watched_row(),
         };
         let start = Instant::now();
         let result =
@@ -1015,6 +1016,24 @@ impl LeaseCoordinator {
             .filter(|w| workers.row(w).is_some_and(|r| !r.lapsed))
             .map(str::to_owned)
             .collect()
+    }
+
+    /// The row this worker watches as it last read it (published in its heartbeat: evidence
+    /// for the others, see [`WorkerHeartbeat::watched`]).
+    fn watched_row(&self) -> Option<crate::heartbeat::WatchedRow> {
+        if !self.divided() {
+            return None;
+        }
+        let target = lock(&self.watching).clone()?;
+        if target == self.config.worker_id {
+            return None;
+        }
+        let row = lock(&self.workers).row(&target)?;
+        Some(crate::heartbeat::WatchedRow {
+            worker_id: target,
+            counter: row.counter,
+            incarnation: row.incarnation,
+        })
     }
 
     /// This worker's digest of the fleet (0 before it read the whole table once).

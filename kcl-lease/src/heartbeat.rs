@@ -98,6 +98,23 @@ pub struct WorkerHeartbeat {
     /// [`WorkerTracker::view_digest`]; 0 in rows of older versions). A watcher whose own view
     /// differs reads the whole table: views that went stale (a nudge lost) heal this way.
     pub view: u64,
+    /// `watchedWorker`, `watchedCounter`, `watchedIncarnation`: the row this worker watches (the
+    /// divided watch) as it last read it before this heartbeat. Evidence for every reader: that
+    /// row's heartbeat with this counter was written before this one, so if it still has it,
+    /// it has stood still at least since this row was first seen (a chain of workers that died
+    /// together is judged at once, not one failover time after another).
+    pub watched: Option<WatchedRow>,
+}
+
+/// A row as its watcher last read it (see [`WorkerHeartbeat::watched`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchedRow {
+    /// The watched worker.
+    pub worker_id: String,
+    /// Its heartbeat counter as read.
+    pub counter: u64,
+    /// Its incarnation as read.
+    pub incarnation: Option<u64>,
 }
 
 /// The condition of a conditional write or delete of a heartbeat row. Every condition but
@@ -178,6 +195,11 @@ struct Seen {
     leases: u64,
     /// The worker's view of the fleet (see [`WorkerHeartbeat::view`]).
     view: u64,
+    /// What the worker said of the row it watches (see [`WorkerHeartbeat::watched`]).
+    watched: Option<WatchedRow>,
+    /// `since`, or earlier when another row's `watched` proves this counter older (see
+    /// [`WorkerTracker::relax`]).
+    eff_since: Instant,
     /// When the latest read that showed this counter was issued: the evidence of how long it
     /// has stood still (`checked - since`).
     checked: Instant,
@@ -286,6 +308,39 @@ impl WorkerTracker {
             next.insert(row.worker_id.clone(), self.seen_now(row, issued, now));
         }
         self.seen = next;
+        self.relax();
+    }
+
+    /// Moves each row's `eff_since` back to what the watchers' rows prove: a row that says it
+    /// watched `w` at counter `c` was written after that beat of `w`, so if `w` still has `c`,
+    /// its beat was issued before that row was first seen (before that row's own `eff_since`,
+    /// along a chain). Repeated until nothing moves (at most once per row).
+    fn relax(&mut self) {
+        for s in self.seen.values_mut() {
+            s.eff_since = s.since;
+        }
+        for _ in 0..self.seen.len() {
+            let claims: Vec<(WatchedRow, Instant)> = self
+                .seen
+                .values()
+                .filter_map(|s| s.watched.clone().map(|w| (w, s.eff_since)))
+                .collect();
+            let mut moved = false;
+            for (watched, at) in claims {
+                if let Some(s) = self.seen.get_mut(&watched.worker_id) {
+                    if s.counter == watched.counter
+                        && s.incarnation == watched.incarnation
+                        && at < s.eff_since
+                    {
+                        s.eff_since = at;
+                        moved = true;
+                    }
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
     }
 
     /// Records a read of one worker's row (`None`: there is none) issued at `issued` that
@@ -306,6 +361,7 @@ impl WorkerTracker {
                 self.seen.remove(worker);
             }
         }
+        self.relax();
     }
 
     fn seen_now(&self, row: &WorkerHeartbeat, issued: Instant, now: Instant) -> Seen {
@@ -338,6 +394,8 @@ impl WorkerTracker {
             nudges: row.nudges,
             leases: row.leases,
             view: row.view,
+            watched: row.watched.clone(),
+            eff_since: since,
             checked,
         }
     }
@@ -347,7 +405,9 @@ impl WorkerTracker {
     pub fn status(&self, worker: &str, failover_time: Duration, now: Instant) -> WorkerStatus {
         match self.seen.get(worker) {
             None => WorkerStatus::Unknown,
-            Some(s) if s.lapsed || s.checked.min(now).saturating_duration_since(s.since) > failover_time => {
+            Some(s)
+                if s.lapsed || s.checked.min(now).saturating_duration_since(s.eff_since) > failover_time =>
+            {
                 WorkerStatus::Dead(s.renewal)
             }
             Some(s) => WorkerStatus::Live(s.renewal),
@@ -398,7 +458,7 @@ impl WorkerTracker {
             .into_iter()
             .filter_map(|w| self.seen.get(w))
             .filter(|s| !s.lapsed)
-            .map(|s| s.since + failover_time + Duration::from_millis(1))
+            .map(|s| s.eff_since + failover_time + Duration::from_millis(1))
             .filter(|at| *at > now)
             .min()
     }
@@ -415,6 +475,7 @@ impl WorkerTracker {
             lapsed: s.lapsed,
             nudges: s.nudges,
             view: s.view,
+            watched: s.watched.clone(),
         })
     }
 
@@ -506,6 +567,7 @@ mod tests {
             lapsed: false,
             nudges: 0,
             view: 0,
+            watched: None,
         }
     }
 
@@ -694,6 +756,45 @@ mod tests {
         assert_eq!(t.status("c", F, later), WorkerStatus::Unknown);
         assert_eq!(
             t.status("a", F, later),
+            WorkerStatus::Live(LeaseRenewal::PerLease)
+        );
+    }
+
+    /// Workers that died together, each the watcher of the next: the watchers' rows prove how
+    /// long the others stood still, so all are judged dead by one read after the failover time.
+    #[test]
+    fn a_chain_of_dead_workers_is_judged_at_once_from_the_watchers_rows() {
+        let t0 = Instant::now();
+        let watching = |row: WorkerHeartbeat, w: &str, c: u64| WorkerHeartbeat {
+            watched: Some(WatchedRow {
+                worker_id: w.into(),
+                counter: c,
+                incarnation: Some(1),
+            }),
+            ..row
+        };
+        let rows = |c3: u64| {
+            vec![
+                watching(hb("d1", 5, 0), "d2", 7),
+                watching(hb("d2", 7, 0), "d3", 9),
+                hb("d3", c3, 0),
+            ]
+        };
+        let mut t = WorkerTracker::new();
+        // d1 watched for long (first seen at t0); d2 and d3 seen first only now.
+        t.observe_one("d1", Some(&rows(9)[0]), t0, t0);
+        let now = t0 + F + Duration::from_millis(10);
+        t.observe_consistent(&rows(9), now, now);
+        for w in ["d1", "d2", "d3"] {
+            assert!(matches!(t.judged_status(w, F), WorkerStatus::Dead(_)), "{w}");
+        }
+        // d3 beat after d2 read it: nothing proves it dead.
+        let mut t = WorkerTracker::new();
+        t.observe_one("d1", Some(&rows(10)[0]), t0, t0);
+        t.observe_consistent(&rows(10), now, now);
+        assert!(matches!(t.judged_status("d2", F), WorkerStatus::Dead(_)));
+        assert_eq!(
+            t.judged_status("d3", F),
             WorkerStatus::Live(LeaseRenewal::PerLease)
         );
     }

@@ -81,7 +81,9 @@ pub use dynamodb::DynamoDbLeaseStore;
 pub use error::{ErrorChain, FatalKind, LeaseError, ParseSequenceError, Result};
 #[cfg(any(test, feature = "testing"))]
 pub use failure::{FailureLeaseStore, LeaseFault, LeaseFaultPlan, LeaseFaultRule, LeaseTrigger};
-pub use heartbeat::{HeartbeatCondition, LeaseRenewal, WorkerHeartbeat, WorkerStatus, WorkerTracker};
+pub use heartbeat::{
+    HeartbeatCondition, LeaseRenewal, WatchedRow, WorkerHeartbeat, WorkerStatus, WorkerTracker,
+};
 pub use journal::{Journal, JournalEntry, JournalEvent};
 pub use metered::{CostSnapshot, MeteredLeaseStore, OpCost};
 

@@ -503,6 +503,7 @@ mod tests {
                     lapsed: false,
                     nudges: 0,
                     view: 0,
+                    watched: None,
                 },
                 HeartbeatCondition::Any,
             )

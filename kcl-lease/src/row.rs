@@ -77,6 +77,13 @@ pub const LAPSED: &str = "lapsed";
 pub const NUDGES: &str = "nudges";
 /// `fleetView` (N; present when not 0): the writer's digest of the fleet it knows.
 pub const FLEET_VIEW: &str = "fleetView";
+/// `watchedWorker` (S; with the two below, present when the writer watches a row): the row the
+/// writer watches, as it last read it.
+pub const WATCHED_WORKER: &str = "watchedWorker";
+/// `watchedCounter` (N): that row's heartbeat counter as read.
+pub const WATCHED_COUNTER: &str = "watchedCounter";
+/// `watchedIncarnation` (N; absent when that row had none): that row's incarnation as read.
+pub const WATCHED_INCARNATION: &str = "watchedIncarnation";
 
 /// One attribute value of a row, with DynamoDB's types.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -179,6 +186,13 @@ pub fn heartbeat_row(hb: &WorkerHeartbeat) -> Row {
     }
     if hb.view != 0 {
         row.push((FLEET_VIEW, n(hb.view)));
+    }
+    if let Some(watched) = &hb.watched {
+        row.push((WATCHED_WORKER, s(&watched.worker_id)));
+        row.push((WATCHED_COUNTER, n(watched.counter)));
+        if let Some(incarnation) = watched.incarnation {
+            row.push((WATCHED_INCARNATION, n(incarnation)));
+        }
     }
     row
 }

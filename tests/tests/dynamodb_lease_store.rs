@@ -669,6 +669,7 @@ async fn heartbeats_live_in_a_side_table_that_ensure_table_creates() {
         lapsed: false,
         nudges: 0,
         view: 0,
+        watched: None,
     };
     let mine = HeartbeatCondition::Incarnation(11);
     store.put_heartbeat(&beat("a", 1), mine).await.unwrap();
@@ -720,6 +721,11 @@ async fn heartbeats_live_in_a_side_table_that_ensure_table_creates() {
     );
     let viewed = WorkerHeartbeat {
         view: 42,
+        watched: Some(kcl_lease::WatchedRow {
+            worker_id: "a".into(),
+            counter: 2,
+            incarnation: Some(11),
+        }),
         ..beat("b", 2)
     };
     store.put_heartbeat(&viewed, mine).await.unwrap();
@@ -729,6 +735,7 @@ async fn heartbeats_live_in_a_side_table_that_ensure_table_creates() {
         (2, 2, 42),
         "the heartbeat kept the nudges"
     );
+    assert_eq!(b.watched, viewed.watched);
     let unchanged = |counter| HeartbeatCondition::Unchanged {
         incarnation: Some(11),
         counter,
@@ -758,6 +765,7 @@ async fn heartbeats_live_in_a_side_table_that_ensure_table_creates() {
     store.put_heartbeat(&beat("b", 3), mine).await.unwrap();
     let b = store.get_heartbeat("b", true).await.unwrap().unwrap();
     assert_eq!((b.counter, b.lapsed, b.nudges), (3, false, 2));
+    assert_eq!(b.watched, None, "what it watched is removed by a beat without it");
     store
         .put_heartbeat(&beat("b", 1), HeartbeatCondition::Any)
         .await

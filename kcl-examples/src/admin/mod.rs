@@ -644,6 +644,7 @@ async fn announce_reset<S: LeaseStore>(store: &S) {
         lapsed: true,
         nudges: 0,
         view: 0,
+        watched: None,
     };
     if let Err(e) = store
         .put_heartbeat(&row, kcl_lease::HeartbeatCondition::Any)

@@ -566,6 +566,7 @@ async fn f8_a_forced_reset_is_learnt_by_a_worker_renewal_owner_at_once() {
         lapsed: true,
         nudges: 0,
         view: 0,
+        watched: None,
     };
     memory
         .put_heartbeat(&announcement, HeartbeatCondition::Any)

@@ -901,6 +901,9 @@ impl LeaseStore for DynamoDbLeaseStore {
             schema::INCARNATION,
             schema::LAPSED,
             schema::FLEET_VIEW,
+            schema::WATCHED_WORKER,
+            schema::WATCHED_COUNTER,
+            schema::WATCHED_INCARNATION,
         ]
         .into_iter()
         .enumerate()

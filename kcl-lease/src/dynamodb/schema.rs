@@ -27,7 +27,7 @@ pub use crate::row::{
     EPOCH, FLEET_VIEW, HEARTBEAT_COUNTER, INCARNATION, LAPSED, LEASE_COUNT, LEASE_COUNTER, LEASE_ENTITY,
     LEASE_KEY, LEASE_OWNER, LEASE_RENEWAL, NUDGES, OWNER_SWITCHES, PARENT_SHARD_IDS, PENDING_CHECKPOINT,
     PENDING_CHECKPOINT_STATE, PENDING_CHECKPOINT_SUB_SEQUENCE, SHARD_ID, STARTING_HASH_KEY, STREAM_NAME,
-    THROUGHPUT_KBPS, WORKER_ID,
+    THROUGHPUT_KBPS, WATCHED_COUNTER, WATCHED_INCARNATION, WATCHED_WORKER, WORKER_ID,
 };
 
 /// Whether `item` is a lease (no `entityType`, or `LEASE`), as the Java KCL 3.5 reads it; other
@@ -84,6 +84,14 @@ pub fn decode_heartbeat(item: &Item) -> Result<WorkerHeartbeat, LeaseError> {
         lapsed: reader.number(LAPSED)?.is_some_and(|v| v != 0),
         nudges: reader.number(NUDGES)?.unwrap_or(0),
         view: reader.number(FLEET_VIEW)?.unwrap_or(0),
+        watched: match (reader.string(WATCHED_WORKER)?, reader.number(WATCHED_COUNTER)?) {
+            (Some(worker_id), Some(counter)) => Some(crate::heartbeat::WatchedRow {
+                worker_id: worker_id.to_owned(),
+                counter,
+                incarnation: reader.number(WATCHED_INCARNATION)?,
+            }),
+            _ => None,
+        },
     })
 }
 

@@ -53,6 +53,7 @@ async fn sim_store_eventually_consistent_reads_return_older_states() {
             lapsed: false,
             nudges: 0,
             view: 0,
+            watched: None,
         },
         crate::heartbeat::HeartbeatCondition::Any,
     )
@@ -171,6 +172,7 @@ async fn sim_store_a_slow_reply_answers_a_consistent_read_with_the_rows_it_was_s
         lapsed: false,
         nudges: 0,
         view: 0,
+        watched: None,
     };
     let any = crate::heartbeat::HeartbeatCondition::Any;
     w2.put_heartbeat(&beat(1), any).await.unwrap();
