@@ -294,7 +294,13 @@ async fn a_wrong_status_fails_the_shard_and_a_new_child_gets_the_batch() {
 async fn a_hanging_child_is_killed_after_the_timeout() {
     let run = run("hang", Some(Duration::from_secs(2)), 10).await;
     assert_eq!(decoded(&run.records), expected(10));
-    assert_eq!(run.initialized, 3, "the hanging shard got a new child");
+    // At least one new child; on a loaded machine a slow (not hanging) child can meet the 2 s
+    // timeout too and be replaced once more (seen in CI with a benchmark running beside it).
+    assert!(
+        run.initialized >= 3,
+        "the hanging shard got a new child: {} initialized",
+        run.initialized
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
