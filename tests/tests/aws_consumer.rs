@@ -13,7 +13,7 @@ use std::time::Duration;
 use kcl_core::prelude::*;
 use kcl_core::{FatalError, KclError};
 use kcl_lease::{DynamoDbLeaseStore, LeaseStore};
-use kcl_tests::aws::{create_stream, put, sdk, unique, wait_active};
+use kcl_tests::aws::{create_stream, put, sdk, unique};
 use kcl_tests::process::sigterm;
 use kcl_tests::{init_tracing, wait_until};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -221,14 +221,52 @@ async fn fresh_example_resources(sdk: &aws_config::SdkConfig) {
             wait_until_async("table deleted", || async { !table_exists(sdk, &table).await }).await;
         }
     }
-    kinesis
-        .create_stream()
-        .stream_name(EXAMPLE_STREAM)
-        .shard_count(2)
-        .send()
-        .await
-        .expect("CreateStream");
-    wait_active(&kinesis, EXAMPLE_STREAM).await;
+    // kinesis-local deletes a stream some time after `DeleteStream` answered, and can delete
+    // the new stream of the same name that way (seen in CI: created, then "not found"): create
+    // it again until it stays.
+    for _ in 0..5 {
+        match kinesis
+            .create_stream()
+            .stream_name(EXAMPLE_STREAM)
+            .shard_count(2)
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_resource_in_use_exception()) => {}
+            Err(e) => panic!("CreateStream: {}", kcl_core::ErrorChain(&e)),
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::time::Instant::now() < deadline {
+            let status = kinesis
+                .describe_stream_summary()
+                .stream_name(EXAMPLE_STREAM)
+                .send()
+                .await
+                .map(|o| o.stream_description_summary().map(|s| s.stream_status().clone()));
+            match status {
+                Ok(Some(aws_sdk_kinesis::types::StreamStatus::Active)) => {
+                    // Still there a moment later: the late delete, if any, has happened.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if kinesis
+                        .describe_stream_summary()
+                        .stream_name(EXAMPLE_STREAM)
+                        .send()
+                        .await
+                        .is_ok()
+                    {
+                        return;
+                    }
+                    break;
+                }
+                Err(_) => break, // gone: create it again
+                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+    panic!("{EXAMPLE_STREAM} did not stay ACTIVE after five creations");
 }
 
 async fn wait_until_async<F: std::future::Future<Output = bool>>(what: &str, mut cond: impl FnMut() -> F) {
