@@ -57,8 +57,8 @@
 //! flight per lease, each call bounded by `renew_interval / 2`, and at most
 //! `max_concurrent_calls` calls at once.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -68,16 +68,17 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::balance::{plan_takes, BalanceConfig, ExpiryTracker};
+use crate::balance::ExpiryTracker;
 use crate::error::{LeaseError, Result};
-use crate::heartbeat::{
-    FleetFingerprint, HeartbeatCondition, LeaseRenewal, WorkerHeartbeat, WorkerStatus, WorkerTracker,
-};
+use crate::heartbeat::{HeartbeatCondition, LeaseRenewal, WorkerHeartbeat, WorkerStatus, WorkerTracker};
 use crate::held::lock;
 pub use crate::held::{BeatOutcome, HeldLease, LeaseStatus, Liveness};
 use crate::journal::{Journal, JournalEvent};
 use crate::lease::Lease;
 use crate::load::BalanceMode;
+use crate::machine::{
+    dead_unmarked, Action, CallOutcome, RoundInput, Schedule, TakeRound, WatchRead, TAKE_CONCURRENCY,
+};
 use crate::store::LeaseStore;
 
 /// Names of the metrics the coordinator emits through the `metrics` facade (label
@@ -230,34 +231,11 @@ pub fn default_watch_interval(failover_time: Duration) -> Duration {
     (failover_time / 16).max(Duration::from_millis(50))
 }
 
-/// At most this many conditional takes are in flight at once in a take round.
-const TAKE_CONCURRENCY: usize = 32;
-
-/// Fleets of more live workers than this watch more slowly (see `watch_period`).
-const WATCH_STRETCH_FROM: usize = 16;
-
 /// How many times a leaving worker tries to nudge the others' rows.
 const LEAVE_NUDGE_ATTEMPTS: u32 = 4;
 
 /// Heartbeat rows that have not moved for this many failover times are deleted by the leader.
 const STALE_HEARTBEAT_FAILOVERS: u32 = 6;
-
-/// What the coordinator remembers of its last scan of the lease table.
-#[derive(Debug, Default)]
-struct ScanState {
-    last: Option<Instant>,
-    fingerprint: FleetFingerprint,
-    /// The last round took or stole something: look again after `take_interval`.
-    acted: bool,
-    /// The last scan saw live-looking leases of owners without heartbeat rows.
-    unknown_owners: bool,
-    /// Forced by [`LeaseCoordinator::wake`] or a lapse.
-    forced: bool,
-    /// Leases free to take (unowned or expired) that this worker saw and left to others (it
-    /// had its share), as last announced.
-    free_announced: BTreeSet<String>,
-    scans: u64,
-}
 
 /// The fleet as this worker sees it (for health checks).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -290,7 +268,8 @@ pub struct LeaseCoordinator {
     wake_taker: Notify,
     /// Which leases this worker may take (all when `None`).
     filter: Mutex<Option<LeaseFilter>>,
-    scans: Mutex<ScanState>,
+    /// When to read what and when to scan (the pure decisions: [`crate::machine`]).
+    schedule: Mutex<Schedule>,
     /// Changes announced to the other workers.
     epoch: AtomicU64,
     beats: AtomicU64,
@@ -328,15 +307,6 @@ pub struct LeaseCoordinator {
     divided: AtomicBool,
     /// An announcement whose nudges of the other workers' rows are still to be sent.
     nudge_pending: AtomicBool,
-    /// The worker whose row the last divided watch round read.
-    watching: Mutex<Option<String>>,
-    /// Workers whose rows this worker watched when they turned dead (the watch then moves on
-    /// to the next live worker): the next take round takes all their leases.
-    watched_dead: Mutex<BTreeSet<String>>,
-    /// The last (own, watched) pair of differing fleet views acted on (one full read each).
-    view_mismatch: Mutex<Option<(u64, u64)>>,
-    /// When to read every row again after a take round's read (see [`Self::watch_round`]).
-    follow_up: Mutex<Option<Instant>>,
 }
 
 /// The heartbeat row of this worker id as another process wrote it, and when this process
@@ -371,6 +341,27 @@ fn resume_panic(done: std::result::Result<(), tokio::task::JoinError>) {
 /// Decides whether a lease may be taken by this worker.
 pub type LeaseFilter = Arc<dyn Fn(&Lease) -> bool + Send + Sync>;
 
+/// A conditional take (or steal) of `lease` as scanned. No retry on the row as it is now, even
+/// if its owner looked dead: the owner may have come back (a new validity) and taken the lease
+/// again after the judgement (found by the simulator); the next round plans from a new scan.
+/// A take whose answer was lost (a timeout, a dropped connection) may have been applied: if
+/// the row is now this worker's with the counter the take wrote, it is held, not left to
+/// expire. Only a row that named another owner (or none) proves it: a row that named this
+/// worker may have its counter moved by an earlier write of its own whose answer was lost as
+/// well (found by the simulator).
+async fn take_or_find_applied(store: &dyn LeaseStore, lease: &Lease, me: &str, steal: bool) -> Result<Lease> {
+    let result = store.take(lease, me, steal).await;
+    if matches!(result, Err(LeaseError::Backend(_))) && !lease.is_owned_by(me) {
+        if let Ok(Some(row)) = store.get(&lease.lease_key).await {
+            if row.is_owned_by(me) && row.lease_counter == lease.lease_counter + 1 {
+                info!(lease = %row.lease_key, "a take reported failure but was applied; holding the lease");
+                return Ok(row);
+            }
+        }
+    }
+    result
+}
+
 impl std::fmt::Debug for LeaseCoordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LeaseCoordinator")
@@ -396,6 +387,7 @@ impl LeaseCoordinator {
         liveness: Liveness,
     ) -> (Arc<Self>, mpsc::Receiver<Arc<HeldLease>>) {
         let (tx, rx) = mpsc::channel(256);
+        let schedule = Schedule::new(config.worker_id.clone(), config.leases.clone());
         let this = Self {
             store,
             liveness: Arc::new(liveness),
@@ -408,7 +400,7 @@ impl LeaseCoordinator {
             taking: AtomicBool::new(true),
             wake_taker: Notify::new(),
             filter: Mutex::new(None),
-            scans: Mutex::new(ScanState::default()),
+            schedule: Mutex::new(schedule),
             epoch: AtomicU64::new(0),
             beats: AtomicU64::new(0),
             beat_now: Notify::new(),
@@ -424,10 +416,6 @@ impl LeaseCoordinator {
             retiring: Mutex::new(HashMap::new()),
             divided: AtomicBool::new(true),
             nudge_pending: AtomicBool::new(false),
-            watching: Mutex::new(None),
-            watched_dead: Mutex::new(BTreeSet::new()),
-            view_mismatch: Mutex::new(None),
-            follow_up: Mutex::new(None),
         };
         (Arc::new(this), rx)
     }
@@ -461,7 +449,7 @@ impl LeaseCoordinator {
     /// Runs a take round soon instead of waiting for a reason (for example after a shard
     /// ended and children became available).
     pub fn wake(&self) {
-        lock(&self.scans).forced = true;
+        lock(&self.schedule).force();
         self.wake_taker.notify_one();
     }
 
@@ -573,7 +561,7 @@ impl LeaseCoordinator {
             renewal: self.liveness.renewal(),
             live_workers: live,
             leader: self.is_leader(),
-            lease_table_scans: lock(&self.scans).scans,
+            lease_table_scans: lock(&self.schedule).scans(),
         }
     }
 
@@ -850,7 +838,7 @@ impl LeaseCoordinator {
             lease.mark_lost();
         }
         self.forget_lost();
-        lock(&self.scans).forced = true;
+        lock(&self.schedule).force();
     }
 
     /// Removes this worker's heartbeat row for good (the last step of a graceful shutdown,
@@ -929,7 +917,7 @@ impl LeaseCoordinator {
     async fn read_watched(&self) -> bool {
         let me = &self.config.worker_id;
         let target = lock(&self.workers).successor(me, self.config.leases.failover_time, Instant::now());
-        *lock(&self.watching) = Some(target.clone());
+        lock(&self.schedule).watch(&target);
         let issued = Instant::now();
         match self.store.get_heartbeat(&target, false).await {
             Ok(row) => {
@@ -943,7 +931,7 @@ impl LeaseCoordinator {
                             WorkerStatus::Dead(_)
                         )
                     {
-                        lock(&self.watched_dead).insert(target.clone());
+                        lock(&self.schedule).watched_died(&target);
                     }
                     metrics::gauge!(LIVE_WORKERS, "worker_id" => self.config.worker_id.clone())
                         .set(workers.live(self.config.leases.failover_time, now).len() as f64);
@@ -1003,19 +991,12 @@ impl LeaseCoordinator {
     /// The workers that look dead by the reads made and whose rows are not marked lapsed.
     fn dead_unmarked(&self) -> BTreeSet<String> {
         let workers = lock(&self.workers);
-        let now = Instant::now();
-        workers
-            .known()
-            .filter(|w| *w != self.config.worker_id)
-            .filter(|w| {
-                matches!(
-                    workers.status(w, self.config.leases.failover_time, now),
-                    WorkerStatus::Dead(_)
-                )
-            })
-            .filter(|w| workers.row(w).is_some_and(|r| !r.lapsed))
-            .map(str::to_owned)
-            .collect()
+        dead_unmarked(
+            &workers,
+            &self.config.worker_id,
+            self.config.leases.failover_time,
+            Instant::now(),
+        )
     }
 
     /// The row this worker watches as it last read it (published in its heartbeat: evidence
@@ -1024,7 +1005,7 @@ impl LeaseCoordinator {
         if !self.divided() {
             return None;
         }
-        let target = lock(&self.watching).clone()?;
+        let target = lock(&self.schedule).watching()?.to_owned();
         if target == self.config.worker_id {
             return None;
         }
@@ -1052,24 +1033,17 @@ impl LeaseCoordinator {
     /// stale one: the row it watches is nudged, so that it reads everything too.
     async fn compare_views(&self, watched: &WorkerHeartbeat) {
         let mine = self.view_digest();
-        if mine == 0 || mine == watched.view {
+        if !lock(&self.schedule).views_differ(mine, watched.view) {
             return;
         }
-        {
-            let mut last = lock(&self.view_mismatch);
-            if *last == Some((mine, watched.view)) {
-                return;
-            }
-            *last = Some((mine, watched.view));
-        }
         if !self.read_heartbeats(false).await {
-            *lock(&self.view_mismatch) = None; // try again next round
+            lock(&self.schedule).views_unresolved(); // try again next round
             return;
         }
         let now_mine = self.view_digest();
         if now_mine != mine {
             debug!(worker = %watched.worker_id, "the fleet changed unannounced: looking at the lease table");
-            lock(&self.scans).forced = true;
+            lock(&self.schedule).force();
         }
         if now_mine != watched.view {
             let its_watched = lock(&self.workers).successor(
@@ -1084,35 +1058,17 @@ impl LeaseCoordinator {
         }
     }
 
-    /// The time between two watch rounds: `watch_interval`, stretched in fleets of more than
-    /// [`WATCH_STRETCH_FROM`] live workers in proportion to their number, up to twice as long,
-    /// so that the reads of a large fleet stay within the Java KCL's per shard (see the module
-    /// docs). Reading every row (no divided watch): `watch_interval`.
-    fn watch_period(&self) -> Duration {
-        let base = self.config.leases.watch_interval;
-        if !self.divided() {
-            return base;
-        }
-        let live = lock(&self.workers)
+    /// Live workers as known now.
+    fn live_count(&self) -> usize {
+        lock(&self.workers)
             .live(self.config.leases.failover_time, Instant::now())
-            .len();
-        let stretch = (live as f64 / WATCH_STRETCH_FROM as f64).clamp(1.0, 2.0);
-        base.mul_f64(stretch)
-    }
-
-    /// The rows a watch round reads: the watched one (divided watch), else every known one.
-    fn watched_workers(&self) -> Vec<String> {
-        if self.divided() {
-            let me = &self.config.worker_id;
-            vec![lock(&self.workers).successor(me, self.config.leases.failover_time, Instant::now())]
-        } else {
-            lock(&self.workers).known().map(str::to_owned).collect()
-        }
+            .len()
     }
 
     /// One watch round: reads the heartbeats (the watched row, or every row before the fleet
-    /// is known or without nudges), and scans the lease table (and takes) if there is a reason
-    /// to. Returns whether it scanned.
+    /// is known or without nudges, or as a take round's follow-up: see
+    /// [`Schedule::watch_read`]), and scans the lease table (and takes) if
+    /// [`Schedule::scan_due`] says so. Returns whether it scanned.
     ///
     /// A take round's read of every row is followed by another one a failover time later: a
     /// worker that died unwatched (its watcher died with it) shows then as dead, and its
@@ -1120,26 +1076,34 @@ impl LeaseCoordinator {
     /// time; one dead alone, within the failover time and a watch interval).
     pub async fn watch_round(&self) -> bool {
         let known = lock(&self.workers).judged_at().is_some();
-        let follow_up = {
-            let mut due = lock(&self.follow_up);
-            match *due {
-                Some(at) if at <= Instant::now() => due.take().is_some(),
-                _ => false,
+        let read = lock(&self.schedule).watch_read(Instant::now(), self.divided(), known);
+        match read {
+            WatchRead::Watched => {
+                self.read_watched().await;
             }
-        };
-        if self.divided() && known && !follow_up {
-            self.read_watched().await;
-        } else if follow_up && self.divided() {
-            let before = self.dead_unmarked();
-            if self.read_heartbeats(false).await && !self.dead_unmarked().is_subset(&before) {
-                debug!("a worker died unwatched: looking at the lease table");
-                lock(&self.scans).forced = true;
+            WatchRead::FollowUp => {
+                let before = self.dead_unmarked();
+                if self.read_heartbeats(false).await
+                    && lock(&self.schedule).followed_up(&before, &self.dead_unmarked())
+                {
+                    debug!("a worker died unwatched: looking at the lease table");
+                }
             }
-        } else {
-            self.read_heartbeats(false).await;
+            WatchRead::All => {
+                self.read_heartbeats(false).await;
+            }
         }
-        let due = self.scan_due(Instant::now());
-        if due {
+        let due = {
+            let workers = lock(&self.workers);
+            lock(&self.schedule).scan_due(
+                Instant::now(),
+                &workers,
+                self.liveness.heartbeats_active(),
+                self.divided(),
+            )
+        };
+        if let Some(reason) = due {
+            debug!(?reason, "looking at the lease table");
             if let Err(e) = self.take_round().await {
                 warn!(error = %e, "lease take round failed");
                 self.journal
@@ -1149,63 +1113,7 @@ impl LeaseCoordinator {
         if self.is_leader() {
             self.clean_up_heartbeats().await;
         }
-        due
-    }
-
-    fn scan_due(&self, now: Instant) -> bool {
-        let (live, fingerprint) = {
-            let workers = lock(&self.workers);
-            let live = workers.live(self.config.leases.failover_time, now).len().max(1);
-            (
-                live,
-                workers.fingerprint(&self.config.worker_id, self.config.leases.failover_time, now),
-            )
-        };
-        let watched = self.divided().then(|| lock(&self.watching).clone()).flatten();
-        let s = lock(&self.scans);
-        let Some(last) = s.last else { return true };
-        let since = now.duration_since(last);
-        if s.forced {
-            return true;
-        }
-        if !self.liveness.heartbeats_active() {
-            return since >= self.config.leases.take_interval;
-        }
-        match watched {
-            // The divided watch sees the watched row (and through its nudges, every change
-            // announced anywhere); the rest of the fingerprint is as old as the last full read.
-            Some(w) => {
-                let me = self.config.worker_id.as_str();
-                if [w.as_str(), me]
-                    .iter()
-                    .any(|k| fingerprint.get(*k) != s.fingerprint.get(*k))
-                {
-                    return true;
-                }
-            }
-            None if fingerprint != s.fingerprint => return true,
-            None => {}
-        }
-        if (s.acted || s.unknown_owners) && since >= self.config.leases.take_interval {
-            return true;
-        }
-        if let BalanceMode::Load(load) = &self.config.leases.balance {
-            // The loads change without any announcement: look at them now and then.
-            if since >= load.rebalance_interval {
-                return true;
-            }
-        }
-        since >= self.safety_interval(live, s.scans)
-    }
-
-    /// The time between two safety scans of this worker: `live × 2 × failover_time`, jittered
-    /// by ±25 % so that the fleet's scans spread out.
-    fn safety_interval(&self, live: usize, scans: u64) -> Duration {
-        let base = self.config.leases.failover_time * 2 * u32::try_from(live).unwrap_or(u32::MAX);
-        let mut h = DefaultHasher::new();
-        (&self.config.worker_id, scans).hash(&mut h);
-        let jitter = 0.75 + (h.finish() % 1000) as f64 / 2000.0;
-        base.mul_f64(jitter).max(self.config.leases.take_interval)
+        due.is_some()
     }
 
     /// The leader deletes heartbeat rows that have stood still for a long time.
@@ -1229,6 +1137,10 @@ impl LeaseCoordinator {
 
     /// One take round: scans the table, takes and steals. Returns how many leases were
     /// acquired.
+    ///
+    /// An executor: what to take, steal, mark or announce is planned by [`TakeRound`] from the
+    /// scan and the heartbeats read after it; this makes the calls and feeds their results
+    /// back.
     pub async fn take_round(&self) -> Result<usize> {
         if !self.liveness.may_take(Instant::now()) {
             // Lapsed: nothing is taken until a heartbeat (not marked lapsed) succeeds again.
@@ -1240,16 +1152,7 @@ impl LeaseCoordinator {
         // change announced while the scan runs (a steal, new leases) differs from it, so the
         // next watch round scans again instead of taking the change as seen.
         let seen_before = lock(&self.workers).fingerprint(me, failover, Instant::now());
-        // A wake or a lapse from now on asks for another round. A round caused by a change in
-        // the fleet (a join, a leave, a death, an announced steal or release) reads the table
-        // strongly consistent: an eventually consistent scan may not show yet the change that
-        // was announced, and nothing would make this worker look again until its safety scan.
-        // So does a round that takes a watched dead worker's leases.
-        let consistent = {
-            let mut s = lock(&self.scans);
-            s.forced = false;
-            s.fingerprint != seen_before
-        } || !lock(&self.watched_dead).is_empty();
+        let consistent = lock(&self.schedule).begin_round(&seen_before);
         let scanned = if consistent {
             self.store.list().await
         } else {
@@ -1258,8 +1161,7 @@ impl LeaseCoordinator {
         let mut leases = match scanned {
             Ok(leases) => leases,
             Err(e) => {
-                // Whatever asked for this round still stands: the next watch round tries again.
-                lock(&self.scans).forced = true;
+                lock(&self.schedule).scan_failed();
                 return Err(e);
             }
         };
@@ -1267,24 +1169,24 @@ impl LeaseCoordinator {
         // The heartbeats are read after the lease scan, strongly consistent: a worker judged
         // dead from this read (as of the time it was issued) had stopped processing before it
         // (see the module docs). Without that read nothing can be judged: no takes this round.
-        let read = self.liveness.heartbeats_active() && self.read_heartbeats(true).await;
+        let heartbeats = self.liveness.heartbeats_active();
+        let read = heartbeats && self.read_heartbeats(true).await;
         if read {
-            lock(&self.follow_up).get_or_insert(Instant::now() + failover + Duration::from_millis(1));
+            lock(&self.schedule).read_every_row(Instant::now());
         }
-        if self.liveness.heartbeats_active() && !read {
+        if heartbeats && !read {
             warn!("reading the heartbeats failed: no leases taken this round");
-            let mut s = lock(&self.scans);
-            s.last = Some(Instant::now());
-            s.acted = true; // look again after take_interval
-            s.scans += 1;
+            lock(&self.schedule).heartbeats_unread(Instant::now());
             return Ok(0);
         }
         if consistent {
-            // A held lease whose row is gone (deleted by a former stream's clean-up, or by
-            // hand): lost (F8 of the coordination review).
-            let present: HashSet<&str> = leases.iter().map(|l| l.lease_key.as_str()).collect();
-            for (key, lease) in lock(&self.held).iter() {
-                if lease.status() == LeaseStatus::Held && !present.contains(key.as_str()) {
+            let held_live: Vec<String> = lock(&self.held)
+                .iter()
+                .filter(|(_, lease)| lease.status() == LeaseStatus::Held)
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in TakeRound::rows_gone(&leases, held_live.iter().map(String::as_str)) {
+                if let Some(lease) = lock(&self.held).get(&key) {
                     info!(lease = %key, "the lease's row is gone");
                     lease.mark_lost();
                 }
@@ -1295,8 +1197,6 @@ impl LeaseCoordinator {
             leases.retain(|l| filter(l));
         }
         let now = Instant::now();
-        let active = leases.iter().filter(|l| !l.is_finished()).count();
-        metrics::gauge!(TOTAL_LEASES, "worker_id" => self.config.worker_id.clone()).set(active as f64);
         // What the scan says about leases held here (with worker renewal the only way to learn
         // of a steal before the next checkpoint). A lease whose row is being written cannot be
         // checked now: look again at the next watch round.
@@ -1309,232 +1209,81 @@ impl LeaseCoordinator {
                 .count()
         };
         self.forget_lost();
-        // Steals of leases this worker no longer processes (lost here before the thief came):
-        // nothing to hand over, so let the thief start now rather than after the failover time.
-        let held_now = self.held_keys();
-        let orphaned: Vec<String> = leases
-            .iter()
-            .filter(|l| {
-                l.checkpoint_owner.as_deref() == Some(me)
-                    && !l.is_owned_by(me)
-                    && !held_now.contains(&l.lease_key)
-            })
-            .map(|l| l.lease_key.clone())
-            .collect();
-        for key in orphaned {
-            match self.store.complete_handoff(&key, me).await {
-                Ok(_) => debug!(lease = %key, "completed the hand-off of a lease no longer processed here"),
-                Err(e) if e.is_conflict() => {}
-                Err(e) => {
-                    debug!(lease = %key, error = %e, "completing a hand-off failed");
-                    lock(&self.scans).forced = true;
-                }
-            }
-        }
-        {
-            // Rows that no longer name this worker are no longer its own to take back.
-            let mut own = lock(&self.own_rows);
-            if !own.is_empty() {
-                own.retain(|key, _| leases.iter().any(|l| &l.lease_key == key && l.is_owned_by(me)));
-            }
-        }
-        let statuses = if self.liveness.heartbeats_active() {
-            lock(&self.workers).judged_statuses(failover)
-        } else {
-            HashMap::new()
+        let input = RoundInput {
+            leases,
+            seen_before,
+            heartbeats,
+            divided: self.divided(),
+            held: self.held_keys(),
+            unchecked,
+            adopt_own_rows: self.adopt_own_rows.load(Ordering::SeqCst),
+            own_rows: lock(&self.own_rows).clone(),
+            taking: self.taking.load(Ordering::SeqCst),
         };
-        // The divided watch: a dead worker whose row this worker watched is known dead here
-        // first (the others learn of it from the nudges this round sends): all its leases are
-        // taken here at once, and the fleet evens out by steals afterwards.
-        // (A worker the consistent read shows live again is no longer one of them.)
-        // So does any dead worker this round judged whose row is not marked yet and that still
-        // owns leases: its watcher may be dead too, or may not have looked yet; whoever knows
-        // first acts (the takes are conditional: one of them wins each lease).
-        let take_all_of: BTreeSet<String> = if self.divided() {
+        let mut round = {
             let workers = lock(&self.workers);
-            let mut watched_dead = lock(&self.watched_dead);
-            watched_dead.retain(|w| matches!(statuses.get(w), Some(WorkerStatus::Dead(_))));
-            for (w, status) in &statuses {
-                if w != me
-                    && matches!(status, WorkerStatus::Dead(_))
-                    && workers.row(w).is_some_and(|row| !row.lapsed)
-                    && leases
-                        .iter()
-                        .any(|l| !l.is_finished() && l.lease_owner.as_deref() == Some(w.as_str()))
-                {
-                    watched_dead.insert(w.clone());
-                }
-            }
-            watched_dead.clone()
-        } else {
-            BTreeSet::new()
-        };
-        let mut unmarked = BTreeSet::new();
-        for dead in &take_all_of {
-            if !self.mark_lapsed(dead).await {
-                unmarked.insert(dead.clone());
-            }
-        }
-        let unknown_owners = self.liveness.heartbeats_active()
-            && leases.iter().any(|l| {
-                !l.is_finished()
-                    && l.lease_owner
-                        .as_deref()
-                        .is_some_and(|o| o != me && !statuses.contains_key(o))
-            });
-        // The even share counts the workers that are live, but not, among those that own no
-        // lease, the ones whose row has not moved while this worker watched although it has
-        // beaten many times before: a newcomer cannot tell a worker that runs from one that
-        // died before it started (a row that stands still) until the failover time has
-        // passed, and counting the dead one would leave released leases unowned that long
-        // (as in a rolling deploy: a new worker starts, an old one hands its leases over). A
-        // worker that just started (a cold start of the fleet: every row is new) has beaten
-        // once or twice and counts; any other counts from its next heartbeat on.
-        let owning: HashSet<&str> = leases
-            .iter()
-            .filter(|l| !l.is_finished())
-            .filter_map(|l| l.lease_owner.as_deref())
-            .collect();
-        let planning: HashMap<String, WorkerStatus> = {
-            let workers = lock(&self.workers);
-            statuses
-                .into_iter()
-                .map(|(w, s)| match s {
-                    WorkerStatus::Live(_)
-                        if w != me
-                            && !owning.contains(w.as_str())
-                            && !workers.seen_beating(&w)
-                            && workers.beats(&w).is_some_and(|b| b > FRESH_BEATS) =>
-                    {
-                        (w, WorkerStatus::Unknown)
-                    }
-                    s => (w, s),
-                })
-                .collect()
-        };
-        let held_keys = self.held_keys();
-        let (plan, expired) = {
             let mut tracker = lock(&self.tracker);
-            tracker.observe(&leases, now);
-            tracker.set_owners(planning);
-            let held = &held_keys;
-            let balance = BalanceConfig {
-                worker_id: self.config.worker_id.clone(),
-                failover_time: self.config.leases.failover_time,
-                max_leases_per_worker: self.config.leases.max_leases_per_worker,
-                max_leases_to_steal: self.config.leases.max_leases_to_steal,
-                mode: self.config.leases.balance,
-                adopt_own_rows: self.adopt_own_rows.load(Ordering::SeqCst),
-                own_rows: lock(&self.own_rows).clone(),
-                take_all_of: take_all_of.clone(),
-            };
-            let plan = plan_takes(&leases, &tracker, held, &balance, now);
-            debug!(
-                leases = leases.len(),
-                held = held.len(),
-                live = ?tracker.live_workers().collect::<Vec<_>>(),
-                target = plan.target,
-                take = plan.take.len(),
-                steal = plan.steal.len(),
-                "take round planned"
-            );
-            // Other workers' leases that may be taken now (a dead owner's, or one whose counter
-            // stood still): free to take as unowned ones are (see below).
-            let expired: HashSet<&str> = leases
-                .iter()
-                .filter(|l| l.lease_owner.as_deref().is_some_and(|o| o != me))
-                .filter(|l| tracker.is_expired(l, failover, now))
-                .map(|l| l.lease_key.as_str())
-                .collect();
-            (plan, expired)
+            let mut schedule = lock(&self.schedule);
+            TakeRound::plan(input, &mut schedule, &mut tracker, &workers, now)
         };
-        {
-            let mut s = lock(&self.scans);
-            s.last = Some(now);
-            s.fingerprint = seen_before;
-            s.acted = !plan.take.is_empty() || !plan.steal.is_empty();
-            // Rows naming this worker that it does not hold and may not take back at once are
-            // judged by their counters: look again after take_interval, as for unknown owners.
-            let own_pending = leases.iter().any(|l| {
-                !l.is_finished()
-                    && l.is_owned_by(me)
-                    && !held_keys.contains(&l.lease_key)
-                    && !plan.take.iter().any(|t| t.lease_key == l.lease_key)
-            });
-            s.unknown_owners = unknown_owners || own_pending;
-            s.forced |= unchecked > 0;
-            s.scans += 1;
-        }
-        // Unowned leases left to others (this worker has its share): tell them, once per set,
-        // so that a worker below its share looks now rather than at its next safety scan (a
-        // worker without heartbeats releases leases without announcing them). Expired ones
-        // too: a dead worker's lease is freed without any heartbeat saying so when the hand-off
-        // to it completes after its death (found by the simulator: seed 2406 at 8 workers, 32
-        // shards, worker renewal, left it to a safety scan).
-        let free: BTreeSet<String> = leases
-            .iter()
-            .filter(|l| {
-                !l.is_finished() && (l.lease_owner.is_none() || expired.contains(l.lease_key.as_str()))
-            })
-            .filter(|l| !plan.take.iter().any(|t| t.lease_key == l.lease_key))
-            .map(|l| l.lease_key.clone())
-            .collect();
-        let announce_free = {
-            let mut s = lock(&self.scans);
-            let new = !free.is_subset(&s.free_announced);
-            s.free_announced = free;
-            new
-        };
-        if announce_free {
-            self.announce();
-        }
-        if !self.taking.load(Ordering::SeqCst) {
-            return Ok(0);
-        }
-        let mut takes: Vec<(Lease, bool)> = plan
-            .take
-            .into_iter()
-            .map(|l| (l, false))
-            .chain(plan.steal.into_iter().map(|l| (l, true)))
-            .collect();
-        let mut spare = plan.spare.into_iter();
+        // Rows that no longer name this worker are no longer its own to take back.
+        lock(&self.own_rows).retain(|key, _| round.own_rows.contains_key(key));
+        metrics::gauge!(TOTAL_LEASES, "worker_id" => self.config.worker_id.clone()).set(round.active as f64);
+        debug!(
+            leases = round.scanned,
+            live = ?round.live,
+            target = round.target,
+            "take round planned"
+        );
         let mut acquired = 0;
-        let mut stole = false;
-        // Conditional takes are independent: issue them concurrently, a bounded number at a
-        // time, so that taking many leases from a remote table does not stall renewals. A take
-        // that lost the race to another worker is replaced by a spare (no new scan).
-        while !takes.is_empty() {
+        loop {
+            let mut batch = Vec::new();
+            while let Some(action) = round.poll_action() {
+                match action {
+                    Action::CompleteHandoff { key } => {
+                        let outcome = match self.store.complete_handoff(&key, me).await {
+                            Ok(_) => {
+                                debug!(lease = %key, "completed the hand-off of a lease no longer processed here");
+                                CallOutcome::Done
+                            }
+                            Err(e) if e.is_conflict() => CallOutcome::Conflict,
+                            Err(e) => {
+                                debug!(lease = %key, error = %e, "completing a hand-off failed");
+                                CallOutcome::Failed
+                            }
+                        };
+                        round.handle_handoff(outcome);
+                    }
+                    Action::MarkLapsed { worker } => {
+                        let marked = self.mark_lapsed(&worker).await;
+                        round.handle_mark(&worker, marked);
+                    }
+                    Action::Announce => self.announce(),
+                    Action::Take { lease, steal } => batch.push((lease, steal)),
+                }
+            }
+            if batch.is_empty() {
+                break; // every call answered, none left (a round never waits on itself)
+            }
             // The validity these takes are made in: should it end before they complete, what
             // they took is never processed (see `Liveness::generation`).
             let generation = self.liveness.generation();
             if !self.liveness.may_take(Instant::now()) {
                 // Lapsed while taking: what was planned no longer holds.
+                round.abandon_takes();
+                for (_, steal) in batch {
+                    round.handle_take(steal, CallOutcome::Failed);
+                }
                 break;
             }
-            let batch: Vec<(Lease, bool)> = takes.drain(..takes.len().min(TAKE_CONCURRENCY)).collect();
+            // Conditional takes are independent: issued concurrently, a bounded number at a
+            // time, so that taking many leases from a remote table does not stall renewals.
             let mut calls = JoinSet::new();
             for (lease, steal) in batch {
                 let (store, me) = (self.store.clone(), self.config.worker_id.clone());
                 calls.spawn(async move {
                     let started = Instant::now();
-                    let mut result = store.take(&lease, &me, steal).await;
-                    // No retry on the row as it is now, even if its owner looked dead: the owner
-                    // may have come back (a new validity) and taken the lease again after the
-                    // judgement (found by the simulator). The next round plans from a new scan.
-                    // A take whose answer was lost (a timeout, a dropped connection) may have
-                    // been applied: if the row is now ours with the counter the take wrote, it
-                    // is held, not left to expire.
-                    // Only a row that named another owner (or none) proves it: a row that named
-                    // this worker may have its counter moved by an earlier write of its own
-                    // whose answer was lost as well (found by the simulator).
-                    if matches!(result, Err(LeaseError::Backend(_))) && !lease.is_owned_by(&me) {
-                        if let Ok(Some(row)) = store.get(&lease.lease_key).await {
-                            if row.is_owned_by(&me) && row.lease_counter == lease.lease_counter + 1 {
-                                info!(lease = %row.lease_key, "a take reported failure but was applied; holding the lease");
-                                result = Ok(row);
-                            }
-                        }
-                    }
+                    let result = take_or_find_applied(store.as_ref(), &lease, &me, steal).await;
                     (lease, steal, started, generation, result)
                 });
             }
@@ -1544,40 +1293,15 @@ impl LeaseCoordinator {
                 };
                 match result {
                     Ok(row) => {
-                        debug!(lease = %row.lease_key, previous = ?lease.lease_owner, steal, "took lease");
-                        let worker = self.config.worker_id.clone();
-                        metrics::counter!(TAKEN_LEASES, "worker_id" => worker.clone()).increment(1);
-                        if steal {
-                            info!(lease = %row.lease_key, from = ?lease.lease_owner, "stole lease for balance");
-                            metrics::counter!(LEASES_STOLEN, "worker_id" => worker).increment(1);
-                            stole = true;
-                        }
-                        self.journal.record(
-                            Some(&row.lease_key),
-                            JournalEvent::Taken {
-                                previous_owner: lease.lease_owner.clone(),
-                                stolen: steal,
-                            },
-                        );
-                        lock(&self.own_rows).remove(&row.lease_key);
-                        let held = self.new_held(row, started, generation);
-                        if let Some(old) = lock(&self.held).insert(held.key.clone(), held.clone()) {
-                            // Never planned (held keys are not taken); if it happens, the old
-                            // one must not go on as if it were held.
-                            old.mark_lost();
-                        }
-                        if self.acquired.send(held).await.is_err() {
+                        round.handle_take(steal, CallOutcome::Done);
+                        if !self.hold_taken(&lease, row, steal, started, generation).await {
                             return Ok(acquired);
                         }
                         acquired += 1;
                     }
                     Err(LeaseError::Conflict { .. }) => {
                         debug!(lease = %lease.lease_key, "another worker took it first");
-                        match spare.next() {
-                            Some(next) if !steal => takes.push((next, false)),
-                            // Look again at the next watch round rather than after take_interval.
-                            _ => lock(&self.scans).forced = true,
-                        }
+                        round.handle_take(steal, CallOutcome::Conflict);
                     }
                     Err(e) => {
                         warn!(lease = %lease.lease_key, error = %e, "taking lease failed");
@@ -1585,37 +1309,55 @@ impl LeaseCoordinator {
                             Some(&lease.lease_key),
                             format_args!("taking the lease failed: {e}"),
                         );
+                        round.handle_take(steal, CallOutcome::Failed);
                     }
                 }
             }
         }
         metrics::gauge!(CURRENT_LEASES, "worker_id" => self.config.worker_id.clone())
             .set(lock(&self.held).len() as f64);
-        if !take_all_of.is_empty() {
-            // Done with a watched dead worker once its row is marked and none of its leases is
-            // left (a take lost to a race, a stale row): else look again at the next watch round.
-            let held_now = self.held_keys();
-            let mut watched_dead = lock(&self.watched_dead);
-            for dead in &take_all_of {
-                let left = leases.iter().any(|l| {
-                    !l.is_finished()
-                        && l.lease_owner.as_deref() == Some(dead.as_str())
-                        && !held_now.contains(&l.lease_key)
-                });
-                if left || unmarked.contains(dead) {
-                    lock(&self.scans).forced = true;
-                } else {
-                    watched_dead.remove(dead);
-                }
-            }
-        }
-        if stole || !take_all_of.is_empty() {
+        let held_now = self.held_keys();
+        if round.finish(&held_now, &mut lock(&self.schedule)) {
             // The victims learn of it from their next scan (worker renewal) or renewal; after
             // a watched worker's death (its row marked, its leases taken here), the others
             // look to even the fleet out (their share grew).
             self.announce();
         }
         Ok(acquired)
+    }
+
+    /// A take or steal succeeded: the lease is held, and published to the scheduler. Returns
+    /// false when the scheduler is gone.
+    async fn hold_taken(
+        &self,
+        planned: &Lease,
+        row: Lease,
+        steal: bool,
+        started: Instant,
+        generation: u64,
+    ) -> bool {
+        debug!(lease = %row.lease_key, previous = ?planned.lease_owner, steal, "took lease");
+        let worker = self.config.worker_id.clone();
+        metrics::counter!(TAKEN_LEASES, "worker_id" => worker.clone()).increment(1);
+        if steal {
+            info!(lease = %row.lease_key, from = ?planned.lease_owner, "stole lease for balance");
+            metrics::counter!(LEASES_STOLEN, "worker_id" => worker).increment(1);
+        }
+        self.journal.record(
+            Some(&row.lease_key),
+            JournalEvent::Taken {
+                previous_owner: planned.lease_owner.clone(),
+                stolen: steal,
+            },
+        );
+        lock(&self.own_rows).remove(&row.lease_key);
+        let held = self.new_held(row, started, generation);
+        if let Some(old) = lock(&self.held).insert(held.key.clone(), held.clone()) {
+            // Never planned (held keys are not taken); if it happens, the old one must not go
+            // on as if it were held.
+            old.mark_lost();
+        }
+        self.acquired.send(held).await.is_ok()
     }
 
     /// The keys this worker must not take now: the leases it holds, and those given up whose
@@ -1794,35 +1536,23 @@ impl LeaseCoordinator {
             let this = self.clone();
             let mut stop = stop;
             async move {
-                let mut next_tick = Instant::now();
                 loop {
-                    // Besides the ticks: the moment a live worker would turn dead, so that its
-                    // leases move without waiting for the next tick.
-                    let watched = this.watched_workers();
-                    let expiry = lock(&this.workers).next_expiry(
-                        watched.iter().map(String::as_str),
-                        this.config.leases.failover_time,
-                        Instant::now(),
-                    );
-                    let follow_up = *lock(&this.follow_up);
-                    let expiry = match (expiry, follow_up) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
+                    // The next of the schedule's timers: the watch tick, the moment a watched
+                    // live worker would turn dead (so that its leases move without waiting for
+                    // the next tick), or the follow-up read.
+                    let (at, timer) = {
+                        let workers = lock(&this.workers);
+                        lock(&this.schedule).poll_timeout(&workers, this.divided(), Instant::now())
                     };
-                    let at_expiry = async move {
-                        match expiry {
-                            Some(at) => tokio::time::sleep_until(at).await,
-                            None => std::future::pending().await,
-                        }
-                    };
-                    tokio::select! {
+                    let fired = tokio::select! {
                         biased;
                         _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
-                        () = tokio::time::sleep_until(next_tick) => {
-                            next_tick = Instant::now() + this.watch_period();
-                        }
-                        () = this.wake_taker.notified() => {}
-                        () = at_expiry => {}
+                        () = tokio::time::sleep_until(at) => Some(timer),
+                        () = this.wake_taker.notified() => None,
+                    };
+                    if let Some(timer) = fired {
+                        let live = this.live_count();
+                        lock(&this.schedule).handle_timeout(timer, Instant::now(), live, this.divided());
                     }
                     this.watch_round().await;
                     this.ready.send_replace(true);
@@ -1832,10 +1562,6 @@ impl LeaseCoordinator {
         tokio::join!(keepalive, watcher);
     }
 }
-
-/// A heartbeat row with at most this many beats belongs to a worker that just started (see
-/// the take round's even share).
-const FRESH_BEATS: u64 = 2;
 
 #[cfg(test)]
 #[path = "coordinator/review_tests.rs"]

@@ -28,8 +28,11 @@
 //!   `throughputKBps` per worker, with damping.
 //! - [`held`]: `HeldLease` (a lease this worker holds, its status and validity) and
 //!   `Liveness` (the worker's own validity from its heartbeats).
-//! - [`coordinator`]: the async driver: renews held leases, takes and steals, publishes
-//!   acquired leases and lease loss.
+//! - [`machine`]: the coordinator's decisions as a pure state machine (time passed in, named
+//!   timers): when to read which heartbeat row and scan the lease table, and each take round's
+//!   plan and actions.
+//! - [`coordinator`]: the async driver of [`machine`]: heartbeats, renews held leases, makes the
+//!   take rounds' calls, publishes acquired leases and lease loss.
 //! - [`error`]: the `LeaseError` type, and `ErrorChain` (an error with its causes, on one line).
 //! - [`journal`]: a worker's recent lease moves and errors (for status pages).
 //! - [`suspend`]: detects a suspended host (the monotonic clock stood still while it slept).
@@ -59,6 +62,7 @@ pub mod fault;
 pub mod heartbeat;
 pub mod held;
 pub mod journal;
+pub mod machine;
 pub mod metered;
 
 pub mod lease;

@@ -530,7 +530,9 @@ async fn f8_a_lease_whose_row_was_deleted_is_lost() {
         memory.delete(&row).await.unwrap();
         a.wake();
         // The next round reads consistently (as after any change in the fleet).
-        lock(&a.scans).fingerprint.insert("someone".into(), (true, 1, 0));
+        lock(&a.schedule)
+            .fingerprint_mut()
+            .insert("someone".into(), (true, 1, 0));
         a.take_round().await.unwrap();
         assert_eq!(second.status(), LeaseStatus::Lost, "{renewal}: lost at the scan");
     }

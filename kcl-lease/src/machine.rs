@@ -1,0 +1,773 @@
+//! The lease coordinator's decisions as a pure state machine: no I/O, time passed in.
+//!
+//! [`crate::coordinator::LeaseCoordinator`] is the thin async driver around this module, as
+//! quinn sits on quinn-proto: it makes the calls to the lease and heartbeat tables, feeds what
+//! they returned in here, and does what this module says, when it says. Everything that decides
+//! is here, in two parts:
+//! - [`Schedule`]: which heartbeat rows a watch round reads ([`Schedule::watch_read`],
+//!   [`Schedule::watch_targets`]), when the lease table is looked at and why
+//!   ([`Schedule::scan_due`]), and when the driver wakes up next: [`Schedule::poll_timeout`]
+//!   gives the earliest of its named [`Timer`]s.
+//! - [`TakeRound`]: one take round, planned from one scan of the lease table and the strongly
+//!   consistent read of the heartbeats made after it ([`TakeRound::plan`]). The driver asks
+//!   [`TakeRound::poll_action`] for the next call ([`Action`]: complete a hand-off, mark a dead
+//!   worker's row lapsed, announce, take or steal a lease), feeds each result back
+//!   (`handle_*`: a take lost to another worker brings a spare lease in), and ends the round
+//!   with [`TakeRound::finish`], which says what it leaves for the next.
+//!
+//! One definition of a live worker ([`WorkerTracker`]: evidence from successful reads, judged
+//! as of the time each read was issued) and of an expired lease ([`ExpiryTracker`]); nothing
+//! here judges otherwise. The unit tests at the end drive both parts with made-up times.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::balance::{plan_takes, BalanceConfig, ExpiryTracker};
+use crate::coordinator::LeaseSettings;
+use crate::heartbeat::{FleetFingerprint, WorkerStatus, WorkerTracker};
+use crate::lease::Lease;
+use crate::load::BalanceMode;
+
+/// At most this many conditional takes are in flight at once in a take round.
+pub const TAKE_CONCURRENCY: usize = 32;
+
+/// Fleets of more live workers than this watch more slowly (see [`Schedule::watch_period`]).
+pub const WATCH_STRETCH_FROM: usize = 16;
+
+/// A heartbeat row with at most this many beats belongs to a worker that just started (see
+/// [`TakeRound::plan`]'s even share).
+pub const FRESH_BEATS: u64 = 2;
+
+/// The driver's named timers: what [`Schedule::poll_timeout`] says it waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timer {
+    /// The next watch round (every [`Schedule::watch_period`]).
+    Watch,
+    /// The moment a watched row, standing still, would make its worker dead.
+    WatchedExpiry,
+    /// One failover time after a take round's read of every row: every row is read again, so
+    /// that a worker that died unwatched (its watcher died with it) is found.
+    FollowUp,
+}
+
+/// Why the lease table is looked at now ([`Schedule::scan_due`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScanReason {
+    /// Never scanned yet.
+    First,
+    /// Asked for: a wake, a lapse, a failed round, a lost race, an unfinished dead worker.
+    Forced,
+    /// No heartbeats: every `take_interval`, as the Java KCL does.
+    NoHeartbeats,
+    /// A join, leave, death or announcement in the heartbeats since the last scan.
+    FleetChanged,
+    /// The last round acted, or saw leases judged by their counters: `take_interval` later.
+    TakeAgain,
+    /// Load-aware balancing: the loads change unannounced.
+    Rebalance,
+    /// The slow safety scan (`live workers × 2 × failover_time`, jittered).
+    Safety,
+}
+
+/// Which heartbeat rows a watch round reads ([`Schedule::watch_read`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchRead {
+    /// The watched row only (the divided watch).
+    Watched,
+    /// Every row, as the follow-up of a take round: if a worker shows dead that was not, the
+    /// lease table is looked at.
+    FollowUp,
+    /// Every row (the fleet is not known yet, or the store cannot read single rows).
+    All,
+}
+
+/// When to read what, and when to look at the lease table. See the module docs.
+#[derive(Debug)]
+pub struct Schedule {
+    worker_id: String,
+    settings: LeaseSettings,
+    /// When the lease table was last scanned.
+    last: Option<Instant>,
+    /// The fleet that scan answered (see [`WorkerTracker::fingerprint`]).
+    fingerprint: FleetFingerprint,
+    /// The last round took or stole something: look again after `take_interval`.
+    acted: bool,
+    /// The last scan saw live-looking leases judged by their counters.
+    unknown_owners: bool,
+    /// A scan was asked for.
+    forced: bool,
+    /// Leases free to take that this worker saw and left to others, as last announced.
+    free_announced: BTreeSet<String>,
+    scans: u64,
+    /// When the follow-up read of every row is due.
+    follow_up: Option<Instant>,
+    /// When the next watch round is due.
+    next_watch: Option<Instant>,
+    /// The worker whose row the last divided watch round read.
+    watching: Option<String>,
+    /// Workers whose rows this worker watched when they turned dead (or judged dead, unmarked,
+    /// still owning leases): the next take round takes all their leases.
+    watched_dead: BTreeSet<String>,
+    /// The last (own, watched) pair of differing fleet views acted on.
+    view_mismatch: Option<(u64, u64)>,
+}
+
+impl Schedule {
+    /// The schedule of worker `worker_id` with `settings`: a scan is due at once.
+    pub fn new(worker_id: impl Into<String>, settings: LeaseSettings) -> Self {
+        Self {
+            worker_id: worker_id.into(),
+            settings,
+            last: None,
+            fingerprint: FleetFingerprint::default(),
+            acted: false,
+            unknown_owners: false,
+            forced: false,
+            free_announced: BTreeSet::new(),
+            scans: 0,
+            follow_up: None,
+            next_watch: None,
+            watching: None,
+            watched_dead: BTreeSet::new(),
+            view_mismatch: None,
+        }
+    }
+
+    /// Asks for a scan at the next watch round.
+    pub fn force(&mut self) {
+        self.forced = true;
+    }
+
+    /// Scans of the lease table so far.
+    pub fn scans(&self) -> u64 {
+        self.scans
+    }
+
+    /// The fleet the last scan answered (tests: make the next round's scan consistent).
+    #[cfg(test)]
+    pub(crate) fn fingerprint_mut(&mut self) -> &mut FleetFingerprint {
+        &mut self.fingerprint
+    }
+
+    /// The worker whose row the divided watch read last.
+    pub fn watching(&self) -> Option<&str> {
+        self.watching.as_deref()
+    }
+
+    /// The time between two watch rounds: `watch_interval`, stretched in fleets of more than
+    /// [`WATCH_STRETCH_FROM`] live workers in proportion to their number, up to twice as long,
+    /// so that the reads of a large fleet stay within the Java KCL's per shard. Reading every
+    /// row (no divided watch): `watch_interval`.
+    pub fn watch_period(&self, live: usize, divided: bool) -> Duration {
+        let base = self.settings.watch_interval;
+        if !divided {
+            return base;
+        }
+        let stretch = (live as f64 / WATCH_STRETCH_FROM as f64).clamp(1.0, 2.0);
+        base.mul_f64(stretch)
+    }
+
+    /// The rows whose expiry the driver wakes up for: the watched one (divided watch), else
+    /// every known one.
+    pub fn watch_targets(&self, workers: &WorkerTracker, divided: bool, now: Instant) -> Vec<String> {
+        if divided {
+            vec![workers.successor(&self.worker_id, self.settings.failover_time, now)]
+        } else {
+            workers.known().map(str::to_owned).collect()
+        }
+    }
+
+    /// What this watch round reads: the watched row, or every row (the follow-up of a take
+    /// round when it is due, or the fleet not known yet, or no divided watch). Consumes a due
+    /// follow-up.
+    pub fn watch_read(&mut self, now: Instant, divided: bool, known: bool) -> WatchRead {
+        let follow_up = match self.follow_up {
+            Some(at) if at <= now => self.follow_up.take().is_some(),
+            _ => false,
+        };
+        match (divided, known, follow_up) {
+            (true, true, false) => WatchRead::Watched,
+            (true, _, true) => WatchRead::FollowUp,
+            _ => WatchRead::All,
+        }
+    }
+
+    /// The divided watch is about to read `worker`'s row.
+    pub fn watch(&mut self, worker: &str) {
+        self.watching = Some(worker.to_owned());
+    }
+
+    /// The watched row showed its worker dead: the next take round takes all its leases.
+    pub fn watched_died(&mut self, worker: &str) {
+        self.watched_dead.insert(worker.to_owned());
+    }
+
+    /// The follow-up of a [`WatchRead::FollowUp`]: workers dead and unmarked before and after
+    /// the read. A new one died unwatched: the lease table is looked at.
+    pub fn followed_up(&mut self, before: &BTreeSet<String>, after: &BTreeSet<String>) -> bool {
+        let new = !after.is_subset(before);
+        if new {
+            self.forced = true;
+        }
+        new
+    }
+
+    /// A watched worker's view of the fleet (`theirs`) differs from this worker's (`mine`):
+    /// whether to act on it (once per pair of views: one full read each).
+    pub fn views_differ(&mut self, mine: u64, theirs: u64) -> bool {
+        if mine == 0 || mine == theirs || self.view_mismatch == Some((mine, theirs)) {
+            return false;
+        }
+        self.view_mismatch = Some((mine, theirs));
+        true
+    }
+
+    /// The full read a view mismatch asked for failed: act on the same mismatch again.
+    pub fn views_unresolved(&mut self) {
+        self.view_mismatch = None;
+    }
+
+    /// When the driver must wake up next, and for which timer: the next watch round, the
+    /// moment a watched row would make its worker dead, or the follow-up read. (A wake from
+    /// [`crate::coordinator::LeaseCoordinator::wake`] comes besides.)
+    pub fn poll_timeout(&mut self, workers: &WorkerTracker, divided: bool, now: Instant) -> (Instant, Timer) {
+        let watch = *self.next_watch.get_or_insert(now);
+        let mut next = (watch, Timer::Watch);
+        let targets = self.watch_targets(workers, divided, now);
+        if let Some(at) = workers.next_expiry(
+            targets.iter().map(String::as_str),
+            self.settings.failover_time,
+            now,
+        ) {
+            if at < next.0 {
+                next = (at, Timer::WatchedExpiry);
+            }
+        }
+        if let Some(at) = self.follow_up {
+            if at < next.0 {
+                next = (at, Timer::FollowUp);
+            }
+        }
+        next
+    }
+
+    /// `timer` fired at `now`: a watch round follows. The next watch round is one
+    /// [`Self::watch_period`] after a [`Timer::Watch`].
+    pub fn handle_timeout(&mut self, timer: Timer, now: Instant, live: usize, divided: bool) {
+        if timer == Timer::Watch {
+            self.next_watch = Some(now + self.watch_period(live, divided));
+        }
+    }
+
+    /// Whether the lease table is to be looked at now, and why. `heartbeats`: whether the
+    /// worker coordinates through heartbeats; `divided`: whether it watches one row per round.
+    pub fn scan_due(
+        &self,
+        now: Instant,
+        workers: &WorkerTracker,
+        heartbeats: bool,
+        divided: bool,
+    ) -> Option<ScanReason> {
+        let failover = self.settings.failover_time;
+        let Some(last) = self.last else {
+            return Some(ScanReason::First);
+        };
+        let since = now.saturating_duration_since(last);
+        if self.forced {
+            return Some(ScanReason::Forced);
+        }
+        if !heartbeats {
+            return (since >= self.settings.take_interval).then_some(ScanReason::NoHeartbeats);
+        }
+        let live = workers.live(failover, now).len().max(1);
+        let fingerprint = workers.fingerprint(&self.worker_id, failover, now);
+        let watched = if divided { self.watching.as_deref() } else { None };
+        let changed = match watched {
+            // The divided watch sees the watched row (and through its nudges, every change
+            // announced anywhere); the rest of the fingerprint is as old as the last full read.
+            Some(w) => [w, self.worker_id.as_str()]
+                .iter()
+                .any(|k| fingerprint.get(*k) != self.fingerprint.get(*k)),
+            None => fingerprint != self.fingerprint,
+        };
+        if changed {
+            return Some(ScanReason::FleetChanged);
+        }
+        if (self.acted || self.unknown_owners) && since >= self.settings.take_interval {
+            return Some(ScanReason::TakeAgain);
+        }
+        if let BalanceMode::Load(load) = &self.settings.balance {
+            if since >= load.rebalance_interval {
+                return Some(ScanReason::Rebalance);
+            }
+        }
+        (since >= self.safety_interval(live)).then_some(ScanReason::Safety)
+    }
+
+    /// The time between two safety scans of this worker: `live × 2 × failover_time`, jittered
+    /// by ±25 % (by worker id and scan count) so that the fleet's scans spread out.
+    pub fn safety_interval(&self, live: usize) -> Duration {
+        let base = self.settings.failover_time * 2 * u32::try_from(live).unwrap_or(u32::MAX);
+        let mut h = DefaultHasher::new();
+        (&self.worker_id, self.scans).hash(&mut h);
+        let jitter = 0.75 + (h.finish() % 1000) as f64 / 2000.0;
+        base.mul_f64(jitter).max(self.settings.take_interval)
+    }
+
+    /// A take round starts; `seen_before` is the fleet as known before its scan (the
+    /// fingerprint this round answers). Returns whether the scan must be strongly consistent:
+    /// a round caused by a change in the fleet (a join, a leave, a death, an announced steal or
+    /// release), since an eventually consistent scan may not show the change yet, and a round
+    /// that takes a watched dead worker's leases. A wake or a lapse from now on asks for
+    /// another round.
+    pub fn begin_round(&mut self, seen_before: &FleetFingerprint) -> bool {
+        self.forced = false;
+        self.fingerprint != *seen_before || !self.watched_dead.is_empty()
+    }
+
+    /// The round's scan failed: whatever asked for it still stands.
+    pub fn scan_failed(&mut self) {
+        self.forced = true;
+    }
+
+    /// The round read every heartbeat row (strongly consistent) at `now`: the follow-up read
+    /// is due one failover time later, unless one is due already.
+    pub fn read_every_row(&mut self, now: Instant) {
+        self.follow_up
+            .get_or_insert(now + self.settings.failover_time + Duration::from_millis(1));
+    }
+
+    /// The round could not read the heartbeats: nothing is taken, and the table is looked at
+    /// again after `take_interval`.
+    pub fn heartbeats_unread(&mut self, now: Instant) {
+        self.last = Some(now);
+        self.acted = true;
+        self.scans += 1;
+    }
+}
+
+/// What a take round was planned from (besides the trackers it reads and updates).
+#[derive(Debug, Clone)]
+pub struct RoundInput {
+    /// The scan of the lease table, with the leases this worker may not take (a multi-stream
+    /// filter) left out.
+    pub leases: Vec<Lease>,
+    /// The fleet as known before the scan ([`Schedule::begin_round`]).
+    pub seen_before: FleetFingerprint,
+    /// Whether the worker coordinates through heartbeats (their read after the scan succeeded).
+    pub heartbeats: bool,
+    /// Whether it watches the fleet divided.
+    pub divided: bool,
+    /// The keys held, and those given up whose shard task still runs: never taken.
+    pub held: BTreeSet<String>,
+    /// Held leases the scan could not be checked against (a write under way): look again.
+    pub unchecked: usize,
+    /// Rows naming this worker id are its own, taken back at once ([`BalanceConfig`]).
+    pub adopt_own_rows: bool,
+    /// Leases this process held and lost whose rows may still name it unchanged.
+    pub own_rows: BTreeMap<String, (u64, u64)>,
+    /// Whether the worker takes leases at all (not while it shuts down).
+    pub taking: bool,
+}
+
+/// One call (or local step) a take round asks the driver for ([`TakeRound::poll_action`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Complete the hand-off of a lease stolen from this worker that it no longer processes
+    /// (lost here before the thief came): the thief starts now. Result:
+    /// [`TakeRound::handle_handoff`].
+    CompleteHandoff {
+        /// The lease.
+        key: String,
+    },
+    /// Mark a dead worker's heartbeat row lapsed (if still as judged). Result:
+    /// [`TakeRound::handle_mark`].
+    MarkLapsed {
+        /// The dead worker.
+        worker: String,
+    },
+    /// Announce (bump the epoch, write a heartbeat, nudge the others): free leases were left
+    /// to others. No result.
+    Announce,
+    /// Take (`steal`: with a graceful hand-off) the lease as scanned, conditional on its owner
+    /// and counter. Result: [`TakeRound::handle_take`].
+    Take {
+        /// The lease as scanned.
+        lease: Lease,
+        /// A steal from a live worker (else a take of a free or expired lease).
+        steal: bool,
+    },
+}
+
+/// How a completion of a hand-off ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// Applied.
+    Done,
+    /// The row was not as expected (another worker was first, or nothing to do).
+    Conflict,
+    /// Failed for another reason (throttled, timed out, ...).
+    Failed,
+}
+
+/// One take round. See the module docs.
+#[derive(Debug)]
+pub struct TakeRound {
+    /// Hand-offs, marks and the announcement, done in order before any take.
+    before: VecDeque<Action>,
+    /// Calls of `before` handed out and not answered yet.
+    before_pending: usize,
+    /// Takes and steals not handed out yet, in order.
+    takes: VecDeque<(Lease, bool)>,
+    /// Takes handed out and not answered yet.
+    in_flight: usize,
+    /// Takes of the current batch still to hand out.
+    batch_left: usize,
+    spare: VecDeque<Lease>,
+    take_all_of: BTreeSet<String>,
+    unmarked: BTreeSet<String>,
+    /// Per dead worker of `take_all_of`, its active leases in the scan.
+    dead_leases: BTreeMap<String, Vec<String>>,
+    stole: bool,
+    force: bool,
+    taking: bool,
+    /// The even share this worker aims for.
+    pub target: usize,
+    /// Live workers as planned.
+    pub live: Vec<String>,
+    /// Leases in the scan (after the filter).
+    pub scanned: usize,
+    /// Active (not finished) leases in the scan.
+    pub active: usize,
+    /// The rows of [`RoundInput::own_rows`] that still name this worker.
+    pub own_rows: BTreeMap<String, (u64, u64)>,
+}
+
+impl TakeRound {
+    /// Held leases that a strongly consistent scan shows without rows (deleted by a former
+    /// stream's clean-up, or by hand): lost (F8 of the coordination review). `held` are the
+    /// keys held and renewed.
+    pub fn rows_gone<'a>(leases: &[Lease], held: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        let present: HashSet<&str> = leases.iter().map(|l| l.lease_key.as_str()).collect();
+        held.into_iter()
+            .filter(|k| !present.contains(k))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Plans a take round at `now` from `input`, judging the workers by `workers` (the
+    /// strongly consistent read made after the scan) and the leases by `expiry` (updated with
+    /// the scan). Updates `schedule` with what the round saw; `own_rows` keeps only the rows
+    /// that still name this worker.
+    pub fn plan(
+        input: RoundInput,
+        schedule: &mut Schedule,
+        expiry: &mut ExpiryTracker,
+        workers: &WorkerTracker,
+        now: Instant,
+    ) -> Self {
+        let settings = &schedule.settings;
+        let me = schedule.worker_id.as_str();
+        let failover = settings.failover_time;
+        let leases = &input.leases;
+        let mut before = VecDeque::new();
+        // Steals of leases this worker no longer processes: nothing to hand over.
+        for lease in leases {
+            if lease.checkpoint_owner.as_deref() == Some(me)
+                && !lease.is_owned_by(me)
+                && !input.held.contains(&lease.lease_key)
+            {
+                before.push_back(Action::CompleteHandoff {
+                    key: lease.lease_key.clone(),
+                });
+            }
+        }
+        // Rows that no longer name this worker are no longer its own to take back.
+        let mut own_rows = input.own_rows;
+        own_rows.retain(|key, _| leases.iter().any(|l| &l.lease_key == key && l.is_owned_by(me)));
+        let statuses = if input.heartbeats {
+            workers.judged_statuses(failover)
+        } else {
+            HashMap::new()
+        };
+        let owns_active = |w: &str| {
+            leases
+                .iter()
+                .any(|l| !l.is_finished() && l.lease_owner.as_deref() == Some(w))
+        };
+        // The divided watch: a dead worker whose row this worker watched is known dead here
+        // first (the others learn of it from the nudges this round sends): all its leases are
+        // taken here at once, and the fleet evens out by steals afterwards. So is any dead
+        // worker this round judged whose row is not marked yet and that still owns leases:
+        // its watcher may be dead too, or may not have looked yet; whoever knows first acts
+        // (the takes are conditional: one of them wins each lease). A worker the consistent
+        // read shows live again is no longer one of them.
+        let take_all_of: BTreeSet<String> = if input.divided {
+            let watched_dead = &mut schedule.watched_dead;
+            watched_dead.retain(|w| matches!(statuses.get(w), Some(WorkerStatus::Dead(_))));
+            for (w, status) in &statuses {
+                if w != me
+                    && matches!(status, WorkerStatus::Dead(_))
+                    && workers.row(w).is_some_and(|row| !row.lapsed)
+                    && owns_active(w)
+                {
+                    watched_dead.insert(w.clone());
+                }
+            }
+            watched_dead.clone()
+        } else {
+            BTreeSet::new()
+        };
+        for dead in &take_all_of {
+            if workers.row(dead).is_some_and(|row| !row.lapsed) {
+                before.push_back(Action::MarkLapsed { worker: dead.clone() });
+            }
+        }
+        let unknown_owners = input.heartbeats
+            && leases.iter().any(|l| {
+                !l.is_finished()
+                    && l.lease_owner
+                        .as_deref()
+                        .is_some_and(|o| o != me && !statuses.contains_key(o))
+            });
+        // The even share counts the workers that are live, but not, among those that own no
+        // lease, the ones whose row has not moved while this worker watched although it has
+        // beaten many times before: a newcomer cannot tell a worker that runs from one that
+        // died before it started (a row that stands still) until the failover time has
+        // passed, and counting the dead one would leave released leases unowned that long
+        // (as in a rolling deploy). A worker that just started (a cold start of the fleet:
+        // every row is new) has beaten once or twice and counts; any other counts from its
+        // next heartbeat on.
+        let owning: HashSet<&str> = leases
+            .iter()
+            .filter(|l| !l.is_finished())
+            .filter_map(|l| l.lease_owner.as_deref())
+            .collect();
+        let planning: HashMap<String, WorkerStatus> = statuses
+            .into_iter()
+            .map(|(w, s)| match s {
+                WorkerStatus::Live(_)
+                    if w != me
+                        && !owning.contains(w.as_str())
+                        && !workers.seen_beating(&w)
+                        && workers.beats(&w).is_some_and(|b| b > FRESH_BEATS) =>
+                {
+                    (w, WorkerStatus::Unknown)
+                }
+                s => (w, s),
+            })
+            .collect();
+        expiry.observe(leases, now);
+        expiry.set_owners(planning);
+        let balance = BalanceConfig {
+            worker_id: me.to_owned(),
+            failover_time: failover,
+            max_leases_per_worker: settings.max_leases_per_worker,
+            max_leases_to_steal: settings.max_leases_to_steal,
+            mode: settings.balance,
+            adopt_own_rows: input.adopt_own_rows,
+            own_rows: own_rows.clone(),
+            take_all_of: take_all_of.clone(),
+        };
+        let plan = plan_takes(leases, expiry, &input.held, &balance, now);
+        // Other workers' leases that may be taken now: free to take as unowned ones are.
+        let expired: HashSet<&str> = leases
+            .iter()
+            .filter(|l| l.lease_owner.as_deref().is_some_and(|o| o != me))
+            .filter(|l| expiry.is_expired(l, failover, now))
+            .map(|l| l.lease_key.as_str())
+            .collect();
+        let planned = |key: &str| plan.take.iter().any(|t| t.lease_key == key);
+        // Rows naming this worker that it does not hold and may not take back at once are
+        // judged by their counters: look again after take_interval, as for unknown owners.
+        let own_pending = leases.iter().any(|l| {
+            !l.is_finished()
+                && l.is_owned_by(me)
+                && !input.held.contains(&l.lease_key)
+                && !planned(&l.lease_key)
+        });
+        // Unowned leases left to others (this worker has its share): tell them, once per set,
+        // so that a worker below its share looks now rather than at its next safety scan.
+        // Expired ones too: a dead worker's lease is freed without any heartbeat saying so
+        // when the hand-off to it completes after its death (found by the simulator: seed 2406
+        // at 8 workers, 32 shards, worker renewal, left it to a safety scan).
+        let free: BTreeSet<String> = leases
+            .iter()
+            .filter(|l| {
+                !l.is_finished() && (l.lease_owner.is_none() || expired.contains(l.lease_key.as_str()))
+            })
+            .filter(|l| !planned(&l.lease_key))
+            .map(|l| l.lease_key.clone())
+            .collect();
+        if !free.is_subset(&schedule.free_announced) {
+            before.push_back(Action::Announce);
+        }
+        let dead_leases = take_all_of
+            .iter()
+            .map(|dead| {
+                let keys = leases
+                    .iter()
+                    .filter(|l| !l.is_finished() && l.lease_owner.as_deref() == Some(dead.as_str()))
+                    .map(|l| l.lease_key.clone())
+                    .collect();
+                (dead.clone(), keys)
+            })
+            .collect();
+        let active = leases.iter().filter(|l| !l.is_finished()).count();
+        schedule.free_announced = free;
+        schedule.last = Some(now);
+        schedule.fingerprint = input.seen_before;
+        schedule.acted = !plan.take.is_empty() || !plan.steal.is_empty();
+        schedule.unknown_owners = unknown_owners || own_pending;
+        schedule.forced |= input.unchecked > 0;
+        schedule.scans += 1;
+        let takes = if input.taking {
+            plan.take
+                .into_iter()
+                .map(|l| (l, false))
+                .chain(plan.steal.into_iter().map(|l| (l, true)))
+                .collect()
+        } else {
+            VecDeque::new()
+        };
+        Self {
+            before,
+            before_pending: 0,
+            takes,
+            in_flight: 0,
+            batch_left: 0,
+            spare: plan.spare.into(),
+            take_all_of,
+            unmarked: BTreeSet::new(),
+            dead_leases,
+            stole: false,
+            force: false,
+            taking: input.taking,
+            target: plan.target,
+            live: expiry.live_workers().map(str::to_owned).collect(),
+            scanned: leases.len(),
+            active,
+            own_rows,
+        }
+    }
+
+    /// The next call to make, or `None` while the calls handed out are unanswered (a batch of
+    /// takes in flight, or a call that must be answered before the takes start) or when the
+    /// round is done ([`Self::is_done`]). Hand-offs, marks and the announcement come first, one
+    /// at a time; then takes and steals, in batches of up to [`TAKE_CONCURRENCY`] made at
+    /// once (the next batch once every take of the last one is answered).
+    pub fn poll_action(&mut self) -> Option<Action> {
+        if self.before_pending > 0 {
+            return None;
+        }
+        if let Some(action) = self.before.pop_front() {
+            if action != Action::Announce {
+                self.before_pending += 1;
+            }
+            return Some(action);
+        }
+        if self.batch_left == 0 {
+            if self.in_flight > 0 || self.takes.is_empty() {
+                return None;
+            }
+            // A new batch once every take of the last one is answered (takes lost to others
+            // have brought their spares in by then).
+            self.batch_left = self.takes.len().min(TAKE_CONCURRENCY);
+        }
+        let (lease, steal) = self.takes.pop_front()?;
+        self.batch_left -= 1;
+        self.in_flight += 1;
+        Some(Action::Take { lease, steal })
+    }
+
+    /// Whether nothing is left to do: no call unanswered and none to hand out.
+    pub fn is_done(&self) -> bool {
+        self.before_pending == 0 && self.in_flight == 0 && self.before.is_empty() && self.takes.is_empty()
+    }
+
+    /// Whether takes are still to be made (the driver checks its validity before each batch).
+    pub fn takes_pending(&self) -> bool {
+        !self.takes.is_empty()
+    }
+
+    /// The driver gives the round up (its validity ended, or the worker shuts down): no more
+    /// takes.
+    pub fn abandon_takes(&mut self) {
+        self.takes.clear();
+        self.batch_left = 0;
+    }
+
+    /// The answer to an [`Action::CompleteHandoff`]. A failure asks for another round.
+    pub fn handle_handoff(&mut self, outcome: CallOutcome) {
+        self.before_pending = self.before_pending.saturating_sub(1);
+        if outcome == CallOutcome::Failed {
+            self.force = true;
+        }
+    }
+
+    /// The answer to an [`Action::MarkLapsed`]: whether the row is marked (or changed, or gone:
+    /// nothing left to mark).
+    pub fn handle_mark(&mut self, worker: &str, marked: bool) {
+        self.before_pending = self.before_pending.saturating_sub(1);
+        if !marked {
+            self.unmarked.insert(worker.to_owned());
+        }
+    }
+
+    /// The answer to an [`Action::Take`]. A take lost to another worker is replaced by a spare
+    /// lease (no new scan); a lost steal, or no spare left, asks for another round.
+    pub fn handle_take(&mut self, steal: bool, outcome: CallOutcome) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        match outcome {
+            CallOutcome::Done => self.stole |= steal,
+            CallOutcome::Conflict => match self.spare.pop_front() {
+                Some(next) if !steal => self.takes.push_back((next, false)),
+                _ => self.force = true,
+            },
+            CallOutcome::Failed => {}
+        }
+    }
+
+    /// Ends the round; `held` are the keys this worker holds (or still retires) now. Done with
+    /// a watched dead worker once its row is marked and none of its leases is left (a take
+    /// lost to a race, a stale row): else another round is asked for. Returns whether to
+    /// announce: after a steal (the victim learns of it) or a dead worker's leases taken (the
+    /// others even the fleet out: their share grew).
+    pub fn finish(self, held: &BTreeSet<String>, schedule: &mut Schedule) -> bool {
+        schedule.forced |= self.force;
+        if !self.taking {
+            return false;
+        }
+        for dead in &self.take_all_of {
+            let left = self
+                .dead_leases
+                .get(dead)
+                .is_some_and(|keys| keys.iter().any(|k| !held.contains(k)));
+            if left || self.unmarked.contains(dead) {
+                schedule.forced = true;
+            } else {
+                schedule.watched_dead.remove(dead);
+            }
+        }
+        self.stole || !self.take_all_of.is_empty()
+    }
+}
+
+/// The workers that look dead by the reads made and whose rows are not marked lapsed.
+pub fn dead_unmarked(
+    workers: &WorkerTracker,
+    me: &str,
+    failover_time: Duration,
+    now: Instant,
+) -> BTreeSet<String> {
+    workers
+        .known()
+        .filter(|w| *w != me)
+        .filter(|w| matches!(workers.status(w, failover_time, now), WorkerStatus::Dead(_)))
+        .filter(|w| workers.row(w).is_some_and(|r| !r.lapsed))
+        .map(str::to_owned)
+        .collect()
+}
