@@ -1,7 +1,9 @@
-//! The lease coordinator: the async driver around [`crate::balance`] and [`crate::heartbeat`].
+//! The lease coordinator: the async driver of [`crate::machine`], the pure state machine that
+//! decides (when to read which heartbeat row, when to scan, what a take round does).
 //!
 //! One per worker. It keeps the worker alive in the eyes of the others, renews what must be
-//! renewed, and takes and steals leases as [`plan_takes`] says. Acquired leases are published
+//! renewed, and makes the calls a [`TakeRound`] plans (takes and steals as
+//! [`crate::balance::plan_takes`] says). Acquired leases are published
 //! on a bounded channel (the scheduler starts a shard task for each); a change of a held
 //! lease's status (lost, or a graceful hand-off requested by another worker) is published on
 //! the lease's own `watch` channel.
@@ -1259,7 +1261,7 @@ impl LeaseCoordinator {
                         round.handle_mark(&worker, marked);
                     }
                     Action::Announce => self.announce(),
-                    Action::Take { lease, steal } => batch.push((lease, steal)),
+                    Action::Take { lease, steal } => batch.push((*lease, steal)),
                 }
             }
             if batch.is_empty() {

@@ -396,7 +396,7 @@ pub enum Action {
     /// and counter. Result: [`TakeRound::handle_take`].
     Take {
         /// The lease as scanned.
-        lease: Lease,
+        lease: Box<Lease>,
         /// A steal from a live worker (else a take of a free or expired lease).
         steal: bool,
     },
@@ -680,7 +680,10 @@ impl TakeRound {
         let (lease, steal) = self.takes.pop_front()?;
         self.batch_left -= 1;
         self.in_flight += 1;
-        Some(Action::Take { lease, steal })
+        Some(Action::Take {
+            lease: Box::new(lease),
+            steal,
+        })
     }
 
     /// Whether nothing is left to do: no call unanswered and none to hand out.
@@ -770,4 +773,330 @@ pub fn dead_unmarked(
         .filter(|w| workers.row(w).is_some_and(|r| !r.lapsed))
         .map(str::to_owned)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heartbeat::{LeaseRenewal, WorkerHeartbeat};
+    use crate::sequence::ExtendedSequenceNumber;
+
+    const F: Duration = Duration::from_secs(10);
+
+    fn settings() -> LeaseSettings {
+        LeaseSettings::new(F)
+    }
+
+    fn hb(worker: &str, counter: u64) -> WorkerHeartbeat {
+        WorkerHeartbeat {
+            worker_id: worker.into(),
+            counter,
+            renewal: LeaseRenewal::PerLease,
+            leases: 0,
+            epoch: 0,
+            incarnation: Some(1),
+            lapsed: false,
+            nudges: 0,
+            view: 0,
+            watched: None,
+        }
+    }
+
+    fn lease(key: &str, owner: Option<&str>, counter: u64) -> Lease {
+        let mut lease = Lease::new(
+            key,
+            ExtendedSequenceNumber::from_parts("TRIM_HORIZON", 0).unwrap(),
+        );
+        lease.lease_owner = owner.map(str::to_owned);
+        lease.lease_counter = counter;
+        lease
+    }
+
+    fn input(leases: Vec<Lease>, workers: &WorkerTracker, now: Instant) -> RoundInput {
+        RoundInput {
+            leases,
+            seen_before: workers.fingerprint("me", F, now),
+            heartbeats: true,
+            divided: true,
+            held: BTreeSet::new(),
+            unchecked: 0,
+            adopt_own_rows: false,
+            own_rows: BTreeMap::new(),
+            taking: true,
+        }
+    }
+
+    /// Every action the round asks for until it waits for answers.
+    fn drain(round: &mut TakeRound) -> Vec<Action> {
+        std::iter::from_fn(|| round.poll_action()).collect()
+    }
+
+    #[test]
+    fn the_timers_say_what_wakes_the_driver_next() {
+        let t0 = Instant::now();
+        let mut schedule = Schedule::new("me", settings());
+        let mut workers = WorkerTracker::new();
+        workers.observe_consistent(&[hb("me", 1), hb("a", 1)], t0, t0);
+        // The first watch round is due at once; the next one a watch period later.
+        assert_eq!(schedule.poll_timeout(&workers, true, t0), (t0, Timer::Watch));
+        schedule.handle_timeout(Timer::Watch, t0, 2, true);
+        let period = schedule.watch_period(2, true);
+        assert_eq!(period, settings().watch_interval);
+        // The watched row ("a" stands still since t0) would turn dead at t0 + F: later than the
+        // tick, so the tick comes first.
+        assert_eq!(
+            schedule.poll_timeout(&workers, true, t0),
+            (t0 + period, Timer::Watch)
+        );
+        // Close to the expiry, the expiry comes first.
+        let late = t0 + F - period / 2;
+        schedule.handle_timeout(Timer::Watch, late, 2, true);
+        let (at, timer) = schedule.poll_timeout(&workers, true, late);
+        assert_eq!(timer, Timer::WatchedExpiry);
+        assert!(at <= late + period && at > t0 + F, "{at:?}");
+        // A take round's read of every row brings the follow-up one failover time later.
+        let mut schedule = Schedule::new("me", settings());
+        schedule.handle_timeout(Timer::Watch, t0, 2, true);
+        schedule.read_every_row(t0 - F);
+        let (_, timer) = schedule.poll_timeout(&workers, true, t0);
+        assert_eq!(timer, Timer::FollowUp);
+        // Large fleets watch more slowly, up to twice the interval.
+        assert_eq!(schedule.watch_period(64, true), settings().watch_interval * 2);
+        assert_eq!(schedule.watch_period(64, false), settings().watch_interval);
+    }
+
+    #[test]
+    fn a_watch_round_reads_one_row_once_the_fleet_is_known_and_every_row_as_a_follow_up() {
+        let t0 = Instant::now();
+        let mut schedule = Schedule::new("me", settings());
+        assert_eq!(schedule.watch_read(t0, true, false), WatchRead::All);
+        assert_eq!(schedule.watch_read(t0, true, true), WatchRead::Watched);
+        assert_eq!(schedule.watch_read(t0, false, true), WatchRead::All);
+        schedule.read_every_row(t0);
+        assert_eq!(schedule.watch_read(t0 + F / 2, true, true), WatchRead::Watched);
+        assert_eq!(schedule.watch_read(t0 + F * 2, true, true), WatchRead::FollowUp);
+        // Once.
+        assert_eq!(schedule.watch_read(t0 + F * 2, true, true), WatchRead::Watched);
+        // A worker that died unwatched shows in the follow-up: the table is looked at.
+        let before: BTreeSet<String> = ["a".to_owned()].into();
+        let after: BTreeSet<String> = ["a".to_owned(), "b".to_owned()].into();
+        assert!(!schedule.followed_up(&before, &before));
+        assert!(schedule.followed_up(&before, &after));
+        assert_eq!(
+            schedule.scan_due(t0, &WorkerTracker::new(), true, true),
+            Some(ScanReason::First)
+        );
+    }
+
+    #[test]
+    fn scans_are_due_for_a_reason_only() {
+        let t0 = Instant::now();
+        let mut schedule = Schedule::new("me", settings());
+        let mut workers = WorkerTracker::new();
+        workers.observe_consistent(&[hb("me", 1), hb("a", 1)], t0, t0);
+        assert_eq!(
+            schedule.scan_due(t0, &workers, true, true),
+            Some(ScanReason::First)
+        );
+        let mut expiry = ExpiryTracker::new();
+        // Two live workers, two leases, one each: nothing to do.
+        let leases = vec![lease("s-0", Some("me"), 1), lease("s-1", Some("a"), 1)];
+        let mut inp = input(leases.clone(), &workers, t0);
+        inp.held = ["s-0".to_owned()].into();
+        assert!(
+            schedule.begin_round(&inp.seen_before),
+            "the first round answers a fleet never seen: a consistent scan"
+        );
+        let mut round = TakeRound::plan(inp, &mut schedule, &mut expiry, &workers, t0);
+        assert_eq!(drain(&mut round), []);
+        assert!(!round.finish(&["s-0".to_owned()].into(), &mut schedule));
+        assert_eq!(schedule.scans(), 1);
+        assert_eq!(schedule.scan_due(t0 + F / 2, &workers, true, true), None);
+        // A wake.
+        schedule.force();
+        assert_eq!(
+            schedule.scan_due(t0, &workers, true, true),
+            Some(ScanReason::Forced)
+        );
+        schedule.begin_round(&workers.fingerprint("me", F, t0));
+        assert_eq!(schedule.scan_due(t0, &workers, true, true), None);
+        // An announcement by the watched worker.
+        schedule.watch("a");
+        let mut announced = hb("a", 2);
+        announced.epoch = 1;
+        workers.observe_one("a", Some(&announced), t0, t0);
+        assert_eq!(
+            schedule.scan_due(t0, &workers, true, true),
+            Some(ScanReason::FleetChanged)
+        );
+        // Without heartbeats: every take interval.
+        assert_eq!(schedule.scan_due(t0, &workers, false, false), None);
+        assert_eq!(
+            schedule.scan_due(t0 + settings().take_interval, &workers, false, false),
+            Some(ScanReason::NoHeartbeats)
+        );
+        // The safety scan, within ±25 % of live × 2 × F.
+        let mut quiet = Schedule::new("me", settings());
+        quiet.last = Some(t0);
+        let none = WorkerTracker::new();
+        let safety = quiet.safety_interval(1);
+        assert!(safety >= F * 2 * 3 / 4 && safety <= F * 2 * 5 / 4, "{safety:?}");
+        assert_eq!(
+            quiet.scan_due(t0 + safety - Duration::from_millis(1), &none, true, true),
+            None
+        );
+        assert_eq!(
+            quiet.scan_due(t0 + safety, &none, true, true),
+            Some(ScanReason::Safety)
+        );
+    }
+
+    #[test]
+    fn takes_go_out_in_bounded_batches_and_a_lost_race_brings_a_spare_in() {
+        let t0 = Instant::now();
+        let mut schedule = Schedule::new("me", settings());
+        let mut workers = WorkerTracker::new();
+        workers.observe_consistent(&[hb("me", 1)], t0, t0);
+        let leases: Vec<Lease> = (0..TAKE_CONCURRENCY + 8)
+            .map(|i| lease(&format!("s-{i:03}"), None, 0))
+            .collect();
+        let inp = input(leases, &workers, t0);
+        let mut round = TakeRound::plan(inp, &mut schedule, &mut ExpiryTracker::new(), &workers, t0);
+        let first = drain(&mut round);
+        assert_eq!(first.len(), TAKE_CONCURRENCY, "one batch at a time");
+        assert_eq!(drain(&mut round), [], "the next batch waits for every answer");
+        for (i, _) in first.iter().enumerate() {
+            let outcome = if i == 0 {
+                CallOutcome::Conflict
+            } else {
+                CallOutcome::Done
+            };
+            round.handle_take(false, outcome);
+        }
+        let second = drain(&mut round);
+        assert_eq!(
+            second.len(),
+            8,
+            "the rest (there is no spare: every free lease was planned)"
+        );
+        for _ in &second {
+            round.handle_take(false, CallOutcome::Done);
+        }
+        assert!(round.is_done());
+        assert!(
+            !round.finish(&BTreeSet::new(), &mut schedule),
+            "no steal, no dead worker: nothing to announce"
+        );
+        assert_eq!(
+            schedule.scan_due(t0, &workers, true, true),
+            Some(ScanReason::Forced),
+            "a take lost without a spare asks for another round"
+        );
+    }
+
+    #[test]
+    fn a_dead_watched_workers_row_is_marked_and_all_its_leases_taken_then_announced() {
+        let t0 = Instant::now();
+        let mut schedule = Schedule::new("me", settings());
+        let mut workers = WorkerTracker::new();
+        let mut expiry = ExpiryTracker::new();
+        workers.observe_consistent(&[hb("me", 1), hb("a", 1), hb("b", 1)], t0, t0);
+        let leases: Vec<Lease> = (0..6)
+            .map(|i| lease(&format!("s-{i}"), Some(["me", "a", "b"][i % 3]), 1))
+            .collect();
+        let later = t0 + F + Duration::from_secs(1);
+        workers.observe_consistent(&[hb("me", 5), hb("a", 5), hb("b", 1)], later, later);
+        schedule.watched_died("b");
+        let mut inp = input(leases, &workers, later);
+        inp.held = ["s-0".to_owned(), "s-3".to_owned()].into();
+        assert!(
+            schedule.begin_round(&inp.seen_before),
+            "a dead watched worker: a consistent scan"
+        );
+        let mut round = TakeRound::plan(inp, &mut schedule, &mut expiry, &workers, later);
+        // The mark first, alone: the takes wait for its answer.
+        assert_eq!(
+            round.poll_action(),
+            Some(Action::MarkLapsed { worker: "b".into() })
+        );
+        assert_eq!(round.poll_action(), None);
+        round.handle_mark("b", false);
+        let takes = drain(&mut round);
+        let keys: Vec<&str> = takes
+            .iter()
+            .map(|a| match a {
+                Action::Take { lease, steal: false } => lease.lease_key.as_str(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            ["s-2", "s-5"],
+            "every lease of the dead worker, beyond the even share"
+        );
+        round.handle_take(false, CallOutcome::Done);
+        round.handle_take(false, CallOutcome::Done);
+        let held: BTreeSet<String> = ["s-0", "s-3", "s-2", "s-5"].map(str::to_owned).into();
+        assert!(
+            round.finish(&held, &mut schedule),
+            "the others are told: their share grew"
+        );
+        // The row is not marked yet: the next round tries again, with a consistent scan.
+        assert_eq!(
+            schedule.scan_due(later, &workers, true, true),
+            Some(ScanReason::Forced)
+        );
+        assert!(schedule.begin_round(&workers.fingerprint("me", F, later)));
+    }
+
+    #[test]
+    fn a_steal_of_a_lease_no_longer_processed_here_is_completed_and_free_leases_are_announced_once() {
+        let t0 = Instant::now();
+        let mut schedule = Schedule::new("me", settings());
+        let mut workers = WorkerTracker::new();
+        workers.observe_consistent(&[hb("me", 1), hb("a", 1)], t0, t0);
+        let mut stolen = lease("s-0", Some("a"), 2);
+        stolen.checkpoint_owner = Some("me".into());
+        let leases = vec![
+            stolen,
+            lease("s-1", Some("me"), 1),
+            lease("s-2", Some("a"), 1),
+            lease("s-3", None, 0),
+            lease("s-4", None, 0),
+            lease("s-5", None, 0),
+        ];
+        let mut inp = input(leases.clone(), &workers, t0);
+        inp.held = ["s-1".to_owned()].into();
+        inp.taking = true;
+        let mut round = TakeRound::plan(
+            inp.clone(),
+            &mut schedule,
+            &mut ExpiryTracker::new(),
+            &workers,
+            t0,
+        );
+        assert_eq!(
+            round.poll_action(),
+            Some(Action::CompleteHandoff { key: "s-0".into() })
+        );
+        round.handle_handoff(CallOutcome::Failed);
+        // Six leases, two workers: a share of three; one held, two to take, one left to "a"
+        // (announced, so that it looks now).
+        let rest = drain(&mut round);
+        assert_eq!(rest.first(), Some(&Action::Announce));
+        assert_eq!(rest.len(), 3, "{rest:?}");
+        round.handle_take(false, CallOutcome::Done);
+        round.handle_take(false, CallOutcome::Done);
+        round.finish(&BTreeSet::new(), &mut schedule);
+        assert_eq!(
+            schedule.scan_due(t0, &workers, true, true),
+            Some(ScanReason::Forced),
+            "the failed hand-off"
+        );
+        // The same free set again: not announced again.
+        schedule.begin_round(&inp.seen_before);
+        let mut round = TakeRound::plan(inp, &mut schedule, &mut ExpiryTracker::new(), &workers, t0);
+        let again = drain(&mut round);
+        assert!(!again.contains(&Action::Announce), "{again:?}");
+    }
 }
