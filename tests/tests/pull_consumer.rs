@@ -187,7 +187,8 @@ async fn each_shard_has_at_most_the_bound_in_flight_and_every_record_comes_in_or
             for tokens in held.values_mut() {
                 round += 1;
                 let mut tokens = std::mem::take(tokens);
-                tokens.rotate_left((round as usize) % tokens.len().max(1));
+                let shift = (round as usize) % tokens.len().max(1);
+                tokens.rotate_left(shift);
                 for ack in tokens {
                     ack.ack().expect("held");
                 }
