@@ -384,3 +384,67 @@ async fn dropping_the_consumer_checkpoints_the_acks_and_releases_the_leases() {
         .await
         .expect("the dropped consumer's worker shuts down gracefully");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_second_worker_takes_a_shard_over_and_the_first_is_told() {
+    init_tracing();
+    let backend = LocalBackend::new();
+    backend.create_stream(STREAM, 2).expect("create stream");
+    let store = InMemoryLeaseStore::new();
+    let mut produced = BTreeMap::new();
+    produce(&backend, 6, 3, &mut produced).await;
+    let total: u64 = produced.values().sum();
+
+    // Worker a takes both shards and acknowledges everything.
+    let mut a = consumer("a", &backend, &store, 100, PullOptions::default());
+    let mut seen_by_a: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut n = 0;
+    while n < total as usize {
+        let (batch, ack) = next_batch(&mut a).await;
+        n += batch.records().len();
+        seen_by_a.entry(batch.shard_id().to_owned()).or_default().extend(payloads(&batch));
+        ack.ack().expect("held");
+    }
+    assert_eq!(a.handle().held_leases().len(), 2);
+
+    // Worker b joins: it takes one shard from a, which is told.
+    let mut b = consumer("b", &backend, &store, 100, PullOptions::default());
+    let lost = loop {
+        match next_event(&mut a).await {
+            PullEvent::LeaseLost { shard, handed_over } => {
+                assert!(handed_over, "a steal hands the lease over gracefully");
+                break shard.shard_id;
+            }
+            PullEvent::Batch { batch, .. } => panic!("no new records, yet a batch: {batch:?}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(!a.handle().held_leases().contains(&lost));
+    // Every batch a acknowledged was checkpointed before the lease moved: b starts after them.
+    produce(&backend, 6, 3, &mut produced).await;
+    let mut seen_by_b: Vec<String> = Vec::new();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let (batch, ack) = next_batch(&mut b).await;
+        assert_eq!(batch.shard_id(), lost, "b holds only the shard it took");
+        let records = payloads(&batch);
+        for r in &records {
+            assert!(
+                !seen_by_a[&lost].contains(r),
+                "{r} was acknowledged on a and delivered again on b"
+            );
+        }
+        seen_by_b.extend(records);
+        ack.ack().expect("held");
+        let keys_on_lost: std::collections::BTreeSet<&str> = seen_by_a[&lost]
+            .iter()
+            .filter_map(|r| r.split_once(':').map(|(k, _)| k))
+            .collect();
+        if seen_by_b.len() == keys_on_lost.len() * 3 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "b got {seen_by_b:?}");
+    }
+    b.shutdown().await.expect("clean shutdown");
+    a.shutdown().await.expect("clean shutdown");
+}
