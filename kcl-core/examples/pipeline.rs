@@ -18,7 +18,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     stream.create_stream("clicks", 2)?;
     for i in 0..200u64 {
         let user = format!("user-{}", i % 7);
-        stream.put_record("clicks", &user, format!("click {i}").into(), None).await?;
+        stream
+            .put_record("clicks", &user, format!("click {i}").into(), None)
+            .await?;
     }
     let mut consumer = Scheduler::builder("pipeline", "clicks")
         .backend(stream)
@@ -42,7 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
             .map(|(batch, ack)| {
                 n += 1;
-                let write_time = Duration::from_millis(if n % 2 == 0 { 5 } else { 30 });
+                let write_time = Duration::from_millis(if n.is_multiple_of(2) { 5 } else { 30 });
                 async move {
                     // Stands for a write to a database or an object store.
                     tokio::time::sleep(write_time).await;

@@ -421,7 +421,9 @@ struct ShardAcks {
 
 impl ShardAcks {
     fn state(&self) -> MutexGuard<'_, AckState> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn wake(&self) {
@@ -527,7 +529,11 @@ impl PullProcessor {
     /// Whether delivering must stop now: the consumer is stopping, or the lease is not held
     /// (lost, or to be handed over).
     fn interrupted(&self) -> bool {
-        *self.shared.stop.borrow() || self.status.as_ref().is_some_and(|s| *s.borrow() != LeaseStatus::Held)
+        *self.shared.stop.borrow()
+            || self
+                .status
+                .as_ref()
+                .is_some_and(|s| *s.borrow() != LeaseStatus::Held)
     }
 
     /// Resolves when delivering must stop (see [`PullProcessor::interrupted`]).
@@ -578,7 +584,10 @@ impl PullProcessor {
 
 #[async_trait]
 impl RecordProcessor for PullProcessor {
-    async fn process_records(&mut self, input: ProcessRecordsInput<'_>) -> std::result::Result<(), ProcessorError> {
+    async fn process_records(
+        &mut self,
+        input: ProcessRecordsInput<'_>,
+    ) -> std::result::Result<(), ProcessorError> {
         let Some(last) = input.records.last().map(|r| r.extended_sequence_number()) else {
             return Ok(());
         };
@@ -680,7 +689,11 @@ impl RecordProcessor for PullProcessor {
                     break;
                 }
             }
-            if self.status.as_ref().is_some_and(|s| *s.borrow() == LeaseStatus::Lost) {
+            if self
+                .status
+                .as_ref()
+                .is_some_and(|s| *s.borrow() == LeaseStatus::Lost)
+            {
                 break;
             }
             tokio::select! {
@@ -753,7 +766,12 @@ mod tests {
     #[test]
     fn the_acknowledged_prefix_is_contiguous() {
         let acks = acks();
-        let (a, b, c, d) = (token(&acks, 10), token(&acks, 20), token(&acks, 30), token(&acks, 40));
+        let (a, b, c, d) = (
+            token(&acks, 10),
+            token(&acks, 20),
+            token(&acks, 30),
+            token(&acks, 40),
+        );
         assert_eq!(acks.state().out, 4);
         c.ack().expect("held");
         b.ack().expect("held");
@@ -765,7 +783,11 @@ mod tests {
         assert_eq!(acks.state().out, 0);
         let e = token(&acks, 50);
         e.ack().expect("held");
-        assert_eq!(acks.state().acked, seq(30), "the dropped batch holds the prefix back");
+        assert_eq!(
+            acks.state().acked,
+            seq(30),
+            "the dropped batch holds the prefix back"
+        );
         let f = token(&acks, 60);
         acks.close();
         assert!(!f.is_held());

@@ -82,7 +82,11 @@ async fn wait_checkpoint(store: &InMemoryLeaseStore, key: &str, expected: &Exten
 }
 
 fn last_of(batch: &Batch) -> ExtendedSequenceNumber {
-    batch.records().last().expect("a batch is never empty").extended_sequence_number()
+    batch
+        .records()
+        .last()
+        .expect("a batch is never empty")
+        .extended_sequence_number()
 }
 
 /// `key:index` payloads of a batch.
@@ -102,7 +106,13 @@ async fn out_of_order_acks_checkpoint_only_the_contiguous_prefix_and_every_recor
     let store = InMemoryLeaseStore::new();
     let mut produced = BTreeMap::new();
     produce(&backend, 1, 20, &mut produced).await;
-    let mut c = consumer("a", &backend, &store, 2, PullOptions::default().max_in_flight_batches(4));
+    let mut c = consumer(
+        "a",
+        &backend,
+        &store,
+        2,
+        PullOptions::default().max_in_flight_batches(4),
+    );
 
     // Four batches out, none acked: the shard waits.
     let mut out = Vec::new();
@@ -166,7 +176,13 @@ async fn each_shard_has_at_most_the_bound_in_flight_and_every_record_comes_in_or
     let mut produced = BTreeMap::new();
     produce(&backend, 6, 15, &mut produced).await;
     const BOUND: usize = 3;
-    let mut c = consumer("a", &backend, &store, 2, PullOptions::default().max_in_flight_batches(BOUND).buffer(2));
+    let mut c = consumer(
+        "a",
+        &backend,
+        &store,
+        2,
+        PullOptions::default().max_in_flight_batches(BOUND).buffer(2),
+    );
 
     // Per shard: the tokens held, the sequence numbers seen, the last record.
     let mut held: BTreeMap<String, Vec<AckToken>> = BTreeMap::new();
@@ -197,16 +213,26 @@ async fn each_shard_has_at_most_the_bound_in_flight_and_every_record_comes_in_or
         };
         let shard = batch.shard_id().to_owned();
         for record in batch.records() {
-            sequences.entry(shard.clone()).or_default().push(record.sequence_number.clone());
+            sequences
+                .entry(shard.clone())
+                .or_default()
+                .push(record.sequence_number.clone());
             let text = String::from_utf8_lossy(&record.data).into_owned();
             let (key, index) = text.split_once(':').expect("key:index");
-            by_key.entry(key.to_owned()).or_default().push(index.parse().expect("an index"));
+            by_key
+                .entry(key.to_owned())
+                .or_default()
+                .push(index.parse().expect("an index"));
             received += 1;
         }
         last.insert(shard.clone(), last_of(&batch));
         let tokens = held.entry(shard.clone()).or_default();
         tokens.push(ack);
-        assert!(tokens.len() <= BOUND, "{shard}: {} batches in flight", tokens.len());
+        assert!(
+            tokens.len() <= BOUND,
+            "{shard}: {} batches in flight",
+            tokens.len()
+        );
     }
     for tokens in held.values_mut() {
         for ack in std::mem::take(tokens) {
@@ -215,7 +241,10 @@ async fn each_shard_has_at_most_the_bound_in_flight_and_every_record_comes_in_or
     }
     assert_eq!(sequences.len(), 2, "both shards delivered");
     for (shard, seqs) in &sequences {
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{shard}: in order, once each");
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "{shard}: in order, once each"
+        );
     }
     for (key, n) in &produced {
         assert_eq!(by_key.get(key), Some(&(0..*n).collect::<Vec<_>>()), "{key}");
@@ -248,7 +277,10 @@ async fn a_restarted_consumer_resumes_after_the_acked_prefix() {
     wait_checkpoint(&store, SHARD0, &last_of(&b1)).await;
     // Shut down while batch 2 is still out: after the drain timeout it is given up.
     first.shutdown().await.expect("clean shutdown");
-    assert!(matches!(a2.ack(), Err(AckError::NotHeld { .. })), "acks after shutdown are refused");
+    assert!(
+        matches!(a2.ack(), Err(AckError::NotHeld { .. })),
+        "acks after shutdown are refused"
+    );
     let lease = store.get(SHARD0).await.expect("get").expect("lease");
     assert_eq!(lease.checkpoint, last_of(&b1));
     assert_eq!(lease.lease_owner, None);
@@ -292,7 +324,10 @@ async fn a_lost_lease_is_surfaced_and_its_acks_are_no_ops() {
     }
     assert!(!ack.is_held());
     assert!(matches!(ack.ack(), Err(AckError::NotHeld { shard_id }) if shard_id == SHARD0));
-    assert_eq!(checkpoint(&store, SHARD0).await, ExtendedSequenceNumber::TrimHorizon);
+    assert_eq!(
+        checkpoint(&store, SHARD0).await,
+        ExtendedSequenceNumber::TrimHorizon
+    );
 
     // The thief never renews: after the failover time this worker takes the shard back and
     // delivers the unacknowledged batch again.
@@ -323,10 +358,16 @@ async fn shard_end_is_checkpointed_only_after_every_batch_is_acked() {
     // The second batch acked, the first not: no SHARD_END, no checkpoint, no child batch.
     a1.ack().expect("held");
     assert_quiet(&mut c, "an event before the parent's first batch is acked").await;
-    assert_eq!(checkpoint(&store, SHARD0).await, ExtendedSequenceNumber::TrimHorizon);
+    assert_eq!(
+        checkpoint(&store, SHARD0).await,
+        ExtendedSequenceNumber::TrimHorizon
+    );
     for child in [&lower, &upper] {
         if let Some(lease) = store.get(child).await.expect("get") {
-            assert!(lease.checkpoint.is_sentinel(), "{child} started before its parent ended");
+            assert!(
+                lease.checkpoint.is_sentinel(),
+                "{child} started before its parent ended"
+            );
         }
     }
 
@@ -402,7 +443,10 @@ async fn a_second_worker_takes_a_shard_over_and_the_first_is_told() {
     while n < total as usize {
         let (batch, ack) = next_batch(&mut a).await;
         n += batch.records().len();
-        seen_by_a.entry(batch.shard_id().to_owned()).or_default().extend(payloads(&batch));
+        seen_by_a
+            .entry(batch.shard_id().to_owned())
+            .or_default()
+            .extend(payloads(&batch));
         ack.ack().expect("held");
     }
     assert_eq!(a.handle().held_leases().len(), 2);
