@@ -32,7 +32,9 @@
 //! **Stopping.** [`PullConsumer::shutdown`] stops delivering, gives the batches already handed
 //! out [`PullOptions::drain_timeout`] to be acknowledged, checkpoints the acknowledged prefix of
 //! every shard and hands the leases over. Dropping the consumer does the same in a background
-//! task (it needs a Tokio runtime then). The stream ends (`None`) only when the worker stopped
+//! task (it needs a Tokio runtime then, one that keeps running: at the end of `main`, await
+//! `shutdown` instead, or the runtime's end cuts the shutdown short, as if the process had
+//! died: nothing more is checkpointed and the leases expire). The stream ends (`None`) only when the worker stopped
 //! by itself (a fatal error): [`PullConsumer::shutdown`] then returns the error.
 //!
 //! Built on the ordinary machinery: one internal [`RecordProcessor`] per shard forwards the
@@ -112,7 +114,9 @@ impl Default for PullOptions {
 
 impl PullOptions {
     /// At most this many batches of one shard delivered and neither acknowledged nor dropped
-    /// (at least 1; default 4). The shard waits while that many are out.
+    /// (at least 1; default 4). The shard waits while that many are out: a sink that gathers
+    /// several batches of a shard before acknowledging them needs at least that many here, or
+    /// it waits for a batch that waits for it.
     pub fn max_in_flight_batches(mut self, batches: usize) -> Self {
         self.max_in_flight_batches = batches.max(1);
         self
@@ -707,10 +711,14 @@ impl RecordProcessor for PullProcessor {
         // Acks from now on are refused; what is acknowledged is written.
         self.acks.close();
         self.finish_writer().await;
-        debug!("acknowledged batches checkpointed; handing the lease over");
+        let lost = self
+            .status
+            .as_ref()
+            .is_some_and(|s| *s.borrow() == LeaseStatus::Lost);
+        debug!(lost, "acknowledged batches checkpointed; handing the lease over");
         self.tell(PullEvent::LeaseLost {
             shard: (*self.shard).clone(),
-            handed_over: true,
+            handed_over: !lost,
         })
         .await;
         Ok(())

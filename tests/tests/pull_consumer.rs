@@ -489,3 +489,50 @@ async fn a_second_worker_takes_a_shard_over_and_the_first_is_told() {
     b.shutdown().await.expect("clean shutdown");
     a.shutdown().await.expect("clean shutdown");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_kpl_aggregate_is_checkpointed_at_its_last_sub_record() {
+    init_tracing();
+    let backend = LocalBackend::new();
+    backend.create_stream(STREAM, 1).expect("create stream");
+    let store = InMemoryLeaseStore::new();
+    let put = |data: bytes::Bytes| {
+        let backend = backend.clone();
+        async move { backend.put_record(STREAM, "k", data, None).await.expect("put") }
+    };
+    put("plain:0".into()).await;
+    let aggregate = kcl_core::aggregation::aggregate(&[
+        ("a", None, b"agg:0".as_slice()),
+        ("b", None, b"agg:1".as_slice()),
+        ("c", None, b"agg:2".as_slice()),
+    ]);
+    put(aggregate).await;
+
+    let mut first = consumer("a", &backend, &store, 1, PullOptions::default());
+    let mut out = Vec::new();
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let (batch, ack) = next_batch(&mut first).await;
+        seen.extend(payloads(&batch));
+        out.push((last_of(&batch), ack));
+    }
+    assert_eq!(seen, ["plain:0", "agg:0", "agg:1", "agg:2"]);
+    let last = out.last().expect("batches").0.clone();
+    assert!(
+        matches!(&last, ExtendedSequenceNumber::Sequence { sub_sequence: 2, .. }),
+        "the last sub-record: {last}"
+    );
+    for (_, ack) in out.into_iter().rev() {
+        ack.ack().expect("held");
+    }
+    wait_checkpoint(&store, SHARD0, &last).await;
+    first.shutdown().await.expect("clean shutdown");
+
+    // A restart resumes after the aggregate's last sub-record.
+    put("plain:1".into()).await;
+    let mut second = consumer("b", &backend, &store, 1, PullOptions::default());
+    let (batch, ack) = next_batch(&mut second).await;
+    assert_eq!(payloads(&batch), ["plain:1"]);
+    ack.ack().expect("held");
+    second.shutdown().await.expect("clean shutdown");
+}
