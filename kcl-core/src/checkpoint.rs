@@ -219,6 +219,16 @@ impl Checkpointer {
         }
     }
 
+    /// Checkpoints at `target` (a delivered record, or `SHARD_END` at shard end).
+    pub(crate) async fn checkpoint_to(&self, target: ExtendedSequenceNumber) -> Result<(), CheckpointError> {
+        self.write(target).await
+    }
+
+    /// The status of the shard's lease, as it changes (held, hand-off requested, lost).
+    pub(crate) fn lease_status(&self) -> tokio::sync::watch::Receiver<LeaseStatus> {
+        self.lease.subscribe()
+    }
+
     pub(crate) fn delivered(&self, last: ExtendedSequenceNumber) {
         self.progress().last_delivered = Some(last);
     }

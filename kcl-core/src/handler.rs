@@ -55,6 +55,21 @@ impl Batch {
         }
     }
 
+    /// A delivery by the runtime.
+    pub(crate) fn delivered(
+        shard: Arc<ShardInfo>,
+        records: Vec<Record>,
+        millis_behind_latest: u64,
+        attempt: u32,
+    ) -> Self {
+        Self {
+            records,
+            shard,
+            millis_behind_latest,
+            attempt,
+        }
+    }
+
     /// The records, in shard order.
     pub fn records(&self) -> &[Record] {
         &self.records
@@ -179,12 +194,12 @@ struct HandlerProcessor {
 #[async_trait]
 impl RecordProcessor for HandlerProcessor {
     async fn process_records(&mut self, input: ProcessRecordsInput<'_>) -> Result<(), ProcessorError> {
-        let batch = Batch {
-            records: input.records.to_vec(),
-            shard: self.shard.clone(),
-            millis_behind_latest: input.millis_behind_latest,
-            attempt: input.attempt,
-        };
+        let batch = Batch::delivered(
+            self.shard.clone(),
+            input.records.to_vec(),
+            input.millis_behind_latest,
+            input.attempt,
+        );
         self.handler.handle(batch).await?;
         input.checkpointer.checkpoint().await?;
         Ok(())

@@ -90,6 +90,9 @@
 //! - [`handler`]: the batch-handler form: `BatchHandler`, `Batch`.
 //! - [`processor`]: the `RecordProcessor` trait, its inputs, and `ProcessorFactory`.
 //! - [`checkpoint`]: the `Checkpointer` handed to processors.
+//! - [`pull`]: the pull-based consumer for pipelines: `PullConsumer`, a `Stream` of batches
+//!   with `AckToken`s whose acknowledgements (in any order) drive the checkpoints, bounded
+//!   in flight per shard.
 //! - [`config`]: `SchedulerConfig` and its defaults, `InitialPosition`.
 //! - [`scheduler`]: `Scheduler` (one per worker), its builder and handle.
 //! - [`shard`]: the per-shard consumer: a pure state machine ([`shard::state`]) driven by a task,
@@ -141,6 +144,7 @@ pub mod jitter;
 pub mod metrics;
 pub mod prelude;
 pub mod processor;
+pub mod pull;
 pub mod record;
 pub mod scheduler;
 pub mod shard;
@@ -178,6 +182,7 @@ pub use processor::{
     ProcessorFactory, ProcessorFailurePolicy, RecordProcessor, ShardEndedInput, ShardInfo,
     ShutdownRequestedInput, WithShardInfo,
 };
+pub use pull::{AckError, AckToken, PullConsumer, PullEvent, PullOptions};
 pub use record::{ChildShard, ExtendedSequenceNumber, HashKeyRange, Record, SequenceNumber, Shard};
 pub use scheduler::{Scheduler, SchedulerBuilder, SchedulerHandle};
 pub use signal::shutdown_signal;

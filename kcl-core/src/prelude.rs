@@ -1,8 +1,8 @@
 //! What a consumer needs, in one import: `use kcl_core::prelude::*;`.
 //!
-//! The scheduler and its handle, both processing forms (the [`BatchHandler`] with its [`Batch`],
-//! and the [`RecordProcessor`] trait with its inputs and the `async_trait` attribute its
-//! implementations need), the bundled local backend and in-memory lease store, the settings
+//! The scheduler and its handle, the processing forms (the [`BatchHandler`] with its [`Batch`],
+//! the [`RecordProcessor`] trait with its inputs and the `async_trait` attribute its
+//! implementations need, and the pull-based [`PullConsumer`] with its events and tokens), the bundled local backend and in-memory lease store, the settings
 //! most applications touch, the shutdown signal, and (feature `aws`) the AWS options. The
 //! crate's `Result` alias is left out, so that `std`'s stays in scope.
 //!
@@ -26,6 +26,7 @@ pub use async_trait::async_trait;
 #[cfg(feature = "aws")]
 pub use crate::aws::AwsOptions;
 pub use crate::handler::{Batch, BatchHandler};
+pub use crate::pull::{AckToken, PullConsumer, PullEvent, PullOptions};
 pub use crate::{
     shutdown_signal, Checkpointer, FailedBatch, FailedBatchHook, FanOutConfig, InMemoryLeaseStore,
     InitialPosition, InitializeInput, KclError, LeaseLostInput, LocalBackend, ProcessRecordsInput,
