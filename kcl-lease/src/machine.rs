@@ -95,7 +95,8 @@ pub struct Schedule {
     fingerprint: FleetFingerprint,
     /// The last round took or stole something: look again after `take_interval`.
     acted: bool,
-    /// The last scan saw live-looking leases judged by their counters.
+    /// The last scan saw live-looking leases judged by their counters, or left this worker
+    /// short of its share by more than one: look again after `take_interval`.
     unknown_owners: bool,
     /// A scan was asked for.
     forced: bool,
@@ -320,12 +321,16 @@ impl Schedule {
     /// A take round starts; `seen_before` is the fleet as known before its scan (the
     /// fingerprint this round answers). Returns whether the scan must be strongly consistent:
     /// a round caused by a change in the fleet (a join, a leave, a death, an announced steal or
-    /// release), since an eventually consistent scan may not show the change yet, and a round
-    /// that takes a watched dead worker's leases. A wake or a lapse from now on asks for
-    /// another round.
+    /// release), since an eventually consistent scan may not show the change yet; a round
+    /// asked for ([`Self::force`]: this worker changed the table itself, a hand-off
+    /// completed, a take lost a race, its validity ran out: a scan of the state before the
+    /// change would answer nothing; found by the simulator, seed 16 at 4 workers, 16 shards,
+    /// worker renewal: a hand-off completed for a thief that had left, and the wake's
+    /// eventually consistent scan still showed it in progress); and a round that takes a
+    /// watched dead worker's leases. A wake or a lapse from now on asks for another round.
     pub fn begin_round(&mut self, seen_before: &FleetFingerprint) -> bool {
-        self.forced = false;
-        self.fingerprint != *seen_before || !self.watched_dead.is_empty()
+        let forced = std::mem::take(&mut self.forced);
+        forced || self.fingerprint != *seen_before || !self.watched_dead.is_empty()
     }
 
     /// The round's scan failed: whatever asked for it still stands.
@@ -621,7 +626,18 @@ impl TakeRound {
         schedule.last = Some(now);
         schedule.fingerprint = input.seen_before;
         schedule.acted = !plan.take.is_empty() || !plan.steal.is_empty();
-        schedule.unknown_owners = unknown_owners || own_pending;
+        // Short of the even share by more than one after this round's takes (the others at
+        // their share, or leases in flux when the scan was made): look again after
+        // `take_interval` rather than at the next safety scan, as nothing else makes this
+        // worker look (takes of free leases are not announced). An even fleet has every
+        // worker at its share or one below: no extra scans then (found by the simulator: seed
+        // 97 at 4 workers, 16 shards, with slow batches, left a worker at 4 of 6 for 13 s).
+        let mine = leases
+            .iter()
+            .filter(|l| !l.is_finished() && l.is_owned_by(me) && input.held.contains(&l.lease_key))
+            .count();
+        let short = mine + plan.take.len() + plan.steal.len() + 1 < plan.target;
+        schedule.unknown_owners = unknown_owners || own_pending || short;
         schedule.forced |= input.unchecked > 0;
         schedule.scans += 1;
         let takes = if input.taking {
@@ -703,10 +719,11 @@ impl TakeRound {
         self.batch_left = 0;
     }
 
-    /// The answer to an [`Action::CompleteHandoff`]. A failure asks for another round.
+    /// The answer to an [`Action::CompleteHandoff`]. A failure asks for another round, and so
+    /// does a conflict (the row changed since the scan: it may be free now).
     pub fn handle_handoff(&mut self, outcome: CallOutcome) {
         self.before_pending = self.before_pending.saturating_sub(1);
-        if outcome == CallOutcome::Failed {
+        if outcome != CallOutcome::Done {
             self.force = true;
         }
     }

@@ -36,6 +36,9 @@ const HANDOFF_POLL: Duration = Duration::from_millis(100);
 /// failover time (the review's F4: 4 of its 260 worker-renewal seeds with that fix undone).
 const SLOW_REPLY_MAX: f64 = 0.05;
 
+/// The largest chance of a batch being slow in the faulty phase ([`FaultClass::SlowBatch`]).
+const SLOW_BATCH_MAX: f64 = 0.05;
+
 /// Runs one seed and returns its summary, or the first invariant it violated.
 ///
 /// Builds its own current-thread runtime with paused time: call it from a plain thread (a
@@ -79,6 +82,8 @@ struct Params {
     checkpoint_interval: Duration,
     /// The per-call faults of a faulty process.
     call_faults: WorkerFaults,
+    /// The chance of a batch being slow ([`FaultClass::SlowBatch`]) in the faulty phase.
+    slow_batch: f64,
     /// The share of processes with per-call faults.
     faulty_share: f64,
 }
@@ -119,9 +124,16 @@ impl Params {
             slow_reply_delay: config.failover_time / 2,
             ..WorkerFaults::default()
         };
+        // A stream of its own, as for slow replies.
+        let slow_batch = p(
+            &mut SimRng::for_call(seed, &[], &["slow-batch"]),
+            FaultClass::SlowBatch,
+            SLOW_BATCH_MAX,
+        );
         Self {
             staleness,
             batch,
+            slow_batch,
             checkpoint_every: rng.range(1, 20),
             checkpoint_interval: Duration::from_millis(rng.range(500, 10_000)),
             call_faults,
@@ -146,6 +158,16 @@ struct ProcessCtx {
     dead: AtomicBool,
     active: AtomicUsize,
     consumers: Mutex<Vec<AbortHandle>>,
+    /// Batches may be slow until then (the end of the faulty phase): [`FaultClass::SlowBatch`].
+    slow_until: Instant,
+    /// Whether the process has per-call faults: its batches are slow four times as often as
+    /// the fleet's (its validity runs out now and then: a lease given up in the middle of a
+    /// slow batch, its key taken again by the same worker, is the review's F6).
+    faulty: AtomicBool,
+    /// The failover time (a slow batch takes from half of it up to twice it).
+    failover_time: Duration,
+    /// Counts the slow batches.
+    store: SimLeaseStore,
 }
 
 impl ProcessCtx {
@@ -198,6 +220,7 @@ async fn consume(ctx: Arc<ProcessCtx>, coordinator: Arc<LeaseCoordinator>, held:
     };
     let id = format!("{}/{key}/{n}", ctx.name);
     let mut rng = SimRng::for_call(ctx.seed, &[n], &[&ctx.name, &key]);
+    let mut slow = SimRng::for_call(ctx.seed, &[n], &[&ctx.name, &key, "slow-batch"]);
     // A stolen lease: the previous owner checkpoints first.
     let row = match held.wait_for_handoff(HANDOFF_POLL).await {
         Ok(row) => row,
@@ -268,7 +291,23 @@ async fn consume(ctx: Arc<ProcessCtx>, coordinator: Arc<LeaseCoordinator>, held:
             .monitor
             .batch_start(&id, batches + 1, &ctx.name, &ctx.worker_id, &key);
         let (lo, hi) = ctx.params.batch;
-        tokio::time::sleep(Duration::from_millis(rng.range(lo, hi))).await;
+        let mut took = Duration::from_millis(rng.range(lo, hi));
+        // Drawn from a stream of its own: the other draws of a seed do not depend on it.
+        let chance = if ctx.faulty.load(Ordering::SeqCst) {
+            (ctx.params.slow_batch * 4.0).min(1.0)
+        } else {
+            ctx.params.slow_batch
+        };
+        if slow.chance(chance) {
+            let now = Instant::now();
+            let f = ctx.failover_time.as_millis() as u64;
+            let slow_for = Duration::from_millis(slow.range(f / 2, f * 2));
+            if now < ctx.slow_until {
+                took = took.max(slow_for.min(ctx.slow_until - now));
+                ctx.store.count(FaultClass::SlowBatch);
+            }
+        }
+        tokio::time::sleep(took).await;
         while let Some(until) = ctx.paused_until() {
             // In ticks: the quiet phase may resume a paused process early.
             tokio::time::sleep_until(until.min(Instant::now() + TICK)).await;
@@ -529,10 +568,12 @@ impl Fleet {
     fn start(&mut self, worker_id: &str, name: &str, duplicate: bool, mut faults: WorkerFaults) {
         let handle = self.store.for_worker(name);
         let now = self.now();
+        let mut faulty = false;
         if now >= FAULTS_FROM
             && now < FAULTS_FROM + self.config.faulty_phase
             && self.rng.chance(self.params.faulty_share)
         {
+            faulty = true;
             let hb = faults.heartbeats_unusable;
             faults = WorkerFaults {
                 heartbeats_unusable: hb,
@@ -561,6 +602,10 @@ impl Fleet {
             dead: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             consumers: Mutex::new(Vec::new()),
+            slow_until: self.origin + FAULTS_FROM + self.config.faulty_phase,
+            faulty: AtomicBool::new(faulty),
+            failover_time: self.config.failover_time,
+            store: self.store.clone(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let run = tokio::spawn(coordinator.clone().run(stop_rx));
@@ -963,6 +1008,7 @@ impl Fleet {
                 let share = self.params.faulty_share;
                 for i in self.running() {
                     if self.rng.chance(share) {
+                        self.processes[i].ctx.faulty.store(true, Ordering::SeqCst);
                         let template = self.params.call_faults.clone();
                         self.update_faults(i, |f| {
                             *f = WorkerFaults {

@@ -105,11 +105,16 @@ pub enum FaultClass {
     DuplicateId,
     /// A graceful shutdown: stop taking, release every lease, leave (per shutdown).
     Shutdown,
+    /// A batch that takes from half the failover time up to twice it (a processor stalled on
+    /// a slow downstream call), ending by the quiet phase: a lease lost meanwhile is let go of
+    /// only after it, so its key must not be taken again by the same worker before (the
+    /// review's F6; per slow batch).
+    SlowBatch,
 }
 
 impl FaultClass {
     /// Every class.
-    pub const ALL: [FaultClass; 12] = [
+    pub const ALL: [FaultClass; 13] = [
         FaultClass::DelayBefore,
         FaultClass::DelayAfter,
         FaultClass::SlowReply,
@@ -122,6 +127,7 @@ impl FaultClass {
         FaultClass::Crash,
         FaultClass::DuplicateId,
         FaultClass::Shutdown,
+        FaultClass::SlowBatch,
     ];
 
     /// The class's name (`delay-before`, `reply-lost`, ...).
@@ -139,6 +145,7 @@ impl FaultClass {
             FaultClass::Crash => "crash",
             FaultClass::DuplicateId => "duplicate-id",
             FaultClass::Shutdown => "shutdown",
+            FaultClass::SlowBatch => "slow-batch",
         }
     }
 }
