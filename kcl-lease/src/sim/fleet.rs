@@ -207,6 +207,35 @@ fn sequence(position: u64) -> ExtendedSequenceNumber {
         .unwrap_or(ExtendedSequenceNumber::TrimHorizon)
 }
 
+/// A shard task's hold on its key, for the one-task-per-key invariant: from its start until it
+/// calls `release` (or is dropped: the process crashed).
+struct Task<'a> {
+    ctx: &'a ProcessCtx,
+    key: String,
+    id: String,
+}
+
+impl<'a> Task<'a> {
+    fn start(ctx: &'a ProcessCtx, key: &str, id: &str) -> Self {
+        ctx.monitor.task_start(&ctx.name, key, id);
+        Self {
+            ctx,
+            key: key.to_owned(),
+            id: id.to_owned(),
+        }
+    }
+
+    fn end(&self) {
+        self.ctx.monitor.task_end(&self.ctx.name, &self.key, &self.id);
+    }
+}
+
+impl Drop for Task<'_> {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
 /// A simulated shard consumer, as users write one on top of [`HeldLease`].
 async fn consume(ctx: Arc<ProcessCtx>, coordinator: Arc<LeaseCoordinator>, held: Arc<HeldLease>) {
     ctx.active.fetch_add(1, Ordering::SeqCst);
@@ -219,6 +248,7 @@ async fn consume(ctx: Arc<ProcessCtx>, coordinator: Arc<LeaseCoordinator>, held:
         *n
     };
     let id = format!("{}/{key}/{n}", ctx.name);
+    let task = Task::start(&ctx, &key, &id);
     let mut rng = SimRng::for_call(ctx.seed, &[n], &[&ctx.name, &key]);
     let mut slow = SimRng::for_call(ctx.seed, &[n], &[&ctx.name, &key, "slow-batch"]);
     // A stolen lease: the previous owner checkpoints first.
@@ -230,6 +260,7 @@ async fn consume(ctx: Arc<ProcessCtx>, coordinator: Arc<LeaseCoordinator>, held:
                 &key,
                 format!("lost while waiting for the hand-off: {e}"),
             );
+            task.end();
             coordinator.release(&held).await;
             return;
         }
@@ -281,6 +312,7 @@ async fn consume(ctx: Arc<ProcessCtx>, coordinator: Arc<LeaseCoordinator>, held:
                 &key,
                 format!("consumer {id} at {position}: {why}"),
             );
+            task.end();
             coordinator.release(&held).await;
             return;
         }

@@ -8,7 +8,9 @@
 //!   `checkpointOwner`, or a new take of it, as the store recorded it). Checked when a batch
 //!   ends, against every batch of another consumer that started while it ran. Consumers of
 //!   two processes (even with one worker id) violate [`Invariant::Overlap`]; two consumers in
-//!   one process violate [`Invariant::DoubleConsumer`].
+//!   one process violate [`Invariant::DoubleConsumer`], and so does a shard task started in a
+//!   process for a key whose previous task there has not let go of it yet (one shard task per
+//!   key per worker: [`Monitor::task_start`], checked as it starts).
 //! - **Checkpoint regression**: the checkpoint of a lease never moves backwards, checked in
 //!   the store's state after every applied write.
 //! - **Liveness** is judged by the fleet driver (after the faults stop) and reported here.
@@ -234,6 +236,8 @@ struct State {
     batch_count: u64,
     /// Per lease key, per process: when its last batch started.
     last_start: BTreeMap<String, BTreeMap<String, Duration>>,
+    /// Per (process, lease key): the shard task that has the key and has not let it go yet.
+    tasks: BTreeMap<(String, String), String>,
     violation: Option<Violation>,
 }
 
@@ -451,6 +455,40 @@ impl Monitor {
             end: None,
         });
         id
+    }
+
+    /// A shard task `task` of `process` starts for `key`: violates
+    /// [`Invariant::DoubleConsumer`] if a previous task of that process still has the key
+    /// (started, and not let go of it by [`Monitor::task_end`]).
+    pub fn task_start(&self, process: &str, key: &str, task: &str) {
+        let at = self.elapsed();
+        let mut state = lock(&self.state);
+        let slot = (process.to_owned(), key.to_owned());
+        if let Some(previous) = state.tasks.get(&slot).cloned() {
+            let message = format!(
+                "{key}: shard task {task} of {process} started while {previous} still had the key \
+                 (two shard tasks of one key in one worker)"
+            );
+            Self::fail_locked(
+                &mut state,
+                self.seed,
+                &self.config,
+                at,
+                Invariant::DoubleConsumer,
+                message,
+                Some(key),
+            );
+        }
+        state.tasks.insert(slot, task.to_owned());
+    }
+
+    /// Shard task `task` of `process` lets go of `key` (it releases the lease, or is gone).
+    pub fn task_end(&self, process: &str, key: &str, task: &str) {
+        let mut state = lock(&self.state);
+        let slot = (process.to_owned(), key.to_owned());
+        if state.tasks.get(&slot).is_some_and(|t| t == task) {
+            state.tasks.remove(&slot);
+        }
     }
 
     /// The batch `id` of `key` ended (completed, or its process crashed).
