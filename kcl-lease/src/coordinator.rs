@@ -79,7 +79,8 @@ use crate::journal::{Journal, JournalEvent};
 use crate::lease::Lease;
 use crate::load::BalanceMode;
 use crate::machine::{
-    dead_unmarked, Action, CallOutcome, RoundInput, Schedule, TakeRound, WatchRead, TAKE_CONCURRENCY,
+    beat_condition, dead_unmarked, Action, CallOutcome, IdWatch, RoundInput, Schedule, TakeRound, WatchRead,
+    TAKE_CONCURRENCY,
 };
 use crate::store::LeaseStore;
 
@@ -293,7 +294,7 @@ pub struct LeaseCoordinator {
     /// are conditional on it, so that a second process with the same worker id is detected.
     incarnation: u64,
     /// While another process writes this worker id's heartbeat row: that row as first seen.
-    foreign: Mutex<Option<ForeignRow>>,
+    foreign: Mutex<IdWatch>,
     /// Set when this process took its id's heartbeat row over from a process proven gone:
     /// rows naming the id are then this worker's own, taken back at once (see
     /// [`BalanceConfig::adopt_own_rows`]).
@@ -309,15 +310,6 @@ pub struct LeaseCoordinator {
     divided: AtomicBool,
     /// An announcement whose nudges of the other workers' rows are still to be sent.
     nudge_pending: AtomicBool,
-}
-
-/// The heartbeat row of this worker id as another process wrote it, and when this process
-/// first saw it so.
-#[derive(Clone, Copy, Debug)]
-struct ForeignRow {
-    counter: u64,
-    incarnation: Option<u64>,
-    since: Instant,
 }
 
 /// A random incarnation for this process (OS-seeded hasher keys, the time and the process id).
@@ -412,7 +404,7 @@ impl LeaseCoordinator {
             ready: watch::channel(false).0,
             journal: Arc::new(Journal::default()),
             incarnation: new_incarnation(),
-            foreign: Mutex::new(None),
+            foreign: Mutex::new(IdWatch::new()),
             adopt_own_rows: AtomicBool::new(false),
             own_rows: Mutex::new(BTreeMap::new()),
             retiring: Mutex::new(HashMap::new()),
@@ -669,13 +661,7 @@ impl LeaseCoordinator {
             HeartbeatCondition::Incarnation(self.incarnation)
         };
         let counter = self.beats.fetch_add(1, Ordering::SeqCst) + 1;
-        let condition = match condition {
-            // Only newer heartbeats of this process: a late, older one never lands on top.
-            HeartbeatCondition::Incarnation(incarnation) => {
-                HeartbeatCondition::Newer { incarnation, counter }
-            }
-            other => other,
-        };
+        let condition = beat_condition(condition, counter);
         let lapsed = self.liveness.is_lapsed();
         if lapsed {
             self.liveness.announce_lapsed(true);
@@ -709,7 +695,7 @@ impl LeaseCoordinator {
                     self.adopt_own_rows.store(true, Ordering::SeqCst);
                     info!(worker_id = %self.config.worker_id, "took over the worker id: the process that used it stopped beating");
                 }
-                *lock(&self.foreign) = None;
+                lock(&self.foreign).forget();
                 if self
                     .liveness
                     .beat(start, Instant::now(), self.config.leases.failover_time)
@@ -768,7 +754,7 @@ impl LeaseCoordinator {
     fn id_in_use_by_another(&self) {
         let first = !self.liveness.id_in_use();
         self.liveness.set_id_in_use();
-        *lock(&self.foreign) = None;
+        lock(&self.foreign).forget();
         self.give_up_all("another process writes this worker id's heartbeat row");
         if first {
             let id = &self.config.worker_id;
@@ -781,10 +767,8 @@ impl LeaseCoordinator {
     }
 
     /// While another process writes this worker id's row: reads it (strongly consistent) and
-    /// says how this process may write its heartbeat now: over a row that has stood still for
-    /// the failover time as judged by a read issued after that time (the other process's
-    /// validity ran out before, and its later heartbeats fail their condition), or a row that
-    /// is gone. `None`: not yet.
+    /// says how this process may write its heartbeat now ([`IdWatch::observe`]); `None`: not
+    /// yet.
     async fn watch_foreign_row(&self) -> Option<HeartbeatCondition> {
         let issued = Instant::now();
         let rows = match self.store.list_heartbeats(true).await {
@@ -794,34 +778,19 @@ impl LeaseCoordinator {
                 return None;
             }
         };
-        let now = Instant::now();
-        let mine = HeartbeatCondition::Incarnation(self.incarnation);
-        let Some(row) = rows.into_iter().find(|r| r.worker_id == self.config.worker_id) else {
-            return Some(mine);
-        };
-        if row.incarnation == Some(self.incarnation) {
-            return Some(mine);
+        let row = rows.iter().find(|r| r.worker_id == self.config.worker_id);
+        let condition = lock(&self.foreign).observe(
+            row,
+            self.incarnation,
+            issued,
+            Instant::now(),
+            self.config.leases.failover_time,
+        );
+        if let (Some(HeartbeatCondition::Counter(counter)), Some(_)) = (condition, row) {
+            // Count on from the other process's counter: observers see the row move.
+            self.beats.fetch_max(counter, Ordering::SeqCst);
         }
-        let mut foreign = lock(&self.foreign);
-        match *foreign {
-            Some(seen) if seen.counter == row.counter && seen.incarnation == row.incarnation => {
-                if issued.saturating_duration_since(seen.since) > self.config.leases.failover_time {
-                    // Count on from the other process's counter: observers see the row move.
-                    self.beats.fetch_max(row.counter, Ordering::SeqCst);
-                    Some(HeartbeatCondition::Counter(row.counter))
-                } else {
-                    None
-                }
-            }
-            _ => {
-                *foreign = Some(ForeignRow {
-                    counter: row.counter,
-                    incarnation: row.incarnation,
-                    since: now,
-                });
-                None
-            }
-        }
+        condition
     }
 
     fn check_lapse(&self) {

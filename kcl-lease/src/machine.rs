@@ -15,6 +15,9 @@
 //!   (`handle_*`: a take lost to another worker brings a spare lease in), and ends the round
 //!   with [`TakeRound::finish`], which says what it leaves for the next.
 //!
+//! - [`IdWatch`] and [`beat_condition`]: the condition of each heartbeat write, and when a
+//!   process whose worker id is in use by another may take the id over.
+//!
 //! One definition of a live worker ([`WorkerTracker`]: evidence from successful reads, judged
 //! as of the time each read was issued) and of an expired lease ([`ExpiryTracker`]); nothing
 //! here judges otherwise. The unit tests at the end drive both parts with made-up times.
@@ -27,7 +30,7 @@ use tokio::time::Instant;
 
 use crate::balance::{plan_takes, BalanceConfig, ExpiryTracker};
 use crate::coordinator::LeaseSettings;
-use crate::heartbeat::{FleetFingerprint, WorkerStatus, WorkerTracker};
+use crate::heartbeat::{FleetFingerprint, HeartbeatCondition, WorkerHeartbeat, WorkerStatus, WorkerTracker};
 use crate::lease::Lease;
 use crate::load::BalanceMode;
 
@@ -351,6 +354,71 @@ impl Schedule {
         self.last = Some(now);
         self.acted = true;
         self.scans += 1;
+    }
+}
+
+/// While another process writes this worker id's heartbeat row (two processes started with one
+/// id): when this process may write its heartbeat again, and on what condition
+/// ([`IdWatch::observe`]).
+#[derive(Debug, Default)]
+pub struct IdWatch {
+    /// The other process's row as first seen unchanged, and when.
+    seen: Option<(u64, Option<u64>, Instant)>,
+}
+
+impl IdWatch {
+    /// Nothing watched yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A strongly consistent read issued at `issued` (answered at `now`) showed `row` for this
+    /// worker id; `mine` is this process's incarnation. Says how this process may write its
+    /// heartbeat now: as itself when the row is gone or its own; over the other process's row,
+    /// conditional on its counter, once that row stood still for `failover_time` by a read
+    /// issued after that time (the other process's validity ran out before, and its later
+    /// heartbeats fail their condition); `None`: not yet.
+    pub fn observe(
+        &mut self,
+        row: Option<&WorkerHeartbeat>,
+        mine: u64,
+        issued: Instant,
+        now: Instant,
+        failover_time: Duration,
+    ) -> Option<HeartbeatCondition> {
+        let own = HeartbeatCondition::Incarnation(mine);
+        let Some(row) = row else {
+            return Some(own);
+        };
+        if row.incarnation == Some(mine) {
+            return Some(own);
+        }
+        match self.seen {
+            Some((counter, incarnation, since))
+                if counter == row.counter && incarnation == row.incarnation =>
+            {
+                (issued.saturating_duration_since(since) > failover_time)
+                    .then_some(HeartbeatCondition::Counter(row.counter))
+            }
+            _ => {
+                self.seen = Some((row.counter, row.incarnation, now));
+                None
+            }
+        }
+    }
+
+    /// The other process is no longer watched (this one wrote its row, or starts over).
+    pub fn forget(&mut self) {
+        self.seen = None;
+    }
+}
+
+/// The condition of this process's next heartbeat write, numbered `counter`: on its own row,
+/// only newer beats (a late, older one never lands on top); else as [`IdWatch::observe`] said.
+pub fn beat_condition(base: HeartbeatCondition, counter: u64) -> HeartbeatCondition {
+    match base {
+        HeartbeatCondition::Incarnation(incarnation) => HeartbeatCondition::Newer { incarnation, counter },
+        other => other,
     }
 }
 
@@ -1115,5 +1183,47 @@ mod tests {
         let mut round = TakeRound::plan(inp, &mut schedule, &mut ExpiryTracker::new(), &workers, t0);
         let again = drain(&mut round);
         assert!(!again.contains(&Action::Announce), "{again:?}");
+    }
+
+    #[test]
+    fn a_process_whose_id_is_in_use_takes_it_over_only_after_the_other_stood_still() {
+        let t0 = Instant::now();
+        let mut watch = IdWatch::new();
+        let other = WorkerHeartbeat {
+            incarnation: Some(7),
+            ..hb("me", 40)
+        };
+        // The other process's row, first seen: not yet.
+        assert_eq!(watch.observe(Some(&other), 1, t0, t0, F), None);
+        // Still the same row, but not for the failover time by a read issued after it.
+        assert_eq!(watch.observe(Some(&other), 1, t0 + F, t0 + F * 2, F), None);
+        // Issued after the failover time: over its counter.
+        let later = t0 + F + Duration::from_millis(1);
+        assert_eq!(
+            watch.observe(Some(&other), 1, later, later, F),
+            Some(HeartbeatCondition::Counter(40))
+        );
+        // It moved: watched from the start again.
+        let moved = WorkerHeartbeat {
+            incarnation: Some(7),
+            ..hb("me", 41)
+        };
+        assert_eq!(watch.observe(Some(&moved), 1, later, later, F), None);
+        // Gone, or this process's own: as itself, and only newer beats.
+        assert_eq!(
+            watch.observe(None, 1, later, later, F),
+            Some(HeartbeatCondition::Incarnation(1))
+        );
+        assert_eq!(
+            beat_condition(HeartbeatCondition::Incarnation(1), 9),
+            HeartbeatCondition::Newer {
+                incarnation: 1,
+                counter: 9
+            }
+        );
+        assert_eq!(
+            beat_condition(HeartbeatCondition::Counter(40), 41),
+            HeartbeatCondition::Counter(40)
+        );
     }
 }
