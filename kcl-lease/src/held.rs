@@ -308,6 +308,9 @@ pub struct HeldLease {
     /// Whether a graceful steal of this lease may be completed without the previous owner
     /// (given its id) once the failover time has passed; always when `None`.
     handoff_check: Option<HandoffCheck>,
+    /// The thief of a graceful steal of this lease, as this worker learnt of it: its last
+    /// checkpoints are written only while the thief still owns the lease.
+    handoff_to: Mutex<Option<String>>,
 }
 
 /// What the heartbeats prove about a stolen lease's previous owner (its worker id): dead (the
@@ -359,6 +362,21 @@ impl HeldLease {
             journal,
             handoff_check: None,
             generation: 0,
+            handoff_to: Mutex::new(None),
+        }
+    }
+
+    /// The row a checkpoint is conditional on: the one this worker knows, or during a hand-off
+    /// the hand-off as this worker learnt of it (its thief as owner, this worker as
+    /// `checkpointOwner`: see [`LeaseStore::update_checkpoint`]).
+    fn as_written(&self, row: &Lease) -> Lease {
+        match (self.status(), lock(&self.handoff_to).clone()) {
+            (LeaseStatus::HandoffRequested, Some(thief)) => Lease {
+                lease_owner: Some(thief),
+                checkpoint_owner: Some(self.worker_id.clone()),
+                ..row.clone()
+            },
+            _ => row.clone(),
         }
     }
 
@@ -503,6 +521,7 @@ impl HeldLease {
                     && !row.is_owned_by(&self.worker_id) =>
             {
                 info!(lease = %self.key, new_owner = ?row.lease_owner, "graceful hand-off requested");
+                *lock(&self.handoff_to) = row.lease_owner.clone();
                 if self.status() == LeaseStatus::Held {
                     self.journal
                         .record(Some(&self.key), JournalEvent::HandoffRequested);
@@ -681,7 +700,7 @@ impl HeldLease {
         let started = Instant::now();
         let result = self
             .store
-            .update_checkpoint(&row, &self.worker_id, checkpoint)
+            .update_checkpoint(&self.as_written(&row), &self.worker_id, checkpoint)
             .await;
         match result {
             Ok(new) => {
@@ -698,6 +717,7 @@ impl HeldLease {
                     row.checkpoint = new.checkpoint.clone();
                     if !new.is_owned_by(&self.worker_id) {
                         info!(lease = %self.key, new_owner = ?new.lease_owner, "graceful hand-off requested");
+                        *lock(&self.handoff_to) = new.lease_owner.clone();
                         self.set_status(LeaseStatus::HandoffRequested);
                     }
                 }
@@ -730,9 +750,14 @@ impl HeldLease {
                 let handoff = self.status() == LeaseStatus::HandoffRequested;
                 self.on_conflict(actual.as_deref());
                 if !handoff && self.status() == LeaseStatus::HandoffRequested {
-                    // Stolen gracefully in between: we may still checkpoint as checkpoint owner.
+                    // Stolen gracefully in between: we may still checkpoint as checkpoint owner
+                    // (while the thief still owns the lease).
                     let new = self
-                        .rewrite(self.store.update_checkpoint(&row, &self.worker_id, checkpoint))
+                        .rewrite(self.store.update_checkpoint(
+                            &self.as_written(&row),
+                            &self.worker_id,
+                            checkpoint,
+                        ))
                         .await?;
                     row.checkpoint = new.checkpoint.clone();
                     return Ok(new);

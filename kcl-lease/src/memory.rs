@@ -11,7 +11,7 @@ use crate::error::{LeaseError, Result};
 use crate::heartbeat::{HeartbeatCondition, WorkerHeartbeat};
 use crate::lease::Lease;
 use crate::sequence::ExtendedSequenceNumber;
-use crate::store::LeaseStore;
+use crate::store::{handoff_thief, LeaseStore};
 
 /// The lease-store operations, for counting calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -330,12 +330,18 @@ impl LeaseStore for InMemoryLeaseStore {
         worker: &str,
         checkpoint: &ExtendedSequenceNumber,
     ) -> Result<Lease> {
+        // The hand-off as this worker learnt of it: only while its thief still owns the lease.
+        let thief = handoff_thief(expected, worker);
         let as_owner = |row: &Lease| {
-            row.is_owned_by(worker)
+            thief.is_none()
+                && row.is_owned_by(worker)
                 && row.lease_counter == expected.lease_counter
                 && row.checkpoint_owner.is_none()
         };
-        let as_handoff = |row: &Lease| row.checkpoint_owner.as_deref() == Some(worker);
+        let as_handoff = |row: &Lease| {
+            row.checkpoint_owner.as_deref() == Some(worker)
+                && thief.is_none_or(|thief| row.is_owned_by(thief))
+        };
         self.mutate(
             LeaseOp::Checkpoint,
             &expected.lease_key,

@@ -119,6 +119,13 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// or `worker` is the `checkpointOwner` of a hand-off in progress (the counter is left alone,
     /// so that the new owner's renewals are not disturbed). As the owner, a set
     /// `expected.throughput_kbps` is written too (as with [`LeaseStore::renew`]).
+    ///
+    /// When `expected` is the hand-off as `worker` learnt of it (`checkpointOwner` is `worker`,
+    /// the owner another worker, the thief), only the second form is tried, and only while the
+    /// thief still owns the lease: a worker that does not know `checkpointOwner` (the Java KCL
+    /// 2.x) may have taken the lease since and left the attribute behind, and the previous
+    /// owner's last checkpoint must not land on top of that worker's newer one (F10 of the
+    /// coordination review).
     async fn update_checkpoint(
         &self,
         expected: &Lease,
@@ -206,5 +213,14 @@ impl<T: LeaseStore + ?Sized> LeaseStore for Arc<T> {
     }
     async fn reset_checkpoint(&self, expected: &Lease, checkpoint: &ExtendedSequenceNumber) -> Result<Lease> {
         (**self).reset_checkpoint(expected, checkpoint).await
+    }
+}
+
+/// The thief of a hand-off `expected` describes as `worker` learnt of it (`checkpointOwner` is
+/// `worker`, another worker owns the lease), if it does (see [`LeaseStore::update_checkpoint`]).
+pub(crate) fn handoff_thief<'a>(expected: &'a Lease, worker: &str) -> Option<&'a str> {
+    match (&expected.lease_owner, &expected.checkpoint_owner) {
+        (Some(owner), Some(previous)) if previous == worker && owner != worker => Some(owner.as_str()),
+        _ => None,
     }
 }

@@ -393,6 +393,45 @@ async fn handoff_lets_the_previous_owner_checkpoint_without_disturbing_the_new_o
     assert_eq!(free.checkpoint_owner, None);
 }
 
+/// F10 of the coordination review: the previous owner's hand-off checkpoint, as it learnt of the
+/// hand-off (its thief as owner), lands only while that thief owns the lease. A Java KCL 2.x
+/// take (owner and counter only) leaves `checkpointOwner` behind; the checkpoint must not land
+/// on top of the Java worker's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_off_checkpoint_lands_only_while_its_thief_owns_the_lease() {
+    let (store, client) = store("kcl-handoff-thief").await;
+    store.create_if_absent(&lease("a")).await.unwrap();
+    let seen = store.get("a").await.unwrap().unwrap();
+    let old = store.take(&seen, "old", false).await.unwrap();
+    let stolen = store.take(&old, "new", true).await.unwrap();
+    let learnt = Lease {
+        lease_owner: Some("new".into()),
+        checkpoint_owner: Some("old".into()),
+        ..old.clone()
+    };
+    let row = store.update_checkpoint(&learnt, "old", &cp("9")).await.unwrap();
+    assert_eq!(row.checkpoint, cp("9"));
+    assert_eq!(
+        row.lease_counter, stolen.lease_counter,
+        "the counter is the thief's"
+    );
+    // A Java 2.x worker takes it from the thief: owner and counter only.
+    client
+        .update_item()
+        .table_name(store.table_name())
+        .key("leaseKey", s("a"))
+        .update_expression("SET leaseOwner = :j, leaseCounter = leaseCounter + :one, checkpoint = :cp")
+        .expression_attribute_values(":j", s("java-2"))
+        .expression_attribute_values(":one", n("1"))
+        .expression_attribute_values(":cp", s("30"))
+        .send()
+        .await
+        .expect("raw UpdateItem");
+    let actual = conflict_row(store.update_checkpoint(&learnt, "old", &cp("20")).await);
+    assert_eq!(actual.lease_owner.as_deref(), Some("java-2"));
+    assert_eq!(store.get("a").await.unwrap().unwrap().checkpoint, cp("30"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_pages_through_more_rows_than_a_page() {
     let (store, client) = store("kcl-paging").await;

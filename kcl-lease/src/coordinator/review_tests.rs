@@ -328,6 +328,37 @@ async fn f12_a_lower_checkpoint_never_overwrites_an_applied_higher_one() {
     assert_eq!(memory.get("shard-0").await.unwrap().unwrap().checkpoint, high);
 }
 
+/// F10 (part): a previous owner handing a lease over writes its last checkpoints only while the
+/// thief it learnt of still owns the lease. A Java KCL 2.x worker takes leases without knowing
+/// `checkpointOwner` and leaves it behind; the previous owner's last checkpoint, written as
+/// `checkpointOwner`, then landed on top of the Java worker's newer one (before: the hand-off
+/// write was conditional on `checkpointOwner` alone).
+#[tokio::test(start_paused = true)]
+async fn f10_a_hand_off_checkpoint_never_lands_after_a_java_2_take() {
+    let memory = table(1);
+    let (a, mut a_rx) = worker(memory.clone(), "a", LeaseRenewal::PerLease);
+    a.take_round().await.unwrap();
+    let held = a_rx.recv().await.unwrap();
+    let cp = |n: u64| ExtendedSequenceNumber::from_parts(&n.to_string(), 0).unwrap();
+    held.checkpoint(&cp(100)).await.unwrap();
+    // b steals it gracefully; a's next checkpoint lands as `checkpointOwner` and a learns of it.
+    let row = memory.get("shard-0").await.unwrap().unwrap();
+    memory.take(&row, "b", true).await.unwrap();
+    held.checkpoint(&cp(150)).await.unwrap();
+    assert_eq!(held.status(), LeaseStatus::HandoffRequested);
+    // A Java 2.x worker takes it from b (an update of owner and counter only: `checkpointOwner`
+    // stays) and checkpoints further.
+    let mut java = memory.get("shard-0").await.unwrap().unwrap();
+    java.lease_owner = Some("java-2".into());
+    java.lease_counter += 1;
+    java.checkpoint = cp(300);
+    memory.put_raw(java);
+    // a's last checkpoint before it stops must not move the Java worker's back.
+    assert!(held.checkpoint(&cp(200)).await.is_err());
+    assert_eq!(held.status(), LeaseStatus::Lost);
+    assert_eq!(memory.get("shard-0").await.unwrap().unwrap().checkpoint, cp(300));
+}
+
 /// F1 (worker renewal): a graceful steal from a live owner is completed only by that owner;
 /// the thief never completes it on its own while the owner's heartbeat is live. And the
 /// owner learns of the steal from the next watch round even when the scan that the

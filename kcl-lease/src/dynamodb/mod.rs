@@ -58,6 +58,7 @@
 //! | `evict` | `counter AND owner` | `SET #c = :next REMOVE #o, #co` |
 //! | `update_checkpoint` (owner) | `#o = :w AND counter AND attribute_not_exists(#co)` | `SET #cp, #cps, #osc = 0, #c = :next REMOVE #pcp, #pcps, #pcst` |
 //! | `update_checkpoint` (hand-off), tried when the owner form fails | `#co = :w` | as above without `#c` |
+//! | `update_checkpoint` (hand-off as learnt: `expected` names the thief as owner and `:w` as `checkpointOwner`) | `#co = :w AND #o = :thief` | as above without `#c` |
 //! | `complete_handoff` | `#co = :w` | `REMOVE #co` |
 //! | `mark_children` | `counter AND owner` | `SET #c = :next, #ch = :ch` (or `REMOVE #ch` when empty) |
 //! | `delete` | `counter` (`DeleteItem`) | |
@@ -1090,6 +1091,21 @@ impl LeaseStore for DynamoDbLeaseStore {
         checkpoint: &ExtendedSequenceNumber,
     ) -> Result<Lease> {
         let key = &expected.lease_key;
+        // The hand-off as this worker learnt of it: only as checkpoint owner, and only while
+        // its thief still owns the lease (see `LeaseStore::update_checkpoint`).
+        let thief = crate::store::handoff_thief(expected, worker);
+        if let Some(thief) = thief {
+            let mut as_handoff = checkpoint_expr(checkpoint);
+            let co = as_handoff.name(schema::CHECKPOINT_OWNER);
+            let w = as_handoff.value(":w", schema::s(worker));
+            as_handoff.require(format!("{co} = {w}"));
+            let o = as_handoff.name(schema::LEASE_OWNER);
+            let t = as_handoff.value(":thief", schema::s(thief));
+            as_handoff.require(format!("{o} = {t}"));
+            return self
+                .update_or_conflict("checkpoint (hand-off)", key, as_handoff)
+                .await;
+        }
         // As the owner, with no hand-off in progress: the counter moves.
         let mut as_owner = checkpoint_expr(checkpoint);
         as_owner.require_exists();
