@@ -28,10 +28,17 @@ use kcl_tests::*;
 const FAILOVER: Duration = Duration::from_secs(2);
 const LIMIT: Duration = Duration::from_secs(120);
 
-/// Waits (in paused time) until the worker's task has ended, then returns its result.
+/// Waits (in paused time, through [`SchedulerHandle::stopped`]) until the worker has stopped by
+/// itself, then returns its result.
 async fn stopped(handle: SchedulerHandle) -> (Duration, Result<(), KclError>) {
     let start = tokio::time::Instant::now();
-    wait_until(LIMIT, "the worker stops by itself", || !handle.is_running()).await;
+    tokio::time::timeout(LIMIT, handle.stopped())
+        .await
+        .expect("the worker stops by itself");
+    assert!(
+        !handle.is_running(),
+        "stopped() resolves once the worker's task has ended"
+    );
     let took = start.elapsed();
     assert!(!handle.fatal_errors().is_empty(), "the handle reports the cause");
     (took, handle.shutdown().await)
