@@ -61,8 +61,12 @@ pub const DEFAULT_ITERATOR_TTL: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 /// The longest partition key, in characters.
 pub const MAX_PARTITION_KEY_CHARS: usize = 256;
-/// The largest record payload, in bytes.
+/// The largest record payload of a new stream, in bytes (1 MiB, as on Kinesis; see
+/// [`LocalBackend::update_max_record_size`] for up to [`MAX_LARGE_RECORD_BYTES`]).
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+/// The largest record payload a stream can be set to accept, in bytes (10 MiB: Kinesis'
+/// `MaxRecordSizeInKiB` of 10240).
+pub const MAX_LARGE_RECORD_BYTES: usize = 10 * 1024 * 1024;
 /// The largest `limit` of one `GetRecords` call; larger values are clamped.
 pub const MAX_GET_RECORDS: usize = 10_000;
 /// The most payload bytes one `GetRecords` call returns (at least one record is returned).

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::stream::{sequence_number, Stored, StreamState};
 use super::{
     invalid, partition_key_hash, trunc, BackendOp, LocalBackend, MAX_PARTITION_KEY_CHARS, MAX_PUT_RECORDS,
-    MAX_PUT_RECORDS_BYTES, MAX_RECORD_BYTES,
+    MAX_PUT_RECORDS_BYTES,
 };
 use crate::backend::BackendError;
 use crate::record::{Record, SequenceNumber};
@@ -40,9 +40,10 @@ impl LocalBackend {
     ) -> Result<PutResult, BackendError> {
         self.count(BackendOp::PutRecord);
         self.simulate_latency().await;
-        let hash = hash_key(partition_key, &data, explicit_hash_key)?;
+        let hash = hash_key(partition_key, explicit_hash_key)?;
         let arrival = SystemTime::now();
         self.with_stream(stream, |s, now| {
+            s.check_size(data.len())?;
             s.put(
                 partition_key,
                 data,
@@ -71,17 +72,21 @@ impl LocalBackend {
             )));
         }
         let total: usize = records.iter().map(|(pk, data)| pk.len() + data.len()).sum();
-        if total > MAX_PUT_RECORDS_BYTES {
-            return Err(invalid(format!(
-                "batch of {total} bytes exceeds {MAX_PUT_RECORDS_BYTES}"
-            )));
-        }
         let hashes = records
             .iter()
-            .map(|(pk, data)| hash_key(pk, data, None))
+            .map(|(pk, _)| hash_key(pk, None))
             .collect::<Result<Vec<_>, _>>()?;
         let arrival = SystemTime::now();
         self.with_stream(stream, |s, now| {
+            // A batch holds 5 MiB, or one record (with its key) of a stream that accepts larger
+            // ones.
+            let batch_max = MAX_PUT_RECORDS_BYTES.max(s.max_record_bytes + 4 * MAX_PARTITION_KEY_CHARS);
+            if total > batch_max {
+                return Err(invalid(format!("batch of {total} bytes exceeds {batch_max}")));
+            }
+            for (_, data) in &records {
+                s.check_size(data.len())?;
+            }
             records
                 .into_iter()
                 .zip(hashes)
@@ -93,6 +98,17 @@ impl LocalBackend {
 }
 
 impl StreamState {
+    /// A record of `len` payload bytes fits this stream.
+    fn check_size(&self, len: usize) -> Result<(), BackendError> {
+        if len > self.max_record_bytes {
+            return Err(invalid(format!(
+                "record of {len} bytes exceeds the stream's maximum record size of {} bytes",
+                self.max_record_bytes
+            )));
+        }
+        Ok(())
+    }
+
     fn put(
         &mut self,
         partition_key: &str,
@@ -133,22 +149,13 @@ impl StreamState {
     }
 }
 
-/// Validates a record and computes its hash key.
-fn hash_key(
-    partition_key: &str,
-    data: &Bytes,
-    explicit_hash_key: Option<&str>,
-) -> Result<u128, BackendError> {
+/// Validates a record's keys and computes its hash key (the size is checked against the
+/// stream's maximum when it is put).
+fn hash_key(partition_key: &str, explicit_hash_key: Option<&str>) -> Result<u128, BackendError> {
     let chars = partition_key.chars().count();
     if chars == 0 || chars > MAX_PARTITION_KEY_CHARS {
         return Err(invalid(format!(
             "partition key of {chars} characters; 1..={MAX_PARTITION_KEY_CHARS} allowed"
-        )));
-    }
-    if data.len() > MAX_RECORD_BYTES {
-        return Err(invalid(format!(
-            "record of {} bytes exceeds {MAX_RECORD_BYTES}",
-            data.len()
         )));
     }
     match explicit_hash_key {
@@ -173,6 +180,7 @@ mod tests {
 
     use super::*;
     use crate::backend::local::testing::{backend, put, read_all, shard_id, S};
+    use crate::backend::local::{MAX_LARGE_RECORD_BYTES, MAX_RECORD_BYTES};
     use crate::backend::IteratorPosition;
 
     #[tokio::test]
@@ -197,6 +205,41 @@ mod tests {
             Some("170141183460469231731687303715884105728")
         );
         assert_eq!(b.record_count(S).unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_stream_takes_records_up_to_its_maximum_record_size() {
+        let b = backend(1);
+        let mib = 1024 * 1024;
+        assert_eq!(b.max_record_size(S).unwrap(), MAX_RECORD_BYTES);
+        let big = || Bytes::from(vec![7; 10 * mib]);
+        assert!(matches!(
+            b.put_record(S, "k", big(), None).await,
+            Err(BackendError::InvalidArgument(_))
+        ));
+        for kib in [0, 1023, 10241] {
+            assert!(matches!(
+                b.update_max_record_size(S, kib),
+                Err(BackendError::InvalidArgument(_))
+            ));
+        }
+        b.update_max_record_size(S, 10240).unwrap();
+        assert_eq!(b.max_record_size(S).unwrap(), MAX_LARGE_RECORD_BYTES);
+        b.put_record(S, "k", big(), None).await.unwrap();
+        // One large record per batch; two are too many.
+        b.put_records(S, vec![("k".into(), big())]).await.unwrap();
+        assert!(b
+            .put_records(S, vec![("k".into(), big()), ("k".into(), big())])
+            .await
+            .is_err());
+        assert!(b
+            .put_record(S, "k", Bytes::from(vec![0; MAX_LARGE_RECORD_BYTES + 1]), None)
+            .await
+            .is_err());
+        assert!(matches!(
+            b.update_max_record_size("nope", 2048),
+            Err(BackendError::StreamNotFound(_))
+        ));
     }
 
     #[tokio::test]

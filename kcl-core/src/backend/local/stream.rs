@@ -13,7 +13,10 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use super::read_limits::{Limiter, ReadLimits};
-use super::{fan_out, invalid, shard_not_found, trunc, LocalBackend, MAX_GET_RECORDS_BYTES, MAX_SHARDS};
+use super::{
+    fan_out, invalid, shard_not_found, trunc, LocalBackend, MAX_GET_RECORDS_BYTES, MAX_RECORD_BYTES,
+    MAX_SHARDS,
+};
 use crate::backend::BackendError;
 use crate::record::{ChildShard, HashKeyRange, Record, SequenceNumber, Shard};
 
@@ -44,12 +47,38 @@ impl LocalBackend {
             created: SystemTime::now(),
             consumers: BTreeMap::new(),
             subscriptions: BTreeMap::new(),
+            max_record_bytes: MAX_RECORD_BYTES,
         };
         for range in even_ranges(shard_count) {
             stream.add_shard(range, None, None, self.inner.config.read_limits, now);
         }
         streams.insert(name.to_owned(), stream);
         Ok(())
+    }
+
+    /// Sets the largest record `stream` accepts, in KiB (Kinesis' `UpdateMaxRecordSize`): from
+    /// 1024 (1 MiB, the default) to 10240 (10 MiB). Reads are unchanged: a `GetRecords` call
+    /// returns at most [`MAX_GET_RECORDS_BYTES`] but always at least one record, and the
+    /// per-shard read limits (when set) charge its size, so a 10 MiB record holds the shard's
+    /// next reads back for about 5 s at 2 MiB/s.
+    pub fn update_max_record_size(&self, stream: &str, kib: u32) -> Result<(), BackendError> {
+        const KIB: std::ops::RangeInclusive<u32> = 1024..=10240;
+        if !KIB.contains(&kib) {
+            return Err(invalid(format!(
+                "MaxRecordSizeInKiB {kib} is not in {}..={}",
+                KIB.start(),
+                KIB.end()
+            )));
+        }
+        self.with_stream(stream, |s, _| {
+            s.max_record_bytes = kib as usize * 1024;
+            Ok(())
+        })
+    }
+
+    /// The largest record `stream` accepts, in bytes.
+    pub fn max_record_size(&self, stream: &str) -> Result<usize, BackendError> {
+        self.with_stream(stream, |s, _| Ok(s.max_record_bytes))
     }
 
     /// Deletes a stream and all its records.
@@ -104,6 +133,8 @@ pub(super) struct StreamState {
     pub(super) consumers: BTreeMap<String, fan_out::LocalConsumer>,
     /// The live subscription of each (consumer ARN, shard).
     pub(super) subscriptions: BTreeMap<(String, String), fan_out::Slot>,
+    /// The largest record payload this stream accepts ([`MAX_RECORD_BYTES`] unless updated).
+    pub(super) max_record_bytes: usize,
 }
 
 pub(super) struct ShardState {
