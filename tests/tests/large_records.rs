@@ -25,6 +25,9 @@ fn payload(index: u64, len: usize) -> Bytes {
     Bytes::from(data)
 }
 
+/// Per partition key: each record delivered (its index, its length, whether it was intact).
+type Seen = BTreeMap<String, Vec<(u64, usize, bool)>>;
+
 fn intact(index: u64, data: &[u8]) -> bool {
     data.len() >= 8 && data == payload(index, data.len()).as_ref()
 }
@@ -57,7 +60,7 @@ async fn records_of_up_to_10_mib_are_delivered_whole_and_in_order() {
             expected.entry(key.to_owned()).or_default().push((index, len));
         }
     }
-    let seen: Arc<Mutex<BTreeMap<String, Vec<(u64, usize, bool)>>>> = Arc::default();
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let log = seen.clone();
     let worker = Scheduler::builder(APP, STREAM)
         .backend(backend.clone())
