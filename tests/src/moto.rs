@@ -25,7 +25,11 @@ pub fn ensure_started() -> &'static str {
 
 fn init() -> String {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let script = manifest.parent().unwrap_or(&manifest).join("localstack").join("start-moto.sh");
+    let script = manifest
+        .parent()
+        .unwrap_or(&manifest)
+        .join("localstack")
+        .join("start-moto.sh");
     let output = Command::new("bash")
         .arg(&script)
         .stdin(Stdio::null())

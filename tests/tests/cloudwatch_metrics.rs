@@ -53,6 +53,14 @@ fn run_worker(rt: &tokio::runtime::Runtime, config: CloudWatchConfig) -> CloudWa
             wait_until(LIMIT, "all processed", || log.wait_count() == 40).await;
             // A few lease rounds (renewals every failover/3).
             tokio::time::sleep(Duration::from_millis(2_500)).await;
+            // A throttled read, as a shard consumer counts one (a DETAILED, shard-level metric;
+            // the local backend never throttles).
+            metrics::counter!(
+                kcl_core::metrics::GET_RECORDS_THROTTLED,
+                "worker_id" => "w1",
+                "shard_id" => "shardId-000000000000"
+            )
+            .increment(1);
             worker.shutdown().await.unwrap();
             handle.flush().await.expect("flush");
         })
@@ -65,18 +73,24 @@ async fn list_metrics(client: &aws_sdk_cloudwatch::Client, namespace: &str) -> V
         .list_metrics()
         .namespace(namespace)
         .into_paginator()
-        .items()
         .send()
         .collect::<Result<Vec<_>, _>>()
         .await
         .expect("ListMetrics")
+        .into_iter()
+        .flat_map(|page| page.metrics.unwrap_or_default())
+        .collect()
 }
 
 /// Metric name -> the sets of dimension names it was published with.
 fn by_name(metrics: &[Metric]) -> BTreeMap<String, BTreeSet<Vec<String>>> {
     let mut out: BTreeMap<String, BTreeSet<Vec<String>>> = BTreeMap::new();
     for m in metrics {
-        let mut dims: Vec<String> = m.dimensions().iter().filter_map(|d| d.name().map(str::to_owned)).collect();
+        let mut dims: Vec<String> = m
+            .dimensions()
+            .iter()
+            .filter_map(|d| d.name().map(str::to_owned))
+            .collect();
         dims.sort();
         out.entry(m.metric_name().unwrap_or_default().to_owned())
             .or_default()
@@ -89,16 +103,17 @@ fn dims_of(metric: &Metric) -> BTreeMap<String, String> {
     metric
         .dimensions()
         .iter()
-        .map(|d| (d.name().unwrap_or_default().to_owned(), d.value().unwrap_or_default().to_owned()))
+        .map(|d| {
+            (
+                d.name().unwrap_or_default().to_owned(),
+                d.value().unwrap_or_default().to_owned(),
+            )
+        })
         .collect()
 }
 
 /// Sum and sample count of a metric over the last ten minutes.
-async fn statistics(
-    client: &aws_sdk_cloudwatch::Client,
-    namespace: &str,
-    metric: &Metric,
-) -> (f64, f64) {
+async fn statistics(client: &aws_sdk_cloudwatch::Client, namespace: &str, metric: &Metric) -> (f64, f64) {
     let now = SystemTime::now();
     let out = client
         .get_metric_statistics()
@@ -139,8 +154,12 @@ fn detailed_publishes_the_java_kcl_names_namespace_and_dimensions() {
         for (name, dims) in &names {
             eprintln!("  {name}: {dims:?}");
         }
-        let shard_level: BTreeSet<Vec<String>> =
-            [vec!["Operation".to_owned(), "ShardId".to_owned(), "WorkerIdentifier".to_owned()]].into();
+        let shard_level: BTreeSet<Vec<String>> = [vec![
+            "Operation".to_owned(),
+            "ShardId".to_owned(),
+            "WorkerIdentifier".to_owned(),
+        ]]
+        .into();
         let worker_level: BTreeSet<Vec<String>> =
             [vec!["Operation".to_owned(), "WorkerIdentifier".to_owned()]].into();
         for name in [
@@ -149,11 +168,17 @@ fn detailed_publishes_the_java_kcl_names_namespace_and_dimensions() {
             "MillisBehindLatest",
             "RecordProcessor.processRecords.Time",
             "GetRecords.Throttled",
-            "ExpiredIterator",
         ] {
             assert_eq!(names.get(name), Some(&shard_level), "{name}");
         }
-        for name in ["CurrentLeases", "TakenLeases", "TotalLeases", "LeaseTable.Scans"] {
+        for name in [
+            "CurrentLeases",
+            "TakenLeases",
+            "NumWorkers",
+            "TotalLeases",
+            "LeaseTable.Scans",
+            "LeaseStore.Calls",
+        ] {
             assert_eq!(names.get(name), Some(&worker_level), "{name}");
         }
         // Our names never appear where the Java KCL's differ.
@@ -164,7 +189,10 @@ fn detailed_publishes_the_java_kcl_names_namespace_and_dimensions() {
         // Operations and values: the records of both shards, under ProcessTask.
         let mut records = 0.0;
         let mut shards = BTreeSet::new();
-        for m in metrics.iter().filter(|m| m.metric_name() == Some("RecordsProcessed")) {
+        for m in metrics
+            .iter()
+            .filter(|m| m.metric_name() == Some("RecordsProcessed"))
+        {
             let dims = dims_of(m);
             assert_eq!(dims["Operation"], "ProcessTask");
             assert_eq!(dims["WorkerIdentifier"], "w1");
@@ -177,11 +205,16 @@ fn detailed_publishes_the_java_kcl_names_namespace_and_dimensions() {
             ("CurrentLeases", "RenewAllLeases"),
             ("TakenLeases", "TakeLeases"),
             ("TotalLeases", "TakeLeases"),
+            ("NumWorkers", "TakeLeases"),
         ] {
-            let m = metrics.iter().find(|m| m.metric_name() == Some(name)).unwrap();
-            assert_eq!(dims_of(m)["Operation"], operation, "{name}");
+            for m in metrics.iter().filter(|m| m.metric_name() == Some(name)) {
+                assert_eq!(dims_of(m)["Operation"], operation, "{name}");
+            }
         }
-        let taken = metrics.iter().find(|m| m.metric_name() == Some("TakenLeases")).unwrap();
+        let taken = metrics
+            .iter()
+            .find(|m| m.metric_name() == Some("TakenLeases"))
+            .unwrap();
         assert_eq!(statistics(&client, &ns, taken).await.0, 2.0);
     });
     rt.block_on(handle.shutdown()).expect("shutdown");
@@ -208,8 +241,17 @@ fn summary_omits_the_detailed_metrics_and_default_dimensions_omit_the_worker() {
             eprintln!("  {name}: {dims:?}");
         }
         let published: BTreeSet<&str> = names.keys().map(String::as_str).collect();
-        for name in ["RecordsProcessed", "DataBytesProcessed", "MillisBehindLatest", "CurrentLeases", "TakenLeases"] {
-            assert!(published.contains(name), "{name} missing at SUMMARY: {published:?}");
+        for name in [
+            "RecordsProcessed",
+            "DataBytesProcessed",
+            "MillisBehindLatest",
+            "CurrentLeases",
+            "TakenLeases",
+        ] {
+            assert!(
+                published.contains(name),
+                "{name} missing at SUMMARY: {published:?}"
+            );
         }
         for name in [
             "GetRecords.Throttled",
@@ -235,7 +277,10 @@ fn summary_omits_the_detailed_metrics_and_default_dimensions_omit_the_worker() {
 fn emit_shard_series(shards: usize) {
     use kcl_core::metrics as names;
     for i in 0..shards {
-        let labels = [("worker_id", "w1".to_owned()), ("shard_id", format!("shardId-{i:012}"))];
+        let labels = [
+            ("worker_id", "w1".to_owned()),
+            ("shard_id", format!("shardId-{i:012}")),
+        ];
         metrics::counter!(names::RECORDS_PROCESSED, &labels).increment(10);
         metrics::counter!(names::BYTES_PROCESSED, &labels).increment(10_000);
         metrics::gauge!(names::MILLIS_BEHIND_LATEST, &labels).set(250.0);
