@@ -33,7 +33,9 @@
 //! # Metrics
 //! Our name (the [`metrics`](crate::metrics) facade's), the name published (the Java KCL's where
 //! it has one), the `Operation` dimension, the unit, the level, and the other dimensions (from the
-//! labels: `shard_id` → `ShardId`, `worker_id` → `WorkerIdentifier`, `stream` → `StreamId`).
+//! labels: `shard_id` → `ShardId`, `worker_id` → `WorkerIdentifier`, `stream` → `StreamId`; a
+//! multi-stream application's `shard_id`, a lease key `account:stream:creationEpoch:shardId`,
+//! gives `StreamId` = `account:stream:creationEpoch` and `ShardId`, as the Java KCL's).
 //! Every `process_records` batch, lease round or lease-store call is one sample, as in Java:
 //! `Sum` is the total over the window and `SampleCount` the number of batches or rounds.
 //!
@@ -575,6 +577,15 @@ impl Registry {
         }
         let mut dimensions = vec![(OPERATION.to_owned(), mapping.operation)];
         for (label, value) in &labels {
+            // A multi-stream application's shards are labelled with their lease keys
+            // (`account:stream:creationEpoch:shardId`): `StreamId` and `ShardId`, as in Java.
+            if *label == "shard_id" {
+                if let Some((stream, shard)) = kcl_lease::StreamIdentifier::split_lease_key(value) {
+                    dimensions.push((SHARD_ID.to_owned(), shard.to_owned()));
+                    dimensions.push((STREAM_ID.to_owned(), stream.to_string()));
+                    continue;
+                }
+            }
             if let Some(dimension) = dimension_of_label(label) {
                 dimensions.push((dimension.to_owned(), (*value).to_owned()));
             }

@@ -172,6 +172,27 @@ fn disabled_dimensions_merge_series() {
 }
 
 #[test]
+fn multi_stream_lease_keys_give_stream_id_and_shard_id() {
+    let r = registry(MetricsLevel::Detailed, &[SHARD_ID, STREAM_ID]);
+    let c = r
+        .register(&shard_key(
+            names::RECORDS_PROCESSED,
+            "123456789012:orders:1700000000:shardId-000000000003",
+        ))
+        .unwrap();
+    CounterFn::increment(&*c, 1);
+    let d = &r.close_window(SystemTime::UNIX_EPOCH)[0];
+    assert_eq!(
+        d.dimensions,
+        dims(&[
+            ("Operation", "ProcessTask"),
+            ("ShardId", "shardId-000000000003"),
+            ("StreamId", "123456789012:orders:1700000000")
+        ])
+    );
+}
+
+#[test]
 fn levels_filter_metrics_as_java_does() {
     let r = registry(MetricsLevel::Summary, &[SHARD_ID]);
     assert!(r.register(&shard_key(names::RECORDS_PROCESSED, "s")).is_some());
