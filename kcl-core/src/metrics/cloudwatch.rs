@@ -827,6 +827,10 @@ impl Publisher {
             tokio::select! {
                 _ = ticks.tick() => {
                     let _ = self.publish_window().await;
+                    // Neither the recorder nor a handle left: nothing more can come.
+                    if !handles_open && Arc::strong_count(&self.registry) == 1 {
+                        return;
+                    }
                 }
                 command = commands.recv(), if handles_open => match command {
                     Some(Command::Flush(reply)) => {
@@ -836,7 +840,7 @@ impl Publisher {
                         let _ = reply.send(self.publish_window().await);
                         return;
                     }
-                    // Every handle dropped: keep publishing for the recorder.
+                    // Every handle dropped: keep publishing for the recorder, while it lives.
                     None => handles_open = false,
                 },
             }
