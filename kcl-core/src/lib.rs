@@ -108,7 +108,9 @@
 //! - [`error`]: `KclError` and friends.
 //! - [`fatal`]: errors that stop a worker (or one stream) instead of being retried.
 //! - [`jitter`]: seeds of the backoffs' jitter (fixed by simulation tests to replay a run).
-//! - [`metrics`]: metric names (the Java KCL's) and the worker health summary.
+//! - [`metrics`]: metric names (the Java KCL's) and the worker health summary;
+//!   `metrics::cloudwatch` (feature `cloudwatch`): a `metrics` recorder that publishes them to
+//!   CloudWatch as the Java KCL does (namespace, dimensions, levels, buffered statistic sets).
 //! - [`shutdown_signal`]: SIGTERM or SIGINT (Ctrl-C elsewhere), for a graceful shutdown.
 //!
 //! The lease side (model, stores, coordinator) is the `kcl_lease` crate, re-exported as
@@ -122,6 +124,8 @@
 //! - `testing`: fault injection for tests: `backend::failure::FailureBackend` and kcl-lease's
 //!   `FailureLeaseStore`.
 //! - `status-page`: serving a worker's status page over HTTP (`status::serve`, hyper).
+//! - `cloudwatch`: publishing the metrics to Amazon CloudWatch as the Java KCL does
+//!   (`metrics::cloudwatch`, `aws-sdk-cloudwatch`).
 //!
 //! The local backend ([`LocalBackend`]), the in-memory lease store ([`InMemoryLeaseStore`]) and
 //! the lease-store cost meter (`kcl_lease::MeteredLeaseStore`, which the scheduler uses for the
@@ -156,8 +160,9 @@ pub mod streams;
 
 pub use kcl_lease as lease;
 
-/// The README's Rust blocks, compiled (and run, unless `no_run`) as doc tests.
-#[cfg(all(doctest, feature = "aws"))]
+/// The README's Rust blocks, compiled (and run, unless `no_run`) as doc tests. The CloudWatch
+/// block needs `cloudwatch`: `cargo test --workspace` has it (kcl-tests turns it on).
+#[cfg(all(doctest, feature = "aws", feature = "cloudwatch"))]
 #[doc = include_str!("../../README.md")]
 mod readme {}
 

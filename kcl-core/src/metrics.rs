@@ -27,8 +27,14 @@
 //! | `LeaseTable.Scans` | counter | scans of the lease table by the coordinator (kcl-lease) |
 //! | `LeaseStore.Calls`, `LeaseStore.Errors`, `LeaseStore.RowsRead`, `LeaseStore.WriteUnits` | counters | lease-store calls per `op`, rows read, DynamoDB write units billed (kcl-lease's cost meter) |
 //! | `LeaseStore.ReadUnits` | gauge | DynamoDB read units billed so far, per `op` |
+//!
+//! With the `cloudwatch` feature, [`cloudwatch`] publishes them to Amazon CloudWatch under the
+//! Java KCL's names, dimensions and levels (its module docs have the table beside the Java KCL's).
 
 use std::sync::{Arc, Mutex};
+
+#[cfg(feature = "cloudwatch")]
+pub mod cloudwatch;
 
 use crate::record::ExtendedSequenceNumber;
 use crate::shard::state::ShardState;

@@ -6,6 +6,7 @@
 pub mod aws;
 pub mod emulators;
 pub mod java_kcl;
+pub mod moto;
 pub mod process;
 
 use std::collections::{BTreeMap, HashMap};

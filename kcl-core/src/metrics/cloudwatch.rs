@@ -1,0 +1,989 @@
+//! The runtime's metrics in Amazon CloudWatch, as the Java KCL publishes them (feature
+//! `cloudwatch`): same namespace (the application name), metric names, units, `Operation`,
+//! `ShardId`, `WorkerIdentifier` and `StreamId` dimensions, metrics levels and buffering, so that
+//! the dashboards and alarms of a Java KCL application keep working after the move.
+//!
+//! [`CloudWatchRecorder`] is a [`metrics::Recorder`]: install it as the global recorder
+//! ([`install`], or [`metrics::set_global_recorder`] with [`CloudWatchRecorder::new`]). The
+//! recorder only updates in-memory aggregates (one statistic set per series: `SampleCount`,
+//! `Sum`, `Minimum`, `Maximum`); a publisher task closes a window every
+//! [`CloudWatchConfig::buffer_time`] (Java's `metricsBufferTimeMillis`, 10 s), merges the series
+//! that the enabled dimensions make equal, queues the datums (at most
+//! [`CloudWatchConfig::max_queue_size`], Java's `metricsMaxQueueSize`, 10,000; the overflow is
+//! dropped, counted by [`CloudWatchHandle::dropped_datums`] and logged at warn once per window)
+//! and sends them with `PutMetricData` in calls of up to 1,000 datums and under 1 MB (CloudWatch's
+//! limits per request), retrying throttled calls with backoff. [`CloudWatchHandle::flush`] publishes
+//! the current window now; [`CloudWatchHandle::shutdown`] publishes the last one and stops the
+//! task: call it after the scheduler's graceful shutdown.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use kcl_core::metrics::cloudwatch::{self, CloudWatchConfig, MetricsLevel};
+//!
+//! let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+//! let config = CloudWatchConfig::new("my-application", aws_sdk_cloudwatch::Client::new(&sdk))
+//!     .level(MetricsLevel::Detailed);
+//! let metrics = cloudwatch::install(config)?;
+//! // ... run the scheduler; after its graceful shutdown:
+//! metrics.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Metrics
+//! Our name (the [`metrics`](crate::metrics) facade's), the name published (the Java KCL's where
+//! it has one), the `Operation` dimension, the unit, the level, and the other dimensions (from the
+//! labels: `shard_id` → `ShardId`, `worker_id` → `WorkerIdentifier`, `stream` → `StreamId`; a
+//! multi-stream application's `shard_id`, a lease key `account:stream:creationEpoch:shardId`,
+//! gives `StreamId` = `account:stream:creationEpoch` and `ShardId`, as the Java KCL's).
+//! Every `process_records` batch, lease round or lease-store call is one sample, as in Java:
+//! `Sum` is the total over the window and `SampleCount` the number of batches or rounds.
+//!
+//! | our name | published as | Operation | unit | level | dimensions | Java KCL (2.x/3.x) |
+//! |---|---|---|---|---|---|---|
+//! | `RecordsProcessed` | `RecordsProcessed` | `ProcessTask` | Count | SUMMARY | ShardId, WorkerIdentifier | same |
+//! | `BytesProcessed` | `DataBytesProcessed` | `ProcessTask` | Bytes | SUMMARY | ShardId, WorkerIdentifier | same |
+//! | `MillisBehindLatest` | `MillisBehindLatest` | `ProcessTask` | Milliseconds | SUMMARY | ShardId, WorkerIdentifier | same |
+//! | `ProcessTask.Time` (seconds) | `RecordProcessor.processRecords.Time` | `ProcessTask` | Milliseconds | SUMMARY | ShardId, WorkerIdentifier | same |
+//! | `ProcessorErrors` | `ProcessorErrors` | `ProcessTask` | Count | SUMMARY | ShardId, WorkerIdentifier | Java: `Success` = 0 |
+//! | `SkippedRecords` | `SkippedRecords` | `ProcessTask` | Count | DETAILED | ShardId, WorkerIdentifier | none |
+//! | `GetRecords.Throttled` | `GetRecords.Throttled` | `ProcessTask` | Count | DETAILED | ShardId, WorkerIdentifier | none (logged) |
+//! | `ExpiredIterator` | `ExpiredIterator` | `ProcessTask` | Count | DETAILED | ShardId, WorkerIdentifier | none |
+//! | `KplMisplacedRecords` | `KplMisplacedRecords` | `ProcessTask` | Count | DETAILED | ShardId, WorkerIdentifier | none |
+//! | `KplDeaggregationFailures` | `KplDeaggregationFailures` | `ProcessTask` | Count | DETAILED | none | none |
+//! | `CurrentLeases` | `CurrentLeases` | `RenewAllLeases` | Count | SUMMARY | WorkerIdentifier | same |
+//! | `LostLeases` | `LostLeases` | `RenewAllLeases` | Count | SUMMARY | WorkerIdentifier | same |
+//! | `RenewLease.Failures` | `RenewLease.Failures` | `RenewAllLeases` | Count | DETAILED | WorkerIdentifier | Java: `RenewLease.Success` = 0 |
+//! | `TakenLeases` | `TakenLeases` | `TakeLeases` | Count | SUMMARY | WorkerIdentifier | same |
+//! | `LeasesStolen` | `LeasesStolen` | `TakeLeases` | Count | SUMMARY | WorkerIdentifier | none |
+//! | `TotalLeases` | `TotalLeases` | `TakeLeases` | Count | DETAILED | WorkerIdentifier | same |
+//! | `LiveWorkers` | `NumWorkers` | `TakeLeases` | Count | SUMMARY | WorkerIdentifier | same |
+//! | `LeaseTable.Scans` | `LeaseTable.Scans` | `TakeLeases` | Count | DETAILED | WorkerIdentifier | Java: `ListLeases.Success` |
+//! | `LeaseStore.Calls`, `.Errors`, `.RowsRead`, `.ReadUnits`, `.WriteUnits` | the same | `LeaseStore.<op>` | Count | DETAILED | WorkerIdentifier | none |
+//! | any other name (your own metrics) | the same | its `operation` label, or `Application` | None | DETAILED | as labelled | |
+//!
+//! # Levels and dimensions
+//! As Java's `MetricsLevel` and `metricsEnabledDimensions`: at [`MetricsLevel::None`] nothing is
+//! published; at [`MetricsLevel::Summary`] the DETAILED metrics above are not (the per-shard
+//! SUMMARY ones are, with their `ShardId`, as in Java); at [`MetricsLevel::Detailed`] (the default)
+//! all are. A dimension is published only when enabled: `Operation` always (Java's
+//! `METRICS_ALWAYS_ENABLED_DIMENSIONS`), and by default `ShardId` (Java's
+//! `DEFAULT_METRICS_ENABLED_DIMENSIONS`: `WorkerIdentifier` is off by default, as in Java; enable
+//! it, and `StreamId` for multi-stream applications, with
+//! [`CloudWatchConfig::enabled_dimensions`]). Series that differ only in a disabled dimension
+//! are merged into one statistic set (e.g. the workers' `TakenLeases` without
+//! `WorkerIdentifier`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use metrics::{Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata};
+use metrics::{Recorder, SharedString, Unit};
+use tokio::sync::{mpsc, oneshot};
+
+/// The `Operation` dimension.
+pub const OPERATION: &str = "Operation";
+/// The `ShardId` dimension.
+pub const SHARD_ID: &str = "ShardId";
+/// The `WorkerIdentifier` dimension.
+pub const WORKER_IDENTIFIER: &str = "WorkerIdentifier";
+/// The `StreamId` dimension (multi-stream applications).
+pub const STREAM_ID: &str = "StreamId";
+
+/// The most datums one `PutMetricData` call carries (CloudWatch's limit per request).
+pub const MAX_DATUMS_PER_CALL: usize = 1_000;
+/// The largest `PutMetricData` request body, in bytes, that a call is kept under (CloudWatch's
+/// limit is 1 MB; the estimate of a datum's size is an upper bound).
+pub const MAX_REQUEST_BYTES: usize = 1_000_000;
+
+/// Which metrics are published, as the Java KCL's `MetricsLevel`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum MetricsLevel {
+    /// Nothing.
+    None,
+    /// The SUMMARY metrics of the module docs' table.
+    Summary,
+    /// All of them (the default, as in Java).
+    #[default]
+    Detailed,
+}
+
+/// A CloudWatch unit, as `PutMetricData` spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum MetricUnit {
+    /// `Count`.
+    Count,
+    /// `Bytes`.
+    Bytes,
+    /// `Milliseconds`.
+    Milliseconds,
+    /// `Seconds`.
+    Seconds,
+    /// `None`.
+    None,
+}
+
+impl MetricUnit {
+    /// The unit's name in CloudWatch.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricUnit::Count => "Count",
+            MetricUnit::Bytes => "Bytes",
+            MetricUnit::Milliseconds => "Milliseconds",
+            MetricUnit::Seconds => "Seconds",
+            MetricUnit::None => "None",
+        }
+    }
+}
+
+/// How one of our metric names is published: see the module docs' table.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct MetricMapping {
+    /// The name published (the Java KCL's where it has one).
+    pub name: String,
+    /// The `Operation` dimension.
+    pub operation: String,
+    /// The unit.
+    pub unit: MetricUnit,
+    /// The lowest level at which it is published.
+    pub level: MetricsLevel,
+    /// Each value is multiplied by this (seconds to milliseconds for `ProcessTask.Time`).
+    pub scale: f64,
+}
+
+/// How a metric of the runtime (or any other, from its name and labels) is published.
+pub fn mapping(name: &str, labels: &[(&str, &str)]) -> MetricMapping {
+    use crate::metrics as m;
+    let (java, operation, unit, level, scale): (&str, &str, MetricUnit, MetricsLevel, f64) = match name {
+        m::RECORDS_PROCESSED => (name, "ProcessTask", MetricUnit::Count, MetricsLevel::Summary, 1.0),
+        m::BYTES_PROCESSED => (
+            "DataBytesProcessed",
+            "ProcessTask",
+            MetricUnit::Bytes,
+            MetricsLevel::Summary,
+            1.0,
+        ),
+        m::MILLIS_BEHIND_LATEST => (
+            name,
+            "ProcessTask",
+            MetricUnit::Milliseconds,
+            MetricsLevel::Summary,
+            1.0,
+        ),
+        m::PROCESS_TIME => (
+            "RecordProcessor.processRecords.Time",
+            "ProcessTask",
+            MetricUnit::Milliseconds,
+            MetricsLevel::Summary,
+            1000.0,
+        ),
+        m::PROCESSOR_ERRORS => (name, "ProcessTask", MetricUnit::Count, MetricsLevel::Summary, 1.0),
+        m::SKIPPED_RECORDS
+        | m::GET_RECORDS_THROTTLED
+        | m::EXPIRED_ITERATOR
+        | m::KPL_MISPLACED_RECORDS
+        | crate::aggregation::DEAGGREGATION_FAILURES => (
+            name,
+            "ProcessTask",
+            MetricUnit::Count,
+            MetricsLevel::Detailed,
+            1.0,
+        ),
+        m::CURRENT_LEASES | m::LOST_LEASES => (
+            name,
+            "RenewAllLeases",
+            MetricUnit::Count,
+            MetricsLevel::Summary,
+            1.0,
+        ),
+        m::RENEW_FAILURES => (
+            name,
+            "RenewAllLeases",
+            MetricUnit::Count,
+            MetricsLevel::Detailed,
+            1.0,
+        ),
+        m::TAKEN_LEASES | m::LEASES_STOLEN => {
+            (name, "TakeLeases", MetricUnit::Count, MetricsLevel::Summary, 1.0)
+        }
+        m::LIVE_WORKERS => (
+            "NumWorkers",
+            "TakeLeases",
+            MetricUnit::Count,
+            MetricsLevel::Summary,
+            1.0,
+        ),
+        m::TOTAL_LEASES | m::LEASE_TABLE_SCANS => {
+            (name, "TakeLeases", MetricUnit::Count, MetricsLevel::Detailed, 1.0)
+        }
+        _ if name.starts_with("LeaseStore.") => {
+            let op = label(labels, "op").unwrap_or("Unknown");
+            return MetricMapping {
+                name: name.to_owned(),
+                operation: format!("LeaseStore.{op}"),
+                unit: MetricUnit::Count,
+                level: MetricsLevel::Detailed,
+                scale: 1.0,
+            };
+        }
+        _ => {
+            let op = label(labels, "operation").unwrap_or("Application");
+            return MetricMapping {
+                name: name.to_owned(),
+                operation: op.to_owned(),
+                unit: MetricUnit::None,
+                level: MetricsLevel::Detailed,
+                scale: 1.0,
+            };
+        }
+    };
+    MetricMapping {
+        name: java.to_owned(),
+        operation: operation.to_owned(),
+        unit,
+        level,
+        scale,
+    }
+}
+
+fn label<'a>(labels: &[(&'a str, &'a str)], name: &str) -> Option<&'a str> {
+    labels.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
+}
+
+/// The published dimension of a label, if it has one.
+fn dimension_of_label(label: &str) -> Option<&'static str> {
+    match label {
+        "shard_id" => Some(SHARD_ID),
+        "worker_id" => Some(WORKER_IDENTIFIER),
+        "stream" | "stream_id" => Some(STREAM_ID),
+        _ => None,
+    }
+}
+
+/// Errors of the CloudWatch publisher.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CloudWatchError {
+    /// [`install`]: another global `metrics` recorder was installed first.
+    #[error("a global metrics recorder is already installed")]
+    RecorderAlreadySet,
+    /// The publisher task is started on the current Tokio runtime, and there is none.
+    #[error("no Tokio runtime: the CloudWatch publisher must be started from within one")]
+    NoRuntime,
+    /// The publisher task has stopped ([`CloudWatchHandle::shutdown`] was called).
+    #[error("the CloudWatch metrics publisher has stopped")]
+    Stopped,
+    /// Some datums could not be published (the calls failed, or were throttled after every
+    /// retry); they were dropped.
+    #[error("{datums} datums could not be published to CloudWatch: {message}")]
+    Publish {
+        /// How many datums were dropped.
+        datums: usize,
+        /// The last error.
+        message: String,
+    },
+}
+
+/// The publisher's configuration: namespace, level, dimensions, buffering, and the client.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct CloudWatchConfig {
+    /// The namespace: the application name, as in Java.
+    pub namespace: String,
+    /// Which metrics are published (default [`MetricsLevel::Detailed`]).
+    pub level: MetricsLevel,
+    /// The dimensions published; `Operation` is always added (default: `Operation`, `ShardId`).
+    pub enabled_dimensions: BTreeSet<String>,
+    /// How long values are aggregated before they are published (default 10 s).
+    pub buffer_time: Duration,
+    /// The most datums waiting to be sent; the overflow is dropped (default 10,000).
+    pub max_queue_size: usize,
+    /// The most datums per `PutMetricData` call (default and maximum 1,000).
+    pub max_datums_per_call: usize,
+    /// How many times a throttled (or otherwise transient) call is retried (default 3).
+    pub max_retries: usize,
+    client: aws_sdk_cloudwatch::Client,
+}
+
+impl CloudWatchConfig {
+    /// The defaults (Java's): level DETAILED, dimensions `Operation` and `ShardId`, a 10 s buffer,
+    /// a queue of 10,000 datums, calls of up to 1,000 datums.
+    pub fn new(namespace: impl Into<String>, client: aws_sdk_cloudwatch::Client) -> Self {
+        Self {
+            namespace: namespace.into(),
+            level: MetricsLevel::Detailed,
+            enabled_dimensions: [OPERATION, SHARD_ID].into_iter().map(String::from).collect(),
+            buffer_time: Duration::from_secs(10),
+            max_queue_size: 10_000,
+            max_datums_per_call: MAX_DATUMS_PER_CALL,
+            max_retries: 3,
+            client,
+        }
+    }
+
+    /// Sets [`Self::level`].
+    pub fn level(mut self, level: MetricsLevel) -> Self {
+        self.level = level;
+        self
+    }
+
+    /// Sets [`Self::enabled_dimensions`] (`Operation` is added); e.g.
+    /// `[SHARD_ID, WORKER_IDENTIFIER]`.
+    pub fn enabled_dimensions<I, S>(mut self, dimensions: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.enabled_dimensions = dimensions.into_iter().map(Into::into).collect();
+        self.enabled_dimensions.insert(OPERATION.to_owned());
+        self
+    }
+
+    /// Sets [`Self::buffer_time`] (at least 1 ms).
+    pub fn buffer_time(mut self, buffer_time: Duration) -> Self {
+        self.buffer_time = buffer_time.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Sets [`Self::max_queue_size`] (at least 1).
+    pub fn max_queue_size(mut self, datums: usize) -> Self {
+        self.max_queue_size = datums.max(1);
+        self
+    }
+
+    /// Sets [`Self::max_datums_per_call`] (1 to 1,000).
+    pub fn max_datums_per_call(mut self, datums: usize) -> Self {
+        self.max_datums_per_call = datums.clamp(1, MAX_DATUMS_PER_CALL);
+        self
+    }
+
+    /// Sets [`Self::max_retries`].
+    pub fn max_retries(mut self, retries: usize) -> Self {
+        self.max_retries = retries;
+        self
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Aggregation
+// ---------------------------------------------------------------------------------------------
+
+/// One window's statistic set of a series.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StatisticSet {
+    /// How many values were recorded.
+    pub sample_count: f64,
+    /// Their sum.
+    pub sum: f64,
+    /// The smallest.
+    pub minimum: f64,
+    /// The largest.
+    pub maximum: f64,
+}
+
+impl StatisticSet {
+    fn of(value: f64) -> Self {
+        Self {
+            sample_count: 1.0,
+            sum: value,
+            minimum: value,
+            maximum: value,
+        }
+    }
+
+    fn merge(&mut self, other: &StatisticSet) {
+        self.sample_count += other.sample_count;
+        self.sum += other.sum;
+        self.minimum = self.minimum.min(other.minimum);
+        self.maximum = self.maximum.max(other.maximum);
+    }
+}
+
+/// One datum of a `PutMetricData` call: a metric, its dimensions (sorted by name), its unit
+/// and one window's statistic set.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Datum {
+    /// The metric name.
+    pub name: String,
+    /// `(name, value)`, sorted by name.
+    pub dimensions: Vec<(String, String)>,
+    /// The unit.
+    pub unit: MetricUnit,
+    /// The window's values.
+    pub statistics: StatisticSet,
+    /// The end of the window.
+    pub timestamp: SystemTime,
+}
+
+impl Datum {
+    /// An upper bound of the datum's size in a request body (the query protocol's form, the
+    /// most verbose of CloudWatch's protocols).
+    pub fn estimated_size(&self) -> usize {
+        // `MetricData.member.NNNN.` prefixes, field names, four statistic values, a timestamp.
+        let fixed = 400;
+        let dimensions: usize = self
+            .dimensions
+            .iter()
+            .map(|(n, v)| 100 + n.len() + 3 * v.len())
+            .sum();
+        fixed + 3 * self.name.len() + dimensions
+    }
+}
+
+/// Splits datums into `PutMetricData` calls: at most `max_datums` each, and under `max_bytes`
+/// by [`Datum::estimated_size`].
+pub fn batches(datums: Vec<Datum>, max_datums: usize, max_bytes: usize) -> Vec<Vec<Datum>> {
+    let max_datums = max_datums.max(1);
+    let mut out = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for datum in datums {
+        let size = datum.estimated_size();
+        if !current.is_empty() && (current.len() >= max_datums || bytes + size > max_bytes) {
+            out.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(datum);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// What a series publishes as: its datum's name, dimensions (already filtered) and unit.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct DatumKey {
+    name: String,
+    dimensions: Vec<(String, String)>,
+    unit: MetricUnit,
+}
+
+/// One registered series: the values recorded since the last window closed.
+#[derive(Debug)]
+struct Series {
+    key: DatumKey,
+    scale: f64,
+    window: Mutex<Option<StatisticSet>>,
+    /// A gauge's current value (f64 bits), for `increment`/`decrement`.
+    gauge: AtomicU64,
+}
+
+impl Series {
+    fn observe(&self, value: f64) {
+        let value = value * self.scale;
+        if !value.is_finite() {
+            return; // CloudWatch rejects NaN and infinities.
+        }
+        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        match window.as_mut() {
+            Some(stats) => stats.merge(&StatisticSet::of(value)),
+            None => *window = Some(StatisticSet::of(value)),
+        }
+    }
+
+    fn take(&self) -> Option<StatisticSet> {
+        self.window.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn add_to_gauge(&self, delta: f64) {
+        let mut current = self.gauge.load(Ordering::Relaxed);
+        loop {
+            let next = (f64::from_bits(current) + delta).to_bits();
+            match self
+                .gauge
+                .compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    self.observe(f64::from_bits(next));
+                    return;
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+}
+
+impl CounterFn for Series {
+    fn increment(&self, value: u64) {
+        self.observe(value as f64);
+    }
+
+    fn absolute(&self, value: u64) {
+        self.observe(value as f64);
+    }
+}
+
+impl GaugeFn for Series {
+    fn increment(&self, value: f64) {
+        self.add_to_gauge(value);
+    }
+
+    fn decrement(&self, value: f64) {
+        self.add_to_gauge(-value);
+    }
+
+    fn set(&self, value: f64) {
+        self.gauge.store(value.to_bits(), Ordering::Relaxed);
+        self.observe(value);
+    }
+}
+
+impl HistogramFn for Series {
+    fn record(&self, value: f64) {
+        self.observe(value);
+    }
+}
+
+/// The series by facade key, and the configuration that maps keys to datums.
+#[derive(Debug)]
+struct Registry {
+    level: MetricsLevel,
+    enabled_dimensions: BTreeSet<String>,
+    series: Mutex<HashMap<Key, Arc<Series>>>,
+}
+
+impl Registry {
+    fn new(level: MetricsLevel, enabled_dimensions: &BTreeSet<String>) -> Self {
+        let mut enabled_dimensions = enabled_dimensions.clone();
+        enabled_dimensions.insert(OPERATION.to_owned());
+        Self {
+            level,
+            enabled_dimensions,
+            series: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The series of a key; `None` when its metric is not published at this level.
+    fn register(&self, key: &Key) -> Option<Arc<Series>> {
+        if self.level == MetricsLevel::None {
+            return None;
+        }
+        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = series.get(key) {
+            return Some(s.clone());
+        }
+        let labels: Vec<(&str, &str)> = key.labels().map(|l| (l.key(), l.value())).collect();
+        let mapping = mapping(key.name(), &labels);
+        if mapping.level > self.level {
+            return None;
+        }
+        let mut dimensions = vec![(OPERATION.to_owned(), mapping.operation)];
+        for (label, value) in &labels {
+            // A multi-stream application's shards are labelled with their lease keys
+            // (`account:stream:creationEpoch:shardId`): `StreamId` and `ShardId`, as in Java.
+            if *label == "shard_id" {
+                if let Some((stream, shard)) = kcl_lease::StreamIdentifier::split_lease_key(value) {
+                    dimensions.push((SHARD_ID.to_owned(), shard.to_owned()));
+                    dimensions.push((STREAM_ID.to_owned(), stream.to_string()));
+                    continue;
+                }
+            }
+            if let Some(dimension) = dimension_of_label(label) {
+                dimensions.push((dimension.to_owned(), (*value).to_owned()));
+            }
+        }
+        dimensions.retain(|(name, _)| self.enabled_dimensions.contains(name));
+        dimensions.sort();
+        dimensions.dedup_by(|a, b| a.0 == b.0);
+        let s = Arc::new(Series {
+            key: DatumKey {
+                name: mapping.name,
+                dimensions,
+                unit: mapping.unit,
+            },
+            scale: mapping.scale,
+            window: Mutex::new(None),
+            gauge: AtomicU64::new(0f64.to_bits()),
+        });
+        series.insert(key.clone(), s.clone());
+        Some(s)
+    }
+
+    /// Closes the window: the datums of every series with values, merged by datum key, in a
+    /// stable order. Series that nobody holds any more and that had no values are forgotten.
+    fn close_window(&self, timestamp: SystemTime) -> Vec<Datum> {
+        let mut merged: BTreeMap<DatumKey, StatisticSet> = BTreeMap::new();
+        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        series.retain(|_, s| {
+            let Some(stats) = s.take() else {
+                return Arc::strong_count(s) > 1;
+            };
+            merged
+                .entry(s.key.clone())
+                .and_modify(|m| m.merge(&stats))
+                .or_insert(stats);
+            true
+        });
+        drop(series);
+        merged
+            .into_iter()
+            .map(|(key, statistics)| Datum {
+                name: key.name,
+                dimensions: key.dimensions,
+                unit: key.unit,
+                statistics,
+                timestamp,
+            })
+            .collect()
+    }
+}
+
+/// The [`metrics::Recorder`] that publishes to CloudWatch; see the module docs.
+#[derive(Debug)]
+pub struct CloudWatchRecorder {
+    registry: Arc<Registry>,
+}
+
+impl CloudWatchRecorder {
+    /// The recorder and the handle of its publisher task, started on the current Tokio runtime.
+    /// Install the recorder with [`metrics::set_global_recorder`] (or use [`install`]).
+    pub fn new(config: CloudWatchConfig) -> Result<(Self, CloudWatchHandle), CloudWatchError> {
+        let sink = Arc::new(SdkSink {
+            client: config.client.clone(),
+        });
+        Self::with_sink(config, sink)
+    }
+
+    fn with_sink(
+        config: CloudWatchConfig,
+        sink: Arc<dyn PutMetrics>,
+    ) -> Result<(Self, CloudWatchHandle), CloudWatchError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| CloudWatchError::NoRuntime)?;
+        let registry = Arc::new(Registry::new(config.level, &config.enabled_dimensions));
+        let counters = Arc::new(PublisherCounters::default());
+        let (commands, receiver) = mpsc::channel(16);
+        let publisher = Publisher {
+            registry: registry.clone(),
+            sink,
+            counters: counters.clone(),
+            queue: VecDeque::new(),
+            namespace: config.namespace,
+            buffer_time: config.buffer_time,
+            max_queue_size: config.max_queue_size,
+            max_datums_per_call: config.max_datums_per_call,
+            max_retries: config.max_retries,
+            dropped_in_window: 0,
+        };
+        runtime.spawn(publisher.run(receiver));
+        Ok((Self { registry }, CloudWatchHandle { commands, counters }))
+    }
+}
+
+impl Recorder for CloudWatchRecorder {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        self.registry
+            .register(key)
+            .map_or_else(Counter::noop, Counter::from_arc)
+    }
+
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        self.registry
+            .register(key)
+            .map_or_else(Gauge::noop, Gauge::from_arc)
+    }
+
+    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+        self.registry
+            .register(key)
+            .map_or_else(Histogram::noop, Histogram::from_arc)
+    }
+}
+
+/// Starts the publisher on the current Tokio runtime and installs its recorder as the global
+/// `metrics` recorder.
+pub fn install(config: CloudWatchConfig) -> Result<CloudWatchHandle, CloudWatchError> {
+    let (recorder, handle) = CloudWatchRecorder::new(config)?;
+    metrics::set_global_recorder(recorder).map_err(|_| CloudWatchError::RecorderAlreadySet)?;
+    Ok(handle)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Publishing
+// ---------------------------------------------------------------------------------------------
+
+/// Counters of the publisher, read through the handle.
+#[derive(Debug, Default)]
+struct PublisherCounters {
+    put_calls: AtomicU64,
+    published: AtomicU64,
+    dropped: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// What a failed `PutMetricData` call was.
+#[derive(Debug)]
+struct PutError {
+    retryable: bool,
+    message: String,
+}
+
+type PutFuture<'a> = Pin<Box<dyn Future<Output = Result<(), PutError>> + Send + 'a>>;
+
+/// One `PutMetricData` call (the SDK's, or a test's).
+trait PutMetrics: Send + Sync + 'static {
+    fn put<'a>(&'a self, namespace: &'a str, batch: &'a [Datum]) -> PutFuture<'a>;
+}
+
+struct SdkSink {
+    client: aws_sdk_cloudwatch::Client,
+}
+
+impl PutMetrics for SdkSink {
+    fn put<'a>(&'a self, namespace: &'a str, batch: &'a [Datum]) -> PutFuture<'a> {
+        use aws_sdk_cloudwatch::error::ProvideErrorMetadata;
+        use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit, StatisticSet as Set};
+        Box::pin(async move {
+            let data: Vec<MetricDatum> = batch
+                .iter()
+                .map(|d| {
+                    MetricDatum::builder()
+                        .metric_name(&d.name)
+                        .set_dimensions(Some(
+                            d.dimensions
+                                .iter()
+                                .map(|(n, v)| Dimension::builder().name(n).value(v).build())
+                                .collect(),
+                        ))
+                        .unit(StandardUnit::from(d.unit.as_str()))
+                        .timestamp(aws_sdk_cloudwatch::primitives::DateTime::from(d.timestamp))
+                        .statistic_values(
+                            Set::builder()
+                                .sample_count(d.statistics.sample_count)
+                                .sum(d.statistics.sum)
+                                .minimum(d.statistics.minimum)
+                                .maximum(d.statistics.maximum)
+                                .build(),
+                        )
+                        .build()
+                })
+                .collect();
+            match self
+                .client
+                .put_metric_data()
+                .namespace(namespace)
+                .set_metric_data(Some(data))
+                .send()
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    let retryable = match e.code() {
+                        Some(code) => {
+                            code.contains("Throttl")
+                                || code == "RequestLimitExceeded"
+                                || code == "InternalServiceFault"
+                                || code == "ServiceUnavailable"
+                        }
+                        // Timeouts, connection errors: no service error code.
+                        None => true,
+                    };
+                    Err(PutError {
+                        retryable,
+                        message: crate::error::ErrorChain(&e).to_string(),
+                    })
+                }
+            }
+        })
+    }
+}
+
+enum Command {
+    Flush(oneshot::Sender<Result<(), CloudWatchError>>),
+    Shutdown(oneshot::Sender<Result<(), CloudWatchError>>),
+}
+
+struct Publisher {
+    registry: Arc<Registry>,
+    sink: Arc<dyn PutMetrics>,
+    counters: Arc<PublisherCounters>,
+    queue: VecDeque<Datum>,
+    namespace: String,
+    buffer_time: Duration,
+    max_queue_size: usize,
+    max_datums_per_call: usize,
+    max_retries: usize,
+    dropped_in_window: u64,
+}
+
+impl Publisher {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut ticks = tokio::time::interval(self.buffer_time);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await; // the first tick is immediate
+        let mut handles_open = true;
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {
+                    let _ = self.publish_window().await;
+                    // Neither the recorder nor a handle left: nothing more can come.
+                    if !handles_open && Arc::strong_count(&self.registry) == 1 {
+                        return;
+                    }
+                }
+                command = commands.recv(), if handles_open => match command {
+                    Some(Command::Flush(reply)) => {
+                        let _ = reply.send(self.publish_window().await);
+                    }
+                    Some(Command::Shutdown(reply)) => {
+                        let _ = reply.send(self.publish_window().await);
+                        return;
+                    }
+                    // Every handle dropped: keep publishing for the recorder, while it lives.
+                    None => handles_open = false,
+                },
+            }
+        }
+    }
+
+    /// Closes the window, queues its datums and sends everything queued.
+    async fn publish_window(&mut self) -> Result<(), CloudWatchError> {
+        let datums = self.registry.close_window(SystemTime::now());
+        self.enqueue(datums);
+        if self.dropped_in_window > 0 {
+            tracing::warn!(
+                dropped = self.dropped_in_window,
+                max_queue_size = self.max_queue_size,
+                "CloudWatch metrics queue full: datums dropped this window"
+            );
+            self.dropped_in_window = 0;
+        }
+        self.send_queued().await
+    }
+
+    fn enqueue(&mut self, datums: Vec<Datum>) {
+        for datum in datums {
+            if self.queue.len() >= self.max_queue_size {
+                self.dropped_in_window += 1;
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.queue.push_back(datum);
+            }
+        }
+    }
+
+    async fn send_queued(&mut self) -> Result<(), CloudWatchError> {
+        let queued: Vec<Datum> = self.queue.drain(..).collect();
+        let mut failure: Option<(usize, String)> = None;
+        for batch in batches(queued, self.max_datums_per_call, MAX_REQUEST_BYTES) {
+            if let Err(message) = self.put_with_retries(&batch).await {
+                self.counters
+                    .failed
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                let dropped = failure.as_ref().map_or(0, |f| f.0) + batch.len();
+                tracing::warn!(datums = batch.len(), error = %message, "could not publish metrics to CloudWatch");
+                failure = Some((dropped, message));
+            }
+        }
+        match failure {
+            None => Ok(()),
+            Some((datums, message)) => Err(CloudWatchError::Publish { datums, message }),
+        }
+    }
+
+    async fn put_with_retries(&self, batch: &[Datum]) -> Result<(), String> {
+        use backon::BackoffBuilder;
+        let mut delays = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(5))
+            .with_max_times(self.max_retries)
+            .with_jitter()
+            .with_jitter_seed(crate::jitter::next_seed())
+            .build();
+        loop {
+            self.counters.put_calls.fetch_add(1, Ordering::Relaxed);
+            match self.sink.put(&self.namespace, batch).await {
+                Ok(()) => {
+                    self.counters
+                        .published
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(e) if e.retryable => match delays.next() {
+                    Some(delay) => {
+                        tracing::debug!(error = %e.message, ?delay, "PutMetricData throttled or failed; retrying");
+                        tokio::time::sleep(delay).await;
+                    }
+                    None => return Err(e.message),
+                },
+                Err(e) => return Err(e.message),
+            }
+        }
+    }
+}
+
+/// The handle of a [`CloudWatchRecorder`]'s publisher task: flush, shut down, counters.
+#[derive(Clone, Debug)]
+pub struct CloudWatchHandle {
+    commands: mpsc::Sender<Command>,
+    counters: Arc<PublisherCounters>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Flush(_) => "Flush",
+            Command::Shutdown(_) => "Shutdown",
+        })
+    }
+}
+
+impl CloudWatchHandle {
+    async fn call(
+        &self,
+        command: fn(oneshot::Sender<Result<(), CloudWatchError>>) -> Command,
+    ) -> Result<(), CloudWatchError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| CloudWatchError::Stopped)?;
+        answer.await.map_err(|_| CloudWatchError::Stopped)?
+    }
+
+    /// Closes the current window and publishes it with everything queued; returns once the
+    /// calls are done.
+    pub async fn flush(&self) -> Result<(), CloudWatchError> {
+        self.call(Command::Flush).await
+    }
+
+    /// Publishes the last window (as [`Self::flush`]) and stops the publisher task. The
+    /// recorder records nothing that is published after this.
+    pub async fn shutdown(&self) -> Result<(), CloudWatchError> {
+        self.call(Command::Shutdown).await
+    }
+
+    /// Datums dropped because the queue was full.
+    pub fn dropped_datums(&self) -> u64 {
+        self.counters.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Datums published.
+    pub fn published_datums(&self) -> u64 {
+        self.counters.published.load(Ordering::Relaxed)
+    }
+
+    /// Datums dropped because their call failed (after its retries).
+    pub fn failed_datums(&self) -> u64 {
+        self.counters.failed.load(Ordering::Relaxed)
+    }
+
+    /// `PutMetricData` calls made, retries included.
+    pub fn put_calls(&self) -> u64 {
+        self.counters.put_calls.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests;
