@@ -1,5 +1,5 @@
-//! The binaries as a process manager or a log pipeline sees them, on the bundled local backend
-//! (no AWS, no emulators): SIGTERM stops them gracefully with exit status 0; their logs carry
+//! The tools (`kcl-tail`, `kcl-admin`, `kcl-multilang`) as a process manager or a log pipeline
+//! sees them, on the bundled local backend (no AWS, no emulators): SIGTERM stops them gracefully with exit status 0; their logs carry
 //! no colour codes unless stderr is a terminal (and `NO_COLOR` is not set); `--log-format json`
 //! (or `KCL_LOG_FORMAT=json`) writes one JSON object per line; a closed stderr does not stop
 //! them; a failure ends with one line of sentences; contradicting settings are refused before
@@ -12,11 +12,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-const BINARIES: [&str; 5] = [
+/// kcl-examples' `kcl-demo` and `kcl-bench` have the same checks in kcl-examples/tests/binaries.rs.
+const BINARIES: [&str; 3] = [
     env!("CARGO_BIN_EXE_kcl-tail"),
     env!("CARGO_BIN_EXE_kcl-admin"),
-    env!("CARGO_BIN_EXE_kcl-demo"),
-    env!("CARGO_BIN_EXE_kcl-bench"),
     env!("CARGO_BIN_EXE_kcl-multilang"),
 ];
 
@@ -216,26 +215,6 @@ fn json_logs_are_one_object_per_line() {
         String::from_utf8_lossy(&admin.stderr)
     );
     assert!(messages(&all_json(&admin.stderr)).contains(&"worker starting"));
-
-    // kcl-demo, briefly.
-    let demo = wait(
-        command(env!("CARGO_BIN_EXE_kcl-demo"))
-            .args([
-                "--log-format=json",
-                "--duration",
-                "1",
-                "--shards",
-                "2",
-                "--workers",
-                "1",
-            ])
-            .args(["--rate", "100", "--no-kill", "--no-reshard"])
-            .spawn()
-            .expect("kcl-demo"),
-        Duration::from_secs(60),
-    );
-    assert!(demo.status.success(), "{}", String::from_utf8_lossy(&demo.stderr));
-    assert!(messages(&all_json(&demo.stderr)).contains(&"worker starting"));
 
     // The error that ends a program is a JSON line too.
     let multilang = wait(

@@ -1076,7 +1076,7 @@ async fn java_records(java: &kcl_tests::java_kcl::JavaDaemon, limit: Duration, w
 /// time until java-b initializes java-a's shards is measured. (A Java worker that joins later
 /// got no lease within 5 minutes on these emulators, so each figure gets its own pair.) Two
 /// JVM starts each, so they are not part of every run:
-/// `cargo test -p kcl-examples --test kcl_multilang -- --ignored --nocapture --test-threads 1 java_daemon_`.
+/// `cargo test -p kcl-tools --features emulator-tests --test kcl_multilang -- --ignored --nocapture --test-threads 1 java_daemon_`.
 async fn java_take_over_figure(kill: bool) {
     use kcl_tests::java_kcl::{JavaConfig, JavaDaemon};
 
