@@ -15,8 +15,8 @@ use kcl_core::{
     InMemoryLeaseStore, InitialPosition, KinesisBackend, LeaseStore, LocalBackend, Scheduler,
     SchedulerHandle, StreamBackend,
 };
-use kcl_tools::admin::{self, table, AdminError, ObserveOptions, ResetTarget};
 use kcl_lease::{DynamoDbLeaseStore, SequenceNumber};
+use kcl_tools::admin::{self, table, AdminError, ObserveOptions, ResetTarget};
 
 const EXIT_CODES: &str = "\
 Exit codes:

@@ -22,9 +22,9 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use kcl_core::aws::{load_sdk_config, AwsOptions};
 use kcl_core::{KinesisBackend, Scheduler, SchedulerBuilder};
+use kcl_lease::DynamoDbLeaseStore;
 use kcl_tools::multilang::child::{ChildFactory, ChildSettings};
 use kcl_tools::multilang::properties::MultiLangConfig;
-use kcl_lease::DynamoDbLeaseStore;
 use tracing::{info, warn};
 
 /// Run record processors written for the Java KCL's MultiLangDaemon, without Java.
