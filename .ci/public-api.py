@@ -11,6 +11,9 @@ public modules and re-exports. One line per item: its kind, path and signature (
 methods with their parameter and return types, struct fields with their types, enum variants,
 trait items, the traits each public type implements), plus `#[non_exhaustive]` where set.
 
+Not kcl-tools: it is published for its binaries (`cargo install kcl-tools`); its library is
+their shared internals (its lib.rs says so), with no stability promise to snapshot.
+
 Usage: .ci/public-api.py [--bless]   (from the workspace root)
 """
 

@@ -186,7 +186,15 @@ async fn until_held(tails: &[Tail], shards: usize, limit: Duration) -> Result<Du
 }
 
 fn spawn(stream: &str, app: &str, worker: usize, port: u16, mode: LeaseRenewal) -> Result<Tail> {
+    // kcl-tail is kcl-tools' binary: built into the same directory as kcl-bench by a workspace
+    // build, but not by `cargo run -p kcl-examples`.
     let exe = std::env::current_exe()?.with_file_name("kcl-tail");
+    if !exe.is_file() {
+        bail!(
+            "{} is missing: build kcl-tail beside kcl-bench first (cargo build --release -p kcl-tools --bin kcl-tail)",
+            exe.display()
+        );
+    }
     let child = Command::new(&exe)
         .args(["--stream", stream, "--application-name", app])
         .args(["--worker-id", &format!("w{worker}")])

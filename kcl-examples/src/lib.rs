@@ -1,89 +1,24 @@
-//! Shared pieces of the example binaries: logging set-up, exit status, and the benchmark pieces
-//! too big for `kcl-bench` itself.
+//! The runnable examples and benchmarks: `kcl-demo` (the local demo) and `kcl-bench`, and the
+//! benchmark pieces too big for `kcl-bench` itself. The operator tools (`kcl-tail`, `kcl-admin`,
+//! `kcl-multilang`) are the kcl-tools crate; their logging and exit status are used here too.
+//! This crate turns on kcl-core's and kcl-lease's `testing` features (fault injection, for
+//! `kcl-bench fleet` and `simulate`) and is never published.
 //!
 //! # Layout
-//! - [`admin`]: `kcl-admin`, an application's lease table for operators (leases, workers, reset).
 //! - [`bench`](mod@bench): measuring helpers (CPU, memory, JSON lines).
 //! - [`fleet`]: `kcl-bench fleet`, many workers in one process, with the cost meter.
-//! - [`logging`]: the logging of every binary (text or JSON on stderr, colour only on a
-//!   terminal).
 //! - [`coordination`]: `kcl-bench --backend emulators coordination`, `kcl-tail` fleets on the
-//!   emulators measured through their metrics endpoints.
+//!   emulators measured through their metrics endpoints (kcl-tools' `kcl-tail` binary, built
+//!   beside `kcl-bench`).
 //! - [`skewed`]: `kcl-bench skewed`, load-aware against count-based balancing on 2 hot shards.
 //! - [`simulate`]: `kcl-bench simulate`, many seeds of the deterministic fleet simulator.
-//! - [`multilang`]: `kcl-multilang`, the Java KCL's MultiLangDaemon protocol (properties,
-//!   messages, the child process driver).
+//! - Shared with kcl-tools (re-exported): [`logging`], [`exit_status`],
+//!   [`CheckpointEveryBatch`].
 
-pub mod admin;
 pub mod bench;
 pub mod coordination;
 pub mod fleet;
-pub mod logging;
-pub mod multilang;
 pub mod simulate;
 pub mod skewed;
 
-use std::future::Future;
-use std::process::ExitCode;
-
-use async_trait::async_trait;
-use kcl_core::{ProcessRecordsInput, ProcessorError, RecordProcessor, ShutdownRequestedInput};
-
-/// A processor that only checkpoints: after every batch, and at a graceful shutdown (for
-/// demos and benchmarks where what is measured is the runtime, not the processing).
-pub struct CheckpointEveryBatch;
-
-#[async_trait]
-impl RecordProcessor for CheckpointEveryBatch {
-    async fn process_records(&mut self, input: ProcessRecordsInput<'_>) -> Result<(), ProcessorError> {
-        input.checkpointer.checkpoint().await?;
-        Ok(())
-    }
-
-    async fn shutdown_requested(&mut self, input: ShutdownRequestedInput<'_>) -> Result<(), ProcessorError> {
-        input.checkpointer.checkpoint().await?;
-        Ok(())
-    }
-}
-
-/// Runs a binary's body: an error is printed as one line (the chain of causes, see
-/// [`logging::print_error`]) and the exit status is 1.
-pub async fn exit_status(body: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
-    match body.await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            logging::print_error(&e);
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Checks that every stream can be read (a missing stream or missing permissions fail here,
-/// before anything is created), then creates the lease table `application` if it is absent.
-pub async fn prepare_aws(
-    backend: &impl kcl_core::StreamBackend,
-    store: &kcl_lease::DynamoDbLeaseStore,
-    streams: &[&str],
-    application: &str,
-) -> anyhow::Result<()> {
-    use anyhow::Context;
-    for stream in streams {
-        kcl_core::StreamBackend::list_shards(backend, stream)
-            .await
-            .with_context(|| format!("reading the shards of stream {stream}"))?;
-    }
-    store
-        .ensure_table()
-        .await
-        .with_context(|| format!("preparing the lease table {application}"))?;
-    Ok(())
-}
-
-/// A Prometheus exporter that drops series idle for `idle` (counters, gauges, histograms):
-/// shard consumers touch their series while they hold the shard, so the series of a shard that
-/// left this worker disappear from `/metrics` after `idle` instead of reporting a stale lag
-/// forever. `kcl-tail` uses [`kcl_core::metrics::SHARD_SERIES_IDLE_TIMEOUT`].
-pub fn prometheus_builder(idle: std::time::Duration) -> metrics_exporter_prometheus::PrometheusBuilder {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .idle_timeout(metrics_util::MetricKindMask::ALL, Some(idle))
-}
+pub use kcl_tools::{exit_status, logging, CheckpointEveryBatch};

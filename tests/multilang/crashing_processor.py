@@ -3,7 +3,7 @@
 given a record whose data ends with "#crash" it exits at once (status 3), before recording
 anything of that batch. KCL_CRASH_MARKER is the file that remembers it crashed already.
 
-kcl-examples/tests/kcl_multilang.rs uses it to check that a dying child fails its own shard
+kcl-tools/tests/kcl_multilang.rs uses it to check that a dying child fails its own shard
 only: the daemon keeps running, a new child gets the same batch again.
 """
 import os

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A hand-written MultiLang child (no client library) for kcl-examples/tests/multilang_local.rs:
+"""A hand-written MultiLang child (no client library) for kcl-tools/tests/multilang_local.rs:
 it speaks the protocol line by line, probes the daemon's checkpoint answers, and misbehaves once
 as SCRIPT_MODE says, so that the tests can check how the daemon deals with a bad child.
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // An aws-kcl (Node.js) record processor for the kcl-multilang tests
-// (kcl-examples/tests/kcl_multilang.rs), written as any aws-kcl application is: it knows
+// (kcl-tools/tests/kcl_multilang.rs), written as any aws-kcl application is: it knows
 // nothing about kcl-multilang. It records what it sees in the same format as
 // tests/java-kcl/processor.py, one JSON object per line appended to KCL_JAVA_RECORDS:
 // {"event": "initialize" | "record" | "checkpoint" | "lease_lost" | "shard_ended" |

@@ -10,10 +10,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use kcl_examples::admin::{self, ObserveOptions, ResetTarget};
 use kcl_lease::{DynamoDbLeaseStore, ExtendedSequenceNumber, Lease, LeaseStore, SequenceNumber};
 use kcl_tests::aws::{create_stream, put, sdk, unique};
 use kcl_tests::process::{read_lines, sigterm};
+use kcl_tools::admin::{self, ObserveOptions, ResetTarget};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 

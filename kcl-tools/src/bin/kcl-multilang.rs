@@ -22,9 +22,9 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use kcl_core::aws::{load_sdk_config, AwsOptions};
 use kcl_core::{KinesisBackend, Scheduler, SchedulerBuilder};
-use kcl_examples::multilang::child::{ChildFactory, ChildSettings};
-use kcl_examples::multilang::properties::MultiLangConfig;
 use kcl_lease::DynamoDbLeaseStore;
+use kcl_tools::multilang::child::{ChildFactory, ChildSettings};
+use kcl_tools::multilang::properties::MultiLangConfig;
 use tracing::{info, warn};
 
 /// Run record processors written for the Java KCL's MultiLangDaemon, without Java.
@@ -41,7 +41,7 @@ struct Args {
     #[arg(short = 'l', long = "log-configuration", value_name = "FILE")]
     log_configuration: Option<PathBuf>,
     #[command(flatten)]
-    log: kcl_examples::logging::LogArgs,
+    log: kcl_tools::logging::LogArgs,
 }
 
 /// A usage or configuration problem: exit status 2.
@@ -65,11 +65,11 @@ async fn main() -> ExitCode {
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<ConfigError>().is_some() => {
-            kcl_examples::logging::print_error(&e);
+            kcl_tools::logging::print_error(&e);
             ExitCode::from(2)
         }
         Err(e) => {
-            kcl_examples::logging::print_error(&e);
+            kcl_tools::logging::print_error(&e);
             ExitCode::FAILURE
         }
     }
@@ -181,9 +181,9 @@ async fn run() -> Result<()> {
         let first = text.trim().lines().next().unwrap_or("bad arguments");
         config_error(first.strip_prefix("error: ").unwrap_or(first).to_owned())
     })?;
-    kcl_examples::logging::init(
+    kcl_tools::logging::init(
         "kcl-multilang",
-        "warn,kcl_multilang=info,kcl_examples=info,kcl_core=info",
+        "warn,kcl_multilang=info,kcl_tools=info,kcl_core=info",
         &args.log,
     );
     let config = load_config(&args)?;
@@ -208,7 +208,7 @@ async fn run() -> Result<()> {
         aws_sdk_dynamodb::Client::new(&dynamodb_sdk),
         &config.application_name,
     );
-    kcl_examples::prepare_aws(
+    kcl_tools::prepare_aws(
         &backend,
         &store,
         &[config.stream_name.as_str()],

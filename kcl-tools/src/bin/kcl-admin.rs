@@ -1,6 +1,6 @@
 //! `kcl-admin`: an operator's view of a KCL application's lease table (this library's or the
 //! Java KCL's: same schema) and two actions on it: rewinding checkpoints and deleting the
-//! application. The logic lives in `kcl_examples::admin`; this file parses arguments, connects
+//! application. The logic lives in `kcl_tools::admin`; this file parses arguments, connects
 //! to AWS (or builds the `--local` demo) and prints tables or JSON.
 
 use std::process::ExitCode;
@@ -15,8 +15,8 @@ use kcl_core::{
     InMemoryLeaseStore, InitialPosition, KinesisBackend, LeaseStore, LocalBackend, Scheduler,
     SchedulerHandle, StreamBackend,
 };
-use kcl_examples::admin::{self, table, AdminError, ObserveOptions, ResetTarget};
 use kcl_lease::{DynamoDbLeaseStore, SequenceNumber};
+use kcl_tools::admin::{self, table, AdminError, ObserveOptions, ResetTarget};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -77,7 +77,7 @@ struct Args {
     #[arg(long, global = true, default_value_t = 4)]
     local_shards: usize,
     #[command(flatten)]
-    log: kcl_examples::logging::LogArgs,
+    log: kcl_tools::logging::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -213,7 +213,7 @@ async fn local_demo(
         .worker_id("demo-worker".to_owned())
         .backend(backend.clone())
         .lease_store(store.clone())
-        .processor_factory(|_: &str| kcl_examples::CheckpointEveryBatch)
+        .processor_factory(|_: &str| kcl_tools::CheckpointEveryBatch)
         .build()?
         .spawn();
     // Until every shard has a checkpoint on a record (bounded).
@@ -431,7 +431,7 @@ async fn run(args: &Args) -> Result<Outcome, Failure> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    kcl_examples::logging::init("kcl-admin", "warn", &args.log);
+    kcl_tools::logging::init("kcl-admin", "warn", &args.log);
     match run(&args).await {
         Ok(outcome) => {
             if args.json {
@@ -440,7 +440,7 @@ async fn main() -> ExitCode {
                 print!("{}", outcome.text);
             }
             if outcome.code == admin::EXIT_CONFLICT {
-                kcl_examples::logging::print_error(&anyhow::anyhow!(
+                kcl_tools::logging::print_error(&anyhow::anyhow!(
                     "some leases changed since they were read; nothing was overwritten (see above)"
                 ));
             }
@@ -449,11 +449,11 @@ async fn main() -> ExitCode {
         Err(f) => {
             if args.json {
                 let v = f.json.unwrap_or_else(
-                    || serde_json::json!({ "error": "error", "message": kcl_examples::logging::error_text(&f.error) }),
+                    || serde_json::json!({ "error": "error", "message": kcl_tools::logging::error_text(&f.error) }),
                 );
                 println!("{v}");
             }
-            kcl_examples::logging::print_error(&f.error);
+            kcl_tools::logging::print_error(&f.error);
             ExitCode::from(f.code)
         }
     }

@@ -156,6 +156,8 @@ struct Daemon {
 }
 
 struct Settings<'a> {
+    /// The `kcl-multilang` executable: [`DAEMON`] (built by cargo) or the wheel's.
+    daemon: &'a Path,
     command: &'a str,
     stream: &'a str,
     app: &'a str,
@@ -214,7 +216,7 @@ impl Daemon {
         let log = std::fs::File::create(dir.join("daemon.log")).expect("log file");
         let log2 = log.try_clone().expect("log file");
         let started = unix_now();
-        let child = Command::new(DAEMON)
+        let child = Command::new(s.daemon)
             .arg("--properties-file")
             .arg(&props)
             .current_dir(&dir)
@@ -458,7 +460,7 @@ fn assert_shard_order(records: &[Event]) {
 /// The full cycle with one client library: a new application gets every record (a KPL aggregate
 /// de-aggregated), checkpoints land in the lease table in the Java format, SIGTERM checkpoints
 /// and releases, and a restart resumes exactly after the checkpoints.
-async fn records_checkpoints_and_restart(lang: &str, command: &str, checkpoints_sub: bool) {
+async fn records_checkpoints_and_restart(lang: &str, daemon: &Path, command: &str, checkpoints_sub: bool) {
     let (sdk, endpoints) = sdk().await;
     let kinesis = aws_sdk_kinesis::Client::new(&sdk);
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
@@ -480,6 +482,7 @@ async fn records_checkpoints_and_restart(lang: &str, command: &str, checkpoints_
     expected.push("after-agg".into());
 
     let settings = Settings {
+        daemon,
         command,
         stream: &stream,
         app: &app,
@@ -603,13 +606,82 @@ async fn records_checkpoints_and_restart(lang: &str, command: &str, checkpoints_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kclpy_processor_runs_unmodified_without_java() {
     let command = kclpy_command("java-kcl/processor.py");
-    records_checkpoints_and_restart("kclpy", &command, true).await;
+    records_checkpoints_and_restart("kclpy", Path::new(DAEMON), &command, true).await;
+}
+
+/// The `kcl-multilang` Python wheel as an application installs it: `pip install` of kcl-tools'
+/// directory (its pyproject.toml: maturin builds the wheel from source) into a fresh virtualenv.
+/// The wheel's only executable is `kcl-multilang`. Built with the dev profile (to save time)
+/// into a target directory of its own beside the workspace's (whose lock `cargo test` holds);
+/// maturin comes from PyPI (pip's build isolation). Returns the virtualenv's `kcl-multilang`.
+fn wheel_daemon() -> PathBuf {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // This test binary is <target>/debug/deps/kcl_multilang-HASH.
+    let exe = std::env::current_exe().expect("the test's path");
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("the test binary is in <target>/<profile>/deps")
+        .join("kcl-multilang-wheel");
+    let venv = tests_dir().join("multilang").join(".run").join("wheel-venv");
+    let _ = std::fs::remove_dir_all(&venv);
+    std::fs::create_dir_all(&venv).expect("virtualenv dir");
+    let status = std::process::Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .expect("python3 with venv is needed for the wheel test");
+    assert!(status.success(), "python3 -m venv: {status}");
+    let bin = venv.join("bin");
+    let t = Instant::now();
+    let out = std::process::Command::new(bin.join("pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .arg(&manifest_dir)
+        .env("CARGO_TARGET_DIR", &target)
+        .env("MATURIN_PEP517_ARGS", "--profile dev --locked")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run pip");
+    assert!(
+        out.status.success(),
+        "pip install {}: {}\n{}",
+        manifest_dir.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "FIGURE wheel: pip install of kcl-tools (maturin, dev profile) took {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let daemon = bin.join("kcl-multilang");
+    assert!(daemon.is_file(), "the wheel installed no {}", daemon.display());
+    for other in ["kcl-tail", "kcl-admin"] {
+        assert!(!bin.join(other).exists(), "the wheel installed {other} too");
+    }
+    let help = std::process::Command::new(&daemon)
+        .arg("--help")
+        .output()
+        .expect("run the wheel's kcl-multilang");
+    assert!(help.status.success(), "kcl-multilang --help: {}", help.status);
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--properties-file"));
+    daemon
+}
+
+/// The full cycle of [`kclpy_processor_runs_unmodified_without_java`], with the daemon the
+/// `kcl-multilang` wheel installed (the processor runs in kclpy's virtualenv, as before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wheel_installs_a_daemon_that_runs_kclpy() {
+    let daemon = tokio::task::spawn_blocking(wheel_daemon)
+        .await
+        .expect("building the wheel");
+    let command = kclpy_command("java-kcl/processor.py");
+    records_checkpoints_and_restart("kclpy-wheel", &daemon, &command, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_aws_kcl_processor_runs_unmodified_without_java() {
     let command = node_command();
-    records_checkpoints_and_restart("node", &command, false).await;
+    records_checkpoints_and_restart("node", Path::new(DAEMON), &command, false).await;
 }
 
 /// Three daemons with the kclpy processor on one application: B takes a share from A; A is
@@ -624,6 +696,7 @@ async fn kill_9_fails_over_and_sigterm_hands_off() {
     let command = kclpy_command("java-kcl/processor.py");
     let failover_ms = 3000;
     let settings = Settings {
+        daemon: Path::new(DAEMON),
         command: &command,
         stream: &stream,
         app: &app,
@@ -754,6 +827,7 @@ async fn a_dying_child_fails_its_shard_only() {
     create_stream(&kinesis, &stream, 2).await;
     let command = kclpy_command("multilang/crashing_processor.py");
     let settings = Settings {
+        daemon: Path::new(DAEMON),
         command: &command,
         stream: &stream,
         app: &app,
@@ -888,6 +962,7 @@ async fn the_daemon_writes_leases_its_own_store_reads() {
     let produced = put_many(&kinesis, &stream, "s", 3).await;
     let command = kclpy_command("java-kcl/processor.py");
     let settings = Settings {
+        daemon: Path::new(DAEMON),
         command: &command,
         stream: &stream,
         app: &app,
@@ -996,6 +1071,7 @@ async fn the_java_daemon_and_ours_continue_each_others_work() {
     //    processes exactly the records after the Java checkpoints.
     let second = put_many(&kinesis, &stream, "ours", 8).await;
     let settings = Settings {
+        daemon: Path::new(DAEMON),
         command: &command,
         stream: &stream,
         app: &app,
@@ -1076,7 +1152,7 @@ async fn java_records(java: &kcl_tests::java_kcl::JavaDaemon, limit: Duration, w
 /// time until java-b initializes java-a's shards is measured. (A Java worker that joins later
 /// got no lease within 5 minutes on these emulators, so each figure gets its own pair.) Two
 /// JVM starts each, so they are not part of every run:
-/// `cargo test -p kcl-examples --test kcl_multilang -- --ignored --nocapture --test-threads 1 java_daemon_`.
+/// `cargo test -p kcl-tools --features emulator-tests --test kcl_multilang -- --ignored --nocapture --test-threads 1 java_daemon_`.
 async fn java_take_over_figure(kill: bool) {
     use kcl_tests::java_kcl::{JavaConfig, JavaDaemon};
 
@@ -1200,6 +1276,7 @@ async fn fan_out_retrieval_delivers_records() {
     let produced = put_many(&kinesis, &stream, "efo", 10).await;
     let command = kclpy_command("java-kcl/processor.py");
     let settings = Settings {
+        daemon: Path::new(DAEMON),
         command: &command,
         stream: &stream,
         app: &app,

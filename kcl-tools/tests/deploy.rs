@@ -1,4 +1,4 @@
-//! The deployment files shipped in `kcl-examples/deploy/` say what the code does: the IAM policy
+//! The deployment files shipped in `kcl-tools/deploy/` say what the code does: the IAM policy
 //! grants exactly the AWS actions the library calls (no more, no fewer), each explained in the
 //! README; the systemd unit is valid and writes the records to a file, never to the journal
 //! (whose rate and line limits would drop lines that were already checkpointed).
@@ -50,7 +50,7 @@ fn sdk_calls(source: &str) -> BTreeSet<String> {
 
 fn policy_actions() -> BTreeSet<String> {
     let policy: serde_json::Value =
-        serde_json::from_str(&read("kcl-examples/deploy/iam-policy.json")).expect("valid JSON");
+        serde_json::from_str(&read("kcl-tools/deploy/iam-policy.json")).expect("valid JSON");
     let mut actions = BTreeSet::new();
     for statement in policy["Statement"].as_array().expect("statements") {
         assert_eq!(statement["Effect"], "Allow");
@@ -90,7 +90,7 @@ fn the_iam_policy_grants_exactly_the_calls_the_code_makes_each_explained() {
     );
     // Operator-only calls (kcl-admin delete-application) are not the worker's: the policy must
     // not grant them, and the README must say who needs them.
-    let readme = read("kcl-examples/deploy/README.md");
+    let readme = read("kcl-tools/deploy/README.md");
     for action in OPERATOR_ONLY {
         assert!(
             called.remove(*action),
@@ -118,7 +118,7 @@ fn the_iam_policy_grants_exactly_the_calls_the_code_makes_each_explained() {
             "README.md does not explain {action}"
         );
     }
-    let policy = read("kcl-examples/deploy/iam-policy.json");
+    let policy = read("kcl-tools/deploy/iam-policy.json");
     assert!(
         policy.contains("table/APPLICATION_NAME-WorkerHeartbeats"),
         "the heartbeat table is covered"
@@ -127,7 +127,7 @@ fn the_iam_policy_grants_exactly_the_calls_the_code_makes_each_explained() {
 
 #[test]
 fn the_systemd_unit_writes_records_to_a_file_and_is_valid() {
-    let unit = read("kcl-examples/deploy/kcl-tail.service");
+    let unit = read("kcl-tools/deploy/kcl-tail.service");
     let setting = |name: &str| -> Vec<String> {
         unit.lines()
             .filter_map(|l| l.trim().strip_prefix(&format!("{name}=")).map(str::to_owned))

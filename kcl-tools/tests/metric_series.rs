@@ -22,7 +22,7 @@ fn series(text: &str, worker: &str, shard: &str) -> bool {
 async fn the_series_of_a_shard_that_left_the_worker_disappear() {
     init_tracing();
     let idle = Duration::from_secs(15);
-    let prometheus = kcl_examples::prometheus_builder(idle)
+    let prometheus = kcl_tools::prometheus_builder(idle)
         .install_recorder()
         .expect("the only recorder of this test binary");
     let local = LocalBackend::new();

@@ -150,7 +150,7 @@ struct Args {
     #[arg(long)]
     status_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
-    log: kcl_examples::logging::LogArgs,
+    log: kcl_tools::logging::LogArgs,
 }
 
 fn parse_stream_arn(s: &str) -> Result<StreamArn, String> {
@@ -436,7 +436,7 @@ async fn run_aws(args: &Args, application: &str, out: Arc<Output>) -> Result<()>
             .lease_store(InMemoryLeaseStore::new())
     } else {
         let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(&sdk), application);
-        kcl_examples::prepare_aws(&backend, &store, &streams, application).await?;
+        kcl_tools::prepare_aws(&backend, &store, &streams, application).await?;
         configure(args, application, &out)
             .backend(backend)
             .lease_store(store)
@@ -511,7 +511,7 @@ async fn serve_status(
         .serve_status(addr)
         .await
         .with_context(|| format!("serving the status page on {addr}"))?;
-    kcl_examples::logging::notice(&format!(
+    kcl_tools::logging::notice(&format!(
         "kcl-tail: status page on http://{}/",
         server.local_addr()
     ));
@@ -594,7 +594,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(kcl_examples::exit_status(run()));
+    let code = runtime.block_on(kcl_tools::exit_status(run()));
     // Without waiting for the blocking read of stdin (--local): with -n the program ends while
     // stdin is still open. Everything printed was flushed already.
     runtime.shutdown_background();
@@ -603,7 +603,7 @@ fn main() -> std::process::ExitCode {
 
 async fn run() -> Result<()> {
     let mut args = Args::parse();
-    kcl_examples::logging::init("kcl-tail", "warn", &args.log);
+    kcl_tools::logging::init("kcl-tail", "warn", &args.log);
     // Streams named by ARN are read under their names (the backend makes the calls by ARN).
     for arn in &args.stream_arns {
         if !args.streams.contains(&arn.stream_name) {
@@ -634,7 +634,7 @@ async fn run() -> Result<()> {
             .exit();
     }
     if let Some(addr) = args.metrics_addr {
-        kcl_examples::prometheus_builder(kcl_core::metrics::SHARD_SERIES_IDLE_TIMEOUT)
+        kcl_tools::prometheus_builder(kcl_core::metrics::SHARD_SERIES_IDLE_TIMEOUT)
             .with_http_listener(addr)
             .install()
             .with_context(|| format!("serving metrics on {addr}"))?;

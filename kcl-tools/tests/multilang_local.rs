@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kcl_core::{InMemoryLeaseStore, InitialPosition, LeaseStore, LocalBackend, Scheduler};
-use kcl_examples::multilang::child::{ChildFactory, ChildSettings};
+use kcl_tools::multilang::child::{ChildFactory, ChildSettings};
 use serde_json::Value;
 
 const STREAM: &str = "multilang-local";
