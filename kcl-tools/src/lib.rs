@@ -20,6 +20,8 @@
 //!   child process driver).
 //! - [`logging`]: the logging of every binary (text or JSON on stderr, colour only on a
 //!   terminal).
+//! - [`metrics`]: where the metrics go (Prometheus, CloudWatch as the Java KCL publishes them,
+//!   or nowhere), for `kcl-tail --metrics` and kcl-multilang's `metrics*` properties.
 //! - this module: what several binaries share: [`exit_status`], [`prepare_aws`],
 //!   [`prometheus_builder`], [`CheckpointEveryBatch`].
 //! - `src/bin/`: the three binaries; `deploy/`: a systemd unit and the IAM policy for
@@ -27,6 +29,7 @@
 
 pub mod admin;
 pub mod logging;
+pub mod metrics;
 pub mod multilang;
 
 use std::future::Future;

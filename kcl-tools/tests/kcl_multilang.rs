@@ -481,13 +481,23 @@ async fn records_checkpoints_and_restart(lang: &str, daemon: &Path, command: &st
     put(&kinesis, &stream, "after-agg", "after-agg").await;
     expected.push("after-agg".into());
 
+    // The kclpy run publishes its metrics to CloudWatch (moto), as the Java daemon does unless
+    // `metricsLevel = NONE` (the later key wins).
+    let metrics = if lang == "kclpy" {
+        format!(
+            "metricsLevel = SUMMARY\ncloudWatchEndpoint = {}\nmetricsBufferTimeMillis = 500\n",
+            kcl_tests::moto::ensure_started()
+        )
+    } else {
+        String::new()
+    };
     let settings = Settings {
         daemon,
         command,
         stream: &stream,
         app: &app,
         failover_ms: 3000,
-        extra: "",
+        extra: &metrics,
     };
     let mut first = Daemon::start(&settings, "w1", endpoints, &[]);
     let n = expected.len();
@@ -562,6 +572,26 @@ async fn records_checkpoints_and_restart(lang: &str, daemon: &Path, command: &st
         "FIGURE {lang}: graceful shutdown took {:.2} s",
         stop.as_secs_f64()
     );
+    if !metrics.is_empty() {
+        // Published under the application name, with the Java KCL's names (the last window
+        // flushed at the stop).
+        let listed = kcl_tests::moto::cloudwatch_client()
+            .list_metrics()
+            .namespace(&app)
+            .send()
+            .await
+            .expect("ListMetrics")
+            .metrics
+            .unwrap_or_default();
+        let names: BTreeSet<String> = listed.iter().filter_map(|m| m.metric_name.clone()).collect();
+        for name in ["RecordsProcessed", "DataBytesProcessed", "TakenLeases"] {
+            assert!(names.contains(name), "{name} in {names:?}");
+        }
+        assert!(
+            !names.contains("LeaseTable.Scans"),
+            "a DETAILED metric at SUMMARY: {names:?}"
+        );
+    }
     let lifecycle: Vec<(String, String)> = first
         .events()
         .into_iter()

@@ -40,6 +40,11 @@ struct Args {
     /// The Java daemon's logback configuration: accepted and ignored (set RUST_LOG instead).
     #[arg(short = 'l', long = "log-configuration", value_name = "FILE")]
     log_configuration: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464, at `/metrics`) instead of
+    /// publishing them to CloudWatch (which the properties' `metricsLevel` and friends set up,
+    /// as the Java daemon does, unless `metricsLevel = NONE`).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
     log: kcl_tools::logging::LogArgs,
 }
@@ -220,6 +225,25 @@ async fn run() -> Result<()> {
         .lease_store(store)
         .build()
         .map_err(|e| config_error(e.to_string()))?;
+    let cloudwatch = match args.metrics_addr {
+        Some(addr) => {
+            kcl_tools::prometheus_builder(kcl_core::metrics::SHARD_SERIES_IDLE_TIMEOUT)
+                .with_http_listener(addr)
+                .install()
+                .with_context(|| format!("serving metrics on {addr}"))?;
+            info!(%addr, "serving Prometheus metrics (no CloudWatch metrics)");
+            None
+        }
+        None => {
+            let sdk = load_sdk_config(&options(&config.cloudwatch_endpoint.clone().or_else(|| {
+                std::env::var("AWS_ENDPOINT_URL_CLOUDWATCH")
+                    .ok()
+                    .filter(|u| !u.is_empty())
+            })))
+            .await;
+            kcl_tools::metrics::install_cloudwatch(&sdk, &config.application_name, &config.metrics)?
+        }
+    };
     info!(
         worker_id = %scheduler.config().worker_id,
         application = %config.application_name,
@@ -227,7 +251,10 @@ async fn run() -> Result<()> {
         executable = %config.executable.join(" "),
         "kcl-multilang starting"
     );
-    scheduler.run(kcl_core::shutdown_signal()).await?;
+    let result = scheduler.run(kcl_core::shutdown_signal()).await;
+    // After the hand-over: the last window of metrics.
+    kcl_tools::metrics::finish_cloudwatch(cloudwatch).await;
+    result?;
     info!("kcl-multilang stopped");
     Ok(())
 }

@@ -141,9 +141,25 @@ struct Args {
     #[arg(long, default_value_t = 4)]
     local_shards: usize,
     /// Serve Prometheus metrics (RecordsProcessed, MillisBehindLatest, lease counts, ...) on
-    /// this address, e.g. 127.0.0.1:9464, at `/metrics`.
+    /// this address, e.g. 127.0.0.1:9464, at `/metrics` (with `--metrics prometheus`).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Where the metrics go: prometheus (served on --metrics-addr, when given), cloudwatch (the
+    /// Java KCL's metric names and dimensions; namespace = the application name; the SDK's
+    /// region and credentials; AWS_ENDPOINT_URL_CLOUDWATCH for an emulator), or none.
+    #[arg(long, value_enum, default_value = "prometheus")]
+    metrics: kcl_tools::metrics::MetricsSink,
+    /// CloudWatch: NONE, SUMMARY or DETAILED (the Java KCL's metricsLevel).
+    #[arg(long, default_value = "DETAILED", value_parser = kcl_tools::metrics::parse_level)]
+    metrics_level: kcl_core::metrics::cloudwatch::MetricsLevel,
+    /// CloudWatch: the dimensions published besides Operation, comma-separated (the Java KCL's
+    /// metricsEnabledDimensions: ShardId, WorkerIdentifier, StreamId). Default: ShardId.
+    #[arg(long, value_delimiter = ',')]
+    metrics_dimensions: Option<Vec<String>>,
+    /// CloudWatch: how long values are aggregated before they are sent, in milliseconds (the
+    /// Java KCL's metricsBufferTimeMillis).
+    #[arg(long, default_value_t = 10_000)]
+    metrics_buffer_ms: u64,
     /// Serve this worker's live status page (leases, lag, throughput, recent lease moves and
     /// errors; refreshes itself) on this address, e.g. 127.0.0.1:8080, at `/`, and the same as
     /// JSON at `/status.json`. Port 0 picks a free port; the address is logged on stderr.
@@ -407,17 +423,20 @@ fn configure(args: &Args, application: &str, out: &Arc<Output>) -> SchedulerBuil
     builder
 }
 
-async fn run_aws(args: &Args, application: &str, out: Arc<Output>) -> Result<()> {
-    let options = AwsOptions {
-        // A stream named by ARN says its region.
+/// The SDK settings of the flags (a stream named by ARN says its region).
+fn aws_options(args: &Args) -> AwsOptions {
+    AwsOptions {
         region: args
             .region
             .clone()
             .or_else(|| args.stream_arns.first().map(|a| a.region.clone())),
         endpoint_url: args.endpoint_url.clone(),
         profile: args.profile.clone(),
-    };
-    let sdk = load_sdk_config(&options).await;
+    }
+}
+
+async fn run_aws(args: &Args, application: &str, out: Arc<Output>) -> Result<()> {
+    let sdk = load_sdk_config(&aws_options(args)).await;
     if sdk.region().is_none() {
         bail!("no AWS region: pass --region, --profile or set AWS_REGION");
     }
@@ -633,6 +652,14 @@ async fn run() -> Result<()> {
             )
             .exit();
     }
+    if args.metrics_addr.is_some() && args.metrics != kcl_tools::metrics::MetricsSink::Prometheus {
+        Args::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--metrics-addr serves Prometheus metrics: it needs --metrics prometheus",
+            )
+            .exit();
+    }
     if let Some(addr) = args.metrics_addr {
         kcl_tools::prometheus_builder(kcl_core::metrics::SHARD_SERIES_IDLE_TIMEOUT)
             .with_http_listener(addr)
@@ -645,6 +672,29 @@ async fn run() -> Result<()> {
         name.truncate(255);
         name
     });
+    let cloudwatch = if args.metrics == kcl_tools::metrics::MetricsSink::Cloudwatch {
+        let mut options = aws_options(&args);
+        // An emulator of CloudWatch alone (moto) beside --endpoint-url's.
+        if let Some(url) = std::env::var("AWS_ENDPOINT_URL_CLOUDWATCH")
+            .ok()
+            .filter(|u| !u.is_empty())
+        {
+            options.endpoint_url = Some(url);
+        }
+        let sdk = load_sdk_config(&options).await;
+        if sdk.region().is_none() {
+            bail!("CloudWatch metrics need an AWS region: pass --region, --profile or set AWS_REGION");
+        }
+        let settings = kcl_tools::metrics::CloudWatchSettings {
+            level: args.metrics_level,
+            dimensions: args.metrics_dimensions.clone(),
+            buffer_time: Duration::from_millis(args.metrics_buffer_ms.max(1)),
+            ..Default::default()
+        };
+        kcl_tools::metrics::install_cloudwatch(&sdk, &application, &settings)?
+    } else {
+        None
+    };
     if let Some(position) = args.from_timestamp {
         args.initial_position = position;
     }
@@ -655,11 +705,14 @@ async fn run() -> Result<()> {
         done: Notify::new(),
         broken: Notify::new(),
     });
-    if args.local {
+    let result = if args.local {
         run_local(&args, &application, out).await
     } else {
         run_aws(&args, &application, out).await
-    }
+    };
+    // After the hand-over: the last window of metrics.
+    kcl_tools::metrics::finish_cloudwatch(cloudwatch).await;
+    result
 }
 
 #[cfg(test)]

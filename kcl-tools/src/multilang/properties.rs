@@ -8,7 +8,7 @@
 //! `\uXXXX` are escapes and any other escaped character stands for itself. A later key wins.
 //!
 //! [`MultiLangConfig::from_properties`] reads the keys of the Java MultiLangDaemon. Keys this
-//! daemon accepts but has no use for (metrics, thread pools, credentials providers: the SDK's
+//! daemon accepts but has no use for (thread pools, credentials providers: the SDK's
 //! default chain is used) are listed in the result's `ignored`; keys it does not know at all in
 //! `unknown` (the binary warns about both). A missing required key or a bad value is an error.
 
@@ -247,6 +247,12 @@ pub struct MultiLangConfig {
     pub shutdown_grace: Option<Duration>,
     /// `timeoutInSeconds`: how long the child may take to answer one message.
     pub timeout: Option<Duration>,
+    /// `metricsLevel`, `metricsEnabledDimensions`, `metricsBufferTimeMillis`,
+    /// `metricsMaxQueueSize`: the CloudWatch metrics (published unless the level is NONE, as
+    /// the Java daemon does).
+    pub metrics: crate::metrics::CloudWatchSettings,
+    /// `cloudWatchEndpoint`, as a URL.
+    pub cloudwatch_endpoint: Option<String>,
     /// Keys of the Java daemon accepted without effect here.
     pub ignored: Vec<String>,
     /// Keys nobody knows.
@@ -262,12 +268,7 @@ const IGNORED: &[&str] = &[
     "AwsCredentialsProviderCloudWatch",
     "AWSCredentialsProviderCloudWatch",
     "processingLanguage",
-    "metricsLevel",
-    "metricsEnabledDimensions",
-    "metricsBufferTimeMillis",
-    "metricsMaxQueueSize",
     "maxActiveThreads",
-    "cloudWatchEndpoint",
     "callProcessRecordsEvenForEmptyRecordList",
     "validateSequenceNumberBeforeCheckpointing",
     "taskBackoffTimeMillis",
@@ -310,6 +311,11 @@ const KNOWN: &[&str] = &[
     "retrievalMode",
     "shutdownGraceMillis",
     "timeoutInSeconds",
+    "metricsLevel",
+    "metricsEnabledDimensions",
+    "metricsBufferTimeMillis",
+    "metricsMaxQueueSize",
+    "cloudWatchEndpoint",
 ];
 
 fn bad(key: &str, value: &str, reason: impl Into<String>) -> PropertiesError {
@@ -464,6 +470,7 @@ impl MultiLangConfig {
         let timeout = r
             .number("timeoutInSeconds", 1, u64::MAX)?
             .map(Duration::from_secs);
+        let metrics = Self::metrics(&r)?;
         let mut ignored = Vec::new();
         let mut unknown = Vec::new();
         for key in props.keys() {
@@ -494,9 +501,43 @@ impl MultiLangConfig {
             retrieval,
             shutdown_grace,
             timeout,
+            metrics,
+            cloudwatch_endpoint: r.endpoint("cloudWatchEndpoint")?,
             ignored,
             unknown,
         })
+    }
+
+    /// The CloudWatch settings of the `metrics*` keys (Java's defaults for the others).
+    fn metrics(r: &Reader<'_>) -> Result<crate::metrics::CloudWatchSettings, PropertiesError> {
+        use kcl_core::metrics::cloudwatch::{SHARD_ID, STREAM_ID, WORKER_IDENTIFIER};
+        let mut settings = crate::metrics::CloudWatchSettings::default();
+        if let Some(v) = r.get("metricsLevel") {
+            settings.level = crate::metrics::parse_level(v)
+                .map_err(|_| bad("metricsLevel", v, "expected NONE, SUMMARY or DETAILED"))?;
+        }
+        if let Some(v) = r.get("metricsEnabledDimensions") {
+            let known = ["Operation", SHARD_ID, WORKER_IDENTIFIER, STREAM_ID];
+            let mut dimensions = Vec::new();
+            for d in v.split([',', '|']).map(str::trim).filter(|d| !d.is_empty()) {
+                if !known.contains(&d) {
+                    return Err(bad(
+                        "metricsEnabledDimensions",
+                        v,
+                        format!("unknown dimension {d:?}; expected some of {}", known.join(", ")),
+                    ));
+                }
+                dimensions.push(d.to_owned());
+            }
+            settings.dimensions = Some(dimensions);
+        }
+        if let Some(d) = r.millis("metricsBufferTimeMillis", 1)? {
+            settings.buffer_time = d;
+        }
+        if let Some(n) = r.count("metricsMaxQueueSize")? {
+            settings.max_queue_size = n;
+        }
+        Ok(settings)
     }
 
     /// Parses a properties file's text and reads the settings.
@@ -650,6 +691,50 @@ mod tests {
 
     /// kclpy's own sample (`samples/sample.properties`): the stream by name and by an ARN of
     /// another region.
+    #[test]
+    fn metrics_properties_set_up_cloudwatch_as_the_java_daemon_does() {
+        use kcl_core::metrics::cloudwatch::MetricsLevel;
+        let c = MultiLangConfig::parse(MINIMAL).unwrap();
+        assert_eq!(c.metrics, crate::metrics::CloudWatchSettings::default());
+        assert_eq!(
+            c.metrics.level,
+            MetricsLevel::Detailed,
+            "published by default, as in Java"
+        );
+        let c = MultiLangConfig::parse(&format!(
+            "{MINIMAL}metricsLevel = summary\nmetricsEnabledDimensions = Operation, ShardId,WorkerIdentifier\n\
+             metricsBufferTimeMillis = 2500\nmetricsMaxQueueSize = 500\ncloudWatchEndpoint = http://127.0.0.1:4569\n"
+        ))
+        .unwrap();
+        assert_eq!(c.metrics.level, MetricsLevel::Summary);
+        assert_eq!(
+            c.metrics.dimensions.as_deref(),
+            Some(
+                &[
+                    "Operation".to_owned(),
+                    "ShardId".to_owned(),
+                    "WorkerIdentifier".to_owned()
+                ][..]
+            )
+        );
+        assert_eq!(c.metrics.buffer_time, Duration::from_millis(2500));
+        assert_eq!(c.metrics.max_queue_size, 500);
+        assert_eq!(c.cloudwatch_endpoint.as_deref(), Some("http://127.0.0.1:4569"));
+        assert!(c.ignored.is_empty(), "{:?}", c.ignored);
+        let none = MultiLangConfig::parse(&format!("{MINIMAL}metricsLevel = NONE\n")).unwrap();
+        assert_eq!(none.metrics.level, MetricsLevel::None);
+        for bad in [
+            "metricsLevel = LOUD",
+            "metricsEnabledDimensions = Region",
+            "metricsBufferTimeMillis = 0",
+        ] {
+            let e = MultiLangConfig::parse(&format!("{MINIMAL}{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(bad.split(' ').next().unwrap()), "{bad}: {e}");
+        }
+    }
+
     const KCLPY_SAMPLE: &str = "executableName = sample_kclpy_app.py\nstreamName = kclpysample\n\
         streamArn = arn:aws:kinesis:us-east-5:000000000000:stream/kclpysample\n\
         applicationName = PythonKCLSample\nregionName = us-east-1\n";
