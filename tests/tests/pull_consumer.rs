@@ -17,6 +17,22 @@ use kcl_tests::{init_tracing, produce, APP, STREAM};
 const LIMIT: Duration = Duration::from_secs(60);
 const SHARD0: &str = "shardId-000000000000";
 
+/// A stream of `shards` shards holding `per_key` records for each of `keys` keys, an empty lease
+/// table, and what was produced (tracing on).
+async fn table(
+    shards: usize,
+    keys: usize,
+    per_key: u64,
+) -> (LocalBackend, InMemoryLeaseStore, BTreeMap<String, u64>) {
+    init_tracing();
+    let backend = LocalBackend::new();
+    backend.create_stream(STREAM, shards).expect("create stream");
+    let store = InMemoryLeaseStore::new();
+    let mut produced = BTreeMap::new();
+    produce(&backend, keys, per_key, &mut produced).await;
+    (backend, store, produced)
+}
+
 /// A pull consumer with fast settings and `max_records` records per batch.
 fn consumer(
     id: &str,
@@ -100,12 +116,7 @@ fn payloads(batch: &Batch) -> Vec<String> {
 
 #[tokio::test(start_paused = true)]
 async fn out_of_order_acks_checkpoint_only_the_contiguous_prefix_and_every_record_comes_in_order() {
-    init_tracing();
-    let backend = LocalBackend::new();
-    backend.create_stream(STREAM, 1).expect("create stream");
-    let store = InMemoryLeaseStore::new();
-    let mut produced = BTreeMap::new();
-    produce(&backend, 1, 20, &mut produced).await;
+    let (backend, store, _) = table(1, 1, 20).await;
     let mut c = consumer(
         "a",
         &backend,
@@ -169,12 +180,7 @@ async fn out_of_order_acks_checkpoint_only_the_contiguous_prefix_and_every_recor
 
 #[tokio::test(start_paused = true)]
 async fn each_shard_has_at_most_the_bound_in_flight_and_every_record_comes_in_order() {
-    init_tracing();
-    let backend = LocalBackend::new();
-    backend.create_stream(STREAM, 2).expect("create stream");
-    let store = InMemoryLeaseStore::new();
-    let mut produced = BTreeMap::new();
-    produce(&backend, 6, 15, &mut produced).await;
+    let (backend, store, produced) = table(2, 6, 15).await;
     const BOUND: usize = 3;
     let mut c = consumer(
         "a",
@@ -257,12 +263,7 @@ async fn each_shard_has_at_most_the_bound_in_flight_and_every_record_comes_in_or
 
 #[tokio::test(start_paused = true)]
 async fn a_restarted_consumer_resumes_after_the_acked_prefix() {
-    init_tracing();
-    let backend = LocalBackend::new();
-    backend.create_stream(STREAM, 1).expect("create stream");
-    let store = InMemoryLeaseStore::new();
-    let mut produced = BTreeMap::new();
-    produce(&backend, 1, 10, &mut produced).await;
+    let (backend, store, _) = table(1, 1, 10).await;
     let options = PullOptions::default().drain_timeout(Duration::from_secs(2));
 
     let mut first = consumer("a", &backend, &store, 2, options.clone());
@@ -300,12 +301,7 @@ async fn a_restarted_consumer_resumes_after_the_acked_prefix() {
 
 #[tokio::test(start_paused = true)]
 async fn a_lost_lease_is_surfaced_and_its_acks_are_no_ops() {
-    init_tracing();
-    let backend = LocalBackend::new();
-    backend.create_stream(STREAM, 1).expect("create stream");
-    let store = InMemoryLeaseStore::new();
-    let mut produced = BTreeMap::new();
-    produce(&backend, 1, 2, &mut produced).await;
+    let (backend, store, _) = table(1, 1, 2).await;
     let mut c = consumer("a", &backend, &store, 10, PullOptions::default());
     let (batch, ack) = next_batch(&mut c).await;
     assert_eq!(payloads(&batch), ["key-0:0", "key-0:1"]);
@@ -340,12 +336,7 @@ async fn a_lost_lease_is_surfaced_and_its_acks_are_no_ops() {
 
 #[tokio::test(start_paused = true)]
 async fn shard_end_is_checkpointed_only_after_every_batch_is_acked() {
-    init_tracing();
-    let backend = LocalBackend::new();
-    backend.create_stream(STREAM, 1).expect("create stream");
-    let store = InMemoryLeaseStore::new();
-    let mut produced = BTreeMap::new();
-    produce(&backend, 1, 4, &mut produced).await;
+    let (backend, store, mut produced) = table(1, 1, 4).await;
     let mut c = consumer("a", &backend, &store, 2, PullOptions::default());
     let (b0, a0) = next_batch(&mut c).await;
     let (b1, a1) = next_batch(&mut c).await;
@@ -401,12 +392,7 @@ async fn shard_end_is_checkpointed_only_after_every_batch_is_acked() {
 
 #[tokio::test(start_paused = true)]
 async fn dropping_the_consumer_checkpoints_the_acks_and_releases_the_leases() {
-    init_tracing();
-    let backend = LocalBackend::new();
-    backend.create_stream(STREAM, 1).expect("create stream");
-    let store = InMemoryLeaseStore::new();
-    let mut produced = BTreeMap::new();
-    produce(&backend, 1, 2, &mut produced).await;
+    let (backend, store, _) = table(1, 1, 2).await;
     let mut c = consumer("a", &backend, &store, 10, PullOptions::default());
     let (batch, ack) = next_batch(&mut c).await;
     ack.ack().expect("held");
@@ -428,12 +414,7 @@ async fn dropping_the_consumer_checkpoints_the_acks_and_releases_the_leases() {
 
 #[tokio::test(start_paused = true)]
 async fn a_second_worker_takes_a_shard_over_and_the_first_is_told() {
-    init_tracing();
-    let backend = LocalBackend::new();
-    backend.create_stream(STREAM, 2).expect("create stream");
-    let store = InMemoryLeaseStore::new();
-    let mut produced = BTreeMap::new();
-    produce(&backend, 6, 3, &mut produced).await;
+    let (backend, store, mut produced) = table(2, 6, 3).await;
     let total: u64 = produced.values().sum();
 
     // Worker a takes both shards and acknowledges everything.
