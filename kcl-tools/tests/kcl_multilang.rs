@@ -645,6 +645,12 @@ async fn kclpy_processor_runs_unmodified_without_java() {
 /// into a target directory of its own beside the workspace's (whose lock `cargo test` holds);
 /// maturin comes from PyPI (pip's build isolation). Returns the virtualenv's `kcl-multilang`.
 fn wheel_daemon() -> PathBuf {
+    // Built and installed once per test process (tests run in parallel).
+    static DAEMON_PATH: OnceLock<PathBuf> = OnceLock::new();
+    DAEMON_PATH.get_or_init(install_wheel).clone()
+}
+
+fn install_wheel() -> PathBuf {
     let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     // This test binary is <target>/debug/deps/kcl_multilang-HASH.
     let exe = std::env::current_exe().expect("the test's path");
@@ -706,6 +712,118 @@ async fn the_wheel_installs_a_daemon_that_runs_kclpy() {
         .expect("building the wheel");
     let command = kclpy_command("java-kcl/processor.py");
     records_checkpoints_and_restart("kclpy-wheel", &daemon, &command, true).await;
+}
+
+/// kclpy's own sample application (`samples/` of the kclpy package: `sample_kclpy_app.py`, run
+/// from kclpy's virtualenv as its `bin/` installs it, and its `sample.properties` with the
+/// emulators' endpoints added and its `streamArn` line removed, whose region contradicts
+/// `regionName`), unmodified otherwise, with the daemon the wheel installed: every record is
+/// delivered once (the sample logs each one's sequence number to stderr, which the daemon logs)
+/// and checkpointed, and SIGTERM stops it cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kclpy_sample_application_delivers_every_record_through_the_wheels_daemon() {
+    let daemon = tokio::task::spawn_blocking(wheel_daemon)
+        .await
+        .expect("building the wheel");
+    let _ = kclpy_command("java-kcl/processor.py"); // kclpy's virtualenv, installed once
+    let venv = std::env::var_os("KCL_JAVA_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tests_dir().join("java-kcl").join(".venv"));
+    let samples = std::fs::read_dir(venv.join("lib"))
+        .expect("the virtualenv's lib/")
+        .filter_map(Result::ok)
+        .map(|d| d.path().join("site-packages").join("samples"))
+        .find(|p| p.join("sample.properties").is_file())
+        .expect("kclpy's samples/ in its virtualenv");
+    let (sdk, endpoints) = sdk().await;
+    let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+    let (stream, app) = (unique("kclpysample"), unique("PythonKCLSample"));
+    create_stream(&kinesis, &stream, 2).await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    let mut sequences = BTreeSet::new();
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    for i in 0..20 {
+        let (shard, sequence) = put(&kinesis, &stream, &format!("key-{i}"), &format!("word {i}")).await;
+        sequences.insert(sequence.clone());
+        last.insert(shard, sequence);
+    }
+    let dir = tests_dir().join("multilang").join(".run").join(&app);
+    std::fs::create_dir_all(&dir).expect("run dir");
+    let sample = std::fs::read_to_string(samples.join("sample.properties")).expect("sample.properties");
+    let mut properties: String = sample
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("streamArn"))
+        .map(|l| match l.split_once('=').map(|(k, _)| k.trim()) {
+            Some("streamName") => format!("streamName = {stream}"),
+            Some("applicationName") => format!("applicationName = {app}"),
+            Some("regionName") => format!("regionName = {}", endpoints.region),
+            _ => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    properties.push_str(&format!(
+        "\nkinesisEndpoint = {}\ndynamoDBEndpoint = {}\nmetricsLevel = NONE\n",
+        endpoints.kinesis, endpoints.dynamodb
+    ));
+    let props = dir.join("sample.properties");
+    std::fs::write(&props, properties).expect("write properties");
+    let log_path = dir.join("daemon.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let path = format!(
+        "{}:{}",
+        venv.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut child = Command::new(&daemon)
+        .arg("--properties-file")
+        .arg(&props)
+        .current_dir(&dir)
+        .env("PATH", path)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone().expect("log file")))
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the wheel's kcl-multilang");
+    // The sample checkpoints at its first batch and then every 30 s: each shard's checkpoint
+    // reaches its last record once everything was delivered.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // The daemon creates the lease table.
+    while dynamodb.describe_table().table_name(&app).send().await.is_err() {
+        assert!(Instant::now() < deadline, "no lease table {app} within 120 s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    loop {
+        let rows = java_rows(&dynamodb, &app).await;
+        let reached = last
+            .iter()
+            .all(|(shard, seq)| rows.get(shard).is_some_and(|(cp, _, _)| cp == seq));
+        if reached {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            panic!("the daemon exited ({status}):\n{text}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "checkpoints {rows:?}, expected the last records {last:?} within 120 s:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // A clean exit (status 0) within a minute of SIGTERM.
+    kcl_tests::process::sigterm(&mut child).await;
+    // The sample logs each record without a newline: its lines reach the daemon's log when the
+    // child's stderr closes. Every record was processed, once.
+    let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    for sequence in &sequences {
+        let seen = text.matches(&format!("Sequence Number: {sequence},")).count();
+        assert_eq!(seen, 1, "record {sequence} processed {seen} times:\n{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
