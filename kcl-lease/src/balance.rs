@@ -80,6 +80,18 @@ impl ExpiryTracker {
         self.owners.get(owner).copied().unwrap_or(WorkerStatus::Unknown)
     }
 
+    /// What the heartbeats say about `worker` as the owner (or previous owner) of `lease`:
+    /// nothing ([`WorkerStatus::Unknown`]) when the lease says that worker renews it through the
+    /// lease table alone ([`Lease::owner_without_heartbeat`]): a heartbeat row under that id is
+    /// another process's, or a former one's, and proves nothing about the lease.
+    pub fn status_for(&self, lease: &Lease, worker: &str) -> WorkerStatus {
+        if lease.owner_without_heartbeat.as_deref() == Some(worker) {
+            WorkerStatus::Unknown
+        } else {
+            self.owner_status(worker)
+        }
+    }
+
     /// The workers whose heartbeats are live.
     pub fn live_workers(&self) -> impl Iterator<Item = &str> {
         self.owners
@@ -108,8 +120,8 @@ impl ExpiryTracker {
             .checkpoint_owner
             .as_deref()
             .filter(|p| *p != owner)
-            .map(|p| self.owner_status(p));
-        match (self.owner_status(owner), previous) {
+            .map(|p| self.status_for(lease, p));
+        match (self.status_for(lease, owner), previous) {
             (_, Some(WorkerStatus::Live(LeaseRenewal::Worker))) => return false,
             (WorkerStatus::Dead(_), None | Some(WorkerStatus::Dead(_))) => return true,
             (WorkerStatus::Live(LeaseRenewal::Worker), _) => return false,
@@ -134,7 +146,7 @@ impl ExpiryTracker {
         let Some(previous) = lease.checkpoint_owner.as_deref() else {
             return true;
         };
-        match self.owner_status(previous) {
+        match self.status_for(lease, previous) {
             WorkerStatus::Dead(_) => true,
             WorkerStatus::Live(LeaseRenewal::Worker) => false,
             _ => self.counter_expired(lease, failover_time, now),
@@ -245,7 +257,7 @@ pub fn plan_takes(
             // (found by the simulator: the others stopped at a share that left its other
             // leases untaken).
             Some(owner)
-                if matches!(tracker.owner_status(owner), WorkerStatus::Dead(_))
+                if matches!(tracker.status_for(lease, owner), WorkerStatus::Dead(_))
                     && !tracker.is_expired(lease, config.failover_time, now) => {}
             Some(owner) if !tracker.is_expired(lease, config.failover_time, now) => {
                 load.entry(owner).or_default().push(lease);

@@ -681,6 +681,11 @@ impl LeaseCoordinator {
         let start = Instant::now();
         let result =
             tokio::time::timeout(self.call_timeout(), self.store.put_heartbeat(&row, condition)).await;
+        if !matches!(result, Ok(Err(LeaseError::Unsupported(_)))) {
+            // Even a write whose outcome is unknown may have landed: the others may judge this
+            // worker by that row from now on.
+            self.liveness.table_answered();
+        }
         match result {
             Ok(Err(LeaseError::Conflict { .. })) => self.on_heartbeat_conflict().await,
             Ok(Ok(())) if self.liveness.check_suspend().is_some() => {
@@ -704,9 +709,10 @@ impl LeaseCoordinator {
                     self.give_up_all("the heartbeat completed after the worker's validity ran out");
                 }
             }
-            Ok(Err(LeaseError::Unsupported(what))) if self.liveness.heartbeats_active() => {
-                // The heartbeat table worked before: the others judge this worker by it. A
-                // failed heartbeat, not a switch to coordinating without heartbeats.
+            Ok(Err(LeaseError::Unsupported(what))) if self.liveness.table_in_use() => {
+                // The heartbeat table worked before (or answered: a row of this worker id may
+                // be in it): the others judge this worker by it. A failed heartbeat, not a
+                // switch to coordinating without heartbeats.
                 warn!(%what, "the heartbeat table became unusable: heartbeat failed");
             }
             Ok(Err(LeaseError::Unsupported(what))) => {
@@ -772,7 +778,10 @@ impl LeaseCoordinator {
     async fn watch_foreign_row(&self) -> Option<HeartbeatCondition> {
         let issued = Instant::now();
         let rows = match self.store.list_heartbeats(true).await {
-            Ok(rows) => rows,
+            Ok(rows) => {
+                self.liveness.table_answered();
+                rows
+            }
             Err(e) => {
                 debug!(error = %e, "reading the heartbeats failed");
                 return None;
@@ -859,6 +868,7 @@ impl LeaseCoordinator {
         let issued = Instant::now();
         match self.store.list_heartbeats(consistent).await {
             Ok(rows) => {
+                self.liveness.table_answered();
                 let now = Instant::now();
                 let mut workers = lock(&self.workers);
                 if consistent {
@@ -1323,6 +1333,18 @@ impl LeaseCoordinator {
         );
         lock(&self.own_rows).remove(&row.lease_key);
         let held = self.new_held(row, started, generation);
+        if self.liveness.unsupported() {
+            // Without heartbeats: the row must say so (a renewal writes it) before the lease
+            // is processed, or a heartbeat row under this worker id (another process's, a
+            // former one's) could make the others take it as a dead worker's meanwhile. A take
+            // planned from a scan made before this renewal fails on its counter.
+            held.renew().await;
+            if held.status() != LeaseStatus::Held {
+                debug!(lease = %held.key, "the first renewal of a lease taken without heartbeats failed: not processing it");
+                held.mark_lost();
+                return true;
+            }
+        }
         if let Some(old) = lock(&self.held).insert(held.key.clone(), held.clone()) {
             // Never planned (held keys are not taken); if it happens, the old one must not go
             // on as if it were held.

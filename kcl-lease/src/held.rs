@@ -46,6 +46,8 @@ pub struct Liveness {
     /// flight when the validity ran out must not come back to life with the next heartbeat
     /// (the others may have judged this worker dead in between and taken the lease).
     generation: AtomicU64,
+    /// The heartbeat table answered a call of this process (see [`Liveness::table_answered`]).
+    table_answered: AtomicBool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,7 +104,23 @@ impl Liveness {
             suspend,
             announced_lapsed: AtomicBool::new(false),
             generation: AtomicU64::new(0),
+            table_answered: AtomicBool::new(false),
         }
+    }
+
+    /// Records that the heartbeat table answered a call of this process with anything but
+    /// "unusable" (a success, a conflict, a throttle, a timeout whose write may have landed):
+    /// the table is in use, so rows of this worker id may be in it and the others may judge
+    /// this worker by them. From now on the table's being unusable is a failed heartbeat, never
+    /// a switch to coordinating without heartbeats (see [`Liveness::set_unsupported`]).
+    pub fn table_answered(&self) {
+        self.table_answered.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether heartbeats are in use, or the heartbeat table answered this process before
+    /// (see [`Liveness::table_answered`]).
+    pub fn table_in_use(&self) -> bool {
+        self.heartbeats_active() || self.table_answered.load(Ordering::SeqCst)
     }
 
     /// Marks the start of a coordinator's run: invalid until a heartbeat succeeds.
@@ -241,12 +259,16 @@ impl Liveness {
         }
     }
 
-    /// Records that the store has no heartbeats, unless heartbeats have worked before: a worker
+    /// Records that the store has no heartbeats, unless heartbeats have worked before or the
+    /// heartbeat table answered before ([`Liveness::table_answered`]): a worker
     /// that the others judge by its heartbeat must never go on without one (they would take
     /// its leases as a dead worker's while it processes them), so for it the failure is just a
     /// failed heartbeat (it lapses, and gives up everything). Returns whether the worker now
     /// coordinates without heartbeats.
     pub fn set_unsupported(&self) -> bool {
+        if self.table_answered.load(Ordering::SeqCst) {
+            return false;
+        }
         let mut state = lock(&self.state);
         match *state {
             Heartbeating::NotStarted | Heartbeating::Starting | Heartbeating::Unsupported => {
@@ -553,6 +575,9 @@ impl HeldLease {
             return;
         }
         self.attach_throughput(&mut row);
+        // Without heartbeats the row says so: a heartbeat row under this worker id (another
+        // process's, a former one's) must not make the others judge the lease by it.
+        row.owner_without_heartbeat = self.liveness.unsupported().then(|| self.worker_id.clone());
         let started = Instant::now();
         let result = match tokio::time::timeout(self.call_timeout, self.store.renew(&row)).await {
             Ok(result) => result,
@@ -840,7 +865,12 @@ impl HeldLease {
                 row.owner_switches_since_checkpoint = fresh.owner_switches_since_checkpoint;
                 return Ok(row.clone());
             }
-            let previous_status = self.handoff_check.as_ref().map(|check| check(&previous));
+            // A previous owner without heartbeats is judged by nothing but the failover time.
+            let previous_status = if fresh.owner_without_heartbeat.as_deref() == Some(previous.as_str()) {
+                Some(crate::heartbeat::WorkerStatus::Unknown)
+            } else {
+                self.handoff_check.as_ref().map(|check| check(&previous))
+            };
             let dead = matches!(previous_status, Some(crate::heartbeat::WorkerStatus::Dead(_)));
             let may_complete = !matches!(
                 previous_status,

@@ -76,6 +76,13 @@ pub struct Lease {
     /// `throughputKBps`: the shard's recent throughput in kilobytes per second as its owner
     /// measured it (the Java KCL 3.x's attribute and unit); `None` when no owner published one.
     pub throughput_kbps: Option<f64>,
+    /// `ownerWithoutHeartbeat` (this crate's attribute): the worker id of an owner that renews
+    /// this lease through the lease table alone, writing no heartbeat (its heartbeat table is
+    /// unusable). Such a lease is judged by its counter only, never by a heartbeat row that
+    /// names the same worker id (another process's, or a former one's). Meaningful only while
+    /// it names `lease_owner` (or, during a hand-off, `checkpoint_owner`); the Java KCL
+    /// ignores it.
+    pub owner_without_heartbeat: Option<String>,
 }
 
 impl Lease {
@@ -95,6 +102,7 @@ impl Lease {
             stream_identifier: None,
             shard_id: None,
             throughput_kbps: None,
+            owner_without_heartbeat: None,
         }
     }
 

@@ -288,6 +288,7 @@ impl LeaseStore for InMemoryLeaseStore {
                 if let Some(kbps) = expected.throughput_kbps {
                     row.throughput_kbps = Some(kbps);
                 }
+                row.owner_without_heartbeat = expected.owner_without_heartbeat.clone();
             },
         )
     }
@@ -306,6 +307,10 @@ impl LeaseStore for InMemoryLeaseStore {
                     Some(prev) if handoff && prev != new_owner => Some(prev),
                     _ => None,
                 };
+                if row.checkpoint_owner.is_none() {
+                    // Kept through a hand-off: it says how the previous owner renews.
+                    row.owner_without_heartbeat = None;
+                }
                 row.lease_counter += 1;
             },
         )
@@ -319,6 +324,7 @@ impl LeaseStore for InMemoryLeaseStore {
             |row| {
                 row.lease_owner = None;
                 row.checkpoint_owner = None;
+                row.owner_without_heartbeat = None;
                 row.lease_counter += 1;
             },
         )
@@ -390,6 +396,7 @@ impl LeaseStore for InMemoryLeaseStore {
             |row| {
                 row.lease_owner = None;
                 row.checkpoint_owner = None;
+                row.owner_without_heartbeat = None;
                 row.lease_counter += 1;
                 row.checkpoint = checkpoint.clone();
                 row.pending_checkpoint = None;

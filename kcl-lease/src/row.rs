@@ -47,6 +47,9 @@ pub const STREAM_NAME: &str = "streamName";
 pub const SHARD_ID: &str = "shardId";
 /// `throughputKBps` (N): the shard's throughput in KB/s as its owner measured it (Java KCL 3.x).
 pub const THROUGHPUT_KBPS: &str = "throughputKBps";
+/// `ownerWithoutHeartbeat` (S, this crate's): the owner that renews the lease through the lease
+/// table alone (see [`Lease::owner_without_heartbeat`]); absent otherwise.
+pub const OWNER_WITHOUT_HEARTBEAT: &str = "ownerWithoutHeartbeat";
 
 /// `entityType` (S): the Java KCL 3.5's kind of row. From 3.5 the lease table also holds other
 /// rows under the same `leaseKey` hash key: worker metrics (`WORKER_METRIC_STATS`, keyed by worker
@@ -162,6 +165,9 @@ pub fn lease_row(lease: &Lease) -> Row {
     }
     if let Some(throughput) = lease.throughput_kbps {
         row.push((THROUGHPUT_KBPS, Value::N(kbps(throughput))));
+    }
+    if let Some(owner) = &lease.owner_without_heartbeat {
+        row.push((OWNER_WITHOUT_HEARTBEAT, s(owner)));
     }
     row
 }

@@ -1049,6 +1049,10 @@ impl LeaseStore for DynamoDbLeaseStore {
         if let Some(kbps) = expected.throughput_kbps {
             e.set(schema::THROUGHPUT_KBPS, ":tput", schema::kbps(kbps));
         }
+        match &expected.owner_without_heartbeat {
+            Some(owner) => e.set(schema::OWNER_WITHOUT_HEARTBEAT, ":nohb", schema::s(owner)),
+            None => e.remove(schema::OWNER_WITHOUT_HEARTBEAT),
+        }
         self.update_or_conflict("renew", &expected.lease_key, e).await
     }
 
@@ -1070,7 +1074,11 @@ impl LeaseStore for DynamoDbLeaseStore {
             Some(prev) if handoff && prev != new_owner => {
                 e.set(schema::CHECKPOINT_OWNER, ":prev", schema::s(prev))
             }
-            _ => e.remove(schema::CHECKPOINT_OWNER),
+            // Kept through a hand-off: it says how the previous owner renews.
+            _ => {
+                e.remove(schema::CHECKPOINT_OWNER);
+                e.remove(schema::OWNER_WITHOUT_HEARTBEAT);
+            }
         }
         self.update_or_conflict("take", &expected.lease_key, e).await
     }
@@ -1081,6 +1089,7 @@ impl LeaseStore for DynamoDbLeaseStore {
         e.increment_counter(expected);
         e.remove(schema::LEASE_OWNER);
         e.remove(schema::CHECKPOINT_OWNER);
+        e.remove(schema::OWNER_WITHOUT_HEARTBEAT);
         self.update_or_conflict("evict", &expected.lease_key, e).await
     }
 

@@ -25,7 +25,7 @@ pub type Item = HashMap<String, AttributeValue>;
 pub use crate::row::{
     CHECKPOINT, CHECKPOINT_OWNER, CHECKPOINT_SUB_SEQUENCE, CHILD_SHARD_IDS, ENDING_HASH_KEY, ENTITY_TYPE,
     EPOCH, FLEET_VIEW, HEARTBEAT_COUNTER, INCARNATION, LAPSED, LEASE_COUNT, LEASE_COUNTER, LEASE_ENTITY,
-    LEASE_KEY, LEASE_OWNER, LEASE_RENEWAL, NUDGES, OWNER_SWITCHES, PARENT_SHARD_IDS, PENDING_CHECKPOINT,
+    LEASE_KEY, LEASE_OWNER, LEASE_RENEWAL, NUDGES, OWNER_SWITCHES, OWNER_WITHOUT_HEARTBEAT, PARENT_SHARD_IDS, PENDING_CHECKPOINT,
     PENDING_CHECKPOINT_STATE, PENDING_CHECKPOINT_SUB_SEQUENCE, SHARD_ID, STARTING_HASH_KEY, STREAM_NAME,
     THROUGHPUT_KBPS, WATCHED_COUNTER, WATCHED_INCARNATION, WATCHED_WORKER, WORKER_ID,
 };
@@ -211,12 +211,13 @@ pub fn decode(item: &Item) -> Result<Lease, LeaseError> {
         stream_identifier: reader.string(STREAM_NAME)?.map(str::to_owned),
         shard_id: reader.string(SHARD_ID)?.map(str::to_owned),
         throughput_kbps: reader.float(THROUGHPUT_KBPS)?,
+        owner_without_heartbeat: reader.string(OWNER_WITHOUT_HEARTBEAT)?.map(str::to_owned),
         lease_key: key,
     })
 }
 
 /// Every lease attribute [`decode`] reads, for [`decode_patched`].
-const LEASE_ATTRIBUTES: [&str; 16] = [
+const LEASE_ATTRIBUTES: [&str; 17] = [
     LEASE_OWNER,
     LEASE_COUNTER,
     CHECKPOINT,
@@ -233,6 +234,7 @@ const LEASE_ATTRIBUTES: [&str; 16] = [
     SHARD_ID,
     THROUGHPUT_KBPS,
     PENDING_CHECKPOINT_STATE,
+    OWNER_WITHOUT_HEARTBEAT,
 ];
 
 /// Decodes `item`, taking each attribute that is corrupt in it from `fallback` instead (as
@@ -545,6 +547,7 @@ mod tests {
             stream_identifier: None,
             shard_id: None,
             throughput_kbps: Some(12.25),
+            owner_without_heartbeat: Some("w1".into()),
         };
         let item = encode(&full);
         assert!(!item.contains_key(STREAM_NAME) && !item.contains_key(SHARD_ID));

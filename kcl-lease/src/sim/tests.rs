@@ -367,7 +367,11 @@ fn sim_fleets_with_every_fault_class_never_violate_worker() {
 /// replayed: 277 (per-lease renewal, liveness; found at 3f212c3, fixed in `HeldLease::renew`
 /// and `LeaseCoordinator::release`), and with worker renewal 431 (overlap, `WorkerTracker`),
 /// 2406 (liveness, expired leases announced), 6198 (overlap, a heartbeat-less duplicate: the
-/// scenario), 7043 (overlap, `release` of a lease whose hand-off was not done). A change to
+/// scenario), 7043 (overlap, `release` of a lease whose hand-off was not done); 18581 in
+/// both modes (overlap with per-lease renewal: a restarted process whose heartbeat writes had
+/// reached the table went on without heartbeats when it became unusable; see
+/// `Liveness::table_answered`) and per-lease 15383 (liveness: a heartbeat-less process's
+/// leases judged by a duplicate's heartbeat row; see `Lease::owner_without_heartbeat`). A change to
 /// the simulator or the coordinator replays them differently: they keep running what the
 /// sweeps showed only as long as nothing else changes, and cost a few seconds.
 #[test]
@@ -378,6 +382,9 @@ fn sim_seeds_found_by_long_sweeps_stay_green() {
         (2406, LeaseRenewal::Worker),
         (6198, LeaseRenewal::Worker),
         (7043, LeaseRenewal::Worker),
+        (15383, LeaseRenewal::PerLease),
+        (18581, LeaseRenewal::PerLease),
+        (18581, LeaseRenewal::Worker),
     ];
     for (seed, renewal) in seeds {
         let config = SimConfig::new(renewal).with_fleet(8, 32);
