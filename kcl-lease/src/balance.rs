@@ -425,6 +425,45 @@ mod tests {
         assert!(!fresh.is_expired(&leases[0], FAILOVER, t0 + Duration::from_secs(1000)));
     }
 
+    /// A heartbeat row proves nothing about a lease whose owner renews it without heartbeats
+    /// (found by the simulator, seed 15383: such a process's id had a row written by a
+    /// duplicate, which stood still, and its leases were taken as a dead worker's while it
+    /// renewed them). A flag naming someone else (left by a former owner) changes nothing.
+    #[test]
+    fn a_lease_renewed_without_heartbeats_is_judged_by_its_counter_alone() {
+        let t0 = Instant::now();
+        let mut leases = table(&[Some("a"), Some("a")]);
+        leases[0].owner_without_heartbeat = Some("a".into());
+        leases[1].owner_without_heartbeat = Some("former".into());
+        let mut tracker = ExpiryTracker::new();
+        tracker.observe(&leases, t0);
+        tracker.set_owners(HashMap::from([(
+            "a".to_owned(),
+            WorkerStatus::Dead(LeaseRenewal::PerLease),
+        )]));
+        let soon = t0 + Duration::from_secs(1);
+        assert!(
+            !tracker.is_expired(&leases[0], FAILOVER, soon),
+            "the row of `a` is not this lease's"
+        );
+        assert!(
+            tracker.is_expired(&leases[1], FAILOVER, soon),
+            "judged by the heartbeat"
+        );
+        let plan = plan_takes(&leases, &tracker, &BTreeSet::new(), &config("b"), soon);
+        let taken: Vec<&str> = plan.take.iter().map(|l| l.lease_key.as_str()).collect();
+        assert_eq!(taken, ["shard-001"]);
+        // Its counter standing still for the failover time expires it, as for a Java worker.
+        let later = t0 + FAILOVER + Duration::from_secs(1);
+        assert!(tracker.is_expired(&leases[0], FAILOVER, later));
+        // During a hand-off the flag is about the previous owner.
+        let mut handing = leases[0].clone();
+        handing.lease_owner = Some("b".into());
+        handing.checkpoint_owner = Some("a".into());
+        assert!(!tracker.previous_owner_gone(&handing, FAILOVER, soon));
+        assert!(tracker.previous_owner_gone(&handing, FAILOVER, later));
+    }
+
     #[test]
     fn unowned_leases_are_taken_at_once_up_to_the_even_share() {
         let now = Instant::now();

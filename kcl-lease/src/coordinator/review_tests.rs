@@ -69,6 +69,8 @@ struct Lagging {
     inner: Arc<InMemoryLeaseStore>,
     stale_scan: Mutex<Option<Vec<Lease>>>,
     late_heartbeats: Mutex<Option<Duration>>,
+    /// Heartbeat writes are applied at once but answered this much later.
+    late_beats: Mutex<Option<Duration>>,
     /// The heartbeat table answers `Unsupported` (missing, or denied by IAM).
     heartbeats_unusable: std::sync::atomic::AtomicBool,
 }
@@ -79,6 +81,7 @@ impl Lagging {
             inner: inner.clone(),
             stale_scan: Mutex::new(None),
             late_heartbeats: Mutex::new(None),
+            late_beats: Mutex::new(None),
             heartbeats_unusable: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -105,7 +108,12 @@ impl LeaseStore for Lagging {
     }
     async fn put_heartbeat(&self, heartbeat: &WorkerHeartbeat, condition: HeartbeatCondition) -> Result<()> {
         self.heartbeats()?;
-        self.inner.put_heartbeat(heartbeat, condition).await
+        let result = self.inner.put_heartbeat(heartbeat, condition).await;
+        let late = *lock(&self.late_beats);
+        if let Some(late) = late {
+            tokio::time::sleep(late).await;
+        }
+        result
     }
     async fn list_heartbeats(&self, consistent: bool) -> Result<Vec<WorkerHeartbeat>> {
         self.heartbeats()?;
@@ -750,4 +758,72 @@ async fn a_thief_that_leaves_before_the_hand_off_does_not_free_the_lease() {
         c.held().iter().all(|l| l.key() != stolen.key()),
         "c took a lease its previous owner still processes"
     );
+}
+
+/// Found by the simulator (seed 18581 at 8 workers, 32 shards, per-lease renewal): a process
+/// whose heartbeats had landed in the table but timed out (so none had succeeded for it) went
+/// on without heartbeats when the table then became unusable, renewing per lease, while the
+/// others judged its id by the row that had landed, saw it stand still and took the leases it
+/// processed. A heartbeat table that answered once (even late) is in use: its being unusable
+/// later is a failed heartbeat, never a switch.
+#[tokio::test(start_paused = true)]
+async fn a_heartbeat_table_that_answered_is_never_given_up_for_coordinating_without_it() {
+    let memory = table(4);
+    let lagging = Lagging::new(&memory);
+    *lock(&lagging.late_beats) = Some(Duration::from_secs(30));
+    let (a, _a_rx) = worker(lagging.clone(), "a", LeaseRenewal::PerLease);
+    a.liveness.set_starting(); // as the run loop does: invalid until a heartbeat succeeds
+    a.heartbeat().await; // applied, answered too late
+    assert_eq!(
+        memory.list_heartbeats(true).await.unwrap().len(),
+        1,
+        "the row landed"
+    );
+    *lock(&lagging.late_beats) = None;
+    lagging
+        .heartbeats_unusable
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..12 {
+        a.heartbeat().await;
+        let _ = a.take_round().await;
+        step(500).await;
+    }
+    assert!(
+        !a.liveness.unsupported(),
+        "a did not switch to coordinating without heartbeats"
+    );
+    assert!(a.held().is_empty(), "a takes nothing: {:?}", a.held());
+}
+
+/// Found by the simulator (seed 15383 at 8 workers, 32 shards, per-lease renewal): a process
+/// that cannot use the heartbeat table renews its leases per lease; a heartbeat row under its
+/// worker id (a former process's, or a second process's with the same id) stood still, and
+/// the others took its leases as a dead worker's while it processed them. Its renewals now
+/// say so in the rows (`ownerWithoutHeartbeat`), and a heartbeat row proves nothing about
+/// such a lease: it is judged by its counter.
+#[tokio::test(start_paused = true)]
+async fn leases_renewed_without_heartbeats_are_not_judged_by_a_heartbeat_row_of_the_same_id() {
+    let memory = table(4);
+    let (former, _former_rx) = worker(memory.clone(), "a", LeaseRenewal::PerLease);
+    former.heartbeat().await; // a row under "a" that will stand still
+    let lagging = Lagging::new(&memory);
+    lagging
+        .heartbeats_unusable
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (a, _a_rx) = worker(lagging.clone(), "a", LeaseRenewal::PerLease);
+    a.heartbeat().await;
+    assert!(a.liveness.unsupported(), "a coordinates without heartbeats");
+    assert_eq!(a.take_round().await.unwrap(), 4);
+    for row in memory.list().await.unwrap() {
+        assert_eq!(row.owner_without_heartbeat.as_deref(), Some("a"), "{row:?}");
+    }
+    let (b, _b_rx) = worker(memory.clone(), "b", LeaseRenewal::PerLease);
+    b.heartbeat().await;
+    b.read_heartbeats(true).await;
+    for _ in 0..32 {
+        let both = a_keeps_b_watches(&a, &b, 250).await;
+        assert!(both.is_empty(), "two workers process {both:?}");
+    }
+    // b steals its even share at most (it did not take everything as a dead worker's).
+    assert!(b.held().len() <= 2, "b holds {:?}", b.held());
 }

@@ -482,6 +482,8 @@ fn placeholder(attribute: &'static str) -> &'static str {
         schema::CHECKPOINT_OWNER => "#co",
         schema::STARTING_HASH_KEY => "#shk",
         schema::ENDING_HASH_KEY => "#ehk",
+        schema::THROUGHPUT_KBPS => "#tp",
+        schema::OWNER_WITHOUT_HEARTBEAT => "#nohb",
         _ => "#x",
     }
 }
