@@ -118,6 +118,9 @@ fn load_config(args: &Args) -> Result<MultiLangConfig> {
     for key in &config.ignored {
         info!(%key, "property of the Java daemon without effect here; ignored");
     }
+    for (key, note) in &config.notes {
+        info!(%key, "Java KCL 3.5 property accepted: {note}");
+    }
     if args.log_configuration.is_some() {
         info!("-l (logback configuration) ignored; set RUST_LOG to choose what is logged");
     }

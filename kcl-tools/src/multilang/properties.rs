@@ -255,9 +255,28 @@ pub struct MultiLangConfig {
     pub cloudwatch_endpoint: Option<String>,
     /// Keys of the Java daemon accepted without effect here.
     pub ignored: Vec<String>,
+    /// Keys of the Java KCL 3.5 accepted (their values checked) with a word on what each does
+    /// here ([`JAVA_35_NOTES`]), for the daemon to log.
+    pub notes: Vec<(String, &'static str)>,
     /// Keys nobody knows.
     pub unknown: Vec<String>,
 }
+
+/// The Java KCL 3.5's coordinator properties: accepted and checked, with what each does here.
+pub const JAVA_35_NOTES: &[(&str, &str)] = &[
+    (
+        "leaseTableScanTotalSegments",
+        "no effect here: the lease table is scanned only when the coordination needs it (the workers watch each other's heartbeat rows instead), in one paginated scan",
+    ),
+    (
+        "migrateAllEntitiesToLeaseTable",
+        "nothing to migrate here: this daemon keeps its worker heartbeats in its own table and reads only the lease rows of the lease table; a Java 3.5 worker's other rows (worker metrics, leader, migration state) are left alone",
+    ),
+    (
+        "tableMigrationCompleteBakeTimeSeconds",
+        "no table migration runs here (see migrateAllEntitiesToLeaseTable)",
+    ),
+];
 
 /// Keys the Java daemon knows that have no effect here.
 const IGNORED: &[&str] = &[
@@ -471,12 +490,21 @@ impl MultiLangConfig {
             .number("timeoutInSeconds", 1, u64::MAX)?
             .map(Duration::from_secs);
         let metrics = Self::metrics(&r)?;
+        // The Java 3.5 keys: bad values are refused as the Java KCL refuses them.
+        r.number("leaseTableScanTotalSegments", 1, i32::MAX as u64)?;
+        r.boolean("migrateAllEntitiesToLeaseTable")?;
+        r.number("tableMigrationCompleteBakeTimeSeconds", 0, i64::MAX as u64)?;
+        let notes = JAVA_35_NOTES
+            .iter()
+            .filter(|(key, _)| props.contains_key(*key))
+            .map(|(key, note)| ((*key).to_owned(), *note))
+            .collect();
         let mut ignored = Vec::new();
         let mut unknown = Vec::new();
         for key in props.keys() {
             if IGNORED.contains(&key.as_str()) {
                 ignored.push(key.clone());
-            } else if !KNOWN.contains(&key.as_str()) {
+            } else if !KNOWN.contains(&key.as_str()) && !JAVA_35_NOTES.iter().any(|(k, _)| k == key) {
                 unknown.push(key.clone());
             }
         }
@@ -504,6 +532,7 @@ impl MultiLangConfig {
             metrics,
             cloudwatch_endpoint: r.endpoint("cloudWatchEndpoint")?,
             ignored,
+            notes,
             unknown,
         })
     }
@@ -631,6 +660,42 @@ mod tests {
         // DEFAULT retrieval without polling keys is fan-out, as in the Java daemon.
         assert!(matches!(c.retrieval, RetrievalMode::FanOut(_)));
         assert!(c.ignored.is_empty() && c.unknown.is_empty());
+    }
+
+    /// The Java KCL 3.5's coordinator keys are accepted with a note each (not "unknown"), and
+    /// their values are checked as the Java KCL checks them.
+    #[test]
+    fn java_35_properties_are_accepted_with_a_note_and_checked() {
+        let text = format!(
+            "{MINIMAL}leaseTableScanTotalSegments = 4\nmigrateAllEntitiesToLeaseTable = true\n\
+             tableMigrationCompleteBakeTimeSeconds = 3600\n"
+        );
+        let c = MultiLangConfig::parse(&text).unwrap();
+        assert!(c.unknown.is_empty(), "{:?}", c.unknown);
+        let keys: Vec<&str> = c.notes.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "leaseTableScanTotalSegments",
+                "migrateAllEntitiesToLeaseTable",
+                "tableMigrationCompleteBakeTimeSeconds"
+            ]
+        );
+        assert!(c.notes.iter().all(|(_, note)| !note.is_empty()));
+        for bad in [
+            "leaseTableScanTotalSegments = 0",
+            "migrateAllEntitiesToLeaseTable = maybe",
+            "tableMigrationCompleteBakeTimeSeconds = -1",
+        ] {
+            let text = format!("{MINIMAL}{bad}\n");
+            assert!(
+                matches!(
+                    MultiLangConfig::parse(&text),
+                    Err(PropertiesError::BadValue { .. })
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
