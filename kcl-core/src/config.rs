@@ -53,6 +53,10 @@ pub struct FanOutConfig {
     /// the end itself; emulators such as kinesis-mock (LocalStack's Kinesis) never do, and
     /// without the check the children of a resharded shard would wait forever.
     pub end_probe_interval: Duration,
+    /// Resource tags set on the consumer when this application registers it (none by default;
+    /// with tags the credentials need `kinesis:TagResource` too). A consumer registered
+    /// already keeps its tags.
+    pub tags: crate::backend::ConsumerTags,
 }
 
 impl Default for FanOutConfig {
@@ -62,6 +66,7 @@ impl Default for FanOutConfig {
             subscription_renewal: Duration::from_secs(290),
             idle_timeout: Duration::from_secs(60),
             end_probe_interval: Duration::from_secs(10),
+            tags: crate::backend::ConsumerTags::new(),
         }
     }
 }
@@ -86,6 +91,13 @@ impl FanOutConfig {
     #[must_use]
     pub fn idle_timeout(mut self, after: Duration) -> Self {
         self.idle_timeout = after;
+        self
+    }
+
+    /// Adds a resource tag to set on the consumer when it is registered (builder style).
+    #[must_use]
+    pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.tags.insert(key.into(), value.into());
         self
     }
 

@@ -64,7 +64,10 @@ async fn a_fan_out_worker_reads_kinesis_local_through_the_sdk() {
     let consumer = backend.describe_consumer(&stream, &app).await.expect("consumer");
     assert_eq!(consumer.status, ConsumerStatus::Active);
     assert_eq!(
-        backend.register_consumer(&stream, &app).await.expect("again"),
+        backend
+            .register_consumer(&stream, &app, &Default::default())
+            .await
+            .expect("again"),
         consumer
     );
     // The emulator allows one subscription per consumer and shard: the worker holds them all.

@@ -202,3 +202,99 @@ async fn a_missing_stream_fails_at_start_in_fan_out_mode() {
         "{result:?}"
     );
 }
+
+/// A stream at its limit of registered consumers: the worker stops at once with a typed error
+/// that says so (not a retry loop); the application's own consumer, registered already, is
+/// used whatever the count.
+#[tokio::test]
+async fn a_stream_at_its_consumer_limit_fails_at_start_unless_ours_is_registered() {
+    let local = LocalBackend::builder().max_consumers(3).build();
+    local.create_stream(STREAM, 1).unwrap();
+    for name in ["other-1", "other-2", "other-3"] {
+        local
+            .register_consumer(STREAM, name, &Default::default())
+            .await
+            .unwrap();
+    }
+    let log = Log::default();
+    let run = |name: &str| {
+        fast(
+            "a",
+            local.clone(),
+            InMemoryLeaseStore::new(),
+            &log,
+            Duration::from_secs(3),
+        )
+        .retrieval(RetrievalMode::FanOut(FanOutConfig::named(name)))
+        .build()
+        .unwrap()
+    };
+    let result = tokio::time::timeout(LIMIT, run("mine").run(std::future::pending())).await;
+    match result {
+        Ok(Err(KclError::Backend(e @ BackendError::ConsumerLimit(_)))) => {
+            let message = e.to_string();
+            assert!(message.contains("3 registered consumers"), "{message}");
+            assert!(
+                message.contains("deregister one, or read by polling"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // A consumer registered already counts as ours.
+    let scheduler = run("other-2").spawn();
+    produce(&local, 1, 1, &mut BTreeMap::new()).await;
+    wait_until(LIMIT, "the record", || log.wait_count() == 1).await;
+    scheduler.shutdown().await.unwrap();
+}
+
+/// A stream that is `UPDATING` (a record-size or warm-throughput change) is read as usual; the
+/// consumer it refuses to register meanwhile is registered once the update is done, and the
+/// tags of the application's consumer are set at registration.
+#[tokio::test(start_paused = true)]
+async fn an_updating_stream_is_read_and_the_consumer_registered_after_the_update() {
+    let local = LocalBackend::builder()
+        .update_duration(Duration::from_secs(20))
+        .build();
+    local.create_stream(STREAM, 2).unwrap();
+    local.update_max_record_size(STREAM, 10240).unwrap();
+    assert_eq!(local.stream_status(STREAM).unwrap(), "UPDATING");
+    let store = InMemoryLeaseStore::new();
+    let log = Log::default();
+    let mut produced = BTreeMap::new();
+    produce(&local, 8, 5, &mut produced).await;
+    // Polling reads an UPDATING stream as usual.
+    let polling = fast("p", local.clone(), store.clone(), &log, Duration::from_secs(3))
+        .build()
+        .unwrap()
+        .spawn();
+    wait_until(LIMIT, "polled while UPDATING", || log.wait_count() == 40).await;
+    assert_eq!(local.stream_status(STREAM).unwrap(), "UPDATING");
+    polling.shutdown().await.unwrap();
+    // Fan-out: registration is refused while UPDATING, then succeeds.
+    let fan_out_log = Log::default();
+    let fan_out = fast(
+        "f",
+        local.clone(),
+        InMemoryLeaseStore::new(),
+        &fan_out_log,
+        Duration::from_secs(3),
+    )
+    .retrieval(RetrievalMode::FanOut(
+        FanOutConfig::named("tagged")
+            .tag("team", "payments")
+            .tag("env", "test"),
+    ))
+    .build()
+    .unwrap()
+    .spawn();
+    wait_until(LIMIT, "read by fan-out after the update", || {
+        fan_out_log.wait_count() == 40
+    })
+    .await;
+    assert_eq!(local.stream_status(STREAM).unwrap(), "ACTIVE");
+    let tags = local.consumer_tags(STREAM, "tagged").unwrap();
+    assert_eq!(tags.get("team").map(String::as_str), Some("payments"));
+    assert_eq!(tags.get("env").map(String::as_str), Some("test"));
+    fan_out.shutdown().await.unwrap();
+}

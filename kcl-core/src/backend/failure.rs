@@ -13,8 +13,8 @@ pub use kcl_lease::fault::Trigger;
 use kcl_lease::fault::{FaultKind, Injector, Plan, Rule};
 
 use super::{
-    BackendError, BackendOp, GetRecordsOutput, IteratorPosition, ShardSubscription, StreamBackend,
-    StreamConsumer, SubscribeEvent,
+    BackendError, BackendOp, ConsumerTags, GetRecordsOutput, IteratorPosition, ShardSubscription,
+    StreamBackend, StreamConsumer, SubscribeEvent,
 };
 use crate::record::Shard;
 use crate::stream_arn::StreamArn;
@@ -209,9 +209,10 @@ impl<B: StreamBackend> StreamBackend for FailureBackend<B> {
         &self,
         stream: &str,
         consumer_name: &str,
+        tags: &ConsumerTags,
     ) -> Result<StreamConsumer, BackendError> {
         self.hook(BackendOp::RegisterConsumer).await?;
-        self.inner.register_consumer(stream, consumer_name).await
+        self.inner.register_consumer(stream, consumer_name, tags).await
     }
 
     async fn describe_consumer(

@@ -22,8 +22,8 @@ use bytes::Bytes;
 use tracing::debug;
 
 use crate::backend::{
-    BackendError, ConsumerStatus, GetRecordsOutput, IteratorPosition, ShardSubscription, StreamBackend,
-    StreamConsumer, SubscribeEvent,
+    BackendError, ConsumerStatus, ConsumerTags, GetRecordsOutput, IteratorPosition, ShardSubscription,
+    StreamBackend, StreamConsumer, SubscribeEvent,
 };
 use crate::error::ErrorChain;
 use crate::record::{ChildShard, HashKeyRange, Record, SequenceNumber, Shard};
@@ -292,6 +292,45 @@ impl KinesisBackend {
         Ok(self.summary(stream).await?.stream_arn().to_owned())
     }
 
+    /// What a `LimitExceededException` of `RegisterStreamConsumer` means: the consumer may be
+    /// registered already (by another worker: it is used); else either a transient limit (5
+    /// calls per second per account, 5 consumers `CREATING` at once: [`BackendError::Throttled`],
+    /// retried) or the stream's limit of registered consumers, told apart by the stream's
+    /// consumer count: 50 is every stream's most (On-demand Advantage), 20 a provisioned
+    /// stream's ([`BackendError::ConsumerLimit`]). An on-demand stream with 20 to 49 consumers
+    /// may be Standard (limit 20) or Advantage: retried, with the count in the error.
+    async fn consumer_limit<E: std::fmt::Display>(
+        &self,
+        stream: &str,
+        consumer_name: &str,
+        err: &E,
+    ) -> BackendError {
+        if let Ok(consumer) = self.describe_consumer(stream, consumer_name).await {
+            return BackendError::Throttled(format!(
+                "consumer {consumer_name} registered meanwhile ({:?}): {err}",
+                consumer.status
+            ));
+        }
+        let Ok(summary) = self.summary(stream).await else {
+            return BackendError::Throttled(format!("RegisterStreamConsumer: {err}"));
+        };
+        let count = summary.consumer_count().unwrap_or(0);
+        let provisioned = summary
+            .stream_mode_details()
+            .is_some_and(|m| *m.stream_mode() == aws_sdk_kinesis::types::StreamMode::Provisioned);
+        if count >= 50 || (provisioned && count >= 20) {
+            return BackendError::ConsumerLimit(format!(
+                "stream {stream} has {count} registered consumers ({err})"
+            ));
+        }
+        if count >= 20 {
+            return BackendError::Throttled(format!(
+                "RegisterStreamConsumer: {err}; stream {stream} has {count} registered consumers (an On-demand Standard stream allows 20)"
+            ));
+        }
+        BackendError::Throttled(format!("RegisterStreamConsumer: {err}"))
+    }
+
     /// `DescribeStreamSummary` of the stream.
     async fn summary(
         &self,
@@ -507,13 +546,16 @@ impl StreamBackend for KinesisBackend {
         &self,
         stream: &str,
         consumer_name: &str,
+        tags: &ConsumerTags,
     ) -> Result<StreamConsumer, BackendError> {
         let stream_arn = self.stream_arn(stream).await?;
+        let tags = (!tags.is_empty()).then(|| tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
         let registered = self
             .client
             .register_stream_consumer()
             .stream_arn(&stream_arn)
             .consumer_name(consumer_name)
+            .set_tags(tags)
             .send()
             .await;
         match registered {
@@ -527,10 +569,23 @@ impl StreamBackend for KinesisBackend {
                     c.consumer_status(),
                 ))
             }
-            // Registered already (by us earlier, or another worker of the application).
+            // Registered already (by us earlier, or another worker of the application); or the
+            // stream is not ACTIVE (UPDATING: a record-size or warm-throughput change), which
+            // refuses new consumers for a while: retried.
             Err(e) if e.code() == Some("ResourceInUseException") => {
-                debug!(consumer_name, "consumer registered already");
-                self.describe_consumer(stream, consumer_name).await
+                match self.describe_consumer(stream, consumer_name).await {
+                    Err(BackendError::ConsumerNotFound(_)) => Err(BackendError::ResourceInUse(format!(
+                        "stream {stream} refuses new consumers now (not ACTIVE: {})",
+                        ErrorChain(&e)
+                    ))),
+                    other => {
+                        debug!(consumer_name, "consumer registered already");
+                        other
+                    }
+                }
+            }
+            Err(e) if e.code() == Some("LimitExceededException") => {
+                Err(self.consumer_limit(stream, consumer_name, &e).await)
             }
             Err(e) => Err(self.map(e, Context::Consumer(consumer_name))),
         }

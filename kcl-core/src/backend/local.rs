@@ -35,7 +35,8 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::{
-    BackendError, GetRecordsOutput, IteratorPosition, ShardSubscription, StreamBackend, StreamConsumer,
+    BackendError, ConsumerTags, GetRecordsOutput, IteratorPosition, ShardSubscription, StreamBackend,
+    StreamConsumer,
 };
 use crate::record::Shard;
 use kcl_lease::StreamIdentifier;
@@ -90,6 +91,8 @@ pub struct LocalBackendBuilder {
     retention: Duration,
     consumer_activation: Duration,
     subscription_duration: Duration,
+    max_consumers: usize,
+    update_duration: Duration,
 }
 
 impl Default for LocalBackendBuilder {
@@ -101,6 +104,8 @@ impl Default for LocalBackendBuilder {
             retention: DEFAULT_RETENTION,
             consumer_activation: Duration::ZERO,
             subscription_duration: fan_out::DEFAULT_SUBSCRIPTION_DURATION,
+            max_consumers: fan_out::DEFAULT_MAX_CONSUMERS,
+            update_duration: Duration::ZERO,
         }
     }
 }
@@ -124,6 +129,25 @@ impl LocalBackendBuilder {
     #[must_use]
     pub fn latency(mut self, latency: Duration) -> Self {
         self.latency = latency;
+        self
+    }
+
+    /// How many fan-out consumers a stream accepts (default 20, as provisioned and On-demand
+    /// Standard streams on Kinesis; On-demand Advantage streams accept 50). Registering one more
+    /// fails with [`BackendError::ConsumerLimit`].
+    #[must_use]
+    pub fn max_consumers(mut self, n: usize) -> Self {
+        self.max_consumers = n;
+        self
+    }
+
+    /// How long a stream stays `UPDATING` after an update (`update_max_record_size`), as Kinesis
+    /// keeps it for a while (default zero: the update is immediate). Records are put and read as
+    /// usual meanwhile; registering a new fan-out consumer and another update are refused with
+    /// [`BackendError::ResourceInUse`].
+    #[must_use]
+    pub fn update_duration(mut self, d: Duration) -> Self {
+        self.update_duration = d;
         self
     }
 
@@ -304,10 +328,11 @@ impl StreamBackend for LocalBackend {
         &self,
         stream: &str,
         consumer_name: &str,
+        tags: &ConsumerTags,
     ) -> Result<StreamConsumer, BackendError> {
         self.count(BackendOp::RegisterConsumer);
         self.simulate_latency().await;
-        self.register_consumer_now(stream, consumer_name)
+        self.register_consumer_now(stream, consumer_name, tags)
     }
 
     async fn describe_consumer(

@@ -97,6 +97,14 @@ pub enum BackendError {
     /// allowed: `KMSDisabledException`, `KMSAccessDeniedException`, ...). Fatal.
     #[error("the stream's KMS key cannot be used: {0}")]
     Kms(String),
+    /// The stream has as many registered enhanced fan-out consumers as it allows (20 on
+    /// provisioned and On-demand Standard streams, 50 on On-demand Advantage ones), and the
+    /// application's is not one of them. Fatal for the stream: deregister an unused consumer, or
+    /// read by polling.
+    #[error(
+        "the stream has as many fan-out consumers as it allows: {0}; deregister one, or read by polling"
+    )]
+    ConsumerLimit(String),
     /// Anything else: transport failures, service errors, permissions.
     #[error("backend error: {0}")]
     Other(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -113,7 +121,7 @@ impl BackendError {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            Self::AccessDenied(_) | Self::Kms(_) | Self::StreamNotFound(_)
+            Self::AccessDenied(_) | Self::Kms(_) | Self::StreamNotFound(_) | Self::ConsumerLimit(_)
         )
     }
 
@@ -122,6 +130,9 @@ impl BackendError {
         Self::Other(msg.into().into())
     }
 }
+
+/// The resource tags of an enhanced fan-out consumer, set when it is registered.
+pub type ConsumerTags = std::collections::BTreeMap<String, String>;
 
 /// The state of an enhanced fan-out consumer (`ConsumerStatus`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -235,14 +246,18 @@ pub trait StreamBackend: Send + Sync + 'static {
         ))
     }
 
-    /// Registers an enhanced fan-out consumer on `stream`, or returns the one registered under
-    /// that name already (idempotent). It may still be [`ConsumerStatus::Creating`].
+    /// Registers an enhanced fan-out consumer on `stream` with `tags` (the consumer's resource
+    /// tags, set at registration; none when empty), or returns the one registered under that
+    /// name already (idempotent; its tags are left as they are). It may still be
+    /// [`ConsumerStatus::Creating`]. A stream that is not `ACTIVE` (`UPDATING`) refuses new
+    /// consumers for a while: [`BackendError::ResourceInUse`], retried by the caller.
     async fn register_consumer(
         &self,
         stream: &str,
         consumer_name: &str,
+        tags: &ConsumerTags,
     ) -> Result<StreamConsumer, BackendError> {
-        let _ = (stream, consumer_name);
+        let _ = (stream, consumer_name, tags);
         Err(BackendError::Unsupported(
             "enhanced fan-out (RegisterStreamConsumer)".into(),
         ))
@@ -306,8 +321,9 @@ impl<T: StreamBackend + ?Sized> StreamBackend for Arc<T> {
         &self,
         stream: &str,
         consumer_name: &str,
+        tags: &ConsumerTags,
     ) -> Result<StreamConsumer, BackendError> {
-        (**self).register_consumer(stream, consumer_name).await
+        (**self).register_consumer(stream, consumer_name, tags).await
     }
     async fn describe_consumer(
         &self,

@@ -28,7 +28,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{
-    BackendError, GetRecordsOutput, IteratorPosition, ShardSubscription, StreamBackend, StreamConsumer,
+    BackendError, ConsumerTags, GetRecordsOutput, IteratorPosition, ShardSubscription, StreamBackend,
+    StreamConsumer,
 };
 use crate::record::Shard;
 use crate::stream_arn::StreamArn;
@@ -135,9 +136,10 @@ impl StreamBackend for RoutingBackend {
         &self,
         stream: &str,
         consumer_name: &str,
+        tags: &ConsumerTags,
     ) -> Result<StreamConsumer, BackendError> {
         self.backend(stream)?
-            .register_consumer(stream, consumer_name)
+            .register_consumer(stream, consumer_name, tags)
             .await
     }
 
@@ -195,7 +197,10 @@ mod tests {
         assert_eq!(read_one(&b, "orders").await.unwrap(), [&b"o"[..]]);
         assert_eq!(read_one(&b, "payments").await.unwrap(), [&b"p"[..]]);
         assert_eq!(b.list_shards("payments").await.unwrap().len(), 1);
-        let consumer = b.register_consumer("payments", "app").await.unwrap();
+        let consumer = b
+            .register_consumer("payments", "app", &ConsumerTags::new())
+            .await
+            .unwrap();
         assert_eq!(
             b.describe_consumer("payments", "app").await.unwrap().arn,
             consumer.arn

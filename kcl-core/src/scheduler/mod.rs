@@ -358,12 +358,16 @@ impl Scheduler {
 
             // Enhanced fan-out: the consumer is registered (and active) before leases are taken,
             // so that a configuration that cannot work fails here rather than in every shard.
+            let tags = match &self.config.retrieval {
+                crate::config::RetrievalMode::FanOut(f) => f.tags.clone(),
+                _ => Default::default(),
+            };
             let consumers = match self.config.fan_out_consumer_name() {
                 None => None,
                 // Several streams: each stream's consumer is registered by its first reader.
-                Some(name) if self.tracker.is_some() => Some(Arc::new(ConsumerRegistry::new(name))),
+                Some(name) if self.tracker.is_some() => Some(Arc::new(ConsumerRegistry::new(name, tags))),
                 Some(name) => {
-                    let registry = Arc::new(ConsumerRegistry::new(name));
+                    let registry = Arc::new(ConsumerRegistry::new(name, tags));
                     tokio::select! {
                         () = &mut shutdown => {
                             background.shutdown().await;

@@ -24,7 +24,8 @@ use tracing::{debug, info, warn};
 
 use super::fetch::{FetchConfig, Fetched, Unpacker};
 use crate::backend::{
-    BackendError, ConsumerStatus, IteratorPosition, ShardSubscription, StreamBackend, SubscribeEvent,
+    BackendError, ConsumerStatus, ConsumerTags, IteratorPosition, ShardSubscription, StreamBackend,
+    SubscribeEvent,
 };
 use crate::backoff::{Backoff, Policy};
 use crate::config::FanOutConfig;
@@ -34,13 +35,15 @@ use crate::record::{ExtendedSequenceNumber, SequenceNumber};
 #[derive(Debug)]
 pub(crate) struct ConsumerRegistry {
     name: String,
+    tags: ConsumerTags,
     arns: tokio::sync::Mutex<HashMap<String, String>>,
 }
 
 impl ConsumerRegistry {
-    pub(crate) fn new(name: impl Into<String>) -> Self {
+    pub(crate) fn new(name: impl Into<String>, tags: ConsumerTags) -> Self {
         Self {
             name: name.into(),
+            tags,
             arns: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -56,14 +59,14 @@ impl ConsumerRegistry {
         if let Some(arn) = arns.get(stream) {
             return Ok(arn.clone());
         }
-        let mut consumer = backend.register_consumer(stream, &self.name).await?;
+        let mut consumer = backend.register_consumer(stream, &self.name, &self.tags).await?;
         let mut delays = Backoff::new(Policy::Consumer);
         while consumer.status != ConsumerStatus::Active {
             debug!(consumer = %self.name, status = ?consumer.status, "waiting for the fan-out consumer to become active");
             tokio::time::sleep(delays.next_delay()).await;
             consumer = match consumer.status {
                 // Being deleted (by an operator): register it again once it is gone.
-                ConsumerStatus::Deleting => backend.register_consumer(stream, &self.name).await?,
+                ConsumerStatus::Deleting => backend.register_consumer(stream, &self.name, &self.tags).await?,
                 _ => backend.describe_consumer(stream, &self.name).await?,
             };
         }

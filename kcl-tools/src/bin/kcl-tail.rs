@@ -94,6 +94,10 @@ struct Args {
     /// The fan-out consumer's name (with --fan-out). Default: the application name.
     #[arg(long, requires = "fan_out")]
     consumer_name: Option<String>,
+    /// A resource tag KEY=VALUE set on the fan-out consumer when kcl-tail registers it
+    /// (repeatable; with --fan-out; the credentials then need kinesis:TagResource too).
+    #[arg(long = "consumer-tag", value_name = "KEY=VALUE", value_parser = parse_tag, requires = "fan_out")]
+    consumer_tags: Vec<(String, String)>,
     /// AWS region (default: the SDK's chain: AWS_REGION, profile, IMDS).
     #[arg(long)]
     region: Option<String>,
@@ -412,10 +416,14 @@ fn configure(args: &Args, application: &str, out: &Arc<Output>) -> SchedulerBuil
             skipped: false,
         });
     if args.fan_out {
-        builder = builder.retrieval(RetrievalMode::FanOut(match &args.consumer_name {
+        let mut fan_out = match &args.consumer_name {
             Some(name) => FanOutConfig::named(name.clone()),
             None => FanOutConfig::default(),
-        }));
+        };
+        for (key, value) in &args.consumer_tags {
+            fan_out = fan_out.tag(key.clone(), value.clone());
+        }
+        builder = builder.retrieval(RetrievalMode::FanOut(fan_out));
     }
     if let Some(id) = &args.worker_id {
         builder = builder.worker_id(id.clone());
@@ -715,6 +723,21 @@ async fn run() -> Result<()> {
     result
 }
 
+/// Parses `--consumer-tag KEY=VALUE`: a tag key of 1 to 128 characters, a value of up to 256
+/// (Kinesis' limits).
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))?;
+    if key.is_empty() || key.chars().count() > 128 {
+        return Err(format!("{s:?}: a tag key has 1 to 128 characters"));
+    }
+    if value.chars().count() > 256 {
+        return Err(format!("{s:?}: a tag value has at most 256 characters"));
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -747,5 +770,18 @@ mod tests {
             two.starts_with("--stream-arn arn:aws:kinesis:us-west-2:111122223333:stream/b names region us-west-2 but --stream-arn arn:aws:kinesis:us-east-5:111122223333:stream/a names us-east-5"),
             "{two}"
         );
+    }
+
+    #[test]
+    fn consumer_tags_parse_as_key_value() {
+        assert_eq!(
+            parse_tag("team=payments").unwrap(),
+            ("team".to_owned(), "payments".to_owned())
+        );
+        assert_eq!(parse_tag("empty=").unwrap(), ("empty".to_owned(), String::new()));
+        assert_eq!(parse_tag("a=b=c").unwrap(), ("a".to_owned(), "b=c".to_owned()));
+        assert!(parse_tag("novalue").is_err());
+        assert!(parse_tag("=v").is_err());
+        assert!(parse_tag(&format!("{}=v", "k".repeat(129))).is_err());
     }
 }

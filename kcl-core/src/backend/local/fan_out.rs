@@ -19,10 +19,14 @@ use tokio::time::Instant;
 use super::stream::sequence_number;
 use super::{invalid, shard_not_found, trunc, LocalBackend, LOCAL_ACCOUNT, MAX_GET_RECORDS};
 use crate::backend::{
-    BackendError, ConsumerStatus, IteratorPosition, ShardSubscription, StreamConsumer, SubscribeEvent,
+    BackendError, ConsumerStatus, ConsumerTags, IteratorPosition, ShardSubscription, StreamConsumer,
+    SubscribeEvent,
 };
 use crate::record::SequenceNumber;
 
+/// How many consumers a stream accepts by default, as provisioned and On-demand Standard
+/// streams on Kinesis.
+pub(super) const DEFAULT_MAX_CONSUMERS: usize = 20;
 /// How long a subscription lasts by default, as on Kinesis.
 pub(super) const DEFAULT_SUBSCRIPTION_DURATION: Duration = Duration::from_secs(5 * 60);
 /// A second subscription to the same shard by the same consumer sooner than this is refused.
@@ -34,6 +38,7 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 pub(super) struct LocalConsumer {
     arn: String,
     registered: Instant,
+    tags: ConsumerTags,
 }
 
 /// The live subscription of one consumer to one shard.
@@ -61,6 +66,7 @@ impl LocalBackend {
         &self,
         stream: &str,
         name: &str,
+        tags: &ConsumerTags,
     ) -> Result<StreamConsumer, BackendError> {
         let valid = (1..=128).contains(&name.len())
             && name
@@ -69,7 +75,17 @@ impl LocalBackend {
         if !valid {
             return Err(invalid(format!("invalid consumer name {:?}", trunc(name))));
         }
+        let max = self.inner.config.max_consumers;
         self.with_stream(stream, |s, now| {
+            if !s.consumers.contains_key(name) {
+                s.refuse_while_updating(stream, now, "RegisterStreamConsumer")?;
+                if s.consumers.len() >= max {
+                    return Err(BackendError::ConsumerLimit(format!(
+                        "stream {stream} has {} registered consumers, the most it allows",
+                        s.consumers.len()
+                    )));
+                }
+            }
             let id = self
                 .inner
                 .next_id
@@ -82,8 +98,20 @@ impl LocalBackend {
                         "arn:aws:kinesis:local:{LOCAL_ACCOUNT}:stream/{stream}/consumer/{name}:{id}"
                     ),
                     registered: now,
+                    tags: tags.clone(),
                 });
             Ok(self.consumer_view(name, consumer, now))
+        })
+    }
+
+    /// The tags `name` was registered with on `stream` (Kinesis' `ListTagsForResource` of the
+    /// consumer).
+    pub fn consumer_tags(&self, stream: &str, name: &str) -> Result<ConsumerTags, BackendError> {
+        self.with_stream(stream, |s, _| {
+            s.consumers
+                .get(name)
+                .map(|c| c.tags.clone())
+                .ok_or_else(|| BackendError::ConsumerNotFound(format!("{name} on stream {stream}")))
         })
     }
 
@@ -325,10 +353,42 @@ mod tests {
 
     const SHARD: &str = "shardId-000000000000";
 
+    /// The consumer limit refuses one consumer more (typed), never one registered already; an
+    /// `UPDATING` stream refuses new consumers until the update is done, and tags are kept.
+    #[tokio::test(start_paused = true)]
+    async fn the_consumer_limit_and_an_updating_stream_refuse_new_consumers() {
+        let b = LocalBackend::builder()
+            .max_consumers(2)
+            .update_duration(Duration::from_secs(10))
+            .build();
+        b.create_stream(S, 1).unwrap();
+        let tags: ConsumerTags = [("team".to_owned(), "a".to_owned())].into();
+        b.register_consumer(S, "one", &tags).await.unwrap();
+        b.update_max_record_size(S, 2048).unwrap();
+        assert!(matches!(
+            b.register_consumer(S, "two", &ConsumerTags::new()).await,
+            Err(BackendError::ResourceInUse(_))
+        ));
+        assert!(matches!(
+            b.update_max_record_size(S, 4096),
+            Err(BackendError::ResourceInUse(_))
+        ));
+        b.register_consumer(S, "one", &ConsumerTags::new()).await.unwrap();
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(b.stream_status(S).unwrap(), "ACTIVE");
+        b.register_consumer(S, "two", &ConsumerTags::new()).await.unwrap();
+        assert!(matches!(
+            b.register_consumer(S, "three", &ConsumerTags::new()).await,
+            Err(BackendError::ConsumerLimit(_))
+        ));
+        b.register_consumer(S, "two", &ConsumerTags::new()).await.unwrap();
+        assert_eq!(b.consumer_tags(S, "one").unwrap(), tags, "kept as registered");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn registration_is_idempotent_and_activates_after_a_while() {
         let b = backend();
-        let c = b.register_consumer(S, "app").await.unwrap();
+        let c = b.register_consumer(S, "app", &ConsumerTags::new()).await.unwrap();
         assert_eq!(c.status, ConsumerStatus::Creating);
         assert!(parse_consumer_arn(&c.arn) == Some((S, "app")), "{}", c.arn);
         assert!(matches!(
@@ -337,7 +397,7 @@ mod tests {
             Err(BackendError::ResourceInUse(_))
         ));
         tokio::time::advance(Duration::from_secs(2)).await;
-        let again = b.register_consumer(S, "app").await.unwrap();
+        let again = b.register_consumer(S, "app", &ConsumerTags::new()).await.unwrap();
         assert_eq!(again.arn, c.arn);
         assert_eq!(again.status, ConsumerStatus::Active);
         assert_eq!(b.describe_consumer(S, "app").await.unwrap(), again);
@@ -346,11 +406,11 @@ mod tests {
             Err(BackendError::ConsumerNotFound(_))
         ));
         assert!(matches!(
-            b.register_consumer("nope", "app").await,
+            b.register_consumer("nope", "app", &ConsumerTags::new()).await,
             Err(BackendError::StreamNotFound(_))
         ));
         assert!(matches!(
-            b.register_consumer(S, "bad name").await,
+            b.register_consumer(S, "bad name", &ConsumerTags::new()).await,
             Err(BackendError::InvalidArgument(_))
         ));
         assert!(matches!(
@@ -364,7 +424,7 @@ mod tests {
     async fn pushes_records_as_they_arrive_and_ends_after_its_duration() {
         let b = backend();
         put(&b, "old").await;
-        let c = b.register_consumer(S, "app").await.unwrap();
+        let c = b.register_consumer(S, "app", &ConsumerTags::new()).await.unwrap();
         tokio::time::advance(Duration::from_secs(2)).await;
         let mut sub = b
             .subscribe_to_shard(S, &c.arn, SHARD, &IteratorPosition::TrimHorizon)
@@ -407,7 +467,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn one_subscription_per_consumer_and_shard() {
         let b = backend();
-        let c = b.register_consumer(S, "app").await.unwrap();
+        let c = b.register_consumer(S, "app", &ConsumerTags::new()).await.unwrap();
         tokio::time::advance(Duration::from_secs(2)).await;
         let pos = IteratorPosition::Latest;
         let mut first = b.subscribe_to_shard(S, &c.arn, SHARD, &pos).await.unwrap();
@@ -416,7 +476,10 @@ mod tests {
             Err(BackendError::ResourceInUse(_))
         ));
         // Another consumer is independent.
-        let other = b.register_consumer(S, "other").await.unwrap();
+        let other = b
+            .register_consumer(S, "other", &ConsumerTags::new())
+            .await
+            .unwrap();
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(b.subscribe_to_shard(S, &other.arn, SHARD, &pos).await.is_ok());
         // After 5 seconds a new subscription takes over; the old one fails.
@@ -436,7 +499,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_end_of_a_closed_shard_carries_the_children() {
         let b = backend();
-        let c = b.register_consumer(S, "app").await.unwrap();
+        let c = b.register_consumer(S, "app", &ConsumerTags::new()).await.unwrap();
         tokio::time::advance(Duration::from_secs(2)).await;
         put(&b, "a").await;
         let mut sub = b

@@ -48,6 +48,7 @@ impl LocalBackend {
             consumers: BTreeMap::new(),
             subscriptions: BTreeMap::new(),
             max_record_bytes: MAX_RECORD_BYTES,
+            updating_until: None,
         };
         for range in even_ranges(shard_count) {
             stream.add_shard(range, None, None, self.inner.config.read_limits, now);
@@ -70,9 +71,21 @@ impl LocalBackend {
                 KIB.end()
             )));
         }
-        self.with_stream(stream, |s, _| {
+        let update = self.inner.config.update_duration;
+        self.with_stream(stream, |s, now| {
+            s.refuse_while_updating(stream, now, "UpdateMaxRecordSize")?;
             s.max_record_bytes = kib as usize * 1024;
+            s.updating_until = (!update.is_zero()).then(|| now + update);
             Ok(())
+        })
+    }
+
+    /// The stream's status as `DescribeStreamSummary` gives it: `UPDATING` for a while after an
+    /// update (see [`crate::backend::local::LocalBackendBuilder::update_duration`]), else
+    /// `ACTIVE`.
+    pub fn stream_status(&self, stream: &str) -> Result<&'static str, BackendError> {
+        self.with_stream(stream, |s, now| {
+            Ok(if s.is_updating(now) { "UPDATING" } else { "ACTIVE" })
         })
     }
 
@@ -135,6 +148,31 @@ pub(super) struct StreamState {
     pub(super) subscriptions: BTreeMap<(String, String), fan_out::Slot>,
     /// The largest record payload this stream accepts ([`MAX_RECORD_BYTES`] unless updated).
     pub(super) max_record_bytes: usize,
+    /// Until when the stream is `UPDATING` (after an update).
+    pub(super) updating_until: Option<Instant>,
+}
+
+impl StreamState {
+    /// Whether the stream is `UPDATING` at `now`.
+    pub(super) fn is_updating(&self, now: Instant) -> bool {
+        self.updating_until.is_some_and(|until| now < until)
+    }
+
+    /// Refuses `operation` while the stream is `UPDATING`, as Kinesis does
+    /// (`ResourceInUseException`).
+    pub(super) fn refuse_while_updating(
+        &self,
+        stream: &str,
+        now: Instant,
+        operation: &str,
+    ) -> Result<(), BackendError> {
+        if self.is_updating(now) {
+            return Err(BackendError::ResourceInUse(format!(
+                "{operation}: stream {stream} is UPDATING, not ACTIVE"
+            )));
+        }
+        Ok(())
+    }
 }
 
 pub(super) struct ShardState {
