@@ -18,6 +18,7 @@
 //!   lag, reset) and its tables.
 //! - [`multilang`]: `kcl-multilang`, the MultiLangDaemon protocol (properties, messages, the
 //!   child process driver).
+//! - [`lines`]: stdin read line by line with a bound (the tools' `--local` modes).
 //! - [`logging`]: the logging of every binary (text or JSON on stderr, colour only on a
 //!   terminal).
 //! - [`metrics`]: where the metrics go (Prometheus, CloudWatch as the Java KCL publishes them,
@@ -28,6 +29,7 @@
 //!   `kcl-tail`.
 
 pub mod admin;
+pub mod lines;
 pub mod logging;
 pub mod metrics;
 pub mod multilang;

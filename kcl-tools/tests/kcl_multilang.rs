@@ -1469,3 +1469,156 @@ fn first_starts(initialized: BTreeMap<String, Vec<(String, u64)>>) -> BTreeMap<S
         .map(|(shard, starts)| (shard, starts[0].clone()))
         .collect()
 }
+
+/// The peak resident set size of `pid` so far (`VmHWM`), in bytes; 0 once it is gone.
+fn peak_rss(pid: u32) -> usize {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The children of `pid` (Linux `/proc/PID/task/*/children`).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+                out.extend(list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            }
+        }
+    }
+    out
+}
+
+/// Records of 10 MiB (Kinesis' most since October 2025) through `kcl-multilang --local` and an
+/// unmodified kclpy processor: each record goes to the child as one JSON line of about 14 MB
+/// (base64) and every one arrives whole, checkpointed; the daemon's and the children's peak
+/// memory are measured and printed (run with `--nocapture`), the daemon's bounded per shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kclpy_gets_every_10_mib_record_whole_through_the_local_daemon() {
+    use tokio::io::AsyncWriteExt;
+    const MIB: usize = 1024 * 1024;
+    const RECORDS: usize = 6;
+    const SHARDS: usize = 2;
+    let command = kclpy_command("java-kcl/processor.py");
+    let dir = tests_dir().join("multilang").join(".run").join("large-records");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("run dir");
+    let props = dir.join("app.properties");
+    std::fs::write(
+        &props,
+        format!(
+            "executableName = {command}\nstreamName = big\napplicationName = large-records\n\
+             processingLanguage = python/3\nshutdownGraceMillis = 30000\n"
+        ),
+    )
+    .expect("properties");
+    let records_file = dir.join("records.jsonl");
+    let payload = |i: usize, len: usize| -> Vec<u8> {
+        let mut d = format!("rec-{i:08}").into_bytes();
+        d.extend((d.len()..len).map(|j| b'a' + ((j + i) % 26) as u8));
+        d
+    };
+    let mut daemon = Command::new(DAEMON)
+        .args([
+            "--local",
+            "--local-shards",
+            &SHARDS.to_string(),
+            "--local-max-record-kib",
+            "10240",
+        ])
+        .arg("--properties-file")
+        .arg(&props)
+        .current_dir(&dir)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env("KCL_JAVA_RECORDS", &records_file)
+        .env("KCL_JAVA_WORKER", "local")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("daemon.log")).expect("log"),
+        ))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kcl-multilang --local");
+    let pid = daemon.id().expect("pid");
+    let mut stdin = daemon.stdin.take().expect("stdin");
+    for i in 0..RECORDS {
+        stdin.write_all(&payload(i, 10 * MIB)).await.expect("stdin");
+        stdin.write_all(b"\n").await.expect("stdin");
+    }
+    stdin.flush().await.expect("stdin");
+    // Peaks are sampled while the records flow (a child's memory is gone once it exits).
+    let mut child_peaks: BTreeMap<u32, usize> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        for child in children_of(pid) {
+            let peak = peak_rss(child);
+            let entry = child_peaks.entry(child).or_default();
+            *entry = (*entry).max(peak);
+        }
+        let records: Vec<Event> = read_events(&records_file)
+            .into_iter()
+            .filter(|e| e.event == "record")
+            .collect();
+        if records.len() >= RECORDS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {RECORDS} records after 240 s; daemon log:\n{}",
+            records.len(),
+            std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let daemon_peak = peak_rss(pid);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let status = tokio::time::timeout(Duration::from_secs(60), daemon.wait())
+        .await
+        .expect("stops within 60 s")
+        .expect("wait");
+    assert!(status.success(), "kcl-multilang: {status:?}");
+    let events = read_events(&records_file);
+    let mut seen: Vec<usize> = Vec::new();
+    for e in events.iter().filter(|e| e.event == "record") {
+        let index: usize = e.data[4..12].parse().expect("index");
+        assert!(
+            e.data.as_bytes() == payload(index, 10 * MIB).as_slice(),
+            "record {index} arrived whole ({} bytes)",
+            e.data.len()
+        );
+        seen.push(index);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..RECORDS).collect::<Vec<_>>(), "every record once");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.event == "checkpoint" && e.error.is_none()),
+        "the children checkpointed"
+    );
+    // The local stream keeps the records in the daemon's process; the rest is the daemon's.
+    let stored = RECORDS * 10 * MIB;
+    let own = daemon_peak.saturating_sub(stored);
+    let child_peak = child_peaks.values().copied().max().unwrap_or(0);
+    eprintln!(
+        "kcl-multilang --local, {RECORDS} records of 10 MiB on {SHARDS} shards: daemon peak RSS {} MiB \
+         ({} MiB of it the stored records, {} MiB the rest: {} MiB per shard); \
+         kclpy child peak RSS {} MiB",
+        daemon_peak / MIB,
+        stored / MIB,
+        own / MIB,
+        own / SHARDS / MIB,
+        child_peak / MIB
+    );
+    assert!(own / SHARDS < 100 * MIB, "{} MiB per shard", own / SHARDS / MIB);
+}

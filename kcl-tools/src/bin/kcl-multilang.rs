@@ -12,6 +12,11 @@
 //! checkpoints are written), then the leases are released for the other workers. A child that
 //! fails only fails its shard, which is retried with a new child after a backoff.
 //!
+//! `--local` runs on the bundled in-process backend instead of AWS, to try a record processor
+//! without an account: the lines of stdin become records of a local stream named `streamName`
+//! (`--local-shards`, `--local-max-record-kib` up to 10 MiB records), read from the start
+//! (`TRIM_HORIZON`) with an in-memory lease table, until SIGTERM or SIGINT.
+//!
 //! Exit status: 0 after a graceful shutdown, 2 for a bad command line or properties file (one
 //! line on stderr says what is wrong), 1 for anything else. Logs go to stderr (`RUST_LOG`).
 
@@ -45,6 +50,18 @@ struct Args {
     /// as the Java daemon does, unless `metricsLevel = NONE`).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Run on the bundled in-process backend, without AWS: stdin lines become records of a
+    /// local stream named `streamName`, read from TRIM_HORIZON with an in-memory lease table,
+    /// until SIGTERM or SIGINT. No CloudWatch metrics (`--metrics-addr` serves Prometheus).
+    #[arg(long)]
+    local: bool,
+    /// Shards of the local stream (with --local).
+    #[arg(long, default_value_t = 4, requires = "local")]
+    local_shards: usize,
+    /// The largest record of the local stream, in KiB (with --local): 1024 (1 MiB, Kinesis'
+    /// default) to 10240 (10 MiB, its most). A longer stdin line is an error.
+    #[arg(long, default_value_t = 1024, requires = "local", value_parser = clap::value_parser!(u32).range(1024..=10240))]
+    local_max_record_kib: u32,
     #[command(flatten)]
     log: kcl_tools::logging::LogArgs,
 }
@@ -195,6 +212,9 @@ async fn run() -> Result<()> {
         &args.log,
     );
     let config = load_config(&args)?;
+    if args.local {
+        return run_local(&args, &config).await;
+    }
     let options = |endpoint: &Option<String>| AwsOptions {
         region: config
             .region
@@ -259,5 +279,63 @@ async fn run() -> Result<()> {
     kcl_tools::metrics::finish_cloudwatch(cloudwatch).await;
     result?;
     info!("kcl-multilang stopped");
+    Ok(())
+}
+
+/// `--local`: the daemon on the bundled backend; stdin lines become records until SIGTERM or
+/// SIGINT (the end of stdin only ends the input).
+async fn run_local(args: &Args, config: &MultiLangConfig) -> Result<()> {
+    let backend = kcl_core::LocalBackend::new();
+    let stream = config.stream_name.as_str();
+    backend
+        .create_stream(stream, args.local_shards)
+        .map_err(|e| config_error(format!("creating the local stream {stream}: {e}")))?;
+    backend
+        .update_max_record_size(stream, args.local_max_record_kib)
+        .map_err(|e| config_error(format!("the local stream's record size: {e}")))?;
+    let scheduler = configure(config)?
+        .initial_position(kcl_core::InitialPosition::TrimHorizon)
+        .backend(backend.clone())
+        .lease_store(kcl_core::InMemoryLeaseStore::new())
+        .build()
+        .map_err(|e| config_error(e.to_string()))?;
+    if let Some(addr) = args.metrics_addr {
+        kcl_tools::prometheus_builder(kcl_core::metrics::SHARD_SERIES_IDLE_TIMEOUT)
+            .with_http_listener(addr)
+            .install()
+            .with_context(|| format!("serving metrics on {addr}"))?;
+    }
+    info!(
+        worker_id = %scheduler.config().worker_id,
+        stream,
+        shards = args.local_shards,
+        executable = %config.executable.join(" "),
+        "kcl-multilang starting on the local backend: stdin lines become records"
+    );
+    let handle = scheduler.spawn();
+    let max_record = args.local_max_record_kib as usize * 1024;
+    let mut lines = kcl_tools::lines::stdin_lines(max_record, 2);
+    let mut put = 0u64;
+    let signal = kcl_core::shutdown_signal();
+    tokio::pin!(signal);
+    let mut input_open = true;
+    loop {
+        tokio::select! {
+            line = lines.recv(), if input_open => match line {
+                Some(line) => {
+                    let line = line.with_context(|| format!("reading line {} of stdin", put + 1))?;
+                    backend.put_record(stream, &put.to_string(), line.into(), None).await?;
+                    put += 1;
+                }
+                None => {
+                    info!(records = put, "end of stdin: every line was put");
+                    input_open = false;
+                }
+            },
+            () = &mut signal => break,
+            () = handle.stopped() => break,
+        }
+    }
+    handle.shutdown().await?;
     Ok(())
 }

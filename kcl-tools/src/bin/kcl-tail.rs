@@ -53,7 +53,7 @@ use kcl_core::{
 };
 use kcl_lease::{DynamoDbLeaseStore, LeaseRenewal};
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{Mutex, Notify};
 use tracing::{error, info};
 
@@ -144,6 +144,11 @@ struct Args {
     /// Shards of the local stream (with --local).
     #[arg(long, default_value_t = 4)]
     local_shards: usize,
+    /// The largest record of the local stream, in KiB (with --local): 1024 (1 MiB, Kinesis'
+    /// default) to 10240 (10 MiB, its most, `UpdateMaxRecordSize`). A longer stdin line is
+    /// refused with an error naming it.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1024..=10240))]
+    local_max_record_kib: u32,
     /// Serve Prometheus metrics (RecordsProcessed, MillisBehindLatest, lease counts, ...) on
     /// this address, e.g. 127.0.0.1:9464, at `/metrics` (with `--metrics prometheus`).
     #[arg(long)]
@@ -551,7 +556,11 @@ async fn run_local(args: &Args, application: &str, out: Arc<Output>) -> Result<(
         backend
             .create_stream(stream, args.local_shards)
             .with_context(|| format!("creating the local stream {stream}"))?;
+        backend
+            .update_max_record_size(stream, args.local_max_record_kib)
+            .with_context(|| format!("setting the record size of the local stream {stream}"))?;
     }
+    let max_record = args.local_max_record_kib as usize * 1024;
     let handle = configure(args, application, &out)
         .initial_position(InitialPosition::TrimHorizon)
         .backend(backend.clone())
@@ -560,17 +569,18 @@ async fn run_local(args: &Args, application: &str, out: Arc<Output>) -> Result<(
         .build()?
         .spawn();
     let _status = serve_status(args, &handle).await?;
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut lines = kcl_tools::lines::stdin_lines(max_record, 2);
     let mut put = 0u64;
     let signal = kcl_core::shutdown_signal();
     tokio::pin!(signal);
     loop {
         tokio::select! {
-            line = lines.next_line() => match line.context("reading stdin")? {
+            line = lines.recv() => match line {
                 Some(line) => {
+                    let line = line.with_context(|| format!("reading line {} of stdin", put + 1))?;
                     // Lines go round the streams.
                     let stream = &args.streams[put as usize % args.streams.len()];
-                    backend.put_record(stream, &put.to_string(), line.into_bytes().into(), None).await?;
+                    backend.put_record(stream, &put.to_string(), line.into(), None).await?;
                     put += 1;
                 }
                 None => break,
