@@ -1470,31 +1470,6 @@ fn first_starts(initialized: BTreeMap<String, Vec<(String, u64)>>) -> BTreeMap<S
         .collect()
 }
 
-/// The peak resident set size of `pid` so far (`VmHWM`), in bytes; 0 once it is gone.
-fn peak_rss(pid: u32) -> usize {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return 0;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
-/// The children of `pid` (Linux `/proc/PID/task/*/children`).
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for task in tasks.flatten() {
-            if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
-                out.extend(list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-            }
-        }
-    }
-    out
-}
-
 /// Records of 10 MiB (Kinesis' most since October 2025) through `kcl-multilang --local` and an
 /// unmodified kclpy processor: each record goes to the child as one JSON line of about 14 MB
 /// (base64) and every one arrives whole, checkpointed; the daemon's and the children's peak
@@ -1519,11 +1494,7 @@ async fn kclpy_gets_every_10_mib_record_whole_through_the_local_daemon() {
     )
     .expect("properties");
     let records_file = dir.join("records.jsonl");
-    let payload = |i: usize, len: usize| -> Vec<u8> {
-        let mut d = format!("rec-{i:08}").into_bytes();
-        d.extend((d.len()..len).map(|j| b'a' + ((j + i) % 26) as u8));
-        d
-    };
+    use kcl_tests::process::{children_of, named_payload as payload, peak_rss, record_index};
     let mut daemon = Command::new(DAEMON)
         .args([
             "--local",
@@ -1590,7 +1561,7 @@ async fn kclpy_gets_every_10_mib_record_whole_through_the_local_daemon() {
     let events = read_events(&records_file);
     let mut seen: Vec<usize> = Vec::new();
     for e in events.iter().filter(|e| e.event == "record") {
-        let index: usize = e.data[4..12].parse().expect("index");
+        let index = record_index(e.data.as_bytes()).expect("index");
         assert!(
             e.data.as_bytes() == payload(index, 10 * MIB).as_slice(),
             "record {index} arrived whole ({} bytes)",

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use kcl_tests::process::{named_payload as payload, peak_rss, record_index};
 use serde_json::Value;
 
 const MIB: usize = 1024 * 1024;
@@ -15,25 +16,6 @@ const RECORD: usize = 10 * MIB;
 const RECORDS: usize = 6;
 const SHARDS: usize = 2;
 const LIMIT: Duration = Duration::from_secs(120);
-
-/// A payload of exactly `len` bytes that names its record: `rec-NNNNNNNN` then a filler
-/// derived from the index (printable, no newline).
-fn payload(index: usize, len: usize) -> Vec<u8> {
-    let mut data = format!("rec-{index:08}").into_bytes();
-    data.extend((data.len()..len).map(|i| b'a' + ((i + index) % 26) as u8));
-    data
-}
-
-/// The peak resident set size of `pid` so far (`VmHWM`), in bytes.
-fn peak_rss(pid: u32) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    let kb: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
-    kb * 1024
-}
 
 fn kcl_tail(max_record_kib: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_kcl-tail"))
@@ -107,10 +89,7 @@ fn kcl_tail_prints_every_10_mib_record_whole_with_bounded_memory() {
     for record in &records {
         let data = record["data"].as_str().expect("data");
         let bytes = aws_smithy_types::base64::decode(data).expect("base64");
-        let index: usize = std::str::from_utf8(&bytes[4..12])
-            .expect("index")
-            .parse()
-            .expect("index");
+        let index = record_index(&bytes).expect("index");
         assert_eq!(bytes, payload(index, RECORD), "record {index} printed whole");
         seen.push(index);
     }

@@ -65,3 +65,44 @@ pub async fn http_get(addr: &str, path: &str) -> (String, String) {
         body.to_owned(),
     )
 }
+
+/// The peak resident set size of process `pid` so far (Linux `VmHWM`), in bytes; 0 once the
+/// process is gone (or off Linux).
+pub fn peak_rss(pid: u32) -> usize {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The child processes of `pid` (Linux `/proc/PID/task/*/children`).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+                out.extend(list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            }
+        }
+    }
+    out
+}
+
+/// A payload of exactly `len` bytes that names its record: `rec-NNNNNNNN` (12 bytes), then a
+/// printable filler derived from the index (no newline), so that a truncated, shifted or
+/// mixed-up record is caught; [`record_index`] reads the index back.
+pub fn named_payload(index: usize, len: usize) -> Vec<u8> {
+    let mut data = format!("rec-{index:08}").into_bytes();
+    data.extend((data.len()..len).map(|i| b'a' + ((i + index) % 26) as u8));
+    data.truncate(len);
+    data
+}
+
+/// The index a [`named_payload`] carries.
+pub fn record_index(data: &[u8]) -> Option<usize> {
+    std::str::from_utf8(data.get(4..12)?).ok()?.parse().ok()
+}
