@@ -36,6 +36,8 @@
 //! - [`error`]: the `LeaseError` type, and `ErrorChain` (an error with its causes, on one line).
 //! - [`journal`]: a worker's recent lease moves and errors (for status pages).
 //! - [`suspend`]: detects a suspended host (the monotonic clock stood still while it slept).
+//! - `conformance` (feature `testing`): behaviour every lease store must show, as checks the
+//!   in-memory store's and the DynamoDB store's tests share.
 //! - `sim` (feature `testing`): a deterministic fleet simulator: real coordinators and
 //!   simulated consumers on a shared lease table with DynamoDB's consistency and seeded
 //!   faults, with the safety and liveness invariants checked as it runs.
@@ -51,6 +53,8 @@
 #![deny(missing_docs)]
 
 pub mod balance;
+#[cfg(any(test, feature = "testing"))]
+pub mod conformance;
 pub mod coordinator;
 #[cfg(feature = "dynamodb")]
 pub mod dynamodb;

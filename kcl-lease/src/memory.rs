@@ -430,32 +430,10 @@ mod tests {
         Lease::new(key, ExtendedSequenceNumber::TrimHorizon)
     }
 
-    /// As the DynamoDB store (tests/tests/dynamodb_lease_store.rs has the same steps).
     #[tokio::test]
     async fn owner_without_heartbeat_follows_renewals_and_takes() {
         let store = InMemoryLeaseStore::new();
-        store.create_if_absent(&lease("a")).await.unwrap();
-        let seen = store.get("a").await.unwrap().unwrap();
-        let mut p = store.take(&seen, "p", false).await.unwrap();
-        p.owner_without_heartbeat = Some("p".into());
-        let p = store.renew(&p).await.unwrap();
-        assert_eq!(p.owner_without_heartbeat.as_deref(), Some("p"));
-        let stolen = store.take(&p, "q", true).await.unwrap();
-        assert_eq!(
-            stolen.owner_without_heartbeat.as_deref(),
-            Some("p"),
-            "kept through a hand-off"
-        );
-        let mut r = store.take(&stolen, "r", false).await.unwrap();
-        assert_eq!(r.owner_without_heartbeat, None, "removed by a plain take");
-        r.owner_without_heartbeat = Some("r".into());
-        let mut r = store.renew(&r).await.unwrap();
-        r.owner_without_heartbeat = None;
-        let mut r = store.renew(&r).await.unwrap();
-        assert_eq!(r.owner_without_heartbeat, None, "removed by a renewal without it");
-        r.owner_without_heartbeat = Some("r".into());
-        let r = store.renew(&r).await.unwrap();
-        assert_eq!(store.evict(&r).await.unwrap().owner_without_heartbeat, None);
+        crate::conformance::owner_without_heartbeat_follows_renewals_and_takes(&store, "a").await;
     }
 
     #[tokio::test]

@@ -1,0 +1,48 @@
+//! Behaviour every [`LeaseStore`] must show, as checks that run against any store: the
+//! in-memory store's unit tests and the DynamoDB store's tests (on an emulator) call the same
+//! function, so the two cannot drift apart (feature `testing`). Each check panics with what
+//! differs.
+
+use crate::lease::Lease;
+use crate::sequence::ExtendedSequenceNumber;
+use crate::store::LeaseStore;
+
+/// `ownerWithoutHeartbeat` ([`Lease::owner_without_heartbeat`]): written by a renewal that
+/// carries it and removed by one that does not, kept through a graceful steal (it is then about
+/// the previous owner), removed by a plain take and by an eviction. Uses the lease key `key`,
+/// which must not exist yet.
+pub async fn owner_without_heartbeat_follows_renewals_and_takes(store: &dyn LeaseStore, key: &str) {
+    assert!(store
+        .create_if_absent(&Lease::new(key, ExtendedSequenceNumber::TrimHorizon))
+        .await
+        .expect("create"));
+    let seen = store.get(key).await.expect("get").expect("the row");
+    let mut p = store.take(&seen, "p", false).await.expect("take");
+    assert_eq!(p.owner_without_heartbeat, None);
+    p.owner_without_heartbeat = Some("p".into());
+    let p = store.renew(&p).await.expect("renew");
+    assert_eq!(p.owner_without_heartbeat.as_deref(), Some("p"));
+    let stolen = store.take(&p, "q", true).await.expect("steal");
+    assert_eq!(stolen.checkpoint_owner.as_deref(), Some("p"));
+    assert_eq!(
+        stolen.owner_without_heartbeat.as_deref(),
+        Some("p"),
+        "kept through a hand-off"
+    );
+    let mut r = store.take(&stolen, "r", false).await.expect("take");
+    assert_eq!(r.owner_without_heartbeat, None, "removed by a plain take");
+    r.owner_without_heartbeat = Some("r".into());
+    let mut r = store.renew(&r).await.expect("renew");
+    r.owner_without_heartbeat = None;
+    let mut r = store.renew(&r).await.expect("renew");
+    assert_eq!(r.owner_without_heartbeat, None, "removed by a renewal without it");
+    r.owner_without_heartbeat = Some("r".into());
+    let r = store.renew(&r).await.expect("renew");
+    let evicted = store.evict(&r).await.expect("evict");
+    assert_eq!(evicted.owner_without_heartbeat, None, "removed by an eviction");
+    assert_eq!(
+        store.get(key).await.expect("get"),
+        Some(evicted),
+        "as the store returned it"
+    );
+}
