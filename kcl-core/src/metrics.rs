@@ -12,6 +12,7 @@
 //! | `BytesProcessed` | counter | payload bytes of those records |
 //! | `ProcessTask.Time` | histogram | seconds one `process_records` call took |
 //! | `ProcessorErrors` | counter | errors returned (or panics raised) by the processor |
+//! | `RecordsFailedProcessing` | counter | records of the batches those errors failed (each failed delivery counts; the batch is delivered again, or skipped under `ProcessorFailurePolicy::SkipAfter`) |
 //! | `SkippedRecords` | counter | records of batches skipped after repeated processor failures (`ProcessorFailurePolicy::SkipAfter`) |
 //! | `GetRecords.Throttled` | counter | reads throttled by the backend |
 //! | `ExpiredIterator` | counter | shard iterators that expired and were renewed |
@@ -49,6 +50,8 @@ pub const BYTES_PROCESSED: &str = "BytesProcessed";
 pub const PROCESS_TIME: &str = "ProcessTask.Time";
 /// See the module docs.
 pub const PROCESSOR_ERRORS: &str = "ProcessorErrors";
+/// See the module docs.
+pub const RECORDS_FAILED_PROCESSING: &str = "RecordsFailedProcessing";
 /// See the module docs.
 pub const GET_RECORDS_THROTTLED: &str = "GetRecords.Throttled";
 /// See the module docs.

@@ -278,3 +278,45 @@ async fn by_default_a_failing_or_panicking_batch_is_retried_until_it_succeeds() 
         worker.shutdown().await.unwrap();
     }
 }
+
+/// Each failed delivery counts in `ProcessorErrors` (one per batch) and, as the Java KCL 3.5.4
+/// publishes it, `RecordsFailedProcessing` (the records of that batch).
+#[test]
+fn failed_deliveries_count_their_records_in_records_failed_processing() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            // The poison batch (the poison record alone) fails three times, then succeeds.
+            let (backend, _store, seen, worker) =
+                start(ProcessorFailurePolicy::default(), Failure::Error, Some(4)).await;
+            wait_until(LIMIT, "the poison record processed at last", || {
+                seen.processed.lock().unwrap().len() == 4
+            })
+            .await;
+            assert_eq!(*seen.poison_attempts.lock().unwrap(), [1, 2, 3, 4]);
+            drop(backend);
+            worker.shutdown().await.unwrap();
+        });
+    });
+    let snapshot = snapshotter.snapshot().into_vec();
+    let sum = |name: &str| -> u64 {
+        snapshot
+            .iter()
+            .filter(|(key, ..)| key.key().name() == name)
+            .map(|(.., value)| match value {
+                DebugValue::Counter(c) => *c,
+                _ => 0,
+            })
+            .sum()
+    };
+    assert_eq!(sum("ProcessorErrors"), 3);
+    assert_eq!(sum("RecordsFailedProcessing"), 3);
+    assert_eq!(sum("RecordsProcessed"), 4);
+}

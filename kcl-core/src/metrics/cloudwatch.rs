@@ -46,6 +46,7 @@
 //! | `MillisBehindLatest` | `MillisBehindLatest` | `ProcessTask` | Milliseconds | SUMMARY | ShardId, WorkerIdentifier | same |
 //! | `ProcessTask.Time` (seconds) | `RecordProcessor.processRecords.Time` | `ProcessTask` | Milliseconds | SUMMARY | ShardId, WorkerIdentifier | same |
 //! | `ProcessorErrors` | `ProcessorErrors` | `ProcessTask` | Count | SUMMARY | ShardId, WorkerIdentifier | Java: `Success` = 0 |
+//! | `RecordsFailedProcessing` | `RecordsFailedProcessing` | `ProcessTask` | Count | SUMMARY | ShardId, WorkerIdentifier | Java 3.5.4: same (Java skips the batch; here it is delivered again unless skipped by policy) |
 //! | `SkippedRecords` | `SkippedRecords` | `ProcessTask` | Count | DETAILED | ShardId, WorkerIdentifier | none |
 //! | `GetRecords.Throttled` | `GetRecords.Throttled` | `ProcessTask` | Count | DETAILED | ShardId, WorkerIdentifier | none (logged) |
 //! | `ExpiredIterator` | `ExpiredIterator` | `ProcessTask` | Count | DETAILED | ShardId, WorkerIdentifier | none |
@@ -183,7 +184,9 @@ pub fn mapping(name: &str, labels: &[(&str, &str)]) -> MetricMapping {
             MetricsLevel::Summary,
             1000.0,
         ),
-        m::PROCESSOR_ERRORS => (name, "ProcessTask", MetricUnit::Count, MetricsLevel::Summary, 1.0),
+        m::PROCESSOR_ERRORS | m::RECORDS_FAILED_PROCESSING => {
+            (name, "ProcessTask", MetricUnit::Count, MetricsLevel::Summary, 1.0)
+        }
         m::SKIPPED_RECORDS
         | m::GET_RECORDS_THROTTLED
         | m::EXPIRED_ITERATOR

@@ -72,6 +72,7 @@ struct ShardMetrics {
     behind: metrics::Gauge,
     time: metrics::Histogram,
     errors: metrics::Counter,
+    failed_records: metrics::Counter,
     throttled: metrics::Counter,
     expired: metrics::Counter,
     misplaced: metrics::Counter,
@@ -91,6 +92,7 @@ impl ShardMetrics {
             &self.records,
             &self.bytes,
             &self.errors,
+            &self.failed_records,
             &self.throttled,
             &self.expired,
             &self.misplaced,
@@ -109,6 +111,7 @@ impl ShardMetrics {
             behind: metrics::gauge!(names::MILLIS_BEHIND_LATEST, &labels),
             time: metrics::histogram!(names::PROCESS_TIME, &labels),
             errors: metrics::counter!(names::PROCESSOR_ERRORS, &labels),
+            failed_records: metrics::counter!(names::RECORDS_FAILED_PROCESSING, &labels),
             throttled: metrics::counter!(names::GET_RECORDS_THROTTLED, &labels),
             expired: metrics::counter!(names::EXPIRED_ITERATOR, &labels),
             misplaced: metrics::counter!(names::KPL_MISPLACED_RECORDS, &labels),
@@ -524,6 +527,7 @@ impl ShardConsumer {
                 }
                 Err(e) => {
                     self.metrics.errors.increment(1);
+                    self.metrics.failed_records.increment(records.len() as u64);
                     if let ProcessorFailurePolicy::SkipAfter { attempts, hook } =
                         &self.ctx.config.processor_failure
                     {
