@@ -118,6 +118,13 @@ struct Event {
     t: f64,
 }
 
+/// The last `n` lines of the log file at `path`.
+fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 fn read_events(path: &Path) -> Vec<Event> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
@@ -265,9 +272,7 @@ impl Daemon {
     }
 
     fn log_tail(&self, n: usize) -> String {
-        let text = std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        log_tail(&self.dir.join("daemon.log"), n)
     }
 
     fn assert_running(&self) {
@@ -288,26 +293,12 @@ impl Daemon {
     /// SIGTERM; waits for a clean exit and returns how long it took.
     async fn stop(&mut self) -> Duration {
         let t = Instant::now();
+        let log = self.dir.join("daemon.log");
         let child = self
             .child
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let pid = child.id().expect("daemon pid").to_string();
-        let status = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .expect("kill");
-        assert!(status.success());
-        let exit = tokio::time::timeout(Duration::from_secs(60), child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("kcl-multilang did not stop on SIGTERM\n{}", self.log_tail(60)))
-            .expect("wait");
-        assert!(
-            exit.success(),
-            "kcl-multilang exited with {exit:?} after SIGTERM\n{}",
-            self.log_tail(60)
-        );
+        kcl_tests::process::sigterm_explained(child, || log_tail(&log, 60)).await;
         t.elapsed()
     }
 
@@ -1550,14 +1541,8 @@ async fn kclpy_gets_every_10_mib_record_whole_through_the_local_daemon() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let daemon_peak = peak_rss(pid);
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let status = tokio::time::timeout(Duration::from_secs(60), daemon.wait())
-        .await
-        .expect("stops within 60 s")
-        .expect("wait");
-    assert!(status.success(), "kcl-multilang: {status:?}");
+    let log = dir.join("daemon.log");
+    kcl_tests::process::sigterm_explained(&mut daemon, || log_tail(&log, 60)).await;
     let events = read_events(&records_file);
     let mut seen: Vec<usize> = Vec::new();
     for e in events.iter().filter(|e| e.event == "record") {

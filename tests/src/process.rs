@@ -28,6 +28,12 @@ pub async fn read_lines(child: &mut Child, n: usize, quiet: Duration) -> Vec<Str
 
 /// Sends SIGTERM and waits (at most 60 s) for a successful exit.
 pub async fn sigterm(child: &mut Child) {
+    sigterm_explained(child, String::new).await;
+}
+
+/// [`sigterm`], with `explain()` (e.g. the last lines of the child's log) in the failure
+/// messages.
+pub async fn sigterm_explained(child: &mut Child, explain: impl Fn() -> String) {
     let pid = child.id().expect("pid").to_string();
     let status = Command::new("kill")
         .args(["-TERM", &pid])
@@ -37,9 +43,13 @@ pub async fn sigterm(child: &mut Child) {
     assert!(status.success());
     let exit = tokio::time::timeout(Duration::from_secs(60), child.wait())
         .await
-        .expect("the child did not stop on SIGTERM")
+        .unwrap_or_else(|_| panic!("the child did not stop on SIGTERM\n{}", explain()))
         .expect("wait");
-    assert!(exit.success(), "the child exited with {exit:?} after SIGTERM");
+    assert!(
+        exit.success(),
+        "the child exited with {exit:?} after SIGTERM\n{}",
+        explain()
+    );
 }
 
 /// A GET over plain TCP (HTTP/1.1, the connection closed after the answer) to `addr`
