@@ -35,6 +35,10 @@ use std::sync::{Arc, Mutex};
 
 #[cfg(feature = "cloudwatch")]
 pub mod cloudwatch;
+#[cfg(any(feature = "cloudwatch", feature = "otlp"))]
+mod java;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 
 use crate::record::ExtendedSequenceNumber;
 use crate::shard::state::ShardState;
