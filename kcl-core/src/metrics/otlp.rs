@@ -151,13 +151,40 @@ pub const DEFAULT_ENDPOINT: &str = "http://localhost:4318";
 pub const METRICS_PATH: &str = "/v1/metrics";
 
 /// The Java KCL's names that are gauges (`OtelMetricsScope`), by their CloudWatch name.
-const JAVA_GAUGES: &[&str] = &["CurrentLeases", "TotalLeases", "NumWorkers", "ExpiredLeases"];
+const JAVA_GAUGES: &[&str] = &[
+    "CurrentLeases",
+    "TotalLeases",
+    "NumWorkers",
+    "ExpiredLeases",
+    "VeryOldLeases",
+    "ActiveStreams.Count",
+    "StreamsPendingDeletion.Count",
+    "QueueSize",
+    "NumStreamsToSync",
+    "NumWorkersWithInvalidEntry",
+    "NumWorkersWithFailingWorkerMetric",
+    "GsiReadyStatus",
+    "WorkerMetricsReadyStatus",
+    "CurrentState:3xWorker",
+    "CurrentState:2xCompatibleWorker",
+];
 
-/// The Java KCL's renames (`OtelMetricNameTransformer`), for the names we publish.
+/// The Java KCL's renames (`OtelMetricNameTransformer`).
 const JAVA_RENAMES: &[(&str, &str)] = &[
     ("MillisBehindLatest", "consumer.lag.duration"),
     ("DataBytesProcessed", "records.size"),
+    ("ActiveStreams.Count", "streams.active"),
+    ("StreamsPendingDeletion.Count", "streams.pending_deletion"),
+    ("NonExistingStreamDelete.Count", "streams.deleted_nonexistent"),
+    ("DeletedStreams.Count", "streams.deleted"),
+    ("NumStreamsToSync", "streams.pending_sync"),
+    ("QueueSize", "stream_id_cache.queue.size"),
     ("NumWorkers", "workers"),
+    ("NumWorkersWithInvalidEntry", "workers.invalid_entry"),
+    (
+        "NumWorkersWithFailingWorkerMetric",
+        "workers.failing_worker_metric",
+    ),
 ];
 
 /// The kind of OpenTelemetry instrument a metric is exported as.
