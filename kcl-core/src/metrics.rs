@@ -30,6 +30,10 @@
 //!
 //! With the `cloudwatch` feature, [`cloudwatch`] publishes them to Amazon CloudWatch under the
 //! Java KCL's names, dimensions and levels (its module docs have the table beside the Java KCL's).
+//! With the `otlp` feature, `otlp` exports them over OpenTelemetry's OTLP/HTTP under the Java KCL
+//! 3.5's OpenTelemetry names and attributes (`aws.kinesis.client.*`; its module docs have the
+//! table). Both share one table of names, units, operations and levels, and one per-window
+//! aggregation.
 
 use std::sync::{Arc, Mutex};
 
