@@ -1,5 +1,5 @@
-//! What the CloudWatch publisher ([`super::cloudwatch`]) and the OTLP exporter
-//! ([`super::otlp`]) share: the table of the runtime's metric names beside the Java KCL's
+//! What the CloudWatch publisher (`metrics::cloudwatch`) and the OTLP exporter
+//! (`metrics::otlp`) share: the table of the runtime's metric names beside the Java KCL's
 //! (name, `Operation`, unit, level: [`mapping`]), the Java dimensions a series' labels give,
 //! the metrics levels, and the per-window aggregation of the values recorded through the
 //! [`metrics`] facade into statistic sets. Each exporter turns a closed window into its own
@@ -394,7 +394,7 @@ impl<K: Clone + Ord> Aggregator<K> {
 
     /// The series of a key registered as a counter; `None` when its metric is not published
     /// at this level.
-    #[cfg(test)]
+    #[cfg(all(test, feature = "cloudwatch"))]
     pub(crate) fn register(&self, key: &Key) -> Option<Arc<Series<K>>> {
         self.register_kind(key, FacadeKind::Counter)
     }

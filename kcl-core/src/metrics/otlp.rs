@@ -15,7 +15,7 @@
 //!
 //! [`OtlpRecorder`] is a [`metrics::Recorder`]: install it as the global recorder ([`install`],
 //! or [`metrics::set_global_recorder`] with [`OtlpRecorder::new`]). As the CloudWatch publisher
-//! ([`super::cloudwatch`]), with which it shares the name table and the aggregation, the
+//! (`metrics::cloudwatch`), with which it shares the name table and the aggregation, the
 //! recorder only updates in-memory aggregates; an exporter task closes a window every
 //! [`OtlpConfig::export_interval`], turns each series into a data point, queues the points (at
 //! most [`OtlpConfig::max_queue_size`]; the overflow is dropped, counted by
@@ -56,7 +56,7 @@
 //! TLS. An `https://` endpoint is refused by [`OtlpRecorder::new`].
 //!
 //! # Metrics
-//! The name published is the Java KCL's CloudWatch name (see [`super::cloudwatch`]) transformed
+//! The name published is the Java KCL's CloudWatch name (see `metrics::cloudwatch`) transformed
 //! as the Java KCL 3.5 does: a rename for a few names (`MillisBehindLatest` →
 //! `consumer.lag.duration`, `DataBytesProcessed` → `records.size`, `NumWorkers` → `workers`), else
 //! `:` → `.`, a trailing `.Time` → `.duration`, a trailing `.Count` dropped, and each
