@@ -51,9 +51,14 @@
 //! in the dependency tree for the status page and the AWS SDK). So this feature adds no crate
 //! to kcl-core's tree beyond hyper and its helpers.
 //!
-//! Plain `http://` endpoints only: the usual set-up is a collector or agent next to the worker
-//! (the OpenTelemetry Collector, the ADOT collector, the CloudWatch agent), which forwards over
-//! TLS. An `https://` endpoint is refused by [`OtlpRecorder::new`].
+//! `http://` endpoints with the `otlp` feature: the usual set-up is a collector or agent next to
+//! the worker (the OpenTelemetry Collector, the ADOT collector, the CloudWatch agent), which
+//! forwards over TLS. `https://` endpoints with the `otlp-https` feature: rustls with aws-lc-rs
+//! and the system's root certificates (plus [`OtlpConfig::certificate`]), the TLS stack the AWS
+//! SDK's default HTTPS client already brings, so not a second one; without it an `https://`
+//! endpoint is refused by [`OtlpRecorder::new`]. Authentication is by headers
+//! ([`OtlpConfig::header`], `OTEL_EXPORTER_OTLP_HEADERS`); AWS SigV4 signing (CloudWatch's own
+//! OTLP endpoint) is not done here: send through a collector with the `sigv4auth` extension.
 //!
 //! # Metrics
 //! The name published is the Java KCL's CloudWatch name (see `metrics::cloudwatch`) transformed
@@ -115,8 +120,11 @@
 //! (used as it is) or `OTEL_EXPORTER_OTLP_ENDPOINT` (`/v1/metrics` appended),
 //! `OTEL_EXPORTER_OTLP_HEADERS` / `OTEL_EXPORTER_OTLP_METRICS_HEADERS`, `OTEL_RESOURCE_ATTRIBUTES`,
 //! `OTEL_SERVICE_NAME` (overrides the application name), `OTEL_METRIC_EXPORT_INTERVAL` and
-//! `OTEL_EXPORTER_OTLP_TIMEOUT` / `OTEL_EXPORTER_OTLP_METRICS_TIMEOUT` (milliseconds), and
-//! `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE` (`cumulative` or `delta`).
+//! `OTEL_EXPORTER_OTLP_TIMEOUT` / `OTEL_EXPORTER_OTLP_METRICS_TIMEOUT` (milliseconds),
+//! `OTEL_EXPORTER_OTLP_CERTIFICATE` / `OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE` (a PEM file of
+//! trusted certificates), and `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE` (`cumulative`
+//! or `delta`). Only OTLP/HTTP with protobuf (`OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`, port
+//! 4318); not gRPC (port 4317).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
@@ -132,6 +140,9 @@ use super::java::{Aggregator, Described, FacadeKind, Window};
 pub use super::java::{MetricUnit, MetricsLevel, OPERATION, SHARD_ID, STREAM_ID, WORKER_IDENTIFIER};
 
 pub mod proto;
+mod transport;
+
+use transport::HttpSink;
 
 /// The prefix of every instrument name, as the Java KCL's.
 pub const NAME_PREFIX: &str = "aws.kinesis.client.";
@@ -345,7 +356,8 @@ pub enum OtlpError {
     /// The exporter task is started on the current Tokio runtime, and there is none.
     #[error("no Tokio runtime: the OTLP exporter must be started from within one")]
     NoRuntime,
-    /// The endpoint is not an `http://host[:port][/path]` URL.
+    /// The endpoint is not an `http://host[:port][/path]` URL (or `https://` with the
+    /// `otlp-https` feature), or its TLS set-up failed.
     #[error("OTLP endpoint {endpoint:?}: {reason}")]
     Endpoint {
         /// The endpoint as configured.
@@ -396,6 +408,9 @@ pub struct OtlpConfig {
     pub max_retries: usize,
     /// How long one request may take (default 10 s).
     pub timeout: Duration,
+    /// A PEM file of certificates trusted besides the system's roots, for an `https://`
+    /// endpoint (feature `otlp-https`; `OTEL_EXPORTER_OTLP_CERTIFICATE`).
+    pub certificate: Option<std::path::PathBuf>,
 }
 
 impl OtlpConfig {
@@ -414,6 +429,7 @@ impl OtlpConfig {
             max_points_per_request: 1_000,
             max_retries: 3,
             timeout: Duration::from_secs(10),
+            certificate: None,
         }
     }
 
@@ -464,6 +480,11 @@ impl OtlpConfig {
             millis("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT").or_else(|| millis("OTEL_EXPORTER_OTLP_TIMEOUT"))
         {
             self = self.timeout(timeout);
+        }
+        if let Some(path) =
+            var("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE").or_else(|| var("OTEL_EXPORTER_OTLP_CERTIFICATE"))
+        {
+            self.certificate = Some(path.trim().into());
         }
         if let Some(preference) = var("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE") {
             match preference.trim().to_ascii_lowercase().as_str() {
@@ -544,6 +565,12 @@ impl OtlpConfig {
     /// Sets [`Self::max_retries`].
     pub fn max_retries(mut self, retries: usize) -> Self {
         self.max_retries = retries;
+        self
+    }
+
+    /// Sets [`Self::certificate`].
+    pub fn certificate(mut self, pem_file: impl Into<std::path::PathBuf>) -> Self {
+        self.certificate = Some(pem_file.into());
         self
     }
 
@@ -757,146 +784,6 @@ type PostFuture<'a> = Pin<Box<dyn Future<Output = Result<(), PostError>> + Send 
 /// One `POST /v1/metrics` (over HTTP, or a test's).
 trait PostMetrics: Send + Sync + 'static {
     fn post(&self, request: proto::ExportMetricsServiceRequest) -> PostFuture<'_>;
-}
-
-/// OTLP/HTTP with hyper's HTTP/1.1 client: one connection per request (one request per export
-/// interval and batch: a pool would keep idle connections for nothing).
-struct HttpSink {
-    uri: hyper::Uri,
-    authority: String,
-    host: String,
-    port: u16,
-    headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
-    timeout: Duration,
-}
-
-impl HttpSink {
-    fn new(config: &OtlpConfig) -> Result<Self, OtlpError> {
-        let invalid = |reason: &str| OtlpError::Endpoint {
-            endpoint: config.endpoint.clone(),
-            reason: reason.to_owned(),
-        };
-        let uri: hyper::Uri = config
-            .endpoint
-            .parse()
-            .map_err(|e: hyper::http::uri::InvalidUri| invalid(&e.to_string()))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(invalid(
-                    "https is not supported: export to a collector or agent over http (it forwards over TLS)",
-                ))
-            }
-            _ => return Err(invalid("expected http://host[:port][/path]")),
-        }
-        let authority = uri.authority().ok_or_else(|| invalid("no host"))?.clone();
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
-        let mut headers = Vec::new();
-        for (name, value) in &config.headers {
-            let name = hyper::header::HeaderName::try_from(name.as_str())
-                .map_err(|e| invalid(&format!("header {name:?}: {e}")))?;
-            let value = hyper::header::HeaderValue::try_from(value.as_str())
-                .map_err(|e| invalid(&format!("header {name}: {e}")))?;
-            headers.push((name, value));
-        }
-        Ok(Self {
-            host: host.to_owned(),
-            port: authority.port_u16().unwrap_or(80),
-            authority: authority.to_string(),
-            uri,
-            headers,
-            timeout: config.timeout,
-        })
-    }
-
-    async fn send(&self, body: Vec<u8>) -> Result<(), PostError> {
-        use http_body_util::BodyExt;
-        let transient = |message: String| PostError {
-            retryable: true,
-            message,
-        };
-        let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| transient(format!("connecting to {}: {e}", self.authority)))?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| transient(format!("HTTP handshake: {e}")))?;
-        let connection = tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let path = self.uri.path_and_query().map_or(METRICS_PATH, |p| p.as_str());
-        let mut request = hyper::Request::post(path)
-            .header(hyper::header::HOST, &self.authority)
-            .header(hyper::header::CONTENT_TYPE, "application/x-protobuf")
-            .header(
-                hyper::header::USER_AGENT,
-                concat!("kcl-core/", env!("CARGO_PKG_VERSION")),
-            );
-        for (name, value) in &self.headers {
-            request = request.header(name, value);
-        }
-        let request = request
-            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-            .map_err(|e| PostError {
-                retryable: false,
-                message: format!("building the request: {e}"),
-            })?;
-        let result = async {
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| transient(format!("sending the request: {e}")))?;
-            let status = response.status();
-            // The answer is small (a partial-success message or an error status); read at most
-            // 64 KiB of it.
-            let body = http_body_util::Limited::new(response.into_body(), 64 * 1024)
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            if status.is_success() {
-                if let Ok(answer) = <proto::ExportMetricsServiceResponse as prost::Message>::decode(body) {
-                    if let Some(partial) = answer.partial_success {
-                        if partial.rejected_data_points > 0 {
-                            tracing::warn!(
-                                rejected = partial.rejected_data_points,
-                                message = %partial.error_message,
-                                "the OTLP receiver rejected some data points"
-                            );
-                        }
-                    }
-                }
-                return Ok(());
-            }
-            let retryable = matches!(status.as_u16(), 429 | 502 | 503 | 504);
-            Err(PostError {
-                retryable,
-                message: format!(
-                    "HTTP {status}: {}",
-                    String::from_utf8_lossy(&body[..body.len().min(200)])
-                ),
-            })
-        }
-        .await;
-        connection.abort();
-        result
-    }
-}
-
-impl PostMetrics for HttpSink {
-    fn post(&self, request: proto::ExportMetricsServiceRequest) -> PostFuture<'_> {
-        Box::pin(async move {
-            let body = prost::Message::encode_to_vec(&request);
-            match tokio::time::timeout(self.timeout, self.send(body)).await {
-                Ok(result) => result,
-                Err(_) => Err(PostError {
-                    retryable: true,
-                    message: format!("no answer within {:?}", self.timeout),
-                }),
-            }
-        })
-    }
 }
 
 enum Command {

@@ -166,8 +166,9 @@ struct Args {
     #[arg(long)]
     metrics_buffer_ms: Option<u64>,
     /// OTLP: the collector's base URL, e.g. http://127.0.0.1:4318 (/v1/metrics is appended;
-    /// plain http). Default: OTEL_EXPORTER_OTLP_METRICS_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT,
-    /// else http://localhost:4318.
+    /// http or https, with the system's root certificates and OTEL_EXPORTER_OTLP_CERTIFICATE;
+    /// headers from OTEL_EXPORTER_OTLP_HEADERS). Default: OTEL_EXPORTER_OTLP_METRICS_ENDPOINT or
+    /// OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4318.
     #[arg(long)]
     otlp_endpoint: Option<String>,
     /// Serve this worker's live status page (leases, lag, throughput, recent lease moves and

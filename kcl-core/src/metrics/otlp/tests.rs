@@ -490,7 +490,9 @@ fn configuration_from_the_environment() {
         OtlpConfig::new("a").endpoint("http://h:4318/v1/metrics").endpoint,
         "http://h:4318/v1/metrics"
     );
-    for bad in ["https://collector:4318", "collector:4318", "http://"] {
+    #[cfg(not(feature = "otlp-https"))]
+    assert!(HttpSink::new(&OtlpConfig::new("a").endpoint("https://collector:4318")).is_err());
+    for bad in ["collector:4318", "http://", "ftp://collector/"] {
         let err = HttpSink::new(&OtlpConfig::new("a").endpoint(bad)).err();
         assert!(matches!(err, Some(OtlpError::Endpoint { .. })), "{bad}: {err:?}");
     }
@@ -510,6 +512,40 @@ async fn receiver(
     std::net::SocketAddr,
     Arc<Mutex<Vec<(String, String, proto::ExportMetricsServiceRequest)>>>,
 ) {
+    receiver_with(unavailable, None).await
+}
+
+/// The TLS side of a test receiver: `testdata/cert.pem` (self-signed for 127.0.0.1 and
+/// localhost) and its key.
+#[cfg(feature = "otlp-https")]
+fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/metrics/otlp/testdata");
+    let certs = vec![CertificateDer::from_pem_file(format!("{dir}/cert.pem")).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(format!("{dir}/key.pem")).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+#[cfg(not(feature = "otlp-https"))]
+type Acceptor = std::convert::Infallible;
+#[cfg(feature = "otlp-https")]
+type Acceptor = tokio_rustls::TlsAcceptor;
+
+async fn receiver_with(
+    unavailable: u64,
+    tls: Option<Acceptor>,
+) -> (
+    std::net::SocketAddr,
+    Arc<Mutex<Vec<(String, String, proto::ExportMetricsServiceRequest)>>>,
+) {
     use http_body_util::BodyExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -520,6 +556,7 @@ async fn receiver(
         while let Ok((stream, _)) = listener.accept().await {
             let store = store.clone();
             let left = left.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let service =
                     hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -553,9 +590,25 @@ async fn receiver(
                             )
                         }
                     });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
+                let http = hyper::server::conn::http1::Builder::new();
+                match tls {
+                    None => {
+                        let _ = http
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                    }
+                    #[cfg(feature = "otlp-https")]
+                    Some(acceptor) => {
+                        let Ok(stream) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        let _ = http
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                    }
+                    #[cfg(not(feature = "otlp-https"))]
+                    Some(never) => match never {},
+                }
             });
         }
     });
@@ -597,4 +650,35 @@ async fn an_unreachable_receiver_fails_the_flush_without_blocking_recording() {
     let err = handle.flush().await.unwrap_err();
     assert!(matches!(err, OtlpError::Export { points: 4, .. }), "{err}");
     assert_eq!(handle.failed_points(), 4);
+}
+
+#[cfg(feature = "otlp-https")]
+#[tokio::test]
+async fn posts_over_https_to_a_receiver_it_trusts() {
+    let (addr, seen) = receiver_with(0, Some(tls_acceptor())).await;
+    let port = addr.port();
+    let cert = concat!(env!("CARGO_MANIFEST_DIR"), "/src/metrics/otlp/testdata/cert.pem");
+    let config = test_config()
+        .endpoint(&format!("https://127.0.0.1:{port}"))
+        .certificate(cert);
+    let (recorder, handle) = OtlpRecorder::new(config).unwrap();
+    emit(&recorder, "shardId-a", 3, 1.0);
+    handle.shutdown().await.unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(points_of(&seen[0].2)[&p("records_processed", "shardId-a")].1, 3.0);
+
+    // Without the receiver's certificate among the roots, the TLS handshake fails.
+    let config = test_config()
+        .endpoint(&format!("https://localhost:{port}"))
+        .max_retries(0);
+    match OtlpRecorder::new(config) {
+        Ok((recorder, handle)) => {
+            emit(&recorder, "shardId-a", 3, 1.0);
+            let err = handle.flush().await.unwrap_err();
+            assert!(err.to_string().contains("TLS"), "{err}");
+        }
+        // A machine without a system root store: refused before any request.
+        Err(err) => assert!(err.to_string().contains("no root certificate"), "{err}"),
+    }
 }
