@@ -534,8 +534,10 @@ fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
+/// Without `otlp-https`, no receiver is TLS.
 #[cfg(not(feature = "otlp-https"))]
-type Acceptor = std::convert::Infallible;
+#[derive(Clone)]
+enum Acceptor {}
 #[cfg(feature = "otlp-https")]
 type Acceptor = tokio_rustls::TlsAcceptor;
 
@@ -664,7 +666,7 @@ async fn posts_over_https_to_a_receiver_it_trusts() {
     let (recorder, handle) = OtlpRecorder::new(config).unwrap();
     emit(&recorder, "shardId-a", 3, 1.0);
     handle.shutdown().await.unwrap();
-    let seen = seen.lock().unwrap();
+    let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
     assert_eq!(points_of(&seen[0].2)[&p("records_processed", "shardId-a")].1, 3.0);
 
