@@ -161,8 +161,9 @@ pub mod streams;
 pub use kcl_lease as lease;
 
 /// The README's Rust blocks, compiled (and run, unless `no_run`) as doc tests. The CloudWatch
-/// block needs `cloudwatch`: `cargo test --workspace` has it (kcl-tests turns it on).
-#[cfg(all(doctest, feature = "aws", feature = "cloudwatch"))]
+/// block needs `cloudwatch`, the OpenTelemetry one `otlp`: `cargo test --workspace` has both
+/// (kcl-tests turns them on).
+#[cfg(all(doctest, feature = "aws", feature = "cloudwatch", feature = "otlp"))]
 #[doc = include_str!("../../README.md")]
 mod readme {}
 

@@ -29,13 +29,21 @@
 //! | `LeaseStore.Calls`, `LeaseStore.Errors`, `LeaseStore.RowsRead`, `LeaseStore.WriteUnits` | counters | lease-store calls per `op`, rows read, DynamoDB write units billed (kcl-lease's cost meter) |
 //! | `LeaseStore.ReadUnits` | gauge | DynamoDB read units billed so far, per `op` |
 //!
-//! With the `cloudwatch` feature, [`cloudwatch`] publishes them to Amazon CloudWatch under the
+//! With the `cloudwatch` feature, `cloudwatch` publishes them to Amazon CloudWatch under the
 //! Java KCL's names, dimensions and levels (its module docs have the table beside the Java KCL's).
+//! With the `otlp` feature, `otlp` exports them over OpenTelemetry's OTLP/HTTP under the Java KCL
+//! 3.5's OpenTelemetry names and attributes (`aws.kinesis.client.*`; its module docs have the
+//! table). Both share one table of names, units, operations and levels, and one per-window
+//! aggregation.
 
 use std::sync::{Arc, Mutex};
 
 #[cfg(feature = "cloudwatch")]
 pub mod cloudwatch;
+#[cfg(any(feature = "cloudwatch", feature = "otlp"))]
+mod java;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 
 use crate::record::ExtendedSequenceNumber;
 use crate::shard::state::ShardState;

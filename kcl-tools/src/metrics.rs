@@ -1,11 +1,13 @@
 //! Where the tools' metrics go: Prometheus (an endpoint the tools serve), CloudWatch (as the
-//! Java KCL publishes them: `kcl_core::metrics::cloudwatch`) or nowhere. One place for
-//! `kcl-tail --metrics` and kcl-multilang's `metrics*` properties.
+//! Java KCL publishes them: `kcl_core::metrics::cloudwatch`), an OpenTelemetry collector over
+//! OTLP (under the Java KCL 3.5's OpenTelemetry names: `kcl_core::metrics::otlp`) or nowhere.
+//! One place for `kcl-tail --metrics` and kcl-multilang's `metrics*` properties.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use kcl_core::metrics::cloudwatch::{self, CloudWatchConfig, CloudWatchHandle, MetricsLevel};
+use kcl_core::metrics::otlp::{self, OtlpConfig, OtlpHandle};
 use tracing::{info, warn};
 
 /// How long a stopping tool waits for its last CloudWatch window to be published.
@@ -18,6 +20,9 @@ pub enum MetricsSink {
     Prometheus,
     /// CloudWatch, as the Java KCL publishes: namespace = the application name.
     Cloudwatch,
+    /// OTLP/HTTP to an OpenTelemetry collector, under the Java KCL 3.5's OpenTelemetry names:
+    /// `service.name` = the application name.
+    Otlp,
     /// Nowhere.
     None,
 }
@@ -92,5 +97,56 @@ pub async fn finish_cloudwatch(handle: Option<CloudWatchHandle>) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(error = %kcl_core::ErrorChain(&e), "publishing the last metrics failed"),
         Err(_) => warn!(timeout = ?FINAL_FLUSH, "publishing the last metrics timed out"),
+    }
+}
+
+/// The OTLP exporter's settings that the tools take.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct OtlpSettings {
+    /// The collector's base URL (`/v1/metrics` is appended); `None`: the `OTEL_EXPORTER_OTLP_*`
+    /// variables, else `http://localhost:4318`.
+    pub endpoint: Option<String>,
+    /// As the Java KCL's `metricsLevel` (default DETAILED).
+    pub level: MetricsLevel,
+    /// As `metricsEnabledDimensions` (Java names; `Operation` is always added); `None`: the
+    /// default (`Operation`, `ShardId`).
+    pub dimensions: Option<Vec<String>>,
+    /// How often to export; `None`: `OTEL_METRIC_EXPORT_INTERVAL`, else 60 s.
+    pub interval: Option<Duration>,
+}
+
+/// Installs the OTLP exporter as the process's `metrics` recorder: `service.name` =
+/// `application` (unless `OTEL_SERVICE_NAME` says otherwise), the other settings from the
+/// standard `OTEL_*` variables unless `settings` gives them. `None` at level NONE.
+pub fn install_otlp(application: &str, settings: &OtlpSettings) -> Result<Option<OtlpHandle>> {
+    if settings.level == MetricsLevel::None {
+        info!("metrics level NONE: no OTLP metrics");
+        return Ok(None);
+    }
+    let mut config = OtlpConfig::new(application).from_env().level(settings.level);
+    if let Some(endpoint) = &settings.endpoint {
+        config = config.endpoint(endpoint);
+    }
+    if let Some(dimensions) = &settings.dimensions {
+        config = config.enabled_dimensions(dimensions.iter().map(String::as_str));
+    }
+    if let Some(interval) = settings.interval {
+        config = config.export_interval(interval);
+    }
+    let endpoint = config.endpoint.clone();
+    let interval = config.export_interval;
+    let handle = otlp::install(config).context("installing the OTLP metrics exporter")?;
+    info!(%endpoint, ?interval, level = ?settings.level, "exporting metrics over OTLP");
+    Ok(Some(handle))
+}
+
+/// Exports the last window of an OTLP exporter, waiting at most [`FINAL_FLUSH`] (as
+/// [`finish_cloudwatch`]).
+pub async fn finish_otlp(handle: Option<OtlpHandle>) {
+    let Some(handle) = handle else { return };
+    match tokio::time::timeout(FINAL_FLUSH, handle.shutdown()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %kcl_core::ErrorChain(&e), "exporting the last metrics failed"),
+        Err(_) => warn!(timeout = ?FINAL_FLUSH, "exporting the last metrics timed out"),
     }
 }

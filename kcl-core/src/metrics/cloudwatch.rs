@@ -75,199 +75,26 @@
 //! are merged into one statistic set (e.g. the workers' `TakenLeases` without
 //! `WorkerIdentifier`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use metrics::{Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata};
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata};
 use metrics::{Recorder, SharedString, Unit};
 use tokio::sync::{mpsc, oneshot};
 
-/// The `Operation` dimension.
-pub const OPERATION: &str = "Operation";
-/// The `ShardId` dimension.
-pub const SHARD_ID: &str = "ShardId";
-/// The `WorkerIdentifier` dimension.
-pub const WORKER_IDENTIFIER: &str = "WorkerIdentifier";
-/// The `StreamId` dimension (multi-stream applications).
-pub const STREAM_ID: &str = "StreamId";
+pub use super::java::{mapping, MetricMapping, MetricUnit, MetricsLevel, StatisticSet};
+use super::java::{Aggregator, Described, FacadeKind};
+pub use super::java::{OPERATION, SHARD_ID, STREAM_ID, WORKER_IDENTIFIER};
 
 /// The most datums one `PutMetricData` call carries (CloudWatch's limit per request).
 pub const MAX_DATUMS_PER_CALL: usize = 1_000;
 /// The largest `PutMetricData` request body, in bytes, that a call is kept under (CloudWatch's
 /// limit is 1 MB; the estimate of a datum's size is an upper bound).
 pub const MAX_REQUEST_BYTES: usize = 1_000_000;
-
-/// Which metrics are published, as the Java KCL's `MetricsLevel`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub enum MetricsLevel {
-    /// Nothing.
-    None,
-    /// The SUMMARY metrics of the module docs' table.
-    Summary,
-    /// All of them (the default, as in Java).
-    #[default]
-    Detailed,
-}
-
-/// A CloudWatch unit, as `PutMetricData` spells it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[non_exhaustive]
-pub enum MetricUnit {
-    /// `Count`.
-    Count,
-    /// `Bytes`.
-    Bytes,
-    /// `Milliseconds`.
-    Milliseconds,
-    /// `Seconds`.
-    Seconds,
-    /// `None`.
-    None,
-}
-
-impl MetricUnit {
-    /// The unit's name in CloudWatch.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MetricUnit::Count => "Count",
-            MetricUnit::Bytes => "Bytes",
-            MetricUnit::Milliseconds => "Milliseconds",
-            MetricUnit::Seconds => "Seconds",
-            MetricUnit::None => "None",
-        }
-    }
-}
-
-/// How one of our metric names is published: see the module docs' table.
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub struct MetricMapping {
-    /// The name published (the Java KCL's where it has one).
-    pub name: String,
-    /// The `Operation` dimension.
-    pub operation: String,
-    /// The unit.
-    pub unit: MetricUnit,
-    /// The lowest level at which it is published.
-    pub level: MetricsLevel,
-    /// Each value is multiplied by this (seconds to milliseconds for `ProcessTask.Time`).
-    pub scale: f64,
-}
-
-/// How a metric of the runtime (or any other, from its name and labels) is published.
-pub fn mapping(name: &str, labels: &[(&str, &str)]) -> MetricMapping {
-    use crate::metrics as m;
-    let (java, operation, unit, level, scale): (&str, &str, MetricUnit, MetricsLevel, f64) = match name {
-        m::RECORDS_PROCESSED => (name, "ProcessTask", MetricUnit::Count, MetricsLevel::Summary, 1.0),
-        m::BYTES_PROCESSED => (
-            "DataBytesProcessed",
-            "ProcessTask",
-            MetricUnit::Bytes,
-            MetricsLevel::Summary,
-            1.0,
-        ),
-        m::MILLIS_BEHIND_LATEST => (
-            name,
-            "ProcessTask",
-            MetricUnit::Milliseconds,
-            MetricsLevel::Summary,
-            1.0,
-        ),
-        m::PROCESS_TIME => (
-            "RecordProcessor.processRecords.Time",
-            "ProcessTask",
-            MetricUnit::Milliseconds,
-            MetricsLevel::Summary,
-            1000.0,
-        ),
-        m::PROCESSOR_ERRORS | m::RECORDS_FAILED_PROCESSING => {
-            (name, "ProcessTask", MetricUnit::Count, MetricsLevel::Summary, 1.0)
-        }
-        m::SKIPPED_RECORDS
-        | m::GET_RECORDS_THROTTLED
-        | m::EXPIRED_ITERATOR
-        | m::KPL_MISPLACED_RECORDS
-        | crate::aggregation::DEAGGREGATION_FAILURES => (
-            name,
-            "ProcessTask",
-            MetricUnit::Count,
-            MetricsLevel::Detailed,
-            1.0,
-        ),
-        m::CURRENT_LEASES | m::LOST_LEASES => (
-            name,
-            "RenewAllLeases",
-            MetricUnit::Count,
-            MetricsLevel::Summary,
-            1.0,
-        ),
-        m::RENEW_FAILURES => (
-            name,
-            "RenewAllLeases",
-            MetricUnit::Count,
-            MetricsLevel::Detailed,
-            1.0,
-        ),
-        m::TAKEN_LEASES | m::LEASES_STOLEN => {
-            (name, "TakeLeases", MetricUnit::Count, MetricsLevel::Summary, 1.0)
-        }
-        m::LIVE_WORKERS => (
-            "NumWorkers",
-            "TakeLeases",
-            MetricUnit::Count,
-            MetricsLevel::Summary,
-            1.0,
-        ),
-        m::TOTAL_LEASES | m::LEASE_TABLE_SCANS => {
-            (name, "TakeLeases", MetricUnit::Count, MetricsLevel::Detailed, 1.0)
-        }
-        _ if name.starts_with("LeaseStore.") => {
-            let op = label(labels, "op").unwrap_or("Unknown");
-            return MetricMapping {
-                name: name.to_owned(),
-                operation: format!("LeaseStore.{op}"),
-                unit: MetricUnit::Count,
-                level: MetricsLevel::Detailed,
-                scale: 1.0,
-            };
-        }
-        _ => {
-            let op = label(labels, "operation").unwrap_or("Application");
-            return MetricMapping {
-                name: name.to_owned(),
-                operation: op.to_owned(),
-                unit: MetricUnit::None,
-                level: MetricsLevel::Detailed,
-                scale: 1.0,
-            };
-        }
-    };
-    MetricMapping {
-        name: java.to_owned(),
-        operation: operation.to_owned(),
-        unit,
-        level,
-        scale,
-    }
-}
-
-fn label<'a>(labels: &[(&'a str, &'a str)], name: &str) -> Option<&'a str> {
-    labels.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
-}
-
-/// The published dimension of a label, if it has one.
-fn dimension_of_label(label: &str) -> Option<&'static str> {
-    match label {
-        "shard_id" => Some(SHARD_ID),
-        "worker_id" => Some(WORKER_IDENTIFIER),
-        "stream" | "stream_id" => Some(STREAM_ID),
-        _ => None,
-    }
-}
 
 /// Errors of the CloudWatch publisher.
 #[derive(Debug, thiserror::Error)]
@@ -377,37 +204,6 @@ impl CloudWatchConfig {
 // Aggregation
 // ---------------------------------------------------------------------------------------------
 
-/// One window's statistic set of a series.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct StatisticSet {
-    /// How many values were recorded.
-    pub sample_count: f64,
-    /// Their sum.
-    pub sum: f64,
-    /// The smallest.
-    pub minimum: f64,
-    /// The largest.
-    pub maximum: f64,
-}
-
-impl StatisticSet {
-    fn of(value: f64) -> Self {
-        Self {
-            sample_count: 1.0,
-            sum: value,
-            minimum: value,
-            maximum: value,
-        }
-    }
-
-    fn merge(&mut self, other: &StatisticSet) {
-        self.sample_count += other.sample_count;
-        self.sum += other.sum;
-        self.minimum = self.minimum.min(other.minimum);
-        self.maximum = self.maximum.max(other.maximum);
-    }
-}
-
 /// One datum of a `PutMetricData` call: a metric, its dimensions (sorted by name), its unit
 /// and one window's statistic set.
 #[derive(Clone, Debug, PartialEq)]
@@ -469,170 +265,28 @@ struct DatumKey {
     unit: MetricUnit,
 }
 
-/// One registered series: the values recorded since the last window closed.
-#[derive(Debug)]
-struct Series {
-    key: DatumKey,
-    scale: f64,
-    window: Mutex<Option<StatisticSet>>,
-    /// A gauge's current value (f64 bits), for `increment`/`decrement`.
-    gauge: AtomicU64,
-}
+/// The series by facade key, aggregated into statistic sets per window.
+type Registry = Aggregator<DatumKey>;
 
-impl Series {
-    fn observe(&self, value: f64) {
-        let value = value * self.scale;
-        if !value.is_finite() {
-            return; // CloudWatch rejects NaN and infinities.
-        }
-        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
-        match window.as_mut() {
-            Some(stats) => stats.merge(&StatisticSet::of(value)),
-            None => *window = Some(StatisticSet::of(value)),
-        }
-    }
-
-    fn take(&self) -> Option<StatisticSet> {
-        self.window.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-
-    fn add_to_gauge(&self, delta: f64) {
-        let mut current = self.gauge.load(Ordering::Relaxed);
-        loop {
-            let next = (f64::from_bits(current) + delta).to_bits();
-            match self
-                .gauge
-                .compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => {
-                    self.observe(f64::from_bits(next));
-                    return;
-                }
-                Err(actual) => current = actual,
-            }
-        }
-    }
-}
-
-impl CounterFn for Series {
-    fn increment(&self, value: u64) {
-        self.observe(value as f64);
-    }
-
-    fn absolute(&self, value: u64) {
-        self.observe(value as f64);
-    }
-}
-
-impl GaugeFn for Series {
-    fn increment(&self, value: f64) {
-        self.add_to_gauge(value);
-    }
-
-    fn decrement(&self, value: f64) {
-        self.add_to_gauge(-value);
-    }
-
-    fn set(&self, value: f64) {
-        self.gauge.store(value.to_bits(), Ordering::Relaxed);
-        self.observe(value);
-    }
-}
-
-impl HistogramFn for Series {
-    fn record(&self, value: f64) {
-        self.observe(value);
-    }
-}
-
-/// The series by facade key, and the configuration that maps keys to datums.
-#[derive(Debug)]
-struct Registry {
-    level: MetricsLevel,
-    enabled_dimensions: BTreeSet<String>,
-    series: Mutex<HashMap<Key, Arc<Series>>>,
-}
-
-impl Registry {
+impl Aggregator<DatumKey> {
     fn new(level: MetricsLevel, enabled_dimensions: &BTreeSet<String>) -> Self {
-        let mut enabled_dimensions = enabled_dimensions.clone();
-        enabled_dimensions.insert(OPERATION.to_owned());
-        Self {
-            level,
-            enabled_dimensions,
-            series: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The series of a key; `None` when its metric is not published at this level.
-    fn register(&self, key: &Key) -> Option<Arc<Series>> {
-        if self.level == MetricsLevel::None {
-            return None;
-        }
-        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = series.get(key) {
-            return Some(s.clone());
-        }
-        let labels: Vec<(&str, &str)> = key.labels().map(|l| (l.key(), l.value())).collect();
-        let mapping = mapping(key.name(), &labels);
-        if mapping.level > self.level {
-            return None;
-        }
-        let mut dimensions = vec![(OPERATION.to_owned(), mapping.operation)];
-        for (label, value) in &labels {
-            // A multi-stream application's shards are labelled with their lease keys
-            // (`account:stream:creationEpoch:shardId`): `StreamId` and `ShardId`, as in Java.
-            if *label == "shard_id" {
-                if let Some((stream, shard)) = kcl_lease::StreamIdentifier::split_lease_key(value) {
-                    dimensions.push((SHARD_ID.to_owned(), shard.to_owned()));
-                    dimensions.push((STREAM_ID.to_owned(), stream.to_string()));
-                    continue;
-                }
-            }
-            if let Some(dimension) = dimension_of_label(label) {
-                dimensions.push((dimension.to_owned(), (*value).to_owned()));
-            }
-        }
-        dimensions.retain(|(name, _)| self.enabled_dimensions.contains(name));
-        dimensions.sort();
-        dimensions.dedup_by(|a, b| a.0 == b.0);
-        let s = Arc::new(Series {
-            key: DatumKey {
-                name: mapping.name,
-                dimensions,
-                unit: mapping.unit,
-            },
-            scale: mapping.scale,
-            window: Mutex::new(None),
-            gauge: AtomicU64::new(0f64.to_bits()),
-        });
-        series.insert(key.clone(), s.clone());
-        Some(s)
+        Self::with_keys(level, enabled_dimensions, |d: Described| DatumKey {
+            name: d.mapping.name,
+            dimensions: d.dimensions,
+            unit: d.mapping.unit,
+        })
     }
 
     /// Closes the window: the datums of every series with values, merged by datum key, in a
     /// stable order. Series that nobody holds any more and that had no values are forgotten.
     fn close_window(&self, timestamp: SystemTime) -> Vec<Datum> {
-        let mut merged: BTreeMap<DatumKey, StatisticSet> = BTreeMap::new();
-        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        series.retain(|_, s| {
-            let Some(stats) = s.take() else {
-                return Arc::strong_count(s) > 1;
-            };
-            merged
-                .entry(s.key.clone())
-                .and_modify(|m| m.merge(&stats))
-                .or_insert(stats);
-            true
-        });
-        drop(series);
-        merged
+        self.take_window()
             .into_iter()
-            .map(|(key, statistics)| Datum {
+            .map(|(key, window)| Datum {
                 name: key.name,
                 dimensions: key.dimensions,
                 unit: key.unit,
-                statistics,
+                statistics: window.stats,
                 timestamp,
             })
             .collect()
@@ -687,19 +341,19 @@ impl Recorder for CloudWatchRecorder {
 
     fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
         self.registry
-            .register(key)
+            .register_kind(key, FacadeKind::Counter)
             .map_or_else(Counter::noop, Counter::from_arc)
     }
 
     fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
         self.registry
-            .register(key)
+            .register_kind(key, FacadeKind::Gauge)
             .map_or_else(Gauge::noop, Gauge::from_arc)
     }
 
     fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
         self.registry
-            .register(key)
+            .register_kind(key, FacadeKind::Histogram)
             .map_or_else(Histogram::noop, Histogram::from_arc)
     }
 }

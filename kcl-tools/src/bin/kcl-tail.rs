@@ -155,20 +155,31 @@ struct Args {
     metrics_addr: Option<std::net::SocketAddr>,
     /// Where the metrics go: prometheus (served on --metrics-addr, when given), cloudwatch (the
     /// Java KCL's metric names and dimensions; namespace = the application name; the SDK's
-    /// region and credentials; AWS_ENDPOINT_URL_CLOUDWATCH for an emulator), or none.
+    /// region and credentials; AWS_ENDPOINT_URL_CLOUDWATCH for an emulator), otlp (OTLP/HTTP to
+    /// an OpenTelemetry collector under the Java KCL 3.5's OpenTelemetry names,
+    /// aws.kinesis.client.*; service.name = the application name; see --otlp-endpoint), or none.
     #[arg(long, value_enum, default_value = "prometheus")]
     metrics: kcl_tools::metrics::MetricsSink,
-    /// CloudWatch: NONE, SUMMARY or DETAILED (the Java KCL's metricsLevel).
+    /// CloudWatch and OTLP: NONE, SUMMARY or DETAILED (the Java KCL's metricsLevel).
     #[arg(long, default_value = "DETAILED", value_parser = kcl_tools::metrics::parse_level)]
     metrics_level: kcl_core::metrics::cloudwatch::MetricsLevel,
-    /// CloudWatch: the dimensions published besides Operation, comma-separated (the Java KCL's
-    /// metricsEnabledDimensions: ShardId, WorkerIdentifier, StreamId). Default: ShardId.
+    /// CloudWatch and OTLP: the dimensions published besides Operation, comma-separated (the
+    /// Java KCL's metricsEnabledDimensions: ShardId, WorkerIdentifier, StreamId; for OTLP the
+    /// attributes aws.kinesis.shard.id, aws.kinesis.consumer.name, aws.kinesis.stream_name).
+    /// Default: ShardId.
     #[arg(long, value_delimiter = ',')]
     metrics_dimensions: Option<Vec<String>>,
-    /// CloudWatch: how long values are aggregated before they are sent, in milliseconds (the
-    /// Java KCL's metricsBufferTimeMillis).
-    #[arg(long, default_value_t = 10_000)]
-    metrics_buffer_ms: u64,
+    /// CloudWatch and OTLP: how long values are aggregated before they are sent, in
+    /// milliseconds. Default: 10000 for CloudWatch (the Java KCL's metricsBufferTimeMillis);
+    /// for OTLP OTEL_METRIC_EXPORT_INTERVAL, else 60000 (the OpenTelemetry SDKs' default).
+    #[arg(long)]
+    metrics_buffer_ms: Option<u64>,
+    /// OTLP: the collector's base URL, e.g. http://127.0.0.1:4318 (/v1/metrics is appended;
+    /// http or https, with the system's root certificates and OTEL_EXPORTER_OTLP_CERTIFICATE;
+    /// headers from OTEL_EXPORTER_OTLP_HEADERS). Default: OTEL_EXPORTER_OTLP_METRICS_ENDPOINT or
+    /// OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4318.
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
     /// Serve this worker's live status page (leases, lag, throughput, recent lease moves and
     /// errors; refreshes itself) on this address, e.g. 127.0.0.1:8080, at `/`, and the same as
     /// JSON at `/status.json`. Port 0 picks a free port; the address is logged on stderr.
@@ -678,6 +689,14 @@ async fn run() -> Result<()> {
             )
             .exit();
     }
+    if args.otlp_endpoint.is_some() && args.metrics != kcl_tools::metrics::MetricsSink::Otlp {
+        Args::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--otlp-endpoint is where OTLP metrics go: it needs --metrics otlp",
+            )
+            .exit();
+    }
     if let Some(addr) = args.metrics_addr {
         kcl_tools::prometheus_builder(kcl_core::metrics::SHARD_SERIES_IDLE_TIMEOUT)
             .with_http_listener(addr)
@@ -706,10 +725,21 @@ async fn run() -> Result<()> {
         let settings = kcl_tools::metrics::CloudWatchSettings {
             level: args.metrics_level,
             dimensions: args.metrics_dimensions.clone(),
-            buffer_time: Duration::from_millis(args.metrics_buffer_ms.max(1)),
+            buffer_time: Duration::from_millis(args.metrics_buffer_ms.unwrap_or(10_000).max(1)),
             ..Default::default()
         };
         kcl_tools::metrics::install_cloudwatch(&sdk, &application, &settings)?
+    } else {
+        None
+    };
+    let otlp = if args.metrics == kcl_tools::metrics::MetricsSink::Otlp {
+        let settings = kcl_tools::metrics::OtlpSettings {
+            endpoint: args.otlp_endpoint.clone(),
+            level: args.metrics_level,
+            dimensions: args.metrics_dimensions.clone(),
+            interval: args.metrics_buffer_ms.map(|ms| Duration::from_millis(ms.max(1))),
+        };
+        kcl_tools::metrics::install_otlp(&application, &settings)?
     } else {
         None
     };
@@ -730,6 +760,7 @@ async fn run() -> Result<()> {
     };
     // After the hand-over: the last window of metrics.
     kcl_tools::metrics::finish_cloudwatch(cloudwatch).await;
+    kcl_tools::metrics::finish_otlp(otlp).await;
     result
 }
 

@@ -3,6 +3,8 @@
 
 use super::*;
 use crate::metrics as names;
+use metrics::{CounterFn, GaugeFn, HistogramFn};
+use std::sync::Mutex;
 
 fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
     let labels: Vec<metrics::Label> = labels
