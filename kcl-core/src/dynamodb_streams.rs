@@ -698,7 +698,7 @@ pub(crate) fn base64_encode(bytes: &[u8]) -> String {
 /// Decodes standard base64 (padding required, as DynamoDB writes it); `None` if malformed.
 pub(crate) fn base64_decode(s: &str) -> Option<Vec<u8>> {
     let s = s.as_bytes();
-    if s.len() % 4 != 0 {
+    if !s.len().is_multiple_of(4) {
         return None;
     }
     let value = |c: u8| BASE64.iter().position(|&b| b == c).map(|p| p as u32);
