@@ -20,7 +20,8 @@
 //!              "SizeBytes":59,"StreamViewType":"NEW_AND_OLD_IMAGES"}}
 //! ```
 //!
-//! A TTL deletion adds `"userIdentity":{"principalId":"dynamodb.amazonaws.com","type":"Service"}`.
+//! A TTL deletion adds `"userIdentity":{"PrincipalId":"dynamodb.amazonaws.com","Type":"Service"}`
+//! (Lambda's events spell these `principalId` and `type`; both are read).
 //! Nothing here depends on the AWS SDK: the SDK's types stay inside the backend.
 
 use std::collections::BTreeMap;
@@ -314,15 +315,18 @@ impl ChangeRecord {
         let user_identity = match top.get("userIdentity") {
             None | Some(Value::Null) => None,
             Some(Value::Object(o)) => {
-                let field = |name: &str| {
+                // `GetRecords` writes `PrincipalId` and `Type`; Lambda's events `principalId`
+                // and `type`.
+                let field = |name: &str, lambda: &str| {
                     o.get(name)
+                        .or_else(|| o.get(lambda))
                         .and_then(Value::as_str)
                         .map(str::to_owned)
                         .ok_or_else(|| invalid(format!("userIdentity.{name}"), "not a string"))
                 };
                 Some(UserIdentity {
-                    principal_id: field("principalId")?,
-                    kind: field("type")?,
+                    principal_id: field("PrincipalId", "principalId")?,
+                    kind: field("Type", "type")?,
                 })
             }
             Some(_) => return Err(invalid("userIdentity", "not a JSON object")),
@@ -374,8 +378,8 @@ impl ChangeRecord {
         top.insert("dynamodb".into(), Value::Object(dynamodb));
         if let Some(identity) = &self.user_identity {
             let mut o = Map::new();
-            o.insert("principalId".into(), identity.principal_id.clone().into());
-            o.insert("type".into(), identity.kind.clone().into());
+            o.insert("PrincipalId".into(), identity.principal_id.clone().into());
+            o.insert("Type".into(), identity.kind.clone().into());
             top.insert("userIdentity".into(), Value::Object(o));
         }
         Value::Object(top)
@@ -830,11 +834,17 @@ mod tests {
             "awsRegion":"eu-west-1","dynamodb":{"ApproximateCreationDateTime":1700000000,
             "Keys":{"pk":{"S":"session-9"}},"OldImage":{"pk":{"S":"session-9"},"expires":{"N":"1699999999"}},
             "SequenceNumber":"000000000000000000001","SizeBytes":60,"StreamViewType":"OLD_IMAGE"},
-            "userIdentity":{"principalId":"dynamodb.amazonaws.com","type":"Service"}}"#;
+            "userIdentity":{"PrincipalId":"dynamodb.amazonaws.com","Type":"Service"}}"#;
         let c = ChangeRecord::from_json_slice(ttl.as_bytes()).unwrap();
         assert_eq!(c.event_name, EventName::Remove);
         assert!(c.is_ttl_deletion());
         assert_eq!(c.user_identity, Some(UserIdentity::ttl()));
+        // Lambda's spelling.
+        let lambda = ttl
+            .replace("PrincipalId", "principalId")
+            .replace("\"Type\"", "\"type\"");
+        let l = ChangeRecord::from_json_slice(lambda.as_bytes()).unwrap();
+        assert!(l.is_ttl_deletion());
         assert!(c.new_image.is_none());
         let insert = r#"{"eventName":"INSERT","dynamodb":{"Keys":{"id":{"N":"7"},"sk":{"B":"AAE="}},
             "SequenceNumber":"111","StreamViewType":"KEYS_ONLY"}}"#;
@@ -887,7 +897,7 @@ mod tests {
             ),
             (
                 r#"{"eventName":"INSERT","dynamodb":{"Keys":{"k":{"S":"1"}},"SequenceNumber":"1"},"userIdentity":{"type":"Service"}}"#,
-                "userIdentity.principalId",
+                "userIdentity.PrincipalId",
             ),
         ];
         for (data, expected) in cases {

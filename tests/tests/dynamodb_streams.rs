@@ -16,7 +16,7 @@ use kcl_core::dynamodb_streams::{
 use kcl_core::lease::LeaseStore;
 use kcl_core::{
     InMemoryLeaseStore, InitialPosition, LocalBackend, ProcessRecordsInput, ProcessorError, RecordProcessor,
-    Scheduler, SchedulerHandle, ShardEndedInput, ShutdownRequestedInput,
+    Scheduler, SchedulerHandle, ShardEndedInput, ShutdownRequestedInput, StreamBackend,
 };
 use kcl_tests::{init_tracing, wait_until};
 
@@ -116,7 +116,7 @@ impl RecordProcessor for Replicator {
 fn worker(
     name: &str,
     stream: &str,
-    backend: &LocalBackend,
+    backend: &(impl StreamBackend + Clone),
     store: &InMemoryLeaseStore,
     replica: &Replica,
 ) -> SchedulerHandle {
@@ -211,6 +211,50 @@ impl Writer {
     }
 }
 
+/// Every change delivered in order per key (the first delivery of each sequence number, in
+/// delivery order, is exactly what was written: replays only repeat earlier ones), by both
+/// workers, and the replica equal to the table.
+fn check_replicated(replica: &Replica, writer: &Writer, backend: &LocalBackend) {
+    let deliveries = replica.deliveries.lock().unwrap().clone();
+    let mut first: BTreeMap<String, Vec<(EventName, u64)>> = BTreeMap::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for d in &deliveries {
+        if seen.insert(d.sequence.clone()) {
+            first.entry(d.key.clone()).or_default().push((d.event, d.version));
+        }
+    }
+    assert_eq!(
+        first.keys().collect::<Vec<_>>(),
+        writer.expected.keys().collect::<Vec<_>>()
+    );
+    for (key, changes) in &writer.expected {
+        assert_eq!(&first[key], changes, "the changes of {key}, in order");
+    }
+    assert_eq!(writer.writes, 360);
+    assert_eq!(writer.expected.len() as u64, KEYS);
+    for event in [EventName::Insert, EventName::Modify, EventName::Remove] {
+        assert!(writer.expected.values().flatten().any(|(e, _)| *e == event));
+    }
+    let workers: std::collections::BTreeSet<&str> = deliveries.iter().map(|d| d.worker.as_str()).collect();
+    assert_eq!(workers.len(), 2, "both workers delivered changes");
+    // The replica equals the table.
+    let table: BTreeMap<String, Item> = backend
+        .scan(TABLE)
+        .unwrap()
+        .into_iter()
+        .map(|item| {
+            let keys: Item = item
+                .iter()
+                .filter(|(k, _)| *k == "pk" || *k == "sk")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            (key_of(&keys), item)
+        })
+        .collect();
+    assert!(!table.is_empty());
+    assert_eq!(*replica.items.lock().unwrap(), table);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_table_is_replicated_through_a_rotation_and_a_killed_worker() {
     init_tracing();
@@ -268,47 +312,7 @@ async fn a_table_is_replicated_through_a_rotation_and_a_killed_worker() {
         "the kill landed between batches: nothing to deliver again"
     );
 
-    // Every change, in order per key: the first delivery of each sequence number, in delivery
-    // order, is exactly what was written (replays after the kill only repeat earlier ones).
-    let deliveries = replica.deliveries.lock().unwrap().clone();
-    let mut first: BTreeMap<String, Vec<(EventName, u64)>> = BTreeMap::new();
-    let mut seen = std::collections::BTreeSet::new();
-    for d in &deliveries {
-        if seen.insert(d.sequence.clone()) {
-            first.entry(d.key.clone()).or_default().push((d.event, d.version));
-        }
-    }
-    assert_eq!(
-        first.keys().collect::<Vec<_>>(),
-        writer.expected.keys().collect::<Vec<_>>()
-    );
-    for (key, changes) in &writer.expected {
-        assert_eq!(&first[key], changes, "the changes of {key}, in order");
-    }
-    assert_eq!(writer.writes, 360);
-    assert!(writer
-        .expected
-        .values()
-        .flatten()
-        .any(|(e, _)| *e == EventName::Remove));
-    let workers: std::collections::BTreeSet<&str> = deliveries.iter().map(|d| d.worker.as_str()).collect();
-    assert_eq!(workers.len(), 2, "both workers delivered changes");
-    // The replica equals the table.
-    let table: BTreeMap<String, Item> = backend
-        .scan(TABLE)
-        .unwrap()
-        .into_iter()
-        .map(|item| {
-            let keys: Item = item
-                .iter()
-                .filter(|(k, _)| *k == "pk" || *k == "sk")
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            (key_of(&keys), item)
-        })
-        .collect();
-    assert!(!table.is_empty());
-    assert_eq!(*replica.items.lock().unwrap(), table);
+    check_replicated(&replica, &writer, &backend);
 
     // The parents were finished (SHARD_END) and the children are under way; the stream has six
     // shards.
@@ -317,5 +321,372 @@ async fn a_table_is_replicated_through_a_rotation_and_a_killed_worker() {
     for lease in store.list().await.unwrap() {
         let parent = rotated.iter().any(|(p, _)| *p == lease.lease_key);
         assert!(!parent || lease.checkpoint.is_shard_end(), "{lease:?}");
+    }
+}
+
+/// Faults the fake service injects, and what it saw.
+#[derive(Default)]
+struct Faults {
+    /// Answer one `GetRecords`, on a shard that returned records before, with
+    /// `TrimmedDataAccessException`.
+    trim_records: bool,
+    records_trimmed: usize,
+    /// Armed by the above: answer the next `GetShardIterator` at a sequence number with
+    /// `TrimmedDataAccessException`.
+    trim_iterator: bool,
+    iterators_trimmed: usize,
+    /// Shards that returned records.
+    served: std::collections::BTreeSet<String>,
+    describe_pages: usize,
+}
+
+/// DynamoDB Streams (and DynamoDB's `DescribeTable`) over the local backend's table, in the
+/// services' awsJson 1.0 protocol on plain HTTP/1.1: enough for `DynamoDbStreamsBackend`, so that
+/// the real SDK path (requests, paging, errors, the records' JSON) is exercised without AWS.
+/// `DescribeStream` pages two shards at a time. Iterators are handed out as `SHARD|LOCAL`.
+struct FakeService {
+    backend: LocalBackend,
+    stream: String,
+    faults: Mutex<Faults>,
+}
+
+fn service_error(code: &str, message: &str) -> (u16, serde_json::Value) {
+    (
+        400,
+        serde_json::json!({"__type": format!("com.amazonaws.dynamodb.v20120810#{code}"), "message": message}),
+    )
+}
+
+fn backend_error(e: kcl_core::BackendError) -> (u16, serde_json::Value) {
+    use kcl_core::BackendError as E;
+    let code = match &e {
+        E::ExpiredIterator => "ExpiredIteratorException",
+        E::StreamNotFound(_) | E::ShardNotFound(_) => "ResourceNotFoundException",
+        E::Throttled(_) => "LimitExceededException",
+        E::InvalidArgument(_) => "ValidationException",
+        _ => "InternalServerError",
+    };
+    service_error(code, &e.to_string())
+}
+
+impl FakeService {
+    async fn handle(&self, target: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        use kcl_core::IteratorPosition as P;
+        use serde_json::json;
+        let text = |name: &str| body[name].as_str().unwrap_or_default().to_owned();
+        match target {
+            "DynamoDB_20120810.DescribeTable" => match text("TableName").as_str() {
+                TABLE => (
+                    200,
+                    json!({"Table": {"TableName": TABLE, "TableStatus": "ACTIVE",
+                        "LatestStreamArn": self.stream,
+                        "StreamSpecification": {"StreamEnabled": true, "StreamViewType": "NEW_AND_OLD_IMAGES"}}}),
+                ),
+                "plain" => (
+                    200,
+                    json!({"Table": {"TableName": "plain", "TableStatus": "ACTIVE"}}),
+                ),
+                other => service_error(
+                    "ResourceNotFoundException",
+                    &format!("Requested resource not found: Table: {other} not found"),
+                ),
+            },
+            "DynamoDBStreams_20120810.DescribeStream" => {
+                let arn = text("StreamArn");
+                let shards = match self.backend.shards(&arn) {
+                    Ok(shards) => shards,
+                    Err(e) => return backend_error(e),
+                };
+                let after = body["ExclusiveStartShardId"].as_str();
+                let rest: Vec<_> = shards
+                    .iter()
+                    .filter(|s| after.is_none_or(|a| s.shard_id.as_str() > a))
+                    .collect();
+                let page: Vec<serde_json::Value> = rest
+                    .iter()
+                    .take(2)
+                    .map(|s| {
+                        let mut range = serde_json::Map::new();
+                        range.insert(
+                            "StartingSequenceNumber".into(),
+                            s.starting_sequence_number.as_str().into(),
+                        );
+                        if let Some(end) = &s.ending_sequence_number {
+                            range.insert("EndingSequenceNumber".into(), end.as_str().into());
+                        }
+                        let mut shard = serde_json::Map::new();
+                        shard.insert("ShardId".into(), s.shard_id.clone().into());
+                        if let Some(parent) = &s.parent_shard_id {
+                            shard.insert("ParentShardId".into(), parent.clone().into());
+                        }
+                        shard.insert("SequenceNumberRange".into(), range.into());
+                        shard.into()
+                    })
+                    .collect();
+                let mut description = serde_json::Map::new();
+                description.insert("StreamArn".into(), arn.into());
+                description.insert("StreamStatus".into(), "ENABLED".into());
+                description.insert("StreamViewType".into(), "NEW_AND_OLD_IMAGES".into());
+                description.insert("Shards".into(), page.into());
+                if rest.len() > 2 {
+                    description.insert("LastEvaluatedShardId".into(), rest[1].shard_id.clone().into());
+                }
+                self.faults.lock().unwrap().describe_pages += 1;
+                (200, json!({ "StreamDescription": description }))
+            }
+            "DynamoDBStreams_20120810.GetShardIterator" => {
+                let shard = text("ShardId");
+                let sequence = body["SequenceNumber"].as_str().map(|s| {
+                    assert!(s.len() >= 21, "sequence number {s} shorter than 21 digits");
+                    kcl_core::record::SequenceNumber::new(s).unwrap()
+                });
+                let position = match (text("ShardIteratorType").as_str(), sequence) {
+                    ("TRIM_HORIZON", None) => P::TrimHorizon,
+                    ("LATEST", None) => P::Latest,
+                    ("AT_SEQUENCE_NUMBER", Some(s)) => P::AtSequenceNumber(s),
+                    ("AFTER_SEQUENCE_NUMBER", Some(s)) => P::AfterSequenceNumber(s),
+                    (kind, _) => {
+                        return service_error("ValidationException", &format!("bad iterator type {kind}"))
+                    }
+                };
+                {
+                    let mut faults = self.faults.lock().unwrap();
+                    if faults.trim_iterator
+                        && matches!(position, P::AfterSequenceNumber(_) | P::AtSequenceNumber(_))
+                    {
+                        faults.trim_iterator = false;
+                        faults.iterators_trimmed += 1;
+                        return service_error(
+                            "TrimmedDataAccessException",
+                            "the sequence number was trimmed",
+                        );
+                    }
+                }
+                match self
+                    .backend
+                    .get_shard_iterator(&text("StreamArn"), &shard, &position)
+                    .await
+                {
+                    Ok(it) => (200, json!({ "ShardIterator": format!("{shard}|{it}") })),
+                    Err(e) => backend_error(e),
+                }
+            }
+            "DynamoDBStreams_20120810.GetRecords" => {
+                let wrapped = text("ShardIterator");
+                let Some((shard, iterator)) = wrapped.split_once('|') else {
+                    return service_error("ValidationException", "malformed shard iterator");
+                };
+                let limit = body["Limit"].as_u64().unwrap_or(1000);
+                if !(1..=1000).contains(&limit) {
+                    return service_error("ValidationException", "Limit must be in 1..=1000");
+                }
+                {
+                    let mut faults = self.faults.lock().unwrap();
+                    if faults.trim_records && faults.served.contains(shard) {
+                        faults.trim_records = false;
+                        faults.records_trimmed += 1;
+                        faults.trim_iterator = true;
+                        return service_error(
+                            "TrimmedDataAccessException",
+                            "the iterator's records were trimmed",
+                        );
+                    }
+                }
+                match self
+                    .backend
+                    .get_records(&self.stream, iterator, limit as usize)
+                    .await
+                {
+                    Ok(out) => {
+                        if !out.records.is_empty() {
+                            self.faults.lock().unwrap().served.insert(shard.to_owned());
+                        }
+                        let records: Vec<serde_json::Value> = out
+                            .records
+                            .iter()
+                            .map(|r| serde_json::from_slice(&r.data).unwrap())
+                            .collect();
+                        let mut reply = serde_json::Map::new();
+                        reply.insert("Records".into(), records.into());
+                        if let Some(next) = out.next_iterator {
+                            reply.insert("NextShardIterator".into(), format!("{shard}|{next}").into());
+                        }
+                        (200, reply.into())
+                    }
+                    Err(e) => backend_error(e),
+                }
+            }
+            other => service_error("UnknownOperationException", other),
+        }
+    }
+
+    /// Serves one connection: HTTP/1.1 requests with a `Content-Length` body, kept alive.
+    async fn connection(self: Arc<Self>, socket: tokio::net::TcpStream) -> std::io::Result<()> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+        let mut reader = BufReader::new(socket);
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).await? == 0 {
+                return Ok(());
+            }
+            let (mut target, mut length) = (String::new(), 0usize);
+            loop {
+                line.clear();
+                reader.read_line(&mut line).await?;
+                let header = line.trim_end();
+                if header.is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = header.split_once(':') {
+                    match name.trim().to_ascii_lowercase().as_str() {
+                        "x-amz-target" => value.trim().clone_into(&mut target),
+                        "content-length" => length = value.trim().parse().unwrap_or(0),
+                        _ => {}
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).await?;
+            let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+            let (status, reply) = self.handle(&target, json).await;
+            let reply = reply.to_string();
+            let head = format!(
+                "HTTP/1.1 {status} {}\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\n\r\n",
+                if status == 200 { "OK" } else { "Bad Request" },
+                reply.len()
+            );
+            let socket = reader.get_mut();
+            socket.write_all(head.as_bytes()).await?;
+            socket.write_all(reply.as_bytes()).await?;
+        }
+    }
+
+    /// Starts serving on a loopback port; returns the endpoint URL.
+    async fn start(self: Arc<Self>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(self.clone().connection(socket));
+            }
+        });
+        url
+    }
+}
+
+/// The same replication through `DynamoDbStreamsBackend` (the AWS SDK path: `DescribeTable`,
+/// paged `DescribeStream`, `GetShardIterator`, `GetRecords`, the service's JSON and errors)
+/// against a fake DynamoDB Streams endpoint over the local table, with one trimmed read: the
+/// reader takes a new iterator, which is trimmed too and falls back to the shard's trim horizon.
+/// Real time, not paused (real sockets).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_backend_replicates_a_table_through_the_service_protocol() {
+    use kcl_core::backend::dynamodb_streams::DynamoDbSourceError;
+    use kcl_core::DynamoDbStreamsBackend;
+
+    init_tracing();
+    let backend = LocalBackend::new();
+    let stream = backend
+        .create_table(
+            TABLE,
+            KeySchema::hash_and_range("pk", "sk"),
+            StreamViewType::NewAndOldImages,
+            3,
+        )
+        .unwrap();
+    let service = Arc::new(FakeService {
+        backend: backend.clone(),
+        stream: stream.clone(),
+        faults: Mutex::default(),
+    });
+    let endpoint = service.clone().start().await;
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(&endpoint)
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "test", "test", None, None, "static",
+        ))
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .load()
+        .await;
+
+    // Naming the source: a table without a stream, a missing table and a bad ARN are typed
+    // errors at once; the table's latest stream is found.
+    assert!(matches!(
+        DynamoDbStreamsBackend::for_table(&sdk, "plain").await,
+        Err(DynamoDbSourceError::NoStream(t)) if t == "plain"
+    ));
+    assert!(matches!(
+        DynamoDbStreamsBackend::for_table(&sdk, "missing").await,
+        Err(DynamoDbSourceError::TableNotFound(t)) if t == "missing"
+    ));
+    assert!(matches!(
+        DynamoDbStreamsBackend::for_stream_arn(&sdk, "orders"),
+        Err(DynamoDbSourceError::Arn(_))
+    ));
+    let (sdk_backend, arn) = DynamoDbStreamsBackend::for_table(&sdk, TABLE).await.unwrap();
+    assert_eq!(arn.to_string(), stream);
+    assert_eq!(arn.table, TABLE);
+
+    let store = InMemoryLeaseStore::new();
+    let replica = Replica::default();
+    let mut writer = Writer {
+        backend: backend.clone(),
+        versions: BTreeMap::new(),
+        expected: BTreeMap::new(),
+        writes: 0,
+    };
+    writer.write(120);
+    let rotated = backend.rotate_shards(&stream).unwrap();
+    writer.write(120);
+    // Lineage through paged DescribeStream: six shards, three pages of two (DynamoDB shards
+    // have no hash key range: the whole range each).
+    let lineage = |shards: Vec<kcl_core::record::Shard>| -> Vec<_> {
+        shards
+            .into_iter()
+            .map(|s| {
+                (
+                    s.shard_id,
+                    s.parent_shard_id,
+                    s.starting_sequence_number,
+                    s.ending_sequence_number,
+                )
+            })
+            .collect()
+    };
+    let listed = sdk_backend.list_shards(&stream).await.unwrap();
+    assert!(listed
+        .iter()
+        .all(|s| s.hash_key_range == kcl_core::record::HashKeyRange::FULL));
+    assert_eq!(lineage(listed), lineage(backend.shards(&stream).unwrap()));
+    assert_eq!(service.faults.lock().unwrap().describe_pages, 3);
+    let missing = sdk_backend
+        .list_shards("arn:aws:dynamodb:local:000000000000:table/orders/stream/nope")
+        .await
+        .unwrap_err();
+    assert!(missing.is_fatal(), "{missing}");
+
+    service.faults.lock().unwrap().trim_records = true;
+    let a = worker("a", &stream, &sdk_backend, &store, &replica);
+    let b = worker("b", &stream, &sdk_backend, &store, &replica);
+    wait_until(LIMIT, "part of the changes are delivered", || {
+        replica.unique_deliveries() >= 130
+    })
+    .await;
+    b.kill().await;
+    writer.write(120);
+    wait_until(LIMIT, "every change is delivered", || {
+        replica.unique_deliveries() == writer.writes
+    })
+    .await;
+    wait_until(LIMIT, "a holds the three children", || a.held_leases().len() == 3).await;
+    a.shutdown().await.unwrap();
+
+    check_replicated(&replica, &writer, &backend);
+    let faults = service.faults.lock().unwrap();
+    assert_eq!((faults.records_trimmed, faults.iterators_trimmed), (1, 1));
+    assert_eq!(sdk_backend.trimmed_count(), 1);
+    for (parent, _) in &rotated {
+        assert!(faults.served.contains(parent), "{parent} was read");
     }
 }

@@ -614,7 +614,7 @@ mod tests {
             json["dynamodb"]["OldImage"]["nested"],
             serde_json::json!({"M": {"l": {"L": [{"BOOL": false}, {"NS": ["1"]}]}}})
         );
-        assert_eq!(json["userIdentity"]["type"], "Service");
+        assert_eq!(json["userIdentity"]["Type"], "Service");
         assert_eq!(parsed.old_image_json().unwrap()["gone"], serde_json::Value::Null);
         // A record without its dynamodb part is an error, not a panic.
         let bare = SdkRecord::builder().event_name(OperationType::Insert).build();
