@@ -12,6 +12,37 @@
 //! retry loop). Checkpoints are the stream's sequence numbers, in the same lease table format as
 //! for Kinesis (leases keyed by shard id).
 //!
+//! With the `aws` feature too, `SchedulerBuilder::aws_sdk`
+//! gives the DynamoDB lease table named after the application (as the Java adapter names it),
+//! and the backend replaces the Kinesis one:
+//!
+//! ```no_run
+//! # #[cfg(feature = "aws")]
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use kcl_core::dynamodb_streams::ChangeRecord;
+//! use kcl_core::prelude::*;
+//! use kcl_core::DynamoDbStreamsBackend;
+//!
+//! let sdk = kcl_core::aws::load_sdk_config(&Default::default()).await;
+//! // Or DynamoDbStreamsBackend::for_stream_arn(&sdk, "arn:aws:dynamodb:...:table/orders/stream/...").
+//! let (backend, arn) = DynamoDbStreamsBackend::for_table(&sdk, "orders").await?;
+//! Scheduler::builder("orders-replicator", arn.to_string()) // the stream name is the ARN
+//!     .aws_sdk(&sdk)? // the lease table `orders-replicator`
+//!     .backend(backend)
+//!     .handler(|batch: Batch| async move {
+//!         for record in batch.records() {
+//!             let change = ChangeRecord::from_record(record)?;
+//!             println!("{} {} {:?}", change.event_name, change.keys_json(), change.new_image_json());
+//!         }
+//!         Ok(()) // checkpoints the batch
+//!     })
+//!     .build()?
+//!     .run(shutdown_signal())
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # The calls
 //!
 //! - `list_shards`: `DescribeStream`, paged by `ExclusiveStartShardId`; each shard's
