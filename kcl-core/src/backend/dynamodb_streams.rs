@@ -12,9 +12,9 @@
 //! retry loop). Checkpoints are the stream's sequence numbers, in the same lease table format as
 //! for Kinesis (leases keyed by shard id).
 //!
-//! With the `aws` feature too, `SchedulerBuilder::aws_sdk`
-//! gives the DynamoDB lease table named after the application (as the Java adapter names it),
-//! and the backend replaces the Kinesis one:
+//! With the `aws` feature too, `SchedulerBuilder::aws_sdk` gives the DynamoDB lease table named
+//! after the application (as the Java adapter names it), and the backend replaces the Kinesis
+//! one:
 //!
 //! ```no_run
 //! # #[cfg(feature = "aws")]
