@@ -574,6 +574,108 @@ impl FakeService {
     }
 }
 
+/// A fake service over the local table's stream, and SDK configuration for it (static test
+/// credentials, the SDK's retries off as `load_sdk_config` sets them).
+async fn fake_service(backend: &LocalBackend, stream: &str) -> (Arc<FakeService>, aws_config::SdkConfig) {
+    let service = Arc::new(FakeService {
+        backend: backend.clone(),
+        stream: stream.to_owned(),
+        faults: Mutex::default(),
+    });
+    let endpoint = service.clone().start().await;
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(&endpoint)
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "test", "test", None, None, "static",
+        ))
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .load()
+        .await;
+    (service, sdk)
+}
+
+/// Every iterator type, the clamped limit, an expired iterator and the records' shape through
+/// the SDK path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iterators_limits_and_expiry_through_the_sdk() {
+    use kcl_core::{BackendError, DynamoDbStreamsBackend, IteratorPosition as P};
+
+    let backend = LocalBackend::builder()
+        .iterator_ttl(Duration::from_millis(300))
+        .build();
+    let stream = backend
+        .create_table(TABLE, KeySchema::hash("pk"), StreamViewType::NewImage, 1)
+        .unwrap();
+    let (_service, sdk) = fake_service(&backend, &stream).await;
+    let (ddb, _) = DynamoDbStreamsBackend::for_stream_arn(&sdk, &stream).unwrap();
+    let put = |i: u64| {
+        let item: Item = [
+            ("pk".to_owned(), AttributeValue::s(format!("k{i}"))),
+            ("v".to_owned(), AttributeValue::n(i)),
+        ]
+        .into();
+        backend.put_item(TABLE, item).unwrap();
+    };
+    for i in 0..3 {
+        put(i);
+    }
+    let shard = ddb.list_shards(&stream).await.unwrap()[0].shard_id.clone();
+    let read = |position: P| {
+        let (ddb, stream, shard) = (ddb.clone(), stream.clone(), shard.clone());
+        async move {
+            let it = ddb.get_shard_iterator(&stream, &shard, &position).await?;
+            // More than the service's 1,000: clamped (the fake refuses larger limits).
+            let out = ddb.get_records(&stream, &it, 5000).await?;
+            let versions: Vec<u64> = out
+                .records
+                .iter()
+                .map(|r| version(&ChangeRecord::from_record(r).unwrap().new_image.unwrap()).unwrap())
+                .collect();
+            Ok::<_, BackendError>((versions, out))
+        }
+    };
+    let (all, out) = read(P::TrimHorizon).await.unwrap();
+    assert_eq!(all, [0, 1, 2]);
+    let second = out.records[1].sequence_number.clone();
+    assert_eq!(&*out.records[1].partition_key, r#"{"pk":{"S":"k1"}}"#);
+    assert!(out.next_iterator.is_some() && out.child_shards.is_empty());
+    assert_eq!(read(P::AtSequenceNumber(second.clone())).await.unwrap().0, [1, 2]);
+    assert_eq!(read(P::AfterSequenceNumber(second)).await.unwrap().0, [2]);
+    let latest = ddb.get_shard_iterator(&stream, &shard, &P::Latest).await.unwrap();
+    put(3);
+    let out = ddb.get_records(&stream, &latest, 10).await.unwrap();
+    assert_eq!(out.records.len(), 1);
+    assert!(matches!(
+        read(P::AtTimestamp(std::time::SystemTime::now())).await,
+        Err(BackendError::Unsupported(_))
+    ));
+    // An iterator older than its time to live.
+    let it = ddb
+        .get_shard_iterator(&stream, &shard, &P::TrimHorizon)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(matches!(
+        ddb.get_records(&stream, &it, 10).await,
+        Err(BackendError::ExpiredIterator)
+    ));
+    assert!(matches!(
+        ddb.get_shard_iterator(&stream, "shardId-00000000000000000000-00000000", &P::TrimHorizon)
+            .await,
+        Err(BackendError::ShardNotFound(_))
+    ));
+    // A closed shard read to its end: no next iterator.
+    backend.rotate_shards(&stream).unwrap();
+    let it = ddb
+        .get_shard_iterator(&stream, &shard, &P::TrimHorizon)
+        .await
+        .unwrap();
+    let out = ddb.get_records(&stream, &it, 1000).await.unwrap();
+    assert_eq!(out.records.len(), 4);
+    assert!(out.next_iterator.is_none());
+}
+
 /// The same replication through `DynamoDbStreamsBackend` (the AWS SDK path: `DescribeTable`,
 /// paged `DescribeStream`, `GetShardIterator`, `GetRecords`, the service's JSON and errors)
 /// against a fake DynamoDB Streams endpoint over the local table, with one trimmed read: the
@@ -594,21 +696,7 @@ async fn the_sdk_backend_replicates_a_table_through_the_service_protocol() {
             3,
         )
         .unwrap();
-    let service = Arc::new(FakeService {
-        backend: backend.clone(),
-        stream: stream.clone(),
-        faults: Mutex::default(),
-    });
-    let endpoint = service.clone().start().await;
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(&endpoint)
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-            "test", "test", None, None, "static",
-        ))
-        .retry_config(aws_config::retry::RetryConfig::disabled())
-        .load()
-        .await;
+    let (service, sdk) = fake_service(&backend, &stream).await;
 
     // Naming the source: a table without a stream, a missing table and a bad ARN are typed
     // errors at once; the table's latest stream is found.
