@@ -88,6 +88,35 @@ impl LocalBackend {
     /// stream's ARN, the stream name to consume (with any `Scheduler`) and to give
     /// [`LocalBackend::rotate_shards`]. Fails if the table exists or its name is not a DynamoDB
     /// table name (3 to 255 of `a-zA-Z0-9_.-`).
+    ///
+    /// ```
+    /// use kcl_core::backend::local::KeySchema;
+    /// use kcl_core::dynamodb_streams::{AttributeValue, ChangeRecord, EventName, StreamViewType};
+    /// use kcl_core::{IteratorPosition, LocalBackend, StreamBackend};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let local = LocalBackend::new();
+    /// let view = StreamViewType::NewAndOldImages;
+    /// let stream = local.create_table("orders", KeySchema::hash("pk"), view, 1)?;
+    /// let item = [
+    ///     ("pk".to_owned(), AttributeValue::s("order-1")),
+    ///     ("qty".to_owned(), AttributeValue::n(2)),
+    /// ];
+    /// local.put_item("orders", item.into())?;
+    /// // The stream is read as any other (a Scheduler consumes it by this name).
+    /// let shard = &local.list_shards(&stream).await?[0];
+    /// let it = local
+    ///     .get_shard_iterator(&stream, &shard.shard_id, &IteratorPosition::TrimHorizon)
+    ///     .await?;
+    /// let out = local.get_records(&stream, &it, 100).await?;
+    /// let change = ChangeRecord::from_record(&out.records[0])?;
+    /// assert_eq!(change.event_name, EventName::Insert);
+    /// assert_eq!(change.keys_json(), serde_json::json!({"pk": "order-1"}));
+    /// assert_eq!(change.new_image_json(), Some(serde_json::json!({"pk": "order-1", "qty": 2})));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn create_table(
         &self,
         table: &str,
