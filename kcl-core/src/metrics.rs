@@ -28,7 +28,7 @@
 //! | `LeaseStore.Calls`, `LeaseStore.Errors`, `LeaseStore.RowsRead`, `LeaseStore.WriteUnits` | counters | lease-store calls per `op`, rows read, DynamoDB write units billed (kcl-lease's cost meter) |
 //! | `LeaseStore.ReadUnits` | gauge | DynamoDB read units billed so far, per `op` |
 //!
-//! With the `cloudwatch` feature, [`cloudwatch`] publishes them to Amazon CloudWatch under the
+//! With the `cloudwatch` feature, `metrics::cloudwatch` publishes them to Amazon CloudWatch under the
 //! Java KCL's names, dimensions and levels (its module docs have the table beside the Java KCL's).
 
 use std::sync::{Arc, Mutex};
