@@ -100,10 +100,12 @@
 //! - [`shard_sync`]: creating leases for new shards, parents before children.
 //! - [`streams`]: multi-stream applications: `StreamTracker`, `StreamConfig`, clean-up of the
 //!   leases of removed streams.
+//! - [`dynamodb_streams`]: DynamoDB Streams change records, typed (`ChangeRecord`,
+//!   `AttributeValue`), parsed from a record's data (the service's JSON wire format).
 //! - [`backend`]: the `StreamBackend` trait, the bundled local stream
 //!   ([`backend::local::LocalBackend`]), Kinesis through the AWS SDK (`backend::kinesis`,
 //!   feature `kinesis`) and the fault-injecting wrapper (`backend::failure`, feature `testing`).
-//! - `aws` (features `kinesis` or `dynamodb`): loading AWS configuration (default chain, region,
+//! - `aws` (features `kinesis`, `dynamodb` or `dynamodb-streams`): loading AWS configuration (default chain, region,
 //!   endpoint overrides), and `SchedulerBuilder::aws` (feature `aws`).
 //! - [`error`]: `KclError` and friends.
 //! - [`fatal`]: errors that stop a worker (or one stream) instead of being retried.
@@ -123,6 +125,9 @@
 //! - `dynamodb`: kcl-lease's `DynamoDbLeaseStore`, the lease table in Amazon DynamoDB.
 //! - `testing`: fault injection for tests: `backend::failure::FailureBackend` and kcl-lease's
 //!   `FailureLeaseStore`.
+//! - `dynamodb-streams`: `DynamoDbStreamsBackend`, a DynamoDB table's change stream through the
+//!   AWS SDK (`aws-sdk-dynamodbstreams`), read by the same scheduler; the typed change records
+//!   ([`dynamodb_streams`]) and the local backend's tables need no feature.
 //! - `status-page`: serving a worker's status page over HTTP (`status::serve`, hyper).
 //! - `cloudwatch`: publishing the metrics to Amazon CloudWatch as the Java KCL does
 //!   (`metrics::cloudwatch`, `aws-sdk-cloudwatch`).
@@ -135,12 +140,13 @@
 #![deny(missing_docs)]
 
 pub mod aggregation;
-#[cfg(any(feature = "kinesis", feature = "dynamodb"))]
+#[cfg(any(feature = "kinesis", feature = "dynamodb", feature = "dynamodb-streams"))]
 pub mod aws;
 pub mod backend;
 mod backoff;
 pub mod checkpoint;
 pub mod config;
+pub mod dynamodb_streams;
 pub mod error;
 pub mod fatal;
 pub mod handler;
@@ -167,6 +173,8 @@ pub use kcl_lease as lease;
 #[doc = include_str!("../../README.md")]
 mod readme {}
 
+#[cfg(feature = "dynamodb-streams")]
+pub use backend::dynamodb_streams::DynamoDbStreamsBackend;
 #[cfg(feature = "kinesis")]
 pub use backend::kinesis::KinesisBackend;
 pub use backend::local::LocalBackend;

@@ -24,7 +24,10 @@
 //!   `GetShardIterator` and `GetRecords`;
 //! - `read_limits`: the per-shard read limits ([`ReadLimits`]) and their token buckets;
 //! - `reshard`: splitting and merging shards;
-//! - `fan_out`: enhanced fan-out consumers and `SubscribeToShard` subscriptions.
+//! - `fan_out`: enhanced fan-out consumers and `SubscribeToShard` subscriptions;
+//! - `table`: DynamoDB tables whose puts, updates and deletes become DynamoDB Streams change
+//!   records on a stream of this backend ([`LocalBackend::create_table`]), with shard rotation
+//!   ([`LocalBackend::rotate_shards`]).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +51,7 @@ mod put;
 mod read_limits;
 mod reshard;
 mod stream;
+mod table;
 #[cfg(test)]
 mod testing;
 
@@ -55,6 +59,7 @@ pub use super::BackendOp;
 pub use crate::record::partition_key_hash;
 pub use put::PutResult;
 pub use read_limits::ReadLimits;
+pub use table::{KeySchema, LOCAL_REGION, MAX_ITEM_BYTES};
 
 /// How long a shard iterator stays valid by default (as on Kinesis).
 pub const DEFAULT_ITERATOR_TTL: Duration = Duration::from_secs(5 * 60);
@@ -182,6 +187,7 @@ impl LocalBackendBuilder {
                 config: self,
                 epoch: Instant::now(),
                 streams: Mutex::new(BTreeMap::new()),
+                tables: Mutex::new(BTreeMap::new()),
                 ops: Default::default(),
                 changes: tokio::sync::watch::channel(0).0,
                 next_id: AtomicU64::new(1),
@@ -202,6 +208,8 @@ struct Inner {
     /// The zero of the iterators' issue times.
     epoch: Instant,
     streams: Mutex<BTreeMap<String, StreamState>>,
+    /// Local DynamoDB tables by name (locked before `streams` when both are).
+    tables: Mutex<BTreeMap<String, table::TableState>>,
     ops: [AtomicU64; BackendOp::ALL.len()],
     /// Bumped whenever records are put or shards close, to wake fan-out subscriptions.
     changes: tokio::sync::watch::Sender<u64>,

@@ -17,6 +17,8 @@ use crate::record::{ChildShard, Record, SequenceNumber, Shard};
 use crate::stream_arn::StreamArn;
 use kcl_lease::StreamIdentifier;
 
+#[cfg(feature = "dynamodb-streams")]
+pub mod dynamodb_streams;
 #[cfg(any(test, feature = "testing"))]
 pub mod failure;
 #[cfg(feature = "kinesis")]
@@ -183,7 +185,8 @@ pub trait ShardSubscription: Send {
 
 /// A Kinesis-like stream, as a consumer needs it.
 ///
-/// Implemented by [`local::LocalBackend`], `KinesisBackend` (feature `kinesis`) and the
+/// Implemented by [`local::LocalBackend`], `KinesisBackend` (feature `kinesis`),
+/// `DynamoDbStreamsBackend` (feature `dynamodb-streams`) and the
 /// wrappers ([`routing::RoutingBackend`], `failure::FailureBackend`); the scheduler needs
 /// nothing else of a stream.
 ///

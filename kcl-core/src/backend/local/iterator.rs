@@ -1,4 +1,5 @@
 //! Shard iterators: their format (`kcl-local-iterator/v1/<stream>/<shard>/<position>/<issued>`,
+//! read from the right, as a stream name may hold `/`;
 //! the position a counter and the issue time milliseconds since the backend's epoch), parsing
 //! and expiry, where each `IteratorPosition` starts, and `GetShardIterator` and `GetRecords`
 //! through them.
@@ -148,14 +149,11 @@ impl<'a> ParsedIterator<'a> {
             return Err(malformed());
         }
         let rest = iterator.strip_prefix(ITERATOR_PREFIX).ok_or_else(malformed)?;
-        let mut parts = rest.split('/');
-        let (Some(stream), Some(shard), Some(position), Some(issued), None) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
+        // From the right: a stream name may hold `/` (a table's stream is named by its ARN).
+        let mut parts = rest.rsplitn(4, '/');
+        let (Some(issued), Some(position), Some(shard), Some(stream)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(malformed());
         };
         if stream.is_empty() || shard.is_empty() {

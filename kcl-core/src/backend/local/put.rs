@@ -118,6 +118,20 @@ impl StreamState {
         now: Instant,
         arrival: SystemTime,
     ) -> Result<PutResult, BackendError> {
+        self.put_with(partition_key, explicit_hash_key, hash, now, arrival, |_| data)
+    }
+
+    /// Appends a record to the open shard serving `hash`, its payload made by `data` from the
+    /// sequence number it gets (a change record carries its own).
+    pub(super) fn put_with(
+        &mut self,
+        partition_key: &str,
+        explicit_hash_key: Option<String>,
+        hash: u128,
+        now: Instant,
+        arrival: SystemTime,
+        data: impl FnOnce(&SequenceNumber) -> Bytes,
+    ) -> Result<PutResult, BackendError> {
         let retention = self.retention;
         let counter = self.next_seq;
         let shard = self
@@ -127,6 +141,7 @@ impl StreamState {
             .ok_or_else(|| BackendError::other(format!("no open shard serves hash key {hash}")))?;
         shard.trim(now, retention);
         let sequence = sequence_number(counter);
+        let data = data(&sequence);
         let size = data.len();
         shard.records.push_back(Stored {
             counter,

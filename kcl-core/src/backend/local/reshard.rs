@@ -1,6 +1,7 @@
-//! Resharding: `split_shard` and `merge_shards`, with Kinesis lineage.
+//! Resharding: `split_shard` and `merge_shards`, with Kinesis lineage, and `rotate_shards`, with
+//! DynamoDB Streams lineage.
 //!
-//! Both close their parents (the ending sequence number is the last one issued, and the
+//! All close their parents (the ending sequence number is the last one issued, and the
 //! counter moves past it, so children start strictly after their parents end) and add the
 //! children with the next shard ids; a closed parent stays readable to its end, where
 //! `GetRecords` names its children.
@@ -75,6 +76,35 @@ impl LocalBackend {
                 end: a.end.max(b.end),
             };
             Ok(s.add_shard(union, Some(shard_id), Some(adjacent_shard_id), limits, now))
+        })
+        .inspect(|_| self.changed())
+    }
+}
+
+impl LocalBackend {
+    /// Rotates every open shard of `stream`, as DynamoDB Streams does about every four hours:
+    /// each open shard is closed and one child, with the same hash key range and the shard as
+    /// its parent, opens in its place. Returns `(parent, child)` pairs. A consumer finishes each
+    /// parent before it starts the child, so the order of the changes to an item is kept.
+    pub fn rotate_shards(&self, stream: &str) -> Result<Vec<(String, String)>, BackendError> {
+        let limits = self.inner.config.read_limits;
+        self.with_stream(stream, |s, now| {
+            s.trim_all(now);
+            let open: Vec<(String, HashKeyRange)> = s
+                .shards
+                .values()
+                .filter(|sh| sh.end.is_none())
+                .map(|sh| (sh.shard.shard_id.clone(), sh.shard.hash_key_range))
+                .collect();
+            let ids: Vec<&str> = open.iter().map(|(id, _)| id.as_str()).collect();
+            s.close(&ids, now);
+            Ok(open
+                .iter()
+                .map(|(parent, range)| {
+                    let child = s.add_shard(*range, Some(parent), None, limits, now);
+                    (parent.clone(), child)
+                })
+                .collect())
         })
         .inspect(|_| self.changed())
     }

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
+use md5::{Digest, Md5};
 use tokio::time::Instant;
 
 use super::read_limits::{Limiter, ReadLimits};
@@ -29,6 +30,16 @@ impl LocalBackend {
     /// the count is not in `1..=MAX_SHARDS`.
     pub fn create_stream(&self, name: &str, shard_count: usize) -> Result<(), BackendError> {
         validate_stream_name(name)?;
+        self.create_stream_with(name, shard_count, ShardIds::Kinesis)
+    }
+
+    /// Creates a stream (of any name) whose shard ids are of the `ids` style.
+    pub(super) fn create_stream_with(
+        &self,
+        name: &str,
+        shard_count: usize,
+        ids: ShardIds,
+    ) -> Result<(), BackendError> {
         if shard_count == 0 || shard_count > MAX_SHARDS {
             return Err(invalid(format!(
                 "shard count {shard_count} is not in 1..={MAX_SHARDS}"
@@ -40,8 +51,10 @@ impl LocalBackend {
             return Err(invalid(format!("stream {name} already exists")));
         }
         let mut stream = StreamState {
+            name: name.to_owned(),
             shards: BTreeMap::new(),
             next_shard_index: 0,
+            shard_ids: ids,
             next_seq: 1,
             retention: self.inner.config.retention,
             created: SystemTime::now(),
@@ -133,10 +146,26 @@ impl LocalBackend {
     }
 }
 
+/// How a stream names its shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ShardIds {
+    /// Kinesis: `shardId-000000000003`, numbered from zero.
+    Kinesis,
+    /// DynamoDB Streams: `shardId-00000001700000000000-abcdef01`, the creation time in epoch
+    /// milliseconds (strictly increasing within the stream) and eight hex digits.
+    DynamoDb {
+        /// The milliseconds of the last shard id issued.
+        last_millis: u64,
+    },
+}
+
 /// One stream: its shards in id order and its sequence-number counter.
 pub(super) struct StreamState {
+    /// The stream's name (its key among the backend's streams).
+    pub(super) name: String,
     pub(super) shards: BTreeMap<String, ShardState>,
     pub(super) next_shard_index: u64,
+    pub(super) shard_ids: ShardIds,
     /// The counter of the next record (also the starting number of a shard created now).
     pub(super) next_seq: u64,
     pub(super) retention: Duration,
@@ -205,8 +234,7 @@ impl StreamState {
         limits: Option<ReadLimits>,
         now: Instant,
     ) -> String {
-        let shard_id = format!("shardId-{:012}", self.next_shard_index);
-        self.next_shard_index += 1;
+        let shard_id = self.next_shard_id();
         let shard = Shard {
             shard_id: shard_id.clone(),
             parent_shard_id: parent.map(str::to_owned),
@@ -225,6 +253,27 @@ impl StreamState {
         };
         self.shards.insert(shard_id.clone(), state);
         shard_id
+    }
+
+    /// The id of the next shard, in the stream's style.
+    fn next_shard_id(&mut self) -> String {
+        let index = self.next_shard_index;
+        self.next_shard_index += 1;
+        match &mut self.shard_ids {
+            ShardIds::Kinesis => format!("shardId-{index:012}"),
+            ShardIds::DynamoDb { last_millis } => {
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                let millis = now.max(last_millis.saturating_add(1));
+                *last_millis = millis;
+                let digest = Md5::digest(format!("{}/{index}", self.name).as_bytes());
+                format!(
+                    "shardId-{millis:020}-{:02x}{:02x}{:02x}{:02x}",
+                    digest[0], digest[1], digest[2], digest[3]
+                )
+            }
+        }
     }
 
     pub(super) fn open_shard(&self, shard_id: &str) -> Result<&ShardState, BackendError> {
