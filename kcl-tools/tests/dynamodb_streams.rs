@@ -161,7 +161,7 @@ fn every_change_is_delivered_in_order_per_key_through_a_kill_9_and_a_restart() {
     boto3(&["create", &table]);
 
     let outs = [dir.join("w1.jsonl"), dir.join("w2.jsonl")];
-    let mut workers = vec![
+    let mut workers = [
         worker(&table, &application, "w1", &outs[0], &[]),
         worker(&table, &application, "w2", &outs[1], &[]),
     ];

@@ -806,9 +806,7 @@ impl Args {
 /// Flags that contradict a DynamoDB source (exactly one source; what DynamoDB Streams does not
 /// have), as the one-line error to print; `None` when they agree.
 fn dynamodb_conflict(args: &Args) -> Option<String> {
-    let Some(source) = args.dynamodb_source() else {
-        return None;
-    };
+    let source = args.dynamodb_source()?;
     let flag = match source {
         DynamoDbSource::Table(_) => "--dynamodb-table",
         DynamoDbSource::Arn(_) => "--dynamodb-stream-arn",
