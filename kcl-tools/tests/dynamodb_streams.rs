@@ -62,8 +62,38 @@ fn boto3(args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
+/// A worker process, killed if the test ends first (a failed assertion leaves nothing running).
+struct Worker(Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl Worker {
+    /// Waits at most `timeout` for the process to end.
+    fn wait_at_most(&mut self, timeout: Duration, what: &str, out: &Path) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.0.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "{what} did not end within {timeout:?}\n{}",
+                stderr_of(out)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 /// A `kcl-tail --dynamodb-table` worker writing its stdout to `out` (kept after a `kill -9`).
-fn worker(table: &str, application: &str, id: &str, out: &Path, extra: &[&str]) -> Child {
+fn worker(table: &str, application: &str, id: &str, out: &Path, extra: &[&str]) -> Worker {
     let stderr = File::create(out.with_extension("err")).expect("stderr file");
     Command::new(TAIL)
         .args(["--dynamodb-table", table, "--application-name", application])
@@ -85,6 +115,7 @@ fn worker(table: &str, application: &str, id: &str, out: &Path, extra: &[&str]) 
         .stdout(File::create(out).expect("stdout file"))
         .stderr(stderr)
         .spawn()
+        .map(Worker)
         .expect("start kcl-tail")
 }
 
@@ -177,8 +208,8 @@ fn every_change_is_delivered_in_order_per_key_through_a_kill_9_and_a_restart() {
         holder.is_some()
     });
     let killed = holder.unwrap();
-    workers[killed].kill().expect("kill -9"); // SIGKILL
-    workers[killed].wait().unwrap();
+    workers[killed].0.kill().expect("kill -9"); // SIGKILL
+    workers[killed].0.wait().unwrap();
     let printed_before_kill = lines(&outs[killed]).len();
     let written = writer.join().expect("the writer");
     assert_eq!(written.len(), CHANGES);
@@ -195,13 +226,17 @@ fn every_change_is_delivered_in_order_per_key_through_a_kill_9_and_a_restart() {
     });
     let started = Instant::now();
     // Stop the survivor gracefully: it checkpoints what it printed.
-    let pid = workers[survivor].id().to_string();
+    let pid = workers[survivor].0.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap()
         .success());
-    let status = workers[survivor].wait().unwrap();
+    let status = workers[survivor].wait_at_most(
+        Duration::from_secs(60),
+        "the survivor after SIGTERM",
+        &outs[survivor],
+    );
     assert!(
         status.success(),
         "the survivor: {status:?}\n{}",
@@ -244,20 +279,11 @@ fn every_change_is_delivered_in_order_per_key_through_a_kill_9_and_a_restart() {
     let next = boto3(&["write", &table, &CHANGES.to_string(), "20"]);
     let restarted = dir.join("w3.jsonl");
     let mut third = worker(&table, &application, "w3", &restarted, &["-n", "20"]);
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = third.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > Duration::from_secs(120) {
-            let _ = third.kill();
-            panic!(
-                "the restarted worker did not print 20 changes\n{}",
-                stderr_of(&restarted)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = third.wait_at_most(
+        Duration::from_secs(120),
+        "the restarted worker (-n 20)",
+        &restarted,
+    );
     assert!(
         status.success(),
         "the restarted worker: {status:?}\n{}",
