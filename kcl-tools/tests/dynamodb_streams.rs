@@ -6,7 +6,8 @@
 //! DynamoDB) read the stream; the worker holding the shard is killed with `kill -9` in the
 //! middle. Every change is delivered (the union of both outputs), each worker's output in order
 //! per key, and the changes are the ones written (event, new and old image). Then a restarted
-//! application delivers the next changes and nothing twice.
+//! application delivers the next changes and nothing twice, and `kcl-admin --dynamodb-table`
+//! reads the application's leases with their lag.
 //!
 //! What moto does differently from DynamoDB Streams (none of it changes what this test checks):
 //! one shard per stream that never closes (no shard rotation, so no lineage to follow; the
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 
 const TAIL: &str = env!("CARGO_BIN_EXE_kcl-tail");
+const ADMIN: &str = env!("CARGO_BIN_EXE_kcl-admin");
 const CHANGES: usize = 1000;
 
 fn unique(what: &str) -> String {
@@ -304,6 +306,30 @@ fn every_change_is_delivered_in_order_per_key_through_a_kill_9_and_a_restart() {
         assert!(line["shard_id"].as_str().unwrap().starts_with("shardId-"));
         assert!(line["approximate_creation_time"].as_str().unwrap().ends_with('Z'));
     }
+
+    // kcl-admin on the application's lease table, the lag read from the DynamoDB stream: the
+    // one shard's lease checkpointed at the last change, nothing after it.
+    let admin = Command::new(ADMIN)
+        .args(["--application-name", &application, "--dynamodb-table", &table])
+        .args(["--endpoint-url", kcl_tests::moto::ensure_started()])
+        .args(["--watch-ms", "0", "--json", "leases"])
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .expect("kcl-admin");
+    assert!(
+        admin.status.success(),
+        "kcl-admin: {}",
+        String::from_utf8_lossy(&admin.stderr)
+    );
+    let leases: Value = serde_json::from_slice(&admin.stdout).expect("kcl-admin's JSON");
+    let leases = leases["leases"].as_array().expect("leases");
+    assert_eq!(leases.len(), 1, "moto's stream has one shard: {leases:?}");
+    let last = again.iter().map(sequence).max().unwrap().to_string();
+    assert_eq!(leases[0]["checkpoint"], Value::from(last));
+    assert_eq!(leases[0]["lag"]["records"], 0, "{leases:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
