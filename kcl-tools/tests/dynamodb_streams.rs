@@ -5,9 +5,10 @@
 //! (moto's virtualenv has it) while two workers of one application (the lease table in moto's
 //! DynamoDB) read the stream; the worker holding the shard is killed with `kill -9` in the
 //! middle. Every change is delivered (the union of both outputs), each worker's output in order
-//! per key, and the changes are the ones written (event, new and old image). Then a restarted
-//! application delivers the next changes and nothing twice, and `kcl-admin --dynamodb-table`
-//! reads the application's leases with their lag.
+//! per key, and the changes are the ones written (event, new and old image). Then the other
+//! worker is killed too, `kcl-admin --dynamodb-table` reads the checkpoint left and the lag, and
+//! a restarted application delivers the changes after that checkpoint (the last batch), then
+//! the next ones, and nothing else twice.
 //!
 //! What moto does differently from DynamoDB Streams (none of it changes what this test checks):
 //! one shard per stream that never closes (no shard rotation, so no lineage to follow; the
@@ -226,24 +227,9 @@ fn every_change_is_delivered_in_order_per_key_through_a_kill_9_and_a_restart() {
     wait_for("every change delivered", Duration::from_secs(180), || {
         seen().len() >= CHANGES
     });
-    let started = Instant::now();
-    // Stop the survivor gracefully: it checkpoints what it printed.
-    let pid = workers[survivor].0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = workers[survivor].wait_at_most(
-        Duration::from_secs(60),
-        "the survivor after SIGTERM",
-        &outs[survivor],
-    );
-    assert!(
-        status.success(),
-        "the survivor: {status:?}\n{}",
-        stderr_of(&outs[survivor])
-    );
+    // The whole application dies: the survivor is killed with kill -9 too.
+    workers[survivor].0.kill().expect("kill -9");
+    workers[survivor].0.wait().unwrap();
 
     let outputs: Vec<Vec<Value>> = outs.iter().map(|o| lines(o)).collect();
     for (i, output) in outputs.iter().enumerate() {
@@ -265,27 +251,46 @@ fn every_change_is_delivered_in_order_per_key_through_a_kill_9_and_a_restart() {
         "the changes delivered are the changes written, in order"
     );
     let duplicates = outputs[killed].len() + outputs[survivor].len() - CHANGES;
-    eprintln!(
-        "killed worker {} after {printed_before_kill} changes; the survivor printed {}; {duplicates} printed twice; \
-         graceful stop in {:?}",
-        killed + 1,
-        outputs[survivor].len(),
-        started.elapsed()
-    );
     // At-least-once: what is printed twice is at most what was printed after the killed
     // worker's last checkpoint, its last batch (a batch is at most 1,000 changes).
     assert!(duplicates <= 1000, "{duplicates} changes printed twice");
-    let last_delivered = union.iter().map(sequence).max().unwrap();
 
-    // A restarted application: the next 20 changes, and nothing of before.
-    let next = boto3(&["write", &table, &CHANGES.to_string(), "20"]);
-    let restarted = dir.join("w3.jsonl");
-    let mut third = worker(&table, &application, "w3", &restarted, &["-n", "20"]);
-    let status = third.wait_at_most(
-        Duration::from_secs(120),
-        "the restarted worker (-n 20)",
-        &restarted,
+    // The checkpoint the application left (kcl-admin on its lease table, the lag read from
+    // the DynamoDB stream): what was printed after it is the survivor's last batch.
+    let leases = admin_leases(&application, &table);
+    assert_eq!(leases.len(), 1, "moto's stream has one shard: {leases:?}");
+    let checkpoint: u128 = leases[0]["checkpoint"]
+        .as_str()
+        .expect("a sequence number checkpoint")
+        .parse()
+        .expect("digits");
+    let unacknowledged: Vec<Value> = union
+        .iter()
+        .filter(|l| sequence(l) > checkpoint)
+        .map(as_written)
+        .collect();
+    assert_eq!(
+        leases[0]["lag"]["records"],
+        unacknowledged.len(),
+        "the lag is what was printed after the checkpoint: {leases:?}"
     );
+    eprintln!(
+        "killed worker {} after {printed_before_kill} changes; the survivor printed {} and was killed too; \
+         {duplicates} printed twice; {} printed after the last checkpoint",
+        killed + 1,
+        outputs[survivor].len(),
+        unacknowledged.len()
+    );
+
+    // A restarted application (after the fail-over time, the dead worker's lease is taken):
+    // the changes after the checkpoint (the last batch, printed again), then the next 20, and
+    // nothing else twice.
+    let next = boto3(&["write", &table, &CHANGES.to_string(), "20"]);
+    let expected: Vec<Value> = unacknowledged.iter().chain(&next).cloned().collect();
+    let restarted = dir.join("w3.jsonl");
+    let n = expected.len().to_string();
+    let mut third = worker(&table, &application, "w3", &restarted, &["-n", &n]);
+    let status = third.wait_at_most(Duration::from_secs(120), "the restarted worker", &restarted);
     assert!(
         status.success(),
         "the restarted worker: {status:?}\n{}",
@@ -294,10 +299,10 @@ fn every_change_is_delivered_in_order_per_key_through_a_kill_9_and_a_restart() {
     let again = lines(&restarted);
     assert_eq!(
         again.iter().map(as_written).collect::<Vec<_>>(),
-        next,
-        "after a graceful stop, a restart prints exactly the new changes"
+        expected,
+        "a restart prints the changes after the checkpoint, then the new ones"
     );
-    assert!(again.iter().all(|l| sequence(l) > last_delivered));
+    assert!(again.iter().all(|l| sequence(l) > checkpoint));
     for line in &again {
         assert!(line["stream_arn"]
             .as_str()
@@ -306,11 +311,18 @@ fn every_change_is_delivered_in_order_per_key_through_a_kill_9_and_a_restart() {
         assert!(line["shard_id"].as_str().unwrap().starts_with("shardId-"));
         assert!(line["approximate_creation_time"].as_str().unwrap().ends_with('Z'));
     }
+    // `-n` ends gracefully: the lease checkpointed at the last change, nothing after it.
+    let leases = admin_leases(&application, &table);
+    let last = again.iter().map(sequence).max().unwrap().to_string();
+    assert_eq!(leases[0]["checkpoint"], Value::from(last));
+    assert_eq!(leases[0]["lag"]["records"], 0, "{leases:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
 
-    // kcl-admin on the application's lease table, the lag read from the DynamoDB stream: the
-    // one shard's lease checkpointed at the last change, nothing after it.
+/// `kcl-admin --dynamodb-table TABLE --json leases`: the application's leases, with their lag.
+fn admin_leases(application: &str, table: &str) -> Vec<Value> {
     let admin = Command::new(ADMIN)
-        .args(["--application-name", &application, "--dynamodb-table", &table])
+        .args(["--application-name", application, "--dynamodb-table", table])
         .args(["--endpoint-url", kcl_tests::moto::ensure_started()])
         .args(["--watch-ms", "0", "--json", "leases"])
         .env("AWS_REGION", "us-east-1")
@@ -325,12 +337,7 @@ fn every_change_is_delivered_in_order_per_key_through_a_kill_9_and_a_restart() {
         String::from_utf8_lossy(&admin.stderr)
     );
     let leases: Value = serde_json::from_slice(&admin.stdout).expect("kcl-admin's JSON");
-    let leases = leases["leases"].as_array().expect("leases");
-    assert_eq!(leases.len(), 1, "moto's stream has one shard: {leases:?}");
-    let last = again.iter().map(sequence).max().unwrap().to_string();
-    assert_eq!(leases[0]["checkpoint"], Value::from(last));
-    assert_eq!(leases[0]["lag"]["records"], 0, "{leases:?}");
-    let _ = std::fs::remove_dir_all(&dir);
+    leases["leases"].as_array().expect("leases").clone()
 }
 
 #[test]
