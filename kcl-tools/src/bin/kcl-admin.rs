@@ -57,7 +57,7 @@ struct Args {
     #[arg(long, global = true, value_name = "TABLE", conflicts_with_all = ["streams", "dynamodb_stream_arn", "local"])]
     dynamodb_table: Option<String>,
     /// The application reads the DynamoDB stream with this ARN: the lag is read from it. Not
-    /// with --stream.
+    /// with --stream. The region defaults to the ARN's.
     #[arg(long, global = true, value_name = "ARN", conflicts_with_all = ["streams", "local"])]
     dynamodb_stream_arn: Option<String>,
     /// AWS region (default: the SDK's chain: AWS_REGION, profile, IMDS).
@@ -434,7 +434,13 @@ async fn run(args: &Args) -> Result<Outcome, Failure> {
         AdminError::Usage("--application-name is required (or --local for the demo)".into())
     })?;
     let sdk = load_sdk_config(&AwsOptions {
-        region: args.region.clone(),
+        // A DynamoDB stream's ARN names its region (as for kcl-tail).
+        region: args.region.clone().or_else(|| {
+            args.dynamodb_stream_arn
+                .as_deref()
+                .and_then(|arn| arn.parse::<DynamoDbStreamArn>().ok())
+                .map(|arn| arn.region)
+        }),
         endpoint_url: args.endpoint_url.clone(),
         profile: args.profile.clone(),
     })
