@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Starts moto's server (moto[server] from PyPI, pinned) for the CloudWatch metrics tests, on
-# loopback only: one process serving every AWS service moto emulates; the tests use CloudWatch.
+# Starts moto's server (moto[server] from PyPI, pinned) for the CloudWatch metrics tests and the
+# DynamoDB Streams ones, on loopback only: one process serving every AWS service moto emulates;
+# the tests use CloudWatch, DynamoDB and DynamoDB Streams (and the virtualenv's boto3, which
+# moto depends on, to write a table's changes).
 # moto is installed into a virtualenv under the project's emulator directory (no global installs),
 # with cbor2: moto runs behind localstack/moto-cbor.py, which adds the Smithy RPC v2 CBOR protocol
 # that the Rust SDK's CloudWatch client speaks (moto serves CloudWatch's JSON and query ones).

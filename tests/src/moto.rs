@@ -1,4 +1,5 @@
-//! Test fixture: moto's server (CloudWatch) on loopback, for the CloudWatch metrics tests.
+//! Test fixture: moto's server on loopback, for the CloudWatch metrics tests and the DynamoDB
+//! Streams ones (moto serves DynamoDB and DynamoDB Streams on the same endpoint).
 //!
 //! [`ensure_started`] runs `<workspace>/localstack/start-moto.sh` once per process (it installs
 //! the pinned `moto[server]` into a virtualenv under the emulator directory and starts it, or
@@ -54,6 +55,20 @@ fn init() -> String {
                 script.display()
             )
         })
+}
+
+/// The Python of the virtualenv `start-moto.sh` installs moto into (moto depends on boto3, so
+/// it has boto3 too): `<KCL_EMULATOR_DIR or <workspace>/localstack/.emulators>/moto-venv/bin/python`.
+/// Starts moto first, so that the virtualenv exists.
+pub fn python() -> PathBuf {
+    ensure_started();
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest.parent().unwrap_or(&manifest).to_path_buf();
+    let dir = std::env::var_os("KCL_EMULATOR_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("localstack").join(".emulators"));
+    dir.join("moto-venv").join("bin").join("python")
 }
 
 /// A CloudWatch client for moto: its endpoint, static test credentials, region `us-east-1`.

@@ -11,9 +11,11 @@ use aws_smithy_types::date_time::Format;
 use aws_smithy_types::DateTime;
 use clap::{Parser, Subcommand};
 use kcl_core::aws::{load_sdk_config, AwsOptions};
+use kcl_core::backend::dynamodb_streams::DynamoDbSourceError;
+use kcl_core::dynamodb_streams::DynamoDbStreamArn;
 use kcl_core::{
-    InMemoryLeaseStore, InitialPosition, KinesisBackend, LeaseStore, LocalBackend, Scheduler,
-    SchedulerHandle, StreamBackend,
+    DynamoDbStreamsBackend, InMemoryLeaseStore, InitialPosition, KinesisBackend, LeaseStore, LocalBackend,
+    Scheduler, SchedulerHandle, StreamBackend,
 };
 use kcl_lease::{DynamoDbLeaseStore, SequenceNumber};
 use kcl_tools::admin::{self, table, AdminError, ObserveOptions, ResetTarget};
@@ -50,6 +52,14 @@ struct Args {
     /// Repeat it for several streams.
     #[arg(long = "stream", global = true)]
     streams: Vec<String>,
+    /// The application reads this DynamoDB table's change stream (its latest stream, as
+    /// `kcl-tail --dynamodb-table`): the lag is read from it. Not with --stream.
+    #[arg(long, global = true, value_name = "TABLE", conflicts_with_all = ["streams", "dynamodb_stream_arn", "local"])]
+    dynamodb_table: Option<String>,
+    /// The application reads the DynamoDB stream with this ARN: the lag is read from it. Not
+    /// with --stream. The region defaults to the ARN's.
+    #[arg(long, global = true, value_name = "ARN", conflicts_with_all = ["streams", "local"])]
+    dynamodb_stream_arn: Option<String>,
     /// AWS region (default: the SDK's chain: AWS_REGION, profile, IMDS).
     #[arg(long, global = true)]
     region: Option<String>,
@@ -390,6 +400,24 @@ async fn deregister(kinesis: &aws_sdk_kinesis::Client, stream: &str, name: &str)
     }
 }
 
+/// The DynamoDB Streams backend and the stream's ARN, when --dynamodb-table or
+/// --dynamodb-stream-arn names one (a table without a stream is an error).
+async fn dynamodb_backend(
+    args: &Args,
+    sdk: &aws_config::SdkConfig,
+) -> Result<Option<(DynamoDbStreamsBackend, DynamoDbStreamArn)>, Failure> {
+    let found = match (&args.dynamodb_table, &args.dynamodb_stream_arn) {
+        (Some(table), _) => DynamoDbStreamsBackend::for_table(sdk, table).await,
+        (None, Some(arn)) => DynamoDbStreamsBackend::for_stream_arn(sdk, arn),
+        (None, None) => return Ok(None),
+    };
+    match found {
+        Ok(found) => Ok(Some(found)),
+        Err(e @ DynamoDbSourceError::Arn(_)) => Err(AdminError::Usage(e.to_string()).into()),
+        Err(e) => Err(anyhow::Error::new(e).into()),
+    }
+}
+
 async fn run(args: &Args) -> Result<Outcome, Failure> {
     if args.local {
         let application = args
@@ -406,7 +434,13 @@ async fn run(args: &Args) -> Result<Outcome, Failure> {
         AdminError::Usage("--application-name is required (or --local for the demo)".into())
     })?;
     let sdk = load_sdk_config(&AwsOptions {
-        region: args.region.clone(),
+        // A DynamoDB stream's ARN names its region (as for kcl-tail).
+        region: args.region.clone().or_else(|| {
+            args.dynamodb_stream_arn
+                .as_deref()
+                .and_then(|arn| arn.parse::<DynamoDbStreamArn>().ok())
+                .map(|arn| arn.region)
+        }),
         endpoint_url: args.endpoint_url.clone(),
         profile: args.profile.clone(),
     })
@@ -417,6 +451,31 @@ async fn run(args: &Args) -> Result<Outcome, Failure> {
     let backend = KinesisBackend::from_conf(&sdk);
     let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(&sdk), &application);
     let kinesis = backend.client().clone();
+    if let Some(dynamodb) = dynamodb_backend(args, &sdk).await? {
+        let (backend, arn) = dynamodb;
+        if matches!(
+            args.command,
+            Command::DeleteApplication {
+                delete_consumer: true,
+                ..
+            }
+        ) {
+            return Err(AdminError::Usage(
+                "--delete-consumer deregisters a Kinesis fan-out consumer: DynamoDB Streams has none".into(),
+            )
+            .into());
+        }
+        // The leases' stream is the DynamoDB stream, named by its ARN (as kcl-tail names it).
+        return run_command(
+            args,
+            &[arn.to_string()],
+            &application,
+            &store,
+            &backend,
+            Some((&store, &kinesis)),
+        )
+        .await;
+    }
     run_command(
         args,
         &args.streams,

@@ -12,6 +12,17 @@
 //! Java KCL's). `--fan-out` reads with enhanced fan-out (a consumer named after the application,
 //! or `--consumer-name`, is registered on each stream) instead of polling.
 //!
+//! `--dynamodb-table TABLE` (the table's latest stream) or `--dynamodb-stream-arn ARN` reads a
+//! DynamoDB table's change stream instead, with the same leases, checkpoints, `-n`,
+//! `--no-checkpoint` and fail-over, one JSON line per change (keys and images in DynamoDB JSON,
+//! absent images left out, `user_identity` for deletions by Time to Live):
+//!
+//! ```text
+//! {"event_name":"MODIFY","keys":{"pk":{"S":"a"}},"new_image":{"pk":{"S":"a"},"n":{"N":"2"}},
+//!  "old_image":{"pk":{"S":"a"},"n":{"N":"1"}},"sequence_number":"4900...17",
+//!  "approximate_creation_time":"2026-12-06T13:44:14Z","shard_id":"shardId-...","stream_arn":"arn:aws:dynamodb:..."}
+//! ```
+//!
 //! Each batch is written and flushed before it is checkpointed, so a restart continues after
 //! the last line written (at-least-once). SIGTERM or SIGINT shut it down gracefully: the leases
 //! are checkpointed and released for the other workers.
@@ -45,11 +56,13 @@ use aws_smithy_types::date_time::Format;
 use aws_smithy_types::DateTime;
 use clap::{CommandFactory, Parser};
 use kcl_core::aws::{assume_role, load_sdk_config, AssumeRole, AwsOptions};
+use kcl_core::dynamodb_streams::{item_to_dynamodb_json, ChangeRecord, DynamoDbStreamArn, UserIdentity};
 use kcl_core::stream_arn::StreamArn;
 use kcl_core::{
-    FanOutConfig, InMemoryLeaseStore, InitialPosition, InitializeInput, KinesisBackend, LocalBackend,
-    ProcessRecordsInput, ProcessorError, Record, RecordProcessor, RetrievalMode, RoutingBackend, Scheduler,
-    SchedulerBuilder, ShardEndedInput, ShutdownRequestedInput, StreamConfig,
+    DynamoDbStreamsBackend, FanOutConfig, InMemoryLeaseStore, InitialPosition, InitializeInput,
+    KinesisBackend, LocalBackend, ProcessRecordsInput, ProcessorError, Record, RecordProcessor,
+    RetrievalMode, RoutingBackend, Scheduler, SchedulerBuilder, ShardEndedInput, ShutdownRequestedInput,
+    StreamConfig,
 };
 use kcl_lease::{DynamoDbLeaseStore, LeaseRenewal};
 use serde::Serialize;
@@ -57,18 +70,30 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{Mutex, Notify};
 use tracing::{error, info};
 
-/// Consume a Kinesis stream as a KCL application and print every record as a JSON line.
+/// Consume a Kinesis stream (or a DynamoDB table's change stream) as a KCL application and print
+/// every record as a JSON line.
 #[derive(Parser, Debug)]
 #[command(name = "kcl-tail", version)]
 struct Args {
     /// The stream to read. Repeat it to read several streams as one multi-stream application.
-    #[arg(long = "stream", required_unless_present = "stream_arns")]
+    #[arg(long = "stream", required_unless_present_any = ["stream_arns", "dynamodb_table", "dynamodb_stream_arn"])]
     streams: Vec<String>,
     /// A stream to read, named by its ARN (arn:aws:kinesis:REGION:ACCOUNT:stream/NAME): every
     /// Kinesis call on it carries the ARN, and its multi-stream lease key the ARN's account.
     /// Repeatable, and may be mixed with --stream. The region defaults to the ARN's.
     #[arg(long = "stream-arn", value_parser = parse_stream_arn)]
     stream_arns: Vec<StreamArn>,
+    /// Read the change stream of this DynamoDB table (its latest stream, DescribeTable's
+    /// LatestStreamArn) instead of a Kinesis stream: one JSON line per change (event_name, keys,
+    /// new_image, old_image in DynamoDB JSON, sequence_number, approximate_creation_time,
+    /// shard_id, stream_arn). A table without a stream is an error. Not with --stream.
+    #[arg(long, value_name = "TABLE")]
+    dynamodb_table: Option<String>,
+    /// Read this DynamoDB stream, named by its ARN
+    /// (arn:aws:dynamodb:REGION:ACCOUNT:table/TABLE/stream/LABEL), as --dynamodb-table does.
+    /// The region defaults to the ARN's.
+    #[arg(long, value_name = "ARN", value_parser = parse_dynamodb_stream_arn)]
+    dynamodb_stream_arn: Option<DynamoDbStreamArn>,
     /// Read the streams with the credentials of this IAM role (assumed through STS), e.g. a
     /// role of the account that owns a --stream-arn stream. The lease table stays in the
     /// account of the default credentials.
@@ -84,7 +109,8 @@ struct Args {
     #[arg(long)]
     external_id: Option<String>,
     /// The application name: the lease table's name. Workers with the same name share the
-    /// streams' shards. Default: `kcl-tail-<stream>` (the stream names joined by `-`).
+    /// streams' shards. Default: `kcl-tail-<stream>` (the stream names joined by `-`), or
+    /// `kcl-tail-<table>` for a DynamoDB table's stream.
     #[arg(long)]
     application_name: Option<String>,
     /// Read with enhanced fan-out (SubscribeToShard, a registered consumer per stream) instead
@@ -189,6 +215,11 @@ struct Args {
     log: kcl_tools::logging::LogArgs,
 }
 
+fn parse_dynamodb_stream_arn(s: &str) -> Result<DynamoDbStreamArn, String> {
+    s.parse()
+        .map_err(|e: kcl_core::dynamodb_streams::DynamoDbStreamArnError| e.to_string())
+}
+
 fn parse_stream_arn(s: &str) -> Result<StreamArn, String> {
     s.parse()
         .map_err(|e: kcl_core::stream_arn::StreamArnError| e.to_string())
@@ -268,16 +299,91 @@ fn millisecond_timestamp(t: std::time::SystemTime) -> String {
     }
 }
 
+/// One change of a DynamoDB table's stream as kcl-tail prints it: the fields in this order;
+/// keys and images in DynamoDB JSON (`{"pk":{"S":"a"}}`), absent images left out.
+#[derive(Serialize)]
+struct ChangeLine<'a> {
+    event_name: &'a str,
+    keys: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    new_image: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old_image: Option<serde_json::Value>,
+    sequence_number: &'a str,
+    /// RFC 3339, UTC, whole seconds (the service rounds the creation time down to the second).
+    approximate_creation_time: String,
+    shard_id: &'a str,
+    stream_arn: &'a str,
+    /// Deletions by Time to Live: `{"principal_id":"dynamodb.amazonaws.com","type":"Service"}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_identity: Option<IdentityLine<'a>>,
+}
+
+#[derive(Serialize)]
+struct IdentityLine<'a> {
+    principal_id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+}
+
+impl<'a> ChangeLine<'a> {
+    fn new(change: &'a ChangeRecord, shard_id: &'a str, stream_arn: &'a str) -> Self {
+        Self {
+            event_name: change.event_name.as_str(),
+            keys: item_to_dynamodb_json(&change.keys),
+            new_image: change.new_image.as_ref().map(item_to_dynamodb_json),
+            old_image: change.old_image.as_ref().map(item_to_dynamodb_json),
+            sequence_number: change.sequence_number.as_str(),
+            approximate_creation_time: second_timestamp(change.approximate_creation_time),
+            shard_id,
+            stream_arn,
+            user_identity: change.user_identity.as_ref().map(
+                |UserIdentity {
+                     principal_id, kind, ..
+                 }| IdentityLine { principal_id, kind },
+            ),
+        }
+    }
+}
+
+/// `2026-12-06T13:44:14Z`: RFC 3339, UTC, whole seconds.
+fn second_timestamp(t: std::time::SystemTime) -> String {
+    let since_epoch = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let seconds = i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX);
+    DateTime::from_secs(seconds)
+        .fmt(Format::DateTime)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
+}
+
+/// How records are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LineFormat {
+    /// A Kinesis record's JSON line ([`JsonLine`]).
+    Kinesis,
+    /// A DynamoDB change's JSON line ([`ChangeLine`]).
+    Change,
+    /// `--raw`: the record's data as they are (for a DynamoDB change, its wire-format JSON).
+    Raw,
+}
+
 /// Appends one record to `out`: its JSON line, or with `raw` its data as they are; then `\n`.
 fn render(
     out: &mut Vec<u8>,
-    raw: bool,
+    format: LineFormat,
     stream: &str,
     shard_id: &str,
     r: &Record,
-) -> Result<(), serde_json::Error> {
-    if raw {
+) -> Result<(), ProcessorError> {
+    if format == LineFormat::Raw {
         out.extend_from_slice(&r.data);
+    } else if format == LineFormat::Change {
+        let change = ChangeRecord::from_record(r).map_err(|e| {
+            format!(
+                "the change at sequence number {}: {e}",
+                r.sequence_number.as_str()
+            )
+        })?;
+        serde_json::to_writer(&mut *out, &ChangeLine::new(&change, shard_id, stream))?;
     } else {
         let line = JsonLine {
             stream,
@@ -311,8 +417,8 @@ struct Printer {
     stream: String,
     shard_id: String,
     out: Arc<Output>,
-    /// `--raw`: the data only.
-    raw: bool,
+    /// JSON lines of Kinesis records or of DynamoDB changes, or `--raw`.
+    format: LineFormat,
     /// Checkpoint what was printed (not with `--no-checkpoint`).
     checkpoint: bool,
     /// The last record of this shard written to stdout: the furthest a checkpoint may go.
@@ -355,7 +461,7 @@ impl RecordProcessor for Printer {
             if !records.is_empty() {
                 let mut buf = Vec::with_capacity(records.len() * 160);
                 for r in records {
-                    render(&mut buf, self.raw, &self.stream, &self.shard_id, r)?;
+                    render(&mut buf, self.format, &self.stream, &self.shard_id, r)?;
                 }
                 let written = async {
                     stdout.write_all(&buf).await?;
@@ -395,11 +501,17 @@ impl RecordProcessor for Printer {
     }
 }
 
-fn configure(args: &Args, application: &str, out: &Arc<Output>) -> SchedulerBuilder {
+/// The scheduler for `streams` (the Kinesis streams of the flags, or a DynamoDB stream's ARN).
+fn configure(args: &Args, streams: &[String], application: &str, out: &Arc<Output>) -> SchedulerBuilder {
     let o = out.clone();
-    let (raw, checkpoint) = (args.raw, !args.no_checkpoint);
+    let format = match (args.raw, args.dynamodb_source().is_some()) {
+        (true, _) => LineFormat::Raw,
+        (false, true) => LineFormat::Change,
+        (false, false) => LineFormat::Kinesis,
+    };
+    let checkpoint = !args.no_checkpoint;
     let arn_of = |name: &str| args.stream_arns.iter().find(|a| a.stream_name == name).cloned();
-    let mut builder = match args.streams.as_slice() {
+    let mut builder = match streams {
         [one] => {
             let builder = Scheduler::builder(application.to_owned(), one.clone());
             match arn_of(one) {
@@ -426,7 +538,7 @@ fn configure(args: &Args, application: &str, out: &Arc<Output>) -> SchedulerBuil
             stream: String::new(),
             shard_id: shard.to_owned(),
             out: o.clone(),
-            raw,
+            format,
             checkpoint,
             last_printed: None,
             skipped: false,
@@ -453,7 +565,8 @@ fn aws_options(args: &Args) -> AwsOptions {
         region: args
             .region
             .clone()
-            .or_else(|| args.stream_arns.first().map(|a| a.region.clone())),
+            .or_else(|| args.stream_arns.first().map(|a| a.region.clone()))
+            .or_else(|| args.dynamodb_stream_arn.as_ref().map(|a| a.region.clone())),
         endpoint_url: args.endpoint_url.clone(),
         profile: args.profile.clone(),
     }
@@ -464,9 +577,32 @@ async fn run_aws(args: &Args, application: &str, out: Arc<Output>) -> Result<()>
     if sdk.region().is_none() {
         bail!("no AWS region: pass --region, --profile or set AWS_REGION");
     }
-    let backend = kinesis_backends(args, &sdk).await;
+    match args.dynamodb_source() {
+        Some(source) => {
+            // A table without a stream is DynamoDbSourceError::NoStream: an error at once.
+            let (backend, arn) = dynamodb_backend(args, &sdk, source).await?;
+            info!(stream_arn = %arn, "reading a DynamoDB table's change stream");
+            run_scheduler(args, application, out, &sdk, backend, &[arn.to_string()]).await
+        }
+        None => {
+            let backend = kinesis_backends(args, &sdk).await;
+            run_scheduler(args, application, out, &sdk, backend, &args.streams).await
+        }
+    }
+}
+
+/// Runs the application on `backend` (Kinesis, or a DynamoDB stream named by its ARN) until a
+/// signal, `-n`, a closed stdout or a fatal error.
+async fn run_scheduler(
+    args: &Args,
+    application: &str,
+    out: Arc<Output>,
+    sdk: &aws_config::SdkConfig,
+    backend: impl kcl_core::StreamBackend,
+    stream_names: &[String],
+) -> Result<()> {
     // Fail fast on a missing stream or missing permissions, before the lease table is created.
-    let streams: Vec<&str> = args.streams.iter().map(String::as_str).collect();
+    let streams: Vec<&str> = stream_names.iter().map(String::as_str).collect();
     let builder = if args.no_checkpoint {
         // No lease table: this worker alone holds every shard's lease, in memory.
         for stream in &streams {
@@ -474,13 +610,13 @@ async fn run_aws(args: &Args, application: &str, out: Arc<Output>) -> Result<()>
                 .await
                 .with_context(|| format!("reading the shards of stream {stream}"))?;
         }
-        configure(args, application, &out)
+        configure(args, stream_names, application, &out)
             .backend(backend)
             .lease_store(InMemoryLeaseStore::new())
     } else {
-        let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(&sdk), application);
+        let store = DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::new(sdk), application);
         kcl_tools::prepare_aws(&backend, &store, &streams, application).await?;
-        configure(args, application, &out)
+        configure(args, stream_names, application, &out)
             .backend(backend)
             .lease_store(store)
     };
@@ -510,20 +646,42 @@ async fn run_aws(args: &Args, application: &str, out: Arc<Output>) -> Result<()>
     Ok(())
 }
 
+/// The role `arn` as kcl-tail assumes it (with --external-id).
+fn role_of(args: &Args, arn: &str) -> AssumeRole {
+    let role = AssumeRole::new(arn).session_name("kcl-tail");
+    match &args.external_id {
+        Some(id) => role.external_id(id.clone()),
+        None => role,
+    }
+}
+
+/// The SDK configuration the streams are read with: --role-arn's credentials, else the default.
+async fn reading_conf(args: &Args, sdk: &aws_config::SdkConfig) -> aws_config::SdkConfig {
+    match &args.role_arn {
+        None => sdk.clone(),
+        Some(arn) => assume_role(sdk, &role_of(args, arn)).await,
+    }
+}
+
+/// The DynamoDB Streams backend and the stream's ARN: the table's latest stream
+/// (`DescribeTable`), or the ARN given.
+async fn dynamodb_backend(
+    args: &Args,
+    sdk: &aws_config::SdkConfig,
+    source: DynamoDbSource<'_>,
+) -> Result<(DynamoDbStreamsBackend, DynamoDbStreamArn)> {
+    let conf = reading_conf(args, sdk).await;
+    Ok(match source {
+        DynamoDbSource::Table(table) => DynamoDbStreamsBackend::for_table(&conf, table).await?,
+        DynamoDbSource::Arn(arn) => (DynamoDbStreamsBackend::from_conf(&conf), arn.clone()),
+    })
+}
+
 /// The Kinesis backend: the default credentials (or --role-arn's) for every stream, except the
 /// streams given a --stream-role, which are read with their role's (one SDK client per role).
 async fn kinesis_backends(args: &Args, sdk: &aws_config::SdkConfig) -> RoutingBackend {
-    let role = |arn: &str| {
-        let role = AssumeRole::new(arn).session_name("kcl-tail");
-        match &args.external_id {
-            Some(id) => role.external_id(id.clone()),
-            None => role,
-        }
-    };
-    let default_conf = match &args.role_arn {
-        None => sdk.clone(),
-        Some(arn) => assume_role(sdk, &role(arn)).await,
-    };
+    let role = |arn: &str| role_of(args, arn);
+    let default_conf = reading_conf(args, sdk).await;
     let mut backend = RoutingBackend::new(KinesisBackend::from_conf(&default_conf));
     let mut by_role: std::collections::HashMap<&str, KinesisBackend> = std::collections::HashMap::new();
     for (stream, arn) in &args.stream_roles {
@@ -572,7 +730,7 @@ async fn run_local(args: &Args, application: &str, out: Arc<Output>) -> Result<(
             .with_context(|| format!("setting the record size of the local stream {stream}"))?;
     }
     let max_record = args.local_max_record_kib as usize * 1024;
-    let handle = configure(args, application, &out)
+    let handle = configure(args, &args.streams, application, &out)
         .initial_position(InitialPosition::TrimHorizon)
         .backend(backend.clone())
         .lease_store(InMemoryLeaseStore::new())
@@ -617,6 +775,78 @@ async fn run_local(args: &Args, application: &str, out: Arc<Output>) -> Result<(
     Ok(())
 }
 
+/// Where the changes of a DynamoDB table come from (`--dynamodb-table`, `--dynamodb-stream-arn`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DynamoDbSource<'a> {
+    /// The table's latest stream.
+    Table(&'a str),
+    /// The stream with this ARN.
+    Arn(&'a DynamoDbStreamArn),
+}
+
+impl Args {
+    /// The DynamoDB stream to read, if the flags name one (else Kinesis streams).
+    fn dynamodb_source(&self) -> Option<DynamoDbSource<'_>> {
+        match (&self.dynamodb_table, &self.dynamodb_stream_arn) {
+            (Some(table), _) => Some(DynamoDbSource::Table(table)),
+            (None, Some(arn)) => Some(DynamoDbSource::Arn(arn)),
+            (None, None) => None,
+        }
+    }
+
+    /// The table whose changes are read (`--dynamodb-table`, or the table of the ARN).
+    fn dynamodb_table_name(&self) -> Option<&str> {
+        match self.dynamodb_source()? {
+            DynamoDbSource::Table(table) => Some(table),
+            DynamoDbSource::Arn(arn) => Some(&arn.table),
+        }
+    }
+}
+
+/// Flags that contradict a DynamoDB source (exactly one source; what DynamoDB Streams does not
+/// have), as the one-line error to print; `None` when they agree.
+fn dynamodb_conflict(args: &Args) -> Option<String> {
+    let source = args.dynamodb_source()?;
+    let flag = match source {
+        DynamoDbSource::Table(_) => "--dynamodb-table",
+        DynamoDbSource::Arn(_) => "--dynamodb-stream-arn",
+    };
+    let timestamp =
+        matches!(args.initial_position, InitialPosition::AtTimestamp(_)) || args.from_timestamp.is_some();
+    if args.dynamodb_table.is_some() && args.dynamodb_stream_arn.is_some() {
+        Some("--dynamodb-table and --dynamodb-stream-arn both name the stream to read: give one".to_owned())
+    } else if !args.streams.is_empty() || !args.stream_arns.is_empty() {
+        Some(format!(
+            "{flag} reads a DynamoDB table's change stream and --stream/--stream-arn a Kinesis stream: \
+             one kcl-tail reads one source; give one of them"
+        ))
+    } else if args.local {
+        Some(format!(
+            "--local reads stdin into a local Kinesis stream: not with {flag}"
+        ))
+    } else if args.fan_out {
+        Some(format!(
+            "DynamoDB Streams has no enhanced fan-out: --fan-out is not for {flag}"
+        ))
+    } else if !args.stream_roles.is_empty() {
+        Some(format!(
+            "--stream-role names a Kinesis stream's role: with {flag}, use --role-arn"
+        ))
+    } else if timestamp {
+        Some(format!(
+            "DynamoDB Streams has no AT_TIMESTAMP iterator: with {flag}, --initial-position is trim-horizon or latest"
+        ))
+    } else {
+        match (&args.region, &args.dynamodb_stream_arn) {
+            (Some(region), Some(arn)) if *region != arn.region => Some(format!(
+                "--dynamodb-stream-arn {arn} names region {} but --region is {region}: make the two agree",
+                arn.region
+            )),
+            _ => None,
+        }
+    }
+}
+
 /// A `--stream-arn` of another region than `--region` (or, without it, than the first
 /// `--stream-arn`, whose region is used): the calls would go to the wrong region's endpoint
 /// and fail with an error that does not say which setting is wrong.
@@ -652,6 +882,11 @@ fn main() -> std::process::ExitCode {
 async fn run() -> Result<()> {
     let mut args = Args::parse();
     kcl_tools::logging::init("kcl-tail", "warn", &args.log);
+    if let Some(conflict) = dynamodb_conflict(&args) {
+        Args::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, conflict)
+            .exit();
+    }
     // Streams named by ARN are read under their names (the backend makes the calls by ARN).
     for arn in &args.stream_arns {
         if !args.streams.contains(&arn.stream_name) {
@@ -705,7 +940,10 @@ async fn run() -> Result<()> {
     }
     let application = args.application_name.clone().unwrap_or_else(|| {
         // A DynamoDB table name: at most 255 characters.
-        let mut name = format!("kcl-tail-{}", args.streams.join("-"));
+        let mut name = match args.dynamodb_table_name() {
+            Some(table) => format!("kcl-tail-{table}"),
+            None => format!("kcl-tail-{}", args.streams.join("-")),
+        };
         name.truncate(255);
         name
     });
@@ -810,6 +1048,175 @@ mod tests {
         assert!(
             two.starts_with("--stream-arn arn:aws:kinesis:us-west-2:111122223333:stream/b names region us-west-2 but --stream-arn arn:aws:kinesis:us-east-5:111122223333:stream/a names us-east-5"),
             "{two}"
+        );
+    }
+
+    const DDB_ARN: &str =
+        "arn:aws:dynamodb:eu-west-1:111122223333:table/orders/stream/2026-12-06T13:44:14.123";
+
+    fn conflict(flags: &[&str]) -> Option<String> {
+        let args = Args::try_parse_from(std::iter::once("kcl-tail").chain(flags.iter().copied()))
+            .unwrap_or_else(|e| panic!("{flags:?}: {e}"));
+        dynamodb_conflict(&args)
+    }
+
+    #[test]
+    fn a_dynamodb_source_is_the_only_source() {
+        assert_eq!(conflict(&["--dynamodb-table", "orders"]), None);
+        assert_eq!(conflict(&["--dynamodb-stream-arn", DDB_ARN]), None);
+        assert_eq!(conflict(&["--stream", "s"]), None);
+        assert_eq!(
+            conflict(&[
+                "--dynamodb-table",
+                "orders",
+                "--initial-position",
+                "trim-horizon",
+                "--no-checkpoint",
+                "-n",
+                "3"
+            ]),
+            None
+        );
+        assert_eq!(
+            conflict(&["--dynamodb-stream-arn", DDB_ARN, "--region", "eu-west-1"]),
+            None
+        );
+        let both = conflict(&["--dynamodb-table", "orders", "--stream", "s"]).expect("a conflict");
+        assert_eq!(
+            both,
+            "--dynamodb-table reads a DynamoDB table's change stream and --stream/--stream-arn a Kinesis \
+             stream: one kcl-tail reads one source; give one of them"
+        );
+        assert!(!both.contains('\n'));
+        let kinesis_arn = "arn:aws:kinesis:eu-west-1:111122223333:stream/s";
+        assert!(
+            conflict(&["--dynamodb-stream-arn", DDB_ARN, "--stream-arn", kinesis_arn])
+                .expect("a conflict")
+                .starts_with("--dynamodb-stream-arn reads a DynamoDB table's change stream")
+        );
+        assert_eq!(
+            conflict(&["--dynamodb-table", "orders", "--dynamodb-stream-arn", DDB_ARN]).as_deref(),
+            Some("--dynamodb-table and --dynamodb-stream-arn both name the stream to read: give one")
+        );
+        for flags in [
+            &["--dynamodb-table", "orders", "--local"][..],
+            &["--dynamodb-table", "orders", "--fan-out"],
+            &[
+                "--dynamodb-table",
+                "orders",
+                "--stream-role",
+                "orders=arn:aws:iam::111122223333:role/r",
+            ],
+            &[
+                "--dynamodb-table",
+                "orders",
+                "--from-timestamp",
+                "2026-12-06T00:00:00Z",
+            ],
+            &[
+                "--dynamodb-table",
+                "orders",
+                "--initial-position",
+                "at-timestamp:2026-12-06T00:00:00Z",
+            ],
+        ] {
+            assert!(conflict(flags).is_some(), "{flags:?}");
+        }
+        assert_eq!(
+            conflict(&["--dynamodb-stream-arn", DDB_ARN, "--region", "us-east-1"]).as_deref(),
+            Some(
+                "--dynamodb-stream-arn arn:aws:dynamodb:eu-west-1:111122223333:table/orders/stream/2026-12-06T13:44:14.123 \
+                 names region eu-west-1 but --region is us-east-1: make the two agree"
+            )
+        );
+        // No source at all is clap's own error; a bad ARN too.
+        assert!(Args::try_parse_from(["kcl-tail"]).is_err());
+        assert!(Args::try_parse_from(["kcl-tail", "--dynamodb-stream-arn", "arn:aws:kinesis:x"]).is_err());
+    }
+
+    #[test]
+    fn the_source_names_the_application_and_the_region() {
+        let args = Args::try_parse_from(["kcl-tail", "--dynamodb-stream-arn", DDB_ARN]).unwrap();
+        assert_eq!(args.dynamodb_table_name(), Some("orders"));
+        assert_eq!(aws_options(&args).region.as_deref(), Some("eu-west-1"));
+        let args = Args::try_parse_from(["kcl-tail", "--dynamodb-table", "carts"]).unwrap();
+        assert_eq!(args.dynamodb_source(), Some(DynamoDbSource::Table("carts")));
+        assert_eq!(args.dynamodb_table_name(), Some("carts"));
+    }
+
+    fn change(json: &str) -> Record {
+        let change = ChangeRecord::from_json_slice(json.as_bytes()).expect("a change");
+        kcl_core::backend::dynamodb_streams::change_to_record(&change)
+    }
+
+    fn line(format: LineFormat, r: &Record) -> String {
+        let mut out = Vec::new();
+        render(
+            &mut out,
+            format,
+            DDB_ARN,
+            "shardId-00000001765028654000-0a1b2c3d",
+            r,
+        )
+        .expect("render");
+        String::from_utf8(out).expect("UTF-8")
+    }
+
+    #[test]
+    fn a_change_prints_as_one_json_line() {
+        let modify = change(
+            r#"{"eventID":"e1","eventName":"MODIFY","eventVersion":"1.1","eventSource":"aws:dynamodb",
+                "awsRegion":"eu-west-1","dynamodb":{"ApproximateCreationDateTime":1765028654,
+                "Keys":{"pk":{"S":"order-1"}},
+                "NewImage":{"pk":{"S":"order-1"},"qty":{"N":"2"}},
+                "OldImage":{"pk":{"S":"order-1"},"qty":{"N":"1"}},
+                "SequenceNumber":"4900000000000000000000000000000000000017","SizeBytes":59,
+                "StreamViewType":"NEW_AND_OLD_IMAGES"}}"#,
+        );
+        assert_eq!(
+            line(LineFormat::Change, &modify),
+            format!(
+                "{{\"event_name\":\"MODIFY\",\"keys\":{{\"pk\":{{\"S\":\"order-1\"}}}},\
+                 \"new_image\":{{\"pk\":{{\"S\":\"order-1\"}},\"qty\":{{\"N\":\"2\"}}}},\
+                 \"old_image\":{{\"pk\":{{\"S\":\"order-1\"}},\"qty\":{{\"N\":\"1\"}}}},\
+                 \"sequence_number\":\"4900000000000000000000000000000000000017\",\
+                 \"approximate_creation_time\":\"2025-12-06T13:44:14Z\",\
+                 \"shard_id\":\"shardId-00000001765028654000-0a1b2c3d\",\"stream_arn\":\"{DDB_ARN}\"}}\n"
+            )
+        );
+        // --raw: the wire format as it is.
+        assert_eq!(
+            line(LineFormat::Raw, &modify),
+            format!("{}\n", String::from_utf8_lossy(&modify.data))
+        );
+        // A TTL deletion: no new image, the user identity.
+        let ttl = change(
+            r#"{"eventID":"e2","eventName":"REMOVE","eventVersion":"1.1","eventSource":"aws:dynamodb",
+                "awsRegion":"eu-west-1","dynamodb":{"ApproximateCreationDateTime":1765028655,
+                "Keys":{"pk":{"S":"order-2"}},"OldImage":{"pk":{"S":"order-2"}},
+                "SequenceNumber":"4900000000000000000000000000000000000018","SizeBytes":20,
+                "StreamViewType":"NEW_AND_OLD_IMAGES"},
+                "userIdentity":{"PrincipalId":"dynamodb.amazonaws.com","Type":"Service"}}"#,
+        );
+        let printed = line(LineFormat::Change, &ttl);
+        assert!(printed.ends_with('\n') && printed.matches('\n').count() == 1);
+        let v: serde_json::Value = serde_json::from_str(&printed).unwrap();
+        assert_eq!(v["event_name"], "REMOVE");
+        assert!(v.get("new_image").is_none());
+        assert_eq!(v["old_image"]["pk"]["S"], "order-2");
+        assert_eq!(
+            v["user_identity"],
+            serde_json::json!({"principal_id": "dynamodb.amazonaws.com", "type": "Service"})
+        );
+        // Not a change: an error naming the record, not a panic.
+        let mut bad = modify.clone();
+        bad.data = bytes::Bytes::from_static(b"{}");
+        let mut out = Vec::new();
+        let err = render(&mut out, LineFormat::Change, DDB_ARN, "s", &bad).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("4900000000000000000000000000000000000017"),
+            "{err}"
         );
     }
 
