@@ -82,12 +82,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata};
-use metrics::{Recorder, SharedString, Unit};
 use tokio::sync::{mpsc, oneshot};
 
 pub use super::java::{mapping, MetricMapping, MetricUnit, MetricsLevel, StatisticSet};
-use super::java::{Aggregator, Described, FacadeKind};
+use super::java::{Aggregator, Described};
 pub use super::java::{OPERATION, SHARD_ID, STREAM_ID, WORKER_IDENTIFIER};
 
 /// The most datums one `PutMetricData` call carries (CloudWatch's limit per request).
@@ -334,29 +332,7 @@ impl CloudWatchRecorder {
     }
 }
 
-impl Recorder for CloudWatchRecorder {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-
-    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        self.registry
-            .register_kind(key, FacadeKind::Counter)
-            .map_or_else(Counter::noop, Counter::from_arc)
-    }
-
-    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
-        self.registry
-            .register_kind(key, FacadeKind::Gauge)
-            .map_or_else(Gauge::noop, Gauge::from_arc)
-    }
-
-    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
-        self.registry
-            .register_kind(key, FacadeKind::Histogram)
-            .map_or_else(Histogram::noop, Histogram::from_arc)
-    }
-}
+super::java::aggregating_recorder!(CloudWatchRecorder);
 
 /// Starts the publisher on the current Tokio runtime and installs its recorder as the global
 /// `metrics` recorder.

@@ -451,3 +451,58 @@ impl<K: Clone + Ord> Aggregator<K> {
         merged
     }
 }
+
+/// Implements [`metrics::Recorder`] for an exporter's recorder whose `registry` field is an
+/// [`Aggregator`]: every series is registered there (a no-op handle for a metric the level
+/// leaves out), and descriptions are not used. One implementation for the CloudWatch and the
+/// OTLP recorders.
+macro_rules! aggregating_recorder {
+    ($recorder:ty) => {
+        impl metrics::Recorder for $recorder {
+            fn describe_counter(
+                &self,
+                _: metrics::KeyName,
+                _: Option<metrics::Unit>,
+                _: metrics::SharedString,
+            ) {
+            }
+            fn describe_gauge(
+                &self,
+                _: metrics::KeyName,
+                _: Option<metrics::Unit>,
+                _: metrics::SharedString,
+            ) {
+            }
+            fn describe_histogram(
+                &self,
+                _: metrics::KeyName,
+                _: Option<metrics::Unit>,
+                _: metrics::SharedString,
+            ) {
+            }
+
+            fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+                self.registry
+                    .register_kind(key, $crate::metrics::java::FacadeKind::Counter)
+                    .map_or_else(metrics::Counter::noop, metrics::Counter::from_arc)
+            }
+
+            fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+                self.registry
+                    .register_kind(key, $crate::metrics::java::FacadeKind::Gauge)
+                    .map_or_else(metrics::Gauge::noop, metrics::Gauge::from_arc)
+            }
+
+            fn register_histogram(
+                &self,
+                key: &metrics::Key,
+                _: &metrics::Metadata<'_>,
+            ) -> metrics::Histogram {
+                self.registry
+                    .register_kind(key, $crate::metrics::java::FacadeKind::Histogram)
+                    .map_or_else(metrics::Histogram::noop, metrics::Histogram::from_arc)
+            }
+        }
+    };
+}
+pub(crate) use aggregating_recorder;

@@ -135,7 +135,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use tokio::sync::{mpsc, oneshot};
 
 use super::java::{Aggregator, Described, FacadeKind, Window};
@@ -729,29 +728,7 @@ impl OtlpRecorder {
     }
 }
 
-impl Recorder for OtlpRecorder {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-
-    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        self.registry
-            .register_kind(key, FacadeKind::Counter)
-            .map_or_else(Counter::noop, Counter::from_arc)
-    }
-
-    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
-        self.registry
-            .register_kind(key, FacadeKind::Gauge)
-            .map_or_else(Gauge::noop, Gauge::from_arc)
-    }
-
-    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
-        self.registry
-            .register_kind(key, FacadeKind::Histogram)
-            .map_or_else(Histogram::noop, Histogram::from_arc)
-    }
-}
+super::java::aggregating_recorder!(OtlpRecorder);
 
 /// Starts the exporter on the current Tokio runtime and installs its recorder as the global
 /// `metrics` recorder.

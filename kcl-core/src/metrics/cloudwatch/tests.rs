@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::metrics as names;
+use metrics::Key;
 use metrics::{CounterFn, GaugeFn, HistogramFn};
 use std::sync::Mutex;
 

@@ -5,6 +5,7 @@
 
 use super::*;
 use crate::metrics as names;
+use metrics::Key;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
