@@ -84,8 +84,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::java::{call_exporter, run_exporter, Aggregator, Described, WindowCommand, WindowExporter};
 pub use super::java::{mapping, MetricMapping, MetricUnit, MetricsLevel, StatisticSet};
-use super::java::{Aggregator, Described};
 pub use super::java::{OPERATION, SHARD_ID, STREAM_ID, WORKER_IDENTIFIER};
 
 /// The most datums one `PutMetricData` call carries (CloudWatch's limit per request).
@@ -315,19 +315,19 @@ impl CloudWatchRecorder {
         let registry = Arc::new(Registry::new(config.level, &config.enabled_dimensions));
         let counters = Arc::new(PublisherCounters::default());
         let (commands, receiver) = mpsc::channel(16);
+        let every = config.buffer_time;
         let publisher = Publisher {
             registry: registry.clone(),
             sink,
             counters: counters.clone(),
             queue: VecDeque::new(),
             namespace: config.namespace,
-            buffer_time: config.buffer_time,
             max_queue_size: config.max_queue_size,
             max_datums_per_call: config.max_datums_per_call,
             max_retries: config.max_retries,
             dropped_in_window: 0,
         };
-        runtime.spawn(publisher.run(receiver));
+        runtime.spawn(run_exporter(publisher, every, receiver));
         Ok((Self { registry }, CloudWatchHandle { commands, counters }))
     }
 }
@@ -432,10 +432,7 @@ impl PutMetrics for SdkSink {
     }
 }
 
-enum Command {
-    Flush(oneshot::Sender<Result<(), CloudWatchError>>),
-    Shutdown(oneshot::Sender<Result<(), CloudWatchError>>),
-}
+type Command = WindowCommand<CloudWatchError>;
 
 struct Publisher {
     registry: Arc<Registry>,
@@ -443,43 +440,25 @@ struct Publisher {
     counters: Arc<PublisherCounters>,
     queue: VecDeque<Datum>,
     namespace: String,
-    buffer_time: Duration,
     max_queue_size: usize,
     max_datums_per_call: usize,
     max_retries: usize,
     dropped_in_window: u64,
 }
 
-impl Publisher {
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let mut ticks = tokio::time::interval(self.buffer_time);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks.tick().await; // the first tick is immediate
-        let mut handles_open = true;
-        loop {
-            tokio::select! {
-                _ = ticks.tick() => {
-                    let _ = self.publish_window().await;
-                    // Neither the recorder nor a handle left: nothing more can come.
-                    if !handles_open && Arc::strong_count(&self.registry) == 1 {
-                        return;
-                    }
-                }
-                command = commands.recv(), if handles_open => match command {
-                    Some(Command::Flush(reply)) => {
-                        let _ = reply.send(self.publish_window().await);
-                    }
-                    Some(Command::Shutdown(reply)) => {
-                        let _ = reply.send(self.publish_window().await);
-                        return;
-                    }
-                    // Every handle dropped: keep publishing for the recorder, while it lives.
-                    None => handles_open = false,
-                },
-            }
-        }
+impl WindowExporter for Publisher {
+    type Error = CloudWatchError;
+
+    async fn export_window(&mut self) -> Result<(), CloudWatchError> {
+        self.publish_window().await
     }
 
+    fn recorder_alive(&self) -> bool {
+        Arc::strong_count(&self.registry) > 1
+    }
+}
+
+impl Publisher {
     /// Closes the window, queues its datums and sends everything queued.
     async fn publish_window(&mut self) -> Result<(), CloudWatchError> {
         let datums = self.registry.close_window(SystemTime::now());
@@ -563,26 +542,12 @@ pub struct CloudWatchHandle {
     counters: Arc<PublisherCounters>,
 }
 
-impl std::fmt::Debug for Command {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Command::Flush(_) => "Flush",
-            Command::Shutdown(_) => "Shutdown",
-        })
-    }
-}
-
 impl CloudWatchHandle {
     async fn call(
         &self,
         command: fn(oneshot::Sender<Result<(), CloudWatchError>>) -> Command,
     ) -> Result<(), CloudWatchError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(command(reply))
-            .await
-            .map_err(|_| CloudWatchError::Stopped)?;
-        answer.await.map_err(|_| CloudWatchError::Stopped)?
+        call_exporter(&self.commands, command, || CloudWatchError::Stopped).await
     }
 
     /// Closes the current window and publishes it with everything queued; returns once the

@@ -506,3 +506,76 @@ macro_rules! aggregating_recorder {
     };
 }
 pub(crate) use aggregating_recorder;
+
+/// A request from an exporter's handle to its task: export the window now, or export it and
+/// stop. The answer is the export's result.
+pub(crate) enum WindowCommand<E> {
+    Flush(tokio::sync::oneshot::Sender<Result<(), E>>),
+    Shutdown(tokio::sync::oneshot::Sender<Result<(), E>>),
+}
+
+impl<E> std::fmt::Debug for WindowCommand<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WindowCommand::Flush(_) => "Flush",
+            WindowCommand::Shutdown(_) => "Shutdown",
+        })
+    }
+}
+
+/// Sends `command` to an exporter task and waits for its answer; `stopped()` when the task is
+/// gone.
+pub(crate) async fn call_exporter<E>(
+    commands: &tokio::sync::mpsc::Sender<WindowCommand<E>>,
+    command: fn(tokio::sync::oneshot::Sender<Result<(), E>>) -> WindowCommand<E>,
+    stopped: fn() -> E,
+) -> Result<(), E> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    commands.send(command(reply)).await.map_err(|_| stopped())?;
+    answer.await.map_err(|_| stopped())?
+}
+
+/// An exporter task's work: close the current window and send what is queued.
+pub(crate) trait WindowExporter: Send {
+    /// What a failed export says.
+    type Error: Send;
+    /// Closes the window, queues its values and sends everything queued.
+    fn export_window(&mut self) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send;
+    /// Whether the recorder still lives (it holds the aggregator with this task).
+    fn recorder_alive(&self) -> bool;
+}
+
+/// Runs an exporter task: a window every `every`, and whenever a handle asks; stops on
+/// `Shutdown` (after the last window), or once neither the recorder nor a handle is left.
+pub(crate) async fn run_exporter<X: WindowExporter>(
+    mut exporter: X,
+    every: std::time::Duration,
+    mut commands: tokio::sync::mpsc::Receiver<WindowCommand<X::Error>>,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await; // the first tick is immediate
+    let mut handles_open = true;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {
+                let _ = exporter.export_window().await;
+                // Neither the recorder nor a handle left: nothing more can come.
+                if !handles_open && !exporter.recorder_alive() {
+                    return;
+                }
+            }
+            command = commands.recv(), if handles_open => match command {
+                Some(WindowCommand::Flush(reply)) => {
+                    let _ = reply.send(exporter.export_window().await);
+                }
+                Some(WindowCommand::Shutdown(reply)) => {
+                    let _ = reply.send(exporter.export_window().await);
+                    return;
+                }
+                // Every handle dropped: keep exporting for the recorder, while it lives.
+                None => handles_open = false,
+            },
+        }
+    }
+}

@@ -137,7 +137,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::java::{Aggregator, Described, FacadeKind, Window};
+use super::java::{
+    call_exporter, run_exporter, Aggregator, Described, FacadeKind, Window, WindowCommand, WindowExporter,
+};
 pub use super::java::{MetricUnit, MetricsLevel, OPERATION, SHARD_ID, STREAM_ID, WORKER_IDENTIFIER};
 
 pub mod proto;
@@ -723,7 +725,8 @@ impl OtlpRecorder {
             window_start_nanos: unix_nanos(SystemTime::now()),
             dropped_in_window: 0,
         };
-        runtime.spawn(exporter.run(receiver));
+        let every = exporter.export_interval;
+        runtime.spawn(run_exporter(exporter, every, receiver));
         Ok((Self { registry }, OtlpHandle { commands, counters }))
     }
 }
@@ -765,19 +768,7 @@ trait PostMetrics: Send + Sync + 'static {
     fn post(&self, request: proto::ExportMetricsServiceRequest) -> PostFuture<'_>;
 }
 
-enum Command {
-    Flush(oneshot::Sender<Result<(), OtlpError>>),
-    Shutdown(oneshot::Sender<Result<(), OtlpError>>),
-}
-
-impl std::fmt::Debug for Command {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Command::Flush(_) => "Flush",
-            Command::Shutdown(_) => "Shutdown",
-        })
-    }
-}
+type Command = WindowCommand<OtlpError>;
 
 struct Exporter {
     registry: Arc<Registry>,
@@ -795,36 +786,19 @@ struct Exporter {
     dropped_in_window: u64,
 }
 
-impl Exporter {
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let mut ticks = tokio::time::interval(self.export_interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks.tick().await; // the first tick is immediate
-        let mut handles_open = true;
-        loop {
-            tokio::select! {
-                _ = ticks.tick() => {
-                    let _ = self.export_window().await;
-                    // Neither the recorder nor a handle left: nothing more can come.
-                    if !handles_open && Arc::strong_count(&self.registry) == 1 {
-                        return;
-                    }
-                }
-                command = commands.recv(), if handles_open => match command {
-                    Some(Command::Flush(reply)) => {
-                        let _ = reply.send(self.export_window().await);
-                    }
-                    Some(Command::Shutdown(reply)) => {
-                        let _ = reply.send(self.export_window().await);
-                        return;
-                    }
-                    // Every handle dropped: keep exporting for the recorder, while it lives.
-                    None => handles_open = false,
-                },
-            }
-        }
+impl WindowExporter for Exporter {
+    type Error = OtlpError;
+
+    async fn export_window(&mut self) -> Result<(), OtlpError> {
+        self.export_window().await
     }
 
+    fn recorder_alive(&self) -> bool {
+        Arc::strong_count(&self.registry) > 1
+    }
+}
+
+impl Exporter {
     /// Closes the window, queues its points and sends everything queued.
     async fn export_window(&mut self) -> Result<(), OtlpError> {
         let now = unix_nanos(SystemTime::now());
@@ -1055,12 +1029,7 @@ impl OtlpHandle {
         &self,
         command: fn(oneshot::Sender<Result<(), OtlpError>>) -> Command,
     ) -> Result<(), OtlpError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(command(reply))
-            .await
-            .map_err(|_| OtlpError::Stopped)?;
-        answer.await.map_err(|_| OtlpError::Stopped)?
+        call_exporter(&self.commands, command, || OtlpError::Stopped).await
     }
 
     /// Closes the current window and exports it with everything queued; returns once the
