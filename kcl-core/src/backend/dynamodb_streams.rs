@@ -90,7 +90,7 @@ use aws_sdk_dynamodbstreams::types::ShardIteratorType;
 use bytes::Bytes;
 use tracing::warn;
 
-use crate::backend::{BackendError, GetRecordsOutput, IteratorPosition, StreamBackend};
+use crate::backend::{service_sequence, BackendError, GetRecordsOutput, IteratorPosition, StreamBackend};
 use crate::dynamodb_streams::{
     item_to_dynamodb_json, AttributeValue, ChangeRecord, DynamoDbStreamArn, DynamoDbStreamArnError,
     EventName, Item, StreamViewType, UserIdentity,
@@ -305,10 +305,6 @@ fn wire_sequence_number(s: &SequenceNumber) -> String {
     format!("{:0>21}", s.as_str())
 }
 
-fn sequence(s: &str) -> Result<SequenceNumber, BackendError> {
-    SequenceNumber::new(s).map_err(|e| BackendError::other(e.to_string()))
-}
-
 fn to_shard(s: &aws_sdk_dynamodbstreams::types::Shard) -> Result<Shard, BackendError> {
     let shard_id = s
         .shard_id()
@@ -321,8 +317,8 @@ fn to_shard(s: &aws_sdk_dynamodbstreams::types::Shard) -> Result<Shard, BackendE
         parent_shard_id: s.parent_shard_id().map(str::to_owned),
         adjacent_parent_shard_id: None,
         hash_key_range: HashKeyRange::FULL,
-        starting_sequence_number: sequence(range.starting_sequence_number().unwrap_or("0"))?,
-        ending_sequence_number: range.ending_sequence_number().map(sequence).transpose()?,
+        starting_sequence_number: service_sequence(range.starting_sequence_number().unwrap_or("0"))?,
+        ending_sequence_number: range.ending_sequence_number().map(service_sequence).transpose()?,
     })
 }
 
@@ -364,7 +360,7 @@ pub fn to_change_record(r: &aws_sdk_dynamodbstreams::types::Record) -> Result<Ch
     let d = r
         .dynamodb()
         .ok_or_else(|| BackendError::other("a change record without its dynamodb part"))?;
-    let sequence_number = sequence(
+    let sequence_number = service_sequence(
         d.sequence_number()
             .ok_or_else(|| BackendError::other("a change record without a sequence number"))?,
     )?;

@@ -22,11 +22,11 @@ use bytes::Bytes;
 use tracing::debug;
 
 use crate::backend::{
-    BackendError, ConsumerStatus, ConsumerTags, GetRecordsOutput, IteratorPosition, ShardSubscription,
-    StreamBackend, StreamConsumer, SubscribeEvent,
+    service_sequence, BackendError, ConsumerStatus, ConsumerTags, GetRecordsOutput, IteratorPosition,
+    ShardSubscription, StreamBackend, StreamConsumer, SubscribeEvent,
 };
 use crate::error::ErrorChain;
-use crate::record::{ChildShard, HashKeyRange, Record, SequenceNumber, Shard};
+use crate::record::{ChildShard, HashKeyRange, Record, Shard};
 use crate::stream_arn::StreamArn;
 use kcl_lease::StreamIdentifier;
 
@@ -212,10 +212,6 @@ fn hash_range(range: Option<&aws_sdk_kinesis::types::HashKeyRange>) -> Result<Ha
         .ok_or_else(|| BackendError::other("hash key range with start after end"))
 }
 
-fn sequence(s: &str) -> Result<SequenceNumber, BackendError> {
-    SequenceNumber::new(s).map_err(|e| BackendError::other(e.to_string()))
-}
-
 fn to_shard(s: &aws_sdk_kinesis::types::Shard) -> Result<Shard, BackendError> {
     let range = s
         .sequence_number_range()
@@ -225,8 +221,8 @@ fn to_shard(s: &aws_sdk_kinesis::types::Shard) -> Result<Shard, BackendError> {
         parent_shard_id: s.parent_shard_id().map(str::to_owned),
         adjacent_parent_shard_id: s.adjacent_parent_shard_id().map(str::to_owned),
         hash_key_range: hash_range(s.hash_key_range())?,
-        starting_sequence_number: sequence(range.starting_sequence_number())?,
-        ending_sequence_number: range.ending_sequence_number().map(sequence).transpose()?,
+        starting_sequence_number: service_sequence(range.starting_sequence_number())?,
+        ending_sequence_number: range.ending_sequence_number().map(service_sequence).transpose()?,
     })
 }
 
@@ -234,7 +230,7 @@ fn to_record(r: &aws_sdk_kinesis::types::Record) -> Result<Record, BackendError>
     Ok(Record {
         data: Bytes::copy_from_slice(r.data().as_ref()),
         partition_key: r.partition_key().unwrap_or_default().into(),
-        sequence_number: sequence(r.sequence_number())?,
+        sequence_number: service_sequence(r.sequence_number())?,
         sub_sequence_number: 0,
         approximate_arrival_timestamp: r
             .approximate_arrival_timestamp()
@@ -415,7 +411,7 @@ impl ShardSubscription for KinesisSubscription {
                 continuation_sequence_number: if continuation.is_empty() {
                     None
                 } else {
-                    Some(sequence(continuation)?)
+                    Some(service_sequence(continuation)?)
                 },
                 millis_behind_latest: u64::try_from(event.millis_behind_latest()).unwrap_or(0),
                 child_shards: to_children(event.child_shards())?,

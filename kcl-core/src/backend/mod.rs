@@ -136,6 +136,12 @@ impl BackendError {
 /// The resource tags of an enhanced fan-out consumer, set when it is registered.
 pub type ConsumerTags = std::collections::BTreeMap<String, String>;
 
+/// A sequence number a service returned; one that is not a number is a backend error.
+#[cfg(any(feature = "kinesis", feature = "dynamodb-streams"))]
+pub(crate) fn service_sequence(s: &str) -> Result<SequenceNumber, BackendError> {
+    SequenceNumber::new(s).map_err(|e| BackendError::other(e.to_string()))
+}
+
 /// The state of an enhanced fan-out consumer (`ConsumerStatus`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
