@@ -193,6 +193,8 @@ pub struct TakePlan {
     pub steal: Vec<Lease>,
     /// The even share this worker aims for.
     pub target: usize,
+    /// The most leases another live worker holds, as scanned (0 if none).
+    pub most_loaded: usize,
     /// More free or expired leases, in this worker's order of preference, to try when a take
     /// of `take` loses the race to another worker.
     pub spare: Vec<Lease>,
@@ -269,8 +271,15 @@ pub fn plan_takes(
     let workers = load.len();
     let target = active.len().div_ceil(workers).min(config.max_leases_per_worker);
     let my_count = load.get(me).map_or(0, Vec::len);
+    let most_loaded = load
+        .iter()
+        .filter(|(w, _)| **w != me)
+        .map(|(_, ls)| ls.len())
+        .max()
+        .unwrap_or(0);
     let mut plan = TakePlan {
         target,
+        most_loaded,
         ..TakePlan::default()
     };
 

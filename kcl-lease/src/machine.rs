@@ -105,6 +105,9 @@ pub struct Schedule {
     forced: bool,
     /// Leases free to take that this worker saw and left to others, as last announced.
     free_announced: BTreeSet<String>,
+    /// This worker's count and even share when it last announced that it holds more than its
+    /// share (`None` while it does not).
+    surplus_announced: Option<(usize, usize)>,
     scans: u64,
     /// When the follow-up read of every row is due.
     follow_up: Option<Instant>,
@@ -131,6 +134,7 @@ impl Schedule {
             unknown_owners: false,
             forced: false,
             free_announced: BTreeSet::new(),
+            surplus_announced: None,
             scans: 0,
             follow_up: None,
             next_watch: None,
@@ -675,7 +679,23 @@ impl TakeRound {
             .filter(|l| !planned(&l.lease_key))
             .map(|l| l.lease_key.clone())
             .collect();
-        if !free.is_subset(&schedule.free_announced) {
+        // Held leases beyond the even share (taken when the fleet was smaller, or all of a
+        // watched dead worker's): tell the others, once per count and share, so that a worker
+        // below its share looks now and steals the surplus. A worker one short of its share
+        // does not look again by itself (an even fleet has such workers), so without this the
+        // spread stayed uneven until a safety scan (found by the simulator: seed 55644 at 8
+        // workers, 32 shards, worker renewal: 5 and 3 for 40 s).
+        let mine = leases
+            .iter()
+            .filter(|l| !l.is_finished() && l.is_owned_by(me) && input.held.contains(&l.lease_key))
+            .count();
+        // (Load-aware balancing evens the load, not the count: counts above the share are
+        // its steady state there.)
+        let count_mode = matches!(settings.balance, BalanceMode::Count);
+        let surplus = (input.heartbeats && count_mode && mine > plan.target).then_some((mine, plan.target));
+        let announce_surplus = surplus.is_some() && surplus != schedule.surplus_announced;
+        schedule.surplus_announced = surplus;
+        if !free.is_subset(&schedule.free_announced) || announce_surplus {
             before.push_back(Action::Announce);
         }
         let dead_leases = take_all_of
@@ -700,11 +720,11 @@ impl TakeRound {
         // worker look (takes of free leases are not announced). An even fleet has every
         // worker at its share or one below: no extra scans then (found by the simulator: seed
         // 97 at 4 workers, 16 shards, with slow batches, left a worker at 4 of 6 for 13 s).
-        let mine = leases
-            .iter()
-            .filter(|l| !l.is_finished() && l.is_owned_by(me) && input.held.contains(&l.lease_key))
-            .count();
-        let short = mine + plan.take.len() + plan.steal.len() + 1 < plan.target;
+        // Short by one while another worker holds more than its share: the same (a steal is
+        // due, but its candidates were in a hand-off).
+        let after = mine + plan.take.len() + plan.steal.len();
+        let short =
+            after + 1 < plan.target || (count_mode && after < plan.target && plan.most_loaded > plan.target);
         schedule.unknown_owners = unknown_owners || own_pending || short;
         schedule.forced |= input.unchecked > 0;
         schedule.scans += 1;
@@ -1132,6 +1152,77 @@ mod tests {
             Some(ScanReason::Forced)
         );
         assert!(schedule.begin_round(&workers.fingerprint("me", F, later)));
+    }
+
+    /// Seed 55644 (8 workers, 32 shards, worker renewal): a worker that took more than its
+    /// share while the fleet was smaller kept 5 while another had 3, for 40 s. It says so.
+    #[test]
+    fn a_worker_above_its_share_announces_it_once_per_count() {
+        let t0 = Instant::now();
+        let mut schedule = Schedule::new("me", settings());
+        let mut workers = WorkerTracker::new();
+        workers.observe_consistent(&[hb("me", 1), hb("a", 1)], t0, t0);
+        let round_with = |mine: &[&str], schedule: &mut Schedule| {
+            let leases: Vec<Lease> = (0..4)
+                .map(|i| {
+                    let key = format!("s-{i}");
+                    let owner = if mine.contains(&key.as_str()) { "me" } else { "a" };
+                    lease(&key, Some(owner), 1)
+                })
+                .collect();
+            let mut inp = input(leases, &workers, t0);
+            inp.held = mine.iter().map(|k| (*k).to_owned()).collect();
+            schedule.begin_round(&inp.seen_before);
+            let mut round = TakeRound::plan(inp, schedule, &mut ExpiryTracker::new(), &workers, t0);
+            drain(&mut round)
+        };
+        // Three of four with two workers: one above the share of two.
+        assert_eq!(
+            round_with(&["s-0", "s-1", "s-2"], &mut schedule),
+            [Action::Announce]
+        );
+        assert_eq!(round_with(&["s-0", "s-1", "s-2"], &mut schedule), [], "said once");
+        assert_eq!(round_with(&["s-0", "s-1"], &mut schedule), [], "at its share");
+        assert_eq!(
+            round_with(&["s-0", "s-1", "s-2"], &mut schedule),
+            [Action::Announce],
+            "above it again"
+        );
+    }
+
+    /// A worker one short of its share does not look again by itself (an even fleet has such
+    /// workers), unless another worker holds more than its share and no steal was possible
+    /// this round (its leases were in a hand-off).
+    #[test]
+    fn a_worker_one_short_looks_again_while_another_is_above_its_share() {
+        let t0 = Instant::now();
+        let mut workers = WorkerTracker::new();
+        workers.observe_consistent(&[hb("me", 1), hb("a", 1), hb("b", 1)], t0, t0);
+        for (a_leases, again) in [(3, true), (2, false)] {
+            let mut schedule = Schedule::new("me", settings());
+            let mut leases = vec![lease("m-0", Some("me"), 1)];
+            for i in 0..a_leases {
+                // In a hand-off to "a" from "b": no steal candidate.
+                let mut l = lease(&format!("a-{i}"), Some("a"), 1);
+                l.checkpoint_owner = Some("b".into());
+                leases.push(l);
+            }
+            for i in 0..2 {
+                leases.push(lease(&format!("b-{i}"), Some("b"), 1));
+            }
+            let mut inp = input(leases, &workers, t0);
+            inp.held = ["m-0".to_owned()].into();
+            schedule.begin_round(&inp.seen_before);
+            let mut round = TakeRound::plan(inp, &mut schedule, &mut ExpiryTracker::new(), &workers, t0);
+            assert_eq!(drain(&mut round), [], "nothing to take or steal");
+            round.finish(&["m-0".to_owned()].into(), &mut schedule);
+            let later = t0 + settings().take_interval;
+            assert_eq!(
+                schedule.scan_due(later, &workers, true, false) == Some(ScanReason::TakeAgain),
+                again,
+                "a holds {a_leases}, b 2, this worker 1: a share of 2"
+            );
+        }
     }
 
     #[test]

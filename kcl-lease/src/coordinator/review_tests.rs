@@ -535,12 +535,20 @@ async fn f3_a_heartbeat_table_lost_mid_run_is_a_failed_heartbeat_not_a_switch() 
     assert!(a.fleet().heartbeats, "a still coordinates through heartbeats");
     assert!(a.held().is_empty(), "a gave everything up");
     assert_eq!(b.held().len(), 4);
+    // Its divided watch's read fails, and it stays in the divided watch: its successor around
+    // the ring is watched by nobody else (found by the simulator: seed 43106, worker renewal,
+    // the coordinator alone).
+    assert!(
+        !a.read_watched().await,
+        "the watch read fails while the table is unusable"
+    );
     lagging
         .heartbeats_unusable
         .store(false, std::sync::atomic::Ordering::SeqCst);
     a.heartbeat().await;
     a.heartbeat().await;
     assert!(a.liveness.may_take(Instant::now()), "a is back");
+    assert!(a.divided(), "a watches its successor again");
 }
 
 /// F8 (part): a held lease whose row was deleted (the clean-up of a former stream, on a worker

@@ -1051,6 +1051,20 @@ impl Fleet {
                     }
                 }
             }
+            // What the scheduler does (kcl-core's fatal guard): a worker-renewal worker whose
+            // heartbeat table is missing or denied stops with a fatal error. Found by the
+            // simulator (seed 56914 at 8 workers, 32 shards): modelled as a coordinator that
+            // went on taking nothing, a live worker id left with no lease.
+            if self.config.renewal == crate::heartbeat::LeaseRenewal::Worker {
+                for i in self.running() {
+                    if self.store.heartbeats_refused(&self.processes[i].ctx.name) {
+                        self.crash(
+                            i,
+                            "fatal: worker renewal needs the worker heartbeat table (the scheduler stops)",
+                        );
+                    }
+                }
+            }
             while let Some(entry) = self.queue.first_entry() {
                 if entry.key().0 > now {
                     break;

@@ -89,6 +89,9 @@ struct StoreState {
     stale_reads: u64,
     /// The latest time an injected delay ends.
     delays_until: Option<Instant>,
+    /// Handles that a heartbeat call answered with [`LeaseError::Unsupported`] (the table
+    /// missing or denied).
+    heartbeats_refused: BTreeSet<String>,
 }
 
 #[derive(Debug)]
@@ -223,6 +226,13 @@ impl SimLeaseStore {
     }
 
     /// Counts one injected fault of `class` (also used by the fleet for scenario events).
+    /// Whether a heartbeat call of the handle `name` was answered that the heartbeat table
+    /// is unusable (missing or denied).
+    pub fn heartbeats_refused(&self, name: &str) -> bool {
+        lock(&self.shared.state).heartbeats_refused.contains(name)
+    }
+
+    /// Counts an injected fault or scenario event of `class`.
     pub fn count(&self, class: FaultClass) {
         *lock(&self.shared.state).injected.entry(class).or_default() += 1;
     }
@@ -341,6 +351,7 @@ impl SimStoreHandle {
         if faults.heartbeats_unusable && is_heartbeat(op) {
             plan.failure = Some(Failure::Unsupported);
             shared.count(&mut state, FaultClass::HeartbeatUnusable);
+            state.heartbeats_refused.insert(self.name.clone());
             notes.push("heartbeat table unusable".into());
         } else if op.is_read()
             && ((faults.heartbeat_reads_fail && is_heartbeat(op))

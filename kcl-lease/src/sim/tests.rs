@@ -385,6 +385,12 @@ fn sim_seeds_found_by_long_sweeps_stay_green() {
         (15383, LeaseRenewal::PerLease),
         (18581, LeaseRenewal::PerLease),
         (18581, LeaseRenewal::Worker),
+        (43106, LeaseRenewal::Worker),
+        (51240, LeaseRenewal::Worker),
+        (55644, LeaseRenewal::Worker),
+        (56914, LeaseRenewal::Worker),
+        (60917, LeaseRenewal::Worker),
+        (65750, LeaseRenewal::Worker),
     ];
     for (seed, renewal) in seeds {
         let config = SimConfig::new(renewal).with_fleet(8, 32);
