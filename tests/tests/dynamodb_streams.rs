@@ -2,117 +2,28 @@
 //! a second in-memory table by a processor that parses `ChangeRecord`s, through the unchanged
 //! scheduler, with a shard rotation in the middle (parents finished before children) and one of
 //! two workers killed mid-run. Every change must arrive in order per key, none lost, and the
-//! replica must equal the table at the end.
+//! replica must equal the table at the end. The replica, its processor and the writer are
+//! `kcl_examples::replicate`, the pieces of the `kcl-replicate` demo.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use kcl_core::backend::local::KeySchema;
-use kcl_core::dynamodb_streams::{
-    item_to_dynamodb_json, AttributeValue, ChangeRecord, EventName, Item, StreamViewType,
-};
+use kcl_core::dynamodb_streams::{AttributeValue, ChangeRecord, EventName, Item, StreamViewType};
 use kcl_core::lease::LeaseStore;
-use kcl_core::{
-    InMemoryLeaseStore, InitialPosition, LocalBackend, ProcessRecordsInput, ProcessorError, RecordProcessor,
-    Scheduler, SchedulerHandle, ShardEndedInput, ShutdownRequestedInput, StreamBackend,
+use kcl_core::{InMemoryLeaseStore, LocalBackend, SchedulerHandle, StreamBackend};
+use kcl_examples::replicate::{
+    check_order, compare, key_schema, start_worker, table_items, version, Replica, WorkerTimings, Writer,
 };
 use kcl_tests::{init_tracing, wait_until};
 
 const LIMIT: Duration = Duration::from_secs(60);
-const TABLE: &str = "orders";
+const TABLE: &str = kcl_examples::replicate::TABLE;
 const KEYS: u64 = 12;
 
-/// One change as a processor received it.
-#[derive(Clone, Debug)]
-struct Delivery {
-    worker: String,
-    key: String,
-    sequence: String,
-    event: EventName,
-    version: u64,
-}
-
-#[derive(Clone, Default)]
-struct Replica {
-    items: Arc<Mutex<BTreeMap<String, Item>>>,
-    deliveries: Arc<Mutex<Vec<Delivery>>>,
-}
-
-impl Replica {
-    fn unique_deliveries(&self) -> usize {
-        let d = self.deliveries.lock().unwrap();
-        d.iter()
-            .map(|d| d.sequence.as_str())
-            .collect::<std::collections::BTreeSet<_>>()
-            .len()
-    }
-}
-
-/// Applies each change to the replica (in delivery order, without any guard: a replay after a
-/// fail-over re-applies a suffix in order, so the replica converges only if order is kept).
-struct Replicator {
-    worker: String,
-    replica: Replica,
-}
-
-fn key_of(keys: &Item) -> String {
-    item_to_dynamodb_json(keys).to_string()
-}
-
-fn version(item: &Item) -> Result<u64, ProcessorError> {
-    match item.get("v") {
-        Some(AttributeValue::N(n)) => Ok(n.parse()?),
-        other => Err(format!("no version in the image: {other:?}").into()),
-    }
-}
-
-#[async_trait]
-impl RecordProcessor for Replicator {
-    async fn process_records(&mut self, input: ProcessRecordsInput<'_>) -> Result<(), ProcessorError> {
-        for record in input.records {
-            let change = ChangeRecord::from_record(record)?;
-            let key = key_of(&change.keys);
-            let version = match change.event_name {
-                EventName::Insert | EventName::Modify => {
-                    let new = change.new_image.clone().ok_or("no new image")?;
-                    let v = version(&new)?;
-                    self.replica.items.lock().unwrap().insert(key.clone(), new);
-                    v
-                }
-                EventName::Remove => {
-                    let old = change.old_image.as_ref().ok_or("no old image")?;
-                    self.replica.items.lock().unwrap().remove(&key);
-                    version(old)?
-                }
-            };
-            self.replica.deliveries.lock().unwrap().push(Delivery {
-                worker: self.worker.clone(),
-                key,
-                sequence: change.sequence_number.to_string(),
-                event: change.event_name,
-                version,
-            });
-        }
-        // Slow work between applying and checkpointing, so that the kill lands in the middle of
-        // a batch: its changes are applied but not checkpointed, and are delivered again.
-        tokio::time::sleep(Duration::from_millis(40)).await;
-        input.checkpointer.checkpoint().await?;
-        Ok(())
-    }
-
-    async fn shard_ended(&mut self, input: ShardEndedInput<'_>) -> Result<(), ProcessorError> {
-        input.checkpointer.checkpoint().await?;
-        Ok(())
-    }
-
-    async fn shutdown_requested(&mut self, input: ShutdownRequestedInput<'_>) -> Result<(), ProcessorError> {
-        input.checkpointer.checkpoint().await?;
-        Ok(())
-    }
-}
-
+/// A worker replicating into `replica` (the shared processor of `kcl-replicate`: applies each
+/// change unless the replica holds a newer one, and pauses 40 ms between applying a batch and
+/// checkpointing it, so that a kill lands in the middle of a batch).
 fn worker(
     name: &str,
     stream: &str,
@@ -120,139 +31,32 @@ fn worker(
     store: &InMemoryLeaseStore,
     replica: &Replica,
 ) -> SchedulerHandle {
-    let (w, r) = (name.to_owned(), replica.clone());
-    Scheduler::builder("replicator", stream)
-        .worker_id(name.to_owned())
-        .backend(backend.clone())
-        .lease_store(store.clone())
-        .initial_position(InitialPosition::TrimHorizon)
-        .failover_time(Duration::from_millis(1200))
-        .polling_interval(Duration::from_millis(50))
-        .min_read_interval(Duration::from_millis(10))
-        .parent_poll_interval(Duration::from_millis(50))
-        .shard_sync_interval(Duration::from_millis(500))
-        .max_records(25)
-        .processor_factory(move |_shard: &str| Replicator {
-            worker: w.clone(),
-            replica: r.clone(),
-        })
-        .build()
-        .expect("valid config")
-        .spawn()
-}
-
-/// The writer: puts, updates and deletes over `KEYS` items (partition key `user-N`, sort key a
-/// number), each write bumping the item's version `v`; remembers each change per key.
-struct Writer {
-    backend: LocalBackend,
-    versions: BTreeMap<u64, u64>,
-    expected: BTreeMap<String, Vec<(EventName, u64)>>,
-    writes: usize,
-}
-
-impl Writer {
-    fn key(k: u64) -> Item {
-        [
-            ("pk".to_owned(), AttributeValue::s(format!("user-{}", k % 4))),
-            ("sk".to_owned(), AttributeValue::n(k)),
-        ]
-        .into()
-    }
-
-    fn write(&mut self, ops: u64) {
-        for _ in 0..ops {
-            let i = self.writes as u64;
-            // A fixed, scrambled choice of key and operation (Fibonacci hashing).
-            let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
-            let k = h % KEYS;
-            let key = Self::key(k);
-            let exists = self.backend.get_item(TABLE, &key).unwrap().is_some();
-            let v = self.versions.entry(k).or_default();
-            *v += 1;
-            let v = *v;
-            let event = match (exists, (h / KEYS) % 5) {
-                (false, _) | (true, 0) => {
-                    let mut item = key.clone();
-                    item.insert("v".into(), AttributeValue::n(v));
-                    item.insert("note".into(), AttributeValue::s(format!("put {i}")));
-                    self.backend.put_item(TABLE, item).unwrap();
-                    if exists {
-                        EventName::Modify
-                    } else {
-                        EventName::Insert
-                    }
-                }
-                (true, 1..=3) => {
-                    let set: Item = [
-                        ("v".to_owned(), AttributeValue::n(v)),
-                        ("tags".to_owned(), AttributeValue::Ss(vec![format!("t{i}")])),
-                    ]
-                    .into();
-                    self.backend
-                        .update_item(TABLE, key.clone(), set, &["note"])
-                        .unwrap();
-                    EventName::Modify
-                }
-                (true, _) => {
-                    let old = self.backend.delete_item(TABLE, key.clone()).unwrap().unwrap();
-                    // A removal carries the old image: its version is the one before.
-                    *self.versions.get_mut(&k).unwrap() -= 1;
-                    self.expected
-                        .entry(key_of(&key))
-                        .or_default()
-                        .push((EventName::Remove, version(&old).unwrap()));
-                    self.writes += 1;
-                    continue;
-                }
-            };
-            self.expected.entry(key_of(&key)).or_default().push((event, v));
-            self.writes += 1;
-        }
-    }
+    start_worker(name, stream, backend, store, replica, WorkerTimings::default()).expect("valid config")
 }
 
 /// Every change delivered in order per key (the first delivery of each sequence number, in
 /// delivery order, is exactly what was written: replays only repeat earlier ones), by both
 /// workers, and the replica equal to the table.
 fn check_replicated(replica: &Replica, writer: &Writer, backend: &LocalBackend) {
-    let deliveries = replica.deliveries.lock().unwrap().clone();
-    let mut first: BTreeMap<String, Vec<(EventName, u64)>> = BTreeMap::new();
-    let mut seen = std::collections::BTreeSet::new();
-    for d in &deliveries {
-        if seen.insert(d.sequence.clone()) {
-            first.entry(d.key.clone()).or_default().push((d.event, d.version));
-        }
-    }
-    assert_eq!(
-        first.keys().collect::<Vec<_>>(),
-        writer.expected.keys().collect::<Vec<_>>()
-    );
-    for (key, changes) in &writer.expected {
-        assert_eq!(&first[key], changes, "the changes of {key}, in order");
-    }
+    assert_eq!(check_order(replica, writer), Vec::<String>::new());
     assert_eq!(writer.writes, 360);
     assert_eq!(writer.expected.len() as u64, KEYS);
     for event in [EventName::Insert, EventName::Modify, EventName::Remove] {
         assert!(writer.expected.values().flatten().any(|(e, _)| *e == event));
     }
-    let workers: std::collections::BTreeSet<&str> = deliveries.iter().map(|d| d.worker.as_str()).collect();
+    let workers: BTreeSet<String> = replica
+        .lock()
+        .deliveries
+        .iter()
+        .map(|d| d.worker.clone())
+        .collect();
     assert_eq!(workers.len(), 2, "both workers delivered changes");
     // The replica equals the table.
-    let table: BTreeMap<String, Item> = backend
-        .scan(TABLE)
-        .unwrap()
-        .into_iter()
-        .map(|item| {
-            let keys: Item = item
-                .iter()
-                .filter(|(k, _)| *k == "pk" || *k == "sk")
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            (key_of(&keys), item)
-        })
-        .collect();
+    let table = table_items(backend, TABLE).unwrap();
     assert!(!table.is_empty());
-    assert_eq!(*replica.items.lock().unwrap(), table);
+    let comparison = compare(replica, &table);
+    assert!(comparison.equal(), "{comparison:?}");
+    assert_eq!(replica.lock().items, table);
 }
 
 #[tokio::test(start_paused = true)]
@@ -260,21 +64,11 @@ async fn a_table_is_replicated_through_a_rotation_and_a_killed_worker() {
     init_tracing();
     let backend = LocalBackend::new();
     let stream = backend
-        .create_table(
-            TABLE,
-            KeySchema::hash_and_range("pk", "sk"),
-            StreamViewType::NewAndOldImages,
-            3,
-        )
+        .create_table(TABLE, key_schema(), StreamViewType::NewAndOldImages, 3)
         .unwrap();
     let store = InMemoryLeaseStore::new();
     let replica = Replica::default();
-    let mut writer = Writer {
-        backend: backend.clone(),
-        versions: BTreeMap::new(),
-        expected: BTreeMap::new(),
-        writes: 0,
-    };
+    let mut writer = Writer::new(&backend, TABLE, KEYS);
 
     let a = worker("a", &stream, &backend, &store, &replica);
     let b = worker("b", &stream, &backend, &store, &replica);
@@ -283,13 +77,13 @@ async fn a_table_is_replicated_through_a_rotation_and_a_killed_worker() {
     })
     .await;
 
-    writer.write(120);
+    writer.write(120).unwrap();
     // Rotation before the first wave is read: every shard closes with its changes unread and a
     // child opens for each; the next changes go to the children, which must wait until their
     // parents are finished for the order per key to hold.
     let rotated = backend.rotate_shards(&stream).unwrap();
     assert_eq!(rotated.len(), 3);
-    writer.write(120);
+    writer.write(120).unwrap();
     // b dies mid-run (about half of the changes so far delivered): whatever it had not
     // checkpointed is delivered
     // again by a, after the fail-over time.
@@ -298,14 +92,14 @@ async fn a_table_is_replicated_through_a_rotation_and_a_killed_worker() {
     })
     .await;
     b.kill().await;
-    writer.write(120);
+    writer.write(120).unwrap();
     wait_until(LIMIT, "every change is delivered", || {
         replica.unique_deliveries() == writer.writes
     })
     .await;
     wait_until(LIMIT, "a holds the three children", || a.held_leases().len() == 3).await;
     a.shutdown().await.unwrap();
-    let replays = replica.deliveries.lock().unwrap().len() - writer.writes;
+    let replays = replica.deliveries() - writer.writes;
     tracing::info!(replays, "delivered again after the kill");
     assert!(
         replays > 0,
@@ -336,7 +130,7 @@ struct Faults {
     trim_iterator: bool,
     iterators_trimmed: usize,
     /// Shards that returned records.
-    served: std::collections::BTreeSet<String>,
+    served: BTreeSet<String>,
     describe_pages: usize,
 }
 
@@ -605,7 +399,12 @@ async fn iterators_limits_and_expiry_through_the_sdk() {
         .iterator_ttl(Duration::from_millis(300))
         .build();
     let stream = backend
-        .create_table(TABLE, KeySchema::hash("pk"), StreamViewType::NewImage, 1)
+        .create_table(
+            TABLE,
+            kcl_core::backend::local::KeySchema::hash("pk"),
+            StreamViewType::NewImage,
+            1,
+        )
         .unwrap();
     let (_service, sdk) = fake_service(&backend, &stream).await;
     let (ddb, _) = DynamoDbStreamsBackend::for_stream_arn(&sdk, &stream).unwrap();
@@ -689,12 +488,7 @@ async fn the_sdk_backend_replicates_a_table_through_the_service_protocol() {
     init_tracing();
     let backend = LocalBackend::new();
     let stream = backend
-        .create_table(
-            TABLE,
-            KeySchema::hash_and_range("pk", "sk"),
-            StreamViewType::NewAndOldImages,
-            3,
-        )
+        .create_table(TABLE, key_schema(), StreamViewType::NewAndOldImages, 3)
         .unwrap();
     let (service, sdk) = fake_service(&backend, &stream).await;
 
@@ -718,15 +512,10 @@ async fn the_sdk_backend_replicates_a_table_through_the_service_protocol() {
 
     let store = InMemoryLeaseStore::new();
     let replica = Replica::default();
-    let mut writer = Writer {
-        backend: backend.clone(),
-        versions: BTreeMap::new(),
-        expected: BTreeMap::new(),
-        writes: 0,
-    };
-    writer.write(120);
+    let mut writer = Writer::new(&backend, TABLE, KEYS);
+    writer.write(120).unwrap();
     let rotated = backend.rotate_shards(&stream).unwrap();
-    writer.write(120);
+    writer.write(120).unwrap();
     // Lineage through paged DescribeStream: six shards, three pages of two (DynamoDB shards
     // have no hash key range: the whole range each).
     let lineage = |shards: Vec<kcl_core::record::Shard>| -> Vec<_> {
@@ -762,7 +551,7 @@ async fn the_sdk_backend_replicates_a_table_through_the_service_protocol() {
     })
     .await;
     b.kill().await;
-    writer.write(120);
+    writer.write(120).unwrap();
     wait_until(LIMIT, "every change is delivered", || {
         replica.unique_deliveries() == writer.writes
     })
