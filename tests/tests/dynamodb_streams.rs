@@ -6,7 +6,7 @@
 //! `kcl_examples::replicate`, the pieces of the `kcl-replicate` demo.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
 
 use kcl_core::dynamodb_streams::{AttributeValue, ChangeRecord, EventName, Item, StreamViewType};
@@ -15,6 +15,7 @@ use kcl_core::{InMemoryLeaseStore, LocalBackend, SchedulerHandle, StreamBackend}
 use kcl_examples::replicate::{
     check_order, compare, key_schema, start_worker, table_items, version, Replica, WorkerTimings, Writer,
 };
+use kcl_tests::ddb_streams_fake::fake_service;
 use kcl_tests::{init_tracing, wait_until};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -118,275 +119,94 @@ async fn a_table_is_replicated_through_a_rotation_and_a_killed_worker() {
     }
 }
 
-/// Faults the fake service injects, and what it saw.
-#[derive(Default)]
-struct Faults {
-    /// Answer one `GetRecords`, on a shard that returned records before, with
-    /// `TrimmedDataAccessException`.
-    trim_records: bool,
-    records_trimmed: usize,
-    /// Armed by the above: answer the next `GetShardIterator` at a sequence number with
-    /// `TrimmedDataAccessException`.
-    trim_iterator: bool,
-    iterators_trimmed: usize,
-    /// Shards that returned records.
-    served: BTreeSet<String>,
-    describe_pages: usize,
-}
-
-/// DynamoDB Streams (and DynamoDB's `DescribeTable`) over the local backend's table, in the
-/// services' awsJson 1.0 protocol on plain HTTP/1.1: enough for `DynamoDbStreamsBackend`, so that
-/// the real SDK path (requests, paging, errors, the records' JSON) is exercised without AWS.
-/// `DescribeStream` pages two shards at a time. Iterators are handed out as `SHARD|LOCAL`.
-struct FakeService {
-    backend: LocalBackend,
-    stream: String,
-    faults: Mutex<Faults>,
-}
-
-fn service_error(code: &str, message: &str) -> (u16, serde_json::Value) {
-    (
-        400,
-        serde_json::json!({"__type": format!("com.amazonaws.dynamodb.v20120810#{code}"), "message": message}),
-    )
-}
-
-fn backend_error(e: kcl_core::BackendError) -> (u16, serde_json::Value) {
-    use kcl_core::BackendError as E;
-    let code = match &e {
-        E::ExpiredIterator => "ExpiredIteratorException",
-        E::StreamNotFound(_) | E::ShardNotFound(_) => "ResourceNotFoundException",
-        E::Throttled(_) => "LimitExceededException",
-        E::InvalidArgument(_) => "ValidationException",
-        _ => "InternalServerError",
-    };
-    service_error(code, &e.to_string())
-}
-
-impl FakeService {
-    async fn handle(&self, target: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-        use kcl_core::IteratorPosition as P;
-        use serde_json::json;
-        let text = |name: &str| body[name].as_str().unwrap_or_default().to_owned();
-        match target {
-            "DynamoDB_20120810.DescribeTable" => match text("TableName").as_str() {
-                TABLE => (
-                    200,
-                    json!({"Table": {"TableName": TABLE, "TableStatus": "ACTIVE",
-                        "LatestStreamArn": self.stream,
-                        "StreamSpecification": {"StreamEnabled": true, "StreamViewType": "NEW_AND_OLD_IMAGES"}}}),
-                ),
-                "plain" => (
-                    200,
-                    json!({"Table": {"TableName": "plain", "TableStatus": "ACTIVE"}}),
-                ),
-                other => service_error(
-                    "ResourceNotFoundException",
-                    &format!("Requested resource not found: Table: {other} not found"),
-                ),
-            },
-            "DynamoDBStreams_20120810.DescribeStream" => {
-                let arn = text("StreamArn");
-                let shards = match self.backend.shards(&arn) {
-                    Ok(shards) => shards,
-                    Err(e) => return backend_error(e),
-                };
-                let after = body["ExclusiveStartShardId"].as_str();
-                let rest: Vec<_> = shards
-                    .iter()
-                    .filter(|s| after.is_none_or(|a| s.shard_id.as_str() > a))
-                    .collect();
-                let page: Vec<serde_json::Value> = rest
-                    .iter()
-                    .take(2)
-                    .map(|s| {
-                        let mut range = serde_json::Map::new();
-                        range.insert(
-                            "StartingSequenceNumber".into(),
-                            s.starting_sequence_number.as_str().into(),
-                        );
-                        if let Some(end) = &s.ending_sequence_number {
-                            range.insert("EndingSequenceNumber".into(), end.as_str().into());
-                        }
-                        let mut shard = serde_json::Map::new();
-                        shard.insert("ShardId".into(), s.shard_id.clone().into());
-                        if let Some(parent) = &s.parent_shard_id {
-                            shard.insert("ParentShardId".into(), parent.clone().into());
-                        }
-                        shard.insert("SequenceNumberRange".into(), range.into());
-                        shard.into()
-                    })
-                    .collect();
-                let mut description = serde_json::Map::new();
-                description.insert("StreamArn".into(), arn.into());
-                description.insert("StreamStatus".into(), "ENABLED".into());
-                description.insert("StreamViewType".into(), "NEW_AND_OLD_IMAGES".into());
-                description.insert("Shards".into(), page.into());
-                if rest.len() > 2 {
-                    description.insert("LastEvaluatedShardId".into(), rest[1].shard_id.clone().into());
-                }
-                self.faults.lock().unwrap().describe_pages += 1;
-                (200, json!({ "StreamDescription": description }))
-            }
-            "DynamoDBStreams_20120810.GetShardIterator" => {
-                let shard = text("ShardId");
-                let sequence = body["SequenceNumber"].as_str().map(|s| {
-                    assert!(s.len() >= 21, "sequence number {s} shorter than 21 digits");
-                    kcl_core::record::SequenceNumber::new(s).unwrap()
-                });
-                let position = match (text("ShardIteratorType").as_str(), sequence) {
-                    ("TRIM_HORIZON", None) => P::TrimHorizon,
-                    ("LATEST", None) => P::Latest,
-                    ("AT_SEQUENCE_NUMBER", Some(s)) => P::AtSequenceNumber(s),
-                    ("AFTER_SEQUENCE_NUMBER", Some(s)) => P::AfterSequenceNumber(s),
-                    (kind, _) => {
-                        return service_error("ValidationException", &format!("bad iterator type {kind}"))
-                    }
-                };
-                {
-                    let mut faults = self.faults.lock().unwrap();
-                    if faults.trim_iterator
-                        && matches!(position, P::AfterSequenceNumber(_) | P::AtSequenceNumber(_))
-                    {
-                        faults.trim_iterator = false;
-                        faults.iterators_trimmed += 1;
-                        return service_error(
-                            "TrimmedDataAccessException",
-                            "the sequence number was trimmed",
-                        );
-                    }
-                }
-                match self
-                    .backend
-                    .get_shard_iterator(&text("StreamArn"), &shard, &position)
-                    .await
-                {
-                    Ok(it) => (200, json!({ "ShardIterator": format!("{shard}|{it}") })),
-                    Err(e) => backend_error(e),
-                }
-            }
-            "DynamoDBStreams_20120810.GetRecords" => {
-                let wrapped = text("ShardIterator");
-                let Some((shard, iterator)) = wrapped.split_once('|') else {
-                    return service_error("ValidationException", "malformed shard iterator");
-                };
-                let limit = body["Limit"].as_u64().unwrap_or(1000);
-                if !(1..=1000).contains(&limit) {
-                    return service_error("ValidationException", "Limit must be in 1..=1000");
-                }
-                {
-                    let mut faults = self.faults.lock().unwrap();
-                    if faults.trim_records && faults.served.contains(shard) {
-                        faults.trim_records = false;
-                        faults.records_trimmed += 1;
-                        faults.trim_iterator = true;
-                        return service_error(
-                            "TrimmedDataAccessException",
-                            "the iterator's records were trimmed",
-                        );
-                    }
-                }
-                match self
-                    .backend
-                    .get_records(&self.stream, iterator, limit as usize)
-                    .await
-                {
-                    Ok(out) => {
-                        if !out.records.is_empty() {
-                            self.faults.lock().unwrap().served.insert(shard.to_owned());
-                        }
-                        let records: Vec<serde_json::Value> = out
-                            .records
-                            .iter()
-                            .map(|r| serde_json::from_slice(&r.data).unwrap())
-                            .collect();
-                        let mut reply = serde_json::Map::new();
-                        reply.insert("Records".into(), records.into());
-                        if let Some(next) = out.next_iterator {
-                            reply.insert("NextShardIterator".into(), format!("{shard}|{next}").into());
-                        }
-                        (200, reply.into())
-                    }
-                    Err(e) => backend_error(e),
-                }
-            }
-            other => service_error("UnknownOperationException", other),
-        }
-    }
-
-    /// Serves one connection: HTTP/1.1 requests with a `Content-Length` body, kept alive.
-    async fn connection(self: Arc<Self>, socket: tokio::net::TcpStream) -> std::io::Result<()> {
-        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-        let mut reader = BufReader::new(socket);
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).await? == 0 {
-                return Ok(());
-            }
-            let (mut target, mut length) = (String::new(), 0usize);
-            loop {
-                line.clear();
-                reader.read_line(&mut line).await?;
-                let header = line.trim_end();
-                if header.is_empty() {
-                    break;
-                }
-                if let Some((name, value)) = header.split_once(':') {
-                    match name.trim().to_ascii_lowercase().as_str() {
-                        "x-amz-target" => value.trim().clone_into(&mut target),
-                        "content-length" => length = value.trim().parse().unwrap_or(0),
-                        _ => {}
-                    }
-                }
-            }
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body).await?;
-            let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-            let (status, reply) = self.handle(&target, json).await;
-            let reply = reply.to_string();
-            let head = format!(
-                "HTTP/1.1 {status} {}\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\n\r\n",
-                if status == 200 { "OK" } else { "Bad Request" },
-                reply.len()
-            );
-            let socket = reader.get_mut();
-            socket.write_all(head.as_bytes()).await?;
-            socket.write_all(reply.as_bytes()).await?;
-        }
-    }
-
-    /// Starts serving on a loopback port; returns the endpoint URL.
-    async fn start(self: Arc<Self>) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                tokio::spawn(self.clone().connection(socket));
-            }
-        });
-        url
+/// A worker's end, once it stopped by itself: the typed error of a disabled stream.
+async fn stopped_on_disabled_stream(worker: SchedulerHandle) -> kcl_core::StreamDisabled {
+    tokio::time::timeout(LIMIT, worker.stopped())
+        .await
+        .expect("the worker stops by itself");
+    match worker.shutdown().await {
+        Err(kcl_core::KclError::Fatal(kcl_core::FatalError::StreamDisabled(d))) => d,
+        other => panic!("expected the disabled stream's error, got {other:?}"),
     }
 }
 
-/// A fake service over the local table's stream, and SDK configuration for it (static test
-/// credentials, the SDK's retries off as `load_sdk_config` sets them).
-async fn fake_service(backend: &LocalBackend, stream: &str) -> (Arc<FakeService>, aws_config::SdkConfig) {
-    let service = Arc::new(FakeService {
-        backend: backend.clone(),
-        stream: stream.to_owned(),
-        faults: Mutex::default(),
-    });
-    let endpoint = service.clone().start().await;
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(&endpoint)
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-            "test", "test", None, None, "static",
-        ))
-        .retry_config(aws_config::retry::RetryConfig::disabled())
-        .load()
-        .await;
-    (service, sdk)
+/// A stream disabled on its table while the application runs, with changes unread (some in the
+/// parents of a rotation): both workers read every shard to its end (nothing lost: the replica
+/// equals the table), then stop with a typed error naming the stream's ARN, not a retry loop
+/// and not an idle worker. Once the table has a new stream, a worker on the old one names it.
+#[tokio::test(start_paused = true)]
+async fn a_disabled_stream_is_read_to_its_end_then_stops_the_workers_with_its_arn() {
+    use kcl_core::StreamEnd;
+
+    init_tracing();
+    let backend = LocalBackend::new();
+    let stream = backend
+        .create_table(TABLE, key_schema(), StreamViewType::NewAndOldImages, 2)
+        .unwrap();
+    let store = InMemoryLeaseStore::new();
+    let replica = Replica::default();
+    let mut writer = Writer::new(&backend, TABLE, KEYS);
+    let a = worker("a", &stream, &backend, &store, &replica);
+    let b = worker("b", &stream, &backend, &store, &replica);
+    wait_until(LIMIT, "the shards are shared", || {
+        !a.held_leases().is_empty() && !b.held_leases().is_empty()
+    })
+    .await;
+    writer.write(120).unwrap();
+    backend.rotate_shards(&stream).unwrap();
+    writer.write(120).unwrap();
+    wait_until(LIMIT, "part of the changes are delivered", || {
+        replica.unique_deliveries() >= 60
+    })
+    .await;
+    assert!(
+        replica.unique_deliveries() < writer.writes,
+        "changes unread at the disabling"
+    );
+    assert_eq!(backend.disable_stream(TABLE).unwrap(), stream);
+    assert!(!backend.table_stream_enabled(TABLE).unwrap());
+    assert!(backend.shards(&stream).unwrap().iter().all(|s| !s.is_open()));
+
+    for worker in [a, b] {
+        let id = worker.worker_id().to_owned();
+        let end = stopped_on_disabled_stream(worker).await;
+        assert_eq!(end.stream, stream, "{id}");
+        assert_eq!(end.end, StreamEnd::Disabled);
+        assert_eq!(end.latest_stream_arn, None);
+        let message = end.to_string();
+        assert!(
+            message.contains(&stream) && message.contains("DISABLED"),
+            "{message}"
+        );
+    }
+    assert_eq!(
+        replica.unique_deliveries(),
+        writer.writes,
+        "every change was read"
+    );
+    assert_eq!(check_order(&replica, &writer), Vec::<String>::new());
+    let comparison = compare(&replica, &table_items(&backend, TABLE).unwrap());
+    assert!(comparison.equal(), "{comparison:?}");
+    assert!(store.list().await.unwrap().iter().all(|l| l.is_finished()));
+
+    // A write to the table now goes to no stream; a new stream is a new ARN, which the error
+    // of a worker started on the old one names.
+    let before = backend.record_count(&stream).unwrap();
+    writer.write(5).unwrap();
+    assert_eq!(backend.record_count(&stream).unwrap(), before);
+    let newer = backend
+        .enable_stream(TABLE, StreamViewType::NewAndOldImages, 1)
+        .unwrap();
+    assert_ne!(newer, stream);
+    assert_eq!(backend.table_stream_arn(TABLE).unwrap(), newer);
+    let late = worker("c", &stream, &backend, &store, &Replica::default());
+    let end = stopped_on_disabled_stream(late).await;
+    assert_eq!(
+        (end.stream.as_str(), end.end),
+        (stream.as_str(), StreamEnd::Disabled)
+    );
+    assert_eq!(end.latest_stream_arn.as_deref(), Some(newer.as_str()));
+    assert!(end.to_string().contains(&newer), "{end}");
 }
 
 /// Every iterator type, the clamped limit, an expired iterator and the records' shape through
@@ -542,6 +362,15 @@ async fn the_sdk_backend_replicates_a_table_through_the_service_protocol() {
         .await
         .unwrap_err();
     assert!(missing.is_fatal(), "{missing}");
+    // A stream that is gone names the table's latest stream (DescribeTable).
+    match &missing {
+        kcl_core::BackendError::StreamDisabled(d) => {
+            assert_eq!(d.end, kcl_core::StreamEnd::Deleted);
+            assert_eq!(d.latest_stream_arn.as_deref(), Some(stream.as_str()));
+        }
+        other => panic!("{other:?}"),
+    }
+    sdk_backend.check_stream_ended(&stream).await.unwrap();
 
     service.faults.lock().unwrap().trim_records = true;
     let a = worker("a", &stream, &sdk_backend, &store, &replica);
@@ -560,10 +389,36 @@ async fn the_sdk_backend_replicates_a_table_through_the_service_protocol() {
     a.shutdown().await.unwrap();
 
     check_replicated(&replica, &writer, &backend);
-    let faults = service.faults.lock().unwrap();
-    assert_eq!((faults.records_trimmed, faults.iterators_trimmed), (1, 1));
-    assert_eq!(sdk_backend.trimmed_count(), 1);
-    for (parent, _) in &rotated {
-        assert!(faults.served.contains(parent), "{parent} was read");
+    {
+        let faults = service.faults.lock().unwrap();
+        assert_eq!((faults.records_trimmed, faults.iterators_trimmed), (1, 1));
+        assert_eq!(sdk_backend.trimmed_count(), 1);
+        for (parent, _) in &rotated {
+            assert!(faults.served.contains(parent), "{parent} was read");
+        }
     }
+
+    // Disabled, then a new stream enabled: DescribeStream's DISABLED, with the newer stream
+    // from DescribeTable.
+    backend.disable_stream(TABLE).unwrap();
+    match sdk_backend.check_stream_ended(&stream).await {
+        Err(kcl_core::BackendError::StreamDisabled(d)) => {
+            assert_eq!(
+                (d.stream.as_str(), d.end),
+                (stream.as_str(), kcl_core::StreamEnd::Disabled)
+            );
+            assert_eq!(d.latest_stream_arn, None, "no newer stream yet");
+        }
+        other => panic!("{other:?}"),
+    }
+    let newer = backend
+        .enable_stream(TABLE, StreamViewType::NewAndOldImages, 1)
+        .unwrap();
+    match sdk_backend.check_stream_ended(&stream).await {
+        Err(kcl_core::BackendError::StreamDisabled(d)) => {
+            assert_eq!(d.latest_stream_arn.as_deref(), Some(newer.as_str()));
+        }
+        other => panic!("{other:?}"),
+    }
+    sdk_backend.check_stream_ended(&newer).await.unwrap();
 }
