@@ -326,6 +326,15 @@ mod tests {
             "{first}"
         );
         assert_eq!(signal.errors().len(), 2);
+        // A disabled DynamoDB stream is its own, typed cause.
+        let disabled = crate::backend::StreamDisabled {
+            stream: "arn:aws:dynamodb:us-east-1:111122223333:table/t/stream/x".into(),
+            end: crate::backend::StreamEnd::Disabled,
+            latest_stream_arn: None,
+        };
+        let ddb = FatalSignal::default();
+        assert!(ddb.check_stream("s", false, &BackendError::StreamDisabled(disabled.clone())));
+        assert_eq!(ddb.worker_error(), Some(FatalError::StreamDisabled(disabled)));
         // Single-stream: a stream error stops the worker (already stopped: the first stays).
         let single = FatalSignal::default();
         assert!(single.check_stream("s", false, &BackendError::StreamNotFound("s".into())));

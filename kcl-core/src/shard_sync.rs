@@ -472,4 +472,52 @@ mod tests {
         let existing = BTreeSet::from(["p".to_owned(), "a".to_owned(), "b".to_owned()]);
         assert!(leases_to_create(&split_stream(), &existing, InitialPosition::TrimHorizon).is_empty());
     }
+
+    /// A stream whose shards all close (a DynamoDB stream disabled) is draining until every
+    /// lease is finished, then drained; while a shard is open it is not.
+    #[tokio::test]
+    async fn a_stream_with_every_shard_closed_is_drained_once_every_lease_is_finished() {
+        use crate::backend::local::{KeySchema, LocalBackend};
+        use crate::dynamodb_streams::StreamViewType;
+        use kcl_lease::InMemoryLeaseStore;
+
+        let backend = LocalBackend::new();
+        let stream = backend
+            .create_table("orders", KeySchema::hash("pk"), StreamViewType::KeysOnly, 2)
+            .unwrap();
+        let store = InMemoryLeaseStore::new();
+        let sync = |store: InMemoryLeaseStore| {
+            let (backend, stream) = (backend.clone(), stream.clone());
+            async move {
+                let leases = store.list().await.unwrap();
+                sync_stream_drain(
+                    &backend,
+                    &store,
+                    &leases,
+                    &stream,
+                    None,
+                    InitialPosition::TrimHorizon,
+                )
+                .await
+                .unwrap()
+            }
+        };
+        assert_eq!(sync(store.clone()).await, (2, Drain::Open));
+        assert_eq!(sync(store.clone()).await, (0, Drain::Open));
+        backend.disable_stream("orders").unwrap();
+        assert_eq!(sync(store.clone()).await, (0, Drain::Draining));
+        let leases = store.list().await.unwrap();
+        let owned = store.take(&leases[0], "w", false).await.unwrap();
+        store
+            .update_checkpoint(&owned, "w", &ExtendedSequenceNumber::ShardEnd)
+            .await
+            .unwrap();
+        assert_eq!(sync(store.clone()).await, (0, Drain::Draining));
+        let owned = store.take(&leases[1], "w", false).await.unwrap();
+        store
+            .update_checkpoint(&owned, "w", &ExtendedSequenceNumber::ShardEnd)
+            .await
+            .unwrap();
+        assert_eq!(sync(store.clone()).await, (0, Drain::Drained));
+    }
 }

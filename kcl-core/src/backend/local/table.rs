@@ -678,6 +678,60 @@ mod tests {
         assert!(b.scan("tab").unwrap().is_empty());
     }
 
+    #[tokio::test]
+    async fn a_disabled_stream_closes_its_shards_keeps_its_records_and_names_the_newer_one() {
+        let b = LocalBackend::new();
+        let arn = b
+            .create_table("orders", KeySchema::hash("pk"), StreamViewType::NewImage, 2)
+            .unwrap();
+        let put = |v: i64| {
+            b.put_item("orders", item(&[("pk", s("a")), ("v", AttributeValue::n(v))]))
+                .unwrap();
+        };
+        put(1);
+        put(2);
+        b.table_stream_ended(&arn).unwrap();
+        assert_eq!(b.disable_stream("orders").unwrap(), arn);
+        assert!(matches!(
+            b.disable_stream("orders"),
+            Err(BackendError::InvalidArgument(_))
+        ));
+        assert!(!b.table_stream_enabled("orders").unwrap());
+        assert!(b.shards(&arn).unwrap().iter().all(|sh| !sh.is_open()));
+        // The records stay readable, to each shard's end; a write now goes to no stream, but
+        // the table changes.
+        put(3);
+        assert_eq!(changes(&b, &arn).await.len(), 2);
+        assert_eq!(b.scan("orders").unwrap()[0]["v"], AttributeValue::n(3));
+        let ended = |stream: &str| match b.table_stream_ended(stream) {
+            Err(BackendError::StreamDisabled(d)) => d,
+            other => panic!("{other:?}"),
+        };
+        let d = ended(&arn);
+        assert_eq!(
+            (d.stream.as_str(), d.end, d.latest_stream_arn),
+            (arn.as_str(), StreamEnd::Disabled, None)
+        );
+        // A new stream: a new ARN, the latest; the old one names it.
+        let newer = b
+            .enable_stream("orders", StreamViewType::NewAndOldImages, 1)
+            .unwrap();
+        assert_ne!(newer, arn);
+        assert_eq!(b.table_stream_arn("orders").unwrap(), newer);
+        assert!(matches!(
+            b.enable_stream("orders", StreamViewType::NewImage, 1),
+            Err(BackendError::InvalidArgument(_))
+        ));
+        assert_eq!(ended(&arn).latest_stream_arn.as_deref(), Some(newer.as_str()));
+        b.table_stream_ended(&newer).unwrap();
+        put(4);
+        let got = changes(&b, &newer).await;
+        assert_eq!(got.len(), 1);
+        assert!(got[0].old_image.is_some(), "the new stream's view type");
+        // Streams of no table never end this way.
+        b.table_stream_ended("a-kinesis-stream").unwrap();
+    }
+
     #[test]
     fn stream_labels_are_iso_8601() {
         assert_eq!(stream_label(UNIX_EPOCH), "1970-01-01T00:00:00.000");
