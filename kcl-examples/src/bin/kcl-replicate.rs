@@ -137,7 +137,7 @@ fn print_report(r: &replicate::Report) {
     match (r.killed_leases, r.failover) {
         (0, _) => println!("  failover               (no worker killed)"),
         (n, Some(d)) => println!(
-            "  failover               {:.2} s after the kill, for its {n} leases (failover time {:.2} s from their last renewal)",
+            "  failover               {:.2} s after the kill, for its {n} leases (lease failover time {:.2} s)",
             d.as_secs_f64(),
             r.failover_time.as_secs_f64()
         ),
