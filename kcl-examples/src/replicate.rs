@@ -496,15 +496,16 @@ pub struct Report {
     pub replayed: usize,
     /// Deliveries skipped as older than what the replica held (replays included).
     pub skipped: usize,
-    /// Shard rotations made, and the parent shards they closed.
+    /// Shard rotations made.
     pub rotations: usize,
     /// Shards closed by the rotations.
     pub rotated_shards: usize,
     /// Shards of the stream at the end.
     pub shards: usize,
-    /// The killed worker's leases, and how long until all of them were processing elsewhere.
+    /// How many leases the killed worker held (0: no worker was killed).
     pub killed_leases: usize,
-    /// How long the failover took (`None`: no kill, or never completed).
+    /// How long after the kill every lease of the killed worker was held by the other (or
+    /// finished); `None`: no kill, or the takeover never completed.
     pub failover: Option<Duration>,
     /// The configured failover time.
     pub failover_time: Duration,
