@@ -9,6 +9,12 @@
 //! released are) and [`crate::Scheduler::run`] returns [`crate::KclError::Fatal`] with the
 //! cause in one line.
 //!
+//! A DynamoDB stream disabled on its table is not a failure of a call: its shards close and
+//! stay readable, so the worker reads them to their end first; then the shard sync finds the
+//! stream ended ([`crate::StreamBackend::check_stream_ended`]) and the worker stops with
+//! [`FatalError::StreamDisabled`], which names the stream's ARN and the table's newer stream,
+//! if any (rather than idling forever on a stream that gets no more changes).
+//!
 //! In multi-stream mode a failure that concerns one stream (access to that stream denied, its
 //! KMS key disabled, the stream deleted) stops that stream only: its shard consumers stop, its
 //! leases are no longer taken by this worker, and the other streams go on.
@@ -25,7 +31,7 @@ use thiserror::Error;
 use tokio::sync::watch;
 use tracing::error;
 
-use crate::backend::BackendError;
+use crate::backend::{BackendError, StreamDisabled};
 
 /// Why a worker (or one stream) stopped. Cloneable, so that the health summary can show it too.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -42,6 +48,10 @@ pub enum FatalError {
         /// The backend's error.
         reason: String,
     },
+    /// The stream ended for good (a DynamoDB stream disabled on its table, or gone), after
+    /// every record still readable was processed: names its ARN and the table's newer stream.
+    #[error("{0}")]
+    StreamDisabled(StreamDisabled),
     /// A background task of the worker (lease coordinator, shard sync) panicked or ended while
     /// the worker was running: without it the worker would hold leases it does not renew, or
     /// never pick up new shards.
@@ -116,9 +126,12 @@ impl FatalSignal {
         if !e.is_fatal() {
             return false;
         }
-        let cause = FatalError::Stream {
-            stream: stream.to_owned(),
-            reason: e.to_string(),
+        let cause = match e {
+            BackendError::StreamDisabled(d) => FatalError::StreamDisabled(d.clone()),
+            _ => FatalError::Stream {
+                stream: stream.to_owned(),
+                reason: e.to_string(),
+            },
         };
         if !multi_stream {
             self.stop_worker(cause);
@@ -313,6 +326,15 @@ mod tests {
             "{first}"
         );
         assert_eq!(signal.errors().len(), 2);
+        // A disabled DynamoDB stream is its own, typed cause.
+        let disabled = crate::backend::StreamDisabled {
+            stream: "arn:aws:dynamodb:us-east-1:111122223333:table/t/stream/x".into(),
+            end: crate::backend::StreamEnd::Disabled,
+            latest_stream_arn: None,
+        };
+        let ddb = FatalSignal::default();
+        assert!(ddb.check_stream("s", false, &BackendError::StreamDisabled(disabled.clone())));
+        assert_eq!(ddb.worker_error(), Some(FatalError::StreamDisabled(disabled)));
         // Single-stream: a stream error stops the worker (already stopped: the first stays).
         let single = FatalSignal::default();
         assert!(single.check_stream("s", false, &BackendError::StreamNotFound("s".into())));

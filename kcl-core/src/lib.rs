@@ -181,7 +181,7 @@ pub use backend::local::LocalBackend;
 pub use backend::routing::RoutingBackend;
 pub use backend::{
     BackendError, ConsumerStatus, GetRecordsOutput, IteratorPosition, ShardSubscription, StreamBackend,
-    StreamConsumer, SubscribeEvent,
+    StreamConsumer, StreamDisabled, StreamEnd, SubscribeEvent,
 };
 pub use checkpoint::{CheckpointError, Checkpointer};
 pub use config::{FanOutConfig, InitialPosition, MisplacedKplRecords, RetrievalMode, SchedulerConfig};

@@ -177,14 +177,62 @@ pub async fn sync_stream(
     stream_id: Option<&StreamIdentifier>,
     initial: InitialPosition,
 ) -> Result<usize, KclError> {
+    Ok(
+        sync_stream_drain(backend, store, leases, stream, stream_id, initial)
+            .await?
+            .0,
+    )
+}
+
+/// Whether a stream still has shards to read, as the shard sync sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Drain {
+    /// Some shard is open (the usual case), or leases were created this round.
+    Open,
+    /// Every shard is closed, some lease is not finished yet.
+    Draining,
+    /// Every shard is closed and every lease of the stream finished (`SHARD_END`): nothing is
+    /// left to read unless the stream gets new shards.
+    Drained,
+}
+
+/// [`sync_stream`], and whether the stream is drained (see [`Drain`]).
+pub(crate) async fn sync_stream_drain(
+    backend: &dyn StreamBackend,
+    store: &dyn LeaseStore,
+    leases: &[Lease],
+    stream: &str,
+    stream_id: Option<&StreamIdentifier>,
+    initial: InitialPosition,
+) -> Result<(usize, Drain), KclError> {
     let shards = backend.list_shards(stream).await?;
-    let existing: BTreeSet<String> = leases
+    let ours: Vec<&Lease> = leases
         .iter()
         .filter(|l| l.stream().as_ref() == stream_id)
-        .map(|l| l.shard_id().to_owned())
         .collect();
+    let existing: BTreeSet<String> = ours.iter().map(|l| l.shard_id().to_owned()).collect();
+    let created = create_missing(store, &shards, &existing, stream, stream_id, initial).await?;
+    let drain = if created > 0 || shards.iter().any(Shard::is_open) {
+        Drain::Open
+    } else if ours.iter().all(|l| l.is_finished()) {
+        Drain::Drained
+    } else {
+        Drain::Draining
+    };
+    Ok((created, drain))
+}
+
+/// Creates the leases `leases_to_create` picks, parents first; returns how many.
+async fn create_missing(
+    store: &dyn LeaseStore,
+    shards: &[Shard],
+    existing: &BTreeSet<String>,
+    stream: &str,
+    stream_id: Option<&StreamIdentifier>,
+    initial: InitialPosition,
+) -> Result<usize, KclError> {
     let mut created = 0;
-    let mut pending = leases_to_create(&shards, &existing, initial);
+    let mut pending = leases_to_create(shards, existing, initial);
     // Parents before children (a child whose parent has no lease yet would not wait for it),
     // and within one generation a bounded number of creations at once: a new application
     // with thousands of shards gets its leases in seconds, not one round trip at a time.
@@ -423,5 +471,53 @@ mod tests {
     fn existing_leases_are_not_recreated() {
         let existing = BTreeSet::from(["p".to_owned(), "a".to_owned(), "b".to_owned()]);
         assert!(leases_to_create(&split_stream(), &existing, InitialPosition::TrimHorizon).is_empty());
+    }
+
+    /// A stream whose shards all close (a DynamoDB stream disabled) is draining until every
+    /// lease is finished, then drained; while a shard is open it is not.
+    #[tokio::test]
+    async fn a_stream_with_every_shard_closed_is_drained_once_every_lease_is_finished() {
+        use crate::backend::local::{KeySchema, LocalBackend};
+        use crate::dynamodb_streams::StreamViewType;
+        use kcl_lease::InMemoryLeaseStore;
+
+        let backend = LocalBackend::new();
+        let stream = backend
+            .create_table("orders", KeySchema::hash("pk"), StreamViewType::KeysOnly, 2)
+            .unwrap();
+        let store = InMemoryLeaseStore::new();
+        let sync = |store: InMemoryLeaseStore| {
+            let (backend, stream) = (backend.clone(), stream.clone());
+            async move {
+                let leases = store.list().await.unwrap();
+                sync_stream_drain(
+                    &backend,
+                    &store,
+                    &leases,
+                    &stream,
+                    None,
+                    InitialPosition::TrimHorizon,
+                )
+                .await
+                .unwrap()
+            }
+        };
+        assert_eq!(sync(store.clone()).await, (2, Drain::Open));
+        assert_eq!(sync(store.clone()).await, (0, Drain::Open));
+        backend.disable_stream("orders").unwrap();
+        assert_eq!(sync(store.clone()).await, (0, Drain::Draining));
+        let leases = store.list().await.unwrap();
+        let owned = store.take(&leases[0], "w", false).await.unwrap();
+        store
+            .update_checkpoint(&owned, "w", &ExtendedSequenceNumber::ShardEnd)
+            .await
+            .unwrap();
+        assert_eq!(sync(store.clone()).await, (0, Drain::Draining));
+        let owned = store.take(&leases[1], "w", false).await.unwrap();
+        store
+            .update_checkpoint(&owned, "w", &ExtendedSequenceNumber::ShardEnd)
+            .await
+            .unwrap();
+        assert_eq!(sync(store.clone()).await, (0, Drain::Drained));
     }
 }

@@ -1,4 +1,4 @@
-//! `kcl-demo` and `kcl-bench` as a log pipeline sees them: both take `--log-format` (and
+//! `kcl-demo`, `kcl-replicate` and `kcl-bench` as a log pipeline sees them: both take `--log-format` (and
 //! `KCL_LOG_FORMAT`), and `--log-format json` writes one JSON object per line. The operator
 //! tools' checks (signals, colours, errors) are in kcl-tools/tests/binaries.rs.
 
@@ -6,7 +6,11 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-const BINARIES: [&str; 2] = [env!("CARGO_BIN_EXE_kcl-demo"), env!("CARGO_BIN_EXE_kcl-bench")];
+const BINARIES: [&str; 3] = [
+    env!("CARGO_BIN_EXE_kcl-demo"),
+    env!("CARGO_BIN_EXE_kcl-replicate"),
+    env!("CARGO_BIN_EXE_kcl-bench"),
+];
 
 /// Every line of `stderr` is a JSON object with a level, fields and a target.
 fn all_json(stderr: &[u8]) -> Vec<Value> {

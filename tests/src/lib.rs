@@ -4,6 +4,7 @@
 #![allow(missing_docs)]
 
 pub mod aws;
+pub mod ddb_streams_fake;
 pub mod emulators;
 pub mod java_kcl;
 pub mod moto;

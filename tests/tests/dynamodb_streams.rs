@@ -2,117 +2,29 @@
 //! a second in-memory table by a processor that parses `ChangeRecord`s, through the unchanged
 //! scheduler, with a shard rotation in the middle (parents finished before children) and one of
 //! two workers killed mid-run. Every change must arrive in order per key, none lost, and the
-//! replica must equal the table at the end.
+//! replica must equal the table at the end. The replica, its processor and the writer are
+//! `kcl_examples::replicate`, the pieces of the `kcl-replicate` demo.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
+
 use std::time::Duration;
 
-use async_trait::async_trait;
-use kcl_core::backend::local::KeySchema;
-use kcl_core::dynamodb_streams::{
-    item_to_dynamodb_json, AttributeValue, ChangeRecord, EventName, Item, StreamViewType,
-};
+use kcl_core::dynamodb_streams::{AttributeValue, ChangeRecord, EventName, Item, StreamViewType};
 use kcl_core::lease::LeaseStore;
-use kcl_core::{
-    InMemoryLeaseStore, InitialPosition, LocalBackend, ProcessRecordsInput, ProcessorError, RecordProcessor,
-    Scheduler, SchedulerHandle, ShardEndedInput, ShutdownRequestedInput, StreamBackend,
+use kcl_core::{InMemoryLeaseStore, LocalBackend, SchedulerHandle, StreamBackend};
+use kcl_examples::replicate::{
+    check_order, compare, key_schema, start_worker, table_items, version, Replica, WorkerTimings, Writer,
 };
+use kcl_tests::ddb_streams_fake::fake_service;
 use kcl_tests::{init_tracing, wait_until};
 
 const LIMIT: Duration = Duration::from_secs(60);
-const TABLE: &str = "orders";
+const TABLE: &str = kcl_examples::replicate::TABLE;
 const KEYS: u64 = 12;
 
-/// One change as a processor received it.
-#[derive(Clone, Debug)]
-struct Delivery {
-    worker: String,
-    key: String,
-    sequence: String,
-    event: EventName,
-    version: u64,
-}
-
-#[derive(Clone, Default)]
-struct Replica {
-    items: Arc<Mutex<BTreeMap<String, Item>>>,
-    deliveries: Arc<Mutex<Vec<Delivery>>>,
-}
-
-impl Replica {
-    fn unique_deliveries(&self) -> usize {
-        let d = self.deliveries.lock().unwrap();
-        d.iter()
-            .map(|d| d.sequence.as_str())
-            .collect::<std::collections::BTreeSet<_>>()
-            .len()
-    }
-}
-
-/// Applies each change to the replica (in delivery order, without any guard: a replay after a
-/// fail-over re-applies a suffix in order, so the replica converges only if order is kept).
-struct Replicator {
-    worker: String,
-    replica: Replica,
-}
-
-fn key_of(keys: &Item) -> String {
-    item_to_dynamodb_json(keys).to_string()
-}
-
-fn version(item: &Item) -> Result<u64, ProcessorError> {
-    match item.get("v") {
-        Some(AttributeValue::N(n)) => Ok(n.parse()?),
-        other => Err(format!("no version in the image: {other:?}").into()),
-    }
-}
-
-#[async_trait]
-impl RecordProcessor for Replicator {
-    async fn process_records(&mut self, input: ProcessRecordsInput<'_>) -> Result<(), ProcessorError> {
-        for record in input.records {
-            let change = ChangeRecord::from_record(record)?;
-            let key = key_of(&change.keys);
-            let version = match change.event_name {
-                EventName::Insert | EventName::Modify => {
-                    let new = change.new_image.clone().ok_or("no new image")?;
-                    let v = version(&new)?;
-                    self.replica.items.lock().unwrap().insert(key.clone(), new);
-                    v
-                }
-                EventName::Remove => {
-                    let old = change.old_image.as_ref().ok_or("no old image")?;
-                    self.replica.items.lock().unwrap().remove(&key);
-                    version(old)?
-                }
-            };
-            self.replica.deliveries.lock().unwrap().push(Delivery {
-                worker: self.worker.clone(),
-                key,
-                sequence: change.sequence_number.to_string(),
-                event: change.event_name,
-                version,
-            });
-        }
-        // Slow work between applying and checkpointing, so that the kill lands in the middle of
-        // a batch: its changes are applied but not checkpointed, and are delivered again.
-        tokio::time::sleep(Duration::from_millis(40)).await;
-        input.checkpointer.checkpoint().await?;
-        Ok(())
-    }
-
-    async fn shard_ended(&mut self, input: ShardEndedInput<'_>) -> Result<(), ProcessorError> {
-        input.checkpointer.checkpoint().await?;
-        Ok(())
-    }
-
-    async fn shutdown_requested(&mut self, input: ShutdownRequestedInput<'_>) -> Result<(), ProcessorError> {
-        input.checkpointer.checkpoint().await?;
-        Ok(())
-    }
-}
-
+/// A worker replicating into `replica` (the shared processor of `kcl-replicate`: applies each
+/// change unless the replica holds a newer one, and pauses 40 ms between applying a batch and
+/// checkpointing it, so that a kill lands in the middle of a batch).
 fn worker(
     name: &str,
     stream: &str,
@@ -120,139 +32,32 @@ fn worker(
     store: &InMemoryLeaseStore,
     replica: &Replica,
 ) -> SchedulerHandle {
-    let (w, r) = (name.to_owned(), replica.clone());
-    Scheduler::builder("replicator", stream)
-        .worker_id(name.to_owned())
-        .backend(backend.clone())
-        .lease_store(store.clone())
-        .initial_position(InitialPosition::TrimHorizon)
-        .failover_time(Duration::from_millis(1200))
-        .polling_interval(Duration::from_millis(50))
-        .min_read_interval(Duration::from_millis(10))
-        .parent_poll_interval(Duration::from_millis(50))
-        .shard_sync_interval(Duration::from_millis(500))
-        .max_records(25)
-        .processor_factory(move |_shard: &str| Replicator {
-            worker: w.clone(),
-            replica: r.clone(),
-        })
-        .build()
-        .expect("valid config")
-        .spawn()
-}
-
-/// The writer: puts, updates and deletes over `KEYS` items (partition key `user-N`, sort key a
-/// number), each write bumping the item's version `v`; remembers each change per key.
-struct Writer {
-    backend: LocalBackend,
-    versions: BTreeMap<u64, u64>,
-    expected: BTreeMap<String, Vec<(EventName, u64)>>,
-    writes: usize,
-}
-
-impl Writer {
-    fn key(k: u64) -> Item {
-        [
-            ("pk".to_owned(), AttributeValue::s(format!("user-{}", k % 4))),
-            ("sk".to_owned(), AttributeValue::n(k)),
-        ]
-        .into()
-    }
-
-    fn write(&mut self, ops: u64) {
-        for _ in 0..ops {
-            let i = self.writes as u64;
-            // A fixed, scrambled choice of key and operation (Fibonacci hashing).
-            let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
-            let k = h % KEYS;
-            let key = Self::key(k);
-            let exists = self.backend.get_item(TABLE, &key).unwrap().is_some();
-            let v = self.versions.entry(k).or_default();
-            *v += 1;
-            let v = *v;
-            let event = match (exists, (h / KEYS) % 5) {
-                (false, _) | (true, 0) => {
-                    let mut item = key.clone();
-                    item.insert("v".into(), AttributeValue::n(v));
-                    item.insert("note".into(), AttributeValue::s(format!("put {i}")));
-                    self.backend.put_item(TABLE, item).unwrap();
-                    if exists {
-                        EventName::Modify
-                    } else {
-                        EventName::Insert
-                    }
-                }
-                (true, 1..=3) => {
-                    let set: Item = [
-                        ("v".to_owned(), AttributeValue::n(v)),
-                        ("tags".to_owned(), AttributeValue::Ss(vec![format!("t{i}")])),
-                    ]
-                    .into();
-                    self.backend
-                        .update_item(TABLE, key.clone(), set, &["note"])
-                        .unwrap();
-                    EventName::Modify
-                }
-                (true, _) => {
-                    let old = self.backend.delete_item(TABLE, key.clone()).unwrap().unwrap();
-                    // A removal carries the old image: its version is the one before.
-                    *self.versions.get_mut(&k).unwrap() -= 1;
-                    self.expected
-                        .entry(key_of(&key))
-                        .or_default()
-                        .push((EventName::Remove, version(&old).unwrap()));
-                    self.writes += 1;
-                    continue;
-                }
-            };
-            self.expected.entry(key_of(&key)).or_default().push((event, v));
-            self.writes += 1;
-        }
-    }
+    start_worker(name, stream, backend, store, replica, WorkerTimings::default()).expect("valid config")
 }
 
 /// Every change delivered in order per key (the first delivery of each sequence number, in
 /// delivery order, is exactly what was written: replays only repeat earlier ones), by both
 /// workers, and the replica equal to the table.
 fn check_replicated(replica: &Replica, writer: &Writer, backend: &LocalBackend) {
-    let deliveries = replica.deliveries.lock().unwrap().clone();
-    let mut first: BTreeMap<String, Vec<(EventName, u64)>> = BTreeMap::new();
-    let mut seen = std::collections::BTreeSet::new();
-    for d in &deliveries {
-        if seen.insert(d.sequence.clone()) {
-            first.entry(d.key.clone()).or_default().push((d.event, d.version));
-        }
-    }
-    assert_eq!(
-        first.keys().collect::<Vec<_>>(),
-        writer.expected.keys().collect::<Vec<_>>()
-    );
-    for (key, changes) in &writer.expected {
-        assert_eq!(&first[key], changes, "the changes of {key}, in order");
-    }
+    assert_eq!(check_order(replica, writer), Vec::<String>::new());
     assert_eq!(writer.writes, 360);
     assert_eq!(writer.expected.len() as u64, KEYS);
     for event in [EventName::Insert, EventName::Modify, EventName::Remove] {
         assert!(writer.expected.values().flatten().any(|(e, _)| *e == event));
     }
-    let workers: std::collections::BTreeSet<&str> = deliveries.iter().map(|d| d.worker.as_str()).collect();
+    let workers: BTreeSet<String> = replica
+        .lock()
+        .deliveries
+        .iter()
+        .map(|d| d.worker.clone())
+        .collect();
     assert_eq!(workers.len(), 2, "both workers delivered changes");
     // The replica equals the table.
-    let table: BTreeMap<String, Item> = backend
-        .scan(TABLE)
-        .unwrap()
-        .into_iter()
-        .map(|item| {
-            let keys: Item = item
-                .iter()
-                .filter(|(k, _)| *k == "pk" || *k == "sk")
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            (key_of(&keys), item)
-        })
-        .collect();
+    let table = table_items(backend, TABLE).unwrap();
     assert!(!table.is_empty());
-    assert_eq!(*replica.items.lock().unwrap(), table);
+    let comparison = compare(replica, &table);
+    assert!(comparison.equal(), "{comparison:?}");
+    assert_eq!(replica.lock().items, table);
 }
 
 #[tokio::test(start_paused = true)]
@@ -260,21 +65,11 @@ async fn a_table_is_replicated_through_a_rotation_and_a_killed_worker() {
     init_tracing();
     let backend = LocalBackend::new();
     let stream = backend
-        .create_table(
-            TABLE,
-            KeySchema::hash_and_range("pk", "sk"),
-            StreamViewType::NewAndOldImages,
-            3,
-        )
+        .create_table(TABLE, key_schema(), StreamViewType::NewAndOldImages, 3)
         .unwrap();
     let store = InMemoryLeaseStore::new();
     let replica = Replica::default();
-    let mut writer = Writer {
-        backend: backend.clone(),
-        versions: BTreeMap::new(),
-        expected: BTreeMap::new(),
-        writes: 0,
-    };
+    let mut writer = Writer::new(&backend, TABLE, KEYS);
 
     let a = worker("a", &stream, &backend, &store, &replica);
     let b = worker("b", &stream, &backend, &store, &replica);
@@ -283,13 +78,13 @@ async fn a_table_is_replicated_through_a_rotation_and_a_killed_worker() {
     })
     .await;
 
-    writer.write(120);
+    writer.write(120).unwrap();
     // Rotation before the first wave is read: every shard closes with its changes unread and a
     // child opens for each; the next changes go to the children, which must wait until their
     // parents are finished for the order per key to hold.
     let rotated = backend.rotate_shards(&stream).unwrap();
     assert_eq!(rotated.len(), 3);
-    writer.write(120);
+    writer.write(120).unwrap();
     // b dies mid-run (about half of the changes so far delivered): whatever it had not
     // checkpointed is delivered
     // again by a, after the fail-over time.
@@ -298,14 +93,14 @@ async fn a_table_is_replicated_through_a_rotation_and_a_killed_worker() {
     })
     .await;
     b.kill().await;
-    writer.write(120);
+    writer.write(120).unwrap();
     wait_until(LIMIT, "every change is delivered", || {
         replica.unique_deliveries() == writer.writes
     })
     .await;
     wait_until(LIMIT, "a holds the three children", || a.held_leases().len() == 3).await;
     a.shutdown().await.unwrap();
-    let replays = replica.deliveries.lock().unwrap().len() - writer.writes;
+    let replays = replica.deliveries() - writer.writes;
     tracing::info!(replays, "delivered again after the kill");
     assert!(
         replays > 0,
@@ -324,275 +119,94 @@ async fn a_table_is_replicated_through_a_rotation_and_a_killed_worker() {
     }
 }
 
-/// Faults the fake service injects, and what it saw.
-#[derive(Default)]
-struct Faults {
-    /// Answer one `GetRecords`, on a shard that returned records before, with
-    /// `TrimmedDataAccessException`.
-    trim_records: bool,
-    records_trimmed: usize,
-    /// Armed by the above: answer the next `GetShardIterator` at a sequence number with
-    /// `TrimmedDataAccessException`.
-    trim_iterator: bool,
-    iterators_trimmed: usize,
-    /// Shards that returned records.
-    served: std::collections::BTreeSet<String>,
-    describe_pages: usize,
-}
-
-/// DynamoDB Streams (and DynamoDB's `DescribeTable`) over the local backend's table, in the
-/// services' awsJson 1.0 protocol on plain HTTP/1.1: enough for `DynamoDbStreamsBackend`, so that
-/// the real SDK path (requests, paging, errors, the records' JSON) is exercised without AWS.
-/// `DescribeStream` pages two shards at a time. Iterators are handed out as `SHARD|LOCAL`.
-struct FakeService {
-    backend: LocalBackend,
-    stream: String,
-    faults: Mutex<Faults>,
-}
-
-fn service_error(code: &str, message: &str) -> (u16, serde_json::Value) {
-    (
-        400,
-        serde_json::json!({"__type": format!("com.amazonaws.dynamodb.v20120810#{code}"), "message": message}),
-    )
-}
-
-fn backend_error(e: kcl_core::BackendError) -> (u16, serde_json::Value) {
-    use kcl_core::BackendError as E;
-    let code = match &e {
-        E::ExpiredIterator => "ExpiredIteratorException",
-        E::StreamNotFound(_) | E::ShardNotFound(_) => "ResourceNotFoundException",
-        E::Throttled(_) => "LimitExceededException",
-        E::InvalidArgument(_) => "ValidationException",
-        _ => "InternalServerError",
-    };
-    service_error(code, &e.to_string())
-}
-
-impl FakeService {
-    async fn handle(&self, target: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-        use kcl_core::IteratorPosition as P;
-        use serde_json::json;
-        let text = |name: &str| body[name].as_str().unwrap_or_default().to_owned();
-        match target {
-            "DynamoDB_20120810.DescribeTable" => match text("TableName").as_str() {
-                TABLE => (
-                    200,
-                    json!({"Table": {"TableName": TABLE, "TableStatus": "ACTIVE",
-                        "LatestStreamArn": self.stream,
-                        "StreamSpecification": {"StreamEnabled": true, "StreamViewType": "NEW_AND_OLD_IMAGES"}}}),
-                ),
-                "plain" => (
-                    200,
-                    json!({"Table": {"TableName": "plain", "TableStatus": "ACTIVE"}}),
-                ),
-                other => service_error(
-                    "ResourceNotFoundException",
-                    &format!("Requested resource not found: Table: {other} not found"),
-                ),
-            },
-            "DynamoDBStreams_20120810.DescribeStream" => {
-                let arn = text("StreamArn");
-                let shards = match self.backend.shards(&arn) {
-                    Ok(shards) => shards,
-                    Err(e) => return backend_error(e),
-                };
-                let after = body["ExclusiveStartShardId"].as_str();
-                let rest: Vec<_> = shards
-                    .iter()
-                    .filter(|s| after.is_none_or(|a| s.shard_id.as_str() > a))
-                    .collect();
-                let page: Vec<serde_json::Value> = rest
-                    .iter()
-                    .take(2)
-                    .map(|s| {
-                        let mut range = serde_json::Map::new();
-                        range.insert(
-                            "StartingSequenceNumber".into(),
-                            s.starting_sequence_number.as_str().into(),
-                        );
-                        if let Some(end) = &s.ending_sequence_number {
-                            range.insert("EndingSequenceNumber".into(), end.as_str().into());
-                        }
-                        let mut shard = serde_json::Map::new();
-                        shard.insert("ShardId".into(), s.shard_id.clone().into());
-                        if let Some(parent) = &s.parent_shard_id {
-                            shard.insert("ParentShardId".into(), parent.clone().into());
-                        }
-                        shard.insert("SequenceNumberRange".into(), range.into());
-                        shard.into()
-                    })
-                    .collect();
-                let mut description = serde_json::Map::new();
-                description.insert("StreamArn".into(), arn.into());
-                description.insert("StreamStatus".into(), "ENABLED".into());
-                description.insert("StreamViewType".into(), "NEW_AND_OLD_IMAGES".into());
-                description.insert("Shards".into(), page.into());
-                if rest.len() > 2 {
-                    description.insert("LastEvaluatedShardId".into(), rest[1].shard_id.clone().into());
-                }
-                self.faults.lock().unwrap().describe_pages += 1;
-                (200, json!({ "StreamDescription": description }))
-            }
-            "DynamoDBStreams_20120810.GetShardIterator" => {
-                let shard = text("ShardId");
-                let sequence = body["SequenceNumber"].as_str().map(|s| {
-                    assert!(s.len() >= 21, "sequence number {s} shorter than 21 digits");
-                    kcl_core::record::SequenceNumber::new(s).unwrap()
-                });
-                let position = match (text("ShardIteratorType").as_str(), sequence) {
-                    ("TRIM_HORIZON", None) => P::TrimHorizon,
-                    ("LATEST", None) => P::Latest,
-                    ("AT_SEQUENCE_NUMBER", Some(s)) => P::AtSequenceNumber(s),
-                    ("AFTER_SEQUENCE_NUMBER", Some(s)) => P::AfterSequenceNumber(s),
-                    (kind, _) => {
-                        return service_error("ValidationException", &format!("bad iterator type {kind}"))
-                    }
-                };
-                {
-                    let mut faults = self.faults.lock().unwrap();
-                    if faults.trim_iterator
-                        && matches!(position, P::AfterSequenceNumber(_) | P::AtSequenceNumber(_))
-                    {
-                        faults.trim_iterator = false;
-                        faults.iterators_trimmed += 1;
-                        return service_error(
-                            "TrimmedDataAccessException",
-                            "the sequence number was trimmed",
-                        );
-                    }
-                }
-                match self
-                    .backend
-                    .get_shard_iterator(&text("StreamArn"), &shard, &position)
-                    .await
-                {
-                    Ok(it) => (200, json!({ "ShardIterator": format!("{shard}|{it}") })),
-                    Err(e) => backend_error(e),
-                }
-            }
-            "DynamoDBStreams_20120810.GetRecords" => {
-                let wrapped = text("ShardIterator");
-                let Some((shard, iterator)) = wrapped.split_once('|') else {
-                    return service_error("ValidationException", "malformed shard iterator");
-                };
-                let limit = body["Limit"].as_u64().unwrap_or(1000);
-                if !(1..=1000).contains(&limit) {
-                    return service_error("ValidationException", "Limit must be in 1..=1000");
-                }
-                {
-                    let mut faults = self.faults.lock().unwrap();
-                    if faults.trim_records && faults.served.contains(shard) {
-                        faults.trim_records = false;
-                        faults.records_trimmed += 1;
-                        faults.trim_iterator = true;
-                        return service_error(
-                            "TrimmedDataAccessException",
-                            "the iterator's records were trimmed",
-                        );
-                    }
-                }
-                match self
-                    .backend
-                    .get_records(&self.stream, iterator, limit as usize)
-                    .await
-                {
-                    Ok(out) => {
-                        if !out.records.is_empty() {
-                            self.faults.lock().unwrap().served.insert(shard.to_owned());
-                        }
-                        let records: Vec<serde_json::Value> = out
-                            .records
-                            .iter()
-                            .map(|r| serde_json::from_slice(&r.data).unwrap())
-                            .collect();
-                        let mut reply = serde_json::Map::new();
-                        reply.insert("Records".into(), records.into());
-                        if let Some(next) = out.next_iterator {
-                            reply.insert("NextShardIterator".into(), format!("{shard}|{next}").into());
-                        }
-                        (200, reply.into())
-                    }
-                    Err(e) => backend_error(e),
-                }
-            }
-            other => service_error("UnknownOperationException", other),
-        }
-    }
-
-    /// Serves one connection: HTTP/1.1 requests with a `Content-Length` body, kept alive.
-    async fn connection(self: Arc<Self>, socket: tokio::net::TcpStream) -> std::io::Result<()> {
-        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-        let mut reader = BufReader::new(socket);
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).await? == 0 {
-                return Ok(());
-            }
-            let (mut target, mut length) = (String::new(), 0usize);
-            loop {
-                line.clear();
-                reader.read_line(&mut line).await?;
-                let header = line.trim_end();
-                if header.is_empty() {
-                    break;
-                }
-                if let Some((name, value)) = header.split_once(':') {
-                    match name.trim().to_ascii_lowercase().as_str() {
-                        "x-amz-target" => value.trim().clone_into(&mut target),
-                        "content-length" => length = value.trim().parse().unwrap_or(0),
-                        _ => {}
-                    }
-                }
-            }
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body).await?;
-            let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-            let (status, reply) = self.handle(&target, json).await;
-            let reply = reply.to_string();
-            let head = format!(
-                "HTTP/1.1 {status} {}\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\n\r\n",
-                if status == 200 { "OK" } else { "Bad Request" },
-                reply.len()
-            );
-            let socket = reader.get_mut();
-            socket.write_all(head.as_bytes()).await?;
-            socket.write_all(reply.as_bytes()).await?;
-        }
-    }
-
-    /// Starts serving on a loopback port; returns the endpoint URL.
-    async fn start(self: Arc<Self>) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                tokio::spawn(self.clone().connection(socket));
-            }
-        });
-        url
+/// A worker's end, once it stopped by itself: the typed error of a disabled stream.
+async fn stopped_on_disabled_stream(worker: SchedulerHandle) -> kcl_core::StreamDisabled {
+    tokio::time::timeout(LIMIT, worker.stopped())
+        .await
+        .expect("the worker stops by itself");
+    match worker.shutdown().await {
+        Err(kcl_core::KclError::Fatal(kcl_core::FatalError::StreamDisabled(d))) => d,
+        other => panic!("expected the disabled stream's error, got {other:?}"),
     }
 }
 
-/// A fake service over the local table's stream, and SDK configuration for it (static test
-/// credentials, the SDK's retries off as `load_sdk_config` sets them).
-async fn fake_service(backend: &LocalBackend, stream: &str) -> (Arc<FakeService>, aws_config::SdkConfig) {
-    let service = Arc::new(FakeService {
-        backend: backend.clone(),
-        stream: stream.to_owned(),
-        faults: Mutex::default(),
-    });
-    let endpoint = service.clone().start().await;
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(&endpoint)
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-            "test", "test", None, None, "static",
-        ))
-        .retry_config(aws_config::retry::RetryConfig::disabled())
-        .load()
-        .await;
-    (service, sdk)
+/// A stream disabled on its table while the application runs, with changes unread (some in the
+/// parents of a rotation): both workers read every shard to its end (nothing lost: the replica
+/// equals the table), then stop with a typed error naming the stream's ARN, not a retry loop
+/// and not an idle worker. Once the table has a new stream, a worker on the old one names it.
+#[tokio::test(start_paused = true)]
+async fn a_disabled_stream_is_read_to_its_end_then_stops_the_workers_with_its_arn() {
+    use kcl_core::StreamEnd;
+
+    init_tracing();
+    let backend = LocalBackend::new();
+    let stream = backend
+        .create_table(TABLE, key_schema(), StreamViewType::NewAndOldImages, 2)
+        .unwrap();
+    let store = InMemoryLeaseStore::new();
+    let replica = Replica::default();
+    let mut writer = Writer::new(&backend, TABLE, KEYS);
+    let a = worker("a", &stream, &backend, &store, &replica);
+    let b = worker("b", &stream, &backend, &store, &replica);
+    wait_until(LIMIT, "the shards are shared", || {
+        !a.held_leases().is_empty() && !b.held_leases().is_empty()
+    })
+    .await;
+    writer.write(120).unwrap();
+    backend.rotate_shards(&stream).unwrap();
+    writer.write(120).unwrap();
+    wait_until(LIMIT, "part of the changes are delivered", || {
+        replica.unique_deliveries() >= 60
+    })
+    .await;
+    assert!(
+        replica.unique_deliveries() < writer.writes,
+        "changes unread at the disabling"
+    );
+    assert_eq!(backend.disable_stream(TABLE).unwrap(), stream);
+    assert!(!backend.table_stream_enabled(TABLE).unwrap());
+    assert!(backend.shards(&stream).unwrap().iter().all(|s| !s.is_open()));
+
+    for worker in [a, b] {
+        let id = worker.worker_id().to_owned();
+        let end = stopped_on_disabled_stream(worker).await;
+        assert_eq!(end.stream, stream, "{id}");
+        assert_eq!(end.end, StreamEnd::Disabled);
+        assert_eq!(end.latest_stream_arn, None);
+        let message = end.to_string();
+        assert!(
+            message.contains(&stream) && message.contains("DISABLED"),
+            "{message}"
+        );
+    }
+    assert_eq!(
+        replica.unique_deliveries(),
+        writer.writes,
+        "every change was read"
+    );
+    assert_eq!(check_order(&replica, &writer), Vec::<String>::new());
+    let comparison = compare(&replica, &table_items(&backend, TABLE).unwrap());
+    assert!(comparison.equal(), "{comparison:?}");
+    assert!(store.list().await.unwrap().iter().all(|l| l.is_finished()));
+
+    // A write to the table now goes to no stream; a new stream is a new ARN, which the error
+    // of a worker started on the old one names.
+    let before = backend.record_count(&stream).unwrap();
+    writer.write(5).unwrap();
+    assert_eq!(backend.record_count(&stream).unwrap(), before);
+    let newer = backend
+        .enable_stream(TABLE, StreamViewType::NewAndOldImages, 1)
+        .unwrap();
+    assert_ne!(newer, stream);
+    assert_eq!(backend.table_stream_arn(TABLE).unwrap(), newer);
+    let late = worker("c", &stream, &backend, &store, &Replica::default());
+    let end = stopped_on_disabled_stream(late).await;
+    assert_eq!(
+        (end.stream.as_str(), end.end),
+        (stream.as_str(), StreamEnd::Disabled)
+    );
+    assert_eq!(end.latest_stream_arn.as_deref(), Some(newer.as_str()));
+    assert!(end.to_string().contains(&newer), "{end}");
 }
 
 /// Every iterator type, the clamped limit, an expired iterator and the records' shape through
@@ -605,7 +219,12 @@ async fn iterators_limits_and_expiry_through_the_sdk() {
         .iterator_ttl(Duration::from_millis(300))
         .build();
     let stream = backend
-        .create_table(TABLE, KeySchema::hash("pk"), StreamViewType::NewImage, 1)
+        .create_table(
+            TABLE,
+            kcl_core::backend::local::KeySchema::hash("pk"),
+            StreamViewType::NewImage,
+            1,
+        )
         .unwrap();
     let (_service, sdk) = fake_service(&backend, &stream).await;
     let (ddb, _) = DynamoDbStreamsBackend::for_stream_arn(&sdk, &stream).unwrap();
@@ -689,12 +308,7 @@ async fn the_sdk_backend_replicates_a_table_through_the_service_protocol() {
     init_tracing();
     let backend = LocalBackend::new();
     let stream = backend
-        .create_table(
-            TABLE,
-            KeySchema::hash_and_range("pk", "sk"),
-            StreamViewType::NewAndOldImages,
-            3,
-        )
+        .create_table(TABLE, key_schema(), StreamViewType::NewAndOldImages, 3)
         .unwrap();
     let (service, sdk) = fake_service(&backend, &stream).await;
 
@@ -718,15 +332,10 @@ async fn the_sdk_backend_replicates_a_table_through_the_service_protocol() {
 
     let store = InMemoryLeaseStore::new();
     let replica = Replica::default();
-    let mut writer = Writer {
-        backend: backend.clone(),
-        versions: BTreeMap::new(),
-        expected: BTreeMap::new(),
-        writes: 0,
-    };
-    writer.write(120);
+    let mut writer = Writer::new(&backend, TABLE, KEYS);
+    writer.write(120).unwrap();
     let rotated = backend.rotate_shards(&stream).unwrap();
-    writer.write(120);
+    writer.write(120).unwrap();
     // Lineage through paged DescribeStream: six shards, three pages of two (DynamoDB shards
     // have no hash key range: the whole range each).
     let lineage = |shards: Vec<kcl_core::record::Shard>| -> Vec<_> {
@@ -753,6 +362,15 @@ async fn the_sdk_backend_replicates_a_table_through_the_service_protocol() {
         .await
         .unwrap_err();
     assert!(missing.is_fatal(), "{missing}");
+    // A stream that is gone names the table's latest stream (DescribeTable).
+    match &missing {
+        kcl_core::BackendError::StreamDisabled(d) => {
+            assert_eq!(d.end, kcl_core::StreamEnd::Deleted);
+            assert_eq!(d.latest_stream_arn.as_deref(), Some(stream.as_str()));
+        }
+        other => panic!("{other:?}"),
+    }
+    sdk_backend.check_stream_ended(&stream).await.unwrap();
 
     service.faults.lock().unwrap().trim_records = true;
     let a = worker("a", &stream, &sdk_backend, &store, &replica);
@@ -762,7 +380,7 @@ async fn the_sdk_backend_replicates_a_table_through_the_service_protocol() {
     })
     .await;
     b.kill().await;
-    writer.write(120);
+    writer.write(120).unwrap();
     wait_until(LIMIT, "every change is delivered", || {
         replica.unique_deliveries() == writer.writes
     })
@@ -771,10 +389,36 @@ async fn the_sdk_backend_replicates_a_table_through_the_service_protocol() {
     a.shutdown().await.unwrap();
 
     check_replicated(&replica, &writer, &backend);
-    let faults = service.faults.lock().unwrap();
-    assert_eq!((faults.records_trimmed, faults.iterators_trimmed), (1, 1));
-    assert_eq!(sdk_backend.trimmed_count(), 1);
-    for (parent, _) in &rotated {
-        assert!(faults.served.contains(parent), "{parent} was read");
+    {
+        let faults = service.faults.lock().unwrap();
+        assert_eq!((faults.records_trimmed, faults.iterators_trimmed), (1, 1));
+        assert_eq!(sdk_backend.trimmed_count(), 1);
+        for (parent, _) in &rotated {
+            assert!(faults.served.contains(parent), "{parent} was read");
+        }
     }
+
+    // Disabled, then a new stream enabled: DescribeStream's DISABLED, with the newer stream
+    // from DescribeTable.
+    backend.disable_stream(TABLE).unwrap();
+    match sdk_backend.check_stream_ended(&stream).await {
+        Err(kcl_core::BackendError::StreamDisabled(d)) => {
+            assert_eq!(
+                (d.stream.as_str(), d.end),
+                (stream.as_str(), kcl_core::StreamEnd::Disabled)
+            );
+            assert_eq!(d.latest_stream_arn, None, "no newer stream yet");
+        }
+        other => panic!("{other:?}"),
+    }
+    let newer = backend
+        .enable_stream(TABLE, StreamViewType::NewAndOldImages, 1)
+        .unwrap();
+    match sdk_backend.check_stream_ended(&stream).await {
+        Err(kcl_core::BackendError::StreamDisabled(d)) => {
+            assert_eq!(d.latest_stream_arn.as_deref(), Some(newer.as_str()));
+        }
+        other => panic!("{other:?}"),
+    }
+    sdk_backend.check_stream_ended(&newer).await.unwrap();
 }

@@ -67,7 +67,17 @@
 //! [`DynamoDbStreamsBackend::throttle_count`]); `ResourceNotFoundException` →
 //! [`BackendError::StreamNotFound`] (fatal for the stream) for `DescribeStream`, and
 //! [`BackendError::ShardNotFound`] for a shard or an iterator (a shard gone from a stream that
-//! still exists is treated as ended, so that its children start).
+//! still exists is treated as ended, so that its children start); `list_shards` turns a
+//! missing stream into [`BackendError::StreamDisabled`] (below).
+//!
+//! A stream disabled on its table (`UpdateTable` with `StreamEnabled: false`) closes its shards
+//! and keeps them readable for 24 hours: they are read to their end as usual, and then, once
+//! every shard is closed and finished, the shard sync calls `check_stream_ended`, which reads
+//! `DescribeStream`'s `StreamStatus`: `DISABLING` or `DISABLED` is
+//! [`BackendError::StreamDisabled`], fatal, naming the stream's ARN and, from `DescribeTable`,
+//! the table's newer stream if one was enabled since (a stream enabled again is a new stream).
+//! A stream that is gone (`ResourceNotFoundException` on `DescribeStream`: disabled more than
+//! 24 hours ago, or its table deleted) is the same error at once: nothing is left to read.
 //!
 //! `TrimmedDataAccessException` (records older than the stream's 24 hours of retention were
 //! asked for) is treated as data that is gone, as the Java DynamoDB Streams adapter does by
@@ -86,11 +96,14 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodbstreams::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_dynamodbstreams::types::ShardIteratorType;
+use aws_sdk_dynamodbstreams::types::{ShardIteratorType, StreamStatus};
 use bytes::Bytes;
-use tracing::warn;
+use tracing::{debug, warn};
 
-use crate::backend::{service_sequence, BackendError, GetRecordsOutput, IteratorPosition, StreamBackend};
+use crate::backend::{
+    service_sequence, BackendError, GetRecordsOutput, IteratorPosition, StreamBackend, StreamDisabled,
+    StreamEnd,
+};
 use crate::dynamodb_streams::{
     item_to_dynamodb_json, AttributeValue, ChangeRecord, DynamoDbStreamArn, DynamoDbStreamArnError,
     EventName, Item, StreamViewType, UserIdentity,
@@ -135,23 +148,38 @@ pub enum DynamoDbSourceError {
 #[derive(Clone, Debug)]
 pub struct DynamoDbStreamsBackend {
     client: aws_sdk_dynamodbstreams::Client,
+    /// DynamoDB's client, to find a table's newer stream when this one is disabled.
+    tables: Option<aws_sdk_dynamodb::Client>,
     throttles: Arc<AtomicU64>,
     trimmed: Arc<AtomicU64>,
 }
 
 impl DynamoDbStreamsBackend {
-    /// A backend over an SDK client; streams are named by their ARNs.
+    /// A backend over an SDK client; streams are named by their ARNs. Without a DynamoDB
+    /// client ([`Self::with_table_client`]) a disabled stream's error cannot name the table's
+    /// newer stream.
     pub fn new(client: aws_sdk_dynamodbstreams::Client) -> Self {
         Self {
             client,
+            tables: None,
             throttles: Arc::new(AtomicU64::new(0)),
             trimmed: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// A backend from shared SDK configuration (see [`crate::aws::load_sdk_config`]).
+    /// A backend from shared SDK configuration (see [`crate::aws::load_sdk_config`]), with a
+    /// DynamoDB client from the same configuration.
     pub fn from_conf(config: &aws_config::SdkConfig) -> Self {
         Self::new(aws_sdk_dynamodbstreams::Client::new(config))
+            .with_table_client(aws_sdk_dynamodb::Client::new(config))
+    }
+
+    /// Uses `client` (DynamoDB's) for `DescribeTable` when the stream is disabled or gone:
+    /// the error then names the table's newer stream, if it has one.
+    #[must_use]
+    pub fn with_table_client(mut self, client: aws_sdk_dynamodb::Client) -> Self {
+        self.tables = Some(client);
+        self
     }
 
     /// A backend for the stream with this ARN, and the ARN (its `to_string()` is the stream name
@@ -223,6 +251,31 @@ impl DynamoDbStreamsBackend {
             .send()
             .await?;
         Ok(out.shard_iterator.unwrap_or_default())
+    }
+}
+
+impl DynamoDbStreamsBackend {
+    /// The table's newer stream, if it has one that is enabled (best effort: `None` without a
+    /// DynamoDB client or when `DescribeTable` fails).
+    async fn newer_stream(&self, stream: &str) -> Option<String> {
+        let tables = self.tables.as_ref()?;
+        let table = stream.parse::<DynamoDbStreamArn>().ok()?.table;
+        match latest_stream_arn(tables, &table).await {
+            Ok(latest) => Some(latest.to_string()).filter(|l| l != stream),
+            Err(e) => {
+                debug!(stream, error = %e, "looking for the table's newer stream failed");
+                None
+            }
+        }
+    }
+
+    /// The error for a stream that ended (`end`), naming the table's newer stream.
+    async fn ended(&self, stream: &str, end: StreamEnd) -> BackendError {
+        BackendError::StreamDisabled(StreamDisabled {
+            stream: stream.to_owned(),
+            end,
+            latest_stream_arn: self.newer_stream(stream).await,
+        })
     }
 }
 
@@ -409,14 +462,23 @@ impl StreamBackend for DynamoDbStreamsBackend {
         let mut shards = Vec::new();
         let mut start: Option<String> = None;
         for _ in 0..MAX_DESCRIBE_PAGES {
-            let out = self
+            let out = match self
                 .client
                 .describe_stream()
                 .stream_arn(stream)
                 .set_exclusive_start_shard_id(start.take())
                 .send()
                 .await
-                .map_err(|e| self.map(e, Op::DescribeStream(stream)))?;
+            {
+                Ok(out) => out,
+                Err(e) => {
+                    return Err(match self.map(e, Op::DescribeStream(stream)) {
+                        // Disabled more than 24 hours ago, or deleted with its table.
+                        BackendError::StreamNotFound(_) => self.ended(stream, StreamEnd::Deleted).await,
+                        other => other,
+                    });
+                }
+            };
             let description = out
                 .stream_description
                 .ok_or_else(|| BackendError::other(format!("no description returned for {stream}")))?;
@@ -431,6 +493,34 @@ impl StreamBackend for DynamoDbStreamsBackend {
         Err(BackendError::other(format!(
             "DescribeStream of {stream} returned more than {MAX_DESCRIBE_PAGES} pages"
         )))
+    }
+
+    /// `DescribeStream`'s `StreamStatus`: `DISABLING` or `DISABLED` is
+    /// [`BackendError::StreamDisabled`] (with the table's newer stream, from `DescribeTable`),
+    /// and so is a stream that is gone.
+    async fn check_stream_ended(&self, stream: &str) -> Result<(), BackendError> {
+        let out = match self
+            .client
+            .describe_stream()
+            .stream_arn(stream)
+            .limit(1)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                return Err(match self.map(e, Op::DescribeStream(stream)) {
+                    BackendError::StreamNotFound(_) => self.ended(stream, StreamEnd::Deleted).await,
+                    other => other,
+                })
+            }
+        };
+        let status = out.stream_description().and_then(|d| d.stream_status());
+        match status {
+            Some(StreamStatus::Disabled) => Err(self.ended(stream, StreamEnd::Disabled).await),
+            Some(StreamStatus::Disabling) => Err(self.ended(stream, StreamEnd::Disabling).await),
+            _ => Ok(()),
+        }
     }
 
     async fn get_shard_iterator(

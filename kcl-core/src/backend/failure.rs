@@ -205,6 +205,11 @@ impl<B: StreamBackend> StreamBackend for FailureBackend<B> {
         self.inner.stream_identifier(stream).await
     }
 
+    async fn check_stream_ended(&self, stream: &str) -> Result<(), BackendError> {
+        self.hook(BackendOp::DescribeStream).await?;
+        self.inner.check_stream_ended(stream).await
+    }
+
     async fn register_consumer(
         &self,
         stream: &str,

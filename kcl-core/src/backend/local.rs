@@ -27,7 +27,8 @@
 //! - `fan_out`: enhanced fan-out consumers and `SubscribeToShard` subscriptions;
 //! - `table`: DynamoDB tables whose puts, updates and deletes become DynamoDB Streams change
 //!   records on a stream of this backend ([`LocalBackend::create_table`]), with shard rotation
-//!   ([`LocalBackend::rotate_shards`]).
+//!   ([`LocalBackend::rotate_shards`]) and streams disabled and enabled again
+//!   ([`LocalBackend::disable_stream`], [`LocalBackend::enable_stream`]).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -330,6 +331,12 @@ impl StreamBackend for LocalBackend {
                 .map_or(0, |d| d.as_secs());
             Ok(StreamIdentifier::new(LOCAL_ACCOUNT, stream, epoch))
         })
+    }
+
+    async fn check_stream_ended(&self, stream: &str) -> Result<(), BackendError> {
+        self.count(BackendOp::DescribeStream);
+        self.simulate_latency().await;
+        self.table_stream_ended(stream)
     }
 
     async fn register_consumer(

@@ -107,10 +107,73 @@ pub enum BackendError {
         "the stream has as many fan-out consumers as it allows: {0}; deregister one, or read by polling"
     )]
     ConsumerLimit(String),
+    /// The stream has ended for good: a DynamoDB stream disabled on its table (or gone). Fatal
+    /// for the stream; raised once every record still readable has been read (see
+    /// [`StreamBackend::check_stream_ended`]), or at once when the stream no longer exists.
+    #[error(transparent)]
+    StreamDisabled(StreamDisabled),
     /// Anything else: transport failures, service errors, permissions.
     #[error("backend error: {0}")]
     Other(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
+
+/// How a stream ended for good ([`BackendError::StreamDisabled`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StreamEnd {
+    /// Being disabled (`StreamStatus` `DISABLING`): its shards close, no new changes arrive.
+    Disabling,
+    /// Disabled (`StreamStatus` `DISABLED`): its records stay readable for 24 hours, no new
+    /// ones arrive.
+    Disabled,
+    /// Gone (`ResourceNotFoundException`: disabled more than 24 hours ago, or deleted with
+    /// its table).
+    Deleted,
+}
+
+impl std::fmt::Display for StreamEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Disabling => "being disabled (StreamStatus DISABLING)",
+            Self::Disabled => "disabled (StreamStatus DISABLED)",
+            Self::Deleted => "gone (ResourceNotFoundException)",
+        })
+    }
+}
+
+/// A DynamoDB stream that was disabled on its table, or is gone: what stops the worker (the
+/// stream, in multi-stream mode) once the records still readable are processed. Names the
+/// stream's ARN and, when the table has a newer stream, that one's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamDisabled {
+    /// The stream (its ARN).
+    pub stream: String,
+    /// How it ended.
+    pub end: StreamEnd,
+    /// The table's `LatestStreamArn`, when the table has a newer stream that is enabled (a
+    /// stream enabled again is a new stream, with a new ARN and new shards).
+    pub latest_stream_arn: Option<String>,
+}
+
+impl std::fmt::Display for StreamDisabled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the DynamoDB stream {} is {}", self.stream, self.end)?;
+        if self.end != StreamEnd::Deleted {
+            f.write_str("; every record still in it was processed")?;
+        }
+        match &self.latest_stream_arn {
+            Some(latest) => write!(
+                f,
+                "; its table has a newer stream, {latest}: consume that one (by its ARN, or by the table)"
+            ),
+            None => f.write_str(
+                "; no newer stream is enabled on its table (enable one with StreamSpecification to consume the table's changes again)",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StreamDisabled {}
 
 impl BackendError {
     /// Whether the same call may succeed later.
@@ -119,11 +182,15 @@ impl BackendError {
     }
 
     /// Whether retrying can never succeed: access denied, an unusable KMS key, or a stream that
-    /// does not exist (for that stream).
+    /// does not exist or has ended for good (for that stream).
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            Self::AccessDenied(_) | Self::Kms(_) | Self::StreamNotFound(_) | Self::ConsumerLimit(_)
+            Self::AccessDenied(_)
+                | Self::Kms(_)
+                | Self::StreamNotFound(_)
+                | Self::ConsumerLimit(_)
+                | Self::StreamDisabled(_)
         )
     }
 
@@ -255,6 +322,17 @@ pub trait StreamBackend: Send + Sync + 'static {
         ))
     }
 
+    /// Called by the shard sync once every shard of `stream` is closed and every leased one
+    /// has been read to its end: whether the stream has ended for good. A DynamoDB stream
+    /// disabled on its table (or gone) is [`BackendError::StreamDisabled`], which stops the
+    /// worker (the stream, in multi-stream mode) with its ARN instead of leaving it idle; any
+    /// other error is retried at the next sync. The default, `Ok(())`, is right for Kinesis,
+    /// where closed shards have open children (or the stream is gone, which `list_shards` says).
+    async fn check_stream_ended(&self, stream: &str) -> Result<(), BackendError> {
+        let _ = stream;
+        Ok(())
+    }
+
     /// Registers an enhanced fan-out consumer on `stream` with `tags` (the consumer's resource
     /// tags, set at registration; none when empty), or returns the one registered under that
     /// name already (idempotent; its tags are left as they are). It may still be
@@ -325,6 +403,9 @@ impl<T: StreamBackend + ?Sized> StreamBackend for Arc<T> {
     }
     async fn stream_identifier(&self, stream: &str) -> Result<StreamIdentifier, BackendError> {
         (**self).stream_identifier(stream).await
+    }
+    async fn check_stream_ended(&self, stream: &str) -> Result<(), BackendError> {
+        (**self).check_stream_ended(stream).await
     }
     async fn register_consumer(
         &self,

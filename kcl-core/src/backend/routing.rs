@@ -132,6 +132,10 @@ impl StreamBackend for RoutingBackend {
         self.backend(stream)?.stream_identifier(stream).await
     }
 
+    async fn check_stream_ended(&self, stream: &str) -> Result<(), BackendError> {
+        self.backend(stream)?.check_stream_ended(stream).await
+    }
+
     async fn register_consumer(
         &self,
         stream: &str,

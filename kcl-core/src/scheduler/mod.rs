@@ -35,7 +35,7 @@ use crate::metrics::{new_shard_health, SharedShardHealth, WorkerHealth};
 use crate::processor::{ProcessorFactory, ShardInfo};
 use crate::shard::fan_out::ConsumerRegistry;
 use crate::shard::{ShardConsumer, ShardContext};
-use crate::shard_sync::{delete_finished_leases, sync_stream};
+use crate::shard_sync::{delete_finished_leases, sync_stream_drain, Drain};
 use crate::status::{StatusSource, WorkerStatus};
 use crate::stream_arn::StreamArn;
 use crate::streams::{FormerStreamsCleanup, StreamConfig, StreamTracker};

@@ -52,6 +52,10 @@ impl ShardSync {
         let mut missing_since: HashMap<String, tokio::time::Instant> = HashMap::new();
         let mut first = true;
         let mut ended = false;
+        // Every shard of a stream closed, some lease not finished yet (a DynamoDB stream being
+        // disabled): every worker syncs each round until the stream is drained, so that each
+        // one finds the end, not only the leader.
+        let mut draining = false;
         loop {
             let Some((targets, now_tracked)) = self.targets(&mut identifiers).await else {
                 return;
@@ -65,7 +69,7 @@ impl ShardSync {
             // Syncs after a shard of this worker ended run here; the periodic one (the first
             // one included) only on the leader (one worker of the fleet), so that the fleet
             // lists the table and creates leases once per interval, not once per worker.
-            let due = ended || self.coordinator.is_leader();
+            let due = ended || draining || self.coordinator.is_leader();
             let listed = if due {
                 Some(self.store.list_eventually_consistent().await)
             } else {
@@ -75,9 +79,13 @@ impl ShardSync {
                 None => {}
                 Some(Ok(leases)) => {
                     let mut created = 0;
+                    draining = false;
                     for target in &targets {
                         match self.sync_one(target, &leases, &mut identifiers).await {
-                            Some(n) => created += n,
+                            Some((n, d)) => {
+                                created += n;
+                                draining |= d;
+                            }
                             None => return,
                         }
                     }
@@ -147,15 +155,17 @@ impl ShardSync {
         Some((targets, Some(now_tracked)))
     }
 
-    /// Creates the leases of one stream's new shards; returns how many, or `None` when the
-    /// (single) stream failed for good and the sync stops.
+    /// Creates the leases of one stream's new shards; returns how many and whether the stream
+    /// is draining (every shard closed, some lease unfinished), or `None` when the (single)
+    /// stream failed for good and the sync stops. A drained stream (every shard closed and
+    /// read to its end) is asked whether it ended for good (a disabled DynamoDB stream: fatal).
     async fn sync_one(
         &self,
         target: &SyncTarget,
         leases: &[kcl_lease::Lease],
         identifiers: &mut HashMap<String, StreamIdentifier>,
-    ) -> Option<usize> {
-        let result = sync_stream(
+    ) -> Option<(usize, bool)> {
+        let result = sync_stream_drain(
             &*self.backend,
             &*self.store,
             leases,
@@ -165,7 +175,12 @@ impl ShardSync {
         )
         .await;
         let e = match result {
-            Ok(n) => return Some(n),
+            Ok((n, Drain::Open)) => return Some((n, false)),
+            Ok((n, Drain::Draining)) => return Some((n, true)),
+            Ok((n, Drain::Drained)) => match self.backend.check_stream_ended(&target.name).await {
+                Ok(()) => return Some((n, false)),
+                Err(e) => KclError::Backend(e),
+            },
             Err(e) => e,
         };
         match (&target.id, e) {
@@ -186,7 +201,7 @@ impl ShardSync {
                     .error(None, format_args!("shard sync of {} failed: {e}", target.name));
             }
         }
-        Some(0)
+        Some((0, false))
     }
 
     /// The tracked streams with their identifiers. A stream whose identifier cannot be looked

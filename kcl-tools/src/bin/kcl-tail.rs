@@ -23,6 +23,10 @@
 //!  "approximate_creation_time":"2026-12-06T13:44:14Z","shard_id":"shardId-...","stream_arn":"arn:aws:dynamodb:..."}
 //! ```
 //!
+//! A DynamoDB stream disabled while kcl-tail reads it is read to its end (every change made
+//! before the disabling is printed); then kcl-tail exits with status 1 and one line naming the
+//! stream's ARN and the table's newer stream, if any (`FatalError::StreamDisabled`).
+//!
 //! Each batch is written and flushed before it is checkpointed, so a restart continues after
 //! the last line written (at-least-once). SIGTERM or SIGINT shut it down gracefully: the leases
 //! are checkpointed and released for the other workers.

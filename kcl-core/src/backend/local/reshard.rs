@@ -114,7 +114,7 @@ impl StreamState {
     /// Closes the (open, existing) shards: their ending sequence number is the last one issued
     /// in the stream, or their starting one if none was issued since. The counter moves past
     /// it, so children start strictly after their parents end.
-    fn close(&mut self, ids: &[&str], now: Instant) {
+    pub(super) fn close(&mut self, ids: &[&str], now: Instant) {
         let last_issued = self.next_seq - 1;
         for id in ids {
             if let Some(shard) = self.shards.get_mut(*id) {

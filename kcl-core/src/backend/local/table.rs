@@ -17,6 +17,12 @@
 //! same item, a delete of a missing one) writes no record. The records' partition key is the
 //! item's `Keys` in DynamoDB JSON.
 //!
+//! [`LocalBackend::disable_stream`] disables a table's stream as `UpdateTable` with
+//! `StreamEnabled: false` does: its open shards close (their records stay readable), later
+//! writes go to no stream, and the scheduler, once every shard is read to its end, stops with
+//! [`BackendError::StreamDisabled`] ([`crate::StreamBackend::check_stream_ended`]);
+//! [`LocalBackend::enable_stream`] gives the table a new stream, with a new ARN.
+//!
 //! Lock order: the tables, then the streams; the item changes only once its record is stored.
 
 use std::collections::BTreeMap;
@@ -28,7 +34,7 @@ use tokio::time::Instant;
 
 use super::stream::ShardIds;
 use super::{invalid, partition_key_hash, trunc, LocalBackend, LOCAL_ACCOUNT};
-use crate::backend::BackendError;
+use crate::backend::{BackendError, StreamDisabled, StreamEnd};
 use crate::dynamodb_streams::{
     is_table_name, item_to_dynamodb_json, AttributeValue, ChangeRecord, EventName, Item, StreamViewType,
     UserIdentity, EVENT_SOURCE, EVENT_VERSION,
@@ -78,7 +84,12 @@ impl KeySchema {
 pub(super) struct TableState {
     key_schema: KeySchema,
     view: StreamViewType,
+    /// The latest stream (`LatestStreamArn`).
     stream_arn: String,
+    /// Whether the latest stream is enabled (changes are written to it).
+    stream_enabled: bool,
+    /// The streams disabled before the latest one.
+    former_streams: Vec<String>,
     /// Items by their key in DynamoDB JSON (compact, attributes in name order).
     items: BTreeMap<String, Item>,
 }
@@ -134,26 +145,126 @@ impl LocalBackend {
         if tables.contains_key(table) {
             return Err(invalid(format!("table {table} already exists")));
         }
-        let stream_arn = format!(
-            "arn:aws:dynamodb:{LOCAL_REGION}:{LOCAL_ACCOUNT}:table/{table}/stream/{}",
-            stream_label(SystemTime::now())
-        );
-        self.create_stream_with(&stream_arn, shard_count, ShardIds::DynamoDb { last_millis: 0 })?;
+        let stream_arn = self.new_table_stream(table, shard_count)?;
         tables.insert(
             table.to_owned(),
             TableState {
                 key_schema,
                 view,
                 stream_arn: stream_arn.clone(),
+                stream_enabled: true,
+                former_streams: Vec::new(),
                 items: BTreeMap::new(),
             },
         );
         Ok(stream_arn)
     }
 
-    /// The ARN of the table's stream (`LatestStreamArn`).
+    /// Creates a stream for `table`, labelled with the time (a millisecond later than any
+    /// stream of the same name already there); returns its ARN.
+    fn new_table_stream(&self, table: &str, shard_count: usize) -> Result<String, BackendError> {
+        let mut at = SystemTime::now();
+        let existing = self.stream_names();
+        let stream_arn = loop {
+            let arn = format!(
+                "arn:aws:dynamodb:{LOCAL_REGION}:{LOCAL_ACCOUNT}:table/{table}/stream/{}",
+                stream_label(at)
+            );
+            if !existing.contains(&arn) {
+                break arn;
+            }
+            at += std::time::Duration::from_millis(1);
+        };
+        self.create_stream_with(&stream_arn, shard_count, ShardIds::DynamoDb { last_millis: 0 })?;
+        Ok(stream_arn)
+    }
+
+    /// The ARN of the table's stream (`LatestStreamArn`; it stays the disabled stream's after
+    /// [`LocalBackend::disable_stream`], until a new one is enabled).
     pub fn table_stream_arn(&self, table: &str) -> Result<String, BackendError> {
         self.with_table(table, |t| Ok(t.stream_arn.clone()))
+    }
+
+    /// Whether the table's latest stream is enabled (`StreamSpecification.StreamEnabled`).
+    pub fn table_stream_enabled(&self, table: &str) -> Result<bool, BackendError> {
+        self.with_table(table, |t| Ok(t.stream_enabled))
+    }
+
+    /// Disables the table's stream, as `UpdateTable` with `StreamEnabled: false` does: every
+    /// open shard closes (what it holds stays readable, to its end), and later writes to the
+    /// table go to no stream. Returns the disabled stream's ARN. Fails if the stream is
+    /// disabled already.
+    pub fn disable_stream(&self, table: &str) -> Result<String, BackendError> {
+        let mut tables = self.lock_tables();
+        let t = tables
+            .get_mut(table)
+            .ok_or_else(|| invalid(format!("table {} not found", trunc(table))))?;
+        if !t.stream_enabled {
+            return Err(invalid(format!(
+                "the stream of table {table} is disabled already"
+            )));
+        }
+        self.with_stream(&t.stream_arn, |s, now| {
+            let open: Vec<String> = s
+                .shards
+                .values()
+                .filter(|sh| sh.end.is_none())
+                .map(|sh| sh.shard.shard_id.clone())
+                .collect();
+            let ids: Vec<&str> = open.iter().map(String::as_str).collect();
+            s.close(&ids, now);
+            Ok(())
+        })?;
+        t.stream_enabled = false;
+        self.changed();
+        Ok(t.stream_arn.clone())
+    }
+
+    /// Enables a new stream on a table whose stream is disabled (`UpdateTable` with
+    /// `StreamEnabled: true`): a new stream with a new ARN (the table's `LatestStreamArn`) and
+    /// `shard_count` new shards, capturing `view`; the old one stays readable. Returns the new
+    /// ARN.
+    pub fn enable_stream(
+        &self,
+        table: &str,
+        view: StreamViewType,
+        shard_count: usize,
+    ) -> Result<String, BackendError> {
+        let mut tables = self.lock_tables();
+        let t = tables
+            .get_mut(table)
+            .ok_or_else(|| invalid(format!("table {} not found", trunc(table))))?;
+        if t.stream_enabled {
+            return Err(invalid(format!("table {table} has an enabled stream already")));
+        }
+        let arn = self.new_table_stream(table, shard_count)?;
+        let former = std::mem::replace(&mut t.stream_arn, arn.clone());
+        t.former_streams.push(former);
+        t.stream_enabled = true;
+        t.view = view;
+        Ok(arn)
+    }
+
+    /// [`crate::StreamBackend::check_stream_ended`] for the local backend: a disabled table
+    /// stream has ended ([`BackendError::StreamDisabled`], naming the table's newer stream if
+    /// one is enabled); any other stream has not.
+    pub(super) fn table_stream_ended(&self, stream: &str) -> Result<(), BackendError> {
+        let tables = self.lock_tables();
+        for t in tables.values() {
+            let latest = t.stream_arn == stream;
+            if !latest && !t.former_streams.iter().any(|f| f == stream) {
+                continue;
+            }
+            if latest && t.stream_enabled {
+                return Ok(());
+            }
+            return Err(BackendError::StreamDisabled(StreamDisabled {
+                stream: stream.to_owned(),
+                end: StreamEnd::Disabled,
+                latest_stream_arn: (!latest && t.stream_enabled).then(|| t.stream_arn.clone()),
+            }));
+        }
+        Ok(())
     }
 
     /// Writes an item (`PutItem`), replacing any item with the same key; returns the old item.
@@ -296,7 +407,7 @@ impl LocalBackend {
             };
             Bytes::from(record.to_bytes())
         };
-        {
+        if t.stream_enabled {
             let mut streams = self.lock();
             let stream = streams
                 .get_mut(&t.stream_arn)
@@ -565,6 +676,60 @@ mod tests {
             Err(BackendError::InvalidArgument(_))
         ));
         assert!(b.scan("tab").unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_disabled_stream_closes_its_shards_keeps_its_records_and_names_the_newer_one() {
+        let b = LocalBackend::new();
+        let arn = b
+            .create_table("orders", KeySchema::hash("pk"), StreamViewType::NewImage, 2)
+            .unwrap();
+        let put = |v: i64| {
+            b.put_item("orders", item(&[("pk", s("a")), ("v", AttributeValue::n(v))]))
+                .unwrap();
+        };
+        put(1);
+        put(2);
+        b.table_stream_ended(&arn).unwrap();
+        assert_eq!(b.disable_stream("orders").unwrap(), arn);
+        assert!(matches!(
+            b.disable_stream("orders"),
+            Err(BackendError::InvalidArgument(_))
+        ));
+        assert!(!b.table_stream_enabled("orders").unwrap());
+        assert!(b.shards(&arn).unwrap().iter().all(|sh| !sh.is_open()));
+        // The records stay readable, to each shard's end; a write now goes to no stream, but
+        // the table changes.
+        put(3);
+        assert_eq!(changes(&b, &arn).await.len(), 2);
+        assert_eq!(b.scan("orders").unwrap()[0]["v"], AttributeValue::n(3));
+        let ended = |stream: &str| match b.table_stream_ended(stream) {
+            Err(BackendError::StreamDisabled(d)) => d,
+            other => panic!("{other:?}"),
+        };
+        let d = ended(&arn);
+        assert_eq!(
+            (d.stream.as_str(), d.end, d.latest_stream_arn),
+            (arn.as_str(), StreamEnd::Disabled, None)
+        );
+        // A new stream: a new ARN, the latest; the old one names it.
+        let newer = b
+            .enable_stream("orders", StreamViewType::NewAndOldImages, 1)
+            .unwrap();
+        assert_ne!(newer, arn);
+        assert_eq!(b.table_stream_arn("orders").unwrap(), newer);
+        assert!(matches!(
+            b.enable_stream("orders", StreamViewType::NewImage, 1),
+            Err(BackendError::InvalidArgument(_))
+        ));
+        assert_eq!(ended(&arn).latest_stream_arn.as_deref(), Some(newer.as_str()));
+        b.table_stream_ended(&newer).unwrap();
+        put(4);
+        let got = changes(&b, &newer).await;
+        assert_eq!(got.len(), 1);
+        assert!(got[0].old_image.is_some(), "the new stream's view type");
+        // Streams of no table never end this way.
+        b.table_stream_ended("a-kinesis-stream").unwrap();
     }
 
     #[test]
