@@ -434,10 +434,47 @@ fn sim_many_seeds_per_fault_class() {
     assert_eq!(failed, 0);
 }
 
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|s| s.parse().ok())
+}
+
+/// A sweep of a seed range with the processes' own clocks: `SIM_FROM` (0) to `SIM_SEEDS`
+/// (1000) seeds, `SIM_RENEWAL` (both modes), `SIM_WORKERS` and `SIM_SHARDS` (8 and 32, as
+/// `kcl-bench simulate`), `SIM_DRIFT_PPM` (the default bound, ±1 %); every fault class. Prints
+/// every violation and the runs per second; fails if any seed violated.
+#[test]
+#[ignore = "a long sweep (SIM_FROM, SIM_SEEDS, SIM_RENEWAL, SIM_WORKERS, SIM_SHARDS, SIM_DRIFT_PPM)"]
+fn sim_sweep_seed_range() {
+    let from = env_u64("SIM_FROM").unwrap_or(0);
+    let n = env_u64("SIM_SEEDS").unwrap_or(1000);
+    let modes = match std::env::var("SIM_RENEWAL").ok().and_then(|s| s.parse().ok()) {
+        Some(renewal) => vec![renewal],
+        None => vec![LeaseRenewal::PerLease, LeaseRenewal::Worker],
+    };
+    let mut violations = Vec::new();
+    for renewal in modes {
+        let mut config = SimConfig::new(renewal).with_fleet(
+            env_u64("SIM_WORKERS").unwrap_or(8) as usize,
+            env_u64("SIM_SHARDS").unwrap_or(32) as usize,
+        );
+        if let Some(ppm) = env_u64("SIM_DRIFT_PPM") {
+            config = config.with_clock_drift_ppm(ppm as u32);
+        }
+        violations.extend(
+            sweep(&config, from..from + n)
+                .violations
+                .into_iter()
+                .map(|v| (v.seed, renewal, v.invariant)),
+        );
+    }
+    assert!(violations.is_empty(), "violating seeds: {violations:?}");
+}
+
 /// Prints the lease events of one run: `SIM_SEED=7 SIM_RENEWAL=worker cargo test ...
 /// sim_print_one_seed -- --ignored --nocapture` (`SIM_FAULTS=crash,pause` to choose classes;
 /// `SIM_BATCHES=1` to print batches too, `SIM_TRACE=1` to log and print every store call,
-/// `SIM_WORKERS=8 SIM_SHARDS=32` for `kcl-bench simulate`'s fleet).
+/// `SIM_WORKERS=8 SIM_SHARDS=32` for `kcl-bench simulate`'s fleet, `SIM_DRIFT_PPM=50000` for
+/// clock rates within ±5 %).
 #[test]
 #[ignore = "a tool: prints one seed's events"]
 fn sim_print_one_seed() {
@@ -462,6 +499,9 @@ fn sim_print_one_seed() {
                 .into_iter()
                 .filter(|c| classes.split(',').any(|n| n == c.name())),
         );
+    }
+    if let Some(ppm) = env_u64("SIM_DRIFT_PPM") {
+        config = config.with_clock_drift_ppm(ppm as u32);
     }
     let batches = std::env::var("SIM_BATCHES").is_ok();
     config.trace_calls = std::env::var("SIM_TRACE").is_ok();
