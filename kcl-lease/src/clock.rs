@@ -135,14 +135,18 @@ impl Interval {
 /// clock and stands still while the host is suspended; its boot clock goes on meanwhile (the
 /// gap between the two is what [`crate::suspend::SuspendDetector`] watches). While the process
 /// is paused or suspended, its timers do not fire: they fire when it resumes, if due by then.
-/// Instants of this clock start equal to Tokio's when it is made; they are meaningful only to
-/// the process that owns the clock.
+/// A pause or suspend ends by itself at the Tokio instant it was given (a driver that awaits
+/// the process meanwhile never deadlocks on its held timers), or earlier with
+/// [`ProcessClock::resume`]. Instants of this clock start equal to Tokio's when it is made;
+/// they are meaningful only to the process that owns the clock.
 #[cfg(feature = "testing")]
 #[derive(Debug)]
 pub(crate) struct ProcessClock {
     state: Mutex<ProcessState>,
-    /// Bumped at every change of rate, suspend or pause: sleepers recompute their deadline.
-    changed: tokio::sync::watch::Sender<u64>,
+    /// Notified at every change of suspend or pause: sleepers recompute their deadline. A
+    /// `Notify`, not a `watch` channel: a channel's receivers are woken in an order drawn
+    /// from the runtime's random generator, and a run would not replay exactly.
+    changed: tokio::sync::Notify,
 }
 
 #[cfg(feature = "testing")]
@@ -152,31 +156,45 @@ struct ProcessState {
     local: Instant,
     anchor: Instant,
     rate: f64,
-    /// The monotonic clock stands still (the host is suspended).
-    stopped: bool,
-    /// Timers do not fire (the process is paused or suspended).
-    held: bool,
+    /// The monotonic clock stands still until then (Tokio's time: the host is suspended).
+    stopped_until: Option<Instant>,
+    /// Timers do not fire until then (Tokio's time: the process is paused or suspended).
+    held_until: Option<Instant>,
     /// Boot time minus monotonic time, as of `anchor`.
     gap: Duration,
 }
 
 #[cfg(feature = "testing")]
 impl ProcessState {
-    fn elapsed(&self, real: Instant) -> Duration {
+    fn scaled(&self, real: Instant) -> Duration {
         real.saturating_duration_since(self.anchor).mul_f64(self.rate)
     }
 
-    fn now(&self, real: Instant) -> Instant {
-        if self.stopped {
-            self.local
-        } else {
-            self.local + self.elapsed(real)
+    /// Ends a suspend or pause whose end has come by `real`.
+    fn settle(&mut self, real: Instant) {
+        if let Some(until) = self.stopped_until.filter(|until| *until <= real) {
+            self.gap += self.scaled(until);
+            self.anchor = self.anchor.max(until);
+            self.stopped_until = None;
+        }
+        if self.held_until.is_some_and(|until| until <= real) {
+            self.held_until = None;
         }
     }
 
+    /// The monotonic time at `real` (settled).
+    fn now(&self, real: Instant) -> Instant {
+        if self.stopped_until.is_some() {
+            self.local
+        } else {
+            self.local + self.scaled(real)
+        }
+    }
+
+    /// Boot minus monotonic time at `real` (settled).
     fn gap(&self, real: Instant) -> Duration {
-        if self.stopped {
-            self.gap + self.elapsed(real)
+        if self.stopped_until.is_some() {
+            self.gap + self.scaled(real)
         } else {
             self.gap
         }
@@ -184,6 +202,7 @@ impl ProcessState {
 
     /// Moves the anchor to `real` (before a change of the clock's state).
     fn reanchor(&mut self, real: Instant) {
+        self.settle(real);
         self.local = self.now(real);
         self.gap = self.gap(real);
         self.anchor = real;
@@ -200,96 +219,98 @@ impl ProcessClock {
                 local: now,
                 anchor: now,
                 rate,
-                stopped: false,
-                held: false,
+                stopped_until: None,
+                held_until: None,
                 gap: Duration::ZERO,
             }),
-            changed: tokio::sync::watch::channel(0).0,
+            changed: tokio::sync::Notify::new(),
         }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, ProcessState> {
-        self.state
+    /// The state, settled as of now (and now, Tokio's).
+    fn state(&self) -> (std::sync::MutexGuard<'_, ProcessState>, Instant) {
+        let mut state = self
+            .state
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let real = Instant::now();
+        state.settle(real);
+        (state, real)
     }
 
-    fn change(&self, f: impl FnOnce(&mut ProcessState)) {
+    fn change(&self, f: impl FnOnce(&mut ProcessState, Instant)) {
         {
-            let mut state = self.state();
-            state.reanchor(Instant::now());
-            f(&mut state);
+            let (mut state, real) = self.state();
+            state.reanchor(real);
+            f(&mut state, real);
         }
-        self.changed.send_modify(|n| *n += 1);
+        self.changed.notify_waiters();
     }
 
     /// The process's monotonic time now.
     pub(crate) fn now(&self) -> Instant {
-        self.state().now(Instant::now())
+        let (state, real) = self.state();
+        state.now(real)
     }
 
-    /// Boot time minus monotonic time: how long the host has been suspended (scaled by the
-    /// clock's rate), for [`crate::suspend::SuspendDetector`].
+    /// Boot time minus monotonic time: how long the host has been suspended (at the clock's
+    /// rate), for [`crate::suspend::SuspendDetector`].
     pub(crate) fn suspended_gap(&self) -> Duration {
-        self.state().gap(Instant::now())
+        let (state, real) = self.state();
+        state.gap(real)
     }
 
     /// The clock's rate.
     pub(crate) fn rate(&self) -> f64 {
-        self.state().rate
+        self.state().0.rate
     }
 
-    /// The host is suspended (`true`: the monotonic clock stops, the boot clock goes on, no
-    /// timer fires) or resumes.
-    pub(crate) fn set_suspended(&self, suspended: bool) {
-        self.change(|s| {
-            s.stopped = suspended;
-            s.held = suspended;
+    /// The host is suspended for `length` (Tokio's time): the monotonic clock stops, the boot
+    /// clock goes on, no timer fires.
+    pub(crate) fn suspend(&self, length: Duration) {
+        self.change(|s, real| {
+            s.stopped_until = Some(real + length);
+            s.held_until = s.held_until.max(Some(real + length));
         });
     }
 
-    /// The process is paused (`true`: its clocks go on, its timers do not fire) or resumes.
-    pub(crate) fn set_paused(&self, paused: bool) {
-        self.change(|s| s.held = paused);
+    /// The process is paused for `length` (Tokio's time): its clocks go on, its timers do not
+    /// fire.
+    pub(crate) fn pause(&self, length: Duration) {
+        self.change(|s, real| s.held_until = s.held_until.max(Some(real + length)));
     }
 
-    /// Back to normal: running, not held (the quiet phase).
+    /// Ends a suspend or pause now (the quiet phase).
     pub(crate) fn resume(&self) {
-        self.change(|s| {
-            s.stopped = false;
-            s.held = false;
+        self.change(|s, _| {
+            s.stopped_until = None;
+            s.held_until = None;
         });
     }
 
     /// Waits until this clock reads `at` or later, and the process is not held.
     pub(crate) async fn sleep_until(&self, at: Instant) {
-        let mut changed = self.changed.subscribe();
         loop {
+            // Before the state is read: a change from now on wakes it.
+            let changed = self.changed.notified();
             let wake = {
-                let state = self.state();
-                let real = Instant::now();
-                if state.held || state.stopped {
-                    None
-                } else {
-                    let now = state.now(real);
-                    if now >= at {
-                        return;
+                let (state, real) = self.state();
+                match (state.held_until, state.stopped_until) {
+                    (Some(until), _) | (None, Some(until)) => until,
+                    (None, None) => {
+                        let now = state.now(real);
+                        if now >= at {
+                            return;
+                        }
+                        // Rounded up: a wake-up a little early only loops once more.
+                        real + (at - now).div_f64(state.rate) + Duration::from_nanos(1)
                     }
-                    // Rounded up: a wake-up a little early only loops once more.
-                    Some(real + (at - now).div_f64(state.rate) + Duration::from_nanos(1))
                 }
             };
-            match wake {
-                None => {
-                    let _ = changed.changed().await;
-                }
-                Some(real) => {
-                    tokio::select! {
-                        biased;
-                        () = tokio::time::sleep_until(real) => {}
-                        _ = changed.changed() => {}
-                    }
-                }
+            tokio::select! {
+                biased;
+                () = tokio::time::sleep_until(wake) => {}
+                () = changed => {}
             }
         }
     }
@@ -306,12 +327,11 @@ mod tests {
         let t0 = c.now();
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(c.now() - t0, Duration::from_millis(10_100));
-        clock.set_suspended(true);
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        clock.suspend(Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_secs(4)).await;
         assert_eq!(c.now() - t0, Duration::from_millis(10_100));
-        assert_eq!(clock.suspended_gap(), Duration::from_millis(5_050));
-        clock.set_suspended(false);
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(clock.suspended_gap(), Duration::from_millis(4_040));
+        tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(c.now() - t0, Duration::from_millis(11_110));
         assert_eq!(clock.suspended_gap(), Duration::from_millis(5_050));
     }
@@ -327,9 +347,7 @@ mod tests {
             let clock = clock.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                clock.set_paused(true);
-                tokio::time::sleep(Duration::from_secs(10)).await;
-                clock.set_paused(false);
+                clock.pause(Duration::from_secs(10));
             })
         };
         let real = Instant::now();

@@ -475,7 +475,11 @@ impl LeaseCoordinator {
                 self.nudge_pending.store(true, Ordering::SeqCst);
                 return;
             }
-            workers.known().filter(|w| *w != me).map(str::to_owned).collect()
+            let mut targets: Vec<String> = workers.known().filter(|w| *w != me).map(str::to_owned).collect();
+            // In id order, not `HashMap` order: a simulated run replays exactly (found by the
+            // simulator's replays once its processes' clocks had rates of their own).
+            targets.sort_unstable();
+            targets
         };
         // Every nudge is a write of its own: a bounded number in flight.
         let mut calls = JoinSet::new();

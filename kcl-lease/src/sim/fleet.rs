@@ -822,7 +822,7 @@ impl Fleet {
                     .record(&name, EventKind::Scenario, "", format!("pause for {length:?}"));
                 *lock(&self.processes[i].ctx.resume_at) = Some(Instant::now() + length);
                 self.update_faults(i, |f| f.suspended = Some(length));
-                self.processes[i].ctx.clock.set_paused(true);
+                self.processes[i].ctx.clock.pause(length);
                 self.schedule(now + length, Action::Resume { name });
             }
             Action::Suspend { pick, length } => {
@@ -840,7 +840,7 @@ impl Fleet {
                 );
                 *lock(&self.processes[i].ctx.resume_at) = Some(Instant::now() + length);
                 self.update_faults(i, |f| f.suspended = Some(length));
-                self.processes[i].ctx.clock.set_suspended(true);
+                self.processes[i].ctx.clock.suspend(length);
                 self.schedule(now + length, Action::Resume { name });
             }
             Action::Resume { name } => {

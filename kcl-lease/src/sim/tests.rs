@@ -532,13 +532,25 @@ fn sim_diff_one_seed() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(LeaseRenewal::PerLease);
-    let config = SimConfig::new(renewal);
+    let mut config = SimConfig::new(renewal);
+    if let Some(ppm) = env_u64("SIM_DRIFT_PPM") {
+        config = config.with_clock_drift_ppm(ppm as u32);
+    }
+    if let Ok(classes) = std::env::var("SIM_FAULTS") {
+        config = config.with_faults(
+            FaultClass::ALL
+                .into_iter()
+                .filter(|c| classes.split(',').any(|n| n == c.name())),
+        );
+    }
+    config.trace_calls = std::env::var("SIM_TRACE").is_ok();
     let (a, log_a) = run_seed_logged(seed, &config);
     let (b, log_b) = run_seed_logged(seed, &config);
     let (ca, cb) = (canonical(&log_a), canonical(&log_b));
     match ca.iter().zip(&cb).position(|(x, y)| x != y) {
         Some(i) => {
-            for j in i.saturating_sub(5)..(i + 5).min(ca.len()).min(cb.len()) {
+            let context = env_u64("SIM_CONTEXT").unwrap_or(5) as usize;
+            for j in i.saturating_sub(context)..(i + context).min(ca.len()).min(cb.len()) {
                 println!("{}\n{}\n", ca[j], cb[j]);
             }
         }
