@@ -40,6 +40,13 @@ const SLOW_REPLY_MAX: f64 = 0.05;
 /// The largest chance of a batch being slow in the faulty phase ([`FaultClass::SlowBatch`]).
 const SLOW_BATCH_MAX: f64 = 0.05;
 
+thread_local! {
+    /// Tests: the processes' suspend detectors see nothing (as on a host without
+    /// `CLOCK_BOOTTIME`), to show what a suspend does without them. Read as a process starts,
+    /// on the thread that runs the seed.
+    pub(crate) static BLIND_SUSPEND_DETECTOR: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Runs one seed and returns its summary, or the first invariant it violated.
 ///
 /// Builds its own current-thread runtime with paused time: call it from a plain thread (a
@@ -650,7 +657,8 @@ impl Fleet {
         let clock = Arc::new(ProcessClock::new(1.0 + drift * (2.0 * unit - 1.0)));
         let gap = {
             let clock = clock.clone();
-            Arc::new(move || Some(clock.suspended_gap()))
+            let blind = BLIND_SUSPEND_DETECTOR.with(std::cell::Cell::get);
+            Arc::new(move || (!blind).then(|| clock.suspended_gap()))
         };
         let liveness =
             Liveness::with_suspend_detector(config.leases.renewal, SuspendDetector::with_shared_source(gap))

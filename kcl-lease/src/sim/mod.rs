@@ -89,8 +89,8 @@ pub use store::{SimLeaseStore, WorkerFaults};
 
 use crate::heartbeat::LeaseRenewal;
 
-/// The default bound of the processes' clock rates: ±1 % ([`SimConfig::clock_drift_ppm`]).
-pub const DEFAULT_CLOCK_DRIFT_PPM: u32 = 10_000;
+/// The default bound of the processes' clock rates: ±1 % (see `SimConfig::clock_drift_ppm`).
+const DEFAULT_CLOCK_DRIFT_PPM: u32 = 10_000;
 
 /// A class of fault or scenario event the simulator can inject.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

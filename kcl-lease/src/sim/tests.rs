@@ -440,11 +440,13 @@ fn env_u64(name: &str) -> Option<u64> {
 
 /// A sweep of a seed range with the processes' own clocks: `SIM_FROM` (0) to `SIM_SEEDS`
 /// (1000) seeds, `SIM_RENEWAL` (both modes), `SIM_WORKERS` and `SIM_SHARDS` (8 and 32, as
-/// `kcl-bench simulate`), `SIM_DRIFT_PPM` (the default bound, ±1 %); every fault class. Prints
-/// every violation and the runs per second; fails if any seed violated.
+/// `kcl-bench simulate`), `SIM_DRIFT_PPM` (the default bound, ±1 %), `SIM_FAULTS` (every
+/// class), `SIM_BLIND=1` (suspend detectors that see nothing). Prints every violation and the
+/// runs per second; fails if any seed violated.
 #[test]
-#[ignore = "a long sweep (SIM_FROM, SIM_SEEDS, SIM_RENEWAL, SIM_WORKERS, SIM_SHARDS, SIM_DRIFT_PPM)"]
+#[ignore = "a long sweep (SIM_FROM, SIM_SEEDS, SIM_RENEWAL, SIM_WORKERS, SIM_SHARDS, SIM_DRIFT_PPM, SIM_FAULTS, SIM_BLIND)"]
 fn sim_sweep_seed_range() {
+    super::fleet::BLIND_SUSPEND_DETECTOR.with(|b| b.set(std::env::var("SIM_BLIND").is_ok()));
     let from = env_u64("SIM_FROM").unwrap_or(0);
     let n = env_u64("SIM_SEEDS").unwrap_or(1000);
     let modes = match std::env::var("SIM_RENEWAL").ok().and_then(|s| s.parse().ok()) {
@@ -459,6 +461,13 @@ fn sim_sweep_seed_range() {
         );
         if let Some(ppm) = env_u64("SIM_DRIFT_PPM") {
             config = config.with_clock_drift_ppm(ppm as u32);
+        }
+        if let Ok(classes) = std::env::var("SIM_FAULTS") {
+            config = config.with_faults(
+                FaultClass::ALL
+                    .into_iter()
+                    .filter(|c| classes.split(',').any(|n| n == c.name())),
+            );
         }
         violations.extend(
             sweep(&config, from..from + n)
