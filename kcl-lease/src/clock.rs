@@ -6,10 +6,10 @@
 //! Every decision on validity, expiry and death is taken in this clock's time: the
 //! coordinator's "now", its renewal and heartbeat intervals, its watch timers, its call
 //! timeouts, a held lease's validity and its hand-off deadline. Production code pays one
-//! branch on an `Option` that is always `None` (and nothing at all without `testing`).
+//! branch on an `Option` that is always `None` (nothing at all without the `testing` feature).
 
 use std::future::Future;
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use tokio::time::Instant;
 /// The source of "now" and of timers for one process (see the module docs).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Clock {
-    #[cfg(feature = "testing")]
+    #[cfg(any(test, feature = "testing"))]
     process: Option<Arc<ProcessClock>>,
 }
 
@@ -28,7 +28,7 @@ pub(crate) struct Elapsed;
 
 impl Clock {
     /// A process's own clock (the simulator).
-    #[cfg(feature = "testing")]
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn process(clock: Arc<ProcessClock>) -> Self {
         Self { process: Some(clock) }
     }
@@ -36,7 +36,7 @@ impl Clock {
     /// The current instant.
     #[inline]
     pub(crate) fn now(&self) -> Instant {
-        #[cfg(feature = "testing")]
+        #[cfg(any(test, feature = "testing"))]
         if let Some(clock) = &self.process {
             return clock.now();
         }
@@ -45,7 +45,7 @@ impl Clock {
 
     /// Waits until `at` (in this clock's time).
     pub(crate) async fn sleep_until(&self, at: Instant) {
-        #[cfg(feature = "testing")]
+        #[cfg(any(test, feature = "testing"))]
         if let Some(clock) = &self.process {
             return clock.sleep_until(at).await;
         }
@@ -54,7 +54,7 @@ impl Clock {
 
     /// Waits for `duration` (in this clock's time).
     pub(crate) async fn sleep(&self, duration: Duration) {
-        #[cfg(feature = "testing")]
+        #[cfg(any(test, feature = "testing"))]
         if let Some(clock) = &self.process {
             return clock.sleep_until(clock.now() + duration).await;
         }
@@ -64,7 +64,7 @@ impl Clock {
     /// `future`'s output, or [`Elapsed`] if it did not complete within `limit` (as
     /// `tokio::time::timeout`: the future is polled first).
     pub(crate) async fn timeout<F: Future>(&self, limit: Duration, future: F) -> Result<F::Output, Elapsed> {
-        #[cfg(feature = "testing")]
+        #[cfg(any(test, feature = "testing"))]
         if let Some(clock) = &self.process {
             let deadline = clock.now() + limit;
             return tokio::select! {
@@ -79,7 +79,7 @@ impl Clock {
     /// An interval of `period` whose first tick completes at once and whose missed ticks are
     /// delayed (`MissedTickBehavior::Delay`).
     pub(crate) fn interval(&self, period: Duration) -> Interval {
-        #[cfg(feature = "testing")]
+        #[cfg(any(test, feature = "testing"))]
         if let Some(clock) = &self.process {
             return Interval(IntervalInner::Process {
                 clock: clock.clone(),
@@ -100,7 +100,7 @@ pub(crate) struct Interval(IntervalInner);
 #[derive(Debug)]
 enum IntervalInner {
     Tokio(tokio::time::Interval),
-    #[cfg(feature = "testing")]
+    #[cfg(any(test, feature = "testing"))]
     Process {
         clock: Arc<ProcessClock>,
         next: Instant,
@@ -116,7 +116,7 @@ impl Interval {
             IntervalInner::Tokio(interval) => {
                 interval.tick().await;
             }
-            #[cfg(feature = "testing")]
+            #[cfg(any(test, feature = "testing"))]
             IntervalInner::Process { clock, next, period } => {
                 clock.sleep_until(*next).await;
                 // As Tokio's `MissedTickBehavior::Delay` (a tick counts as missed 5 ms late).
@@ -139,7 +139,7 @@ impl Interval {
 /// the process meanwhile never deadlocks on its held timers), or earlier with
 /// [`ProcessClock::resume`]. Instants of this clock start equal to Tokio's when it is made;
 /// they are meaningful only to the process that owns the clock.
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug)]
 pub(crate) struct ProcessClock {
     state: Mutex<ProcessState>,
@@ -149,7 +149,7 @@ pub(crate) struct ProcessClock {
     changed: tokio::sync::Notify,
 }
 
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug)]
 struct ProcessState {
     /// This clock's reading at `anchor` (Tokio's time).
@@ -164,7 +164,7 @@ struct ProcessState {
     gap: Duration,
 }
 
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 impl ProcessState {
     fn scaled(&self, real: Instant) -> Duration {
         real.saturating_duration_since(self.anchor).mul_f64(self.rate)
@@ -209,7 +209,7 @@ impl ProcessState {
     }
 }
 
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 impl ProcessClock {
     /// A clock running at `rate` times Tokio's (1.0: the same), reading Tokio's time now.
     pub(crate) fn new(rate: f64) -> Self {
@@ -316,7 +316,7 @@ impl ProcessClock {
     }
 }
 
-#[cfg(all(test, feature = "testing"))]
+#[cfg(test)]
 mod tests {
     use super::*;
 

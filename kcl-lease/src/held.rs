@@ -113,7 +113,7 @@ impl Liveness {
     }
 
     /// As it is, measuring time with `clock` (the simulator: a process's own clock).
-    #[cfg(feature = "testing")]
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self

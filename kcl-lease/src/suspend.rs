@@ -74,7 +74,7 @@ pub struct SuspendDetector {
 /// Where the gap is read from: a function, or (the simulator) a simulated process's clocks.
 enum Source {
     Fn(GapSource),
-    #[cfg(feature = "testing")]
+    #[cfg(any(test, feature = "testing"))]
     Shared(std::sync::Arc<dyn Fn() -> Option<Duration> + Send + Sync>),
 }
 
@@ -82,7 +82,7 @@ impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Source::Fn(source) => f.debug_tuple("Fn").field(source).finish(),
-            #[cfg(feature = "testing")]
+            #[cfg(any(test, feature = "testing"))]
             Source::Shared(_) => f.write_str("Shared"),
         }
     }
@@ -100,7 +100,7 @@ impl SuspendDetector {
     }
 
     /// A detector on a closure (the simulator: a process's own clocks).
-    #[cfg(feature = "testing")]
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn with_shared_source(
         source: std::sync::Arc<dyn Fn() -> Option<Duration> + Send + Sync>,
     ) -> Self {
@@ -119,7 +119,7 @@ impl SuspendDetector {
     fn gap(&self) -> Option<u64> {
         let gap = match &self.source {
             Source::Fn(source) => source(),
-            #[cfg(feature = "testing")]
+            #[cfg(any(test, feature = "testing"))]
             Source::Shared(source) => source(),
         };
         gap.map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1))
