@@ -67,7 +67,10 @@
 //! their own, so the fleet's and the scenario's draws are those of the seed before clocks); consumers are named by process, lease and count,
 //! not by the order they started in; the coordinator's `tokio::select!`s are `biased` (a
 //! plain one polls ready branches in an order seeded per runtime) and its leader cleans up
-//! stale heartbeat rows in id order (it used `HashMap` order). Store faults are drawn per call
+//! stale heartbeat rows in id order (it used `HashMap` order), and nudges the others in id
+//! order too (replays diverged on it once the clocks had rates); a process's clock wakes its
+//! sleepers with a `Notify`, not a `watch` channel (whose receivers wake in an order drawn
+//! from the runtime's random generator). Store faults are drawn per call
 //! *identity* (process, operation, lease, how many such calls before), not per call order,
 //! and eventually consistent reads pick a state by time, never between two writes of one
 //! instant. Replays compare [`canonical`] logs (sorted within each instant); 200 replays
