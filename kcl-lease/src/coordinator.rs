@@ -476,8 +476,8 @@ impl LeaseCoordinator {
                 return;
             }
             let mut targets: Vec<String> = workers.known().filter(|w| *w != me).map(str::to_owned).collect();
-            // In id order, not `HashMap` order: a simulated run replays exactly (found by the
-            // simulator's replays once its processes' clocks had rates of their own).
+            // In id order, not `HashMap` order: the calls are spawned in this order, and a
+            // simulated run must replay exactly.
             targets.sort_unstable();
             targets
         };

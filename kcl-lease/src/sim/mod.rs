@@ -68,7 +68,7 @@
 //! not by the order they started in; the coordinator's `tokio::select!`s are `biased` (a
 //! plain one polls ready branches in an order seeded per runtime) and its leader cleans up
 //! stale heartbeat rows in id order (it used `HashMap` order), and nudges the others in id
-//! order too (replays diverged on it once the clocks had rates); a process's clock wakes its
+//! order too (it spawned them in `HashMap` order); a process's clock wakes its
 //! sleepers with a `Notify`, not a `watch` channel (whose receivers wake in an order drawn
 //! from the runtime's random generator). Store faults are drawn per call
 //! *identity* (process, operation, lease, how many such calls before), not per call order,
