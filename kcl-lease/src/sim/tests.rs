@@ -395,17 +395,21 @@ fn sim_seeds_found_by_long_sweeps_stay_green() {
 }
 
 /// The coordinator's 2 % validity margin matters: with clock rates within ±5 % (two clocks up
-/// to 10 % apart), seed 96 (worker renewal; found by a 200-seed sweep, `SIM_DRIFT_PPM=50000`,
-/// the only one of the 400 in both modes) overlaps: w1 (rate 0.966) cannot write its
-/// heartbeat (its table unusable) and processes until its validity ends by its slow clock,
-/// after w4 (rate 1.046) judged it dead by its fast one and took its leases. With the default
-/// ±1 % the same seed violates nothing.
+/// to 10 % apart), these seeds overlap (found by sweeps, `SIM_DRIFT_PPM=50000`: 1 of seeds
+/// 0–199 and 5 of 200–2199 with worker renewal, 3 of 200–2199 with per-lease renewal). Seed 96,
+/// worker renewal: w1 (rate 0.966) cannot write its heartbeat (its table unusable) and
+/// processes until its validity ends by its slow clock, after w4 (rate 1.046) judged it dead by
+/// its fast one and took its leases. Seed 323, per-lease renewal: w2 (rate 0.978), its
+/// heartbeat table unusable, processes a lease that w1 (rate 1.030) found expired. With the
+/// default ±1 % the same seeds violate nothing.
 #[test]
 fn sim_clock_rates_beyond_the_margin_overlap() {
-    let config = SimConfig::new(LeaseRenewal::Worker);
-    let v = run_seed(96, &config.clone().with_clock_drift_ppm(50_000)).expect_err("rates ±5 % overlap");
-    assert_eq!(v.invariant, Invariant::Overlap, "{v}");
-    run_seed(96, &config).unwrap_or_else(|v| panic!("{v}"));
+    for (seed, renewal) in [(96, LeaseRenewal::Worker), (323, LeaseRenewal::PerLease)] {
+        let config = SimConfig::new(renewal);
+        let v = run_seed(seed, &config.clone().with_clock_drift_ppm(50_000)).expect_err("rates ±5 % overlap");
+        assert_eq!(v.invariant, Invariant::Overlap, "{v}");
+        run_seed(seed, &config).unwrap_or_else(|v| panic!("{v}"));
+    }
 }
 
 /// The suspend detector matters: a process whose host is suspended ([`FaultClass::Suspend`])
