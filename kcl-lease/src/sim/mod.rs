@@ -226,7 +226,9 @@ impl SimConfig {
     }
 
     /// As [`SimConfig::new`], without faults: no fault class at all, not even lagging
-    /// eventually consistent reads (add [`FaultClass::StaleRead`] for DynamoDB's lags).
+    /// eventually consistent reads (add [`FaultClass::StaleRead`] for DynamoDB's lags). The
+    /// processes' clock rates still differ within the bound (not a fault: see
+    /// [`SimConfig::clock_drift_ppm`]).
     pub fn fault_free(renewal: LeaseRenewal) -> Self {
         Self::new(renewal).with_faults([])
     }
