@@ -475,7 +475,11 @@ impl LeaseCoordinator {
                 self.nudge_pending.store(true, Ordering::SeqCst);
                 return;
             }
-            workers.known().filter(|w| *w != me).map(str::to_owned).collect()
+            let mut targets: Vec<String> = workers.known().filter(|w| *w != me).map(str::to_owned).collect();
+            // In id order, not `HashMap` order: the calls are spawned in this order, and a
+            // simulated run must replay exactly.
+            targets.sort_unstable();
+            targets
         };
         // Every nudge is a write of its own: a bounded number in flight.
         let mut calls = JoinSet::new();
@@ -486,9 +490,9 @@ impl LeaseCoordinator {
                     outcomes.push(outcome);
                 }
             }
-            let (store, timeout) = (self.store.clone(), self.call_timeout());
+            let (store, timeout, clock) = (self.store.clone(), self.call_timeout(), self.clock().clone());
             calls.spawn(async move {
-                match tokio::time::timeout(timeout, store.nudge_heartbeat(&target)).await {
+                match clock.timeout(timeout, store.nudge_heartbeat(&target)).await {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(LeaseError::Unsupported(_))) => Err(true),
                     Ok(Err(e)) => {
@@ -526,7 +530,7 @@ impl LeaseCoordinator {
         if !self.liveness.heartbeats_active() {
             return true;
         }
-        let now = Instant::now();
+        let now = self.clock().now();
         let workers = lock(&self.workers);
         let me = self.config.worker_id.as_str();
         workers
@@ -539,12 +543,12 @@ impl LeaseCoordinator {
     /// [`LeaseCoordinator::is_leader`] means something), or at most `limit`.
     pub async fn wait_ready(&self, limit: Duration) {
         let mut ready = self.ready.subscribe();
-        let _ = tokio::time::timeout(limit, ready.wait_for(|r| *r)).await;
+        let _ = self.clock().timeout(limit, ready.wait_for(|r| *r)).await;
     }
 
     /// The fleet as this worker sees it.
     pub fn fleet(&self) -> FleetView {
-        let now = Instant::now();
+        let now = self.clock().now();
         let live = {
             let workers = lock(&self.workers);
             let live = workers.live(self.config.leases.failover_time, now);
@@ -557,6 +561,12 @@ impl LeaseCoordinator {
             leader: self.is_leader(),
             lease_table_scans: lock(&self.schedule).scans(),
         }
+    }
+
+    /// The process's clock (Tokio's, but in the simulator): every validity, expiry and death
+    /// is judged in its time, and the timers run on it.
+    fn clock(&self) -> &crate::clock::Clock {
+        self.liveness.clock()
     }
 
     /// How long one renewal or heartbeat call may take: half the renew interval, so that a
@@ -678,9 +688,11 @@ impl LeaseCoordinator {
             view: self.view_digest(),
             watched: self.watched_row(),
         };
-        let start = Instant::now();
-        let result =
-            tokio::time::timeout(self.call_timeout(), self.store.put_heartbeat(&row, condition)).await;
+        let start = self.clock().now();
+        let result = self
+            .clock()
+            .timeout(self.call_timeout(), self.store.put_heartbeat(&row, condition))
+            .await;
         if !matches!(result, Ok(Err(LeaseError::Unsupported(_)))) {
             // Even a write whose outcome is unknown may have landed: the others may judge this
             // worker by that row from now on.
@@ -703,7 +715,7 @@ impl LeaseCoordinator {
                 lock(&self.foreign).forget();
                 if self
                     .liveness
-                    .beat(start, Instant::now(), self.config.leases.failover_time)
+                    .beat(start, self.clock().now(), self.config.leases.failover_time)
                     == BeatOutcome::Lapsed
                 {
                     self.give_up_all("the heartbeat completed after the worker's validity ran out");
@@ -776,7 +788,7 @@ impl LeaseCoordinator {
     /// says how this process may write its heartbeat now ([`IdWatch::observe`]); `None`: not
     /// yet.
     async fn watch_foreign_row(&self) -> Option<HeartbeatCondition> {
-        let issued = Instant::now();
+        let issued = self.clock().now();
         let rows = match self.store.list_heartbeats(true).await {
             Ok(rows) => {
                 self.liveness.table_answered();
@@ -792,7 +804,7 @@ impl LeaseCoordinator {
             row,
             self.incarnation,
             issued,
-            Instant::now(),
+            self.clock().now(),
             self.config.leases.failover_time,
         );
         if let (Some(HeartbeatCondition::Counter(counter)), Some(_)) = (condition, row) {
@@ -803,7 +815,7 @@ impl LeaseCoordinator {
     }
 
     fn check_lapse(&self) {
-        if self.liveness.check_lapse(Instant::now()) {
+        if self.liveness.check_lapse(self.clock().now()) {
             self.give_up_all("no heartbeat succeeded within the failover time");
         }
     }
@@ -838,7 +850,7 @@ impl LeaseCoordinator {
             self.nudge_pending.store(true, Ordering::SeqCst);
             for attempt in 0..LEAVE_NUDGE_ATTEMPTS {
                 if attempt > 0 {
-                    tokio::time::sleep(self.config.leases.watch_interval).await;
+                    self.clock().sleep(self.config.leases.watch_interval).await;
                 }
                 self.nudge_all().await;
                 if !self.nudge_pending.load(Ordering::SeqCst) {
@@ -865,11 +877,11 @@ impl LeaseCoordinator {
         if !self.liveness.heartbeats_active() {
             return false;
         }
-        let issued = Instant::now();
+        let issued = self.clock().now();
         match self.store.list_heartbeats(consistent).await {
             Ok(rows) => {
                 self.liveness.table_answered();
-                let now = Instant::now();
+                let now = self.clock().now();
                 let mut workers = lock(&self.workers);
                 if consistent {
                     workers.observe_consistent(&rows, issued, now);
@@ -897,12 +909,12 @@ impl LeaseCoordinator {
     /// consistent). Returns whether the read succeeded.
     async fn read_watched(&self) -> bool {
         let me = &self.config.worker_id;
-        let target = lock(&self.workers).successor(me, self.config.leases.failover_time, Instant::now());
+        let target = lock(&self.workers).successor(me, self.config.leases.failover_time, self.clock().now());
         lock(&self.schedule).watch(&target);
-        let issued = Instant::now();
+        let issued = self.clock().now();
         match self.store.get_heartbeat(&target, false).await {
             Ok(row) => {
-                let now = Instant::now();
+                let now = self.clock().now();
                 {
                     let mut workers = lock(&self.workers);
                     workers.observe_one(&target, row.as_ref(), issued, now);
@@ -962,7 +974,11 @@ impl LeaseCoordinator {
             counter: row.counter,
         };
         let marked = WorkerHeartbeat { lapsed: true, ..row };
-        match tokio::time::timeout(self.call_timeout(), self.store.put_heartbeat(&marked, condition)).await {
+        match self
+            .clock()
+            .timeout(self.call_timeout(), self.store.put_heartbeat(&marked, condition))
+            .await
+        {
             Ok(Ok(())) => {
                 info!(%worker, "marked the heartbeat row of a dead worker lapsed");
                 true
@@ -986,7 +1002,7 @@ impl LeaseCoordinator {
             &workers,
             &self.config.worker_id,
             self.config.leases.failover_time,
-            Instant::now(),
+            self.clock().now(),
         )
     }
 
@@ -1040,7 +1056,7 @@ impl LeaseCoordinator {
             let its_watched = lock(&self.workers).successor(
                 &watched.worker_id,
                 self.config.leases.failover_time,
-                Instant::now(),
+                self.clock().now(),
             );
             debug!(worker = %watched.worker_id, nudged = %its_watched, "a watched worker's view of the fleet is stale: nudging the row it watches");
             if let Err(e) = self.store.nudge_heartbeat(&its_watched).await {
@@ -1052,7 +1068,7 @@ impl LeaseCoordinator {
     /// Live workers as known now.
     fn live_count(&self) -> usize {
         lock(&self.workers)
-            .live(self.config.leases.failover_time, Instant::now())
+            .live(self.config.leases.failover_time, self.clock().now())
             .len()
     }
 
@@ -1067,7 +1083,7 @@ impl LeaseCoordinator {
     /// time; one dead alone, within the failover time and a watch interval).
     pub async fn watch_round(&self) -> bool {
         let known = lock(&self.workers).judged_at().is_some();
-        let read = lock(&self.schedule).watch_read(Instant::now(), self.divided(), known);
+        let read = lock(&self.schedule).watch_read(self.clock().now(), self.divided(), known);
         match read {
             WatchRead::Watched => {
                 self.read_watched().await;
@@ -1087,7 +1103,7 @@ impl LeaseCoordinator {
         let due = {
             let workers = lock(&self.workers);
             lock(&self.schedule).scan_due(
-                Instant::now(),
+                self.clock().now(),
                 &workers,
                 self.liveness.heartbeats_active(),
                 self.divided(),
@@ -1110,7 +1126,7 @@ impl LeaseCoordinator {
     /// The leader deletes heartbeat rows that have stood still for a long time.
     async fn clean_up_heartbeats(&self) {
         let age = self.config.leases.failover_time * STALE_HEARTBEAT_FAILOVERS;
-        let stale = lock(&self.workers).stale(age, Instant::now());
+        let stale = lock(&self.workers).stale(age, self.clock().now());
         for (worker, counter) in stale {
             if worker == self.config.worker_id {
                 continue;
@@ -1133,7 +1149,7 @@ impl LeaseCoordinator {
     /// scan and the heartbeats read after it; this makes the calls and feeds their results
     /// back.
     pub async fn take_round(&self) -> Result<usize> {
-        if !self.liveness.may_take(Instant::now()) {
+        if !self.liveness.may_take(self.clock().now()) {
             // Lapsed: nothing is taken until a heartbeat (not marked lapsed) succeeds again.
             return Ok(0);
         }
@@ -1142,7 +1158,7 @@ impl LeaseCoordinator {
         // What the fleet looked like before the scan: the fingerprint this round answers. A
         // change announced while the scan runs (a steal, new leases) differs from it, so the
         // next watch round scans again instead of taking the change as seen.
-        let seen_before = lock(&self.workers).fingerprint(me, failover, Instant::now());
+        let seen_before = lock(&self.workers).fingerprint(me, failover, self.clock().now());
         let consistent = lock(&self.schedule).begin_round(&seen_before);
         let scanned = if consistent {
             self.store.list().await
@@ -1163,11 +1179,11 @@ impl LeaseCoordinator {
         let heartbeats = self.liveness.heartbeats_active();
         let read = heartbeats && self.read_heartbeats(true).await;
         if read {
-            lock(&self.schedule).read_every_row(Instant::now());
+            lock(&self.schedule).read_every_row(self.clock().now());
         }
         if heartbeats && !read {
             warn!("reading the heartbeats failed: no leases taken this round");
-            lock(&self.schedule).heartbeats_unread(Instant::now());
+            lock(&self.schedule).heartbeats_unread(self.clock().now());
             return Ok(0);
         }
         if consistent {
@@ -1187,7 +1203,7 @@ impl LeaseCoordinator {
         if let Some(filter) = filter {
             leases.retain(|l| filter(l));
         }
-        let now = Instant::now();
+        let now = self.clock().now();
         // What the scan says about leases held here (with worker renewal the only way to learn
         // of a steal before the next checkpoint). A lease whose row is being written cannot be
         // checked now: look again at the next watch round.
@@ -1259,7 +1275,7 @@ impl LeaseCoordinator {
             // The validity these takes are made in: should it end before they complete, what
             // they took is never processed (see `Liveness::generation`).
             let generation = self.liveness.generation();
-            if !self.liveness.may_take(Instant::now()) {
+            if !self.liveness.may_take(self.clock().now()) {
                 // Lapsed while taking: what was planned no longer holds.
                 round.abandon_takes();
                 for (_, steal) in batch {
@@ -1272,8 +1288,9 @@ impl LeaseCoordinator {
             let mut calls = JoinSet::new();
             for (lease, steal) in batch {
                 let (store, me) = (self.store.clone(), self.config.worker_id.clone());
+                let clock = self.clock().clone();
                 calls.spawn(async move {
-                    let started = Instant::now();
+                    let started = clock.now();
                     let result = take_or_find_applied(store.as_ref(), &lease, &me, steal).await;
                     (lease, steal, started, generation, result)
                 });
@@ -1498,10 +1515,8 @@ impl LeaseCoordinator {
             let this = self.clone();
             let mut stop = stop.clone();
             async move {
-                let mut renew = tokio::time::interval(this.config.leases.renew_interval);
-                renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let mut beat = tokio::time::interval(this.heartbeat_interval());
-                beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut renew = this.clock().interval(this.config.leases.renew_interval);
+                let mut beat = this.clock().interval(this.heartbeat_interval());
                 let mut tasks: JoinSet<()> = JoinSet::new();
                 loop {
                     while let Some(done) = tasks.try_join_next() {
@@ -1545,17 +1560,17 @@ impl LeaseCoordinator {
                     // the next tick), or the follow-up read.
                     let (at, timer) = {
                         let workers = lock(&this.workers);
-                        lock(&this.schedule).poll_timeout(&workers, this.divided(), Instant::now())
+                        lock(&this.schedule).poll_timeout(&workers, this.divided(), this.clock().now())
                     };
                     let fired = tokio::select! {
                         biased;
                         _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
-                        () = tokio::time::sleep_until(at) => Some(timer),
+                        () = this.clock().sleep_until(at) => Some(timer),
                         () = this.wake_taker.notified() => None,
                     };
                     if let Some(timer) = fired {
                         let live = this.live_count();
-                        lock(&this.schedule).handle_timeout(timer, Instant::now(), live, this.divided());
+                        lock(&this.schedule).handle_timeout(timer, this.clock().now(), live, this.divided());
                     }
                     this.watch_round().await;
                     this.ready.send_replace(true);

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::clock::Clock;
 use crate::coordinator::metric_names::{LOST_LEASES, RENEW_FAILURES};
 use crate::error::{LeaseError, Result};
 use crate::heartbeat::LeaseRenewal;
@@ -48,6 +49,8 @@ pub struct Liveness {
     generation: AtomicU64,
     /// The heartbeat table answered a call of this process (see [`Liveness::table_answered`]).
     table_answered: AtomicBool,
+    /// The process's clock: every validity is measured with it.
+    clock: Clock,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,7 +108,20 @@ impl Liveness {
             announced_lapsed: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             table_answered: AtomicBool::new(false),
+            clock: Clock::default(),
         }
+    }
+
+    /// As it is, measuring time with `clock` (the simulator: a process's own clock).
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The process's clock (Tokio's, but in the simulator).
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Records that the heartbeat table answered a call of this process with anything but
@@ -494,7 +510,7 @@ impl HeldLease {
     /// Whether records may be processed now: held, and renewed recently enough that no other
     /// worker can have taken it.
     pub fn is_valid(&self) -> bool {
-        let now = Instant::now();
+        let now = self.liveness.clock().now();
         self.status() == LeaseStatus::Held
             && self.liveness.is_valid(now)
             && self.liveness.generation() == self.generation
@@ -578,8 +594,13 @@ impl HeldLease {
         // Without heartbeats the row says so: a heartbeat row under this worker id (another
         // process's, a former one's) must not make the others judge the lease by it.
         row.owner_without_heartbeat = self.liveness.unsupported().then(|| self.worker_id.clone());
-        let started = Instant::now();
-        let result = match tokio::time::timeout(self.call_timeout, self.store.renew(&row)).await {
+        let started = self.liveness.clock().now();
+        let result = match self
+            .liveness
+            .clock()
+            .timeout(self.call_timeout, self.store.renew(&row))
+            .await
+        {
             Ok(result) => result,
             Err(_) => Err(LeaseError::backend(format!(
                 "renewal did not complete within {:?}",
@@ -616,7 +637,7 @@ impl HeldLease {
                 self.journal
                     .error(Some(&self.key), format_args!("renewal failed: {e}"));
                 metrics::counter!(RENEW_FAILURES, "worker_id" => self.worker_id.clone()).increment(1);
-                if Instant::now() >= deadline {
+                if self.liveness.clock().now() >= deadline {
                     info!(lease = %self.key, "lease not renewed within the failover time: giving it up");
                     self.set_status(LeaseStatus::Lost);
                 }
@@ -627,7 +648,7 @@ impl HeldLease {
     /// A second write after a conflict was explained: its failure is noted as the first one's
     /// would be ([`HeldLease::failed_write`]).
     async fn rewrite(&self, write: impl std::future::Future<Output = Result<Lease>>) -> Result<Lease> {
-        let started = Instant::now();
+        let started = self.liveness.clock().now();
         write.await.map_err(|e| self.failed_write(e, started))
     }
 
@@ -722,7 +743,7 @@ impl HeldLease {
             _ => {}
         }
         self.attach_throughput(&mut row);
-        let started = Instant::now();
+        let started = self.liveness.clock().now();
         let result = self
             .store
             .update_checkpoint(&self.as_written(&row), &self.worker_id, checkpoint)
@@ -802,7 +823,7 @@ impl HeldLease {
         if self.status() != LeaseStatus::Held {
             return Err(self.lost_error());
         }
-        let started = Instant::now();
+        let started = self.liveness.clock().now();
         match self.store.mark_children(&row, children).await {
             Ok(new) => {
                 *row = new.clone();
@@ -833,7 +854,7 @@ impl HeldLease {
     /// steal only from a scan or a checkpoint: while it is live (as the heartbeats prove), the
     /// hand-off is never completed without it.
     pub async fn wait_for_handoff(&self, poll: Duration) -> Result<Lease> {
-        let deadline = Instant::now() + self.failover_time;
+        let deadline = self.liveness.clock().now() + self.failover_time;
         loop {
             if self.status() != LeaseStatus::Held {
                 return Err(self.lost_error());
@@ -850,7 +871,7 @@ impl HeldLease {
                 }
                 Err(e) => {
                     warn!(lease = %self.key, error = %e, "reading lease during hand-off failed");
-                    tokio::time::sleep(poll).await;
+                    self.liveness.clock().sleep(poll).await;
                     continue;
                 }
             };
@@ -882,9 +903,9 @@ impl HeldLease {
                     Ok(_) | Err(LeaseError::Conflict { .. }) => row.checkpoint_owner = Some(previous),
                     Err(e) => warn!(lease = %self.key, error = %e, "clearing checkpointOwner failed"),
                 }
-            } else if Instant::now() >= deadline && !may_complete {
+            } else if self.liveness.clock().now() >= deadline && !may_complete {
                 debug!(lease = %self.key, %previous, "the previous owner is live: waiting for it to let go");
-            } else if Instant::now() >= deadline {
+            } else if self.liveness.clock().now() >= deadline {
                 warn!(lease = %self.key, %previous, "previous owner did not finish the hand-off in time");
                 match self.store.complete_handoff(&self.key, &previous).await {
                     Ok(_) | Err(LeaseError::Conflict { .. }) => row.checkpoint_owner = Some(previous),
@@ -893,7 +914,7 @@ impl HeldLease {
                 // Re-read on the next turn of the loop.
             }
             drop(row);
-            tokio::time::sleep(poll).await;
+            self.liveness.clock().sleep(poll).await;
         }
     }
 

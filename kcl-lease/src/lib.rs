@@ -53,6 +53,7 @@
 #![deny(missing_docs)]
 
 pub mod balance;
+mod clock;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 pub mod coordinator;

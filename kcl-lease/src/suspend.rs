@@ -66,9 +66,26 @@ pub fn suspended_since_boot() -> Option<Duration> {
 /// Remembers the suspended time at a baseline and tells whether the host was suspended since.
 #[derive(Debug)]
 pub struct SuspendDetector {
-    source: GapSource,
+    source: Source,
     /// The gap at the baseline, in nanoseconds (`u64::MAX`: none).
     baseline: AtomicU64,
+}
+
+/// Where the gap is read from: a function, or (the simulator) a simulated process's clocks.
+enum Source {
+    Fn(GapSource),
+    #[cfg(any(test, feature = "testing"))]
+    Shared(std::sync::Arc<dyn Fn() -> Option<Duration> + Send + Sync>),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Fn(source) => f.debug_tuple("Fn").field(source).finish(),
+            #[cfg(any(test, feature = "testing"))]
+            Source::Shared(_) => f.write_str("Shared"),
+        }
+    }
 }
 
 impl SuspendDetector {
@@ -79,6 +96,18 @@ impl SuspendDetector {
 
     /// A detector on another source (tests).
     pub fn with_source(source: GapSource) -> Self {
+        Self::from_source(Source::Fn(source))
+    }
+
+    /// A detector on a closure (the simulator: a process's own clocks).
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn with_shared_source(
+        source: std::sync::Arc<dyn Fn() -> Option<Duration> + Send + Sync>,
+    ) -> Self {
+        Self::from_source(Source::Shared(source))
+    }
+
+    fn from_source(source: Source) -> Self {
         let this = Self {
             source,
             baseline: AtomicU64::new(u64::MAX),
@@ -88,7 +117,12 @@ impl SuspendDetector {
     }
 
     fn gap(&self) -> Option<u64> {
-        (self.source)().map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1))
+        let gap = match &self.source {
+            Source::Fn(source) => source(),
+            #[cfg(any(test, feature = "testing"))]
+            Source::Shared(source) => source(),
+        };
+        gap.map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1))
     }
 
     /// Takes the current gap as the new baseline (a fresh validity starts now).

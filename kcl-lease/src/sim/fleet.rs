@@ -16,6 +16,7 @@ use super::invariants::{canonical, Event, EventKind, Invariant, Monitor, Violati
 use super::rng::SimRng;
 use super::store::{SimLeaseStore, WorkerFaults};
 use super::{FaultClass, RunSummary, SimConfig};
+use crate::clock::{Clock, ProcessClock};
 use crate::coordinator::{CoordinatorConfig, HeldLease, LeaseCoordinator, LeaseStatus};
 use crate::held::{lock, Liveness};
 use crate::lease::Lease;
@@ -38,6 +39,13 @@ const SLOW_REPLY_MAX: f64 = 0.05;
 
 /// The largest chance of a batch being slow in the faulty phase ([`FaultClass::SlowBatch`]).
 const SLOW_BATCH_MAX: f64 = 0.05;
+
+thread_local! {
+    /// Tests: the processes' suspend detectors see nothing (as on a host without
+    /// `CLOCK_BOOTTIME`), to show what a suspend does without them. Read as a process starts,
+    /// on the thread that runs the seed.
+    pub(crate) static BLIND_SUSPEND_DETECTOR: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
 /// Runs one seed and returns its summary, or the first invariant it violated.
 ///
@@ -168,6 +176,9 @@ struct ProcessCtx {
     failover_time: Duration,
     /// Counts the slow batches.
     store: SimLeaseStore,
+    /// The process's own clock (its rate, its suspends and pauses), which its coordinator and
+    /// held leases measure time with.
+    clock: Arc<ProcessClock>,
 }
 
 impl ProcessCtx {
@@ -422,6 +433,10 @@ enum Action {
     Resume {
         name: String,
     },
+    Suspend {
+        pick: u64,
+        length: Duration,
+    },
     Duplicate {
         pick: u64,
     },
@@ -596,6 +611,23 @@ impl Fleet {
         }
     }
 
+    /// Suspends of a process's host ([`FaultClass::Suspend`]): none to two, from a stream of
+    /// their own (the fleet's and the scenario's draws stay as they were).
+    fn plan_suspends(&mut self) {
+        let span = self.config.faulty_phase.as_millis() as u64;
+        if !self.config.has(FaultClass::Suspend) || span == 0 {
+            return;
+        }
+        let mut rng = SimRng::for_call(self.seed, &[], &["suspend"]);
+        let failover = self.config.failover_time.as_millis() as u64;
+        for _ in 0..rng.below(3) {
+            let at = FAULTS_FROM + Duration::from_millis(rng.below(span));
+            let pick = rng.next_u64();
+            let length = Duration::from_millis(rng.range(100, failover * 2));
+            self.schedule(at, Action::Suspend { pick, length });
+        }
+    }
+
     /// Starts a process.
     fn start(&mut self, worker_id: &str, name: &str, duplicate: bool, mut faults: WorkerFaults) {
         let handle = self.store.for_worker(name);
@@ -615,12 +647,22 @@ impl Fleet {
         self.store.set_faults(name, faults.clone());
         let mut config = CoordinatorConfig::new(worker_id, self.config.failover_time);
         config.leases.renewal = self.config.renewal;
-        // A host that is never suspended (the model has no OS suspend): the real detector
-        // reads the host's clocks, so a run depended on the host's scheduling (a thread
-        // preempted between its two reads looks suspended; seed 1001 at 8 workers, 32 shards,
-        // worker renewal, violated once in a sweep on a loaded host and never in replays).
+        // The process's own clock: a rate drawn by the seed for this process (a stream keyed
+        // by its name), suspended by `Action::Suspend`. The suspend detector reads this clock's
+        // boot-minus-monotonic gap, never the host's (a thread preempted between the real
+        // detector's two reads looks suspended: seed 1001 at 8 workers, 32 shards, worker
+        // renewal, violated once in a sweep on a loaded host and never in replays).
+        let drift = f64::from(self.config.clock_drift_ppm) / 1e6;
+        let unit = SimRng::for_call(self.seed, &[], &["clock", name]).unit();
+        let clock = Arc::new(ProcessClock::new(1.0 + drift * (2.0 * unit - 1.0)));
+        let gap = {
+            let clock = clock.clone();
+            let blind = BLIND_SUSPEND_DETECTOR.with(std::cell::Cell::get);
+            Arc::new(move || (!blind).then(|| clock.suspended_gap()))
+        };
         let liveness =
-            Liveness::with_suspend_detector(config.leases.renewal, SuspendDetector::with_source(|| None));
+            Liveness::with_suspend_detector(config.leases.renewal, SuspendDetector::with_shared_source(gap))
+                .with_clock(Clock::process(clock.clone()));
         let (coordinator, acquired) = LeaseCoordinator::with_liveness(handle, config, liveness);
         let ctx = Arc::new(ProcessCtx {
             name: name.to_owned(),
@@ -638,6 +680,7 @@ impl Fleet {
             faulty: AtomicBool::new(faulty),
             failover_time: self.config.failover_time,
             store: self.store.clone(),
+            clock: clock.clone(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let run = tokio::spawn(coordinator.clone().run(stop_rx));
@@ -647,8 +690,13 @@ impl Fleet {
             EventKind::Scenario,
             "",
             format!(
-                "start worker {worker_id}{}{}",
+                "start worker {worker_id}{}{}{}",
                 if duplicate { " (duplicate id)" } else { "" },
+                if drift > 0.0 {
+                    format!(" (clock rate {:.4})", clock.rate())
+                } else {
+                    String::new()
+                },
                 if faults.heartbeats_unusable {
                     " (heartbeat table unusable)"
                 } else {
@@ -782,6 +830,25 @@ impl Fleet {
                     .record(&name, EventKind::Scenario, "", format!("pause for {length:?}"));
                 *lock(&self.processes[i].ctx.resume_at) = Some(Instant::now() + length);
                 self.update_faults(i, |f| f.suspended = Some(length));
+                self.processes[i].ctx.clock.pause(length);
+                self.schedule(now + length, Action::Resume { name });
+            }
+            Action::Suspend { pick, length } => {
+                let Some(i) = self.pick(pick, 1) else { return };
+                if self.processes[i].ctx.paused_until().is_some() {
+                    return; // paused or suspended already
+                }
+                let name = self.processes[i].ctx.name.clone();
+                self.store.count(FaultClass::Suspend);
+                self.monitor.record(
+                    &name,
+                    EventKind::Scenario,
+                    "",
+                    format!("host suspended for {length:?} (the monotonic clock stops)"),
+                );
+                *lock(&self.processes[i].ctx.resume_at) = Some(Instant::now() + length);
+                self.update_faults(i, |f| f.suspended = Some(length));
+                self.processes[i].ctx.clock.suspend(length);
                 self.schedule(now + length, Action::Resume { name });
             }
             Action::Resume { name } => {
@@ -791,6 +858,7 @@ impl Fleet {
                     }
                     self.monitor.record(&name, EventKind::Scenario, "", "resume");
                     self.update_faults(i, |f| f.suspended = None);
+                    self.processes[i].ctx.clock.resume();
                 }
             }
             Action::Duplicate { pick } => {
@@ -921,6 +989,7 @@ impl Fleet {
         for i in 0..self.processes.len() {
             self.processes[i].faults = WorkerFaults::default();
             *lock(&self.processes[i].ctx.resume_at) = None;
+            self.processes[i].ctx.clock.resume();
             if self.processes[i].running && self.processes[i].duplicate {
                 self.crash(i, "duplicate stopped for the quiet phase");
             }
@@ -1027,6 +1096,7 @@ impl Fleet {
             );
         }
         self.plan_scenario();
+        self.plan_suspends();
         let quiet_from = FAULTS_FROM + self.config.faulty_phase;
         let mut phase = Phase::Faulty;
         let mut faults_on = false;

@@ -19,13 +19,17 @@
 //!   review's findings are fixed, sweeps of many seeds that print every violation.
 //!
 //! # A run
-//! 1. `workers` coordinators start at random offsets within the first second, each with a
+//! 1. `workers` coordinators start at random offsets within the first second, each on a clock
+//!    of its own (a rate the seed draws within `1 ± clock_drift_ppm`, ±1 % by default: the
+//!    coordinator's "now", timers, call timeouts and validities run on it), each with a
 //!    consumer per acquired lease (batches of 50–300 ms, checkpoints every N batches or T
 //!    seconds, N and T by the seed; a stolen lease first waits for its hand-off).
 //! 2. The faulty phase (`faulty_phase`, from 2 s on): the enabled [`FaultClass`]es, as the seed
 //!    draws them: per-call store faults on some processes, and scenario events (crashes and
 //!    restarts, pauses longer than the failover time, a second process with an existing id,
-//!    graceful shutdowns, read outages, an unusable heartbeat table).
+//!    graceful shutdowns, read outages, an unusable heartbeat table, suspends of a process's
+//!    host: its monotonic clock stops while its boot clock goes on, and the real
+//!    [`crate::suspend::SuspendDetector`] reads the gap).
 //! 3. The quiet phase: every fault stops, crashed processes scheduled to restart do, and once
 //!    the delays already injected have run out, every shard must be held by a running
 //!    process and processed again within `failover_time + 2 s`, with the leases spread
@@ -41,19 +45,32 @@
 //! ```
 //!
 //! # What the model leaves out
-//! - One clock for every process: no clock-rate differences, no OS suspend (F9).
-//! - A pause is modelled, not real: the process's store calls are delayed by more than the
-//!   failover time and its consumers sleep, but its coordinator's timers keep running.
+//! - Clocks are Tokio's paused clock scaled per process: a constant rate per process (no NTP
+//!   slewing, no steps; ±1 % by default, `clock_drift_ppm` for more), and a suspend stops a
+//!   process's monotonic clock whole while its boot clock runs at the same rate (the real
+//!   `CLOCK_BOOTTIME` and `CLOCK_MONOTONIC` are read by the detector, not modelled). A suspend
+//!   that also stops the boot clock (a VM paused with its clocks frozen) is not modelled: no
+//!   coordinator can tell it from no time passing. Consumers (batches, checkpoint intervals)
+//!   and the store run on the fleet's clock.
+//! - A pause or suspend is modelled, not real: the process's store calls are delayed by its
+//!   length and its consumers sleep; its coordinator's timers (on its clock) do not fire until
+//!   it resumes, but a call already in flight (an awaited store call) completes as the store
+//!   delays it.
 //! - Scans are atomic (one page); no shard sync, splits or merges, no load balancing, no
 //!   `kcl-admin` resets, no Java workers.
 //! - Processing is a sleep: a batch's records are numbers, checkpoints are positions.
 //!
 //! # Determinism
 //! Everything random is drawn from the seed (splitmix64, no `RandomState`); time is Tokio's
-//! paused clock on a current-thread runtime; consumers are named by process, lease and count,
+//! paused clock on a current-thread runtime (a process's clock is a function of it; its
+//! rate is drawn from a stream keyed by the process's name, its suspends from a stream of
+//! their own, so the fleet's and the scenario's draws are those of the seed before clocks); consumers are named by process, lease and count,
 //! not by the order they started in; the coordinator's `tokio::select!`s are `biased` (a
 //! plain one polls ready branches in an order seeded per runtime) and its leader cleans up
-//! stale heartbeat rows in id order (it used `HashMap` order). Store faults are drawn per call
+//! stale heartbeat rows in id order (it used `HashMap` order), and nudges the others in id
+//! order too (it spawned them in `HashMap` order); a process's clock wakes its
+//! sleepers with a `Notify`, not a `watch` channel (whose receivers wake in an order drawn
+//! from the runtime's random generator). Store faults are drawn per call
 //! *identity* (process, operation, lease, how many such calls before), not per call order,
 //! and eventually consistent reads pick a state by time, never between two writes of one
 //! instant. Replays compare [`canonical`] logs (sorted within each instant); 200 replays
@@ -74,6 +91,9 @@ pub use invariants::{canonical, BatchId, Event, EventKind, Invariant, Monitor, V
 pub use store::{SimLeaseStore, WorkerFaults};
 
 use crate::heartbeat::LeaseRenewal;
+
+/// The default bound of the processes' clock rates: ±1 % (see `SimConfig::clock_drift_ppm`).
+const DEFAULT_CLOCK_DRIFT_PPM: u32 = 10_000;
 
 /// A class of fault or scenario event the simulator can inject.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -97,7 +117,8 @@ pub enum FaultClass {
     ReadOutage,
     /// A process's heartbeat table answers `Unsupported` (per failed call).
     HeartbeatUnusable,
-    /// A process paused for longer than the failover time (per pause).
+    /// A process paused for longer than the failover time: its clocks go on, its timers do
+    /// not fire until it resumes, its store calls are delayed (per pause).
     Pause,
     /// A process crashed, and maybe restarted with the same or a new id (per crash).
     Crash,
@@ -110,11 +131,16 @@ pub enum FaultClass {
     /// only after it, so its key must not be taken again by the same worker before (the
     /// review's F6; per slow batch).
     SlowBatch,
+    /// The host of a process suspended (laptop sleep, VM hibernation) for 100 ms up to twice
+    /// the failover time: its monotonic clock stands still while its boot clock goes on, its
+    /// timers do not fire and its store calls are delayed; the coordinator's suspend detector
+    /// must end its validity when it resumes (F9; per suspend).
+    Suspend,
 }
 
 impl FaultClass {
     /// Every class.
-    pub const ALL: [FaultClass; 13] = [
+    pub const ALL: [FaultClass; 14] = [
         FaultClass::DelayBefore,
         FaultClass::DelayAfter,
         FaultClass::SlowReply,
@@ -128,6 +154,7 @@ impl FaultClass {
         FaultClass::DuplicateId,
         FaultClass::Shutdown,
         FaultClass::SlowBatch,
+        FaultClass::Suspend,
     ];
 
     /// The class's name (`delay-before`, `reply-lost`, ...).
@@ -146,6 +173,7 @@ impl FaultClass {
             FaultClass::DuplicateId => "duplicate-id",
             FaultClass::Shutdown => "shutdown",
             FaultClass::SlowBatch => "slow-batch",
+            FaultClass::Suspend => "suspend",
         }
     }
 }
@@ -175,6 +203,11 @@ pub struct SimConfig {
     /// Log every store call in the event log (see [`SimLeaseStore::set_trace`]); off by
     /// default.
     pub trace_calls: bool,
+    /// How far a process's clock rate may be from the fleet's, in parts per million: each
+    /// process's rate is drawn by the seed within `1 ± clock_drift_ppm / 10⁶` (default
+    /// 10,000: ±1 %, so that two clocks differ by less than the coordinator's 2 % validity
+    /// margin; 0: one clock for every process).
+    pub clock_drift_ppm: u32,
 }
 
 impl SimConfig {
@@ -188,11 +221,14 @@ impl SimConfig {
             faulty_phase: Duration::from_secs(30),
             faults: FaultClass::ALL.into_iter().collect(),
             trace_calls: false,
+            clock_drift_ppm: DEFAULT_CLOCK_DRIFT_PPM,
         }
     }
 
     /// As [`SimConfig::new`], without faults: no fault class at all, not even lagging
-    /// eventually consistent reads (add [`FaultClass::StaleRead`] for DynamoDB's lags).
+    /// eventually consistent reads (add [`FaultClass::StaleRead`] for DynamoDB's lags). The
+    /// processes' clock rates still differ within the bound (not a fault: see
+    /// [`SimConfig::clock_drift_ppm`]).
     pub fn fault_free(renewal: LeaseRenewal) -> Self {
         Self::new(renewal).with_faults([])
     }
@@ -201,6 +237,13 @@ impl SimConfig {
     #[must_use]
     pub fn with_faults(mut self, faults: impl IntoIterator<Item = FaultClass>) -> Self {
         self.faults = faults.into_iter().collect();
+        self
+    }
+
+    /// Sets the bound of the processes' clock rates (see [`SimConfig::clock_drift_ppm`]).
+    #[must_use]
+    pub fn with_clock_drift_ppm(mut self, ppm: u32) -> Self {
+        self.clock_drift_ppm = ppm;
         self
     }
 
@@ -236,8 +279,13 @@ impl SimConfig {
                 .collect::<Vec<_>>()
                 .join(",")
         };
+        let drift = if self.clock_drift_ppm == DEFAULT_CLOCK_DRIFT_PPM {
+            String::new()
+        } else {
+            format!(" clock-drift=±{}ppm", self.clock_drift_ppm)
+        };
         format!(
-            "renewal={} workers={} shards={} failover={:?} faults={faults}",
+            "renewal={} workers={} shards={} failover={:?} faults={faults}{drift}",
             self.renewal, self.workers, self.shards, self.failover_time
         )
     }
