@@ -110,11 +110,20 @@ pub enum FaultClass {
     /// only after it, so its key must not be taken again by the same worker before (the
     /// review's F6; per slow batch).
     SlowBatch,
+    /// An operator's `kcl-admin reset` of one lease (per reset applied): its checkpoint set
+    /// back to an earlier position or `TRIM_HORIZON`, its owner cleared. Without `--force`
+    /// only a lease not held live (kcl-admin's two reads a failover time apart: neither its
+    /// counter nor its owner's heartbeat moved); with `--force` any lease, announced with a
+    /// lapsed heartbeat row of `kcl-admin` and a nudge of every worker's row (F8).
+    AdminReset,
+    /// A reshard (per reshard): a split (an open shard ends at a position, two child leases
+    /// with it as parent) or a merge (two shards end, one child lease with both as parents).
+    Reshard,
 }
 
 impl FaultClass {
     /// Every class.
-    pub const ALL: [FaultClass; 13] = [
+    pub const ALL: [FaultClass; 15] = [
         FaultClass::DelayBefore,
         FaultClass::DelayAfter,
         FaultClass::SlowReply,
@@ -128,6 +137,8 @@ impl FaultClass {
         FaultClass::DuplicateId,
         FaultClass::Shutdown,
         FaultClass::SlowBatch,
+        FaultClass::AdminReset,
+        FaultClass::Reshard,
     ];
 
     /// The class's name (`delay-before`, `reply-lost`, ...).
@@ -146,6 +157,8 @@ impl FaultClass {
             FaultClass::DuplicateId => "duplicate-id",
             FaultClass::Shutdown => "shutdown",
             FaultClass::SlowBatch => "slow-batch",
+            FaultClass::AdminReset => "admin-reset",
+            FaultClass::Reshard => "reshard",
         }
     }
 }
