@@ -260,6 +260,7 @@ async fn consume(ctx: Arc<ProcessCtx>, coordinator: Arc<LeaseCoordinator>, held:
     };
     let id = format!("{}/{key}/{n}", ctx.name);
     let task = Task::start(&ctx, &key, &id);
+    ctx.monitor.consumer_created(&key, &id, &ctx.worker_id);
     let mut rng = SimRng::for_call(ctx.seed, &[n], &[&ctx.name, &key]);
     let mut slow = SimRng::for_call(ctx.seed, &[n], &[&ctx.name, &key, "slow-batch"]);
     // A stolen lease: the previous owner checkpoints first.
@@ -356,6 +357,8 @@ async fn consume(ctx: Arc<ProcessCtx>, coordinator: Arc<LeaseCoordinator>, held:
                     &key,
                     format!("consumer {id}: parents finished"),
                 );
+                // The read took a while: the lease's status is looked at again first.
+                continue;
             } else {
                 tokio::time::sleep(PARENT_POLL).await;
                 continue;
@@ -516,7 +519,7 @@ async fn admin_reset(store: SimLeaseStore, pick: u64, forced: bool, back: u64, f
     if !forced || owners.is_empty() {
         return;
     }
-    monitor.forced_reset(&key, &owners, failover);
+    monitor.forced_reset(&key, &owners);
     let now = u64::try_from(monitor.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
     let announcement = WorkerHeartbeat {
         worker_id: ADMIN.to_owned(),
@@ -1340,6 +1343,13 @@ impl Fleet {
             .collect();
         if !unresumed.is_empty() {
             self.monitor.fail(Invariant::Delivery, unresumed.join("; "));
+        }
+        let unaware = self.monitor.forced_consumers_since(since);
+        if !unaware.is_empty() {
+            self.monitor.fail(
+                Invariant::Liveness,
+                format!("consumers of an owner of a forced reset still processing after the faults stopped (it never learnt of the reset): {unaware:?}"),
+            );
         }
     }
 

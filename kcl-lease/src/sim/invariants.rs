@@ -11,9 +11,9 @@
 //!   one process violate [`Invariant::DoubleConsumer`], and so does a shard task started in a
 //!   process for a key whose previous task there has not let go of it yet (one shard task per
 //!   key per worker: [`Monitor::task_start`], checked as it starts).
-//!   A forced admin reset ([`Monitor::forced_reset`]) exempts the batches its owner starts
-//!   within the failover time after it (the window `kcl-admin reset --force` leaves to the
-//!   operator: F8 of docs/coordination.md).
+//!   A forced admin reset ([`Monitor::forced_reset`]) exempts the consumers its owner had
+//!   started on the lease until they end: the window `kcl-admin reset --force` leaves to the
+//!   operator (F8 of docs/coordination.md), until the owner learns of the reset.
 //! - **Checkpoint regression**: the checkpoint of a lease never moves backwards except through
 //!   an admin reset, checked in the store's state after every applied write.
 //! - **Delivery**: a consumer never starts past the records delivered so far (none skipped);
@@ -276,8 +276,10 @@ struct State {
     finished: BTreeMap<String, Duration>,
     /// Per lease key: an admin reset (when, the position it set) no consumer resumed from yet.
     resets: BTreeMap<String, (Duration, u64)>,
-    /// Per lease key: the forced resets' windows (the owner then, from, until).
-    forced: BTreeMap<String, Vec<(String, Duration, Duration)>>,
+    /// Per lease key: its consumers so far (name, worker id).
+    consumers: BTreeMap<String, Vec<(String, String)>>,
+    /// The consumers a forced reset took their lease from, and when each last started a batch.
+    forced: BTreeMap<String, Option<Duration>>,
     violation: Option<Violation>,
 }
 
@@ -520,6 +522,9 @@ impl Monitor {
             key: key.to_owned(),
             detail: format!("{consumer} batch {n}"),
         });
+        if let Some(last) = state.forced.get_mut(consumer) {
+            *last = Some(at);
+        }
         let unfinished: Vec<String> = state
             .parents
             .get(key)
@@ -658,8 +663,8 @@ impl Monitor {
             other.consumer != ended.consumer
                 // The owner of a forced reset may go on until it learns of it: the operator's
                 // decision (F8).
-                && !Self::in_forced_window(state, key, ended)
-                && !Self::in_forced_window(state, key, other)
+                && !state.forced.contains_key(&ended.consumer)
+                && !state.forced.contains_key(&other.consumer)
                 && other.start >= ended.start
                 && other.start < end
                 && other.end != Some(other.start)
@@ -705,27 +710,34 @@ impl Monitor {
         }
     }
 
-    /// Whether `batch` started in the window of a forced reset of `key` while its worker owned
-    /// the lease.
-    fn in_forced_window(state: &State, key: &str, batch: &Batch) -> bool {
-        state.forced.get(key).is_some_and(|windows| {
-            windows
-                .iter()
-                .any(|(w, from, until)| *w == batch.worker && batch.start >= *from && batch.start <= *until)
-        })
+    /// A forced admin reset of `key` was written while `owners` (owner and `checkpointOwner`)
+    /// held it: their consumers of the key (those started so far) are not checked for overlaps
+    /// any more. `kcl-admin reset --force` leaves to the operator the time until an owner
+    /// learns of the reset (F8 of docs/coordination.md); a consumer that never learns is
+    /// found by [`Monitor::forced_consumers_since`].
+    pub fn forced_reset(&self, key: &str, owners: &[String]) {
+        let mut state = lock(&self.state);
+        let exempt: Vec<String> = state
+            .consumers
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter(|(_, worker)| owners.contains(worker))
+            .map(|(consumer, _)| consumer.clone())
+            .collect();
+        for consumer in exempt {
+            state.forced.entry(consumer).or_default();
+        }
     }
 
-    /// A forced admin reset of `key` is about to be written while `owners` (owner and
-    /// `checkpointOwner`) hold it: their batches of the key that start within `window` from
-    /// now are not checked for overlaps (`kcl-admin reset --force` leaves that window to the
-    /// operator, F8 of docs/coordination.md). Later ones are: by then they must have learnt.
-    pub fn forced_reset(&self, key: &str, owners: &[String], window: Duration) {
-        let at = self.elapsed();
-        let mut state = lock(&self.state);
-        let entry = state.forced.entry(key.to_owned()).or_default();
-        for owner in owners {
-            entry.push((owner.clone(), at, at + window));
-        }
+    /// The consumers exempted by a forced reset that started a batch at `since` or later.
+    pub fn forced_consumers_since(&self, since: Duration) -> Vec<String> {
+        lock(&self.state)
+            .forced
+            .iter()
+            .filter(|(_, last)| last.is_some_and(|at| at >= since))
+            .map(|(consumer, _)| consumer.clone())
+            .collect()
     }
 
     /// The shard of `key` ended: `last` is its last record (no record after it is delivered;
@@ -758,6 +770,16 @@ impl Monitor {
     /// The highest record of `key` delivered so far (0: none).
     pub fn delivered_to(&self, key: &str) -> u64 {
         lock(&self.state).delivered.get(key).copied().unwrap_or(0)
+    }
+
+    /// Consumer `consumer` of `key` (in worker `worker`) was created: it has the lease, and
+    /// starts once its hand-off is done.
+    pub fn consumer_created(&self, key: &str, consumer: &str, worker: &str) {
+        lock(&self.state)
+            .consumers
+            .entry(key.to_owned())
+            .or_default()
+            .push((consumer.to_owned(), worker.to_owned()));
     }
 
     /// Consumer `consumer` of `key` starts at `position` (its checkpoint): violates
