@@ -957,4 +957,110 @@ mod tests {
         );
         assert_eq!(m.violation().unwrap().invariant, Invariant::CheckpointRegressed);
     }
+
+    fn with_checkpoint(mut l: Lease, checkpoint: ExtendedSequenceNumber) -> Lease {
+        l.checkpoint = checkpoint;
+        l
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sim_monitor_allows_a_reset_backwards_and_wants_a_consumer_to_resume_from_it() {
+        let m = Monitor::new(1, "test");
+        m.consumer_created("s", "a/s/1", "a");
+        m.consumer_started("s", "a/s/1", 0);
+        m.delivered("s", "a/s/1", 0, 600);
+        m.after_write(
+            "admin",
+            "reset",
+            Some(&row(Some("a"), None, 500)),
+            Some(&row(None, None, 100)),
+        );
+        assert!(
+            m.violation().is_none(),
+            "a reset may move the checkpoint back: {:?}",
+            m.violation()
+        );
+        assert_eq!(m.pending_resets().len(), 1);
+        // A consumer that starts past the reset's position does not resume from it.
+        m.consumer_started("s", "b/s/1", 500);
+        assert_eq!(m.pending_resets().len(), 1);
+        m.consumer_started("s", "c/s/1", 100);
+        assert!(m.pending_resets().is_empty());
+        assert!(m.violation().is_none());
+        // A consumer that starts past every record delivered skipped some.
+        m.consumer_started("s", "d/s/1", 700);
+        assert_eq!(m.violation().unwrap().invariant, Invariant::Delivery);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sim_monitor_flags_a_child_batch_before_its_parent_is_finished() {
+        let m = Monitor::new(1, "test");
+        m.shard_ended("p", 50);
+        m.child_created("c", &["p".to_owned()]);
+        m.delivered("p", "a/p/1", 0, 50);
+        let b = m.batch_start("a/c/1", 1, "a", "a", "c");
+        m.batch_end("c", b);
+        assert_eq!(m.violation().unwrap().invariant, Invariant::ParentNotFinished);
+
+        let m = Monitor::new(1, "test");
+        m.shard_ended("p", 50);
+        m.child_created("c", &["p".to_owned()]);
+        m.delivered("p", "a/p/1", 0, 50);
+        let mut before = row(Some("a"), None, 50);
+        before.lease_key = "p".to_owned();
+        let after = with_checkpoint(before.clone(), ExtendedSequenceNumber::ShardEnd);
+        m.after_write("a", "checkpoint", Some(&before), Some(&after));
+        let b = m.batch_start("a/c/1", 1, "a", "a", "c");
+        m.batch_end("c", b);
+        assert!(m.violation().is_none(), "{:?}", m.violation());
+        assert!(m.finished_at("p").is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sim_monitor_flags_shard_end_before_the_last_record_and_records_past_the_end() {
+        let m = Monitor::new(1, "test");
+        m.shard_ended("p", 50);
+        m.delivered("p", "a/p/1", 0, 40);
+        let mut before = row(Some("a"), None, 40);
+        before.lease_key = "p".to_owned();
+        let after = with_checkpoint(before.clone(), ExtendedSequenceNumber::ShardEnd);
+        m.after_write("a", "checkpoint", Some(&before), Some(&after));
+        assert_eq!(m.violation().unwrap().invariant, Invariant::Delivery);
+
+        let m = Monitor::new(1, "test");
+        m.shard_ended("p", 50);
+        m.delivered("p", "a/p/1", 0, 60);
+        assert_eq!(m.violation().unwrap().invariant, Invariant::Delivery);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sim_monitor_exempts_the_owner_of_a_forced_reset_until_it_learns() {
+        let m = Monitor::new(1, "test");
+        m.consumer_created("s", "a/s/1", "a");
+        m.consumer_started("s", "a/s/1", 0);
+        m.after_write(
+            "admin",
+            "reset",
+            Some(&row(Some("a"), None, 5)),
+            Some(&row(None, None, 0)),
+        );
+        m.forced_reset("s", &["a".to_owned()]);
+        // a has not learnt yet and starts a batch; b takes the reset row and starts too.
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let a = m.batch_start("a/s/1", 1, "a", "a", "s");
+        m.after_write(
+            "b",
+            "take",
+            Some(&row(None, None, 0)),
+            Some(&row(Some("b"), None, 0)),
+        );
+        let b = m.batch_start("b/s/1", 1, "b", "b", "s");
+        tokio::time::advance(Duration::from_millis(10)).await;
+        m.batch_end("s", a);
+        m.batch_end("s", b);
+        assert!(m.violation().is_none(), "{:?}", m.violation());
+        // Still processing once the faults stopped: it never learnt.
+        assert_eq!(m.forced_consumers_since(Duration::ZERO), vec!["a/s/1".to_owned()]);
+        assert!(m.forced_consumers_since(Duration::from_secs(1)).is_empty());
+    }
 }

@@ -259,13 +259,13 @@ fn sim_replay_of_a_seed_gives_the_same_event_log() {
     println!("{reordered} replays recorded simultaneous events in another order");
 }
 
-/// How many seeds the sweeps run: `default`, or `SIM_SEEDS` from the environment.
+/// How many seeds the sweeps run: `default`, or `SIM_SEEDS` from the environment, from
+/// `SIM_FIRST_SEED` (0 by default) on.
 fn seeds(default: u64) -> std::ops::Range<u64> {
-    let n = std::env::var("SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default);
-    0..n
+    let env = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<u64>().ok());
+    let n = env("SIM_SEEDS").unwrap_or(default);
+    let first = env("SIM_FIRST_SEED").unwrap_or(0);
+    first..first.saturating_add(n)
 }
 
 /// What a sweep found: its violations, and the faults it injected per class.
@@ -405,6 +405,28 @@ fn sim_many_seeds_fault_free() {
         violations.extend(sweep(&lagging, seeds(100)).violations);
     }
     assert!(violations.is_empty(), "{} seeds violated", violations.len());
+}
+
+/// Admin resets and reshards in `kcl-bench simulate`'s fleet (8 workers, 32 shards), both
+/// modes: with only those two classes (and lagging reads), then with every class.
+/// `SIM_SEEDS` and `SIM_FIRST_SEED` choose the seeds (100 from 0 by default); known-failing
+/// seeds are listed in `sim_known_failing_seeds`.
+#[test]
+#[ignore = "a long sweep (400 fleets of 8 workers and 32 shards, several minutes in a debug build)"]
+fn sim_many_seeds_with_resets_and_reshards() {
+    let mut violations = Vec::new();
+    for renewal in [LeaseRenewal::PerLease, LeaseRenewal::Worker] {
+        let operator = SimConfig::new(renewal).with_fleet(8, 32).with_faults([
+            FaultClass::AdminReset,
+            FaultClass::Reshard,
+            FaultClass::StaleRead,
+        ]);
+        violations.extend(sweep(&operator, seeds(100)).violations);
+        let every = SimConfig::new(renewal).with_fleet(8, 32);
+        violations.extend(sweep(&every, seeds(100)).violations);
+    }
+    let seeds: Vec<(u64, Invariant)> = violations.iter().map(|v| (v.seed, v.invariant)).collect();
+    assert!(violations.is_empty(), "violating seeds: {seeds:?}");
 }
 
 /// One fault class at a time, both modes: which classes cause which violations.
