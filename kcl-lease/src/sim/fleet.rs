@@ -374,6 +374,8 @@ async fn consume(ctx: Arc<ProcessCtx>, coordinator: Arc<LeaseCoordinator>, held:
                 );
                 task.end();
                 coordinator.release(&held).await;
+                // As kcl-core's scheduler: a shard ended, a take round now (its share changed).
+                coordinator.wake();
                 return;
             }
             // Lost, or a failed call: the status says which at the next round.
@@ -835,7 +837,7 @@ impl Fleet {
                 let action = Action::Reshard {
                     pick: rng.next_u64(),
                     merge: rng.chance(0.4),
-                    extra: rng.range(0, 300),
+                    extra: rng.range(0, 1500),
                 };
                 self.schedule(at, action);
             }
@@ -881,6 +883,13 @@ impl Fleet {
                     .with_parents(keys.iter().cloned()),
             );
             created.push(child);
+        }
+        // The shard sync of one running process created them: it announces the change (the
+        // others read the table) and looks at the table at once, as kcl-core's does.
+        if let Some(i) = self.pick(pick, 1) {
+            let coordinator = &self.processes[i].coordinator;
+            coordinator.announce();
+            coordinator.wake();
         }
         self.store.count(FaultClass::Reshard);
         self.monitor.record(

@@ -39,8 +39,8 @@
 //!      the reset (the window F8 of docs/coordination.md leaves to the operator): its
 //!      consumers of that lease are not checked for overlaps, but must have stopped by the
 //!      quiet phase.
-//!    - Reshards ([`FaultClass::Reshard`], 0–3 per run): a split (an open shard ends a few
-//!      records past those delivered so far; two child leases with it as parent) or a
+//!    - Reshards ([`FaultClass::Reshard`], 0–3 per run): a split (an open shard ends up to
+//!      1,500 records past those delivered so far; two child leases with it as parent) or a
 //!      merge (two shards end; one child with both as parents), the child leases created
 //!      as the shard sync does. A consumer processes an ended shard to its end and
 //!      checkpoints `SHARD_END` (the lease is then finished: released, never taken again);
