@@ -394,6 +394,28 @@ fn sim_seeds_found_by_long_sweeps_stay_green() {
     }
 }
 
+/// Seeds that sweeps with admin resets and reshards found violating, not fixed yet (the
+/// coordinator, not the simulator; see docs/coordination.md, "The fleet simulator"), each
+/// replayed: with worker renewal, 606 (4 workers, 16 shards, every class; liveness: after a
+/// split at 10 s and a graceful shutdown that released two leases at 31 s, the two free
+/// leases were not taken within failover + 2 s of the quiet phase, one worker holding 6 of 17
+/// and the other 9; without reshards the seed passes). A change to the simulator or the
+/// coordinator replays them differently.
+#[test]
+#[ignore = "known-failing seeds (a worker-renewal liveness gap), kept until the coordinator is fixed"]
+fn sim_known_failing_seeds() {
+    let seeds = [(606, LeaseRenewal::Worker, 4, 16)];
+    let mut failed = Vec::new();
+    for (seed, renewal, workers, shards) in seeds {
+        let config = SimConfig::new(renewal).with_fleet(workers, shards);
+        if let Err(v) = run_seed(seed, &config) {
+            println!("{v}");
+            failed.push((seed, renewal, v.invariant));
+        }
+    }
+    assert!(failed.is_empty(), "still failing: {failed:?}");
+}
+
 /// Fault-free fleets (without and with eventually consistent lags), many seeds.
 #[test]
 #[ignore = "a diagnosis sweep (400 fleets without faults or with lagging reads only, a minute in a debug build); the fleets above cover these classes"]
