@@ -280,6 +280,8 @@ struct State {
     consumers: BTreeMap<String, Vec<(String, String)>>,
     /// The consumers a forced reset took their lease from, and when each last started a batch.
     forced: BTreeMap<String, Option<Duration>>,
+    /// Per lease key: the owners a forced reset removed, and when.
+    forced_owners: BTreeMap<String, Vec<(String, Duration)>>,
     violation: Option<Violation>,
 }
 
@@ -716,7 +718,12 @@ impl Monitor {
     /// learns of the reset (F8 of docs/coordination.md); a consumer that never learns is
     /// found by [`Monitor::forced_consumers_since`].
     pub fn forced_reset(&self, key: &str, owners: &[String]) {
+        let at = self.elapsed();
         let mut state = lock(&self.state);
+        let removed = state.forced_owners.entry(key.to_owned()).or_default();
+        for owner in owners {
+            removed.push((owner.clone(), at));
+        }
         let exempt: Vec<String> = state
             .consumers
             .get(key)
@@ -774,12 +781,31 @@ impl Monitor {
 
     /// Consumer `consumer` of `key` (in worker `worker`) was created: it has the lease, and
     /// starts once its hand-off is done.
+    ///
+    /// A consumer of an owner a forced reset removed, created before that owner took the lease
+    /// again in the table, holds the lease from before the reset (a take whose confirmation
+    /// was answered late): exempt as the owner's other consumers ([`Monitor::forced_reset`]).
     pub fn consumer_created(&self, key: &str, consumer: &str, worker: &str) {
-        lock(&self.state)
+        let mut state = lock(&self.state);
+        state
             .consumers
             .entry(key.to_owned())
             .or_default()
             .push((consumer.to_owned(), worker.to_owned()));
+        let named_since = |t: Duration| {
+            state.owners.get(key).is_some_and(|rows| {
+                rows.iter().any(|(at, owner, co)| {
+                    *at >= t && (owner.as_deref() == Some(worker) || co.as_deref() == Some(worker))
+                })
+            })
+        };
+        let unaware = state
+            .forced_owners
+            .get(key)
+            .is_some_and(|removed| removed.iter().any(|(w, t)| w == worker && !named_since(*t)));
+        if unaware {
+            state.forced.entry(consumer.to_owned()).or_default();
+        }
     }
 
     /// Consumer `consumer` of `key` starts at `position` (its checkpoint): violates
@@ -1059,8 +1085,33 @@ mod tests {
         m.batch_end("s", a);
         m.batch_end("s", b);
         assert!(m.violation().is_none(), "{:?}", m.violation());
+        // A consumer a learns of late (a take confirmed by a read served before the reset) is
+        // exempt too; one of a new take of a is not (not listed below).
+        m.consumer_created("s", "a/s/2", "a");
+        m.after_write(
+            "b",
+            "evict",
+            Some(&row(Some("b"), None, 0)),
+            Some(&row(None, None, 0)),
+        );
+        m.after_write(
+            "a",
+            "take",
+            Some(&row(None, None, 0)),
+            Some(&row(Some("a"), None, 0)),
+        );
+        m.consumer_created("s", "a/s/3", "a");
+        let a2 = m.batch_start("a/s/2", 1, "a", "a", "s");
+        let a3 = m.batch_start("a/s/3", 1, "a", "a", "s");
+        tokio::time::advance(Duration::from_millis(10)).await;
+        m.batch_end("s", a2);
+        m.batch_end("s", a3);
+        assert!(m.violation().is_none(), "{:?}", m.violation());
         // Still processing once the faults stopped: it never learnt.
-        assert_eq!(m.forced_consumers_since(Duration::ZERO), vec!["a/s/1".to_owned()]);
+        assert_eq!(
+            m.forced_consumers_since(Duration::ZERO),
+            vec!["a/s/1".to_owned(), "a/s/2".to_owned()]
+        );
         assert!(m.forced_consumers_since(Duration::from_secs(1)).is_empty());
     }
 }
