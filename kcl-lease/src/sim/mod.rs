@@ -37,8 +37,9 @@
 //!      checkpoint may move back through a reset only; a consumer must then resume from
 //!      the reset checkpoint. A forced reset's owner may go on processing until it learns of
 //!      the reset (the window F8 of docs/coordination.md leaves to the operator): its
-//!      consumers of that lease are not checked for overlaps, but must have stopped by the
-//!      quiet phase.
+//!      consumers of that lease (those started before it took the lease again, a take from
+//!      before the reset confirmed late included) are not checked for overlaps, but must
+//!      have stopped by the quiet phase.
 //!    - Reshards ([`FaultClass::Reshard`], 0–3 per run): a split (an open shard ends up to
 //!      1,500 records past those delivered so far; two child leases with it as parent) or a
 //!      merge (two shards end; one child with both as parents), the child leases created
