@@ -18,9 +18,11 @@ use super::store::{SimLeaseStore, WorkerFaults};
 use super::{FaultClass, RunSummary, SimConfig};
 use crate::clock::{Clock, ProcessClock};
 use crate::coordinator::{CoordinatorConfig, HeldLease, LeaseCoordinator, LeaseStatus};
+use crate::heartbeat::{HeartbeatCondition, WorkerHeartbeat};
 use crate::held::{lock, Liveness};
 use crate::lease::Lease;
 use crate::sequence::ExtendedSequenceNumber;
+use crate::store::LeaseStore;
 use crate::suspend::SuspendDetector;
 
 /// The faulty phase starts this long after the beginning (the fleet has started).
@@ -46,6 +48,14 @@ thread_local! {
     /// on the thread that runs the seed.
     pub(crate) static BLIND_SUSPEND_DETECTOR: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
+/// How often a child shard's consumer reads its parents' leases until they are finished (the
+/// real shard consumer: `parent_poll_interval`).
+const PARENT_POLL: Duration = Duration::from_millis(200);
+/// A child shard whose last parent finished less than this long before the liveness check
+/// need not have been processed yet.
+const PARENT_SLACK: Duration = Duration::from_secs(1);
+/// The worker id of the simulated `kcl-admin` (as `kcl_tools::admin::ANNOUNCER`).
+const ADMIN: &str = "kcl-admin";
 
 /// Runs one seed and returns its summary, or the first invariant it violated.
 ///
@@ -260,6 +270,7 @@ async fn consume(ctx: Arc<ProcessCtx>, coordinator: Arc<LeaseCoordinator>, held:
     };
     let id = format!("{}/{key}/{n}", ctx.name);
     let task = Task::start(&ctx, &key, &id);
+    ctx.monitor.consumer_created(&key, &id, &ctx.worker_id);
     let mut rng = SimRng::for_call(ctx.seed, &[n], &[&ctx.name, &key]);
     let mut slow = SimRng::for_call(ctx.seed, &[n], &[&ctx.name, &key, "slow-batch"]);
     // A stolen lease: the previous owner checkpoints first.
@@ -276,12 +287,30 @@ async fn consume(ctx: Arc<ProcessCtx>, coordinator: Arc<LeaseCoordinator>, held:
             return;
         }
     };
+    if row.is_finished() {
+        // Finished while this worker waited for it (the previous owner's last checkpoint).
+        ctx.record(
+            EventKind::ConsumerEnd,
+            &key,
+            format!("consumer {id}: already finished"),
+        );
+        task.end();
+        coordinator.release(&held).await;
+        return;
+    }
     let mut position = position_of(&row.checkpoint);
     ctx.record(
         EventKind::ConsumerStart,
         &key,
         format!("consumer {id} at {position}"),
     );
+    if !ctx.dead() {
+        ctx.monitor.consumer_started(&key, &id, position);
+    }
+    // A child shard waits for its parents' SHARD_END, as the real shard consumer does.
+    let mut parents_done = row.parent_shard_ids.is_empty();
+    let parents: Vec<String> = row.parent_shard_ids.iter().map(|p| row.sibling_key(p)).collect();
+    let reads = ctx.store.for_worker(&ctx.name);
     let (every, interval) = (ctx.params.checkpoint_every, ctx.params.checkpoint_interval);
     let mut batches = 0u64;
     let mut last_checkpoint = Instant::now();
@@ -330,6 +359,39 @@ async fn consume(ctx: Arc<ProcessCtx>, coordinator: Arc<LeaseCoordinator>, held:
         if ctx.dead() {
             return;
         }
+        if !parents_done {
+            if parents_finished(reads.as_ref(), &parents).await {
+                parents_done = true;
+                ctx.record(
+                    EventKind::Reshard,
+                    &key,
+                    format!("consumer {id}: parents finished"),
+                );
+                // The read took a while: the lease's status is looked at again first.
+                continue;
+            } else {
+                tokio::time::sleep(PARENT_POLL).await;
+                continue;
+            }
+        }
+        if ctx.monitor.shard_end(&key).is_some_and(|end| position >= end) {
+            // Processed to the end: SHARD_END, then let go (the lease is finished).
+            if held.checkpoint(&ExtendedSequenceNumber::ShardEnd).await.is_ok() {
+                ctx.record(
+                    EventKind::ConsumerEnd,
+                    &key,
+                    format!("consumer {id} at {position}: shard end"),
+                );
+                task.end();
+                coordinator.release(&held).await;
+                // As kcl-core's scheduler: a shard ended, a take round now (its share changed).
+                coordinator.wake();
+                return;
+            }
+            // Lost, or a failed call: the status says which at the next round.
+            tokio::time::sleep(HANDOFF_POLL).await;
+            continue;
+        }
         let batch = ctx
             .monitor
             .batch_start(&id, batches + 1, &ctx.name, &ctx.worker_id, &key);
@@ -359,13 +421,145 @@ async fn consume(ctx: Arc<ProcessCtx>, coordinator: Arc<LeaseCoordinator>, held:
             return;
         }
         ctx.monitor.batch_end(&key, batch);
+        let from = position;
         position += rng.range(1, 100);
+        if let Some(end) = ctx.monitor.shard_end(&key) {
+            position = position.min(end.max(from));
+        }
+        ctx.monitor.delivered(&key, &id, from, position);
         batches += 1;
         if batches.is_multiple_of(every.max(1)) || last_checkpoint.elapsed() >= interval {
             let _ = held.checkpoint(&sequence(position)).await;
             last_checkpoint = Instant::now();
         }
     }
+}
+
+/// Whether every parent lease is finished (checkpointed `SHARD_END`) or gone, as the real shard
+/// consumer reads them (a failed read: not yet).
+async fn parents_finished(store: &dyn LeaseStore, parents: &[String]) -> bool {
+    for parent in parents {
+        match store.get(parent).await {
+            Ok(None) => {}
+            Ok(Some(lease)) if lease.is_finished() => {}
+            Ok(Some(_)) | Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// `kcl-admin reset` of one lease, as `kcl_tools::admin` does it: reads the table (without
+/// `--force`, twice, a failover time apart: a lease whose counter or owner's heartbeat moved
+/// is held live, and left alone), rewrites the checkpoint to an earlier position or
+/// `TRIM_HORIZON` conditionally on the row read (clearing the owner), and with `--force`
+/// announces itself: a lapsed heartbeat row of `kcl-admin`, a nudge of every worker's row.
+///
+/// The watch is a failover time, not kcl-admin's default: a shorter one can take an owner
+/// whose renewals failed for a while for a stopped one, which then still processes (its
+/// validity runs for a failover time from its last renewal); that is the operator's call.
+async fn admin_reset(store: SimLeaseStore, pick: u64, forced: bool, back: u64, failover: Duration) {
+    let monitor = store.monitor().clone();
+    let admin = store.for_worker(ADMIN);
+    let (Ok(mut first), Ok(first_hb)) = (admin.list().await, admin.list_heartbeats(true).await) else {
+        return;
+    };
+    first.retain(|l| !l.is_finished());
+    first.sort_by(|a, b| a.lease_key.cmp(&b.lease_key));
+    let Some(chosen) = first.get((pick % first.len().max(1) as u64) as usize) else {
+        return;
+    };
+    let key = chosen.lease_key.clone();
+    let (row, live) = if forced {
+        (chosen.clone(), false)
+    } else {
+        tokio::time::sleep(failover).await;
+        let (Ok(rows), Ok(hbs)) = (admin.list().await, admin.list_heartbeats(true).await) else {
+            return;
+        };
+        let Some(row) = rows.into_iter().find(|l| l.lease_key == key) else {
+            return;
+        };
+        let renewed = row.lease_counter > chosen.lease_counter;
+        let beating = row.lease_owner.as_deref().is_some_and(|owner| {
+            hbs.iter().any(|h| {
+                h.worker_id == owner
+                    && !first_hb
+                        .iter()
+                        .any(|b| b.worker_id == owner && b.counter == h.counter)
+            })
+        });
+        let live = row.lease_owner.is_some() && (renewed || beating);
+        (row, live)
+    };
+    let how = if forced { "reset --force" } else { "reset" };
+    if live || row.is_finished() {
+        monitor.record(
+            ADMIN,
+            EventKind::Scenario,
+            &key,
+            format!("kcl-admin {how} refused: held live by {:?}", row.lease_owner),
+        );
+        return;
+    }
+    let at = position_of(&row.checkpoint);
+    let to = back % (at + 1);
+    let checkpoint = if to == 0 {
+        ExtendedSequenceNumber::TrimHorizon
+    } else {
+        sequence(to)
+    };
+    monitor.record(
+        ADMIN,
+        EventKind::Scenario,
+        &key,
+        format!("kcl-admin {how} to {}", checkpoint.checkpoint_str()),
+    );
+    if let Err(e) = admin.reset_checkpoint(&row, &checkpoint).await {
+        monitor.record(
+            ADMIN,
+            EventKind::Scenario,
+            &key,
+            format!("kcl-admin {how} not applied: {e}"),
+        );
+        return;
+    }
+    store.count(FaultClass::AdminReset);
+    let owners: Vec<String> = [row.lease_owner.clone(), row.checkpoint_owner.clone()]
+        .into_iter()
+        .flatten()
+        .collect();
+    if !forced || owners.is_empty() {
+        return;
+    }
+    monitor.forced_reset(&key, &owners);
+    let now = u64::try_from(monitor.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
+    let announcement = WorkerHeartbeat {
+        worker_id: ADMIN.to_owned(),
+        counter: now,
+        renewal: crate::heartbeat::LeaseRenewal::PerLease,
+        leases: 0,
+        epoch: now,
+        incarnation: None,
+        lapsed: true,
+        nudges: 0,
+        view: 0,
+        watched: None,
+    };
+    let announced = admin.put_heartbeat(&announcement, HeartbeatCondition::Any).await;
+    if let Ok(rows) = admin.list_heartbeats(true).await {
+        for row in rows.iter().filter(|r| r.worker_id != ADMIN) {
+            let _ = admin.nudge_heartbeat(&row.worker_id).await;
+        }
+    }
+    monitor.record(
+        ADMIN,
+        EventKind::Scenario,
+        &key,
+        format!(
+            "kcl-admin announced the reset: {}",
+            if announced.is_ok() { "ok" } else { "failed" }
+        ),
+    );
 }
 
 /// Receives the leases a coordinator acquires and starts a consumer for each.
@@ -457,6 +651,20 @@ enum Action {
         name: String,
         what: Restore,
     },
+    /// `kcl-admin reset` of one lease ([`FaultClass::AdminReset`]).
+    AdminReset {
+        pick: u64,
+        forced: bool,
+        /// Draws the position reset to (at most the checkpoint read).
+        back: u64,
+    },
+    /// A split or a merge ([`FaultClass::Reshard`]).
+    Reshard {
+        pick: u64,
+        merge: bool,
+        /// Records after those delivered so far up to the end.
+        extra: u64,
+    },
 }
 
 /// Which tables a read outage hits.
@@ -499,6 +707,8 @@ struct Fleet {
     queue: BTreeMap<(Duration, u64), Action>,
     queued: u64,
     origin: Instant,
+    /// The number of the next child shard (`shard-NNN`).
+    next_shard: usize,
 }
 
 impl Fleet {
@@ -525,6 +735,7 @@ impl Fleet {
             queue: BTreeMap::new(),
             queued: 0,
             origin: Instant::now(),
+            next_shard: config.shards,
             config,
         }
     }
@@ -626,6 +837,103 @@ impl Fleet {
             let length = Duration::from_millis(rng.range(100, failover * 2));
             self.schedule(at, Action::Suspend { pick, length });
         }
+    }
+
+    /// The operator's resets and the stream's reshards ([`FaultClass::AdminReset`],
+    /// [`FaultClass::Reshard`]), each from a stream of its own: the other scenario events of a
+    /// seed stay what they were. Done two failover times before the quiet phase (a non-forced
+    /// reset watches for a failover time first).
+    fn plan_operator_events(&mut self) {
+        let failover = self.config.failover_time;
+        let span = self.config.faulty_phase.saturating_sub(failover * 2).as_millis() as u64;
+        if span == 0 {
+            return;
+        }
+        if self.config.has(FaultClass::AdminReset) {
+            let mut rng = SimRng::for_call(self.seed, &[], &["admin-reset"]);
+            for _ in 0..rng.range(1, 3) {
+                let at = FAULTS_FROM + Duration::from_millis(rng.below(span));
+                let action = Action::AdminReset {
+                    pick: rng.next_u64(),
+                    forced: rng.chance(0.5),
+                    back: rng.next_u64(),
+                };
+                self.schedule(at, action);
+            }
+        }
+        if self.config.has(FaultClass::Reshard) {
+            let mut rng = SimRng::for_call(self.seed, &[], &["reshard"]);
+            for _ in 0..rng.range(0, 3) {
+                let at = FAULTS_FROM + Duration::from_millis(rng.below(span));
+                let action = Action::Reshard {
+                    pick: rng.next_u64(),
+                    merge: rng.chance(0.4),
+                    extra: rng.range(0, 1500),
+                };
+                self.schedule(at, action);
+            }
+        }
+    }
+
+    /// A split (one shard ends, two children) or a merge (two shards end, one child): the
+    /// shards' ends are set past the records delivered so far, and the child leases created
+    /// with their parents, as the shard sync does.
+    fn reshard(&mut self, pick: u64, merge: bool, extra: u64) {
+        let mut open: Vec<Lease> = self
+            .store
+            .leases()
+            .into_iter()
+            .filter(|l| !l.is_finished() && self.monitor.shard_end(&l.lease_key).is_none())
+            .collect();
+        open.sort_by(|a, b| a.lease_key.cmp(&b.lease_key));
+        let (parents, children) = if merge { (2, 1) } else { (1, 2) };
+        if open.len() < parents {
+            return;
+        }
+        let first = (pick % open.len() as u64) as usize;
+        let mut keys = Vec::new();
+        let mut ends = Vec::new();
+        for k in 0..parents {
+            let parent = &open[(first + k) % open.len()];
+            let end = self
+                .monitor
+                .delivered_to(&parent.lease_key)
+                .max(position_of(&parent.checkpoint))
+                + extra;
+            self.monitor.shard_ended(&parent.lease_key, end);
+            keys.push(parent.lease_key.clone());
+            ends.push(format!("{} ends at {end}", parent.lease_key));
+        }
+        let mut created = Vec::new();
+        for _ in 0..children {
+            let child = format!("shard-{:03}", self.next_shard);
+            self.next_shard += 1;
+            self.monitor.child_created(&child, &keys);
+            self.store.create(
+                Lease::new(child.clone(), ExtendedSequenceNumber::TrimHorizon)
+                    .with_parents(keys.iter().cloned()),
+            );
+            created.push(child);
+        }
+        // The shard sync of one running process created them: it announces the change (the
+        // others read the table) and looks at the table at once, as kcl-core's does.
+        if let Some(i) = self.pick(pick, 1) {
+            let coordinator = &self.processes[i].coordinator;
+            coordinator.announce();
+            coordinator.wake();
+        }
+        self.store.count(FaultClass::Reshard);
+        self.monitor.record(
+            "fleet",
+            EventKind::Reshard,
+            "",
+            format!(
+                "{}: {}; child leases {} created",
+                if merge { "merge" } else { "split" },
+                ends.join(", "),
+                created.join(", ")
+            ),
+        );
     }
 
     /// Starts a process.
@@ -964,6 +1272,12 @@ impl Fleet {
                 };
                 self.start(&id, &id, false, faults);
             }
+            Action::AdminReset { pick, forced, back } => {
+                // A process of its own: a reset without --force watches for a while first.
+                let failover = self.config.failover_time;
+                tokio::spawn(admin_reset(self.store.clone(), pick, forced, back, failover));
+            }
+            Action::Reshard { pick, merge, extra } => self.reshard(pick, merge, extra),
             Action::Restore { name, what } => {
                 if let Some(i) = self.index_of(&name) {
                     self.monitor
@@ -1016,6 +1330,9 @@ impl Fleet {
     fn check_settled(&self, since: Duration) {
         let mut counts: BTreeMap<&str, usize> = self.running_ids().into_iter().map(|w| (w, 0)).collect();
         for lease in self.store.leases() {
+            if lease.is_finished() {
+                continue; // not counted by the balance either
+            }
             if let Some(c) = lease.lease_owner.as_deref().and_then(|o| counts.get_mut(o)) {
                 *c += 1;
             }
@@ -1053,7 +1370,11 @@ impl Fleet {
             .collect();
         let leases = self.store.leases();
         let mut problems = Vec::new();
+        let now = self.now();
         for lease in &leases {
+            if lease.is_finished() {
+                continue; // processed to its end: never taken again
+            }
             let owner = lease.lease_owner.as_deref();
             if !owner.is_some_and(|o| running.contains(o)) {
                 problems.push(format!(
@@ -1066,7 +1387,14 @@ impl Fleet {
                 .last_batch_starts(&lease.lease_key)
                 .iter()
                 .any(|(process, at)| names.contains(process.as_str()) && *at >= since);
-            if !processed {
+            // A child waits for its parents: excused while one is not finished (it is checked
+            // itself), or finished only just now.
+            let waiting = self
+                .monitor
+                .parents_of(&lease.lease_key)
+                .iter()
+                .any(|p| self.monitor.finished_at(p).is_none_or(|t| t + PARENT_SLACK > now));
+            if !processed && !waiting {
                 problems.push(format!(
                     "{} not processed since {:.3}s (owner {:?}, checkpointOwner {:?})",
                     lease.lease_key,
@@ -1078,6 +1406,27 @@ impl Fleet {
         }
         if !problems.is_empty() {
             self.monitor.fail(Invariant::Liveness, problems.join("; "));
+        }
+        let unresumed: Vec<String> = self
+            .monitor
+            .pending_resets()
+            .into_iter()
+            .map(|(key, at, position)| {
+                format!(
+                    "{key} reset to {position} at {:.3}s: no consumer resumed from it",
+                    at.as_secs_f64()
+                )
+            })
+            .collect();
+        if !unresumed.is_empty() {
+            self.monitor.fail(Invariant::Delivery, unresumed.join("; "));
+        }
+        let unaware = self.monitor.forced_consumers_since(since);
+        if !unaware.is_empty() {
+            self.monitor.fail(
+                Invariant::Liveness,
+                format!("consumers of an owner of a forced reset still processing after the faults stopped (it never learnt of the reset): {unaware:?}"),
+            );
         }
     }
 
@@ -1097,6 +1446,7 @@ impl Fleet {
         }
         self.plan_scenario();
         self.plan_suspends();
+        self.plan_operator_events();
         let quiet_from = FAULTS_FROM + self.config.faulty_phase;
         let mut phase = Phase::Faulty;
         let mut faults_on = false;

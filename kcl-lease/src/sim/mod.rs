@@ -29,11 +29,36 @@
 //!    restarts, pauses longer than the failover time, a second process with an existing id,
 //!    graceful shutdowns, read outages, an unusable heartbeat table, suspends of a process's
 //!    host: its monotonic clock stops while its boot clock goes on, and the real
-//!    [`crate::suspend::SuspendDetector`] reads the gap).
+//!    [`crate::suspend::SuspendDetector`] reads the gap). And, each from a stream
+//!    of its own (the other events of a seed stay as they were), until two failover times
+//!    before the quiet phase:
+//!    - `kcl-admin reset` of one lease ([`FaultClass::AdminReset`], 1–3 per run, half of them
+//!      `--force`): its checkpoint set back to an earlier position or `TRIM_HORIZON` and its
+//!      owner cleared, conditionally on the row read. Without `--force`, only a lease not
+//!      held live (two reads a failover time apart: neither its counter nor its owner's
+//!      heartbeat moved; a live one is refused); with it, any lease, announced as the tool
+//!      does (a lapsed heartbeat row of `kcl-admin`, a nudge of every worker's row). The
+//!      checkpoint may move back through a reset only; a consumer must then resume from
+//!      the reset checkpoint. A forced reset's owner may go on processing until it learns of
+//!      the reset (the window F8 of docs/coordination.md leaves to the operator): its
+//!      consumers of that lease (those started before it took the lease again, a take from
+//!      before the reset confirmed late included) are not checked for overlaps, but must
+//!      have stopped by the quiet phase.
+//!    - Reshards ([`FaultClass::Reshard`], 0–3 per run): a split (an open shard ends up to
+//!      1,500 records past those delivered so far; two child leases with it as parent) or a
+//!      merge (two shards end; one child with both as parents), the child leases created
+//!      as the shard sync does. A consumer processes an ended shard to its end and
+//!      checkpoints `SHARD_END` (the lease is then finished: released, never taken again);
+//!      a child's consumer reads its parents' leases until each is finished, as the real
+//!      shard consumer does. No batch of a child may start before every parent's lease is
+//!      checkpointed `SHARD_END`, and a parent is checkpointed `SHARD_END` only once its
+//!      last record was delivered.
 //! 3. The quiet phase: every fault stops, crashed processes scheduled to restart do, and once
-//!    the delays already injected have run out, every shard must be held by a running
-//!    process and processed again within `failover_time + 2 s`, with the leases spread
-//!    evenly (max − min ≤ 1 per worker id).
+//!    the delays already injected have run out, every shard not finished must be held by a
+//!    running process and processed again within `failover_time + 2 s` (a child whose
+//!    parents are not finished, or finished less than a second before, only held), every
+//!    admin reset must have had a consumer resume from it, with the leases spread evenly
+//!    (max − min ≤ 1 per worker id, finished leases not counted).
 //!
 //! ```
 //! use kcl_lease::sim::{run_seed, SimConfig};
@@ -56,8 +81,15 @@
 //!   length and its consumers sleep; its coordinator's timers (on its clock) do not fire until
 //!   it resumes, but a call already in flight (an awaited store call) completes as the store
 //!   delays it.
-//! - Scans are atomic (one page); no shard sync, splits or merges, no load balancing, no
-//!   `kcl-admin` resets, no Java workers.
+//! - Scans are atomic (one page); no load balancing, no Java workers.
+//! - Reshards are the lease table's side of them: the children's leases are created at once
+//!   (as the shard sync does, not by the parent's consumer at its end), finished leases are
+//!   never deleted, no `childShardIds` are written, and an admin reset never picks a
+//!   finished lease (a reset of a parent whose child has started is the operator's mistake,
+//!   not modelled).
+//! - A non-forced `kcl-admin reset` watches for a failover time (the tool's `--watch`): a
+//!   watch shorter than that can take an owner whose renewals failed for a while for a
+//!   stopped one, which still processes until its validity runs out.
 //! - Processing is a sleep: a batch's records are numbers, checkpoints are positions.
 //!
 //! # Determinism
@@ -136,11 +168,20 @@ pub enum FaultClass {
     /// timers do not fire and its store calls are delayed; the coordinator's suspend detector
     /// must end its validity when it resumes (F9; per suspend).
     Suspend,
+    /// An operator's `kcl-admin reset` of one lease (per reset applied): its checkpoint set
+    /// back to an earlier position or `TRIM_HORIZON`, its owner cleared. Without `--force`
+    /// only a lease not held live (kcl-admin's two reads a failover time apart: neither its
+    /// counter nor its owner's heartbeat moved); with `--force` any lease, announced with a
+    /// lapsed heartbeat row of `kcl-admin` and a nudge of every worker's row (F8).
+    AdminReset,
+    /// A reshard (per reshard): a split (an open shard ends at a position, two child leases
+    /// with it as parent) or a merge (two shards end, one child lease with both as parents).
+    Reshard,
 }
 
 impl FaultClass {
     /// Every class.
-    pub const ALL: [FaultClass; 14] = [
+    pub const ALL: [FaultClass; 16] = [
         FaultClass::DelayBefore,
         FaultClass::DelayAfter,
         FaultClass::SlowReply,
@@ -155,6 +196,8 @@ impl FaultClass {
         FaultClass::Shutdown,
         FaultClass::SlowBatch,
         FaultClass::Suspend,
+        FaultClass::AdminReset,
+        FaultClass::Reshard,
     ];
 
     /// The class's name (`delay-before`, `reply-lost`, ...).
@@ -174,6 +217,8 @@ impl FaultClass {
             FaultClass::Shutdown => "shutdown",
             FaultClass::SlowBatch => "slow-batch",
             FaultClass::Suspend => "suspend",
+            FaultClass::AdminReset => "admin-reset",
+            FaultClass::Reshard => "reshard",
         }
     }
 }

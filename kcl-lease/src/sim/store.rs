@@ -543,6 +543,16 @@ impl SimStoreHandle {
                         .unwrap_or_else(|| "-".into())
                 ),
             ),
+            "reset" => (
+                EventKind::Reset,
+                format!(
+                    "checkpoint {} -> {} (owner {} removed) counter {}",
+                    before.map_or_else(|| "-".into(), |l| l.checkpoint.checkpoint_str().to_string()),
+                    after.checkpoint.checkpoint_str(),
+                    owner(before),
+                    after.lease_counter
+                ),
+            ),
             _ => return,
         };
         self.shared.monitor.record(&self.name, kind, key, detail);
@@ -753,11 +763,15 @@ impl LeaseStore for SimStoreHandle {
     async fn reset_checkpoint(&self, expected: &Lease, checkpoint: &ExtendedSequenceNumber) -> Result<Lease> {
         let key = &expected.lease_key;
         let plan = self.begin(LeaseOp::Checkpoint, key, "reset").await?;
-        // An operator's rewind moves the checkpoint backwards on purpose: not checked.
-        let result = self.shared.inner.reset_checkpoint(expected, checkpoint).await;
-        if result.is_ok() {
-            self.shared.snapshot();
-        }
+        // An operator's rewind moves the checkpoint backwards on purpose: the monitor allows
+        // it (op "reset"), records the owner's loss, and the position consumers resume from.
+        let result = self
+            .write(
+                "reset",
+                key,
+                self.shared.inner.reset_checkpoint(expected, checkpoint),
+            )
+            .await;
         self.end(LeaseOp::Checkpoint, plan, result).await
     }
 }

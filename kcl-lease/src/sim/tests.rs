@@ -259,13 +259,13 @@ fn sim_replay_of_a_seed_gives_the_same_event_log() {
     println!("{reordered} replays recorded simultaneous events in another order");
 }
 
-/// How many seeds the sweeps run: `default`, or `SIM_SEEDS` from the environment.
+/// How many seeds the sweeps run: `default`, or `SIM_SEEDS` from the environment, from
+/// `SIM_FIRST_SEED` (0 by default) on.
 fn seeds(default: u64) -> std::ops::Range<u64> {
-    let n = std::env::var("SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default);
-    0..n
+    let env = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<u64>().ok());
+    let n = env("SIM_SEEDS").unwrap_or(default);
+    let first = env("SIM_FIRST_SEED").unwrap_or(0);
+    first..first.saturating_add(n)
 }
 
 /// What a sweep found: its violations, and the faults it injected per class.
@@ -442,6 +442,28 @@ fn sim_a_suspend_overlaps_only_without_the_suspend_detector() {
     }
 }
 
+/// Seeds that sweeps with admin resets and reshards found violating, not fixed yet (the
+/// coordinator, not the simulator; see docs/coordination.md, "The fleet simulator"), each
+/// replayed: with worker renewal, 606 (4 workers, 16 shards, every class; liveness: after a
+/// split at 10 s and a graceful shutdown that released two leases at 31 s, the two free
+/// leases were not taken within failover + 2 s of the quiet phase, one worker holding 6 of 17
+/// and the other 9; without reshards the seed passes). A change to the simulator or the
+/// coordinator replays them differently.
+#[test]
+#[ignore = "known-failing seeds (a worker-renewal liveness gap), kept until the coordinator is fixed"]
+fn sim_known_failing_seeds() {
+    let seeds = [(606, LeaseRenewal::Worker, 4, 16)];
+    let mut failed = Vec::new();
+    for (seed, renewal, workers, shards) in seeds {
+        let config = SimConfig::new(renewal).with_fleet(workers, shards);
+        if let Err(v) = run_seed(seed, &config) {
+            println!("{v}");
+            failed.push((seed, renewal, v.invariant));
+        }
+    }
+    assert!(failed.is_empty(), "still failing: {failed:?}");
+}
+
 /// Fault-free fleets (without and with eventually consistent lags), many seeds.
 #[test]
 #[ignore = "a diagnosis sweep (400 fleets without faults or with lagging reads only, a minute in a debug build); the fleets above cover these classes"]
@@ -453,6 +475,28 @@ fn sim_many_seeds_fault_free() {
         violations.extend(sweep(&lagging, seeds(100)).violations);
     }
     assert!(violations.is_empty(), "{} seeds violated", violations.len());
+}
+
+/// Admin resets and reshards in `kcl-bench simulate`'s fleet (8 workers, 32 shards), both
+/// modes: with only those two classes (and lagging reads), then with every class.
+/// `SIM_SEEDS` and `SIM_FIRST_SEED` choose the seeds (100 from 0 by default); known-failing
+/// seeds are listed in `sim_known_failing_seeds`.
+#[test]
+#[ignore = "a long sweep (400 fleets of 8 workers and 32 shards, several minutes in a debug build)"]
+fn sim_many_seeds_with_resets_and_reshards() {
+    let mut violations = Vec::new();
+    for renewal in [LeaseRenewal::PerLease, LeaseRenewal::Worker] {
+        let operator = SimConfig::new(renewal).with_fleet(8, 32).with_faults([
+            FaultClass::AdminReset,
+            FaultClass::Reshard,
+            FaultClass::StaleRead,
+        ]);
+        violations.extend(sweep(&operator, seeds(100)).violations);
+        let every = SimConfig::new(renewal).with_fleet(8, 32);
+        violations.extend(sweep(&every, seeds(100)).violations);
+    }
+    let seeds: Vec<(u64, Invariant)> = violations.iter().map(|v| (v.seed, v.invariant)).collect();
+    assert!(violations.is_empty(), "violating seeds: {seeds:?}");
 }
 
 /// One fault class at a time, both modes: which classes cause which violations.
