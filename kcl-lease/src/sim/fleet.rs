@@ -1474,13 +1474,33 @@ impl Fleet {
             // What the scheduler does (kcl-core's fatal guard): a worker-renewal worker whose
             // heartbeat table is missing or denied stops with a fatal error. Found by the
             // simulator (seed 56914 at 8 workers, 32 shards): modelled as a coordinator that
-            // went on taking nothing, a live worker id left with no lease.
+            // went on taking nothing, a live worker id left with no lease. Its supervisor
+            // (systemd's `Restart=on-failure`, a container's restart policy) starts it again
+            // under the same id two seconds later, with the table usable (the operator
+            // mended the policy): otherwise a fleet whose every process met the fault ended
+            // with no worker at all.
             if self.config.renewal == crate::heartbeat::LeaseRenewal::Worker {
                 for i in self.running() {
                     if self.store.heartbeats_refused(&self.processes[i].ctx.name) {
                         self.crash(
                             i,
                             "fatal: worker renewal needs the worker heartbeat table (the scheduler stops)",
+                        );
+                        let worker_id = self.processes[i].ctx.worker_id.clone();
+                        let incarnation = self
+                            .processes
+                            .iter()
+                            .filter(|p| p.ctx.worker_id == worker_id)
+                            .count();
+                        let name = self.processes[i].ctx.name.clone();
+                        let base = name.split('.').next().unwrap_or(&name).to_owned();
+                        self.schedule(
+                            now + Duration::from_secs(2),
+                            Action::Start {
+                                worker_id,
+                                name: format!("{base}.{}", incarnation + 1),
+                                heartbeats_unusable: false,
+                            },
                         );
                     }
                 }
