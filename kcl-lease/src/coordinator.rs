@@ -844,7 +844,18 @@ impl LeaseCoordinator {
         if self.liveness.id_in_use() {
             return; // the row is another process's
         }
-        // Whoever watches a row looks now: the leases this worker released are taken at once.
+        let mine = HeartbeatCondition::Incarnation(self.incarnation);
+        match self.store.delete_heartbeat(&self.config.worker_id, mine).await {
+            Ok(()) => debug!("heartbeat row removed"),
+            Err(e) => {
+                warn!(error = %e, "removing the heartbeat row failed; it will look dead after the failover time")
+            }
+        }
+        // Every other worker looks now: the leases this worker released are taken at once.
+        // After the row is gone: a worker that looked while it was there counted this one in
+        // the even share, stayed at its share and left the released leases, and in the divided
+        // watch only this worker's watcher sees the row go (found by the simulator: seed 6483
+        // at 8 workers, 32 shards, worker renewal: two released leases untaken for 20 s).
         // (A few tries: there is no next heartbeat to send failed nudges again with.)
         if self.divided() {
             self.nudge_pending.store(true, Ordering::SeqCst);
@@ -856,13 +867,6 @@ impl LeaseCoordinator {
                 if !self.nudge_pending.load(Ordering::SeqCst) {
                     break;
                 }
-            }
-        }
-        let mine = HeartbeatCondition::Incarnation(self.incarnation);
-        match self.store.delete_heartbeat(&self.config.worker_id, mine).await {
-            Ok(()) => debug!("heartbeat row removed"),
-            Err(e) => {
-                warn!(error = %e, "removing the heartbeat row failed; it will look dead after the failover time")
             }
         }
     }
