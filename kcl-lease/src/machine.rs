@@ -811,8 +811,15 @@ impl TakeRound {
     /// does a conflict (the row changed since the scan: it may be free now).
     pub fn handle_handoff(&mut self, outcome: CallOutcome) {
         self.before_pending = self.before_pending.saturating_sub(1);
-        if outcome != CallOutcome::Done {
-            self.force = true;
+        match outcome {
+            // The next round tries again.
+            CallOutcome::Failed | CallOutcome::Conflict => self.force = true,
+            // The lease is its thief's now, which this round's scan does not show: if the
+            // thief died meanwhile, the lease is a dead worker's that nobody else looks for
+            // (found by the simulator: seed 20728 at 8 workers, 32 shards, worker renewal: a
+            // completion retried after a throttle landed for a thief that had crashed, and
+            // the lease was left untaken for 10 s). Another round, as after a release.
+            CallOutcome::Done => self.force = true,
         }
     }
 
@@ -1223,6 +1230,34 @@ mod tests {
                 "a holds {a_leases}, b 2, this worker 1: a share of 2"
             );
         }
+    }
+
+    /// Seed 20728: a hand-off completed in a take round gives the lease to its thief, which
+    /// the round's scan does not show (the thief may have died): another round looks.
+    #[test]
+    fn a_hand_off_completed_in_a_round_asks_for_another_round() {
+        let t0 = Instant::now();
+        let mut schedule = Schedule::new("me", settings());
+        let mut workers = WorkerTracker::new();
+        workers.observe_consistent(&[hb("me", 1), hb("a", 1)], t0, t0);
+        let mut stolen = lease("s-0", Some("a"), 2);
+        stolen.checkpoint_owner = Some("me".into());
+        let leases = vec![stolen, lease("s-1", Some("me"), 1)];
+        let mut inp = input(leases, &workers, t0);
+        inp.held = ["s-1".to_owned()].into();
+        schedule.begin_round(&inp.seen_before);
+        let mut round = TakeRound::plan(inp, &mut schedule, &mut ExpiryTracker::new(), &workers, t0);
+        assert_eq!(
+            round.poll_action(),
+            Some(Action::CompleteHandoff { key: "s-0".into() })
+        );
+        round.handle_handoff(CallOutcome::Done);
+        assert_eq!(drain(&mut round), []);
+        round.finish(&["s-1".to_owned()].into(), &mut schedule);
+        assert_eq!(
+            schedule.scan_due(t0, &workers, true, true),
+            Some(ScanReason::Forced)
+        );
     }
 
     #[test]
