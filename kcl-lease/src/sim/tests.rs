@@ -371,7 +371,10 @@ fn sim_fleets_with_every_fault_class_never_violate_worker() {
 /// both modes (overlap with per-lease renewal: a restarted process whose heartbeat writes had
 /// reached the table went on without heartbeats when it became unusable; see
 /// `Liveness::table_answered`) and per-lease 15383 (liveness: a heartbeat-less process's
-/// leases judged by a duplicate's heartbeat row; see `Lease::owner_without_heartbeat`). A change to
+/// leases judged by a duplicate's heartbeat row; see `Lease::owner_without_heartbeat`); with
+/// worker renewal 43106, 51240, 55644, 56914, 60917 and 65750 (liveness: a spread left uneven, a
+/// worker-renewal process without its heartbeat table left running, a worker out of the
+/// divided watch; docs/coordination.md, the 40,000-seed sweeps). A change to
 /// the simulator or the coordinator replays them differently: they keep running what the
 /// sweeps showed only as long as nothing else changes, and cost a few seconds.
 #[test]
