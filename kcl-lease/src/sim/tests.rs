@@ -515,6 +515,22 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|s| s.parse().ok())
 }
 
+/// `config` with the diagnosis tests' `SIM_DRIFT_PPM` (clock rates) and `SIM_FAULTS` (the
+/// classes, by name, comma-separated), where set.
+fn with_env_faults(mut config: SimConfig) -> SimConfig {
+    if let Some(ppm) = env_u64("SIM_DRIFT_PPM") {
+        config = config.with_clock_drift_ppm(ppm as u32);
+    }
+    if let Ok(classes) = std::env::var("SIM_FAULTS") {
+        config = config.with_faults(
+            FaultClass::ALL
+                .into_iter()
+                .filter(|c| classes.split(',').any(|n| n == c.name())),
+        );
+    }
+    config
+}
+
 /// A sweep of a seed range with the processes' own clocks: `SIM_FROM` (0) to `SIM_SEEDS`
 /// (1000) seeds, `SIM_RENEWAL` (both modes), `SIM_WORKERS` and `SIM_SHARDS` (8 and 32, as
 /// `kcl-bench simulate`), `SIM_DRIFT_PPM` (the default bound, ±1 %), `SIM_FAULTS` (every
@@ -536,16 +552,7 @@ fn sim_sweep_seed_range() {
             env_u64("SIM_WORKERS").unwrap_or(8) as usize,
             env_u64("SIM_SHARDS").unwrap_or(32) as usize,
         );
-        if let Some(ppm) = env_u64("SIM_DRIFT_PPM") {
-            config = config.with_clock_drift_ppm(ppm as u32);
-        }
-        if let Ok(classes) = std::env::var("SIM_FAULTS") {
-            config = config.with_faults(
-                FaultClass::ALL
-                    .into_iter()
-                    .filter(|c| classes.split(',').any(|n| n == c.name())),
-            );
-        }
+        config = with_env_faults(config);
         violations.extend(
             sweep(&config, from..from + n)
                 .violations
@@ -579,16 +586,7 @@ fn sim_print_one_seed() {
         env("SIM_WORKERS").unwrap_or(workers),
         env("SIM_SHARDS").unwrap_or(shards),
     );
-    if let Ok(classes) = std::env::var("SIM_FAULTS") {
-        config = config.with_faults(
-            FaultClass::ALL
-                .into_iter()
-                .filter(|c| classes.split(',').any(|n| n == c.name())),
-        );
-    }
-    if let Some(ppm) = env_u64("SIM_DRIFT_PPM") {
-        config = config.with_clock_drift_ppm(ppm as u32);
-    }
+    config = with_env_faults(config);
     let batches = std::env::var("SIM_BATCHES").is_ok();
     config.trace_calls = std::env::var("SIM_TRACE").is_ok();
     let (result, events) = run_seed_logged(seed, &config);
@@ -619,16 +617,7 @@ fn sim_diff_one_seed() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(LeaseRenewal::PerLease);
     let mut config = SimConfig::new(renewal);
-    if let Some(ppm) = env_u64("SIM_DRIFT_PPM") {
-        config = config.with_clock_drift_ppm(ppm as u32);
-    }
-    if let Ok(classes) = std::env::var("SIM_FAULTS") {
-        config = config.with_faults(
-            FaultClass::ALL
-                .into_iter()
-                .filter(|c| classes.split(',').any(|n| n == c.name())),
-        );
-    }
+    config = with_env_faults(config);
     config.trace_calls = std::env::var("SIM_TRACE").is_ok();
     let (a, log_a) = run_seed_logged(seed, &config);
     let (b, log_b) = run_seed_logged(seed, &config);
