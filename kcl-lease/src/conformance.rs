@@ -46,3 +46,51 @@ pub async fn owner_without_heartbeat_follows_renewals_and_takes(store: &dyn Leas
         "as the store returned it"
     );
 }
+
+/// `SHARD_END` is final for [`LeaseStore::update_checkpoint`]: once a lease is checkpointed at
+/// the shard's end, a lower checkpoint is a conflict, for the owner and for the previous owner
+/// of a hand-off (`checkpointOwner`), while `SHARD_END` again is accepted. An admin reset
+/// ([`LeaseStore::reset_checkpoint`]) may still move it. Uses the lease key `key`, which must not
+/// exist yet.
+pub async fn shard_end_is_final_for_checkpoints(store: &dyn LeaseStore, key: &str) {
+    use crate::error::LeaseError;
+    let seq = |n: &str| ExtendedSequenceNumber::from_parts(n, 0).expect("a sequence number");
+    assert!(store
+        .create_if_absent(&Lease::new(key, ExtendedSequenceNumber::TrimHorizon))
+        .await
+        .expect("create"));
+    let seen = store.get(key).await.expect("get").expect("the row");
+    let p = store.take(&seen, "p", false).await.expect("take");
+    let p = store
+        .update_checkpoint(&p, "p", &seq("100"))
+        .await
+        .expect("checkpoint");
+    let ended = store
+        .update_checkpoint(&p, "p", &ExtendedSequenceNumber::ShardEnd)
+        .await
+        .expect("SHARD_END");
+    assert!(ended.checkpoint.is_shard_end());
+    match store.update_checkpoint(&ended, "p", &seq("200")).await {
+        Err(LeaseError::Conflict { .. }) => {}
+        other => panic!("a checkpoint below SHARD_END by the owner: {other:?}"),
+    }
+    let ended = store
+        .update_checkpoint(&ended, "p", &ExtendedSequenceNumber::ShardEnd)
+        .await
+        .expect("SHARD_END again");
+    // A graceful steal: the previous owner writes as `checkpointOwner`.
+    let stolen = store.take(&ended, "q", true).await.expect("steal");
+    assert_eq!(stolen.checkpoint_owner.as_deref(), Some("p"));
+    match store.update_checkpoint(&stolen, "p", &seq("200")).await {
+        Err(LeaseError::Conflict { .. }) => {}
+        other => panic!("a checkpoint below SHARD_END as checkpointOwner: {other:?}"),
+    }
+    let row = store.get(key).await.expect("get").expect("the row");
+    assert!(row.checkpoint.is_shard_end(), "still SHARD_END: {row:?}");
+    assert_eq!(row.checkpoint_owner.as_deref(), Some("p"));
+    let reset = store
+        .reset_checkpoint(&row, &ExtendedSequenceNumber::TrimHorizon)
+        .await
+        .expect("an admin reset moves it");
+    assert_eq!(reset.checkpoint, ExtendedSequenceNumber::TrimHorizon);
+}

@@ -795,6 +795,21 @@ impl HeldLease {
                 };
                 let handoff = self.status() == LeaseStatus::HandoffRequested;
                 self.on_conflict(actual.as_deref());
+                if let Some(ended) = actual.as_deref().filter(|current| {
+                    self.status() == LeaseStatus::HandoffRequested
+                        && current.checkpoint.is_shard_end()
+                        && !checkpoint.is_shard_end()
+                }) {
+                    // The shard's end is checkpointed already, by an earlier write of this
+                    // worker whose reply was lost: while `checkpointOwner` names this worker,
+                    // nobody else writes a checkpoint. Every record was processed, so the
+                    // hand-off may complete on it; the store refuses a lower checkpoint on top
+                    // (simulator seed 6221, worker renewal, 8 x 32).
+                    info!(lease = %self.key, requested = %checkpoint,
+                        "the shard's end was checkpointed after all; keeping SHARD_END");
+                    row.checkpoint = ended.checkpoint.clone();
+                    return Ok(ended.clone());
+                }
                 if !handoff && self.status() == LeaseStatus::HandoffRequested {
                     // Stolen gracefully in between: we may still checkpoint as checkpoint owner
                     // (while the thief still owns the lease).

@@ -348,10 +348,12 @@ impl LeaseStore for InMemoryLeaseStore {
             row.checkpoint_owner.as_deref() == Some(worker)
                 && thief.is_none_or(|thief| row.is_owned_by(thief))
         };
+        // The end of a shard is final outside an admin reset.
+        let keeps_the_end = |row: &Lease| checkpoint.is_shard_end() || !row.checkpoint.is_shard_end();
         self.mutate(
             LeaseOp::Checkpoint,
             &expected.lease_key,
-            |row| as_owner(row) || as_handoff(row),
+            |row| keeps_the_end(row) && (as_owner(row) || as_handoff(row)),
             |row| {
                 if !as_handoff(row) {
                     row.lease_counter += 1;
@@ -434,6 +436,12 @@ mod tests {
     async fn owner_without_heartbeat_follows_renewals_and_takes() {
         let store = InMemoryLeaseStore::new();
         crate::conformance::owner_without_heartbeat_follows_renewals_and_takes(&store, "a").await;
+    }
+
+    #[tokio::test]
+    async fn shard_end_is_final_for_checkpoints() {
+        let store = InMemoryLeaseStore::new();
+        crate::conformance::shard_end_is_final_for_checkpoints(&store, "a").await;
     }
 
     #[tokio::test]

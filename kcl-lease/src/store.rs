@@ -126,6 +126,10 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// 2.x) may have taken the lease since and left the attribute behind, and the previous
     /// owner's last checkpoint must not land on top of that worker's newer one (F10 of the
     /// coordination review).
+    ///
+    /// A row at `SHARD_END` takes no other checkpoint (a conflict): the end of a shard is final
+    /// outside an admin reset ([`LeaseStore::reset_checkpoint`]), even for a writer whose
+    /// earlier `SHARD_END` was applied with its reply lost.
     async fn update_checkpoint(
         &self,
         expected: &Lease,

@@ -871,3 +871,11 @@ async fn owner_without_heartbeat_follows_renewals_and_takes() {
     let raw = get_raw(&client, store.table_name(), "a").await.unwrap();
     assert_eq!(raw.get("ownerWithoutHeartbeat"), Some(&s("p")));
 }
+
+/// `SHARD_END` is final for checkpoints on DynamoDB: the conformance check the in-memory store
+/// passes too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_end_is_final_for_checkpoints() {
+    let (store, _client) = store("kcl-shard-end-final").await;
+    kcl_lease::conformance::shard_end_is_final_for_checkpoints(&store, "a").await;
+}

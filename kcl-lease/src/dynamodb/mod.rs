@@ -598,6 +598,19 @@ fn checkpoint_expr(checkpoint: &ExtendedSequenceNumber) -> Expr {
     e
 }
 
+/// A checkpoint write as owner or `checkpointOwner` ([`LeaseStore::update_checkpoint`]):
+/// [`checkpoint_expr`], refused on a row already at `SHARD_END` unless `checkpoint` is
+/// `SHARD_END` too. The end of a shard is final outside an admin reset.
+fn update_checkpoint_expr(checkpoint: &ExtendedSequenceNumber) -> Expr {
+    let mut e = checkpoint_expr(checkpoint);
+    if !checkpoint.is_shard_end() {
+        let cp = e.name(schema::CHECKPOINT);
+        let end = e.value(":shard_end", schema::s(ExtendedSequenceNumber::SHARD_END));
+        e.require(format!("(attribute_not_exists({cp}) OR {cp} <> {end})"));
+    }
+    e
+}
+
 /// A failed DynamoDB call, as the source of [`LeaseError::Backend`]. Its [`std::error::Error`]
 /// source is the SDK error itself.
 #[derive(Debug)]
@@ -1106,7 +1119,7 @@ impl LeaseStore for DynamoDbLeaseStore {
         // its thief still owns the lease (see `LeaseStore::update_checkpoint`).
         let thief = crate::store::handoff_thief(expected, worker);
         if let Some(thief) = thief {
-            let mut as_handoff = checkpoint_expr(checkpoint);
+            let mut as_handoff = update_checkpoint_expr(checkpoint);
             let co = as_handoff.name(schema::CHECKPOINT_OWNER);
             let w = as_handoff.value(":w", schema::s(worker));
             as_handoff.require(format!("{co} = {w}"));
@@ -1118,7 +1131,7 @@ impl LeaseStore for DynamoDbLeaseStore {
                 .await;
         }
         // As the owner, with no hand-off in progress: the counter moves.
-        let mut as_owner = checkpoint_expr(checkpoint);
+        let mut as_owner = update_checkpoint_expr(checkpoint);
         as_owner.require_exists();
         let o = as_owner.name(schema::LEASE_OWNER);
         let w = as_owner.value(":w", schema::s(worker));
@@ -1134,7 +1147,7 @@ impl LeaseStore for DynamoDbLeaseStore {
             return Ok(lease);
         }
         // As the previous owner of a hand-off in progress: the counter is left alone.
-        let mut as_handoff = checkpoint_expr(checkpoint);
+        let mut as_handoff = update_checkpoint_expr(checkpoint);
         let co = as_handoff.name(schema::CHECKPOINT_OWNER);
         let w = as_handoff.value(":w", schema::s(worker));
         as_handoff.require(format!("{co} = {w}"));
