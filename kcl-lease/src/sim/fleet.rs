@@ -916,8 +916,20 @@ impl Fleet {
             created.push(child);
         }
         // The shard sync of one running process created them: it announces the change (the
-        // others read the table) and looks at the table at once, as kcl-core's does.
-        if let Some(i) = self.pick(pick, 1) {
+        // others read the table) and looks at the table at once, as kcl-core's does. kcl-core
+        // syncs on the leader only ([`LeaseCoordinator::is_leader`]): never on a second process
+        // under a live worker's id, whose announcements nobody sees (seed 11454, worker
+        // renewal, 8 x 32, left a merge's child to the safety scans).
+        let leaders: Vec<usize> = self
+            .running()
+            .into_iter()
+            .filter(|i| self.processes[*i].coordinator.is_leader())
+            .collect();
+        let creator = match leaders.len() {
+            0 => self.pick(pick, 1),
+            n => Some(leaders[(pick % n as u64) as usize]),
+        };
+        if let Some(i) = creator {
             let coordinator = &self.processes[i].coordinator;
             coordinator.announce();
             coordinator.wake();
