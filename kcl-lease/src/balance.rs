@@ -33,6 +33,8 @@ pub struct ExpiryTracker {
     owners_seen: HashMap<String, (Option<String>, Instant)>,
     /// What the heartbeats say about the owners (empty without heartbeats).
     owners: HashMap<String, WorkerStatus>,
+    /// This worker coordinates without heartbeats (it cannot read the heartbeat table).
+    blind: bool,
 }
 
 impl ExpiryTracker {
@@ -75,6 +77,20 @@ impl ExpiryTracker {
         self.owners = owners;
     }
 
+    /// Whether this worker coordinates without heartbeats: it cannot judge a lease whose owner
+    /// renews it through its heartbeat ([`ExpiryTracker::cannot_judge`]).
+    pub fn set_blind(&mut self, blind: bool) {
+        self.blind = blind;
+    }
+
+    /// Whether this worker cannot judge `lease`: it reads no heartbeats, and the lease's owner
+    /// renews it through its heartbeat alone ([`Lease::owner_renews_by_heartbeat`]), so its
+    /// counter stands still while that owner lives. Such a lease is never expired for this
+    /// worker, nor stolen by it (it could not tell when the owner let go).
+    pub fn cannot_judge(&self, lease: &Lease) -> bool {
+        self.blind && lease.lease_owner.is_some() && lease.owner_renews_by_heartbeat == lease.lease_owner
+    }
+
     /// What the heartbeats say about `owner`.
     pub fn owner_status(&self, owner: &str) -> WorkerStatus {
         self.owners.get(owner).copied().unwrap_or(WorkerStatus::Unknown)
@@ -104,7 +120,8 @@ impl ExpiryTracker {
     /// or its owner renews leases one by one (or has no heartbeat row) and the lease's counter
     /// has not changed (as this observer saw it) for longer than `failover_time`. A lease never
     /// observed is not expired (its clock has not started). A lease of a live worker that
-    /// renews through its heartbeat is never expired.
+    /// renews through its heartbeat is never expired, nor one this worker cannot judge
+    /// ([`ExpiryTracker::cannot_judge`]).
     ///
     /// A lease in the middle of a graceful hand-off (`checkpointOwner` names its previous owner)
     /// may still be processed by that previous owner until it notices the steal: its owner's
@@ -116,6 +133,9 @@ impl ExpiryTracker {
         let Some(owner) = lease.lease_owner.as_deref() else {
             return true;
         };
+        if self.cannot_judge(lease) {
+            return false;
+        }
         let previous = lease
             .checkpoint_owner
             .as_deref()
@@ -334,7 +354,9 @@ pub fn plan_takes(
         // Free and expired leases are taken up to the even count as in the count mode; the
         // steals even the load instead of the count (see `crate::load`).
         if available.is_empty() && held.len() < config.max_leases_per_worker {
-            if let Some(lease) = plan_load_steal(&load, me, settings, |k| tracker.last_moved(k), now) {
+            if let Some(lease) = plan_load_steal(&load, me, settings, |k| tracker.last_moved(k), now)
+                .filter(|l| !tracker.cannot_judge(l))
+            {
                 plan.steal.push(lease.clone());
             }
         }
@@ -360,7 +382,7 @@ pub fn plan_takes(
         };
         let mut candidates: Vec<&&Lease> = victim_leases
             .iter()
-            .filter(|l| l.checkpoint_owner.is_none())
+            .filter(|l| l.checkpoint_owner.is_none() && !tracker.cannot_judge(l))
             .collect();
         // Leases that moved within the failover time last: a lease just taken (a dead worker's,
         // all taken by the worker that watched it) is not passed on again at once. When every

@@ -94,3 +94,65 @@ pub async fn shard_end_is_final_for_checkpoints(store: &dyn LeaseStore, key: &st
         .expect("an admin reset moves it");
     assert_eq!(reset.checkpoint, ExtendedSequenceNumber::TrimHorizon);
 }
+
+/// `ownerRenewsByHeartbeat` ([`Lease::owner_renews_by_heartbeat`]): written with the new owner
+/// by [`LeaseStore::take_heartbeat_renewed`] (a take or a steal), removed by a plain take, a
+/// renewal, an eviction and an admin reset, kept by checkpoints. Uses the lease key `key`,
+/// which must not exist yet.
+pub async fn owner_renews_by_heartbeat_follows_takes(store: &dyn LeaseStore, key: &str) {
+    let seq = |n: &str| ExtendedSequenceNumber::from_parts(n, 0).expect("a sequence number");
+    assert!(store
+        .create_if_absent(&Lease::new(key, ExtendedSequenceNumber::TrimHorizon))
+        .await
+        .expect("create"));
+    let seen = store.get(key).await.expect("get").expect("the row");
+    let p = store
+        .take_heartbeat_renewed(&seen, "p", false)
+        .await
+        .expect("take");
+    assert_eq!(p.owner_renews_by_heartbeat.as_deref(), Some("p"));
+    let p = store
+        .update_checkpoint(&p, "p", &seq("100"))
+        .await
+        .expect("checkpoint");
+    assert_eq!(
+        p.owner_renews_by_heartbeat.as_deref(),
+        Some("p"),
+        "kept by a checkpoint"
+    );
+    let q = store.take_heartbeat_renewed(&p, "q", true).await.expect("steal");
+    assert_eq!(q.checkpoint_owner.as_deref(), Some("p"));
+    assert_eq!(
+        q.owner_renews_by_heartbeat.as_deref(),
+        Some("q"),
+        "names the thief"
+    );
+    let r = store.take(&q, "r", false).await.expect("take");
+    assert_eq!(r.owner_renews_by_heartbeat, None, "removed by a plain take");
+    let s = store.take_heartbeat_renewed(&r, "s", false).await.expect("take");
+    let renewed = store.renew(&s).await.expect("renew");
+    assert_eq!(renewed.owner_renews_by_heartbeat, None, "removed by a renewal");
+    let t = store
+        .take_heartbeat_renewed(&renewed, "t", false)
+        .await
+        .expect("take");
+    let evicted = store.evict(&t).await.expect("evict");
+    assert_eq!(evicted.owner_renews_by_heartbeat, None, "removed by an eviction");
+    let u = store
+        .take_heartbeat_renewed(&evicted, "u", false)
+        .await
+        .expect("take");
+    match store
+        .reset_checkpoint(&u, &ExtendedSequenceNumber::TrimHorizon)
+        .await
+    {
+        Ok(reset) => assert_eq!(reset.owner_renews_by_heartbeat, None, "removed by a reset"),
+        Err(crate::error::LeaseError::Unsupported(_)) => {}
+        Err(e) => panic!("reset: {e}"),
+    }
+    let row = store.get(key).await.expect("get").expect("the row");
+    assert!(
+        row.owner_renews_by_heartbeat.is_none() || row.owner_renews_by_heartbeat == row.lease_owner,
+        "as the store returned it: {row:?}"
+    );
+}

@@ -280,6 +280,9 @@ pub struct LeaseCoordinator {
     beating: AtomicBool,
     /// Set once this worker removed its heartbeat row for good.
     left: AtomicBool,
+    /// Whether this worker, coordinating without heartbeats, said once that it leaves the
+    /// leases renewed through heartbeats alone.
+    said_blind: AtomicBool,
     /// Held across a heartbeat's check of `left` and its write, and by [`Self::leave`]: a
     /// heartbeat already under way when the worker leaves (one an `announce` asked for) lands
     /// before the row is deleted, never after (it would bring the row back, and the others
@@ -343,8 +346,21 @@ pub type LeaseFilter = Arc<dyn Fn(&Lease) -> bool + Send + Sync>;
 /// expire. Only a row that named another owner (or none) proves it: a row that named this
 /// worker may have its counter moved by an earlier write of its own whose answer was lost as
 /// well (found by the simulator).
-async fn take_or_find_applied(store: &dyn LeaseStore, lease: &Lease, me: &str, steal: bool) -> Result<Lease> {
-    let result = store.take(lease, me, steal).await;
+///
+/// A worker that renews through its heartbeat (`by_heartbeat`) says so in the row
+/// ([`LeaseStore::take_heartbeat_renewed`]): the lease's counter will stand still.
+async fn take_or_find_applied(
+    store: &dyn LeaseStore,
+    lease: &Lease,
+    me: &str,
+    steal: bool,
+    by_heartbeat: bool,
+) -> Result<Lease> {
+    let result = if by_heartbeat {
+        store.take_heartbeat_renewed(lease, me, steal).await
+    } else {
+        store.take(lease, me, steal).await
+    };
     if matches!(result, Err(LeaseError::Backend(_))) && !lease.is_owned_by(me) {
         if let Ok(Some(row)) = store.get(&lease.lease_key).await {
             if row.is_owned_by(me) && row.lease_counter == lease.lease_counter + 1 {
@@ -400,6 +416,7 @@ impl LeaseCoordinator {
             beat_now: Notify::new(),
             beating: AtomicBool::new(false),
             left: AtomicBool::new(false),
+            said_blind: AtomicBool::new(false),
             beat_lock: tokio::sync::Mutex::new(()),
             ready: watch::channel(false).0,
             journal: Arc::new(Journal::default()),
@@ -1220,6 +1237,19 @@ impl LeaseCoordinator {
                 .count()
         };
         self.forget_lost();
+        if !heartbeats
+            && !self.said_blind.load(Ordering::SeqCst)
+            && leases
+                .iter()
+                .any(|l| l.lease_owner.is_some() && l.owner_renews_by_heartbeat == l.lease_owner)
+        {
+            self.said_blind.store(true, Ordering::SeqCst);
+            warn!(
+                "the lease table holds leases renewed through the worker heartbeat table (worker \
+                 renewal), which this worker cannot use: it leaves them to the workers that can, \
+                 and never takes them for a counter that stands still"
+            );
+        }
         let input = RoundInput {
             leases,
             seen_before,
@@ -1290,12 +1320,13 @@ impl LeaseCoordinator {
             // Conditional takes are independent: issued concurrently, a bounded number at a
             // time, so that taking many leases from a remote table does not stall renewals.
             let mut calls = JoinSet::new();
+            let by_heartbeat = self.liveness.renewal() == LeaseRenewal::Worker;
             for (lease, steal) in batch {
                 let (store, me) = (self.store.clone(), self.config.worker_id.clone());
                 let clock = self.clock().clone();
                 calls.spawn(async move {
                     let started = clock.now();
-                    let result = take_or_find_applied(store.as_ref(), &lease, &me, steal).await;
+                    let result = take_or_find_applied(store.as_ref(), &lease, &me, steal, by_heartbeat).await;
                     (lease, steal, started, generation, result)
                 });
             }

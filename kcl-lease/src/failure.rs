@@ -226,6 +226,20 @@ impl<S: LeaseStore> LeaseStore for FailureLeaseStore<S> {
         .await
     }
 
+    async fn take_heartbeat_renewed(
+        &self,
+        expected: &Lease,
+        new_owner: &str,
+        handoff: bool,
+    ) -> Result<Lease> {
+        self.hook(
+            LeaseOp::Take,
+            &expected.lease_key,
+            self.inner.take_heartbeat_renewed(expected, new_owner, handoff),
+        )
+        .await
+    }
+
     async fn evict(&self, expected: &Lease) -> Result<Lease> {
         self.hook(LeaseOp::Evict, &expected.lease_key, self.inner.evict(expected))
             .await

@@ -83,6 +83,13 @@ pub struct Lease {
     /// it names `lease_owner` (or, during a hand-off, `checkpoint_owner`); the Java KCL
     /// ignores it.
     pub owner_without_heartbeat: Option<String>,
+    /// `ownerRenewsByHeartbeat` (this crate's attribute): the worker id of an owner that renews
+    /// this lease through its heartbeat alone (worker renewal), written by its take
+    /// ([`crate::LeaseStore::take_heartbeat_renewed`]). The lease's counter then stands still
+    /// while the owner lives: a worker that cannot read the heartbeat table never judges such a
+    /// lease by its counter, and leaves it to the workers that can (F3 of the coordination
+    /// review). Meaningful only while it names `lease_owner`; the Java KCL ignores it.
+    pub owner_renews_by_heartbeat: Option<String>,
 }
 
 impl Lease {
@@ -103,6 +110,7 @@ impl Lease {
             shard_id: None,
             throughput_kbps: None,
             owner_without_heartbeat: None,
+            owner_renews_by_heartbeat: None,
         }
     }
 

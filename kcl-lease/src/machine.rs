@@ -639,6 +639,7 @@ impl TakeRound {
             .collect();
         expiry.observe(leases, now);
         expiry.set_owners(planning);
+        expiry.set_blind(!input.heartbeats);
         let balance = BalanceConfig {
             worker_id: me.to_owned(),
             failover_time: failover,

@@ -196,6 +196,37 @@ impl InMemoryLeaseStore {
         f(row);
         Ok(row.clone())
     }
+
+    /// A take, with `ownerRenewsByHeartbeat` set to the new owner when `by_heartbeat`.
+    fn take_row(
+        &self,
+        expected: &Lease,
+        new_owner: &str,
+        handoff: bool,
+        by_heartbeat: bool,
+    ) -> Result<Lease> {
+        self.mutate(
+            LeaseOp::Take,
+            &expected.lease_key,
+            same_owner_and_counter(expected),
+            |row| {
+                let previous = row.lease_owner.replace(new_owner.to_owned());
+                if previous.as_deref() != Some(new_owner) {
+                    row.owner_switches_since_checkpoint += 1;
+                }
+                row.checkpoint_owner = match previous {
+                    Some(prev) if handoff && prev != new_owner => Some(prev),
+                    _ => None,
+                };
+                if row.checkpoint_owner.is_none() {
+                    // Kept through a hand-off: it says how the previous owner renews.
+                    row.owner_without_heartbeat = None;
+                }
+                row.owner_renews_by_heartbeat = by_heartbeat.then(|| new_owner.to_owned());
+                row.lease_counter += 1;
+            },
+        )
+    }
 }
 
 fn same_owner_and_counter(expected: &Lease) -> impl FnOnce(&Lease) -> bool + '_ {
@@ -289,31 +320,22 @@ impl LeaseStore for InMemoryLeaseStore {
                     row.throughput_kbps = Some(kbps);
                 }
                 row.owner_without_heartbeat = expected.owner_without_heartbeat.clone();
+                row.owner_renews_by_heartbeat = None;
             },
         )
     }
 
     async fn take(&self, expected: &Lease, new_owner: &str, handoff: bool) -> Result<Lease> {
-        self.mutate(
-            LeaseOp::Take,
-            &expected.lease_key,
-            same_owner_and_counter(expected),
-            |row| {
-                let previous = row.lease_owner.replace(new_owner.to_owned());
-                if previous.as_deref() != Some(new_owner) {
-                    row.owner_switches_since_checkpoint += 1;
-                }
-                row.checkpoint_owner = match previous {
-                    Some(prev) if handoff && prev != new_owner => Some(prev),
-                    _ => None,
-                };
-                if row.checkpoint_owner.is_none() {
-                    // Kept through a hand-off: it says how the previous owner renews.
-                    row.owner_without_heartbeat = None;
-                }
-                row.lease_counter += 1;
-            },
-        )
+        self.take_row(expected, new_owner, handoff, false)
+    }
+
+    async fn take_heartbeat_renewed(
+        &self,
+        expected: &Lease,
+        new_owner: &str,
+        handoff: bool,
+    ) -> Result<Lease> {
+        self.take_row(expected, new_owner, handoff, true)
     }
 
     async fn evict(&self, expected: &Lease) -> Result<Lease> {
@@ -325,6 +347,7 @@ impl LeaseStore for InMemoryLeaseStore {
                 row.lease_owner = None;
                 row.checkpoint_owner = None;
                 row.owner_without_heartbeat = None;
+                row.owner_renews_by_heartbeat = None;
                 row.lease_counter += 1;
             },
         )
@@ -399,6 +422,7 @@ impl LeaseStore for InMemoryLeaseStore {
                 row.lease_owner = None;
                 row.checkpoint_owner = None;
                 row.owner_without_heartbeat = None;
+                row.owner_renews_by_heartbeat = None;
                 row.lease_counter += 1;
                 row.checkpoint = checkpoint.clone();
                 row.pending_checkpoint = None;
@@ -436,6 +460,12 @@ mod tests {
     async fn owner_without_heartbeat_follows_renewals_and_takes() {
         let store = InMemoryLeaseStore::new();
         crate::conformance::owner_without_heartbeat_follows_renewals_and_takes(&store, "a").await;
+    }
+
+    #[tokio::test]
+    async fn owner_renews_by_heartbeat_follows_takes() {
+        let store = InMemoryLeaseStore::new();
+        crate::conformance::owner_renews_by_heartbeat_follows_takes(&store, "a").await;
     }
 
     #[tokio::test]

@@ -418,6 +418,20 @@ impl<S: LeaseStore> LeaseStore for MeteredLeaseStore<S> {
         r
     }
 
+    async fn take_heartbeat_renewed(
+        &self,
+        expected: &Lease,
+        new_owner: &str,
+        handoff: bool,
+    ) -> Result<Lease> {
+        let r = self
+            .inner
+            .take_heartbeat_renewed(expected, new_owner, handoff)
+            .await;
+        self.write(LeaseOp::Take, lease_size(expected), &r, lease_size);
+        r
+    }
+
     async fn evict(&self, expected: &Lease) -> Result<Lease> {
         let r = self.inner.evict(expected).await;
         self.write(LeaseOp::Evict, lease_size(expected), &r, lease_size);

@@ -50,6 +50,9 @@ pub const THROUGHPUT_KBPS: &str = "throughputKBps";
 /// `ownerWithoutHeartbeat` (S, this crate's): the owner that renews the lease through the lease
 /// table alone (see [`Lease::owner_without_heartbeat`]); absent otherwise.
 pub const OWNER_WITHOUT_HEARTBEAT: &str = "ownerWithoutHeartbeat";
+/// `ownerRenewsByHeartbeat` (S, this crate's): the owner that renews the lease through its
+/// heartbeat alone (see [`Lease::owner_renews_by_heartbeat`]); absent otherwise.
+pub const OWNER_RENEWS_BY_HEARTBEAT: &str = "ownerRenewsByHeartbeat";
 
 /// `entityType` (S): the Java KCL 3.5's kind of row. From 3.5 the lease table also holds other
 /// rows under the same `leaseKey` hash key: worker metrics (`WORKER_METRIC_STATS`, keyed by worker
@@ -168,6 +171,9 @@ pub fn lease_row(lease: &Lease) -> Row {
     }
     if let Some(owner) = &lease.owner_without_heartbeat {
         row.push((OWNER_WITHOUT_HEARTBEAT, s(owner)));
+    }
+    if let Some(owner) = &lease.owner_renews_by_heartbeat {
+        row.push((OWNER_RENEWS_BY_HEARTBEAT, s(owner)));
     }
     row
 }

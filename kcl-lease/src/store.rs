@@ -106,8 +106,17 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// changes, `ownerSwitchesSinceCheckpoint`. With `handoff` and a current owner, that owner is
     /// kept as `checkpointOwner` so it can checkpoint before the new owner starts (graceful
     /// hand-off); otherwise `checkpointOwner` is cleared. Condition: owner and counter as in
-    /// `expected`.
+    /// `expected`. The row's `ownerRenewsByHeartbeat` is removed (the new owner renews the
+    /// lease row itself).
     async fn take(&self, expected: &Lease, new_owner: &str, handoff: bool) -> Result<Lease>;
+
+    /// [`LeaseStore::take`] for a worker that renews its leases through its heartbeat alone
+    /// (worker renewal): the row also names `new_owner` in `ownerRenewsByHeartbeat`
+    /// ([`Lease::owner_renews_by_heartbeat`]), so that a worker that cannot read the heartbeat
+    /// table never takes the lease for a counter that stands still. A store that wraps
+    /// another forwards it as it forwards `take`.
+    async fn take_heartbeat_renewed(&self, expected: &Lease, new_owner: &str, handoff: bool)
+        -> Result<Lease>;
 
     /// Releases the lease: removes the owner and `checkpointOwner`, increments the counter, so
     /// that any worker may take it at once. Condition: owner and counter as in `expected`.
@@ -194,6 +203,16 @@ impl<T: LeaseStore + ?Sized> LeaseStore for Arc<T> {
     }
     async fn take(&self, expected: &Lease, new_owner: &str, handoff: bool) -> Result<Lease> {
         (**self).take(expected, new_owner, handoff).await
+    }
+    async fn take_heartbeat_renewed(
+        &self,
+        expected: &Lease,
+        new_owner: &str,
+        handoff: bool,
+    ) -> Result<Lease> {
+        (**self)
+            .take_heartbeat_renewed(expected, new_owner, handoff)
+            .await
     }
     async fn evict(&self, expected: &Lease) -> Result<Lease> {
         (**self).evict(expected).await

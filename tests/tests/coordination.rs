@@ -421,6 +421,14 @@ impl LeaseStore for NoHeartbeats {
     async fn take(&self, expected: &Lease, new_owner: &str, handoff: bool) -> kcl_lease::Result<Lease> {
         self.0.take(expected, new_owner, handoff).await
     }
+    async fn take_heartbeat_renewed(
+        &self,
+        expected: &Lease,
+        new_owner: &str,
+        handoff: bool,
+    ) -> kcl_lease::Result<Lease> {
+        self.0.take_heartbeat_renewed(expected, new_owner, handoff).await
+    }
     async fn evict(&self, expected: &Lease) -> kcl_lease::Result<Lease> {
         self.0.evict(expected).await
     }

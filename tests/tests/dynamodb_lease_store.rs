@@ -879,3 +879,15 @@ async fn shard_end_is_final_for_checkpoints() {
     let (store, _client) = store("kcl-shard-end-final").await;
     kcl_lease::conformance::shard_end_is_final_for_checkpoints(&store, "a").await;
 }
+
+/// `ownerRenewsByHeartbeat` on DynamoDB: the conformance check the in-memory store passes too,
+/// and the attribute as it is in the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_renews_by_heartbeat_follows_takes() {
+    let (store, client) = store("kcl-renews-by-heartbeat").await;
+    kcl_lease::conformance::owner_renews_by_heartbeat_follows_takes(&store, "a").await;
+    let seen = store.get("a").await.unwrap().unwrap();
+    store.take_heartbeat_renewed(&seen, "w", false).await.unwrap();
+    let raw = get_raw(&client, store.table_name(), "a").await.unwrap();
+    assert_eq!(raw.get("ownerRenewsByHeartbeat"), Some(&s("w")));
+}

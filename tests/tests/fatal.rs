@@ -223,6 +223,16 @@ impl LeaseStore for PanickingStore {
     async fn take(&self, expected: &Lease, new_owner: &str, handoff: bool) -> kcl_lease::Result<Lease> {
         self.inner.take(expected, new_owner, handoff).await
     }
+    async fn take_heartbeat_renewed(
+        &self,
+        expected: &Lease,
+        new_owner: &str,
+        handoff: bool,
+    ) -> kcl_lease::Result<Lease> {
+        self.inner
+            .take_heartbeat_renewed(expected, new_owner, handoff)
+            .await
+    }
     async fn evict(&self, expected: &Lease) -> kcl_lease::Result<Lease> {
         self.inner.evict(expected).await
     }

@@ -139,6 +139,16 @@ impl LeaseStore for Lagging {
     async fn take(&self, expected: &Lease, new_owner: &str, handoff: bool) -> Result<Lease> {
         self.inner.take(expected, new_owner, handoff).await
     }
+    async fn take_heartbeat_renewed(
+        &self,
+        expected: &Lease,
+        new_owner: &str,
+        handoff: bool,
+    ) -> Result<Lease> {
+        self.inner
+            .take_heartbeat_renewed(expected, new_owner, handoff)
+            .await
+    }
     async fn evict(&self, expected: &Lease) -> Result<Lease> {
         self.inner.evict(expected).await
     }
@@ -898,4 +908,42 @@ async fn leases_renewed_without_heartbeats_are_not_judged_by_a_heartbeat_row_of_
     }
     // b steals its even share at most (it did not take everything as a dead worker's).
     assert!(b.held().len() <= 2, "b holds {:?}", b.held());
+}
+
+/// F3, the mixed fleet: a worker that cannot use the heartbeat table (it renews per lease,
+/// without heartbeats) beside a worker that renews through its heartbeat. The latter's
+/// counters stand still while it lives; the former used to take all its leases after the
+/// failover time, as a dead worker's, while it processed them. Its takes now name it in the
+/// rows (`ownerRenewsByHeartbeat`), and a worker without heartbeats leaves such leases alone:
+/// it neither takes nor steals them. Leases released by the heartbeat worker are taken as
+/// usual.
+#[tokio::test(start_paused = true)]
+async fn f3_a_worker_without_heartbeats_leaves_heartbeat_renewed_leases_alone() {
+    let memory = table(4);
+    let (a, _a_rx) = worker(memory.clone(), "a", LeaseRenewal::Worker);
+    a.heartbeat().await;
+    assert_eq!(a.take_round().await.unwrap(), 4);
+    for row in memory.list().await.unwrap() {
+        assert_eq!(row.owner_renews_by_heartbeat.as_deref(), Some("a"), "{row:?}");
+    }
+    let blind = Lagging::new(&memory);
+    blind
+        .heartbeats_unusable
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (b, _b_rx) = worker(blind.clone(), "b", LeaseRenewal::PerLease);
+    b.heartbeat().await;
+    assert!(b.liveness.unsupported(), "b coordinates without heartbeats");
+    for _ in 0..40 {
+        let both = a_keeps_b_watches(&a, &b, 250).await;
+        assert!(both.is_empty(), "two workers process {both:?}");
+    }
+    assert!(b.held().is_empty(), "b took {:?}", b.held());
+    // What a lets go of, b takes.
+    let released = a.held().into_iter().next().unwrap();
+    a.release(&released).await;
+    for _ in 0..4 {
+        let both = a_keeps_b_watches(&a, &b, 250).await;
+        assert!(both.is_empty(), "two workers process {both:?}");
+    }
+    assert_eq!(b.held().len(), 1, "b takes the released lease");
 }

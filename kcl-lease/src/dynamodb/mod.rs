@@ -430,6 +430,45 @@ impl DynamoDbLeaseStore {
     }
 
     /// An `UpdateItem` whose condition failure is a conflict.
+    /// A take, with `ownerRenewsByHeartbeat` set to the new owner when `by_heartbeat`.
+    async fn take_row(
+        &self,
+        expected: &Lease,
+        new_owner: &str,
+        handoff: bool,
+        by_heartbeat: bool,
+    ) -> Result<Lease> {
+        let mut e = Expr::default();
+        e.require_owner_and_counter(expected);
+        e.set(schema::LEASE_OWNER, ":new", schema::s(new_owner));
+        e.increment_counter(expected);
+        // The condition pins the current owner to the expected one.
+        let previous = expected.lease_owner.as_deref();
+        if previous != Some(new_owner) {
+            let osc = e.name(schema::OWNER_SWITCHES);
+            let zero = e.value(":zero", schema::n(0));
+            let one = e.value(":one", schema::n(1));
+            e.set
+                .push(format!("{osc} = if_not_exists({osc}, {zero}) + {one}"));
+        }
+        match previous {
+            Some(prev) if handoff && prev != new_owner => {
+                e.set(schema::CHECKPOINT_OWNER, ":prev", schema::s(prev))
+            }
+            // Kept through a hand-off: it says how the previous owner renews.
+            _ => {
+                e.remove(schema::CHECKPOINT_OWNER);
+                e.remove(schema::OWNER_WITHOUT_HEARTBEAT);
+            }
+        }
+        if by_heartbeat {
+            e.set(schema::OWNER_RENEWS_BY_HEARTBEAT, ":hbr", schema::s(new_owner));
+        } else {
+            e.remove(schema::OWNER_RENEWS_BY_HEARTBEAT);
+        }
+        self.update_or_conflict("take", &expected.lease_key, e).await
+    }
+
     async fn update_or_conflict(&self, op: &'static str, key: &str, expr: Expr) -> Result<Lease> {
         match self.update(op, key, expr).await? {
             Ok(lease) => Ok(lease),
@@ -484,6 +523,7 @@ fn placeholder(attribute: &'static str) -> &'static str {
         schema::ENDING_HASH_KEY => "#ehk",
         schema::THROUGHPUT_KBPS => "#tp",
         schema::OWNER_WITHOUT_HEARTBEAT => "#nohb",
+        schema::OWNER_RENEWS_BY_HEARTBEAT => "#hbr",
         _ => "#x",
     }
 }
@@ -1068,34 +1108,21 @@ impl LeaseStore for DynamoDbLeaseStore {
             Some(owner) => e.set(schema::OWNER_WITHOUT_HEARTBEAT, ":nohb", schema::s(owner)),
             None => e.remove(schema::OWNER_WITHOUT_HEARTBEAT),
         }
+        e.remove(schema::OWNER_RENEWS_BY_HEARTBEAT);
         self.update_or_conflict("renew", &expected.lease_key, e).await
     }
 
     async fn take(&self, expected: &Lease, new_owner: &str, handoff: bool) -> Result<Lease> {
-        let mut e = Expr::default();
-        e.require_owner_and_counter(expected);
-        e.set(schema::LEASE_OWNER, ":new", schema::s(new_owner));
-        e.increment_counter(expected);
-        // The condition pins the current owner to the expected one.
-        let previous = expected.lease_owner.as_deref();
-        if previous != Some(new_owner) {
-            let osc = e.name(schema::OWNER_SWITCHES);
-            let zero = e.value(":zero", schema::n(0));
-            let one = e.value(":one", schema::n(1));
-            e.set
-                .push(format!("{osc} = if_not_exists({osc}, {zero}) + {one}"));
-        }
-        match previous {
-            Some(prev) if handoff && prev != new_owner => {
-                e.set(schema::CHECKPOINT_OWNER, ":prev", schema::s(prev))
-            }
-            // Kept through a hand-off: it says how the previous owner renews.
-            _ => {
-                e.remove(schema::CHECKPOINT_OWNER);
-                e.remove(schema::OWNER_WITHOUT_HEARTBEAT);
-            }
-        }
-        self.update_or_conflict("take", &expected.lease_key, e).await
+        self.take_row(expected, new_owner, handoff, false).await
+    }
+
+    async fn take_heartbeat_renewed(
+        &self,
+        expected: &Lease,
+        new_owner: &str,
+        handoff: bool,
+    ) -> Result<Lease> {
+        self.take_row(expected, new_owner, handoff, true).await
     }
 
     async fn evict(&self, expected: &Lease) -> Result<Lease> {
@@ -1105,6 +1132,7 @@ impl LeaseStore for DynamoDbLeaseStore {
         e.remove(schema::LEASE_OWNER);
         e.remove(schema::CHECKPOINT_OWNER);
         e.remove(schema::OWNER_WITHOUT_HEARTBEAT);
+        e.remove(schema::OWNER_RENEWS_BY_HEARTBEAT);
         self.update_or_conflict("evict", &expected.lease_key, e).await
     }
 
@@ -1182,6 +1210,8 @@ impl LeaseStore for DynamoDbLeaseStore {
         e.increment_counter(expected);
         e.remove(schema::LEASE_OWNER);
         e.remove(schema::CHECKPOINT_OWNER);
+        e.remove(schema::OWNER_WITHOUT_HEARTBEAT);
+        e.remove(schema::OWNER_RENEWS_BY_HEARTBEAT);
         self.update_or_conflict("reset_checkpoint", &expected.lease_key, e)
             .await
     }

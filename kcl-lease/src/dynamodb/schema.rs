@@ -25,10 +25,10 @@ pub type Item = HashMap<String, AttributeValue>;
 pub use crate::row::{
     CHECKPOINT, CHECKPOINT_OWNER, CHECKPOINT_SUB_SEQUENCE, CHILD_SHARD_IDS, ENDING_HASH_KEY, ENTITY_TYPE,
     EPOCH, FLEET_VIEW, HEARTBEAT_COUNTER, INCARNATION, LAPSED, LEASE_COUNT, LEASE_COUNTER, LEASE_ENTITY,
-    LEASE_KEY, LEASE_OWNER, LEASE_RENEWAL, NUDGES, OWNER_SWITCHES, OWNER_WITHOUT_HEARTBEAT, PARENT_SHARD_IDS,
-    PENDING_CHECKPOINT, PENDING_CHECKPOINT_STATE, PENDING_CHECKPOINT_SUB_SEQUENCE, SHARD_ID,
-    STARTING_HASH_KEY, STREAM_NAME, THROUGHPUT_KBPS, WATCHED_COUNTER, WATCHED_INCARNATION, WATCHED_WORKER,
-    WORKER_ID,
+    LEASE_KEY, LEASE_OWNER, LEASE_RENEWAL, NUDGES, OWNER_RENEWS_BY_HEARTBEAT, OWNER_SWITCHES,
+    OWNER_WITHOUT_HEARTBEAT, PARENT_SHARD_IDS, PENDING_CHECKPOINT, PENDING_CHECKPOINT_STATE,
+    PENDING_CHECKPOINT_SUB_SEQUENCE, SHARD_ID, STARTING_HASH_KEY, STREAM_NAME, THROUGHPUT_KBPS,
+    WATCHED_COUNTER, WATCHED_INCARNATION, WATCHED_WORKER, WORKER_ID,
 };
 
 /// Whether `item` is a lease (no `entityType`, or `LEASE`), as the Java KCL 3.5 reads it; other
@@ -213,12 +213,13 @@ pub fn decode(item: &Item) -> Result<Lease, LeaseError> {
         shard_id: reader.string(SHARD_ID)?.map(str::to_owned),
         throughput_kbps: reader.float(THROUGHPUT_KBPS)?,
         owner_without_heartbeat: reader.string(OWNER_WITHOUT_HEARTBEAT)?.map(str::to_owned),
+        owner_renews_by_heartbeat: reader.string(OWNER_RENEWS_BY_HEARTBEAT)?.map(str::to_owned),
         lease_key: key,
     })
 }
 
 /// Every lease attribute [`decode`] reads, for [`decode_patched`].
-const LEASE_ATTRIBUTES: [&str; 17] = [
+const LEASE_ATTRIBUTES: [&str; 18] = [
     LEASE_OWNER,
     LEASE_COUNTER,
     CHECKPOINT,
@@ -236,6 +237,7 @@ const LEASE_ATTRIBUTES: [&str; 17] = [
     THROUGHPUT_KBPS,
     PENDING_CHECKPOINT_STATE,
     OWNER_WITHOUT_HEARTBEAT,
+    OWNER_RENEWS_BY_HEARTBEAT,
 ];
 
 /// Decodes `item`, taking each attribute that is corrupt in it from `fallback` instead (as
@@ -549,6 +551,7 @@ mod tests {
             shard_id: None,
             throughput_kbps: Some(12.25),
             owner_without_heartbeat: Some("w1".into()),
+            owner_renews_by_heartbeat: Some("w1".into()),
         };
         let item = encode(&full);
         assert!(!item.contains_key(STREAM_NAME) && !item.contains_key(SHARD_ID));

@@ -585,6 +585,36 @@ impl SimStoreHandle {
     }
 }
 
+impl SimStoreHandle {
+    /// A take or steal through the simulated table: [`LeaseStore::take`], or
+    /// [`LeaseStore::take_heartbeat_renewed`] when `by_heartbeat`.
+    async fn take_with(
+        &self,
+        expected: &Lease,
+        new_owner: &str,
+        handoff: bool,
+        by_heartbeat: bool,
+    ) -> Result<Lease> {
+        let key = &expected.lease_key;
+        let plan = self.begin(LeaseOp::Take, key, "").await?;
+        let steal = handoff && expected.lease_owner.as_deref().is_some_and(|o| o != new_owner);
+        let op = if steal { "steal" } else { "take" };
+        let inner = &self.shared.inner;
+        let result = if by_heartbeat {
+            self.write(
+                op,
+                key,
+                inner.take_heartbeat_renewed(expected, new_owner, handoff),
+            )
+            .await
+        } else {
+            self.write(op, key, inner.take(expected, new_owner, handoff))
+                .await
+        };
+        self.end(LeaseOp::Take, plan, result).await
+    }
+}
+
 #[async_trait]
 impl LeaseStore for SimStoreHandle {
     async fn list(&self) -> Result<Vec<Lease>> {
@@ -686,14 +716,16 @@ impl LeaseStore for SimStoreHandle {
     }
 
     async fn take(&self, expected: &Lease, new_owner: &str, handoff: bool) -> Result<Lease> {
-        let key = &expected.lease_key;
-        let plan = self.begin(LeaseOp::Take, key, "").await?;
-        let steal = handoff && expected.lease_owner.as_deref().is_some_and(|o| o != new_owner);
-        let op = if steal { "steal" } else { "take" };
-        let result = self
-            .write(op, key, self.shared.inner.take(expected, new_owner, handoff))
-            .await;
-        self.end(LeaseOp::Take, plan, result).await
+        self.take_with(expected, new_owner, handoff, false).await
+    }
+
+    async fn take_heartbeat_renewed(
+        &self,
+        expected: &Lease,
+        new_owner: &str,
+        handoff: bool,
+    ) -> Result<Lease> {
+        self.take_with(expected, new_owner, handoff, true).await
     }
 
     async fn evict(&self, expected: &Lease) -> Result<Lease> {
