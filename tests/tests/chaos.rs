@@ -5,6 +5,12 @@
 //! replaced and ended early. Nothing may be lost, every key's records must be first processed in order, and
 //! every duplicate must be explained by an abrupt kill or a lease loss.
 //!
+//! The same chaos runs again on the fleet simulator's lease table ([`kcl_lease::sim`]: DynamoDB's
+//! semantics, with eventually consistent scans up to 500 ms old, slow replies, writes applied
+//! whose reply was lost and throttles, per process), in both renewal modes: real schedulers, shard
+//! consumers and processors, with the simulator's monitor checking at every batch that no
+//! two workers process a shard at once and that no checkpoint moves back.
+//!
 //! Replay a run with `KCL_CHAOS_SEED=<seed> cargo test -p kcl-tests --test chaos -- --nocapture`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,8 +26,10 @@ use kcl_core::{
     FanOutConfig, InMemoryLeaseStore, InitializeInput, LeaseLostInput, LocalBackend, ProcessRecordsInput,
     ProcessorError, RecordProcessor, RetrievalMode, SchedulerHandle, ShardEndedInput, ShutdownRequestedInput,
 };
+use kcl_lease::sim::{Monitor, SimLeaseStore, WorkerFaults};
 use kcl_lease::{
-    ExtendedSequenceNumber, FailureLeaseStore, LeaseFault, LeaseFaultPlan, LeaseOp, LeaseTrigger,
+    ExtendedSequenceNumber, FailureLeaseStore, LeaseFault, LeaseFaultPlan, LeaseOp, LeaseRenewal, LeaseStore,
+    LeaseTrigger,
 };
 use kcl_tests::*;
 use tokio::time::{sleep, timeout, Instant};
@@ -137,6 +145,10 @@ struct ChaosProcessor {
     delay_ms: Arc<AtomicU64>,
     state: Shared,
     session: Option<usize>,
+    /// On the simulated table: its monitor and this process's name (a batch is in flight from
+    /// the call to its return, its checkpoint included).
+    monitor: Option<(Arc<Monitor>, String)>,
+    batches: u64,
 }
 
 impl ChaosProcessor {
@@ -190,6 +202,48 @@ impl RecordProcessor for ChaosProcessor {
     }
 
     async fn process_records(&mut self, input: ProcessRecordsInput<'_>) -> Result<(), ProcessorError> {
+        self.batches += 1;
+        let batch = self.monitor.as_ref().map(|(monitor, process)| {
+            let consumer = format!("{process}/{}/{:?}", self.inner.shard, self.session);
+            let id = monitor.batch_start(
+                &consumer,
+                self.batches,
+                process,
+                &self.inner.worker,
+                &self.inner.shard,
+            );
+            (monitor.clone(), id)
+        });
+        let result = self.process(input).await;
+        if let Some((monitor, id)) = batch {
+            monitor.batch_end(&self.inner.shard, id);
+        }
+        result
+    }
+
+    async fn shard_ended(&mut self, input: ShardEndedInput<'_>) -> Result<(), ProcessorError> {
+        self.inner.shard_ended(input).await?;
+        self.end(End::ShardEnded);
+        Ok(())
+    }
+
+    async fn shutdown_requested(&mut self, input: ShutdownRequestedInput<'_>) -> Result<(), ProcessorError> {
+        let result = self.inner.shutdown_requested(input).await;
+        self.end(End::Graceful {
+            checkpointed: result.is_ok(),
+        });
+        result
+    }
+
+    async fn lease_lost(&mut self, input: LeaseLostInput) {
+        self.inner.lease_lost(input).await;
+        self.end(End::LeaseLost);
+    }
+}
+
+impl ChaosProcessor {
+    /// One batch: recorded, then handed to the [`Recorder`] (which checkpoints).
+    async fn process(&mut self, input: ProcessRecordsInput<'_>) -> Result<(), ProcessorError> {
         let batch_tick = lock(&self.state).next_tick();
         let delay = self.delay_ms.load(Ordering::Relaxed);
         if delay > 0 {
@@ -226,25 +280,6 @@ impl RecordProcessor for ChaosProcessor {
             lock(&self.state).sessions[id].checkpoint_failures += 1;
         }
         Ok(())
-    }
-
-    async fn shard_ended(&mut self, input: ShardEndedInput<'_>) -> Result<(), ProcessorError> {
-        self.inner.shard_ended(input).await?;
-        self.end(End::ShardEnded);
-        Ok(())
-    }
-
-    async fn shutdown_requested(&mut self, input: ShutdownRequestedInput<'_>) -> Result<(), ProcessorError> {
-        let result = self.inner.shutdown_requested(input).await;
-        self.end(End::Graceful {
-            checkpointed: result.is_ok(),
-        });
-        result
-    }
-
-    async fn lease_lost(&mut self, input: LeaseLostInput) {
-        self.inner.lease_lost(input).await;
-        self.end(End::LeaseLost);
     }
 }
 
@@ -321,6 +356,88 @@ fn lease_plan(rng: &mut Rng) -> LeaseFaultPlan {
     plan
 }
 
+/// The lease table of a run: the in-memory store behind a fault plan, or the fleet simulator's
+/// table (DynamoDB's semantics), with a handle and faults of its own per process.
+enum Table {
+    Memory(Arc<FailureLeaseStore<InMemoryLeaseStore>>),
+    Sim {
+        store: SimLeaseStore,
+        monitor: Arc<Monitor>,
+        /// The faults a process started from now on suffers (none once the chaos is over).
+        faults: Mutex<WorkerFaults>,
+    },
+}
+
+impl Table {
+    /// The simulated table of `seed`'s run: eventually consistent reads up to 500 ms old, and
+    /// per process delays before and after calls, late replies, throttles and writes applied
+    /// with their reply lost.
+    fn simulated(seed: u64, renewal: LeaseRenewal) -> Self {
+        let monitor = Arc::new(Monitor::new(seed, format!("chaos renewal={renewal}")));
+        let store = SimLeaseStore::new(seed, Duration::from_millis(500), monitor.clone());
+        let faults = WorkerFaults {
+            delay_before: 0.05,
+            delay_after: 0.05,
+            max_delay: Duration::from_millis(300),
+            slow_reply: 0.003,
+            slow_reply_delay: FAILOVER / 2,
+            throttle: 0.03,
+            reply_lost: 0.02,
+            ..WorkerFaults::default()
+        };
+        Table::Sim {
+            store,
+            monitor,
+            faults: Mutex::new(faults),
+        }
+    }
+
+    /// The store process `process` uses.
+    fn handle(&self, process: &str) -> Arc<dyn LeaseStore> {
+        match self {
+            Table::Memory(store) => store.clone(),
+            Table::Sim { store, faults, .. } => {
+                let faults = faults.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                store.set_faults(process, faults);
+                store.for_worker(process)
+            }
+        }
+    }
+
+    fn monitor(&self) -> Option<&Arc<Monitor>> {
+        match self {
+            Table::Memory(_) => None,
+            Table::Sim { monitor, .. } => Some(monitor),
+        }
+    }
+
+    /// No more faults, for every process.
+    fn faults_off(&self) {
+        match self {
+            Table::Memory(store) => store.set_plan(LeaseFaultPlan::none()),
+            Table::Sim { store, faults, .. } => {
+                *faults.lock().unwrap_or_else(|p| p.into_inner()) = WorkerFaults::default();
+                store.clear_faults();
+            }
+        }
+    }
+
+    /// Faults injected so far.
+    fn injected(&self) -> u64 {
+        match self {
+            Table::Memory(store) => LeaseOp::ALL.into_iter().map(|op| store.injected(op)).sum(),
+            Table::Sim { store, .. } => store.injected().values().sum::<u64>() + store.stale_reads(),
+        }
+    }
+
+    /// Panics with the simulator's violation, if its monitor found one.
+    fn check(&self, seed: u64) {
+        if let Some(v) = self.monitor().and_then(|m| m.violation()) {
+            panic!("seed {seed}: {v}");
+        }
+    }
+}
+
 /// One run of a worker.
 struct Incarnation {
     worker: String,
@@ -331,7 +448,8 @@ struct Incarnation {
 struct Cluster {
     seed: u64,
     backend: Arc<FailureBackend<LocalBackend>>,
-    store: Arc<FailureLeaseStore<InMemoryLeaseStore>>,
+    table: Table,
+    renewal: LeaseRenewal,
     log: Log,
     state: Shared,
     slots: Vec<Option<(SchedulerHandle, usize, Arc<AtomicU64>)>>,
@@ -357,13 +475,16 @@ impl Cluster {
             delay.clone(),
             worker.clone(),
         );
+        let process = process_name(&worker, incarnation);
+        let monitor = self.table.monitor().map(|m| (m.clone(), process.clone()));
         let handle = fast(
             &worker,
             self.backend.clone(),
-            self.store.clone(),
+            self.table.handle(&process),
             &self.log,
             FAILOVER,
         )
+        .lease_renewal(self.renewal)
         .graceful_shutdown_timeout(Duration::from_secs(10))
         .retrieval(if fan_out {
             // Short renewals, so that subscriptions are renewed many times in the run.
@@ -382,6 +503,8 @@ impl Cluster {
             delay_ms: d.clone(),
             state: state.clone(),
             session: None,
+            monitor: monitor.clone(),
+            batches: 0,
         })
         .build()
         .expect("valid config")
@@ -403,6 +526,10 @@ impl Cluster {
     async fn kill(&mut self, slot: usize) {
         let (handle, inc, _) = self.slots[slot].take().expect("live slot");
         handle.kill().await;
+        if let Some(monitor) = self.table.monitor() {
+            // Its batches in flight stop with it.
+            monitor.end_batches_of(&process_name(&self.incarnations[inc].worker, inc));
+        }
         self.incarnations[inc].killed = true;
         self.kills += 1;
         println!("[seed {}] killed {}", self.seed, self.incarnations[inc].worker);
@@ -431,6 +558,11 @@ impl Cluster {
     }
 }
 
+/// The name of a process (an incarnation of a worker) on the simulated table.
+fn process_name(worker: &str, incarnation: usize) -> String {
+    format!("{worker}#{incarnation}")
+}
+
 /// A processor delay: none for about half of the workers, 20–100 ms per batch for the others.
 fn slow_delay(rng: &mut Rng) -> u64 {
     if rng.chance(0.5) {
@@ -442,10 +574,6 @@ fn slow_delay(rng: &mut Rng) -> u64 {
 
 fn backend_faults(b: &FailureBackend<LocalBackend>) -> u64 {
     BackendOp::ALL.into_iter().map(|op| b.injected(op)).sum()
-}
-
-fn lease_faults(s: &FailureLeaseStore<InMemoryLeaseStore>) -> u64 {
-    LeaseOp::ALL.into_iter().map(|op| s.injected(op)).sum()
 }
 
 /// The seed: `KCL_CHAOS_SEED`, else the default.
@@ -472,28 +600,83 @@ fn seeded_runtime(seed: u64) -> tokio::runtime::Runtime {
     builder.build().expect("a Tokio runtime")
 }
 
+/// One chaos run at a time in this test binary: the runtime's jitter seed is global.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[test]
 fn chaos_loses_nothing_keeps_key_order_and_explains_every_duplicate() {
+    let _one = one_at_a_time();
     let seed = chaos_seed();
     kcl_core::jitter::set_seed(seed);
-    let first = seeded_runtime(seed).block_on(chaos(seed));
+    let first = seeded_runtime(seed).block_on(chaos(seed, None));
     // The same seed replays the same run: every kill, fault, hand-off and duplicate again.
     kcl_core::jitter::set_seed(seed);
-    let again = seeded_runtime(seed).block_on(chaos(seed));
+    let again = seeded_runtime(seed).block_on(chaos(seed, None));
     assert_eq!(first, again, "seed {seed} did not replay the same run");
 }
 
-/// One chaos run; returns its summary (every figure of it depends on the whole run).
-async fn chaos(seed: u64) -> String {
+/// The same chaos on the fleet simulator's table, in both renewal modes: real schedulers on a
+/// table with DynamoDB's semantics and faults, the simulator's monitor checking every batch.
+/// A seed replays there too.
+#[test]
+fn chaos_on_a_simulated_dynamodb_table_in_both_renewal_modes() {
+    let _one = one_at_a_time();
+    let seed = chaos_seed();
+    for renewal in [LeaseRenewal::PerLease, LeaseRenewal::Worker] {
+        kcl_core::jitter::set_seed(seed);
+        let first = seeded_runtime(seed).block_on(chaos(seed, Some(renewal)));
+        kcl_core::jitter::set_seed(seed);
+        let again = seeded_runtime(seed).block_on(chaos(seed, Some(renewal)));
+        assert_eq!(
+            first, again,
+            "seed {seed} ({renewal}) did not replay the same run"
+        );
+    }
+}
+
+/// Many seeds on the simulated table, both modes, each run once: `KCL_CHAOS_SEED` (the first
+/// seed) and `KCL_CHAOS_SEEDS` (how many; 50 by default). Prints every failing seed and fails
+/// if any did: `cargo test -p kcl-tests --test chaos chaos_sweep -- --ignored --nocapture`.
+#[test]
+#[ignore = "a sweep of many seeds: minutes"]
+fn chaos_sweep_on_the_simulated_table() {
+    let _one = one_at_a_time();
+    let first = chaos_seed();
+    let seeds: u64 = std::env::var("KCL_CHAOS_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
+    let mut failed = Vec::new();
+    for seed in first..first + seeds {
+        for renewal in [LeaseRenewal::PerLease, LeaseRenewal::Worker] {
+            kcl_core::jitter::set_seed(seed);
+            let run = std::panic::catch_unwind(|| seeded_runtime(seed).block_on(chaos(seed, Some(renewal))));
+            if run.is_err() {
+                println!("FAILED: seed {seed} ({renewal})");
+                failed.push((seed, renewal));
+            }
+        }
+    }
+    assert!(failed.is_empty(), "failing seeds: {failed:?}");
+}
+
+/// One chaos run, on the in-memory table (`None`) or on the simulated one with a renewal mode;
+/// returns its summary (every figure of it depends on the whole run).
+async fn chaos(seed: u64, simulated: Option<LeaseRenewal>) -> String {
     init_tracing();
-    println!("chaos seed = {seed}");
+    println!("chaos seed = {seed}, simulated table: {simulated:?}");
     let began = Instant::now();
     let mut rng = Rng(kcl_lease::fault::SplitMix64(seed));
-    let (local, mut cluster) = set_up(seed, &mut rng);
+    let (local, mut cluster) = set_up(seed, &mut rng, simulated);
     let producer = spawn_producer(&local);
     let chaos_stops = run_chaos(&mut cluster, &local, &mut rng, began).await;
     let (produced, drained_in) = drain(&mut cluster, producer, &mut rng).await;
 
+    cluster.table.check(seed);
     let dups_in_log = check_log(&cluster, &produced);
     let state = cluster.state.clone();
     let st = lock(&state);
@@ -523,18 +706,26 @@ async fn chaos(seed: u64) -> String {
 
 /// The stream, the faulty backend and lease store, and the three workers started (w0 polls, w1
 /// fans out, w2 either; about half of them with slow processors).
-fn set_up(seed: u64, rng: &mut Rng) -> (LocalBackend, Cluster) {
+fn set_up(seed: u64, rng: &mut Rng, simulated: Option<LeaseRenewal>) -> (LocalBackend, Cluster) {
     let local = LocalBackend::new();
     local
         .create_stream(STREAM, SHARDS)
         .unwrap_or_else(|e| panic!("seed {seed}: create stream: {e}"));
     let backend = Arc::new(FailureBackend::new(local.clone(), backend_plan(rng.next_u64())));
-    let store = Arc::new(FailureLeaseStore::new(InMemoryLeaseStore::new(), lease_plan(rng)));
+    let plan = lease_plan(rng);
+    let (table, renewal) = match simulated {
+        None => (
+            Table::Memory(Arc::new(FailureLeaseStore::new(InMemoryLeaseStore::new(), plan))),
+            LeaseRenewal::PerLease,
+        ),
+        Some(renewal) => (Table::simulated(seed, renewal), renewal),
+    };
     let state: Shared = Arc::default();
     let mut cluster = Cluster {
         seed,
         backend,
-        store,
+        table,
+        renewal,
         log: Log::default(),
         state,
         slots: (0..WORKERS).map(|_| None).collect(),
@@ -588,10 +779,10 @@ async fn run_chaos(cluster: &mut Cluster, local: &LocalBackend, rng: &mut Rng, b
         // Stopped workers come back a round later, under their old id or a new one.
         restart_stopped(cluster, rng);
         if split.is_none() && Instant::now() >= split_at {
-            split = Some(split_a_shard(local, rng, seed));
+            split = Some(split_a_shard(local, rng, seed, cluster.table.monitor()));
         }
         if merged.is_none() && Instant::now() >= merge_at {
-            merged = Some(merge_two_shards(local, rng, seed));
+            merged = Some(merge_two_shards(local, rng, seed, cluster.table.monitor()));
         }
         let action = match round {
             0 | 1 => (round + first_disruption) % 2,
@@ -621,7 +812,7 @@ fn restart_stopped(cluster: &mut Cluster, rng: &mut Rng) {
 }
 
 /// Splits a random open shard in the middle of its range; returns its id.
-fn split_a_shard(local: &LocalBackend, rng: &mut Rng, seed: u64) -> String {
+fn split_a_shard(local: &LocalBackend, rng: &mut Rng, seed: u64, monitor: Option<&Arc<Monitor>>) -> String {
     let open: Vec<_> = local
         .shards(STREAM)
         .unwrap_or_else(|e| panic!("seed {seed}: list shards: {e}"))
@@ -635,11 +826,21 @@ fn split_a_shard(local: &LocalBackend, rng: &mut Rng, seed: u64) -> String {
         .split_shard(STREAM, &shard.shard_id, middle)
         .unwrap_or_else(|e| panic!("seed {seed}: split of {} failed: {e}", shard.shard_id));
     println!("[seed {seed}] split {} into {children:?}", shard.shard_id);
+    resharded(
+        monitor,
+        &[shard.shard_id.clone()],
+        &[children.0.clone(), children.1.clone()],
+    );
     shard.shard_id.clone()
 }
 
 /// Merges a random pair of adjacent open shards; returns the child's id.
-fn merge_two_shards(local: &LocalBackend, rng: &mut Rng, seed: u64) -> String {
+fn merge_two_shards(
+    local: &LocalBackend,
+    rng: &mut Rng,
+    seed: u64,
+    monitor: Option<&Arc<Monitor>>,
+) -> String {
     let mut open: Vec<_> = local
         .shards(STREAM)
         .unwrap_or_else(|e| panic!("seed {seed}: list shards: {e}"))
@@ -657,7 +858,21 @@ fn merge_two_shards(local: &LocalBackend, rng: &mut Rng, seed: u64) -> String {
         .merge_shards(STREAM, a, b)
         .unwrap_or_else(|e| panic!("seed {seed}: merge of {a} and {b} failed: {e}"));
     println!("[seed {seed}] merged {a} and {b} into {child}");
+    resharded(monitor, &[a.clone(), b.clone()], std::slice::from_ref(&child));
     child
+}
+
+/// Tells the simulator's monitor of a reshard: the parents ended (their lease may now be
+/// checkpointed `SHARD_END`; the monitor counts no records here, the processors' log does), and
+/// no batch of a child may start before every parent's lease is at `SHARD_END`.
+fn resharded(monitor: Option<&Arc<Monitor>>, parents: &[String], children: &[String]) {
+    let Some(monitor) = monitor else { return };
+    for parent in parents {
+        monitor.shard_ended(parent, 0);
+    }
+    for child in children {
+        monitor.child_created(child, parents);
+    }
 }
 
 /// One round's disruption: 0 or 2 kills a random live worker, 1 or 3 stops one gracefully
@@ -701,7 +916,7 @@ async fn drain(
         .unwrap_or_else(|e| panic!("seed {seed}: producer failed: {e}"));
     let total: u64 = produced.values().sum();
     cluster.backend.set_plan(FaultPlan::none());
-    cluster.store.set_plan(LeaseFaultPlan::none());
+    cluster.table.faults_off();
     restart_stopped(cluster, rng);
     let drain_from = Instant::now();
     let what = format!("seed {seed}: all {total} produced records processed");
@@ -941,7 +1156,7 @@ fn summarize(run: &Run<'_>) -> String {
         reprocessed,
         in_flight,
     } = &run.duplicates;
-    let (backend, store) = (&cluster.backend, &cluster.store);
+    let backend = &cluster.backend;
     let checkpoint_failures: usize = st.sessions.iter().map(|s| s.checkpoint_failures).sum();
     let lost = st
         .sessions
@@ -974,9 +1189,9 @@ fn summarize(run: &Run<'_>) -> String {
         st.sessions.len(),
         cluster.kills,
         cluster.restarts,
-        backend_faults(backend) + lease_faults(store),
+        backend_faults(backend) + cluster.table.injected(),
         backend_faults(backend),
-        lease_faults(store),
+        cluster.table.injected(),
         began.elapsed()
     )
 }
