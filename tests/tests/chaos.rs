@@ -828,7 +828,7 @@ fn split_a_shard(local: &LocalBackend, rng: &mut Rng, seed: u64, monitor: Option
     println!("[seed {seed}] split {} into {children:?}", shard.shard_id);
     resharded(
         monitor,
-        &[shard.shard_id.clone()],
+        std::slice::from_ref(&shard.shard_id),
         &[children.0.clone(), children.1.clone()],
     );
     shard.shard_id.clone()
