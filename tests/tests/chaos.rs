@@ -467,6 +467,14 @@ struct Cluster {
     restart_phase: u64,
     kills: u64,
     graceful_stops: u64,
+    /// On the simulated table: a second process under a live worker's id, running until the
+    /// next round (it must process nothing while the first one beats).
+    duplicate: Option<(SchedulerHandle, usize)>,
+    duplicates: u64,
+    /// On the simulated table: a process whose reads fail (its writes work) until the next
+    /// round, and how many such outages there were.
+    outage: Option<String>,
+    outages: u64,
 }
 
 impl Cluster {
@@ -552,6 +560,59 @@ impl Cluster {
         result.unwrap_or_else(|e| panic!("seed {seed}: graceful shutdown of {worker} failed: {e}"));
         self.graceful_stops += 1;
         println!("[seed {seed}] stopped {worker} gracefully");
+    }
+
+    /// Makes the reads of the process in `slot` fail while its writes work: its heartbeat
+    /// reads (F2 of the coordination review), or every read of the lease table.
+    fn read_outage(&mut self, slot: usize, heartbeats: bool) {
+        let Table::Sim { store, .. } = &self.table else {
+            return;
+        };
+        let (_, inc, _) = self.slots[slot].as_ref().expect("live slot");
+        let process = process_name(&self.incarnations[*inc].worker, *inc);
+        let mut faults = store.faults(&process);
+        if heartbeats {
+            faults.heartbeat_reads_fail = true;
+        } else {
+            faults.lease_reads_fail = true;
+        }
+        store.set_faults(&process, faults);
+        let what = if heartbeats { "heartbeat" } else { "lease table" };
+        println!("[seed {}] {process}'s {what} reads fail", self.seed);
+        self.outage = Some(process);
+        self.outages += 1;
+    }
+
+    /// Starts a second process with the worker id of the one in `slot` (two containers given
+    /// one host name, F5 of the coordination review).
+    fn start_duplicate(&mut self, slot: usize) {
+        let (_, inc, _) = self.slots[slot].as_ref().expect("live slot");
+        let worker = self.incarnations[*inc].worker.clone();
+        let incarnation = self.incarnations.len();
+        self.slots.push(None);
+        self.start(WORKERS, worker.clone(), 0, false);
+        if let Some(started) = self.slots.pop().flatten() {
+            self.duplicate = Some((started.0, incarnation));
+        }
+        self.duplicates += 1;
+        println!("[seed {}] a second process under {worker}", self.seed);
+    }
+
+    /// Ends the read outage and stops the duplicate process of the last round, if any.
+    async fn end_outage_and_duplicate(&mut self) {
+        if let (Some(process), Table::Sim { store, .. }) = (self.outage.take(), &self.table) {
+            let mut faults = store.faults(&process);
+            faults.heartbeat_reads_fail = false;
+            faults.lease_reads_fail = false;
+            store.set_faults(&process, faults);
+        }
+        if let Some((handle, inc)) = self.duplicate.take() {
+            let seed = self.seed;
+            let worker = self.incarnations[inc].worker.clone();
+            let result = timeout(STOP_LIMIT, handle.shutdown()).await;
+            let result = result.unwrap_or_else(|_| panic!("seed {seed}: the duplicate {worker} hung"));
+            result.unwrap_or_else(|e| panic!("seed {seed}: stopping the duplicate {worker} failed: {e}"));
+        }
     }
 
     fn restart(&mut self, slot: usize, rng: &mut Rng) {
@@ -742,6 +803,10 @@ fn set_up(seed: u64, rng: &mut Rng, simulated: Option<LeaseRenewal>) -> (LocalBa
         restart_phase: rng.range(0, 2),
         kills: 0,
         graceful_stops: 0,
+        duplicate: None,
+        duplicates: 0,
+        outage: None,
+        outages: 0,
     };
     for slot in 0..WORKERS {
         let delay = slow_delay(rng);
@@ -794,6 +859,8 @@ async fn run_chaos(cluster: &mut Cluster, local: &LocalBackend, rng: &mut Rng, b
         }
         let action = match round {
             0 | 1 => (round + first_disruption) % 2,
+            // On the simulated table, also read outages and duplicate processes.
+            _ if cluster.table.monitor().is_some() => rng.range(0, 7),
             _ => rng.range(0, 5),
         };
         round += 1;
@@ -888,8 +955,17 @@ fn resharded(monitor: Option<&Arc<Monitor>>, parents: &[String], children: &[Str
 /// processors switch between fast and slow.
 async fn disrupt(cluster: &mut Cluster, action: u64, rng: &mut Rng) {
     let seed = cluster.seed;
+    cluster.end_outage_and_duplicate().await;
     let live = cluster.live();
     match action {
+        5 => {
+            let slot = live[rng.index(live.len())];
+            cluster.read_outage(slot, rng.chance(0.5));
+        }
+        6 => {
+            let slot = live[rng.index(live.len())];
+            cluster.start_duplicate(slot);
+        }
         // At least one worker stays alive: never stop the last one.
         0 | 2 if live.len() >= 2 => cluster.kill(live[rng.index(live.len())]).await,
         1 | 3 if live.len() >= 2 => cluster.stop(live[rng.index(live.len())]).await,
@@ -923,6 +999,7 @@ async fn drain(
         .await
         .unwrap_or_else(|e| panic!("seed {seed}: producer failed: {e}"));
     let total: u64 = produced.values().sum();
+    cluster.end_outage_and_duplicate().await;
     cluster.backend.set_plan(FaultPlan::none());
     cluster.table.faults_off();
     restart_stopped(cluster, rng);
@@ -1198,7 +1275,8 @@ fn summarize(run: &Run<'_>) -> String {
          checkpoint failed, {graceful_handoffs} exact graceful hand-offs), kills {}, graceful \
          stops {chaos_stops} (+{WORKERS} at the end), restarts {} ({reused} under the old id), \
          faults injected {} (backend {}, lease store {}), failed batch checkpoints \
-         {checkpoint_failures}, drained in {drained_in:?}, total {:?}",
+         {checkpoint_failures}, read outages {}, duplicate processes {}, drained in \
+         {drained_in:?}, total {:?}",
         st.processed,
         st.sessions.len(),
         cluster.kills,
@@ -1206,6 +1284,8 @@ fn summarize(run: &Run<'_>) -> String {
         backend_faults(backend) + cluster.table.injected(),
         backend_faults(backend),
         cluster.table.injected(),
+        cluster.outages,
+        cluster.duplicates,
         began.elapsed()
     )
 }
