@@ -90,7 +90,9 @@
 //! - A non-forced `kcl-admin reset` watches for a failover time (the tool's `--watch`): a
 //!   watch shorter than that can take an owner whose renewals failed for a while for a
 //!   stopped one, which still processes until its validity runs out.
-//! - Processing is a sleep: a batch's records are numbers, checkpoints are positions.
+//! - Processing is a sleep: a batch's records are numbers, checkpoints are positions. The real
+//!   runtime (kcl-core's schedulers, shard consumers and processors on a local stream) runs on
+//!   this table in `tests/tests/chaos.rs`, its batches checked by the same [`Monitor`].
 //!
 //! # Determinism
 //! Everything random is drawn from the seed (splitmix64, no `RandomState`); time is Tokio's
