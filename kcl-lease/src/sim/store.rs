@@ -242,13 +242,35 @@ impl SimLeaseStore {
     }
 }
 
+/// Which table a write may have changed: a snapshot copies only that one and shares the other
+/// with the snapshot before (every write snapshots, so the other is as it was then).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Changed {
+    Leases,
+    Heartbeats,
+    Both,
+}
+
 impl Shared {
     fn snapshot(&self) {
+        self.snapshot_of(Changed::Both);
+    }
+
+    fn snapshot_of(&self, changed: Changed) {
         let now = Instant::now();
+        let previous = lock(&self.state).history.back().cloned();
+        let (leases, heartbeats) = match (previous, changed) {
+            (Some(p), Changed::Heartbeats) => (p.leases, Arc::new(self.inner.heartbeats())),
+            (Some(p), Changed::Leases) => (Arc::new(self.inner.snapshot()), p.heartbeats),
+            _ => (
+                Arc::new(self.inner.snapshot()),
+                Arc::new(self.inner.heartbeats()),
+            ),
+        };
         let snap = Snapshot {
             at: now,
-            leases: Arc::new(self.inner.snapshot()),
-            heartbeats: Arc::new(self.inner.heartbeats()),
+            leases,
+            heartbeats,
         };
         let mut state = lock(&self.state);
         state.history.push_back(snap);
@@ -495,7 +517,7 @@ impl SimStoreHandle {
         let before = self.shared.inner.get(key).await.ok().flatten();
         let result = write.await;
         if let Ok(after) = &result {
-            self.shared.snapshot();
+            self.shared.snapshot_of(Changed::Leases);
             self.shared
                 .monitor
                 .after_write(&self.name, op, before.as_ref(), Some(after));
@@ -635,7 +657,7 @@ impl LeaseStore for SimStoreHandle {
             .begin(LeaseOp::PutHeartbeat, &heartbeat.worker_id, "")
             .await?;
         let result = self.shared.inner.put_heartbeat(heartbeat, condition).await;
-        self.shared.snapshot();
+        self.shared.snapshot_of(Changed::Heartbeats);
         self.end(LeaseOp::PutHeartbeat, plan, result).await
     }
 
@@ -665,7 +687,7 @@ impl LeaseStore for SimStoreHandle {
     async fn nudge_heartbeat(&self, worker_id: &str) -> Result<()> {
         let plan = self.begin(LeaseOp::NudgeHeartbeat, worker_id, "").await?;
         let result = self.shared.inner.nudge_heartbeat(worker_id).await;
-        self.shared.snapshot();
+        self.shared.snapshot_of(Changed::Heartbeats);
         self.end(LeaseOp::NudgeHeartbeat, plan, result).await
     }
 
@@ -673,7 +695,7 @@ impl LeaseStore for SimStoreHandle {
         let plan = self.begin(LeaseOp::DeleteHeartbeat, worker_id, "").await?;
         let result = self.shared.inner.delete_heartbeat(worker_id, condition).await;
         if result.is_ok() {
-            self.shared.snapshot();
+            self.shared.snapshot_of(Changed::Heartbeats);
             self.shared.monitor.record(
                 &self.name,
                 EventKind::Scenario,
@@ -703,7 +725,7 @@ impl LeaseStore for SimStoreHandle {
         let plan = self.begin(LeaseOp::Create, &lease.lease_key, "").await?;
         let result = self.shared.inner.create_if_absent(lease).await;
         if matches!(result, Ok(true)) {
-            self.shared.snapshot();
+            self.shared.snapshot_of(Changed::Leases);
         }
         self.end(LeaseOp::Create, plan, result).await
     }
@@ -784,7 +806,7 @@ impl LeaseStore for SimStoreHandle {
         let before = self.shared.inner.get(key).await.ok().flatten();
         let result = self.shared.inner.delete(expected).await;
         if result.is_ok() {
-            self.shared.snapshot();
+            self.shared.snapshot_of(Changed::Leases);
             self.shared
                 .monitor
                 .after_write(&self.name, "delete", before.as_ref(), None);
