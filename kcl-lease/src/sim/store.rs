@@ -262,10 +262,7 @@ impl Shared {
         let (leases, heartbeats) = match (previous, changed) {
             (Some(p), Changed::Heartbeats) => (p.leases, Arc::new(self.inner.heartbeats())),
             (Some(p), Changed::Leases) => (Arc::new(self.inner.snapshot()), p.heartbeats),
-            _ => (
-                Arc::new(self.inner.snapshot()),
-                Arc::new(self.inner.heartbeats()),
-            ),
+            _ => (Arc::new(self.inner.snapshot()), Arc::new(self.inner.heartbeats())),
         };
         let snap = Snapshot {
             at: now,
