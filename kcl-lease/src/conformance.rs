@@ -12,11 +12,7 @@ use crate::store::LeaseStore;
 /// the previous owner), removed by a plain take and by an eviction. Uses the lease key `key`,
 /// which must not exist yet.
 pub async fn owner_without_heartbeat_follows_renewals_and_takes(store: &dyn LeaseStore, key: &str) {
-    assert!(store
-        .create_if_absent(&Lease::new(key, ExtendedSequenceNumber::TrimHorizon))
-        .await
-        .expect("create"));
-    let seen = store.get(key).await.expect("get").expect("the row");
+    let seen = new_row(store, key).await;
     let mut p = store.take(&seen, "p", false).await.expect("take");
     assert_eq!(p.owner_without_heartbeat, None);
     p.owner_without_heartbeat = Some("p".into());
@@ -54,15 +50,10 @@ pub async fn owner_without_heartbeat_follows_renewals_and_takes(store: &dyn Leas
 /// exist yet.
 pub async fn shard_end_is_final_for_checkpoints(store: &dyn LeaseStore, key: &str) {
     use crate::error::LeaseError;
-    let seq = |n: &str| ExtendedSequenceNumber::from_parts(n, 0).expect("a sequence number");
-    assert!(store
-        .create_if_absent(&Lease::new(key, ExtendedSequenceNumber::TrimHorizon))
-        .await
-        .expect("create"));
-    let seen = store.get(key).await.expect("get").expect("the row");
+    let seen = new_row(store, key).await;
     let p = store.take(&seen, "p", false).await.expect("take");
     let p = store
-        .update_checkpoint(&p, "p", &seq("100"))
+        .update_checkpoint(&p, "p", &seq_at("100"))
         .await
         .expect("checkpoint");
     let ended = store
@@ -70,7 +61,7 @@ pub async fn shard_end_is_final_for_checkpoints(store: &dyn LeaseStore, key: &st
         .await
         .expect("SHARD_END");
     assert!(ended.checkpoint.is_shard_end());
-    match store.update_checkpoint(&ended, "p", &seq("200")).await {
+    match store.update_checkpoint(&ended, "p", &seq_at("200")).await {
         Err(LeaseError::Conflict { .. }) => {}
         other => panic!("a checkpoint below SHARD_END by the owner: {other:?}"),
     }
@@ -81,7 +72,7 @@ pub async fn shard_end_is_final_for_checkpoints(store: &dyn LeaseStore, key: &st
     // A graceful steal: the previous owner writes as `checkpointOwner`.
     let stolen = store.take(&ended, "q", true).await.expect("steal");
     assert_eq!(stolen.checkpoint_owner.as_deref(), Some("p"));
-    match store.update_checkpoint(&stolen, "p", &seq("200")).await {
+    match store.update_checkpoint(&stolen, "p", &seq_at("200")).await {
         Err(LeaseError::Conflict { .. }) => {}
         other => panic!("a checkpoint below SHARD_END as checkpointOwner: {other:?}"),
     }
@@ -100,19 +91,14 @@ pub async fn shard_end_is_final_for_checkpoints(store: &dyn LeaseStore, key: &st
 /// renewal, an eviction and an admin reset, kept by checkpoints. Uses the lease key `key`,
 /// which must not exist yet.
 pub async fn owner_renews_by_heartbeat_follows_takes(store: &dyn LeaseStore, key: &str) {
-    let seq = |n: &str| ExtendedSequenceNumber::from_parts(n, 0).expect("a sequence number");
-    assert!(store
-        .create_if_absent(&Lease::new(key, ExtendedSequenceNumber::TrimHorizon))
-        .await
-        .expect("create"));
-    let seen = store.get(key).await.expect("get").expect("the row");
+    let seen = new_row(store, key).await;
     let p = store
         .take_heartbeat_renewed(&seen, "p", false)
         .await
         .expect("take");
     assert_eq!(p.owner_renews_by_heartbeat.as_deref(), Some("p"));
     let p = store
-        .update_checkpoint(&p, "p", &seq("100"))
+        .update_checkpoint(&p, "p", &seq_at("100"))
         .await
         .expect("checkpoint");
     assert_eq!(
@@ -155,4 +141,18 @@ pub async fn owner_renews_by_heartbeat_follows_takes(store: &dyn LeaseStore, key
         row.owner_renews_by_heartbeat.is_none() || row.owner_renews_by_heartbeat == row.lease_owner,
         "as the store returned it: {row:?}"
     );
+}
+
+/// Creates the lease `key` (which must not exist yet) and reads it back.
+async fn new_row(store: &dyn LeaseStore, key: &str) -> Lease {
+    assert!(store
+        .create_if_absent(&Lease::new(key, ExtendedSequenceNumber::TrimHorizon))
+        .await
+        .expect("create"));
+    store.get(key).await.expect("get").expect("the row")
+}
+
+/// A checkpoint at record `n`.
+fn seq_at(n: &str) -> ExtendedSequenceNumber {
+    ExtendedSequenceNumber::from_parts(n, 0).expect("a sequence number")
 }

@@ -352,62 +352,49 @@ async fn f12_a_lower_checkpoint_never_overwrites_an_applied_higher_one() {
 /// (found by the simulator: seed 6221, worker renewal, 8 x 32).
 #[tokio::test(start_paused = true)]
 async fn f12_a_shard_end_applied_with_its_answer_lost_is_not_moved_back_by_the_hand_off() {
-    let memory = table(1);
-    let store = Arc::new(FailureLeaseStore::new(memory.clone(), LeaseFaultPlan::none()));
-    let (a, mut a_rx) = worker(store.clone(), "a", LeaseRenewal::Worker);
-    a.heartbeat().await;
-    a.take_round().await.unwrap();
-    let held = a_rx.recv().await.unwrap();
     let last = ExtendedSequenceNumber::from_parts("2541", 0).unwrap();
-    held.checkpoint(&ExtendedSequenceNumber::from_parts("2306", 0).unwrap())
-        .await
-        .unwrap();
-    // b steals it gracefully; a, not knowing yet, checkpoints the shard's end as
-    // `checkpointOwner`, and the answer is lost.
-    let row = memory.get("shard-0").await.unwrap().unwrap();
-    memory.take(&row, "b", true).await.unwrap();
-    store.set_plan(LeaseFaultPlan::new(0).rule(
-        LeaseOp::Checkpoint,
-        LeaseTrigger::Nth(1),
-        LeaseFault::ApplyThenFail,
-    ));
-    assert!(held.checkpoint(&ExtendedSequenceNumber::ShardEnd).await.is_err());
-    let row = memory.get("shard-0").await.unwrap().unwrap();
-    assert_eq!(row.checkpoint, ExtendedSequenceNumber::ShardEnd);
-    // a learns of the hand-off and checkpoints the last record it processed, as a consumer
-    // asked to hand over does: the end stays, and the hand-off may complete.
-    held.reconcile(&row);
-    assert_eq!(held.status(), LeaseStatus::HandoffRequested);
-    let kept = held.checkpoint(&last).await.unwrap();
-    assert_eq!(kept.checkpoint, ExtendedSequenceNumber::ShardEnd);
-    assert_eq!(held.status(), LeaseStatus::HandoffRequested);
-    assert_eq!(
-        memory.get("shard-0").await.unwrap().unwrap().checkpoint,
-        ExtendedSequenceNumber::ShardEnd
-    );
-    // Not knowing of the hand-off at all, the same write is refused by the store and then
-    // recognised the same way.
-    let memory = table(1);
-    let store = Arc::new(FailureLeaseStore::new(memory.clone(), LeaseFaultPlan::none()));
-    let (a, mut a_rx) = worker(store.clone(), "a", LeaseRenewal::Worker);
-    a.heartbeat().await;
-    a.take_round().await.unwrap();
-    let held = a_rx.recv().await.unwrap();
-    let row = memory.get("shard-0").await.unwrap().unwrap();
-    memory.take(&row, "b", true).await.unwrap();
-    store.set_plan(LeaseFaultPlan::new(0).rule(
-        LeaseOp::Checkpoint,
-        LeaseTrigger::Nth(1),
-        LeaseFault::ApplyThenFail,
-    ));
-    assert!(held.checkpoint(&ExtendedSequenceNumber::ShardEnd).await.is_err());
-    let kept = held.checkpoint(&last).await.unwrap();
-    assert_eq!(kept.checkpoint, ExtendedSequenceNumber::ShardEnd);
-    assert_eq!(held.status(), LeaseStatus::HandoffRequested);
-    assert_eq!(
-        memory.get("shard-0").await.unwrap().unwrap().checkpoint,
-        ExtendedSequenceNumber::ShardEnd
-    );
+    // a learns of the hand-off before its last checkpoint (from a scan), or does not, and the
+    // store refuses the write and the conflict tells it: the same outcome.
+    for learns_first in [true, false] {
+        let memory = table(1);
+        let store = Arc::new(FailureLeaseStore::new(memory.clone(), LeaseFaultPlan::none()));
+        let (a, mut a_rx) = worker(store.clone(), "a", LeaseRenewal::Worker);
+        a.heartbeat().await;
+        a.take_round().await.unwrap();
+        let held = a_rx.recv().await.unwrap();
+        held.checkpoint(&ExtendedSequenceNumber::from_parts("2306", 0).unwrap())
+            .await
+            .unwrap();
+        // b steals it gracefully; a, not knowing yet, checkpoints the shard's end as
+        // `checkpointOwner`, and the answer is lost.
+        let row = memory.get("shard-0").await.unwrap().unwrap();
+        memory.take(&row, "b", true).await.unwrap();
+        store.set_plan(LeaseFaultPlan::new(0).rule(
+            LeaseOp::Checkpoint,
+            LeaseTrigger::Nth(1),
+            LeaseFault::ApplyThenFail,
+        ));
+        assert!(held.checkpoint(&ExtendedSequenceNumber::ShardEnd).await.is_err());
+        let row = memory.get("shard-0").await.unwrap().unwrap();
+        assert_eq!(row.checkpoint, ExtendedSequenceNumber::ShardEnd);
+        if learns_first {
+            held.reconcile(&row);
+            assert_eq!(held.status(), LeaseStatus::HandoffRequested);
+        }
+        // a checkpoints the last record it processed, as a consumer asked to hand over does:
+        // the end stays, and the hand-off may complete.
+        let kept = held.checkpoint(&last).await.unwrap();
+        assert_eq!(
+            kept.checkpoint,
+            ExtendedSequenceNumber::ShardEnd,
+            "learns first: {learns_first}"
+        );
+        assert_eq!(held.status(), LeaseStatus::HandoffRequested);
+        assert_eq!(
+            memory.get("shard-0").await.unwrap().unwrap().checkpoint,
+            ExtendedSequenceNumber::ShardEnd
+        );
+    }
 }
 
 /// F10 (part): a previous owner handing a lease over writes its last checkpoints only while the
