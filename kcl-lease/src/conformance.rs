@@ -143,6 +143,65 @@ pub async fn owner_renews_by_heartbeat_follows_takes(store: &dyn LeaseStore, key
     );
 }
 
+/// `handoffFromCounter` ([`Lease::handoff_from_counter`]): a graceful steal records the counter
+/// of the row it stole, and the previous owner's hand-off checkpoint lands only for that
+/// holding: a late write of an earlier process with the same worker id (its row older) is a
+/// conflict, whether it knew of the hand-off or not. Completing the hand-off removes the
+/// attribute; so does a plain take. Uses the lease key `key`, which must not exist yet.
+pub async fn a_hand_off_checkpoint_lands_only_for_the_holding_stolen_from(store: &dyn LeaseStore, key: &str) {
+    use crate::error::LeaseError;
+    let seen = new_row(store, key).await;
+    // Process A of worker "p" holds the lease; it stops (a suspended host, a write in flight).
+    let a = store.take(&seen, "p", false).await.expect("take");
+    let a = store
+        .update_checkpoint(&a, "p", &seq_at("100"))
+        .await
+        .expect("checkpoint");
+    // q takes it, then process B of worker "p" steals it from q, and r steals it from B.
+    let q = store.take(&a, "q", false).await.expect("take");
+    let b = store.take(&q, "p", true).await.expect("steal");
+    assert_eq!(b.handoff_from_counter, Some(q.lease_counter));
+    let b = store.complete_handoff(key, "q").await.expect("hand-off done");
+    assert_eq!(b.handoff_from_counter, None, "removed with checkpointOwner");
+    let b = store
+        .update_checkpoint(&b, "p", &seq_at("300"))
+        .await
+        .expect("checkpoint");
+    let r = store.take(&b, "r", true).await.expect("steal");
+    assert_eq!(r.checkpoint_owner.as_deref(), Some("p"));
+    assert_eq!(r.handoff_from_counter, Some(b.lease_counter));
+    // A's late writes, as it knew the row and as it would write the hand-off once it learnt of
+    // it: both refused.
+    for late in [
+        a.clone(),
+        Lease {
+            lease_owner: Some("r".into()),
+            checkpoint_owner: Some("p".into()),
+            ..a.clone()
+        },
+    ] {
+        match store.update_checkpoint(&late, "p", &seq_at("150")).await {
+            Err(LeaseError::Conflict { .. }) => {}
+            other => panic!("a late hand-off checkpoint of an earlier holding: {other:?}"),
+        }
+    }
+    assert_eq!(
+        store.get(key).await.expect("get").expect("the row").checkpoint,
+        seq_at("300")
+    );
+    // B's own hand-off checkpoint lands.
+    let handed = store
+        .update_checkpoint(&b, "p", &seq_at("320"))
+        .await
+        .expect("B's hand-off checkpoint");
+    assert_eq!(handed.checkpoint, seq_at("320"));
+    assert_eq!(handed.lease_owner.as_deref(), Some("r"));
+    let done = store.complete_handoff(key, "p").await.expect("hand-off done");
+    assert_eq!(done.handoff_from_counter, None);
+    let plain = store.take(&done, "s", false).await.expect("take");
+    assert_eq!(plain.handoff_from_counter, None);
+}
+
 /// Creates the lease `key` (which must not exist yet) and reads it back.
 async fn new_row(store: &dyn LeaseStore, key: &str) -> Lease {
     assert!(store

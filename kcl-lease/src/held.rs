@@ -349,6 +349,9 @@ pub struct HeldLease {
     /// The thief of a graceful steal of this lease, as this worker learnt of it: its last
     /// checkpoints are written only while the thief still owns the lease.
     handoff_to: Mutex<Option<String>>,
+    /// The counter of the row the thief stole from this holding (`handoffFromCounter`), once
+    /// a hand-off is requested: the hand-off checkpoint is conditional on it.
+    handoff_from: Mutex<Option<u64>>,
 }
 
 /// What the heartbeats prove about a stolen lease's previous owner (its worker id): dead (the
@@ -401,6 +404,7 @@ impl HeldLease {
             handoff_check: None,
             generation: 0,
             handoff_to: Mutex::new(None),
+            handoff_from: Mutex::new(None),
         }
     }
 
@@ -412,6 +416,7 @@ impl HeldLease {
             (LeaseStatus::HandoffRequested, Some(thief)) => Lease {
                 lease_owner: Some(thief),
                 checkpoint_owner: Some(self.worker_id.clone()),
+                lease_counter: lock(&self.handoff_from).unwrap_or(row.lease_counter),
                 ..row.clone()
             },
             _ => row.clone(),
@@ -551,13 +556,23 @@ impl HeldLease {
         }
     }
 
-    /// Classifies a failed conditional write from the row the store returned.
-    pub(crate) fn on_conflict(&self, actual: Option<&Lease>) {
+    /// Classifies a failed conditional write from the row the store returned. `mine` is the
+    /// counter of the row this holding last wrote: a hand-off names it only if it was stolen
+    /// from that row (`handoffFromCounter`; see [`Lease::handoff_from_counter`]), or from the
+    /// next one when a write of this holding may have been applied unseen. One that names this
+    /// worker id but another holding (an earlier or later process with the same id) is a lost
+    /// lease here, never a hand-off to write as `checkpointOwner` or complete (found by the
+    /// simulator: seed 13304 at 8 workers, 32 shards, per-lease renewal).
+    pub(crate) fn on_conflict(&self, actual: Option<&Lease>, mine: u64) {
+        let unconfirmed = lock(&self.unconfirmed_since).is_some();
+        let ours = |c: u64| c == mine || (unconfirmed && c == mine + 1);
         match actual {
             Some(row)
                 if row.checkpoint_owner.as_deref() == Some(&self.worker_id)
-                    && !row.is_owned_by(&self.worker_id) =>
+                    && !row.is_owned_by(&self.worker_id)
+                    && row.handoff_from_counter.is_none_or(ours) =>
             {
+                *lock(&self.handoff_from) = row.handoff_from_counter;
                 info!(lease = %self.key, new_owner = ?row.lease_owner, "graceful hand-off requested");
                 *lock(&self.handoff_to) = row.lease_owner.clone();
                 if self.status() == LeaseStatus::Held {
@@ -626,7 +641,7 @@ impl HeldLease {
                             *until = (*until).max(since + owner_validity(self.failover_time));
                         }
                     }
-                    Err(actual) => self.on_conflict(actual.as_deref()),
+                    Err(actual) => self.on_conflict(actual.as_deref(), row.lease_counter),
                 }
             }
             Err(LeaseError::NotFound(_)) => self.set_status(LeaseStatus::Lost),
@@ -724,8 +739,9 @@ impl HeldLease {
             return false;
         };
         if scanned.lease_counter > row.lease_counter {
+            let mine = row.lease_counter;
             drop(row);
-            self.on_conflict(Some(scanned));
+            self.on_conflict(Some(scanned), mine);
         }
         true
     }
@@ -764,6 +780,7 @@ impl HeldLease {
                     if !new.is_owned_by(&self.worker_id) {
                         info!(lease = %self.key, new_owner = ?new.lease_owner, "graceful hand-off requested");
                         *lock(&self.handoff_to) = new.lease_owner.clone();
+                        *lock(&self.handoff_from) = new.handoff_from_counter;
                         self.set_status(LeaseStatus::HandoffRequested);
                     }
                 }
@@ -794,7 +811,7 @@ impl HeldLease {
                     Err(actual) => actual,
                 };
                 let handoff = self.status() == LeaseStatus::HandoffRequested;
-                self.on_conflict(actual.as_deref());
+                self.on_conflict(actual.as_deref(), row.lease_counter);
                 if let Some(ended) = actual.as_deref().filter(|current| {
                     self.status() == LeaseStatus::HandoffRequested
                         && current.checkpoint.is_shard_end()
@@ -853,7 +870,7 @@ impl HeldLease {
                     }
                     Err(actual) => actual,
                 };
-                self.on_conflict(actual.as_deref());
+                self.on_conflict(actual.as_deref(), row.lease_counter);
                 Err(LeaseError::Conflict { key, actual })
             }
             Err(e) => Err(self.failed_write(e, started)),

@@ -90,6 +90,14 @@ pub struct Lease {
     /// lease by its counter, and leaves it to the workers that can (F3 of the coordination
     /// review). Meaningful only while it names `lease_owner`; the Java KCL ignores it.
     pub owner_renews_by_heartbeat: Option<String>,
+    /// `handoffFromCounter` (this crate's attribute): written by a graceful steal, the lease
+    /// counter of the row it stole (the previous owner's last write). The previous owner's
+    /// hand-off checkpoint is conditional on it, so that only that holding of the lease writes
+    /// as `checkpointOwner`: not a late write of an earlier process with the same worker id (a
+    /// host suspended with the write in flight), nor a holding after it. Removed when the
+    /// hand-off ends; absent in a hand-off made by the Java KCL, which is then judged by
+    /// `checkpointOwner` alone.
+    pub handoff_from_counter: Option<u64>,
 }
 
 impl Lease {
@@ -111,6 +119,7 @@ impl Lease {
             throughput_kbps: None,
             owner_without_heartbeat: None,
             owner_renews_by_heartbeat: None,
+            handoff_from_counter: None,
         }
     }
 

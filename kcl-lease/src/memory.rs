@@ -218,6 +218,7 @@ impl InMemoryLeaseStore {
                     Some(prev) if handoff && prev != new_owner => Some(prev),
                     _ => None,
                 };
+                row.handoff_from_counter = row.checkpoint_owner.is_some().then_some(expected.lease_counter);
                 if row.checkpoint_owner.is_none() {
                     // Kept through a hand-off: it says how the previous owner renews.
                     row.owner_without_heartbeat = None;
@@ -348,6 +349,7 @@ impl LeaseStore for InMemoryLeaseStore {
                 row.checkpoint_owner = None;
                 row.owner_without_heartbeat = None;
                 row.owner_renews_by_heartbeat = None;
+                row.handoff_from_counter = None;
                 row.lease_counter += 1;
             },
         )
@@ -367,9 +369,13 @@ impl LeaseStore for InMemoryLeaseStore {
                 && row.lease_counter == expected.lease_counter
                 && row.checkpoint_owner.is_none()
         };
+        // Only the holding the thief stole from (see `Lease::handoff_from_counter`).
         let as_handoff = |row: &Lease| {
             row.checkpoint_owner.as_deref() == Some(worker)
                 && thief.is_none_or(|thief| row.is_owned_by(thief))
+                && row
+                    .handoff_from_counter
+                    .is_none_or(|c| c == expected.lease_counter)
         };
         // The end of a shard is final outside an admin reset.
         let keeps_the_end = |row: &Lease| checkpoint.is_shard_end() || !row.checkpoint.is_shard_end();
@@ -396,7 +402,10 @@ impl LeaseStore for InMemoryLeaseStore {
             LeaseOp::CompleteHandoff,
             key,
             |row| row.checkpoint_owner.as_deref() == Some(previous_owner),
-            |row| row.checkpoint_owner = None,
+            |row| {
+                row.checkpoint_owner = None;
+                row.handoff_from_counter = None;
+            },
         )
     }
 
@@ -423,6 +432,7 @@ impl LeaseStore for InMemoryLeaseStore {
                 row.checkpoint_owner = None;
                 row.owner_without_heartbeat = None;
                 row.owner_renews_by_heartbeat = None;
+                row.handoff_from_counter = None;
                 row.lease_counter += 1;
                 row.checkpoint = checkpoint.clone();
                 row.pending_checkpoint = None;
@@ -466,6 +476,12 @@ mod tests {
     async fn owner_renews_by_heartbeat_follows_takes() {
         let store = InMemoryLeaseStore::new();
         crate::conformance::owner_renews_by_heartbeat_follows_takes(&store, "a").await;
+    }
+
+    #[tokio::test]
+    async fn a_hand_off_checkpoint_lands_only_for_the_holding_stolen_from() {
+        let store = InMemoryLeaseStore::new();
+        crate::conformance::a_hand_off_checkpoint_lands_only_for_the_holding_stolen_from(&store, "a").await;
     }
 
     #[tokio::test]

@@ -53,6 +53,9 @@ pub const OWNER_WITHOUT_HEARTBEAT: &str = "ownerWithoutHeartbeat";
 /// `ownerRenewsByHeartbeat` (S, this crate's): the owner that renews the lease through its
 /// heartbeat alone (see [`Lease::owner_renews_by_heartbeat`]); absent otherwise.
 pub const OWNER_RENEWS_BY_HEARTBEAT: &str = "ownerRenewsByHeartbeat";
+/// `handoffFromCounter` (N, this crate's): during a graceful hand-off, the counter of the row
+/// the thief stole (see [`Lease::handoff_from_counter`]); absent otherwise.
+pub const HANDOFF_FROM_COUNTER: &str = "handoffFromCounter";
 
 /// `entityType` (S): the Java KCL 3.5's kind of row. From 3.5 the lease table also holds other
 /// rows under the same `leaseKey` hash key: worker metrics (`WORKER_METRIC_STATS`, keyed by worker
@@ -174,6 +177,9 @@ pub fn lease_row(lease: &Lease) -> Row {
     }
     if let Some(owner) = &lease.owner_renews_by_heartbeat {
         row.push((OWNER_RENEWS_BY_HEARTBEAT, s(owner)));
+    }
+    if let Some(counter) = lease.handoff_from_counter {
+        row.push((HANDOFF_FROM_COUNTER, n(counter)));
     }
     row
 }

@@ -891,3 +891,10 @@ async fn owner_renews_by_heartbeat_follows_takes() {
     let raw = get_raw(&client, store.table_name(), "a").await.unwrap();
     assert_eq!(raw.get("ownerRenewsByHeartbeat"), Some(&s("w")));
 }
+
+/// `handoffFromCounter` on DynamoDB: the conformance check the in-memory store passes too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_off_checkpoint_lands_only_for_the_holding_stolen_from() {
+    let (store, _client) = store("kcl-handoff-from").await;
+    kcl_lease::conformance::a_hand_off_checkpoint_lands_only_for_the_holding_stolen_from(&store, "a").await;
+}

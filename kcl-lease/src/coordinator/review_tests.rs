@@ -934,3 +934,74 @@ async fn f3_a_worker_without_heartbeats_leaves_heartbeat_renewed_leases_alone() 
     }
     assert_eq!(b.held().len(), 1, "b takes the released lease");
 }
+
+/// A hand-off that names this worker id but was stolen from another holding (a second process
+/// with the same id, or a later one) is not this holding's: its checkpoint is refused and the
+/// lease is lost here, never handed over (found by the simulator: seed 13304 at 8 workers, 32
+/// shards, per-lease renewal: a process whose host was suspended with a checkpoint in flight
+/// moved the checkpoint back over the newer holding's, as `checkpointOwner`).
+#[tokio::test(start_paused = true)]
+async fn a_hand_off_of_another_holding_under_the_same_id_is_not_written_or_completed() {
+    let memory = table(1);
+    let (a, mut a_rx) = worker(memory.clone(), "p", LeaseRenewal::PerLease);
+    a.heartbeat().await;
+    a.take_round().await.unwrap();
+    let held = a_rx.recv().await.unwrap();
+    let cp = |n: u64| ExtendedSequenceNumber::from_parts(&n.to_string(), 0).unwrap();
+    held.checkpoint(&cp(100)).await.unwrap();
+    // q takes it; another process of "p" steals it from q, processes, and r steals it from that
+    // process.
+    let row = memory.get("shard-0").await.unwrap().unwrap();
+    let q = memory.take(&row, "q", false).await.unwrap();
+    memory.take(&q, "p", true).await.unwrap();
+    let b = memory.complete_handoff("shard-0", "q").await.unwrap();
+    let b = memory.update_checkpoint(&b, "p", &cp(300)).await.unwrap();
+    memory.take(&b, "r", true).await.unwrap();
+    // The first process's checkpoint: refused, and its lease is lost, not handed over.
+    assert!(held.checkpoint(&cp(150)).await.is_err());
+    assert_eq!(held.status(), LeaseStatus::Lost);
+    let row = memory.get("shard-0").await.unwrap().unwrap();
+    assert_eq!(row.checkpoint, cp(300));
+    assert_eq!(
+        row.checkpoint_owner.as_deref(),
+        Some("p"),
+        "the hand-off stays for its holding"
+    );
+}
+
+/// The other side of the rule above: a hand-off stolen from the row of this holding's own
+/// write whose answer was lost (one counter further than it knows) is this holding's. It
+/// writes its last checkpoint and completes the hand-off; it is not left for lost, which with
+/// worker renewal would leave the thief waiting for as long as this worker lives.
+#[tokio::test(start_paused = true)]
+async fn a_hand_off_stolen_from_an_own_write_whose_answer_was_lost_is_handed_over() {
+    for renewal in [LeaseRenewal::PerLease, LeaseRenewal::Worker] {
+        let memory = table(1);
+        let store = Arc::new(FailureLeaseStore::new(memory.clone(), LeaseFaultPlan::none()));
+        let (a, mut a_rx) = worker(store.clone(), "a", renewal);
+        a.heartbeat().await;
+        a.take_round().await.unwrap();
+        let held = a_rx.recv().await.unwrap();
+        let cp = |n: u64| ExtendedSequenceNumber::from_parts(&n.to_string(), 0).unwrap();
+        store.set_plan(LeaseFaultPlan::new(0).rule(
+            LeaseOp::Checkpoint,
+            LeaseTrigger::Nth(1),
+            LeaseFault::ApplyThenFail,
+        ));
+        assert!(
+            held.checkpoint(&cp(100)).await.is_err(),
+            "{renewal}: the answer was lost"
+        );
+        // b steals from the row that write made.
+        let row = memory.get("shard-0").await.unwrap().unwrap();
+        let stolen = memory.take(&row, "b", true).await.unwrap();
+        assert_eq!(stolen.handoff_from_counter, Some(row.lease_counter));
+        held.checkpoint(&cp(120)).await.unwrap();
+        assert_eq!(held.status(), LeaseStatus::HandoffRequested, "{renewal}");
+        a.release(&held).await;
+        let row = memory.get("shard-0").await.unwrap().unwrap();
+        assert_eq!(row.checkpoint, cp(120), "{renewal}");
+        assert_eq!(row.checkpoint_owner, None, "{renewal}: the hand-off is complete");
+        assert_eq!(row.lease_owner.as_deref(), Some("b"));
+    }
+}

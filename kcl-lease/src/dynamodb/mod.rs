@@ -453,12 +453,18 @@ impl DynamoDbLeaseStore {
         }
         match previous {
             Some(prev) if handoff && prev != new_owner => {
-                e.set(schema::CHECKPOINT_OWNER, ":prev", schema::s(prev))
+                e.set(schema::CHECKPOINT_OWNER, ":prev", schema::s(prev));
+                e.set(
+                    schema::HANDOFF_FROM_COUNTER,
+                    ":hfc",
+                    schema::n(expected.lease_counter),
+                );
             }
             // Kept through a hand-off: it says how the previous owner renews.
             _ => {
                 e.remove(schema::CHECKPOINT_OWNER);
                 e.remove(schema::OWNER_WITHOUT_HEARTBEAT);
+                e.remove(schema::HANDOFF_FROM_COUNTER);
             }
         }
         if by_heartbeat {
@@ -524,6 +530,7 @@ fn placeholder(attribute: &'static str) -> &'static str {
         schema::THROUGHPUT_KBPS => "#tp",
         schema::OWNER_WITHOUT_HEARTBEAT => "#nohb",
         schema::OWNER_RENEWS_BY_HEARTBEAT => "#hbr",
+        schema::HANDOFF_FROM_COUNTER => "#hfc",
         _ => "#x",
     }
 }
@@ -590,6 +597,14 @@ impl Expr {
             }
             None => self.require(format!("attribute_not_exists({o})")),
         }
+    }
+
+    /// A hand-off stolen from the holding that wrote `expected` (`handoffFromCounter` is its
+    /// counter), or one made without the attribute (by the Java KCL).
+    fn require_handoff_from(&mut self, expected: &Lease) {
+        let h = self.name(schema::HANDOFF_FROM_COUNTER);
+        let v = self.value(":hfc", schema::n(expected.lease_counter));
+        self.require(format!("(attribute_not_exists({h}) OR {h} = {v})"));
     }
 
     /// The row exists with owner and counter as in `expected`.
@@ -1133,6 +1148,7 @@ impl LeaseStore for DynamoDbLeaseStore {
         e.remove(schema::CHECKPOINT_OWNER);
         e.remove(schema::OWNER_WITHOUT_HEARTBEAT);
         e.remove(schema::OWNER_RENEWS_BY_HEARTBEAT);
+        e.remove(schema::HANDOFF_FROM_COUNTER);
         self.update_or_conflict("evict", &expected.lease_key, e).await
     }
 
@@ -1154,6 +1170,7 @@ impl LeaseStore for DynamoDbLeaseStore {
             let o = as_handoff.name(schema::LEASE_OWNER);
             let t = as_handoff.value(":thief", schema::s(thief));
             as_handoff.require(format!("{o} = {t}"));
+            as_handoff.require_handoff_from(expected);
             return self
                 .update_or_conflict("checkpoint (hand-off)", key, as_handoff)
                 .await;
@@ -1179,6 +1196,7 @@ impl LeaseStore for DynamoDbLeaseStore {
         let co = as_handoff.name(schema::CHECKPOINT_OWNER);
         let w = as_handoff.value(":w", schema::s(worker));
         as_handoff.require(format!("{co} = {w}"));
+        as_handoff.require_handoff_from(expected);
         self.update_or_conflict("checkpoint (hand-off)", key, as_handoff)
             .await
     }
@@ -1189,6 +1207,7 @@ impl LeaseStore for DynamoDbLeaseStore {
         let w = e.value(":w", schema::s(previous_owner));
         e.require(format!("{co} = {w}"));
         e.remove(schema::CHECKPOINT_OWNER);
+        e.remove(schema::HANDOFF_FROM_COUNTER);
         self.update_or_conflict("complete_handoff", key, e).await
     }
 
@@ -1212,6 +1231,7 @@ impl LeaseStore for DynamoDbLeaseStore {
         e.remove(schema::CHECKPOINT_OWNER);
         e.remove(schema::OWNER_WITHOUT_HEARTBEAT);
         e.remove(schema::OWNER_RENEWS_BY_HEARTBEAT);
+        e.remove(schema::HANDOFF_FROM_COUNTER);
         self.update_or_conflict("reset_checkpoint", &expected.lease_key, e)
             .await
     }

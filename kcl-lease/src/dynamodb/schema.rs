@@ -24,9 +24,9 @@ pub type Item = HashMap<String, AttributeValue>;
 
 pub use crate::row::{
     CHECKPOINT, CHECKPOINT_OWNER, CHECKPOINT_SUB_SEQUENCE, CHILD_SHARD_IDS, ENDING_HASH_KEY, ENTITY_TYPE,
-    EPOCH, FLEET_VIEW, HEARTBEAT_COUNTER, INCARNATION, LAPSED, LEASE_COUNT, LEASE_COUNTER, LEASE_ENTITY,
-    LEASE_KEY, LEASE_OWNER, LEASE_RENEWAL, NUDGES, OWNER_RENEWS_BY_HEARTBEAT, OWNER_SWITCHES,
-    OWNER_WITHOUT_HEARTBEAT, PARENT_SHARD_IDS, PENDING_CHECKPOINT, PENDING_CHECKPOINT_STATE,
+    EPOCH, FLEET_VIEW, HANDOFF_FROM_COUNTER, HEARTBEAT_COUNTER, INCARNATION, LAPSED, LEASE_COUNT,
+    LEASE_COUNTER, LEASE_ENTITY, LEASE_KEY, LEASE_OWNER, LEASE_RENEWAL, NUDGES, OWNER_RENEWS_BY_HEARTBEAT,
+    OWNER_SWITCHES, OWNER_WITHOUT_HEARTBEAT, PARENT_SHARD_IDS, PENDING_CHECKPOINT, PENDING_CHECKPOINT_STATE,
     PENDING_CHECKPOINT_SUB_SEQUENCE, SHARD_ID, STARTING_HASH_KEY, STREAM_NAME, THROUGHPUT_KBPS,
     WATCHED_COUNTER, WATCHED_INCARNATION, WATCHED_WORKER, WORKER_ID,
 };
@@ -214,12 +214,13 @@ pub fn decode(item: &Item) -> Result<Lease, LeaseError> {
         throughput_kbps: reader.float(THROUGHPUT_KBPS)?,
         owner_without_heartbeat: reader.string(OWNER_WITHOUT_HEARTBEAT)?.map(str::to_owned),
         owner_renews_by_heartbeat: reader.string(OWNER_RENEWS_BY_HEARTBEAT)?.map(str::to_owned),
+        handoff_from_counter: reader.number(HANDOFF_FROM_COUNTER)?,
         lease_key: key,
     })
 }
 
 /// Every lease attribute [`decode`] reads, for [`decode_patched`].
-const LEASE_ATTRIBUTES: [&str; 18] = [
+const LEASE_ATTRIBUTES: [&str; 19] = [
     LEASE_OWNER,
     LEASE_COUNTER,
     CHECKPOINT,
@@ -238,6 +239,7 @@ const LEASE_ATTRIBUTES: [&str; 18] = [
     PENDING_CHECKPOINT_STATE,
     OWNER_WITHOUT_HEARTBEAT,
     OWNER_RENEWS_BY_HEARTBEAT,
+    HANDOFF_FROM_COUNTER,
 ];
 
 /// Decodes `item`, taking each attribute that is corrupt in it from `fallback` instead (as
@@ -552,6 +554,7 @@ mod tests {
             throughput_kbps: Some(12.25),
             owner_without_heartbeat: Some("w1".into()),
             owner_renews_by_heartbeat: Some("w1".into()),
+            handoff_from_counter: Some(6),
         };
         let item = encode(&full);
         assert!(!item.contains_key(STREAM_NAME) && !item.contains_key(SHARD_ID));

@@ -377,7 +377,9 @@ fn sim_fleets_with_every_fault_class_never_violate_worker() {
 /// divided watch; docs/coordination.md, the 40,000-seed sweeps); with worker renewal 5842
 /// (liveness: a lease passed from thief to thief, `plan_takes`), 6221 (a checkpoint moved back
 /// from `SHARD_END` after a lost answer, `HeldLease::checkpoint`) and 11454 (liveness: a
-/// merge's child announced by a duplicate process; the scenario). A change to
+/// merge's child announced by a duplicate process; the scenario); with per-lease renewal 13304
+/// (a checkpoint moved back by a late hand-off write of a suspended process whose worker id a
+/// second process had taken over; `Lease::handoff_from_counter`). A change to
 /// the simulator or the coordinator replays them differently: they keep running what the
 /// sweeps showed only as long as nothing else changes, and cost a few seconds.
 #[test]
@@ -391,6 +393,7 @@ fn sim_seeds_found_by_long_sweeps_stay_green() {
         (6221, LeaseRenewal::Worker),
         (7043, LeaseRenewal::Worker),
         (11454, LeaseRenewal::Worker),
+        (13304, LeaseRenewal::PerLease),
         (15383, LeaseRenewal::PerLease),
         (18581, LeaseRenewal::PerLease),
         (18581, LeaseRenewal::Worker),
