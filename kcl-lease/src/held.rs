@@ -556,6 +556,13 @@ impl HeldLease {
         }
     }
 
+    /// Records the hand-off `row` shows, as this holding's: its thief and the counter it stole
+    /// from (the hand-off checkpoint is conditional on both; see [`HeldLease::as_written`]).
+    fn note_handoff(&self, row: &Lease) {
+        *lock(&self.handoff_to) = row.lease_owner.clone();
+        *lock(&self.handoff_from) = row.handoff_from_counter;
+    }
+
     /// Classifies a failed conditional write from the row the store returned. `mine` is the
     /// counter of the row this holding last wrote: a hand-off names it only if it was stolen
     /// from that row (`handoffFromCounter`; see [`Lease::handoff_from_counter`]), or from the
@@ -572,9 +579,8 @@ impl HeldLease {
                     && !row.is_owned_by(&self.worker_id)
                     && row.handoff_from_counter.is_none_or(ours) =>
             {
-                *lock(&self.handoff_from) = row.handoff_from_counter;
                 info!(lease = %self.key, new_owner = ?row.lease_owner, "graceful hand-off requested");
-                *lock(&self.handoff_to) = row.lease_owner.clone();
+                self.note_handoff(row);
                 if self.status() == LeaseStatus::Held {
                     self.journal
                         .record(Some(&self.key), JournalEvent::HandoffRequested);
@@ -779,8 +785,7 @@ impl HeldLease {
                     row.checkpoint = new.checkpoint.clone();
                     if !new.is_owned_by(&self.worker_id) {
                         info!(lease = %self.key, new_owner = ?new.lease_owner, "graceful hand-off requested");
-                        *lock(&self.handoff_to) = new.lease_owner.clone();
-                        *lock(&self.handoff_from) = new.handoff_from_counter;
+                        self.note_handoff(&new);
                         self.set_status(LeaseStatus::HandoffRequested);
                     }
                 }
