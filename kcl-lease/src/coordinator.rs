@@ -31,8 +31,8 @@
 //! - the table holds leases of workers without heartbeat rows (Java workers, older versions
 //!   of this crate): those leases are judged by their counters, as before, with a scan every
 //!   `take_interval`, so mixed fleets keep their fail-over times;
-//! - a slow safety scan, every `live workers × 2 × failover_time` per worker (so about one per
-//!   `2 × failover_time` for the whole fleet), which also finds leases whose owner is alive
+//! - a slow safety scan, every `live workers × 4 × failover_time` per worker (so about one per
+//!   `4 × failover_time` for the whole fleet), which also finds leases whose owner is alive
 //!   but stopped renewing them.
 //!
 //! Every take round reads every heartbeat row (strongly consistent) and reads them all again
@@ -1476,15 +1476,28 @@ impl LeaseCoordinator {
                 // shards, worker renewal, a thief shutting down while its victim was stuck in a
                 // slow checkpoint). Left as it is: the previous owner hands it over when it
                 // sees the steal, and the lease is then free as this worker's.
+                // So it waits (a while) for the previous owner to hand it over, then releases
+                // it: leaving at once would strand the lease for the failover time (a worker
+                // stopped a few seconds after stealing for balance: 13 s of a 10 s failover
+                // before its leases were held elsewhere, on the emulators).
+                let mut row = row;
                 if let Some(previous) = row
                     .checkpoint_owner
-                    .as_deref()
+                    .clone()
                     .filter(|p| *p != self.config.worker_id)
                 {
-                    info!(lease = %key, %previous, "not released: its hand-off is not done yet");
                     drop(row);
-                    lease.set_status(LeaseStatus::Lost);
-                    return;
+                    match self.await_handoff_to_release(key, &previous).await {
+                        Some(handed_over) => {
+                            row = lease.row.lock().await;
+                            *row = handed_over;
+                        }
+                        None => {
+                            info!(lease = %key, %previous, "not released: its hand-off is not done yet");
+                            lease.set_status(LeaseStatus::Lost);
+                            return;
+                        }
+                    }
                 }
                 match self.store.evict(&row).await {
                     Ok(_) => {
@@ -1530,6 +1543,34 @@ impl LeaseCoordinator {
                 lock(&self.own_rows).insert(key.to_owned(), counters);
                 self.wake();
             }
+        }
+    }
+
+    /// A lease stolen from `previous` is released: waits up to half the failover time for
+    /// `previous` to hand it over (its last checkpoint, then `checkpointOwner` cleared), and
+    /// returns the row as it then is, still this worker's. `None`: not handed over in that
+    /// time, or no longer this worker's. The previous owner learns of the steal at its next
+    /// renewal (per-lease renewal) or from the steal's announcement (worker renewal), well
+    /// within that time when nothing fails.
+    async fn await_handoff_to_release(&self, key: &str, previous: &str) -> Option<Lease> {
+        let failover = self.config.leases.failover_time;
+        let poll = (failover / 32).clamp(Duration::from_millis(20), Duration::from_millis(200));
+        let deadline = self.clock().now() + failover / 2;
+        loop {
+            match self.store.get(key).await {
+                Ok(Some(row)) if !row.is_owned_by(&self.config.worker_id) => return None,
+                Ok(Some(row)) if row.checkpoint_owner.is_none() => {
+                    debug!(lease = %key, %previous, "handed over: releasing it");
+                    return Some(row);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(e) => debug!(lease = %key, error = %e, "reading a lease in hand-off failed"),
+            }
+            if self.clock().now() + poll >= deadline {
+                return None;
+            }
+            self.clock().sleep(poll).await;
         }
     }
 

@@ -71,7 +71,7 @@ pub enum ScanReason {
     TakeAgain,
     /// Load-aware balancing: the loads change unannounced.
     Rebalance,
-    /// The slow safety scan (`live workers × 2 × failover_time`, jittered).
+    /// The slow safety scan (`live workers × 4 × failover_time`, jittered).
     Safety,
 }
 
@@ -315,10 +315,10 @@ impl Schedule {
         (since >= self.safety_interval(live)).then_some(ScanReason::Safety)
     }
 
-    /// The time between two safety scans of this worker: `live × 2 × failover_time`, jittered
+    /// The time between two safety scans of this worker: `live × 4 × failover_time`, jittered
     /// by ±25 % (by worker id and scan count) so that the fleet's scans spread out.
     pub fn safety_interval(&self, live: usize) -> Duration {
-        let base = self.settings.failover_time * 2 * u32::try_from(live).unwrap_or(u32::MAX);
+        let base = self.settings.failover_time * 4 * u32::try_from(live).unwrap_or(u32::MAX);
         let mut h = DefaultHasher::new();
         (&self.worker_id, self.scans).hash(&mut h);
         let jitter = 0.75 + (h.finish() % 1000) as f64 / 2000.0;
@@ -1048,12 +1048,12 @@ mod tests {
             schedule.scan_due(t0 + settings().take_interval, &workers, false, false),
             Some(ScanReason::NoHeartbeats)
         );
-        // The safety scan, within ±25 % of live × 2 × F.
+        // The safety scan, within ±25 % of live × 4 × F.
         let mut quiet = Schedule::new("me", settings());
         quiet.last = Some(t0);
         let none = WorkerTracker::new();
         let safety = quiet.safety_interval(1);
-        assert!(safety >= F * 2 * 3 / 4 && safety <= F * 2 * 5 / 4, "{safety:?}");
+        assert!(safety >= F * 4 * 3 / 4 && safety <= F * 4 * 5 / 4, "{safety:?}");
         assert_eq!(
             quiet.scan_due(t0 + safety - Duration::from_millis(1), &none, true, true),
             None

@@ -537,6 +537,70 @@ async fn f9_a_worker_whose_host_was_suspended_stops_at_once() {
     assert_eq!(a.held().iter().filter(|l| l.is_valid()).count(), 2);
 }
 
+static SUSPENDED_NO_BEATS_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn fake_boot_gap_no_beats() -> Option<Duration> {
+    Some(Duration::from_millis(
+        SUSPENDED_NO_BEATS_MS.load(std::sync::atomic::Ordering::SeqCst),
+    ))
+}
+
+/// F9 without heartbeats (found by the simulator: seed 32792, 8 workers, 32 shards, per-lease
+/// renewal): a worker that cannot use the heartbeat table measures a lease's validity from the
+/// start of its take. A take in flight while the host slept started before the sleep, so the
+/// lease must not be processed by it once the suspend is known: before, the suspend ended no
+/// generation for a worker without heartbeats, and the lease was processed after the others
+/// had taken it (its counter stood still for the failover time in their clocks).
+#[tokio::test(start_paused = true)]
+async fn f9_a_take_in_flight_across_a_suspend_is_not_processed_without_heartbeats() {
+    let memory = table(2);
+    let lagging = Lagging::new(&memory);
+    lagging
+        .heartbeats_unusable
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let slow_takes = Arc::new(FailureLeaseStore::new(
+        lagging.clone(),
+        LeaseFaultPlan::new(0).rule(
+            LeaseOp::Take,
+            LeaseTrigger::Always,
+            LeaseFault::Delay(Duration::from_millis(1_000)),
+        ),
+    ));
+    let liveness = Liveness::with_suspend_detector(
+        LeaseRenewal::PerLease,
+        crate::suspend::SuspendDetector::with_source(fake_boot_gap_no_beats),
+    );
+    let (a, mut a_rx) = LeaseCoordinator::with_liveness(
+        slow_takes,
+        CoordinatorConfig::with_settings("a", LeaseSettings::new(F)),
+        liveness,
+    );
+    a.heartbeat().await;
+    assert!(a.liveness.unsupported(), "a coordinates without heartbeats");
+    let round = {
+        let a = a.clone();
+        tokio::spawn(async move { a.take_round().await })
+    };
+    step(500).await;
+    // The host sleeps 30 s with the takes in flight; the monotonic clock does not move.
+    SUSPENDED_NO_BEATS_MS.fetch_add(30_000, std::sync::atomic::Ordering::SeqCst);
+    a.check_lapse();
+    step(1_000).await;
+    round.await.unwrap().unwrap();
+    let mut taken = Vec::new();
+    while let Ok(lease) = a_rx.try_recv() {
+        taken.push(lease);
+    }
+    assert_eq!(taken.len(), 2, "the takes landed");
+    for lease in &taken {
+        assert!(
+            !lease.is_valid(),
+            "{} is processed by a take that started before the host slept",
+            lease.key()
+        );
+    }
+}
+
 /// F7a: a worker whose heartbeats land but whose answers are lost lapses and gives up its
 /// leases; the heartbeats it goes on writing say so, and the others take its leases instead of
 /// counting it as live forever (before: with worker renewal its leases were stranded, and in
@@ -967,6 +1031,51 @@ async fn a_hand_off_of_another_holding_under_the_same_id_is_not_written_or_compl
         Some("p"),
         "the hand-off stays for its holding"
     );
+}
+
+/// A worker stopped soon after stealing a lease for balance, before the previous owner handed
+/// it over: its release waits for the hand-off, then releases the lease, so that another
+/// worker takes it at once. Before, it left the lease under its own name, and nobody took it
+/// for the failover time (seen on the emulators: `SIGTERM` of a worker just after a rebalance,
+/// its leases held elsewhere 13 s later at a failover time of 10 s).
+#[tokio::test(start_paused = true)]
+async fn a_thief_stopped_before_its_hand_off_releases_the_lease_once_handed_over() {
+    for renewal in [LeaseRenewal::PerLease, LeaseRenewal::Worker] {
+        let memory = table(2);
+        let (a, mut a_rx) = worker(memory.clone(), "a", renewal);
+        a.heartbeat().await;
+        assert_eq!(a.take_round().await.unwrap(), 2);
+        let mine = [a_rx.recv().await.unwrap(), a_rx.recv().await.unwrap()];
+        let (b, mut b_rx) = worker(memory.clone(), "b", renewal);
+        b.heartbeat().await;
+        b.read_heartbeats(true).await;
+        assert_eq!(b.take_round().await.unwrap(), 1, "{renewal}: b steals one");
+        let stolen = b_rx.recv().await.unwrap();
+        let key = stolen.key().to_owned();
+        let row = memory.get(&key).await.unwrap().unwrap();
+        assert_eq!(row.checkpoint_owner.as_deref(), Some("a"), "{renewal}");
+        // b stops at once; a still processes the lease and hands it over 400 ms later.
+        let released = tokio::spawn({
+            let (b, stolen) = (b.clone(), stolen.clone());
+            async move {
+                let start = tokio::time::Instant::now();
+                b.release(&stolen).await;
+                start.elapsed()
+            }
+        });
+        step(400).await;
+        let victim = mine.iter().find(|l| l.key() == key).unwrap();
+        let cp = ExtendedSequenceNumber::from_parts("77", 0).unwrap();
+        victim.checkpoint(&cp).await.unwrap();
+        assert_eq!(victim.status(), LeaseStatus::HandoffRequested, "{renewal}");
+        a.release(victim).await;
+        let waited = released.await.unwrap();
+        let row = memory.get(&key).await.unwrap().unwrap();
+        assert_eq!(row.checkpoint, cp, "{renewal}: a's last checkpoint stands");
+        assert_eq!(row.checkpoint_owner, None, "{renewal}: handed over");
+        assert_eq!(row.lease_owner, None, "{renewal}: b released it once handed over");
+        assert!(waited < F / 2, "{renewal}: b waited {waited:?}");
+    }
 }
 
 /// The other side of the rule above: a hand-off stolen from the row of this holding's own

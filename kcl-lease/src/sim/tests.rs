@@ -576,6 +576,7 @@ fn sim_sweep_seed_range() {
 /// Prints the lease events of one run: `SIM_SEED=7 SIM_RENEWAL=worker cargo test ...
 /// sim_print_one_seed -- --ignored --nocapture` (`SIM_FAULTS=crash,pause` to choose classes;
 /// `SIM_BATCHES=1` to print batches too, `SIM_TRACE=1` to log and print every store call,
+/// `SIM_LOG=kcl_lease=debug` for the coordinators' own log (times count from its first line),
 /// `SIM_WORKERS=8 SIM_SHARDS=32` for `kcl-bench simulate`'s fleet, `SIM_DRIFT_PPM=50000` for
 /// clock rates within ±5 %).
 #[test]
@@ -599,6 +600,22 @@ fn sim_print_one_seed() {
     config = with_env_faults(config);
     let batches = std::env::var("SIM_BATCHES").is_ok();
     config.trace_calls = std::env::var("SIM_TRACE").is_ok();
+    struct SimTime;
+    impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+        fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+            static START: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+            let now = tokio::time::Instant::now();
+            let start = *START.get_or_init(|| now);
+            write!(w, "{:>9.3}s", (now - start).as_secs_f64())
+        }
+    }
+    if std::env::var("SIM_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("SIM_LOG"))
+            .with_timer(SimTime)
+            .with_ansi(false)
+            .try_init();
+    }
     let (result, events) = run_seed_logged(seed, &config);
     let shown = |e: &&Event| match e.kind {
         EventKind::BatchStart | EventKind::BatchEnd => batches,
