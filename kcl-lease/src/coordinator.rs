@@ -1400,8 +1400,12 @@ impl LeaseCoordinator {
             // is processed, or a heartbeat row under this worker id (another process's, a
             // former one's) could make the others take it as a dead worker's meanwhile. A take
             // planned from a scan made before this renewal fails on its counter.
+            // Only a renewal that succeeded wrote the mark (a throttled or timed-out one did not,
+            // and the take removed it): unrenewed, the lease is not processed.
+            let taken = held.lease().await.lease_counter;
             held.renew().await;
-            if held.status() != LeaseStatus::Held {
+            let renewed = held.lease().await.lease_counter != taken;
+            if held.status() != LeaseStatus::Held || !renewed {
                 debug!(lease = %held.key, "the first renewal of a lease taken without heartbeats failed: not processing it");
                 held.mark_lost();
                 return true;

@@ -961,6 +961,38 @@ async fn leases_renewed_without_heartbeats_are_not_judged_by_a_heartbeat_row_of_
     assert!(b.held().len() <= 2, "b holds {:?}", b.held());
 }
 
+/// The same, when the first renewal after the take fails (throttled): the take removed the
+/// mark, so the row says nothing of how its owner renews, and the stale heartbeat row under the
+/// worker id makes the others take it as a dead worker's. The lease is not processed unless
+/// that renewal succeeded.
+#[tokio::test(start_paused = true)]
+async fn a_lease_taken_without_heartbeats_is_not_processed_until_its_mark_is_written() {
+    let memory = table(1);
+    let (former, _former_rx) = worker(memory.clone(), "a", LeaseRenewal::PerLease);
+    former.heartbeat().await; // a row under "a" that will stand still
+    let lagging = Lagging::new(&memory);
+    lagging
+        .heartbeats_unusable
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let throttled = Arc::new(FailureLeaseStore::new(
+        lagging.clone(),
+        LeaseFaultPlan::new(0).rule(LeaseOp::Renew, LeaseTrigger::Nth(1), LeaseFault::Throttle),
+    ));
+    let (a, mut a_rx) = worker(throttled, "a", LeaseRenewal::PerLease);
+    a.heartbeat().await;
+    assert!(a.liveness.unsupported(), "a coordinates without heartbeats");
+    a.take_round().await.unwrap();
+    let row = memory.get("shard-0").await.unwrap().unwrap();
+    assert_eq!(row.lease_owner.as_deref(), Some("a"));
+    assert_eq!(
+        row.owner_without_heartbeat, None,
+        "the renewal that marks it failed"
+    );
+    while let Ok(lease) = a_rx.try_recv() {
+        assert!(!lease.is_valid(), "{} is processed unmarked", lease.key());
+    }
+}
+
 /// F3, the mixed fleet: a worker that cannot use the heartbeat table (it renews per lease,
 /// without heartbeats) beside a worker that renews through its heartbeat. The latter's
 /// counters stand still while it lives; the former used to take all its leases after the
