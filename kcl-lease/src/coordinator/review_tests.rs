@@ -486,12 +486,25 @@ async fn f1_a_steal_from_a_live_owner_is_not_completed_without_it() {
     );
 }
 
+/// The time a simulated host slept (each test its own, as tests run side by side).
 static SUSPENDED_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static SUSPENDED_NO_BEATS_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn fake_boot_gap() -> Option<Duration> {
     Some(Duration::from_millis(
         SUSPENDED_MS.load(std::sync::atomic::Ordering::SeqCst),
     ))
+}
+
+fn fake_boot_gap_no_beats() -> Option<Duration> {
+    Some(Duration::from_millis(
+        SUSPENDED_NO_BEATS_MS.load(std::sync::atomic::Ordering::SeqCst),
+    ))
+}
+
+/// A worker's liveness whose suspend detector reads `gap` (boot minus monotonic time).
+fn liveness_on(renewal: LeaseRenewal, gap: crate::suspend::GapSource) -> Liveness {
+    Liveness::with_suspend_detector(renewal, crate::suspend::SuspendDetector::with_source(gap))
 }
 
 /// F9: a host suspended for longer than the failover time (its monotonic clock stood still):
@@ -503,10 +516,7 @@ async fn f9_a_worker_whose_host_was_suspended_stops_at_once() {
     let memory = table(2);
     let mut settings = LeaseSettings::new(F);
     settings.renewal = LeaseRenewal::Worker;
-    let liveness = Liveness::with_suspend_detector(
-        LeaseRenewal::Worker,
-        crate::suspend::SuspendDetector::with_source(fake_boot_gap),
-    );
+    let liveness = liveness_on(LeaseRenewal::Worker, fake_boot_gap);
     let (a, mut a_rx) = LeaseCoordinator::with_liveness(
         memory.clone(),
         CoordinatorConfig::with_settings("a", settings),
@@ -537,14 +547,6 @@ async fn f9_a_worker_whose_host_was_suspended_stops_at_once() {
     assert_eq!(a.held().iter().filter(|l| l.is_valid()).count(), 2);
 }
 
-static SUSPENDED_NO_BEATS_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-fn fake_boot_gap_no_beats() -> Option<Duration> {
-    Some(Duration::from_millis(
-        SUSPENDED_NO_BEATS_MS.load(std::sync::atomic::Ordering::SeqCst),
-    ))
-}
-
 /// F9 without heartbeats (found by the simulator: seed 32792, 8 workers, 32 shards, per-lease
 /// renewal): a worker that cannot use the heartbeat table measures a lease's validity from the
 /// start of its take. A take in flight while the host slept started before the sleep, so the
@@ -566,10 +568,7 @@ async fn f9_a_take_in_flight_across_a_suspend_is_not_processed_without_heartbeat
             LeaseFault::Delay(Duration::from_millis(1_000)),
         ),
     ));
-    let liveness = Liveness::with_suspend_detector(
-        LeaseRenewal::PerLease,
-        crate::suspend::SuspendDetector::with_source(fake_boot_gap_no_beats),
-    );
+    let liveness = liveness_on(LeaseRenewal::PerLease, fake_boot_gap_no_beats);
     let (a, mut a_rx) = LeaseCoordinator::with_liveness(
         slow_takes,
         CoordinatorConfig::with_settings("a", LeaseSettings::new(F)),
@@ -928,6 +927,18 @@ async fn a_heartbeat_table_that_answered_is_never_given_up_for_coordinating_with
     assert!(a.held().is_empty(), "a takes nothing: {:?}", a.held());
 }
 
+/// A heartbeat row under "a" that stands still (a former process's), and a view of `memory`
+/// whose heartbeat table is unusable: for a second process "a" without heartbeats.
+async fn blind_beside_a_stale_row_of_a(memory: &Arc<InMemoryLeaseStore>) -> Arc<Lagging> {
+    let (former, _former_rx) = worker(memory.clone(), "a", LeaseRenewal::PerLease);
+    former.heartbeat().await;
+    let lagging = Lagging::new(memory);
+    lagging
+        .heartbeats_unusable
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    lagging
+}
+
 /// Found by the simulator (seed 15383 at 8 workers, 32 shards, per-lease renewal): a process
 /// that cannot use the heartbeat table renews its leases per lease; a heartbeat row under its
 /// worker id (a former process's, or a second process's with the same id) stood still, and
@@ -937,12 +948,7 @@ async fn a_heartbeat_table_that_answered_is_never_given_up_for_coordinating_with
 #[tokio::test(start_paused = true)]
 async fn leases_renewed_without_heartbeats_are_not_judged_by_a_heartbeat_row_of_the_same_id() {
     let memory = table(4);
-    let (former, _former_rx) = worker(memory.clone(), "a", LeaseRenewal::PerLease);
-    former.heartbeat().await; // a row under "a" that will stand still
-    let lagging = Lagging::new(&memory);
-    lagging
-        .heartbeats_unusable
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let lagging = blind_beside_a_stale_row_of_a(&memory).await;
     let (a, _a_rx) = worker(lagging.clone(), "a", LeaseRenewal::PerLease);
     a.heartbeat().await;
     assert!(a.liveness.unsupported(), "a coordinates without heartbeats");
@@ -968,12 +974,7 @@ async fn leases_renewed_without_heartbeats_are_not_judged_by_a_heartbeat_row_of_
 #[tokio::test(start_paused = true)]
 async fn a_lease_taken_without_heartbeats_is_not_processed_until_its_mark_is_written() {
     let memory = table(1);
-    let (former, _former_rx) = worker(memory.clone(), "a", LeaseRenewal::PerLease);
-    former.heartbeat().await; // a row under "a" that will stand still
-    let lagging = Lagging::new(&memory);
-    lagging
-        .heartbeats_unusable
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let lagging = blind_beside_a_stale_row_of_a(&memory).await;
     let throttled = Arc::new(FailureLeaseStore::new(
         lagging.clone(),
         LeaseFaultPlan::new(0).rule(LeaseOp::Renew, LeaseTrigger::Nth(1), LeaseFault::Throttle),
