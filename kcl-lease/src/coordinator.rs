@@ -1478,12 +1478,10 @@ impl LeaseCoordinator {
                 // process the lease. An evict clears `checkpointOwner`, and the next taker would
                 // start at once, beside it (found by the simulator: seed 7043 at 8 workers, 32
                 // shards, worker renewal, a thief shutting down while its victim was stuck in a
-                // slow checkpoint). Left as it is: the previous owner hands it over when it
-                // sees the steal, and the lease is then free as this worker's.
-                // So it waits (a while) for the previous owner to hand it over, then releases
-                // it: leaving at once would strand the lease for the failover time (a worker
-                // stopped a few seconds after stealing for balance: 13 s of a 10 s failover
-                // before its leases were held elsewhere, on the emulators).
+                // slow checkpoint). So it waits (a while) for the previous owner to hand it
+                // over, then releases it: leaving it as it is would strand it for the failover
+                // time (a worker stopped a few seconds after stealing for balance: 13 s of a
+                // 10 s failover before its leases were held elsewhere, on the emulators).
                 let mut row = row;
                 if let Some(previous) = row
                     .checkpoint_owner
