@@ -22,8 +22,8 @@ use kcl_core::{
 };
 use kcl_lease::metered::lease_size;
 use kcl_lease::{
-    CostSnapshot, FailureLeaseStore, LeaseFault, LeaseFaultPlan, LeaseOp, LeaseRenewal, LeaseTrigger,
-    MeteredLeaseStore,
+    CostSnapshot, FailureLeaseStore, LeaseFault, LeaseFaultPlan, LeaseOp, LeaseRenewal, LeaseStore,
+    LeaseTrigger, MeteredLeaseStore,
 };
 use tokio::time::Instant;
 
@@ -100,6 +100,47 @@ fn per_shard_hour(v: f64, shards: usize, window: Duration) -> f64 {
     v / shards as f64 * 3600.0 / window.as_secs_f64()
 }
 
+/// The safety rounds' share of the steady state's cost. Each worker runs one every
+/// `live × 4 × failover_time` (jittered): about one round per `4 × failover_time` for the whole
+/// fleet, but the first comes that long after a worker starts, over an hour into a 100-worker
+/// fleet's life, so a window of seconds seldom sees one. So one round's calls (an eventually
+/// consistent lease-table scan, the strongly consistent heartbeat read after it, and the
+/// follow-up read of every heartbeat row a failover time later) are made on the same table
+/// through a meter of their own, and billed at the schedule's rate, less the lease-table scans
+/// the window saw itself.
+struct SafetyShare {
+    round_read_units: f64,
+    rounds_per_hour: f64,
+    read_units_per_shard_hour: f64,
+    rows_per_shard_hour: f64,
+}
+
+async fn safety_rounds(
+    memory: &InMemoryLeaseStore,
+    settings: &FleetSettings,
+    shards: usize,
+    window_cost: &CostSnapshot,
+    window: Duration,
+) -> Result<SafetyShare> {
+    let meter = MeteredLeaseStore::new(memory.clone());
+    meter.list_eventually_consistent().await?;
+    for _ in 0..2 {
+        meter.list_heartbeats(true).await?;
+    }
+    let round = meter.snapshot();
+    let rounds_per_hour = 3600.0 / (4.0 * settings.failover.as_secs_f64());
+    let seen_per_hour =
+        window_cost.ops.get("list").map_or(0, |c| c.calls) as f64 * 3600.0 / window.as_secs_f64();
+    let unseen = (rounds_per_hour - seen_per_hour).max(0.0);
+    let rows = (round.lease_rows_read() + round.heartbeat_rows_read()) as f64;
+    Ok(SafetyShare {
+        round_read_units: round.read_units(),
+        rounds_per_hour,
+        read_units_per_shard_hour: round.read_units() * unseen / shards as f64,
+        rows_per_shard_hour: rows * unseen / shards as f64,
+    })
+}
+
 /// Runs the fleet once per renewal mode; one JSON line per mode, then the modelled schedules.
 pub async fn run(settings: &FleetSettings) -> Result<Vec<String>> {
     if settings.kill * 2 >= settings.workers {
@@ -161,6 +202,7 @@ async fn run_mode(settings: &FleetSettings, mode: LeaseRenewal) -> Result<(Strin
     let (cpu1, peak) = rusage();
     let cost: CostSnapshot = meter.snapshot().since(&before);
     let rss = current_rss_mb();
+    let safety = safety_rounds(&memory, settings, n, &cost, settings.window).await?;
     let sizes: Vec<usize> = memory.snapshot().iter().map(lease_size).collect();
     let row_size = sizes.iter().sum::<usize>() as f64 / sizes.len().max(1) as f64;
 
@@ -244,6 +286,12 @@ async fn run_mode(settings: &FleetSettings, mode: LeaseRenewal) -> Result<(Strin
             "read_units_per_shard_hour",
             f(per_shard_hour(cost.read_units(), n, window)),
         ),
+        ("safety_round_read_units", f(safety.round_read_units)),
+        ("safety_rounds_per_fleet_hour", f(safety.rounds_per_hour)),
+        (
+            "read_units_per_shard_hour_with_safety_rounds",
+            f(per_shard_hour(cost.read_units(), n, window) + safety.read_units_per_shard_hour),
+        ),
         (
             "write_units_per_shard_hour",
             f(per_shard_hour(cost.write_units() as f64, n, window)),
@@ -259,6 +307,15 @@ async fn run_mode(settings: &FleetSettings, mode: LeaseRenewal) -> Result<(Strin
                 n,
                 window,
             ) / 60.0),
+        ),
+        (
+            "coordination_rows_read_per_shard_minute_with_safety_rounds",
+            f((per_shard_hour(
+                (cost.lease_rows_read() + cost.heartbeat_rows_read()) as f64,
+                n,
+                window,
+            ) + safety.rows_per_shard_hour)
+                / 60.0),
         ),
         (
             "lease_table_scans_per_minute",
