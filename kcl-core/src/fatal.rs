@@ -298,8 +298,8 @@ impl LeaseStore for FatalGuardStore {
     ) -> kcl_lease::Result<Lease> {
         self.check(self.inner.reset_checkpoint(expected, checkpoint).await)
     }
-    async fn complete_handoff(&self, key: &str, previous_owner: &str) -> kcl_lease::Result<Lease> {
-        self.check(self.inner.complete_handoff(key, previous_owner).await)
+    async fn complete_handoff(&self, handoff: &Lease) -> kcl_lease::Result<Lease> {
+        self.check(self.inner.complete_handoff(handoff).await)
     }
     async fn mark_children(&self, expected: &Lease, children: &BTreeSet<String>) -> kcl_lease::Result<Lease> {
         self.check(self.inner.mark_children(expected, children).await)

@@ -161,7 +161,7 @@ pub async fn a_hand_off_checkpoint_lands_only_for_the_holding_stolen_from(store:
     let q = store.take(&a, "q", false).await.expect("take");
     let b = store.take(&q, "p", true).await.expect("steal");
     assert_eq!(b.handoff_from_counter, Some(q.lease_counter));
-    let b = store.complete_handoff(key, "q").await.expect("hand-off done");
+    let b = store.complete_handoff(&b).await.expect("hand-off done");
     assert_eq!(b.handoff_from_counter, None, "removed with checkpointOwner");
     let b = store
         .update_checkpoint(&b, "p", &seq_at("300"))
@@ -196,10 +196,63 @@ pub async fn a_hand_off_checkpoint_lands_only_for_the_holding_stolen_from(store:
         .expect("B's hand-off checkpoint");
     assert_eq!(handed.checkpoint, seq_at("320"));
     assert_eq!(handed.lease_owner.as_deref(), Some("r"));
-    let done = store.complete_handoff(key, "p").await.expect("hand-off done");
+    let done = store.complete_handoff(&handed).await.expect("hand-off done");
     assert_eq!(done.handoff_from_counter, None);
     let plain = store.take(&done, "s", false).await.expect("take");
     assert_eq!(plain.handoff_from_counter, None);
+}
+
+/// [`LeaseStore::complete_handoff`] ends only the hand-off it names (thief, previous owner and
+/// the counter stolen from): a completion that arrives late, after the lease moved on and was
+/// stolen again from the same previous owner, is a conflict and leaves `checkpointOwner` in
+/// place, so that the new thief does not start while the previous owner still processes
+/// (simulator seed 38075 at 8 workers, 32 shards, per-lease renewal). Uses the lease key `key`,
+/// which must not exist yet.
+pub async fn a_late_completion_does_not_end_a_later_hand_off(store: &dyn LeaseStore, key: &str) {
+    use crate::error::LeaseError;
+    let seen = new_row(store, key).await;
+    let p = store.take(&seen, "p", false).await.expect("take");
+    // q steals it from p; the hand-off as both saw it.
+    let first = store.take(&p, "q", true).await.expect("steal");
+    assert_eq!(first.checkpoint_owner.as_deref(), Some("p"));
+    let done = store.complete_handoff(&first).await.expect("hand-off done");
+    assert_eq!(done.checkpoint_owner, None);
+    assert_eq!(done.handoff_from_counter, None);
+    // q stops renewing; p takes the lease back and processes; r steals it from p.
+    let again = store.take(&done, "p", false).await.expect("take");
+    let second = store.take(&again, "r", true).await.expect("steal");
+    assert_eq!(second.checkpoint_owner.as_deref(), Some("p"));
+    // The first hand-off's completion once more (q's, held up): refused, nothing changed.
+    match store.complete_handoff(&first).await {
+        Err(LeaseError::Conflict { .. }) => {}
+        other => panic!("a late completion of an earlier hand-off: {other:?}"),
+    }
+    // Named right but for another thief, or another counter: refused too.
+    for wrong in [
+        Lease {
+            lease_owner: Some("q".into()),
+            ..second.clone()
+        },
+        Lease {
+            handoff_from_counter: first.handoff_from_counter,
+            ..second.clone()
+        },
+    ] {
+        match store.complete_handoff(&wrong).await {
+            Err(LeaseError::Conflict { .. }) => {}
+            other => panic!("a completion of another hand-off: {other:?}"),
+        }
+    }
+    let row = store.get(key).await.expect("get").expect("the row");
+    assert_eq!(row, second, "as the second steal left it");
+    // The second hand-off's own completion lands.
+    let done = store.complete_handoff(&second).await.expect("hand-off done");
+    assert_eq!(done.checkpoint_owner, None);
+    assert!(done.is_owned_by("r"));
+    assert_eq!(
+        done.lease_counter, second.lease_counter,
+        "the counter is left alone"
+    );
 }
 
 /// Creates the lease `key` (which must not exist yet) and reads it back.

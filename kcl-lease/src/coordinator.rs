@@ -1281,8 +1281,9 @@ impl LeaseCoordinator {
             let mut batch = Vec::new();
             while let Some(action) = round.poll_action() {
                 match action {
-                    Action::CompleteHandoff { key } => {
-                        let outcome = match self.store.complete_handoff(&key, me).await {
+                    Action::CompleteHandoff { lease } => {
+                        let key = &lease.lease_key;
+                        let outcome = match self.store.complete_handoff(&lease).await {
                             Ok(_) => {
                                 debug!(lease = %key, "completed the hand-off of a lease no longer processed here");
                                 CallOutcome::Done
@@ -1517,7 +1518,14 @@ impl LeaseCoordinator {
                 lease.set_status(LeaseStatus::Lost);
             }
             LeaseStatus::HandoffRequested => {
-                match self.store.complete_handoff(key, &self.config.worker_id).await {
+                let completed = match lease.handoff() {
+                    Some(handoff) => self.store.complete_handoff(&handoff).await,
+                    None => Err(LeaseError::Conflict {
+                        key: key.to_owned(),
+                        actual: None,
+                    }),
+                };
+                match completed {
                     Ok(_) => {
                         debug!(lease = %key, "hand-off complete");
                         self.journal.record(Some(key), JournalEvent::HandedOff);

@@ -268,11 +268,11 @@ impl<S: LeaseStore> LeaseStore for FailureLeaseStore<S> {
         .await
     }
 
-    async fn complete_handoff(&self, key: &str, previous_owner: &str) -> Result<Lease> {
+    async fn complete_handoff(&self, handoff: &Lease) -> Result<Lease> {
         self.hook(
             LeaseOp::CompleteHandoff,
-            key,
-            self.inner.complete_handoff(key, previous_owner),
+            &handoff.lease_key,
+            self.inner.complete_handoff(handoff),
         )
         .await
     }
@@ -414,7 +414,7 @@ mod tests {
                 .await
                 .map(drop)
         ));
-        assert!(throttled(store.complete_handoff("a", "w").await.map(drop)));
+        assert!(throttled(store.complete_handoff(&l).await.map(drop)));
         assert!(throttled(
             store.mark_children(&l, &BTreeSet::new()).await.map(drop)
         ));

@@ -430,6 +430,19 @@ impl HeldLease {
         }
     }
 
+    /// The hand-off this holding learnt of, as the row showed it: its thief as owner, this
+    /// worker as `checkpointOwner` and the counter it was stolen from. Completing it is
+    /// conditional on all three ([`LeaseStore::complete_handoff`]).
+    pub(crate) fn handoff(&self) -> Option<Lease> {
+        let thief = lock(&self.handoff_to).clone()?;
+        Some(Lease {
+            lease_owner: Some(thief),
+            checkpoint_owner: Some(self.worker_id.clone()),
+            handoff_from_counter: *lock(&self.handoff_from),
+            ..Lease::new(self.key.clone(), ExtendedSequenceNumber::TrimHorizon)
+        })
+    }
+
     /// The counters the row may have now if nobody else wrote it since this worker last did:
     /// the one it knows, and the next one if a write of its own may have been applied unseen.
     /// `None` while a write is in flight.
@@ -943,7 +956,7 @@ impl HeldLease {
             );
             if dead {
                 info!(lease = %self.key, %previous, "the previous owner is dead: completing the hand-off");
-                match self.store.complete_handoff(&self.key, &previous).await {
+                match self.store.complete_handoff(&fresh).await {
                     Ok(_) | Err(LeaseError::Conflict { .. }) => row.checkpoint_owner = Some(previous),
                     Err(e) => warn!(lease = %self.key, error = %e, "clearing checkpointOwner failed"),
                 }
@@ -951,7 +964,7 @@ impl HeldLease {
                 debug!(lease = %self.key, %previous, "the previous owner is live: waiting for it to let go");
             } else if self.liveness.clock().now() >= deadline {
                 warn!(lease = %self.key, %previous, "previous owner did not finish the hand-off in time");
-                match self.store.complete_handoff(&self.key, &previous).await {
+                match self.store.complete_handoff(&fresh).await {
                     Ok(_) | Err(LeaseError::Conflict { .. }) => row.checkpoint_owner = Some(previous),
                     Err(e) => warn!(lease = %self.key, error = %e, "clearing checkpointOwner failed"),
                 }

@@ -457,8 +457,9 @@ pub enum Action {
     /// (lost here before the thief came): the thief starts now. Result:
     /// [`TakeRound::handle_handoff`].
     CompleteHandoff {
-        /// The lease.
-        key: String,
+        /// The lease, as the scan showed the hand-off (completing it is conditional on that
+        /// hand-off: [`crate::LeaseStore::complete_handoff`]).
+        lease: Box<Lease>,
     },
     /// Mark a dead worker's heartbeat row lapsed (if still as judged). Result:
     /// [`TakeRound::handle_mark`].
@@ -558,7 +559,7 @@ impl TakeRound {
                 && !input.held.contains(&lease.lease_key)
             {
                 before.push_back(Action::CompleteHandoff {
-                    key: lease.lease_key.clone(),
+                    lease: Box::new(lease.clone()),
                 });
             }
         }
@@ -1243,14 +1244,16 @@ mod tests {
         workers.observe_consistent(&[hb("me", 1), hb("a", 1)], t0, t0);
         let mut stolen = lease("s-0", Some("a"), 2);
         stolen.checkpoint_owner = Some("me".into());
-        let leases = vec![stolen, lease("s-1", Some("me"), 1)];
+        let leases = vec![stolen.clone(), lease("s-1", Some("me"), 1)];
         let mut inp = input(leases, &workers, t0);
         inp.held = ["s-1".to_owned()].into();
         schedule.begin_round(&inp.seen_before);
         let mut round = TakeRound::plan(inp, &mut schedule, &mut ExpiryTracker::new(), &workers, t0);
         assert_eq!(
             round.poll_action(),
-            Some(Action::CompleteHandoff { key: "s-0".into() })
+            Some(Action::CompleteHandoff {
+                lease: Box::new(stolen)
+            })
         );
         round.handle_handoff(CallOutcome::Done);
         assert_eq!(drain(&mut round), []);
@@ -1270,7 +1273,7 @@ mod tests {
         let mut stolen = lease("s-0", Some("a"), 2);
         stolen.checkpoint_owner = Some("me".into());
         let leases = vec![
-            stolen,
+            stolen.clone(),
             lease("s-1", Some("me"), 1),
             lease("s-2", Some("a"), 1),
             lease("s-3", None, 0),
@@ -1289,7 +1292,9 @@ mod tests {
         );
         assert_eq!(
             round.poll_action(),
-            Some(Action::CompleteHandoff { key: "s-0".into() })
+            Some(Action::CompleteHandoff {
+                lease: Box::new(stolen)
+            })
         );
         round.handle_handoff(CallOutcome::Failed);
         // Six leases, two workers: a share of three; one held, two to take, one left to "a"

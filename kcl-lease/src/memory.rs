@@ -397,11 +397,16 @@ impl LeaseStore for InMemoryLeaseStore {
         )
     }
 
-    async fn complete_handoff(&self, key: &str, previous_owner: &str) -> Result<Lease> {
+    async fn complete_handoff(&self, handoff: &Lease) -> Result<Lease> {
         self.mutate(
             LeaseOp::CompleteHandoff,
-            key,
-            |row| row.checkpoint_owner.as_deref() == Some(previous_owner),
+            &handoff.lease_key,
+            |row| {
+                row.checkpoint_owner.is_some()
+                    && row.checkpoint_owner == handoff.checkpoint_owner
+                    && row.lease_owner == handoff.lease_owner
+                    && row.handoff_from_counter == handoff.handoff_from_counter
+            },
             |row| {
                 row.checkpoint_owner = None;
                 row.handoff_from_counter = None;
@@ -482,6 +487,12 @@ mod tests {
     async fn a_hand_off_checkpoint_lands_only_for_the_holding_stolen_from() {
         let store = InMemoryLeaseStore::new();
         crate::conformance::a_hand_off_checkpoint_lands_only_for_the_holding_stolen_from(&store, "a").await;
+    }
+
+    #[tokio::test]
+    async fn a_late_completion_does_not_end_a_later_hand_off() {
+        let store = InMemoryLeaseStore::new();
+        crate::conformance::a_late_completion_does_not_end_a_later_hand_off(&store, "a").await;
     }
 
     #[tokio::test]
@@ -590,12 +601,8 @@ mod tests {
             .await
             .unwrap_err()
             .is_conflict());
-        store.complete_handoff("a", "old").await.unwrap();
-        assert!(store
-            .complete_handoff("a", "old")
-            .await
-            .unwrap_err()
-            .is_conflict());
+        store.complete_handoff(&new).await.unwrap();
+        assert!(store.complete_handoff(&new).await.unwrap_err().is_conflict());
         // ... and its renewals still work.
         let new = store.renew(&new).await.unwrap();
         assert_eq!(new.checkpoint_owner, None);

@@ -455,8 +455,8 @@ impl<S: LeaseStore> LeaseStore for MeteredLeaseStore<S> {
         r
     }
 
-    async fn complete_handoff(&self, key: &str, previous_owner: &str) -> Result<Lease> {
-        let r = self.inner.complete_handoff(key, previous_owner).await;
+    async fn complete_handoff(&self, handoff: &Lease) -> Result<Lease> {
+        let r = self.inner.complete_handoff(handoff).await;
         self.write(LeaseOp::CompleteHandoff, 0, &r, lease_size);
         r
     }

@@ -440,8 +440,8 @@ impl LeaseStore for NoHeartbeats {
     ) -> kcl_lease::Result<Lease> {
         self.0.update_checkpoint(expected, worker, checkpoint).await
     }
-    async fn complete_handoff(&self, key: &str, previous_owner: &str) -> kcl_lease::Result<Lease> {
-        self.0.complete_handoff(key, previous_owner).await
+    async fn complete_handoff(&self, handoff: &Lease) -> kcl_lease::Result<Lease> {
+        self.0.complete_handoff(handoff).await
     }
     async fn mark_children(&self, expected: &Lease, children: &BTreeSet<String>) -> kcl_lease::Result<Lease> {
         self.0.mark_children(expected, children).await

@@ -334,7 +334,13 @@ async fn every_mutation_is_conditional_on_owner_and_counter() {
         store.take(&lease("zz"), "w", false).await,
         store.evict(&lease("zz")).await,
         store.update_checkpoint(&lease("zz"), "w", &cp("1")).await,
-        store.complete_handoff("zz", "w").await,
+        store
+            .complete_handoff(&Lease {
+                lease_owner: Some("t".into()),
+                checkpoint_owner: Some("w".into()),
+                ..lease("zz")
+            })
+            .await,
         store.mark_children(&lease("zz"), &children).await,
     ] {
         assert!(matches!(result, Err(LeaseError::NotFound(_))), "{result:?}");
@@ -371,14 +377,10 @@ async fn handoff_lets_the_previous_owner_checkpoint_without_disturbing_the_new_o
     // The new owner cannot checkpoint until the hand-off is complete.
     let actual = conflict_row(store.update_checkpoint(&new, "new", &cp("10")).await);
     assert_eq!(actual.checkpoint_owner.as_deref(), Some("old"));
-    let done = store.complete_handoff("a", "old").await.unwrap();
+    let done = store.complete_handoff(&new).await.unwrap();
     assert_eq!(done.checkpoint_owner, None);
     assert_eq!(done.lease_counter, new.lease_counter);
-    assert!(store
-        .complete_handoff("a", "old")
-        .await
-        .unwrap_err()
-        .is_conflict());
+    assert!(store.complete_handoff(&new).await.unwrap_err().is_conflict());
     // ... and its renewals still work, and now it can checkpoint.
     let new = store.renew(&new).await.unwrap();
     assert_eq!(new.checkpoint_owner, None);
@@ -897,4 +899,12 @@ async fn owner_renews_by_heartbeat_follows_takes() {
 async fn a_hand_off_checkpoint_lands_only_for_the_holding_stolen_from() {
     let (store, _client) = store("kcl-handoff-from").await;
     kcl_lease::conformance::a_hand_off_checkpoint_lands_only_for_the_holding_stolen_from(&store, "a").await;
+}
+
+/// A completion of a hand-off on DynamoDB ends only the hand-off it names: the conformance check
+/// the in-memory store passes too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_completion_does_not_end_a_later_hand_off() {
+    let (store, _client) = store("kcl-late-completion").await;
+    kcl_lease::conformance::a_late_completion_does_not_end_a_later_hand_off(&store, "a").await;
 }

@@ -244,8 +244,8 @@ impl LeaseStore for PanickingStore {
     ) -> kcl_lease::Result<Lease> {
         self.inner.update_checkpoint(expected, worker, checkpoint).await
     }
-    async fn complete_handoff(&self, key: &str, previous_owner: &str) -> kcl_lease::Result<Lease> {
-        self.inner.complete_handoff(key, previous_owner).await
+    async fn complete_handoff(&self, handoff: &Lease) -> kcl_lease::Result<Lease> {
+        self.inner.complete_handoff(handoff).await
     }
     async fn mark_children(
         &self,

@@ -162,8 +162,8 @@ impl LeaseStore for Lagging {
             .update_checkpoint(expected, worker_id, checkpoint)
             .await
     }
-    async fn complete_handoff(&self, key: &str, previous_owner: &str) -> Result<Lease> {
-        self.inner.complete_handoff(key, previous_owner).await
+    async fn complete_handoff(&self, handoff: &Lease) -> Result<Lease> {
+        self.inner.complete_handoff(handoff).await
     }
     async fn mark_children(&self, expected: &Lease, children: &BTreeSet<String>) -> Result<Lease> {
         self.inner.mark_children(expected, children).await
@@ -1050,8 +1050,8 @@ async fn a_hand_off_of_another_holding_under_the_same_id_is_not_written_or_compl
     // process.
     let row = memory.get("shard-0").await.unwrap().unwrap();
     let q = memory.take(&row, "q", false).await.unwrap();
-    memory.take(&q, "p", true).await.unwrap();
-    let b = memory.complete_handoff("shard-0", "q").await.unwrap();
+    let stolen = memory.take(&q, "p", true).await.unwrap();
+    let b = memory.complete_handoff(&stolen).await.unwrap();
     let b = memory.update_checkpoint(&b, "p", &cp(300)).await.unwrap();
     memory.take(&b, "r", true).await.unwrap();
     // The first process's checkpoint: refused, and its lease is lost, not handed over.

@@ -59,7 +59,7 @@
 //! | `update_checkpoint` (owner) | `#o = :w AND counter AND attribute_not_exists(#co)` | `SET #cp, #cps, #osc = 0, #c = :next REMOVE #pcp, #pcps, #pcst` |
 //! | `update_checkpoint` (hand-off), tried when the owner form fails | `#co = :w` | as above without `#c` |
 //! | `update_checkpoint` (hand-off as learnt: `expected` names the thief as owner and `:w` as `checkpointOwner`) | `#co = :w AND #o = :thief` | as above without `#c` |
-//! | `complete_handoff` | `#co = :w` | `REMOVE #co` |
+//! | `complete_handoff` | `#co = :w AND owner(h) AND #hfc = :hfc` (`attribute_not_exists(#hfc)` when `h` has none): the hand-off `h` as the caller read it | `REMOVE #co, #hfc` |
 //! | `mark_children` | `counter AND owner` | `SET #c = :next, #ch = :ch` (or `REMOVE #ch` when empty) |
 //! | `delete` | `counter` (`DeleteItem`) | |
 //!
@@ -1201,14 +1201,35 @@ impl LeaseStore for DynamoDbLeaseStore {
             .await
     }
 
-    async fn complete_handoff(&self, key: &str, previous_owner: &str) -> Result<Lease> {
+    async fn complete_handoff(&self, handoff: &Lease) -> Result<Lease> {
+        let Some(previous) = handoff.checkpoint_owner.as_deref() else {
+            // No hand-off to end: as a failed condition would say.
+            let key = handoff.lease_key.clone();
+            return Err(match self.get(&key).await? {
+                Some(row) => LeaseError::Conflict {
+                    key,
+                    actual: Some(Box::new(row)),
+                },
+                None => LeaseError::NotFound(key),
+            });
+        };
         let mut e = Expr::default();
         let co = e.name(schema::CHECKPOINT_OWNER);
-        let w = e.value(":w", schema::s(previous_owner));
+        let w = e.value(":w", schema::s(previous));
         e.require(format!("{co} = {w}"));
+        e.require_owner(handoff);
+        let h = e.name(schema::HANDOFF_FROM_COUNTER);
+        match handoff.handoff_from_counter {
+            Some(counter) => {
+                let v = e.value(":hfc", schema::n(counter));
+                e.require(format!("{h} = {v}"));
+            }
+            None => e.require(format!("attribute_not_exists({h})")),
+        }
         e.remove(schema::CHECKPOINT_OWNER);
         e.remove(schema::HANDOFF_FROM_COUNTER);
-        self.update_or_conflict("complete_handoff", key, e).await
+        self.update_or_conflict("complete_handoff", &handoff.lease_key, e)
+            .await
     }
 
     async fn mark_children(&self, expected: &Lease, children: &BTreeSet<String>) -> Result<Lease> {

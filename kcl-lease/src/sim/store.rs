@@ -772,13 +772,14 @@ impl LeaseStore for SimStoreHandle {
         self.end(LeaseOp::Checkpoint, plan, result).await
     }
 
-    async fn complete_handoff(&self, key: &str, previous_owner: &str) -> Result<Lease> {
+    async fn complete_handoff(&self, handoff: &Lease) -> Result<Lease> {
+        let key = &handoff.lease_key;
         let plan = self.begin(LeaseOp::CompleteHandoff, key, "").await?;
         let result = self
             .write(
                 "complete_handoff",
                 key,
-                self.shared.inner.complete_handoff(key, previous_owner),
+                self.shared.inner.complete_handoff(handoff),
             )
             .await;
         self.end(LeaseOp::CompleteHandoff, plan, result).await

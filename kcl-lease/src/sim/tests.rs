@@ -397,6 +397,8 @@ fn sim_seeds_found_by_long_sweeps_stay_green() {
         (15383, LeaseRenewal::PerLease),
         (18581, LeaseRenewal::PerLease),
         (18581, LeaseRenewal::Worker),
+        (32792, LeaseRenewal::PerLease),
+        (38075, LeaseRenewal::PerLease),
         (43106, LeaseRenewal::Worker),
         (51240, LeaseRenewal::Worker),
         (55644, LeaseRenewal::Worker),
