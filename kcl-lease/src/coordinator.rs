@@ -68,7 +68,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
 use crate::balance::ExpiryTracker;
 use crate::error::{LeaseError, Result};
@@ -508,17 +508,20 @@ impl LeaseCoordinator {
                 }
             }
             let (store, timeout, clock) = (self.store.clone(), self.call_timeout(), self.clock().clone());
-            calls.spawn(async move {
-                match clock.timeout(timeout, store.nudge_heartbeat(&target)).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(LeaseError::Unsupported(_))) => Err(true),
-                    Ok(Err(e)) => {
-                        debug!(worker = %target, error = %e, "nudging a worker's heartbeat row failed");
-                        Err(false)
+            calls.spawn(
+                async move {
+                    match clock.timeout(timeout, store.nudge_heartbeat(&target)).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(LeaseError::Unsupported(_))) => Err(true),
+                        Ok(Err(e)) => {
+                            debug!(worker = %target, error = %e, "nudging a worker's heartbeat row failed");
+                            Err(false)
+                        }
+                        Err(_) => Err(false),
                     }
-                    Err(_) => Err(false),
                 }
-            });
+                .in_current_span(),
+            );
         }
         while let Some(done) = calls.join_next().await {
             if let Ok(outcome) = done {
@@ -658,12 +661,15 @@ impl LeaseCoordinator {
                 continue;
             }
             let limiter = self.limiter.clone();
-            tasks.spawn(async move {
-                // The semaphore is never closed; without a permit the renewal still goes ahead.
-                let _permit = limiter.acquire().await.ok();
-                lease.renew().await;
-                lease.renewing.store(false, Ordering::SeqCst);
-            });
+            tasks.spawn(
+                async move {
+                    // The semaphore is never closed; without a permit the renewal still goes ahead.
+                    let _permit = limiter.acquire().await.ok();
+                    lease.renew().await;
+                    lease.renewing.store(false, Ordering::SeqCst);
+                }
+                .in_current_span(),
+            );
         }
     }
 
@@ -1325,11 +1331,15 @@ impl LeaseCoordinator {
             for (lease, steal) in batch {
                 let (store, me) = (self.store.clone(), self.config.worker_id.clone());
                 let clock = self.clock().clone();
-                calls.spawn(async move {
-                    let started = clock.now();
-                    let result = take_or_find_applied(store.as_ref(), &lease, &me, steal, by_heartbeat).await;
-                    (lease, steal, started, generation, result)
-                });
+                calls.spawn(
+                    async move {
+                        let started = clock.now();
+                        let result =
+                            take_or_find_applied(store.as_ref(), &lease, &me, steal, by_heartbeat).await;
+                        (lease, steal, started, generation, result)
+                    }
+                    .in_current_span(),
+                );
             }
             while let Some(joined) = calls.join_next().await {
                 let Ok((lease, steal, started, generation, result)) = joined else {
@@ -1635,10 +1645,13 @@ impl LeaseCoordinator {
                         this.spawn_renewals(&mut tasks);
                     } else if !this.beating.swap(true, Ordering::SeqCst) {
                         let beat = this.clone();
-                        tasks.spawn(async move {
-                            beat.heartbeat().await;
-                            beat.beating.store(false, Ordering::SeqCst);
-                        });
+                        tasks.spawn(
+                            async move {
+                                beat.heartbeat().await;
+                                beat.beating.store(false, Ordering::SeqCst);
+                            }
+                            .in_current_span(),
+                        );
                     }
                 }
                 tasks.shutdown().await;

@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use kcl_lease::{CoordinatorConfig, LeaseCoordinator, LeaseRenewal, LeaseStore, MeteredLeaseStore};
 use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::{JoinHandle, JoinSet};
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{error, error_span, info, warn, Instrument};
 
 use crate::backend::{BackendError, StreamBackend};
 use crate::config::{InitialPosition, RetrievalMode, SchedulerConfig};
@@ -261,7 +261,8 @@ impl Scheduler {
             None => ShardInfo::new(self.config.stream_name.clone(), lease.shard_id()),
         };
         let consumer = ShardConsumer::new(lease.clone(), self.factory.create(&info), ctx, health);
-        let span = info_span!("shard", shard_id = %key);
+        // At error level, as the worker span: see there.
+        let span = error_span!("shard", shard_id = %key);
         let handle = shards.tasks.spawn(
             async move {
                 consumer.run().await;
@@ -327,7 +328,9 @@ impl Scheduler {
         mut acquired: tokio::sync::mpsc::Receiver<Arc<kcl_lease::HeldLease>>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
-        let span = info_span!("worker", worker_id = %self.config.worker_id);
+        // A context span: at error level so that it is on whenever any event is. At info level
+        // a `warn` filter (the tools' default) turned it off, and warnings named no worker.
+        let span = error_span!("worker", worker_id = %self.config.worker_id);
         async move {
             info!(stream = %self.config.stream_name, multi_stream = self.tracker.is_some(), application = %self.config.application_name, "worker starting");
             tokio::pin!(shutdown);
