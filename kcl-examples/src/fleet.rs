@@ -101,7 +101,8 @@ fn per_shard_hour(v: f64, shards: usize, window: Duration) -> f64 {
 }
 
 /// The safety rounds' share of the steady state's cost. Each worker runs one every
-/// `live × 4 × failover_time` (jittered): about one round per `4 × failover_time` for the whole
+/// `live × 4 × failover_time` (jittered, `machine::SAFETY_FAILOVERS`): about one round per
+/// `4 × failover_time` for the whole
 /// fleet, but the first comes that long after a worker starts, over an hour into a 100-worker
 /// fleet's life, so a window of seconds seldom sees one. So one round's calls (an eventually
 /// consistent lease-table scan, the strongly consistent heartbeat read after it, and the
@@ -128,7 +129,8 @@ async fn safety_rounds(
         meter.list_heartbeats(true).await?;
     }
     let round = meter.snapshot();
-    let rounds_per_hour = 3600.0 / (4.0 * settings.failover.as_secs_f64());
+    let rounds_per_hour =
+        3600.0 / (f64::from(kcl_lease::machine::SAFETY_FAILOVERS) * settings.failover.as_secs_f64());
     let seen_per_hour =
         window_cost.ops.get("list").map_or(0, |c| c.calls) as f64 * 3600.0 / window.as_secs_f64();
     let unseen = (rounds_per_hour - seen_per_hour).max(0.0);

@@ -40,6 +40,11 @@ pub const TAKE_CONCURRENCY: usize = 32;
 /// Fleets of more live workers than this watch more slowly (see [`Schedule::watch_period`]).
 pub const WATCH_STRETCH_FROM: usize = 16;
 
+/// Each worker scans the lease table for safety every `live workers × SAFETY_FAILOVERS ×
+/// failover_time` (see [`Schedule::safety_interval`]): one scan per `SAFETY_FAILOVERS ×
+/// failover_time` for the whole fleet.
+pub const SAFETY_FAILOVERS: u32 = 4;
+
 /// A heartbeat row with at most this many beats belongs to a worker that just started (see
 /// [`TakeRound::plan`]'s even share).
 pub const FRESH_BEATS: u64 = 2;
@@ -315,10 +320,11 @@ impl Schedule {
         (since >= self.safety_interval(live)).then_some(ScanReason::Safety)
     }
 
-    /// The time between two safety scans of this worker: `live × 4 × failover_time`, jittered
-    /// by ±25 % (by worker id and scan count) so that the fleet's scans spread out.
+    /// The time between two safety scans of this worker: `live ×` [`SAFETY_FAILOVERS`] `×
+    /// failover_time`, jittered by ±25 % (by worker id and scan count) so that the fleet's
+    /// scans spread out.
     pub fn safety_interval(&self, live: usize) -> Duration {
-        let base = self.settings.failover_time * 4 * u32::try_from(live).unwrap_or(u32::MAX);
+        let base = self.settings.failover_time * SAFETY_FAILOVERS * u32::try_from(live).unwrap_or(u32::MAX);
         let mut h = DefaultHasher::new();
         (&self.worker_id, self.scans).hash(&mut h);
         let jitter = 0.75 + (h.finish() % 1000) as f64 / 2000.0;
