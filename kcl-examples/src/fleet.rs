@@ -102,13 +102,12 @@ fn per_shard_hour(v: f64, shards: usize, window: Duration) -> f64 {
 
 /// The safety rounds' share of the steady state's cost. Each worker runs one every
 /// `live × 4 × failover_time` (jittered, `machine::SAFETY_FAILOVERS`): about one round per
-/// `4 × failover_time` for the whole
-/// fleet, but the first comes that long after a worker starts, over an hour into a 100-worker
-/// fleet's life, so a window of seconds seldom sees one. So one round's calls (an eventually
-/// consistent lease-table scan, the strongly consistent heartbeat read after it, and the
-/// follow-up read of every heartbeat row a failover time later) are made on the same table
-/// through a meter of their own, and billed at the schedule's rate, less the lease-table scans
-/// the window saw itself.
+/// `4 × failover_time` for the whole fleet, but the first comes that long after a worker
+/// starts, over an hour into a 100-worker fleet's life, so a window of seconds seldom sees one.
+/// So one round's calls (an eventually consistent lease-table scan, the strongly consistent
+/// heartbeat read after it, and the follow-up read of every heartbeat row a failover time
+/// later) are made on the same table through a meter of their own, and billed at the
+/// schedule's rate, less the lease-table scans the window saw itself.
 struct SafetyShare {
     round_read_units: f64,
     rounds_per_hour: f64,

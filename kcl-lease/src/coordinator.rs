@@ -1539,27 +1539,24 @@ impl LeaseCoordinator {
                     Ok(_) => {
                         debug!(lease = %key, "hand-off complete");
                         self.journal.record(Some(key), JournalEvent::HandedOff);
-                        // A thief without heartbeats cannot announce its steal: look at the
-                        // table, so that its leases are watched (by their counters) from now.
-                        self.wake();
                     }
                     Err(e) if e.is_conflict() => {
                         // The row no longer shows this hand-off: another worker completed it,
                         // or the lease moved on. Routine while the fleet rebalances (it was a
-                        // warning: bursts of 20-40 on the emulators' coordination runs), and
-                        // nothing is left to do here but look again.
+                        // warning: bursts of 20-40 on the emulators' coordination runs).
                         debug!(lease = %key, error = %e, "hand-off already completed or moved on");
-                        self.wake();
                     }
                     Err(e) => {
                         warn!(lease = %key, error = %e, "completing hand-off failed; trying again at the next take round");
                         self.journal
                             .error(Some(key), format_args!("completing the hand-off failed: {e}"));
-                        // The thief waits for it (with worker renewal, for as long as this
-                        // worker lives): the next round completes it (orphaned hand-offs).
-                        self.wake();
                     }
                 }
+                // Look at the table in every case: a thief without heartbeats cannot announce
+                // its steal, and its leases are watched (by their counters) from now; a
+                // hand-off that failed is completed by the next round (orphaned hand-offs),
+                // which its thief waits for (with worker renewal, as long as this worker lives).
+                self.wake();
                 lease.set_status(LeaseStatus::Lost);
             }
             // Lost here (not renewed in time, a failed write): the row may still name this
